@@ -1,0 +1,1 @@
+"""Slotstream contracts: everything that crosses a service boundary, defined once."""

@@ -1,0 +1,128 @@
+"""An in-memory change stream with MongoDB's semantics, for the memory storage backend.
+
+Every write the memory backend makes is recorded here as a ``ChangeEvent``, in commit
+order, with a strictly increasing resume token and cluster time, like the oplog behind a
+real change stream. Readers resume after a token; a token older than what is retained
+raises ``ChangeHistoryLost``, as Mongo does when the oplog has rolled over.
+"""
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from slotstream_contracts.changes import (
+    ChangeEvent,
+    ClusterTime,
+    Namespace,
+    OperationType,
+    ResumeToken,
+    UpdateDescription,
+)
+
+
+class ChangeHistoryLost(Exception):
+    """The resume point is older than the retained history (ChangeStreamHistoryLost)."""
+
+
+class InvalidResumeToken(Exception):
+    """The token was not issued by this change log."""
+
+
+def _token(seq: int) -> ResumeToken:
+    return {"_data": f"{seq:016X}"}
+
+
+def _seq_of(token: ResumeToken) -> int:
+    try:
+        return int(str(token["_data"]), 16)
+    except (KeyError, ValueError) as exc:
+        raise InvalidResumeToken(f"not a resume token of this change log: {token!r}") from exc
+
+
+class MemoryChangeLog:
+    def __init__(self, db: str, retain: int = 200_000) -> None:
+        self._db = db
+        self._events: deque[ChangeEvent] = deque(maxlen=retain)
+        self._seq = 0
+        self._last_time = ClusterTime(t=0, i=0)
+        self._changed = asyncio.Event()
+
+    @property
+    def latest_token(self) -> ResumeToken:
+        """The token of the newest change (what a ``postBatchResumeToken`` would be)."""
+        return _token(self._seq)
+
+    @property
+    def cluster_time(self) -> ClusterTime:
+        """The cluster time now: changes recorded later have a larger one."""
+        return self._last_time
+
+    def record(
+        self,
+        operation: OperationType,
+        collection: str,
+        document_id: str,
+        full_document: dict[str, Any] | None = None,
+        before: dict[str, Any] | None = None,
+        update: UpdateDescription | None = None,
+    ) -> ChangeEvent:
+        self._seq += 1
+        now = int(time.time())
+        last = self._last_time
+        cluster_time = (
+            ClusterTime(t=last.t, i=last.i + 1) if now <= last.t else ClusterTime(t=now, i=1)
+        )
+        self._last_time = cluster_time
+        event = ChangeEvent.model_validate(
+            {
+                "_id": _token(self._seq),
+                "operationType": operation,
+                "clusterTime": cluster_time,
+                "ns": Namespace(db=self._db, coll=collection),
+                "documentKey": {"_id": document_id},
+                "fullDocument": full_document,
+                "fullDocumentBeforeChange": before,
+                "updateDescription": update,
+            }
+        )
+        self._events.append(event)
+        self._changed.set()
+        return event
+
+    def read_after(self, token: ResumeToken | None, limit: int = 1000) -> list[ChangeEvent]:
+        """Changes after ``token`` (all retained ones when None), oldest first."""
+        if token is None:
+            start = 0
+        else:
+            seq = _seq_of(token)
+            if seq > self._seq:
+                raise InvalidResumeToken(f"resume token {token!r} is from the future")
+            oldest = _seq_of(self._events[0].token) if self._events else self._seq + 1
+            if seq < oldest - 1:
+                raise ChangeHistoryLost(f"resume token {token!r} is older than the history")
+            start = seq - oldest + 1
+        return [self._events[i] for i in range(start, min(len(self._events), start + limit))]
+
+    def read_from_time(self, at: ClusterTime, limit: int = 1000) -> list[ChangeEvent]:
+        """Changes at or after a cluster time (``startAtOperationTime``)."""
+        key = (at.t, at.i)
+        truncated = len(self._events) == self._events.maxlen
+        if truncated and (self._events[0].cluster_time.t, self._events[0].cluster_time.i) > key:
+            raise ChangeHistoryLost(f"operation time {at} is older than the history")
+        selected = (e for e in self._events if (e.cluster_time.t, e.cluster_time.i) >= key)
+        return [e for _, e in zip(range(limit), selected, strict=False)]
+
+    async def wait_after(
+        self, token: ResumeToken | None, limit: int, max_wait: float
+    ) -> list[ChangeEvent]:
+        """Like ``read_after``, but waits up to ``max_wait`` seconds for a first change."""
+        events = self.read_after(token, limit)
+        if events or max_wait <= 0:
+            return events
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), max_wait)
+        except TimeoutError:
+            return []
+        return self.read_after(token, limit)

@@ -1,0 +1,60 @@
+import asyncio
+
+import pytest
+
+from slotstream_contracts.changelog import ChangeHistoryLost, InvalidResumeToken, MemoryChangeLog
+from slotstream_contracts.changes import OperationType
+
+
+def record(log: MemoryChangeLog, n: int) -> None:
+    for i in range(n):
+        log.record(OperationType.INSERT, "slots", f"s{i}", full_document={"_id": f"s{i}"})
+
+
+def test_changes_resume_after_a_token_in_commit_order() -> None:
+    log = MemoryChangeLog("db")
+    record(log, 5)
+    first_two = log.read_after(None, limit=2)
+    assert [e.document_key for e in first_two] == [{"_id": "s0"}, {"_id": "s1"}]
+    rest = log.read_after(first_two[-1].token)
+    assert [e.document_key for e in rest] == [{"_id": f"s{i}"} for i in range(2, 5)]
+    times = [(e.cluster_time.t, e.cluster_time.i) for e in first_two + rest]
+    assert times == sorted(times)
+    assert len(set(times)) == 5
+    assert log.read_after(log.latest_token) == []
+
+
+def test_token_older_than_history_is_reported_lost() -> None:
+    log = MemoryChangeLog("db", retain=3)
+    record(log, 2)
+    old = log.read_after(None)[0].token
+    record(log, 5)
+    with pytest.raises(ChangeHistoryLost):
+        log.read_after(old)
+
+
+def test_foreign_token_is_rejected() -> None:
+    log = MemoryChangeLog("db")
+    with pytest.raises(InvalidResumeToken):
+        log.read_after({"_data": "zz"})
+    with pytest.raises(InvalidResumeToken):
+        log.read_after({"_data": "00000000000000FF"})
+
+
+def test_read_from_operation_time_includes_that_time() -> None:
+    log = MemoryChangeLog("db")
+    record(log, 3)
+    at = log.cluster_time
+    record(log, 2)
+    from_time = log.read_from_time(at)
+    assert [e.document_key for e in from_time] == [{"_id": "s2"}, {"_id": "s0"}, {"_id": "s1"}]
+
+
+async def test_waiting_reader_wakes_on_the_next_change() -> None:
+    log = MemoryChangeLog("db")
+    waiter = asyncio.create_task(log.wait_after(log.latest_token, 10, max_wait=5))
+    await asyncio.sleep(0.01)
+    record(log, 1)
+    events = await asyncio.wait_for(waiter, 2)
+    assert [e.document_key for e in events] == [{"_id": "s0"}]
+    assert await log.wait_after(log.latest_token, 10, max_wait=0.01) == []

@@ -1,0 +1,1 @@
+"""Real parts for tests: a Kafka-compatible broker, a TCP fault proxy, MongoDB bindings."""

@@ -1,0 +1,1 @@
+"""change-publisher service."""

@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := libs/contracts libs/testkit services/booking-api services/change-publisher services/push-gateway
-# Each entry is checked (and type-checked) as its own mypy run: test folders share module names.
-MYPY_TARGETS := libs/contracts libs/testkit services/booking-api services/change-publisher services/push-gateway
 TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
@@ -27,13 +25,7 @@ $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.t
 venv: $(BIN)/.installed
 
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	@set -e; for t in $(MYPY_TARGETS); do \
-	  echo "mypy --strict $$t"; \
-	  (cd $$t && MYPYPATH=src ../../$(BIN)/mypy --config-file ../../pyproject.toml src tests); \
-	done
-	$(BIN)/mypy --config-file pyproject.toml tests bench scripts
+	BIN=$(BIN) scripts/lint.sh
 
 format: venv
 	$(BIN)/ruff check --fix .

@@ -42,7 +42,7 @@ test-fast: venv
 
 demo: venv
 	@scripts/system-deps.sh nginx=nginx
-	$(BIN)/python -m scripts.demo
+	$(BIN)/python scripts/demo.py
 
 bench: venv
 	@scripts/system-deps.sh $(BENCH_DEPS)

@@ -1,0 +1,1 @@
+"""Cross-service tests: integration, browser end-to-end, deployment validation."""

@@ -1,0 +1,522 @@
+"""The whole Slotstream stack as local processes, without Docker.
+
+Used by ``make demo`` (scripts/demo.py) and by the browser end-to-end and integration
+tests. Starts, in order: Tansu (Kafka-compatible broker), the booking-api on its memory
+backend, the change-publisher reading the booking-api's change feed, two push-gateways,
+and nginx as the edge (rendered from ``deploy/edge/*.template``). Every process runs in
+its own session, logs into ``<state dir>/logs/``, and is stopped by its PID in reverse
+order by :meth:`DevStack.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from slotstream_contracts.topics import (
+    DEADLETTER_TOPIC,
+    NOTIFICATIONS_TOPIC,
+    PRESENCE_TOPIC,
+    SCHEDULE_TOPIC,
+)
+from slotstream_testkit.kafka import TansuBroker, create_topics, tansu_binary
+from slotstream_testkit.net import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+WEB_ROOT = REPO / "web"
+EDGE_DIR = REPO / "deploy" / "edge"
+BIN = Path(sys.executable).parent
+
+SCHEDULE_PARTITIONS = 4
+NOTIFICATION_PARTITIONS = 4
+
+
+class StackError(RuntimeError):
+    """A part of the stack failed to start (the message says which, and where its log is)."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int
+    booking_api: int
+    publisher: int
+    gateway_1: int
+    gateway_2: int
+    edge: int
+
+    @classmethod
+    def demo(cls) -> Ports:
+        """The fixed ports of ``make demo`` (docs/architecture.md)."""
+        return cls(19092, 8000, 8001, 8101, 8102, 8080)
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Free ports, for tests that must not collide with a running demo."""
+        picked: list[int] = []
+        while len(picked) < 6:
+            port = free_port()
+            if port not in picked:
+                picked.append(port)
+        return cls(*picked)
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    id: str
+    name: str
+    role: str
+    token: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "role": self.role, "token": self.token}
+
+
+def render_template(text: str, variables: Mapping[str, str]) -> str:
+    """Substitute ``${NAME}`` for the given names only, like the nginx image's envsubst
+    (which passes envsubst the list of defined variables); nginx's own ``$vars`` stay."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return variables[name] if name in variables else match.group(0)
+
+    return re.sub(r"\$\{([A-Z][A-Z0-9_]*)\}", replace, text)
+
+
+def nginx_binary() -> Path | None:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+    return Path(found) if found else None
+
+
+def _die_with_parent() -> None:
+    """Child-side: get SIGTERM if the starting process dies (Linux), so nothing is orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Process:
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str]
+    log_path: Path
+    health_url: str | None = None
+    stop_signal: int = signal.SIGTERM
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                list(self.argv),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                cwd=REPO,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise StackError(f"{self.name} exited during start-up; see {self.log_path}")
+            if self.health_url is None:
+                return
+            try:
+                if httpx.get(self.health_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{self.name} not healthy at {self.health_url} after {timeout}s; "
+                    f"see {self.log_path}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 8.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.popen.send_signal(self.stop_signal)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self.popen = None
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no goodbye frames, sockets reset by the kernel."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+class DevStack:
+    """Start and stop the whole stack. ``state_dir`` holds logs, nginx files, demo users."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: Ports,
+        *,
+        jwt_secret: str | None = None,
+        log_level: str = "INFO",
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_port: int | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.ports = ports
+        self.jwt_secret = jwt_secret or secrets.token_urlsafe(48)
+        self.internal_token = secrets.token_urlsafe(24)
+        self.log_level = log_level
+        self.tls = (tls_cert, tls_key, tls_port or 8443) if tls_cert and tls_key else None
+        self.users: list[DemoUser] = []
+        self.instructors: list[dict[str, Any]] = []
+        self.broker: TansuBroker | None = None
+        self.processes: dict[str, Process] = {}
+        self.logs = state_dir / "logs"
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.edge}"
+
+    @property
+    def booking_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.booking_api}"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.ports.kafka}"
+
+    def gateway_url(self, number: int) -> str:
+        return f"http://127.0.0.1:{self.gateway_port(number)}"
+
+    def gateway_port(self, number: int) -> int:
+        return {1: self.ports.gateway_1, 2: self.ports.gateway_2}[number]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, seed: bool = True) -> DevStack:
+        """Start everything (or raise :class:`StackError`, having stopped what started)."""
+        nginx = nginx_binary()
+        if nginx is None:
+            raise StackError(
+                "nginx is not installed: `sudo apt-get install nginx` (make demo installs it "
+                "when run as root). It is only the edge proxy; nothing else needs root."
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        try:
+            self._start_kafka()
+            self._start_booking_api()
+            self._start_publisher()
+            for number in (1, 2):
+                self.start_gateway(number)
+            self._start_edge(nginx)
+            if seed:
+                self.seed()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this stack started, newest first."""
+        for name in reversed(list(self.processes)):
+            self.processes[name].stop()
+        self.processes.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _spawn(self, process: Process, timeout: float = 30.0) -> Process:
+        self.processes[process.name] = process
+        process.start()
+        process.wait_healthy(timeout)
+        return process
+
+    def _base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES)}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _start_kafka(self) -> None:
+        self.broker = TansuBroker(port=self.ports.kafka, log_path=self.logs / "tansu.log")
+        self.broker.start()
+        asyncio.run(
+            create_topics(
+                self.bootstrap_servers,
+                {
+                    SCHEDULE_TOPIC: SCHEDULE_PARTITIONS,
+                    NOTIFICATIONS_TOPIC: NOTIFICATION_PARTITIONS,
+                    DEADLETTER_TOPIC: 1,
+                    PRESENCE_TOPIC: 1,
+                },
+                configs={PRESENCE_TOPIC: {"cleanup.policy": "compact"}},
+            )
+        )
+
+    def _start_booking_api(self) -> None:
+        env = self._base_env() | {
+            "BOOKING_API_HOST": "127.0.0.1",
+            "BOOKING_API_PORT": str(self.ports.booking_api),
+            "BOOKING_API_STORAGE": "memory",
+            "BOOKING_API_JWT__SECRET": self.jwt_secret,
+            "BOOKING_API_INTERNAL_TOKEN": self.internal_token,
+            "BOOKING_API_LOG__LEVEL": self.log_level,
+        }
+        self._spawn(
+            Process(
+                "booking-api",
+                [str(BIN / "slotstream-booking-api")],
+                env,
+                self.logs / "booking-api.log",
+                health_url=f"{self.booking_api_url}/healthz",
+            )
+        )
+
+    def _start_publisher(self) -> None:
+        env = self._base_env() | {
+            "PUBLISHER_HOST": "127.0.0.1",
+            "PUBLISHER_PORT": str(self.ports.publisher),
+            "PUBLISHER_SOURCE": "feed",
+            "PUBLISHER_FEED__URL": self.booking_api_url,
+            "PUBLISHER_FEED__INTERNAL_TOKEN": self.internal_token,
+            "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "PUBLISHER_KAFKA__ENABLE_IDEMPOTENCE": "false",
+            "PUBLISHER_LOG__LEVEL": self.log_level,
+        }
+        self._spawn(
+            Process(
+                "change-publisher",
+                [str(BIN / "slotstream-change-publisher")],
+                env,
+                self.logs / "change-publisher.log",
+                health_url=f"http://127.0.0.1:{self.ports.publisher}/healthz",
+            )
+        )
+
+    def start_gateway(self, number: int) -> Process:
+        """Start (or restart) push-gateway 1 or 2."""
+        port = self.gateway_port(number)
+        env = self._base_env() | {
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_INSTANCE_ID": f"gateway-{number}",
+            "GATEWAY_BOOKING_API_URL": self.booking_api_url,
+            "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "GATEWAY_JWT__SECRET": self.jwt_secret,
+            "GATEWAY_LOG__LEVEL": self.log_level,
+            # A quick reconnect hint: the demo shows recovery within about a second.
+            "GATEWAY_RETRY_MS": "1000",
+        }
+        name = f"push-gateway-{number}"
+        old = self.processes.pop(name, None)
+        if old is not None:
+            old.stop()
+        return self._spawn(
+            Process(
+                name,
+                [str(BIN / "slotstream-push-gateway")],
+                env,
+                self.logs / f"{name}.log",
+                health_url=f"{self.gateway_url(number)}/healthz",
+            )
+        )
+
+    def kill_gateway(self, number: int) -> None:
+        """Crash push-gateway 1 or 2 (SIGKILL), as a failing node would."""
+        self.processes[f"push-gateway-{number}"].kill()
+
+    # ------------------------------------------------------------------ edge
+
+    def edge_variables(self) -> dict[str, str]:
+        edge = self.state_dir / "edge"
+        variables = {
+            "EDGE_LISTEN_PORT": f"127.0.0.1:{self.ports.edge}",
+            "BOOKING_API_UPSTREAM": f"127.0.0.1:{self.ports.booking_api}",
+            "GATEWAY_UPSTREAM_1": f"127.0.0.1:{self.ports.gateway_1}",
+            "GATEWAY_UPSTREAM_2": f"127.0.0.1:{self.ports.gateway_2}",
+            "WEB_ROOT": str(WEB_ROOT),
+            "DEMO_DATA_DIR": str(self.state_dir / "demo-data"),
+            "EDGE_CONF_DIR": str(edge / "conf.d"),
+        }
+        if self.tls is not None:
+            cert, key, port = self.tls
+            variables |= {
+                "EDGE_TLS_PORT": f"127.0.0.1:{port}",
+                "TLS_CERT_FILE": str(cert),
+                "TLS_KEY_FILE": str(key),
+            }
+        return variables
+
+    def write_edge_config(self) -> Path:
+        """Render deploy/edge templates plus a main nginx.conf that keeps every path
+        (pid, logs, temp files) inside the state dir, so nginx runs without root."""
+        edge = self.state_dir / "edge"
+        conf_d = edge / "conf.d"
+        conf_d.mkdir(parents=True, exist_ok=True)
+        for sub in ("logs", "tmp"):
+            (edge / sub).mkdir(exist_ok=True)
+        (self.state_dir / "demo-data").mkdir(exist_ok=True)
+        variables = self.edge_variables()
+        templates = sorted(EDGE_DIR.glob("*.template"))
+        if self.tls is not None:
+            templates.append(EDGE_DIR / "tls" / "slotstream-tls.conf.template")
+        for template in templates:
+            rendered = render_template(template.read_text(), variables)
+            (conf_d / template.name.removesuffix(".template")).write_text(rendered)
+        main = edge / "nginx.conf"
+        main.write_text(_main_conf(edge))
+        return main
+
+    def _start_edge(self, nginx: Path) -> None:
+        main = self.write_edge_config()
+        edge = main.parent
+        argv = [str(nginx), "-p", f"{edge}/", "-c", str(main), "-e", str(edge / "logs/error.log")]
+        check = subprocess.run([*argv, "-t"], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise StackError(f"nginx -t rejected {main}:\n{check.stderr}")
+        self._spawn(
+            Process(
+                "edge",
+                argv,
+                self._base_env(),
+                self.logs / "edge.log",
+                health_url=f"{self.base_url}/edge-healthz",
+                stop_signal=signal.SIGQUIT,  # graceful: finish in-flight requests
+            ),
+            timeout=10,
+        )
+
+    # ------------------------------------------------------------------ data
+
+    def seed(self) -> list[DemoUser]:
+        """Create demo instructors and slots through the API; write demo-users.json."""
+        result = subprocess.run(
+            [
+                str(BIN / "slotstream-seed"),
+                "--api-url",
+                self.booking_api_url,
+            ],
+            env=self._base_env() | {"BOOKING_API_JWT__SECRET": self.jwt_secret},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(f"slotstream-seed failed:\n{result.stderr[-2000:]}")
+        payload = json.loads(result.stdout)
+        self.users = [
+            DemoUser(id=u["id"], name=u["name"], role=u["role"], token=u["token"])
+            for u in payload["users"]
+        ]
+        self.instructors = list(payload.get("instructors", []))
+        (self.state_dir / "demo-data" / "demo-users.json").write_text(
+            json.dumps({"users": [u.as_json() for u in self.users]}, indent=2)
+        )
+        return self.users
+
+    def user(self, role: str, index: int = 0) -> DemoUser:
+        return [u for u in self.users if u.role == role][index]
+
+
+_SERVICE_PREFIXES = ("BOOKING_API_", "PUBLISHER_", "GATEWAY_")
+
+
+def _main_conf(edge: Path) -> str:
+    user = ""
+    if os.geteuid() == 0:
+        # As root, nginx would drop its workers to `nobody`, who cannot read a checkout in
+        # a private home directory; keep them as the user who started the demo.
+        import pwd
+
+        entry = pwd.getpwuid(os.geteuid())
+        user = f"user {entry.pw_name};\n"
+    tmp = edge / "tmp"
+    return f"""# Generated by scripts/devstack.py: nginx without root, every path under {edge}.
+{user}worker_processes 1;
+daemon off;
+pid {edge}/nginx.pid;
+error_log {edge}/logs/error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    types {{
+        text/html html;
+        text/css css;
+        application/javascript js mjs;
+        application/json json;
+        image/svg+xml svg;
+        image/png png;
+        image/x-icon ico;
+    }}
+    default_type application/octet-stream;
+    access_log {edge}/logs/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    sendfile on;
+    keepalive_timeout 65s;
+
+    include {edge}/conf.d/*.conf;
+}}
+"""
+
+
+def tansu_hint(stack: DevStack) -> str:
+    """How to look at the demo's events with the Tansu CLI."""
+    try:
+        tansu = str(tansu_binary())
+    except FileNotFoundError:
+        tansu = "tansu"
+    broker = f"tcp://{stack.bootstrap_servers}"
+    return (
+        f"  {tansu} topic list --broker {broker}\n"
+        f"  {tansu} cat consume --broker {broker} --partition 0 {SCHEDULE_TOPIC}\n"
+        f"  (schedule topic: {SCHEDULE_PARTITIONS} partitions by instructor id; "
+        f"notifications: {NOTIFICATION_PARTITIONS} by user id)"
+    )

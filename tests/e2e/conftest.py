@@ -1,0 +1,101 @@
+"""Browser fixtures: Debian's chromium driven by Playwright, the demo stack, a fake edge."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from scripts.devstack import DevStack, Ports, StackError
+from slotstream_testkit.net import free_port, wait_for_port
+from tests.e2e.fakeserver import FakeEdge
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "test-output" / "e2e"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (make test installs it when run as root)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1360, "height": 860})
+    context.set_default_timeout(10_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """The `make demo` stack on free ports, seeded; everything stopped at the end."""
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.skip("nginx is not installed (make test installs it when run as root)")
+    state = tmp_path_factory.mktemp("devstack")
+    devstack = DevStack(state, Ports.free(), log_level="WARNING")
+    try:
+        devstack.start()
+    except StackError as exc:
+        pytest.fail(f"the demo stack did not start: {exc}")
+    try:
+        yield devstack
+    finally:
+        devstack.stop()
+
+
+@pytest.fixture
+def fake_edge() -> Iterator[tuple[FakeEdge, str]]:
+    """A fake edge (page, schedule API and a steerable SSE stream) on a free port."""
+    fake = FakeEdge()
+    port = free_port()
+    config = uvicorn.Config(
+        fake.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port("127.0.0.1", port)
+    try:
+        yield fake, f"http://127.0.0.1:{port}"
+    finally:
+        fake.drop_streams()
+        time.sleep(0.05)
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    return OUTPUT
+
+
+def save_screenshot(page: Page, output_dir: Path, name: str) -> Path:
+    path = output_dir / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -1,0 +1,82 @@
+"""The browser client against a fake edge: version ordering and the reconnect paths."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from tests.e2e.conftest import save_screenshot
+from tests.e2e.fakeserver import INSTRUCTOR, FakeEdge, make_slot
+
+pytestmark = pytest.mark.e2e
+
+
+def tomorrow_at(hour: int) -> datetime:
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day + timedelta(days=1, hours=hour)
+
+
+def open_page(context: BrowserContext, base_url: str, errors: list[str]) -> Page:
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    return page
+
+
+def slot_button(page: Page, slot_id: str):  # type: ignore[no-untyped-def]
+    return page.locator(f'button.slot[data-slot-id="{slot_id}"]')
+
+
+def test_deltas_apply_by_version_and_never_move_a_slot_backwards(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str], output_dir: Path
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), version=3)
+    errors: list[str] = []
+    page = open_page(context, base_url, errors)
+
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    expect(page.locator("#last-update")).to_contain_text("Updated")
+
+    fake.send_slot(make_slot("a", tomorrow_at(9), version=4, booked=True))
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked")
+
+    # A late, older delta (version 3, available) must not undo the booking.
+    fake.send_slot(make_slot("a", tomorrow_at(9), version=3))
+    fake.send_slot(make_slot("b", tomorrow_at(11), version=1))
+    expect(slot_button(page, "b")).to_have_attribute("data-state", "available")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked")
+    expect(slot_button(page, "a")).to_have_attribute("data-version", "4")
+    save_screenshot(page, output_dir, "fake-versions")
+    assert errors == []
+
+
+def test_dropped_stream_goes_amber_and_resumes(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+
+    # The stream ends and the next two attempts are refused: EventSource gives up
+    # (readyState CLOSED), so the client must retry by itself with lastEventId.
+    fake.refuse_streams = 2
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), version=2, booked=True)
+    fake.drop_streams()
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "disconnected")
+    expect(page.locator("#conn-text")).to_contain_text("Disconnected")
+
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open", timeout=15_000)
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked")
+    resumed = fake.stream_requests[-1]
+    assert resumed.get("lastEventId", "").startswith("s0:")
+    assert resumed["instructorId"] == INSTRUCTOR
+    assert errors == []

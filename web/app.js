@@ -1,0 +1,548 @@
+// The Book-Now page: instructor picker, week grid, one-click book/cancel, live updates.
+import { Status, decodeTokenClaims, subscribe } from "./slotstream-client.js";
+
+const $ = (id) => document.getElementById(id);
+const DAY_MS = 86_400_000;
+
+const state = {
+  users: [], // demo users: {id, name, role, token}
+  user: null, // the signed-in demo user, or null for a guest
+  instructors: [],
+  instructorId: null,
+  weekStart: startOfWeek(new Date()),
+  weekChosen: false, // the user navigated weeks: stop jumping to the next free slot
+  sub: null,
+  myBookingIds: new Set(), // active bookings of the signed-in student
+  studentOfBooking: new Map(), // booking id → student id (from booking events)
+  pending: new Set(), // slot ids with a request in flight
+  changed: new Set(), // slot ids to highlight briefly
+  notifications: new Map(), // id → NotificationData
+};
+
+const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
+const fmtDayLong = new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long" });
+const fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const fmtClock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
+function startOfWeek(date) {
+  const d = new Date(date.getFullYear(), date.getMonth(), date.getDate());
+  d.setDate(d.getDate() - ((d.getDay() + 6) % 7)); // Monday
+  return d;
+}
+
+function addDays(date, days) {
+  const d = new Date(date);
+  d.setDate(d.getDate() + days);
+  return d;
+}
+
+// ---------------------------------------------------------------- HTTP
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+function newIdempotencyKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (state.user) headers.Authorization = `Bearer ${state.user.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method === "POST") headers["Idempotency-Key"] = newIdempotencyKey();
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "The server could not be reached. Check your connection and try again.");
+  }
+  const text = await response.text();
+  let payload = null;
+  try {
+    payload = text ? JSON.parse(text) : null;
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) {
+    const detail = payload?.detail || payload?.title || `${response.status} ${response.statusText}`;
+    throw new ApiError(response.status, detail);
+  }
+  return payload;
+}
+
+/** List bodies may be a bare array or wrapped ({items: […]} and similar). */
+function itemsOf(payload, ...keys) {
+  if (Array.isArray(payload)) return payload;
+  for (const key of ["items", ...keys]) if (Array.isArray(payload?.[key])) return payload[key];
+  return [];
+}
+
+// ---------------------------------------------------------------- messages
+
+let messageTimer = null;
+function showMessage(text, kind = "error") {
+  const box = $("message");
+  box.textContent = text;
+  box.dataset.kind = kind;
+  box.hidden = false;
+  clearTimeout(messageTimer);
+  messageTimer = setTimeout(() => (box.hidden = true), kind === "error" ? 8000 : 4000);
+}
+
+function announce(text) {
+  const el = $("announcer");
+  el.textContent = "";
+  // A fresh text node after a tick makes screen readers announce repeated messages too.
+  setTimeout(() => (el.textContent = text), 50);
+}
+
+function describeSlot(slot) {
+  const start = new Date(slot.start);
+  return `${fmtDayLong.format(start)} ${fmtTime.format(start)}`;
+}
+
+// ---------------------------------------------------------------- users and instructors
+
+async function loadUsers() {
+  try {
+    const response = await fetch("demo-users.json", { cache: "no-store" });
+    if (!response.ok) return;
+    const body = await response.json();
+    state.users = itemsOf(body, "users")
+      .map((u) => {
+        const claims = decodeTokenClaims(u.token) || {};
+        return { id: u.id || claims.sub, name: u.name || claims.name || claims.sub, role: u.role || claims.role, token: u.token };
+      })
+      .filter((u) => u.id && u.token);
+  } catch {
+    state.users = [];
+  }
+  const select = $("user-select");
+  for (const role of ["student", "instructor", "admin"]) {
+    const group = document.createElement("optgroup");
+    group.label = `${role[0].toUpperCase()}${role.slice(1)}s`;
+    for (const u of state.users.filter((x) => x.role === role)) {
+      const option = new Option(u.name, u.id);
+      group.append(option);
+    }
+    if (group.children.length) select.append(group);
+  }
+}
+
+async function loadInstructors() {
+  const select = $("instructor-select");
+  try {
+    state.instructors = itemsOf(await api("GET", "/api/instructors"), "instructors");
+  } catch (error) {
+    select.replaceChildren(new Option("Instructors unavailable", ""));
+    showMessage(`Could not load instructors: ${error.message}`);
+    return;
+  }
+  select.replaceChildren(...state.instructors.map((i) => new Option(i.name, i.id)));
+  select.disabled = state.instructors.length === 0;
+  if (!state.instructors.length) select.replaceChildren(new Option("No instructors yet", ""));
+}
+
+function nameOfUser(userId) {
+  return state.users.find((u) => u.id === userId)?.name || state.instructors.find((i) => i.id === userId)?.name || "a student";
+}
+
+// ---------------------------------------------------------------- URL state
+
+function readUrl() {
+  const params = new URLSearchParams(location.search);
+  return { instructor: params.get("instructor"), as: params.get("as") };
+}
+
+function writeUrl() {
+  const params = new URLSearchParams();
+  if (state.instructorId) params.set("instructor", state.instructorId);
+  if (state.user) params.set("as", state.user.id);
+  history.replaceState(null, "", `${location.pathname}?${params}`);
+}
+
+// ---------------------------------------------------------------- live connection
+
+function connect() {
+  state.sub?.close();
+  state.changed.clear();
+  renderStatus({ status: Status.CONNECTING, attempt: 0 });
+  $("week").setAttribute("aria-busy", "true");
+  if (!state.instructorId) return;
+  const isInstructor = state.user?.role === "instructor" || state.user?.role === "admin";
+  state.sub = subscribe(state.instructorId, {
+    token: state.user?.token ?? null,
+    userId: state.user?.id ?? null,
+    onStatus: renderStatus,
+    onSchedule: onSchedule,
+    onBooking: onBookingEvent,
+    onNotification: (event) => addNotifications([event.data], true),
+    onPresence: ({ count }) => {
+      $("viewers").textContent = `${count} viewing`;
+    },
+    onError: ({ error }) => showMessage(error.message),
+    onResync: () => announce("The schedule is being refreshed."),
+  });
+  if (state.user && isInstructor) $("notifications").hidden = false;
+}
+
+function onSchedule({ schedule, kind, slot, previous }) {
+  $("week").setAttribute("aria-busy", "false");
+  $("last-update").textContent = `Updated ${fmtClock.format(state.sub.lastUpdate)}`;
+  $("last-update").dateTime = state.sub.lastUpdate.toISOString();
+  if (kind === "snapshot") {
+    if (!state.weekChosen) jumpToFirstOpenWeek(schedule);
+  } else if (slot) {
+    state.pending.delete(slot.id);
+    state.changed.add(slot.id);
+    setTimeout(() => {
+      state.changed.delete(slot.id);
+      document.querySelector(`[data-slot-id="${CSS.escape(slot.id)}"]`)?.classList.remove("changed");
+    }, 1600);
+    if (previous && previous.status !== slot.status) {
+      if (slot.status === "booked" && !isMine(slot)) announce(`${describeSlot(slot)} was just booked.`);
+      if (slot.status === "available") announce(`${describeSlot(slot)} is available again.`);
+    }
+  }
+  renderWeek();
+}
+
+function onBookingEvent(event) {
+  const booking = event.data;
+  state.studentOfBooking.set(booking.id, booking.studentId);
+  if (state.user && booking.studentId === state.user.id) {
+    if (booking.status === "active") state.myBookingIds.add(booking.id);
+    else state.myBookingIds.delete(booking.id);
+    renderWeek();
+  }
+}
+
+function jumpToFirstOpenWeek(schedule) {
+  const now = Date.now();
+  const weekEnd = addDays(state.weekStart, 7).getTime();
+  const upcoming = schedule.list().filter((s) => Date.parse(s.end) > now);
+  if (!upcoming.length) return;
+  const hasThisWeek = upcoming.some((s) => Date.parse(s.start) < weekEnd && Date.parse(s.start) >= state.weekStart.getTime());
+  if (!hasThisWeek) state.weekStart = startOfWeek(new Date(upcoming[0].start));
+}
+
+function renderStatus({ status, attempt, retryInMs }) {
+  const dot = $("conn-dot");
+  const text = $("conn-text");
+  dot.dataset.status = status;
+  $("live-status").dataset.status = status;
+  const labels = {
+    [Status.CONNECTING]: "Connecting…",
+    [Status.OPEN]: "Live",
+    [Status.RECONNECTING]: `Reconnecting (attempt ${Math.max(attempt, 1)})…`,
+    [Status.DISCONNECTED]: `Disconnected — retrying in ${Math.max(1, Math.round((retryInMs ?? 0) / 1000))} s`,
+    [Status.CLOSED]: "Not connected",
+  };
+  text.textContent = labels[status] ?? status;
+  text.title = status === Status.OPEN ? "Receiving live updates" : "Updates are paused until the connection is back";
+}
+
+// ---------------------------------------------------------------- the week grid
+
+function isMine(slot) {
+  return slot.status === "booked" && slot.bookingId && state.myBookingIds.has(slot.bookingId);
+}
+
+function slotState(slot) {
+  if (slot.status === "available") return "available";
+  return isMine(slot) ? "mine" : "booked";
+}
+
+function canCancel(slot) {
+  if (!state.user || slot.status !== "booked") return false;
+  if (isMine(slot) || state.user.role === "admin") return true;
+  return state.user.role === "instructor" && state.user.id === slot.instructorId;
+}
+
+function canBook(slot) {
+  return slot.status === "available" && !(state.user?.role === "instructor" && state.user.id === slot.instructorId);
+}
+
+function renderWeek() {
+  const week = $("week");
+  const start = state.weekStart;
+  const end = addDays(start, 7);
+  $("week-label").textContent = `${fmtDay.format(start)} – ${fmtDay.format(addDays(end, -1))}`;
+  if (!state.sub || !state.sub.schedule.loaded) return;
+  const slots = state.sub.schedule.list().filter((s) => {
+    const t = Date.parse(s.start);
+    return t >= start.getTime() && t < end.getTime();
+  });
+  const today = new Date().toDateString();
+  const days = [];
+  for (let i = 0; i < 7; i += 1) {
+    const day = addDays(start, i);
+    const dayEnd = addDays(day, 1);
+    const column = document.createElement("div");
+    column.className = "day";
+    if (day.toDateString() === today) column.classList.add("today");
+    column.setAttribute("role", "group");
+    const heading = document.createElement("h3");
+    heading.id = `day-${i}`;
+    heading.textContent = fmtDay.format(day);
+    column.setAttribute("aria-labelledby", heading.id);
+    const list = document.createElement("ul");
+    const ofDay = slots.filter((s) => Date.parse(s.start) >= day.getTime() && Date.parse(s.start) < dayEnd.getTime());
+    for (const slot of ofDay) list.append(renderSlot(slot));
+    if (!ofDay.length) {
+      const none = document.createElement("li");
+      none.className = "no-slots";
+      none.textContent = "No slots";
+      list.append(none);
+    }
+    column.append(heading, list);
+    days.push(column);
+  }
+  // Keep keyboard focus on the same slot across re-renders.
+  const focusedId = document.activeElement?.dataset?.slotId;
+  week.replaceChildren(...days);
+  if (focusedId) week.querySelector(`[data-slot-id="${CSS.escape(focusedId)}"]`)?.focus();
+}
+
+function renderSlot(slot) {
+  const item = document.createElement("li");
+  const kind = slotState(slot);
+  const start = new Date(slot.start);
+  const end = new Date(slot.end);
+  const time = `${fmtTime.format(start)}–${fmtTime.format(end)}`;
+  const past = end.getTime() < Date.now();
+  const pending = state.pending.has(slot.id);
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `slot ${kind}`;
+  if (state.changed.has(slot.id)) button.classList.add("changed");
+  button.dataset.slotId = slot.id;
+  button.dataset.state = kind;
+  button.dataset.version = String(slot.version);
+  let action = null;
+  let label;
+  if (kind === "available") {
+    label = past ? "Past" : "Available";
+    if (!past && canBook(slot)) action = "book";
+  } else if (kind === "mine") {
+    label = "Your booking";
+    action = "cancel";
+  } else {
+    const student = state.studentOfBooking.get(slot.bookingId);
+    const showWho = state.user && (state.user.role !== "student") && student;
+    label = showWho ? `Booked by ${nameOfUser(student)}` : "Booked";
+    if (canCancel(slot)) action = "cancel";
+  }
+  const actionText = { book: "Book", cancel: "Cancel" }[action] ?? "";
+  button.innerHTML = "";
+  const timeEl = document.createElement("span");
+  timeEl.className = "slot-time";
+  timeEl.textContent = time;
+  const labelEl = document.createElement("span");
+  labelEl.className = "slot-label";
+  labelEl.textContent = pending ? "Saving…" : label;
+  button.append(timeEl, labelEl);
+  if (action && !pending) {
+    const actionEl = document.createElement("span");
+    actionEl.className = "slot-action";
+    actionEl.textContent = actionText;
+    button.append(actionEl);
+  }
+  const when = `${fmtDayLong.format(start)}, ${fmtTime.format(start)} to ${fmtTime.format(end)}`;
+  button.setAttribute("aria-label", action ? `${actionText} ${when} (${label})` : `${when}: ${label}`);
+  button.setAttribute("aria-busy", String(pending));
+  if (!action || pending) {
+    button.setAttribute("aria-disabled", "true");
+  } else {
+    button.dataset.action = action;
+  }
+  if (past) button.classList.add("past");
+  item.append(button);
+  return item;
+}
+
+async function onSlotClick(event) {
+  const button = event.target.closest("button.slot");
+  if (!button) return;
+  const slot = state.sub?.schedule.get(button.dataset.slotId);
+  if (!slot) return;
+  const action = button.dataset.action;
+  if (!action) {
+    if (slot.status === "available" && !state.user) showMessage("Choose a student under “Signed in as” to book a slot.", "info");
+    return;
+  }
+  if (!state.user) {
+    showMessage("Choose a student under “Signed in as” to book a slot.", "info");
+    return;
+  }
+  state.pending.add(slot.id);
+  renderWeek();
+  try {
+    if (action === "book") {
+      const booking = await api("POST", "/api/bookings", { slotId: slot.id });
+      if (booking?.id) {
+        state.myBookingIds.add(booking.id);
+        state.studentOfBooking.set(booking.id, booking.studentId);
+      }
+      announce(`Booked ${describeSlot(slot)}.`);
+      showMessage(`Booked ${describeSlot(slot)}.`, "success");
+    } else {
+      await api("DELETE", `/api/bookings/${encodeURIComponent(slot.bookingId)}`);
+      state.myBookingIds.delete(slot.bookingId);
+      announce(`Cancelled ${describeSlot(slot)}.`);
+      showMessage(`Cancelled the booking for ${describeSlot(slot)}.`, "success");
+    }
+    // The stream brings the new slot state; while it is down, fetch it instead.
+    if (!state.sub?.isConnected) await refreshOverHttp();
+    else setTimeout(() => settlePending(slot.id), 3000);
+  } catch (error) {
+    state.pending.delete(slot.id);
+    if (error.status === 409) {
+      showMessage(`Sorry — ${describeSlot(slot)} was just taken by someone else. Pick another slot.`);
+      await refreshOverHttp();
+    } else if (error.status === 401) {
+      showMessage("Your demo sign-in has expired. Restart the demo or pick the user again.");
+    } else if (error.status === 403) {
+      showMessage(`Not allowed: ${error.message}`);
+    } else {
+      showMessage(`Could not ${action} ${describeSlot(slot)}: ${error.message}`);
+    }
+    renderWeek();
+  }
+}
+
+function settlePending(slotId) {
+  if (state.pending.delete(slotId)) renderWeek();
+}
+
+async function refreshOverHttp() {
+  if (!state.sub) return;
+  try {
+    const snapshot = await api("GET", `/api/instructors/${encodeURIComponent(state.instructorId)}/schedule`);
+    state.sub.schedule.applySnapshot(snapshot);
+    for (const slot of snapshot.slots) state.pending.delete(slot.id);
+  } catch {
+    // The stream will catch up when it is back.
+  }
+  renderWeek();
+}
+
+// ---------------------------------------------------------------- notifications and bookings
+
+async function loadMine() {
+  state.myBookingIds.clear();
+  state.notifications.clear();
+  $("notif-list").replaceChildren();
+  const panel = $("notifications");
+  panel.hidden = !state.user;
+  if (!state.user) return;
+  const [bookings, notifications] = await Promise.allSettled([
+    api("GET", "/api/users/me/bookings"),
+    api("GET", "/api/users/me/notifications"),
+  ]);
+  if (bookings.status === "fulfilled") {
+    for (const b of itemsOf(bookings.value, "bookings")) {
+      state.studentOfBooking.set(b.id, b.studentId);
+      if (b.status === "active" && b.studentId === state.user.id) state.myBookingIds.add(b.id);
+    }
+  }
+  if (notifications.status === "fulfilled") addNotifications(itemsOf(notifications.value, "notifications"), false);
+  renderNotifications();
+}
+
+function addNotifications(list, live) {
+  for (const n of list) {
+    if (!n || (state.user && n.userId && n.userId !== state.user.id)) continue;
+    const held = state.notifications.get(n.id);
+    if (held && held.version >= n.version) continue;
+    state.notifications.set(n.id, { ...n, live: live && !held });
+    if (live && !held) announce(n.message);
+  }
+  renderNotifications();
+}
+
+function renderNotifications() {
+  const list = $("notif-list");
+  const all = [...state.notifications.values()].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
+  const unread = all.filter((n) => !n.read).length;
+  const badge = $("notif-count");
+  badge.hidden = unread === 0;
+  badge.textContent = String(unread);
+  badge.setAttribute("aria-label", `${unread} unread`);
+  $("notif-empty").hidden = all.length > 0;
+  list.replaceChildren(
+    ...all.slice(0, 50).map((n) => {
+      const item = document.createElement("li");
+      item.className = `notification ${n.kind === "booking.cancelled" ? "cancelled" : "created"}`;
+      if (!n.read) item.classList.add("unread");
+      if (n.live) item.classList.add("fresh");
+      item.dataset.notificationId = n.id;
+      const text = document.createElement("p");
+      text.textContent = n.message;
+      const time = document.createElement("time");
+      time.dateTime = n.createdAt;
+      time.textContent = fmtClock.format(new Date(n.createdAt));
+      item.append(text, time);
+      return item;
+    }),
+  );
+}
+
+// ---------------------------------------------------------------- wiring
+
+async function chooseUser(userId) {
+  state.user = state.users.find((u) => u.id === userId) ?? null;
+  $("user-select").value = state.user?.id ?? "";
+  await loadMine();
+  writeUrl();
+  connect();
+  renderWeek();
+}
+
+function chooseInstructor(instructorId) {
+  state.instructorId = instructorId || null;
+  state.weekChosen = false;
+  state.weekStart = startOfWeek(new Date());
+  $("instructor-select").value = state.instructorId ?? "";
+  $("viewers").textContent = "";
+  $("last-update").textContent = "";
+  writeUrl();
+  connect();
+  renderWeek();
+}
+
+function moveWeek(days) {
+  state.weekChosen = true;
+  state.weekStart = days === 0 ? startOfWeek(new Date()) : addDays(state.weekStart, days);
+  renderWeek();
+}
+
+async function main() {
+  $("week").addEventListener("click", onSlotClick);
+  $("prev-week").addEventListener("click", () => moveWeek(-7));
+  $("next-week").addEventListener("click", () => moveWeek(7));
+  $("this-week").addEventListener("click", () => moveWeek(0));
+  $("instructor-select").addEventListener("change", (e) => chooseInstructor(e.target.value));
+  $("user-select").addEventListener("change", (e) => chooseUser(e.target.value));
+  window.addEventListener("online", () => state.sub?.reconnectNow());
+  setInterval(() => renderWeek(), 60_000); // slots move into the past
+
+  await Promise.all([loadUsers(), loadInstructors()]);
+  const wanted = readUrl();
+  state.user = state.users.find((u) => u.id === wanted.as) ?? null;
+  $("user-select").value = state.user?.id ?? "";
+  const ownInstructor = state.user?.role === "instructor" ? state.user.id : null;
+  const pick = [wanted.instructor, ownInstructor, state.instructors[0]?.id].find(
+    (id) => id && state.instructors.some((i) => i.id === id),
+  );
+  await loadMine();
+  chooseInstructor(pick ?? null);
+  document.body.dataset.ready = "true";
+}
+
+main();

@@ -1,0 +1,294 @@
+// Slotstream browser client: one Server-Sent Events connection per page that keeps an
+// instructor's schedule (and, when logged in, the user's notifications) up to date.
+//
+//   import { subscribe } from "./slotstream-client.js";
+//   const sub = subscribe("i1", { onChange: ({ schedule, error, isConnected }) => render(schedule) });
+//   sub.close();
+//
+// The API is documented in web/README.md. No dependencies, no build step.
+
+/** Connection states, in the order a healthy connection goes through them. */
+export const Status = Object.freeze({
+  CONNECTING: "connecting", // first attempt, nothing received yet
+  OPEN: "open", // connected, receiving live updates
+  RECONNECTING: "reconnecting", // lost the stream; EventSource is retrying (amber)
+  DISCONNECTED: "disconnected", // the server refused or closed for good; we retry after a delay (red)
+  CLOSED: "closed", // close() was called
+});
+
+const DEFAULTS = Object.freeze({
+  baseUrl: "",
+  token: null,
+  userId: null,
+  initialBackoffMs: 500,
+  maxBackoffMs: 15000,
+  eventSourceFactory: (url) => new EventSource(url),
+});
+
+/**
+ * Decode the (unverified) claims of a JWT, for display only: the server verifies tokens.
+ * @param {string} token
+ * @returns {{sub: string, role: string, name?: string, exp?: number} | null}
+ */
+export function decodeTokenClaims(token) {
+  try {
+    const part = token.split(".")[1];
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "="));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(json, (c) => c.charCodeAt(0))));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The merged view of one instructor's schedule. Slots are keyed by id and only ever
+ * replaced by a newer version, so a late or repeated delta can never move a slot back.
+ */
+export class Schedule {
+  constructor(instructorId) {
+    this.instructorId = instructorId;
+    /** @type {Map<string, object>} slot id → SlotData (deleted slots kept as tombstones) */
+    this.slots = new Map();
+    this.version = 0;
+    this.from = null;
+    this.to = null;
+    this.loaded = false;
+  }
+
+  /** Replace the state with a snapshot, keeping any slot we already hold in a newer version. */
+  applySnapshot(snapshot) {
+    const next = new Map();
+    for (const slot of snapshot.slots) {
+      const held = this.slots.get(slot.id);
+      next.set(slot.id, held && held.version > slot.version ? held : slot);
+    }
+    // Slots outside the snapshot's window that arrived as deltas stay (they are newer news).
+    for (const [id, held] of this.slots) {
+      if (!next.has(id) && !this._inWindow(held, snapshot)) next.set(id, held);
+    }
+    this.slots = next;
+    this.from = snapshot.from;
+    this.to = snapshot.to;
+    this.version = Math.max(this.version, snapshot.version || 0);
+    this.loaded = true;
+  }
+
+  /** Apply one slot delta; returns the previous state when it changed something, else undefined. */
+  applySlot(slot) {
+    if (slot.instructorId !== this.instructorId) return undefined;
+    const held = this.slots.get(slot.id);
+    if (held && held.version >= slot.version) return undefined;
+    this.slots.set(slot.id, slot);
+    this.version = Math.max(this.version, slot.version);
+    return held ?? null;
+  }
+
+  /** Visible slots (not deleted), sorted by start time. */
+  list() {
+    return [...this.slots.values()]
+      .filter((s) => s.status !== "deleted")
+      .sort((a, b) => Date.parse(a.start) - Date.parse(b.start));
+  }
+
+  get(slotId) {
+    return this.slots.get(slotId);
+  }
+
+  _inWindow(slot, snapshot) {
+    const start = Date.parse(slot.start);
+    return start >= Date.parse(snapshot.from) && start < Date.parse(snapshot.to);
+  }
+}
+
+/**
+ * A live subscription. Listen with callbacks (options) or with addEventListener on:
+ * "change" ({schedule, error, isConnected, status, attempt}), "schedule" (snapshot or
+ * delta applied), "slot", "booking", "notification" (CloudEvents), "presence" ({count}),
+ * "status" ({status, attempt, retryInMs}), "error" ({error}).
+ */
+export class Subscription extends EventTarget {
+  constructor(instructorId, options = {}) {
+    super();
+    if (!instructorId) throw new TypeError("subscribe() needs an instructor id");
+    this.options = { ...DEFAULTS, ...options };
+    this.instructorId = instructorId;
+    this.schedule = new Schedule(instructorId);
+    this.error = null;
+    this.status = Status.CONNECTING;
+    /** Failed attempts since the stream was last open (shown as "reconnecting (attempt N)"). */
+    this.attempt = 0;
+    this.lastEventId = null;
+    this.lastUpdate = null;
+    this.viewers = null;
+    this._source = null;
+    this._retryTimer = null;
+    this._retryAt = null;
+    this._connect();
+  }
+
+  /** True while the stream is open and delivering live updates. */
+  get isConnected() {
+    return this.status === Status.OPEN;
+  }
+
+  /** The URL of the next connection (public schedule, or /v1/events when logged in). */
+  url() {
+    const { baseUrl, token, userId } = this.options;
+    const params = new URLSearchParams();
+    let path;
+    if (token) {
+      path = "/v1/events";
+      params.append("channel", `instructors/${this.instructorId}/schedule`);
+      if (userId) params.append("channel", `users/${userId}/notifications`);
+      params.set("access_token", token);
+    } else {
+      path = "/api/book-now/schedule-updates";
+      params.set("instructorId", this.instructorId);
+    }
+    if (this.lastEventId) params.set("lastEventId", this.lastEventId);
+    return `${baseUrl}${path}?${params}`;
+  }
+
+  /** Stop for good: closes the stream and cancels any pending retry. */
+  close() {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    if (this._source) this._source.close();
+    this._source = null;
+    this._setStatus(Status.CLOSED);
+  }
+
+  /** Reconnect now (e.g. the user pressed "Retry" or the browser came back online). */
+  reconnectNow() {
+    if (this.status === Status.CLOSED || this.status === Status.OPEN) return;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._connect();
+  }
+
+  _connect() {
+    if (this._source) this._source.close();
+    const source = this.options.eventSourceFactory(this.url());
+    this._source = source;
+    source.onopen = () => {
+      if (source !== this._source) return;
+      this.attempt = 0;
+      this.error = null;
+      this._setStatus(Status.OPEN);
+    };
+    source.onerror = () => {
+      if (source !== this._source) return;
+      this.attempt += 1;
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (HTTP error, wrong content type, proxy error page):
+        // reconnect ourselves, later each time, from the last event we saw.
+        source.close();
+        this._source = null;
+        this._scheduleRetry();
+      } else {
+        // EventSource retries by itself and sends Last-Event-ID.
+        this._setStatus(Status.RECONNECTING);
+      }
+    };
+    const on = (name, handler) =>
+      source.addEventListener(name, (event) => {
+        if (source !== this._source) return;
+        if (event.lastEventId) this.lastEventId = event.lastEventId;
+        let payload;
+        try {
+          payload = JSON.parse(event.data);
+        } catch (error) {
+          this._fail(new Error(`unreadable ${name} frame: ${error.message}`));
+          return;
+        }
+        handler(payload);
+      });
+    on("snapshot", (frame) => this._onSnapshot(frame));
+    on("slot", (event) => this._onSlot(event));
+    on("booking", (event) => this._emit("booking", event));
+    on("notification", (event) => this._emit("notification", event));
+    on("presence", (frame) => this._onPresence(frame));
+    on("resync", (frame) => this._emit("resync", frame));
+    on("bye", (frame) => this._emit("bye", frame));
+  }
+
+  _scheduleRetry() {
+    const { initialBackoffMs, maxBackoffMs } = this.options;
+    // Capped exponential backoff with full jitter: many pages dropped at once by one
+    // failing gateway must not all come back in the same instant.
+    const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** Math.min(this.attempt - 1, 16));
+    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    this._retryAt = Date.now() + delay;
+    this._setStatus(Status.DISCONNECTED, delay);
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      this._setStatus(Status.RECONNECTING);
+      this._connect();
+    }, delay);
+  }
+
+  _onSnapshot(frame) {
+    const snapshot = frame.schedule;
+    if (!snapshot || snapshot.instructorId !== this.instructorId) return;
+    this.schedule.applySnapshot(snapshot);
+    this._touch();
+    this._emit("schedule", { schedule: this.schedule, kind: "snapshot" });
+  }
+
+  _onSlot(event) {
+    const slot = event.data;
+    if (!slot) return;
+    const previous = this.schedule.applySlot(slot);
+    if (previous === undefined) return; // stale or foreign: never move backwards
+    this._touch();
+    this._emit("slot", event);
+    this._emit("schedule", { schedule: this.schedule, kind: "delta", slot, previous });
+  }
+
+  _onPresence(frame) {
+    if (frame.channel !== `instructors/${this.instructorId}/schedule`) return;
+    this.viewers = frame.count;
+    this._emit("presence", { count: frame.count });
+  }
+
+  _touch() {
+    this.lastUpdate = new Date();
+  }
+
+  _fail(error) {
+    this.error = error;
+    this._emit("error", { error });
+  }
+
+  _setStatus(status, retryInMs = null) {
+    this.status = status;
+    this._emit("status", { status, attempt: this.attempt, retryInMs });
+  }
+
+  _emit(name, detail) {
+    this.dispatchEvent(new CustomEvent(name, { detail }));
+    const callback = this.options[`on${name[0].toUpperCase()}${name.slice(1)}`];
+    if (typeof callback === "function") callback(detail, this);
+    if (name !== "change") {
+      this._emit("change", {
+        schedule: this.schedule,
+        error: this.error,
+        isConnected: this.isConnected,
+        status: this.status,
+        attempt: this.attempt,
+      });
+    }
+  }
+}
+
+/**
+ * Subscribe to an instructor's schedule.
+ * @param {string} instructorId
+ * @param {object} [options] baseUrl, token, userId, initialBackoffMs, maxBackoffMs,
+ *   eventSourceFactory, and callbacks onChange, onSchedule, onSlot, onBooking,
+ *   onNotification, onPresence, onStatus, onError, onResync, onBye.
+ * @returns {Subscription}
+ */
+export function subscribe(instructorId, options = {}) {
+  return new Subscription(instructorId, options);
+}

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,11 +192,12 @@ class DevStack:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         tls_port: int | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.ports = ports
-        self.jwt_secret = jwt_secret or secrets.token_urlsafe(48)
-        self.internal_token = secrets.token_urlsafe(24)
+        self.jwt_secret = jwt_secret or secrets.token_hex(32)
+        self.internal_token = secrets.token_hex(24)
         self.log_level = log_level
         self.tls = (tls_cert, tls_key, tls_port or 8443) if tls_cert and tls_key else None
         self.users: list[DemoUser] = []
@@ -204,6 +205,7 @@ class DevStack:
         self.broker: TansuBroker | None = None
         self.processes: dict[str, Process] = {}
         self.logs = state_dir / "logs"
+        self._progress = progress or (lambda _step: None)
 
     # ------------------------------------------------------------------ addresses
 
@@ -267,6 +269,7 @@ class DevStack:
         self.stop()
 
     def _spawn(self, process: Process, timeout: float = 30.0) -> Process:
+        self._progress(f"starting {process.name}")
         self.processes[process.name] = process
         process.start()
         process.wait_healthy(timeout)
@@ -278,6 +281,7 @@ class DevStack:
         return env
 
     def _start_kafka(self) -> None:
+        self._progress(f"starting Tansu on {self.bootstrap_servers}")
         self.broker = TansuBroker(port=self.ports.kafka, log_path=self.logs / "tansu.log")
         self.broker.start()
         asyncio.run(
@@ -314,13 +318,14 @@ class DevStack:
 
     def _start_publisher(self) -> None:
         env = self._base_env() | {
-            "PUBLISHER_HOST": "127.0.0.1",
-            "PUBLISHER_PORT": str(self.ports.publisher),
+            "PUBLISHER_HTTP_HOST": "127.0.0.1",
+            "PUBLISHER_HTTP_PORT": str(self.ports.publisher),
             "PUBLISHER_SOURCE": "feed",
-            "PUBLISHER_FEED__URL": self.booking_api_url,
-            "PUBLISHER_FEED__INTERNAL_TOKEN": self.internal_token,
+            "PUBLISHER_FEED_URL": self.booking_api_url,
+            "PUBLISHER_FEED_TOKEN": self.internal_token,
             "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "PUBLISHER_KAFKA__ENABLE_IDEMPOTENCE": "false",
+            # Tansu rejects idempotent producers; event ids make re-sends harmless.
+            "PUBLISHER_ENABLE_IDEMPOTENCE": "false",
             "PUBLISHER_LOG__LEVEL": self.log_level,
         }
         self._spawn(
@@ -430,6 +435,7 @@ class DevStack:
 
     def seed(self) -> list[DemoUser]:
         """Create demo instructors and slots through the API; write demo-users.json."""
+        self._progress("seeding demo instructors, slots and users")
         result = subprocess.run(
             [
                 str(BIN / "slotstream-seed"),

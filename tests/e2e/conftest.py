@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from scripts.devstack import DevStack, Ports, StackError
 from slotstream_testkit.net import free_port, wait_for_port
 from tests.e2e.fakeserver import FakeEdge
 
@@ -49,23 +47,6 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
         yield context
     finally:
         context.close()
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    """The `make demo` stack on free ports, seeded; everything stopped at the end."""
-    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-        pytest.skip("nginx is not installed (make test installs it when run as root)")
-    state = tmp_path_factory.mktemp("devstack")
-    devstack = DevStack(state, Ports.free(), log_level="WARNING")
-    try:
-        devstack.start()
-    except StackError as exc:
-        pytest.fail(f"the demo stack did not start: {exc}")
-    try:
-        yield devstack
-    finally:
-        devstack.stop()
 
 
 @pytest.fixture

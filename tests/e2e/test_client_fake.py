@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from tests.e2e.conftest import save_screenshot
 from tests.e2e.fakeserver import INSTRUCTOR, FakeEdge, make_slot
@@ -27,7 +27,7 @@ def open_page(context: BrowserContext, base_url: str, errors: list[str]) -> Page
     return page
 
 
-def slot_button(page: Page, slot_id: str):  # type: ignore[no-untyped-def]
+def slot_button(page: Page, slot_id: str) -> Locator:
     return page.locator(f'button.slot[data-slot-id="{slot_id}"]')
 
 

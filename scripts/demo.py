@@ -1,0 +1,140 @@
+"""`make demo`: the whole Slotstream system on this machine, without Docker.
+
+Tansu (Kafka-compatible broker), the booking-api (memory backend), the change-publisher
+(reading the booking-api's change feed), two push-gateways and nginx as the edge on
+http://127.0.0.1:8080/. Prints the demo users and their tokens. Ctrl-C (or SIGTERM)
+stops every process it started.
+
+Optional: SLOTSTREAM_TLS_CERT and SLOTSTREAM_TLS_KEY (PEM files) add an HTTPS + HTTP/2
+server on https://127.0.0.1:8443/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.devstack import REPO, DevStack, Ports, StackError, tansu_hint  # noqa: E402
+
+STATE_DIR = REPO / ".demo"
+
+
+class Stop(Exception):
+    """Raised by the signal handler so that `finally` stops the stack."""
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def _busy_ports(ports: Ports) -> list[int]:
+    busy = []
+    for port in (ports.kafka, ports.booking_api, ports.publisher, ports.gateway_1,
+                 ports.gateway_2, ports.edge):  # fmt: skip
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(port)
+    return busy
+
+
+def _banner(stack: DevStack) -> str:
+    lines = [
+        "",
+        "Slotstream is running.",
+        "",
+        f"  Book-Now page   {stack.base_url}/",
+    ]
+    if stack.tls is not None:
+        lines.append(f"  over HTTP/2     https://127.0.0.1:{stack.tls[2]}/")
+    lines += [
+        f"  booking-api     {stack.booking_api_url}/api/docs  (OpenAPI)",
+        f"  push-gateways   {stack.gateway_url(1)}  {stack.gateway_url(2)}  (behind the edge)",
+        f"  publisher       http://127.0.0.1:{stack.ports.publisher}/metrics",
+        f"  Kafka (Tansu)   {stack.bootstrap_servers}",
+        f"  logs            {stack.logs}/",
+        "",
+        "Demo users (pick one under “Signed in as” on the page; tokens valid 12 h):",
+    ]
+    for user in stack.users:
+        lines.append(f"  {user.role:<10} {user.name:<18} {user.id}")
+        lines.append(f"             {user.token}")
+    student = next((u for u in stack.users if u.role == "student"), None)
+    instructor = stack.instructors[0]["id"] if stack.instructors else "<instructor id>"
+    lines += [
+        "",
+        "Try it from a terminal:",
+        f"  curl -N '{stack.base_url}/api/book-now/schedule-updates?instructorId={instructor}'",
+    ]
+    if student is not None:
+        lines.append(
+            f"  curl -s {stack.base_url}/api/instructors/{instructor}/schedule"
+            " | python3 -m json.tool | head -40"
+        )
+        lines.append(
+            f"  curl -s -X POST {stack.base_url}/api/bookings -H 'Authorization: Bearer "
+            f"{student.token[:16]}…' -H 'Content-Type: application/json' "
+            '-d \'{"slotId": "<slot id>"}\''
+        )
+    lines += [
+        "",
+        "Look at the events on Kafka:",
+        tansu_hint(stack),
+        "",
+        "Press Ctrl-C to stop everything.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    ports = Ports.demo()
+    busy = _busy_ports(ports)
+    if busy:
+        print(
+            f"demo: ports {', '.join(map(str, busy))} are in use (another `make demo`?). "
+            "Stop it first.",
+            file=sys.stderr,
+        )
+        return 1
+    cert, key = os.environ.get("SLOTSTREAM_TLS_CERT"), os.environ.get("SLOTSTREAM_TLS_KEY")
+    stack = DevStack(
+        STATE_DIR,
+        ports,
+        tls_cert=Path(cert) if cert else None,
+        tls_key=Path(key) if key else None,
+        progress=lambda step: print(f"demo: {step}", flush=True),
+    )
+    try:
+        stack.start()
+        print(_banner(stack), flush=True)
+        while True:
+            time.sleep(1)
+            dead = [p.name for p in stack.processes.values() if not p.running]
+            if dead:
+                print(f"demo: {', '.join(dead)} stopped unexpectedly; see {stack.logs}/",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+    except StackError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    except Stop as stop:
+        print(f"\ndemo: {stop}: stopping…", flush=True)
+        return 0
+    finally:
+        # Ignore a second Ctrl-C while the processes are being stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        print("demo: every process stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

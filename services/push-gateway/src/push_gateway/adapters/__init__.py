@@ -1,0 +1,1 @@
+"""I/O behind ports: snapshots (booking-api), Kafka history, presence."""

@@ -1,0 +1,232 @@
+"""Kafka: the broadcast ingest consumer and read-back of older history for resumes.
+
+Plain aiokafka, not FastStream, on the ingest path: FastStream's subscriber calls a handler
+per message (~18 k msgs/s measured on Tansu), while the gateway must read *every* record of
+the cluster (target ≥ 250 k/s). ``getmany`` hands whole per-partition batches to the hub,
+which routes each record with one dict lookup.
+
+Every gateway reads every partition (manual assignment, no consumer group): a browser may
+land on any gateway, so each must see all events (broadcast, not work-sharing). Without a
+group there are no rebalances and no committed offsets; a (re)started gateway starts a
+ring-buffer's length behind the end of each partition, so resumes after a gateway restart
+are still served from memory.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from push_gateway.config import GatewayKafkaSettings
+from push_gateway.domain.hub import ChannelHub, Record
+
+log = structlog.get_logger(__name__)
+
+
+def _consumer(settings: GatewayKafkaSettings, **extra: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        security_protocol=settings.security_protocol,
+        request_timeout_ms=settings.request_timeout_ms,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **extra,
+    )
+
+
+class KafkaIngest:
+    """Feeds every partition of the data topics into the hub."""
+
+    def __init__(
+        self,
+        settings: GatewayKafkaSettings,
+        topics: Sequence[str],
+        hub: ChannelHub,
+        backfill: int,
+    ) -> None:
+        self._settings = settings
+        self._topics = tuple(topics)
+        self._hub = hub
+        self._backfill = backfill
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._catch_up_to: dict[TopicPartition, int] = {}
+        self.caught_up = False
+        self.lag = 0
+        self.fetch_errors = 0
+
+    async def start(self) -> None:
+        consumer = _consumer(
+            self._settings,
+            max_poll_records=self._settings.max_poll_records,
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        self._consumer = consumer
+        partitions: list[TopicPartition] = []
+        for topic in self._topics:
+            found = await self._partitions_of(consumer, topic)
+            partitions.extend(TopicPartition(topic, p) for p in found)
+        consumer.assign(partitions)
+        beginnings = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        counts = {t: sum(1 for tp in partitions if tp.topic == t) for t in self._topics}
+        for tp in partitions:
+            start = max(beginnings[tp], ends[tp] - self._backfill)
+            consumer.seek(tp, start)
+            self._hub.assign(tp.topic, tp.partition, start, counts[tp.topic])
+        self._catch_up_to = {tp: ends[tp] for tp in partitions}
+        self._check_caught_up()
+        log.info("ingest assigned", partitions=len(partitions), backfill=self._backfill)
+        self._task = asyncio.create_task(self._run(), name="kafka-ingest")
+
+    async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+        deadline = time.monotonic() + 30
+        while True:
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return sorted(found)
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions")
+            await asyncio.sleep(0.2)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        ingest = self._hub.ingest
+        while True:
+            try:
+                batches: dict[
+                    TopicPartition, list[ConsumerRecord[bytes, bytes]]
+                ] = await consumer.getmany(timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker hiccup: aiokafka reconnects, keep reading
+                self.fetch_errors += 1
+                log.warning("ingest fetch failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                ingest(tp.topic, tp.partition, records)
+            if not self.caught_up:
+                self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        hub_positions = self._hub.positions()
+        letters = self._hub_letters()
+        self.caught_up = all(
+            hub_positions[(letters[tp.topic], tp.partition)] >= end - 1
+            for tp, end in self._catch_up_to.items()
+        )
+        if self.caught_up:
+            log.info("ingest caught up")
+
+    def _hub_letters(self) -> dict[str, str]:
+        return self._hub._letters  # noqa: SLF001 - same package, read-only
+
+    async def refresh_lag(self) -> int:
+        """Records between the hub's positions and the ends of the partitions."""
+        if self._consumer is None:
+            return 0
+        assigned = list(self._consumer.assignment())
+        ends = await self._consumer.end_offsets(assigned)
+        letters = self._hub_letters()
+        positions = self._hub.positions()
+        self.lag = sum(
+            max(0, end - 1 - positions[(letters[tp.topic], tp.partition)])
+            for tp, end in ends.items()
+        )
+        return self.lag
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class HistoryGone(LookupError):
+    """The requested offsets were deleted from Kafka (retention or compaction)."""
+
+
+class History(Protocol):
+    async def read(
+        self, topic: str, partition: int, first: int, stop: int, keys: set[bytes]
+    ) -> list[Record]:
+        """Records with ``first <= offset < stop`` whose key is in ``keys``."""
+        ...
+
+
+class KafkaHistory:
+    """Reads a range of one partition back from Kafka with a short-lived consumer."""
+
+    def __init__(self, settings: GatewayKafkaSettings, max_records: int = 200_000) -> None:
+        self._settings = settings
+        self._max_records = max_records
+        self.reads = 0
+
+    async def read(
+        self, topic: str, partition: int, first: int, stop: int, keys: set[bytes]
+    ) -> list[Record]:
+        self.reads += 1
+        if stop - first > self._max_records:
+            raise HistoryGone(f"{stop - first} records to read back exceeds the bound")
+        consumer = _consumer(self._settings, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            beginning = (await consumer.beginning_offsets([tp]))[tp]
+            if beginning > first:
+                raise HistoryGone(f"{topic}[{partition}] starts at {beginning}, need {first}")
+            consumer.seek(tp, first)
+            found: list[Record] = []
+            position = first
+            while position < stop:
+                batches = await consumer.getmany(tp, timeout_ms=2000)
+                records = batches.get(tp, [])
+                if not records:
+                    raise HistoryGone(f"{topic}[{partition}] returned nothing at {position}")
+                for record in records:
+                    if record.offset >= stop:
+                        break
+                    if record.key in keys:
+                        found.append(record)
+                position = records[-1].offset + 1
+            return found
+        finally:
+            await consumer.stop()
+
+
+class FakeHistory:
+    """History from a dict ``(topic, partition) → records``; records every read."""
+
+    def __init__(self, log_: dict[tuple[str, int], list[Record]] | None = None) -> None:
+        self.log = log_ or {}
+        self.reads: list[tuple[str, int, int, int]] = []
+        self.beginning: Callable[[str, int], int] = lambda _t, _p: 0
+
+    async def read(
+        self, topic: str, partition: int, first: int, stop: int, keys: set[bytes]
+    ) -> list[Record]:
+        self.reads.append((topic, partition, first, stop))
+        if self.beginning(topic, partition) > first:
+            raise HistoryGone(f"{topic}[{partition}] no longer has {first}")
+        return [
+            r
+            for r in self.log.get((topic, partition), [])
+            if first <= r.offset < stop and r.key in keys
+        ]

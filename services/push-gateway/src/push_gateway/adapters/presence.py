@@ -1,0 +1,156 @@
+"""Cluster-wide subscriber counts through the compacted presence topic.
+
+Each gateway publishes its own per-channel counts (key = instance id, so compaction keeps
+one record per gateway) every few seconds, and reads the topic from the beginning to sum
+everyone's latest counts. A gateway that stops publishing (crashed) drops out after a few
+intervals; one that shuts down cleanly writes a tombstone.
+
+Plain aiokafka rather than FastStream: the gateway already runs aiokafka clients for its
+hot path, and this consumer needs the same manual assignment from the beginning of the
+topic with no group, which is a few lines here.
+"""
+
+import asyncio
+import contextlib
+import time
+from typing import Protocol
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from push_gateway.config import GatewayKafkaSettings
+
+log = structlog.get_logger(__name__)
+
+
+class PresenceBus(Protocol):
+    async def publish(self, counts: dict[str, int]) -> None: ...
+    def cluster_counts(self) -> dict[str, int]: ...
+
+
+class PresenceTable:
+    """Latest counts per gateway instance, with expiry of silent instances."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._by_instance: dict[str, tuple[float, dict[str, int]]] = {}
+
+    def update(
+        self, instance: str, counts: dict[str, int] | None, now: float | None = None
+    ) -> None:
+        if counts is None:
+            self._by_instance.pop(instance, None)
+        else:
+            self._by_instance[instance] = (time.monotonic() if now is None else now, counts)
+
+    def totals(self, now: float | None = None) -> dict[str, int]:
+        now = time.monotonic() if now is None else now
+        totals: dict[str, int] = {}
+        for seen, counts in self._by_instance.values():
+            if now - seen > self._ttl:
+                continue
+            for channel, count in counts.items():
+                totals[channel] = totals.get(channel, 0) + count
+        return totals
+
+
+class FakePresenceBus:
+    """Gateways sharing one :class:`PresenceTable` in memory; records what was published."""
+
+    def __init__(self, instance: str, table: PresenceTable) -> None:
+        self.instance = instance
+        self.table = table
+        self.published: list[dict[str, int]] = []
+
+    async def publish(self, counts: dict[str, int]) -> None:
+        self.published.append(counts)
+        self.table.update(self.instance, counts)
+
+    def cluster_counts(self) -> dict[str, int]:
+        return self.table.totals()
+
+
+class KafkaPresenceBus:
+    def __init__(
+        self, settings: GatewayKafkaSettings, topic: str, instance: str, ttl_seconds: float
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._instance = instance
+        self._table = PresenceTable(ttl_seconds)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        common = {
+            "bootstrap_servers": self._settings.bootstrap_servers,
+            "client_id": f"{self._settings.client_id}-presence",
+            "security_protocol": self._settings.security_protocol,
+            "request_timeout_ms": self._settings.request_timeout_ms,
+        }
+        self._producer = AIOKafkaProducer(**common, enable_idempotence=False, acks=1)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            **common,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+        )
+        await self._consumer.start()
+        parts = self._consumer.partitions_for_topic(self._topic) or {0}
+        self._consumer.assign([TopicPartition(self._topic, p) for p in sorted(parts)])
+        self._task = asyncio.create_task(self._read(), name="presence-reader")
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("presence read failed", error=repr(exc))
+                await asyncio.sleep(1)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._apply(record.key, record.value)
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        instance = key.decode("utf-8", "replace")
+        if value is None:
+            self._table.update(instance, None)
+            return
+        try:
+            counts = orjson.loads(value).get("counts", {})
+            self._table.update(instance, {str(k): int(v) for k, v in counts.items()})
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            log.warning("presence record ignored", instance=instance)
+
+    async def publish(self, counts: dict[str, int]) -> None:
+        if self._producer is None:
+            return
+        payload = orjson.dumps({"instance": self._instance, "counts": counts})
+        await self._producer.send_and_wait(self._topic, payload, key=self._instance.encode())
+        # our own counts count at once, not only when they come back from the topic
+        self._table.update(self._instance, counts)
+
+    def cluster_counts(self) -> dict[str, int]:
+        return self._table.totals()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.send_and_wait(self._topic, None, key=self._instance.encode())
+            await self._producer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()

@@ -1,0 +1,115 @@
+"""Composition root: build settings' clients, the hub and the gateway, and wire them."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client.registry import CollectorRegistry
+
+from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
+from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
+from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSource, SnapshotSource
+from push_gateway.api.protocol import protocol_for
+from push_gateway.api.routes import router
+from push_gateway.config import Settings
+from push_gateway.domain.hub import ChannelHub
+from push_gateway.domain.positions import NOTIFICATIONS_LETTER, SCHEDULE_LETTER
+from push_gateway.gateway import Gateway
+from push_gateway.metrics import GatewayCollector
+
+
+def create_app(
+    settings: Settings,
+    *,
+    snapshot_source: SnapshotSource | None = None,
+    history: History | None = None,
+    presence: PresenceBus | None = None,
+) -> FastAPI:
+    """The FastAPI app (non-stream routes) with the gateway on ``app.state.gateway``.
+
+    Stream requests never reach this app: :func:`build_server` installs the protocol that
+    hands them to the gateway. Tests may pass fakes for the outbound ports.
+    """
+    topics = settings.topics
+    hub = ChannelHub(
+        {topics.schedule: SCHEDULE_LETTER, topics.notifications: NOTIFICATIONS_LETTER},
+        settings.ring_buffer_size,
+    )
+    http_client = httpx.AsyncClient(
+        base_url=settings.booking_api_url, timeout=settings.snapshot_timeout_seconds
+    )
+    kafka_presence = (
+        KafkaPresenceBus(
+            settings.kafka,
+            topics.presence,
+            settings.instance_id,
+            ttl_seconds=settings.presence_interval_seconds * 3 + 5,
+        )
+        if presence is None
+        else None
+    )
+    gateway = Gateway(
+        settings,
+        hub,
+        CoalescingSnapshots(snapshot_source or HttpSnapshotSource(http_client)),
+        history or KafkaHistory(settings.kafka),
+        presence or kafka_presence,  # type: ignore[arg-type]
+    )
+    ingest = KafkaIngest(
+        settings.kafka,
+        (topics.schedule, topics.notifications),
+        hub,
+        backfill=settings.ring_buffer_size,
+    )
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(gateway, ingest))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await ingest.start()
+        if kafka_presence is not None:
+            await kafka_presence.start()
+        gateway.start_background()
+        try:
+            yield
+        finally:
+            await gateway.shutdown()
+            await ingest.stop()
+            if kafka_presence is not None:
+                await kafka_presence.stop()
+            await http_client.aclose()
+
+    app = FastAPI(title="Slotstream push-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+    app.state.ingest = ingest
+    app.state.registry = registry
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "Last-Event-ID"],
+        )
+    app.include_router(router)
+    return app
+
+
+def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
+    """A uvicorn server (uvloop, httptools) whose HTTP protocol hands streams to the gateway."""
+    app = app or create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=protocol_for(app.state.gateway),
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)

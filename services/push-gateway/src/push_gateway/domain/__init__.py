@@ -1,0 +1,1 @@
+"""Pure gateway rules: SSE framing, positions, requests, snapshot merge, the channel hub."""

@@ -1,0 +1,49 @@
+"""Server-Sent Events framing.
+
+A data frame is ``id:``, ``event:`` and a single ``data:`` line. Event payloads are compact
+JSON (CloudEvents as stored in Kafka, or gateway-built objects), so the only thing that could
+break a frame is a raw ``\\n`` or ``\\r`` in the bytes; JSON encoding escapes those inside
+strings, and a payload that still contains one is refused rather than sent.
+"""
+
+from typing import Any, Final
+
+import orjson
+
+from slotstream_contracts.events import EventType
+
+HEARTBEAT: Final = b": hb\n\n"
+
+#: ``ce_type`` header value → SSE event name (the type's family), for every data event type.
+FAMILY_OF_TYPE: Final[dict[bytes, bytes]] = {
+    t.value.encode(): t.family.encode() for t in EventType if t is not EventType.STREAM_RESYNC
+}
+
+
+class FrameError(ValueError):
+    """The payload cannot be placed in one ``data:`` line."""
+
+
+def check_payload(data: bytes) -> bytes:
+    if b"\n" in data or b"\r" in data:
+        raise FrameError("payload contains a raw line break")
+    return data
+
+
+def event_body(event: bytes, data: bytes) -> bytes:
+    """The ``event:``/``data:`` part of a frame, shared by every subscriber."""
+    return b"event: " + event + b"\ndata: " + check_payload(data) + b"\n\n"
+
+
+def with_id(frame_id: bytes, body: bytes) -> bytes:
+    return b"id: " + frame_id + b"\n" + body
+
+
+def json_frame(event: str, payload: Any, frame_id: bytes | None = None) -> bytes:
+    """A frame for a gateway-built event (``snapshot``, ``resync``, ``presence``, ``bye``)."""
+    body = event_body(event.encode(), orjson.dumps(payload))
+    return with_id(frame_id, body) if frame_id is not None else body
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    return b"retry: " + str(milliseconds).encode() + b"\n\n"

@@ -1,0 +1,327 @@
+"""The in-process fan-out: Kafka records in, one shared SSE frame out to every subscriber.
+
+This is the gateway's hot path, so it is written for the interpreter rather than for
+elegance:
+
+* a record is routed by a dictionary lookup on its key bytes (``topic → key → subscribers``);
+  a record nobody here subscribes to costs that lookup and a ring-buffer append, and its
+  value is never decoded;
+* a record with subscribers is framed once (``event:`` from the ``ce_type`` header, ``data:``
+  = the raw value bytes) and the same bytes object is handed to every live subscriber's
+  write function, which for a real connection is ``transport.write`` itself: no task
+  wake-up, queue or ASGI ``send`` per delivery;
+* subscribers still catching up (snapshot or resume in flight) get the record buffered
+  instead, so nothing falls between "subscribed" and "live".
+
+The hub never waits on a client; bounding each client's unsent output is the transport's
+job (see ``api/stream.py``).
+"""
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from aiokafka.partitioner import murmur2
+
+from push_gateway.domain.frames import FAMILY_OF_TYPE, FrameError, event_body
+from push_gateway.domain.positions import PartitionKey
+from slotstream_contracts.channels import Channel
+from slotstream_contracts.topics import CONTROL_KEY
+
+CONTROL_KEY_BYTES: Final = CONTROL_KEY.encode()
+#: Event ids remembered per channel to drop re-sent copies of the same change.
+RECENT_IDS: Final = 256
+
+Writer = Callable[[bytes], object]
+
+
+class Record(Protocol):
+    """The parts of a Kafka ``ConsumerRecord`` the hub reads."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class Subscriber(Protocol):
+    """One connection as the hub sees it."""
+
+    @property
+    def partitions(self) -> tuple[PartitionKey, ...]: ...
+    @property
+    def writer(self) -> Writer: ...
+    def buffer(self, key: PartitionKey, record: Record) -> None: ...
+    def on_resync(self, key: PartitionKey) -> None: ...
+
+
+class ChannelSubscribers:
+    """Local subscribers of one channel, grouped by their partition set (which fixes the id)."""
+
+    __slots__ = ("channel", "live", "pending", "recent_ids")
+
+    def __init__(self, channel: Channel | None) -> None:
+        self.channel = channel
+        self.live: dict[tuple[PartitionKey, ...], dict[Subscriber, Writer]] = {}
+        self.pending: dict[Subscriber, None] = {}
+        self.recent_ids: dict[bytes, None] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending) + sum(len(group) for group in self.live.values())
+
+
+@dataclass
+class HubStats:
+    records: int = 0
+    deliveries: int = 0
+    framed: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    resyncs: int = 0
+
+
+@dataclass
+class PartitionState:
+    ring: deque[Record]
+    start_offset: int
+    position: int
+    id_prefix: bytes = field(default=b"")
+
+
+def record_headers(record: Record) -> tuple[bytes | None, bytes | None]:
+    """``(ce_type, ce_id)`` of a record."""
+    ce_type = ce_id = None
+    for name, value in record.headers:
+        if name == "ce_type":
+            ce_type = value
+        elif name == "ce_id":
+            ce_id = value
+    return ce_type, ce_id
+
+
+def frame_body(record: Record) -> bytes | None:
+    """The shared ``event:``/``data:`` bytes of a data record; None when it cannot be framed."""
+    ce_type, _ = record_headers(record)
+    family = FAMILY_OF_TYPE.get(ce_type) if ce_type is not None else None
+    if family is None or record.value is None:
+        return None
+    try:
+        return event_body(family, record.value)
+    except FrameError:
+        return None
+
+
+class ChannelHub:
+    """Routes records of the data topics to local subscribers."""
+
+    def __init__(self, letters: dict[str, str], ring_size: int) -> None:
+        self._letters = letters
+        self._topics = {letter: topic for topic, letter in letters.items()}
+        self._ring_size = ring_size
+        self._index: dict[str, dict[bytes | None, ChannelSubscribers]] = {
+            topic: {CONTROL_KEY_BYTES: ChannelSubscribers(None)} for topic in letters
+        }
+        self._partitions: dict[PartitionKey, PartitionState] = {}
+        self._partition_count: dict[str, int] = {}
+        self._subscribers: dict[Subscriber, tuple[Channel, ...]] = {}
+        self.stats = HubStats()
+        self._progress_listeners: list[Callable[[], None]] = []
+
+    # -- partitions --------------------------------------------------------------------
+    def assign(self, topic: str, partition: int, next_offset: int, partition_count: int) -> None:
+        """Start tracking a partition whose next record will be at ``next_offset``."""
+        key = (self._letters[topic], partition)
+        self._partitions[key] = PartitionState(
+            ring=deque(maxlen=self._ring_size),
+            start_offset=next_offset,
+            position=next_offset - 1,
+            id_prefix=f"{key[0]}{partition}:".encode(),
+        )
+        self._partition_count[topic] = partition_count
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self._partitions) and set(self._partition_count) == set(self._letters)
+
+    def partition_key(self, channel: Channel) -> PartitionKey:
+        """Where the channel's records live: Kafka's default partitioner on its key."""
+        count = self._partition_count[channel.topic]
+        return (self._letters[channel.topic], (murmur2(channel.record_key) & 0x7FFFFFFF) % count)
+
+    def position(self, key: PartitionKey) -> int:
+        return self._partitions[key].position
+
+    def positions(self) -> dict[PartitionKey, int]:
+        return {key: state.position for key, state in self._partitions.items()}
+
+    def topic_of(self, key: PartitionKey) -> str:
+        return self._topics[key[0]]
+
+    def on_progress(self, listener: Callable[[], None]) -> None:
+        self._progress_listeners.append(listener)
+
+    # -- ingest (hot path) ---------------------------------------------------------------
+    def ingest(self, topic: str, partition: int, records: Sequence[Record]) -> None:
+        """Route a batch of consecutive records of one partition."""
+        if not records:
+            return
+        key = (self._letters[topic], partition)
+        state = self._partitions[key]
+        ring_append = state.ring.append
+        lookup = self._index[topic].get
+        for record in records:
+            ring_append(record)
+            subscribers = lookup(record.key)
+            if subscribers is not None:
+                self._dispatch(subscribers, key, state, record)
+        state.position = records[-1].offset
+        self.stats.records += len(records)
+        for listener in self._progress_listeners:
+            listener()
+
+    def _dispatch(
+        self,
+        subscribers: ChannelSubscribers,
+        key: PartitionKey,
+        state: PartitionState,
+        record: Record,
+    ) -> None:
+        if subscribers.channel is None:
+            self._resync(key)
+            return
+        ce_type, ce_id = record_headers(record)
+        family = FAMILY_OF_TYPE.get(ce_type) if ce_type is not None else None
+        value = record.value
+        if family is None or value is None:
+            self.stats.malformed += 1
+            return
+        if ce_id is not None:
+            recent = subscribers.recent_ids
+            if ce_id in recent:
+                self.stats.duplicates += 1
+                return
+            recent[ce_id] = None
+            if len(recent) > RECENT_IDS:
+                del recent[next(iter(recent))]
+        try:
+            body = event_body(family, value)
+        except FrameError:
+            self.stats.malformed += 1
+            return
+        self.stats.framed += 1
+        for pending in subscribers.pending:
+            pending.buffer(key, record)
+        delivered = 0
+        for partitions, writers in subscribers.live.items():
+            if len(partitions) == 1:
+                frame = b"id: " + state.id_prefix + str(record.offset).encode() + b"\n" + body
+            else:
+                frame = b"id: " + self._vector_id(partitions, key, record.offset) + b"\n" + body
+            for write in writers.values():
+                write(frame)
+            delivered += len(writers)
+        self.stats.deliveries += delivered
+
+    def _vector_id(
+        self, partitions: tuple[PartitionKey, ...], key: PartitionKey, offset: int
+    ) -> bytes:
+        states = self._partitions
+        return ".".join(
+            f"{letter}{part}:{offset if (letter, part) == key else states[(letter, part)].position}"
+            for letter, part in partitions
+        ).encode()
+
+    def _resync(self, key: PartitionKey) -> None:
+        self.stats.resyncs += 1
+        for subscriber in list(self._subscribers):
+            if key in subscriber.partitions:
+                subscriber.on_resync(key)
+
+    # -- subscriptions -------------------------------------------------------------------
+    def attach(
+        self, subscriber: Subscriber, channels: Iterable[Channel]
+    ) -> dict[PartitionKey, int]:
+        """Subscribe as pending (records are buffered); returns the positions it starts from."""
+        chosen = tuple(channels)
+        self._subscribers[subscriber] = chosen
+        for channel in chosen:
+            index = self._index[channel.topic]
+            entry = index.get(channel.record_key)
+            if entry is None:
+                entry = index[channel.record_key] = ChannelSubscribers(channel)
+            entry.pending[subscriber] = None
+        return {key: self._partitions[key].position for key in subscriber.partitions}
+
+    def go_live(self, subscriber: Subscriber) -> None:
+        """From now on records are written straight to the subscriber's writer."""
+        for channel in self._subscribers.get(subscriber, ()):
+            entry = self._index[channel.topic][channel.record_key]
+            entry.pending.pop(subscriber, None)
+            entry.live.setdefault(subscriber.partitions, {})[subscriber] = subscriber.writer
+
+    def to_pending(self, subscriber: Subscriber) -> None:
+        """Buffer again (a resync is being served)."""
+        for channel in self._subscribers.get(subscriber, ()):
+            entry = self._index[channel.topic][channel.record_key]
+            group = entry.live.get(subscriber.partitions)
+            if group is not None:
+                group.pop(subscriber, None)
+                if not group:
+                    del entry.live[subscriber.partitions]
+            entry.pending[subscriber] = None
+
+    def detach(self, subscriber: Subscriber) -> None:
+        for channel in self._subscribers.pop(subscriber, ()):
+            index = self._index[channel.topic]
+            entry = index.get(channel.record_key)
+            if entry is None:
+                continue
+            entry.pending.pop(subscriber, None)
+            group = entry.live.get(subscriber.partitions)
+            if group is not None:
+                group.pop(subscriber, None)
+                if not group:
+                    del entry.live[subscriber.partitions]
+            if not entry.pending and not entry.live:
+                del index[channel.record_key]
+
+    def ring_since(
+        self, key: PartitionKey, after_offset: int, record_keys: set[bytes]
+    ) -> list[Record] | None:
+        """Records of ``record_keys`` after ``after_offset`` from the ring (control records
+        included); None when the ring no longer reaches back that far."""
+        state = self._partitions[key]
+        ring = state.ring
+        floor = ring[0].offset if len(ring) == ring.maxlen else state.start_offset
+        if after_offset + 1 < floor:
+            return None
+        wanted = record_keys | {CONTROL_KEY_BYTES}
+        return [r for r in ring if r.offset > after_offset and r.key in wanted]
+
+    def ring_floor(self, key: PartitionKey) -> int:
+        state = self._partitions[key]
+        return state.ring[0].offset if len(state.ring) == state.ring.maxlen else state.start_offset
+
+    # -- introspection -------------------------------------------------------------------
+    def subscriber_counts(self) -> dict[Channel, int]:
+        counts: dict[Channel, int] = {}
+        for index in self._index.values():
+            for entry in index.values():
+                if entry.channel is not None:
+                    counts[entry.channel] = len(entry)
+        return counts
+
+    def live_subscribers(self, channel: Channel) -> list[Writer]:
+        entry = self._index[channel.topic].get(channel.record_key)
+        if entry is None:
+            return []
+        return [w for group in entry.live.values() for w in group.values()]
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._subscribers)

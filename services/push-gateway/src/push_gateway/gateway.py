@@ -1,0 +1,426 @@
+"""The gateway service: accepts SSE streams, catches each one up (snapshot or resume), then
+hands it to the hub for live delivery. Also heartbeats, presence and graceful shutdown."""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final
+
+import orjson
+import structlog
+
+from push_gateway.adapters.kafka import History, HistoryGone
+from push_gateway.adapters.presence import PresenceBus
+from push_gateway.adapters.snapshots import (
+    CoalescingSnapshots,
+    SnapshotNotFound,
+    SnapshotUnavailable,
+)
+from push_gateway.config import Settings
+from push_gateway.domain.frames import HEARTBEAT, json_frame, retry_frame, with_id
+from push_gateway.domain.hub import (
+    CONTROL_KEY_BYTES,
+    ChannelHub,
+    Record,
+    frame_body,
+    record_headers,
+)
+from push_gateway.domain.merge import newer_than_snapshot, slot_versions
+from push_gateway.domain.positions import PartitionKey, format_position
+from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
+from push_gateway.stream import SseConnection, StreamState
+from slotstream_contracts.channels import Channel, ChannelKind
+from slotstream_contracts.entities import ScheduleSnapshot
+
+log = structlog.get_logger(__name__)
+
+LAG_POLL_SECONDS: Final = 0.01
+
+
+@dataclass
+class GatewayStats:
+    accepted: int = 0
+    rejected: int = 0
+    slow_disconnects: int = 0
+    snapshot_requests: int = 0
+    snapshot_failures: int = 0
+    resumes_ring: int = 0
+    resumes_kafka: int = 0
+    resumes_gone: int = 0
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: ChannelHub,
+        snapshots: CoalescingSnapshots,
+        history: History,
+        presence: PresenceBus,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.snapshots = snapshots
+        self.history = history
+        self.presence = presence
+        self.connections: set[SseConnection] = set()
+        self.accepting = True
+        self.stats = GatewayStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._last_presence: dict[str, int] = {}
+        self._allowed_origins = frozenset(settings.cors_origins)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start_background(self) -> None:
+        self._background = [
+            asyncio.create_task(self._heartbeats(), name="sse-heartbeats"),
+            asyncio.create_task(self._presence_loop(), name="presence"),
+        ]
+
+    async def shutdown(self) -> None:
+        """Stop accepting; tell every client to come back soon (to another instance)."""
+        self.accepting = False
+        for task in self._background:
+            task.cancel()
+        for connection in list(self.connections):
+            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms)
+        for task in list(self._tasks) + self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("gateway drained", connections=len(self.connections))
+
+    # -- accepting a stream -----------------------------------------------------------------
+    def open_stream(
+        self,
+        transport: asyncio.Transport,
+        path: str,
+        query_string: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> SseConnection | None:
+        """Validate a stream request; answer problems right away, else start catching up.
+
+        Returns the connection that now owns the transport (the caller installs it as the
+        transport's protocol), or None when the request was answered and closed.
+        """
+        try:
+            if not self.accepting:
+                raise Problem(
+                    503, "Service Unavailable", "gateway is shutting down", (("retry-after", "1"),)
+                )
+            if not self.hub.assigned:
+                raise Problem(
+                    503, "Service Unavailable", "gateway is starting", (("retry-after", "1"),)
+                )
+            if len(self.connections) >= self.settings.max_connections:
+                raise Problem(
+                    503,
+                    "Service Unavailable",
+                    f"this gateway holds its maximum of {self.settings.max_connections} streams",
+                    (("retry-after", "5"),),
+                )
+            request = parse_stream_request(
+                path,
+                query_string,
+                headers,
+                self.settings.jwt,
+                self.settings.max_channels_per_connection,
+            )
+        except Problem as problem:
+            origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
+            self.reject(transport, problem, path, origin)
+            return None
+        connection = SseConnection(
+            transport,
+            request.channels,
+            {c: self.hub.partition_key(c) for c in request.channels},
+            on_close=self._closed,
+            on_resync=self._resync,
+            max_pending_bytes=self.settings.max_pending_bytes,
+            origin=request.origin,
+        )
+        self.connections.add(connection)
+        self.stats.accepted += 1
+        self._spawn(self._serve(connection, request))
+        return connection
+
+    def reject(
+        self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None
+    ) -> None:
+        self.stats.rejected += 1
+        log.info("stream rejected", status=problem.status, detail=problem.detail, path=path)
+        body = orjson.dumps(problem.body(path))
+        head = [
+            f"HTTP/1.1 {problem.status} {HTTPStatus(problem.status).phrase}",
+            "content-type: application/problem+json",
+            f"content-length: {len(body)}",
+            "cache-control: no-store",
+            "connection: close",
+            *(f"{k}: {v}" for k, v in problem.headers),
+            *self._cors_lines(origin),
+        ]
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        transport.close()
+
+    def _cors_lines(self, origin: str | None) -> list[str]:
+        if origin is None or origin not in self._allowed_origins:
+            return []
+        return [
+            f"access-control-allow-origin: {origin}",
+            "access-control-allow-credentials: true",
+            "vary: Origin",
+        ]
+
+    def _stream_head(self, connection: SseConnection) -> bytes:
+        head = [
+            "HTTP/1.1 200 OK",
+            "content-type: text/event-stream; charset=utf-8",
+            "cache-control: no-store",
+            "x-accel-buffering: no",
+            "connection: close",
+            *self._cors_lines(connection.origin),
+        ]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + retry_frame(
+            self.settings.retry_ms
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _closed(self, connection: SseConnection, reason: str | None) -> None:
+        self.connections.discard(connection)
+        self.hub.detach(connection)
+        if reason == "slow-consumer":
+            self.stats.slow_disconnects += 1
+            log.info("slow client disconnected", channels=[str(c) for c in connection.channels])
+
+    def _resync(self, connection: SseConnection) -> None:
+        """A live connection got a resync control record: back to buffering, re-snapshot."""
+        connection.state = StreamState.CATCHING_UP
+        self.hub.to_pending(connection)
+        positions = {k: self.hub.position(k) for k in connection.partitions}
+        self._spawn(self._serve(connection, None, positions))
+
+    # -- catching up ---------------------------------------------------------------------------
+    async def _serve(
+        self,
+        connection: SseConnection,
+        request: StreamRequest | None,
+        resync_positions: dict[PartitionKey, int] | None = None,
+    ) -> None:
+        try:
+            if request is not None:
+                resume = request.resume_from
+                if resume is not None:
+                    resume = await self._wait_for_position(connection, resume)
+                if connection.state is StreamState.CLOSED:
+                    return
+                positions = self.hub.attach(connection, connection.channels)
+                announce: set[PartitionKey] = set()
+            else:
+                assert resync_positions is not None
+                announce = set(connection.resync_requested)
+                positions = resync_positions
+                resume = {k: v for k, v in positions.items() if k not in announce}
+            while True:
+                connection.resync_requested.clear()
+                await self._catch_up(connection, positions, resume, announce)
+                if connection.state is StreamState.CLOSED:
+                    return
+                if not connection.resync_requested:
+                    connection.state = StreamState.LIVE
+                    self.hub.go_live(connection)
+                    return
+                announce = set(connection.resync_requested)
+                positions = {k: self.hub.position(k) for k in connection.partitions}
+                resume = {k: v for k, v in positions.items() if k not in announce}
+        except SnapshotNotFound as exc:
+            if connection.headers_sent:
+                connection.close("instructor-unknown")
+            else:
+                self.reject(
+                    connection.transport,
+                    Problem(404, "Not Found", f"no instructor {exc.args[0]!r}"),
+                    "stream",
+                    connection.origin,
+                )
+                connection.close(None)
+        except (SnapshotUnavailable, TimeoutError) as exc:
+            self.stats.snapshot_failures += 1
+            log.warning("catch-up failed", error=repr(exc))
+            if not connection.headers_sent:
+                connection.transport.write(self._stream_head(connection))
+                connection.headers_sent = True
+            connection.close("snapshot-unavailable", retry_ms=self.settings.retry_ms)
+        except Exception:
+            log.exception("stream failed")
+            connection.close("internal-error", retry_ms=self.settings.retry_ms)
+
+    async def _wait_for_position(
+        self, connection: SseConnection, resume: dict[PartitionKey, int]
+    ) -> dict[PartitionKey, int] | None:
+        """A client resuming from a gateway that is ahead of this one waits until this one
+        has read that far (else it would receive records it already has)."""
+        deadline = time.monotonic() + self.settings.catch_up_timeout_seconds
+        known = {k: v for k, v in resume.items() if k in connection.partitions}
+        while any(self.hub.position(k) < v for k, v in known.items()):
+            if time.monotonic() > deadline or connection.state is StreamState.CLOSED:
+                return None  # give up on resuming: a fresh snapshot is always correct
+            await asyncio.sleep(LAG_POLL_SECONDS)
+        return known
+
+    async def _catch_up(
+        self,
+        connection: SseConnection,
+        positions: dict[PartitionKey, int],
+        resume: dict[PartitionKey, int] | None,
+        announce: set[PartitionKey],
+    ) -> None:
+        """Snapshot and/or replay, then the records buffered meanwhile; all written at once."""
+        hub = self.hub
+        fresh: set[PartitionKey] = set(announce)
+        replay: dict[PartitionKey, list[Record]] = {}
+        reads: dict[PartitionKey, tuple[int, int]] = {}
+        for key in connection.partitions:
+            if resume is None or key not in resume or key in fresh:
+                fresh.add(key)
+                continue
+            keys = connection.keys_of_partition[key]
+            after = resume[key]
+            ring = hub.ring_since(key, after, keys)
+            if ring is None:
+                floor = hub.ring_floor(key)
+                reads[key] = (after + 1, floor)
+                ring = hub.ring_since(key, floor - 1, keys) or []
+            else:
+                self.stats.resumes_ring += 1
+            replay[key] = ring
+        for key, (first, stop) in reads.items():
+            try:
+                older = await self.history.read(
+                    hub.topic_of(key), key[1], first, stop, connection.keys_of_partition[key]
+                )
+                replay[key] = older + replay[key]
+                self.stats.resumes_kafka += 1
+            except HistoryGone as exc:
+                log.info("resume point gone from Kafka", reason=str(exc))
+                self.stats.resumes_gone += 1
+                fresh.add(key)
+                del replay[key]
+        for key, records in list(replay.items()):
+            if any(r.key == CONTROL_KEY_BYTES for r in records):
+                fresh.add(key)  # a resync happened in the missed range: start over
+                announce.add(key)
+                del replay[key]
+
+        snapshot_channels = [
+            c
+            for c in connection.channels
+            if c.kind is ChannelKind.SCHEDULE and hub.partition_key(c) in fresh
+        ]
+        snapshots = await self._snapshots(snapshot_channels)
+        if connection.state is StreamState.CLOSED:
+            return
+
+        out: list[bytes] = []
+        if not connection.headers_sent:
+            out.append(self._stream_head(connection))
+        vector = {k: (resume[k] if resume and k in resume else positions[k]) for k in positions}
+        seen: set[bytes] = set()
+
+        def emit(key: PartitionKey, record: Record) -> None:
+            vector[key] = record.offset
+            body = frame_body(record)
+            _, ce_id = record_headers(record)
+            if body is None or (ce_id is not None and ce_id in seen):
+                return
+            if ce_id is not None:
+                seen.add(ce_id)
+            out.append(with_id(format_position(vector), body))
+
+        for key, records in replay.items():
+            for record in records:
+                emit(key, record)
+            vector[key] = positions[key]
+        for key in fresh:
+            vector[key] = positions[key]
+        for channel in connection.channels:
+            if hub.partition_key(channel) in announce:
+                payload: dict[str, object] = {"channel": channel.name, "reason": "resync"}
+                out.append(json_frame("resync", payload, format_position(vector)))
+        versions: dict[Channel, dict[str, int]] = {}
+        for channel, snapshot in snapshots.items():
+            versions[channel] = slot_versions(snapshot)
+            payload = {"channel": channel.name, "schedule": snapshot.model_dump(mode="json")}
+            out.append(json_frame("snapshot", payload, format_position(vector)))
+        for key, record in connection.pending:
+            owner = connection.channel_of_key.get((key[0], record.key or b""))
+            if owner in versions and owner is not None and record.value is not None:
+                ce_type, _ = record_headers(record)
+                family = (ce_type or b"").split(b".", 1)[0]
+                if not newer_than_snapshot(family, record.value, versions[owner]):
+                    vector[key] = record.offset
+                    continue
+            emit(key, record)
+        connection.pending.clear()
+        connection.headers_sent = True
+        connection.transport.write(b"".join(out))
+
+    async def _snapshots(self, channels: list[Channel]) -> dict[Channel, ScheduleSnapshot]:
+        if not channels:
+            return {}
+        self.stats.snapshot_requests += len(channels)
+        async with asyncio.timeout(self.settings.snapshot_timeout_seconds * 3):
+            found = await asyncio.gather(*(self.snapshots.fetch(c.owner_id) for c in channels))
+        return dict(zip(channels, found, strict=True))
+
+    # -- periodic work --------------------------------------------------------------------------
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            for connection in list(self.connections):
+                if connection.headers_sent and connection.state is not StreamState.CLOSED:
+                    connection.transport.write(HEARTBEAT)
+
+    async def _presence_loop(self) -> None:
+        while True:
+            try:
+                local = {
+                    c.name: n
+                    for c, n in self.hub.subscriber_counts().items()
+                    if c.kind is ChannelKind.SCHEDULE and n > 0
+                }
+                await self.presence.publish(local)
+                if self.settings.presence_events:
+                    self._send_presence()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("presence update failed", error=repr(exc))
+            await asyncio.sleep(self.settings.presence_interval_seconds)
+
+    def _send_presence(self) -> None:
+        totals = self.presence.cluster_counts()
+        for channel in self.hub.subscriber_counts():
+            if channel.kind is not ChannelKind.SCHEDULE:
+                continue
+            count = totals.get(channel.name, 0)
+            if self._last_presence.get(channel.name) == count:
+                continue
+            self._last_presence[channel.name] = count
+            frame = json_frame("presence", {"channel": channel.name, "count": count})
+            for write in self.hub.live_subscribers(channel):
+                write(frame)
+        live = {c.name for c in self.hub.subscriber_counts()}
+        for name in list(self._last_presence):
+            if name not in live:
+                del self._last_presence[name]
+
+    def presence_of(self, channel: Channel) -> int:
+        return self.presence.cluster_counts().get(channel.name, 0)

@@ -1,0 +1,100 @@
+"""Prometheus metrics, collected at scrape time from plain counters.
+
+The hot path bumps plain ints (``hub.stats``); a prometheus ``Counter.inc()`` per delivery
+would cost more than the delivery itself. Per-channel series are bounded: only the
+``TOP_CHANNELS`` busiest channels get a label, the rest are summed per kind.
+"""
+
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from push_gateway.adapters.kafka import KafkaIngest
+from push_gateway.gateway import Gateway
+
+TOP_CHANNELS: Final = 20
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway, ingest: KafkaIngest) -> None:
+        self._gateway = gateway
+        self._ingest = ingest
+
+    def collect(self) -> Iterator[Metric]:
+        gw, hub = self._gateway, self._gateway.hub
+        yield _gauge("gateway_connections", "Open SSE connections", len(gw.connections))
+        yield _counter("gateway_records", "Kafka records ingested", hub.stats.records)
+        yield _counter(
+            "gateway_deliveries", "Frames written to live subscribers", hub.stats.deliveries
+        )
+        yield _counter("gateway_frames_encoded", "Records framed (once each)", hub.stats.framed)
+        drops = CounterMetricFamily("gateway_drops", "Records not delivered", labels=["reason"])
+        drops.add_metric(["duplicate"], hub.stats.duplicates)
+        drops.add_metric(["malformed"], hub.stats.malformed)
+        yield drops
+        yield _counter(
+            "gateway_slow_client_disconnects",
+            "Clients cut off for falling behind",
+            gw.stats.slow_disconnects,
+        )
+        yield _counter("gateway_streams_accepted", "Streams opened", gw.stats.accepted)
+        yield _counter(
+            "gateway_streams_rejected", "Stream requests answered 4xx/5xx", gw.stats.rejected
+        )
+        yield _counter(
+            "gateway_snapshot_requests",
+            "Snapshots needed by connections",
+            gw.stats.snapshot_requests,
+        )
+        yield _counter(
+            "gateway_snapshot_fetches",
+            "Snapshot requests sent to the booking-api (coalesced)",
+            gw.snapshots.fetches,
+        )
+        yield _counter(
+            "gateway_snapshot_failures",
+            "Catch-ups that failed for want of a snapshot",
+            gw.stats.snapshot_failures,
+        )
+        resumes = CounterMetricFamily("gateway_resumes", "Last-Event-ID resumes", labels=["source"])
+        resumes.add_metric(["ring"], gw.stats.resumes_ring)
+        resumes.add_metric(["kafka"], gw.stats.resumes_kafka)
+        resumes.add_metric(["gone"], gw.stats.resumes_gone)
+        yield resumes
+        yield _counter("gateway_resyncs", "Resync control records seen", hub.stats.resyncs)
+        yield _gauge(
+            "gateway_consumer_lag",
+            "Records behind the partition ends (last check)",
+            self._ingest.lag,
+        )
+        counts = hub.subscriber_counts()
+        per_kind = GaugeMetricFamily(
+            "gateway_subscribers", "Local subscriptions per channel kind", labels=["kind"]
+        )
+        channels = GaugeMetricFamily(
+            "gateway_channels", "Channels with local subscribers", labels=["kind"]
+        )
+        for kind in ("schedule", "notifications"):
+            per_kind.add_metric([kind], sum(n for c, n in counts.items() if c.kind.value == kind))
+            channels.add_metric([kind], sum(1 for c in counts if c.kind.value == kind))
+        yield per_kind
+        yield channels
+        top = GaugeMetricFamily(
+            "gateway_channel_subscribers",
+            f"Local subscribers of the {TOP_CHANNELS} busiest public channels",
+            labels=["channel"],
+        )
+        public = [(n, c.name) for c, n in counts.items() if not c.is_private]
+        for n, name in sorted(public, reverse=True)[:TOP_CHANNELS]:
+            top.add_metric([name], n)
+        yield top
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

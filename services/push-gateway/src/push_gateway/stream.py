@@ -1,0 +1,114 @@
+"""One SSE connection after the HTTP request was accepted: an asyncio Protocol on the raw
+transport. The hub writes frames straight into ``transport.write``; this class only handles
+the edges (slow client, client gone, closing)."""
+
+import asyncio
+from collections.abc import Callable
+from enum import Enum
+from typing import Final
+
+from push_gateway.domain.frames import json_frame
+from push_gateway.domain.hub import Record, Writer
+from push_gateway.domain.positions import PartitionKey
+from slotstream_contracts.channels import Channel
+
+#: How long a closing connection may take to flush its last bytes before it is aborted.
+CLOSE_GRACE_SECONDS: Final = 5.0
+
+
+class StreamState(Enum):
+    CATCHING_UP = "catching-up"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+class SseConnection(asyncio.Protocol):
+    __slots__ = (
+        "transport",
+        "channels",
+        "partitions",
+        "channel_of_key",
+        "keys_of_partition",
+        "writer",
+        "pending",
+        "resync_requested",
+        "state",
+        "headers_sent",
+        "origin",
+        "_on_close",
+        "_on_resync",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        channels: tuple[Channel, ...],
+        partitions: dict[Channel, PartitionKey],
+        on_close: Callable[["SseConnection", str | None], None],
+        on_resync: Callable[["SseConnection"], None],
+        max_pending_bytes: int,
+        origin: str | None,
+    ) -> None:
+        self.transport = transport
+        self.channels = channels
+        self.partitions: tuple[PartitionKey, ...] = tuple(sorted(set(partitions.values())))
+        self.channel_of_key: dict[tuple[str, bytes], Channel] = {
+            (partitions[c][0], c.record_key): c for c in channels
+        }
+        self.keys_of_partition: dict[PartitionKey, set[bytes]] = {}
+        for channel, key in partitions.items():
+            self.keys_of_partition.setdefault(key, set()).add(channel.record_key)
+        self.writer: Writer = transport.write
+        self.pending: list[tuple[PartitionKey, Record]] = []
+        self.resync_requested: set[PartitionKey] = set()
+        self.state = StreamState.CATCHING_UP
+        self.headers_sent = False
+        self.origin = origin
+        self._on_close = on_close
+        self._on_resync = on_resync
+        # the transport calls pause_writing() once this much output is unsent
+        transport.set_write_buffer_limits(high=max_pending_bytes)
+
+    # hub callbacks
+    def buffer(self, key: PartitionKey, record: Record) -> None:
+        self.pending.append((key, record))
+
+    def on_resync(self, key: PartitionKey) -> None:
+        self.resync_requested.add(key)
+        if self.state is StreamState.LIVE:
+            self._on_resync(self)
+
+    # asyncio.Protocol
+    def data_received(self, data: bytes) -> None:
+        """An SSE client sends nothing after its request; whatever comes is ignored."""
+
+    def eof_received(self) -> bool | None:
+        return None  # client half-closed: close our side too
+
+    def pause_writing(self) -> None:
+        # called from inside transport.write(), possibly mid fan-out: act on the next tick
+        asyncio.get_running_loop().call_soon(self.close, "slow-consumer")
+
+    def resume_writing(self) -> None:
+        """Nothing to resume: a client that fell behind is disconnected, not waited for."""
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - any cause
+        if self.state is not StreamState.CLOSED:
+            self.state = StreamState.CLOSED
+            self._on_close(self, None)
+
+    def close(self, reason: str | None, retry_ms: int | None = None) -> None:
+        """Say why (when a reason is given) and close; the connection leaves the hub first."""
+        if self.state is StreamState.CLOSED:
+            return
+        self.state = StreamState.CLOSED
+        self._on_close(self, reason)
+        if reason is not None and self.headers_sent and not self.transport.is_closing():
+            tail = b"" if retry_ms is None else b"retry: " + str(retry_ms).encode() + b"\n\n"
+            self.transport.write(tail + json_frame("bye", {"reason": reason}))
+        self.transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()

@@ -362,7 +362,7 @@ class DevStack:
                 [str(BIN / "slotstream-push-gateway")],
                 env,
                 self.logs / f"{name}.log",
-                health_url=f"{self.gateway_url(number)}/healthz",
+                health_url=f"{self.gateway_url(number)}/readyz",
             )
         )
 

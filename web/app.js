@@ -174,7 +174,6 @@ function connect() {
   renderStatus({ status: Status.CONNECTING, attempt: 0 });
   $("week").setAttribute("aria-busy", "true");
   if (!state.instructorId) return;
-  const isInstructor = state.user?.role === "instructor" || state.user?.role === "admin";
   state.sub = subscribe(state.instructorId, {
     token: state.user?.token ?? null,
     userId: state.user?.id ?? null,
@@ -188,7 +187,6 @@ function connect() {
     onError: ({ error }) => showMessage(error.message),
     onResync: () => announce("The schedule is being refreshed."),
   });
-  if (state.user && isInstructor) $("notifications").hidden = false;
 }
 
 function onSchedule({ schedule, kind, slot, previous }) {
@@ -482,12 +480,14 @@ function renderNotifications() {
       if (!n.read) item.classList.add("unread");
       if (n.live) item.classList.add("fresh");
       item.dataset.notificationId = n.id;
+      const title = document.createElement("strong");
+      title.textContent = n.kind === "booking.cancelled" ? "Booking cancelled" : "New booking";
       const text = document.createElement("p");
       text.textContent = n.message;
       const time = document.createElement("time");
       time.dateTime = n.createdAt;
       time.textContent = fmtClock.format(new Date(n.createdAt));
-      item.append(text, time);
+      item.append(title, text, time);
       return item;
     }),
   );

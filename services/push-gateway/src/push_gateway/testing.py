@@ -1,0 +1,130 @@
+"""Test and benchmark helpers: events shaped exactly like the change-publisher's, and a
+record double for the hub."""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from slotstream_contracts.entities import (
+    BookingData,
+    BookingStatus,
+    NotificationData,
+    NotificationKind,
+    ScheduleSnapshot,
+    SlotData,
+    SlotStatus,
+)
+from slotstream_contracts.events import CloudEvent, EventType, ResyncData
+from slotstream_contracts.topics import CONTROL_KEY, SCHEDULE_TOPIC
+
+BASE_TIME = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+def slot(
+    instructor_id: str, slot_id: str, version: int, status: SlotStatus = SlotStatus.AVAILABLE
+) -> SlotData:
+    start = BASE_TIME + timedelta(hours=sum(slot_id.encode()) % 48)
+    return SlotData(
+        id=slot_id,
+        instructor_id=instructor_id,
+        start=start,
+        end=start + timedelta(hours=1),
+        status=status,
+        booking_id=None,
+        version=version,
+        updated_at=BASE_TIME,
+    )
+
+
+def slot_event(
+    instructor_id: str,
+    slot_id: str,
+    version: int,
+    event_id: str | None = None,
+    status: SlotStatus = SlotStatus.AVAILABLE,
+) -> CloudEvent:
+    return CloudEvent(
+        id=event_id or f"{slot_id}-v{version}",
+        type=EventType.SLOT_CREATED if version == 1 else EventType.SLOT_UPDATED,
+        subject=f"slots/{slot_id}",
+        time=BASE_TIME,
+        instructorid=instructor_id,
+        version=version,
+        data=slot(instructor_id, slot_id, version, status),
+    )
+
+
+def booking_event(instructor_id: str, booking_id: str, slot_id: str, student_id: str) -> CloudEvent:
+    return CloudEvent(
+        id=f"{booking_id}-v1",
+        type=EventType.BOOKING_CREATED,
+        subject=f"bookings/{booking_id}",
+        time=BASE_TIME,
+        instructorid=instructor_id,
+        version=1,
+        data=BookingData(
+            id=booking_id,
+            slot_id=slot_id,
+            instructor_id=instructor_id,
+            student_id=student_id,
+            slot_start=BASE_TIME,
+            slot_end=BASE_TIME + timedelta(hours=1),
+            status=BookingStatus.ACTIVE,
+            version=1,
+            created_at=BASE_TIME,
+        ),
+    )
+
+
+def notification_event(user_id: str, notification_id: str, message: str) -> CloudEvent:
+    return CloudEvent(
+        id=f"{notification_id}-v1",
+        type=EventType.NOTIFICATION_CREATED,
+        subject=f"notifications/{notification_id}",
+        time=BASE_TIME,
+        userid=user_id,
+        version=1,
+        data=NotificationData(
+            id=notification_id,
+            user_id=user_id,
+            kind=NotificationKind.BOOKING_CREATED,
+            message=message,
+            booking_id="b1",
+            slot_id="s1",
+            version=1,
+            created_at=BASE_TIME,
+        ),
+    )
+
+
+def resync_event(event_id: str, topic: str = SCHEDULE_TOPIC) -> CloudEvent:
+    return CloudEvent(
+        id=event_id,
+        type=EventType.STREAM_RESYNC,
+        subject="stream",
+        time=BASE_TIME,
+        data=ResyncData(reason="publisher restarted from a snapshot", topic=topic),
+    )
+
+
+def record_of(event: CloudEvent, offset: int) -> FakeRecord:
+    key = CONTROL_KEY if event.type is EventType.STREAM_RESYNC else event.routing_key
+    return FakeRecord(offset, key.encode(), event.to_json(), tuple(event.headers()))
+
+
+def snapshot(instructor_id: str, slots: list[SlotData]) -> ScheduleSnapshot:
+    return ScheduleSnapshot(
+        instructor_id=instructor_id,
+        range_start=BASE_TIME - timedelta(days=1),
+        range_end=BASE_TIME + timedelta(days=28),
+        slots=tuple(slots),
+        version=max((s.version for s in slots), default=0),
+        generated_at=BASE_TIME,
+    )

@@ -1,0 +1,257 @@
+"""The gateway's stream handling over real sockets (socketpairs), with in-memory fakes for
+the booking-api, Kafka history and presence."""
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from push_gateway.adapters.kafka import FakeHistory
+from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
+from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource
+from push_gateway.config import Settings
+from push_gateway.domain.hub import ChannelHub, Record
+from push_gateway.gateway import Gateway
+from push_gateway.testing import FakeRecord, record_of, resync_event, slot, slot_event, snapshot
+from slotstream_contracts.channels import Channel
+from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
+
+PAGE = "/api/book-now/schedule-updates"
+
+
+@dataclass
+class Client:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    status: int = 0
+    head: str = ""
+
+    async def start(self) -> "Client":
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        self.head = head.decode()
+        self.status = int(self.head.split(" ")[1])
+        return self
+
+    async def events(self, count: int) -> list[dict[str, str]]:
+        found: list[dict[str, str]] = []
+        while len(found) < count:
+            block = await asyncio.wait_for(self.reader.readuntil(b"\n\n"), 5)
+            fields: dict[str, str] = {}
+            for line in block.decode().strip("\n").split("\n"):
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            if "event" in fields:
+                found.append(fields)
+        return found
+
+    async def rest(self) -> bytes:
+        return await asyncio.wait_for(self.reader.read(), 5)
+
+
+class Harness:
+    def __init__(self, settings: Settings) -> None:
+        self.hub = ChannelHub({SCHEDULE_TOPIC: "s", NOTIFICATIONS_TOPIC: "n"}, ring_size=8)
+        for p in range(2):
+            self.hub.assign(SCHEDULE_TOPIC, p, 0, 2)
+        self.hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)
+        self.source = FakeSnapshotSource({"i1": snapshot("i1", [slot("i1", "s1", 2)])})
+        self.history = FakeHistory()
+        self.gateway = Gateway(
+            settings,
+            self.hub,
+            CoalescingSnapshots(self.source),
+            self.history,
+            FakePresenceBus("g1", PresenceTable(10)),
+        )
+        self.offsets: dict[int, int] = {}
+
+    @property
+    def part(self) -> int:
+        return self.hub.partition_key(Channel.schedule("i1"))[1]
+
+    def produce(self, *records: FakeRecord) -> None:
+        self.history.log.setdefault((SCHEDULE_TOPIC, self.part), []).extend(records)
+        self.hub.ingest(SCHEDULE_TOPIC, self.part, list(records))
+
+    def slot_records(self, versions: range, slot_id: str = "s1") -> list[FakeRecord]:
+        records = []
+        for version in versions:
+            offset = self.offsets.get(self.part, 0)
+            self.offsets[self.part] = offset + 1
+            records.append(record_of(slot_event("i1", slot_id, version), offset))
+        return records
+
+    async def connect(
+        self,
+        query: str = "instructorId=i1",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        stalled: bool = False,
+    ) -> Client:
+        server_sock, client_sock = socket.socketpair()
+        if stalled:
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+        connection = self.gateway.open_stream(transport, PAGE, query.encode(), headers or [])
+        if connection is not None:
+            transport.set_protocol(connection)
+        if stalled:  # nobody reads this socket until the test says so
+            self.stalled_sockets.append(client_sock)
+            return Client(asyncio.StreamReader(), None)  # type: ignore[arg-type]
+        reader, writer = await asyncio.open_connection(sock=client_sock)
+        self._writers.append(writer)
+        return Client(reader, writer)
+
+    async def drain_stalled(self) -> bytes:
+        sock = self.stalled_sockets[-1]
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        chunks = []
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    _writers: list[asyncio.StreamWriter]
+    stalled_sockets: list[socket.socket]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness(Settings(max_connections=3, max_pending_bytes=32_768, retry_ms=1500))
+    h._writers = []
+    h.stalled_sockets = []
+    try:
+        yield h
+    finally:
+        await h.gateway.shutdown()
+        for writer in h._writers:
+            writer.close()
+        for sock in h.stalled_sockets:
+            sock.close()
+
+
+def data(event: dict[str, str]) -> dict[str, object]:
+    loaded: dict[str, object] = orjson.loads(event["data"])
+    return loaded
+
+
+async def test_stream_opens_with_headers_retry_and_snapshot(harness: Harness) -> None:
+    client = await (await harness.connect()).start()
+    assert client.status == 200
+    assert "content-type: text/event-stream" in client.head
+    assert "cache-control: no-store" in client.head
+    assert "x-accel-buffering: no" in client.head
+    assert await client.reader.readuntil(b"\n\n") == b"retry: 1500\n\n"
+    [first] = await client.events(1)
+    assert first["event"] == "snapshot"
+    assert first["id"] == f"s{harness.part}:-1"
+    assert data(first)["channel"] == "instructors/i1/schedule"
+
+
+async def test_deltas_during_the_snapshot_fetch_follow_it_only_when_newer(harness: Harness) -> None:
+    harness.source.gate = asyncio.Event()
+    pending = asyncio.create_task(harness.connect())
+    await asyncio.sleep(0.05)
+    harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; snapshot holds v2
+    harness.source.gate.set()
+    client = await (await pending).start()
+    events = await client.events(2)
+    assert [e["event"] for e in events] == ["snapshot", "slot"]
+    assert data(events[1])["version"] == 3
+    assert events[1]["id"] == f"s{harness.part}:2"
+    harness.produce(*harness.slot_records(range(4, 5)))
+    [live] = await client.events(1)
+    assert data(live)["version"] == 4
+
+
+async def test_resume_from_the_ring_replays_exactly_the_missed_events(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 6)))
+    client = await (
+        await harness.connect(headers=[(b"last-event-id", f"s{harness.part}:1".encode())])
+    ).start()
+    events = await client.events(3)
+    assert [data(e)["version"] for e in events] == [3, 4, 5]
+    assert events[-1]["id"] == f"s{harness.part}:4"
+    assert harness.source.fetches == []  # no snapshot on a resume
+    assert harness.history.reads == []
+
+
+async def test_resume_older_than_the_ring_reads_kafka_back(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 21)))  # ring keeps 8: offsets 12..19
+    query = f"instructorId=i1&lastEventId=s{harness.part}:4"
+    client = await (await harness.connect(query)).start()
+    events = await client.events(15)
+    assert [data(e)["version"] for e in events] == list(range(6, 21))
+    assert harness.history.reads == [(SCHEDULE_TOPIC, harness.part, 5, 12)]
+
+
+async def test_resume_point_gone_from_kafka_gets_a_fresh_snapshot(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 21)))
+    harness.history.beginning = lambda _t, _p: 10
+    client = await (await harness.connect(f"instructorId=i1&lastEventId=s{harness.part}:4")).start()
+    [first] = await client.events(1)
+    assert first["event"] == "snapshot"
+    assert first["id"] == f"s{harness.part}:19"
+
+
+async def test_resync_record_sends_resync_then_a_fresh_snapshot(harness: Harness) -> None:
+    client = await (await harness.connect()).start()
+    await client.events(1)
+    harness.source.snapshots["i1"] = snapshot("i1", [slot("i1", "s1", 7)])
+    harness.produce(record_of(resync_event("r1"), 0))
+    events = await client.events(2)
+    assert [e["event"] for e in events] == ["resync", "snapshot"]
+    assert data(events[1])["schedule"]["version"] == 7  # type: ignore[index]
+
+
+async def test_slow_client_is_cut_off_and_others_keep_receiving(harness: Harness) -> None:
+    await harness.connect(stalled=True)
+    healthy = await (await harness.connect()).start()
+    await healthy.events(1)
+    reading = asyncio.create_task(healthy.events(200))
+    big = "x" * 400
+    for n in range(200):
+        event = slot_event("i1", f"s{n}", 1).model_copy(update={"subject": big})
+        harness.produce(record_of(event, n))
+        await asyncio.sleep(0.001)
+    events = await reading
+    assert [e["id"] for e in events] == [f"s{harness.part}:{n}" for n in range(200)]
+    assert harness.gateway.stats.slow_disconnects == 1
+    assert len(harness.gateway.connections) == 1
+    tail = (await harness.drain_stalled()).rstrip(b"\n")
+    assert tail.endswith(b'event: bye\ndata: {"reason":"slow-consumer"}')
+
+
+async def test_connections_over_the_limit_get_503_with_retry_after(harness: Harness) -> None:
+    for _ in range(3):
+        await (await harness.connect()).start()
+    refused = await (await harness.connect()).start()
+    assert refused.status == 503
+    assert "retry-after: 5" in refused.head
+    assert "application/problem+json" in refused.head
+
+
+async def test_unknown_instructor_is_404_before_the_stream_opens(harness: Harness) -> None:
+    client = await (await harness.connect("instructorId=ghost")).start()
+    assert client.status == 404
+    assert b"ghost" in await client.rest()
+    assert harness.gateway.connections == set()
+
+
+async def test_shutdown_says_bye_with_a_short_retry(harness: Harness) -> None:
+    client = await (await harness.connect()).start()
+    await client.events(1)
+    await harness.gateway.shutdown()
+    tail = await client.rest()
+    assert tail.endswith(b'retry: 500\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    refused = await (await harness.connect()).start()
+    assert refused.status == 503
+
+
+def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy
+    del record

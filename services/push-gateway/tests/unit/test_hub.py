@@ -1,0 +1,159 @@
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from push_gateway.domain.hub import ChannelHub, Record, Writer
+from push_gateway.domain.positions import PartitionKey
+from push_gateway.testing import FakeRecord, record_of, resync_event, slot_event
+from slotstream_contracts.channels import Channel
+from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
+
+
+@dataclass(eq=False)
+class FakeSubscriber:
+    partitions: tuple[PartitionKey, ...]
+    frames: list[bytes] = field(default_factory=list)
+    buffered: list[tuple[PartitionKey, Record]] = field(default_factory=list)
+    resyncs: list[PartitionKey] = field(default_factory=list)
+
+    @property
+    def writer(self) -> Writer:
+        return self.frames.append
+
+    def buffer(self, key: PartitionKey, record: Record) -> None:
+        self.buffered.append((key, record))
+
+    def on_resync(self, key: PartitionKey) -> None:
+        self.resyncs.append(key)
+
+
+class UndecodableRecord:
+    """A record whose value must not be touched (routing is by key only)."""
+
+    def __init__(self, offset: int, key: bytes) -> None:
+        self.offset = offset
+        self.key = key
+        self.headers = ()
+
+    @property
+    def value(self) -> bytes:
+        raise AssertionError("value read for a record nobody subscribes to")
+
+
+@pytest.fixture
+def hub() -> ChannelHub:
+    hub = ChannelHub({SCHEDULE_TOPIC: "s", NOTIFICATIONS_TOPIC: "n"}, ring_size=8)
+    for p in range(3):
+        hub.assign(SCHEDULE_TOPIC, p, 0, 3)
+    hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)
+    return hub
+
+
+def live(hub: ChannelHub, *channels: Channel) -> FakeSubscriber:
+    sub = FakeSubscriber(tuple(sorted({hub.partition_key(c) for c in channels})))
+    hub.attach(sub, channels)
+    hub.go_live(sub)
+    return sub
+
+
+def ingest(hub: ChannelHub, instructor: str, records: list[FakeRecord]) -> None:
+    hub.ingest(SCHEDULE_TOPIC, hub.partition_key(Channel.schedule(instructor))[1], records)
+
+
+def test_every_subscriber_gets_the_same_frame_bytes(hub: ChannelHub) -> None:
+    a, b = live(hub, Channel.schedule("i1")), live(hub, Channel.schedule("i1"))
+    other = live(hub, Channel.schedule("i2"))
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", 1), 0)])
+    assert len(a.frames) == 1
+    assert a.frames[0] is b.frames[0]  # encoded once, shared
+    assert other.frames == []
+    part = hub.partition_key(Channel.schedule("i1"))[1]
+    assert a.frames[0].startswith(f"id: s{part}:0\nevent: slot\ndata: ".encode())
+    assert hub.stats.deliveries == 2
+
+
+def test_order_per_channel_is_the_log_order(hub: ChannelHub) -> None:
+    sub = live(hub, Channel.schedule("i1"))
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", v), v) for v in range(1, 6)])
+    versions = [orjson.loads(f.split(b"data: ")[1])["version"] for f in sub.frames]
+    assert versions == [1, 2, 3, 4, 5]
+
+
+def test_record_without_subscriber_is_not_decoded(hub: ChannelHub) -> None:
+    live(hub, Channel.schedule("i1"))
+    records = [UndecodableRecord(n, b"nobody-here") for n in range(5)]
+    ingest(hub, "nobody-here", records)  # type: ignore[arg-type]
+    assert hub.stats.records == 5
+    assert hub.stats.framed == 0
+
+
+def test_resent_change_is_delivered_once(hub: ChannelHub) -> None:
+    sub = live(hub, Channel.schedule("i1"))
+    event = slot_event("i1", "s1", 2)
+    ingest(hub, "i1", [record_of(event, 0), record_of(event, 1)])
+    assert len(sub.frames) == 1
+    assert hub.stats.duplicates == 1
+
+
+def test_malformed_record_is_dropped_not_sent(hub: ChannelHub) -> None:
+    sub = live(hub, Channel.schedule("i1"))
+    bad = FakeRecord(0, b"i1", b'{"x":"a\nb"}', (("ce_type", b"slot.updated"), ("ce_id", b"x")))
+    unknown = FakeRecord(1, b"i1", b"{}", (("ce_type", b"weird.type"),))
+    ingest(hub, "i1", [bad, unknown])
+    assert sub.frames == []
+    assert hub.stats.malformed == 2
+
+
+def test_pending_subscriber_buffers_until_live(hub: ChannelHub) -> None:
+    channel = Channel.schedule("i1")
+    sub = FakeSubscriber((hub.partition_key(channel),))
+    hub.attach(sub, [channel])
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", 1), 0)])
+    assert sub.frames == []
+    assert len(sub.buffered) == 1
+    hub.go_live(sub)
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", 2), 1)])
+    assert len(sub.frames) == 1
+    assert len(sub.buffered) == 1
+
+
+def test_detached_subscriber_gets_nothing_and_channel_is_forgotten(hub: ChannelHub) -> None:
+    channel = Channel.schedule("i1")
+    sub = live(hub, channel)
+    hub.detach(sub)
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", 1), 0)])
+    assert sub.frames == []
+    assert hub.subscriber_counts() == {}
+
+
+def test_connection_on_two_partitions_gets_a_position_vector(hub: ChannelHub) -> None:
+    schedule, notes = Channel.schedule("i1"), Channel.notifications("u1")
+    sub = live(hub, schedule, notes)
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", 1), 41)])
+    s_part = hub.partition_key(schedule)[1]
+    assert sub.frames[0].startswith(f"id: n0:-1.s{s_part}:41\n".encode())
+
+
+def test_resync_record_reaches_subscribers_of_that_partition(hub: ChannelHub) -> None:
+    sub = live(hub, Channel.schedule("i1"))
+    key = hub.partition_key(Channel.schedule("i1"))
+    other_part = (key[1] + 1) % 3
+    hub.ingest(SCHEDULE_TOPIC, other_part, [record_of(resync_event("r0"), 0)])
+    assert sub.resyncs == []
+    hub.ingest(SCHEDULE_TOPIC, key[1], [record_of(resync_event("r1"), 0)])
+    assert sub.resyncs == [key]
+
+
+def test_ring_serves_resumes_until_it_wraps(hub: ChannelHub) -> None:
+    key = hub.partition_key(Channel.schedule("i1"))
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", v + 1), v) for v in range(6)])
+    found = hub.ring_since(key, 3, {b"i1"})
+    assert found is not None
+    assert [r.offset for r in found] == [4, 5]
+    ingest(hub, "i1", [record_of(slot_event("i1", "s1", v + 1), v) for v in range(6, 20)])
+    assert hub.ring_since(key, 3, {b"i1"}) is None  # ring holds 8: offsets 12..19
+    assert hub.ring_floor(key) == 12
+    found = hub.ring_since(key, 11, {b"i1"})
+    assert found is not None
+    assert len(found) == 8

@@ -1,0 +1,119 @@
+from datetime import timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from push_gateway.domain.requests import (
+    EVENTS_PATH,
+    PAGE_PATH,
+    Problem,
+    StreamRequest,
+    parse_stream_request,
+)
+from slotstream_contracts.auth import JwtSettings, Role, mint_token
+from slotstream_contracts.channels import Channel
+
+JWT = JwtSettings(secret=SecretStr("x" * 40))
+
+
+def parse(path: str, query: str, headers: list[tuple[bytes, bytes]] | None = None) -> StreamRequest:
+    return parse_stream_request(path, query.encode(), headers or [], JWT, max_channels=3)
+
+
+def problem_of(path: str, query: str, headers: list[tuple[bytes, bytes]] | None = None) -> Problem:
+    with pytest.raises(Problem) as caught:
+        parse(path, query, headers)
+    return caught.value
+
+
+def test_page_endpoint_subscribes_to_the_instructors_schedule() -> None:
+    request = parse(PAGE_PATH, "instructorId=i1")
+    assert request.channels == (Channel.schedule("i1"),)
+    assert request.resume_from is None
+
+
+def test_several_channels_on_one_connection_deduplicated() -> None:
+    request = parse(
+        EVENTS_PATH,
+        "channel=instructors/a/schedule&channel=instructors/b/schedule"
+        "&channel=instructors/a/schedule",
+    )
+    assert request.channels == (Channel.schedule("a"), Channel.schedule("b"))
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        (PAGE_PATH, ""),
+        (PAGE_PATH, "instructorId=bad$id"),
+        (PAGE_PATH, "instructorId=a&instructorId=b"),
+        (EVENTS_PATH, ""),
+        (EVENTS_PATH, "channel=instructors/a/notifications"),
+        (EVENTS_PATH, "channel=rooms/a/schedule"),
+        (
+            EVENTS_PATH,
+            "channel=" + "&channel=".join(f"instructors/i{n}/schedule" for n in range(4)),
+        ),
+        (EVENTS_PATH, "channel=instructors/a/schedule&lastEventId=garbage"),
+    ],
+)
+def test_malformed_requests_are_400(path: str, query: str) -> None:
+    problem = problem_of(path, query)
+    assert problem.status == 400
+    assert problem.detail
+
+
+def test_last_event_id_header_wins_over_query() -> None:
+    request = parse(PAGE_PATH, "instructorId=i1&lastEventId=s0:1", [(b"last-event-id", b"s0:9")])
+    assert request.resume_from == {("s", 0): 9}
+    assert parse(PAGE_PATH, "instructorId=i1&lastEventId=s0:1").resume_from == {("s", 0): 1}
+
+
+def token(user: str, role: Role = Role.STUDENT, ttl: timedelta = timedelta(hours=1)) -> str:
+    return mint_token(JWT, user, role, ttl=ttl)
+
+
+NOTES = "channel=users/u1/notifications"
+
+
+def test_private_channel_without_token_is_401() -> None:
+    problem = problem_of(EVENTS_PATH, NOTES)
+    assert problem.status == 401
+    assert ("www-authenticate", 'Bearer realm="slotstream"') in problem.headers
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["not-a-jwt", mint_token(JwtSettings(secret=SecretStr("y" * 40)), "u1", Role.STUDENT)],
+)
+def test_private_channel_with_bad_token_is_401(bad: str) -> None:
+    assert (
+        problem_of(EVENTS_PATH, NOTES, [(b"authorization", f"Bearer {bad}".encode())]).status == 401
+    )
+
+
+def test_expired_token_is_401() -> None:
+    expired = token("u1", ttl=timedelta(minutes=-5))
+    assert problem_of(EVENTS_PATH, f"{NOTES}&access_token={expired}").status == 401
+
+
+def test_other_users_channel_is_403() -> None:
+    headers = [(b"authorization", f"Bearer {token('u2')}".encode())]
+    assert problem_of(EVENTS_PATH, NOTES, headers).status == 403
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        (NOTES, [(b"authorization", f"Bearer {token('u1')}".encode())]),
+        (f"{NOTES}&access_token={token('u1')}", []),
+        (NOTES, [(b"cookie", f"theme=dark; access_token={token('u1')}".encode())]),
+        (NOTES, [(b"authorization", f"Bearer {token('admin', Role.ADMIN)}".encode())]),
+    ],
+)
+def test_own_channel_with_token_in_header_query_or_cookie(
+    query: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    request = parse(EVENTS_PATH, query, headers)
+    assert request.channels == (Channel.notifications("u1"),)
+    assert request.principal is not None

@@ -1,0 +1,72 @@
+import asyncio
+
+import pytest
+
+from push_gateway.adapters.snapshots import (
+    CoalescingSnapshots,
+    FakeSnapshotSource,
+    SnapshotNotFound,
+)
+from push_gateway.domain.merge import newer_than_snapshot, slot_versions
+from push_gateway.testing import booking_event, slot, slot_event, snapshot
+
+
+async def test_concurrent_fetches_for_one_instructor_share_one_request() -> None:
+    source = FakeSnapshotSource({"i1": snapshot("i1", []), "i2": snapshot("i2", [])})
+    source.gate = asyncio.Event()
+    coalescer = CoalescingSnapshots(source)
+    waiters = [asyncio.create_task(coalescer.fetch("i1")) for _ in range(50)]
+    waiters.append(asyncio.create_task(coalescer.fetch("i2")))
+    await asyncio.sleep(0)
+    source.gate.set()
+    results = await asyncio.gather(*waiters)
+    assert sorted(source.fetches) == ["i1", "i2"]
+    assert {r.instructor_id for r in results[:50]} == {"i1"}
+    await coalescer.fetch("i1")  # a later request fetches again (no stale cache)
+    assert source.fetches.count("i1") == 2
+
+
+async def test_a_failed_fetch_fails_every_waiter_and_is_not_remembered() -> None:
+    source = FakeSnapshotSource()
+    source.gate = asyncio.Event()
+    coalescer = CoalescingSnapshots(source)
+    waiters = [asyncio.create_task(coalescer.fetch("nope")) for _ in range(3)]
+    await asyncio.sleep(0)
+    source.gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, SnapshotNotFound) for r in results)
+    source.snapshots["nope"] = snapshot("nope", [])
+    assert (await coalescer.fetch("nope")).instructor_id == "nope"
+
+
+async def test_one_cancelled_waiter_does_not_cancel_the_others() -> None:
+    source = FakeSnapshotSource({"i1": snapshot("i1", [])})
+    source.gate = asyncio.Event()
+    coalescer = CoalescingSnapshots(source)
+    first = asyncio.create_task(coalescer.fetch("i1"))
+    second = asyncio.create_task(coalescer.fetch("i1"))
+    await asyncio.sleep(0)
+    first.cancel()
+    source.gate.set()
+    assert (await second).instructor_id == "i1"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+@pytest.mark.parametrize(("version", "expected"), [(1, False), (2, False), (3, True)])
+def test_slot_delta_follows_snapshot_only_when_newer(version: int, expected: bool) -> None:
+    versions = slot_versions(snapshot("i1", [slot("i1", "s1", 2)]))
+    assert (
+        newer_than_snapshot(b"slot", slot_event("i1", "s1", version).to_json(), versions)
+        is expected
+    )
+
+
+def test_delta_for_a_slot_missing_from_the_snapshot_follows_it() -> None:
+    versions = slot_versions(snapshot("i1", [slot("i1", "s1", 2)]))
+    assert newer_than_snapshot(b"slot", slot_event("i1", "s9", 1).to_json(), versions)
+
+
+def test_booking_events_always_follow_the_snapshot() -> None:
+    event = booking_event("i1", "b1", "s1", "u1")
+    assert newer_than_snapshot(b"booking", event.to_json(), {"s1": 99})

@@ -1,0 +1,440 @@
+"""The in-memory store: MongoDB's semantics where the booking service relies on them.
+
+- Conditional updates are compare-and-set: the match and the write happen with no await
+  in between, so exactly one of many concurrent writers wins.
+- Every operation first yields to the event loop once, like a network round trip, so
+  check-then-act mistakes in the service show up under concurrency in tests too.
+- Unique indexes (including partial ones) raise ``DuplicateKey``.
+- Documents are copied in and out (callers never share state with the store) and
+  datetimes are stored as BSON keeps them: UTC, whole milliseconds.
+- Every write to a domain collection is recorded in a ``MemoryChangeLog`` as a change
+  stream event (``fullDocument`` = the stored document), which the change-publisher reads
+  through ``/internal/changes``. Idempotency records are bookkeeping, not domain data, so
+  they are not recorded (the publisher's Mongo change streams do not watch them either).
+"""
+
+import asyncio
+import bisect
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from booking_api.ports import DuplicateKey, IdempotencyRecord
+from slotstream_contracts.changelog import MemoryChangeLog
+from slotstream_contracts.changes import ClusterTime, OperationType, UpdateDescription
+from slotstream_contracts.documents import (
+    BOOKINGS,
+    INSTRUCTORS,
+    NOTIFICATIONS,
+    SLOTS,
+    BookingDocument,
+    InstructorDocument,
+    NotificationDocument,
+    SlotDocument,
+)
+from slotstream_contracts.entities import BookingStatus, SlotStatus
+
+Document = dict[str, Any]
+#: A unique index: the key of a document, or None when the (partial) index skips it.
+IndexKey = Callable[[Document], tuple[Any, ...] | None]
+
+IDEMPOTENCY = "idempotency"
+DOMAIN_COLLECTIONS = (INSTRUCTORS, SLOTS, BOOKINGS, NOTIFICATIONS)
+
+
+def bson_value(value: Any) -> Any:
+    """A deep copy of ``value`` as a BSON round trip returns it (tz-aware client)."""
+    if isinstance(value, datetime):
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+    if isinstance(value, dict):
+        return {k: bson_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bson_value(v) for v in value]
+    return value
+
+
+def _copy(doc: Document) -> Document:
+    copied: Document = bson_value(doc)
+    return copied
+
+
+class MemoryCollection:
+    """One collection: documents by ``_id``, unique indexes, change recording."""
+
+    def __init__(
+        self,
+        name: str,
+        changelog: MemoryChangeLog | None,
+        unique: dict[str, IndexKey] | None = None,
+    ) -> None:
+        self.name = name
+        self._changelog = changelog
+        self._docs: dict[str, Document] = {}
+        self._unique = unique or {}
+        self._index: dict[str, dict[tuple[Any, ...], str]] = {n: {} for n in self._unique}
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def get(self, doc_id: str) -> Document | None:
+        doc = self._docs.get(doc_id)
+        return None if doc is None else _copy(doc)
+
+    def peek(self, doc_id: str) -> Document | None:
+        """The stored document itself, for read-only use inside this module."""
+        return self._docs.get(doc_id)
+
+    def all(self) -> list[Document]:
+        return [_copy(d) for d in self._docs.values()]
+
+    def insert(self, doc: Document) -> Document:
+        stored = bson_value(doc)
+        doc_id = stored["_id"]
+        if doc_id in self._docs:
+            raise DuplicateKey(f"{self.name}: duplicate _id {doc_id!r}")
+        keys = self._keys(stored)
+        self._check_unique(keys, doc_id)
+        for index, key in keys.items():
+            if key is not None:
+                self._index[index][key] = doc_id
+        self._docs[doc_id] = stored
+        if self._changelog is not None:
+            self._changelog.record(
+                OperationType.INSERT, self.name, doc_id, full_document=bson_value(stored)
+            )
+        return _copy(stored)
+
+    def update(
+        self,
+        doc_id: str,
+        match: Callable[[Document], bool],
+        set_fields: Document,
+        unset: tuple[str, ...] = (),
+        bump_version: bool = True,
+    ) -> Document | None:
+        """Compare-and-set: apply the change only if ``match`` holds for the stored doc."""
+        current = self._docs.get(doc_id)
+        if current is None or not match(current):
+            return None
+        updated = dict(current)
+        changes = bson_value(set_fields)
+        if bump_version:
+            changes["version"] = current["version"] + 1
+        updated.update(changes)
+        removed = [f for f in unset if f in updated]
+        for field in removed:
+            del updated[field]
+        old_keys, new_keys = self._keys(current), self._keys(updated)
+        self._check_unique(new_keys, doc_id)
+        for index, key in old_keys.items():
+            if key is not None:
+                del self._index[index][key]
+        for index, key in new_keys.items():
+            if key is not None:
+                self._index[index][key] = doc_id
+        self._docs[doc_id] = updated
+        if self._changelog is not None:
+            self._changelog.record(
+                OperationType.UPDATE,
+                self.name,
+                doc_id,
+                full_document=bson_value(updated),
+                update=UpdateDescription(updated_fields=changes, removed_fields=removed),
+            )
+        return _copy(updated)
+
+    def delete(self, doc_id: str) -> bool:
+        current = self._docs.pop(doc_id, None)
+        if current is None:
+            return False
+        for index, key in self._keys(current).items():
+            if key is not None:
+                del self._index[index][key]
+        if self._changelog is not None:
+            self._changelog.record(OperationType.DELETE, self.name, doc_id)
+        return True
+
+    def _keys(self, doc: Document) -> dict[str, tuple[Any, ...] | None]:
+        return {name: key(doc) for name, key in self._unique.items()}
+
+    def _check_unique(self, keys: dict[str, tuple[Any, ...] | None], doc_id: str) -> None:
+        for index, key in keys.items():
+            if key is None:
+                continue
+            holder = self._index[index].get(key)
+            if holder is not None and holder != doc_id:
+                raise DuplicateKey(f"{self.name}: duplicate key {key!r} in index {index}")
+
+
+def _live_slot_key(doc: Document) -> tuple[Any, ...] | None:
+    if doc["status"] == SlotStatus.DELETED:
+        return None
+    return (doc["instructorId"], doc["start"])
+
+
+def _active_booking_key(doc: Document) -> tuple[Any, ...] | None:
+    return (doc["slotId"],) if doc["status"] == BookingStatus.ACTIVE else None
+
+
+class MemoryInstructors:
+    def __init__(self, collection: MemoryCollection) -> None:
+        self._c = collection
+
+    async def insert(self, instructor: InstructorDocument) -> None:
+        await asyncio.sleep(0)
+        self._c.insert(instructor.to_document())
+
+    async def get(self, instructor_id: str) -> InstructorDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.get(instructor_id)
+        return None if doc is None else InstructorDocument.model_validate(doc)
+
+    async def list(self, limit: int) -> list[InstructorDocument]:
+        await asyncio.sleep(0)
+        docs = sorted(self._c.all(), key=lambda d: (d["name"], d["_id"]))[:limit]
+        return [InstructorDocument.model_validate(d) for d in docs]
+
+
+class MemorySlots:
+    def __init__(self, collection: MemoryCollection) -> None:
+        self._c = collection
+        # Per instructor: (start, id) sorted by start, tombstones included; starts never
+        # change, so the list only grows. ``_longest`` bounds how far back an overlap starts.
+        self._by_instructor: dict[str, list[tuple[datetime, str]]] = {}
+        self._longest = timedelta(0)
+
+    async def insert(self, slot: SlotDocument) -> None:
+        await asyncio.sleep(0)
+        stored = self._c.insert(slot.to_document())
+        bisect.insort(
+            self._by_instructor.setdefault(slot.instructor_id, []), (stored["start"], slot.id)
+        )
+        self._longest = max(self._longest, stored["end"] - stored["start"])
+
+    async def get(self, slot_id: str) -> SlotDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.get(slot_id)
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def find_live_overlapping(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        await asyncio.sleep(0)
+        return self._intersecting(instructor_id, start, end)
+
+    async def list_for_instructor(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        await asyncio.sleep(0)
+        return self._intersecting(instructor_id, start, end)
+
+    def _intersecting(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        entries = self._by_instructor.get(instructor_id, [])
+        lo = bisect.bisect_right(entries, (start - self._longest, "\uffff"))
+        hi = bisect.bisect_left(entries, (end, ""))
+        found = []
+        for _, slot_id in entries[max(0, lo - 1) : hi]:
+            doc = self._c.peek(slot_id)
+            if (
+                doc is not None
+                and doc["status"] != SlotStatus.DELETED
+                and doc["start"] < end
+                and start < doc["end"]
+            ):
+                found.append(SlotDocument.model_validate(bson_value(doc)))
+        return found
+
+    async def book(
+        self, slot_id: str, booking_id: str, student_id: str, now: datetime
+    ) -> SlotDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.update(
+            slot_id,
+            lambda d: d["status"] == SlotStatus.AVAILABLE,
+            {
+                "status": SlotStatus.BOOKED.value,
+                "bookingId": booking_id,
+                "studentId": student_id,
+                "updatedAt": now,
+            },
+        )
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def release(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.update(
+            slot_id,
+            lambda d: d["status"] == SlotStatus.BOOKED and d.get("bookingId") == booking_id,
+            {"status": SlotStatus.AVAILABLE.value, "updatedAt": now},
+            unset=("bookingId", "studentId"),
+        )
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.update(
+            slot_id,
+            lambda d: d["status"] == SlotStatus.AVAILABLE,
+            {"status": SlotStatus.DELETED.value, "updatedAt": now},
+        )
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+
+class MemoryBookings:
+    def __init__(self, collection: MemoryCollection) -> None:
+        self._c = collection
+        self._by_user: dict[str, list[str]] = {}
+
+    async def insert(self, booking: BookingDocument) -> None:
+        await asyncio.sleep(0)
+        self._c.insert(booking.to_document())
+        self._by_user.setdefault(booking.student_id, []).append(booking.id)
+        if booking.instructor_id != booking.student_id:
+            self._by_user.setdefault(booking.instructor_id, []).append(booking.id)
+
+    async def get(self, booking_id: str) -> BookingDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.get(booking_id)
+        return None if doc is None else BookingDocument.model_validate(doc)
+
+    async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.update(
+            booking_id,
+            lambda d: d["status"] == BookingStatus.ACTIVE,
+            {"status": BookingStatus.CANCELLED.value, "cancelledAt": now},
+        )
+        return None if doc is None else BookingDocument.model_validate(doc)
+
+    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
+        await asyncio.sleep(0)
+        docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
+        newest = sorted(
+            (d for d in docs if d is not None),
+            key=lambda d: (d["createdAt"], d["_id"]),
+            reverse=True,
+        )
+        return [BookingDocument.model_validate(bson_value(d)) for d in newest[:limit]]
+
+
+class MemoryNotifications:
+    def __init__(self, collection: MemoryCollection) -> None:
+        self._c = collection
+        self._by_user: dict[str, list[str]] = {}
+
+    async def insert(self, notification: NotificationDocument) -> None:
+        await asyncio.sleep(0)
+        self._c.insert(notification.to_document())
+        self._by_user.setdefault(notification.user_id, []).append(notification.id)
+
+    async def list_for_user(
+        self, user_id: str, limit: int, unread_only: bool
+    ) -> list[NotificationDocument]:
+        await asyncio.sleep(0)
+        docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
+        newest = sorted(
+            (d for d in docs if d is not None and not (unread_only and d["read"])),
+            key=lambda d: (d["createdAt"], d["_id"]),
+            reverse=True,
+        )
+        return [NotificationDocument.model_validate(bson_value(d)) for d in newest[:limit]]
+
+    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.update(
+            notification_id, lambda d: d["userId"] == user_id and not d["read"], {"read": True}
+        )
+        if doc is None:
+            doc = self._c.get(notification_id)
+            if doc is None or doc["userId"] != user_id:
+                return None
+        return NotificationDocument.model_validate(doc)
+
+
+class MemoryIdempotency:
+    def __init__(self, collection: MemoryCollection) -> None:
+        self._c = collection
+
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+        await asyncio.sleep(0)
+        existing = self._c.peek(record.id)
+        if existing is not None:
+            if existing["expiresAt"] > now:
+                return IdempotencyRecord.model_validate(bson_value(existing))
+            # Expired: Mongo's TTL monitor removes these within a minute; do it now.
+            self._c.delete(record.id)
+        self._c.insert(record.to_document())
+        return None
+
+    async def complete(self, record_id: str, status_code: int, body: str) -> None:
+        await asyncio.sleep(0)
+        self._c.update(
+            record_id,
+            lambda d: d["state"] == "pending",
+            {"state": "complete", "statusCode": status_code, "body": body},
+            bump_version=False,
+        )
+
+    async def release(self, record_id: str) -> None:
+        await asyncio.sleep(0)
+        self._c.delete(record_id)
+
+
+class MemoryStorage:
+    """All repositories over one change log, like collections of one database."""
+
+    def __init__(self, db: str = "slotstream", retain_changes: int = 200_000) -> None:
+        self.changelog = MemoryChangeLog(db, retain=retain_changes)
+        self.collections = {
+            INSTRUCTORS: MemoryCollection(INSTRUCTORS, self.changelog),
+            SLOTS: MemoryCollection(
+                SLOTS, self.changelog, unique={"instructorId_start_live": _live_slot_key}
+            ),
+            BOOKINGS: MemoryCollection(
+                BOOKINGS, self.changelog, unique={"slotId_active": _active_booking_key}
+            ),
+            NOTIFICATIONS: MemoryCollection(NOTIFICATIONS, self.changelog),
+            IDEMPOTENCY: MemoryCollection(IDEMPOTENCY, None),
+        }
+        self._instructors = MemoryInstructors(self.collections[INSTRUCTORS])
+        self._slots = MemorySlots(self.collections[SLOTS])
+        self._bookings = MemoryBookings(self.collections[BOOKINGS])
+        self._notifications = MemoryNotifications(self.collections[NOTIFICATIONS])
+        self._idempotency = MemoryIdempotency(self.collections[IDEMPOTENCY])
+
+    @property
+    def instructors(self) -> MemoryInstructors:
+        return self._instructors
+
+    @property
+    def slots(self) -> MemorySlots:
+        return self._slots
+
+    @property
+    def bookings(self) -> MemoryBookings:
+        return self._bookings
+
+    @property
+    def notifications(self) -> MemoryNotifications:
+        return self._notifications
+
+    @property
+    def idempotency(self) -> MemoryIdempotency:
+        return self._idempotency
+
+    async def start(self) -> None:
+        """Nothing to prepare: the unique indexes exist from construction."""
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        """Nothing to release; the data lives as long as the object."""
+
+    def snapshot(self, collection: str) -> tuple[ClusterTime, list[Document]]:
+        """The cluster time, then a copy of every document; no write can come between."""
+        at = self.changelog.cluster_time
+        return at, self.collections[collection].all()

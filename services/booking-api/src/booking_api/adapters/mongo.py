@@ -1,0 +1,297 @@
+"""The MongoDB store (PyMongo's async API).
+
+- Client: tz-aware (datetimes come back as UTC), majority write concern with journal,
+  majority read concern, and timeouts on server selection, connect and every operation
+  (``timeoutMS``), so a sick database turns into a quick 503, not a hung request.
+- ``start()`` creates the indexes; ``create_index`` is a no-op when the same index
+  exists, so every replica can run it at every start-up.
+- State moves are ``find_one_and_update`` with the expected state in the filter: the
+  compare-and-set the booking service relies on.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from booking_api.ports import DuplicateKey, IdempotencyRecord
+from slotstream_contracts.documents import (
+    BOOKINGS,
+    INSTRUCTORS,
+    NOTIFICATIONS,
+    SLOTS,
+    BookingDocument,
+    InstructorDocument,
+    NotificationDocument,
+    SlotDocument,
+)
+from slotstream_contracts.entities import BookingStatus, SlotStatus
+
+Document = dict[str, Any]
+IDEMPOTENCY = "idempotency"
+_LIVE = {"status": {"$in": [SlotStatus.AVAILABLE.value, SlotStatus.BOOKED.value]}}
+_AFTER = ReturnDocument.AFTER
+
+
+class MongoInstructors:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._c = collection
+
+    async def insert(self, instructor: InstructorDocument) -> None:
+        try:
+            await self._c.insert_one(instructor.to_document())
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(str(exc)) from None
+
+    async def get(self, instructor_id: str) -> InstructorDocument | None:
+        doc = await self._c.find_one({"_id": instructor_id})
+        return None if doc is None else InstructorDocument.model_validate(doc)
+
+    async def list(self, limit: int) -> list[InstructorDocument]:
+        cursor = self._c.find({}).sort([("name", ASCENDING), ("_id", ASCENDING)]).limit(limit)
+        return [InstructorDocument.model_validate(d) async for d in cursor]
+
+
+class MongoSlots:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._c = collection
+
+    async def insert(self, slot: SlotDocument) -> None:
+        try:
+            await self._c.insert_one(slot.to_document())
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(str(exc)) from None
+
+    async def get(self, slot_id: str) -> SlotDocument | None:
+        doc = await self._c.find_one({"_id": slot_id})
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def find_live_overlapping(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        return await self.list_for_instructor(instructor_id, start, end)
+
+    async def list_for_instructor(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        query = {
+            "instructorId": instructor_id,
+            "start": {"$lt": end},
+            "end": {"$gt": start},
+            "status": {"$ne": SlotStatus.DELETED.value},
+        }
+        cursor = self._c.find(query).sort([("start", ASCENDING), ("_id", ASCENDING)])
+        return [SlotDocument.model_validate(d) async for d in cursor]
+
+    async def _move(
+        self, query: Document, set_fields: Document, unset: tuple[str, ...] = ()
+    ) -> SlotDocument | None:
+        update: Document = {"$set": set_fields, "$inc": {"version": 1}}
+        if unset:
+            update["$unset"] = dict.fromkeys(unset, "")
+        doc = await self._c.find_one_and_update(query, update, return_document=_AFTER)
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def book(
+        self, slot_id: str, booking_id: str, student_id: str, now: datetime
+    ) -> SlotDocument | None:
+        return await self._move(
+            {"_id": slot_id, "status": SlotStatus.AVAILABLE.value},
+            {
+                "status": SlotStatus.BOOKED.value,
+                "bookingId": booking_id,
+                "studentId": student_id,
+                "updatedAt": now,
+            },
+        )
+
+    async def release(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
+        return await self._move(
+            {"_id": slot_id, "status": SlotStatus.BOOKED.value, "bookingId": booking_id},
+            {"status": SlotStatus.AVAILABLE.value, "updatedAt": now},
+            unset=("bookingId", "studentId"),
+        )
+
+    async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
+        return await self._move(
+            {"_id": slot_id, "status": SlotStatus.AVAILABLE.value},
+            {"status": SlotStatus.DELETED.value, "updatedAt": now},
+        )
+
+
+class MongoBookings:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._c = collection
+
+    async def insert(self, booking: BookingDocument) -> None:
+        try:
+            await self._c.insert_one(booking.to_document())
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(str(exc)) from None
+
+    async def get(self, booking_id: str) -> BookingDocument | None:
+        doc = await self._c.find_one({"_id": booking_id})
+        return None if doc is None else BookingDocument.model_validate(doc)
+
+    async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
+        doc = await self._c.find_one_and_update(
+            {"_id": booking_id, "status": BookingStatus.ACTIVE.value},
+            {
+                "$set": {"status": BookingStatus.CANCELLED.value, "cancelledAt": now},
+                "$inc": {"version": 1},
+            },
+            return_document=_AFTER,
+        )
+        return None if doc is None else BookingDocument.model_validate(doc)
+
+    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
+        query = {"$or": [{"studentId": user_id}, {"instructorId": user_id}]}
+        cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
+        return [BookingDocument.model_validate(d) async for d in cursor.limit(limit)]
+
+
+class MongoNotifications:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._c = collection
+
+    async def insert(self, notification: NotificationDocument) -> None:
+        try:
+            await self._c.insert_one(notification.to_document())
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(str(exc)) from None
+
+    async def list_for_user(
+        self, user_id: str, limit: int, unread_only: bool
+    ) -> list[NotificationDocument]:
+        query: Document = {"userId": user_id}
+        if unread_only:
+            query["read"] = False
+        cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
+        return [NotificationDocument.model_validate(d) async for d in cursor.limit(limit)]
+
+    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+        doc = await self._c.find_one_and_update(
+            {"_id": notification_id, "userId": user_id, "read": False},
+            {"$set": {"read": True}, "$inc": {"version": 1}},
+            return_document=_AFTER,
+        )
+        if doc is None:
+            doc = await self._c.find_one({"_id": notification_id, "userId": user_id})
+        return None if doc is None else NotificationDocument.model_validate(doc)
+
+
+class MongoIdempotency:
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._c = collection
+
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+        # The TTL monitor deletes expired records about once a minute; until then an
+        # expired record is replaced here, conditionally, so only one caller wins.
+        await self._c.delete_one({"_id": record.id, "expiresAt": {"$lte": now}})
+        try:
+            await self._c.insert_one(record.to_document())
+        except DuplicateKeyError:
+            doc = await self._c.find_one({"_id": record.id})
+            if doc is None:  # expired and removed in between: the caller may retry
+                return IdempotencyRecord.model_validate(record.to_document() | {"state": "pending"})
+            return IdempotencyRecord.model_validate(doc)
+        return None
+
+    async def complete(self, record_id: str, status_code: int, body: str) -> None:
+        await self._c.update_one(
+            {"_id": record_id, "state": "pending"},
+            {"$set": {"state": "complete", "statusCode": status_code, "body": body}},
+        )
+
+    async def release(self, record_id: str) -> None:
+        await self._c.delete_one({"_id": record_id, "state": "pending"})
+
+
+class MongoStorage:
+    def __init__(self, url: str, db: str, timeout_ms: int = 5_000) -> None:
+        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
+            url,
+            tz_aware=True,
+            w="majority",
+            journal=True,
+            readConcernLevel="majority",
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            timeoutMS=timeout_ms,
+            appname="slotstream-booking-api",
+        )
+        self._db: AsyncDatabase[Document] = self._client.get_database(
+            db,
+            write_concern=WriteConcern(w="majority", j=True),
+            read_concern=ReadConcern("majority"),
+        )
+        self._instructors = MongoInstructors(self._db[INSTRUCTORS])
+        self._slots = MongoSlots(self._db[SLOTS])
+        self._bookings = MongoBookings(self._db[BOOKINGS])
+        self._notifications = MongoNotifications(self._db[NOTIFICATIONS])
+        self._idempotency = MongoIdempotency(self._db[IDEMPOTENCY])
+
+    @property
+    def database(self) -> AsyncDatabase[Document]:
+        return self._db
+
+    @property
+    def instructors(self) -> MongoInstructors:
+        return self._instructors
+
+    @property
+    def slots(self) -> MongoSlots:
+        return self._slots
+
+    @property
+    def bookings(self) -> MongoBookings:
+        return self._bookings
+
+    @property
+    def notifications(self) -> MongoNotifications:
+        return self._notifications
+
+    @property
+    def idempotency(self) -> MongoIdempotency:
+        return self._idempotency
+
+    async def start(self) -> None:
+        """Create the indexes (idempotent: an identical existing index is left alone)."""
+        db = self._db
+        await db[INSTRUCTORS].create_index([("name", ASCENDING), ("_id", ASCENDING)])
+        await db[SLOTS].create_index(
+            [("instructorId", ASCENDING), ("start", ASCENDING)], name="instructor_start"
+        )
+        # At most one live slot per instructor and start (partial $in needs MongoDB 6.0+).
+        await db[SLOTS].create_index(
+            [("instructorId", ASCENDING), ("start", ASCENDING)],
+            name="instructor_start_live_unique",
+            unique=True,
+            partialFilterExpression=_LIVE,
+        )
+        # At most one active booking per slot, whatever happens to the slot document.
+        await db[BOOKINGS].create_index(
+            [("slotId", ASCENDING)],
+            name="slot_active_unique",
+            unique=True,
+            partialFilterExpression={"status": BookingStatus.ACTIVE.value},
+        )
+        await db[BOOKINGS].create_index([("studentId", ASCENDING), ("createdAt", DESCENDING)])
+        await db[BOOKINGS].create_index([("instructorId", ASCENDING), ("createdAt", DESCENDING)])
+        await db[NOTIFICATIONS].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await db[IDEMPOTENCY].create_index("expiresAt", expireAfterSeconds=0)
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,1 @@
+"""HTTP: routes translate requests to service calls and results to responses."""

@@ -1,0 +1,72 @@
+"""Typed dependencies: the runtime wired by the composition root, and the caller."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from booking_api.adapters.memory import MemoryStorage
+from booking_api.api.metrics import Metrics
+from booking_api.api.problems import AuthError
+from booking_api.auth import TokenVerifier
+from booking_api.config import Settings
+from booking_api.domain.errors import StorageUnavailable
+from booking_api.ports import Storage
+from booking_api.service import BookingService
+from slotstream_contracts.auth import InvalidToken, Principal
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    storage: Storage
+    service: BookingService
+    memory: MemoryStorage | None
+
+
+@dataclass
+class AppParts:
+    """What exists from ``create_app()`` on; ``runtime`` once the storage is open."""
+
+    settings: Settings
+    tokens: TokenVerifier
+    metrics: Metrics
+    runtime: Runtime | None = None
+
+
+async def get_parts(request: Request) -> AppParts:
+    parts: AppParts = request.app.state.parts
+    return parts
+
+
+async def get_runtime(parts: Annotated[AppParts, Depends(get_parts)]) -> Runtime:
+    if parts.runtime is None:
+        raise StorageUnavailable("the service is starting; storage is not open yet")
+    return parts.runtime
+
+
+async def get_service(runtime: Annotated[Runtime, Depends(get_runtime)]) -> BookingService:
+    return runtime.service
+
+
+_bearer = HTTPBearer(auto_error=False, description="JWT: sub, role, exp (slotstream-token)")
+
+
+async def current_principal(
+    parts: Annotated[AppParts, Depends(get_parts)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise AuthError("this route needs an Authorization: Bearer <token> header")
+    try:
+        return parts.tokens.verify(credentials.credentials)
+    except InvalidToken as exc:
+        raise AuthError(f"the bearer token is not valid: {exc}", error="invalid_token") from None
+    except Exception:  # PyJWT raises a few non-PyJWTError types on odd input
+        raise AuthError("the bearer token is not valid", error="invalid_token") from None
+
+
+Parts = Annotated[AppParts, Depends(get_parts)]
+Service = Annotated[BookingService, Depends(get_service)]
+CurrentUser = Annotated[Principal, Depends(current_principal)]

@@ -1,0 +1,116 @@
+"""One pure-ASGI middleware for every request: request id, body limit, metrics, access log.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) keeps the hot path cheap: no extra task, no body
+copies. It is the outermost layer, so it also turns an unexpected exception into a 500
+problem response (and counts it) instead of a bare text error.
+"""
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from booking_api.api.metrics import Metrics
+from booking_api.api.problems import BodyTooLarge
+from booking_api.api.responses import PROBLEM_JSON
+
+log = structlog.get_logger("booking_api.http")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = b""
+        length: int | None = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER and _REQUEST_ID_RE.fullmatch(value):
+                request_id = value
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() else None
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        rid = request_id.decode()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+            await send(message)
+
+        received = 0
+        limit = self.max_body_bytes
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        try:
+            if length is not None and length > limit:
+                await self._problem(send_wrapper, 413, f"the request body exceeds {limit} bytes")
+            else:
+                await self.app(scope, receive_limited, send_wrapper)
+        except Exception:
+            log.exception("request.failed", method=scope["method"], path=scope["path"])
+            if not response_started:
+                await self._problem(send_wrapper, 500, "internal error; the request id is logged")
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template: str = getattr(route, "path", "unmatched")
+            method: str = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(elapsed)
+            if logging.getLogger("booking_api.http").isEnabledFor(logging.INFO):
+                log.info(
+                    "request",
+                    method=method,
+                    path=scope["path"],
+                    route=template,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    @staticmethod
+    async def _problem(send: Send, status: int, detail: str) -> None:
+        title = {413: "Content Too Large", 500: "Internal Server Error"}[status]
+        body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+        body["detail"] = detail
+        payload = orjson.dumps(body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

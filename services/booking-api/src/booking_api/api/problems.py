@@ -1,0 +1,170 @@
+"""RFC 9457 problem details: every error leaves the API as ``application/problem+json``."""
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from booking_api.api.responses import PROBLEM_JSON
+from booking_api.domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+)
+
+log = structlog.get_logger("booking_api.api")
+
+PROBLEM_BASE = "urn:slotstream:problem:"
+_STATUS_OF: dict[type[DomainError], int] = {
+    InvalidRequest: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Forbidden: 403,
+    StorageUnavailable: 503,
+}
+
+
+class Problem(BaseModel):
+    """A problem details body; domain problems add members such as ``slotId``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(default="about:blank", examples=["urn:slotstream:problem:conflict"])
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+class AuthError(Exception):
+    """Missing or invalid credentials (401, with a ``WWW-Authenticate`` challenge)."""
+
+    def __init__(self, detail: str, error: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.error = error
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the configured limit (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    kind: str | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + kind if kind else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def domain_problem(exc: DomainError, instance: str) -> Response:
+    status = next(code for kind, code in _STATUS_OF.items() if isinstance(exc, kind))
+    kind = type(exc).__name__.lower()
+    return problem(status, exc.detail, kind=kind, instance=instance, **exc.extra)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "request"
+
+
+def validation_detail(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        if error.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+        else:
+            parts.append(f"{_loc(tuple(error.get('loc', ())))}: {error.get('msg', 'invalid')}")
+    more = "" if len(errors) <= 5 else f" (and {len(errors) - 5} more)"
+    return "; ".join(parts) + more
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_domain(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DomainError)
+        log.info("request.rejected", reason=exc.detail, kind=type(exc).__name__)
+        return domain_problem(exc, request.url.path)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [dict(e) for e in exc.errors()]
+        detail = validation_detail(errors)
+        log.info("request.invalid", detail=detail)
+        listed = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": e["type"]}
+            for e in errors[:20]
+        ]
+        return problem(
+            422, detail, kind="invalid-request", instance=request.url.path, errors=listed
+        )
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no resource at {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, detail, instance=request.url.path, headers=headers)
+
+    async def on_auth(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AuthError)
+        challenge = "Bearer" if exc.error is None else f'Bearer error="{exc.error}"'
+        log.info("request.unauthenticated", reason=exc.detail)
+        return problem(
+            401,
+            exc.detail,
+            kind="unauthenticated",
+            instance=request.url.path,
+            headers={"WWW-Authenticate": challenge},
+        )
+
+    async def on_too_large(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BodyTooLarge)
+        return problem(413, str(exc), kind="body-too-large", instance=request.url.path)
+
+    app.add_exception_handler(DomainError, on_domain)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(AuthError, on_auth)
+    app.add_exception_handler(BodyTooLarge, on_too_large)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can return."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,97 @@
+"""Composition root: build settings, storage, service and HTTP app; wire, nothing more."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from booking_api.adapters.memory import MemoryStorage
+from booking_api.api import internal, ops, routes
+from booking_api.api.deps import AppParts, Runtime
+from booking_api.api.metrics import Metrics
+from booking_api.api.middleware import RequestContextMiddleware
+from booking_api.api.problems import install_problem_handlers
+from booking_api.auth import TokenVerifier
+from booking_api.config import Settings
+from booking_api.ports import Storage
+from booking_api.service import BookingService, Clock, utc_now
+
+log = structlog.get_logger("booking_api.app")
+
+
+def _open_storage(settings: Settings) -> Storage:
+    if settings.storage == "memory":
+        return MemoryStorage(settings.mongo_db)
+    from booking_api.adapters.mongo import MongoStorage
+
+    return MongoStorage(
+        settings.mongo_url.get_secret_value(), settings.mongo_db, settings.mongo_timeout_ms
+    )
+
+
+def create_app(
+    settings: Settings | None = None, storage: Storage | None = None, clock: Clock = utc_now
+) -> FastAPI:
+    """The booking-api. ``storage`` replaces the one the settings describe (tests)."""
+    settings = settings or Settings()
+    parts = AppParts(settings=settings, tokens=TokenVerifier(settings.jwt), metrics=Metrics())
+
+    def wire(store: Storage) -> Runtime:
+        memory = store if isinstance(store, MemoryStorage) else None
+        return Runtime(settings, store, BookingService(store, clock), memory)
+
+    # The memory store needs no I/O to open, so it is ready without a lifespan (ASGI tests).
+    given = storage or (MemoryStorage(settings.mongo_db) if settings.storage == "memory" else None)
+    if given is not None:
+        parts.runtime = wire(given)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        owned = parts.runtime is None
+        if parts.runtime is None:
+            parts.runtime = wire(_open_storage(settings))
+        await parts.runtime.storage.start()
+        log.info("booking_api.started", storage=settings.storage)
+        try:
+            yield
+        finally:
+            if owned:
+                await parts.runtime.storage.close()
+                parts.runtime = None
+
+    app = FastAPI(
+        title="Slotstream booking API",
+        version="0.1.0",
+        summary="Instructors, slots, bookings and notifications",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.parts = parts
+    install_problem_handlers(app)
+
+    async def on_internal_refused(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, internal.InternalRefused)
+        return exc.response
+
+    app.add_exception_handler(internal.InternalRefused, on_internal_refused)
+    app.include_router(routes.router)
+    app.include_router(ops.router)
+    if settings.storage == "memory" or isinstance(storage, MemoryStorage):
+        app.include_router(internal.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware, metrics=parts.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app

@@ -1,0 +1,45 @@
+"""Who may do what. An instructor's user id (the token's ``sub``) is their instructor id."""
+
+from booking_api.domain.errors import Forbidden
+from slotstream_contracts.auth import Principal, Role
+from slotstream_contracts.documents import BookingDocument
+
+
+def ensure_may_create_instructor(principal: Principal, instructor_id: str) -> None:
+    """Instructors create their own profile (id = their user id); admins create any."""
+    if principal.role is Role.ADMIN:
+        return
+    if principal.role is not Role.INSTRUCTOR:
+        raise Forbidden("only instructors and admins create instructor profiles")
+    if instructor_id != principal.user_id:
+        raise Forbidden("an instructor's id is their user id; it cannot be chosen")
+
+
+def ensure_may_edit_schedule(principal: Principal, instructor_id: str) -> None:
+    """Only the instructor (or an admin) adds or withdraws their slots."""
+    if principal.role is Role.ADMIN:
+        return
+    if principal.role is not Role.INSTRUCTOR or principal.user_id != instructor_id:
+        raise Forbidden(f"only instructor {instructor_id} or an admin edits this schedule")
+
+
+def ensure_may_book(principal: Principal) -> None:
+    """Students book for themselves; admins may book too (as themselves), instructors not."""
+    if principal.role is Role.INSTRUCTOR:
+        raise Forbidden("instructors cannot book slots; use a student account")
+
+
+def ensure_may_cancel(principal: Principal, booking: BookingDocument) -> None:
+    """The booking's student, the slot's instructor or an admin cancels a booking."""
+    if principal.role is Role.ADMIN:
+        return
+    if principal.user_id in (booking.student_id, booking.instructor_id):
+        return
+    raise Forbidden(f"only the student or the instructor of booking {booking.id} cancels it")
+
+
+def may_see_booking(principal: Principal, booking: BookingDocument) -> bool:
+    return principal.role is Role.ADMIN or principal.user_id in (
+        booking.student_id,
+        booking.instructor_id,
+    )

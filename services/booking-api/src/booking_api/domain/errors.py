@@ -1,0 +1,32 @@
+"""Domain failures. The API maps each kind to one HTTP status and a problem body."""
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base of every rule violation; ``detail`` is shown to the caller as is."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidRequest(DomainError):
+    """The request is well-formed but breaks a rule (422)."""
+
+
+class NotFound(DomainError):
+    """The entity does not exist, or is not visible to the caller (404)."""
+
+
+class Conflict(DomainError):
+    """The request collides with the current state (409), e.g. a slot already booked."""
+
+
+class Forbidden(DomainError):
+    """The caller is authenticated but may not do this (403)."""
+
+
+class StorageUnavailable(DomainError):
+    """The store did not answer in time (503); nothing was decided."""

@@ -1,0 +1,99 @@
+"""Slot rules: a slot is a bounded, time-zone explicit window in an instructor's schedule."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from booking_api.domain.errors import Conflict, InvalidRequest
+from slotstream_contracts.documents import SlotDocument
+from slotstream_contracts.entities import SlotStatus
+
+MIN_SLOT_LENGTH = timedelta(minutes=5)
+MAX_SLOT_LENGTH = timedelta(hours=8)
+MAX_HORIZON = timedelta(days=180)
+#: Schedule reads: default window around now and the widest window one request may ask for.
+DEFAULT_WINDOW_BEFORE = timedelta(days=1)
+DEFAULT_WINDOW_AFTER = timedelta(days=28)
+MAX_WINDOW = timedelta(days=62)
+
+
+def to_storage_time(value: datetime) -> datetime:
+    """UTC, truncated to whole milliseconds: what BSON keeps, so both backends agree."""
+    utc = value.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotWindow:
+    start: datetime
+    end: datetime
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        """Half-open intervals: a slot ending at 10:00 does not overlap one starting at 10:00."""
+        return self.start < end and start < self.end
+
+
+def validate_slot_window(start: datetime, end: datetime, now: datetime) -> SlotWindow:
+    """Check a requested slot against the length and horizon rules; return it in UTC."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidRequest("start and end need an explicit UTC offset (ISO 8601, e.g. +02:00)")
+    window = SlotWindow(to_storage_time(start), to_storage_time(end))
+    if window.start >= window.end:
+        raise InvalidRequest("start must be before end")
+    length = window.end - window.start
+    if length < MIN_SLOT_LENGTH:
+        raise InvalidRequest(f"a slot lasts at least {_minutes(MIN_SLOT_LENGTH)} minutes")
+    if length > MAX_SLOT_LENGTH:
+        raise InvalidRequest(f"a slot lasts at most {_minutes(MAX_SLOT_LENGTH)} minutes")
+    if window.start < now:
+        raise InvalidRequest("a slot cannot start in the past")
+    if window.start > now + MAX_HORIZON:
+        raise InvalidRequest(f"a slot starts at most {MAX_HORIZON.days} days ahead")
+    return window
+
+
+def ensure_no_overlap(window: SlotWindow, existing: Iterable[SlotDocument]) -> None:
+    """Raise ``Conflict`` naming the first live slot the new window would overlap."""
+    for slot in existing:
+        if slot.status is not SlotStatus.DELETED and window.overlaps(slot.start, slot.end):
+            raise Conflict(
+                f"the slot overlaps slot {slot.id} "
+                f"({slot.start.isoformat()} to {slot.end.isoformat()})",
+                slotId=slot.id,
+            )
+
+
+def schedule_window(
+    start: datetime | None, end: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """The range a schedule read covers: defaults around now, bounded width."""
+    if (start is not None and start.tzinfo is None) or (end is not None and end.tzinfo is None):
+        raise InvalidRequest("from and to need an explicit UTC offset (ISO 8601)")
+    default_width = DEFAULT_WINDOW_BEFORE + DEFAULT_WINDOW_AFTER
+    if start is None and end is None:
+        range_start, range_end = now - DEFAULT_WINDOW_BEFORE, now + DEFAULT_WINDOW_AFTER
+    elif start is None:
+        assert end is not None
+        range_start, range_end = end - default_width, end
+    elif end is None:
+        range_start, range_end = start, start + default_width
+    else:
+        range_start, range_end = start, end
+    range_start, range_end = to_storage_time(range_start), to_storage_time(range_end)
+    if range_start >= range_end:
+        raise InvalidRequest("from must be before to")
+    if range_end - range_start > MAX_WINDOW:
+        raise InvalidRequest(f"a schedule window spans at most {MAX_WINDOW.days} days")
+    return range_start, range_end
+
+
+def ensure_deletable(slot: SlotDocument) -> None:
+    """A booked slot is not withdrawn under a student: the booking is cancelled first."""
+    if slot.status is SlotStatus.BOOKED:
+        raise Conflict(
+            f"slot {slot.id} is booked; cancel booking {slot.booking_id} first", slotId=slot.id
+        )
+
+
+def _minutes(value: timedelta) -> int:
+    return int(value.total_seconds() // 60)

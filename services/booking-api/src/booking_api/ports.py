@@ -1,0 +1,142 @@
+"""Storage ports: what the booking service needs from a store, and nothing more.
+
+Each write is a single-document operation; the ones that move state are compare-and-set
+(the expected state is part of the match) and return the document after the change, or
+``None`` when the expected state no longer holds. Two adapters implement these:
+``adapters.mongo`` (PyMongo async) and ``adapters.memory`` (the same semantics in a dict,
+used by the unit tests and the ``memory`` backend). ``tests/contract`` runs one suite
+against both.
+"""
+
+from datetime import datetime
+from typing import Literal, Protocol
+
+from slotstream_contracts.documents import (
+    BookingDocument,
+    InstructorDocument,
+    NotificationDocument,
+    SlotDocument,
+    StoredDocument,
+    UtcDatetime,
+)
+
+
+class DuplicateKey(Exception):
+    """An insert hit a unique index (Mongo error 11000)."""
+
+
+class IdempotencyRecord(StoredDocument):
+    """The first response to a request sent with an ``Idempotency-Key``.
+
+    ``_id`` is derived from the user and the key, so keys are scoped per user.
+    ``fingerprint`` identifies the request (method, path, canonical body).
+    """
+
+    fingerprint: str
+    state: Literal["pending", "complete"]
+    status_code: int | None = None
+    body: str | None = None
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+
+
+class InstructorRepository(Protocol):
+    async def insert(self, instructor: InstructorDocument) -> None:
+        """Store a new instructor; ``DuplicateKey`` when the id is taken."""
+
+    async def get(self, instructor_id: str) -> InstructorDocument | None: ...
+
+    async def list(self, limit: int) -> list[InstructorDocument]:
+        """Instructors ordered by name, then id."""
+
+
+class SlotRepository(Protocol):
+    async def insert(self, slot: SlotDocument) -> None:
+        """Store a new slot; ``DuplicateKey`` when its id, or a live slot of the same
+        instructor with the same start, exists."""
+
+    async def get(self, slot_id: str) -> SlotDocument | None: ...
+
+    async def find_live_overlapping(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        """Non-deleted slots of the instructor that intersect ``[start, end)``."""
+
+    async def list_for_instructor(
+        self, instructor_id: str, start: datetime, end: datetime
+    ) -> list[SlotDocument]:
+        """Non-deleted slots intersecting ``[start, end)``, ordered by start."""
+
+    async def book(
+        self, slot_id: str, booking_id: str, student_id: str, now: datetime
+    ) -> SlotDocument | None:
+        """``available → booked`` with the booking and student ids, version + 1."""
+
+    async def release(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
+        """``booked`` (by this booking) ``→ available``, ids removed, version + 1."""
+
+    async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
+        """``available → deleted`` (the tombstone), version + 1."""
+
+
+class BookingRepository(Protocol):
+    async def insert(self, booking: BookingDocument) -> None:
+        """Store a new booking; ``DuplicateKey`` when the id is taken or the slot already
+        has an active booking."""
+
+    async def get(self, booking_id: str) -> BookingDocument | None: ...
+
+    async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
+        """``active → cancelled`` with ``cancelledAt``, version + 1."""
+
+    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
+        """Bookings where the user is the student or the instructor, newest first."""
+
+
+class NotificationRepository(Protocol):
+    async def insert(self, notification: NotificationDocument) -> None: ...
+
+    async def list_for_user(
+        self, user_id: str, limit: int, unread_only: bool
+    ) -> list[NotificationDocument]:
+        """The user's notifications, newest first."""
+
+    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's."""
+
+
+class IdempotencyStore(Protocol):
+    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+        """Store a pending record; if an unexpired one has the same id, return it instead."""
+
+    async def complete(self, record_id: str, status_code: int, body: str) -> None: ...
+
+    async def release(self, record_id: str) -> None:
+        """Forget a pending record (the request failed; a retry may run again)."""
+
+
+class Storage(Protocol):
+    """One store: the repositories plus its lifecycle."""
+
+    @property
+    def instructors(self) -> InstructorRepository: ...
+
+    @property
+    def slots(self) -> SlotRepository: ...
+
+    @property
+    def bookings(self) -> BookingRepository: ...
+
+    @property
+    def notifications(self) -> NotificationRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    async def start(self) -> None:
+        """Prepare the store (indexes); safe to call more than once."""
+
+    async def ping(self) -> bool:
+        """True when the store answers (for ``/readyz``)."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,249 @@
+"""The booking service: the use cases, orchestrating the domain rules over the ports.
+
+Partial failure, step by step (a store write can fail or time out at any point):
+
+- Booking: (1) one compare-and-set on the slot, ``available → booked``. Only one caller
+  can win; the losers get 409 naming the slot. (2) Insert the booking document. If that
+  fails, the slot is released again (a compare-and-set on the booking id, so it cannot
+  free someone else's booking) and the error goes to the caller, who may retry: the slot
+  never stays booked without a booking. (3) Insert the two notifications. They are best
+  effort: a failure is logged and the booking stands (the schedule and the booking are
+  the truth; a lost notification is an annoyance, not an inconsistency).
+- Cancelling: (1) compare-and-set the booking ``active → cancelled``, (2) release the
+  slot, (3) notifications. If (2) fails, the booking is cancelled but the slot still looks
+  booked; cancelling again repeats (2) (``DELETE`` is idempotent and repairs), so a retry
+  heals it. Cancelling first means a crash can never leave a free slot under an active
+  booking (which would let a second student book it).
+- Slots: creation checks for overlaps, then inserts; concurrent creations for one
+  instructor are serialised in this process by a per-instructor lock, and a unique index
+  on (instructor, start) of live slots stops exact duplicates across processes.
+"""
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from weakref import WeakValueDictionary
+
+import structlog
+
+from booking_api.domain import authz, bookings, slots
+from booking_api.domain.errors import Conflict, NotFound
+from booking_api.domain.notifications import booking_notifications
+from booking_api.ports import DuplicateKey, Storage
+from slotstream_contracts.auth import Principal
+from slotstream_contracts.documents import (
+    BookingDocument,
+    InstructorDocument,
+    NotificationDocument,
+    SlotDocument,
+)
+from slotstream_contracts.entities import BookingStatus, NotificationKind, SlotStatus
+from slotstream_contracts.ids import new_id
+
+log = structlog.get_logger("booking_api.service")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BookingService:
+    def __init__(self, storage: Storage, clock: Clock = utc_now) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._schedule_locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    def now(self) -> datetime:
+        return slots.to_storage_time(self._clock())
+
+    # Instructors
+
+    async def create_instructor(
+        self, principal: Principal, instructor_id: str | None, name: str, timezone: str
+    ) -> InstructorDocument:
+        chosen = instructor_id or principal.user_id
+        authz.ensure_may_create_instructor(principal, chosen)
+        instructor = InstructorDocument(
+            id=chosen, name=name, timezone=timezone, created_at=self.now()
+        )
+        try:
+            await self._storage.instructors.insert(instructor)
+        except DuplicateKey:
+            raise Conflict(f"instructor {chosen} already exists", instructorId=chosen) from None
+        log.info("instructor.created", instructor_id=chosen)
+        return instructor
+
+    async def list_instructors(self, limit: int) -> list[InstructorDocument]:
+        return await self._storage.instructors.list(limit)
+
+    async def get_instructor(self, instructor_id: str) -> InstructorDocument:
+        instructor = await self._storage.instructors.get(instructor_id)
+        if instructor is None:
+            raise NotFound(f"instructor {instructor_id} does not exist")
+        return instructor
+
+    # Slots
+
+    async def schedule(
+        self, instructor_id: str, start: datetime | None, end: datetime | None
+    ) -> tuple[datetime, datetime, list[SlotDocument]]:
+        range_start, range_end = slots.schedule_window(start, end, self._clock())
+        await self.get_instructor(instructor_id)
+        found = await self._storage.slots.list_for_instructor(instructor_id, range_start, range_end)
+        return range_start, range_end, found
+
+    async def create_slot(
+        self, principal: Principal, instructor_id: str, start: datetime, end: datetime
+    ) -> SlotDocument:
+        authz.ensure_may_edit_schedule(principal, instructor_id)
+        now = self.now()
+        window = slots.validate_slot_window(start, end, now)
+        await self.get_instructor(instructor_id)
+        lock = self._schedule_locks.get(instructor_id)
+        if lock is None:
+            lock = self._schedule_locks[instructor_id] = asyncio.Lock()
+        async with lock:
+            existing = await self._storage.slots.find_live_overlapping(
+                instructor_id, window.start, window.end
+            )
+            slots.ensure_no_overlap(window, existing)
+            slot = SlotDocument(
+                id=new_id(),
+                instructor_id=instructor_id,
+                start=window.start,
+                end=window.end,
+                status=SlotStatus.AVAILABLE,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            try:
+                await self._storage.slots.insert(slot)
+            except DuplicateKey:
+                raise Conflict(
+                    f"instructor {instructor_id} already has a slot starting "
+                    f"{window.start.isoformat()}"
+                ) from None
+        log.info("slot.created", slot_id=slot.id, instructor_id=instructor_id)
+        return slot
+
+    async def delete_slot(self, principal: Principal, slot_id: str) -> SlotDocument:
+        """Withdraw a slot: a tombstone (``deleted``, version + 1), never a hard delete."""
+        slot = await self._storage.slots.get(slot_id)
+        if slot is None:
+            raise NotFound(f"slot {slot_id} does not exist", slotId=slot_id)
+        authz.ensure_may_edit_schedule(principal, slot.instructor_id)
+        if slot.status is SlotStatus.DELETED:
+            return slot
+        slots.ensure_deletable(slot)
+        deleted = await self._storage.slots.mark_deleted(slot_id, self.now())
+        if deleted is None:
+            current = await self._storage.slots.get(slot_id)
+            if current is not None and current.status is SlotStatus.DELETED:
+                return current
+            raise Conflict(f"slot {slot_id} was just booked; cancel the booking first")
+        log.info("slot.deleted", slot_id=slot_id, instructor_id=slot.instructor_id)
+        return deleted
+
+    # Bookings
+
+    async def book(self, principal: Principal, slot_id: str) -> BookingDocument:
+        authz.ensure_may_book(principal)
+        now = self.now()
+        slot = bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
+        booking_id = new_id()
+        booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
+        if booked is None:
+            raise bookings.lost_race(await self._storage.slots.get(slot_id), slot_id)
+        booking = BookingDocument(
+            id=booking_id,
+            slot_id=slot_id,
+            instructor_id=slot.instructor_id,
+            student_id=principal.user_id,
+            slot_start=slot.start,
+            slot_end=slot.end,
+            status=BookingStatus.ACTIVE,
+            version=1,
+            created_at=now,
+        )
+        try:
+            await self._storage.bookings.insert(booking)
+        except BaseException:
+            # Compensate: never leave the slot booked without a booking document.
+            await asyncio.shield(self._storage.slots.release(slot_id, booking_id, self.now()))
+            log.warning("booking.compensated", slot_id=slot_id, booking_id=booking_id)
+            raise
+        log.info("booking.created", booking_id=booking_id, slot_id=slot_id)
+        await self._notify(booking, NotificationKind.BOOKING_CREATED, principal.name, None)
+        return booking
+
+    async def cancel(self, principal: Principal, booking_id: str) -> BookingDocument:
+        """Cancel a booking and free its slot. Idempotent: cancelling a cancelled booking
+        returns it and re-attempts freeing the slot (which repairs an interrupted cancel)."""
+        booking = await self._storage.bookings.get(booking_id)
+        if booking is None:
+            raise NotFound(f"booking {booking_id} does not exist")
+        authz.ensure_may_cancel(principal, booking)
+        cancelled = await self._storage.bookings.cancel(booking_id, self.now())
+        if cancelled is None:
+            current = await self._storage.bookings.get(booking_id)
+            if current is None:
+                raise NotFound(f"booking {booking_id} does not exist")
+            await self._storage.slots.release(current.slot_id, booking_id, self.now())
+            return current
+        await self._storage.slots.release(booking.slot_id, booking_id, self.now())
+        log.info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
+        by = None
+        if principal.user_id != booking.student_id:
+            own = principal.user_id == booking.instructor_id
+            by = principal.name or ("the instructor" if own else "an admin")
+        await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, None, by)
+        return cancelled
+
+    async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
+        return await self._storage.bookings.list_for_user(principal.user_id, limit)
+
+    # Notifications
+
+    async def notifications_of(
+        self, principal: Principal, limit: int, unread_only: bool
+    ) -> list[NotificationDocument]:
+        return await self._storage.notifications.list_for_user(
+            principal.user_id, limit, unread_only
+        )
+
+    async def mark_read(self, principal: Principal, notification_id: str) -> NotificationDocument:
+        note = await self._storage.notifications.mark_read(notification_id, principal.user_id)
+        if note is None:
+            raise NotFound(f"notification {notification_id} does not exist")
+        return note
+
+    async def _notify(
+        self,
+        booking: BookingDocument,
+        kind: NotificationKind,
+        student_name: str | None,
+        cancelled_by: str | None,
+    ) -> None:
+        now = self.now()
+        for draft in booking_notifications(booking, kind, student_name, cancelled_by):
+            note = NotificationDocument(
+                id=new_id(),
+                user_id=draft.user_id,
+                kind=draft.kind,
+                message=draft.message,
+                booking_id=booking.id,
+                slot_id=booking.slot_id,
+                version=1,
+                created_at=now,
+            )
+            try:
+                await self._storage.notifications.insert(note)
+            except Exception:
+                log.exception("notification.failed", booking_id=booking.id, user_id=draft.user_id)

@@ -1,0 +1,57 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from booking_api.ports import DuplicateKey, Storage
+from slotstream_contracts.documents import BookingDocument
+from slotstream_contracts.entities import BookingStatus
+
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+
+
+def booking(
+    booking_id: str, slot_id: str, student_id: str = "st1", minute: int = 0
+) -> BookingDocument:
+    return BookingDocument(
+        id=booking_id,
+        slot_id=slot_id,
+        instructor_id="i1",
+        student_id=student_id,
+        slot_start=NOW + timedelta(days=1),
+        slot_end=NOW + timedelta(days=1, hours=1),
+        status=BookingStatus.ACTIVE,
+        version=1,
+        created_at=NOW + timedelta(minutes=minute),
+    )
+
+
+async def test_insert_get_and_one_active_booking_per_slot(storage: Storage) -> None:
+    await storage.bookings.insert(booking("b1", "s1"))
+    assert await storage.bookings.get("b1") == booking("b1", "s1")
+    with pytest.raises(DuplicateKey):
+        await storage.bookings.insert(booking("b1", "s9"))
+    with pytest.raises(DuplicateKey):
+        await storage.bookings.insert(booking("b2", "s1", student_id="st2"))
+    await storage.bookings.cancel("b1", NOW)
+    await storage.bookings.insert(booking("b3", "s1", student_id="st2"))
+
+
+async def test_cancel_is_compare_and_set(storage: Storage) -> None:
+    await storage.bookings.insert(booking("b1", "s1"))
+    cancelled = await storage.bookings.cancel("b1", NOW + timedelta(hours=1))
+    assert cancelled is not None
+    assert cancelled.status is BookingStatus.CANCELLED
+    assert cancelled.cancelled_at == NOW + timedelta(hours=1)
+    assert cancelled.version == 2
+    assert await storage.bookings.cancel("b1", NOW) is None
+    assert await storage.bookings.cancel("missing", NOW) is None
+
+
+async def test_listing_for_student_and_instructor_newest_first(storage: Storage) -> None:
+    await storage.bookings.insert(booking("b1", "s1", minute=1))
+    await storage.bookings.insert(booking("b2", "s2", minute=3))
+    await storage.bookings.insert(booking("b3", "s3", student_id="st2", minute=2))
+    assert [b.id for b in await storage.bookings.list_for_user("st1", 10)] == ["b2", "b1"]
+    assert [b.id for b in await storage.bookings.list_for_user("i1", 10)] == ["b2", "b3", "b1"]
+    assert [b.id for b in await storage.bookings.list_for_user("i1", 1)] == ["b2"]
+    assert await storage.bookings.list_for_user("nobody", 10) == []

@@ -1,0 +1,126 @@
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from booking_api.ports import DuplicateKey, Storage
+from slotstream_contracts.documents import SlotDocument
+from slotstream_contracts.entities import SlotStatus
+
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(minutes=5)
+
+
+def slot(slot_id: str, hour: int, instructor_id: str = "i1", hours: int = 1) -> SlotDocument:
+    start = NOW + timedelta(days=1, hours=hour)
+    return SlotDocument(
+        id=slot_id,
+        instructor_id=instructor_id,
+        start=start,
+        end=start + timedelta(hours=hours),
+        status=SlotStatus.AVAILABLE,
+        version=1,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+async def test_insert_get_and_duplicate_ids(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    found = await storage.slots.get("s1")
+    assert found == slot("s1", 0)
+    with pytest.raises(DuplicateKey):
+        await storage.slots.insert(slot("s1", 5))
+
+
+async def test_one_live_slot_per_instructor_and_start(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    with pytest.raises(DuplicateKey):
+        await storage.slots.insert(slot("s2", 0))
+    await storage.slots.insert(slot("s3", 0, instructor_id="i2"))
+    # A tombstone frees the start time.
+    assert await storage.slots.mark_deleted("s1", LATER) is not None
+    await storage.slots.insert(slot("s4", 0))
+
+
+async def test_listing_returns_live_slots_intersecting_the_window_by_start(
+    storage: Storage,
+) -> None:
+    for slot_id, hour in [("s3", 6), ("s1", 0), ("s2", 2), ("s4", 30)]:
+        await storage.slots.insert(slot(slot_id, hour))
+    await storage.slots.insert(slot("other", 1, instructor_id="i2"))
+    await storage.slots.mark_deleted("s2", LATER)
+    day = NOW + timedelta(days=1)
+    listed = await storage.slots.list_for_instructor("i1", day, day + timedelta(hours=24))
+    assert [s.id for s in listed] == ["s1", "s3"]
+    # Half-open: a window that starts when s1 ends does not include s1.
+    after_s1 = await storage.slots.find_live_overlapping(
+        "i1", day + timedelta(hours=1), day + timedelta(hours=7)
+    )
+    assert [s.id for s in after_s1] == ["s3"]
+    inside_long = await storage.slots.find_live_overlapping(
+        "i1", day + timedelta(minutes=30), day + timedelta(minutes=40)
+    )
+    assert [s.id for s in inside_long] == ["s1"]
+
+
+async def test_book_is_compare_and_set(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    booked = await storage.slots.book("s1", "b1", "st1", LATER)
+    assert booked is not None
+    assert (booked.status, booked.booking_id, booked.student_id, booked.version) == (
+        SlotStatus.BOOKED,
+        "b1",
+        "st1",
+        2,
+    )
+    assert booked.updated_at == LATER
+    assert await storage.slots.book("s1", "b2", "st2", LATER) is None
+    assert await storage.slots.book("missing", "b3", "st2", LATER) is None
+    current = await storage.slots.get("s1")
+    assert current is not None
+    assert current.booking_id == "b1"
+    assert current.version == 2
+
+
+async def test_concurrent_books_have_exactly_one_winner(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    results = await asyncio.gather(
+        *(storage.slots.book("s1", f"b{n}", f"st{n}", LATER) for n in range(20))
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    current = await storage.slots.get("s1")
+    assert current is not None
+    assert current.booking_id == winners[0].booking_id
+
+
+async def test_release_only_frees_the_named_booking(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    await storage.slots.book("s1", "b1", "st1", LATER)
+    assert await storage.slots.release("s1", "someone-else", LATER) is None
+    released = await storage.slots.release("s1", "b1", LATER)
+    assert released is not None
+    assert (released.status, released.booking_id, released.student_id, released.version) == (
+        SlotStatus.AVAILABLE,
+        None,
+        None,
+        3,
+    )
+    assert await storage.slots.release("s1", "b1", LATER) is None
+
+
+async def test_tombstone_only_from_available(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    await storage.slots.insert(slot("s2", 2))
+    await storage.slots.book("s2", "b1", "st1", LATER)
+    assert await storage.slots.mark_deleted("s2", LATER) is None
+    deleted = await storage.slots.mark_deleted("s1", LATER)
+    assert deleted is not None
+    assert deleted.status is SlotStatus.DELETED
+    assert deleted.version == 2
+    assert await storage.slots.mark_deleted("s1", LATER) is None
+    assert await storage.slots.book("s1", "b2", "st1", LATER) is None
+    still_there = await storage.slots.get("s1")
+    assert still_there is not None
+    assert still_there.status is SlotStatus.DELETED

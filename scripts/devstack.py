@@ -245,7 +245,7 @@ class DevStack:
             self._start_publisher()
             for number in (1, 2):
                 self.start_gateway(number)
-            self._start_edge(nginx)
+            self.start_edge(nginx)
             if seed:
                 self.seed()
         except BaseException:
@@ -404,7 +404,7 @@ class DevStack:
         variables = self.edge_variables()
         templates = sorted(EDGE_DIR.glob("*.template"))
         if self.tls is not None:
-            templates.append(EDGE_DIR / "tls" / "slotstream-tls.conf.template")
+            templates.append(EDGE_DIR / "tls" / "slotstream.tls.conf.template")
         for template in templates:
             rendered = render_template(template.read_text(), variables)
             (conf_d / template.name.removesuffix(".template")).write_text(rendered)
@@ -412,7 +412,8 @@ class DevStack:
         main.write_text(_main_conf(edge))
         return main
 
-    def _start_edge(self, nginx: Path) -> None:
+    def start_edge(self, nginx: Path) -> None:
+        """Render the edge config, check it with ``nginx -t``, and start nginx."""
         main = self.write_edge_config()
         edge = main.parent
         argv = [str(nginx), "-p", f"{edge}/", "-c", str(main), "-e", str(edge / "logs/error.log")]

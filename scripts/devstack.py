@@ -440,8 +440,12 @@ class DevStack:
         result = subprocess.run(
             [
                 str(BIN / "slotstream-seed"),
-                "--api-url",
+                "--api",
                 self.booking_api_url,
+                "--instructors",
+                "3",
+                "--days",
+                "14",
             ],
             env=self._base_env() | {"BOOKING_API_JWT__SECRET": self.jwt_secret},
             capture_output=True,

@@ -16,7 +16,6 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from booking_api.api.metrics import Metrics
-from booking_api.api.problems import BodyTooLarge
 from booking_api.api.responses import PROBLEM_JSON
 
 log = structlog.get_logger("booking_api.http")
@@ -50,35 +49,58 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
+        received = 0
+        limit = self.max_body_bytes
+        over_limit = False
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
+            if over_limit:
+                # The body was cut at the limit; whatever the app answered, the answer is 413.
+                if message["type"] == "http.response.start" and not response_started:
+                    response_started = True
+                    await self._problem(
+                        send_wrapper_raw, 413, f"the request body exceeds {limit} bytes"
+                    )
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
-        received = 0
-        limit = self.max_body_bytes
+        async def send_wrapper_raw(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+            await send(message)
 
         async def receive_limited() -> Message:
-            nonlocal received
+            nonlocal received, over_limit
+            if over_limit:
+                return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    over_limit = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
         try:
             if length is not None and length > limit:
-                await self._problem(send_wrapper, 413, f"the request body exceeds {limit} bytes")
+                await self._problem(
+                    send_wrapper_raw, 413, f"the request body exceeds {limit} bytes"
+                )
             else:
                 await self.app(scope, receive_limited, send_wrapper)
         except Exception:
             log.exception("request.failed", method=scope["method"], path=scope["path"])
             if not response_started:
-                await self._problem(send_wrapper, 500, "internal error; the request id is logged")
+                await self._problem(
+                    send_wrapper_raw, 500, "internal error; the request id is logged"
+                )
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -54,14 +54,6 @@ class AuthError(Exception):
         self.error = error
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeds the configured limit (413)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body exceeds {limit} bytes")
-        self.limit = limit
-
-
 def problem(
     status: int,
     detail: str,
@@ -130,6 +122,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no resource at {request.url.path}"
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the body could not be read as UTF-8 JSON"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
         headers = dict(exc.headers) if exc.headers else None
@@ -147,15 +141,10 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers={"WWW-Authenticate": challenge},
         )
 
-    async def on_too_large(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BodyTooLarge)
-        return problem(413, str(exc), kind="body-too-large", instance=request.url.path)
-
     app.add_exception_handler(DomainError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(AuthError, on_auth)
-    app.add_exception_handler(BodyTooLarge, on_too_large)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -38,7 +38,7 @@ IdempotencyKey = Annotated[
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 PUBLIC_ERRORS = problem_responses(404, 413, 422)
-AUTH_ERRORS = problem_responses(401, 403, 404, 409, 413, 422)
+AUTH_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @router.get(

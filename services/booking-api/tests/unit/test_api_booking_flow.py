@@ -1,0 +1,286 @@
+"""The API end to end on the memory backend: every route's success path and its errors."""
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from booking_api.adapters.memory import MemoryStorage
+
+AuthHeaders = Callable[..., dict[str, str]]
+Future = Callable[..., str]
+PROBLEM = "application/problem+json"
+
+
+async def make_instructor(client: httpx.AsyncClient, auth: AuthHeaders, iid: str = "i1") -> None:
+    response = await client.post(
+        "/api/instructors",
+        json={"name": "Ada", "timezone": "Europe/Berlin"},
+        headers=auth(iid, "instructor", "Ada"),
+    )
+    assert response.status_code == 201, response.text
+
+
+async def make_slot(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, hours: float = 0, iid: str = "i1"
+) -> dict[str, object]:
+    response = await client.post(
+        f"/api/instructors/{iid}/slots",
+        json={"start": future(hours=hours), "end": future(hours=hours + 1)},
+        headers=auth(iid, "instructor"),
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def test_instructors_are_created_and_listed(
+    client: httpx.AsyncClient, auth: AuthHeaders
+) -> None:
+    await make_instructor(client, auth)
+    listed = await client.get("/api/instructors")
+    assert listed.status_code == 200
+    [only] = listed.json()
+    assert only["id"] == "i1"
+    assert only["name"] == "Ada"
+    assert only["timezone"] == "Europe/Berlin"
+    assert "createdAt" in only
+    again = await client.post(
+        "/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor")
+    )
+    assert again.status_code == 409
+    assert again.headers["content-type"] == PROBLEM
+
+
+async def test_admin_chooses_ids_instructors_cannot(
+    client: httpx.AsyncClient, auth: AuthHeaders
+) -> None:
+    by_admin = await client.post(
+        "/api/instructors", json={"id": "i9", "name": "Bob"}, headers=auth("root", "admin")
+    )
+    assert by_admin.status_code == 201
+    assert by_admin.json()["id"] == "i9"
+    other = await client.post(
+        "/api/instructors", json={"id": "i8", "name": "Eve"}, headers=auth("i7", "instructor")
+    )
+    assert other.status_code == 403
+    student = await client.post(
+        "/api/instructors", json={"name": "Sam"}, headers=auth("s1", "student")
+    )
+    assert student.status_code == 403
+    assert student.json()["detail"] == "only instructors and admins create instructor profiles"
+
+
+async def test_slot_offsets_are_stored_in_utc_and_shown_in_the_schedule(
+    client: httpx.AsyncClient, auth: AuthHeaders
+) -> None:
+    await make_instructor(client, auth)
+    response = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": "2099-01-01T10:00:00+02:00", "end": "2099-01-01T11:00:00+02:00"},
+        headers=auth("i1", "instructor"),
+    )
+    assert response.status_code == 422
+    assert "180 days" in response.json()["detail"]
+    from datetime import UTC, datetime, timedelta, timezone
+
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+    local = start.astimezone(timezone(timedelta(hours=2)))
+    created = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": local.isoformat(), "end": (local + timedelta(hours=1)).isoformat()},
+        headers=auth("i1", "instructor"),
+    )
+    assert created.status_code == 201
+    slot = created.json()
+    assert datetime.fromisoformat(slot["start"]) == start
+    assert slot["start"].endswith("Z") or slot["start"].endswith("+00:00")
+    assert (slot["status"], slot["version"], slot["instructorId"]) == ("available", 1, "i1")
+    schedule = await client.get("/api/instructors/i1/schedule")
+    assert schedule.status_code == 200
+    body = schedule.json()
+    assert [s["id"] for s in body["slots"]] == [slot["id"]]
+    assert body["version"] == 1
+    assert body["instructorId"] == "i1"
+    assert {"from", "to", "generatedAt"} <= body.keys()
+
+
+async def test_slot_errors(client: httpx.AsyncClient, auth: AuthHeaders, future: Future) -> None:
+    await make_instructor(client, auth)
+    first = await make_slot(client, auth, future)
+    overlap = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(minutes=30), "end": future(minutes=90)},
+        headers=auth("i1", "instructor"),
+    )
+    assert overlap.status_code == 409
+    assert overlap.json()["slotId"] == first["id"]
+    assert f"overlaps slot {first['id']}" in overlap.json()["detail"]
+    not_mine = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(hours=3), "end": future(hours=4)},
+        headers=auth("i2", "instructor"),
+    )
+    assert not_mine.status_code == 403
+    unknown = await client.post(
+        "/api/instructors/nobody/slots",
+        json={"start": future(hours=3), "end": future(hours=4)},
+        headers=auth("root", "admin"),
+    )
+    assert unknown.status_code == 404
+    naive = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": "2030-01-01T10:00:00", "end": "2030-01-01T11:00:00"},
+        headers=auth("i1", "instructor"),
+    )
+    assert naive.status_code == 422
+    assert naive.headers["content-type"] == PROBLEM
+    assert "timezone" in naive.json()["detail"]
+    backwards = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(hours=5), "end": future(hours=4)},
+        headers=auth("i1", "instructor"),
+    )
+    assert backwards.json()["detail"] == "start must be before end"
+
+
+async def test_booking_then_cancel_frees_the_slot_and_notifies_both(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, memory_storage: MemoryStorage
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot["id"]}, headers=auth("s1", "student", "Grace")
+    )
+    assert booked.status_code == 201
+    booking = booked.json()
+    assert (booking["status"], booking["studentId"], booking["slotId"]) == (
+        "active",
+        "s1",
+        slot["id"],
+    )
+    schedule = (await client.get("/api/instructors/i1/schedule")).json()
+    [state] = schedule["slots"]
+    assert (state["status"], state["bookingId"], state["version"]) == (
+        "booked",
+        booking["id"],
+        2,
+    )
+    assert "studentId" not in state
+    taken = await client.post(
+        "/api/bookings", json={"slotId": slot["id"]}, headers=auth("s2", "student")
+    )
+    assert taken.status_code == 409
+    assert taken.json()["slotId"] == slot["id"]
+    assert taken.json()["detail"] == f"slot {slot['id']} is already booked"
+
+    mine = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert [b["id"] for b in mine] == [booking["id"]]
+    theirs = (await client.get("/api/users/me/bookings", headers=auth("i1", "instructor"))).json()
+    assert [b["id"] for b in theirs] == [booking["id"]]
+    notes = await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    assert [n["message"] for n in notes.json()] == [
+        f"Grace booked your slot on {future()[:10]} {future()[11:16]} UTC."
+    ]
+
+    forbidden = await client.delete(f"/api/bookings/{booking['id']}", headers=auth("s2"))
+    assert forbidden.status_code == 403
+    cancelled = await client.delete(f"/api/bookings/{booking['id']}", headers=auth("s1"))
+    assert cancelled.status_code == 200
+    assert (cancelled.json()["status"], cancelled.json()["version"]) == ("cancelled", 2)
+    again = await client.delete(f"/api/bookings/{booking['id']}", headers=auth("s1"))
+    assert again.status_code == 200
+    assert again.json() == cancelled.json()
+    [freed] = (await client.get("/api/instructors/i1/schedule")).json()["slots"]
+    assert (freed["status"], freed["version"]) == ("available", 3)
+    assert "bookingId" not in freed or freed["bookingId"] is None
+    student_notes = (await client.get("/api/users/me/notifications", headers=auth("s1"))).json()
+    assert [n["kind"] for n in student_notes] == ["booking.cancelled", "booking.created"]
+    rebooked = await client.post(
+        "/api/bookings", json={"slotId": slot["id"]}, headers=auth("s2", "student")
+    )
+    assert rebooked.status_code == 201
+    collections = {e.ns.coll for e in memory_storage.changelog.read_after(None)}
+    assert collections == {"instructors", "slots", "bookings", "notifications"}
+
+
+async def test_booking_errors(client: httpx.AsyncClient, auth: AuthHeaders, future: Future) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    missing = await client.post("/api/bookings", json={"slotId": "nope"}, headers=auth("s1"))
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "slot nope does not exist"
+    by_instructor = await client.post(
+        "/api/bookings", json={"slotId": slot["id"]}, headers=auth("i1", "instructor")
+    )
+    assert by_instructor.status_code == 403
+    no_booking = await client.delete("/api/bookings/nope", headers=auth("s1"))
+    assert no_booking.status_code == 404
+
+
+async def test_deleting_a_slot_leaves_a_tombstone(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    free = await make_slot(client, auth, future)
+    taken = await make_slot(client, auth, future, hours=2)
+    await client.post("/api/bookings", json={"slotId": taken["id"]}, headers=auth("s1"))
+    refused = await client.delete(f"/api/slots/{taken['id']}", headers=auth("i1", "instructor"))
+    assert refused.status_code == 409
+    assert "cancel booking" in refused.json()["detail"]
+    not_mine = await client.delete(f"/api/slots/{free['id']}", headers=auth("i2", "instructor"))
+    assert not_mine.status_code == 403
+    deleted = await client.delete(f"/api/slots/{free['id']}", headers=auth("i1", "instructor"))
+    assert deleted.status_code == 200
+    assert (deleted.json()["status"], deleted.json()["version"]) == ("deleted", 2)
+    repeated = await client.delete(f"/api/slots/{free['id']}", headers=auth("i1", "instructor"))
+    assert repeated.json() == deleted.json()
+    schedule = (await client.get("/api/instructors/i1/schedule")).json()
+    assert [s["id"] for s in schedule["slots"]] == [taken["id"]]
+    gone = await client.post("/api/bookings", json={"slotId": free["id"]}, headers=auth("s2"))
+    assert gone.status_code == 404
+    assert (
+        await client.delete("/api/slots/nope", headers=auth("root", "admin"))
+    ).status_code == 404
+    # The freed time can hold a new slot.
+    await make_slot(client, auth, future)
+
+
+async def test_notifications_are_private_and_marked_read(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    await client.post("/api/bookings", json={"slotId": slot["id"]}, headers=auth("s1"))
+    [note] = (await client.get("/api/users/me/notifications", headers=auth("s1"))).json()
+    assert note["read"] is False
+    other = await client.post(f"/api/users/me/notifications/{note['id']}/read", headers=auth("s2"))
+    assert other.status_code == 404
+    read = await client.post(f"/api/users/me/notifications/{note['id']}/read", headers=auth("s1"))
+    assert read.status_code == 200
+    assert (read.json()["read"], read.json()["version"]) == (True, 2)
+    unread = await client.get("/api/users/me/notifications?unread=true", headers=auth("s1"))
+    assert unread.json() == []
+
+
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        ({"from": "2030-01-01T00:00:00"}, "explicit UTC offset"),
+        ({"from": "2030-01-01T00:00:00Z", "to": "2030-03-15T00:00:00Z"}, "62 days"),
+        ({"from": "not-a-date"}, "query.from"),
+    ],
+)
+async def test_schedule_window_errors(
+    client: httpx.AsyncClient, auth: AuthHeaders, params: dict[str, str], detail: str
+) -> None:
+    await make_instructor(client, auth)
+    response = await client.get("/api/instructors/i1/schedule", params=params)
+    assert response.status_code == 422
+    assert detail in response.json()["detail"]
+
+
+async def test_schedule_of_unknown_instructor_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/instructors/nobody/schedule")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "instructor nobody does not exist"

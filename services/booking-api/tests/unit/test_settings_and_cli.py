@@ -1,0 +1,61 @@
+"""Settings refuse weak secrets; the console scripts mint tokens the API accepts."""
+
+import pytest
+from pydantic import ValidationError
+
+from booking_api import tokens
+from booking_api.config import Settings
+from slotstream_contracts.auth import JwtSettings, Role, verify_token
+
+SECRET = "cli-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKING_API_STORAGE", "memory")
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_PORT", "8123")
+    monkeypatch.setenv("BOOKING_API_CORS_ORIGINS", '["http://localhost:8080"]')
+    monkeypatch.setenv("BOOKING_API_LOG__LEVEL", "WARNING")
+    settings = Settings()
+    assert settings.storage == "memory"
+    assert settings.port == 8123
+    assert settings.cors_origins == ["http://localhost:8080"]
+    assert settings.log.level == "WARNING"
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (None, "at least 32 characters"),
+        ("short", "at least 32 characters"),
+        ("changeme-changeme-changeme-changeme", "placeholder"),
+        ("a" * 40, "too repetitive"),
+    ],
+)
+def test_weak_secrets_are_refused(
+    monkeypatch: pytest.MonkeyPatch, secret: str | None, message: str
+) -> None:
+    monkeypatch.delenv("BOOKING_API_JWT__SECRET", raising=False)
+    if secret is not None:
+        monkeypatch.setenv("BOOKING_API_JWT__SECRET", secret)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_token_script_mints_a_verifiable_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    tokens.main(["--sub", "i1", "--role", "instructor", "--name", "Ada"])
+    token = capsys.readouterr().out.strip()
+    principal = verify_token(token, JwtSettings.model_validate({"secret": SECRET}))
+    assert (principal.user_id, principal.role, principal.name) == ("i1", Role.INSTRUCTOR, "Ada")
+
+
+def test_token_script_needs_a_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BOOKING_API_JWT__SECRET", raising=False)
+    with pytest.raises(SystemExit):
+        tokens.main(["--sub", "i1", "--role", "student"])
+    assert "BOOKING_API_JWT__SECRET" in capsys.readouterr().err

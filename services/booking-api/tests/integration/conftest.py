@@ -1,0 +1,42 @@
+"""A real booking-api process (``python -m booking_api``: uvicorn, uvloop, httptools) on a
+free port with the memory backend, stopped at the end of the module."""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from slotstream_testkit.net import free_port, wait_for_port
+
+SERVER_SECRET = "integration-secret-0123456789-abcdefghijklmnop"
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = Path(tmp_path_factory.mktemp("booking-api")) / "server.log"
+    env = {
+        **os.environ,
+        "BOOKING_API_STORAGE": "memory",
+        "BOOKING_API_JWT__SECRET": SERVER_SECRET,
+        "BOOKING_API_PORT": str(port),
+        "BOOKING_API_LOG__LEVEL": "WARNING",
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "booking_api"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_port("127.0.0.1", port, timeout=20)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

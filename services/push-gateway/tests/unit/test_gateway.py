@@ -16,7 +16,7 @@ from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.gateway import Gateway
 from push_gateway.testing import FakeRecord, record_of, resync_event, slot, slot_event, snapshot
-from slotstream_contracts.channels import Channel
+from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 PAGE = "/api/book-now/schedule-updates"
@@ -55,7 +55,10 @@ class Client:
 
 class Harness:
     def __init__(self, settings: Settings) -> None:
-        self.hub = ChannelHub({SCHEDULE_TOPIC: "s", NOTIFICATIONS_TOPIC: "n"}, ring_size=8)
+        self.hub = ChannelHub(
+            {ChannelKind.SCHEDULE: SCHEDULE_TOPIC, ChannelKind.NOTIFICATIONS: NOTIFICATIONS_TOPIC},
+            ring_size=8,
+        )
         for p in range(2):
             self.hub.assign(SCHEDULE_TOPIC, p, 0, 2)
         self.hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)

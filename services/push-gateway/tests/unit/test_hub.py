@@ -6,7 +6,7 @@ import pytest
 from push_gateway.domain.hub import ChannelHub, Record, Writer
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.testing import FakeRecord, record_of, resync_event, slot_event
-from slotstream_contracts.channels import Channel
+from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 
@@ -43,7 +43,10 @@ class UndecodableRecord:
 
 @pytest.fixture
 def hub() -> ChannelHub:
-    hub = ChannelHub({SCHEDULE_TOPIC: "s", NOTIFICATIONS_TOPIC: "n"}, ring_size=8)
+    hub = ChannelHub(
+        {ChannelKind.SCHEDULE: SCHEDULE_TOPIC, ChannelKind.NOTIFICATIONS: NOTIFICATIONS_TOPIC},
+        ring_size=8,
+    )
     for p in range(3):
         hub.assign(SCHEDULE_TOPIC, p, 0, 3)
     hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)

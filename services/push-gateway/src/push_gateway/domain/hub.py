@@ -25,8 +25,12 @@ from typing import Final, Protocol
 from aiokafka.partitioner import murmur2
 
 from push_gateway.domain.frames import FAMILY_OF_TYPE, FrameError, event_body
-from push_gateway.domain.positions import PartitionKey
-from slotstream_contracts.channels import Channel
+from push_gateway.domain.positions import (
+    NOTIFICATIONS_LETTER,
+    SCHEDULE_LETTER,
+    PartitionKey,
+)
+from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import CONTROL_KEY
 
 CONTROL_KEY_BYTES: Final = CONTROL_KEY.encode()
@@ -34,6 +38,10 @@ CONTROL_KEY_BYTES: Final = CONTROL_KEY.encode()
 RECENT_IDS: Final = 256
 
 Writer = Callable[[bytes], object]
+LETTER_OF_KIND: Final = {
+    ChannelKind.SCHEDULE: SCHEDULE_LETTER,
+    ChannelKind.NOTIFICATIONS: NOTIFICATIONS_LETTER,
+}
 
 
 class Record(Protocol):
@@ -119,7 +127,9 @@ def frame_body(record: Record) -> bytes | None:
 class ChannelHub:
     """Routes records of the data topics to local subscribers."""
 
-    def __init__(self, letters: dict[str, str], ring_size: int) -> None:
+    def __init__(self, topics: dict[ChannelKind, str], ring_size: int) -> None:
+        self._kind_topic = dict(topics)
+        letters = {topic: LETTER_OF_KIND[kind] for kind, topic in topics.items()}
         self._letters = letters
         self._topics = {letter: topic for topic, letter in letters.items()}
         self._ring_size = ring_size
@@ -150,8 +160,9 @@ class ChannelHub:
 
     def partition_key(self, channel: Channel) -> PartitionKey:
         """Where the channel's records live: Kafka's default partitioner on its key."""
-        count = self._partition_count[channel.topic]
-        return (self._letters[channel.topic], (murmur2(channel.record_key) & 0x7FFFFFFF) % count)
+        topic = self._kind_topic[channel.kind]
+        count = self._partition_count[topic]
+        return (self._letters[topic], (murmur2(channel.record_key) & 0x7FFFFFFF) % count)
 
     def position(self, key: PartitionKey) -> int:
         return self._partitions[key].position
@@ -250,7 +261,7 @@ class ChannelHub:
         chosen = tuple(channels)
         self._subscribers[subscriber] = chosen
         for channel in chosen:
-            index = self._index[channel.topic]
+            index = self._index[self._kind_topic[channel.kind]]
             entry = index.get(channel.record_key)
             if entry is None:
                 entry = index[channel.record_key] = ChannelSubscribers(channel)
@@ -260,14 +271,14 @@ class ChannelHub:
     def go_live(self, subscriber: Subscriber) -> None:
         """From now on records are written straight to the subscriber's writer."""
         for channel in self._subscribers.get(subscriber, ()):
-            entry = self._index[channel.topic][channel.record_key]
+            entry = self._index[self._kind_topic[channel.kind]][channel.record_key]
             entry.pending.pop(subscriber, None)
             entry.live.setdefault(subscriber.partitions, {})[subscriber] = subscriber.writer
 
     def to_pending(self, subscriber: Subscriber) -> None:
         """Buffer again (a resync is being served)."""
         for channel in self._subscribers.get(subscriber, ()):
-            entry = self._index[channel.topic][channel.record_key]
+            entry = self._index[self._kind_topic[channel.kind]][channel.record_key]
             group = entry.live.get(subscriber.partitions)
             if group is not None:
                 group.pop(subscriber, None)
@@ -277,7 +288,7 @@ class ChannelHub:
 
     def detach(self, subscriber: Subscriber) -> None:
         for channel in self._subscribers.pop(subscriber, ()):
-            index = self._index[channel.topic]
+            index = self._index[self._kind_topic[channel.kind]]
             entry = index.get(channel.record_key)
             if entry is None:
                 continue
@@ -317,7 +328,7 @@ class ChannelHub:
         return counts
 
     def live_subscribers(self, channel: Channel) -> list[Writer]:
-        entry = self._index[channel.topic].get(channel.record_key)
+        entry = self._index[self._kind_topic[channel.kind]].get(channel.record_key)
         if entry is None:
             return []
         return [w for group in entry.live.values() for w in group.values()]

@@ -1,0 +1,251 @@
+"""Two gateways reading the same Tansu log: ordering, cross-gateway resume, slow clients,
+auth, limits and presence, through real HTTP SSE clients."""
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from push_gateway.testing import notification_event, slot_event
+from slotstream_contracts.auth import Role, mint_token
+from slotstream_contracts.events import CloudEvent
+from slotstream_contracts.settings import TopicSettings
+from slotstream_testkit.kafka import KafkaEndpoint
+
+from .conftest import JWT, ServerThread
+
+pytestmark = pytest.mark.integration
+
+PAGE = "/api/book-now/schedule-updates"
+
+
+@asynccontextmanager
+async def producer(kafka: KafkaEndpoint) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=False, linger_ms=2
+    )
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+async def publish(p: AIOKafkaProducer, topic: str, events: list[CloudEvent]) -> None:
+    sent = [
+        await p.send(topic, e.to_json(), key=e.routing_key.encode(), headers=e.headers())
+        for e in events
+    ]
+    await asyncio.gather(*sent)
+
+
+async def get(url: str, **kwargs: Any) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(url, **kwargs)
+
+
+class Stream:
+    """An SSE client that collects events in the background."""
+
+    def __init__(self, url: str, params: dict[str, str], headers: dict[str, str] | None = None):
+        self.url, self.params, self.headers = url, params, headers or {}
+        self.events: list[ServerSentEvent] = []
+        self.status = 0
+        self._opened = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> "Stream":
+        self._task = asyncio.create_task(self._run())
+        opened = asyncio.create_task(self._opened.wait())
+        await asyncio.wait({self._task, opened}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        if self._task.done():
+            self._task.result()  # raises what went wrong
+        assert self._opened.is_set(), "stream did not open"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+            aconnect_sse(client, "GET", self.url, params=self.params, headers=self.headers) as src,
+        ):
+            self.status = src.response.status_code
+            self._opened.set()
+            async for event in src.aiter_sse():
+                if event.event == "message" and not event.data:
+                    continue  # a retry-only block: browsers dispatch nothing for it
+                self.events.append(event)
+
+    def data(self, kind: str) -> list[dict[str, object]]:
+        return [orjson.loads(e.data) for e in self.events if e.event == kind]
+
+    async def wait_for(self, kind: str, count: int, within: float = 10) -> list[ServerSentEvent]:
+        async with asyncio.timeout(within):
+            while len([e for e in self.events if e.event == kind]) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        return [e for e in self.events if e.event == kind]
+
+
+async def test_clients_on_both_gateways_receive_every_event_in_order(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    a, b = gateways
+    params = {"instructorId": "order1"}
+    async with Stream(a.url + PAGE, params) as on_a, Stream(b.url + PAGE, params) as on_b:
+        await on_a.wait_for("snapshot", 1)
+        await on_b.wait_for("snapshot", 1)
+        async with producer(kafka) as p:
+            await publish(p, topics.schedule, [slot_event("order1", "s1", v) for v in range(1, 31)])
+        got_a = await on_a.wait_for("slot", 30)
+        got_b = await on_b.wait_for("slot", 30)
+    assert [orjson.loads(e.data)["version"] for e in got_a] == list(range(1, 31))
+    assert [e.id for e in got_a] == [e.id for e in got_b]  # same log position on both
+    assert on_a.events[0].event == "snapshot"
+
+
+async def test_reconnect_to_the_other_gateway_resumes_with_exactly_the_missed_events(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    a, b = gateways
+    params = {"instructorId": "resume1"}
+    async with producer(kafka) as p:
+        async with Stream(a.url + PAGE, params) as first:
+            await first.wait_for("snapshot", 1)
+            await publish(p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(1, 6)])
+            seen = await first.wait_for("slot", 5)
+        await publish(p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(6, 11)])
+        await asyncio.sleep(0.3)  # let gateway B read them: they are missed, not live
+        resumed = Stream(b.url + PAGE, params, {"Last-Event-ID": seen[-1].id})
+        async with resumed:
+            missed = await resumed.wait_for("slot", 5)
+            await publish(p, topics.schedule, [slot_event("resume1", "s1", 11)])
+            await resumed.wait_for("slot", 6)
+            await asyncio.sleep(0.2)
+    versions = [d["version"] for d in resumed.data("slot")]
+    assert versions == list(range(6, 12))
+    assert resumed.data("snapshot") == []
+    assert missed[0].id != seen[-1].id
+
+
+async def test_a_stalled_client_does_not_delay_the_others(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    a, _ = gateways
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+    stalled.connect(("127.0.0.1", a.port))
+    stalled.sendall(f"GET {PAGE}?instructorId=slow1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    stalled.setblocking(False)
+    count = 2500
+    try:
+        async with Stream(a.url + PAGE, {"instructorId": "slow1"}) as healthy:
+            await healthy.wait_for("snapshot", 1)
+            padding = "p" * 1800
+            events = [
+                slot_event("slow1", f"s{n}", 1).model_copy(update={"subject": padding})
+                for n in range(count)
+            ]
+            async with producer(kafka) as p:
+                await publish(p, topics.schedule, events)
+            got = await healthy.wait_for("slot", count, within=30)
+        assert len(got) == count
+        metrics = (await get(a.url + "/metrics")).text
+        assert "gateway_slow_client_disconnects_total 1.0" in metrics
+        assert "gateway_connections 0.0" in metrics  # the stalled one was cut off
+    finally:
+        stalled.close()
+
+
+async def test_private_channel_needs_the_owners_token(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    a, _ = gateways
+    url = a.url + "/v1/events"
+    channel = {"channel": "users/u7/notifications"}
+    async with httpx.AsyncClient() as client:
+        missing = await client.get(url, params=channel)
+        assert missing.status_code == 401
+        assert missing.headers["content-type"] == "application/problem+json"
+        other = mint_token(JWT, "u8", Role.STUDENT)
+        forbidden = await client.get(url, params={**channel, "access_token": other})
+        assert forbidden.status_code == 403
+        expired = mint_token(JWT, "u7", Role.STUDENT, ttl=timedelta(minutes=-5))
+        assert (
+            await client.get(url, params={**channel, "access_token": expired})
+        ).status_code == 401
+    own = mint_token(JWT, "u7", Role.STUDENT)
+    async with Stream(url, channel, {"Authorization": f"Bearer {own}"}) as stream:
+        assert stream.status == 200
+        async with producer(kafka) as p:
+            await publish(p, topics.notifications, [notification_event("u7", "n1", "hi\nthere")])
+        [event] = await stream.wait_for("notification", 1)
+    assert orjson.loads(event.data)["data"]["message"] == "hi\nthere"
+
+
+async def test_malformed_channel_is_400_problem_with_cors(
+    gateways: tuple[ServerThread, ServerThread],
+) -> None:
+    a, _ = gateways
+    response = await get(
+        a.url + "/v1/events",
+        params={"channel": "instructors/../schedule"},
+        headers={"Origin": "http://page.example"},
+    )
+    assert response.status_code == 400
+    assert response.headers["access-control-allow-origin"] == "http://page.example"
+    assert "unknown channel" in response.json()["detail"]
+    evil = await get(
+        a.url + "/v1/events", params={"channel": "x"}, headers={"Origin": "http://evil"}
+    )
+    assert "access-control-allow-origin" not in evil.headers
+
+
+async def test_max_connections_answers_503_with_retry_after(
+    gateways: tuple[ServerThread, ServerThread],
+) -> None:
+    _, b = gateways  # b allows 6 streams
+    streams = [Stream(b.url + PAGE, {"instructorId": f"cap{n}"}) for n in range(6)]
+    for stream in streams:
+        await stream.__aenter__()
+    try:
+        async with httpx.AsyncClient() as client:
+            refused = await client.get(b.url + PAGE, params={"instructorId": "cap9"})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+    finally:
+        for stream in streams:
+            await stream.__aexit__()
+
+
+async def test_presence_counts_viewers_across_gateways(
+    gateways: tuple[ServerThread, ServerThread],
+) -> None:
+    a, b = gateways
+    params = {"instructorId": "pres1"}
+    path = "/v1/channels/instructors/pres1/schedule/presence"
+    async with Stream(a.url + PAGE, params) as on_a, Stream(b.url + PAGE, params):
+        await on_a.wait_for("snapshot", 1)
+        async with asyncio.timeout(10):
+            while (await get(a.url + path)).json()["count"] != 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert (await get(b.url + path)).json() == {
+            "channel": "instructors/pres1/schedule",
+            "count": 2,
+        }
+        presence = await on_a.wait_for("presence", 1)
+        assert orjson.loads(presence[-1].data)["channel"] == "instructors/pres1/schedule"
+    private = await get(a.url + "/v1/channels/users/u1/notifications/presence")
+    assert private.status_code == 400

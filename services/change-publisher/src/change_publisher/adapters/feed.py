@@ -1,0 +1,142 @@
+"""The change source of the booking-api's memory backend: its internal HTTP change feed.
+
+Protocol (docs/architecture.md): ``GET /internal/changes?after=<_data>&limit=&wait=`` or
+``?atOperationTime=<t>.<i>`` → ``{"changes": [...], "postBatchResumeToken": {...}}``;
+``410`` when the token is older than the retained history, ``400`` for a foreign token;
+``GET /internal/snapshot?collection=`` → ``{"operationTime": {t, i}, "documents": [...]}``.
+Guarded by ``X-Internal-Token``.
+"""
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import httpx
+import orjson
+
+from change_publisher.ports import (
+    ChangeBatch,
+    HistoryLost,
+    SnapshotPart,
+    SourceUnavailable,
+    StreamPosition,
+)
+from slotstream_contracts.changes import ChangeEvent, ClusterTime, ResumeToken
+
+#: An operation time after every change: reading "from" it returns nothing but the feed's
+#: newest token, which is how the ``latest`` position is found without trusting clocks.
+_END_OF_TIME: Final = "999999999999.0"
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+        return str(body.get("detail") or body.get("title") or response.status_code)
+    except orjson.JSONDecodeError:
+        return f"HTTP {response.status_code}"
+
+
+class FeedChangeStream:
+    def __init__(
+        self, client: httpx.AsyncClient, position: StreamPosition, limit: int, wait: float
+    ) -> None:
+        self._client = client
+        self._limit = limit
+        self._wait = wait
+        self._after: ResumeToken | None = position.after
+        self._at: str | None = None
+        if position.at is not None:
+            self._at = f"{position.at.t}.{position.at.i}"
+        elif position.after is None:
+            self._at = _END_OF_TIME
+
+    async def _get(self, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._client.get("/internal/changes", params=params)
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"change feed unreachable: {exc!r}") from exc
+        if response.status_code == 410:
+            raise HistoryLost(_problem_detail(response))
+        if response.status_code == 400 and self._after is not None:
+            # A token this feed never issued: the booking-api restarted with a new log.
+            raise HistoryLost(_problem_detail(response))
+        if response.status_code != 200:
+            raise SourceUnavailable(
+                f"change feed answered {response.status_code}: {_problem_detail(response)}"
+            )
+        body: dict[str, Any] = orjson.loads(response.content)
+        return body
+
+    async def next_batch(self) -> ChangeBatch:
+        params: dict[str, Any] = {"limit": self._limit}
+        if self._at is not None:
+            params["atOperationTime"] = self._at
+            params["wait"] = 0 if self._at == _END_OF_TIME else self._wait
+        else:
+            params["wait"] = self._wait
+            if self._after is not None:
+                params["after"] = self._after["_data"]
+        body = await self._get(params)
+        changes: Sequence[ChangeEvent] = [
+            ChangeEvent.model_validate(change) for change in body.get("changes", ())
+        ]
+        resume: ResumeToken | None = body.get("postBatchResumeToken")
+        if changes:
+            self._at = None
+            self._after = changes[-1].token
+        elif resume is not None:
+            # Idle: the feed's newest token; every later change comes after it.
+            self._at = None
+            self._after = resume
+        return ChangeBatch(changes, self._after)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FeedChangeSource:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        limit: int = 1000,
+        wait: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"X-Internal-Token": token} if token else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(wait + 10.0),
+            transport=transport,
+        )
+        self._limit = min(limit, 1000)
+        self._wait = wait
+
+    async def open(self, position: StreamPosition) -> FeedChangeStream:
+        return FeedChangeStream(self._client, position, self._limit, self._wait)
+
+    async def snapshot(self, collection: str) -> SnapshotPart:
+        try:
+            response = await self._client.get(
+                "/internal/snapshot", params={"collection": collection}
+            )
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"change feed unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise SourceUnavailable(
+                f"snapshot of {collection} answered {response.status_code}: "
+                f"{_problem_detail(response)}"
+            )
+        body = orjson.loads(response.content)
+        return SnapshotPart(
+            ClusterTime.model_validate(body["operationTime"]), _iterate(body["documents"])
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _iterate(documents: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for document in documents:
+        yield document

@@ -1,0 +1,1 @@
+"""HTTP routes of the publisher: health, readiness and metrics."""

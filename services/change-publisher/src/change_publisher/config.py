@@ -1,0 +1,106 @@
+"""Settings of the change-publisher: environment variables with the ``PUBLISHER_`` prefix."""
+
+import os
+import socket
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
+from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+
+StoreKind = Literal["mongo", "memory"]
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the publisher; see the service README for what each one does."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PUBLISHER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    source: Literal["mongo", "feed"] = "mongo"
+    mongo_url: str = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+    mongo_db: str = "slotstream"
+    collections: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [SLOTS, BOOKINGS, NOTIFICATIONS],
+        description="Collections to watch (comma-separated or a JSON list)",
+    )
+    pre_images: bool = Field(
+        default=False,
+        description="Ask Mongo for pre-images (fullDocumentBeforeChange: whenAvailable), so "
+        "hard deletes can be mapped; the collections must have them enabled",
+    )
+    feed_url: str = "http://127.0.0.1:8000"
+    feed_token: SecretStr | None = None
+    feed_wait: float = Field(default=10.0, gt=0, le=30, description="Long-poll wait (s)")
+
+    start_mode: Literal["resume", "latest", "snapshot"] = "resume"
+    history_lost_policy: Literal["fail", "resnapshot"] = "resnapshot"
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    topic_map: dict[str, str] | None = Field(
+        default=None,
+        description="Collection → topic (JSON); default: slots and bookings → topics.schedule, "
+        "notifications → topics.notifications",
+    )
+    enable_idempotence: bool = True
+    linger_ms: int = Field(default=5, ge=0)
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    max_batch_size: int = Field(default=262_144, ge=16_384, description="Producer batch bytes")
+
+    max_in_flight: int = Field(default=20_000, ge=1, description="Unacknowledged records")
+    read_batch: int = Field(default=1000, ge=1, le=1000, description="Changes per source read")
+    checkpoint_interval: float = Field(default=1.0, gt=0, description="Seconds")
+    lease_ttl: float = Field(default=6.0, gt=0, description="Seconds")
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=15.0, gt=0)
+    instance_id: str = Field(default_factory=_default_instance_id)
+    stream_name: str = Field(
+        default="change-publisher", description="Id of the lease and checkpoint documents"
+    )
+    checkpoint_store: StoreKind | None = Field(
+        default=None, description="mongo | memory; default: mongo for source=mongo, else memory"
+    )
+    lease_store: StoreKind | None = None
+
+    http_host: str = "0.0.0.0"
+    http_port: int = 8001
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("collections", mode="before")
+    @classmethod
+    def _split_collections(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import orjson
+
+                return orjson.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def effective_topic_map(self) -> dict[str, str]:
+        if self.topic_map is not None:
+            return dict(self.topic_map)
+        return {
+            SLOTS: self.topics.schedule,
+            BOOKINGS: self.topics.schedule,
+            NOTIFICATIONS: self.topics.notifications,
+        }
+
+    def effective_checkpoint_store(self) -> StoreKind:
+        if self.checkpoint_store is not None:
+            return self.checkpoint_store
+        return "mongo" if self.source == "mongo" else "memory"
+
+    def effective_lease_store(self) -> StoreKind:
+        if self.lease_store is not None:
+            return self.lease_store
+        return "mongo" if self.source == "mongo" else "memory"

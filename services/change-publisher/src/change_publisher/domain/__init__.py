@@ -1,0 +1,1 @@
+"""Pure rules of the publisher: mapping, routing, acknowledgement order, leases. No I/O."""

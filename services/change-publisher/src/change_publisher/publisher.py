@@ -1,0 +1,710 @@
+"""The publisher: leadership, start-up modes, the delivery loop, checkpoints and recovery.
+
+One instance holds the lease and produces; the others wait as standbys. The leader reads
+changes, maps them, hands the records to the producer without waiting (pipelined), and
+checkpoints the resume token of the newest change whose records — and those of every
+change before it — Kafka has acknowledged. Anything that goes wrong (Kafka, the source, the
+lease) ends the current stream; production restarts from the last acknowledged position,
+so a change is published at least once and never dropped.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+import stamina
+import structlog
+
+from change_publisher.domain.acks import AckTracker
+from change_publisher.domain.lease import LeaderGuard, Lease
+from change_publisher.domain.mapping import (
+    ChangeMapper,
+    DeadLetter,
+    Invalidated,
+    Outcome,
+    Publish,
+    Skip,
+    event_id,
+)
+from change_publisher.domain.records import (
+    OutgoingRecord,
+    Router,
+    dead_letter_of_change,
+    dead_letter_of_document,
+    encode_control,
+    encode_dead_letter,
+    encode_event,
+)
+from change_publisher.metrics import PublisherMetrics
+from change_publisher.ports import (
+    ChangeSource,
+    ChangeStream,
+    Checkpoint,
+    CheckpointStore,
+    EventProducer,
+    Fenced,
+    HistoryLost,
+    KafkaUnavailable,
+    LeaseStore,
+    SourceUnavailable,
+    StreamPosition,
+)
+from slotstream_contracts.changes import ChangeEvent, ClusterTime, ResumeToken
+from slotstream_contracts.events import CloudEvent, EventType, ResyncData
+
+log = structlog.get_logger("change_publisher")
+
+T = TypeVar("T")
+
+
+class Role(StrEnum):
+    STARTING = "starting"
+    STANDBY = "standby"
+    LEADER = "leader"
+    STOPPED = "stopped"
+
+
+class LeaseLost(Exception):
+    """The lease could not be renewed in time or was taken: stop producing now."""
+
+
+class HistoryLostFatal(Exception):
+    """History lost with ``history_lost_policy=fail``: the process must exit non-zero."""
+
+
+class _StopRequested(Exception):
+    """``stop()`` was called while waiting for something that may never come."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherOptions:
+    stream_name: str
+    instance_id: str
+    collections: tuple[str, ...]
+    start_mode: Literal["resume", "latest", "snapshot"] = "resume"
+    history_lost_policy: Literal["fail", "resnapshot"] = "resnapshot"
+    max_in_flight: int = 20_000
+    checkpoint_interval: float = 1.0
+    lease_ttl: float = 6.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Production must (re)start with a snapshot; ``resync`` says why, if it is a resync."""
+
+    resync: str | None = None
+
+
+class _Delivery:
+    """Records in flight for one stream: ack order, backpressure and the first failure.
+
+    Changes are staged (mapped records plus their resume token, in stream order) and then
+    flushed to the producer as one call per source batch."""
+
+    def __init__(self, producer: EventProducer, max_in_flight: int) -> None:
+        self._producer = producer
+        self._max = max_in_flight
+        self.tracker = AckTracker()
+        self.acked: Counter[str] = Counter()
+        self.failure: BaseException | None = None
+        self._records: list[OutgoingRecord] = []
+        self._seqs: list[int] = []
+        self._outstanding = 0
+        self._room = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def stage(
+        self, records: Sequence[OutgoingRecord], token: ResumeToken | None, change_time: float
+    ) -> None:
+        seq = self.tracker.track(token, len(records), change_time)
+        for record in records:
+            self._records.append(record)
+            self._seqs.append(seq)
+
+    def progress(self, token: ResumeToken) -> None:
+        """The stream moved on without a change (an idle ``postBatchResumeToken``)."""
+        self.tracker.track(token, 0)
+
+    async def flush(self) -> None:
+        """Hand the staged records to the producer; then wait while too many are in flight."""
+        if self._records:
+            records, seqs = self._records, self._seqs
+            self._records, self._seqs = [], []
+            try:
+                batches = await self._producer.send_many(records)
+            except Exception as exc:  # the producer refused the records outright
+                self._fail(exc)
+                raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            for batch in batches:
+                self._outstanding += 1
+                self._idle.clear()
+                batch.future.add_done_callback(
+                    partial(
+                        self._done,
+                        [seqs[i] for i in batch.indices],
+                        [records[i].kind for i in batch.indices],
+                    )
+                )
+        if self.tracker.in_flight >= self._max and self.failure is None:
+            # Backpressure: stop pulling changes until Kafka catches up (or fails).
+            self._room.clear()
+            await self._room.wait()
+        if self.failure is not None:
+            raise KafkaUnavailable(_describe(self.failure)) from self.failure
+
+    def _done(self, seqs: list[int], kinds: list[str], future: "asyncio.Future[Any]") -> None:
+        self._outstanding -= 1
+        if future.cancelled():
+            self._fail(asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            self._fail(exc)
+        else:
+            ack = self.tracker.ack
+            for seq in seqs:
+                ack(seq)
+            self.acked.update(kinds)
+            if self.tracker.in_flight < self._max:
+                self._room.set()
+        if self._outstanding == 0:
+            self._idle.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._room.set()
+
+    async def drain(self) -> None:
+        """Wait until every record handed to the producer is acknowledged or failed."""
+        await self._idle.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Publisher:
+    def __init__(
+        self,
+        options: PublisherOptions,
+        *,
+        source: ChangeSource,
+        checkpoints: CheckpointStore,
+        leases: LeaseStore,
+        producer: EventProducer,
+        router: Router,
+        metrics: PublisherMetrics | None = None,
+    ) -> None:
+        self.options = options
+        self._source = source
+        self._checkpoints = checkpoints
+        self._leases = leases
+        self._producer = producer
+        self._router = router
+        self._mapper = ChangeMapper()
+        self.metrics = metrics or PublisherMetrics()
+        self.role = Role.STARTING
+        self.epoch = 0
+        self.streaming = False
+        self.last_checkpoint: Checkpoint | None = None
+        self._last_checkpoint_at: float | None = None
+        self._delivery: _Delivery | None = None
+        self._lease: Lease | None = None
+        self._stop = asyncio.Event()
+        self._log = log.bind(instance=options.instance_id, stream=options.stream_name)
+        self.metrics.bind(
+            checkpoint_age=self._checkpoint_age,
+            in_flight=lambda: float(self.in_flight),
+            ready=lambda: float(self.ready),
+        )
+
+    # -- state seen by the HTTP routes -------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Leader streaming with Kafka healthy, or a healthy standby."""
+        return self.role is Role.STANDBY or (self.role is Role.LEADER and self.streaming)
+
+    @property
+    def in_flight(self) -> int:
+        return self._delivery.tracker.in_flight if self._delivery else 0
+
+    def _checkpoint_age(self) -> float:
+        if self._last_checkpoint_at is None:
+            return 0.0
+        return time.monotonic() - self._last_checkpoint_at
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "instance": self.options.instance_id,
+            "role": self.role.value,
+            "epoch": self.epoch,
+            "ready": self.ready,
+            "streaming": self.streaming,
+            "inFlight": self.in_flight,
+            "checkpointAgeSeconds": round(self._checkpoint_age(), 3),
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: finish in-flight sends, checkpoint, release the lease."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``. Raises HistoryLostFatal under ``history_lost_policy=fail``."""
+        try:
+            await self._until_stopped(self._start_producer())
+            while not self._stop.is_set():
+                acquired = await self._await_leadership()
+                if acquired is None:
+                    break
+                lease, granted_at = acquired
+                await self._lead(lease, granted_at)
+        except _StopRequested:
+            pass
+        finally:
+            self.role = Role.STOPPED
+            self.streaming = False
+            self.metrics.leader.set(0)
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._log.info("publisher stopped")
+
+    async def _start_producer(self) -> None:
+        async for attempt in self._retrying():
+            with attempt:
+                await self._producer.start()
+
+    def _retrying(self) -> Any:
+        """Capped exponential backoff with jitter, until success (or a stop)."""
+        return stamina.retry_context(
+            on=Exception,
+            attempts=None,
+            timeout=None,
+            wait_initial=self.options.backoff_initial,
+            wait_max=self.options.backoff_max,
+        )
+
+    async def _until_stopped(self, work: Awaitable[T]) -> T:
+        """The result of ``work``, or ``_StopRequested`` if a stop is asked first."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise _StopRequested
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # -- leadership ---------------------------------------------------------------------
+
+    async def _await_leadership(self) -> tuple[Lease, float] | None:
+        ttl = self.options.lease_ttl
+        while not self._stop.is_set():
+            asked_at = time.monotonic()
+            try:
+                lease = await asyncio.wait_for(
+                    self._leases.acquire(self.options.stream_name, self.options.instance_id, ttl),
+                    ttl / 2,
+                )
+            except Exception as exc:
+                self._log.warning("lease store unavailable", error=repr(exc))
+                lease = None
+            if lease is not None:
+                return lease, asked_at
+            if self.role is not Role.STANDBY:
+                self._log.info("standing by: another instance holds the lease")
+                self.role = Role.STANDBY
+            await self._sleep_or_stop(ttl / 4)
+        return None
+
+    async def _lead(self, lease: Lease, granted_at: float) -> None:
+        self._lease = lease
+        self.epoch = lease.epoch
+        self.role = Role.LEADER
+        self.metrics.leader.set(1)
+        self.metrics.epoch.set(lease.epoch)
+        self._log.info("leading", epoch=lease.epoch)
+        guard = LeaderGuard(self.options.lease_ttl, granted_at)
+        term = asyncio.create_task(self._term(lease, guard))
+        keeper = asyncio.create_task(self._keep_lease(guard))
+        try:
+            await asyncio.wait({term, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (term, keeper):
+                task.cancel()
+            results = await asyncio.gather(term, keeper, return_exceptions=True)
+            self.streaming = False
+            self._delivery = None
+            self.metrics.leader.set(0)
+            self.metrics.epoch.set(0)
+        lost = [r for r in results if isinstance(r, (LeaseLost, Fenced))]
+        fatal = [r for r in results if isinstance(r, HistoryLostFatal)]
+        if lost:
+            self._log.warning("lease lost: stopped producing", epoch=lease.epoch, why=str(lost[0]))
+            self.role = Role.STARTING
+            return
+        await self._release()
+        if fatal:
+            raise fatal[0]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+
+    async def _keep_lease(self, guard: LeaderGuard) -> None:
+        ttl = self.options.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 4)
+            asked_at = time.monotonic()
+            if not guard.may_produce(asked_at):
+                raise LeaseLost("lease not renewed in time")
+            assert self._lease is not None
+            try:
+                renewed = await asyncio.wait_for(
+                    self._leases.renew(self._lease, ttl), guard.valid_until - asked_at
+                )
+            except Exception as exc:
+                self._log.warning("lease renewal failed", error=repr(exc))
+                if not guard.may_produce(time.monotonic()):
+                    raise LeaseLost("lease not renewed in time") from exc
+                continue
+            if renewed is None:
+                raise LeaseLost("lease taken by another instance")
+            guard.renewed(asked_at)
+            self._lease = renewed
+
+    async def _release(self) -> None:
+        if self._lease is None:
+            return
+        lease, self._lease = self._lease, None
+        try:
+            await self._leases.release(lease)
+            self._log.info("lease released", epoch=lease.epoch)
+        except Exception as exc:
+            self._log.warning("lease release failed; it expires by itself", error=repr(exc))
+
+    # -- one leadership term ------------------------------------------------------------
+
+    async def _term(self, lease: Lease, guard: LeaderGuard) -> None:
+        try:
+            await self._produce(lease, guard)
+        except _StopRequested:
+            return
+
+    async def _produce(self, lease: Lease, guard: LeaderGuard) -> None:
+        start = await self._until_stopped(self._initial_position())
+        while not self._stop.is_set():
+            try:
+                if isinstance(start, _Snapshot):
+                    start = await self._snapshot(lease, guard, start.resync)
+                    continue
+                reopen = await self._stream(start, lease, guard)
+                if reopen is None:
+                    return
+                start = reopen
+            except (KafkaUnavailable, SourceUnavailable) as exc:
+                self.streaming = False
+                if isinstance(exc, KafkaUnavailable):
+                    self.metrics.kafka_errors.inc()
+                else:
+                    self.metrics.source_errors.inc()
+                self._log.warning(
+                    "stream interrupted; retrying from the last acknowledged change",
+                    error=f"{type(exc).__name__}: {exc}",
+                    cause=repr(exc.__cause__) if exc.__cause__ else None,
+                )
+                start = self._resume_point(start)
+                await self._until_stopped(self._wait_for_kafka())
+            except HistoryLost as exc:
+                self.streaming = False
+                self.metrics.history_lost.inc()
+                if self.options.history_lost_policy == "fail":
+                    self._log.error(
+                        "change history lost and history_lost_policy=fail: exiting; delete the "
+                        "checkpoint or set PUBLISHER_HISTORY_LOST_POLICY=resnapshot",
+                        error=str(exc),
+                    )
+                    raise HistoryLostFatal(str(exc)) from exc
+                self._log.warning("change history lost: resnapshotting", error=str(exc))
+                start = _Snapshot(resync=f"change history lost: {exc}"[:500])
+
+    def _resume_point(self, start: StreamPosition | _Snapshot) -> StreamPosition | _Snapshot:
+        """After a failure: the newest checkpoint (saved from acknowledged progress)."""
+        if isinstance(start, _Snapshot):
+            return start
+        if self.last_checkpoint is not None:
+            return self.last_checkpoint.position
+        return start
+
+    async def _wait_for_kafka(self) -> None:
+        async for attempt in self._retrying():
+            with attempt:
+                await self._producer.probe()
+
+    async def _initial_position(self) -> StreamPosition | _Snapshot:
+        checkpoint: Checkpoint | None = None
+        async for attempt in self._retrying():
+            with attempt:
+                checkpoint = await self._checkpoints.load(self.options.stream_name)
+        self.last_checkpoint = checkpoint
+        mode = self.options.start_mode
+        if checkpoint is not None and mode != "latest":
+            self._log.info("resuming", position=checkpoint.position.describe(), mode=mode)
+            return checkpoint.position
+        if mode == "snapshot":
+            self._log.info("no checkpoint: starting with a snapshot")
+            return _Snapshot()
+        self._log.info("starting at the latest change", mode=mode)
+        return StreamPosition()
+
+    # -- streaming ----------------------------------------------------------------------
+
+    async def _stream(
+        self, position: StreamPosition, lease: Lease, guard: LeaderGuard
+    ) -> StreamPosition | None:
+        """Stream from ``position``; None after a graceful stop, or where to reopen after an
+        invalidate."""
+        stream = await self._source.open(position)
+        delivery = _Delivery(self._producer, self.options.max_in_flight)
+        self._delivery = delivery
+        checkpointer = asyncio.create_task(self._checkpoint_loop(delivery, lease))
+        stopper = asyncio.create_task(self._stop.wait())
+        self._log.info("streaming", position=position.describe())
+        try:
+            self.streaming = True
+            while True:
+                if checkpointer.done():
+                    checkpointer.result()
+                batch_task = asyncio.ensure_future(stream.next_batch())
+                await asyncio.wait(
+                    {batch_task, stopper, checkpointer}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not batch_task.done():
+                    batch_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await batch_task
+                    if checkpointer.done():
+                        checkpointer.result()
+                    break
+                batch = batch_task.result()
+                if not guard.may_produce(time.monotonic()):
+                    raise LeaseLost("lease not renewed in time")
+                for change in batch.changes:
+                    outcome = self._mapper.map_change(change)
+                    if isinstance(outcome, Invalidated):
+                        self._log.warning(
+                            "change stream invalidated (collection or database dropped or "
+                            "renamed): checkpointing and reopening",
+                            ns=f"{change.ns.db}.{change.ns.coll}",
+                        )
+                        delivery.progress(change.token)
+                        await delivery.flush()
+                        await self._finish(delivery, lease)
+                        return StreamPosition(after=change.token)
+                    delivery.stage(
+                        self._records_for(change, outcome, lease.epoch),
+                        change.token,
+                        _change_time(change),
+                    )
+                if batch.resume_token is not None:
+                    delivery.progress(batch.resume_token)
+                await delivery.flush()
+            await self._finish(delivery, lease)
+            return None
+        except (KafkaUnavailable, SourceUnavailable, HistoryLost):
+            self.streaming = False
+            # Keep what was acknowledged before the failure: the retry resumes after it.
+            with contextlib.suppress(Exception):
+                await self._until_stopped(delivery.drain())
+                await self._checkpoint(delivery, lease)
+            raise
+        except BaseException:
+            self.streaming = False
+            raise
+        finally:
+            stopper.cancel()
+            checkpointer.cancel()
+            with contextlib.suppress(BaseException):
+                await checkpointer
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _finish(self, delivery: _Delivery, lease: Lease) -> None:
+        """Graceful end of a stream: wait for in-flight sends, then checkpoint."""
+        await delivery.drain()
+        self._flush_metrics(delivery)
+        await self._checkpoint(delivery, lease)
+        if delivery.failure is not None:
+            raise KafkaUnavailable(_describe(delivery.failure)) from delivery.failure
+
+    def _records_for(
+        self, change: ChangeEvent, outcome: Outcome, epoch: int
+    ) -> Sequence[OutgoingRecord]:
+        if isinstance(outcome, Publish):
+            topic = self._router.topic_for(change.ns.coll or "")
+            if topic is not None:
+                return (encode_event(outcome.event, topic, epoch),)
+            outcome = DeadLetter(
+                f"no topic for collection {change.ns.coll!r}", outcome.event.routing_key
+            )
+        if isinstance(outcome, DeadLetter):
+            self.metrics.dead_letters.inc()
+            self._log.warning(
+                "dead-lettering a change",
+                error=outcome.error,
+                ns=f"{change.ns.db}.{change.ns.coll}",
+                operation=change.operation_type.value,
+                document_key=str(change.document_key),
+            )
+            record = dead_letter_of_change(
+                change, outcome.error, event_id(change), self.options.instance_id, _now()
+            )
+            return (encode_dead_letter(record, outcome.key, self._router.deadletter, epoch),)
+        if isinstance(outcome, Skip):
+            self.metrics.skipped.inc()
+        return ()
+
+    async def _checkpoint_loop(self, delivery: _Delivery, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self.options.checkpoint_interval)
+            self._flush_metrics(delivery)
+            await self._checkpoint(delivery, lease)
+
+    async def _checkpoint(
+        self, delivery: _Delivery, lease: Lease, at: ClusterTime | None = None
+    ) -> None:
+        token = delivery.tracker.safe_token
+        if token is None and at is None:
+            return
+        last = self.last_checkpoint
+        if last is not None and token == last.token and at == last.at and last.epoch == lease.epoch:
+            self._last_checkpoint_at = time.monotonic()
+            return
+        checkpoint = Checkpoint(token=token, at=at, epoch=lease.epoch, saved_at=_now())
+        try:
+            await self._checkpoints.save(self.options.stream_name, checkpoint)
+        except Fenced:
+            raise
+        except Exception as exc:
+            self.metrics.checkpoint_errors.inc()
+            self._log.warning("checkpoint failed; will retry", error=repr(exc))
+            return
+        self.last_checkpoint = checkpoint
+        self._last_checkpoint_at = time.monotonic()
+
+    def _flush_metrics(self, delivery: _Delivery) -> None:
+        acked, delivery.acked = delivery.acked, Counter()
+        for kind, count in acked.items():
+            self.metrics.events.labels(kind).inc(count)
+        if acked and delivery.tracker.safe_change_time:
+            self.metrics.lag.set(max(0.0, time.time() - delivery.tracker.safe_change_time))
+        elif delivery.tracker.settled:
+            self.metrics.lag.set(0)
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    async def _snapshot(
+        self, lease: Lease, guard: LeaderGuard, resync: str | None
+    ) -> StreamPosition:
+        """Copy every document as events, then return where streaming must start: an
+        operation time captured before the copy, so no change between copy and stream is
+        lost (changes during the copy may be published twice, with increasing versions)."""
+        delivery = _Delivery(self._producer, self.options.max_in_flight)
+        self._delivery = delivery
+        if resync is not None:
+            await self._publish_resync(delivery, lease.epoch, resync)
+        times: list[ClusterTime] = []
+        copied = 0
+        for collection in self.options.collections:
+            part = await self._source.snapshot(collection)
+            times.append(part.operation_time)
+            async for document in part.documents:
+                if self._stop.is_set():
+                    raise _StopRequested
+                if not guard.may_produce(time.monotonic()):
+                    raise LeaseLost("lease not renewed in time")
+                outcome = self._mapper.map_document(collection, document, part.operation_time)
+                delivery.stage(
+                    self._snapshot_records(collection, document, outcome, lease.epoch), None, 0
+                )
+                copied += 1
+                if copied % 1000 == 0:
+                    await delivery.flush()
+        await delivery.flush()
+        await delivery.drain()
+        self._flush_metrics(delivery)
+        self.metrics.snapshot_documents.inc(copied)
+        if delivery.failure is not None:
+            raise KafkaUnavailable(_describe(delivery.failure)) from delivery.failure
+        start = min(times, key=lambda t: (t.t, t.i)) if times else ClusterTime(t=0, i=0)
+        await self._checkpoint(delivery, lease, at=start)
+        self._log.info("snapshot published", documents=copied, start_at=f"{start.t}.{start.i}")
+        return StreamPosition(at=start)
+
+    def _snapshot_records(
+        self, collection: str, document: dict[str, Any], outcome: Outcome, epoch: int
+    ) -> Sequence[OutgoingRecord]:
+        if isinstance(outcome, Publish):
+            topic = self._router.topic_for(collection)
+            if topic is not None:
+                return (encode_event(outcome.event, topic, epoch),)
+            outcome = DeadLetter(f"no topic for collection {collection!r}", collection)
+        if isinstance(outcome, DeadLetter):
+            self.metrics.dead_letters.inc()
+            self._log.warning(
+                "dead-lettering a snapshot document", error=outcome.error, collection=collection
+            )
+            record = dead_letter_of_document(
+                collection, document, outcome.error, self.options.instance_id, _now()
+            )
+            return (encode_dead_letter(record, outcome.key, self._router.deadletter, epoch),)
+        return ()
+
+    async def _publish_resync(self, delivery: _Delivery, epoch: int, reason: str) -> None:
+        """``stream.resync`` to every partition of every data topic, keyed ``~control``."""
+        now = _now()
+        for topic in self._router.data_topics:
+            for partition in await self._producer.partitions(topic):
+                raw = f"resync/{topic}/{partition}/{epoch}/{time.time_ns()}"
+                event = CloudEvent(
+                    id="r" + hashlib.blake2b(raw.encode(), digest_size=16).hexdigest(),
+                    type=EventType.STREAM_RESYNC,
+                    subject=f"topics/{topic}",
+                    time=now,
+                    data=ResyncData(reason=reason, topic=topic),
+                )
+                delivery.stage((encode_control(event, topic, partition, epoch),), None, 0)
+        await delivery.flush()
+        self._log.warning("published stream.resync", topics=list(self._router.data_topics))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _change_time(change: ChangeEvent) -> float:
+    if change.wall_time is not None:
+        return change.wall_time.timestamp()
+    return float(change.cluster_time.t)
+
+
+__all__ = ["ChangeStream", "HistoryLostFatal", "Publisher", "PublisherOptions", "Role"]

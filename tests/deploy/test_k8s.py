@@ -110,7 +110,8 @@ def test_every_pod_is_locked_down(rendered: dict[str, list[Manifest]], name: str
         assert pod_security.get("runAsUser", 0) != 0, where
         assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert spec["automountServiceAccountToken"] is False, where
-        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        assert not spec.get("hostNetwork"), where
+        assert not spec.get("hostPID"), where
         for container in containers(template):
             security = container["securityContext"]
             assert security["allowPrivilegeEscalation"] is False, where
@@ -138,8 +139,10 @@ def test_every_image_is_pinned(rendered: dict[str, list[Manifest]], name: str) -
         for container in containers(template):
             image = container["image"]
             repository, _, tag = image.rpartition(":")
-            assert repository and "/" not in tag, f"{workload['metadata']['name']}: {image}"
-            assert tag != "latest" and any(ch.isdigit() for ch in tag), image
+            assert repository, image
+            assert "/" not in tag, f"{workload['metadata']['name']}: {image} has no tag"
+            assert tag != "latest", image
+            assert any(ch.isdigit() for ch in tag), image
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -213,7 +216,8 @@ def test_overlays_differ_where_it_matters(rendered: dict[str, list[Manifest]]) -
     assert prod_deployments["booking-api"]["spec"]["replicas"] >= 3
     assert of_kind(prod, "StatefulSet")["mongo"]["spec"]["replicas"] == 3
     hpa = of_kind(prod, "HorizontalPodAutoscaler")["push-gateway"]["spec"]
-    assert hpa["minReplicas"] >= 3 and hpa["maxReplicas"] >= 10
+    assert hpa["minReplicas"] >= 3
+    assert hpa["maxReplicas"] >= 10
     for name in ("booking-api", "change-publisher", "push-gateway", "edge"):
         affinity = prod_deployments[name]["spec"]["template"]["spec"]["affinity"]
         assert "podAntiAffinity" in affinity, name
@@ -274,8 +278,9 @@ def _admits(peers: list[dict[str, Any]], labels: dict[str, str], namespace: str 
             return True
         pod_selector = peer.get("podSelector")
         namespace_selector = peer.get("namespaceSelector")
-        if namespace is None and namespace_selector is None and selects(pod_selector, labels):
-            return True
+        if namespace is None and namespace_selector is None and pod_selector is not None:
+            if selects(pod_selector, labels):
+                return True
         if namespace is not None and namespace_selector is not None:
             namespace_labels = {"kubernetes.io/metadata.name": namespace}
             if selects(namespace_selector, namespace_labels) and (
@@ -292,7 +297,9 @@ def test_network_policies_admit_only_the_documented_paths(
     policies = list(of_kind(rendered[name], "NetworkPolicy").values())
     pods = pod_labels(rendered[name])
     default_deny = [
-        p for p in policies if not p["spec"].get("ingress") and "Ingress" in p["spec"]["policyTypes"]
+        p
+        for p in policies
+        if not p["spec"].get("ingress") and "Ingress" in p["spec"]["policyTypes"]
     ]
     for workload, labels in pods.items():
         assert any(selects(p["spec"]["podSelector"], labels) for p in default_deny), workload
@@ -384,7 +391,8 @@ def test_mongo_init_job_matches_the_replica_set(rendered: dict[str, list[Manifes
         statefulset = of_kind(rendered[name], "StatefulSet")["mongo"]
         job = of_kind(rendered[name], "Job")["mongo-init"]
         env = {
-            v["name"]: v.get("value") for v in job["spec"]["template"]["spec"]["containers"][0]["env"]
+            v["name"]: v.get("value")
+            for v in job["spec"]["template"]["spec"]["containers"][0]["env"]
         }
         members = env["RS_MEMBERS"].split(",")
         expected = [f"mongo-{i}.mongo:27017" for i in range(statefulset["spec"]["replicas"])]

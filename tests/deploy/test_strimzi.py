@@ -34,7 +34,8 @@ def strimzi(manifests: list[Manifest], kind: str) -> list[Manifest]:
 
 def config_int(config: dict[str, Any], key: str) -> int:
     value = config[key]
-    assert isinstance(value, int) and not isinstance(value, bool), f"{key}: {value!r}"
+    assert isinstance(value, int), f"{key}: {value!r}"
+    assert not isinstance(value, bool), f"{key}: {value!r}"
     return value
 
 
@@ -51,18 +52,21 @@ def test_kafka_runs_kraft_with_node_pools(rendered: dict[str, list[Manifest]], n
         ".".join(spec["kafka"]["version"].split(".")[:2])
     )
     # Node pools own replicas and storage; the Kafka resource must not set them.
-    assert "replicas" not in spec["kafka"] and "storage" not in spec["kafka"]
+    assert "replicas" not in spec["kafka"]
+    assert "storage" not in spec["kafka"]
     assert "topicOperator" in spec["entityOperator"]
     listeners = spec["kafka"]["listeners"]
     assert listeners
     names = [listener["name"] for listener in listeners]
     ports = [listener["port"] for listener in listeners]
-    assert len(set(names)) == len(names) and len(set(ports)) == len(ports)
+    assert len(set(names)) == len(names)
+    assert len(set(ports)) == len(ports)
     for listener in listeners:
         assert re.fullmatch(r"[a-z0-9]{1,11}", listener["name"]), listener["name"]
         assert listener["type"] in LISTENER_TYPES
         assert isinstance(listener["tls"], bool)
-        assert listener["port"] >= 9092 and listener["port"] not in RESERVED_PORTS
+        assert listener["port"] >= 9092
+        assert listener["port"] not in RESERVED_PORTS
     assert spec["kafka"]["config"]["auto.create.topics.enable"] is False
 
 
@@ -79,8 +83,10 @@ def test_node_pools_form_a_quorum_and_carry_storage(
         assert pool["metadata"]["labels"]["strimzi.io/cluster"] == cluster, where
         spec = pool["spec"]
         roles = set(spec["roles"])
-        assert roles and roles <= {"broker", "controller"}, where
-        assert isinstance(spec["replicas"], int) and spec["replicas"] >= 1, where
+        assert roles, where
+        assert roles <= {"broker", "controller"}, where
+        assert isinstance(spec["replicas"], int), where
+        assert spec["replicas"] >= 1, where
         storage = spec["storage"]
         assert storage["type"] in {"jbod", "persistent-claim", "ephemeral"}, where
         volumes = storage["volumes"] if storage["type"] == "jbod" else [storage]
@@ -125,7 +131,8 @@ def test_topics_match_the_contracts(rendered: dict[str, list[Manifest]], name: s
         spec = topic["spec"]
         topic_name = spec.get("topicName", where)
         assert re.fullmatch(r"[a-zA-Z0-9._-]{1,249}", topic_name), where
-        assert isinstance(spec["partitions"], int) and spec["partitions"] >= 1, where
+        assert isinstance(spec["partitions"], int), where
+        assert spec["partitions"] >= 1, where
         assert 1 <= spec["replicas"] <= brokers, where
         assert config_int(spec["config"], "min.insync.replicas") <= spec["replicas"], where
         by_topic[topic_name] = spec

@@ -1,0 +1,280 @@
+"""Dockerfile rules (no linter binary is obtainable here): pinned bases, multi-stage builds
+from the constraints file, non-root users, health checks, graceful stop signals, OCI
+labels, nothing secret baked in, and a build context that holds what the images copy."""
+
+import json
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.deploy.support import REPO
+
+pytestmark = pytest.mark.deploy
+
+SERVICES = {"booking-api": 8000, "change-publisher": 8001, "push-gateway": 8002}
+DOCKERFILES = {name: REPO / "services" / name / "Dockerfile" for name in SERVICES} | {
+    "edge": REPO / "deploy" / "edge" / "Dockerfile"
+}
+OCI_LABELS = {"title", "description", "version", "revision", "source"}
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, instruction: str) -> list[str]:
+        return [value for kind, value in self.instructions if kind == instruction]
+
+
+@dataclass
+class Dockerfile:
+    global_args: dict[str, str]
+    stages: list[Stage]
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+
+def parse(path: Path) -> Dockerfile:
+    """Instructions with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, f"{path}: dangling line continuation"
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        instruction, _, rest = line.partition(" ")
+        instruction, rest = instruction.upper(), rest.strip()
+        if instruction == "FROM":
+            words = rest.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], words[0])
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(image, name))
+        elif not stages:
+            assert instruction == "ARG", f"{path}: {instruction} before FROM"
+            key, _, default = rest.partition("=")
+            global_args[key] = default
+        else:
+            stages[-1].instructions.append((instruction, rest))
+    return Dockerfile(global_args, stages)
+
+
+@cache
+def dockerfile(name: str) -> Dockerfile:
+    return parse(DOCKERFILES[name])
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rules: the last matching pattern wins; a pattern matching a parent folder
+    matches everything below it; `!` re-includes."""
+    excluded = False
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        regex = regex.replace(r"\?", "[^/]")
+        parts = path.split("/")
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            excluded = not negate
+    return excluded
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_base_image_is_pinned(name: str) -> None:
+    for stage in dockerfile(name).stages:
+        repository, _, tag = stage.image.partition(":")
+        assert tag, stage.image
+        assert tag != "latest", stage.image
+        assert re.match(r"v?\d+\.\d+\.\d+", tag), f"{stage.image}: pin a full version"
+        if name in SERVICES:
+            assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", stage.image), stage.image
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_images_build_in_a_builder_stage_from_constraints(name: str) -> None:
+    parsed = dockerfile(name)
+    builder, final = parsed.stages[0], parsed.final
+    assert len(parsed.stages) == 2
+    assert builder.name == "builder"
+    runs = " ".join(builder.args("RUN"))
+    pip_installs = re.findall(r"pip (?:--python \S+ )?install[^&]*", runs)
+    assert len(pip_installs) == 2, pip_installs
+    for command in pip_installs:
+        assert "-c constraints.txt" in command, command
+    assert f"services/{name}" in runs
+    assert "libs/contracts" in runs
+    assert "--no-build-isolation" in runs, "the pinned build backend, never a fetched one"
+    assert any(copy.startswith("--from=builder /opt/venv") for copy in final.args("COPY"))
+    final_runs = " ".join(final.args("RUN"))
+    for tool in ("pip ", "apt-get", "gcc", "build-essential", "hatchling"):
+        assert tool not in final_runs, f"{tool!r} in the final stage"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_final_stage_runs_as_a_non_root_user(name: str) -> None:
+    users = dockerfile(name).final.args("USER")
+    assert users, "no USER in the final stage"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_health_check_and_stop_signal(name: str) -> None:
+    final = dockerfile(name).final
+    (healthcheck,) = final.args("HEALTHCHECK")
+    assert "CMD" in healthcheck
+    assert "/healthz" in healthcheck
+    assert "curl" not in healthcheck, "slim image: python only"
+    assert "wget" not in healthcheck, "slim image: python only"
+    (exposed,) = final.args("EXPOSE")
+    assert str(SERVICES[name]) == exposed
+    assert f"'{exposed}'" in healthcheck, "the default port in the check is the exposed one"
+    assert final.args("STOPSIGNAL") == ["SIGTERM"]
+
+
+def test_edge_health_check_and_stop_signal() -> None:
+    final = dockerfile("edge").final
+    (healthcheck,) = final.args("HEALTHCHECK")
+    path = re.search(r"http://127\.0\.0\.1:[^/]+(/[\w-]+)", healthcheck)
+    assert path is not None
+    locations = (REPO / "deploy" / "edge" / "slotstream-locations.inc.template").read_text()
+    assert f"location = {path.group(1)} " in locations
+    assert final.args("STOPSIGNAL") == ["SIGQUIT"], "nginx's graceful stop"
+    assert final.args("EXPOSE") == ["8080"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_oci_labels(name: str) -> None:
+    labels = " ".join(dockerfile(name).final.args("LABEL"))
+    found = set(re.findall(r"org\.opencontainers\.image\.(\w+)=", labels))
+    assert found >= OCI_LABELS, OCI_LABELS - found
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_nothing_secret_is_baked_in(name: str) -> None:
+    parsed = dockerfile(name)
+    names = list(parsed.global_args)
+    for stage in parsed.stages:
+        for instruction, rest in stage.instructions:
+            if instruction in {"ENV", "ARG"}:
+                names += re.findall(r"(\w+)=", rest) or [rest.split()[0]]
+    for variable in names:
+        assert not re.search(r"SECRET|PASSWORD|TOKEN|PRIVATE|_KEY", variable), variable
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_entrypoint_is_the_service_console_script(name: str) -> None:
+    pyproject = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())
+    (entrypoint,) = dockerfile(name).final.args("ENTRYPOINT")
+    argv = json.loads(entrypoint)
+    assert argv[0] in pyproject["project"]["scripts"]
+    assert argv[0] == f"slotstream-{name}"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_copied_files_are_in_the_build_context(name: str) -> None:
+    for stage in dockerfile(name).stages:
+        for copy in stage.args("COPY"):
+            words = [w for w in shlex.split(copy) if not w.startswith("--")]
+            if copy.startswith("--from"):
+                continue
+            for source in words[:-1]:
+                path = REPO / source
+                assert path.exists(), source
+                files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+                kept = [f for f in files if not dockerignore_excludes(str(f.relative_to(REPO)))]
+                assert kept, f"{source}: everything excluded by .dockerignore"
+                for required in ("pyproject.toml", "src", "index.html", ".template"):
+                    wanted = [f for f in files if required in str(f.relative_to(REPO))]
+                    if wanted and "__pycache__" not in str(wanted[0]):
+                        rel = str(wanted[0].relative_to(REPO))
+                        assert not dockerignore_excludes(rel), f"{rel} excluded"
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    for path in (
+        ".git/config",
+        ".venv/bin/python",
+        ".env",
+        "tests/deploy/test_k8s.py",
+        "services/booking-api/tests/unit/test_x.py",
+        "libs/contracts/src/x/__pycache__/a.pyc",
+        "bench/results/x.json",
+        "docs/deploy.md",
+    ):
+        assert dockerignore_excludes(path), path
+    for path in (
+        "constraints.txt",
+        "libs/contracts/pyproject.toml",
+        "services/push-gateway/src/push_gateway/app.py",
+        "web/index.html",
+        "deploy/edge/slotstream.conf.template",
+    ):
+        assert not dockerignore_excludes(path), path
+
+
+def _closure(distribution: str) -> set[str]:
+    """Every distribution `distribution` pulls in on Linux/CPython 3.11, extras included,
+    read from the installed metadata (the venv is built from the same constraints)."""
+    seen: set[str] = set()
+    pending: list[tuple[str, frozenset[str]]] = [(distribution, frozenset())]
+    while pending:
+        name, extras = pending.pop()
+        key = f"{canonicalize_name(name)}[{','.join(sorted(extras))}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        for spec in metadata.requires(name) or []:
+            requirement = Requirement(spec)
+            environments = [{"extra": extra} for extra in extras] or [{"extra": ""}]
+            if requirement.marker is not None and not any(
+                requirement.marker.evaluate(env) for env in environments
+            ):
+                continue
+            pending.append((requirement.name, frozenset(requirement.extras)))
+    return {key.split("[")[0] for key in seen}
+
+
+def _pinned() -> set[str]:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    return {canonicalize_name(line.split("==")[0]) for line in lines if "==" in line}
+
+
+@pytest.mark.parametrize("distribution", [f"slotstream-{name}" for name in SERVICES])
+def test_everything_an_image_installs_is_pinned(distribution: str) -> None:
+    local = {canonicalize_name(distribution), "slotstream-contracts"}
+    unpinned = _closure(distribution) - local - _pinned()
+    assert not unpinned, f"add to constraints.txt: {sorted(unpinned)}"
+
+
+def test_the_build_backend_is_pinned() -> None:
+    for name in SERVICES:
+        pyproject = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())
+        assert pyproject["build-system"]["requires"] == ["hatchling"]
+    assert "hatchling" in _pinned()

@@ -1,0 +1,154 @@
+"""The Compose stack for real, where a Docker engine exists: build, `up --wait`, book a slot
+through the edge, read the event from the SSE stream and with Kafka's console consumer,
+then `down -v`. Opt-in (`SLOTSTREAM_COMPOSE_SMOKE=1`): it builds four images and pulls
+MongoDB and Kafka, which takes minutes."""
+
+import json
+import os
+import secrets
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+from pydantic import SecretStr
+
+from slotstream_contracts import topics
+from slotstream_contracts.auth import JwtSettings, Role, mint_token
+from slotstream_testkit.net import free_port
+from tests.deploy.support import REPO, compose_binary
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(
+        os.environ.get("SLOTSTREAM_COMPOSE_SMOKE") != "1",
+        reason="set SLOTSTREAM_COMPOSE_SMOKE=1 (and have a Docker engine) to run the stack",
+    ),
+]
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.project = f"slotstream-smoke-{secrets.token_hex(3)}"
+        self.secret = secrets.token_hex(32)
+        self.edge_port = free_port()
+        self.env = os.environ | {
+            "SLOTSTREAM_JWT_SECRET": self.secret,
+            "EDGE_PORT": str(self.edge_port),
+            "KAFKA_HOST_PORT": str(free_port()),
+        }
+        self.base_url = f"http://127.0.0.1:{self.edge_port}"
+
+    def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(compose_binary()),
+                "--project-name",
+                self.project,
+                "--project-directory",
+                str(REPO),
+                "--file",
+                str(REPO / "docker-compose.yml"),
+                *args,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def token(self, user_id: str, role: Role) -> str:
+        return mint_token(JwtSettings(secret=SecretStr(self.secret)), user_id, role)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    engine = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    if engine.returncode != 0:
+        pytest.skip(f"no Docker engine answers: {engine.stderr.strip()[:200]}")
+    running = Stack()
+    try:
+        up = running.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "600")
+        if up.returncode != 0:
+            logs = running.compose("logs", "--no-color", "--tail", "50", timeout=60)
+            pytest.fail(f"compose up failed:\n{up.stderr[-3000:]}\n{logs.stdout[-6000:]}")
+        yield running
+    finally:
+        running.compose("down", "--volumes", "--remove-orphans", timeout=300)
+
+
+@pytest.mark.timeout(1800)
+def test_a_booking_reaches_the_browser_stream_and_kafka(stack: Stack) -> None:
+    instructor_id = f"smoke-{secrets.token_hex(4)}"
+    instructor = {"Authorization": f"Bearer {stack.token(instructor_id, Role.INSTRUCTOR)}"}
+    student = {"Authorization": f"Bearer {stack.token('smoke-student', Role.STUDENT)}"}
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        created = client.post("/api/instructors", json={"name": "Smoke Test"}, headers=instructor)
+        assert created.status_code == 201, created.text
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+        slot = client.post(
+            f"/api/instructors/{instructor_id}/slots",
+            json={"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()},
+            headers=instructor,
+        )
+        assert slot.status_code == 201, slot.text
+        slot_id = slot.json()["id"]
+
+        frames: list[tuple[str, dict[str, Any]]] = []
+        snapshot_seen = threading.Event()
+        booked_seen = threading.Event()
+
+        def listen() -> None:
+            with (
+                httpx.Client(base_url=stack.base_url, timeout=httpx.Timeout(10, read=60)) as sse,
+                connect_sse(
+                    sse,
+                    "GET",
+                    "/api/book-now/schedule-updates",
+                    params={"instructorId": instructor_id},
+                ) as source,
+            ):
+                for event in source.iter_sse():
+                    frames.append((event.event, json.loads(event.data)))
+                    if event.event == "snapshot":
+                        snapshot_seen.set()
+                    if event.event == "booking":
+                        booked_seen.set()
+                        return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        assert snapshot_seen.wait(30), f"no snapshot through the edge: {frames}"
+        booking = client.post("/api/bookings", json={"slotId": slot_id}, headers=student)
+        assert booking.status_code == 201, booking.text
+        assert booked_seen.wait(30), f"no booking event on the stream: {frames}"
+        listener.join(5)
+    booking_events = [data for name, data in frames if name == "booking"]
+    assert booking_events[0]["type"] == "booking.created"
+    assert booking_events[0]["instructorid"] == instructor_id
+
+    consumed = stack.compose(
+        "exec",
+        "-T",
+        "kafka",
+        "/opt/kafka/bin/kafka-console-consumer.sh",
+        "--bootstrap-server",
+        "kafka:9092",
+        "--topic",
+        topics.SCHEDULE_TOPIC,
+        "--from-beginning",
+        "--timeout-ms",
+        "15000",
+        "--property",
+        "print.key=true",
+        "--property",
+        "print.headers=true",
+        timeout=120,
+    )
+    records = [line for line in consumed.stdout.splitlines() if instructor_id in line]
+    assert any("ce_type:booking.created" in line for line in records), consumed.stdout[-3000:]

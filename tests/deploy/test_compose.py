@@ -1,7 +1,11 @@
 """docker-compose.yml, checked by the real Compose v2 binary (`config -q`) and then by
 what the stack needs to start in the right order and come up working."""
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,16 +210,61 @@ def test_every_image_is_pinned(compose_services: Services) -> None:
         assert re.search(r"\d", tag), f"{name}: {image}"
 
 
-def test_seed_writes_the_demo_users_the_edge_serves(compose_services: Services) -> None:
+def test_seed_shares_the_demo_folder_the_edge_serves(compose_services: Services) -> None:
     seed, edge = compose_services["seed"], compose_services["edge"]
     assert seed["image"] == compose_services["booking-api"]["image"]
-    assert "slotstream-seed --api-url http://booking-api:8000" in " ".join(seed["command"])
     demo_dir = edge["environment"]["DEMO_DATA_DIR"]
     seed_mounts = {v["target"]: v for v in seed["volumes"]}
     edge_mounts = {v["target"]: v for v in edge["volumes"]}
     assert seed_mounts[demo_dir]["source"] == edge_mounts[demo_dir]["source"]
     assert edge_mounts[demo_dir]["read_only"] is True
-    assert f"{demo_dir}/demo-users.json" in " ".join(seed["command"])
+    assert f"{demo_dir}/demo-users.json" in seed["command"][0]
+
+
+FAKE_SEED = """#!/bin/sh
+printf '%s\\n' "$@" > "$ARGS_FILE"
+[ "$SEED_FAILS" = 1 ] && exit 1
+echo '{"users": [{"id": "student-1", "role": "student", "name": "A", "token": "t"}]}'
+"""
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_seed_command_publishes_the_users_only_on_success(
+    compose_services: Services, tmp_path: Path, fails: bool
+) -> None:
+    seed = compose_services["seed"]
+    assert seed["entrypoint"] == ["/bin/sh", "-c"]
+    demo_dir = compose_services["edge"]["environment"]["DEMO_DATA_DIR"]
+    command = seed["command"][0].replace(demo_dir, str(tmp_path))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "slotstream-seed").write_text(FAKE_SEED)
+    (bin_dir / "slotstream-seed").chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "ARGS_FILE": str(tmp_path / "args"),
+        "SEED_FAILS": "1" if fails else "0",
+    }
+    result = subprocess.run(["/bin/sh", "-c", command], env=env, check=False, timeout=10)
+    published = tmp_path / "demo-users.json"
+    if fails:
+        assert result.returncode != 0, "a failed seed must fail the service"
+        assert not published.exists()
+    else:
+        assert result.returncode == 0
+        assert json.loads(published.read_text())["users"][0]["id"] == "student-1"
+    # The arguments are the real CLI's.
+    args = (tmp_path / "args").read_text().split()
+    usage = subprocess.run(
+        [str(Path(sys.executable).parent / "slotstream-seed"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for option in (arg for arg in args if arg.startswith("--")):
+        assert f"{option} " in usage, option
+    assert args[args.index("--api") + 1] == "http://booking-api:8000"
 
 
 def test_env_example_documents_every_variable() -> None:

@@ -278,3 +278,12 @@ def test_the_build_backend_is_pinned() -> None:
         pyproject = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())
         assert pyproject["build-system"]["requires"] == ["hatchling"]
     assert "hatchling" in _pinned()
+
+
+def test_edge_image_carries_every_template_and_the_page() -> None:
+    copies = " ".join(dockerfile("edge").final.args("COPY"))
+    for template in sorted((REPO / "deploy" / "edge").glob("*.template")):
+        assert str(template.relative_to(REPO)) in copies, template.name
+    assert "web/ /usr/share/nginx/html/" in copies
+    # The stock server would also listen on 8080 and win as the default server.
+    assert "rm -f /etc/nginx/conf.d/default.conf" in " ".join(dockerfile("edge").final.args("RUN"))

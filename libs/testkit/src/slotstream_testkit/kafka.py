@@ -41,10 +41,19 @@ def tansu_binary() -> Path:
 
 
 class TansuBroker:
-    """A memory-only Tansu broker on a free loopback port, stopped by PID."""
+    """A memory-only Tansu broker on a free loopback port, stopped by PID.
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    ``advertised_port`` makes the broker tell clients to connect elsewhere (a
+    ``TcpFaultProxy`` in front of it, which must be listening before ``start()``)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -54,6 +63,7 @@ class TansuBroker:
 
     def start(self, timeout: float = 15.0) -> "TansuBroker":
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
         self._process = subprocess.Popen(
             [
@@ -62,7 +72,7 @@ class TansuBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
             ],
             env={**os.environ, "RUST_LOG": os.environ.get("TANSU_RUST_LOG", "warn")},
             stdout=log,

@@ -1,0 +1,39 @@
+"""Settings from the environment (PUBLISHER_ prefix, nested with __)."""
+
+import pytest
+
+from change_publisher.config import Settings
+
+
+def test_defaults_follow_the_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert settings.http_port == 8001
+    assert settings.collections == ["slots", "bookings", "notifications"]
+    assert settings.effective_topic_map() == {
+        "slots": "slotstream.schedule.v1",
+        "bookings": "slotstream.schedule.v1",
+        "notifications": "slotstream.notifications.v1",
+    }
+    assert (settings.start_mode, settings.history_lost_policy) == ("resume", "resnapshot")
+    assert settings.enable_idempotence is True
+    assert settings.effective_checkpoint_store() == "mongo"
+    monkeypatch.setenv("PUBLISHER_SOURCE", "feed")
+    assert Settings().effective_lease_store() == "memory"
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUBLISHER_COLLECTIONS", "slots, bookings")
+    monkeypatch.setenv("PUBLISHER_TOPIC_MAP", '{"slots": "a.v1", "bookings": "b.v1"}')
+    monkeypatch.setenv("PUBLISHER_KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("PUBLISHER_TOPICS__DEADLETTER", "dlq.v1")
+    monkeypatch.setenv("PUBLISHER_ENABLE_IDEMPOTENCE", "false")
+    monkeypatch.setenv("PUBLISHER_CHECKPOINT_STORE", "memory")
+    settings = Settings()
+    assert settings.collections == ["slots", "bookings"]
+    assert settings.effective_topic_map() == {"slots": "a.v1", "bookings": "b.v1"}
+    assert settings.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert settings.topics.deadletter == "dlq.v1"
+    assert settings.enable_idempotence is False
+    assert settings.effective_checkpoint_store() == "memory"
+    monkeypatch.setenv("PUBLISHER_COLLECTIONS", '["notifications"]')
+    assert Settings().collections == ["notifications"]

@@ -1,0 +1,163 @@
+"""The HTTP feed source against a fake booking-api feed speaking the documented protocol."""
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from change_publisher.adapters.feed import FeedChangeSource
+from change_publisher.adapters.memory import MemoryDatabase, MemoryProducer
+from change_publisher.ports import HistoryLost, SourceUnavailable, StreamPosition
+from slotstream_contracts.changelog import ChangeHistoryLost, InvalidResumeToken
+from slotstream_contracts.changes import ClusterTime
+from slotstream_contracts.documents import BOOKINGS, SLOTS
+
+from ..conftest import Docs, PublisherFactory
+
+TOKEN = "internal-secret"
+
+
+class FakeFeed:
+    """``/internal/changes`` and ``/internal/snapshot`` over a MemoryDatabase."""
+
+    def __init__(self, database: MemoryDatabase) -> None:
+        self.database = database
+        self.requests: list[httpx.Request] = []
+
+    def problem(self, status: int, detail: str) -> httpx.Response:
+        return httpx.Response(
+            status,
+            content=orjson.dumps({"title": "error", "status": status, "detail": detail}),
+            headers={"content-type": "application/problem+json"},
+        )
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.headers.get("X-Internal-Token") != TOKEN:
+            return self.problem(403, "missing or wrong X-Internal-Token")
+        log = self.database.log
+        params = request.url.params
+        if request.url.path == "/internal/snapshot":
+            at = log.cluster_time
+            docs = list(self.database.collections.get(params["collection"], {}).values())
+            copy = {"operationTime": at.model_dump(), "documents": docs}
+            return httpx.Response(200, content=orjson.dumps(copy))
+        limit = int(params.get("limit", "1000"))
+        wait = float(params.get("wait", "0"))
+        try:
+            if "atOperationTime" in params:
+                match = re.fullmatch(r"(\d+)\.(\d+)", params["atOperationTime"])
+                assert match is not None
+                events = log.read_from_time(ClusterTime(t=int(match[1]), i=int(match[2])), limit)
+                if not events and wait > 0:
+                    events = await log.wait_after(log.latest_token, limit, wait)
+            else:
+                after = params.get("after")
+                token = None if after is None else {"_data": after}
+                events = await log.wait_after(token, limit, wait)
+        except ChangeHistoryLost as exc:
+            return self.problem(410, str(exc))
+        except InvalidResumeToken as exc:
+            return self.problem(400, str(exc))
+        body: dict[str, Any] = {
+            "changes": [e.model_dump(mode="json", by_alias=True) for e in events],
+            "postBatchResumeToken": events[-1].token if events else log.latest_token,
+        }
+        return httpx.Response(200, content=orjson.dumps(body))
+
+
+def feed_source(feed: FakeFeed, token: str = TOKEN) -> FeedChangeSource:
+    return FeedChangeSource(
+        "http://booking-api", token, limit=2, wait=0.05, transport=httpx.MockTransport(feed)
+    )
+
+
+async def test_reads_changes_in_batches_after_a_token(database: MemoryDatabase) -> None:
+    first = database.insert(SLOTS, Docs.slot("s1"))
+    database.insert(SLOTS, Docs.slot("s2"))
+    database.insert(SLOTS, Docs.slot("s3"))
+    feed = FakeFeed(database)
+    source = feed_source(feed)
+    stream = await source.open(StreamPosition(after=first.token))
+    batch = await stream.next_batch()
+    assert [c.document_key for c in batch.changes] == [{"_id": "s2"}, {"_id": "s3"}]
+    assert batch.resume_token == batch.changes[-1].token
+    idle = await stream.next_batch()
+    assert idle.changes == []
+    assert idle.resume_token == database.log.latest_token
+    assert feed.requests[0].url.params["after"] == first.token["_data"]
+    assert feed.requests[0].headers["X-Internal-Token"] == TOKEN
+    await source.close()
+
+
+async def test_latest_starts_after_the_newest_change(database: MemoryDatabase) -> None:
+    database.insert(SLOTS, Docs.slot("old"))
+    source = feed_source(FakeFeed(database))
+    stream = await source.open(StreamPosition())
+    assert (await stream.next_batch()).changes == []
+    database.insert(SLOTS, Docs.slot("new"))
+    batch = await stream.next_batch()
+    assert [c.document_key for c in batch.changes] == [{"_id": "new"}]
+    await source.close()
+
+
+async def test_operation_time_position_and_snapshot(database: MemoryDatabase) -> None:
+    database.insert(SLOTS, Docs.slot("s1"))
+    source = feed_source(FakeFeed(database))
+    part = await source.snapshot(SLOTS)
+    assert [d["_id"] async for d in part.documents] == ["s1"]
+    database.insert(BOOKINGS, Docs.booking("b1"))
+    stream = await source.open(StreamPosition(at=part.operation_time))
+    keys = [c.document_key for c in (await stream.next_batch()).changes]
+    assert {"_id": "b1"} in keys
+    await source.close()
+
+
+async def test_lost_history_foreign_tokens_and_refusals(database: MemoryDatabase) -> None:
+    log_small = MemoryDatabase(retain=2)
+    for n in range(5):
+        log_small.insert(SLOTS, Docs.slot(f"s{n}"))
+    source = feed_source(FakeFeed(log_small))
+    with pytest.raises(HistoryLost):
+        await (await source.open(StreamPosition(after={"_data": "0000000000000001"}))).next_batch()
+    with pytest.raises(HistoryLost):  # the booking-api restarted: a token from the future
+        await (await source.open(StreamPosition(after={"_data": "00000000000000FF"}))).next_batch()
+    refused = feed_source(FakeFeed(database), token="wrong")
+    with pytest.raises(SourceUnavailable, match="403"):
+        await (await refused.open(StreamPosition())).next_batch()
+    down = FeedChangeSource(
+        "http://booking-api", TOKEN, transport=httpx.MockTransport(_refuse_connection)
+    )
+    with pytest.raises(SourceUnavailable):
+        await (await down.open(StreamPosition())).next_batch()
+    for s in (source, refused, down):
+        await s.close()
+
+
+def _refuse_connection(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+async def test_publisher_over_the_feed_publishes_every_change(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    producer = MemoryProducer()
+    source = feed_source(FakeFeed(database))
+    publisher = make_publisher(producer=producer, source=source, start_mode="snapshot")
+    database.insert(SLOTS, Docs.slot("s0"))
+    task = asyncio.create_task(publisher.run())
+    for n in range(1, 6):
+        database.insert(SLOTS, Docs.slot(f"s{n}"))
+    for _ in range(500):
+        if len({orjson.loads(r.value)["subject"] for r in producer.records}) == 6:
+            break
+        await asyncio.sleep(0.01)
+    publisher.stop()
+    await asyncio.wait_for(task, 5)
+    await source.close()
+    assert {orjson.loads(r.value)["subject"] for r in producer.records} == {
+        f"slots/s{n}" for n in range(6)
+    }

@@ -1,0 +1,279 @@
+"""The delivery loop against fakes: order, checkpoints, failures, modes, leadership."""
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from change_publisher.adapters.memory import (
+    MemoryChangeSource,
+    MemoryCheckpointStore,
+    MemoryDatabase,
+    MemoryLeaseStore,
+    MemoryProducer,
+)
+from change_publisher.domain.records import OutgoingRecord
+from change_publisher.ports import Checkpoint, PendingBatch, StreamPosition
+from change_publisher.publisher import HistoryLostFatal, Publisher, Role
+from slotstream_contracts.changes import OperationType
+from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
+from slotstream_contracts.topics import CONTROL_KEY, DEADLETTER_TOPIC
+
+from ..conftest import NOW, Docs, PublisherFactory
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def stop(publisher: Publisher, task: "asyncio.Task[None]") -> None:
+    publisher.stop()
+    await asyncio.wait_for(task, 5)
+
+
+def types(records: Sequence[OutgoingRecord]) -> list[str]:
+    return [r.kind for r in records]
+
+
+def ids(records: Sequence[OutgoingRecord]) -> list[str]:
+    return [dict(r.headers)["ce_id"].decode() for r in records]
+
+
+async def test_publishes_in_order_checkpoints_and_releases_the_lease_on_stop(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    leases: MemoryLeaseStore,
+) -> None:
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready and publisher.role is Role.LEADER)
+    database.insert(SLOTS, Docs.slot("s1", "i1"))
+    database.update(SLOTS, "s1", {"status": "booked", "bookingId": "b1"})
+    database.insert(BOOKINGS, Docs.booking("b1", "s1"))
+    database.insert(NOTIFICATIONS, Docs.notification("n1", "u1"))
+    database.update(NOTIFICATIONS, "n1", {"read": True})  # skipped
+    last = database.insert(SLOTS, Docs.slot("s2", "i2", version=0))  # dead letter
+    await eventually(
+        lambda: (c := checkpoints.checkpoints.get("test")) is not None and c.token == last.token
+    )
+    await stop(publisher, task)
+
+    assert types(producer.records) == [
+        "slot.created",
+        "slot.updated",
+        "booking.created",
+        "notification.created",
+        "deadletter",
+    ]
+    assert [r.key for r in producer.records] == [b"i1", b"i1", b"i1", b"u1", b"i2"]
+    assert producer.records[-1].topic == DEADLETTER_TOPIC
+    assert leases.leases["test"].expires_at == 0  # released
+    assert publisher.role is Role.STOPPED
+    metrics = publisher.metrics
+    assert metrics.events.labels("slot.created")._value.get() == 1
+    assert metrics.skipped._value.get() == 1
+    assert metrics.dead_letters._value.get() == 1
+
+
+async def test_kafka_failure_resends_from_the_last_acknowledged_change(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    first = database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: len(producer.records) == 1)
+    await eventually(
+        lambda: (
+            publisher.last_checkpoint is not None and publisher.last_checkpoint.token == first.token
+        )
+    )
+    producer.fail_next(ConnectionError("broker gone"))
+    database.insert(SLOTS, Docs.slot("s2"))
+    database.insert(SLOTS, Docs.slot("s3"))
+    await eventually(lambda: len(producer.records) >= 3)
+    await stop(publisher, task)
+    subjects = [orjson.loads(r.value)["subject"] for r in producer.records]
+    assert subjects == ["slots/s1", "slots/s2", "slots/s3"]
+    assert publisher.metrics.kafka_errors._value.get() == 1
+
+
+class HeldProducer(MemoryProducer):
+    """Acknowledges nothing until ``release()``: Kafka is slow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[asyncio.Future[Any]] = []
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[PendingBatch]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.records.extend(records)
+        self.pending.append(future)
+        return [PendingBatch(future, range(len(records)))]
+
+    def release(self) -> None:
+        for future in self.pending:
+            if not future.done():
+                future.set_result(None)
+
+
+async def test_bounded_in_flight_stops_pulling_until_acknowledged(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    producer = HeldProducer()
+    source = MemoryChangeSource(database, limit=2, wait=0.05)
+    publisher = make_publisher(producer=producer, source=source, max_in_flight=3)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    for n in range(10):
+        database.insert(SLOTS, Docs.slot(f"s{n}"))
+    await eventually(lambda: len(producer.records) >= 3)
+    await asyncio.sleep(0.2)
+    assert len(producer.records) == 4  # two batches of two, then it waits
+    assert publisher.in_flight == 4
+    while len(producer.records) < 10:
+        producer.release()
+        await asyncio.sleep(0.01)
+    producer.release()
+    await stop(publisher, task)
+    assert len(producer.records) == 10
+
+
+async def test_invalidate_checkpoints_and_reopens_after_it(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    source = MemoryChangeSource(database, wait=0.05)
+    publisher = make_publisher(source=source)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    invalidate = database.log.record(OperationType.INVALIDATE, SLOTS, "")
+    await eventually(lambda: len(source.opened) == 2)
+    assert source.opened[1] == StreamPosition(after=invalidate.token)
+    assert publisher.last_checkpoint is not None
+    assert publisher.last_checkpoint.token == invalidate.token
+    await stop(publisher, task)
+
+
+async def test_history_lost_resyncs_every_partition_then_snapshots(
+    make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    database = MemoryDatabase(retain=3)
+    stale = database.insert(SLOTS, Docs.slot("s1"))
+    for n in range(2, 6):
+        database.insert(SLOTS, Docs.slot(f"s{n}", f"i{n}"))
+    await checkpoints.save("test", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    producer = MemoryProducer(partitions=3)
+    publisher = make_publisher(producer=producer, source=MemoryChangeSource(database, wait=0.05))
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(BOOKINGS, Docs.booking("b9"))
+    await eventually(lambda: "booking.created" in types(producer.records))
+    await stop(publisher, task)
+
+    resyncs = [r for r in producer.records if r.kind == "stream.resync"]
+    assert {(r.topic, r.partition) for r in resyncs} == {
+        (topic, p)
+        for topic in ("slotstream.schedule.v1", "slotstream.notifications.v1")
+        for p in range(3)
+    }
+    assert all(r.key == CONTROL_KEY.encode() for r in resyncs)
+    created = {
+        orjson.loads(r.value)["subject"] for r in producer.records if r.kind == "slot.created"
+    }
+    assert created == {f"slots/s{n}" for n in range(1, 6)}  # at least once each
+    assert publisher.metrics.history_lost._value.get() == 1
+
+
+async def test_history_lost_under_policy_fail_stops_with_an_error(
+    make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    database = MemoryDatabase(retain=2)
+    stale = database.insert(SLOTS, Docs.slot("s1"))
+    for n in range(2, 5):
+        database.insert(SLOTS, Docs.slot(f"s{n}"))
+    await checkpoints.save("test", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    publisher = make_publisher(
+        source=MemoryChangeSource(database, wait=0.05), history_lost_policy="fail"
+    )
+    with pytest.raises(HistoryLostFatal):
+        await asyncio.wait_for(publisher.run(), 5)
+
+
+async def test_snapshot_mode_copies_documents_then_streams_from_before_the_copy(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    database.insert(SLOTS, Docs.slot("s1"))
+    database.insert(NOTIFICATIONS, Docs.notification("n1"))
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer, start_mode="snapshot")
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(SLOTS, Docs.slot("s2"))
+    await eventually(lambda: len(producer.records) >= 3)
+    await stop(publisher, task)
+    subjects = [orjson.loads(r.value)["subject"] for r in producer.records]
+    assert subjects[:2] == ["slots/s1", "notifications/n1"]
+    assert "slots/s2" in subjects
+    assert "stream.resync" not in types(producer.records)
+
+
+async def test_latest_mode_skips_the_past(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    database.insert(SLOTS, Docs.slot("old"))
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer, start_mode="latest")
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(SLOTS, Docs.slot("new"))
+    await eventually(lambda: len(producer.records) == 1)
+    await stop(publisher, task)
+    assert orjson.loads(producer.records[0].value)["subject"] == "slots/new"
+
+
+async def test_fenced_checkpoint_stops_production(
+    database: MemoryDatabase, make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    # A newer leader (epoch 99) wrote the checkpoint: this one must step down.
+    await checkpoints.save("test", Checkpoint({"_data": "FF"}, None, epoch=99, saved_at=NOW))
+    database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: checkpoints.refused != [])
+    await stop(publisher, task)
+    stored = checkpoints.checkpoints["test"]
+    assert (stored.epoch, stored.token) == (99, {"_data": "FF"})
+
+
+async def test_standby_takes_over_when_the_leader_is_cut_off(
+    database: MemoryDatabase, make_publisher: PublisherFactory, leases: MemoryLeaseStore
+) -> None:
+    leader_out, standby_out = MemoryProducer(), MemoryProducer()
+    leader = make_publisher(producer=leader_out, instance="a", lease_ttl=0.6)
+    standby = make_publisher(producer=standby_out, instance="b", lease_ttl=0.6)
+    tasks = [asyncio.create_task(leader.run())]
+    await eventually(lambda: leader.ready)
+    tasks.append(asyncio.create_task(standby.run()))
+    await eventually(lambda: standby.role is Role.STANDBY)
+    database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: len(leader_out.records) == 1)
+    leases.cut_off("a")
+    await eventually(lambda: standby.role is Role.LEADER, within=5)
+    assert leader.role is not Role.LEADER
+    database.insert(SLOTS, Docs.slot("s2"))
+    await eventually(lambda: any(b"slots/s2" in r.value for r in standby_out.records))
+    assert not any(b"slots/s2" in r.value for r in leader_out.records)
+    for publisher, task in zip((leader, standby), tasks, strict=True):
+        await stop(publisher, task)
+    assert [g.holder for g in leases.grants] == ["a", "b"]

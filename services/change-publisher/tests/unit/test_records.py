@@ -1,0 +1,58 @@
+"""Routing and what a record on Kafka looks like (key, headers, value)."""
+
+from datetime import UTC, datetime
+
+import orjson
+from bson import ObjectId
+
+from change_publisher.adapters.memory import MemoryDatabase
+from change_publisher.domain.mapping import ChangeMapper, Publish
+from change_publisher.domain.records import (
+    EPOCH_HEADER,
+    Router,
+    dead_letter_of_change,
+    encode_dead_letter,
+    encode_event,
+)
+from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
+from slotstream_contracts.events import decode_event
+
+from ..conftest import ROUTER, Docs
+
+
+def test_router_maps_collections_to_topics_and_lists_each_data_topic_once() -> None:
+    assert ROUTER.topic_for(SLOTS) == ROUTER.topic_for(BOOKINGS) == "slotstream.schedule.v1"
+    assert ROUTER.topic_for(NOTIFICATIONS) == "slotstream.notifications.v1"
+    assert ROUTER.topic_for("instructors") is None
+    assert ROUTER.data_topics == ("slotstream.schedule.v1", "slotstream.notifications.v1")
+    custom = Router({SLOTS: "a", BOOKINGS: "b"}, "dlq")
+    assert custom.data_topics == ("a", "b")
+
+
+def test_event_record_has_key_headers_and_decodable_value(database: MemoryDatabase) -> None:
+    outcome = ChangeMapper().map_change(database.insert(SLOTS, Docs.slot("s1", "i4")))
+    assert isinstance(outcome, Publish)
+    record = encode_event(outcome.event, "slotstream.schedule.v1", epoch=7)
+    headers = dict(record.headers)
+    assert record.key == b"i4"
+    assert headers["ce_type"] == b"slot.created"
+    assert headers["ce_id"] == outcome.event.id.encode()
+    assert headers["ce_subject"] == b"slots/s1"
+    assert headers["content-type"] == b"application/cloudevents+json"
+    assert headers[EPOCH_HEADER] == b"7"
+    assert decode_event(record.value) == outcome.event
+    assert b"\n" not in record.value
+
+
+def test_dead_letter_keeps_the_original_change_even_with_bson_types(
+    database: MemoryDatabase,
+) -> None:
+    change = database.insert(SLOTS, Docs.slot(instructorId="i1", version=0, extra=ObjectId()))
+    record = dead_letter_of_change(change, "slot invalid: version", "abc", "p1", datetime.now(UTC))
+    encoded = encode_dead_letter(record, "i1", "slotstream.deadletter.v1", epoch=1)
+    body = orjson.loads(encoded.value)
+    assert encoded.key == b"i1"
+    assert body["error"] == "slot invalid: version"
+    assert body["change"]["fullDocument"]["_id"] == "s1"
+    assert body["change"]["operationType"] == "insert"
+    assert dict(encoded.headers)["dlq_error"] == b"slot invalid: version"

@@ -275,3 +275,18 @@ def test_env_example_documents_every_variable() -> None:
     assert used <= documented, used - documented
     # The example never carries a usable secret: the required one is left empty.
     assert re.search(r"^SLOTSTREAM_JWT_SECRET=$", example, re.MULTILINE)
+
+
+@pytest.mark.parametrize("profiles", [(), ("demo",), ("demo", "observability")])
+def test_up_wait_succeeds_with_one_shot_services(profiles: tuple[str, ...]) -> None:
+    """`docker compose up --wait` treats an exited container as a failure unless a running
+    service depends on it with `service_completed_successfully`."""
+    services: Services = load_compose_model(*profiles)["services"]
+    adopted = {
+        dependency
+        for service in services.values()
+        for dependency, condition in (service.get("depends_on") or {}).items()
+        if condition["condition"] == "service_completed_successfully"
+    }
+    one_shots = {name for name, service in services.items() if not service.get("healthcheck")}
+    assert one_shots <= adopted, one_shots - adopted

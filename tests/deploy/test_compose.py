@@ -290,3 +290,12 @@ def test_up_wait_succeeds_with_one_shot_services(profiles: tuple[str, ...]) -> N
     }
     one_shots = {name for name, service in services.items() if not service.get("healthcheck")}
     assert one_shots <= adopted, one_shots - adopted
+
+
+def test_slotstream_images_are_built_never_pulled(compose_services: Services) -> None:
+    """A public image with the same name must never replace what the checkout builds."""
+    for name, service in compose_services.items():
+        if not service["image"].startswith("slotstream/"):
+            continue
+        expected = "build" if "build" in service else "never"
+        assert service.get("pull_policy") == expected, name

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,9 @@ class DevStack:
     def stop(self) -> None:
         """Stop every process this stack started, newest first."""
         for name in reversed(list(self.processes)):
+            started = time.monotonic()
             self.processes[name].stop()
+            self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
         self.processes.clear()
         if self.broker is not None:
             self.broker.stop()
@@ -281,6 +284,12 @@ class DevStack:
         return env
 
     def _start_kafka(self) -> None:
+        # TansuBroker and create_topics run their own asyncio loops: do that in a worker
+        # thread, so the stack can start from code that already runs a loop (Playwright).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(self._start_kafka_in_thread).result()
+
+    def _start_kafka_in_thread(self) -> None:
         self._progress(f"starting Tansu on {self.bootstrap_servers}")
         self.broker = TansuBroker(port=self.ports.kafka, log_path=self.logs / "tansu.log")
         self.broker.start()
@@ -323,6 +332,9 @@ class DevStack:
             "PUBLISHER_SOURCE": "feed",
             "PUBLISHER_FEED_URL": self.booking_api_url,
             "PUBLISHER_FEED_TOKEN": self.internal_token,
+            # The feed long-poll answers at once when a change arrives; a short idle wait
+            # only bounds how long the booking-api's shutdown waits for the open poll.
+            "PUBLISHER_FEED_WAIT": "2",
             "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
             # Tansu rejects idempotent producers; event ids make re-sends harmless.
             "PUBLISHER_ENABLE_IDEMPOTENCE": "false",

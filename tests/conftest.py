@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from scripts.devstack import DevStack, Ports, StackError
+
+log = logging.getLogger("devstack")
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +22,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx is not installed (make test installs it when run as root)")
     state = tmp_path_factory.mktemp("devstack")
-    devstack = DevStack(state, Ports.free(), log_level="WARNING")
+    devstack = DevStack(state, Ports.free(), log_level="WARNING", progress=log.info)
     try:
         devstack.start()
     except StackError as exc:

@@ -216,8 +216,8 @@ function onBookingEvent(event) {
   if (state.user && booking.studentId === state.user.id) {
     if (booking.status === "active") state.myBookingIds.add(booking.id);
     else state.myBookingIds.delete(booking.id);
-    renderWeek();
   }
+  renderWeek();
 }
 
 function jumpToFirstOpenWeek(schedule) {

@@ -27,8 +27,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Not session-wide: Playwright's sync API keeps an event
+    loop running in this thread while it is open, which asyncio tests after it cannot share."""
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (make test installs it when run as root)")
     with sync_playwright() as playwright:
@@ -41,7 +43,9 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1360, "height": 860})
+    context = browser.new_context(
+        viewport={"width": 1360, "height": 860}, locale="en-GB", timezone_id="Europe/London"
+    )
     context.set_default_timeout(10_000)
     try:
         yield context

@@ -73,6 +73,10 @@ class Checkpoint:
 
 
 class ChangeStream(Protocol):
+    #: The concrete position the stream opened at, when the source tells it (for a
+    #: ``latest`` start: so a failure before the first change cannot skip changes).
+    start_token: ResumeToken | None
+
     async def next_batch(self) -> ChangeBatch:
         """The next changes (possibly none after a wait). Raises HistoryLost or
         SourceUnavailable."""

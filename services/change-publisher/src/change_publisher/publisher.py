@@ -219,6 +219,8 @@ class Publisher:
         self.last_checkpoint: Checkpoint | None = None
         self._last_checkpoint_at: float | None = None
         self._delivery: _Delivery | None = None
+        #: Where to resume after a failure: the newest fully acknowledged position.
+        self._safe_position: StreamPosition | None = None
         self._lease: Lease | None = None
         self._stop = asyncio.Event()
         self._log = log.bind(instance=options.instance_id, stream=options.stream_name)
@@ -411,6 +413,7 @@ class Publisher:
             return
 
     async def _produce(self, lease: Lease, guard: LeaderGuard) -> None:
+        self._safe_position = None
         start = await self._until_stopped(self._initial_position())
         while not self._stop.is_set():
             try:
@@ -448,9 +451,11 @@ class Publisher:
                 start = _Snapshot(resync=f"change history lost: {exc}"[:500])
 
     def _resume_point(self, start: StreamPosition | _Snapshot) -> StreamPosition | _Snapshot:
-        """After a failure: the newest checkpoint (saved from acknowledged progress)."""
+        """After a failure: the newest acknowledged position (checkpointed or not)."""
         if isinstance(start, _Snapshot):
             return start
+        if self._safe_position is not None:
+            return self._safe_position
         if self.last_checkpoint is not None:
             return self.last_checkpoint.position
         return start
@@ -489,6 +494,8 @@ class Publisher:
         checkpointer = asyncio.create_task(self._checkpoint_loop(delivery, lease))
         stopper = asyncio.create_task(self._stop.wait())
         self._log.info("streaming", position=position.describe())
+        if stream.start_token is not None:
+            delivery.progress(stream.start_token)
         try:
             self.streaming = True
             while True:
@@ -535,6 +542,8 @@ class Publisher:
             # Keep what was acknowledged before the failure: the retry resumes after it.
             with contextlib.suppress(Exception):
                 await self._until_stopped(delivery.drain())
+                if delivery.tracker.safe_token is not None:
+                    self._safe_position = StreamPosition(after=delivery.tracker.safe_token)
                 await self._checkpoint(delivery, lease)
             raise
         except BaseException:

@@ -277,3 +277,17 @@ async def test_standby_takes_over_when_the_leader_is_cut_off(
     for publisher, task in zip((leader, standby), tasks, strict=True):
         await stop(publisher, task)
     assert [g.holder for g in leases.grants] == ["a", "b"]
+
+
+async def test_latest_start_is_pinned_so_a_failure_before_any_ack_loses_nothing(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    producer = MemoryProducer()
+    producer.fail_next(ConnectionError("broker gone"))
+    publisher = make_publisher(producer=producer, start_mode="latest", checkpoint_interval=60)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: len(producer.records) == 1)
+    await stop(publisher, task)
+    assert orjson.loads(producer.records[0].value)["subject"] == "slots/s1"

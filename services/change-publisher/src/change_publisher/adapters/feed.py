@@ -48,6 +48,7 @@ class FeedChangeStream:
             self._at = f"{position.at.t}.{position.at.i}"
         elif position.after is None:
             self._at = _END_OF_TIME
+        self.start_token: ResumeToken | None = position.after
 
     async def _get(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -114,7 +115,12 @@ class FeedChangeSource:
         self._wait = wait
 
     async def open(self, position: StreamPosition) -> FeedChangeStream:
-        return FeedChangeStream(self._client, position, self._limit, self._wait)
+        stream = FeedChangeStream(self._client, position, self._limit, self._wait)
+        if position.after is None and position.at is None:
+            # Pin "latest" to a token now: the first read returns the feed's newest one.
+            first = await stream.next_batch()
+            stream.start_token = first.resume_token
+        return stream
 
     async def snapshot(self, collection: str) -> SnapshotPart:
         try:

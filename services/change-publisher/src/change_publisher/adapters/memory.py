@@ -73,6 +73,7 @@ class MemoryChangeStream:
         self._after: ResumeToken | None = position.after
         if position.after is None and position.at is None:
             self._after = log.latest_token
+        self.start_token = self._after
         self.closed = False
 
     async def next_batch(self) -> ChangeBatch:

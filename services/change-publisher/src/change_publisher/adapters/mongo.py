@@ -72,6 +72,8 @@ class MongoChangeStream:
             maxsize=limit * 2
         )
         self._error: BaseException | None = None
+        token = stream.resume_token  # the opening aggregate's postBatchResumeToken
+        self.start_token: ResumeToken | None = dict(token) if token is not None else None
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

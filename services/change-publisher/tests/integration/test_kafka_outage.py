@@ -1,0 +1,86 @@
+"""Kafka unreachable for a while (a TCP fault proxy in front of Tansu), then back: no loss."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from change_publisher.adapters.memory import (
+    MemoryCheckpointStore,
+    MemoryDatabase,
+    MemoryLeaseStore,
+)
+from slotstream_testkit.faultproxy import TcpFaultProxy
+from slotstream_testkit.kafka import TansuBroker
+from slotstream_testkit.net import free_port
+
+from .conftest import consume, header, kafka_producer, make_topics
+from .test_delivery_kafka import publisher_for, wait_until, write_schedule
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def proxied_broker(tmp_path: Path) -> AsyncIterator[tuple[TansuBroker, TcpFaultProxy]]:
+    """Tansu advertising the proxy's port, so every client connection crosses the proxy."""
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = TcpFaultProxy(proxy_port, "127.0.0.1", broker_port)
+    await proxy.start()
+    broker = TansuBroker(
+        port=broker_port, advertised_port=proxy_port, log_path=tmp_path / "tansu.log"
+    )
+    try:
+        await asyncio.to_thread(broker.start)
+        yield broker, proxy
+    finally:
+        await asyncio.to_thread(broker.stop)
+        await proxy.stop()
+
+
+async def test_outage_goes_unready_bounds_in_flight_and_loses_nothing(
+    proxied_broker: tuple[TansuBroker, TcpFaultProxy],
+) -> None:
+    broker, proxy = proxied_broker
+    bootstrap = f"127.0.0.1:{proxy.listen_port}"
+    topics = await make_topics(bootstrap)
+    database = MemoryDatabase()
+    publisher = publisher_for(
+        database,
+        kafka_producer(bootstrap, idempotence=False, request_timeout_ms=1_500),
+        topics,
+        MemoryCheckpointStore(),
+        MemoryLeaseStore(),
+        max_in_flight=200,
+        lease_ttl=30.0,
+    )
+    task = asyncio.create_task(publisher.run())
+    await wait_until(lambda: publisher.ready)
+    written = write_schedule(database, instructors=5, slots=20)
+    await wait_until(lambda: publisher.in_flight == 0)
+
+    proxy.cut()
+    written += write_schedule(database, instructors=5, slots=200, start=20)
+    peak_in_flight = 0
+    saw_unready = False
+    for _ in range(150):  # 3 s of outage
+        peak_in_flight = max(peak_in_flight, publisher.in_flight)
+        saw_unready = saw_unready or not publisher.ready
+        await asyncio.sleep(0.02)
+    proxy.restore()
+    await wait_until(
+        lambda: (
+            publisher.last_checkpoint is not None
+            and publisher.last_checkpoint.token == database.log.latest_token
+        ),
+        within=30,
+    )
+    assert publisher.ready
+    publisher.stop()
+    await asyncio.wait_for(task, 10)
+
+    assert saw_unready
+    assert peak_in_flight <= 200 + 1000  # the bound plus at most one source batch
+    assert publisher.metrics.kafka_errors._value.get() >= 1
+    records = await consume(bootstrap, (topics.schedule,), lambda rs: len(rs) >= written)
+    assert len({header(r, "ce_id") for r in records}) == written

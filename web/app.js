@@ -325,10 +325,10 @@ function renderSlot(slot) {
   let action = null;
   let label;
   if (kind === "available") {
-    label = past ? "Past" : "Available";
+    label = past ? "Past" : "Open";
     if (!past && canBook(slot)) action = "book";
   } else if (kind === "mine") {
-    label = "Your booking";
+    label = "Yours";
     action = "cancel";
   } else {
     const student = state.studentOfBooking.get(slot.bookingId);

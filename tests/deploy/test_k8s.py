@@ -2,12 +2,20 @@
 (strict), and every workload is locked down, probed, sized and wired as documented."""
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
-from tests.deploy.support import K8S, OVERLAYS, REPO, Manifest, pod_templates
+from tests.deploy.support import (
+    K8S,
+    OVERLAYS,
+    REPO,
+    Manifest,
+    kustomize_command,
+    pod_templates,
+)
 
 pytestmark = pytest.mark.deploy
 
@@ -405,3 +413,13 @@ def test_mongo_init_script_copy_is_identical() -> None:
     """kustomize reads files only below its folder, so the base carries a copy."""
     original = (REPO / "deploy" / "mongo" / "init-replica-set.js").read_text()
     assert (K8S / "base" / "init-replica-set.js").read_text() == original
+
+
+def test_a_missing_renderer_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No kubectl and no kustomize is a failure with a way out, never a silent skip."""
+    monkeypatch.delenv("KUBECTL", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="no kustomize renderer: install kubectl"):
+        kustomize_command()
+    monkeypatch.setenv("KUBECTL", "/opt/kubectl")
+    assert kustomize_command() == ["/opt/kubectl", "kustomize"]

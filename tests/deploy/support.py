@@ -91,8 +91,11 @@ def load_compose_model(*profiles: str) -> dict[str, Any]:
     return model
 
 
-def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    # --env-file /dev/null: a developer's own .env must not change what the test sees.
+def run_compose(
+    *args: str, env: dict[str, str] | None = None, env_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    # --env-file /dev/null by default: a developer's own .env must not change what the
+    # tests see.
     return subprocess.run(
         [
             str(compose_binary()),
@@ -101,7 +104,7 @@ def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
             "--file",
             str(REPO / "docker-compose.yml"),
             "--env-file",
-            os.devnull,
+            str(env_file) if env_file is not None else os.devnull,
             *args,
         ],
         capture_output=True,

@@ -299,3 +299,19 @@ def test_slotstream_images_are_built_never_pulled(compose_services: Services) ->
             continue
         expected = "build" if "build" in service else "never"
         assert service.get("pull_policy") == expected, name
+
+
+def test_env_example_holds_the_defaults(tmp_path: Path) -> None:
+    """Copied with a secret filled in, .env.example changes nothing: its values are the
+    file's defaults, so the documentation cannot drift from the stack."""
+    example = (REPO / ".env.example").read_text()
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        example.replace("SLOTSTREAM_JWT_SECRET=\n", f"SLOTSTREAM_JWT_SECRET={TEST_JWT_SECRET}\n")
+    )
+    profiles = [arg for profile in ALL_PROFILES for arg in ("--profile", profile)]
+    env = compose_env()
+    del env["SLOTSTREAM_JWT_SECRET"]
+    from_example = run_compose(*profiles, "config", "--format", "json", env=env, env_file=env_file)
+    assert from_example.returncode == 0, from_example.stderr
+    assert json.loads(from_example.stdout) == load_compose_model(*ALL_PROFILES)

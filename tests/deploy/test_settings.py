@@ -2,6 +2,7 @@
 the services accept the values. pydantic-settings ignores unknown variables, so a typo
 (`GATEWAY_KAFKA_BOOTSTRAP_SERVERS`) would otherwise ship silently with a default."""
 
+import base64
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -173,3 +174,21 @@ def test_services_accept_the_cluster_settings(
     gateway = build("GATEWAY_", environments["push-gateway"], monkeypatch)
     assert gateway.booking_api_url == "http://booking-api:8000"
     assert gateway.instance_id.startswith("push-gateway-")
+
+
+def test_the_dev_secret_is_accepted_by_the_services(
+    rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committed dev secret must pass the booking-api's weak-secret checks."""
+    (secret,) = [doc for doc in rendered["dev"] if doc["kind"] == "Secret"]
+    values = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    api = build(
+        "BOOKING_API_",
+        {
+            "BOOKING_API_JWT__SECRET": values["jwt-secret"],
+            "BOOKING_API_MONGO_URL": values["mongo-url"],
+        },
+        monkeypatch,
+    )
+    assert api.jwt.verification_key() == values["jwt-secret"]
+    assert "replicaSet=rs0" in api.mongo_url.get_secret_value()

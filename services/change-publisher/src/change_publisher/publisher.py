@@ -238,6 +238,11 @@ class Publisher:
         return self.role is Role.STANDBY or (self.role is Role.LEADER and self.streaming)
 
     @property
+    def acknowledged_token(self) -> ResumeToken | None:
+        """Resume token of the newest change Kafka acknowledged with all before it."""
+        return self._delivery.tracker.safe_token if self._delivery else None
+
+    @property
     def in_flight(self) -> int:
         return self._delivery.tracker.in_flight if self._delivery else 0
 

@@ -13,11 +13,12 @@ from change_publisher.domain.records import (
     dead_letter_of_change,
     encode_dead_letter,
     encode_event,
+    event_json,
 )
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.events import decode_event
 
-from ..conftest import ROUTER, Docs
+from ..conftest import NOW, ROUTER, Docs
 
 
 def test_router_maps_collections_to_topics_and_lists_each_data_topic_once() -> None:
@@ -56,3 +57,18 @@ def test_dead_letter_keeps_the_original_change_even_with_bson_types(
     assert body["change"]["fullDocument"]["_id"] == "s1"
     assert body["change"]["operationType"] == "insert"
     assert dict(encoded.headers)["dlq_error"] == b"slot invalid: version"
+
+
+def test_fast_event_json_is_byte_identical_to_the_contract(database: MemoryDatabase) -> None:
+    mapper = ChangeMapper()
+    changes = [
+        database.insert(SLOTS, Docs.slot()),
+        database.update(SLOTS, "s1", {"status": "deleted"}),
+        database.insert(BOOKINGS, Docs.booking()),
+        database.update(BOOKINGS, "b1", {"status": "cancelled", "cancelledAt": NOW}),
+        database.insert(NOTIFICATIONS, Docs.notification(message='say "hi"\nbye ✓')),
+    ]
+    for change in changes:
+        outcome = mapper.map_change(change)
+        assert isinstance(outcome, Publish)
+        assert event_json(outcome.event) == outcome.event.to_json()

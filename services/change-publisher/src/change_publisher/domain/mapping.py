@@ -29,6 +29,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -93,7 +94,13 @@ def snapshot_event_id(collection: str, document_id: str, version: int) -> str:
 
 
 def cluster_datetime(cluster_time: ClusterTime) -> datetime:
-    return datetime.fromtimestamp(cluster_time.t, UTC)
+    return _second(cluster_time.t)
+
+
+@lru_cache(maxsize=64)
+def _second(t: int) -> datetime:
+    # Changes arrive with the same clusterTime second in long runs: convert each once.
+    return datetime.fromtimestamp(t, UTC)
 
 
 def _describe(exc: ValidationError) -> str:

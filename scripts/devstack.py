@@ -35,8 +35,8 @@ from slotstream_contracts.topics import (
     PRESENCE_TOPIC,
     SCHEDULE_TOPIC,
 )
-from slotstream_testkit.kafka import TansuBroker, create_topics, tansu_binary
-from slotstream_testkit.net import free_port
+from slotstream_testkit.kafka import create_topics, tansu_binary, wait_for_metadata
+from slotstream_testkit.net import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_ROOT = REPO / "web"
@@ -203,7 +203,6 @@ class DevStack:
         self.tls = (tls_cert, tls_key, tls_port or 8443) if tls_cert and tls_key else None
         self.users: list[DemoUser] = []
         self.instructors: list[dict[str, Any]] = []
-        self.broker: TansuBroker | None = None
         self.processes: dict[str, Process] = {}
         self.logs = state_dir / "logs"
         self._progress = progress or (lambda _step: None)
@@ -261,9 +260,6 @@ class DevStack:
             self.processes[name].stop()
             self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
         self.processes.clear()
-        if self.broker is not None:
-            self.broker.stop()
-            self.broker = None
 
     def __enter__(self) -> DevStack:
         return self.start()
@@ -284,15 +280,30 @@ class DevStack:
         return env
 
     def _start_kafka(self) -> None:
-        # TansuBroker and create_topics run their own asyncio loops: do that in a worker
-        # thread, so the stack can start from code that already runs a loop (Playwright).
+        # Started here rather than with testkit's TansuBroker so that it, like every other
+        # process, dies with the starting process (PR_SET_PDEATHSIG) even after a SIGKILL.
+        tansu = Process(
+            "tansu",
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                f"tcp://{self.bootstrap_servers}",
+                "--advertised-listener-url",
+                f"tcp://{self.bootstrap_servers}",
+            ],
+            {**os.environ, "RUST_LOG": os.environ.get("TANSU_RUST_LOG", "warn")},
+            self.logs / "tansu.log",
+        )
+        self._spawn(tansu)
+        wait_for_port("127.0.0.1", self.ports.kafka, 15)
+        # wait_for_metadata and create_topics run their own asyncio loops: do that in a
+        # worker thread, so the stack can start from code that already runs a loop.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(self._start_kafka_in_thread).result()
+            pool.submit(self._create_topics).result()
 
-    def _start_kafka_in_thread(self) -> None:
-        self._progress(f"starting Tansu on {self.bootstrap_servers}")
-        self.broker = TansuBroker(port=self.ports.kafka, log_path=self.logs / "tansu.log")
-        self.broker.start()
+    def _create_topics(self) -> None:
+        wait_for_metadata(self.bootstrap_servers, 15)
         asyncio.run(
             create_topics(
                 self.bootstrap_servers,

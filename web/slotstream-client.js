@@ -213,7 +213,14 @@ export class Subscription extends EventTarget {
   }
 
   _scheduleRetry() {
-    const { initialBackoffMs, maxBackoffMs } = this.options;
+    const { initialBackoffMs, maxBackoffMs, token } = this.options;
+    const exp = token ? decodeTokenClaims(token)?.exp : undefined;
+    if (exp && exp * 1000 <= Date.now()) {
+      // Retrying cannot help: the gateway refuses an expired token every time.
+      this._fail(new Error("Your sign-in has expired: sign in again to get live updates."));
+      this._setStatus(Status.CLOSED);
+      return;
+    }
     // Capped exponential backoff with full jitter: many pages dropped at once by one
     // failing gateway must not all come back in the same instant.
     const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** Math.min(this.attempt - 1, 16));

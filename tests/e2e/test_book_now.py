@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, Locator, Page, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from scripts.devstack import REPO, DemoUser, DevStack
 from tests.e2e.conftest import save_screenshot
@@ -250,3 +251,31 @@ def test_readme_screenshot(
     expect(page.locator("#notif-list li")).not_to_have_count(0)
     page.wait_for_timeout(2_000)  # let the highlight animation finish
     page.screenshot(path=str(REPO / "docs" / "screenshot.png"))
+
+
+def test_keyboard_and_phone(stack: DevStack, browser: Browser, output_dir: Path) -> None:
+    """On a phone-sized screen the week is one column without sideways scrolling, and a
+    slot can be booked and cancelled with the keyboard alone."""
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, locale="en-GB"
+    )
+    try:
+        teacher = instructors(stack)[1]
+        ada = students(stack)[0]
+        page = phone.new_page()
+        page.goto(f"{stack.base_url}/?instructor={teacher.id}&as={ada.id}")
+        expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        slot_id = first_bookable(page)
+        slot(page, slot_id).focus()
+        page.keyboard.press("Enter")
+        expect(slot(page, slot_id)).to_have_attribute("data-state", "mine")
+        expect(page.locator("#announcer")).to_contain_text(re.compile("booked", re.IGNORECASE))
+        expect(slot(page, slot_id)).to_be_focused()
+        save_screenshot(page, output_dir, "phone-booked")
+
+        page.keyboard.press("Space")
+        expect(slot(page, slot_id)).to_have_attribute("data-state", "available")
+    finally:
+        phone.close()

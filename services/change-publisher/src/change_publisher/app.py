@@ -74,7 +74,11 @@ async def build_components(settings: Settings) -> Components:
     else:
         token = settings.feed_token.get_secret_value() if settings.feed_token else None
         source = FeedChangeSource(
-            settings.feed_url, token, limit=settings.read_batch, wait=settings.feed_wait
+            settings.feed_url,
+            token,
+            limit=settings.read_batch,
+            wait=settings.feed_wait,
+            collections=settings.collections,
         )
     closers.insert(0, source.close)
     checkpoints: CheckpointStore

@@ -42,6 +42,17 @@ class StreamPosition:
         return "latest"
 
 
+_STREAM_WIDE_OPS = frozenset({"invalidate", "dropDatabase"})
+
+
+def watched(change: ChangeEvent, collections: frozenset[str] | None) -> bool:
+    """The filter every source applies (Mongo's ``$match``): changes of the configured
+    collections, plus the stream-wide ``invalidate`` and ``dropDatabase``."""
+    if collections is None or change.operation_type.value in _STREAM_WIDE_OPS:
+        return True
+    return change.ns.coll in collections
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeBatch:
     changes: Sequence[ChangeEvent]

@@ -161,3 +161,19 @@ async def test_publisher_over_the_feed_publishes_every_change(
     assert {orjson.loads(r.value)["subject"] for r in producer.records} == {
         f"slots/s{n}" for n in range(6)
     }
+
+
+async def test_only_the_configured_collections_come_through(database: MemoryDatabase) -> None:
+    database.insert("instructors", {"_id": "i1", "name": "Ann"})
+    database.insert(SLOTS, Docs.slot("s1"))
+    source = FeedChangeSource(
+        "http://booking-api",
+        TOKEN,
+        collections=[SLOTS],
+        transport=httpx.MockTransport(FakeFeed(database)),
+    )
+    stream = await source.open(StreamPosition(after={"_data": "0000000000000000"}))
+    batch = await stream.next_batch()
+    assert [c.ns.coll for c in batch.changes] == [SLOTS]
+    assert batch.resume_token == database.log.latest_token
+    await source.close()

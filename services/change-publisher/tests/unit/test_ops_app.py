@@ -5,13 +5,18 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from change_publisher.adapters.memory import MemoryDatabase
+from change_publisher.adapters.memory import (
+    MemoryChangeSource,
+    MemoryCheckpointStore,
+    MemoryDatabase,
+)
 from change_publisher.app import Components, create_app
 from change_publisher.config import Settings
+from change_publisher.ports import Checkpoint
 from change_publisher.publisher import Role
 from slotstream_contracts.documents import SLOTS
 
-from ..conftest import Docs, PublisherFactory
+from ..conftest import NOW, Docs, PublisherFactory
 
 
 async def test_health_ready_and_metrics(
@@ -72,3 +77,26 @@ async def test_readyz_is_503_while_not_leading_or_standing_by(
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["role"] == "starting"
+
+
+async def test_history_lost_under_policy_fail_asks_the_process_to_exit_with_1(
+    make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    database = MemoryDatabase(retain=1)
+    for n in range(3):
+        database.insert(SLOTS, Docs.slot(f"s{n}"))
+    await checkpoints.save(
+        "test", Checkpoint({"_data": "0000000000000001"}, None, epoch=0, saved_at=NOW)
+    )
+    publisher = make_publisher(
+        source=MemoryChangeSource(database, wait=0.05), history_lost_policy="fail"
+    )
+    fatal = asyncio.Event()
+
+    async def build(_settings: Settings) -> Components:
+        return Components(publisher)
+
+    app = create_app(Settings(), build=build, on_fatal=fatal.set)
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(fatal.wait(), 5)
+    assert app.state.exit_code == 1

@@ -19,6 +19,7 @@ from change_publisher.ports import (
     SnapshotPart,
     SourceUnavailable,
     StreamPosition,
+    watched,
 )
 from slotstream_contracts.changes import ChangeEvent, ClusterTime, ResumeToken
 
@@ -37,9 +38,15 @@ def _problem_detail(response: httpx.Response) -> str:
 
 class FeedChangeStream:
     def __init__(
-        self, client: httpx.AsyncClient, position: StreamPosition, limit: int, wait: float
+        self,
+        client: httpx.AsyncClient,
+        position: StreamPosition,
+        limit: int,
+        wait: float,
+        collections: frozenset[str] | None = None,
     ) -> None:
         self._client = client
+        self._collections = collections
         self._limit = limit
         self._wait = wait
         self._after: ResumeToken | None = position.after
@@ -77,13 +84,12 @@ class FeedChangeStream:
             if self._after is not None:
                 params["after"] = self._after["_data"]
         body = await self._get(params)
-        changes: Sequence[ChangeEvent] = [
-            ChangeEvent.model_validate(change) for change in body.get("changes", ())
-        ]
+        received = [ChangeEvent.model_validate(change) for change in body.get("changes", ())]
+        changes: Sequence[ChangeEvent] = [c for c in received if watched(c, self._collections)]
         resume: ResumeToken | None = body.get("postBatchResumeToken")
-        if changes:
+        if received:
             self._at = None
-            self._after = changes[-1].token
+            self._after = received[-1].token
         elif resume is not None:
             # Idle: the feed's newest token; every later change comes after it.
             self._at = None
@@ -102,8 +108,10 @@ class FeedChangeSource:
         *,
         limit: int = 1000,
         wait: float = 10.0,
+        collections: Sequence[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self._collections = frozenset(collections) if collections is not None else None
         headers = {"X-Internal-Token": token} if token else {}
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -115,7 +123,9 @@ class FeedChangeSource:
         self._wait = wait
 
     async def open(self, position: StreamPosition) -> FeedChangeStream:
-        stream = FeedChangeStream(self._client, position, self._limit, self._wait)
+        stream = FeedChangeStream(
+            self._client, position, self._limit, self._wait, self._collections
+        )
         if position.after is None and position.at is None:
             # Pin "latest" to a token now: the first read returns the feed's newest one.
             first = await stream.next_batch()

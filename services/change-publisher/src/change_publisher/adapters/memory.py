@@ -16,6 +16,7 @@ from change_publisher.ports import (
     PendingBatch,
     SnapshotPart,
     StreamPosition,
+    watched,
 )
 from slotstream_contracts.changelog import ChangeHistoryLost, InvalidResumeToken, MemoryChangeLog
 from slotstream_contracts.changes import (
@@ -65,8 +66,16 @@ class MemoryDatabase:
 
 
 class MemoryChangeStream:
-    def __init__(self, log: MemoryChangeLog, position: StreamPosition, limit: int, wait: float):
+    def __init__(
+        self,
+        log: MemoryChangeLog,
+        position: StreamPosition,
+        limit: int,
+        wait: float,
+        collections: frozenset[str] | None = None,
+    ) -> None:
         self._log = log
+        self._collections = collections
         self._limit = limit
         self._wait = wait
         self._at = position.at
@@ -93,6 +102,8 @@ class MemoryChangeStream:
             raise HistoryLost(str(exc)) from exc
         if changes:
             self._after = changes[-1].token
+        if self._collections is not None:
+            changes = [c for c in changes if watched(c, self._collections)]
         return ChangeBatch(changes, self._after)
 
     async def aclose(self) -> None:
@@ -102,15 +113,24 @@ class MemoryChangeStream:
 class MemoryChangeSource:
     """The change source over a ``MemoryDatabase`` (the fake change source of the tests)."""
 
-    def __init__(self, database: MemoryDatabase, limit: int = 1000, wait: float = 0.5) -> None:
+    def __init__(
+        self,
+        database: MemoryDatabase,
+        limit: int = 1000,
+        wait: float = 0.5,
+        collections: Iterable[str] | None = None,
+    ) -> None:
         self.database = database
+        self._collections = frozenset(collections) if collections is not None else None
         self._limit = limit
         self._wait = wait
         self.opened: list[StreamPosition] = []
 
     async def open(self, position: StreamPosition) -> MemoryChangeStream:
         self.opened.append(position)
-        return MemoryChangeStream(self.database.log, position, self._limit, self._wait)
+        return MemoryChangeStream(
+            self.database.log, position, self._limit, self._wait, self._collections
+        )
 
     async def snapshot(self, collection: str) -> SnapshotPart:
         operation_time = self.database.log.cluster_time

@@ -124,12 +124,22 @@ def test_service_images_build_in_a_builder_stage_from_constraints(name: str) -> 
     assert builder.name == "builder"
     runs = " ".join(builder.args("RUN"))
     pip_installs = re.findall(r"pip (?:--python \S+ )?install[^&]*", runs)
-    assert len(pip_installs) == 2, pip_installs
+    assert len(pip_installs) == 3, pip_installs
     for command in pip_installs:
-        assert "-c constraints.txt" in command, command
+        # Third-party packages only ever through the pins; our own wheels without deps.
+        assert "-c constraints.txt" in command or (
+            "--no-deps" in command and "/wheels/" in command
+        ), command
+    assert "--only-binary=:all:" in runs, "wheels only: no compiler in the builder either"
+    assert "--no-build-isolation" in runs, "the pinned build backend, never a fetched one"
+    assert "pip --python /opt/venv/bin/python check" in runs
     assert f"services/{name}" in runs
     assert "libs/contracts" in runs
-    assert "--no-build-isolation" in runs, "the pinned build backend, never a fetched one"
+    # Dependencies are installed before the sources are copied (layer caching).
+    copies = builder.args("COPY")
+    assert copies.index(f"services/{name} services/{name}") > copies.index(
+        f"services/{name}/pyproject.toml services/{name}/"
+    )
     assert any(copy.startswith("--from=builder /opt/venv") for copy in final.args("COPY"))
     final_runs = " ".join(final.args("RUN"))
     for tool in ("pip ", "apt-get", "gcc", "build-essential", "hatchling"):

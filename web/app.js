@@ -473,6 +473,7 @@ function renderNotifications() {
   badge.textContent = String(unread);
   badge.setAttribute("aria-label", `${unread} unread`);
   $("notif-empty").hidden = all.length > 0;
+  $("mark-read").hidden = unread === 0;
   list.replaceChildren(
     ...all.slice(0, 50).map((n) => {
       const item = document.createElement("li");
@@ -491,6 +492,22 @@ function renderNotifications() {
       return item;
     }),
   );
+}
+
+async function markAllRead() {
+  const unread = [...state.notifications.values()].filter((n) => !n.read);
+  const results = await Promise.allSettled(
+    unread.map((n) => api("POST", `/api/users/me/notifications/${encodeURIComponent(n.id)}/read`)),
+  );
+  results.forEach((result, i) => {
+    if (result.status === "fulfilled" && result.value?.id) {
+      state.notifications.set(result.value.id, result.value);
+    } else if (result.status === "fulfilled") {
+      state.notifications.set(unread[i].id, { ...unread[i], read: true });
+    }
+  });
+  if (results.some((r) => r.status === "rejected")) showMessage("Some notifications could not be marked as read.");
+  renderNotifications();
 }
 
 // ---------------------------------------------------------------- wiring
@@ -529,6 +546,7 @@ async function main() {
   $("this-week").addEventListener("click", () => moveWeek(0));
   $("instructor-select").addEventListener("change", (e) => chooseInstructor(e.target.value));
   $("user-select").addEventListener("change", (e) => chooseUser(e.target.value));
+  $("mark-read").addEventListener("click", markAllRead);
   window.addEventListener("online", () => state.sub?.reconnectNow());
   setInterval(() => renderWeek(), 60_000); // slots move into the past
 

@@ -168,6 +168,10 @@ def test_instructor_sees_a_booking_notification_live(
     slot(own, slot_id).click()
     expect(slot(student_page, slot_id)).to_have_attribute("data-state", "available")
     expect(own.locator("#notif-list li").first).to_contain_text("Booking cancelled")
+    expect(own.locator("#notif-count")).to_be_visible()
+    own.get_by_role("button", name="Mark all read").click()
+    expect(own.locator("#notif-count")).to_be_hidden()
+    expect(own.locator("#notif-list li.unread")).to_have_count(0)
     save_screenshot(own, output_dir, "instructor-final")
 
 

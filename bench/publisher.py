@@ -20,12 +20,14 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import platform
 import statistics
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from change_publisher.adapters.memory import (
 )
 from change_publisher.domain.mapping import event_id
 from change_publisher.domain.records import OutgoingRecord, Router
-from change_publisher.ports import PendingBatch
+from change_publisher.ports import Checkpoint, PendingBatch
 from change_publisher.publisher import Publisher, PublisherOptions
 from slotstream_contracts.changes import ChangeEvent
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
@@ -77,10 +79,10 @@ class TimedProducer:
         if self.watch:
             for batch in batches:
                 ids = [dict(records[i].headers)["ce_id"] for i in batch.indices]
-                batch.future.add_done_callback(lambda _f, ids=ids: self._acked(ids))
+                batch.future.add_done_callback(partial(self._acked, ids))
         return batches
 
-    def _acked(self, ids: list[bytes]) -> None:
+    def _acked(self, ids: list[bytes], _future: "asyncio.Future[Any]") -> None:
         now = time.perf_counter()
         for eid in ids:
             self.acked_at.setdefault(eid, now)
@@ -167,14 +169,14 @@ async def wait_for(condition: Any, limit: float) -> bool:
 
 
 async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[str, Any]:
-    await create_topics(
-        bootstrap, {SCHEDULE_TOPIC: 8, NOTIFICATIONS_TOPIC: 8, DEADLETTER_TOPIC: 1}
-    )
+    await create_topics(bootstrap, {SCHEDULE_TOPIC: 8, NOTIFICATIONS_TOPIC: 8, DEADLETTER_TOPIC: 1})
     database = MemoryDatabase(retain=events + rate * int(seconds + 2) + 10_000)
     started = time.perf_counter()
     backlog = write_changes(database, 0, events)
-    print(f"filled the fake change source with {len(backlog)} changes "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(
+        f"filled the fake change source with {len(backlog)} changes "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     # The backlog belongs to the fake source, not the publisher: keep the collector from
     # walking it over and over.
     gc.freeze()
@@ -207,8 +209,6 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
         ),
     )
     # Resume from before the backlog, as after a restart with changes waiting.
-    from change_publisher.ports import Checkpoint
-
     await checkpoints.save(
         "bench", Checkpoint({"_data": f"{0:016X}"}, None, epoch=0, saved_at=datetime.now(UTC))
     )
@@ -219,10 +219,12 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
     t0, cpu0 = time.perf_counter(), time.process_time()
     done = await wait_for(lambda: publisher.acknowledged_token == last, PHASE_LIMIT_SECONDS)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    acked = events if done else _acked_count(publisher, backlog)
+    acked = len(backlog) if done else _acked_count(publisher, backlog)
     throughput = acked / elapsed
-    print(f"throughput: {throughput:,.0f} change events/s ({acked} in {elapsed:.2f} s, "
-          f"{cpu / max(acked, 1) * 1e6:.1f} µs CPU per event in this process)")
+    print(
+        f"throughput: {throughput:,.0f} change events/s ({acked} in {elapsed:.2f} s, "
+        f"{cpu / max(acked, 1) * 1e6:.1f} µs CPU per event in this process)"
+    )
 
     # Latency at a steady rate: write → Kafka ack of the record.
     producer.watch = True
@@ -247,11 +249,15 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
     publisher.stop()
     await asyncio.wait_for(task, 30)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    print(f"latency at {rate}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms change→ack "
-          f"({len(latencies)} events with records)")
+    print(
+        f"latency at {rate}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms change→ack "
+        f"({len(latencies)} events with records)"
+    )
     load_after = os.getloadavg()
-    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-          f"on {os.cpu_count()} cores (other work shares them)")
+    print(
+        f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        f"on {os.cpu_count()} cores (other work shares them)"
+    )
     return {
         "benchmark": "publisher",
         "events": acked,
@@ -293,8 +299,6 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    import logging
-
     logging.getLogger("change_publisher").setLevel(logging.WARNING)
     with TansuBroker() as broker:
         result = asyncio.run(run(broker.bootstrap_servers, args.events, args.rate, args.seconds))

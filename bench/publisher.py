@@ -2,7 +2,7 @@
 
 Starts its own Tansu broker, fills the fake change source (a ``MemoryDatabase``: slots
 created, booked and tombstoned, bookings and notifications, across many instructors),
-then runs the real ``Publisher`` with the real aiokafka producer adapter (acks=all, lz4,
+then runs the real ``Publisher`` with the real aiokafka producer adapter (acks=all, zstd,
 linger 5 ms) and checkpointing on (every second, memory store). Two phases:
 
 1. throughput: a backlog of ``--events`` changes, from the first send to the
@@ -186,7 +186,7 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
             KafkaSettings(bootstrap_servers=bootstrap),
             enable_idempotence=False,
             linger_ms=5,
-            compression="lz4",
+            compression="zstd",
             max_batch_size=262_144,
         )
     )
@@ -275,7 +275,7 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
             "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
         },
         "checkpoints_saved": len(checkpoints.saves),
-        "producer": {"acks": "all", "compression": "lz4", "linger_ms": 5, "idempotence": False},
+        "producer": {"acks": "all", "compression": "zstd", "linger_ms": 5, "idempotence": False},
         "broker": "tansu (memory)",
         "loadavg_1m_before": round(load_before[0], 2),
         "loadavg_1m_after": round(load_after[0], 2),

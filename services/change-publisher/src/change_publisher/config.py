@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     enable_idempotence: bool = True
     linger_ms: int = Field(default=5, ge=0)
-    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     max_batch_size: int = Field(default=262_144, ge=16_384, description="Producer batch bytes")
 
     max_in_flight: int = Field(default=20_000, ge=1, description="Unacknowledged records")

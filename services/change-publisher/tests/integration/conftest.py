@@ -58,7 +58,7 @@ def kafka_producer(
         KafkaSettings(bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms),
         enable_idempotence=idempotence,
         linger_ms=5,
-        compression="lz4",
+        compression="zstd",
         max_batch_size=262_144,
     )
 

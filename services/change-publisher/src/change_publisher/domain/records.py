@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pydantic import Field
 
@@ -19,8 +19,9 @@ EPOCH_HEADER: Final = "publisher_epoch"
 DEADLETTER_TYPE: Final = "deadletter"
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingRecord:
+class OutgoingRecord(NamedTuple):
+    """One Kafka record. A named tuple: built once per event, it must be cheap to make."""
+
     topic: str
     key: bytes
     value: bytes

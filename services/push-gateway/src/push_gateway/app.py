@@ -54,7 +54,10 @@ def create_app(
     gateway = Gateway(
         settings,
         hub,
-        CoalescingSnapshots(snapshot_source or HttpSnapshotSource(http_client)),
+        CoalescingSnapshots(
+            snapshot_source or HttpSnapshotSource(http_client),
+            reuse_seconds=settings.snapshot_reuse_seconds,
+        ),
         history or KafkaHistory(settings.kafka),
         presence or kafka_presence,  # type: ignore[arg-type]
     )

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1, max_length=64)
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)
+    snapshot_reuse_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Share a fetched snapshot with connections arriving this soon after",
+    )
 
     kafka: GatewayKafkaSettings = GatewayKafkaSettings()
     topics: TopicSettings = TopicSettings()

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -18,6 +19,7 @@ from push_gateway.adapters.snapshots import (
     CoalescingSnapshots,
     SnapshotNotFound,
     SnapshotUnavailable,
+    TakenSnapshot,
 )
 from push_gateway.config import Settings
 from push_gateway.domain.frames import HEARTBEAT, json_frame, retry_frame, with_id
@@ -33,7 +35,6 @@ from push_gateway.domain.positions import PartitionKey, format_position
 from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
 from push_gateway.stream import SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
-from slotstream_contracts.entities import ScheduleSnapshot
 
 log = structlog.get_logger(__name__)
 
@@ -324,7 +325,7 @@ class Gateway:
             for c in connection.channels
             if c.kind is ChannelKind.SCHEDULE and hub.partition_key(c) in fresh
         ]
-        snapshots = await self._snapshots(snapshot_channels)
+        snapshots = await self._snapshots(snapshot_channels, positions, announce)
         if connection.state is StreamState.CLOSED:
             return
 
@@ -355,16 +356,38 @@ class Gateway:
                 payload: dict[str, object] = {"channel": channel.name, "reason": "resync"}
                 out.append(json_frame("resync", payload, format_position(vector)))
         versions: dict[Channel, dict[str, int]] = {}
-        for channel, snapshot in snapshots.items():
-            versions[channel] = slot_versions(snapshot)
-            payload = {"channel": channel.name, "schedule": snapshot.model_dump(mode="json")}
-            out.append(json_frame("snapshot", payload, format_position(vector)))
+        by_partition: dict[PartitionKey, list[tuple[Channel, TakenSnapshot]]] = {}
+        for channel, taken in snapshots.items():
+            by_partition.setdefault(hub.partition_key(channel), []).append((channel, taken))
+        for key, taken_here in by_partition.items():
+            # everything up to the oldest snapshot's start is covered; the records between
+            # a (shared, older) snapshot and this connection's start come from the ring
+            vector[key] = min(positions[key], *(t.since for _, t in taken_here))
+            gap: list[tuple[int, Channel, Record]] = []
+            for channel, taken in taken_here:
+                versions[channel] = slot_versions(taken.snapshot)
+                payload = {
+                    "channel": channel.name,
+                    "schedule": taken.snapshot.model_dump(mode="json"),
+                }
+                out.append(json_frame("snapshot", payload, format_position(vector)))
+                if taken.since < positions[key]:
+                    records = hub.ring_since(key, taken.since, {channel.record_key}) or []
+                    gap += [
+                        (r.offset, channel, r)
+                        for r in records
+                        if r.offset <= positions[key] and r.key != CONTROL_KEY_BYTES
+                    ]
+            for _, channel, record in sorted(gap, key=lambda item: item[0]):
+                if not self._newer(record, versions[channel]):
+                    vector[key] = record.offset
+                    continue
+                emit(key, record)
+            vector[key] = positions[key]
         for key, record in connection.pending:
             owner = connection.channel_of_key.get((key[0], record.key or b""))
-            if owner in versions and owner is not None and record.value is not None:
-                ce_type, _ = record_headers(record)
-                family = (ce_type or b"").split(b".", 1)[0]
-                if not newer_than_snapshot(family, record.value, versions[owner]):
+            if owner is not None and owner in versions:
+                if not self._newer(record, versions[owner]):
                     vector[key] = record.offset
                     continue
             emit(key, record)
@@ -372,12 +395,41 @@ class Gateway:
         connection.headers_sent = True
         connection.transport.write(b"".join(out))
 
-    async def _snapshots(self, channels: list[Channel]) -> dict[Channel, ScheduleSnapshot]:
+    @staticmethod
+    def _newer(record: Record, versions: dict[str, int]) -> bool:
+        if record.value is None:
+            return False
+        ce_type, _ = record_headers(record)
+        return newer_than_snapshot((ce_type or b"").split(b".", 1)[0], record.value, versions)
+
+    async def _snapshots(
+        self,
+        channels: list[Channel],
+        positions: dict[PartitionKey, int],
+        resynced: set[PartitionKey],
+    ) -> dict[Channel, TakenSnapshot]:
         if not channels:
             return {}
         self.stats.snapshot_requests += len(channels)
+        hub = self.hub
+
+        async def one(channel: Channel) -> TakenSnapshot:
+            key = hub.partition_key(channel)
+            # after a resync only a snapshot taken after it will do
+            taken = await self.snapshots.fetch(
+                channel.owner_id,
+                partial(hub.position, key),
+                fresh_after=positions[key] + 1 if key in resynced else None,
+            )
+            if taken.since < positions[key] and hub.ring_since(key, taken.since, set()) is None:
+                # the ring no longer reaches back to that snapshot: take a newer one
+                taken = await self.snapshots.fetch(
+                    channel.owner_id, partial(hub.position, key), fresh_after=positions[key]
+                )
+            return taken
+
         async with asyncio.timeout(self.settings.snapshot_timeout_seconds * 3):
-            found = await asyncio.gather(*(self.snapshots.fetch(c.owner_id) for c in channels))
+            found = await asyncio.gather(*(one(c) for c in channels))
         return dict(zip(channels, found, strict=True))
 
     # -- periodic work --------------------------------------------------------------------------

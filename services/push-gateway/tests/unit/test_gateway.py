@@ -172,6 +172,21 @@ async def test_deltas_during_the_snapshot_fetch_follow_it_only_when_newer(harnes
     assert data(live)["version"] == 4
 
 
+async def test_a_shared_snapshot_is_followed_by_the_records_since_it_was_taken(
+    harness: Harness,
+) -> None:
+    first = await (await harness.connect()).start()
+    [snap] = await first.events(1)
+    harness.produce(*harness.slot_records(range(1, 5)))  # s1 v1..v4; the snapshot holds v2
+    await first.events(4)
+    late = await (await harness.connect()).start()  # reuses the snapshot taken before
+    events = await late.events(3)
+    assert [e["event"] for e in events] == ["snapshot", "slot", "slot"]
+    assert events[0]["id"] == snap["id"]  # the position the shared snapshot covers
+    assert [data(e)["version"] for e in events[1:]] == [3, 4]
+    assert harness.source.fetches == ["i1"]
+
+
 async def test_resume_from_the_ring_replays_exactly_the_missed_events(harness: Harness) -> None:
     harness.produce(*harness.slot_records(range(1, 6)))
     client = await (

@@ -15,40 +15,54 @@ async def test_concurrent_fetches_for_one_instructor_share_one_request() -> None
     source = FakeSnapshotSource({"i1": snapshot("i1", []), "i2": snapshot("i2", [])})
     source.gate = asyncio.Event()
     coalescer = CoalescingSnapshots(source)
-    waiters = [asyncio.create_task(coalescer.fetch("i1")) for _ in range(50)]
-    waiters.append(asyncio.create_task(coalescer.fetch("i2")))
+    waiters = [asyncio.create_task(coalescer.fetch("i1", lambda: 0)) for _ in range(50)]
+    waiters.append(asyncio.create_task(coalescer.fetch("i2", lambda: 0)))
     await asyncio.sleep(0)
     source.gate.set()
     results = await asyncio.gather(*waiters)
     assert sorted(source.fetches) == ["i1", "i2"]
-    assert {r.instructor_id for r in results[:50]} == {"i1"}
-    await coalescer.fetch("i1")  # a later request fetches again (no stale cache)
-    assert source.fetches.count("i1") == 2
+    assert {r.snapshot.instructor_id for r in results[:50]} == {"i1"}
+
+
+async def test_a_recent_snapshot_is_reused_unless_a_newer_one_is_required() -> None:
+    source = FakeSnapshotSource({"i1": snapshot("i1", [])})
+    coalescer = CoalescingSnapshots(source, reuse_seconds=60)
+    first = await coalescer.fetch("i1", lambda: 7)
+    assert first.since == 7
+    assert (await coalescer.fetch("i1", lambda: 9)) is first
+    assert (await coalescer.fetch("i1", lambda: 9, fresh_after=7)) is first
+    newer = await coalescer.fetch("i1", lambda: 9, fresh_after=8)
+    assert newer.since == 9
+    assert source.fetches == ["i1", "i1"]
+    expiring = CoalescingSnapshots(source, reuse_seconds=0)
+    await expiring.fetch("i1", lambda: 0)
+    await expiring.fetch("i1", lambda: 0)
+    assert source.fetches.count("i1") == 4
 
 
 async def test_a_failed_fetch_fails_every_waiter_and_is_not_remembered() -> None:
     source = FakeSnapshotSource()
     source.gate = asyncio.Event()
     coalescer = CoalescingSnapshots(source)
-    waiters = [asyncio.create_task(coalescer.fetch("nope")) for _ in range(3)]
+    waiters = [asyncio.create_task(coalescer.fetch("nope", lambda: 0)) for _ in range(3)]
     await asyncio.sleep(0)
     source.gate.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(r, SnapshotNotFound) for r in results)
     source.snapshots["nope"] = snapshot("nope", [])
-    assert (await coalescer.fetch("nope")).instructor_id == "nope"
+    assert (await coalescer.fetch("nope", lambda: 0)).snapshot.instructor_id == "nope"
 
 
 async def test_one_cancelled_waiter_does_not_cancel_the_others() -> None:
     source = FakeSnapshotSource({"i1": snapshot("i1", [])})
     source.gate = asyncio.Event()
     coalescer = CoalescingSnapshots(source)
-    first = asyncio.create_task(coalescer.fetch("i1"))
-    second = asyncio.create_task(coalescer.fetch("i1"))
+    first = asyncio.create_task(coalescer.fetch("i1", lambda: 0))
+    second = asyncio.create_task(coalescer.fetch("i1", lambda: 0))
     await asyncio.sleep(0)
     first.cancel()
     source.gate.set()
-    assert (await second).instructor_id == "i1"
+    assert (await second).snapshot.instructor_id == "i1"
     with pytest.raises(asyncio.CancelledError):
         await first
 

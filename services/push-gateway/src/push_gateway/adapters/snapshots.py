@@ -1,6 +1,9 @@
 """Schedule snapshots from the booking-api, with concurrent fetches coalesced."""
 
 import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
@@ -65,26 +68,70 @@ class FakeSnapshotSource:
         return snapshot
 
 
-class CoalescingSnapshots:
-    """Concurrent requests for one instructor share a single in-flight fetch, so a wave of
-    reconnects after a gateway restart costs the booking-api one request per instructor."""
+@dataclass(frozen=True)
+class TakenSnapshot:
+    """A snapshot and the hub's position on its partition when the fetch began: every
+    record up to ``since`` is reflected in it; later ones may or may not be."""
 
-    def __init__(self, source: SnapshotSource) -> None:
+    snapshot: ScheduleSnapshot
+    since: int
+    taken_at: float
+
+
+class CoalescingSnapshots:
+    """Snapshots shared between connections, so a wave of (re)connects costs the booking-api
+    about one request per instructor rather than one per client.
+
+    Concurrent requests share one in-flight fetch, and a snapshot is reused for
+    ``reuse_seconds`` after it arrived. Sharing is safe because each snapshot carries the
+    position its fetch started at: a connection that subscribed later replays the records
+    in between from the ring buffer (filtered by version), as it would its own buffer.
+    """
+
+    def __init__(self, source: SnapshotSource, reuse_seconds: float = 1.0) -> None:
         self._source = source
-        self._in_flight: dict[str, asyncio.Future[ScheduleSnapshot]] = {}
+        self._reuse = reuse_seconds
+        self._in_flight: dict[str, asyncio.Future[TakenSnapshot]] = {}
+        self._recent: dict[str, TakenSnapshot] = {}
         self.fetches = 0
 
-    async def fetch(self, instructor_id: str) -> ScheduleSnapshot:
+    async def fetch(
+        self, instructor_id: str, position: Callable[[], int], fresh_after: int | None = None
+    ) -> TakenSnapshot:
+        """A snapshot for ``instructor_id``; ``position()`` reads the hub's current position
+        on the instructor's partition. With ``fresh_after``, only a snapshot taken at or
+        after that position will do."""
+        recent = self._recent.get(instructor_id)
+        if (
+            recent is not None
+            and time.monotonic() - recent.taken_at <= self._reuse
+            and (fresh_after is None or recent.since >= fresh_after)
+        ):
+            return recent
         future = self._in_flight.get(instructor_id)
         if future is None:
             self.fetches += 1
-            future = asyncio.ensure_future(self._source.fetch(instructor_id))
+            future = asyncio.ensure_future(self._fetch(instructor_id, position()))
             self._in_flight[instructor_id] = future
             future.add_done_callback(lambda done: self._settle(instructor_id, done))
         # shield: one waiter giving up (client gone) must not cancel the others' fetch
-        return await asyncio.shield(future)
+        taken = await asyncio.shield(future)
+        if fresh_after is not None and taken.since < fresh_after:
+            self.fetches += 1
+            taken = await self._fetch(instructor_id, position())
+        return taken
 
-    def _settle(self, instructor_id: str, done: "asyncio.Future[ScheduleSnapshot]") -> None:
+    async def _fetch(self, instructor_id: str, since: int) -> TakenSnapshot:
+        snapshot = await self._source.fetch(instructor_id)
+        taken = TakenSnapshot(snapshot, since, time.monotonic())
+        self._recent[instructor_id] = taken
+        return taken
+
+    def _settle(self, instructor_id: str, done: "asyncio.Future[TakenSnapshot]") -> None:
         self._in_flight.pop(instructor_id, None)
         if not done.cancelled():
             done.exception()  # retrieved here so an unawaited failure is not reported as lost
+        if len(self._recent) > 10_000:
+            cutoff = time.monotonic() - self._reuse
+            for key in [k for k, v in self._recent.items() if v.taken_at < cutoff]:
+                del self._recent[key]

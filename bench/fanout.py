@@ -1,0 +1,852 @@
+"""SSE fan-out benchmark: the push-gateway against Nchan and Pushpin, same workload.
+
+N SSE connections spread over C channels (plus idle connections up to --idle-connections),
+events offered at R deliveries/s for D seconds. The server runs pinned to one core, this
+process (load client, publisher, Tansu, fake origins) to the other. Per server: deliveries/s,
+latency p50/p99 (publish -> client, from a timestamp inside each event), loss, RSS per
+connection, server CPU per delivery (from /proc/<pid>/stat of the server's process tree),
+and this process's own CPU, so a saturated client is not mistaken for a slow server.
+Also: the gateway's ingest rate for events nobody subscribes to (a backlog drained from
+Tansu). Results: bench/results/fanout.json.
+
+    .venv/bin/python bench/fanout.py                       # default, a few minutes
+    .venv/bin/python bench/fanout.py --servers gateway --connections 2000 --rate 20000
+
+Figures are noisy when other work shares the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+from aiokafka import AIOKafkaProducer
+
+from slotstream_testkit.kafka import TansuBroker, create_topics
+from slotstream_testkit.net import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "fanout.json"
+NCHAN_MODULE = Path("/usr/share/nginx/modules/ngx_nchan_module.so")
+TS_TOKEN = b'"ts":'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+# -- process accounting ------------------------------------------------------------------
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    total = 0
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def tree_rss_bytes(root: int) -> int:
+    total = 0
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+    return total
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- the load client ------------------------------------------------------------------------
+class SseClient(asyncio.Protocol):
+    """Counts events by the timestamp key inside each payload; sampled connections also
+    parse the timestamps for latency. Kept lean: the client must not be the bottleneck."""
+
+    __slots__ = ("transport", "count", "tail", "sample", "buffer", "opened", "latencies")
+
+    def __init__(self, sample: bool, latencies: list[int]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.count = 0
+        self.tail = b""
+        self.sample = sample
+        self.buffer = b""
+        self.opened = False
+        self.latencies = latencies
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.opened:
+            self.opened = b" 200 " in data[:20] or self.opened
+        if self.sample:
+            now = time.time_ns()
+            buf = self.buffer + data
+            cut = buf.rfind(b"\n\n") + 2
+            complete, self.buffer = buf[:cut], buf[cut:]
+            position = complete.find(TS_TOKEN)
+            while position >= 0:
+                start = position + len(TS_TOKEN)
+                end = start
+                while complete[end : end + 1].isdigit():
+                    end += 1
+                self.latencies.append(now - int(complete[start:end]))
+                self.count += 1
+                position = complete.find(TS_TOKEN, end)
+        else:
+            joined = self.tail + data
+            self.count += joined.count(TS_TOKEN)
+            self.tail = joined[-(len(TS_TOKEN) - 1) :]
+
+
+@dataclass
+class Load:
+    clients: list[SseClient] = field(default_factory=list)
+    latencies: list[int] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def received(self) -> int:
+        return sum(c.count for c in self.clients)
+
+    def close(self) -> None:
+        for client in self.clients:
+            if client.transport is not None:
+                client.transport.abort()
+
+
+async def open_streams(
+    port: int, paths: list[str], latencies: list[int], sample_every: int, load: Load
+) -> int:
+    """Open one SSE request per path; returns how many got a 200."""
+    loop = asyncio.get_running_loop()
+    semaphore = asyncio.Semaphore(256)
+
+    async def one(index: int, path: str) -> None:
+        async with semaphore:
+            client = SseClient(sample_every > 0 and index % sample_every == 0, latencies)
+            try:
+                await loop.create_connection(lambda: client, "127.0.0.1", port)
+            except OSError as exc:
+                load.errors[type(exc).__name__] = load.errors.get(type(exc).__name__, 0) + 1
+                return
+            load.clients.append(client)
+            assert client.transport is not None
+            client.transport.write(
+                f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+    print(f"  {len(load.clients)} connected in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    deadline = time.monotonic() + 60
+    last_report = time.monotonic()
+    while time.monotonic() < deadline:
+        opened = sum(1 for c in load.clients if c.opened)
+        if opened >= len(paths):
+            break
+        if time.monotonic() - last_report > 5:
+            last_report = time.monotonic()
+            print(f"  {opened}/{len(paths)} streams open", file=sys.stderr)
+        await asyncio.sleep(0.1)
+    return sum(1 for c in load.clients if c.opened)
+
+
+def payload(seq: int, channel: str, pad: str) -> bytes:
+    return f'{{"ts":{time.time_ns()},"seq":{seq},"ch":"{channel}","pad":"{pad}"}}'.encode()
+
+
+# -- servers under test ---------------------------------------------------------------------
+class Server:
+    name = ""
+    port = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def sub_path(self, channel: str) -> str:
+        raise NotImplementedError
+
+    async def start(self, tmp: Path, core: int) -> None:
+        raise NotImplementedError
+
+    async def publish(self, events: list[tuple[str, bytes]]) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.process.wait, 10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.process = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+class FakeBookingApi:
+    """Answers every schedule request with an empty snapshot (keep-alive HTTP/1.1)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                path = head.split(b" ", 2)[1].decode()
+                instructor = path.split("/")[3]
+                body = json.dumps(
+                    {
+                        "instructorId": instructor,
+                        "from": "2026-11-22T00:00:00Z",
+                        "to": "2026-12-21T00:00:00Z",
+                        "slots": [],
+                        "version": 0,
+                        "generatedAt": "2026-11-23T00:00:00Z",
+                    }
+                ).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+class GatewayServer(Server):
+    name = "push-gateway"
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], booking: FakeBookingApi) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.booking = booking
+        self.producer: AIOKafkaProducer | None = None
+        self.extra_env: dict[str, str] = {}
+
+    def sub_path(self, channel: str) -> str:
+        return f"/api/book-now/schedule-updates?instructorId={channel}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(self.port),
+            "GATEWAY_INSTANCE_ID": f"bench-{uuid.uuid4().hex[:6]}",
+            "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+            "GATEWAY_TOPICS__SCHEDULE": self.topics["schedule"],
+            "GATEWAY_TOPICS__NOTIFICATIONS": self.topics["notifications"],
+            "GATEWAY_TOPICS__PRESENCE": self.topics["presence"],
+            "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{self.booking.port}",
+            "GATEWAY_PRESENCE_EVENTS": "false",
+            "GATEWAY_MAX_CONNECTIONS": "19000",
+            "GATEWAY_LOG__LEVEL": "WARNING",
+            **self.extra_env,
+        }
+
+    async def start(self, tmp: Path, core: int) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(core), sys.executable, "-m", "push_gateway"],
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / f"gateway-{self.port}.log", "ab"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        await wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
+        if self.producer is None:
+            self.producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                enable_idempotence=False,
+                linger_ms=2,
+                max_batch_size=256 * 1024,
+                acks=1,
+            )
+            await self.producer.start()
+
+    async def publish(self, events: list[tuple[str, bytes]]) -> None:
+        assert self.producer is not None
+        topic = self.topics["schedule"]
+        for channel, value in events:
+            await self.producer.send(topic, value, key=channel.encode(), headers=HEADERS)
+
+    async def records_ingested(self) -> int:
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        for line in text.splitlines():
+            if line.startswith("gateway_records_total "):
+                return int(float(line.split()[1]))
+        return 0
+
+    async def close_producer(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+
+HEADERS = [("ce_type", b"slot.updated"), ("content-type", b"application/cloudevents+json")]
+
+
+class NchanServer(Server):
+    name = "nchan"
+
+    def __init__(self) -> None:
+        self._publishers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._drain_tasks: list[asyncio.Task[None]] = []
+        self._next = 0
+
+    def sub_path(self, channel: str) -> str:
+        return f"/sub/{channel}"
+
+    async def start(self, tmp: Path, core: int) -> None:
+        self.port = free_port()
+        home = tmp / "nchan"
+        home.mkdir(exist_ok=True)
+        conf = home / "nginx.conf"
+        conf.write_text(
+            f"""
+load_module {NCHAN_MODULE};
+worker_processes 1;
+worker_rlimit_nofile 19500;
+pid {home}/nginx.pid;
+error_log {home}/error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  client_body_temp_path {home}/body;
+  proxy_temp_path {home}/proxy;
+  fastcgi_temp_path {home}/fastcgi;
+  uwsgi_temp_path {home}/uwsgi;
+  scgi_temp_path {home}/scgi;
+  server {{
+    listen 127.0.0.1:{self.port};
+    location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
+    location ~ ^/pub/(\\w+)$ {{
+      nchan_publisher; nchan_channel_id $1;
+      nchan_message_buffer_length 64; nchan_message_timeout 60s;
+    }}
+  }}
+}}
+"""
+        )
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                str(core),
+                nginx,
+                "-c",
+                str(conf),
+                "-p",
+                str(home),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", self.port, 10)
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self._publishers.append((reader, writer))
+            self._drain_tasks.append(asyncio.create_task(_discard(reader)))
+
+    async def publish(self, events: list[tuple[str, bytes]]) -> None:
+        # pipelined keep-alive POSTs over a few connections: one message per request
+        for channel, value in events:
+            _, writer = self._publishers[self._next % len(self._publishers)]
+            self._next += 1
+            writer.write(
+                b"POST /pub/" + channel.encode() + b" HTTP/1.1\r\nHost: b\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: "
+                + str(len(value)).encode()
+                + b"\r\n\r\n"
+                + value
+            )
+
+    async def stop(self) -> None:
+        for task in self._drain_tasks:
+            task.cancel()
+        for _, writer in self._publishers:
+            writer.close()
+        self._publishers.clear()
+        await super().stop()
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+        while await reader.read(1 << 16):
+            pass
+
+
+class PushpinServer(Server):
+    """Pushpin in front of a GRIP origin (in this process) that holds every stream."""
+
+    name = "pushpin"
+
+    def __init__(self) -> None:
+        self.origin_port = free_port()
+        self.publish_port = 0
+        self._origin: asyncio.Server | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def sub_path(self, channel: str) -> str:
+        return f"/sub/{channel}"
+
+    async def _grip(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                channel = head.split(b" ", 2)[1].rsplit(b"/", 1)[1]
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Grip-Hold: stream\r\nGrip-Channel: " + channel + b"\r\n"
+                    b"Content-Length: 5\r\n\r\n:ok\n\n"
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def start(self, tmp: Path, core: int) -> None:
+        self._origin = await asyncio.start_server(self._grip, "127.0.0.1", self.origin_port)
+        self.port = free_port()
+        self.publish_port = free_port()
+        home = tmp / "pushpin"
+        for sub in ("run", "log"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        (home / "routes").write_text(f"* 127.0.0.1:{self.origin_port}\n")
+        template = Path("/etc/pushpin/pushpin.conf").read_text()
+        replacements = {
+            "rundir=": f"rundir={home}/run",
+            "http_port=": f"http_port=127.0.0.1:{self.port}",
+            "logdir=": f"logdir={home}/log",
+            "routesfile=": f"routesfile={home}/routes",
+            "push_in_spec=": f"push_in_spec=tcp://127.0.0.1:{free_port()}",
+            "push_in_sub_specs=": f"push_in_sub_specs=tcp://127.0.0.1:{free_port()}",
+            "push_in_http_port=": f"push_in_http_port={self.publish_port}",
+            "command_spec=tcp": f"command_spec=tcp://127.0.0.1:{free_port()}",
+            # defaults throttle publishing to 2,500 messages/s; lift it for a fair run
+            "message_rate=": "message_rate=1000000",
+            "message_hwm=": "message_hwm=1000000",
+            "client_maxconn=": "client_maxconn=19000",
+            "stats_report_interval=": "stats_report_interval=600",
+            # the origin is reached through zurl (Debian's default list omits it)
+            "services=": "services=condure,zurl,pushpin-proxy,pushpin-handler",
+        }
+        lines = []
+        for line in template.splitlines():
+            for prefix, new in replacements.items():
+                if line.startswith(prefix):
+                    line = new
+            lines.append(line)
+            if line.strip() == "[proxy]":
+                # talk to the zurl the runner starts (internal.conf points at a system one)
+                lines += [
+                    "zurl_out_specs=ipc://{rundir}/{ipc_prefix}zurl-in",
+                    "zurl_out_stream_specs=ipc://{rundir}/{ipc_prefix}zurl-in-stream",
+                    "zurl_in_specs=ipc://{rundir}/{ipc_prefix}zurl-out",
+                ]
+        conf = home / "pushpin.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(core), "pushpin", "--config", str(conf)],
+            stdout=open(home / "log" / "stdout.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", self.port, 20)
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", self.publish_port, 20)
+        self._client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.publish_port}")
+
+    async def publish(self, events: list[tuple[str, bytes]]) -> None:
+        # one control request per tick carrying every item (Pushpin's batch form)
+        assert self._client is not None
+        items = [
+            {
+                "channel": channel,
+                "formats": {
+                    "http-stream": {"content": "event: slot\ndata: " + value.decode() + "\n\n"}
+                },
+            }
+            for channel, value in events
+        ]
+        await self._client.post("/publish/", json={"items": items})
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self._origin is not None:
+            self._origin.close()
+        await super().stop()
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url, timeout=1)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(url)
+
+
+# -- one run ------------------------------------------------------------------------------------
+def percentile(values: list[int], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] / 1e6
+
+
+async def run_fanout(server: Server, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    await server.start(tmp, args.server_core)
+    try:
+        await asyncio.sleep(0.5)
+        rss_base = tree_rss_bytes(server.pid)
+        channels = [f"b{n}" for n in range(args.channels)]
+        load = Load()
+        paths = [server.sub_path(channels[i % len(channels)]) for i in range(args.connections)]
+        idle = max(0, args.idle_connections - args.connections)
+        paths += [server.sub_path(f"idle{i % 50}") for i in range(idle)]
+        t_connect = time.monotonic()
+        opened = await open_streams(server.port, paths, load.latencies, args.sample_every, load)
+        connect_seconds = time.monotonic() - t_connect
+        await asyncio.sleep(1.0)
+        rss_connected = tree_rss_bytes(server.pid)
+        per_channel = args.connections // len(channels)
+        events_per_second = args.rate / per_channel
+        ticks_per_second = 100
+        per_tick = events_per_second / ticks_per_second
+        pad = "x" * args.pad
+        load.latencies.clear()
+        baseline_received = load.received
+        cpu_before = tree_cpu_seconds(server.pid)
+        own_before = own_cpu_seconds()
+        started = time.monotonic()
+        sent = 0
+        owed = 0.0
+        seq = 0
+        tick = 1 / ticks_per_second
+        next_tick = started
+        while time.monotonic() - started < args.duration:
+            owed += per_tick
+            batch = []
+            while owed >= 1:
+                owed -= 1
+                channel = channels[seq % len(channels)]
+                batch.append((channel, payload(seq, channel, pad)))
+                seq += 1
+            if batch:
+                await server.publish(batch)
+                sent += len(batch)
+            next_tick += tick
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+        publish_seconds = time.monotonic() - started
+        expected = sent * per_channel
+        drain_deadline = time.monotonic() + args.drain
+        while load.received - baseline_received < expected and time.monotonic() < drain_deadline:
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        cpu = tree_cpu_seconds(server.pid) - cpu_before
+        own = own_cpu_seconds() - own_before
+        received = load.received - baseline_received
+        rss_loaded = tree_rss_bytes(server.pid)
+        load.close()
+        return {
+            "server": server.name,
+            "connections_requested": len(paths),
+            "connections_open": opened,
+            "connect_seconds": round(connect_seconds, 2),
+            "connect_errors": load.errors,
+            "not_200": sum(1 for c in load.clients if not c.opened),
+            "channels": len(channels),
+            "subscribers_per_channel": per_channel,
+            "offered_deliveries_per_s": round(expected / publish_seconds),
+            "events_published": sent,
+            "deliveries_expected": expected,
+            "deliveries_received": received,
+            "deliveries_per_s": round(received / elapsed),
+            "loss_fraction": round(max(0, expected - received) / expected, 4) if expected else None,
+            "latency_ms_p50": percentile(load.latencies, 0.50),
+            "latency_ms_p99": percentile(load.latencies, 0.99),
+            "latency_samples": len(load.latencies),
+            "server_cpu_seconds": round(cpu, 2),
+            "server_cpu_us_per_delivery": round(cpu / received * 1e6, 2) if received else None,
+            "server_core_utilisation": round(cpu / elapsed, 2),
+            "client_core_utilisation": round(own / elapsed, 2),
+            "rss_base_mb": round(rss_base / 1e6, 1),
+            "rss_per_connection_kb": round((rss_connected - rss_base) / max(1, opened) / 1e3, 2),
+            "rss_loaded_mb": round(rss_loaded / 1e6, 1),
+        }
+    finally:
+        await server.stop()
+
+
+async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The gateway's ingest ceiling for records nobody subscribes to: with the gateway
+    frozen (SIGSTOP), a backlog is produced; after SIGCONT it is timed draining it."""
+    records = args.ingest_records
+    await gateway.start(tmp, args.server_core)
+    process = gateway.process
+    assert process is not None
+    try:
+        process.send_signal(signal.SIGSTOP)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=gateway.bootstrap,
+            enable_idempotence=False,
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            acks=1,
+        )
+        await producer.start()
+        try:
+            value = payload(0, "nobody", "x" * args.pad)
+            topic = gateway.topics["schedule"]
+            futures = [
+                await producer.send(topic, value, key=f"k{n % 997}".encode(), headers=HEADERS)
+                for n in range(records)
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        before = tree_cpu_seconds(gateway.pid)
+        process.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        seen = 0
+        async with asyncio.timeout(120):
+            while seen < records:
+                await asyncio.sleep(0.1)  # a scrape costs the gateway CPU: not too often
+                seen = await gateway.records_ingested()
+        seconds = time.monotonic() - started
+        cpu = tree_cpu_seconds(gateway.pid) - before
+        return {
+            "server": gateway.name,
+            "partitions": 4,
+            "backlog_records": records,
+            "records_ingested": seen,
+            "drain_seconds": round(seconds, 3),
+            "records_per_s": round(records / seconds),
+            "server_cpu_us_per_record": round(cpu / records * 1e6, 2),
+            "ceiling_records_per_s_from_cpu": round(records / cpu) if cpu else None,
+        }
+    finally:
+        await gateway.close_producer()
+        await gateway.stop()
+
+
+@contextlib.contextmanager
+def pinned(core: int) -> Iterator[None]:
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "benchmark": "fanout",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "workload": {
+            "connections": args.connections,
+            "idle_connections_total": max(args.idle_connections, args.connections),
+            "channels": args.channels,
+            "offered_deliveries_per_s": args.rate,
+            "duration_s": args.duration,
+            "payload_bytes_about": len(payload(0, "b0", "x" * args.pad)),
+            "server_core": args.server_core,
+            "client_core": args.client_core,
+        },
+        "note": "2-core machine shared with other work: figures are noisy; the load "
+        "client, publisher, Tansu and fake origins share the client core.",
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp_name:
+        tmp = Path(tmp_name)
+        broker: TansuBroker | None = None
+        booking = FakeBookingApi()
+        await booking.start()
+        try:
+            if "gateway" in args.servers or "ingest" in args.servers:
+                broker = TansuBroker(log_path=tmp / "tansu.log")
+                await asyncio.to_thread(broker.start)
+            for name in args.servers:
+                if name == "gateway":
+                    assert broker is not None
+                    topics = await fresh_topics(broker.bootstrap_servers)
+                    server: Server = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    try:
+                        results["runs"].append(await run_fanout(server, args, tmp))
+                    finally:
+                        await server.close_producer()  # type: ignore[attr-defined]
+                elif name == "nchan":
+                    if not NCHAN_MODULE.exists():
+                        results["runs"].append({"server": "nchan", "skipped": "not installed"})
+                        continue
+                    results["runs"].append(await run_fanout(NchanServer(), args, tmp))
+                elif name == "pushpin":
+                    if shutil.which("pushpin") is None:
+                        results["runs"].append({"server": "pushpin", "skipped": "not installed"})
+                        continue
+                    results["runs"].append(await run_fanout(PushpinServer(), args, tmp))
+                elif name == "ingest":
+                    assert broker is not None
+                    topics = await fresh_topics(broker.bootstrap_servers)
+                    gateway = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    results["ingest"] = await run_ingest(gateway, args, tmp)
+                print(json.dumps(results["runs"][-1] if name != "ingest" else results["ingest"]))
+        finally:
+            await booking.stop()
+            if broker is not None:
+                broker.stop()
+    return results
+
+
+async def fresh_topics(bootstrap: str) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        "schedule": f"bench.{tag}.schedule",
+        "notifications": f"bench.{tag}.notifications",
+        "presence": f"bench.{tag}.presence",
+    }
+    await create_topics(
+        bootstrap,
+        {topics["schedule"]: 4, topics["notifications"]: 2, topics["presence"]: 1},
+        {topics["presence"]: {"cleanup.policy": "compact"}},
+    )
+    return topics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=10000,
+        help="total connections held open (extra ones on idle channels)",
+    )
+    parser.add_argument("--channels", type=int, default=500)
+    parser.add_argument("--rate", type=int, default=100_000, help="offered deliveries/s")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait for stragglers")
+    parser.add_argument("--pad", type=int, default=250, help="payload padding bytes")
+    parser.add_argument(
+        "--sample-every", type=int, default=10, help="parse latency on every n-th connection"
+    )
+    parser.add_argument("--ingest-records", type=int, default=200_000)
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["gateway", "nchan", "pushpin", "ingest"],
+        choices=["gateway", "nchan", "pushpin", "ingest"],
+    )
+    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument("--client-core", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.idle_connections > hard - 500:
+        args.idle_connections = hard - 500
+    with pinned(args.client_core):
+        results = uvloop.run(main_async(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(render_table(results))
+    print(f"written to {args.out}")
+
+
+def render_table(results: dict[str, Any]) -> str:
+    rows = [
+        "| server | conns open | deliveries/s (offered) | loss | p50 ms | p99 ms "
+        "| server CPU µs/delivery | RSS/conn kB | server core | client core |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt: Callable[[Any], str] = lambda v: "–" if v is None else str(v)  # noqa: E731
+    for run in results["runs"]:
+        if "skipped" in run:
+            rows.append(f"| {run['server']} | skipped: {run['skipped']} |||||||||")
+            continue
+        rows.append(
+            f"| {run['server']} | {run['connections_open']} | {run['deliveries_per_s']} "
+            f"({run['offered_deliveries_per_s']}) | {run['loss_fraction']:.2%} "
+            f"| {fmt(run['latency_ms_p50'])} | {fmt(run['latency_ms_p99'])} "
+            f"| {fmt(run['server_cpu_us_per_delivery'])} | {run['rss_per_connection_kb']} "
+            f"| {run['server_core_utilisation']} | {run['client_core_utilisation']} |"
+        )
+    ingest = results.get("ingest")
+    if ingest:
+        rows.append("")
+        rows.append(
+            f"Ingest without subscribers: {ingest['records_per_s']} records/s draining a "
+            f"{ingest['backlog_records']}-record backlog from Tansu "
+            f"({ingest['server_cpu_us_per_record']} µs of gateway CPU per record; CPU-bound "
+            f"ceiling {fmt(ingest['ceiling_records_per_s_from_cpu'])} records/s)."
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

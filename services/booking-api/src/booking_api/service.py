@@ -20,6 +20,7 @@ Partial failure, step by step (a store write can fail or time out at any point):
 """
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from weakref import WeakValueDictionary
@@ -29,6 +30,7 @@ import structlog
 from booking_api.domain import authz, bookings, slots
 from booking_api.domain.errors import Conflict, NotFound
 from booking_api.domain.notifications import booking_notifications
+from booking_api.ids import new_id
 from booking_api.ports import DuplicateKey, Storage
 from slotstream_contracts.auth import Principal
 from slotstream_contracts.documents import (
@@ -38,9 +40,17 @@ from slotstream_contracts.documents import (
     SlotDocument,
 )
 from slotstream_contracts.entities import BookingStatus, NotificationKind, SlotStatus
-from slotstream_contracts.ids import new_id
 
 log = structlog.get_logger("booking_api.service")
+_stdlib_log = logging.getLogger("booking_api.service")
+
+
+def _info(event: str, **fields: object) -> None:
+    """Log at INFO only when enabled: structlog would render the event before the stdlib
+    level check drops it, which costs the booking hot path for nothing."""
+    if _stdlib_log.isEnabledFor(logging.INFO):
+        log.info(event, **fields)
+
 
 Clock = Callable[[], datetime]
 
@@ -76,7 +86,7 @@ class BookingService:
             await self._storage.instructors.insert(instructor)
         except DuplicateKey:
             raise Conflict(f"instructor {chosen} already exists", instructorId=chosen) from None
-        log.info("instructor.created", instructor_id=chosen)
+        _info("instructor.created", instructor_id=chosen)
         return instructor
 
     async def list_instructors(self, limit: int) -> list[InstructorDocument]:
@@ -130,7 +140,7 @@ class BookingService:
                     f"instructor {instructor_id} already has a slot starting "
                     f"{window.start.isoformat()}"
                 ) from None
-        log.info("slot.created", slot_id=slot.id, instructor_id=instructor_id)
+        _info("slot.created", slot_id=slot.id, instructor_id=instructor_id)
         return slot
 
     async def delete_slot(self, principal: Principal, slot_id: str) -> SlotDocument:
@@ -148,7 +158,7 @@ class BookingService:
             if current is not None and current.status is SlotStatus.DELETED:
                 return current
             raise Conflict(f"slot {slot_id} was just booked; cancel the booking first")
-        log.info("slot.deleted", slot_id=slot_id, instructor_id=slot.instructor_id)
+        _info("slot.deleted", slot_id=slot_id, instructor_id=slot.instructor_id)
         return deleted
 
     # Bookings
@@ -179,7 +189,7 @@ class BookingService:
             await asyncio.shield(self._storage.slots.release(slot_id, booking_id, self.now()))
             log.warning("booking.compensated", slot_id=slot_id, booking_id=booking_id)
             raise
-        log.info("booking.created", booking_id=booking_id, slot_id=slot_id)
+        _info("booking.created", booking_id=booking_id, slot_id=slot_id)
         await self._notify(booking, NotificationKind.BOOKING_CREATED, principal.name, None)
         return booking
 
@@ -198,7 +208,7 @@ class BookingService:
             await self._storage.slots.release(current.slot_id, booking_id, self.now())
             return current
         await self._storage.slots.release(booking.slot_id, booking_id, self.now())
-        log.info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
+        _info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
         by = None
         if principal.user_id != booking.student_id:
             own = principal.user_id == booking.instructor_id

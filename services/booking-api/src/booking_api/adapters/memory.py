@@ -55,8 +55,12 @@ def bson_value(value: Any) -> Any:
 
 
 def _copy(doc: Document) -> Document:
-    copied: Document = bson_value(doc)
-    return copied
+    """A copy of a stored document. Stored values are already BSON-normalised and scalars
+    are immutable, so only nested containers need a deep copy (the hot path is flat)."""
+    return {k: bson_value(v) if type(v) in _CONTAINERS else v for k, v in doc.items()}
+
+
+_CONTAINERS = (dict, list)
 
 
 class MemoryCollection:
@@ -82,14 +86,16 @@ class MemoryCollection:
         return None if doc is None else _copy(doc)
 
     def peek(self, doc_id: str) -> Document | None:
-        """The stored document itself, for read-only use inside this module."""
+        """The stored document itself, read-only. Validating it into a (frozen) model copies
+        it, as every stored document is flat with immutable values."""
         return self._docs.get(doc_id)
 
     def all(self) -> list[Document]:
         return [_copy(d) for d in self._docs.values()]
 
     def insert(self, doc: Document) -> Document:
-        stored = bson_value(doc)
+        """Store a copy of ``doc``; return the stored document (read-only for callers)."""
+        stored: Document = bson_value(doc)
         doc_id = stored["_id"]
         if doc_id in self._docs:
             raise DuplicateKey(f"{self.name}: duplicate _id {doc_id!r}")
@@ -101,9 +107,9 @@ class MemoryCollection:
         self._docs[doc_id] = stored
         if self._changelog is not None:
             self._changelog.record(
-                OperationType.INSERT, self.name, doc_id, full_document=bson_value(stored)
+                OperationType.INSERT, self.name, doc_id, full_document=_copy(stored)
             )
-        return _copy(stored)
+        return stored
 
     def update(
         self,
@@ -113,7 +119,8 @@ class MemoryCollection:
         unset: tuple[str, ...] = (),
         bump_version: bool = True,
     ) -> Document | None:
-        """Compare-and-set: apply the change only if ``match`` holds for the stored doc."""
+        """Compare-and-set: apply the change only if ``match`` holds for the stored doc.
+        Returns the stored document after the change (read-only for callers)."""
         current = self._docs.get(doc_id)
         if current is None or not match(current):
             return None
@@ -139,10 +146,10 @@ class MemoryCollection:
                 OperationType.UPDATE,
                 self.name,
                 doc_id,
-                full_document=bson_value(updated),
+                full_document=_copy(updated),
                 update=UpdateDescription(updated_fields=changes, removed_fields=removed),
             )
-        return _copy(updated)
+        return updated
 
     def delete(self, doc_id: str) -> bool:
         current = self._docs.pop(doc_id, None)
@@ -187,7 +194,7 @@ class MemoryInstructors:
 
     async def get(self, instructor_id: str) -> InstructorDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.get(instructor_id)
+        doc = self._c.peek(instructor_id)
         return None if doc is None else InstructorDocument.model_validate(doc)
 
     async def list(self, limit: int) -> list[InstructorDocument]:
@@ -214,7 +221,7 @@ class MemorySlots:
 
     async def get(self, slot_id: str) -> SlotDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.get(slot_id)
+        doc = self._c.peek(slot_id)
         return None if doc is None else SlotDocument.model_validate(doc)
 
     async def find_live_overlapping(
@@ -244,7 +251,7 @@ class MemorySlots:
                 and doc["start"] < end
                 and start < doc["end"]
             ):
-                found.append(SlotDocument.model_validate(bson_value(doc)))
+                found.append(SlotDocument.model_validate(doc))
         return found
 
     async def book(
@@ -297,7 +304,7 @@ class MemoryBookings:
 
     async def get(self, booking_id: str) -> BookingDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.get(booking_id)
+        doc = self._c.peek(booking_id)
         return None if doc is None else BookingDocument.model_validate(doc)
 
     async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
@@ -317,7 +324,7 @@ class MemoryBookings:
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
-        return [BookingDocument.model_validate(bson_value(d)) for d in newest[:limit]]
+        return [BookingDocument.model_validate(d) for d in newest[:limit]]
 
 
 class MemoryNotifications:
@@ -340,7 +347,7 @@ class MemoryNotifications:
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
-        return [NotificationDocument.model_validate(bson_value(d)) for d in newest[:limit]]
+        return [NotificationDocument.model_validate(d) for d in newest[:limit]]
 
     async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
         await asyncio.sleep(0)
@@ -363,7 +370,7 @@ class MemoryIdempotency:
         existing = self._c.peek(record.id)
         if existing is not None:
             if existing["expiresAt"] > now:
-                return IdempotencyRecord.model_validate(bson_value(existing))
+                return IdempotencyRecord.model_validate(existing)
             # Expired: Mongo's TTL monitor removes these within a minute; do it now.
             self._c.delete(record.id)
         self._c.insert(record.to_document())

@@ -35,36 +35,51 @@ class AppParts:
     runtime: Runtime | None = None
 
 
+# Dependencies read ``app.state`` directly instead of depending on each other: every
+# dependency node costs FastAPI a resolution step on every request (the hot path counts).
+
+
 async def get_parts(request: Request) -> AppParts:
     parts: AppParts = request.app.state.parts
     return parts
 
 
-async def get_runtime(parts: Annotated[AppParts, Depends(get_parts)]) -> Runtime:
-    if parts.runtime is None:
+async def get_service(request: Request) -> BookingService:
+    runtime = request.app.state.parts.runtime
+    if runtime is None:
         raise StorageUnavailable("the service is starting; storage is not open yet")
-    return parts.runtime
+    service: BookingService = runtime.service
+    return service
 
 
-async def get_service(runtime: Annotated[Runtime, Depends(get_runtime)]) -> BookingService:
-    return runtime.service
+bearer = HTTPBearer(auto_error=False, description="JWT: sub, role, exp (slotstream-token)")
 
 
-_bearer = HTTPBearer(auto_error=False, description="JWT: sub, role, exp (slotstream-token)")
-
-
-async def current_principal(
-    parts: Annotated[AppParts, Depends(get_parts)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    if credentials is None:
+def authenticate(request: Request, token: str | None) -> Principal:
+    """The verified caller, or ``AuthError`` (401)."""
+    if token is None:
         raise AuthError("this route needs an Authorization: Bearer <token> header")
+    parts: AppParts = request.app.state.parts
     try:
-        return parts.tokens.verify(credentials.credentials)
+        return parts.tokens.verify(token)
     except InvalidToken as exc:
         raise AuthError(f"the bearer token is not valid: {exc}", error="invalid_token") from None
     except Exception:  # PyJWT raises a few non-PyJWTError types on odd input
         raise AuthError("the bearer token is not valid", error="invalid_token") from None
+
+
+def authenticate_header(request: Request) -> Principal:
+    """``authenticate`` reading the Authorization header directly (no dependency)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return authenticate(request, token if scheme.lower() == "bearer" and token else None)
+
+
+async def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    return authenticate(request, None if credentials is None else credentials.credentials)
 
 
 Parts = Annotated[AppParts, Depends(get_parts)]

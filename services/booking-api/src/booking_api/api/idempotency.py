@@ -9,22 +9,41 @@ a retry runs again. Records expire after ``BOOKING_API_IDEMPOTENCY_TTL_SECONDS``
 """
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import orjson
 from pydantic import BaseModel
+from starlette.requests import Request
 from starlette.responses import Response
 
 from booking_api.api.problems import domain_problem, problem
 from booking_api.api.responses import JSON, PROBLEM_JSON
-from booking_api.domain.errors import DomainError
+from booking_api.domain.errors import DomainError, InvalidRequest
 from booking_api.ports import IdempotencyRecord
 from booking_api.service import BookingService
 from slotstream_contracts.auth import Principal
 
 KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+_KEY_RE = re.compile(KEY_PATTERN)
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    pass
+
+
+def idempotency_header(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header, validated like a declared header parameter."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and _KEY_RE.fullmatch(key) is None:
+        raise InvalidIdempotencyKey(
+            "header.Idempotency-Key: 1 to 255 printable ASCII characters without spaces"
+        )
+    return key
 
 
 def fingerprint(method: str, path: str, body: BaseModel) -> str:

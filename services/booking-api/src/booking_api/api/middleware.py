@@ -8,7 +8,6 @@ problem response (and counts it) instead of a bare text error.
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from booking_api.api.metrics import Metrics
 from booking_api.api.responses import PROBLEM_JSON
+from booking_api.ids import new_id
 
 log = structlog.get_logger("booking_api.http")
 
@@ -29,6 +29,11 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self._access_log = logging.getLogger("booking_api.http")
+        # prometheus_client's ``labels()`` costs a lock and a tuple per call; the children
+        # for each (method, route, status) are looked up once and kept.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +48,7 @@ class RequestContextMiddleware:
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
         if not request_id:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = (new_id() + new_id()[8:16]).encode()
         rid = request_id.decode()
         structlog.contextvars.bind_contextvars(request_id=rid)
         status = 500
@@ -106,9 +111,17 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template: str = getattr(route, "path", "unmatched")
             method: str = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
-            if logging.getLogger("booking_api.http").isEnabledFor(logging.INFO):
+            counter = self._counters.get((method, template, status))
+            if counter is None:
+                counter = self.metrics.requests.labels(method, template, str(status))
+                self._counters[(method, template, status)] = counter
+            counter.inc()
+            histogram = self._histograms.get((method, template))
+            if histogram is None:
+                histogram = self.metrics.latency.labels(method, template)
+                self._histograms[(method, template)] = histogram
+            histogram.observe(elapsed)
+            if self._access_log.isEnabledFor(logging.INFO):
                 log.info(
                     "request",
                     method=method,

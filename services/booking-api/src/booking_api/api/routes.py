@@ -1,13 +1,20 @@
 """The public API under ``/api``."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
-from booking_api.api.deps import CurrentUser, Parts, Service
-from booking_api.api.idempotency import KEY_PATTERN, fingerprint, idempotent
+from booking_api.api.deps import (
+    AppParts,
+    CurrentUser,
+    Parts,
+    Service,
+    authenticate_header,
+    get_service,
+)
+from booking_api.api.idempotency import KEY_PATTERN, fingerprint, idempotency_header, idempotent
 from booking_api.api.problems import problem_responses
 from booking_api.api.responses import list_response, model_response
 from booking_api.api.schemas import BookingCreate, InstructorCreate, SlotCreate
@@ -39,6 +46,63 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 PUBLIC_ERRORS = problem_responses(404, 413, 422)
 AUTH_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422)
+
+
+# The booking route is the hot path (see bench/booking.py). It is registered first, so
+# routing reaches it first, and it reads the bearer token and the Idempotency-Key itself
+# instead of through dependencies/header parameters: FastAPI spends ~20-30 µs per
+# dependency or header parameter per request. ``openapi_extra`` documents both, so the
+# OpenAPI document is the same as for the other routes.
+_BOOKING_OPENAPI: dict[str, Any] = {
+    "security": [{"HTTPBearer": []}],
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "Retry-safe POST: the same key returns the first response again",
+            "schema": {"type": "string", "pattern": KEY_PATTERN},
+        }
+    ],
+}
+
+
+@router.post(
+    "/bookings",
+    status_code=201,
+    response_model=BookingData,
+    responses=AUTH_ERRORS,
+    openapi_extra=_BOOKING_OPENAPI,
+)
+async def create_booking(body: BookingCreate, request: Request) -> Response:
+    """Book a free slot. Exactly one of many simultaneous attempts wins; the others get
+    409 naming the slot."""
+    principal = authenticate_header(request)
+    idempotency_key = idempotency_header(request)
+    service = await get_service(request)
+    parts: AppParts = request.app.state.parts
+    metrics = parts.metrics
+
+    async def handler() -> Response:
+        try:
+            booking = await service.book(principal, body.slot_id)
+        except Conflict:
+            metrics.booking_conflicts.inc()
+            raise
+        metrics.bookings_created.inc()
+        return model_response(booking.to_data(), 201)
+
+    if idempotency_key is None:
+        return await handler()
+    return await idempotent(
+        service,
+        principal,
+        idempotency_key,
+        fingerprint("POST", request.url.path, body),
+        request.url.path,
+        parts.settings.idempotency_ttl_seconds,
+        handler,
+    )
 
 
 @router.get(
@@ -145,39 +209,6 @@ async def delete_slot(slot_id: SlotId, principal: CurrentUser, service: Service)
     A booked slot is refused with 409: cancel its booking first. Repeating is harmless."""
     slot = await service.delete_slot(principal, slot_id)
     return model_response(slot.to_data())
-
-
-@router.post("/bookings", status_code=201, response_model=BookingData, responses=AUTH_ERRORS)
-async def create_booking(
-    body: BookingCreate,
-    request: Request,
-    principal: CurrentUser,
-    service: Service,
-    parts: Parts,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Book a free slot. Exactly one of many simultaneous attempts wins; the others get
-    409 naming the slot."""
-    metrics = parts.metrics
-
-    async def handler() -> Response:
-        try:
-            booking = await service.book(principal, body.slot_id)
-        except Conflict:
-            metrics.booking_conflicts.inc()
-            raise
-        metrics.bookings_created.inc()
-        return model_response(booking.to_data(), 201)
-
-    return await idempotent(
-        service,
-        principal,
-        idempotency_key,
-        fingerprint("POST", request.url.path, body),
-        request.url.path,
-        parts.settings.idempotency_ttl_seconds,
-        handler,
-    )
 
 
 @router.delete("/bookings/{booking_id}", response_model=BookingData, responses=AUTH_ERRORS)

@@ -11,6 +11,7 @@ so a change is published at least once and never dropped.
 import asyncio
 import contextlib
 import hashlib
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
@@ -221,6 +222,8 @@ class Publisher:
         self._delivery: _Delivery | None = None
         #: Where to resume after a failure: the newest fully acknowledged position.
         self._safe_position: StreamPosition | None = None
+        #: Failures since the last checkpoint that made progress (sets the backoff).
+        self._failures = 0
         self._lease: Lease | None = None
         self._stop = asyncio.Event()
         self._log = log.bind(instance=options.instance_id, stream=options.stream_name)
@@ -441,6 +444,7 @@ class Publisher:
                     cause=repr(exc.__cause__) if exc.__cause__ else None,
                 )
                 start = self._resume_point(start)
+                await self._until_stopped(self._backoff())
                 await self._until_stopped(self._wait_for_kafka())
             except HistoryLost as exc:
                 self.streaming = False
@@ -464,6 +468,15 @@ class Publisher:
         if self.last_checkpoint is not None:
             return self.last_checkpoint.position
         return start
+
+    async def _backoff(self) -> None:
+        """Capped exponential backoff with jitter over consecutive failures, so a source
+        that refuses at once (or a record Kafka keeps refusing) is not retried in a loop."""
+        self._failures += 1
+        ceiling = min(
+            self.options.backoff_max, self.options.backoff_initial * 2 ** (self._failures - 1)
+        )
+        await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
 
     async def _wait_for_kafka(self) -> None:
         async for attempt in self._retrying():
@@ -624,6 +637,9 @@ class Publisher:
             return
         self.last_checkpoint = checkpoint
         self._last_checkpoint_at = time.monotonic()
+        self._safe_position = checkpoint.position
+        if last is None or checkpoint.position != last.position:
+            self._failures = 0
 
     def _flush_metrics(self, delivery: _Delivery) -> None:
         acked, delivery.acked = delivery.acked, Counter()

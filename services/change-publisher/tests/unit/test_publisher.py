@@ -15,7 +15,7 @@ from change_publisher.adapters.memory import (
     MemoryProducer,
 )
 from change_publisher.domain.records import OutgoingRecord
-from change_publisher.ports import Checkpoint, PendingBatch, StreamPosition
+from change_publisher.ports import Checkpoint, PendingBatch, SourceUnavailable, StreamPosition
 from change_publisher.publisher import HistoryLostFatal, Publisher, Role
 from slotstream_contracts.changes import OperationType
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
@@ -291,3 +291,37 @@ async def test_latest_start_is_pinned_so_a_failure_before_any_ack_loses_nothing(
     await eventually(lambda: len(producer.records) == 1)
     await stop(publisher, task)
     assert orjson.loads(producer.records[0].value)["subject"] == "slots/s1"
+
+
+class FlakySource(MemoryChangeSource):
+    """Refuses to open while ``down`` (a database that is not reachable)."""
+
+    def __init__(self, database: MemoryDatabase) -> None:
+        super().__init__(database, wait=0.05)
+        self.down = True
+        self.attempts = 0
+
+    async def open(self, position: StreamPosition) -> Any:
+        self.attempts += 1
+        if self.down:
+            raise SourceUnavailable("connection refused")
+        return await super().open(position)
+
+
+async def test_unreachable_source_is_retried_with_backoff_then_streams(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    source = FlakySource(database)
+    producer = MemoryProducer()
+    publisher = make_publisher(source=source, producer=producer, backoff_max=0.1)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: source.attempts >= 2)
+    await asyncio.sleep(0.3)
+    assert not publisher.ready
+    assert source.attempts < 20  # backing off, not spinning
+    source.down = False
+    await eventually(lambda: publisher.ready)
+    database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: len(producer.records) == 1)
+    await stop(publisher, task)
+    assert publisher.metrics.source_errors._value.get() >= 2

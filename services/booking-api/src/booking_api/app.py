@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request
+from pymongo.errors import PyMongoError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
@@ -13,7 +14,7 @@ from booking_api.api import internal, ops, routes
 from booking_api.api.deps import AppParts, Runtime
 from booking_api.api.metrics import Metrics
 from booking_api.api.middleware import RequestContextMiddleware
-from booking_api.api.problems import install_problem_handlers
+from booking_api.api.problems import install_problem_handlers, problem
 from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
 from booking_api.ports import Storage
@@ -79,6 +80,20 @@ def create_app(
         return exc.response
 
     app.add_exception_handler(internal.InternalRefused, on_internal_refused)
+
+    async def on_storage_error(request: Request, exc: Exception) -> Response:
+        # A database that does not answer is the service's trouble, not the caller's: 503
+        # (retry later), never a 500 and never a partial write (see service.py).
+        log.warning("storage.failed", error=type(exc).__name__, path=request.url.path)
+        return problem(
+            503,
+            f"storage unavailable ({type(exc).__name__}); retry shortly",
+            kind="storage-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
+    app.add_exception_handler(PyMongoError, on_storage_error)
     app.include_router(routes.router)
     app.include_router(ops.router)
     if settings.storage == "memory" or isinstance(storage, MemoryStorage):

@@ -12,10 +12,11 @@
 from datetime import datetime
 from typing import Any
 
+import stamina
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -83,7 +84,7 @@ class MongoSlots:
             "instructorId": instructor_id,
             "start": {"$lt": end},
             "end": {"$gt": start},
-            "status": {"$ne": SlotStatus.DELETED.value},
+            **_LIVE,
         }
         cursor = self._c.find(query).sort([("start", ASCENDING), ("_id", ASCENDING)])
         return [SlotDocument.model_validate(d) async for d in cursor]
@@ -261,13 +262,18 @@ class MongoStorage:
         return self._idempotency
 
     async def start(self) -> None:
-        """Create the indexes (idempotent: an identical existing index is left alone)."""
+        """Create the indexes (idempotent: an identical existing index is left alone).
+        Retried for a minute: at a cold start the database may come up after the API."""
+        async for attempt in stamina.retry_context(on=ConnectionFailure, timeout=60.0):
+            with attempt:
+                await self._create_indexes()
+
+    async def _create_indexes(self) -> None:
         db = self._db
         await db[INSTRUCTORS].create_index([("name", ASCENDING), ("_id", ASCENDING)])
-        await db[SLOTS].create_index(
-            [("instructorId", ASCENDING), ("start", ASCENDING)], name="instructor_start"
-        )
-        # At most one live slot per instructor and start (partial $in needs MongoDB 6.0+).
+        # At most one live slot per instructor and start; it also serves the schedule and
+        # overlap queries, whose status filter is the index's filter (partial indexes with
+        # $in need MongoDB 6.0 or later).
         await db[SLOTS].create_index(
             [("instructorId", ASCENDING), ("start", ASCENDING)],
             name="instructor_start_live_unique",

@@ -1,0 +1,104 @@
+"""A store write failing half-way through a booking leaves no inconsistent state behind."""
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from pymongo.errors import AutoReconnect
+
+from booking_api.adapters.memory import MemoryStorage
+from booking_api.ports import Storage
+from slotstream_contracts.documents import BookingDocument, NotificationDocument
+
+AuthHeaders = Callable[..., dict[str, str]]
+Future = Callable[..., str]
+
+
+class FlakyStorage(MemoryStorage):
+    """The memory store, with booking or notification inserts failing on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_bookings = 0
+        self.fail_notifications = 0
+        bookings, notifications = self.bookings, self.notifications
+        original_booking_insert = bookings.insert
+        original_notification_insert = notifications.insert
+
+        async def booking_insert(booking: BookingDocument) -> None:
+            if self.fail_bookings:
+                self.fail_bookings -= 1
+                raise AutoReconnect("connection lost while inserting the booking")
+            await original_booking_insert(booking)
+
+        async def notification_insert(notification: NotificationDocument) -> None:
+            if self.fail_notifications:
+                self.fail_notifications -= 1
+                raise AutoReconnect("connection lost while inserting a notification")
+            await original_notification_insert(notification)
+
+        bookings.insert = booking_insert  # type: ignore[method-assign]
+        notifications.insert = notification_insert  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def flaky() -> FlakyStorage:
+    return FlakyStorage()
+
+
+@pytest.fixture
+def storage(flaky: FlakyStorage) -> Storage:
+    return flaky
+
+
+async def slot_state(client: httpx.AsyncClient) -> dict[str, Any]:
+    [slot] = (await client.get("/api/instructors/i1/schedule")).json()["slots"]
+    state: dict[str, Any] = slot
+    return state
+
+
+async def test_failed_booking_insert_frees_the_slot_again(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
+) -> None:
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor"))
+    slot = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(), "end": future(hours=1)},
+        headers=auth("i1", "instructor"),
+    )
+    flaky.fail_bookings = 1
+    failed = await client.post(
+        "/api/bookings", json={"slotId": slot.json()["id"]}, headers=auth("s1")
+    )
+    assert failed.status_code == 503
+    state = await slot_state(client)
+    assert state["status"] == "available"
+    assert state["version"] == 3  # booked (2), then released by the compensation (3)
+    assert (await client.get("/api/users/me/bookings", headers=auth("s1"))).json() == []
+    retry = await client.post(
+        "/api/bookings", json={"slotId": slot.json()["id"]}, headers=auth("s1")
+    )
+    assert retry.status_code == 201
+
+
+async def test_lost_notification_does_not_undo_the_booking(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
+) -> None:
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor"))
+    slot = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(), "end": future(hours=1)},
+        headers=auth("i1", "instructor"),
+    )
+    flaky.fail_notifications = 1
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot.json()["id"]}, headers=auth("s1")
+    )
+    assert booked.status_code == 201
+    assert (await slot_state(client))["status"] == "booked"
+    instructor_notes = await client.get(
+        "/api/users/me/notifications", headers=auth("i1", "instructor")
+    )
+    student_notes = await client.get("/api/users/me/notifications", headers=auth("s1"))
+    assert len(instructor_notes.json()) + len(student_notes.json()) == 1

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "fanout.json"
 NCHAN_MODULE = Path("/usr/share/nginx/modules/ngx_nchan_module.so")
 TS_TOKEN = b'"ts":'
+IN_FLIGHT_OPENS = 500
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -98,7 +99,7 @@ class SseClient(asyncio.Protocol):
     """Counts events by the timestamp key inside each payload; sampled connections also
     parse the timestamps for latency. Kept lean: the client must not be the bottleneck."""
 
-    __slots__ = ("transport", "count", "tail", "sample", "buffer", "opened", "latencies")
+    __slots__ = ("transport", "count", "tail", "sample", "buffer", "opened", "latencies", "waiter")
 
     def __init__(self, sample: bool, latencies: list[int]) -> None:
         self.transport: asyncio.Transport | None = None
@@ -108,13 +109,16 @@ class SseClient(asyncio.Protocol):
         self.buffer = b""
         self.opened = False
         self.latencies = latencies
+        self.waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if not self.opened:
-            self.opened = b" 200 " in data[:20] or self.opened
+            self.opened = b" 200 " in data[:20]
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
         if self.sample:
             now = time.time_ns()
             buf = self.buffer + data
@@ -156,11 +160,14 @@ async def open_streams(
 ) -> int:
     """Open one SSE request per path; returns how many got a 200."""
     loop = asyncio.get_running_loop()
-    semaphore = asyncio.Semaphore(256)
+    # at most this many requests waiting for their response: browsers arrive over time,
+    # and a burst beyond the listen backlog would measure SYN retries, not the server
+    semaphore = asyncio.Semaphore(IN_FLIGHT_OPENS)
 
     async def one(index: int, path: str) -> None:
         async with semaphore:
             client = SseClient(sample_every > 0 and index % sample_every == 0, latencies)
+            client.waiter = loop.create_future()
             try:
                 await loop.create_connection(lambda: client, "127.0.0.1", port)
             except OSError as exc:
@@ -171,6 +178,8 @@ async def open_streams(
             client.transport.write(
                 f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
             )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.waiter, 30)
 
     t0 = time.monotonic()
     await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
@@ -369,6 +378,7 @@ http {{
   fastcgi_temp_path {home}/fastcgi;
   uwsgi_temp_path {home}/uwsgi;
   scgi_temp_path {home}/scgi;
+  keepalive_requests 100000000;
   server {{
     listen 127.0.0.1:{self.port};
     location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
@@ -609,6 +619,7 @@ async def run_fanout(server: Server, args: argparse.Namespace, tmp: Path) -> dic
         load.close()
         return {
             "server": server.name,
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "connections_requested": len(paths),
             "connections_open": opened,
             "connect_seconds": round(connect_seconds, 2),
@@ -810,6 +821,8 @@ def main(argv: list[str] | None = None) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.idle_connections > hard - 500:
         args.idle_connections = hard - 500
+    # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with pinned(args.client_core):
         results = uvloop.run(main_async(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)

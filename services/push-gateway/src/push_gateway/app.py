@@ -1,5 +1,6 @@
 """Composition root: build settings' clients, the hub and the gateway, and wire them."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -76,6 +77,11 @@ def create_app(
         if kafka_presence is not None:
             await kafka_presence.start()
         gateway.start_background()
+        # Everything allocated so far (modules, models, clients) lives for the whole run:
+        # keep it out of the cyclic GC's full passes, which otherwise scan it again and
+        # again while thousands of connections and ring-buffer records churn.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -114,5 +120,6 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        backlog=settings.backlog,
     )
     return uvicorn.Server(config)

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8002, ge=1, le=65535)
+    backlog: int = Field(
+        default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
+    )
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1, max_length=64)
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -22,7 +22,13 @@ from push_gateway.adapters.snapshots import (
     TakenSnapshot,
 )
 from push_gateway.config import Settings
-from push_gateway.domain.frames import HEARTBEAT, json_frame, retry_frame, with_id
+from push_gateway.domain.frames import (
+    HEARTBEAT,
+    event_body,
+    json_frame,
+    retry_frame,
+    with_id,
+)
 from push_gateway.domain.hub import (
     CONTROL_KEY_BYTES,
     ChannelHub,
@@ -30,7 +36,7 @@ from push_gateway.domain.hub import (
     frame_body,
     record_headers,
 )
-from push_gateway.domain.merge import newer_than_snapshot, slot_versions
+from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
 from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
 from push_gateway.stream import SseConnection, StreamState
@@ -365,12 +371,8 @@ class Gateway:
             vector[key] = min(positions[key], *(t.since for _, t in taken_here))
             gap: list[tuple[int, Channel, Record]] = []
             for channel, taken in taken_here:
-                versions[channel] = slot_versions(taken.snapshot)
-                payload = {
-                    "channel": channel.name,
-                    "schedule": taken.snapshot.model_dump(mode="json"),
-                }
-                out.append(json_frame("snapshot", payload, format_position(vector)))
+                versions[channel] = taken.versions
+                out.append(snapshot_frame(channel, taken, format_position(vector)))
                 if taken.since < positions[key]:
                     records = hub.ring_since(key, taken.since, {channel.record_key}) or []
                     gap += [
@@ -476,3 +478,9 @@ class Gateway:
 
     def presence_of(self, channel: Channel) -> int:
         return self.presence.cluster_counts().get(channel.name, 0)
+
+
+def snapshot_frame(channel: Channel, taken: TakenSnapshot, frame_id: bytes) -> bytes:
+    """``{"channel": …, "schedule": …}`` around the snapshot JSON encoded once per fetch."""
+    data = b'{"channel":' + orjson.dumps(channel.name) + b',"schedule":' + taken.encoded + b"}"
+    return with_id(frame_id, event_body(b"snapshot", data))

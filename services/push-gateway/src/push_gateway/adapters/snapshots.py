@@ -3,10 +3,11 @@
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
+import orjson
 import stamina
 
 from slotstream_contracts.entities import ScheduleSnapshot
@@ -76,6 +77,10 @@ class TakenSnapshot:
     snapshot: ScheduleSnapshot
     since: int
     taken_at: float
+    #: the snapshot's JSON, encoded once for every connection that receives it
+    encoded: bytes = b""
+    #: slot id → version, for merging buffered deltas
+    versions: dict[str, int] = field(default_factory=dict)
 
 
 class CoalescingSnapshots:
@@ -123,7 +128,13 @@ class CoalescingSnapshots:
 
     async def _fetch(self, instructor_id: str, since: int) -> TakenSnapshot:
         snapshot = await self._source.fetch(instructor_id)
-        taken = TakenSnapshot(snapshot, since, time.monotonic())
+        taken = TakenSnapshot(
+            snapshot,
+            since,
+            time.monotonic(),
+            encoded=orjson.dumps(snapshot.model_dump(mode="json")),
+            versions={slot.id: slot.version for slot in snapshot.slots},
+        )
         self._recent[instructor_id] = taken
         return taken
 

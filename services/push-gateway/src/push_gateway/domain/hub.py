@@ -138,6 +138,7 @@ class ChannelHub:
         }
         self._partitions: dict[PartitionKey, PartitionState] = {}
         self._partition_count: dict[str, int] = {}
+        self._partition_cache: dict[Channel, PartitionKey] = {}
         self._subscribers: dict[Subscriber, tuple[Channel, ...]] = {}
         self.stats = HubStats()
         self._progress_listeners: list[Callable[[], None]] = []
@@ -160,9 +161,15 @@ class ChannelHub:
 
     def partition_key(self, channel: Channel) -> PartitionKey:
         """Where the channel's records live: Kafka's default partitioner on its key."""
-        topic = self._kind_topic[channel.kind]
-        count = self._partition_count[topic]
-        return (self._letters[topic], (murmur2(channel.record_key) & 0x7FFFFFFF) % count)
+        key = self._partition_cache.get(channel)
+        if key is None:
+            topic = self._kind_topic[channel.kind]
+            count = self._partition_count[topic]
+            key = (self._letters[topic], (murmur2(channel.record_key) & 0x7FFFFFFF) % count)
+            if len(self._partition_cache) > 100_000:
+                self._partition_cache.clear()
+            self._partition_cache[channel] = key
+        return key
 
     def position(self, key: PartitionKey) -> int:
         return self._partitions[key].position

@@ -71,6 +71,9 @@ def create_app(
         redoc_url=None,
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
+        # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry stays off, so
+        # it does not even check for configured providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.parts = parts
     install_problem_handlers(app)

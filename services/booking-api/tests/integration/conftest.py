@@ -9,10 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from slotstream_contracts.auth import JwtSettings
 from slotstream_testkit.net import free_port, wait_for_port
 
 SERVER_SECRET = "integration-secret-0123456789-abcdefghijklmnop"
+
+
+@pytest.fixture(scope="module")
+def server_jwt() -> JwtSettings:
+    """The JWT settings the server under test verifies with."""
+    return JwtSettings(secret=SecretStr(SERVER_SECRET))
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,29 @@ import asyncio
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
 import pytest
-from pydantic import SecretStr
 
 from booking_api import seed
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 
-from .conftest import SERVER_SECRET
-
 pytestmark = pytest.mark.integration
-JWT = JwtSettings(secret=SecretStr(SERVER_SECRET))
+Bearer = Callable[[str, Role], dict[str, str]]
 
 
-def bearer(sub: str, role: Role) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(JWT, sub, role)}"}
+@pytest.fixture
+def bearer(server_jwt: JwtSettings) -> Bearer:
+    def headers(sub: str, role: Role) -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(server_jwt, sub, role)}"}
+
+    return headers
 
 
-async def test_fifty_simultaneous_bookings_over_http(api_url: str) -> None:
+async def test_fifty_simultaneous_bookings_over_http(api_url: str, bearer: Bearer) -> None:
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=10) as client:
         instructor = bearer("race-instructor", Role.INSTRUCTOR)
@@ -47,9 +49,9 @@ async def test_fifty_simultaneous_bookings_over_http(api_url: str) -> None:
         assert "booking_api_booking_conflicts_total 49.0" in metrics
 
 
-async def test_seed_is_idempotent(api_url: str) -> None:
-    first = await seed.seed(api_url, JWT, instructors=2, days=2, wait=10)
-    again = await seed.seed(api_url, JWT, instructors=2, days=2, wait=10)
+async def test_seed_is_idempotent(api_url: str, server_jwt: JwtSettings) -> None:
+    first = await seed.seed(api_url, server_jwt, instructors=2, days=2, wait=10)
+    again = await seed.seed(api_url, server_jwt, instructors=2, days=2, wait=10)
     assert [i["newSlots"] for i in first["instructors"]] == [14, 14]
     assert [i["newSlots"] for i in again["instructors"]] == [0, 0]
     roles = Counter(u["role"] for u in first["users"])
@@ -76,7 +78,7 @@ async def test_ready_and_problem_for_unknown_route(api_url: str) -> None:
         assert missing.headers["content-type"] == "application/problem+json"
 
 
-def test_seed_command_prints_users_with_tokens(api_url: str) -> None:
+def test_seed_command_prints_users_with_tokens(api_url: str, server_jwt: JwtSettings) -> None:
     done = subprocess.run(
         [
             sys.executable,
@@ -89,7 +91,7 @@ def test_seed_command_prints_users_with_tokens(api_url: str) -> None:
             "--days",
             "1",
             "--secret",
-            SERVER_SECRET,
+            server_jwt.signing_key(),
         ],
         capture_output=True,
         timeout=60,

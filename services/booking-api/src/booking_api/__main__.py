@@ -35,6 +35,8 @@ def main() -> None:
         log_config=None,
         proxy_headers=True,
         server_header=False,
+        # Long polls on /internal/changes may wait 30 s; do not let them hold up a stop.
+        timeout_graceful_shutdown=5,
     )
 
 

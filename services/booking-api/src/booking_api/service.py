@@ -32,7 +32,7 @@ from booking_api.domain.errors import Conflict, NotFound
 from booking_api.domain.notifications import booking_notifications
 from booking_api.ids import new_id
 from booking_api.ports import DuplicateKey, Storage
-from slotstream_contracts.auth import Principal
+from slotstream_contracts.auth import Principal, Role
 from slotstream_contracts.documents import (
     BookingDocument,
     InstructorDocument,
@@ -77,7 +77,11 @@ class BookingService:
     async def create_instructor(
         self, principal: Principal, instructor_id: str | None, name: str, timezone: str
     ) -> InstructorDocument:
-        chosen = instructor_id or principal.user_id
+        if instructor_id is None:
+            # An instructor's id is their user id; an admin creating one without an id
+            # gets a fresh id (the instructor then needs a token with that ``sub``).
+            instructor_id = new_id() if principal.role is Role.ADMIN else principal.user_id
+        chosen = instructor_id
         authz.ensure_may_create_instructor(principal, chosen)
         instructor = InstructorDocument(
             id=chosen, name=name, timezone=timezone, created_at=self.now()

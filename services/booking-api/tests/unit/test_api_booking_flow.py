@@ -60,6 +60,11 @@ async def test_admin_chooses_ids_instructors_cannot(
     )
     assert by_admin.status_code == 201
     assert by_admin.json()["id"] == "i9"
+    unnamed = await client.post(
+        "/api/instructors", json={"name": "Cy"}, headers=auth("root", "admin")
+    )
+    assert unnamed.status_code == 201
+    assert unnamed.json()["id"] not in ("root", "i9")
     other = await client.post(
         "/api/instructors", json={"id": "i8", "name": "Eve"}, headers=auth("i7", "instructor")
     )

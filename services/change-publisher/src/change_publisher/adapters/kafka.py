@@ -104,8 +104,14 @@ class KafkaEventProducer:
         producer = self._require()
         open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
         pending: list[PendingBatch] = []
+        known = self._key_partition
         for index, record in enumerate(records):
-            target = (record.topic, await self._partition_of(record))
+            partition = record.partition
+            if partition is None:
+                partition = known.get((record.topic, record.key))
+                if partition is None:
+                    partition = await self._partition_of(record)
+            target = (record.topic, partition)
             entry = open_batches.get(target)
             if entry is None:
                 entry = open_batches[target] = (producer.create_batch(), [])

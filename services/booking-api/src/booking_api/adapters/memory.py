@@ -44,13 +44,20 @@ DOMAIN_COLLECTIONS = (INSTRUCTORS, SLOTS, BOOKINGS, NOTIFICATIONS)
 
 def bson_value(value: Any) -> Any:
     """A deep copy of ``value`` as a BSON round trip returns it (tz-aware client)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _bson_item(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_bson_item(v) for v in value]
+    return _bson_item(value)
+
+
+def _bson_item(value: Any) -> Any:
     if isinstance(value, datetime):
         utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
-    if isinstance(value, dict):
-        return {k: bson_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [bson_value(v) for v in value]
+    if isinstance(value, dict | list | tuple):
+        return bson_value(value)
     return value
 
 

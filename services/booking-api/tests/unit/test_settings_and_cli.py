@@ -59,3 +59,15 @@ def test_token_script_needs_a_secret(
     with pytest.raises(SystemExit):
         tokens.main(["--sub", "i1", "--role", "student"])
     assert "BOOKING_API_JWT__SECRET" in capsys.readouterr().err
+
+
+def test_server_refuses_to_start_with_a_placeholder_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from booking_api.__main__ import main
+
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", "please-changeme-before-production-use")
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert "placeholder" in capsys.readouterr().err

@@ -1,8 +1,6 @@
 """The HTTP feed source against a fake booking-api feed speaking the documented protocol."""
 
 import asyncio
-import re
-from typing import Any
 
 import httpx
 import orjson
@@ -11,62 +9,9 @@ import pytest
 from change_publisher.adapters.feed import FeedChangeSource
 from change_publisher.adapters.memory import MemoryDatabase, MemoryProducer
 from change_publisher.ports import HistoryLost, SourceUnavailable, StreamPosition
-from slotstream_contracts.changelog import ChangeHistoryLost, InvalidResumeToken
-from slotstream_contracts.changes import ClusterTime
 from slotstream_contracts.documents import BOOKINGS, SLOTS
 
-from ..conftest import Docs, PublisherFactory
-
-TOKEN = "internal-secret"
-
-
-class FakeFeed:
-    """``/internal/changes`` and ``/internal/snapshot`` over a MemoryDatabase."""
-
-    def __init__(self, database: MemoryDatabase) -> None:
-        self.database = database
-        self.requests: list[httpx.Request] = []
-
-    def problem(self, status: int, detail: str) -> httpx.Response:
-        return httpx.Response(
-            status,
-            content=orjson.dumps({"title": "error", "status": status, "detail": detail}),
-            headers={"content-type": "application/problem+json"},
-        )
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if request.headers.get("X-Internal-Token") != TOKEN:
-            return self.problem(403, "missing or wrong X-Internal-Token")
-        log = self.database.log
-        params = request.url.params
-        if request.url.path == "/internal/snapshot":
-            at = log.cluster_time
-            docs = list(self.database.collections.get(params["collection"], {}).values())
-            copy = {"operationTime": at.model_dump(), "documents": docs}
-            return httpx.Response(200, content=orjson.dumps(copy))
-        limit = int(params.get("limit", "1000"))
-        wait = float(params.get("wait", "0"))
-        try:
-            if "atOperationTime" in params:
-                match = re.fullmatch(r"(\d+)\.(\d+)", params["atOperationTime"])
-                assert match is not None
-                events = log.read_from_time(ClusterTime(t=int(match[1]), i=int(match[2])), limit)
-                if not events and wait > 0:
-                    events = await log.wait_after(log.latest_token, limit, wait)
-            else:
-                after = params.get("after")
-                token = None if after is None else {"_data": after}
-                events = await log.wait_after(token, limit, wait)
-        except ChangeHistoryLost as exc:
-            return self.problem(410, str(exc))
-        except InvalidResumeToken as exc:
-            return self.problem(400, str(exc))
-        body: dict[str, Any] = {
-            "changes": [e.model_dump(mode="json", by_alias=True) for e in events],
-            "postBatchResumeToken": events[-1].token if events else log.latest_token,
-        }
-        return httpx.Response(200, content=orjson.dumps(body))
+from ..conftest import TOKEN, Docs, FakeFeed, PublisherFactory
 
 
 def feed_source(feed: FakeFeed, token: str = TOKEN) -> FeedChangeSource:

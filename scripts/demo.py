@@ -16,8 +16,11 @@ import signal
 import socket
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+
+import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,6 +47,12 @@ def _busy_ports(ports: Ports) -> list[int]:
     return busy
 
 
+def _expiry(token: str) -> str:
+    """When a demo token expires (read without verifying: the API verifies it)."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return datetime.fromtimestamp(int(claims["exp"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _banner(stack: DevStack) -> str:
     lines = [
         "",
@@ -60,7 +69,8 @@ def _banner(stack: DevStack) -> str:
         f"  Kafka (Tansu)   {stack.bootstrap_servers}",
         f"  logs            {stack.logs}/",
         "",
-        "Demo users (pick one under “Signed in as” on the page; tokens valid 12 h):",
+        "Demo users (pick one under “Signed in as” on the page)"
+        + (f"; tokens valid until {_expiry(stack.users[0].token)}:" if stack.users else ":"),
     ]
     for user in stack.users:
         lines.append(f"  {user.role:<10} {user.name:<18} {user.id}")

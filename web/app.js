@@ -171,9 +171,18 @@ function writeUrl() {
 function connect() {
   state.sub?.close();
   state.changed.clear();
+  if (!state.instructorId) {
+    state.sub = null;
+    renderStatus({ status: Status.CLOSED, attempt: 0 });
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = "No instructors yet. Start `make demo` (it seeds some) or create one through the API.";
+    $("week").replaceChildren(empty);
+    $("week").setAttribute("aria-busy", "false");
+    return;
+  }
   renderStatus({ status: Status.CONNECTING, attempt: 0 });
   $("week").setAttribute("aria-busy", "true");
-  if (!state.instructorId) return;
   state.sub = subscribe(state.instructorId, {
     token: state.user?.token ?? null,
     userId: state.user?.id ?? null,

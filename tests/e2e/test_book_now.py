@@ -98,6 +98,8 @@ def test_a_booking_in_one_page_shows_in_the_other_within_a_second(
     watcher = open_page(teacher.id, ben)
     slot_id = first_bookable(booker)
     expect(slot(watcher, slot_id)).to_have_attribute("data-state", "available")
+    # Presence is counted across both gateways (the pages may be on different ones).
+    expect(watcher.locator("#viewers")).to_have_text("2 viewing", timeout=10_000)
 
     slot(booker, slot_id).click()
     expect(slot(watcher, slot_id)).to_have_attribute("data-state", "booked", timeout=1_000)

@@ -46,6 +46,7 @@ def publisher_options(settings: Settings) -> PublisherOptions:
         lease_ttl=settings.lease_ttl,
         backoff_initial=settings.backoff_initial,
         backoff_max=settings.backoff_max,
+        max_record_bytes=settings.max_record_bytes,
     )
 
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     linger_ms: int = Field(default=5, ge=0)
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     max_batch_size: int = Field(default=262_144, ge=16_384, description="Producer batch bytes")
+    max_record_bytes: int = Field(
+        default=900_000,
+        ge=1024,
+        description="Events larger than this are dead-lettered (keep below the broker's "
+        "message.max.bytes and the producer's max_request_size)",
+    )
 
     max_in_flight: int = Field(default=20_000, ge=1, description="Unacknowledged records")
     read_batch: int = Field(default=1000, ge=1, le=1000, description="Changes per source read")

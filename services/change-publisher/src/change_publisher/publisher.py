@@ -97,6 +97,9 @@ class PublisherOptions:
     lease_ttl: float = 6.0
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    #: Larger records are refused by Kafka forever (``message.max.bytes``): such a change
+    #: is dead-lettered (without its documents) instead of stalling the stream.
+    max_record_bytes: int = 900_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,11 +591,19 @@ class Publisher:
     ) -> Sequence[OutgoingRecord]:
         if isinstance(outcome, Publish):
             topic = self._router.topic_for(change.ns.coll or "")
-            if topic is not None:
-                return (encode_event(outcome.event, topic, epoch),)
-            outcome = DeadLetter(
-                f"no topic for collection {change.ns.coll!r}", outcome.event.routing_key
-            )
+            if topic is None:
+                outcome = DeadLetter(
+                    f"no topic for collection {change.ns.coll!r}", outcome.event.routing_key
+                )
+            else:
+                record = encode_event(outcome.event, topic, epoch)
+                if len(record.value) <= self.options.max_record_bytes:
+                    return (record,)
+                outcome = DeadLetter(
+                    f"event of {len(record.value)} bytes exceeds max_record_bytes "
+                    f"({self.options.max_record_bytes})",
+                    outcome.event.routing_key,
+                )
         if isinstance(outcome, DeadLetter):
             self.metrics.dead_letters.inc()
             self._log.warning(
@@ -602,10 +613,21 @@ class Publisher:
                 operation=change.operation_type.value,
                 document_key=str(change.document_key),
             )
-            record = dead_letter_of_change(
+            letter = dead_letter_of_change(
                 change, outcome.error, event_id(change), self.options.instance_id, _now()
             )
-            return (encode_dead_letter(record, outcome.key, self._router.deadletter, epoch),)
+            encoded = encode_dead_letter(letter, outcome.key, self._router.deadletter, epoch)
+            if len(encoded.value) > self.options.max_record_bytes:
+                letter = dead_letter_of_change(
+                    change,
+                    outcome.error,
+                    event_id(change),
+                    self.options.instance_id,
+                    _now(),
+                    with_documents=False,
+                )
+                encoded = encode_dead_letter(letter, outcome.key, self._router.deadletter, epoch)
+            return (encoded,)
         if isinstance(outcome, Skip):
             self.metrics.skipped.inc()
         return ()

@@ -325,3 +325,24 @@ async def test_unreachable_source_is_retried_with_backoff_then_streams(
     await eventually(lambda: len(producer.records) == 1)
     await stop(publisher, task)
     assert publisher.metrics.source_errors._value.get() >= 2
+
+
+async def test_an_event_too_large_for_kafka_is_dead_lettered_without_its_documents(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer, max_record_bytes=800)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(NOTIFICATIONS, Docs.notification("n1", message="x" * 500, pad="y" * 5_000))
+    database.insert(NOTIFICATIONS, Docs.notification("n2"))
+    await eventually(lambda: len(producer.records) == 2)
+    await stop(publisher, task)
+    dead, ok = producer.records
+    assert dead.topic == DEADLETTER_TOPIC
+    assert dead.key == b"u1"
+    body = orjson.loads(dead.value)
+    assert "fullDocument" not in body["change"]
+    assert body["change"]["documentKey"] == {"_id": "n1"}
+    assert "exceeds" in body["error"]
+    assert ok.kind == "notification.created"

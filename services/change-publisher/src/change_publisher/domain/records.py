@@ -117,9 +117,22 @@ def encode_dead_letter(
     )
 
 
+_DOCUMENT_FIELDS: Final = frozenset(
+    {"full_document", "full_document_before_change", "update_description"}
+)
+
+
 def dead_letter_of_change(
-    change: ChangeEvent, error: str, event_id: str, publisher: str, now: datetime
+    change: ChangeEvent,
+    error: str,
+    event_id: str,
+    publisher: str,
+    now: datetime,
+    *,
+    with_documents: bool = True,
 ) -> DeadLetterRecord:
+    """``with_documents=False`` keeps only the change's metadata (token, namespace, key):
+    for changes too large to produce even as a dead letter."""
     return DeadLetterRecord(
         error=error[:4000],
         event_id=event_id,
@@ -127,7 +140,9 @@ def dead_letter_of_change(
         operation_type=change.operation_type.value,
         publisher=publisher,
         failed_at=now,
-        change=change.model_dump(mode="python", by_alias=True),
+        change=change.model_dump(
+            mode="python", by_alias=True, exclude=None if with_documents else set(_DOCUMENT_FIELDS)
+        ),
     )
 
 

@@ -715,20 +715,38 @@ class Publisher:
     def _snapshot_records(
         self, collection: str, document: dict[str, Any], outcome: Outcome, epoch: int
     ) -> Sequence[OutgoingRecord]:
+        limit = self.options.max_record_bytes
         if isinstance(outcome, Publish):
             topic = self._router.topic_for(collection)
-            if topic is not None:
-                return (encode_event(outcome.event, topic, epoch),)
-            outcome = DeadLetter(f"no topic for collection {collection!r}", collection)
+            if topic is None:
+                outcome = DeadLetter(f"no topic for collection {collection!r}", collection)
+            else:
+                record = encode_event(outcome.event, topic, epoch)
+                if len(record.value) <= limit:
+                    return (record,)
+                outcome = DeadLetter(
+                    f"event of {len(record.value)} bytes exceeds max_record_bytes ({limit})",
+                    outcome.event.routing_key,
+                )
         if isinstance(outcome, DeadLetter):
             self.metrics.dead_letters.inc()
             self._log.warning(
                 "dead-lettering a snapshot document", error=outcome.error, collection=collection
             )
-            record = dead_letter_of_document(
+            letter = dead_letter_of_document(
                 collection, document, outcome.error, self.options.instance_id, _now()
             )
-            return (encode_dead_letter(record, outcome.key, self._router.deadletter, epoch),)
+            encoded = encode_dead_letter(letter, outcome.key, self._router.deadletter, epoch)
+            if len(encoded.value) > limit:
+                letter = dead_letter_of_document(
+                    collection,
+                    {"_id": document.get("_id")},
+                    outcome.error,
+                    self.options.instance_id,
+                    _now(),
+                )
+                encoded = encode_dead_letter(letter, outcome.key, self._router.deadletter, epoch)
+            return (encoded,)
         return ()
 
     async def _publish_resync(self, delivery: _Delivery, epoch: int, reason: str) -> None:

@@ -8,10 +8,12 @@ gateway is skipped, tokens stay out of the access log, and the TLS/HTTP/2 server
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from scripts.devstack import DevStack, Ports, nginx_binary
-from slotstream_testkit.net import wait_for_port
+from slotstream_testkit.net import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +91,15 @@ class Edge:
         return self.stack.logs / "edge.log"
 
 
-@pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
+@contextmanager
+def running_edge(tmp_path: Path, tls: tuple[Path, Path] | None = None) -> Iterator[Edge]:
+    """nginx from deploy/edge in front of a fake booking-api and two fake gateways."""
     nginx = nginx_binary()
     if nginx is None:
         pytest.skip("nginx is not installed (make test installs it when run as root)")
-    (tmp_path / "logs").mkdir()
-    stack = DevStack(tmp_path, Ports.free())
+    (tmp_path / "logs").mkdir(parents=True)
+    cert, key = tls or (None, None)
+    stack = DevStack(tmp_path, Ports.free(), tls_cert=cert, tls_key=key, tls_port=free_port())
     upstreams = {
         0: serve(fake_api(), stack.ports.booking_api),
         1: serve(fake_gateway("gateway-1"), stack.ports.gateway_1),
@@ -108,6 +112,12 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
         stack.stop()
         for upstream in upstreams.values():
             upstream.stop()
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[Edge]:
+    with running_edge(tmp_path) as running:
+        yield running
 
 
 async def first_frame(client: httpx.AsyncClient, url: str) -> tuple[bytes, float, float]:
@@ -170,25 +180,28 @@ def test_access_tokens_stay_out_of_the_access_log(edge: Edge) -> None:
     assert "SECRET" not in log
 
 
-def test_the_tls_http2_server_renders_and_passes_nginx_t(tmp_path: Path) -> None:
-    nginx = nginx_binary()
-    if nginx is None:
-        pytest.skip("nginx is not installed (make test installs it when run as root)")
+def test_the_tls_server_speaks_http2_and_streams(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None or shutil.which("curl") is None:
+        pytest.skip("needs the openssl and curl command-line tools")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    stack = DevStack(tmp_path, Ports.free(), tls_cert=cert, tls_key=key, tls_port=8443)
-    main = stack.write_edge_config()
-    rendered = (main.parent / "conf.d" / "slotstream.tls.conf").read_text()
-    assert "listen 127.0.0.1:8443 ssl http2;" in rendered
-    assert "${" not in rendered
-    check = subprocess.run(
-        [str(nginx), "-p", f"{main.parent}/", "-c", str(main), "-t"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert check.returncode == 0, check.stderr
+    with running_edge(tmp_path / "edge", tls=(cert, key)) as edge:
+        assert edge.stack.tls is not None
+        base = f"https://127.0.0.1:{edge.stack.tls[2]}"
+        rendered = (edge.stack.state_dir / "edge" / "conf.d" / "slotstream.tls.conf").read_text()
+        assert "${" not in rendered
+
+        def curl(*args: str) -> str:
+            result = subprocess.run(
+                ["curl", "-sk", "--http2", "--max-time", "5", *args],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            return result.stdout
+
+        assert curl("-o", "/dev/null", "-w", "%{http_version}", f"{base}/") == "2"
+        stream = curl("-N", f"{base}/api/book-now/schedule-updates?instructorId=i1")
+        assert stream.count("event: presence") == 2

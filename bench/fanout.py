@@ -563,7 +563,9 @@ def percentile(values: list[int], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] / 1e6
 
 
-async def run_fanout(server: Server, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+async def run_fanout(
+    server: Server, args: argparse.Namespace, tmp: Path, broker_pid: int | None = None
+) -> dict[str, Any]:
     await server.start(tmp, args.server_core)
     try:
         await asyncio.sleep(0.5)
@@ -587,6 +589,7 @@ async def run_fanout(server: Server, args: argparse.Namespace, tmp: Path) -> dic
         baseline_received = load.received
         cpu_before = tree_cpu_seconds(server.pid)
         own_before = own_cpu_seconds()
+        broker_before = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
         started = time.monotonic()
         sent = 0
         owed = 0.0
@@ -614,6 +617,7 @@ async def run_fanout(server: Server, args: argparse.Namespace, tmp: Path) -> dic
         elapsed = time.monotonic() - started
         cpu = tree_cpu_seconds(server.pid) - cpu_before
         own = own_cpu_seconds() - own_before
+        broker_cpu = tree_cpu_seconds(broker_pid) - broker_before if broker_pid else None
         received = load.received - baseline_received
         rss_loaded = tree_rss_bytes(server.pid)
         load.close()
@@ -640,6 +644,7 @@ async def run_fanout(server: Server, args: argparse.Namespace, tmp: Path) -> dic
             "server_cpu_us_per_delivery": round(cpu / received * 1e6, 2) if received else None,
             "server_core_utilisation": round(cpu / elapsed, 2),
             "client_core_utilisation": round(own / elapsed, 2),
+            "broker_core_utilisation": round(broker_cpu / elapsed, 2) if broker_cpu else None,
             "rss_base_mb": round(rss_base / 1e6, 1),
             "rss_per_connection_kb": round((rss_connected - rss_base) / max(1, opened) / 1e3, 2),
             "rss_loaded_mb": round(rss_loaded / 1e6, 1),
@@ -744,7 +749,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     topics = await fresh_topics(broker.bootstrap_servers)
                     server: Server = GatewayServer(broker.bootstrap_servers, topics, booking)
                     try:
-                        results["runs"].append(await run_fanout(server, args, tmp))
+                        broker_pid = broker._process.pid if broker._process else None  # noqa: SLF001
+                        results["runs"].append(await run_fanout(server, args, tmp, broker_pid))
                     finally:
                         await server.close_producer()  # type: ignore[attr-defined]
                 elif name == "nchan":

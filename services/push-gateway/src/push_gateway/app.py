@@ -40,7 +40,9 @@ def create_app(
         settings.ring_buffer_size,
     )
     http_client = httpx.AsyncClient(
-        base_url=settings.booking_api_url, timeout=settings.snapshot_timeout_seconds
+        base_url=settings.booking_api_url,
+        timeout=httpx.Timeout(settings.snapshot_timeout_seconds, pool=30.0),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
     )
     kafka_presence = (
         KafkaPresenceBus(

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)
     snapshot_reuse_seconds: float = Field(
-        default=1.0,
+        default=5.0,
         ge=0,
         description="Share a fetched snapshot with connections arriving this soon after",
     )

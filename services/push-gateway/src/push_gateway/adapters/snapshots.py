@@ -93,7 +93,7 @@ class CoalescingSnapshots:
     in between from the ring buffer (filtered by version), as it would its own buffer.
     """
 
-    def __init__(self, source: SnapshotSource, reuse_seconds: float = 1.0) -> None:
+    def __init__(self, source: SnapshotSource, reuse_seconds: float = 5.0) -> None:
         self._source = source
         self._reuse = reuse_seconds
         self._in_flight: dict[str, asyncio.Future[TakenSnapshot]] = {}

@@ -260,8 +260,8 @@ async def test_standby_takes_over_when_the_leader_is_cut_off(
     database: MemoryDatabase, make_publisher: PublisherFactory, leases: MemoryLeaseStore
 ) -> None:
     leader_out, standby_out = MemoryProducer(), MemoryProducer()
-    leader = make_publisher(producer=leader_out, instance="a", lease_ttl=0.6)
-    standby = make_publisher(producer=standby_out, instance="b", lease_ttl=0.6)
+    leader = make_publisher(producer=leader_out, instance="a", lease_ttl=1.0)
+    standby = make_publisher(producer=standby_out, instance="b", lease_ttl=1.0)
     tasks = [asyncio.create_task(leader.run())]
     await eventually(lambda: leader.ready)
     tasks.append(asyncio.create_task(standby.run()))

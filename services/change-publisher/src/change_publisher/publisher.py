@@ -47,7 +47,6 @@ from change_publisher.domain.records import (
 from change_publisher.metrics import PublisherMetrics
 from change_publisher.ports import (
     ChangeSource,
-    ChangeStream,
     Checkpoint,
     CheckpointStore,
     EventProducer,
@@ -777,4 +776,4 @@ def _change_time(change: ChangeEvent) -> float:
     return float(change.cluster_time.t)
 
 
-__all__ = ["ChangeStream", "HistoryLostFatal", "Publisher", "PublisherOptions", "Role"]
+__all__ = ["HistoryLostFatal", "Publisher", "PublisherOptions", "Role"]

@@ -297,11 +297,14 @@ class DevStack:
             self.logs / "tansu.log",
         )
         self._spawn(tansu)
-        wait_for_port("127.0.0.1", self.ports.kafka, 15)
-        # wait_for_metadata and create_topics run their own asyncio loops: do that in a
-        # worker thread, so the stack can start from code that already runs a loop.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(self._create_topics).result()
+        try:
+            wait_for_port("127.0.0.1", self.ports.kafka, 15)
+            # wait_for_metadata and create_topics run their own asyncio loops: do that in a
+            # worker thread, so the stack can start from code that already runs a loop.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(self._create_topics).result()
+        except Exception as exc:
+            raise StackError(f"Tansu did not come up ({exc}); see {tansu.log_path}") from exc
 
     def _create_topics(self) -> None:
         wait_for_metadata(self.bootstrap_servers, 15)
@@ -479,11 +482,14 @@ class DevStack:
         )
         if result.returncode != 0:
             raise StackError(f"slotstream-seed failed:\n{result.stderr[-2000:]}")
-        payload = json.loads(result.stdout)
-        self.users = [
-            DemoUser(id=u["id"], name=u["name"], role=u["role"], token=u["token"])
-            for u in payload["users"]
-        ]
+        try:
+            payload = json.loads(result.stdout)
+            self.users = [
+                DemoUser(id=u["id"], name=u["name"], role=u["role"], token=u["token"])
+                for u in payload["users"]
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StackError(f"slotstream-seed printed something unexpected: {exc}") from exc
         self.instructors = list(payload.get("instructors", []))
         (self.state_dir / "demo-data" / "demo-users.json").write_text(
             json.dumps({"users": [u.as_json() for u in self.users]}, indent=2)

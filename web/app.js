@@ -346,7 +346,6 @@ function renderSlot(slot) {
     if (canCancel(slot)) action = "cancel";
   }
   const actionText = { book: "Book", cancel: "Cancel" }[action] ?? "";
-  button.innerHTML = "";
   const timeEl = document.createElement("span");
   timeEl.className = "slot-time";
   timeEl.textContent = time;

@@ -321,11 +321,12 @@ def _public(document: BaseModel, cls: type[_Data], to_data: Callable[[], _Data])
     """The entity's public model: the fields of ``cls`` taken from the validated stored
     document (what ``to_data()`` does), or ``to_data()`` itself when a value breaks a
     constraint only the public model has — its ValidationError dead-letters the change."""
-    version = getattr(document, "version", 0)
-    message = getattr(document, "message", "")
-    if version < 1 or len(message) > _MESSAGE_LIMIT:
+    # Read the validated values straight from the instance dict: a ``getattr`` miss on a
+    # pydantic model takes its slow ``__getattr__`` path.
+    values = document.__dict__
+    if values["version"] < 1 or len(values.get("message", "")) > _MESSAGE_LIMIT:
         return to_data()
-    return _trusted(cls, {name: getattr(document, name) for name in _FIELDS[cls]})
+    return _trusted(cls, {name: values[name] for name in _FIELDS[cls]})
 
 
 def _event(

@@ -170,7 +170,9 @@ async def wait_for(condition: Any, limit: float) -> bool:
     return True
 
 
-async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[str, Any]:
+async def run(
+    bootstrap: str, events: int, rate: int, seconds: float, read_batch: int
+) -> dict[str, Any]:
     await create_topics(bootstrap, {SCHEDULE_TOPIC: 8, NOTIFICATIONS_TOPIC: 8, DEADLETTER_TOPIC: 1})
     database = MemoryDatabase(retain=events + rate * int(seconds + 2) + 10_000)
     started = time.perf_counter()
@@ -201,7 +203,7 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
             start_mode="resume",
             checkpoint_interval=1.0,
         ),
-        source=MemoryChangeSource(database, limit=1000, wait=0.05),
+        source=MemoryChangeSource(database, limit=read_batch, wait=0.05),
         checkpoints=checkpoints,
         leases=MemoryLeaseStore(),
         producer=producer,
@@ -279,6 +281,7 @@ async def run(bootstrap: str, events: int, rate: int, seconds: float) -> dict[st
             "p99_ms": round(p99, 2),
             "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
         },
+        "read_batch": read_batch,
         "checkpoints_saved": len(checkpoints.saves),
         "producer": {"acks": "all", "compression": "zstd", "linger_ms": 5, "idempotence": False},
         "broker": "tansu (memory)",
@@ -304,11 +307,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=150_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--read-batch", type=int, default=1000, help="changes per source read (Mongo, feed: 1000)"
+    )
     args = parser.parse_args()
     logging.getLogger("change_publisher").setLevel(logging.WARNING)
     with TansuBroker() as broker:
         # uvloop, as in the service (uvicorn picks it when installed).
-        result = uvloop.run(run(broker.bootstrap_servers, args.events, args.rate, args.seconds))
+        result = uvloop.run(
+            run(broker.bootstrap_servers, args.events, args.rate, args.seconds, args.read_batch)
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,20 @@ def tree_rss_bytes(root: int) -> int:
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def spawn(
+    command: list[str], core: int, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server pinned to ``core`` in its own session (stopped by PID later)."""
+    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        ["taskset", "-c", str(core), *command],
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 # -- the load client ------------------------------------------------------------------------
@@ -306,12 +320,11 @@ class GatewayServer(Server):
 
     async def start(self, tmp: Path, core: int) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            ["taskset", "-c", str(core), sys.executable, "-m", "push_gateway"],
+        self.process = spawn(
+            [sys.executable, "-m", "push_gateway"],
+            core,
+            log=tmp / f"gateway-{self.port}.log",
             env=self.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp / f"gateway-{self.port}.log", "ab"),  # noqa: SIM115
-            start_new_session=True,
         )
         await wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
         if self.producer is None:
@@ -391,22 +404,8 @@ http {{
 """
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.process = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                str(core),
-                nginx,
-                "-c",
-                str(conf),
-                "-p",
-                str(home),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        self.process = spawn(
+            [nginx, "-c", str(conf), "-p", str(home), "-g", "daemon off;"], core, home / "out.log"
         )
         await asyncio.to_thread(wait_for_port, "127.0.0.1", self.port, 10)
         for _ in range(4):
@@ -477,45 +476,8 @@ class PushpinServer(Server):
         for sub in ("run", "log"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         (home / "routes").write_text(f"* 127.0.0.1:{self.origin_port}\n")
-        template = Path("/etc/pushpin/pushpin.conf").read_text()
-        replacements = {
-            "rundir=": f"rundir={home}/run",
-            "http_port=": f"http_port=127.0.0.1:{self.port}",
-            "logdir=": f"logdir={home}/log",
-            "routesfile=": f"routesfile={home}/routes",
-            "push_in_spec=": f"push_in_spec=tcp://127.0.0.1:{free_port()}",
-            "push_in_sub_specs=": f"push_in_sub_specs=tcp://127.0.0.1:{free_port()}",
-            "push_in_http_port=": f"push_in_http_port={self.publish_port}",
-            "command_spec=tcp": f"command_spec=tcp://127.0.0.1:{free_port()}",
-            # defaults throttle publishing to 2,500 messages/s; lift it for a fair run
-            "message_rate=": "message_rate=1000000",
-            "message_hwm=": "message_hwm=1000000",
-            "client_maxconn=": "client_maxconn=19000",
-            "stats_report_interval=": "stats_report_interval=600",
-            # the origin is reached through zurl (Debian's default list omits it)
-            "services=": "services=condure,zurl,pushpin-proxy,pushpin-handler",
-        }
-        lines = []
-        for line in template.splitlines():
-            for prefix, new in replacements.items():
-                if line.startswith(prefix):
-                    line = new
-            lines.append(line)
-            if line.strip() == "[proxy]":
-                # talk to the zurl the runner starts (internal.conf points at a system one)
-                lines += [
-                    "zurl_out_specs=ipc://{rundir}/{ipc_prefix}zurl-in",
-                    "zurl_out_stream_specs=ipc://{rundir}/{ipc_prefix}zurl-in-stream",
-                    "zurl_in_specs=ipc://{rundir}/{ipc_prefix}zurl-out",
-                ]
-        conf = home / "pushpin.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        self.process = subprocess.Popen(
-            ["taskset", "-c", str(core), "pushpin", "--config", str(conf)],
-            stdout=open(home / "log" / "stdout.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        conf = write_pushpin_conf(home, self.port, self.publish_port)
+        self.process = spawn(["pushpin", "--config", str(conf)], core, home / "log" / "out.log")
         await asyncio.to_thread(wait_for_port, "127.0.0.1", self.port, 20)
         await asyncio.to_thread(wait_for_port, "127.0.0.1", self.publish_port, 20)
         self._client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.publish_port}")
@@ -542,8 +504,46 @@ class PushpinServer(Server):
         await super().stop()
 
 
-async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+def write_pushpin_conf(home: Path, port: int, publish_port: int) -> Path:
+    """Debian's pushpin.conf with this run's ports and directories."""
+    template = Path("/etc/pushpin/pushpin.conf").read_text()
+    replacements = {
+        "rundir=": f"rundir={home}/run",
+        "http_port=": f"http_port=127.0.0.1:{port}",
+        "logdir=": f"logdir={home}/log",
+        "routesfile=": f"routesfile={home}/routes",
+        "push_in_spec=": f"push_in_spec=tcp://127.0.0.1:{free_port()}",
+        "push_in_sub_specs=": f"push_in_sub_specs=tcp://127.0.0.1:{free_port()}",
+        "push_in_http_port=": f"push_in_http_port={publish_port}",
+        "command_spec=tcp": f"command_spec=tcp://127.0.0.1:{free_port()}",
+        # defaults throttle publishing to 2,500 messages/s; lift it for a fair run
+        "message_rate=": "message_rate=1000000",
+        "message_hwm=": "message_hwm=1000000",
+        "client_maxconn=": "client_maxconn=19000",
+        "stats_report_interval=": "stats_report_interval=600",
+        # the origin is reached through zurl (Debian's default list omits it)
+        "services=": "services=condure,zurl,pushpin-proxy,pushpin-handler",
+    }
+    lines = []
+    for line in template.splitlines():
+        for prefix, new in replacements.items():
+            if line.startswith(prefix):
+                line = new
+        lines.append(line)
+        if line.strip() == "[proxy]":
+            # talk to the zurl the runner starts (internal.conf points at a system one)
+            lines += [
+                "zurl_out_specs=ipc://{rundir}/{ipc_prefix}zurl-in",
+                "zurl_out_stream_specs=ipc://{rundir}/{ipc_prefix}zurl-in-stream",
+                "zurl_in_specs=ipc://{rundir}/{ipc_prefix}zurl-out",
+            ]
+    conf = home / "pushpin.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes], within: float = 60) -> None:
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -612,7 +612,9 @@ async def run_fanout(
         publish_seconds = time.monotonic() - started
         expected = sent * per_channel
         drain_deadline = time.monotonic() + args.drain
-        while load.received - baseline_received < expected and time.monotonic() < drain_deadline:
+        while load.received - baseline_received < expected:  # noqa: ASYNC110 - polls counters
+            if time.monotonic() > drain_deadline:
+                break
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         cpu = tree_cpu_seconds(server.pid) - cpu_before
@@ -754,7 +756,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     finally:
                         await server.close_producer()  # type: ignore[attr-defined]
                 elif name == "nchan":
-                    if not NCHAN_MODULE.exists():
+                    if not args.nchan_available:
                         results["runs"].append({"server": "nchan", "skipped": "not installed"})
                         continue
                     results["runs"].append(await run_fanout(NchanServer(), args, tmp))
@@ -823,6 +825,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.nchan_available = NCHAN_MODULE.exists()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.idle_connections > hard - 500:
@@ -843,7 +846,9 @@ def render_table(results: dict[str, Any]) -> str:
         "| server CPU µs/delivery | RSS/conn kB | server core | client core |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fmt: Callable[[Any], str] = lambda v: "–" if v is None else str(v)  # noqa: E731
+    fmt: Callable[[Any], str] = lambda v: (  # noqa: E731
+        "–" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+    )
     for run in results["runs"]:
         if "skipped" in run:
             rows.append(f"| {run['server']} | skipped: {run['skipped']} |||||||||")

@@ -303,12 +303,22 @@ def _trusted(cls: type[M], values: dict[str, Any]) -> M:
     A unit test holds the result equal, and byte-identical on the wire, to the validated
     ``to_data()`` / ``CloudEvent(...)`` construction.
     """
-    model = cls.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    object.__setattr__(model, "__pydantic_fields_set__", set(values))
-    object.__setattr__(model, "__pydantic_extra__", None)
-    object.__setattr__(model, "__pydantic_private__", None)
+    model = object.__new__(cls)
+    _set(model, "__dict__", values)
+    # Every field is given: one immutable set per class (the models are frozen, nothing
+    # adds to it) instead of building a set per event.
+    _set(model, "__pydantic_fields_set__", _all_fields(cls))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
     return model
+
+
+_set: Final = object.__setattr__
+
+
+@lru_cache(maxsize=8)
+def _all_fields(cls: type[BaseModel]) -> frozenset[str]:
+    return frozenset(cls.model_fields)
 
 
 _Data = TypeVar("_Data", SlotData, BookingData, NotificationData)

@@ -59,6 +59,7 @@ class KafkaIngest:
         self._catch_up_to: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.lag = 0
+        self._lag_checked = 0.0
         self.fetch_errors = 0
 
     async def start(self) -> None:
@@ -131,10 +132,12 @@ class KafkaIngest:
     def _hub_letters(self) -> dict[str, str]:
         return self._hub._letters  # noqa: SLF001 - same package, read-only
 
-    async def refresh_lag(self) -> int:
-        """Records between the hub's positions and the ends of the partitions."""
-        if self._consumer is None:
-            return 0
+    async def refresh_lag(self, max_age_seconds: float = 5.0) -> int:
+        """Records between the hub's positions and the ends of the partitions (asks the
+        broker at most every ``max_age_seconds``, however often metrics are scraped)."""
+        if self._consumer is None or time.monotonic() - self._lag_checked < max_age_seconds:
+            return self.lag
+        self._lag_checked = time.monotonic()
         assigned = list(self._consumer.assignment())
         ends = await self._consumer.end_offsets(assigned)
         letters = self._hub_letters()

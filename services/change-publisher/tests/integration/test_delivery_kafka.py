@@ -2,6 +2,7 @@
 
 import asyncio
 from collections import Counter, defaultdict
+from typing import Any
 
 import orjson
 import pytest
@@ -31,9 +32,9 @@ def publisher_for(
     checkpoints: MemoryCheckpointStore,
     leases: MemoryLeaseStore,
     instance: str = "p1",
-    **options: object,
+    **options: Any,
 ) -> Publisher:
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "stream_name": "it",
         "instance_id": instance,
         "collections": (SLOTS, BOOKINGS, NOTIFICATIONS),
@@ -44,7 +45,7 @@ def publisher_for(
         **options,
     }
     return Publisher(
-        PublisherOptions(**settings),  # type: ignore[arg-type]
+        PublisherOptions(**settings),
         source=MemoryChangeSource(database, wait=0.05),
         checkpoints=checkpoints,
         leases=leases,

@@ -13,14 +13,24 @@ from change_publisher.adapters.memory import (
     MemoryDatabase,
     MemoryLeaseStore,
 )
-from change_publisher.ports import EventProducer
+from change_publisher.ports import Checkpoint, EventProducer
 from change_publisher.publisher import Publisher, PublisherOptions, Role
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.events import decode_event
+from slotstream_contracts.topics import CONTROL_KEY
 from slotstream_testkit.kafka import KafkaEndpoint
 
-from ..conftest import Docs
-from .conftest import Record, Topics, by_partition, consume, epoch, header, kafka_producer
+from ..conftest import NOW, Docs
+from .conftest import (
+    PARTITIONS,
+    Record,
+    Topics,
+    by_partition,
+    consume,
+    epoch,
+    header,
+    kafka_producer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +239,41 @@ async def test_lease_handover_never_interleaves_two_leaders(
         epochs_seen.update(epochs)
     assert epochs_seen == {1, 2}
     assert [g.holder for g in leases.grants] == ["a", "b"]
+
+
+async def test_lost_history_writes_resync_to_every_partition_then_the_snapshot(
+    kafka: KafkaEndpoint, topics: Topics
+) -> None:
+    database = MemoryDatabase(retain=5)
+    stale = database.insert(SLOTS, Docs.slot("s0", "i0"))
+    for n in range(1, 10):
+        database.insert(SLOTS, Docs.slot(f"s{n}", f"i{n % 3}"))
+    checkpoints = MemoryCheckpointStore()
+    await checkpoints.save("it", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    publisher = publisher_for(
+        database,
+        kafka_producer(kafka.bootstrap_servers, kafka.supports_idempotence),
+        topics,
+        checkpoints,
+        MemoryLeaseStore(),
+    )
+    task = asyncio.create_task(publisher.run())
+    await wait_until(lambda: publisher.ready)
+    publisher.stop()
+    await asyncio.wait_for(task, 10)
+
+    records = await consume(
+        kafka.bootstrap_servers,
+        (topics.schedule, topics.notifications),
+        lambda rs: len(rs) >= 2 * PARTITIONS + 10,
+    )
+    resyncs = [r for r in records if header(r, "ce_type") == b"stream.resync"]
+    assert sorted((r.topic, r.partition) for r in resyncs) == sorted(
+        (t, p) for t in (topics.schedule, topics.notifications) for p in range(PARTITIONS)
+    )
+    assert {r.key for r in resyncs} == {CONTROL_KEY.encode()}
+    for partition in by_partition(records).values():
+        # The resync comes first in every partition: clients refetch, then deltas follow.
+        assert header(partition[0], "ce_type") == b"stream.resync"
+    snapshot = {decode_event(r.value).subject for r in records if r.key != CONTROL_KEY.encode()}
+    assert snapshot == {f"slots/s{n}" for n in range(10)}

@@ -57,10 +57,13 @@ from change_publisher.ports import (
     SourceUnavailable,
     StreamPosition,
 )
-from slotstream_contracts.changes import ChangeEvent, ClusterTime, ResumeToken
+from slotstream_contracts.changes import ChangeEvent, ClusterTime, OperationType, ResumeToken
 from slotstream_contracts.events import CloudEvent, EventType, ResyncData
 
 log = structlog.get_logger("change_publisher")
+
+#: Changes to the database's structure rather than to documents: logged when skipped.
+_STRUCTURAL = frozenset({OperationType.DROP, OperationType.RENAME, OperationType.DROP_DATABASE})
 
 T = TypeVar("T")
 
@@ -629,6 +632,8 @@ class Publisher:
             return (encoded,)
         if isinstance(outcome, Skip):
             self.metrics.skipped.inc()
+            if change.operation_type in _STRUCTURAL:
+                self._log.warning("structural change skipped", reason=outcome.reason)
         return ()
 
     async def _checkpoint_loop(self, delivery: _Delivery, lease: Lease) -> None:

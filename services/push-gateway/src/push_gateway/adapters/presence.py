@@ -100,7 +100,14 @@ class KafkaPresenceBus:
             fetch_max_wait_ms=100,
         )
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(self._topic) or {0}
+        parts = self._consumer.partitions_for_topic(self._topic)
+        for _ in range(25):  # the topic is created by the deployment; give metadata a moment
+            if parts:
+                break
+            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            parts = self._consumer.partitions_for_topic(self._topic)
+            await asyncio.sleep(0.2)
+        parts = parts or {0}
         self._consumer.assign([TopicPartition(self._topic, p) for p in sorted(parts)])
         self._task = asyncio.create_task(self._read(), name="presence-reader")
 

@@ -122,3 +122,17 @@ async def test_only_the_configured_collections_come_through(database: MemoryData
     assert [c.ns.coll for c in batch.changes] == [SLOTS]
     assert batch.resume_token == database.log.latest_token
     await source.close()
+
+
+async def test_malformed_feed_answers_are_retried_not_skipped() -> None:
+    def garbage(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("after") == "01":
+            return httpx.Response(200, content=b'{"changes": [{"nope": 1}]}')
+        return httpx.Response(200, content=b"<html>proxy error</html>")
+
+    source = FeedChangeSource("http://booking-api", TOKEN, transport=httpx.MockTransport(garbage))
+    with pytest.raises(SourceUnavailable, match="malformed JSON"):
+        await (await source.open(StreamPosition(after={"_data": "00"}))).next_batch()
+    with pytest.raises(SourceUnavailable, match="malformed change"):
+        await (await source.open(StreamPosition(after={"_data": "01"}))).next_batch()
+    await source.close()

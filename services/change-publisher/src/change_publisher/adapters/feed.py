@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import httpx
 import orjson
+from pydantic import ValidationError
 
 from change_publisher.ports import (
     ChangeBatch,
@@ -31,9 +32,11 @@ _END_OF_TIME: Final = "999999999999.0"
 def _problem_detail(response: httpx.Response) -> str:
     try:
         body = orjson.loads(response.content)
-        return str(body.get("detail") or body.get("title") or response.status_code)
     except orjson.JSONDecodeError:
         return f"HTTP {response.status_code}"
+    if not isinstance(body, dict):
+        return f"HTTP {response.status_code}"
+    return str(body.get("detail") or body.get("title") or response.status_code)
 
 
 class FeedChangeStream:
@@ -71,7 +74,12 @@ class FeedChangeStream:
             raise SourceUnavailable(
                 f"change feed answered {response.status_code}: {_problem_detail(response)}"
             )
-        body: dict[str, Any] = orjson.loads(response.content)
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise SourceUnavailable(f"change feed answered malformed JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise SourceUnavailable("change feed answered something else than an object")
         return body
 
     async def next_batch(self) -> ChangeBatch:
@@ -84,7 +92,11 @@ class FeedChangeStream:
             if self._after is not None:
                 params["after"] = self._after["_data"]
         body = await self._get(params)
-        received = [ChangeEvent.model_validate(change) for change in body.get("changes", ())]
+        try:
+            received = [ChangeEvent.model_validate(c) for c in body.get("changes", ())]
+        except ValidationError as exc:
+            # A protocol violation, not a bad document: retry (and alert) rather than skip.
+            raise SourceUnavailable(f"change feed sent a malformed change: {exc}") from exc
         changes: Sequence[ChangeEvent] = [c for c in received if watched(c, self._collections)]
         resume: ResumeToken | None = body.get("postBatchResumeToken")
         if received:

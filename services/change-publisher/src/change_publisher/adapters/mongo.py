@@ -35,6 +35,7 @@ LEASES: Final = "publisher_leases"
 #: ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken, CappedPositionLost.
 _HISTORY_LOST_CODES: Final = frozenset({286, 280, 260, 136})
 _MAJORITY: Final = WriteConcern("majority")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 Document = dict[str, Any]
 
@@ -253,39 +254,33 @@ class MongoLeaseStore:
         return Lease(doc["_id"], doc["holder"], int(doc["epoch"]), expires.timestamp())
 
     async def acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
-        ttl_ms = int(ttl * 1000)
-        still_mine = {"$and": [{"$eq": ["$holder", holder]}, {"$gt": ["$expiresAt", "$$NOW"]}]}
+        # MongoDB refuses $expr in the filter of an upsert (error 224), so the document is
+        # created first (expired, epoch 0), then taken by a conditional update.
         try:
-            doc = await self._collection.find_one_and_update(
-                {
-                    "_id": name,
-                    "$expr": {
-                        "$or": [
-                            {"$eq": ["$holder", holder]},
-                            {"$lte": ["$expiresAt", "$$NOW"]},
-                        ]
-                    },
-                },
-                [
-                    {
-                        "$set": {
-                            "epoch": {
-                                "$cond": [
-                                    still_mine,
-                                    "$epoch",
-                                    {"$add": [{"$ifNull": ["$epoch", 0]}, 1]},
-                                ]
-                            },
-                            "holder": holder,
-                            "expiresAt": {"$add": ["$$NOW", ttl_ms]},
-                        }
-                    }
-                ],
+            await self._collection.update_one(
+                {"_id": name},
+                {"$setOnInsert": {"holder": None, "epoch": 0, "expiresAt": _EPOCH}},
                 upsert=True,
-                return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:
-            return None  # held by another instance and not expired
+            pass  # another replica created it at the same moment
+        still_mine = {"$and": [{"$eq": ["$holder", holder]}, {"$gt": ["$expiresAt", "$$NOW"]}]}
+        doc = await self._collection.find_one_and_update(
+            {
+                "_id": name,
+                "$expr": {"$or": [{"$eq": ["$holder", holder]}, {"$lte": ["$expiresAt", "$$NOW"]}]},
+            },
+            [
+                {
+                    "$set": {
+                        "epoch": {"$cond": [still_mine, "$epoch", {"$add": ["$epoch", 1]}]},
+                        "holder": holder,
+                        "expiresAt": {"$add": ["$$NOW", int(ttl * 1000)]},
+                    }
+                }
+            ],
+            return_document=ReturnDocument.AFTER,
+        )
         return None if doc is None else self._lease(doc)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease | None:

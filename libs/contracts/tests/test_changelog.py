@@ -58,3 +58,12 @@ async def test_waiting_reader_wakes_on_the_next_change() -> None:
     events = await asyncio.wait_for(waiter, 2)
     assert [e.document_key for e in events] == [{"_id": "s0"}]
     assert await log.wait_after(log.latest_token, 10, max_wait=0.01) == []
+
+
+async def test_released_log_answers_waiting_and_later_readers_at_once() -> None:
+    log = MemoryChangeLog("db")
+    waiter = asyncio.create_task(log.wait_after(log.latest_token, 10, max_wait=30))
+    await asyncio.sleep(0.01)
+    log.release_waiters()
+    assert await asyncio.wait_for(waiter, 2) == []
+    assert await asyncio.wait_for(log.wait_after(log.latest_token, 10, max_wait=30), 2) == []

@@ -47,6 +47,7 @@ class MemoryChangeLog:
         self._seq = 0
         self._last_time = ClusterTime(t=0, i=0)
         self._changed = asyncio.Event()
+        self._released = False
 
     @property
     def latest_token(self) -> ResumeToken:
@@ -113,12 +114,17 @@ class MemoryChangeLog:
         selected = (e for e in self._events if (e.cluster_time.t, e.cluster_time.i) >= key)
         return [e for _, e in zip(range(limit), selected, strict=False)]
 
+    def release_waiters(self) -> None:
+        """Answer every waiting reader now and stop waiting from here on (server stopping)."""
+        self._released = True
+        self._changed.set()
+
     async def wait_after(
         self, token: ResumeToken | None, limit: int, max_wait: float
     ) -> list[ChangeEvent]:
         """Like ``read_after``, but waits up to ``max_wait`` seconds for a first change."""
         events = self.read_after(token, limit)
-        if events or max_wait <= 0:
+        if events or max_wait <= 0 or self._released:
             return events
         self._changed.clear()
         try:

@@ -1,14 +1,34 @@
 """``python -m booking_api`` / ``slotstream-booking-api``: serve the API with uvicorn."""
 
+import asyncio
 import gc
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
+from booking_api.api.deps import AppParts
 from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_contracts.logs import configure_logging
+
+
+class BookingApiServer(uvicorn.Server):
+    """On a stop signal, answers the change feed's long polls at once: otherwise each
+    would hold the graceful shutdown until its ``wait`` ran out."""
+
+    def __init__(self, config: uvicorn.Config, parts: AppParts) -> None:
+        super().__init__(config)
+        self._parts = parts
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        runtime = self._parts.runtime
+        if runtime is not None and runtime.memory is not None:
+            asyncio.get_running_loop().call_soon_threadsafe(
+                runtime.memory.changelog.release_waiters
+            )
+        super().handle_exit(sig, frame)
 
 
 def main() -> None:
@@ -25,7 +45,7 @@ def main() -> None:
     # and keep what exists at start-up out of collections altogether.
     gc.set_threshold(50_000, 20, 100)
     gc.freeze()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -35,9 +55,10 @@ def main() -> None:
         log_config=None,
         proxy_headers=True,
         server_header=False,
-        # Long polls on /internal/changes may wait 30 s; do not let them hold up a stop.
+        # A client that keeps a request open must not hold up a stop for long.
         timeout_graceful_shutdown=5,
     )
+    BookingApiServer(config, app.state.parts).run()
 
 
 if __name__ == "__main__":

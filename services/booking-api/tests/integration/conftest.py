@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from pydantic import SecretStr
@@ -23,10 +24,8 @@ def server_jwt() -> JwtSettings:
     return JwtSettings(secret=SecretStr(SERVER_SECRET))
 
 
-@pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log_path = Path(tmp_path_factory.mktemp("booking-api")) / "server.log"
+def launch_server(port: int, log: IO[bytes]) -> "subprocess.Popen[bytes]":
+    """``python -m booking_api`` on the memory backend; the caller stops it."""
     env = {
         **os.environ,
         "BOOKING_API_STORAGE": "memory",
@@ -34,12 +33,20 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "BOOKING_API_PORT": str(port),
         "BOOKING_API_LOG__LEVEL": "WARNING",
     }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "booking_api"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    wait_for_port("127.0.0.1", port, timeout=20)
+    return process
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = Path(tmp_path_factory.mktemp("booking-api")) / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "booking_api"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = launch_server(port, log)
         try:
-            wait_for_port("127.0.0.1", port, timeout=20)
             yield f"http://127.0.0.1:{port}"
         finally:
             process.send_signal(signal.SIGTERM)

@@ -112,7 +112,7 @@ def test_mongo_is_a_self_initialising_replica_set(compose_services: Services) ->
     mounts = {v["target"]: v for v in mongo["volumes"]}
     assert mounts["/data/db"]["type"] == "volume"
     script = mounts["/opt/slotstream/init-replica-set.js"]
-    assert script["source"] == str(REPO / "deploy" / "mongo" / "init-replica-set.js")
+    assert script["source"] == str(REPO / "deploy" / "k8s" / "base" / "init-replica-set.js")
     assert script["read_only"] is True
     assert "/opt/slotstream/init-replica-set.js" in mongo["healthcheck"]["test"]
     # Clients name the same replica set.

@@ -15,7 +15,7 @@ from tests.deploy.support import REPO
 pytestmark = pytest.mark.deploy
 
 CREATE_TOPICS = REPO / "deploy" / "kafka" / "create-topics.sh"
-INIT_REPLICA_SET = REPO / "deploy" / "mongo" / "init-replica-set.js"
+INIT_REPLICA_SET = REPO / "deploy" / "k8s" / "base" / "init-replica-set.js"
 
 FAKE_KAFKA_TOPICS = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$CALLS"

@@ -409,12 +409,6 @@ def test_mongo_init_job_matches_the_replica_set(rendered: dict[str, list[Manifes
         assert command[command.index("--replSet") + 1] == env["RS_NAME"]
 
 
-def test_mongo_init_script_copy_is_identical() -> None:
-    """kustomize reads files only below its folder, so the base carries a copy."""
-    original = (REPO / "deploy" / "mongo" / "init-replica-set.js").read_text()
-    assert (K8S / "base" / "init-replica-set.js").read_text() == original
-
-
 def test_a_missing_renderer_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No kubectl and no kustomize is a failure with a way out, never a silent skip."""
     monkeypatch.delenv("KUBECTL", raising=False)

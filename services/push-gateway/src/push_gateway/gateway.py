@@ -57,6 +57,7 @@ class GatewayStats:
     resumes_ring: int = 0
     resumes_kafka: int = 0
     resumes_gone: int = 0
+    token_expiries: int = 0
 
 
 class Gateway:
@@ -152,6 +153,11 @@ class Gateway:
         )
         self.connections.add(connection)
         self.stats.accepted += 1
+        if request.token_expires_at is not None:
+            # a private stream must not outlive its token: the client re-authenticates
+            connection.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, request.token_expires_at - time.time()), self._expire, connection
+            )
         self._spawn(self._serve(connection, request))
         return connection
 
@@ -200,7 +206,20 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _expire(self, connection: SseConnection) -> None:
+        connection.expiry = None
+        if connection.state is StreamState.CLOSED:
+            return
+        self.stats.token_expiries += 1
+        if not connection.headers_sent:  # still catching up: open the stream to say why
+            connection.transport.write(self._stream_head(connection))
+            connection.headers_sent = True
+        connection.close("token-expired")
+
     def _closed(self, connection: SseConnection, reason: str | None) -> None:
+        if connection.expiry is not None:
+            connection.expiry.cancel()
+            connection.expiry = None
         self.connections.discard(connection)
         self.hub.detach(connection)
         if reason == "slow-consumer":

@@ -41,6 +41,11 @@ class GatewayCollector(Collector):
         )
         yield _counter("gateway_streams_accepted", "Streams opened", gw.stats.accepted)
         yield _counter(
+            "gateway_token_expiries",
+            "Private streams closed because their token expired",
+            gw.stats.token_expiries,
+        )
+        yield _counter(
             "gateway_streams_rejected", "Stream requests answered 4xx/5xx", gw.stats.rejected
         )
         yield _counter(

@@ -35,6 +35,7 @@ class SseConnection(asyncio.Protocol):
         "state",
         "headers_sent",
         "origin",
+        "expiry",
         "_on_close",
         "_on_resync",
     )
@@ -64,6 +65,8 @@ class SseConnection(asyncio.Protocol):
         self.state = StreamState.CATCHING_UP
         self.headers_sent = False
         self.origin = origin
+        #: ends a private stream when its token expires (set by the gateway)
+        self.expiry: asyncio.TimerHandle | None = None
         self._on_close = on_close
         self._on_resync = on_resync
         # the transport calls pause_writing() once this much output is unsent

@@ -23,7 +23,8 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint, create_topics
 from slotstream_testkit.net import free_port
 
-JWT = JwtSettings(secret=SecretStr("integration-secret-" + "x" * 24))
+#: no leeway, so a token minted to expire in a second ends its stream a second later
+JWT = JwtSettings(secret=SecretStr("integration-secret-" + "x" * 24), leeway_seconds=0)
 
 
 @dataclass

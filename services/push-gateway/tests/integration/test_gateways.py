@@ -72,6 +72,11 @@ class Stream:
         assert self._opened.is_set(), "stream did not open"
         return self
 
+    @property
+    def ended(self) -> "asyncio.Task[None] | None":
+        """The reading task: done once the server has closed the stream."""
+        return self._task
+
     async def __aexit__(self, *_: object) -> None:
         assert self._task is not None
         self._task.cancel()
@@ -193,6 +198,26 @@ async def test_private_channel_needs_the_owners_token(
             await publish(p, topics.notifications, [notification_event("u7", "n1", "hi\nthere")])
         [event] = await stream.wait_for("notification", 1)
     assert orjson.loads(event.data)["data"]["message"] == "hi\nthere"
+
+
+async def test_a_private_stream_ends_with_its_token(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    _, b = gateways
+    token = mint_token(JWT, "u9", Role.STUDENT, ttl=timedelta(seconds=2))
+    params = {"channel": "users/u9/notifications", "access_token": token}
+    async with Stream(b.url + "/v1/events", params) as stream:
+        async with producer(kafka) as p:
+            await publish(p, topics.notifications, [notification_event("u9", "n1", "before")])
+        await stream.wait_for("notification", 1)
+        [bye] = await stream.wait_for("bye", 1, within=5)
+        assert orjson.loads(bye.data) == {"reason": "token-expired"}
+        assert stream.ended is not None
+        await asyncio.wait_for(stream.ended, 5)  # the gateway closed the response
+    # reconnecting with the same token is refused: the client must re-authenticate
+    assert (await get(b.url + "/v1/events", params=params)).status_code == 401
+    metrics = (await get(b.url + "/metrics")).text
+    assert "gateway_token_expiries_total 1.0" in metrics
 
 
 async def test_malformed_channel_is_400_problem_with_cors(

@@ -5,9 +5,11 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import FakeHistory
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
@@ -15,11 +17,22 @@ from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSou
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.gateway import Gateway
-from push_gateway.testing import FakeRecord, record_of, resync_event, slot, slot_event, snapshot
+from push_gateway.testing import (
+    FakeRecord,
+    notification_event,
+    record_of,
+    resync_event,
+    slot,
+    slot_event,
+    snapshot,
+)
+from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 PAGE = "/api/book-now/schedule-updates"
+EVENTS = "/v1/events"
+JWT = JwtSettings(secret=SecretStr("unit-secret-" + "x" * 32), leeway_seconds=0)
 
 
 @dataclass
@@ -94,13 +107,14 @@ class Harness:
         query: str = "instructorId=i1",
         headers: list[tuple[bytes, bytes]] | None = None,
         stalled: bool = False,
+        path: str = PAGE,
     ) -> Client:
         server_sock, client_sock = socket.socketpair()
         if stalled:
             server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
-        connection = self.gateway.open_stream(transport, PAGE, query.encode(), headers or [])
+        connection = self.gateway.open_stream(transport, path, query.encode(), headers or [])
         if connection is not None:
             transport.set_protocol(connection)
         if stalled:  # nobody reads this socket until the test says so
@@ -125,7 +139,7 @@ class Harness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    h = Harness(Settings(max_connections=3, max_pending_bytes=32_768, retry_ms=1500))
+    h = Harness(Settings(max_connections=3, max_pending_bytes=32_768, retry_ms=1500, jwt=JWT))
     h._writers = []
     h.stalled_sockets = []
     try:
@@ -269,6 +283,49 @@ async def test_shutdown_says_bye_with_a_short_retry(harness: Harness) -> None:
     assert tail.endswith(b'retry: 500\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
     refused = await (await harness.connect()).start()
     assert refused.status == 503
+
+
+async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
+    harness: Harness,
+) -> None:
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    expiring = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(seconds=1))
+    lasting = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
+    short = await (
+        await harness.connect(
+            f"channel=users/u1/notifications&access_token={expiring}", path=EVENTS
+        )
+    ).start()
+    long = await (
+        await harness.connect(f"channel=users/u1/notifications&access_token={lasting}", path=EVENTS)
+    ).start()
+    public = await (await harness.connect()).start()
+    await public.events(1)  # its snapshot: all three streams are live now
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, notes[1], [record_of(notification_event("u1", "n1", "hi"), 0)]
+    )
+    [note] = await short.events(1)
+    assert note["event"] == "notification"
+    [bye] = await short.events(1)  # within the token's second, no heartbeat needed
+    assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
+    assert await short.rest() == b""  # and the server closed the stream
+    assert harness.gateway.stats.token_expiries == 1
+    assert len(harness.gateway.connections) == 2
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, notes[1], [record_of(notification_event("u1", "n2", "on"), 1)]
+    )
+    assert [e["event"] for e in await long.events(2)] == ["notification", "notification"]
+
+
+async def test_a_token_expiring_during_catch_up_still_gets_its_bye(harness: Harness) -> None:
+    harness.source.gate = asyncio.Event()  # the snapshot never comes
+    token = mint_token(JWT, "i1", Role.INSTRUCTOR, ttl=timedelta(seconds=1))
+    query = f"channel=instructors/i1/schedule&channel=users/i1/notifications&access_token={token}"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    assert client.status == 200
+    [bye] = await client.events(1)
+    assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
+    assert harness.gateway.connections == set()
 
 
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy

@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+import jwt
 import pytest
 from pydantic import SecretStr
 
@@ -95,6 +96,16 @@ def test_private_channel_with_bad_token_is_401(bad: str) -> None:
 def test_expired_token_is_401() -> None:
     expired = token("u1", ttl=timedelta(minutes=-5))
     assert problem_of(EVENTS_PATH, f"{NOTES}&access_token={expired}").status == 401
+
+
+def test_a_private_stream_ends_when_its_token_does() -> None:
+    """The stream's deadline is the token's ``exp`` plus the leeway the connect check allows,
+    so the gateway never accepts a token it would cut off at once."""
+    own = token("u1", ttl=timedelta(minutes=30))
+    exp = jwt.decode(own, options={"verify_signature": False})["exp"]
+    request = parse(EVENTS_PATH, f"{NOTES}&access_token={own}")
+    assert request.token_expires_at == exp + JWT.leeway_seconds
+    assert parse(EVENTS_PATH, "channel=instructors/a/schedule").token_expires_at is None
 
 
 def test_other_users_channel_is_403() -> None:

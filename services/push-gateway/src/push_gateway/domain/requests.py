@@ -7,6 +7,8 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Final
 from urllib.parse import parse_qs
 
+import jwt as pyjwt
+
 from push_gateway.domain.positions import PartitionKey, PositionError, parse_position
 from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token
 from slotstream_contracts.channels import Channel, ChannelError
@@ -40,6 +42,9 @@ class StreamRequest:
     resume_from: dict[PartitionKey, int] | None
     principal: Principal | None = None
     origin: str | None = None
+    #: Unix time after which the stream must end because its token has expired (the
+    #: token's ``exp`` plus the same leeway the check at connect allows); None without a token.
+    token_expires_at: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,9 +101,10 @@ def parse_stream_request(
             raise _bad_request(f"Last-Event-ID: {exc}") from None
 
     principal = None
+    expires_at = None
     private = [c for c in channels if c.is_private]
     if private:
-        principal = _authenticate(headers, query, jwt)
+        principal, expires_at = _authenticate(headers, query, jwt)
         for channel in private:
             if not principal.may_act_for(channel.owner_id):
                 raise Problem(403, "Forbidden", f"{channel} belongs to another user")
@@ -107,12 +113,14 @@ def parse_stream_request(
         resume_from=resume_from,
         principal=principal,
         origin=_header(headers, b"origin"),
+        token_expires_at=expires_at,
     )
 
 
 def _authenticate(
     headers: Sequence[tuple[bytes, bytes]], query: dict[str, list[str]], jwt: JwtSettings
-) -> Principal:
+) -> tuple[Principal, float]:
+    """The verified principal and the Unix time at which its token stops being accepted."""
     token = None
     authorization = _header(headers, b"authorization")
     if authorization is not None:
@@ -135,6 +143,9 @@ def _authenticate(
     if token is None:
         raise Problem(401, "Unauthorized", "private channels need a bearer token", challenge)
     try:
-        return verify_token(token, jwt)
+        principal = verify_token(token, jwt)
     except (InvalidToken, ValueError) as exc:
         raise Problem(401, "Unauthorized", f"invalid token: {exc}", challenge) from None
+    # verified just above (``exp`` is a required claim): reading it back needs no key
+    claims = pyjwt.decode(token, options={"verify_signature": False})
+    return principal, float(claims["exp"]) + jwt.leeway_seconds

@@ -9,9 +9,7 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy.support import (
-    K8S,
     OVERLAYS,
-    REPO,
     Manifest,
     kustomize_command,
     pod_templates,

@@ -42,7 +42,7 @@ from change_publisher.domain.records import (
     dead_letter_of_document,
     encode_control,
     encode_dead_letter,
-    encode_event,
+    encode_publish,
 )
 from change_publisher.metrics import PublisherMetrics
 from change_publisher.ports import (
@@ -595,16 +595,16 @@ class Publisher:
             topic = self._router.topic_for(change.ns.coll or "")
             if topic is None:
                 outcome = DeadLetter(
-                    f"no topic for collection {change.ns.coll!r}", outcome.event.routing_key
+                    f"no topic for collection {change.ns.coll!r}", outcome.routing_key
                 )
             else:
-                record = encode_event(outcome.event, topic, epoch)
+                record = encode_publish(outcome, topic, epoch)
                 if len(record.value) <= self.options.max_record_bytes:
                     return (record,)
                 outcome = DeadLetter(
                     f"event of {len(record.value)} bytes exceeds max_record_bytes "
                     f"({self.options.max_record_bytes})",
-                    outcome.event.routing_key,
+                    outcome.routing_key,
                 )
         if isinstance(outcome, DeadLetter):
             self.metrics.dead_letters.inc()
@@ -725,12 +725,12 @@ class Publisher:
             if topic is None:
                 outcome = DeadLetter(f"no topic for collection {collection!r}", collection)
             else:
-                record = encode_event(outcome.event, topic, epoch)
+                record = encode_publish(outcome, topic, epoch)
                 if len(record.value) <= limit:
                     return (record,)
                 outcome = DeadLetter(
                     f"event of {len(record.value)} bytes exceeds max_record_bytes ({limit})",
-                    outcome.event.routing_key,
+                    outcome.routing_key,
                 )
         if isinstance(outcome, DeadLetter):
             self.metrics.dead_letters.inc()

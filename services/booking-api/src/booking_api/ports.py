@@ -57,10 +57,10 @@ class SlotRepository(Protocol):
 
     async def get(self, slot_id: str) -> SlotDocument | None: ...
 
-    async def find_live_overlapping(
-        self, instructor_id: str, start: datetime, end: datetime
-    ) -> list[SlotDocument]:
-        """Non-deleted slots of the instructor that intersect ``[start, end)``."""
+    async def insert_unless_overlapping(self, slot: SlotDocument) -> list[SlotDocument]:
+        """Store the slot unless a live slot of its instructor intersects it, as one atomic
+        step for every process sharing the store: the intersecting slots (nothing stored),
+        or an empty list (stored). ``DuplicateKey`` as for ``insert``."""
 
     async def list_for_instructor(
         self, instructor_id: str, start: datetime, end: datetime

@@ -14,16 +14,16 @@ Partial failure, step by step (a store write can fail or time out at any point):
   booked; cancelling again repeats (2) (``DELETE`` is idempotent and repairs), so a retry
   heals it. Cancelling first means a crash can never leave a free slot under an active
   booking (which would let a second student book it).
-- Slots: creation checks for overlaps, then inserts; concurrent creations for one
-  instructor are serialised in this process by a per-instructor lock, and a unique index
-  on (instructor, start) of live slots stops exact duplicates across processes.
+- Slots: the store checks for overlaps and inserts as one atomic step across every
+  process sharing it (MongoDB: a transaction that first writes a per-instructor guard
+  document, so concurrent creations for one instructor conflict and are retried); a
+  unique index on (instructor, start) of live slots also stops exact duplicates.
 """
 
 import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from weakref import WeakValueDictionary
 
 import structlog
 
@@ -63,7 +63,6 @@ class BookingService:
     def __init__(self, storage: Storage, clock: Clock = utc_now) -> None:
         self._storage = storage
         self._clock = clock
-        self._schedule_locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     @property
     def storage(self) -> Storage:
@@ -119,31 +118,23 @@ class BookingService:
         now = self.now()
         window = slots.validate_slot_window(start, end, now)
         await self.get_instructor(instructor_id)
-        lock = self._schedule_locks.get(instructor_id)
-        if lock is None:
-            lock = self._schedule_locks[instructor_id] = asyncio.Lock()
-        async with lock:
-            existing = await self._storage.slots.find_live_overlapping(
-                instructor_id, window.start, window.end
-            )
-            slots.ensure_no_overlap(window, existing)
-            slot = SlotDocument(
-                id=new_id(),
-                instructor_id=instructor_id,
-                start=window.start,
-                end=window.end,
-                status=SlotStatus.AVAILABLE,
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-            try:
-                await self._storage.slots.insert(slot)
-            except DuplicateKey:
-                raise Conflict(
-                    f"instructor {instructor_id} already has a slot starting "
-                    f"{window.start.isoformat()}"
-                ) from None
+        slot = SlotDocument(
+            id=new_id(),
+            instructor_id=instructor_id,
+            start=window.start,
+            end=window.end,
+            status=SlotStatus.AVAILABLE,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            overlapping = await self._storage.slots.insert_unless_overlapping(slot)
+        except DuplicateKey:
+            raise Conflict(
+                f"instructor {instructor_id} already has a slot starting {window.start.isoformat()}"
+            ) from None
+        slots.ensure_no_overlap(window, overlapping)
         _info("slot.created", slot_id=slot.id, instructor_id=instructor_id)
         return slot
 

@@ -54,11 +54,11 @@ async def test_listing_returns_live_slots_intersecting_the_window_by_start(
     listed = await storage.slots.list_for_instructor("i1", day, day + timedelta(hours=24))
     assert [s.id for s in listed] == ["s1", "s3"]
     # Half-open: a window that starts when s1 ends does not include s1.
-    after_s1 = await storage.slots.find_live_overlapping(
+    after_s1 = await storage.slots.list_for_instructor(
         "i1", day + timedelta(hours=1), day + timedelta(hours=7)
     )
     assert [s.id for s in after_s1] == ["s3"]
-    inside_long = await storage.slots.find_live_overlapping(
+    inside_long = await storage.slots.list_for_instructor(
         "i1", day + timedelta(minutes=30), day + timedelta(minutes=40)
     )
     assert [s.id for s in inside_long] == ["s1"]
@@ -124,3 +124,38 @@ async def test_tombstone_only_from_available(storage: Storage) -> None:
     still_there = await storage.slots.get("s1")
     assert still_there is not None
     assert still_there.status is SlotStatus.DELETED
+
+
+async def test_insert_unless_overlapping_stores_only_a_free_window(storage: Storage) -> None:
+    assert await storage.slots.insert_unless_overlapping(slot("s1", 0, hours=2)) == []
+    clash = await storage.slots.insert_unless_overlapping(slot("s2", 1))
+    assert [s.id for s in clash] == ["s1"]
+    assert await storage.slots.get("s2") is None
+    # Touching is not overlapping; another instructor's schedule is separate.
+    assert await storage.slots.insert_unless_overlapping(slot("s3", 2)) == []
+    assert await storage.slots.insert_unless_overlapping(slot("s4", 1, instructor_id="i2")) == []
+    # A tombstone frees its window.
+    await storage.slots.mark_deleted("s1", LATER)
+    assert await storage.slots.insert_unless_overlapping(slot("s5", 1)) == []
+
+
+async def test_concurrent_overlapping_creations_store_exactly_one(storage: Storage) -> None:
+    """Partially overlapping windows (different starts, so no unique index helps)."""
+    candidates = [slot(f"c{i}", 0, hours=3) for i in range(3)]
+    candidates = [
+        SlotDocument.model_validate(
+            {
+                **c.model_dump(),
+                "start": c.start + timedelta(minutes=10 * i),
+                "end": c.end + timedelta(minutes=10 * i),
+            }
+        )
+        for i, c in enumerate(candidates)
+    ]
+    results = await asyncio.gather(
+        *(storage.slots.insert_unless_overlapping(c) for c in candidates)
+    )
+    assert sum(1 for found in results if found == []) == 1
+    day = NOW + timedelta(days=1)
+    live = await storage.slots.list_for_instructor("i1", day, day + timedelta(hours=6))
+    assert len(live) == 1

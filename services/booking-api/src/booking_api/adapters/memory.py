@@ -220,6 +220,17 @@ class MemorySlots:
 
     async def insert(self, slot: SlotDocument) -> None:
         await asyncio.sleep(0)
+        self._store(slot)
+
+    async def insert_unless_overlapping(self, slot: SlotDocument) -> list[SlotDocument]:
+        await asyncio.sleep(0)
+        # No await between the check and the insert: atomic on the event loop.
+        found = self._intersecting(slot.instructor_id, slot.start, slot.end)
+        if not found:
+            self._store(slot)
+        return found
+
+    def _store(self, slot: SlotDocument) -> None:
         stored = self._c.insert(slot.to_document())
         bisect.insort(
             self._by_instructor.setdefault(slot.instructor_id, []), (stored["start"], slot.id)
@@ -230,12 +241,6 @@ class MemorySlots:
         await asyncio.sleep(0)
         doc = self._c.peek(slot_id)
         return None if doc is None else SlotDocument.model_validate(doc)
-
-    async def find_live_overlapping(
-        self, instructor_id: str, start: datetime, end: datetime
-    ) -> list[SlotDocument]:
-        await asyncio.sleep(0)
-        return self._intersecting(instructor_id, start, end)
 
     async def list_for_instructor(
         self, instructor_id: str, start: datetime, end: datetime

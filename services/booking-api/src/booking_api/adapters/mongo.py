@@ -14,6 +14,7 @@ from typing import Any
 
 import stamina
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -35,6 +36,8 @@ from slotstream_contracts.entities import BookingStatus, SlotStatus
 
 Document = dict[str, Any]
 IDEMPOTENCY = "idempotency"
+#: One document per instructor, written by every slot creation to serialise them.
+SCHEDULE_GUARDS = "scheduleGuards"
 _LIVE = {"status": {"$in": [SlotStatus.AVAILABLE.value, SlotStatus.BOOKED.value]}}
 _AFTER = ReturnDocument.AFTER
 
@@ -59,8 +62,15 @@ class MongoInstructors:
 
 
 class MongoSlots:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        collection: AsyncCollection[Document],
+        guards: AsyncCollection[Document],
+    ) -> None:
+        self._client = client
         self._c = collection
+        self._guards = guards
 
     async def insert(self, slot: SlotDocument) -> None:
         try:
@@ -72,13 +82,38 @@ class MongoSlots:
         doc = await self._c.find_one({"_id": slot_id})
         return None if doc is None else SlotDocument.model_validate(doc)
 
-    async def find_live_overlapping(
-        self, instructor_id: str, start: datetime, end: datetime
-    ) -> list[SlotDocument]:
-        return await self.list_for_instructor(instructor_id, start, end)
+    async def insert_unless_overlapping(self, slot: SlotDocument) -> list[SlotDocument]:
+        """One transaction: bump the instructor's guard document, look for overlaps,
+        insert. Two concurrent creations for one instructor both write the guard, so one
+        of them hits a write conflict and ``with_transaction`` runs it again, when the
+        other's slot is visible to its overlap check."""
+
+        async def attempt(session: AsyncClientSession) -> list[SlotDocument]:
+            await self._guards.update_one(
+                {"_id": slot.instructor_id},
+                {"$inc": {"slotWrites": 1}},
+                upsert=True,
+                session=session,
+            )
+            found = await self.list_for_instructor(
+                slot.instructor_id, slot.start, slot.end, session=session
+            )
+            if not found:
+                await self._c.insert_one(slot.to_document(), session=session)
+            return found
+
+        async with self._client.start_session() as session:
+            try:
+                return await session.with_transaction(attempt)
+            except DuplicateKeyError as exc:
+                raise DuplicateKey(str(exc)) from None
 
     async def list_for_instructor(
-        self, instructor_id: str, start: datetime, end: datetime
+        self,
+        instructor_id: str,
+        start: datetime,
+        end: datetime,
+        session: AsyncClientSession | None = None,
     ) -> list[SlotDocument]:
         query = {
             "instructorId": instructor_id,
@@ -86,7 +121,9 @@ class MongoSlots:
             "end": {"$gt": start},
             **_LIVE,
         }
-        cursor = self._c.find(query).sort([("start", ASCENDING), ("_id", ASCENDING)])
+        cursor = self._c.find(query, session=session).sort(
+            [("start", ASCENDING), ("_id", ASCENDING)]
+        )
         return [SlotDocument.model_validate(d) async for d in cursor]
 
     async def _move(
@@ -232,7 +269,7 @@ class MongoStorage:
             read_concern=ReadConcern("majority"),
         )
         self._instructors = MongoInstructors(self._db[INSTRUCTORS])
-        self._slots = MongoSlots(self._db[SLOTS])
+        self._slots = MongoSlots(self._client, self._db[SLOTS], self._db[SCHEDULE_GUARDS])
         self._bookings = MongoBookings(self._db[BOOKINGS])
         self._notifications = MongoNotifications(self._db[NOTIFICATIONS])
         self._idempotency = MongoIdempotency(self._db[IDEMPOTENCY])

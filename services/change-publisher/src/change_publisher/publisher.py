@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any, Literal, TypeVar
+from operator import attrgetter
+from typing import Any, Final, Literal, TypeVar
 
 import stamina
 import structlog
@@ -138,6 +139,13 @@ class _Delivery:
             self._records.append(record)
             self._seqs.append(seq)
 
+    def stage_one(
+        self, record: OutgoingRecord, token: ResumeToken | None, change_time: float
+    ) -> None:
+        """``stage`` for the common change: exactly one record."""
+        self._seqs.append(self.tracker.track(token, 1, change_time))
+        self._records.append(record)
+
     def progress(self, token: ResumeToken) -> None:
         """The stream moved on without a change (an idle ``postBatchResumeToken``)."""
         self.tracker.track(token, 0)
@@ -155,13 +163,7 @@ class _Delivery:
             for batch in batches:
                 self._outstanding += 1
                 self._idle.clear()
-                batch.future.add_done_callback(
-                    partial(
-                        self._done,
-                        [seqs[i] for i in batch.indices],
-                        [records[i].kind for i in batch.indices],
-                    )
-                )
+                batch.future.add_done_callback(partial(self._done, seqs, records, batch.indices))
         if self.tracker.in_flight >= self._max and self.failure is None:
             # Backpressure: stop pulling changes until Kafka catches up (or fails).
             self._room.clear()
@@ -169,17 +171,22 @@ class _Delivery:
         if self.failure is not None:
             raise KafkaUnavailable(_describe(self.failure)) from self.failure
 
-    def _done(self, seqs: list[int], kinds: list[str], future: "asyncio.Future[Any]") -> None:
+    def _done(
+        self,
+        seqs: list[int],
+        records: list[OutgoingRecord],
+        indices: Sequence[int],
+        future: "asyncio.Future[Any]",
+    ) -> None:
+        """A produce batch settled: ``indices`` are its records' positions in ``records``."""
         self._outstanding -= 1
         if future.cancelled():
             self._fail(asyncio.CancelledError())
         elif (exc := future.exception()) is not None:
             self._fail(exc)
         else:
-            ack = self.tracker.ack
-            for seq in seqs:
-                ack(seq)
-            self.acked.update(kinds)
+            self.tracker.ack_many(map(seqs.__getitem__, indices))
+            self.acked.update(map(_kind, map(records.__getitem__, indices)))
             if self.tracker.in_flight < self._max:
                 self._room.set()
         if self._outstanding == 0:
@@ -193,6 +200,9 @@ class _Delivery:
     async def drain(self) -> None:
         """Wait until every record handed to the producer is acknowledged or failed."""
         await self._idle.wait()
+
+
+_kind: Final = attrgetter("kind")
 
 
 def _describe(exc: BaseException) -> str:
@@ -538,23 +548,17 @@ class Publisher:
                 batch = batch_task.result()
                 if not guard.may_produce(time.monotonic()):
                     raise LeaseLost("lease not renewed in time")
-                for change in batch.changes:
-                    outcome = self._mapper.map_change(change)
-                    if isinstance(outcome, Invalidated):
-                        self._log.warning(
-                            "change stream invalidated (collection or database dropped or "
-                            "renamed): checkpointing and reopening",
-                            ns=f"{change.ns.db}.{change.ns.coll}",
-                        )
-                        delivery.progress(change.token)
-                        await delivery.flush()
-                        await self._finish(delivery, lease)
-                        return StreamPosition(after=change.token)
-                    delivery.stage(
-                        self._records_for(change, outcome, lease.epoch),
-                        change.token,
-                        _change_time(change),
+                invalidated = self._stage_changes(delivery, batch.changes, lease.epoch)
+                if invalidated is not None:
+                    self._log.warning(
+                        "change stream invalidated (collection or database dropped or "
+                        "renamed): checkpointing and reopening",
+                        ns=f"{invalidated.ns.db}.{invalidated.ns.coll}",
                     )
+                    delivery.progress(invalidated.token)
+                    await delivery.flush()
+                    await self._finish(delivery, lease)
+                    return StreamPosition(after=invalidated.token)
                 if batch.resume_token is not None:
                     delivery.progress(batch.resume_token)
                 await delivery.flush()
@@ -587,6 +591,33 @@ class Publisher:
         await self._checkpoint(delivery, lease)
         if delivery.failure is not None:
             raise KafkaUnavailable(_describe(delivery.failure)) from delivery.failure
+
+    def _stage_changes(
+        self, delivery: _Delivery, changes: Sequence[ChangeEvent], epoch: int
+    ) -> ChangeEvent | None:
+        """Map, encode and stage one source batch in a single synchronous pass (the hot
+        loop: nothing is awaited per change). Returns the change that invalidated the
+        stream, if one did; the changes after it are not staged."""
+        map_change = self._mapper.map_change
+        topic_for = self._router.topic_for
+        limit = self.options.max_record_bytes
+        stage_one = delivery.stage_one
+        for change in changes:
+            outcome = map_change(change)
+            if type(outcome) is Publish:
+                topic = topic_for(change.ns.coll or "")
+                if topic is not None:
+                    record = encode_publish(outcome, topic, epoch)
+                    if len(record.value) <= limit:
+                        stage_one(record, change.token, _change_time(change))
+                        continue
+            elif type(outcome) is Invalidated:
+                return change
+            # Dead letters, skips, and events without a topic or too large to produce.
+            delivery.stage(
+                self._records_for(change, outcome, epoch), change.token, _change_time(change)
+            )
+        return None
 
     def _records_for(
         self, change: ChangeEvent, outcome: Outcome, epoch: int

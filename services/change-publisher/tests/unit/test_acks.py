@@ -63,8 +63,11 @@ def test_safe_token_is_the_longest_fully_acknowledged_prefix(
     random.Random(seed).shuffle(acks)
     done = acks[: int(len(acks) * acked_fraction)]
     remaining = dict(zip(seqs, counts, strict=True))
+    # Acknowledged one by one or a produce batch at a time, as they come.
+    chunk = 1 + seed % 4
+    for start in range(0, len(done), chunk):
+        tracker.ack_many(done[start : start + chunk])
     for seq in done:
-        tracker.ack(seq)
         remaining[seq] -= 1
     prefix = 0
     while prefix < len(counts) and remaining[seqs[prefix]] == 0:

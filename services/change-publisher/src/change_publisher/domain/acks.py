@@ -7,23 +7,22 @@ of the newest change such that it and every change before it are fully acknowled
 Checkpointing only that token is what makes delivery at-least-once.
 """
 
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable
 
 from slotstream_contracts.changes import ResumeToken
 
 
-@dataclass(slots=True)
-class _Entry:
-    token: ResumeToken | None
-    remaining: int
-    #: Seconds since the epoch of the change (clusterTime), for the lag metric; 0 if none.
-    change_time: float
-
-
 class AckTracker:
+    """Changes in stream order and how many of their records are still unacknowledged.
+
+    Kept lean (this runs for every change): ``_order`` holds (seq, token, change time) in
+    stream order, ``_remaining`` only the changes with records outstanding, so a change is
+    fully acknowledged exactly when its seq is not in ``_remaining``."""
+
     def __init__(self) -> None:
-        self._entries: dict[int, _Entry] = {}
-        self._head = 0
+        self._order: deque[tuple[int, ResumeToken | None, float]] = deque()
+        self._remaining: dict[int, int] = {}
         self._next = 0
         self._in_flight = 0
         self._safe_token: ResumeToken | None = None
@@ -32,29 +31,47 @@ class AckTracker:
     def track(self, token: ResumeToken | None, records: int, change_time: float = 0.0) -> int:
         """Register a change (``token`` None for snapshot records) and its record count."""
         seq = self._next
-        self._next += 1
-        self._entries[seq] = _Entry(token, records, change_time)
-        self._in_flight += records
-        if records == 0:
+        self._next = seq + 1
+        self._order.append((seq, token, change_time))
+        if records:
+            self._remaining[seq] = records
+            self._in_flight += records
+        else:
             self._advance()
         return seq
 
     def ack(self, seq: int) -> None:
         """One record of change ``seq`` was acknowledged by Kafka."""
-        self._entries[seq].remaining -= 1
-        self._in_flight -= 1
-        if seq == self._head:
-            self._advance()
+        self.ack_many((seq,))
+
+    def ack_many(self, seqs: Iterable[int]) -> None:
+        """One record of each change in ``seqs`` (a change may repeat) was acknowledged."""
+        remaining = self._remaining
+        count = 0
+        for seq in seqs:
+            left = remaining[seq] - 1
+            if left:
+                remaining[seq] = left
+            else:
+                del remaining[seq]
+            count += 1
+        self._in_flight -= count
+        self._advance()
 
     def _advance(self) -> None:
-        entries = self._entries
-        while self._head < self._next and entries[self._head].remaining == 0:
-            entry = entries.pop(self._head)
-            self._head += 1
-            if entry.token is not None:
-                self._safe_token = entry.token
-            if entry.change_time:
-                self._safe_time = entry.change_time
+        order, remaining = self._order, self._remaining
+        token: ResumeToken | None = None
+        change_time = 0.0
+        while order and order[0][0] not in remaining:
+            _, entry_token, entry_time = order.popleft()
+            if entry_token is not None:
+                token = entry_token
+            if entry_time:
+                change_time = entry_time
+        if token is not None:
+            self._safe_token = token
+        if change_time:
+            self._safe_time = change_time
 
     @property
     def safe_token(self) -> ResumeToken | None:
@@ -74,4 +91,4 @@ class AckTracker:
     @property
     def settled(self) -> bool:
         """Every tracked change is fully acknowledged."""
-        return self._head == self._next
+        return not self._order

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -74,13 +74,13 @@ SHAPES: Final[dict[type[BaseModel], Shape]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
+class Publish(NamedTuple):
     """Publish the event of ``document`` (validated, and accepted by its public model).
 
     The event is kept as its parts: the hot path encodes them straight to the wire
     (``records.encode_publish``, byte-identical to ``event.to_json()``) without building
-    the CloudEvent model; ``event`` builds and validates it."""
+    the CloudEvent model; ``event`` builds and validates it. A named tuple: made once per
+    change, it must be cheap to make."""
 
     id: str
     type: EventType

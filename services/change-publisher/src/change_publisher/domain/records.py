@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from change_publisher.domain.mapping import SHAPES, Publish
 from slotstream_contracts.changes import ChangeEvent
-from slotstream_contracts.events import CONTENT_TYPE, SOURCE, SPEC_VERSION, CloudEvent
+from slotstream_contracts.events import CONTENT_TYPE, SOURCE, SPEC_VERSION, CloudEvent, EventType
 from slotstream_contracts.models import WireModel
 from slotstream_contracts.topics import CONTROL_KEY
 
@@ -113,13 +113,13 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
     """The record of an event: ``CloudEvent.headers()`` plus the epoch, keyed by routing key."""
     document = publish.document
     shape = SHAPES[type(document)]
-    kind = publish.type.value
+    kind, kind_bytes = _KINDS[publish.type]
     return OutgoingRecord(
         topic=topic,
         key=document.__dict__[shape.routing_field].encode(),
         value=publish_json(publish),
         headers=[
-            ("ce_type", _type_bytes(kind)),
+            ("ce_type", kind_bytes),
             ("ce_id", publish.id.encode()),
             ("ce_subject", (shape.subject_prefix + document.id).encode()),
             ("content-type", _CONTENT_TYPE),
@@ -132,9 +132,8 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
 _CONTENT_TYPE: Final = CONTENT_TYPE.encode()
 
 
-@lru_cache(maxsize=16)
-def _type_bytes(kind: str) -> bytes:
-    return kind.encode()
+#: Event type → (metric label, ``ce_type`` header): ``EventType.value`` is a slow property.
+_KINDS: Final = {kind: (kind.value, kind.value.encode()) for kind in EventType}
 
 
 @lru_cache(maxsize=16)

@@ -297,6 +297,8 @@ class GatewayServer(Server):
         self.booking = booking
         self.producer: AIOKafkaProducer | None = None
         self.extra_env: dict[str, str] = {}
+        #: publish -> broker ack (ns) of every event: the broker's and publisher's share
+        self.acks: list[int] = []
 
     def sub_path(self, channel: str) -> str:
         return f"/api/book-now/schedule-updates?instructorId={channel}"
@@ -340,13 +342,22 @@ class GatewayServer(Server):
     async def publish(self, events: list[tuple[str, bytes]]) -> None:
         assert self.producer is not None
         topic = self.topics["schedule"]
+        acks = self.acks
+        sent_at = time.time_ns()
+
+        def acked(_: object) -> None:
+            acks.append(time.time_ns() - sent_at)
+
         for channel, value in events:
-            await self.producer.send(topic, value, key=channel.encode(), headers=HEADERS)
+            future = await self.producer.send(topic, value, key=channel.encode(), headers=HEADERS)
+            future.add_done_callback(acked)
+
+    async def metrics_text(self) -> str:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
 
     async def records_ingested(self) -> int:
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
-        for line in text.splitlines():
+        for line in (await self.metrics_text()).splitlines():
             if line.startswith("gateway_records_total "):
                 return int(float(line.split()[1]))
         return 0
@@ -555,6 +566,58 @@ async def wait_ready(url: str, process: subprocess.Popen[bytes], within: float =
     raise TimeoutError(url)
 
 
+# -- the gateway's own latency figures (its /metrics histograms) -----------------------------
+GATEWAY_HISTOGRAMS = (
+    "gateway_fetch_delay_seconds",
+    "gateway_write_delay_seconds",
+    "gateway_fanout_seconds",
+    "gateway_fanout_cpu_seconds",
+    "gateway_loop_lag_seconds",
+    "gateway_gc_pause_seconds",
+)
+
+
+def histogram_buckets(text: str) -> dict[str, list[tuple[float, float]]]:
+    """``name → [(upper bound, cumulative count)]`` of the gateway's timing histograms."""
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in GATEWAY_HISTOGRAMS}
+    for line in text.splitlines():
+        name, _, rest = line.partition("_bucket{le=")
+        if name in found:
+            bound, value = rest.split("} ")
+            found[name].append((float(bound.strip('"')), float(value)))
+    return found
+
+
+def histogram_quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], fraction: float
+) -> float | None:
+    """Milliseconds below which ``fraction`` of the observations between two scrapes lie
+    (linear within a bucket, as Prometheus' ``histogram_quantile``)."""
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before, strict=True)]
+    if not counts or counts[-1][1] <= 0:
+        return None
+    wanted = fraction * counts[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in counts:
+        if cumulative >= wanted:
+            if bound == float("inf"):
+                return lower * 1e3
+            share = (wanted - below) / (cumulative - below) if cumulative > below else 1.0
+            return round((lower + (bound - lower) * share) * 1e3, 2)
+        lower, below = bound, cumulative
+    return None
+
+
+def gateway_timings(before: str, after: str) -> dict[str, float | None]:
+    first, second = histogram_buckets(before), histogram_buckets(after)
+    out: dict[str, float | None] = {}
+    for name in GATEWAY_HISTOGRAMS:
+        short = name.removeprefix("gateway_").removesuffix("_seconds")
+        for label, fraction in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+            out[f"{short}_ms_{label}"] = histogram_quantile(first[name], second[name], fraction)
+    return out
+
+
 # -- one run ------------------------------------------------------------------------------------
 def percentile(values: list[int], fraction: float) -> float | None:
     if not values:
@@ -590,6 +653,11 @@ async def run_fanout(
         cpu_before = tree_cpu_seconds(server.pid)
         own_before = own_cpu_seconds()
         broker_before = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
+        gateway = server if isinstance(server, GatewayServer) else None
+        timings_before = await gateway.metrics_text() if gateway else ""
+        if gateway:
+            gateway.acks.clear()
+        tick_lateness: list[int] = []
         started = time.monotonic()
         sent = 0
         owed = 0.0
@@ -609,6 +677,8 @@ async def run_fanout(
                 sent += len(batch)
             next_tick += tick
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            # how late this process's own loop woke up (it also reads every SSE stream)
+            tick_lateness.append(max(0, int((time.monotonic() - next_tick) * 1e9)))
         publish_seconds = time.monotonic() - started
         expected = sent * per_channel
         drain_deadline = time.monotonic() + args.drain
@@ -622,6 +692,7 @@ async def run_fanout(
         broker_cpu = tree_cpu_seconds(broker_pid) - broker_before if broker_pid else None
         received = load.received - baseline_received
         rss_loaded = tree_rss_bytes(server.pid)
+        timings = gateway_timings(timings_before, await gateway.metrics_text()) if gateway else {}
         load.close()
         return {
             "server": server.name,
@@ -650,6 +721,14 @@ async def run_fanout(
             "rss_base_mb": round(rss_base / 1e6, 1),
             "rss_per_connection_kb": round((rss_connected - rss_base) / max(1, opened) / 1e3, 2),
             "rss_loaded_mb": round(rss_loaded / 1e6, 1),
+            # inside the gateway: Kafka timestamp -> handed over / written, fan-out step, stalls
+            "gateway_timings": timings,
+            # the load process (client + publisher): its loop's lateness, and for the gateway
+            # the publish -> broker-ack time (producer linger + Tansu)
+            "client_loop_lag_ms_p50": percentile(tick_lateness, 0.50),
+            "client_loop_lag_ms_p99": percentile(tick_lateness, 0.99),
+            "publish_ack_ms_p50": percentile(gateway.acks, 0.50) if gateway else None,
+            "publish_ack_ms_p99": percentile(gateway.acks, 0.99) if gateway else None,
         }
     finally:
         await server.stop()
@@ -749,12 +828,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if name == "gateway":
                     assert broker is not None
                     topics = await fresh_topics(broker.bootstrap_servers)
-                    server: Server = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    server = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    server.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
                     try:
                         broker_pid = broker._process.pid if broker._process else None  # noqa: SLF001
                         results["runs"].append(await run_fanout(server, args, tmp, broker_pid))
                     finally:
-                        await server.close_producer()  # type: ignore[attr-defined]
+                        await server.close_producer()
                 elif name == "nchan":
                     if not args.nchan_available:
                         results["runs"].append({"server": "nchan", "skipped": "not installed"})
@@ -819,6 +899,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the gateway, e.g. GATEWAY_KAFKA__MAX_POLL_RECORDS=500",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 

@@ -20,7 +20,11 @@ class GatewayKafkaSettings(KafkaSettings):
         le=1000,
         description="Long-poll bound; Tansu answers at the deadline, so keep it low",
     )
-    max_poll_records: int = Field(default=5000, ge=1)
+    max_poll_records: int = Field(
+        default=500,
+        ge=1,
+        description="Records per getmany: aiokafka decodes them in one synchronous step",
+    )
 
 
 class Settings(BaseSettings):

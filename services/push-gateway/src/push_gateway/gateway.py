@@ -45,6 +45,8 @@ from slotstream_contracts.channels import Channel, ChannelKind
 log = structlog.get_logger(__name__)
 
 LAG_POLL_SECONDS: Final = 0.01
+#: heartbeat/presence writes between yields to the event loop (~2 ms of writes)
+WRITES_PER_STEP: Final = 256
 
 
 @dataclass
@@ -457,9 +459,11 @@ class Gateway:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
-            for connection in list(self.connections):
+            for count, connection in enumerate(list(self.connections), 1):
                 if connection.headers_sent and connection.state is not StreamState.CLOSED:
                     connection.transport.write(HEARTBEAT)
+                if count % WRITES_PER_STEP == 0:
+                    await asyncio.sleep(0)  # 10,000 writes at once would stall live events
 
     async def _presence_loop(self) -> None:
         while True:
@@ -471,15 +475,16 @@ class Gateway:
                 }
                 await self.presence.publish(local)
                 if self.settings.presence_events:
-                    self._send_presence()
+                    await self._send_presence()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("presence update failed", error=repr(exc))
             await asyncio.sleep(self.settings.presence_interval_seconds)
 
-    def _send_presence(self) -> None:
+    async def _send_presence(self) -> None:
         totals = self.presence.cluster_counts()
+        written = 0
         for channel in self.hub.subscriber_counts():
             if channel.kind is not ChannelKind.SCHEDULE:
                 continue
@@ -488,8 +493,13 @@ class Gateway:
                 continue
             self._last_presence[channel.name] = count
             frame = json_frame("presence", {"channel": channel.name, "count": count})
-            for write in self.hub.live_subscribers(channel):
+            writers = self.hub.live_subscribers(channel)
+            for write in writers:
                 write(frame)
+            written += len(writers)
+            if written >= WRITES_PER_STEP:
+                written = 0
+                await asyncio.sleep(0)  # let live events through between channels
         live = {c.name for c in self.hub.subscriber_counts()}
         for name in list(self._last_presence):
             if name not in live:

@@ -8,11 +8,17 @@ would cost more than the delivery itself. Per-channel series are bounded: only t
 from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from push_gateway.adapters.kafka import KafkaIngest
 from push_gateway.gateway import Gateway
+from push_gateway.timing import Histogram
 
 TOP_CHANNELS: Final = 20
 
@@ -74,6 +80,27 @@ class GatewayCollector(Collector):
             "Records behind the partition ends (last check)",
             self._ingest.lag,
         )
+        timing = self._ingest.timing
+        yield _histogram(
+            "gateway_fetch_delay_seconds",
+            "Kafka record timestamp to getmany handing it over, per record",
+            timing.fetch_delay,
+        )
+        yield _histogram(
+            "gateway_write_delay_seconds",
+            "Kafka record timestamp to written into its subscribers' sockets, per record",
+            timing.write_delay,
+        )
+        yield _histogram(
+            "gateway_fanout_seconds", "Event-loop time of one fan-out step", timing.fanout
+        )
+        yield _histogram(
+            "gateway_fanout_cpu_seconds", "CPU time of one fan-out step", timing.fanout_cpu
+        )
+        yield _histogram(
+            "gateway_loop_lag_seconds", "Lateness of a 50 ms event-loop timer", timing.loop_lag
+        )
+        yield _histogram("gateway_gc_pause_seconds", "Cyclic garbage collections", timing.gc_pause)
         counts = hub.subscriber_counts()
         per_kind = GaugeMetricFamily(
             "gateway_subscribers", "Local subscriptions per channel kind", labels=["kind"]
@@ -99,6 +126,12 @@ class GatewayCollector(Collector):
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(
+        name, doc, buckets=histogram.cumulative(), sum_value=histogram.sum_seconds
+    )
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -28,6 +28,22 @@ class FakeSubscriber:
         self.resyncs.append(key)
 
 
+class UnreadableValue:
+    """A value the hub may keep (the ring stores it) but must never read or frame."""
+
+    def __len__(self) -> int:
+        raise AssertionError("value read for a record nobody subscribes to")
+
+    def __contains__(self, item: object) -> bool:
+        raise AssertionError("value searched for a record nobody subscribes to")
+
+    def __bytes__(self) -> bytes:
+        raise AssertionError("value read for a record nobody subscribes to")
+
+    def __radd__(self, other: object) -> bytes:
+        raise AssertionError("value framed for a record nobody subscribes to")
+
+
 class UndecodableRecord:
     """A record whose value must not be touched (routing is by key only)."""
 
@@ -35,10 +51,7 @@ class UndecodableRecord:
         self.offset = offset
         self.key = key
         self.headers = ()
-
-    @property
-    def value(self) -> bytes:
-        raise AssertionError("value read for a record nobody subscribes to")
+        self.value = UnreadableValue()
 
 
 @pytest.fixture

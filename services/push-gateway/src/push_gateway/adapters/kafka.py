@@ -14,17 +14,24 @@ are still served from memory.
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub, Record
+from push_gateway.timing import IngestTiming
 
 log = structlog.get_logger(__name__)
+
+#: records handed to the hub at a time (consecutive records of one partition)
+SLICE_RECORDS: Final = 16
+#: the longest the fan-out keeps the event loop before letting fetches, accepts and timers run
+FANOUT_SLICE_SECONDS: Final = 0.002
 
 
 def _consumer(settings: GatewayKafkaSettings, **extra: Any) -> AIOKafkaConsumer:
@@ -61,6 +68,8 @@ class KafkaIngest:
         self.lag = 0
         self._lag_checked = 0.0
         self.fetch_errors = 0
+        self.timing = IngestTiming()
+        self._loop_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         consumer = _consumer(
@@ -86,6 +95,8 @@ class KafkaIngest:
         self._check_caught_up()
         log.info("ingest assigned", partitions=len(partitions), backfill=self._backfill)
         self._task = asyncio.create_task(self._run(), name="kafka-ingest")
+        self._loop_watch = asyncio.create_task(self.timing.watch_loop(), name="loop-lag")
+        gc.callbacks.append(self.timing.on_gc)
 
     async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         deadline = time.monotonic() + 30
@@ -101,7 +112,6 @@ class KafkaIngest:
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
-        ingest = self._hub.ingest
         while True:
             try:
                 batches: dict[
@@ -114,10 +124,52 @@ class KafkaIngest:
                 log.warning("ingest fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
-            for tp, records in batches.items():
-                ingest(tp.topic, tp.partition, records)
+            await self._fan_out(batches)
             if not self.caught_up:
                 self._check_caught_up()
+
+    async def _fan_out(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Hand the records to the hub in slices, giving the event loop back whenever one
+        step has held it for ``FANOUT_SLICE_SECONDS``.
+
+        Yielding matters for latency: aiokafka sends the next fetch only after the previous
+        records were taken *and* its fetch task got to run, so one long synchronous fan-out
+        delays the next fetch (and the broker's long-poll then starts late) by its whole
+        length; the same holds for new connections, heartbeats and everything else on the loop.
+        """
+        ingest = self._hub.ingest
+        timing = self.timing
+        observe = self.caught_up
+        fetched = time.time()
+        if observe:
+            timing.fetch_delay.add_since(
+                fetched, [r.timestamp for records in batches.values() for r in records]
+            )
+        step_started = time.perf_counter()
+        step_cpu = time.thread_time()
+        for tp, records in batches.items():
+            for start in range(0, len(records), SLICE_RECORDS):
+                chunk = (
+                    records
+                    if len(records) <= SLICE_RECORDS
+                    else records[start : start + SLICE_RECORDS]
+                )
+                ingest(tp.topic, tp.partition, chunk)
+                if observe:
+                    timing.write_delay.add_since(time.time(), [r.timestamp for r in chunk])
+                held = time.perf_counter() - step_started
+                if held >= FANOUT_SLICE_SECONDS:
+                    if observe:
+                        timing.fanout.add(held)
+                        timing.fanout_cpu.add(time.thread_time() - step_cpu)
+                    await asyncio.sleep(0)
+                    step_started = time.perf_counter()
+                    step_cpu = time.thread_time()
+        if observe:
+            timing.fanout.add(time.perf_counter() - step_started)
+            timing.fanout_cpu.add(time.thread_time() - step_cpu)
 
     def _check_caught_up(self) -> None:
         hub_positions = self._hub.positions()
@@ -153,10 +205,13 @@ class KafkaIngest:
         return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self.timing.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.timing.on_gc)
+        for task in (self._task, self._loop_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._consumer is not None:
             await self._consumer.stop()
 

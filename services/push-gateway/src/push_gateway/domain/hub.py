@@ -20,7 +20,7 @@ job (see ``api/stream.py``).
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from aiokafka.partitioner import murmur2
 
@@ -93,9 +93,24 @@ class HubStats:
     resyncs: int = 0
 
 
+#: A ring-buffer entry: ``(offset, key, value, headers)`` as a plain tuple of immutable parts.
+#: The cyclic GC untracks such tuples after one pass, so thousands of buffered records cost
+#: its full collections nothing (as ``ConsumerRecord`` objects they made them ~100 ms long).
+RingEntry = tuple[int, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+
+
+class RingRecord(NamedTuple):
+    """A record read back from the ring (satisfies :class:`Record`)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
 @dataclass
 class PartitionState:
-    ring: deque[Record]
+    ring: deque[RingEntry]
     start_offset: int
     position: int
     id_prefix: bytes = field(default=b"")
@@ -193,7 +208,7 @@ class ChannelHub:
         ring_append = state.ring.append
         lookup = self._index[topic].get
         for record in records:
-            ring_append(record)
+            ring_append((record.offset, record.key, record.value, record.headers))
             subscribers = lookup(record.key)
             if subscribers is not None:
                 self._dispatch(subscribers, key, state, record)
@@ -315,15 +330,15 @@ class ChannelHub:
         included); None when the ring no longer reaches back that far."""
         state = self._partitions[key]
         ring = state.ring
-        floor = ring[0].offset if len(ring) == ring.maxlen else state.start_offset
+        floor = ring[0][0] if len(ring) == ring.maxlen else state.start_offset
         if after_offset + 1 < floor:
             return None
         wanted = record_keys | {CONTROL_KEY_BYTES}
-        return [r for r in ring if r.offset > after_offset and r.key in wanted]
+        return [RingRecord(*r) for r in ring if r[0] > after_offset and r[1] in wanted]
 
     def ring_floor(self, key: PartitionKey) -> int:
         state = self._partitions[key]
-        return state.ring[0].offset if len(state.ring) == state.ring.maxlen else state.start_offset
+        return state.ring[0][0] if len(state.ring) == state.ring.maxlen else state.start_offset
 
     # -- introspection -------------------------------------------------------------------
     def subscriber_counts(self) -> dict[Channel, int]:

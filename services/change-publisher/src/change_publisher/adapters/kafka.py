@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from change_publisher.domain.records import OutgoingRecord
 from change_publisher.ports import PendingBatch
@@ -87,58 +88,69 @@ class KafkaEventProducer:
         self._topic_partitions[topic] = (now, found)
         return found
 
-    async def _partition_of(self, record: OutgoingRecord) -> int:
-        if record.partition is not None:
-            return record.partition
-        cache_key = (record.topic, record.key)
-        partition = self._key_partition.get(cache_key)
-        if partition is None:
-            partitions = await self.partitions(record.topic)
-            partition = self._partitioner(record.key, partitions, partitions)
-            if len(self._key_partition) >= _KEY_CACHE_LIMIT:
-                self._key_partition.clear()
-            self._key_partition[cache_key] = partition
+    async def _partition_of(self, topic: str, key: bytes) -> int:
+        """Kafka's default partition of a key, memoised (looked up before calling this)."""
+        partitions = await self.partitions(topic)
+        partition: int = self._partitioner(key, partitions, partitions)
+        if len(self._key_partition) >= _KEY_CACHE_LIMIT:
+            self._key_partition.clear()
+        self._key_partition[topic, key] = partition
         return partition
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[PendingBatch]:
         producer = self._require()
-        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        # One open batch per partition; ``routes`` finds it by (topic, key) with a single
+        # lookup per record (the hot loop: keys repeat within a call).
+        lanes: dict[tuple[str, int], _Lane] = {}
+        routes: dict[tuple[str, bytes], _Lane] = {}
         pending: list[PendingBatch] = []
         known = self._key_partition
         for index, record in enumerate(records):
-            partition = record.partition
+            topic, key, value, headers, _kind, partition = record
             if partition is None:
-                partition = known.get((record.topic, record.key))
-                if partition is None:
-                    partition = await self._partition_of(record)
-            target = (record.topic, partition)
-            entry = open_batches.get(target)
-            if entry is None:
-                entry = open_batches[target] = (producer.create_batch(), [])
-            builder, indices = entry
-            if (
-                builder.append(
-                    key=record.key, value=record.value, timestamp=None, headers=record.headers
-                )
-                is None
-            ):
+                lane = routes.get((topic, key))
+                if lane is None:
+                    partition = known.get((topic, key))
+                    if partition is None:
+                        partition = await self._partition_of(topic, key)
+                    lane = routes[topic, key] = self._lane(lanes, topic, partition)
+            else:
+                lane = self._lane(lanes, topic, partition)
+            if lane.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 # Full: submit it and start the next batch of this partition.
-                future = await producer.send_batch(builder, target[0], partition=target[1])
-                pending.append(PendingBatch(future, indices))
-                builder, indices = producer.create_batch(), []
-                open_batches[target] = (builder, indices)
+                future = await producer.send_batch(lane.builder, topic, partition=lane.partition)
+                pending.append(PendingBatch(future, lane.indices))
+                lane.builder, lane.indices = producer.create_batch(), []
                 if (
-                    builder.append(
-                        key=record.key, value=record.value, timestamp=None, headers=record.headers
-                    )
+                    lane.builder.append(key=key, value=value, timestamp=None, headers=headers)
                     is None
                 ):
-                    raise KafkaError(f"record of {len(record.value)} bytes exceeds a batch")
-            indices.append(index)
-        for (topic, partition), (builder, indices) in open_batches.items():
-            future = await producer.send_batch(builder, topic, partition=partition)
-            pending.append(PendingBatch(future, indices))
+                    raise KafkaError(f"record of {len(value)} bytes exceeds a batch")
+            lane.indices.append(index)
+        for lane in lanes.values():
+            future = await producer.send_batch(lane.builder, lane.topic, partition=lane.partition)
+            pending.append(PendingBatch(future, lane.indices))
         return pending
+
+    def _lane(self, lanes: dict[tuple[str, int], "_Lane"], topic: str, partition: int) -> "_Lane":
+        lane = lanes.get((topic, partition))
+        if lane is None:
+            lane = lanes[topic, partition] = _Lane(
+                topic, partition, self._require().create_batch(), []
+            )
+        return lane
 
     async def probe(self) -> None:
         await self._require().client.fetch_all_metadata()
+
+
+class _Lane:
+    """The open produce batch of one partition within a ``send_many`` call."""
+
+    __slots__ = ("builder", "indices", "partition", "topic")
+
+    def __init__(self, topic: str, partition: int, builder: BatchBuilder, indices: list[int]):
+        self.topic = topic
+        self.partition = partition
+        self.builder = builder
+        self.indices = indices

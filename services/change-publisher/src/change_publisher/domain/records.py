@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from change_publisher.domain.mapping import SHAPES, Publish
 from slotstream_contracts.changes import ChangeEvent
@@ -61,74 +61,82 @@ class DeadLetterRecord(WireModel):
     change: dict[str, Any]
 
 
-def publish_json(publish: Publish) -> bytes:
-    """The bytes of ``publish.event.to_json()``, written by orjson straight from the
-    validated document's values without building the CloudEvent and its data model (the
-    hot path: this runs once per event). A Hypothesis property test holds them
-    byte-identical; a value orjson cannot write (an integer beyond 64 bits, which
-    ``to_json()`` refuses too) takes pydantic-core's serialiser of the model."""
+class _Layout(NamedTuple):
+    """How ``encode_publish`` writes the event of one stored document class."""
+
+    subject_prefix: str
+    routing_field: str
+    extension: str
+    #: (attribute, wire name) of each field of the public model, in serialisation order.
+    data_fields: tuple[tuple[str, str], ...]
+
+
+_LAYOUTS: Final = {
+    document: _Layout(
+        shape.subject_prefix,
+        shape.routing_field,
+        shape.extension,
+        tuple(
+            (name, field.serialization_alias or field.alias or name)
+            for name, field in shape.data.model_fields.items()
+        ),
+    )
+    for document, shape in SHAPES.items()
+}
+
+
+def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
+    """The record of an event: keyed by its routing key, ``CloudEvent.headers()`` plus the
+    epoch, and the bytes of ``publish.event.to_json()``.
+
+    The hot path (once per event): the JSON is written by orjson straight from the
+    validated document's values, without building the CloudEvent and its data model. A
+    Hypothesis property test holds the bytes identical; a value orjson cannot write (an
+    integer beyond 64 bits, which ``to_json()`` refuses too) takes pydantic-core's
+    serialiser of the model."""
     document = publish.document
     values = document.__dict__
-    shape = SHAPES[type(document)]
+    layout = _LAYOUTS[type(document)]
+    subject = layout.subject_prefix + values["id"]
+    key = values[layout.routing_field]
+    kind, kind_bytes = _KINDS[publish.type]
     event: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": publish.id,
         "source": SOURCE,
-        "type": publish.type,
-        "subject": shape.subject_prefix + values["id"],
+        "type": kind,
+        "subject": subject,
         "time": publish.time,
         "datacontenttype": "application/json",
         # CloudEvent field order: instructorid, userid (one of them is set), version, data.
-        _EXTENSION[shape.routing_field]: values[shape.routing_field],
+        layout.extension: key,
         "version": values["version"],
         "data": {
             alias: value
-            for name, alias in _data_fields(shape.data)
+            for name, alias in layout.data_fields
             if (value := values[name]) is not None
         },
     }
     try:
-        return orjson.dumps(event, option=orjson.OPT_UTC_Z)
+        value = orjson.dumps(event, option=orjson.OPT_UTC_Z)
     except orjson.JSONEncodeError:
-        fallback: bytes = _EVENT_SERIALIZER.to_json(publish.event, exclude_none=True)
-        return fallback
-
-
-_EVENT_SERIALIZER: Final = CloudEvent.__pydantic_serializer__
-
-
-_EXTENSION: Final = {"instructor_id": "instructorid", "user_id": "userid"}
-
-
-@lru_cache(maxsize=8)
-def _data_fields(cls: type[BaseModel]) -> tuple[tuple[str, str], ...]:
-    """(attribute, wire name) of each field of a public model, in serialisation order."""
-    return tuple(
-        (name, field.serialization_alias or field.alias or name)
-        for name, field in cls.model_fields.items()
-    )
-
-
-def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
-    """The record of an event: ``CloudEvent.headers()`` plus the epoch, keyed by routing key."""
-    document = publish.document
-    shape = SHAPES[type(document)]
-    kind, kind_bytes = _KINDS[publish.type]
+        value = _EVENT_SERIALIZER.to_json(publish.event, exclude_none=True)
     return OutgoingRecord(
-        topic=topic,
-        key=document.__dict__[shape.routing_field].encode(),
-        value=publish_json(publish),
-        headers=[
+        topic,
+        key.encode(),
+        value,
+        [
             ("ce_type", kind_bytes),
             ("ce_id", publish.id.encode()),
-            ("ce_subject", (shape.subject_prefix + document.id).encode()),
+            ("ce_subject", subject.encode()),
             ("content-type", _CONTENT_TYPE),
             (EPOCH_HEADER, _epoch_bytes(epoch)),
         ],
-        kind=kind,
+        kind,
     )
 
 
+_EVENT_SERIALIZER: Final = CloudEvent.__pydantic_serializer__
 _CONTENT_TYPE: Final = CONTENT_TYPE.encode()
 
 

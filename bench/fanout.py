@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 import uvloop
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slotstream_testkit.kafka import TansuBroker, create_topics
 from slotstream_testkit.net import free_port, wait_for_port
@@ -618,6 +618,57 @@ def gateway_timings(before: str, after: str) -> dict[str, float | None]:
     return out
 
 
+# -- a bare Kafka consumer beside the gateway: the broker's share of the latency ------------
+async def probe_consumer(bootstrap: str, topic: str, seconds: float, ready: Path) -> dict[str, Any]:
+    """Read ``topic`` like the gateway does (all partitions, no group, 5 ms long-poll) and do
+    nothing else: its record timestamp -> getmany delays are what any consumer on the
+    server's core gets from this broker, the floor under the gateway's own figures."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
+        max_poll_records=500,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        ready.touch()  # noqa: ASYNC240 - once, before the measurement
+        delays: list[int] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            now_ms = time.time() * 1e3
+            delays += [int((now_ms - r.timestamp) * 1e6) for rs in batches.values() for r in rs]
+        return {
+            "probe_records": len(delays),
+            "probe_fetch_delay_ms_p50": percentile(delays, 0.50),
+            "probe_fetch_delay_ms_p99": percentile(delays, 0.99),
+            "probe_fetch_delay_ms_p999": percentile(delays, 0.999),
+        }
+    finally:
+        await consumer.stop()
+
+
+async def start_probe(
+    bootstrap: str, topic: str, seconds: float, core: int, tmp: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    out = tmp / f"probe-{uuid.uuid4().hex[:6]}.json"
+    process = spawn(
+        [sys.executable, __file__, "--probe", bootstrap, topic, str(seconds), str(out)],
+        core,
+        log=tmp / "probe.log",
+    )
+    async with asyncio.timeout(30):
+        while not Path(f"{out}.ready").exists():  # noqa: ASYNC240 - a stat every 50 ms
+            if process.poll() is not None:
+                raise RuntimeError("probe consumer exited")
+            await asyncio.sleep(0.05)
+    return process, out
+
+
 # -- one run ------------------------------------------------------------------------------------
 def percentile(values: list[int], fraction: float) -> float | None:
     if not values:
@@ -655,8 +706,17 @@ async def run_fanout(
         broker_before = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
         gateway = server if isinstance(server, GatewayServer) else None
         timings_before = await gateway.metrics_text() if gateway else ""
+        probe: tuple[subprocess.Popen[bytes], Path] | None = None
         if gateway:
             gateway.acks.clear()
+            if args.probe_consumer:
+                probe = await start_probe(
+                    gateway.bootstrap,
+                    gateway.topics["schedule"],
+                    args.duration + args.drain,
+                    args.server_core,
+                    tmp,
+                )
         tick_lateness: list[int] = []
         started = time.monotonic()
         sent = 0
@@ -693,6 +753,9 @@ async def run_fanout(
         received = load.received - baseline_received
         rss_loaded = tree_rss_bytes(server.pid)
         timings = gateway_timings(timings_before, await gateway.metrics_text()) if gateway else {}
+        if probe is not None:
+            await asyncio.to_thread(probe[0].wait, args.duration + args.drain + 30)
+            timings.update(json.loads(probe[1].read_text()))
         load.close()
         return {
             "server": server.name,
@@ -906,11 +969,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment for the gateway, e.g. GATEWAY_KAFKA__MAX_POLL_RECORDS=500",
     )
+    parser.add_argument(
+        "--probe-consumer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a bare Kafka consumer on the server core beside the gateway",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe"]:  # the probe consumer's own process (see start_probe)
+        bootstrap, topic, seconds, out = argv[1:5]
+        found = uvloop.run(probe_consumer(bootstrap, topic, float(seconds), Path(out + ".ready")))
+        Path(out).write_text(json.dumps(found))
+        return
     args = parse_args(argv)
     args.nchan_available = NCHAN_MODULE.exists()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

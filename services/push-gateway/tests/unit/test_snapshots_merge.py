@@ -1,11 +1,14 @@
 import asyncio
 
+import httpx
 import pytest
 
 from push_gateway.adapters.snapshots import (
     CoalescingSnapshots,
     FakeSnapshotSource,
+    HttpSnapshotSource,
     SnapshotNotFound,
+    SnapshotUnavailable,
 )
 from push_gateway.domain.merge import newer_than_snapshot, slot_versions
 from push_gateway.testing import booking_event, slot, slot_event, snapshot
@@ -84,3 +87,40 @@ def test_delta_for_a_slot_missing_from_the_snapshot_follows_it() -> None:
 def test_booking_events_always_follow_the_snapshot() -> None:
     event = booking_event("i1", "b1", "s1", "u1")
     assert newer_than_snapshot(b"booking", event.to_json(), {"s1": 99})
+
+
+def booking_api(answers: list[int | Exception]) -> tuple[httpx.AsyncClient, list[str]]:
+    """A booking-api that answers each request with the next status (or raises)."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        answer = answers[min(len(seen), len(answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        body = snapshot("i1", []).model_dump_json(by_alias=True) if answer == 200 else "{}"
+        return httpx.Response(answer, text=body)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="http://api")
+    return client, seen
+
+
+async def test_http_snapshot_is_retried_after_a_failure_then_succeeds() -> None:
+    client, seen = booking_api([httpx.ConnectError("refused"), 503, 200])
+    async with client:
+        taken = await HttpSnapshotSource(client).fetch("i1")
+    assert taken.instructor_id == "i1"
+    assert seen == ["/api/instructors/i1/schedule"] * 3
+
+
+async def test_http_snapshot_gives_up_after_three_attempts_and_never_retries_404() -> None:
+    failing, seen = booking_api([503])
+    async with failing:
+        with pytest.raises(SnapshotUnavailable):
+            await HttpSnapshotSource(failing).fetch("i1")
+    assert len(seen) == 3
+    missing, asked = booking_api([404])
+    async with missing:
+        with pytest.raises(SnapshotNotFound):
+            await HttpSnapshotSource(missing).fetch("i1")
+    assert len(asked) == 1

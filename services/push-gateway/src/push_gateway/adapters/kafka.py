@@ -28,6 +28,10 @@ from push_gateway.timing import IngestTiming
 
 log = structlog.get_logger(__name__)
 
+#: Loop turns given to aiokafka's fetch task between taking a batch and fanning it out: its
+#: wake-up (a future callback, then the task) and its send of the next fetch take three, so
+#: the broker's long-poll for the next records runs while this batch is written out.
+FETCH_HANDOVER_TURNS: Final = 3
 #: records handed to the hub at a time (consecutive records of one partition)
 SLICE_RECORDS: Final = 16
 #: the longest the fan-out keeps the event loop before letting fetches, accepts and timers run
@@ -124,6 +128,8 @@ class KafkaIngest:
                 log.warning("ingest fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            for _ in range(FETCH_HANDOVER_TURNS):
+                await asyncio.sleep(0)
             await self._fan_out(batches)
             if not self.caught_up:
                 self._check_caught_up()

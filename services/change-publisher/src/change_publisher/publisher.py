@@ -163,7 +163,10 @@ class _Delivery:
             for batch in batches:
                 self._outstanding += 1
                 self._idle.clear()
-                batch.future.add_done_callback(partial(self._done, seqs, records, batch.indices))
+                # Count the kinds now and let the records go: the bytes are in the produce
+                # batch, and fewer long-lived objects keep the garbage collector cheap.
+                kinds = Counter(map(_kind, map(records.__getitem__, batch.indices)))
+                batch.future.add_done_callback(partial(self._done, seqs, batch.indices, kinds))
         if self.tracker.in_flight >= self._max and self.failure is None:
             # Backpressure: stop pulling changes until Kafka catches up (or fails).
             self._room.clear()
@@ -174,11 +177,12 @@ class _Delivery:
     def _done(
         self,
         seqs: list[int],
-        records: list[OutgoingRecord],
         indices: Sequence[int],
+        kinds: Counter[str],
         future: "asyncio.Future[Any]",
     ) -> None:
-        """A produce batch settled: ``indices`` are its records' positions in ``records``."""
+        """A produce batch settled: ``indices`` are its records' positions in the flushed
+        records (``seqs`` holds each one's change), ``kinds`` counts them by kind."""
         self._outstanding -= 1
         if future.cancelled():
             self._fail(asyncio.CancelledError())
@@ -186,7 +190,7 @@ class _Delivery:
             self._fail(exc)
         else:
             self.tracker.ack_many(map(seqs.__getitem__, indices))
-            self.acked.update(map(_kind, map(records.__getitem__, indices)))
+            self.acked.update(kinds)
             if self.tracker.in_flight < self._max:
                 self._room.set()
         if self._outstanding == 0:

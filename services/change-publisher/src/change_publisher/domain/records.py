@@ -99,7 +99,7 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
     layout = _LAYOUTS[type(document)]
     subject = layout.subject_prefix + values["id"]
     key = values[layout.routing_field]
-    kind, kind_bytes = _KINDS[publish.type]
+    kind, ce_type = _KINDS[publish.type]
     event: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": publish.id,
@@ -126,27 +126,26 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
         key.encode(),
         value,
         [
-            ("ce_type", kind_bytes),
+            ce_type,
             ("ce_id", publish.id.encode()),
             ("ce_subject", subject.encode()),
-            ("content-type", _CONTENT_TYPE),
-            (EPOCH_HEADER, _epoch_bytes(epoch)),
+            _CONTENT_TYPE_HEADER,
+            _epoch_header(epoch),
         ],
         kind,
     )
 
 
 _EVENT_SERIALIZER: Final = CloudEvent.__pydantic_serializer__
-_CONTENT_TYPE: Final = CONTENT_TYPE.encode()
-
-
+# Headers that repeat from record to record are shared, not made per record.
+_CONTENT_TYPE_HEADER: Final = ("content-type", CONTENT_TYPE.encode())
 #: Event type → (metric label, ``ce_type`` header): ``EventType.value`` is a slow property.
-_KINDS: Final = {kind: (kind.value, kind.value.encode()) for kind in EventType}
+_KINDS: Final = {kind: (kind.value, ("ce_type", kind.value.encode())) for kind in EventType}
 
 
 @lru_cache(maxsize=16)
-def _epoch_bytes(epoch: int) -> bytes:
-    return str(epoch).encode()
+def _epoch_header(epoch: int) -> tuple[str, bytes]:
+    return (EPOCH_HEADER, str(epoch).encode())
 
 
 def encode_control(event: CloudEvent, topic: str, partition: int, epoch: int) -> OutgoingRecord:

@@ -116,6 +116,7 @@ def make_publisher(
         producer: EventProducer | None = None,
         source: ChangeSource | None = None,
         instance: str = "p1",
+        router: Router = ROUTER,
         **options: Any,
     ) -> Publisher:
         settings: dict[str, Any] = {
@@ -134,7 +135,7 @@ def make_publisher(
             checkpoints=checkpoints,
             leases=leases,
             producer=producer or MemoryProducer(),
-            router=ROUTER,
+            router=router,
         )
 
     return make

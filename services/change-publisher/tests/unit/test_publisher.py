@@ -14,7 +14,7 @@ from change_publisher.adapters.memory import (
     MemoryLeaseStore,
     MemoryProducer,
 )
-from change_publisher.domain.records import OutgoingRecord
+from change_publisher.domain.records import OutgoingRecord, Router
 from change_publisher.ports import Checkpoint, PendingBatch, SourceUnavailable, StreamPosition
 from change_publisher.publisher import HistoryLostFatal, Publisher, Role
 from slotstream_contracts.changes import OperationType
@@ -346,3 +346,39 @@ async def test_an_event_too_large_for_kafka_is_dead_lettered_without_its_documen
     assert body["change"]["documentKey"] == {"_id": "n1"}
     assert "exceeds" in body["error"]
     assert ok.kind == "notification.created"
+
+
+async def test_an_event_of_a_collection_without_a_topic_is_dead_lettered(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    producer = MemoryProducer()
+    router = Router({SLOTS: "slotstream.schedule.v1"}, DEADLETTER_TOPIC)
+    publisher = make_publisher(producer=producer, router=router)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(BOOKINGS, Docs.booking("b1", "s1"))
+    database.insert(SLOTS, Docs.slot("s1", "i1"))
+    await eventually(lambda: len(producer.records) == 2)
+    await stop(publisher, task)
+    dead, ok = producer.records
+    assert (dead.topic, dead.key) == (DEADLETTER_TOPIC, b"i1")
+    assert "no topic for collection 'bookings'" in orjson.loads(dead.value)["error"]
+    assert (ok.topic, ok.kind) == ("slotstream.schedule.v1", "slot.created")
+
+
+async def test_invalidate_inside_a_batch_publishes_before_it_and_reopens_after_it(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    source = MemoryChangeSource(database, wait=0.05)
+    producer = MemoryProducer()
+    publisher = make_publisher(source=source, producer=producer)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    # Written together, so the source returns them in one batch.
+    database.insert(SLOTS, Docs.slot("s1", "i1"))
+    invalidate = database.log.record(OperationType.INVALIDATE, SLOTS, "")
+    database.insert(SLOTS, Docs.slot("s2", "i2"))
+    await eventually(lambda: len(producer.records) == 2)
+    await stop(publisher, task)
+    assert source.opened[1] == StreamPosition(after=invalidate.token)
+    assert [r.key for r in producer.records] == [b"i1", b"i2"]

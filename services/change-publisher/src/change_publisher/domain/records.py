@@ -112,9 +112,9 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
         layout.extension: key,
         "version": values["version"],
         "data": {
-            alias: value
+            alias: field
             for name, alias in layout.data_fields
-            if (value := values[name]) is not None
+            if (field := values[name]) is not None
         },
     }
     try:

@@ -3,7 +3,8 @@
 Three figures separate the gateway's own time from the broker's and the clients':
 
 * ``write_delay`` — per record: its Kafka timestamp (the producer's create time) → the end
-  of the fan-out step that wrote it into its subscribers' sockets (or routed it to nobody);
+  of the fan-out slice that wrote it into its subscribers' sockets (or routed it to nobody),
+  counted per slice of up to 16 records by the slice's oldest record (an upper bound);
 * ``fetch_delay`` — the same records: Kafka timestamp → the moment ``getmany`` handed them
   to the gateway (producer linger + broker + fetch long-poll + waiting for the loop);
 * ``fanout`` — how long one fan-out step held the event loop (``fanout_cpu``: the CPU it
@@ -62,18 +63,6 @@ class Histogram:
         self.counts[step if 0 <= step < self._last else (0 if step < 0 else self._last)] += count
         self.total += count
         self.sum_seconds += seconds * count
-
-    def add_since(self, now: float, timestamps_ms: list[int]) -> None:
-        """Add ``now - timestamp`` for each of the records' Kafka timestamps."""
-        counts, last = self.counts, self._last
-        base = now * 10_000
-        spent = 0
-        for timestamp in timestamps_ms:
-            step = int(base - timestamp * 10)
-            spent += step
-            counts[step if 0 <= step < last else (0 if step < 0 else last)] += 1
-        self.total += len(timestamps_ms)
-        self.sum_seconds += spent * STEP_SECONDS
 
     def cumulative(self) -> list[tuple[str, int]]:
         """``(upper bound, count ≤ bound)`` pairs in the Prometheus form, ending with +Inf."""

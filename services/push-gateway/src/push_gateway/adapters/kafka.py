@@ -32,8 +32,10 @@ log = structlog.get_logger(__name__)
 #: wake-up (a future callback, then the task) and its send of the next fetch take three, so
 #: the broker's long-poll for the next records runs while this batch is written out.
 FETCH_HANDOVER_TURNS: Final = 3
-#: records handed to the hub at a time (consecutive records of one partition)
+#: records handed to the hub at a time (consecutive records of one partition) while they
+#: are being delivered, and while nobody here subscribes to them
 SLICE_RECORDS: Final = 16
+SLICE_RECORDS_UNSUBSCRIBED: Final = 512
 #: the longest the fan-out keeps the event loop before letting fetches, accepts and timers run
 FANOUT_SLICE_SECONDS: Final = 0.002
 
@@ -146,25 +148,28 @@ class KafkaIngest:
         length; the same holds for new connections, heartbeats and everything else on the loop.
         """
         ingest = self._hub.ingest
+        stats = self._hub.stats
         timing = self.timing
         observe = self.caught_up
         fetched = time.time()
-        if observe:
-            timing.fetch_delay.add_since(
-                fetched, [r.timestamp for records in batches.values() for r in records]
-            )
         step_started = time.perf_counter()
         step_cpu = time.thread_time()
+        size = SLICE_RECORDS_UNSUBSCRIBED
         for tp, records in batches.items():
-            for start in range(0, len(records), SLICE_RECORDS):
-                chunk = (
-                    records
-                    if len(records) <= SLICE_RECORDS
-                    else records[start : start + SLICE_RECORDS]
-                )
+            start, end = 0, len(records)
+            while start < end:
+                chunk = records if start == 0 and size >= end else records[start : start + size]
+                start += len(chunk)
+                delivered = stats.deliveries
                 ingest(tp.topic, tp.partition, chunk)
-                if observe:
-                    timing.write_delay.add_since(time.time(), [r.timestamp for r in chunk])
+                # a record nobody here subscribes to costs the hub ~0.1 µs, one with ten
+                # subscribers ~100 µs: small slices only while records are being delivered
+                busy = stats.deliveries != delivered
+                size = SLICE_RECORDS if busy else SLICE_RECORDS_UNSUBSCRIBED
+                if observe:  # per slice, by its oldest record: an upper bound per record
+                    oldest = chunk[0].timestamp * 0.001
+                    timing.fetch_delay.add(fetched - oldest, len(chunk))
+                    timing.write_delay.add(time.time() - oldest, len(chunk))
                 held = time.perf_counter() - step_started
                 if held >= FANOUT_SLICE_SECONDS:
                     if observe:

@@ -45,8 +45,10 @@ from slotstream_contracts.channels import Channel, ChannelKind
 log = structlog.get_logger(__name__)
 
 LAG_POLL_SECONDS: Final = 0.01
-#: heartbeat/presence writes between yields to the event loop (~2 ms of writes)
+#: presence writes between yields to the event loop (~2 ms of writes)
 WRITES_PER_STEP: Final = 256
+#: heartbeats go out in this many steps per period (10,000 streams: ~170 writes a step)
+HEARTBEAT_STEPS: Final = 60
 
 
 @dataclass
@@ -457,13 +459,18 @@ class Gateway:
 
     # -- periodic work --------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
+        """A comment to every stream each ``heartbeat_seconds``, spread over the period in
+        ``HEARTBEAT_STEPS`` small steps: 10,000 writes at once held the loop ~100 ms, and
+        everything fetched meanwhile waited. A new stream gets its first within two periods."""
+        pause = self.settings.heartbeat_seconds / HEARTBEAT_STEPS
         while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
-            for count, connection in enumerate(list(self.connections), 1):
-                if connection.headers_sent and connection.state is not StreamState.CLOSED:
-                    connection.transport.write(HEARTBEAT)
-                if count % WRITES_PER_STEP == 0:
-                    await asyncio.sleep(0)  # 10,000 writes at once would stall live events
+            connections = list(self.connections)
+            share = -(-len(connections) // HEARTBEAT_STEPS)  # ceiling
+            for step in range(HEARTBEAT_STEPS):
+                await asyncio.sleep(pause)
+                for connection in connections[step * share : (step + 1) * share]:
+                    if connection.headers_sent and connection.state is not StreamState.CLOSED:
+                        connection.transport.write(HEARTBEAT)
 
     async def _presence_loop(self) -> None:
         while True:

@@ -328,5 +328,21 @@ async def test_a_token_expiring_during_catch_up_still_gets_its_bye(harness: Harn
     assert harness.gateway.connections == set()
 
 
+async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
+    h = Harness(Settings(heartbeat_seconds=0.3, jwt=JWT))
+    h._writers, h.stalled_sockets = [], []
+    try:
+        clients = [await (await h.connect()).start() for _ in range(3)]
+        for client in clients:
+            await client.events(1)  # the snapshot
+        h.gateway.start_background()  # the first period sees all three
+        for client in clients:
+            assert await asyncio.wait_for(client.reader.readuntil(b": hb\n\n"), 2)
+    finally:
+        await h.gateway.shutdown()
+        for writer in h._writers:
+            writer.close()
+
+
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy
     del record

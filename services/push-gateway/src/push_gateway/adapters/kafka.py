@@ -154,7 +154,7 @@ class KafkaIngest:
         fetched = time.time()
         step_started = time.perf_counter()
         step_cpu = time.thread_time()
-        size = SLICE_RECORDS_UNSUBSCRIBED
+        size = SLICE_RECORDS
         for tp, records in batches.items():
             start, end = 0, len(records)
             while start < end:
@@ -163,9 +163,11 @@ class KafkaIngest:
                 delivered = stats.deliveries
                 ingest(tp.topic, tp.partition, chunk)
                 # a record nobody here subscribes to costs the hub ~0.1 µs, one with ten
-                # subscribers ~100 µs: small slices only while records are being delivered
-                busy = stats.deliveries != delivered
-                size = SLICE_RECORDS if busy else SLICE_RECORDS_UNSUBSCRIBED
+                # subscribers ~100 µs: slices grow only while nothing is being delivered
+                if stats.deliveries != delivered:
+                    size = SLICE_RECORDS
+                else:
+                    size = min(size * 4, SLICE_RECORDS_UNSUBSCRIBED)
                 if observe:  # per slice, by its oldest record: an upper bound per record
                     oldest = chunk[0].timestamp * 0.001
                     timing.fetch_delay.add(fetched - oldest, len(chunk))

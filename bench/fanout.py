@@ -6,11 +6,17 @@ process (load client, publisher, Tansu, fake origins) to the other. Per server: 
 latency p50/p99 (publish -> client, from a timestamp inside each event), loss, RSS per
 connection, server CPU per delivery (from /proc/<pid>/stat of the server's process tree),
 and this process's own CPU, so a saturated client is not mistaken for a slow server.
+For the gateway, where its latency goes: its own histograms from /metrics (Kafka timestamp
+-> fetched / written, fan-out steps, event-loop lag, GC pauses; before/after the publishing
+window), the publish -> broker-ack time, and a bare Kafka consumer on the server core beside
+it (--probe-consumer, on by default): what any consumer gets from the broker in that run.
 Also: the gateway's ingest rate for events nobody subscribes to (a backlog drained from
 Tansu). Results: bench/results/fanout.json.
 
     .venv/bin/python bench/fanout.py                       # default, a few minutes
     .venv/bin/python bench/fanout.py --servers gateway --connections 2000 --rate 20000
+    .venv/bin/python bench/fanout.py --servers gateway nchan --rate 40000 --duration 6
+    .venv/bin/python bench/fanout.py --gateway-env GATEWAY_KAFKA__FETCH_MAX_WAIT_MS=2
 
 Figures are noisy when other work shares the machine's cores.
 """

@@ -67,3 +67,16 @@ async def test_released_log_answers_waiting_and_later_readers_at_once() -> None:
     log.release_waiters()
     assert await asyncio.wait_for(waiter, 2) == []
     assert await asyncio.wait_for(log.wait_after(log.latest_token, 10, max_wait=30), 2) == []
+
+
+def test_exactly_the_retained_changes_stay_readable() -> None:
+    log = MemoryChangeLog("db", retain=4)
+    record(log, 10)
+    retained = log.read_after(None)
+    assert [e.document_key for e in retained] == [{"_id": f"s{i}"} for i in range(6, 10)]
+    assert log.read_after(retained[0].token) == retained[1:]
+    with pytest.raises(ChangeHistoryLost):
+        log.read_after({"_data": f"{4:016X}"})
+    with pytest.raises(ChangeHistoryLost):
+        log.read_from_time(retained[0].cluster_time.model_copy(update={"i": 0}))
+    assert log.read_from_time(retained[1].cluster_time) == retained[1:]

@@ -7,8 +7,8 @@ raises ``ChangeHistoryLost``, as Mongo does when the oplog has rolled over.
 """
 
 import asyncio
+import bisect
 import time
-from collections import deque
 from typing import Any
 
 from slotstream_contracts.changes import (
@@ -40,10 +40,20 @@ def _seq_of(token: ResumeToken) -> int:
         raise InvalidResumeToken(f"not a resume token of this change log: {token!r}") from exc
 
 
+def _time_key(event: ChangeEvent) -> tuple[int, int]:
+    return (event.cluster_time.t, event.cluster_time.i)
+
+
 class MemoryChangeLog:
     def __init__(self, db: str, retain: int = 200_000) -> None:
         self._db = db
-        self._events: deque[ChangeEvent] = deque(maxlen=retain)
+        # A list rather than a bounded deque: readers slice it from the middle, which a
+        # deque can only do item by item from one end. Exactly ``retain`` changes are
+        # readable; the list itself is trimmed in chunks so appends stay amortised O(1).
+        # ``_first_seq`` is the sequence number of ``_events[0]``.
+        self._retain = retain
+        self._events: list[ChangeEvent] = []
+        self._first_seq = 1
         self._seq = 0
         self._last_time = ClusterTime(t=0, i=0)
         self._changed = asyncio.Event()
@@ -53,6 +63,11 @@ class MemoryChangeLog:
     def latest_token(self) -> ResumeToken:
         """The token of the newest change (what a ``postBatchResumeToken`` would be)."""
         return _token(self._seq)
+
+    @property
+    def _oldest_seq(self) -> int:
+        """The sequence number of the oldest change still readable."""
+        return max(self._first_seq, self._seq - self._retain + 1)
 
     @property
     def cluster_time(self) -> ClusterTime:
@@ -88,6 +103,10 @@ class MemoryChangeLog:
             }
         )
         self._events.append(event)
+        if len(self._events) > self._retain + max(1, self._retain // 4):
+            drop = len(self._events) - self._retain
+            del self._events[:drop]
+            self._first_seq += drop
         self._changed.set()
         return event
 
@@ -99,20 +118,20 @@ class MemoryChangeLog:
             seq = _seq_of(token)
             if seq > self._seq:
                 raise InvalidResumeToken(f"resume token {token!r} is from the future")
-            oldest = _seq_of(self._events[0].token) if self._events else self._seq + 1
-            if seq < oldest - 1:
+            if seq < self._oldest_seq - 1:
                 raise ChangeHistoryLost(f"resume token {token!r} is older than the history")
-            start = seq - oldest + 1
-        return [self._events[i] for i in range(start, min(len(self._events), start + limit))]
+            start = seq - self._first_seq + 1
+        start = max(start, self._oldest_seq - self._first_seq)
+        return self._events[start : start + limit]
 
     def read_from_time(self, at: ClusterTime, limit: int = 1000) -> list[ChangeEvent]:
         """Changes at or after a cluster time (``startAtOperationTime``)."""
         key = (at.t, at.i)
-        truncated = len(self._events) == self._events.maxlen
-        if truncated and (self._events[0].cluster_time.t, self._events[0].cluster_time.i) > key:
+        oldest = self._oldest_seq - self._first_seq
+        if self._seq > self._retain and _time_key(self._events[oldest]) > key:
             raise ChangeHistoryLost(f"operation time {at} is older than the history")
-        selected = (e for e in self._events if (e.cluster_time.t, e.cluster_time.i) >= key)
-        return [e for _, e in zip(range(limit), selected, strict=False)]
+        start = bisect.bisect_left(self._events, key, lo=oldest, key=_time_key)
+        return self._events[start : start + limit]
 
     def release_waiters(self) -> None:
         """Answer every waiting reader now and stop waiting from here on (server stopping)."""

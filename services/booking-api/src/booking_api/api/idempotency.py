@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from booking_api.api.deps import AppParts
 from booking_api.api.problems import domain_problem, problem
 from booking_api.api.responses import JSON, PROBLEM_JSON
 from booking_api.domain.errors import DomainError, InvalidRequest
@@ -58,17 +59,21 @@ def record_id(user_id: str, key: str) -> str:
 
 
 async def idempotent(
-    service: BookingService,
+    request: Request,
+    body: BaseModel,
     principal: Principal,
     key: str | None,
-    request_fingerprint: str,
-    instance: str,
-    ttl_seconds: int,
+    service: BookingService,
+    parts: AppParts,
     handler: Callable[[], Awaitable[Response]],
 ) -> Response:
-    """Run ``handler`` at most once per (user, key); replay its response afterwards."""
+    """Run ``handler`` at most once per (user, key); replay its response afterwards. The
+    request is recognised by its method, path and canonical body."""
     if key is None:
         return await handler()
+    instance = request.url.path
+    request_fingerprint = fingerprint(request.method, instance, body)
+    ttl_seconds = parts.settings.idempotency_ttl_seconds
     store = service.storage.idempotency
     now = service.now()
     reserved = IdempotencyRecord(

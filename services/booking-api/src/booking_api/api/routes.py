@@ -14,7 +14,7 @@ from booking_api.api.deps import (
     authenticate_header,
     get_service,
 )
-from booking_api.api.idempotency import KEY_PATTERN, fingerprint, idempotency_header, idempotent
+from booking_api.api.idempotency import KEY_PATTERN, idempotency_header, idempotent
 from booking_api.api.problems import problem_responses
 from booking_api.api.responses import list_response, model_response
 from booking_api.api.schemas import BookingCreate, InstructorCreate, SlotCreate
@@ -92,17 +92,7 @@ async def create_booking(body: BookingCreate, request: Request) -> Response:
         metrics.bookings_created.inc()
         return model_response(booking.to_data(), 201)
 
-    if idempotency_key is None:
-        return await handler()
-    return await idempotent(
-        service,
-        principal,
-        idempotency_key,
-        fingerprint("POST", request.url.path, body),
-        request.url.path,
-        parts.settings.idempotency_ttl_seconds,
-        handler,
-    )
+    return await idempotent(request, body, principal, idempotency_key, service, parts, handler)
 
 
 @router.get(
@@ -130,15 +120,7 @@ async def create_instructor(
         created = await service.create_instructor(principal, body.id, body.name, body.timezone)
         return model_response(created.to_data(), 201)
 
-    return await idempotent(
-        service,
-        principal,
-        idempotency_key,
-        fingerprint("POST", request.url.path, body),
-        request.url.path,
-        parts.settings.idempotency_ttl_seconds,
-        handler,
-    )
+    return await idempotent(request, body, principal, idempotency_key, service, parts, handler)
 
 
 @router.get(
@@ -192,15 +174,7 @@ async def create_slot(
         slot = await service.create_slot(principal, instructor_id, body.start, body.end)
         return model_response(slot.to_data(), 201)
 
-    return await idempotent(
-        service,
-        principal,
-        idempotency_key,
-        fingerprint("POST", request.url.path, body),
-        request.url.path,
-        parts.settings.idempotency_ttl_seconds,
-        handler,
-    )
+    return await idempotent(request, body, principal, idempotency_key, service, parts, handler)
 
 
 @router.delete("/slots/{slot_id}", response_model=SlotData, responses=AUTH_ERRORS)

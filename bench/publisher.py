@@ -45,7 +45,15 @@ from change_publisher.domain.records import OutgoingRecord, Router
 from change_publisher.ports import Checkpoint, PendingBatch
 from change_publisher.publisher import Publisher, PublisherOptions
 from slotstream_contracts.changes import ChangeEvent
-from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
+from slotstream_contracts.documents import (
+    BOOKINGS,
+    NOTIFICATIONS,
+    SLOTS,
+    BookingDocument,
+    NotificationDocument,
+    SlotDocument,
+)
+from slotstream_contracts.entities import BookingStatus, NotificationKind, SlotStatus
 from slotstream_contracts.settings import KafkaSettings
 from slotstream_contracts.topics import DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 from slotstream_testkit.kafka import TansuBroker, create_topics
@@ -91,18 +99,44 @@ class TimedProducer:
 
 
 def slot(n: int, instructor: str) -> dict[str, Any]:
-    return {
-        "_id": f"s{n}",
-        "instructorId": instructor,
-        "start": NOW + timedelta(hours=n % 500),
-        "end": NOW + timedelta(hours=n % 500 + 1),
-        "status": "available",
-        "bookingId": None,
-        "studentId": None,
-        "version": 1,
-        "createdAt": NOW,
-        "updatedAt": NOW,
-    }
+    start = NOW + timedelta(hours=n % 500)
+    return SlotDocument(
+        id=f"s{n}",
+        instructor_id=instructor,
+        start=start,
+        end=start + timedelta(hours=1),
+        status=SlotStatus.AVAILABLE,
+        version=1,
+        created_at=NOW,
+        updated_at=NOW,
+    ).to_document()
+
+
+def booking(n: int, instructor: str) -> dict[str, Any]:
+    return BookingDocument(
+        id=f"b{n}",
+        slot_id=f"s{n}",
+        instructor_id=instructor,
+        student_id=f"u{n % 3000}",
+        slot_start=NOW,
+        slot_end=NOW + timedelta(hours=1),
+        status=BookingStatus.ACTIVE,
+        version=1,
+        created_at=NOW,
+    ).to_document()
+
+
+def notification(n: int, instructor: str) -> dict[str, Any]:
+    return NotificationDocument(
+        id=f"n{n}",
+        user_id=instructor,
+        kind=NotificationKind.BOOKING_CREATED,
+        message="New booking",
+        booking_id=f"b{n}",
+        slot_id=f"s{n}",
+        version=1,
+        created_at=NOW,
+    ).to_document()
 
 
 def write_changes(database: MemoryDatabase, start: int, count: int) -> list[ChangeEvent]:
@@ -117,37 +151,8 @@ def write_changes(database: MemoryDatabase, start: int, count: int) -> list[Chan
             changes.append(
                 database.update(SLOTS, f"s{n}", {"status": "booked", "bookingId": f"b{n}"})
             )
-            changes.append(
-                database.insert(
-                    BOOKINGS,
-                    {
-                        "_id": f"b{n}",
-                        "slotId": f"s{n}",
-                        "instructorId": instructor,
-                        "studentId": f"u{n % 3000}",
-                        "slotStart": NOW,
-                        "slotEnd": NOW + timedelta(hours=1),
-                        "status": "active",
-                        "version": 1,
-                        "createdAt": NOW,
-                    },
-                )
-            )
-            changes.append(
-                database.insert(
-                    NOTIFICATIONS,
-                    {
-                        "_id": f"n{n}",
-                        "userId": instructor,
-                        "kind": "booking.created",
-                        "message": "New booking",
-                        "bookingId": f"b{n}",
-                        "slotId": f"s{n}",
-                        "version": 1,
-                        "createdAt": NOW,
-                    },
-                )
-            )
+            changes.append(database.insert(BOOKINGS, booking(n, instructor)))
+            changes.append(database.insert(NOTIFICATIONS, notification(n, instructor)))
         else:
             changes.append(database.update(SLOTS, f"s{n}", {"status": "deleted"}))
         n += 1

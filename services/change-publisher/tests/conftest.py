@@ -21,7 +21,15 @@ from change_publisher.ports import ChangeSource, EventProducer
 from change_publisher.publisher import Publisher, PublisherOptions
 from slotstream_contracts.changelog import ChangeHistoryLost, InvalidResumeToken
 from slotstream_contracts.changes import ClusterTime
-from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
+from slotstream_contracts.documents import (
+    BOOKINGS,
+    NOTIFICATIONS,
+    SLOTS,
+    BookingDocument,
+    NotificationDocument,
+    SlotDocument,
+)
+from slotstream_contracts.entities import BookingStatus, NotificationKind, SlotStatus
 from slotstream_contracts.topics import DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -32,54 +40,52 @@ ROUTER = Router(
 
 
 class Docs:
-    """Stored documents (camelCase, ``_id``) like the booking-api writes them."""
+    """Stored documents (camelCase, ``_id``) like the booking-api writes them: built from
+    the contract's document models; ``fields`` override afterwards, so a test may store a
+    document the models would refuse."""
 
     @staticmethod
     def slot(slot_id: str = "s1", instructor: str = "i1", **fields: Any) -> dict[str, Any]:
-        return {
-            "_id": slot_id,
-            "instructorId": instructor,
-            "start": NOW + timedelta(days=1),
-            "end": NOW + timedelta(days=1, hours=1),
-            "status": "available",
-            "bookingId": None,
-            "studentId": None,
-            "version": 1,
-            "createdAt": NOW,
-            "updatedAt": NOW,
-            **fields,
-        }
+        document = SlotDocument(
+            id=slot_id,
+            instructor_id=instructor,
+            start=NOW + timedelta(days=1),
+            end=NOW + timedelta(days=1, hours=1),
+            status=SlotStatus.AVAILABLE,
+            version=1,
+            created_at=NOW,
+            updated_at=NOW,
+        )
+        return {**document.to_document(), **fields}
 
     @staticmethod
     def booking(booking_id: str = "b1", slot_id: str = "s1", **fields: Any) -> dict[str, Any]:
-        return {
-            "_id": booking_id,
-            "slotId": slot_id,
-            "instructorId": "i1",
-            "studentId": "u1",
-            "slotStart": NOW + timedelta(days=1),
-            "slotEnd": NOW + timedelta(days=1, hours=1),
-            "status": "active",
-            "version": 1,
-            "createdAt": NOW,
-            "cancelledAt": None,
-            **fields,
-        }
+        document = BookingDocument(
+            id=booking_id,
+            slot_id=slot_id,
+            instructor_id="i1",
+            student_id="u1",
+            slot_start=NOW + timedelta(days=1),
+            slot_end=NOW + timedelta(days=1, hours=1),
+            status=BookingStatus.ACTIVE,
+            version=1,
+            created_at=NOW,
+        )
+        return {**document.to_document(), **fields}
 
     @staticmethod
     def notification(note_id: str = "n1", user: str = "u1", **fields: Any) -> dict[str, Any]:
-        return {
-            "_id": note_id,
-            "userId": user,
-            "kind": "booking.created",
-            "message": "Your booking is confirmed",
-            "bookingId": "b1",
-            "slotId": "s1",
-            "read": False,
-            "version": 1,
-            "createdAt": NOW,
-            **fields,
-        }
+        document = NotificationDocument(
+            id=note_id,
+            user_id=user,
+            kind=NotificationKind.BOOKING_CREATED,
+            message="Your booking is confirmed",
+            booking_id="b1",
+            slot_id="s1",
+            version=1,
+            created_at=NOW,
+        )
+        return {**document.to_document(), **fields}
 
 
 @pytest.fixture

@@ -8,9 +8,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import LogSettings
 
-#: Fragments that mark a secret copied from an example rather than chosen.
-PLACEHOLDER_FRAGMENTS = ("changeme", "change-me", "change_me", "placeholder", "example", "xxxx")
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -40,14 +37,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
 
     @model_validator(mode="after")
-    def _refuse_weak_secrets(self) -> "Settings":
-        """Refuse to start with no key, a short secret or an example placeholder."""
+    def _refuse_missing_keys(self) -> "Settings":
+        """Refuse to start without a verification key (weak secrets, unreadable or
+        mismatched keys are already refused by ``JwtSettings`` itself)."""
         self.jwt.verification_key()
-        if self.jwt.algorithm == "HS256" and self.jwt.secret is not None:
-            secret = self.jwt.secret.get_secret_value()
-            lowered = secret.lower()
-            if any(fragment in lowered for fragment in PLACEHOLDER_FRAGMENTS):
-                raise ValueError("BOOKING_API_JWT__SECRET looks like a placeholder; choose one")
-            if len(set(secret)) < 8:
-                raise ValueError("BOOKING_API_JWT__SECRET is too repetitive to be a secret")
         return self

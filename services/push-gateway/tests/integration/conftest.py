@@ -24,7 +24,7 @@ from slotstream_testkit.kafka import KafkaEndpoint, create_topics
 from slotstream_testkit.net import free_port
 
 #: no leeway, so a token minted to expire in a second ends its stream a second later
-JWT = JwtSettings(secret=SecretStr("integration-secret-" + "x" * 24), leeway_seconds=0)
+JWT = JwtSettings(secret=SecretStr("integration-secret-7c1e9a4f0b3d8e2a6f5c"), leeway_seconds=0)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from push_gateway.domain.requests import (
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_contracts.channels import Channel
 
-JWT = JwtSettings(secret=SecretStr("x" * 40))
+JWT = JwtSettings(secret=SecretStr("requests-secret-8d3f0a6c1e9b4d7f2a5c0e3b"))
 
 
 def parse(path: str, query: str, headers: list[tuple[bytes, bytes]] | None = None) -> StreamRequest:
@@ -85,7 +85,14 @@ def test_private_channel_without_token_is_401() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["not-a-jwt", mint_token(JwtSettings(secret=SecretStr("y" * 40)), "u1", Role.STUDENT)],
+    [
+        "not-a-jwt",
+        mint_token(
+            JwtSettings(secret=SecretStr("another-secret-1b6e4a9d0c7f3e2b8a5d6c1f")),
+            "u1",
+            Role.STUDENT,
+        ),
+    ],
 )
 def test_private_channel_with_bad_token_is_401(bad: str) -> None:
     assert (

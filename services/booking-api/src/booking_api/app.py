@@ -10,14 +10,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from booking_api.adapters.memory import MemoryStorage
-from booking_api.api import internal, ops, routes
+from booking_api.adapters.tickets import STREAM_TICKETS, MemoryTicketStore, MongoTicketStore
+from booking_api.api import internal, ops, routes, tickets
 from booking_api.api.deps import AppParts, Runtime
 from booking_api.api.metrics import Metrics
 from booking_api.api.middleware import RequestContextMiddleware
 from booking_api.api.problems import install_problem_handlers, problem
 from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
-from booking_api.ports import Storage
+from booking_api.ports import Storage, TicketStore
 from booking_api.service import BookingService, Clock, utc_now
 
 log = structlog.get_logger("booking_api.app")
@@ -33,6 +34,15 @@ def _open_storage(settings: Settings) -> Storage:
     )
 
 
+def _ticket_store(store: Storage) -> TicketStore:
+    """Tickets live beside the data: in ``streamTickets`` of a Mongo store, else in memory."""
+    from booking_api.adapters.mongo import MongoStorage
+
+    if isinstance(store, MongoStorage):
+        return MongoTicketStore(store.database[STREAM_TICKETS])
+    return MemoryTicketStore()
+
+
 def create_app(
     settings: Settings | None = None, storage: Storage | None = None, clock: Clock = utc_now
 ) -> FastAPI:
@@ -42,7 +52,8 @@ def create_app(
 
     def wire(store: Storage) -> Runtime:
         memory = store if isinstance(store, MemoryStorage) else None
-        return Runtime(settings, store, BookingService(store, clock), memory)
+        service = BookingService(store, clock)
+        return Runtime(settings, store, service, memory, _ticket_store(store))
 
     # The memory store needs no I/O to open, so it is ready without a lifespan (ASGI tests).
     given = storage or (MemoryStorage(settings.mongo_db) if settings.storage == "memory" else None)
@@ -55,6 +66,7 @@ def create_app(
         if parts.runtime is None:
             parts.runtime = wire(_open_storage(settings))
         await parts.runtime.storage.start()
+        await parts.runtime.tickets.start()
         log.info("booking_api.started", storage=settings.storage)
         try:
             yield
@@ -99,6 +111,7 @@ def create_app(
     app.add_exception_handler(PyMongoError, on_storage_error)
     app.include_router(routes.router)
     app.include_router(ops.router)
+    app.include_router(tickets.router)  # both storage modes: the gateways redeem tickets
     if settings.storage == "memory" or isinstance(storage, MemoryStorage):
         app.include_router(internal.router)
     if settings.cors_origins:

@@ -27,13 +27,17 @@ class Settings(BaseSettings):
     )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     internal_token: SecretStr | None = Field(
-        default=None, description="required X-Internal-Token for /internal/* (memory backend)"
+        default=None,
+        description="required X-Internal-Token for /internal/* (without it they answer 403)",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins")
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    stream_ticket_ttl_seconds: int = Field(
+        default=30, ge=5, le=300, description="lifetime of a single-use stream ticket"
+    )
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
 
     @model_validator(mode="after")

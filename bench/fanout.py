@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -323,6 +324,8 @@ class GatewayServer(Server):
             "GATEWAY_PRESENCE_EVENTS": "false",
             "GATEWAY_MAX_CONNECTIONS": "19000",
             "GATEWAY_LOG__LEVEL": "WARNING",
+            # the gateway refuses to start without a key (public streams only here)
+            "GATEWAY_JWT__SECRET": secrets.token_hex(32),
             **self.extra_env,
         }
 

@@ -3,6 +3,7 @@ hands it to the hub for live delivery. Also heartbeats, presence and graceful sh
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from push_gateway.adapters.snapshots import (
     SnapshotUnavailable,
     TakenSnapshot,
 )
+from push_gateway.adapters.tickets import TicketRedeemer, TicketServiceUnavailable
 from push_gateway.config import Settings
 from push_gateway.domain.frames import (
     HEARTBEAT,
@@ -38,7 +40,13 @@ from push_gateway.domain.hub import (
 )
 from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
-from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
+from push_gateway.domain.requests import (
+    Problem,
+    StreamRequest,
+    authorize,
+    parse_stream_request,
+    unauthorized,
+)
 from push_gateway.stream import SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -72,8 +80,11 @@ class Gateway:
         snapshots: CoalescingSnapshots,
         history: History,
         presence: PresenceBus,
+        *,
+        tickets: TicketRedeemer,
     ) -> None:
         self.settings = settings
+        self.tickets = tickets
         self.hub = hub
         self.snapshots = snapshots
         self.history = history
@@ -157,13 +168,52 @@ class Gateway:
         )
         self.connections.add(connection)
         self.stats.accepted += 1
+        self._schedule_expiry(connection, request)
+        self._spawn(self._serve(connection, request))
+        return connection
+
+    def _schedule_expiry(self, connection: SseConnection, request: StreamRequest) -> None:
         if request.token_expires_at is not None:
             # a private stream must not outlive its token: the client re-authenticates
             connection.expiry = asyncio.get_running_loop().call_later(
                 max(0.0, request.token_expires_at - time.time()), self._expire, connection
             )
-        self._spawn(self._serve(connection, request))
-        return connection
+
+    async def _redeem(
+        self, connection: SseConnection, request: StreamRequest
+    ) -> StreamRequest | None:
+        """The request with the principal of its stream ticket, redeemed at the booking-api
+        (once); None when the request was answered with a problem instead."""
+        assert request.ticket is not None
+        try:
+            redeemed = await self.tickets.redeem(request.ticket)
+            if redeemed is None:
+                raise unauthorized("unknown, used or expired stream ticket")
+            authorize(request.channels, redeemed.principal)
+        except TicketServiceUnavailable as exc:
+            log.warning("ticket redemption failed", error=str(exc))
+            problem = Problem(
+                503,
+                "Service Unavailable",
+                "cannot check the stream ticket now; retry",
+                (("retry-after", "1"),),
+            )
+        except Problem as refused:
+            problem = refused
+        else:
+            if connection.state is StreamState.CLOSED:
+                return None
+            redeemed_request = dataclasses.replace(
+                request,
+                principal=redeemed.principal,
+                token_expires_at=redeemed.token_expires_at + self.settings.jwt.leeway_seconds,
+                ticket=None,
+            )
+            self._schedule_expiry(connection, redeemed_request)
+            return redeemed_request
+        self.reject(connection.transport, problem, "stream", connection.origin)
+        connection.close(None)
+        return None
 
     def reject(
         self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None
@@ -245,6 +295,10 @@ class Gateway:
         resync_positions: dict[PartitionKey, int] | None = None,
     ) -> None:
         try:
+            if request is not None and request.ticket is not None:
+                request = await self._redeem(connection, request)
+                if request is None:
+                    return
             if request is not None:
                 resume = request.resume_from
                 if resume is not None:

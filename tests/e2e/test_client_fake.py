@@ -19,10 +19,12 @@ def tomorrow_at(hour: int) -> datetime:
     return day + timedelta(days=1, hours=hour)
 
 
-def open_page(context: BrowserContext, base_url: str, errors: list[str]) -> Page:
+def open_page(
+    context: BrowserContext, base_url: str, errors: list[str], as_user: str | None = None
+) -> Page:
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base_url}/?instructor={INSTRUCTOR}")
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}" + (f"&as={as_user}" if as_user else ""))
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     return page
 
@@ -88,10 +90,7 @@ def test_a_signed_in_page_streams_with_a_fresh_ticket_each_connect(
     fake, base_url = fake_edge
     fake.slots["a"] = make_slot("a", tomorrow_at(9))
     errors: list[str] = []
-    page = context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base_url}/?instructor={INSTRUCTOR}&as={STUDENT}")
-    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page = open_page(context, base_url, errors, as_user=STUDENT)
     expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
     first = fake.stream_requests[-1]
     assert "access_token" not in first

@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from booking_api.adapters.memory import MemoryStorage
-from booking_api.adapters.tickets import STREAM_TICKETS, MemoryTicketStore, MongoTicketStore
+from booking_api.adapters.tickets import ticket_store_for
 from booking_api.api import internal, ops, routes, tickets
 from booking_api.api.deps import AppParts, Runtime
 from booking_api.api.metrics import Metrics
@@ -18,7 +18,7 @@ from booking_api.api.middleware import RequestContextMiddleware
 from booking_api.api.problems import install_problem_handlers, problem
 from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
-from booking_api.ports import Storage, TicketStore
+from booking_api.ports import Storage
 from booking_api.service import BookingService, Clock, utc_now
 
 log = structlog.get_logger("booking_api.app")
@@ -34,15 +34,6 @@ def _open_storage(settings: Settings) -> Storage:
     )
 
 
-def _ticket_store(store: Storage) -> TicketStore:
-    """Tickets live beside the data: in ``streamTickets`` of a Mongo store, else in memory."""
-    from booking_api.adapters.mongo import MongoStorage
-
-    if isinstance(store, MongoStorage):
-        return MongoTicketStore(store.database[STREAM_TICKETS])
-    return MemoryTicketStore()
-
-
 def create_app(
     settings: Settings | None = None, storage: Storage | None = None, clock: Clock = utc_now
 ) -> FastAPI:
@@ -53,7 +44,7 @@ def create_app(
     def wire(store: Storage) -> Runtime:
         memory = store if isinstance(store, MemoryStorage) else None
         service = BookingService(store, clock)
-        return Runtime(settings, store, service, memory, _ticket_store(store))
+        return Runtime(settings, store, service, memory, ticket_store_for(store))
 
     # The memory store needs no I/O to open, so it is ready without a lifespan (ASGI tests).
     given = storage or (MemoryStorage(settings.mongo_db) if settings.storage == "memory" else None)

@@ -1,37 +1,32 @@
 """The TicketStore port, bound to the memory store and to a real MongoDB."""
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from booking_api.adapters.tickets import STREAM_TICKETS, MemoryTicketStore, MongoTicketStore
-from booking_api.ports import StreamTicket, TicketStore
+from booking_api.adapters.mongo import MongoStorage
+from booking_api.adapters.tickets import (
+    STREAM_TICKETS,
+    MemoryTicketStore,
+    TicketStoreFull,
+    ticket_store_for,
+)
+from booking_api.ports import Storage, StreamTicket, TicketStore
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])
-async def tickets(request: pytest.FixtureRequest) -> AsyncIterator[TicketStore]:
-    if request.param == "memory":
-        yield MemoryTicketStore()
-        return
-    url: str = request.getfixturevalue("mongo_url")
-    from booking_api.adapters.mongo import MongoStorage
-
-    store = MongoStorage(url, f"test_{uuid.uuid4().hex[:12]}", timeout_ms=10_000)
-    try:
-        mongo_tickets = MongoTicketStore(store.database[STREAM_TICKETS])
-        await mongo_tickets.start()
-        await mongo_tickets.start()  # idempotent
-        indexes = await store.database[STREAM_TICKETS].index_information()
+@pytest.fixture
+async def tickets(storage: Storage) -> TicketStore:
+    """The ticket store beside each storage backend of the contract suite (conftest.py)."""
+    store = ticket_store_for(storage)
+    await store.start()
+    await store.start()  # idempotent
+    if isinstance(storage, MongoStorage):
+        indexes = await storage.database[STREAM_TICKETS].index_information()
         assert any(i.get("expireAfterSeconds") == 0 for i in indexes.values())
-        yield mongo_tickets
-    finally:
-        await store.database.client.drop_database(store.database.name)
-        await store.close()
+    return store
 
 
 def ticket(ticket_id: str = "t1", expires: datetime = NOW + timedelta(seconds=30)) -> StreamTicket:
@@ -74,7 +69,5 @@ async def test_memory_store_forgets_expired_tickets_and_is_bounded() -> None:
     await store.issue(ticket("c", later + timedelta(seconds=30)), later)
     assert len(store) == 1
     await store.issue(ticket("d", later + timedelta(seconds=30)), later)
-    from booking_api.adapters.tickets import TicketStoreFull
-
     with pytest.raises(TicketStoreFull):
         await store.issue(ticket("e", later + timedelta(seconds=30)), later)

@@ -8,7 +8,7 @@ from typing import Any, Final
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from booking_api.ports import StreamTicket
+from booking_api.ports import Storage, StreamTicket, TicketStore
 
 STREAM_TICKETS: Final = "streamTickets"
 #: The memory store refuses to hold more than this many unredeemed tickets at once.
@@ -67,3 +67,12 @@ class MongoTicketStore:
 
     async def start(self) -> None:
         await self._c.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
+
+
+def ticket_store_for(storage: Storage) -> TicketStore:
+    """Tickets live beside the data: in ``streamTickets`` of a Mongo store, else in memory."""
+    from booking_api.adapters.mongo import MongoStorage
+
+    if isinstance(storage, MongoStorage):
+        return MongoTicketStore(storage.database[STREAM_TICKETS])
+    return MemoryTicketStore()

@@ -28,12 +28,18 @@ from slotstream_contracts.entities import ScheduleSnapshot, SlotData, SlotStatus
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 INSTRUCTOR = "fake-instructor"
 STUDENT = "fake-student"
-#: the fake signs nothing it checks; the page only decodes the claims for display
-STUDENT_TOKEN = jwt.encode(
-    {"sub": STUDENT, "role": "student", "name": "Fake Student", "exp": 4_000_000_000},
-    "fake-edge-signing-key-9c2e7a1f4b8d0e6c3a5f",
-    algorithm="HS256",
-)
+
+
+def student_token(exp: int = 4_000_000_000) -> str:
+    """The fake checks tokens by equality only; the page decodes the claims (``exp``)."""
+    return jwt.encode(
+        {"sub": STUDENT, "role": "student", "name": "Fake Student", "exp": exp},
+        "fake-edge-signing-key-9c2e7a1f4b8d0e6c3a5f",
+        algorithm="HS256",
+    )
+
+
+STUDENT_TOKEN = student_token()
 
 
 def make_slot(slot_id: str, start: datetime, version: int = 1, booked: bool = False) -> SlotData:
@@ -62,6 +68,9 @@ class FakeEdge:
     #: tickets issued by POST /api/stream-tickets and not yet used
     tickets: set[str] = field(default_factory=set)
     ticket_requests: list[str | None] = field(default_factory=list)  # Authorization headers
+    #: what /demo-users.json hands out as the student's token, in turn (the last one stays)
+    demo_tokens: list[str] = field(default_factory=lambda: [STUDENT_TOKEN])
+    demo_users_reads: int = 0
 
     def snapshot(self) -> ScheduleSnapshot:
         now = datetime.now(UTC)
@@ -114,15 +123,17 @@ class FakeEdge:
             )
 
         async def demo_users(_: Request) -> Response:
-            user = {"id": STUDENT, "name": "Fake Student", "role": "student"}
-            return JSONResponse({"users": [user | {"token": STUDENT_TOKEN}]})
+            self.demo_users_reads += 1
+            token = self.demo_tokens.pop(0) if len(self.demo_tokens) > 1 else self.demo_tokens[0]
+            user = {"id": STUDENT, "name": "Fake Student", "role": "student", "token": token}
+            return JSONResponse({"users": [user]})
 
         async def mine(_: Request) -> Response:
             return JSONResponse([])
 
         async def stream_ticket(request: Request) -> Response:
             self.ticket_requests.append(request.headers.get("authorization"))
-            if request.headers.get("authorization") != f"Bearer {STUDENT_TOKEN}":
+            if request.headers.get("authorization") != f"Bearer {self.demo_tokens[-1]}":
                 return JSONResponse({"detail": "no token"}, status_code=401)
             ticket = secrets.token_urlsafe(32)
             self.tickets.add(ticket)

@@ -9,7 +9,14 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from tests.e2e.conftest import save_screenshot
-from tests.e2e.fakeserver import INSTRUCTOR, STUDENT, STUDENT_TOKEN, FakeEdge, make_slot
+from tests.e2e.fakeserver import (
+    INSTRUCTOR,
+    STUDENT,
+    STUDENT_TOKEN,
+    FakeEdge,
+    make_slot,
+    student_token,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -109,4 +116,20 @@ def test_a_signed_in_page_streams_with_a_fresh_ticket_each_connect(
     assert len(fake.ticket_requests) == 2
     # no request presented a used ticket (each would have been refused with 401)
     assert [r["ticket"] for r in fake.stream_requests] == [first["ticket"], resumed["ticket"]]
+    assert errors == []
+
+
+def test_a_page_whose_demo_token_nears_expiry_reads_the_reminted_one(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    soon = int(datetime.now(UTC).timestamp()) + 300  # 5 minutes left
+    fresh = student_token(int(datetime.now(UTC).timestamp()) + 3600)
+    fake.demo_tokens = [student_token(soon), fresh]
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    assert fake.demo_users_reads >= 2  # read again before the first ticket
+    assert fake.ticket_requests == [f"Bearer {fresh}"]
     assert errors == []

@@ -215,8 +215,7 @@ class DevStack:
         #: public key only; minting (the seed, demo-users.json, tests) uses the private key
         self.public_key_file = state_dir / "keys" / "jwt-public.pem"
         self.private_key_file = state_dir / "keys" / "jwt-private.pem"
-        self._refresher: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._refresh_stop: threading.Event | None = None
         self.log_level = log_level
         self.tls = (tls_cert, tls_key, tls_port or 8443) if tls_cert and tls_key else None
         self.users: list[DemoUser] = []
@@ -274,7 +273,9 @@ class DevStack:
 
     def stop(self) -> None:
         """Stop every process this stack started, newest first."""
-        self._stopping.set()
+        if self._refresh_stop is not None:
+            self._refresh_stop.set()  # ends the demo token refresh thread
+            self._refresh_stop = None
         for name in reversed(list(self.processes)):
             started = time.monotonic()
             self.processes[name].stop()
@@ -512,11 +513,14 @@ class DevStack:
             raise StackError(f"slotstream-seed printed something unexpected: {exc}") from exc
         self.instructors = list(payload.get("instructors", []))
         self.write_demo_users()
-        if self._refresher is None:
-            self._refresher = threading.Thread(
-                target=self._refresh_demo_users, name="demo-token-refresh", daemon=True
-            )
-            self._refresher.start()
+        if self._refresh_stop is None:
+            self._refresh_stop = threading.Event()
+            threading.Thread(
+                target=self._refresh_demo_users,
+                args=(self._refresh_stop,),
+                name="demo-token-refresh",
+                daemon=True,
+            ).start()
         return self.users
 
     # ------------------------------------------------------------------ tokens
@@ -593,8 +597,8 @@ class DevStack:
         partial.write_text(json.dumps({"users": served}, indent=2))
         partial.replace(target)
 
-    def _refresh_demo_users(self) -> None:
-        while not self._stopping.wait(DEMO_TOKEN_REFRESH_SECONDS):
+    def _refresh_demo_users(self, stopping: threading.Event) -> None:
+        while not stopping.wait(DEMO_TOKEN_REFRESH_SECONDS):
             try:
                 self.write_demo_users()
             except (OSError, ValueError) as exc:

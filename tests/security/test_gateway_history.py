@@ -59,17 +59,19 @@ class RawStream:
 
 
 async def request(
-    url: str, path: str, *, source: str = "127.0.0.1", timeout: float = 5.0
+    url: str, path: str, *, source: str = "127.0.0.1", within: float = 5.0
 ) -> RawStream:
+    """Send the request from ``source``; the status and headers must arrive ``within``."""
     parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     reader, writer = await asyncio.open_connection(
         parts.hostname, parts.port, local_addr=(source, 0)
     )
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
     )
-    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)).decode("latin-1")
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), within)).decode("latin-1")
     status_line, *lines = head.strip().split("\r\n")
     stream = RawStream(reader, writer, int(status_line.split(" ")[1]))
     stream.headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
@@ -88,7 +90,8 @@ async def streams() -> AsyncIterator[list[RawStream]]:
 
 def schedule_partition(instructor_id: str) -> int:
     """Where the instructor's schedule lives (Kafka's default partitioner, as the gateway)."""
-    return (murmur2(Channel.schedule(instructor_id).record_key) & 0x7FFFFFFF) % SCHEDULE_PARTITIONS
+    hashed: int = murmur2(Channel.schedule(instructor_id).record_key)
+    return (hashed & 0x7FFFFFFF) % SCHEDULE_PARTITIONS
 
 
 async def lengthen_partition(bootstrap: str, partition: int, records: int) -> None:
@@ -132,7 +135,7 @@ async def test_an_id_ahead_of_the_log_is_answered_within_a_second(stack: DevStac
         stream = await request(
             stack.gateway_url(2),
             f"{PAGE}?instructorId={instructor}&lastEventId=s{partition}:999999999",
-            timeout=1.0,
+            within=1.0,
         )
         opened.append(stream)
         assert stream.status == 200

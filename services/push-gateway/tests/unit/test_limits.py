@@ -8,7 +8,7 @@ import pytest
 from push_gateway.app import raise_open_file_limit
 from push_gateway.domain.limits import StreamCounts, TokenBuckets, client_ip, retry_after
 
-LOOPBACK = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
+LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 REAL_IP = [(b"x-real-ip", b"203.0.113.7")]
 
 

@@ -313,7 +313,10 @@ class Gateway:
                 resume = request.resume_from
                 if resume is not None:
                     resume, lost = self._checked_resume(connection, resume)
-                    resume = await self._wait_for_position(connection, resume)
+                    honoured = resume
+                    resume = await self._wait_for_position(connection, honoured)
+                    if resume is None:
+                        lost |= set(honoured)
                 if connection.state is StreamState.CLOSED:
                     return
                 positions = self.hub.attach(connection, connection.channels)
@@ -380,7 +383,7 @@ class Gateway:
                 honoured[key] = after
         if lost:
             self.stats.resumes_refused += len(lost)
-            log.info("resume point refused", partitions=sorted(component_names(lost)))
+            log.info("resume point refused", partitions=sorted(f"{k[0]}{k[1]}" for k in lost))
         return honoured, lost
 
     async def _wait_for_position(
@@ -622,10 +625,6 @@ class Gateway:
 
     def presence_of(self, channel: Channel) -> int:
         return self.presence.cluster_counts().get(channel.name, 0)
-
-
-def component_names(keys: set[PartitionKey]) -> list[str]:
-    return [f"{letter}{partition}" for letter, partition in keys]
 
 
 def snapshot_frame(channel: Channel, taken: TakenSnapshot, frame_id: bytes) -> bytes:

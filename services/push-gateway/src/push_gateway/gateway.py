@@ -191,23 +191,18 @@ class Gateway:
 
     def _admit_ip(self, ip: str) -> None:
         """Per-client-IP limits: the connect rate (token bucket), then concurrent streams."""
+        settings = self.settings
         wait = self.connect_rate.take(ip, time.monotonic())
         if wait:
-            self.stats.limited["ip-rate"] += 1
-            raise Problem(
-                429,
-                "Too Many Requests",
-                f"more than {self.settings.connect_burst_per_ip} stream requests from one "
-                f"address in a burst, or {self.settings.connect_rate_per_ip:g}/s sustained",
-                (("retry-after", retry_after(wait)),),
+            raise self._too_many(
+                "ip-rate",
+                f"more than {settings.connect_burst_per_ip} stream requests from one address "
+                f"in a burst, or {settings.connect_rate_per_ip:g}/s sustained",
+                wait,
             )
         if self.streams_per_ip.full(ip):
-            self.stats.limited["ip-streams"] += 1
-            raise Problem(
-                429,
-                "Too Many Requests",
-                f"one address may hold at most {self.settings.max_streams_per_ip} streams",
-                (("retry-after", retry_after(self.settings.retry_ms / 1000)),),
+            raise self._too_many(
+                "ip-streams", f"one address may hold at most {settings.max_streams_per_ip} streams"
             )
 
     def _admit_user(self, request: StreamRequest) -> str | None:
@@ -216,14 +211,17 @@ class Gateway:
             return None
         user = request.principal.user_id
         if self.streams_per_user.full(user):
-            self.stats.limited["user-streams"] += 1
-            raise Problem(
-                429,
-                "Too Many Requests",
+            raise self._too_many(
+                "user-streams",
                 f"one user may hold at most {self.settings.max_streams_per_user} private streams",
-                (("retry-after", retry_after(self.settings.retry_ms / 1000)),),
             )
         return user
+
+    def _too_many(self, limit: str, detail: str, wait: float | None = None) -> Problem:
+        """A 429; without ``wait`` (a stream limit) come back after the usual ``retry:``."""
+        self.stats.limited[limit] += 1
+        seconds = self.settings.retry_ms / 1000 if wait is None else wait
+        return Problem(429, "Too Many Requests", detail, (("retry-after", retry_after(seconds)),))
 
     def reject(
         self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from httpx_sse import ServerSentEvent
 
 from push_gateway.adapters.kafka import HistoryBusy, KafkaHistory
 from push_gateway.app import build_server
@@ -33,6 +35,17 @@ def small_ring_gateway(
         server.stop()
 
 
+async def first_delta(
+    gateway: ServerThread, p: AIOKafkaProducer, topics: TopicSettings, instructor: str
+) -> ServerSentEvent:
+    """A stream's first delta (slot s1 v1), received live; the stream is closed after it."""
+    async with Stream(gateway.url + PAGE, {"instructorId": instructor}) as first:
+        await first.wait_for("snapshot", 1)
+        await publish(p, topics.schedule, [slot_event(instructor, "s1", 1)])
+        [seen] = await first.wait_for("slot", 1)
+    return seen
+
+
 async def test_history_reads_exactly_the_requested_range_and_keys(
     kafka: KafkaEndpoint, topics: TopicSettings
 ) -> None:
@@ -56,10 +69,7 @@ async def test_resume_older_than_the_ring_is_read_back_from_kafka(
 ) -> None:
     params = {"instructorId": "deep1"}
     async with producer(kafka) as p:
-        async with Stream(small_ring_gateway.url + PAGE, params) as first:
-            await first.wait_for("snapshot", 1)
-            await publish(p, topics.schedule, [slot_event("deep1", "s1", 1)])
-            [seen] = await first.wait_for("slot", 1)
+        seen = await first_delta(small_ring_gateway, p, topics, "deep1")
         # 40 more for this instructor, plus others' records on every partition: the ring
         # (16 per partition) no longer reaches back to the client's position
         await publish(p, topics.schedule, [slot_event("deep1", "s1", v) for v in range(2, 42)])
@@ -117,10 +127,7 @@ async def test_a_resync_in_the_range_read_back_from_kafka_restarts_with_a_snapsh
 ) -> None:
     params = {"instructorId": "deep2"}
     async with producer(kafka) as p:
-        async with Stream(small_ring_gateway.url + PAGE, params) as first:
-            await first.wait_for("snapshot", 1)
-            await publish(p, topics.schedule, [slot_event("deep2", "s1", 1)])
-            [seen] = await first.wait_for("slot", 1)
+        seen = await first_delta(small_ring_gateway, p, topics, "deep2")
         partition = int(seen.id.split(":")[0][1:])
         resync = resync_event("resync-deep2", topics.schedule)
         await p.send_and_wait(

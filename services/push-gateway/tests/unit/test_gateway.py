@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from push_gateway.adapters.kafka import FakeHistory
+from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
 from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource
 from push_gateway.adapters.tickets import FakeTicketRedeemer
@@ -389,6 +389,184 @@ async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
         await h.gateway.shutdown()
         for writer in h._writers:
             writer.close()
+
+
+# -- history bounds (issue 10, item 3) ----------------------------------------------------
+
+
+async def test_a_resume_older_than_the_bound_gets_a_snapshot_not_the_history() -> None:
+    h = Harness(Settings(max_resume_lag=10, jwt=JWT))
+    h._writers, h.stalled_sockets = [], []
+    try:
+        h.produce(*h.slot_records(range(1, 21)))
+        client = await (await h.connect(f"instructorId=i1&lastEventId=s{h.part}:-1")).start()
+        [first] = await client.events(1)
+        assert first["event"] == "snapshot"
+        assert first["id"] == f"s{h.part}:19"
+        assert h.history.reads == []
+        assert h.gateway.stats.resumes_refused == 1
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_a_resume_ahead_of_the_log_gets_a_snapshot_at_once(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 4)))
+    started = asyncio.get_running_loop().time()
+    client = await (
+        await harness.connect(headers=[(b"last-event-id", f"s{harness.part}:999999".encode())])
+    ).start()
+    [first] = await client.events(1)
+    assert asyncio.get_running_loop().time() - started < 1
+    assert first["event"] == "snapshot"
+    assert first["id"] == f"s{harness.part}:2"
+
+
+async def test_a_resume_before_the_log_start_gets_a_snapshot(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 6)))
+    assert isinstance(harness.gateway.bounds, FakeLogBounds)
+    harness.gateway.bounds.starts[(SCHEDULE_TOPIC, harness.part)] = 3
+    client = await (await harness.connect(f"instructorId=i1&lastEventId=s{harness.part}:0")).start()
+    [first] = await client.events(1)
+    assert first["event"] == "snapshot"
+    assert harness.history.reads == []
+
+
+async def test_a_lost_notification_resume_gets_a_resync_frame(harness: Harness) -> None:
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, notes[1], [record_of(notification_event("u1", "n1", "hi"), 0)]
+    )
+    token = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
+    client = await (
+        await harness.connect(
+            "channel=users/u1/notifications",
+            headers=[
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"last-event-id", f"n{notes[1]}:5000".encode()),
+            ],
+            path=EVENTS,
+        )
+    ).start()
+    [frame] = await client.events(1)
+    assert frame["event"] == "resync"
+    assert data(frame) == {"channel": "users/u1/notifications", "reason": "history-unavailable"}
+    assert frame["id"] == f"n{notes[1]}:0"
+
+
+async def test_a_resync_record_read_back_from_kafka_is_not_filtered_out(
+    harness: Harness,
+) -> None:
+    records = harness.slot_records(range(1, 21))  # the ring keeps 8: offsets 12..19
+    records[6] = record_of(resync_event("r1"), 6)
+    harness.produce(*records)
+    harness.source.snapshots["i1"] = snapshot("i1", [slot("i1", "s1", 30)])
+    client = await (await harness.connect(f"instructorId=i1&lastEventId=s{harness.part}:2")).start()
+    events = await client.events(2)
+    assert [e["event"] for e in events] == ["resync", "snapshot"]
+    assert data(events[1])["schedule"]["version"] == 30  # type: ignore[index]
+
+
+# -- per-client limits (issue 10, item 4) -------------------------------------------------
+
+
+def from_ip(ip: str) -> list[tuple[bytes, bytes]]:
+    """What the edge adds (the harness's socketpair peer counts as a trusted local proxy)."""
+    return [(b"x-real-ip", ip.encode())]
+
+
+async def limited(settings: Settings) -> Harness:
+    h = Harness(settings)
+    h._writers, h.stalled_sockets = [], []
+    return h
+
+
+async def test_streams_per_ip_are_limited_with_429_and_freed_on_close() -> None:
+    h = await limited(Settings(max_streams_per_ip=2, jwt=JWT))
+    try:
+        held = [await (await h.connect(headers=from_ip("10.0.0.1"))).start() for _ in range(2)]
+        refused = await (await h.connect(headers=from_ip("10.0.0.1"))).start()
+        assert refused.status == 429
+        assert "retry-after: 3" in refused.head
+        assert "application/problem+json" in refused.head
+        other = await (await h.connect(headers=from_ip("10.0.0.2"))).start()
+        assert other.status == 200
+        assert h.gateway.stats.limited["ip-streams"] == 1
+        held[0].writer.close()
+        await asyncio.sleep(0.05)
+        again = await (await h.connect(headers=from_ip("10.0.0.1"))).start()
+        assert again.status == 200
+        await h.gateway.shutdown()
+        assert len(h.gateway.streams_per_ip) == 0  # nothing left behind for closed streams
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_private_streams_per_user_are_limited() -> None:
+    h = await limited(Settings(max_streams_per_user=1, jwt=JWT))
+    token = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
+    auth = [(b"authorization", f"Bearer {token}".encode())]
+    try:
+        query = "channel=users/u1/notifications"
+        first = await (
+            await h.connect(query, headers=auth + from_ip("10.0.0.1"), path=EVENTS)
+        ).start()
+        assert first.status == 200
+        second = await (
+            await h.connect(query, headers=auth + from_ip("10.0.0.2"), path=EVENTS)
+        ).start()
+        assert second.status == 429
+        assert b"private streams" in await second.rest()
+        public = await (await h.connect(headers=from_ip("10.0.0.2"))).start()
+        assert public.status == 200
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_ticket_streams_count_against_their_user_once_redeemed() -> None:
+    h = await limited(Settings(max_streams_per_user=1, jwt=JWT))
+    try:
+        query = "channel=users/u1/notifications&ticket="
+        first_ticket = h.tickets.issue("a" * 43, STUDENT)
+        second_ticket = h.tickets.issue("b" * 43, STUDENT)
+        first = await (
+            await h.connect(query + first_ticket, headers=from_ip("10.0.0.1"), path=EVENTS)
+        ).start()
+        assert first.status == 200
+        second = await (
+            await h.connect(query + second_ticket, headers=from_ip("10.0.0.2"), path=EVENTS)
+        ).start()
+        assert second.status == 429
+        assert b"private streams" in await second.rest()
+        assert h.gateway.streams_per_user.full("u1")
+    finally:
+        await h.gateway.shutdown()
+    assert not h.gateway.streams_per_user.full("u1")  # released when the stream closed
+
+
+async def test_connect_rate_per_ip_is_a_token_bucket() -> None:
+    h = await limited(Settings(connect_rate_per_ip=1, connect_burst_per_ip=2, jwt=JWT))
+    try:
+        statuses = [
+            (await (await h.connect(headers=from_ip("10.0.0.1"))).start()).status for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        assert (await (await h.connect(headers=from_ip("10.0.0.9"))).start()).status == 200
+        await asyncio.sleep(1.05)
+        assert (await (await h.connect(headers=from_ip("10.0.0.1"))).start()).status == 200
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_unknown_instructors_cost_one_booking_api_request_then_none(
+    harness: Harness,
+) -> None:
+    query = "&".join(f"channel=instructors/ghost{n}/schedule" for n in range(16))
+    harness.gateway.settings.max_channels_per_connection = 16
+    first = await (await harness.connect(query, path=EVENTS)).start()
+    assert first.status == 404
+    second = await (await harness.connect("instructorId=ghost0")).start()
+    assert second.status == 404
+    assert len(harness.source.fetches) == 1
 
 
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy

@@ -195,6 +195,9 @@ class ChannelHub:
     def topic_of(self, key: PartitionKey) -> str:
         return self._topics[key[0]]
 
+    def letter_of(self, topic: str) -> str:
+        return self._letters[topic]
+
     def on_progress(self, listener: Callable[[], None]) -> None:
         self._progress_listeners.append(listener)
 

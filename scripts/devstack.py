@@ -346,7 +346,7 @@ class DevStack:
             "BOOKING_API_HOST": "127.0.0.1",
             "BOOKING_API_PORT": str(self.ports.booking_api),
             "BOOKING_API_STORAGE": "memory",
-            **self._jwt_env("BOOKING_API_JWT__", self.public_key_file),
+            **self._jwt_env("BOOKING_API_JWT__"),
             "BOOKING_API_INTERNAL_TOKEN": self.internal_token,
             "BOOKING_API_LOG__LEVEL": self.log_level,
         }
@@ -394,7 +394,7 @@ class DevStack:
             "GATEWAY_INSTANCE_ID": f"gateway-{number}",
             "GATEWAY_BOOKING_API_URL": self.booking_api_url,
             "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            **self._jwt_env("GATEWAY_JWT__", self.public_key_file),
+            **self._jwt_env("GATEWAY_JWT__"),
             "GATEWAY_INTERNAL_TOKEN": self.internal_token,
             "GATEWAY_LOG__LEVEL": self.log_level,
             # A quick reconnect hint: the demo shows recovery within about a second.
@@ -495,7 +495,7 @@ class DevStack:
                 "--days",
                 "14",
             ],
-            env=self._base_env() | self._jwt_env("BOOKING_API_JWT__", self.private_key_file),
+            env=self._base_env() | self._jwt_env("BOOKING_API_JWT__", minting=True),
             capture_output=True,
             text=True,
             timeout=60,
@@ -542,12 +542,16 @@ class DevStack:
             )
         )
 
-    @staticmethod
-    def _jwt_env(prefix: str, key_file: Path) -> dict[str, str]:
-        which = "PRIVATE" if key_file.name.endswith("private.pem") else "PUBLIC"
+    def _jwt_env(self, prefix: str, *, minting: bool = False) -> dict[str, str]:
+        """``<prefix>*`` token settings: the public key to verify, or the private one to mint."""
+        key = (
+            {f"{prefix}PRIVATE_KEY_FILE": str(self.private_key_file)}
+            if minting
+            else {f"{prefix}PUBLIC_KEY_FILE": str(self.public_key_file)}
+        )
         return {
             f"{prefix}ALGORITHM": "EdDSA",
-            f"{prefix}{which}_KEY_FILE": str(key_file),
+            **key,
             f"{prefix}ISSUER": JWT_ISSUER,
             f"{prefix}AUDIENCE": JWT_AUDIENCE,
         }

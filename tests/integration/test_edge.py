@@ -206,6 +206,20 @@ def test_no_query_string_reaches_the_access_log(edge: Edge) -> None:
     assert "channel=" not in log
 
 
+async def test_a_dead_gateway_puts_no_ticket_in_any_log(edge: Edge) -> None:
+    """nginx writes the request line into every error-log message, e.g. when a gateway
+    refuses the connection: the stream locations log only critical errors."""
+    edge.gateways[1].stop()
+    async with httpx.AsyncClient(base_url=edge.url, timeout=10) as client:
+        for n in range(4):
+            first, _arrived, _done = await first_frame(client, f"/v1/events?ticket=SECRET{n}")
+            assert b"gateway-2" in first
+    logs = [*edge.stack.logs.glob("*"), *(edge.stack.state_dir / "edge" / "logs").glob("*")]
+    assert '"GET /v1/events HTTP/1.1" 200' in edge.access_log.read_text()
+    for log in logs:
+        assert "SECRET" not in log.read_text(), log
+
+
 def test_the_client_address_is_passed_on_and_cannot_be_forged(edge: Edge) -> None:
     forged = {"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "198.51.100.7"}
     seen = httpx.get(f"{edge.url}/api/client", headers=forged, timeout=10)

@@ -1,8 +1,10 @@
 """Channel names: what a browser subscribes to, and how events and record keys map to them.
 
-``instructors/{id}/schedule`` is public; ``users/{id}/notifications`` is private to user
-``id``. A channel's events all live on one topic, keyed by the id in the channel name, so
-the gateway can route a record by its key alone, without decoding its value.
+``instructors/{id}/schedule`` is public and carries slot events only;
+``users/{id}/notifications`` is private to user ``id`` and carries that user's
+notifications and bookings (as student or as instructor). A channel's events all live on
+one topic, keyed by the id in the channel name, so the gateway can route a record by its
+key alone, without decoding its value.
 """
 
 import re
@@ -93,12 +95,13 @@ class Channel:
             return None
 
 
-def channel_for_event(event: CloudEvent) -> Channel | None:
-    """Where an event is delivered; None for control events, which reach every channel."""
+def channels_for_event(event: CloudEvent) -> tuple[Channel, ...] | None:
+    """Where an event is delivered; None for control events, which reach every channel.
+
+    Slot events go to the instructor's public schedule; notifications and bookings only to
+    the private channels of the users they concern (a booking names its student)."""
     if event.type is EventType.STREAM_RESYNC:
         return None
-    if event.type is EventType.NOTIFICATION_CREATED:
-        assert event.userid is not None
-        return Channel.notifications(event.userid)
-    assert event.instructorid is not None
-    return Channel.schedule(event.instructorid)
+    if event.topic == SCHEDULE_TOPIC:
+        return (Channel.schedule(event.routing_key),)
+    return tuple(Channel.notifications(key) for key in event.routing_keys)

@@ -89,8 +89,11 @@ class BookingRepository(Protocol):
     async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
         """``active → cancelled`` with ``cancelledAt``, version + 1."""
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        """Bookings where the user is the student or the instructor, newest first."""
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings the student made, newest first."""
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings of the instructor's slots, newest first."""
 
 
 class NotificationRepository(Protocol):

@@ -205,14 +205,18 @@ class BookingService:
         await self._storage.slots.release(booking.slot_id, booking_id, self.now())
         _info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
         by = None
-        if principal.user_id != booking.student_id:
-            own = principal.user_id == booking.instructor_id
+        if not authz.is_student_of(principal, booking):
+            own = authz.is_instructor_of(principal, booking)
             by = principal.name or ("the instructor" if own else "an admin")
         await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, None, by)
         return cancelled
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
-        return await self._storage.bookings.list_for_user(principal.user_id, limit)
+        """An instructor's are the bookings of their slots; anyone else's (students, and
+        admins, who book as themselves) the bookings they made."""
+        if principal.role is Role.INSTRUCTOR:
+            return await self._storage.bookings.list_for_instructor(principal.user_id, limit)
+        return await self._storage.bookings.list_for_student(principal.user_id, limit)
 
     # Notifications
 

@@ -305,14 +305,14 @@ class MemorySlots:
 class MemoryBookings:
     def __init__(self, collection: MemoryCollection) -> None:
         self._c = collection
-        self._by_user: dict[str, list[str]] = {}
+        self._by_student: dict[str, list[str]] = {}
+        self._by_instructor: dict[str, list[str]] = {}
 
     async def insert(self, booking: BookingDocument) -> None:
         await asyncio.sleep(0)
         self._c.insert(booking.to_document())
-        self._by_user.setdefault(booking.student_id, []).append(booking.id)
-        if booking.instructor_id != booking.student_id:
-            self._by_user.setdefault(booking.instructor_id, []).append(booking.id)
+        self._by_student.setdefault(booking.student_id, []).append(booking.id)
+        self._by_instructor.setdefault(booking.instructor_id, []).append(booking.id)
 
     async def get(self, booking_id: str) -> BookingDocument | None:
         await asyncio.sleep(0)
@@ -328,9 +328,15 @@ class MemoryBookings:
         )
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest(self._by_student.get(student_id, []), limit)
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest(self._by_instructor.get(instructor_id, []), limit)
+
+    async def _newest(self, ids: list[str], limit: int) -> list[BookingDocument]:
         await asyncio.sleep(0)
-        docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
+        docs = [self._c.peek(i) for i in ids]
         newest = sorted(
             (d for d in docs if d is not None),
             key=lambda d: (d["createdAt"], d["_id"]),

@@ -187,8 +187,13 @@ class MongoBookings:
         )
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        query = {"$or": [{"studentId": user_id}, {"instructorId": user_id}]}
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest({"studentId": student_id}, limit)
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest({"instructorId": instructor_id}, limit)
+
+    async def _newest(self, query: Document, limit: int) -> list[BookingDocument]:
         cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
         return [BookingDocument.model_validate(d) async for d in cursor.limit(limit)]
 

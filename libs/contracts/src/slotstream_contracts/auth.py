@@ -12,6 +12,7 @@ from typing import Literal
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from slotstream_contracts.entities import DisplayName
 from slotstream_contracts.ids import EntityId
 
 
@@ -28,7 +29,7 @@ class Principal(BaseModel):
 
     user_id: EntityId = Field(alias="sub")
     role: Role
-    name: str | None = Field(default=None, max_length=120)
+    name: DisplayName | None = None
 
     def may_act_for(self, user_id: str) -> bool:
         return self.role is Role.ADMIN or self.user_id == user_id

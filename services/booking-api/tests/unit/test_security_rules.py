@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -22,8 +23,12 @@ async def slot_of(client: httpx.AsyncClient, auth: AuthHeaders, future: Future, 
     return str(created.json()["id"])
 
 
-async def book(client: httpx.AsyncClient, auth: AuthHeaders, slot_id: str, sub: str) -> str:
-    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth(sub))
+async def book(
+    client: httpx.AsyncClient, auth: AuthHeaders, slot_id: str, sub: str, name: str | None = None
+) -> str:
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot_id}, headers=auth(sub, "student", name)
+    )
     assert booked.status_code == 201, booked.text
     return str(booked.json()["id"])
 
@@ -68,3 +73,46 @@ async def test_an_instructor_sharing_a_students_id_cannot_cancel_that_students_b
     ] == [booking_id]
     by_admin = await client.delete(f"/api/bookings/{booking_id}", headers=auth("root", "admin"))
     assert by_admin.status_code == 200, by_admin.text
+
+
+BAD_NAMES = ["Ada\u202eevil", "Ada\nLovelace", "Ada\x00", "Ada\u200b", "Ada\u2028x", "\x1b[31mAda"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_an_instructor_name_with_control_or_bidi_characters_is_refused(
+    client: httpx.AsyncClient, auth: AuthHeaders, name: str
+) -> None:
+    """Item 8: refused (not silently changed), so what is shown is what was asked for."""
+    created = await client.post(
+        "/api/instructors", json={"id": "i5", "name": name}, headers=auth("root", "admin")
+    )
+    assert created.status_code == 422, created.text
+    assert created.headers["content-type"] == "application/problem+json"
+    assert "control or format character" in created.json()["detail"]
+    assert (await client.get("/api/instructors")).json() == []
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_a_token_name_with_control_or_bidi_characters_never_reaches_a_notification(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, name: str
+) -> None:
+    slot_id = await slot_of(client, auth, future, "i1")
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot_id}, headers=auth("s1", "student", name)
+    )
+    assert booked.status_code == 401, booked.text
+    assert "control or format character" in booked.json()["detail"]
+    notes = await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    assert notes.json() == []
+
+
+async def test_ordinary_names_in_any_script_are_kept_as_given(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    name = "José Ñúñez-O'Brien 李小龙 🎻"
+    slot_id = await slot_of(client, auth, future, "i1")
+    await book(client, auth, slot_id, "s1", name)
+    [note] = (
+        await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    ).json()
+    assert note["message"].startswith(f"{name} booked your slot")

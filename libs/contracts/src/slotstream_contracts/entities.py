@@ -14,7 +14,6 @@ from pydantic import AfterValidator, AwareDatetime, Field
 from slotstream_contracts.ids import EntityId
 from slotstream_contracts.models import WireModel
 
-
 #: Unicode categories a display name may not contain: controls (``\n``, NUL, ESC),
 #: format characters (bidi overrides such as U+202E, zero-width spaces), surrogates,
 #: private-use and unassigned code points, and line/paragraph separators.

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    docs_enabled: bool = Field(
+        default=True,
+        description="serve /api/docs and /api/openapi.json (turn off on the internet)",
+    )
 
     @field_validator("internal_token")
     @classmethod

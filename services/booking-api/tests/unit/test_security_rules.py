@@ -5,6 +5,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from booking_api.adapters.memory import MemoryStorage
+from booking_api.app import create_app
+from booking_api.config import Settings
+
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
 
@@ -116,3 +120,43 @@ async def test_ordinary_names_in_any_script_are_kept_as_given(
         await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
     ).json()
     assert note["message"].startswith(f"{name} booked your slot")
+
+
+async def test_private_answers_are_not_stored_by_any_cache(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 10: anything answered for a token (or to a private path) says no-store."""
+    slot_id = await slot_of(client, auth, future, "i1")
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    answers = [
+        booked,
+        await client.get("/api/users/me/bookings", headers=auth("s1")),
+        await client.get("/api/users/me/notifications", headers=auth("s1")),
+        await client.get("/api/users/me/bookings"),  # 401 is private too
+        await client.delete(f"/api/bookings/{booked.json()['id']}", headers=auth("s1")),
+        await client.get("/api/instructors", headers=auth("s1")),
+    ]
+    for answer in answers:
+        assert answer.headers.get("cache-control") == "no-store", answer.request.url
+    public = await client.get("/api/instructors")
+    assert public.headers.get("cache-control") != "no-store"
+
+
+async def test_api_docs_can_be_turned_off(
+    settings: Settings, memory_storage: MemoryStorage
+) -> None:
+    on = create_app(settings, storage=memory_storage)
+    off = create_app(settings.model_copy(update={"docs_enabled": False}), storage=memory_storage)
+    for app, status in ((on, 200), (off, 404)):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://booking"
+        ) as client:
+            for path in ("/api/docs", "/api/openapi.json"):
+                assert (await client.get(path)).status_code == status, path
+
+
+def test_docs_are_on_by_default_and_off_by_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz")
+    assert Settings().docs_enabled is True
+    monkeypatch.setenv("BOOKING_API_DOCS_ENABLED", "false")
+    assert Settings().docs_enabled is False

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    max_active_bookings_per_student: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="active bookings a student may hold at once; more: 409 quota-exceeded",
+    )
     docs_enabled: bool = Field(
         default=True,
         description="serve /api/docs and /api/openapi.json (turn off on the internet)",

@@ -95,6 +95,9 @@ class BookingRepository(Protocol):
     async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
         """The bookings of the instructor's slots, newest first."""
 
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        """How many active bookings the student holds, counted up to ``limit``."""
+
 
 class NotificationRepository(Protocol):
     async def insert(self, notification: NotificationDocument) -> None: ...

@@ -60,9 +60,12 @@ def utc_now() -> datetime:
 
 
 class BookingService:
-    def __init__(self, storage: Storage, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, storage: Storage, clock: Clock = utc_now, *, max_active_bookings: int = 20
+    ) -> None:
         self._storage = storage
         self._clock = clock
+        self._max_active_bookings = max_active_bookings
 
     @property
     def storage(self) -> Storage:
@@ -162,6 +165,9 @@ class BookingService:
         authz.ensure_may_book(principal)
         now = self.now()
         slot = bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
+        limit = self._max_active_bookings
+        active = await self._storage.bookings.count_active_for_student(principal.user_id, limit)
+        bookings.ensure_within_quota(active, limit)
         booking_id = new_id()
         booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
         if booked is None:

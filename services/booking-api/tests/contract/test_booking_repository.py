@@ -62,3 +62,14 @@ async def test_listing_for_student_and_instructor_newest_first(storage: Storage)
     # A student and an instructor may share an id: each list is one role's.
     assert await storage.bookings.list_for_student("i1", 10) == []
     assert await storage.bookings.list_for_instructor("st1", 10) == []
+
+
+async def test_counting_a_students_active_bookings_up_to_a_limit(storage: Storage) -> None:
+    for n in range(4):
+        await storage.bookings.insert(booking(f"b{n}", f"s{n}"))
+    await storage.bookings.insert(booking("other", "s9", student_id="st2"))
+    await storage.bookings.cancel("b0", NOW)
+    assert await storage.bookings.count_active_for_student("st1", 10) == 3
+    assert await storage.bookings.count_active_for_student("st1", 2) == 2
+    assert await storage.bookings.count_active_for_student("i1", 10) == 0
+    assert await storage.bookings.count_active_for_student("nobody", 10) == 0

@@ -160,3 +160,49 @@ def test_docs_are_on_by_default_and_off_by_setting(monkeypatch: pytest.MonkeyPat
     assert Settings().docs_enabled is True
     monkeypatch.setenv("BOOKING_API_DOCS_ENABLED", "false")
     assert Settings().docs_enabled is False
+
+
+async def test_a_student_holds_at_most_the_quota_of_active_bookings(
+    settings: Settings, memory_storage: MemoryStorage, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 4: one account cannot book out a schedule. 409 quota-exceeded (not 429: waiting
+    does not help, cancelling does); cancelled bookings do not count."""
+    app = create_app(
+        settings.model_copy(update={"max_active_bookings_per_student": 2}), storage=memory_storage
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        await client.post(
+            "/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor")
+        )
+        slots = []
+        for hour in range(4):
+            created = await client.post(
+                "/api/instructors/i1/slots",
+                json={"start": future(hours=hour), "end": future(hours=hour + 1)},
+                headers=auth("i1", "instructor"),
+            )
+            slots.append(created.json()["id"])
+        first = await book(client, auth, slots[0], "s1")
+        await book(client, auth, slots[1], "s1")
+        refused = await client.post("/api/bookings", json={"slotId": slots[2]}, headers=auth("s1"))
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert body["type"] == "urn:slotstream:problem:quota-exceeded"
+        assert body["limit"] == 2
+        assert "2 active bookings" in body["detail"]
+        slot = await client.get("/api/instructors/i1/schedule")
+        assert [s["status"] for s in slot.json()["slots"]][2] == "available"
+
+        await book(client, auth, slots[2], "s2")  # another student is not affected
+        await client.delete(f"/api/bookings/{first}", headers=auth("s1"))
+        await book(client, auth, slots[3], "s1")
+
+
+def test_the_quota_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz")
+    assert Settings().max_active_bookings_per_student == 20
+    monkeypatch.setenv("BOOKING_API_MAX_ACTIVE_BOOKINGS_PER_STUDENT", "5")
+    assert Settings().max_active_bookings_per_student == 5

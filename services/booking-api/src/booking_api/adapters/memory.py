@@ -334,6 +334,17 @@ class MemoryBookings:
     async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
         return await self._newest(self._by_instructor.get(instructor_id, []), limit)
 
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        await asyncio.sleep(0)
+        active = 0
+        for booking_id in self._by_student.get(student_id, []):
+            doc = self._c.peek(booking_id)
+            if doc is not None and doc["status"] == BookingStatus.ACTIVE:
+                active += 1
+                if active >= limit:
+                    break
+        return active
+
     async def _newest(self, ids: list[str], limit: int) -> list[BookingDocument]:
         await asyncio.sleep(0)
         docs = [self._c.peek(i) for i in ids]

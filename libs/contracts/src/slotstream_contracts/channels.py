@@ -30,6 +30,17 @@ _TOPIC: Final = {
     ChannelKind.NOTIFICATIONS: NOTIFICATIONS_TOPIC,
 }
 _KIND_OF_TOPIC: Final = {topic: kind for kind, topic in _TOPIC.items()}
+#: The data events each kind of channel carries. Anything else found on its topic — a
+#: booking written to the schedule topic by a publisher from before bookings were private —
+#: is not delivered there.
+EVENT_TYPES: Final[dict[ChannelKind, frozenset[EventType]]] = {
+    ChannelKind.SCHEDULE: frozenset(
+        {EventType.SLOT_CREATED, EventType.SLOT_UPDATED, EventType.SLOT_DELETED}
+    ),
+    ChannelKind.NOTIFICATIONS: frozenset(
+        {EventType.NOTIFICATION_CREATED, EventType.BOOKING_CREATED, EventType.BOOKING_CANCELLED}
+    ),
+}
 
 
 class ChannelError(ValueError):

@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -64,7 +64,7 @@ class SseReader:
         return await asyncio.wait_for(scan(), TIMEOUT)
 
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[SseReader]:
+    async def open(self) -> AsyncIterator[Self]:
         self._task = asyncio.create_task(self._run())
         try:
             yield self

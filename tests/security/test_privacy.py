@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import aconnect_sse
 
 from scripts.devstack import DemoUser, DevStack
+from tests.integration.test_click_to_stream import SseReader
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +27,14 @@ TIMEOUT = 10.0
 QUIET = 1.5
 
 
-class Stream:
-    """The frames of one SSE connection, read in the background."""
+class Stream(SseReader):
+    """``SseReader`` with request headers, that also keeps a refusal's status and body."""
 
     def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
-        self.client = client
-        self.url = url
+        super().__init__(client, url)
         self.headers = headers
         self.status: int | None = None
         self.body = b""
-        self.frames: list[ServerSentEvent] = []
-        self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         async with aconnect_sse(self.client, "GET", self.url, headers=self.headers) as source:
@@ -53,24 +47,6 @@ class Stream:
                 self.frames.append(frame)
                 self._arrived.set()
 
-    async def wait_for(
-        self, event: str, predicate: Callable[[Any], bool] = lambda _d: True
-    ) -> ServerSentEvent:
-        async def scan() -> ServerSentEvent:
-            seen = 0
-            while True:
-                for frame in self.frames[seen:]:
-                    if frame.event == event and predicate(json.loads(frame.data)):
-                        return frame
-                seen = len(self.frames)
-                self._arrived.clear()
-                if self._task is not None and self._task.done():
-                    self._task.result()
-                    raise AssertionError(f"{self.url} ended before a {event!r} frame")
-                await self._arrived.wait()
-
-        return await asyncio.wait_for(scan(), TIMEOUT)
-
     async def started(self) -> None:
         async with asyncio.timeout(TIMEOUT):
             while self.status is None:
@@ -80,18 +56,6 @@ class Stream:
     def text(self) -> str:
         """Everything received (each frame's event, id and data)."""
         return "\n".join(f"{f.event} {f.id} {f.data}" for f in self.frames)
-
-    @asynccontextmanager
-    async def open(self) -> AsyncIterator[Stream]:
-        self._task = asyncio.create_task(self._run())
-        try:
-            yield self
-        finally:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, httpx.HTTPError):
-                pass
 
 
 def bearer(user: DemoUser) -> dict[str, str]:

@@ -230,11 +230,13 @@ class BookingService:
         self, principal: Principal, limit: int, unread_only: bool
     ) -> list[NotificationDocument]:
         return await self._storage.notifications.list_for_user(
-            principal.user_id, limit, unread_only
+            principal.user_id, limit, unread_only, audience=authz.audience_of(principal)
         )
 
     async def mark_read(self, principal: Principal, notification_id: str) -> NotificationDocument:
-        note = await self._storage.notifications.mark_read(notification_id, principal.user_id)
+        note = await self._storage.notifications.mark_read(
+            notification_id, principal.user_id, audience=authz.audience_of(principal)
+        )
         if note is None:
             raise NotFound(f"notification {notification_id} does not exist")
         return note
@@ -253,6 +255,7 @@ class BookingService:
                 user_id=draft.user_id,
                 kind=draft.kind,
                 message=draft.message,
+                audience=draft.audience,
                 booking_id=booking.id,
                 slot_id=booking.slot_id,
                 version=1,

@@ -206,3 +206,21 @@ def test_the_quota_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().max_active_bookings_per_student == 20
     monkeypatch.setenv("BOOKING_API_MAX_ACTIVE_BOOKINGS_PER_STUDENT", "5")
     assert Settings().max_active_bookings_per_student == 5
+
+
+async def test_notifications_of_a_shared_id_stay_with_their_role(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 9 for /users/me/notifications: instructor "twin" is told of the booking on
+    their slot; student "twin" is not, and cannot mark it read."""
+    slot_id = await slot_of(client, auth, future, "twin")
+    await book(client, auth, slot_id, "other")
+    as_student = await client.get("/api/users/me/notifications", headers=auth("twin"))
+    assert as_student.json() == []
+    [note] = (
+        await client.get("/api/users/me/notifications", headers=auth("twin", "instructor"))
+    ).json()
+    assert note["message"].startswith("student other booked your slot")
+    read = f"/api/users/me/notifications/{note['id']}/read"
+    assert (await client.post(read, headers=auth("twin"))).status_code == 404
+    assert (await client.post(read, headers=auth("twin", "instructor"))).status_code == 200

@@ -27,6 +27,7 @@ from slotstream_contracts.documents import (
     INSTRUCTORS,
     NOTIFICATIONS,
     SLOTS,
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -367,27 +368,40 @@ class MemoryNotifications:
         self._by_user.setdefault(notification.user_id, []).append(notification.id)
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
         await asyncio.sleep(0)
         docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
         newest = sorted(
-            (d for d in docs if d is not None and not (unread_only and d["read"])),
+            (
+                d
+                for d in docs
+                if d is not None and not (unread_only and d["read"]) and _for_audience(d, audience)
+            ),
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
         return [NotificationDocument.model_validate(d) for d in newest[:limit]]
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.update(
-            notification_id, lambda d: d["userId"] == user_id and not d["read"], {"read": True}
-        )
+
+        def owned(d: dict[str, Any]) -> bool:
+            return bool(d["userId"] == user_id and _for_audience(d, audience))
+
+        doc = self._c.update(notification_id, lambda d: owned(d) and not d["read"], {"read": True})
         if doc is None:
             doc = self._c.get(notification_id)
-            if doc is None or doc["userId"] != user_id:
+            if doc is None or not owned(doc):
                 return None
         return NotificationDocument.model_validate(doc)
+
+
+def _for_audience(document: dict[str, Any], audience: Audience) -> bool:
+    """Documents from before ``audience`` existed are every role's."""
+    return document.get("audience") in (audience, None)
 
 
 class MemoryIdempotency:

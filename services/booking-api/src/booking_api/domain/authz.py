@@ -5,7 +5,7 @@ same id (an admin chooses instructor ids), and they are still two different peop
 
 from booking_api.domain.errors import Forbidden
 from slotstream_contracts.auth import Principal, Role
-from slotstream_contracts.documents import BookingDocument
+from slotstream_contracts.documents import Audience, BookingDocument
 
 
 def ensure_may_create_instructor(principal: Principal, instructor_id: str) -> None:
@@ -54,3 +54,10 @@ def may_see_booking(principal: Principal, booking: BookingDocument) -> bool:
         or is_student_of(principal, booking)
         or is_instructor_of(principal, booking)
     )
+
+
+def audience_of(principal: Principal) -> Audience:
+    """Which of the user's notifications the caller reads: an instructor those about their
+    slots, anyone else (students; admins, who book as themselves) those about their own
+    bookings."""
+    return Audience.INSTRUCTOR if principal.role is Role.INSTRUCTOR else Audience.STUDENT

@@ -42,10 +42,7 @@ def create_app(
 
     def wire(store: Storage) -> Runtime:
         memory = store if isinstance(store, MemoryStorage) else None
-        service = BookingService(
-            store, clock, max_active_bookings=settings.max_active_bookings_per_student
-        )
-        return Runtime(settings, store, service, memory)
+        return Runtime(settings, store, BookingService(store, clock), memory)
 
     # The memory store needs no I/O to open, so it is ready without a lifespan (ASGI tests).
     given = storage or (MemoryStorage(settings.mongo_db) if settings.storage == "memory" else None)

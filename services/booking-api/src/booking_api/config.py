@@ -9,9 +9,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import LogSettings
 
-#: The shortest internal token accepted (docs/architecture.md, D3).
-MIN_INTERNAL_TOKEN = 32
-
 #: Fragments that mark a secret copied from an example rather than chosen.
 PLACEHOLDER_FRAGMENTS = ("changeme", "change-me", "change_me", "placeholder", "example", "xxxx")
 
@@ -34,16 +31,11 @@ class Settings(BaseSettings):
     )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     internal_token: SecretStr | None = Field(
-        default=None,
-        description="X-Internal-Token that /internal/* requires (at least 32 characters); "
-        "unset or empty, /internal/* refuses every request",
+        default=None, description="required X-Internal-Token for /internal/* (memory backend)"
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins")
-    log: LogSettings = Field(default_factory=LogSettings)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
     max_active_bookings_per_student: int = Field(
         default=20,
         ge=1,
@@ -54,6 +46,22 @@ class Settings(BaseSettings):
         default=True,
         description="serve /api/docs and /api/openapi.json (turn off on the internet)",
     )
+    log: LogSettings = Field(default_factory=LogSettings)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _refuse_weak_secrets(self) -> "Settings":
+        """Refuse to start with no key, a short secret or an example placeholder."""
+        self.jwt.verification_key()
+        if self.jwt.algorithm == "HS256" and self.jwt.secret is not None:
+            secret = self.jwt.secret.get_secret_value()
+            lowered = secret.lower()
+            if any(fragment in lowered for fragment in PLACEHOLDER_FRAGMENTS):
+                raise ValueError("BOOKING_API_JWT__SECRET looks like a placeholder; choose one")
+            if len(set(secret)) < 8:
+                raise ValueError("BOOKING_API_JWT__SECRET is too repetitive to be a secret")
+        return self
 
     @field_validator("internal_token")
     @classmethod
@@ -79,18 +87,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _refuse_weak_secrets(self) -> "Settings":
-        """Refuse to start with no key, a short secret or an example placeholder."""
-        self.jwt.verification_key()
-        if self.jwt.algorithm == "HS256" and self.jwt.secret is not None:
-            secret = self.jwt.secret.get_secret_value()
-            lowered = secret.lower()
-            if any(fragment in lowered for fragment in PLACEHOLDER_FRAGMENTS):
-                raise ValueError("BOOKING_API_JWT__SECRET looks like a placeholder; choose one")
-            if len(set(secret)) < 8:
-                raise ValueError("BOOKING_API_JWT__SECRET is too repetitive to be a secret")
-        return self
+
+#: The shortest internal token accepted (docs/architecture.md, D3).
+MIN_INTERNAL_TOKEN = 32
 
 
 def _loopback(host: str) -> bool:

@@ -60,12 +60,9 @@ def utc_now() -> datetime:
 
 
 class BookingService:
-    def __init__(
-        self, storage: Storage, clock: Clock = utc_now, *, max_active_bookings: int = 20
-    ) -> None:
+    def __init__(self, storage: Storage, clock: Clock = utc_now) -> None:
         self._storage = storage
         self._clock = clock
-        self._max_active_bookings = max_active_bookings
 
     @property
     def storage(self) -> Storage:
@@ -161,11 +158,15 @@ class BookingService:
 
     # Bookings
 
-    async def book(self, principal: Principal, slot_id: str) -> BookingDocument:
+    async def book(
+        self, principal: Principal, slot_id: str, max_active_bookings: int
+    ) -> BookingDocument:
+        """Book ``slot_id`` for the caller, who may hold at most ``max_active_bookings``
+        active bookings."""
         authz.ensure_may_book(principal)
         now = self.now()
         slot = bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
-        limit = self._max_active_bookings
+        limit = max_active_bookings
         active = await self._storage.bookings.count_active_for_student(principal.user_id, limit)
         bookings.ensure_within_quota(active, limit)
         booking_id = new_id()

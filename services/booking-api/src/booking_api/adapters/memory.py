@@ -306,14 +306,14 @@ class MemorySlots:
 class MemoryBookings:
     def __init__(self, collection: MemoryCollection) -> None:
         self._c = collection
-        self._by_student: dict[str, list[str]] = {}
-        self._by_instructor: dict[str, list[str]] = {}
+        self._by_user: dict[str, list[str]] = {}
 
     async def insert(self, booking: BookingDocument) -> None:
         await asyncio.sleep(0)
         self._c.insert(booking.to_document())
-        self._by_student.setdefault(booking.student_id, []).append(booking.id)
-        self._by_instructor.setdefault(booking.instructor_id, []).append(booking.id)
+        self._by_user.setdefault(booking.student_id, []).append(booking.id)
+        if booking.instructor_id != booking.student_id:
+            self._by_user.setdefault(booking.instructor_id, []).append(booking.id)
 
     async def get(self, booking_id: str) -> BookingDocument | None:
         await asyncio.sleep(0)
@@ -330,27 +330,30 @@ class MemoryBookings:
         return None if doc is None else BookingDocument.model_validate(doc)
 
     async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
-        return await self._newest(self._by_student.get(student_id, []), limit)
+        return await self._newest(student_id, "studentId", limit)
 
     async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
-        return await self._newest(self._by_instructor.get(instructor_id, []), limit)
+        return await self._newest(instructor_id, "instructorId", limit)
 
     async def count_active_for_student(self, student_id: str, limit: int) -> int:
         await asyncio.sleep(0)
         active = 0
-        for booking_id in self._by_student.get(student_id, []):
-            doc = self._c.peek(booking_id)
-            if doc is not None and doc["status"] == BookingStatus.ACTIVE:
+        for doc in self._of(student_id, "studentId"):
+            if doc["status"] == BookingStatus.ACTIVE:
                 active += 1
                 if active >= limit:
                     break
         return active
 
-    async def _newest(self, ids: list[str], limit: int) -> list[BookingDocument]:
+    def _of(self, user_id: str, role_field: str) -> list[dict[str, Any]]:
+        """The user's bookings in one role (the index holds both roles of an id)."""
+        docs = (self._c.peek(i) for i in self._by_user.get(user_id, []))
+        return [d for d in docs if d is not None and d[role_field] == user_id]
+
+    async def _newest(self, user_id: str, role_field: str, limit: int) -> list[BookingDocument]:
         await asyncio.sleep(0)
-        docs = [self._c.peek(i) for i in ids]
         newest = sorted(
-            (d for d in docs if d is not None),
+            self._of(user_id, role_field),
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from slotstream_contracts.documents import (
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -89,20 +90,29 @@ class BookingRepository(Protocol):
     async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
         """``active → cancelled`` with ``cancelledAt``, version + 1."""
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        """Bookings where the user is the student or the instructor, newest first."""
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings the student made, newest first."""
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings of the instructor's slots, newest first."""
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        """How many active bookings the student holds, counted up to ``limit``."""
 
 
 class NotificationRepository(Protocol):
     async def insert(self, notification: NotificationDocument) -> None: ...
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
-        """The user's notifications, newest first."""
+        """The user's notifications for ``audience`` (and those without one), newest first."""
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
-        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's."""
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
+        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's in
+        that audience."""
 
 
 class IdempotencyStore(Protocol):

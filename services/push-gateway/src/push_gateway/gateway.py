@@ -526,7 +526,7 @@ class Gateway:
 
         def emit(key: PartitionKey, record: Record) -> None:
             vector[key] = record.offset
-            body = frame_body(record)
+            body = frame_body(record, key[0])
             _, ce_id = record_headers(record)
             if body is None or (ce_id is not None and ce_id in seen):
                 return

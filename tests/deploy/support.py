@@ -19,11 +19,8 @@ K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
 #: A throwaway secret for rendering the Compose file (never used to sign anything real).
 TEST_JWT_SECRET = "test-only-0f4e8d2c6b1a9e7d5c3b1a0f2e4d6c8b"
-#: The Dockerfile of every Python service.
-DOCKERFILES_BY_SERVICE = {
-    name: REPO / "services" / name / "Dockerfile"
-    for name in ("booking-api", "change-publisher", "push-gateway")
-}
+#: The Dockerfile of the three Python services (one target each).
+SERVICES_DOCKERFILE = REPO / "Dockerfile"
 #: Every Compose profile, so the model holds every service.
 ALL_PROFILES = ("demo", "observability", "tools")
 

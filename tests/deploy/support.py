@@ -1,6 +1,7 @@
 """Helpers for the offline deployment checks: the repository's paths, the kustomize
 renderer and the real Compose binary."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -48,6 +49,40 @@ def kustomize_command() -> list[str]:
         "no kustomize renderer: install kubectl (>= 1.27, bundles kustomize v5) or a "
         "standalone kustomize v5, or point KUBECTL at a kubectl binary (docs/deploy.md)"
     )
+
+
+#: What the release pipeline writes for prod: every image by digest (these digests are
+#: derived from the names only to have the right shape; see docs/deploy.md).
+RELEASE_IMAGES = {
+    name: f"registry.example.com/slotstream/{image}@sha256:"
+    + hashlib.sha256(image.encode()).hexdigest()
+    for name, image in {
+        "BOOKING_API": "booking-api",
+        "CHANGE_PUBLISHER": "change-publisher",
+        "PUSH_GATEWAY": "push-gateway",
+        "EDGE": "edge",
+        "MONGO": "mongo",
+    }.items()
+}
+
+
+def prepare_k8s(target: Path) -> Path:
+    """A copy of deploy/k8s with what a user or the release pipeline creates before
+    `kubectl apply -k`: each overlay's generated secrets (generate-secrets.sh, run for
+    real) and prod's release-images.env. The checkout itself stays untouched."""
+    copy = target / "k8s"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets", "release-images.env"))
+    for overlay in OVERLAYS:
+        subprocess.run(
+            ["bash", str(K8S / "generate-secrets.sh"), str(copy / "overlays" / overlay)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    (copy / "overlays" / "prod" / "release-images.env").write_text(
+        "".join(f"{name}={image}\n" for name, image in RELEASE_IMAGES.items())
+    )
+    return copy
 
 
 def render(path: Path) -> list[Manifest]:

@@ -3,6 +3,7 @@ the services accept the values. pydantic-settings ignores unknown variables, so 
 (`GATEWAY_KAFKA_BOOTSTRAP_SERVERS`) would otherwise ship silently with a default."""
 
 import base64
+import re
 import subprocess
 import sys
 import typing
@@ -34,8 +35,13 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "PUBLISHER_": PublisherSettings,
     "GATEWAY_": GatewaySettings,
 }
-#: What the Secret and the downward API would supply in a cluster.
-SECRET_VALUES = {"jwt-secret": TEST_JWT_SECRET, "mongo-url": "mongodb://mongo-0.mongo:27017/"}
+#: What the generated Secrets and the downward API would supply in a cluster.
+SECRET_VALUES = {
+    "mongo-url": "mongodb://booking-api:pw@mongo-0.mongo:27017/slotstream?authSource=admin",
+    "internal-token": "t" * 40,
+}
+#: Where the pods mount files (Kafka password, JWT public key).
+MOUNTS = "/etc/slotstream"
 
 
 def prefix_of(variable: str) -> str | None:
@@ -105,7 +111,7 @@ def build(prefix: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
 
 def is_python_service(image: str) -> bool:
     """The edge (nginx) uses look-alike names (BOOKING_API_UPSTREAM) for its templates."""
-    return "slotstream/" in image and "/edge:" not in image
+    return "slotstream/" in image and not re.search(r"/edge[:@]", image)
 
 
 SECRETS_MOUNT = "/run/slotstream"
@@ -148,7 +154,11 @@ def generated_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def cluster_environments(manifests: list[Manifest]) -> dict[str, dict[str, str]]:
+def cluster_environments(
+    manifests: list[Manifest], files: Path | None = None
+) -> dict[str, dict[str, str]]:
+    """The services' settings in the cluster; with `files`, paths under the pods' mounts
+    point into that folder (see mounted_files)."""
     config_maps = {
         d["metadata"]["name"]: d.get("data", {}) for d in manifests if d["kind"] == "ConfigMap"
     }
@@ -168,10 +178,25 @@ def cluster_environments(manifests: list[Manifest]) -> dict[str, dict[str, str]]
                     env[variable["name"]] = f"{workload['metadata']['name']}-7d9f-x2k4q"
                 else:
                     env[variable["name"]] = variable["value"]
+            if files is not None:
+                env = {k: v.replace(MOUNTS, str(files), 1) for k, v in env.items()}
             environments[workload["metadata"]["name"]] = {
                 k: v for k, v in env.items() if prefix_of(k)
             }
     return environments
+
+
+@pytest.fixture(scope="module")
+def mounted_files(tmp_path_factory: pytest.TempPathFactory, generated_secrets: Path) -> Path:
+    """What the pods find under /etc/slotstream: the KafkaUser password Strimzi writes and
+    the JWT public key the overlay generates."""
+    folder = tmp_path_factory.mktemp("etc-slotstream")
+    (folder / "kafka").mkdir()
+    (folder / "kafka" / "password").write_text("scram-password")
+    (folder / "jwt").mkdir()
+    public = (generated_secrets / "public" / "jwt-public.pem").read_text()
+    (folder / "jwt" / "jwt-public.pem").write_text(public)
+    return folder
 
 
 def test_compose_sets_only_real_settings(compose_services: dict[str, dict[str, Any]]) -> None:
@@ -245,32 +270,62 @@ def test_services_accept_the_compose_settings(
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_services_accept_the_cluster_settings(
-    rendered: dict[str, list[Manifest]], name: str, monkeypatch: pytest.MonkeyPatch
+    rendered: dict[str, list[Manifest]],
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    mounted_files: Path,
 ) -> None:
-    environments = cluster_environments(rendered[name])
+    environments = cluster_environments(rendered[name], mounted_files)
     api = build("BOOKING_API_", environments["booking-api"], monkeypatch)
     assert api.mongo_url.get_secret_value() == SECRET_VALUES["mongo-url"]
+    assert api.internal_token.get_secret_value() == SECRET_VALUES["internal-token"]
     publisher = build("PUBLISHER_", environments["change-publisher"], monkeypatch)
     assert publisher.instance_id.startswith("change-publisher-")
     assert publisher.kafka.bootstrap_servers == "slotstream-kafka-bootstrap:9092"
+    options = publisher.kafka.client_options()
+    assert options["sasl_plain_username"] == "change-publisher"
+    assert options["sasl_plain_password"] == "scram-password"
     gateway = build("GATEWAY_", environments["push-gateway"], monkeypatch)
     assert gateway.booking_api_url == "http://booking-api:8000"
     assert gateway.instance_id.startswith("push-gateway-")
+    assert gateway.kafka.client_options()["sasl_plain_username"] == "push-gateway"
+    if not D3_PENDING:
+        public_key = (mounted_files / "jwt" / "jwt-public.pem").read_text()
+        for jwt in (api.jwt, gateway.jwt):
+            assert jwt.algorithm == "EdDSA"
+            assert jwt.public_key == public_key
 
 
-def test_the_dev_secret_is_accepted_by_the_services(
-    rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+def test_the_generated_secrets_are_accepted_by_the_services(
+    rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The committed dev secret must pass the booking-api's weak-secret checks."""
-    (secret,) = [doc for doc in rendered["dev"] if doc["kind"] == "Secret"]
+    """What generate-secrets.sh writes (rendered into the dev overlay's Secret) starts the
+    booking-api: a Mongo URL for its own user and a strong internal token."""
+    (secret,) = [
+        doc
+        for doc in rendered["dev"]
+        if doc["kind"] == "Secret" and doc["metadata"]["name"].startswith("booking-api-secrets")
+    ]
     values = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    (public_key,) = [
+        doc["data"]["jwt-public.pem"]
+        for doc in rendered["dev"]
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("jwt-public-key")
+    ]
+    assert "PRIVATE" not in public_key
+    (tmp_path / "jwt-public.pem").write_text(public_key)
     api = build(
         "BOOKING_API_",
         {
-            "BOOKING_API_JWT__SECRET": values["jwt-secret"],
             "BOOKING_API_MONGO_URL": values["mongo-url"],
+            "BOOKING_API_INTERNAL_TOKEN": values["internal-token"],
+            "BOOKING_API_JWT__ALGORITHM": "EdDSA",
+            "BOOKING_API_JWT__PUBLIC_KEY_FILE": str(tmp_path / "jwt-public.pem"),
         },
         monkeypatch,
     )
-    assert api.jwt.verification_key() == values["jwt-secret"]
-    assert "replicaSet=rs0" in api.mongo_url.get_secret_value()
+    url = api.mongo_url.get_secret_value()
+    assert url.startswith("mongodb://booking-api:")
+    assert "replicaSet=rs0" in url
+    assert "authSource=admin" in url
+    assert len(api.internal_token.get_secret_value()) >= 32

@@ -18,6 +18,7 @@ from tests.deploy.support import (
     load_compose_model,
     run_compose,
 )
+from tests.deploy.test_strimzi import supported_kafka_versions
 
 pytestmark = pytest.mark.deploy
 
@@ -113,16 +114,6 @@ def test_mongo_is_a_self_initialising_replica_set_with_access_control(
         environment = compose_services[name]["environment"]
         assert variable not in environment, name
         assert environment[f"SECRET_FILE__{variable}"] == f"{SECRETS_MOUNT}/{name}/mongo-url"
-
-
-def supported_kafka_versions() -> set[str]:
-    """Kafka versions the current Strimzi operator supports (the same for Compose)."""
-    import yaml
-
-    path = Path("/work/shared/k8s-crds/strimzi-1.2.0/kafka-versions.yaml")
-    local = REPO / "tests" / "deploy" / "crds" / "strimzi" / "kafka-versions.yaml"
-    versions = yaml.safe_load((local if local.exists() else path).read_text())
-    return {entry["version"] for entry in versions if entry.get("supported")}
 
 
 def test_kafka_runs_kraft_with_sasl_scram_and_acls(compose_services: Services) -> None:

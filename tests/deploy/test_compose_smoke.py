@@ -10,19 +10,17 @@ import os
 import re
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
 
 from slotstream_contracts import topics
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_testkit.net import free_port
+from tests.deploy.smoke import book_and_watch_the_stream
 from tests.deploy.support import REPO, compose_binary
 
 pytestmark = [
@@ -112,50 +110,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.mark.timeout(1800)
 def test_a_booking_reaches_the_browser_stream_and_kafka(stack: Stack) -> None:
-    instructor_id = f"smoke-{secrets.token_hex(4)}"
-    instructor = {"Authorization": f"Bearer {stack.token(instructor_id, Role.INSTRUCTOR)}"}
-    student = {"Authorization": f"Bearer {stack.token('smoke-student', Role.STUDENT)}"}
-    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
-        created = client.post("/api/instructors", json={"name": "Smoke Test"}, headers=instructor)
-        assert created.status_code == 201, created.text
-        start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-        slot = client.post(
-            f"/api/instructors/{instructor_id}/slots",
-            json={"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()},
-            headers=instructor,
-        )
-        assert slot.status_code == 201, slot.text
-        slot_id = slot.json()["id"]
-
-        frames: list[tuple[str, dict[str, Any]]] = []
-        snapshot_seen = threading.Event()
-        booked_seen = threading.Event()
-
-        def listen() -> None:
-            with (
-                httpx.Client(base_url=stack.base_url, timeout=httpx.Timeout(10, read=60)) as sse,
-                connect_sse(
-                    sse,
-                    "GET",
-                    "/api/book-now/schedule-updates",
-                    params={"instructorId": instructor_id},
-                ) as source,
-            ):
-                for event in source.iter_sse():
-                    frames.append((event.event, json.loads(event.data)))
-                    if event.event == "snapshot":
-                        snapshot_seen.set()
-                    elif event.event != "heartbeat" and slot_id in event.data:
-                        booked_seen.set()
-                        return
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
-        assert snapshot_seen.wait(30), f"no snapshot through the edge: {frames}"
-        booking = client.post("/api/bookings", json={"slotId": slot_id}, headers=student)
-        assert booking.status_code == 201, booking.text
-        assert booked_seen.wait(30), f"the booked slot never reached the stream: {frames}"
-        listener.join(5)
+    instructor_id = book_and_watch_the_stream(stack.base_url, stack.token)
 
     consumed = stack.compose(
         "exec",

@@ -1,6 +1,7 @@
 """Repository-level rules the deployment depends on: line endings of the shell scripts
 that run in Linux containers, and docs that name files that exist."""
 
+import re
 import subprocess
 
 import pytest
@@ -25,3 +26,11 @@ def test_shell_scripts_are_checked_out_with_lf() -> None:
         assert line.endswith(": eol: lf"), line
     for script in scripts:
         assert b"\r\n" not in (REPO / script).read_bytes(), script
+
+
+def test_deploy_docs_name_existing_files() -> None:
+    text = (REPO / "docs" / "deploy.md").read_text()
+    named = set(re.findall(r"`((?:deploy|services|libs|tests|\.github)/[\w./*-]+)`", text))
+    assert named
+    missing = [path for path in named if "*" not in path and not (REPO / path).exists()]
+    assert not missing, missing

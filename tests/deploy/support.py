@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
-#: A throwaway secret for rendering the Compose file (never used to sign anything real).
+#: A throwaway HS256 secret for settings checks (never used to sign anything real).
 TEST_JWT_SECRET = "test-only-0f4e8d2c6b1a9e7d5c3b1a0f2e4d6c8b"
 #: The Dockerfile of the three Python services (one target each).
 SERVICES_DOCKERFILE = REPO / "Dockerfile"
@@ -113,7 +113,6 @@ def compose_env(**overrides: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
-        "SLOTSTREAM_JWT_SECRET": TEST_JWT_SECRET,
     }
     env.update(overrides)
     return env

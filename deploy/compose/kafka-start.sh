@@ -7,7 +7,11 @@
 #
 #   SCRAM_ADMIN_PASSWORD_FILE   /run/slotstream/kafka/admin-password
 #   CLUSTER_ID, KAFKA_LOG_DIRS, KAFKA_NODE_ID, …   as the image reads them
+#   KAFKA_BIN_DIR, KAFKA_IMAGE_RUN, ADMIN_PROPERTIES   the image's paths (tests replace them)
 set -euo pipefail
+
+bin=${KAFKA_BIN_DIR:-/opt/kafka/bin}
+admin_properties=${ADMIN_PROPERTIES:-/tmp/slotstream-admin.properties}
 
 password=$(<"${SCRAM_ADMIN_PASSWORD_FILE:?}")
 jaas="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"${password}\";"
@@ -18,14 +22,15 @@ export KAFKA_LISTENER_NAME_HOST_SCRAM___SHA___512_SASL_JAAS_CONFIG="$jaas"
 # Client settings for the Kafka CLI inside this container (README):
 #   --command-config / --consumer.config /tmp/slotstream-admin.properties
 umask 077
-cat > /tmp/slotstream-admin.properties <<PROPERTIES
+cat > "$admin_properties" <<PROPERTIES
 security.protocol=SASL_PLAINTEXT
 sasl.mechanism=SCRAM-SHA-512
 sasl.jaas.config=${jaas}
 PROPERTIES
 
 if [[ ! -f "${KAFKA_LOG_DIRS:?}/meta.properties" ]]; then
-  cat > /tmp/format.properties <<PROPERTIES
+  format_properties=$(mktemp)
+  cat > "$format_properties" <<PROPERTIES
 process.roles=${KAFKA_PROCESS_ROLES:?}
 node.id=${KAFKA_NODE_ID:?}
 controller.quorum.voters=${KAFKA_CONTROLLER_QUORUM_VOTERS:?}
@@ -35,9 +40,9 @@ listener.security.protocol.map=${KAFKA_LISTENER_SECURITY_PROTOCOL_MAP:?}
 inter.broker.listener.name=${KAFKA_INTER_BROKER_LISTENER_NAME:?}
 log.dirs=${KAFKA_LOG_DIRS}
 PROPERTIES
-  /opt/kafka/bin/kafka-storage.sh format --cluster-id "${CLUSTER_ID:?}" \
-    --config /tmp/format.properties \
+  "$bin/kafka-storage.sh" format --cluster-id "${CLUSTER_ID:?}" \
+    --config "$format_properties" \
     --add-scram "SCRAM-SHA-512=[name=admin,password=${password}]"
-  rm -f /tmp/format.properties
+  rm -f "$format_properties"
 fi
-exec /etc/kafka/docker/run
+exec "${KAFKA_IMAGE_RUN:-/etc/kafka/docker/run}"

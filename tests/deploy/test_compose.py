@@ -663,3 +663,71 @@ def test_services_that_read_secrets_wait_for_keygen(compose_services: Services) 
             seen.add(dependency)
             pending.extend(compose_services[dependency].get("depends_on") or {})
         assert "keygen" in seen, name
+
+
+KAFKA_START = REPO / "deploy" / "compose" / "kafka-start.sh"
+FAKE_STORAGE = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$CALLS"
+cp "${@: -3:1}" "$CALLS.properties"
+touch "$KAFKA_LOG_DIRS/meta.properties"
+"""
+FAKE_RUN = """#!/usr/bin/env bash
+env | grep '^KAFKA_LISTENER_NAME_' > "$CALLS.env"
+"""
+
+
+def run_kafka_start(compose_services: Services, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "kafka-storage.sh").write_text(FAKE_STORAGE)
+    (bin_dir / "run").write_text(FAKE_RUN)
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "admin-password").write_text("admin-pw\n")
+    environment = {k: str(v) for k, v in compose_services["kafka"]["environment"].items()}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        **environment,
+        "SCRAM_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password"),
+        "KAFKA_LOG_DIRS": str(tmp_path / "data"),
+        "KAFKA_BIN_DIR": str(bin_dir),
+        "KAFKA_IMAGE_RUN": str(bin_dir / "run"),
+        "ADMIN_PROPERTIES": str(tmp_path / "admin.properties"),
+        "CALLS": str(tmp_path / "calls"),
+    }
+    return subprocess.run(
+        ["bash", str(KAFKA_START)], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_kafka_start_formats_once_with_the_admin_scram_credential(
+    compose_services: Services, tmp_path: Path
+) -> None:
+    result = run_kafka_start(compose_services, tmp_path)
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "calls").read_text().splitlines()
+    assert args[0] == "format"
+    assert (
+        args[args.index("--cluster-id") + 1]
+        == compose_services["kafka"]["environment"]["CLUSTER_ID"]
+    )
+    assert args[args.index("--add-scram") + 1] == "SCRAM-SHA-512=[name=admin,password=admin-pw]"
+    properties = (tmp_path / "calls.properties").read_text()
+    assert "process.roles=broker,controller" in properties
+    assert "inter.broker.listener.name=INTERNAL" in properties
+    # The broker's own SASL login and the CLI's admin settings carry the same credential.
+    listeners = (tmp_path / "calls.env").read_text()
+    for name in ("INTERNAL", "HOST"):
+        assert f"KAFKA_LISTENER_NAME_{name}_SCRAM___SHA___512_SASL_JAAS_CONFIG=" in listeners
+    assert 'username="admin" password="admin-pw";' in listeners
+    admin = (tmp_path / "admin.properties").read_text()
+    assert "security.protocol=SASL_PLAINTEXT" in admin
+    assert "sasl.mechanism=SCRAM-SHA-512" in admin
+    assert (tmp_path / "admin.properties").stat().st_mode & 0o077 == 0
+    assert "admin-pw" not in result.stdout + result.stderr
+    # A restart finds the formatted log directory and does not format again.
+    (tmp_path / "calls").unlink()
+    again = run_kafka_start(compose_services, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not (tmp_path / "calls").exists()

@@ -316,6 +316,15 @@ def test_overlays_name_envoy_gateway_and_its_access_log_drops_queries(
     assert "ClientTrafficPolicy" in {doc["kind"] for doc in rendered[name]}
 
 
+def test_prod_turns_the_api_docs_off(rendered: dict[str, list[Manifest]]) -> None:
+    (config,) = [
+        doc["data"]
+        for doc in rendered["prod"]
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("booking-api-config")
+    ]
+    assert config["BOOKING_API_DOCS_ENABLED"] == "false"
+
+
 def test_prod_gateway_terminates_tls(rendered: dict[str, list[Manifest]]) -> None:
     (gateway,) = of_kind(rendered["prod"], "Gateway").values()
     for listener in gateway["spec"]["listeners"]:

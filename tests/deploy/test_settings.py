@@ -61,6 +61,8 @@ def models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 D3_PENDING = "public_key_file" not in JwtSettings.model_fields
 #: DESIGN D4's GATEWAY_TRUSTED_PROXIES comes with the sec-gateway/sec-auth branches.
 D4_PENDING = "trusted_proxies" not in GatewaySettings.model_fields
+#: BOOKING_API_DOCS_ENABLED (issue 10) comes with the sec-data branch.
+DOCS_PENDING = "docs_enabled" not in BookingApiSettings.model_fields
 D3_SETTINGS = {
     "BOOKING_API_JWT__ALGORITHM",
     "BOOKING_API_JWT__PUBLIC_KEY_FILE",
@@ -79,6 +81,8 @@ def is_setting(variable: str) -> bool:
     if D3_PENDING and variable in D3_SETTINGS:
         return True
     if D4_PENDING and variable == "GATEWAY_TRUSTED_PROXIES":
+        return True
+    if DOCS_PENDING and variable == "BOOKING_API_DOCS_ENABLED":
         return True
     prefix = prefix_of(variable)
     assert prefix is not None
@@ -109,7 +113,9 @@ def build(prefix: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
             # This branch's JwtSettings knows only HS256 secrets (see D3_PENDING).
             monkeypatch.setenv(f"{prefix}JWT__SECRET", TEST_JWT_SECRET)
             continue
-        if D4_PENDING and variable == "GATEWAY_TRUSTED_PROXIES":
+        if (D4_PENDING and variable == "GATEWAY_TRUSTED_PROXIES") or (
+            DOCS_PENDING and variable == "BOOKING_API_DOCS_ENABLED"
+        ):
             continue
         monkeypatch.setenv(variable, value)
     return SETTINGS[prefix]()

@@ -3,6 +3,7 @@ what the stack needs to start in the right order and come up working."""
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,7 @@ def test_gateway_instance_id_defaults_to_the_hostname(monkeypatch: pytest.Monkey
     from push_gateway.config import Settings
 
     monkeypatch.delenv("GATEWAY_INSTANCE_ID", raising=False)
+    monkeypatch.setenv("GATEWAY_JWT__SECRET", secrets.token_hex(32))  # a key is required
     monkeypatch.setattr(socket, "gethostname", lambda: "3f2a9c1b7d4e")
     assert Settings().instance_id == "3f2a9c1b7d4e"
 

@@ -1,6 +1,7 @@
 """Every Kafka client of the gateway (ingest, history reads, presence) gets the SASL
 settings from GATEWAY_KAFKA__* (Compose and Kubernetes run Kafka with SCRAM-SHA-512)."""
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     monkeypatch.setenv("GATEWAY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("GATEWAY_KAFKA__SASL_USERNAME", "push-gateway")
     monkeypatch.setenv("GATEWAY_KAFKA__SASL_PASSWORD_FILE", str(password))
+    # the gateway refuses to start without a usable verification key
+    monkeypatch.setenv("GATEWAY_JWT__SECRET", secrets.token_hex(32))
     return Settings()
 
 

@@ -212,8 +212,8 @@ def test_pages_survive_a_gateway_crash_without_reload(
     pages = [open_page(teacher.id, user) for user in (ada, ben, None, None)]
     slot_id = first_bookable(pages[0])
     booking_id = None
+    killed = stack.kill_gateway(1)
     try:
-        stack.kill_gateway(1)
         # Book while the pages that were on gateway 1 are reconnecting.
         response = api_book(stack, ben, slot_id)
         assert response.status_code == 201, response.text
@@ -230,7 +230,8 @@ def test_pages_survive_a_gateway_crash_without_reload(
         for number, page in enumerate(pages):
             save_screenshot(page, output_dir, f"gateway-crash-page-{number}")
     finally:
-        stack.start_gateway(1)
+        # The stack's supervisor brings the crashed gateway back by itself.
+        stack.wait_restarted("push-gateway-1", killed)
     api_cancel(stack, ben, booking_id)
     for page in pages:
         expect(slot(page, slot_id)).to_have_attribute("data-state", "available")

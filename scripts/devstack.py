@@ -10,7 +10,8 @@ order by :meth:`DevStack.stop`.
 Once started, a supervisor thread restarts a crashed process like Compose's
 ``restart: unless-stopped``: with exponential back-off, logging each restart, the rest of
 the stack running on. Only the processes that lose nothing by a restart are restarted: the
-change-publisher (its checkpoint lives in the booking-api), the push-gateways and the edge.
+change-publisher (it resumes from its checkpoint; event ids make re-sends harmless), the
+push-gateways and the edge.
 Tansu and the memory booking-api hold the demo's only copy of the topics and the bookings;
 a fresh process would be empty and every other part would disagree with it (offsets ahead
 of the log, a change feed starting again at 1), so their death is logged as fatal for the

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    keep_alive_timeout_seconds: int = Field(
+        default=75,
+        ge=1,
+        description="How long an idle HTTP keep-alive connection stays open (uvicorn's "
+        "timeout_keep_alive); must outlast the edge's upstream keepalive_timeout (nginx: 60 s), "
+        "or nginx reuses a connection this side is closing and answers a POST with 502",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins")
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

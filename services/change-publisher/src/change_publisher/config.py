@@ -78,6 +78,13 @@ class Settings(BaseSettings):
 
     http_host: str = "0.0.0.0"
     http_port: int = 8001
+    http_keep_alive_timeout_seconds: int = Field(
+        default=75,
+        ge=1,
+        description="How long an idle HTTP keep-alive connection stays open (uvicorn's "
+        "timeout_keep_alive); must outlast the edge's upstream keepalive_timeout (nginx: 60 s), "
+        "or nginx reuses a connection this side is closing and answers a POST with 502",
+    )
     log: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("collections", mode="before")

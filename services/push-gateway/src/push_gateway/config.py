@@ -36,6 +36,13 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8002, ge=1, le=65535)
+    keep_alive_timeout_seconds: int = Field(
+        default=75,
+        ge=1,
+        description="How long an idle HTTP keep-alive connection stays open (uvicorn's "
+        "timeout_keep_alive); must outlast the edge's upstream keepalive_timeout (nginx: 60 s), "
+        "or nginx reuses a connection this side is closing and answers a POST with 502",
+    )
     backlog: int = Field(
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )

@@ -96,3 +96,12 @@ def test_the_services_keep_an_idle_connection_past_uvicorns_default(stack: DevSt
                 assert result.result() == (200, 200), name
             except (http.client.HTTPException, OSError) as exc:
                 pytest.fail(f"{name} closed an idle keep-alive connection after {idle}s: {exc!r}")
+
+
+def test_the_edge_cuts_a_silent_stream_within_about_a_minute() -> None:
+    """The stream locations' read timeout outlasts two heartbeats (one stream's heartbeats
+    may be up to two periods apart) yet cuts a frozen gateway in about a minute, not an hour."""
+    text = (EDGE_DIR / "slotstream-sse.inc.template").read_text()
+    [value] = re.findall(r"^proxy_read_timeout\s+(\S+);", text, re.MULTILINE)
+    heartbeat = GatewaySettings.model_fields["heartbeat_seconds"].default
+    assert 2 * heartbeat < seconds(value) <= 90

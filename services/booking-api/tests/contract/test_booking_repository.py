@@ -55,3 +55,13 @@ async def test_listing_for_student_and_instructor_newest_first(storage: Storage)
     assert [b.id for b in await storage.bookings.list_for_user("i1", 10)] == ["b2", "b3", "b1"]
     assert [b.id for b in await storage.bookings.list_for_user("i1", 1)] == ["b2"]
     assert await storage.bookings.list_for_user("nobody", 10) == []
+
+
+async def test_insert_is_idempotent_by_booking_id(storage: Storage) -> None:
+    """A retried insert whose first attempt was applied (its reply lost) succeeds and
+    stores the booking once; another document under the same id is still refused."""
+    await storage.bookings.insert(booking("b1", "s1"))
+    await storage.bookings.insert(booking("b1", "s1"))
+    assert [b.id for b in await storage.bookings.list_for_user("st1", 10)] == ["b1"]
+    with pytest.raises(DuplicateKey):
+        await storage.bookings.insert(booking("b1", "s1", student_id="st2"))

@@ -308,8 +308,15 @@ class MemoryBookings:
         self._by_user: dict[str, list[str]] = {}
 
     async def insert(self, booking: BookingDocument) -> None:
+        """Idempotent by booking id: the same booking again (a retry after a lost reply)
+        is a success; another document under its id, or a second active booking of the
+        slot, is ``DuplicateKey``."""
         await asyncio.sleep(0)
-        self._c.insert(booking.to_document())
+        document = booking.to_document()
+        stored = self._c.peek(booking.id)
+        if stored is not None and stored == bson_value(document):
+            return
+        self._c.insert(document)
         self._by_user.setdefault(booking.student_id, []).append(booking.id)
         if booking.instructor_id != booking.student_id:
             self._by_user.setdefault(booking.instructor_id, []).append(booking.id)

@@ -167,9 +167,16 @@ class MongoBookings:
         self._c = collection
 
     async def insert(self, booking: BookingDocument) -> None:
+        """Idempotent by booking id: when the insert hits a unique index and the stored
+        document under this id is this booking, an earlier attempt was applied and only its
+        reply was lost (or the driver's retry found it): success. Otherwise ``DuplicateKey``."""
+        document = booking.to_document()
         try:
-            await self._c.insert_one(booking.to_document())
+            await self._c.insert_one(document)
         except DuplicateKeyError as exc:
+            stored = await self._c.find_one({"_id": booking.id})
+            if stored is not None and BookingDocument.model_validate(stored) == booking:
+                return
             raise DuplicateKey(str(exc)) from None
 
     async def get(self, booking_id: str) -> BookingDocument | None:

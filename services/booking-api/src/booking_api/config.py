@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A POST with an Idempotency-Key runs at most this long (then 503); its "
+        "record still pending after that was left by a crash and is taken over",
+    )
+    idempotency_max_keys_per_user: int = Field(
+        default=1_000,
+        ge=1,
+        description="unexpired Idempotency-Keys one user may hold; a new one beyond: 429",
+    )
 
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> "Settings":

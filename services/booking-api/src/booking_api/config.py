@@ -6,7 +6,11 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import LogSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KeepAliveSeconds,
+    LogSettings,
+)
 
 #: Fragments that mark a secret copied from an example rather than chosen.
 PLACEHOLDER_FRAGMENTS = ("changeme", "change-me", "change_me", "placeholder", "example", "xxxx")
@@ -34,13 +38,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    keep_alive_timeout_seconds: int = Field(
-        default=75,
-        ge=1,
-        description="How long an idle HTTP keep-alive connection stays open (uvicorn's "
-        "timeout_keep_alive); must outlast the edge's upstream keepalive_timeout (nginx: 60 s), "
-        "or nginx reuses a connection this side is closing and answers a POST with 502",
-    )
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins")
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

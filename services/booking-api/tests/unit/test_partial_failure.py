@@ -11,6 +11,8 @@ from booking_api.adapters.memory import MemoryStorage
 from booking_api.ports import Storage
 from slotstream_contracts.documents import BookingDocument, NotificationDocument
 
+from .test_api_idempotency import setup_slot
+
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
 
@@ -117,23 +119,12 @@ async def test_lost_notification_does_not_undo_the_booking(
     assert len(instructor_notes.json()) + len(student_notes.json()) == 1
 
 
-async def make_slot(client: httpx.AsyncClient, auth: AuthHeaders, future: Future) -> str:
-    await client.post("/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor"))
-    slot = await client.post(
-        "/api/instructors/i1/slots",
-        json={"start": future(), "end": future(hours=1)},
-        headers=auth("i1", "instructor"),
-    )
-    slot_id: str = slot.json()["id"]
-    return slot_id
-
-
 async def test_insert_applied_but_reply_lost_keeps_the_booking_and_the_slot(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
 ) -> None:
     """The ambiguous failure: the booking is stored, only the reply is lost. Reading it
     back shows it exists, so the slot is not freed under an active booking."""
-    slot_id = await make_slot(client, auth, future)
+    slot_id = await setup_slot(client, auth, future)
     flaky.lose_booking_replies = 1
     booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
     assert booked.status_code == 201, booked.text
@@ -150,7 +141,7 @@ async def test_an_unresolved_insert_leaves_the_slot_held_rather_than_free(
 ) -> None:
     """The insert applied, its reply lost, and the store cannot be read back either: the
     slot is not released (it may have an active booking); the caller gets the error."""
-    slot_id = await make_slot(client, auth, future)
+    slot_id = await setup_slot(client, auth, future)
     flaky.lose_booking_replies = 1
     flaky.fail_booking_reads = 10
     failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))

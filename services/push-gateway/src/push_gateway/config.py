@@ -6,7 +6,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KafkaSettings,
+    KeepAliveSeconds,
+    LogSettings,
+    TopicSettings,
+)
 
 
 def _default_instance_id() -> str:
@@ -36,13 +42,7 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8002, ge=1, le=65535)
-    keep_alive_timeout_seconds: int = Field(
-        default=75,
-        ge=1,
-        description="How long an idle HTTP keep-alive connection stays open (uvicorn's "
-        "timeout_keep_alive); must outlast the edge's upstream keepalive_timeout (nginx: 60 s), "
-        "or nginx reuses a connection this side is closing and answers a POST with 502",
-    )
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     backlog: int = Field(
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )

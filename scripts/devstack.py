@@ -168,9 +168,10 @@ class Process:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float, abandon: threading.Event | None = None) -> None:
+        """Wait for the health URL to answer 200; return early once ``abandon`` is set."""
         deadline = time.monotonic() + timeout
-        while True:
+        while abandon is None or not abandon.is_set():
             if not self.running:
                 raise StackError(f"{self.name} exited during start-up; see {self.log_path}")
             if self.health_url is None:
@@ -365,7 +366,7 @@ class DevStack:
         process.kill_leftovers()
         process.start()
         try:
-            process.wait_healthy(30.0)
+            process.wait_healthy(30.0, abandon=self._stopping)
         except StackError as exc:
             self._progress(f"restart #{process.restarts} of {process.name} failed: {exc}")
             return

@@ -3,7 +3,7 @@ so one service's environment reads e.g. ``GATEWAY_KAFKA__BOOTSTRAP_SERVERS``."""
 
 import ssl
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
@@ -90,3 +90,17 @@ class TopicSettings(BaseModel):
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = Field(default=True, description="JSON lines (true) or console text")
+
+
+#: uvicorn's ``timeout_keep_alive`` for a service behind the edge. It must outlast the edge's
+#: upstream ``keepalive_timeout`` (nginx: 60 s): nginx reuses an idle connection without
+#: knowing the service is closing it, and does not retry a POST, so the browser gets a 502.
+KeepAliveSeconds = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="How long an idle HTTP keep-alive connection stays open; must outlast "
+        "the edge's upstream keepalive_timeout (nginx: 60 s)",
+    ),
+]
+DEFAULT_KEEP_ALIVE_SECONDS = 75

@@ -7,7 +7,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import LogSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KeepAliveSeconds,
+    LogSettings,
+)
 
 
 class Settings(BaseSettings):
@@ -33,6 +37,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins")
     max_active_bookings_per_student: int = Field(
         default=20,
@@ -50,6 +55,18 @@ class Settings(BaseSettings):
         default=30, ge=5, le=300, description="lifetime of a single-use stream ticket"
     )
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A POST with an Idempotency-Key runs at most this long (then 503); its "
+        "record still pending after that was left by a crash and is taken over",
+    )
+    idempotency_max_keys_per_user: int = Field(
+        default=1_000,
+        ge=1,
+        description="unexpired Idempotency-Keys one user may hold; a new one beyond: 429",
+    )
 
     @model_validator(mode="after")
     def _refuse_missing_keys(self) -> "Settings":

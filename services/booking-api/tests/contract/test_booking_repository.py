@@ -73,3 +73,13 @@ async def test_counting_a_students_active_bookings_up_to_a_limit(storage: Storag
     assert await storage.bookings.count_active_for_student("st1", 2) == 2
     assert await storage.bookings.count_active_for_student("i1", 10) == 0
     assert await storage.bookings.count_active_for_student("nobody", 10) == 0
+
+
+async def test_insert_is_idempotent_by_booking_id(storage: Storage) -> None:
+    """A retried insert whose first attempt was applied (its reply lost) succeeds and
+    stores the booking once; another document under the same id is still refused."""
+    await storage.bookings.insert(booking("b1", "s1"))
+    await storage.bookings.insert(booking("b1", "s1"))
+    assert [b.id for b in await storage.bookings.list_for_student("st1", 10)] == ["b1"]
+    with pytest.raises(DuplicateKey):
+        await storage.bookings.insert(booking("b1", "s1", student_id="st2"))

@@ -8,7 +8,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
-from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KafkaSettings,
+    KeepAliveSeconds,
+    LogSettings,
+    TopicSettings,
+)
 
 StoreKind = Literal["mongo", "memory"]
 
@@ -79,6 +85,7 @@ class Settings(BaseSettings):
 
     http_host: str = "0.0.0.0"
     http_port: int = 8001
+    http_keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     log: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("collections", mode="before")

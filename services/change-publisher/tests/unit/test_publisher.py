@@ -15,7 +15,13 @@ from change_publisher.adapters.memory import (
     MemoryProducer,
 )
 from change_publisher.domain.records import OutgoingRecord, Router
-from change_publisher.ports import Checkpoint, PendingBatch, SourceUnavailable, StreamPosition
+from change_publisher.ports import (
+    Checkpoint,
+    Fenced,
+    PendingBatch,
+    SourceUnavailable,
+    StreamPosition,
+)
 from change_publisher.publisher import HistoryLostFatal, Publisher, Role
 from slotstream_contracts.changes import OperationType
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
@@ -264,16 +270,41 @@ async def test_latest_mode_skips_the_past(
 
 
 async def test_fenced_checkpoint_stops_production(
-    database: MemoryDatabase, make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Once a checkpoint is refused for a newer epoch, not one more record is produced: the
+    instance steps down to standby and backs off before it asks for the lease again (it
+    used to re-acquire, re-snapshot and be fenced again in a hot loop)."""
     producer = MemoryProducer()
     publisher = make_publisher(producer=producer)
+    produced_at_fence: list[int] = []
+    save = checkpoints.save
+
+    async def watched_save(name: str, checkpoint: Checkpoint) -> None:
+        try:
+            await save(name, checkpoint)
+        except Fenced:
+            produced_at_fence.append(len(producer.records))
+            raise
+
+    monkeypatch.setattr(checkpoints, "save", watched_save)
     task = asyncio.create_task(publisher.run())
-    await eventually(lambda: publisher.ready)
+    await eventually(lambda: publisher.ready and publisher.role is Role.LEADER)
     # A newer leader (epoch 99) wrote the checkpoint: this one must step down.
     await checkpoints.save("test", Checkpoint({"_data": "FF"}, None, epoch=99, saved_at=NOW))
     database.insert(SLOTS, Docs.slot("s1"))
-    await eventually(lambda: checkpoints.refused != [])
+    await eventually(lambda: produced_at_fence != [])
+    await eventually(lambda: publisher.role is Role.STANDBY)
+    for number in range(20):  # changes keep coming; a fenced instance must ignore them
+        database.insert(SLOTS, Docs.slot(f"later-{number}"))
+        await asyncio.sleep(0.05)  # 20 checkpoint intervals in all, well within the back-off
+    assert len(producer.records) - produced_at_fence[0] == 0
+    assert len(checkpoints.refused) == 1
+    assert publisher.role is Role.STANDBY
+    assert publisher.metrics.leader._value.get() == 0
     await stop(publisher, task)
     stored = checkpoints.checkpoints["test"]
     assert (stored.epoch, stored.token) == (99, {"_data": "FF"})

@@ -7,7 +7,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KafkaSettings,
+    KeepAliveSeconds,
+    LogSettings,
+    TopicSettings,
+)
 
 
 def _default_instance_id() -> str:
@@ -41,6 +47,7 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8002, ge=1, le=65535)
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     backlog: int = Field(
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )

@@ -628,7 +628,8 @@ class Gateway:
 
     # -- periodic work --------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
-        """A comment to every stream each ``heartbeat_seconds``, spread over the period in
+        """A ``heartbeat`` event (one shared frame, see ``HEARTBEAT``) to every stream each
+        ``heartbeat_seconds``, spread over the period in
         ``HEARTBEAT_STEPS`` small steps: 10,000 writes at once held the loop ~100 ms, and
         everything fetched meanwhile waited. A new stream gets its first within two periods."""
         pause = self.settings.heartbeat_seconds / HEARTBEAT_STEPS

@@ -16,6 +16,7 @@ from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
 from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSource, SnapshotSource
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
+from push_gateway.api.ws import TicketRedeemer, WebSocketGateway
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
@@ -32,6 +33,7 @@ def create_app(
     snapshot_source: SnapshotSource | None = None,
     history: History | None = None,
     presence: PresenceBus | None = None,
+    tickets: TicketRedeemer | None = None,
 ) -> FastAPI:
     """The FastAPI app (non-stream routes) with the gateway on ``app.state.gateway``.
 
@@ -68,6 +70,7 @@ def create_app(
         history or KafkaHistory(settings.kafka),
         presence or kafka_presence,  # type: ignore[arg-type]
     )
+    websockets = WebSocketGateway(gateway, tickets)
     ingest = KafkaIngest(
         settings.kafka,
         (topics.schedule, topics.notifications),
@@ -83,6 +86,7 @@ def create_app(
         if kafka_presence is not None:
             await kafka_presence.start()
         gateway.start_background()
+        websockets.start_background()
         # Everything allocated so far (modules, models, clients) lives for the whole run:
         # keep it out of the cyclic GC's full passes, which otherwise scan it again and
         # again while thousands of connections and ring-buffer records churn.
@@ -95,6 +99,7 @@ def create_app(
         try:
             yield
         finally:
+            await websockets.shutdown()
             await gateway.shutdown()
             await ingest.stop()
             if kafka_presence is not None:
@@ -103,6 +108,7 @@ def create_app(
 
     app = FastAPI(title="Slotstream push-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
+    app.state.websockets = websockets
     app.state.ingest = ingest
     app.state.registry = registry
     if settings.cors_origins:
@@ -125,7 +131,7 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=protocol_for(app.state.gateway),
+        http=protocol_for(app.state.gateway, app.state.websockets),
         lifespan="on",
         log_config=None,
         access_log=False,

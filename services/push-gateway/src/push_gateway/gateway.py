@@ -39,6 +39,7 @@ from push_gateway.domain.hub import (
 from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
 from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
+from push_gateway.domain.ws_protocol import sse_to_ws
 from push_gateway.stream import SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -164,6 +165,11 @@ class Gateway:
             )
         self._spawn(self._serve(connection, request))
         return connection
+
+    def serve_subscription(self, connection: SseConnection, request: StreamRequest) -> None:
+        """Catch up and go live as :meth:`open_stream` does, for a connection made elsewhere
+        (one WebSocket subscription, see ``api/ws.py``)."""
+        self._spawn(self._serve(connection, request))
 
     def reject(
         self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None
@@ -503,7 +509,12 @@ class Gateway:
             writers = self.hub.live_subscribers(channel)
             for write in writers:
                 write(frame)
-            written += len(writers)
+            ws_writers = self.hub.live_ws_subscribers(channel)
+            if ws_writers:
+                ws_frame = sse_to_ws(frame)
+                for write in ws_writers:
+                    write(ws_frame)
+            written += len(writers) + len(ws_writers)
             if written >= WRITES_PER_STEP:
                 written = 0
                 await asyncio.sleep(0)  # let live events through between channels

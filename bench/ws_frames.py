@@ -64,7 +64,7 @@ async def main(args: argparse.Namespace) -> None:
     for _ in range(args.connections):
         server_sock, client_sock = socket.socketpair()
         transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
-        transports.append(transport)  # type: ignore[arg-type]
+        transports.append(transport)
         clients.append(client_sock)
     protocols = [ServerProtocol(state=State.OPEN) for _ in transports]
     stop = threading.Event()

@@ -21,6 +21,7 @@ from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
+from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.channels import ChannelKind
 
 #: (young, middle, old) collection thresholds: CPython's are (700, 10, 10)
@@ -79,6 +80,7 @@ def create_app(
     )
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
+    registry.register(WebSocketCollector(websockets))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -31,6 +31,7 @@ from push_gateway.domain.ws_protocol import (
 )
 from push_gateway.gateway import Gateway
 from push_gateway.testing import FakeRecord, record_of, slot, slot_event, snapshot
+from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
@@ -454,3 +455,17 @@ async def test_keepalive_sends_heartbeats_and_pings_and_drops_silent_clients() -
     assert silent.close_frame.data[:2] == (4002).to_bytes(2, "big")
     await h.ws.shutdown()
     await h.gateway.shutdown()
+
+
+async def test_metrics_count_websockets(harness: Harness) -> None:
+    client = await harness.subscribed()
+    assert client.connection is not None
+    client.connection.pause_writing()
+    await settle()
+    await harness.subscribed()
+    found = {m.name: m for m in WebSocketCollector(harness.ws).collect()}
+    assert found["gateway_ws_connections"].samples[0].value == 1
+    assert found["gateway_ws_subscriptions"].samples[0].value == 1
+    assert found["gateway_ws_accepted"].samples[0].value == 2
+    closes = {s.labels["reason"]: s.value for s in found["gateway_ws_closes"].samples}
+    assert closes["slow-consumer"] == 1

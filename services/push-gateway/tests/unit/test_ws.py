@@ -15,12 +15,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from push_gateway.adapters.kafka import FakeHistory
-from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
-from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource
 from push_gateway.api.ws import WebSocketGateway, WsConnection
 from push_gateway.config import Settings
-from push_gateway.domain.hub import ChannelHub
 from push_gateway.domain.ws_protocol import (
     CloseCode,
     OpError,
@@ -29,12 +25,10 @@ from push_gateway.domain.ws_protocol import (
     sse_to_ws,
     ws_frame,
 )
-from push_gateway.gateway import Gateway
-from push_gateway.testing import FakeRecord, record_of, slot, slot_event, snapshot
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
-from slotstream_contracts.channels import Channel, ChannelKind
-from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
+
+from .test_gateway import Harness as GatewayHarness
 
 JWT = JwtSettings(secret=SecretStr("unit-secret-" + "x" * 32), leeway_seconds=0)
 SCHEDULE = "instructors/i1/schedule"
@@ -123,36 +117,15 @@ class Client:
         return [m["event"] for m in self.messages()]
 
 
-class Harness:
+class Harness(GatewayHarness):
+    """The SSE tests' gateway and fakes, plus the WebSocket side."""
+
     def __init__(self, settings: Settings, tickets: Any = None) -> None:
-        self.hub = ChannelHub(
-            {ChannelKind.SCHEDULE: SCHEDULE_TOPIC, ChannelKind.NOTIFICATIONS: NOTIFICATIONS_TOPIC},
-            ring_size=8,
-        )
-        for p in range(2):
-            self.hub.assign(SCHEDULE_TOPIC, p, 0, 2)
-        self.hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)
-        self.source = FakeSnapshotSource({"i1": snapshot("i1", [slot("i1", "s1", 2)])})
-        self.gateway = Gateway(
-            settings,
-            self.hub,
-            CoalescingSnapshots(self.source),
-            FakeHistory(),
-            FakePresenceBus("g1", PresenceTable(10)),
-        )
+        super().__init__(settings)
         self.ws = WebSocketGateway(self.gateway, tickets)
-        self.offset = 0
 
-    @property
-    def part(self) -> int:
-        return self.hub.partition_key(Channel.schedule("i1"))[1]
-
-    def produce(self, *versions: int) -> None:
-        records: list[FakeRecord] = []
-        for version in versions:
-            records.append(record_of(slot_event("i1", "s1", version), self.offset))
-            self.offset += 1
-        self.hub.ingest(SCHEDULE_TOPIC, self.part, records)
+    def produce_versions(self, *versions: int) -> None:
+        self.produce(*self.slot_records(range(versions[0], versions[-1] + 1)))
 
     async def client(self, target: str = "/v1/ws") -> Client:
         client = Client(self.ws, target)
@@ -231,7 +204,7 @@ async def test_subscribe_gets_the_snapshot_with_the_sse_id_then_live_events(
     assert snap["event"] == "snapshot"
     assert snap["id"] == f"s{harness.part}:-1"
     assert snap["data"]["channel"] == SCHEDULE
-    harness.produce(3)
+    harness.produce_versions(3)
     [live] = client.messages()
     assert live["event"] == "slot"
     assert live["id"] == f"s{harness.part}:0"
@@ -242,12 +215,12 @@ async def test_subscribe_gets_the_snapshot_with_the_sse_id_then_live_events(
 async def test_every_subscriber_gets_the_same_frame_bytes(harness: Harness) -> None:
     first, second = await harness.subscribed(), await harness.subscribed()
     first.messages(), second.messages()
-    harness.produce(3)
+    harness.produce_versions(3)
     assert first.transport.writes[-1] is second.transport.writes[-1]
 
 
 async def test_since_replays_only_the_missed_events(harness: Harness) -> None:
-    harness.produce(3, 4, 5)
+    harness.produce_versions(3, 4, 5)
     client = await harness.subscribed(since=f"s{harness.part}:0")
     messages = client.messages()
     assert [m["event"] for m in messages] == ["subscribed", "slot", "slot"]
@@ -260,7 +233,7 @@ async def test_unsubscribe_stops_delivery(harness: Harness) -> None:
     client.messages()
     client.send({"op": "unsubscribe", "channel": SCHEDULE})
     assert client.messages() == [{"event": "unsubscribed", "data": {"channel": SCHEDULE}}]
-    harness.produce(3)
+    harness.produce_versions(3)
     assert client.messages() == []
     assert harness.hub.subscriber_counts() == {}
 

@@ -442,3 +442,19 @@ async def test_metrics_count_websockets(harness: Harness) -> None:
     assert found["gateway_ws_accepted"].samples[0].value == 2
     closes = {s.labels["reason"]: s.value for s in found["gateway_ws_closes"].samples}
     assert closes["slow-consumer"] == 1
+
+
+async def test_a_message_split_over_reads_is_parsed_and_idle_connections_hold_no_parser(
+    harness: Harness,
+) -> None:
+    client = await harness.client()
+    assert client.connection is not None
+    client.protocol.send_text(orjson.dumps({"op": "ping"}))
+    wire = b"".join(client.protocol.data_to_send())
+    for cut in (1, 5):  # inside the header, then inside the payload
+        client.connection.data_received(wire[:cut])
+        wire = wire[cut:]
+        assert client.connection.protocol is not None  # mid-message: the parser is kept
+    client.connection.data_received(wire)
+    assert client.messages() == [{"event": "pong", "data": {}}]
+    assert client.connection.protocol is None

@@ -283,6 +283,8 @@ async def test_private_channel_after_token_auth_and_not_someone_elses(harness: H
     client.send({"op": "auth", "token": mint_token(JWT, "u1", Role.STUDENT)})
     [auth] = client.messages()
     assert auth["event"] == "authenticated"
+    assert client.connection is not None
+    assert client.connection.protocol is None  # a 2-byte-length frame, parsed to the end
     assert auth["data"]["sub"] == "u1"
     client.send({"op": "subscribe", "channel": "users/u2/notifications"})
     assert client.messages()[0]["data"]["status"] == 403

@@ -77,6 +77,12 @@ def frame_parser() -> ServerProtocol:
     return ServerProtocol(max_size=MAX_MESSAGE_BYTES, state=State.OPEN)
 
 
+def client_frame_length(frame: Frame) -> int:
+    """How many bytes a parsed client frame took on the wire (masked, no extensions)."""
+    size = len(frame.data)
+    return 2 + (0 if size < 126 else 2 if size < 0x10000 else 8) + 4 + size
+
+
 def authenticate_token(token: str, settings: JwtSettings) -> tuple[Principal, float]:
     """The verified principal and the Unix time at which the token stops being accepted."""
     principal = verify_token(token, settings)
@@ -169,6 +175,7 @@ class WsConnection(asyncio.Protocol):
         "closed",
         "last_seen",
         "_waiting",
+        "_unparsed",
     )
 
     def __init__(
@@ -189,6 +196,8 @@ class WsConnection(asyncio.Protocol):
         self.last_seen = time.monotonic()
         #: messages that arrived while a ticket was being redeemed, answered in order after it
         self._waiting: list[bytes] | None = None
+        #: bytes received but not yet returned as frames (0: the parser is between frames)
+        self._unparsed = 0
         transport.set_write_buffer_limits(high=server.gateway.settings.max_pending_bytes)
 
     # -- output ------------------------------------------------------------------------------
@@ -214,8 +223,12 @@ class WsConnection(asyncio.Protocol):
         self.last_seen = time.monotonic()
         protocol = self._parser()
         protocol.receive_data(data)
+        self._unparsed += len(data)
         for event in protocol.events_received():
-            if not isinstance(event, Frame) or self.closed:
+            if not isinstance(event, Frame):
+                continue
+            self._unparsed -= client_frame_length(event)
+            if self.closed:
                 continue
             if event.opcode is Opcode.TEXT and event.fin:
                 self._message(bytes(event.data))
@@ -226,11 +239,7 @@ class WsConnection(asyncio.Protocol):
         self._flush()
         if protocol.parser_exc is not None:
             self._end()  # the library already answered the protocol error with a close frame
-        elif (
-            protocol.state is State.OPEN
-            and protocol.current_size is None
-            and not protocol.reader.buffer
-        ):
+        elif self._unparsed == 0 and protocol.state is State.OPEN and protocol.current_size is None:
             # Between messages of an open connection (no extensions) a fresh parser is the
             # same as this one: drop it rather than hold ~1.7 kB per idle connection.
             self.protocol = None

@@ -194,6 +194,10 @@ class WsClient(SseClient):
                 )
                 self.transport.write(ws_client_frame(op))
             return
+        if b"\x89\x00" in data and self.transport is not None:
+            # the gateway's keep-alive ping (those bytes never occur in the JSON text):
+            # answer as a browser does, else an idle connection is closed after 35 s
+            self.transport.write(b"\x8a\x80\0\0\0\0")
         if not self.opened and b'"snapshot"' in data:
             self.opened = True
             if self.waiter is not None and not self.waiter.done():

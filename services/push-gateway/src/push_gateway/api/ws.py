@@ -35,8 +35,7 @@ from push_gateway.domain.positions import PositionError, parse_position
 from push_gateway.domain.requests import Problem, StreamRequest
 from push_gateway.domain.ws_protocol import (
     CLOSE_CODE_OF_REASON,
-    HEARTBEAT_FRAME,
-    PING_FRAME,
+    KEEPALIVE,
     AuthOp,
     CloseCode,
     OpError,
@@ -557,4 +556,4 @@ class WebSocketGateway:
                         self.stats.ping_timeouts += 1
                         connection.close(CloseCode.PING_TIMEOUT, "ping-timeout")
                     else:
-                        connection.transport.write(HEARTBEAT_FRAME + PING_FRAME)
+                        connection.transport.write(KEEPALIVE)

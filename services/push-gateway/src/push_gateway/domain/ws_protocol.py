@@ -78,6 +78,8 @@ def json_event(event: str, payload: Any, frame_id: bytes | None = None) -> bytes
 #: D5's client-visible keep-alive message (browsers cannot see ping frames).
 HEARTBEAT_FRAME: Final = json_event("heartbeat", {})
 PING_FRAME: Final = ws_frame(b"", PING)
+#: what the keep-alive writes each period: the visible message and a ping frame
+KEEPALIVE: Final = HEARTBEAT_FRAME + PING_FRAME
 
 
 def sse_to_ws(sse: bytes) -> bytes:

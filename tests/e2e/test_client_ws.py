@@ -1,5 +1,6 @@
 """The browser client's WebSocket transport in a real browser, with a fake WebSocket: the ops
-it sends, merge by version, and resuming each channel with ``since`` after a close."""
+it sends (a fresh stream ticket in ``auth`` for every connect), merge by version, and
+resuming each channel with ``since`` after a close."""
 
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ async () => {
     initialBackoffMs: 10,
     maxBackoffMs: 20,
     webSocketFactory: (url) => new FakeSocket(url),
+    fetch: async () => ({ ok: true, json: async () => ({ ticket: `t${sockets.length}` }) }),
     onStatus: ({ status }) => statuses.push(status),
   });
+  const tick = () => new Promise((resolve) => setTimeout(resolve, 50));
+  await tick(); // the ticket is fetched before the socket opens
   const first = sockets[0];
   first.onopen();
   const slot = (version, status) => ({
@@ -78,14 +82,14 @@ def test_websocket_transport_auth_subscribe_merge_and_resume(
     page.goto(f"{base_url}/")
     result: dict[str, Any] = page.evaluate(SCENARIO)
     assert result["url"] == "ws://gateway.example/v1/ws"
-    token = result["firstOps"][0]
-    assert token["op"] == "auth"
+    assert result["firstOps"][0] == {"op": "auth", "ticket": "t0"}
     assert result["firstOps"][1:] == [
         {"op": "subscribe", "channel": "instructors/i1/schedule"},
         {"op": "subscribe", "channel": "users/u1/notifications"},
     ]
     # a late older delta never moves the slot back
     assert (result["version"], result["status"]) == (4, "booked")
+    assert result["secondOps"][0] == {"op": "auth", "ticket": "t1"}  # a fresh one
     assert result["secondOps"][1:] == [
         {"op": "subscribe", "channel": "instructors/i1/schedule", "since": "s1:7"},
         {"op": "subscribe", "channel": "users/u1/notifications", "since": "n0:3"},

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from slotstream_contracts.documents import (
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -89,20 +90,29 @@ class BookingRepository(Protocol):
     async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
         """``active → cancelled`` with ``cancelledAt``, version + 1."""
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        """Bookings where the user is the student or the instructor, newest first."""
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings the student made, newest first."""
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings of the instructor's slots, newest first."""
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        """How many active bookings the student holds, counted up to ``limit``."""
 
 
 class NotificationRepository(Protocol):
     async def insert(self, notification: NotificationDocument) -> None: ...
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
-        """The user's notifications, newest first."""
+        """The user's notifications for ``audience`` (and those without one), newest first."""
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
-        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's."""
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
+        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's in
+        that audience."""
 
 
 class IdempotencyStore(Protocol):
@@ -140,3 +150,33 @@ class Storage(Protocol):
         """True when the store answers (for ``/readyz``)."""
 
     async def close(self) -> None: ...
+
+
+class StreamTicket(StoredDocument):
+    """A single-use pass for one stream connection (docs: D2, issue 10 item 5).
+
+    ``_id`` is the SHA-256 of the ticket, so a copy of the collection holds nothing a
+    client could present. ``expires_at`` ends the ticket (seconds after issue);
+    ``token_expires_at`` is the ``exp`` of the JWT it was issued for: the stream it opens
+    ends then.
+    """
+
+    sub: str
+    role: str
+    name: str | None = None
+    token_expires_at: UtcDatetime
+    expires_at: UtcDatetime
+
+
+class TicketStore(Protocol):
+    """Where stream tickets wait for their one redemption."""
+
+    async def issue(self, ticket: StreamTicket, now: datetime) -> None:
+        """Store a new ticket (the memory store also forgets expired ones)."""
+
+    async def redeem(self, ticket_id: str, now: datetime) -> StreamTicket | None:
+        """Remove and return the ticket in one atomic step, so of many concurrent
+        redemptions exactly one gets it; None when unknown, already used or expired."""
+
+    async def start(self) -> None:
+        """Prepare the store (indexes); safe to call more than once."""

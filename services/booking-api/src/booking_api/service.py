@@ -158,10 +158,17 @@ class BookingService:
 
     # Bookings
 
-    async def book(self, principal: Principal, slot_id: str) -> BookingDocument:
+    async def book(
+        self, principal: Principal, slot_id: str, max_active_bookings: int
+    ) -> BookingDocument:
+        """Book ``slot_id`` for the caller, who may hold at most ``max_active_bookings``
+        active bookings."""
         authz.ensure_may_book(principal)
         now = self.now()
         slot = bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
+        limit = max_active_bookings
+        active = await self._storage.bookings.count_active_for_student(principal.user_id, limit)
+        bookings.ensure_within_quota(active, limit)
         booking_id = new_id()
         booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
         if booked is None:
@@ -205,14 +212,18 @@ class BookingService:
         await self._storage.slots.release(booking.slot_id, booking_id, self.now())
         _info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
         by = None
-        if principal.user_id != booking.student_id:
-            own = principal.user_id == booking.instructor_id
+        if not authz.is_student_of(principal, booking):
+            own = authz.is_instructor_of(principal, booking)
             by = principal.name or ("the instructor" if own else "an admin")
         await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, None, by)
         return cancelled
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
-        return await self._storage.bookings.list_for_user(principal.user_id, limit)
+        """An instructor's are the bookings of their slots; anyone else's (students, and
+        admins, who book as themselves) the bookings they made."""
+        if principal.role is Role.INSTRUCTOR:
+            return await self._storage.bookings.list_for_instructor(principal.user_id, limit)
+        return await self._storage.bookings.list_for_student(principal.user_id, limit)
 
     # Notifications
 
@@ -220,11 +231,13 @@ class BookingService:
         self, principal: Principal, limit: int, unread_only: bool
     ) -> list[NotificationDocument]:
         return await self._storage.notifications.list_for_user(
-            principal.user_id, limit, unread_only
+            principal.user_id, limit, unread_only, audience=authz.audience_of(principal)
         )
 
     async def mark_read(self, principal: Principal, notification_id: str) -> NotificationDocument:
-        note = await self._storage.notifications.mark_read(notification_id, principal.user_id)
+        note = await self._storage.notifications.mark_read(
+            notification_id, principal.user_id, audience=authz.audience_of(principal)
+        )
         if note is None:
             raise NotFound(f"notification {notification_id} does not exist")
         return note
@@ -243,6 +256,7 @@ class BookingService:
                 user_id=draft.user_id,
                 kind=draft.kind,
                 message=draft.message,
+                audience=draft.audience,
                 booking_id=booking.id,
                 slot_id=booking.slot_id,
                 version=1,

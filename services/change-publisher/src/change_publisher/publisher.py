@@ -43,7 +43,7 @@ from change_publisher.domain.records import (
     dead_letter_of_document,
     encode_control,
     encode_dead_letter,
-    encode_publish,
+    encode_records,
 )
 from change_publisher.metrics import PublisherMetrics
 from change_publisher.ports import (
@@ -611,9 +611,12 @@ class Publisher:
             if type(outcome) is Publish:
                 topic = topic_for(change.ns.coll or "")
                 if topic is not None:
-                    record = encode_publish(outcome, topic, epoch)
-                    if len(record.value) <= limit:
-                        stage_one(record, change.token, _change_time(change))
+                    records = encode_records(outcome, topic, epoch)
+                    if len(records[0].value) <= limit:
+                        if len(records) == 1:
+                            stage_one(records[0], change.token, _change_time(change))
+                        else:
+                            delivery.stage(records, change.token, _change_time(change))
                         continue
             elif type(outcome) is Invalidated:
                 return change
@@ -633,11 +636,12 @@ class Publisher:
                     f"no topic for collection {change.ns.coll!r}", outcome.routing_key
                 )
             else:
-                record = encode_publish(outcome, topic, epoch)
-                if len(record.value) <= self.options.max_record_bytes:
-                    return (record,)
+                records = encode_records(outcome, topic, epoch)
+                size = len(records[0].value)
+                if size <= self.options.max_record_bytes:
+                    return records
                 outcome = DeadLetter(
-                    f"event of {len(record.value)} bytes exceeds max_record_bytes "
+                    f"event of {size} bytes exceeds max_record_bytes "
                     f"({self.options.max_record_bytes})",
                     outcome.routing_key,
                 )
@@ -760,11 +764,12 @@ class Publisher:
             if topic is None:
                 outcome = DeadLetter(f"no topic for collection {collection!r}", collection)
             else:
-                record = encode_publish(outcome, topic, epoch)
-                if len(record.value) <= limit:
-                    return (record,)
+                records = encode_records(outcome, topic, epoch)
+                size = len(records[0].value)
+                if size <= limit:
+                    return records
                 outcome = DeadLetter(
-                    f"event of {len(record.value)} bytes exceeds max_record_bytes ({limit})",
+                    f"event of {size} bytes exceeds max_record_bytes ({limit})",
                     outcome.routing_key,
                 )
         if isinstance(outcome, DeadLetter):

@@ -19,7 +19,7 @@ from change_publisher.ports import Checkpoint, PendingBatch, SourceUnavailable, 
 from change_publisher.publisher import HistoryLostFatal, Publisher, Role
 from slotstream_contracts.changes import OperationType
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
-from slotstream_contracts.topics import CONTROL_KEY, DEADLETTER_TOPIC
+from slotstream_contracts.topics import CONTROL_KEY, DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC
 
 from ..conftest import NOW, Docs, PublisherFactory
 
@@ -70,10 +70,16 @@ async def test_publishes_in_order_checkpoints_and_releases_the_lease_on_stop(
         "slot.created",
         "slot.updated",
         "booking.created",
+        "booking.created",
         "notification.created",
         "deadletter",
     ]
-    assert [r.key for r in producer.records] == [b"i1", b"i1", b"i1", b"u1", b"i2"]
+    # The booking names its student: it goes to the instructor's and to the student's
+    # private channel (notifications topic), never to the public schedule topic.
+    assert [r.key for r in producer.records] == [b"i1", b"i1", b"i1", b"u1", b"u1", b"i2"]
+    assert {r.topic for r in producer.records if r.kind == "booking.created"} == {
+        NOTIFICATIONS_TOPIC
+    }
     assert producer.records[-1].topic == DEADLETTER_TOPIC
     assert leases.leases["test"].expires_at == 0  # released
     assert publisher.role is Role.STOPPED
@@ -224,6 +230,23 @@ async def test_snapshot_mode_copies_documents_then_streams_from_before_the_copy(
     assert subjects[:2] == ["slots/s1", "notifications/n1"]
     assert "slots/s2" in subjects
     assert "stream.resync" not in types(producer.records)
+
+
+async def test_a_snapshot_copies_a_booking_to_both_private_channels_only(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    database.insert(BOOKINGS, Docs.booking("b1", "s1"))
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer, start_mode="snapshot")
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: len(producer.records) >= 2)
+    await stop(publisher, task)
+    bookings = [r for r in producer.records if r.kind == "booking.created"]
+    # At least once each (the stream that follows the copy may repeat it).
+    assert {(r.topic, r.key) for r in bookings} == {
+        (NOTIFICATIONS_TOPIC, b"i1"),
+        (NOTIFICATIONS_TOPIC, b"u1"),
+    }
 
 
 async def test_latest_mode_skips_the_past(

@@ -1,28 +1,34 @@
 """Composition root: build settings' clients, the hub and the gateway, and wire them."""
 
 import gc
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
 import httpx
+import structlog
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client.registry import CollectorRegistry
+from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
 from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
 from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSource, SnapshotSource
+from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
-from push_gateway.api.ws import TicketRedeemer, WebSocketGateway
+from push_gateway.api.ws import WebSocketGateway
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.channels import ChannelKind
+
+log = structlog.get_logger(__name__)
 
 #: (young, middle, old) collection thresholds: CPython's are (700, 10, 10)
 GC_THRESHOLDS: Final = (700, 10, 1000)
@@ -61,29 +67,42 @@ def create_app(
         if presence is None
         else None
     )
-    gateway = Gateway(
-        settings,
-        hub,
-        CoalescingSnapshots(
-            snapshot_source or HttpSnapshotSource(http_client),
-            reuse_seconds=settings.snapshot_reuse_seconds,
-        ),
-        history or KafkaHistory(settings.kafka),
-        presence or kafka_presence,  # type: ignore[arg-type]
-    )
-    websockets = WebSocketGateway(gateway, tickets)
     ingest = KafkaIngest(
         settings.kafka,
         (topics.schedule, topics.notifications),
         hub,
         backfill=settings.ring_buffer_size,
     )
+    kafka_history = (
+        KafkaHistory(
+            settings.kafka,
+            max_reads=settings.max_history_reads,
+            wait_seconds=settings.history_wait_seconds,
+        )
+        if history is None
+        else None
+    )
+    gateway = Gateway(
+        settings,
+        hub,
+        CoalescingSnapshots(
+            snapshot_source or HttpSnapshotSource(http_client),
+            reuse_seconds=settings.snapshot_reuse_seconds,
+            unknown_ttl_seconds=settings.unknown_instructor_ttl_seconds,
+        ),
+        history or kafka_history,  # type: ignore[arg-type]
+        presence or kafka_presence,  # type: ignore[arg-type]
+        bounds=ingest,
+        tickets=tickets or HttpTicketRedeemer(http_client, _secret(settings.internal_token)),
+    )
+    websockets = WebSocketGateway(gateway)
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
     registry.register(WebSocketCollector(websockets))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        raise_open_file_limit()
         await ingest.start()
         if kafka_presence is not None:
             await kafka_presence.start()
@@ -104,6 +123,8 @@ def create_app(
             await websockets.shutdown()
             await gateway.shutdown()
             await ingest.stop()
+            if kafka_history is not None:
+                await kafka_history.close()
             if kafka_presence is not None:
                 await kafka_presence.stop()
             await http_client.aclose()
@@ -123,6 +144,23 @@ def create_app(
         )
     app.include_router(router)
     return app
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def raise_open_file_limit() -> None:
+    """Every stream is an open socket: lift the soft ``RLIMIT_NOFILE`` (often 1024) to the
+    hard limit, so ``GATEWAY_MAX_CONNECTIONS`` and not the descriptor table is the cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit", soft=soft, hard=hard, error=str(exc))
+            return
+    log.info("open-file limit", soft=hard, was=soft)
 
 
 def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:

@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from push_gateway.adapters.tickets import FakeTicketRedeemer, RedeemedTicket
 from push_gateway.api.ws import WebSocketGateway, WsConnection
 from push_gateway.config import Settings
 from push_gateway.domain.ws_protocol import (
@@ -26,11 +26,11 @@ from push_gateway.domain.ws_protocol import (
     ws_frame,
 )
 from push_gateway.ws_metrics import WebSocketCollector
-from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
+from slotstream_contracts.auth import Principal, Role, mint_token
 
+from .test_gateway import JWT
 from .test_gateway import Harness as GatewayHarness
 
-JWT = JwtSettings(secret=SecretStr("unit-secret-" + "x" * 32), leeway_seconds=0)
 SCHEDULE = "instructors/i1/schedule"
 
 
@@ -120,9 +120,9 @@ class Client:
 class Harness(GatewayHarness):
     """The SSE tests' gateway and fakes, plus the WebSocket side."""
 
-    def __init__(self, settings: Settings, tickets: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.ws = WebSocketGateway(self.gateway, tickets)
+        self.ws = WebSocketGateway(self.gateway)
 
     def produce_versions(self, *versions: int) -> None:
         self.produce(*self.slot_records(range(versions[0], versions[-1] + 1)))
@@ -327,24 +327,23 @@ async def test_a_plain_get_is_answered_by_the_library(harness: Harness) -> None:
     assert transport.closed
 
 
-class FakeRedeemer:
+class GatedRedeemer(FakeTicketRedeemer):
+    """Answers only once ``gate`` is set."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.gate = asyncio.Event()
-        self.redeemed: list[str] = []
 
-    async def redeem(self, ticket: str) -> tuple[Principal, float] | None:
+    async def redeem(self, ticket: str) -> RedeemedTicket | None:
         await self.gate.wait()
-        self.redeemed.append(ticket)
-        if ticket != "good":
-            return None
-        principal = Principal.model_validate({"sub": "u1", "role": "student"})
-        return principal, 4_000_000_000.0
+        return await super().redeem(ticket)
 
 
-async def test_ticket_auth_holds_later_ops_until_redeemed() -> None:
-    redeemer = FakeRedeemer()
-    h = Harness(Settings(jwt=JWT), tickets=redeemer)
-    client = await h.client()
+async def test_ticket_auth_holds_later_ops_until_redeemed(harness: Harness) -> None:
+    redeemer = GatedRedeemer()
+    redeemer.issue("good", Principal.model_validate({"sub": "u1", "role": "student"}))
+    harness.gateway.tickets = redeemer
+    client = await harness.client()
     client.send({"op": "auth", "ticket": "good"})
     client.send({"op": "subscribe", "channel": "users/u1/notifications"})
     await settle()
@@ -352,13 +351,21 @@ async def test_ticket_auth_holds_later_ops_until_redeemed() -> None:
     redeemer.gate.set()
     await settle()
     assert [m["event"] for m in client.messages()] == ["authenticated", "subscribed"]
-    bad = await h.client("/v1/ws?ticket=used")
+    used = await harness.client("/v1/ws?ticket=good")  # single use
     await settle()
-    assert bad.messages()[-1]["event"] == "bye"
-    assert bad.close_frame is not None
-    assert redeemer.redeemed == ["good", "used"]
-    await h.ws.shutdown()
-    await h.gateway.shutdown()
+    assert used.messages()[-1]["event"] == "bye"
+    assert used.close_frame is not None
+    assert used.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
+    assert redeemer.attempts == ["good", "good"]
+
+
+async def test_ticket_service_down_closes_with_try_again_later(harness: Harness) -> None:
+    harness.tickets.unavailable = True
+    client = await harness.client("/v1/ws?ticket=any")
+    await settle()
+    client.messages()
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.TRY_AGAIN_LATER.to_bytes(2, "big")
 
 
 async def test_binary_messages_close_the_connection(harness: Harness) -> None:

@@ -27,6 +27,7 @@ from slotstream_contracts.documents import (
     INSTRUCTORS,
     NOTIFICATIONS,
     SLOTS,
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -328,11 +329,31 @@ class MemoryBookings:
         )
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest(student_id, "studentId", limit)
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest(instructor_id, "instructorId", limit)
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
         await asyncio.sleep(0)
-        docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
+        active = 0
+        for doc in self._of(student_id, "studentId"):
+            if doc["status"] == BookingStatus.ACTIVE:
+                active += 1
+                if active >= limit:
+                    break
+        return active
+
+    def _of(self, user_id: str, role_field: str) -> list[dict[str, Any]]:
+        """The user's bookings in one role (the index holds both roles of an id)."""
+        docs = (self._c.peek(i) for i in self._by_user.get(user_id, []))
+        return [d for d in docs if d is not None and d[role_field] == user_id]
+
+    async def _newest(self, user_id: str, role_field: str, limit: int) -> list[BookingDocument]:
+        await asyncio.sleep(0)
         newest = sorted(
-            (d for d in docs if d is not None),
+            self._of(user_id, role_field),
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
@@ -350,27 +371,40 @@ class MemoryNotifications:
         self._by_user.setdefault(notification.user_id, []).append(notification.id)
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
         await asyncio.sleep(0)
         docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
         newest = sorted(
-            (d for d in docs if d is not None and not (unread_only and d["read"])),
+            (
+                d
+                for d in docs
+                if d is not None and not (unread_only and d["read"]) and _for_audience(d, audience)
+            ),
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
         return [NotificationDocument.model_validate(d) for d in newest[:limit]]
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.update(
-            notification_id, lambda d: d["userId"] == user_id and not d["read"], {"read": True}
-        )
+
+        def owned(d: dict[str, Any]) -> bool:
+            return bool(d["userId"] == user_id and _for_audience(d, audience))
+
+        doc = self._c.update(notification_id, lambda d: owned(d) and not d["read"], {"read": True})
         if doc is None:
             doc = self._c.get(notification_id)
-            if doc is None or doc["userId"] != user_id:
+            if doc is None or not owned(doc):
                 return None
         return NotificationDocument.model_validate(doc)
+
+
+def _for_audience(document: dict[str, Any], audience: Audience) -> bool:
+    """Documents from before ``audience`` existed are every role's."""
+    return document.get("audience") in (audience, None)
 
 
 class MemoryIdempotency:

@@ -27,6 +27,7 @@ from slotstream_contracts.documents import (
     INSTRUCTORS,
     NOTIFICATIONS,
     SLOTS,
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -187,8 +188,17 @@ class MongoBookings:
         )
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        query = {"$or": [{"studentId": user_id}, {"instructorId": user_id}]}
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest({"studentId": student_id}, limit)
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest({"instructorId": instructor_id}, limit)
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        query = {"studentId": student_id, "status": BookingStatus.ACTIVE.value}
+        return await self._c.count_documents(query, limit=limit)
+
+    async def _newest(self, query: Document, limit: int) -> list[BookingDocument]:
         cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
         return [BookingDocument.model_validate(d) async for d in cursor.limit(limit)]
 
@@ -204,23 +214,32 @@ class MongoNotifications:
             raise DuplicateKey(str(exc)) from None
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
-        query: Document = {"userId": user_id}
+        query: Document = {"userId": user_id, "audience": _audience(audience)}
         if unread_only:
             query["read"] = False
         cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
         return [NotificationDocument.model_validate(d) async for d in cursor.limit(limit)]
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
+        owned = {"_id": notification_id, "userId": user_id, "audience": _audience(audience)}
         doc = await self._c.find_one_and_update(
-            {"_id": notification_id, "userId": user_id, "read": False},
+            {**owned, "read": False},
             {"$set": {"read": True}, "$inc": {"version": 1}},
             return_document=_AFTER,
         )
         if doc is None:
-            doc = await self._c.find_one({"_id": notification_id, "userId": user_id})
+            doc = await self._c.find_one(owned)
         return None if doc is None else NotificationDocument.model_validate(doc)
+
+
+def _audience(audience: Audience) -> Document:
+    """Matches ``audience`` and documents from before it existed (``null`` matches a
+    missing field)."""
+    return {"$in": [audience.value, None]}
 
 
 class MongoIdempotency:

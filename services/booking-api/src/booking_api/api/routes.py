@@ -85,7 +85,9 @@ async def create_booking(body: BookingCreate, request: Request) -> Response:
 
     async def handler() -> Response:
         try:
-            booking = await service.book(principal, body.slot_id)
+            booking = await service.book(
+                principal, body.slot_id, parts.settings.max_active_bookings_per_student
+            )
         except Conflict:
             metrics.booking_conflicts.inc()
             raise

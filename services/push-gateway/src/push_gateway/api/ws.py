@@ -20,7 +20,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final
 from urllib.parse import parse_qs
 
 import jwt as pyjwt
@@ -31,6 +31,8 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from push_gateway.adapters.tickets import TicketServiceUnavailable
+from push_gateway.domain.limits import client_ip
 from push_gateway.domain.positions import PositionError, parse_position
 from push_gateway.domain.requests import Problem, StreamRequest
 from push_gateway.domain.ws_protocol import (
@@ -57,16 +59,6 @@ log = structlog.get_logger(__name__)
 MAX_MESSAGE_BYTES: Final = 16 * 1024
 #: A client that sent nothing (not even a pong) for two keep-alive periods plus this is gone.
 PING_SLACK_SECONDS: Final = 5.0
-
-
-class TicketRedeemer(Protocol):
-    """Redeems a stream ticket (DESIGN D2) exactly once.
-
-    The booking-api's ``POST /internal/stream-tickets/redeem`` adapter (sec-auth) satisfies
-    this; returns the principal and the Unix time its stream must end, or None when the
-    ticket is unknown, used or expired."""
-
-    async def redeem(self, ticket: str) -> tuple[Principal, float] | None: ...
 
 
 def frame_parser() -> ServerProtocol:
@@ -168,6 +160,7 @@ class WsConnection(asyncio.Protocol):
         "transport",
         "protocol",
         "origin",
+        "client_ip",
         "subscriptions",
         "principal",
         "expiry",
@@ -182,9 +175,11 @@ class WsConnection(asyncio.Protocol):
         server: "WebSocketGateway",
         transport: asyncio.Transport,
         origin: str | None,
+        client_ip: str,
     ) -> None:
         self.server = server
         self.transport = transport
+        self.client_ip = client_ip
         #: the library's frame parser, only while a message is in flight or closing
         self.protocol: ServerProtocol | None = None
         self.origin = origin
@@ -286,6 +281,7 @@ class WsConnection(asyncio.Protocol):
         for subscription in list(self.subscriptions.values()):
             subscription.close(None)
         self.server.connections.discard(self)
+        self.server.gateway.streams_per_ip.remove(self.client_ip)
 
     def _abort_if_open(self) -> None:
         if not self.transport.is_closing():
@@ -402,25 +398,24 @@ class WsConnection(asyncio.Protocol):
         self._authenticated(principal, expires_at)
 
     def redeem(self, ticket: str) -> None:
-        """Redeem a stream ticket; messages that arrive meanwhile wait for the answer."""
-        redeemer = self.server.tickets
-        if redeemer is None:
-            self.close(CloseCode.POLICY, "this gateway does not accept stream tickets")
-            return
+        """Redeem a stream ticket (DESIGN D2, the gateway's ticket adapter); messages that
+        arrive meanwhile wait for the answer."""
         self._waiting = []
-        self.server.spawn(self._redeem(redeemer, ticket))
+        self.server.spawn(self._redeem(ticket))
 
-    async def _redeem(self, redeemer: TicketRedeemer, ticket: str) -> None:
+    async def _redeem(self, ticket: str) -> None:
+        gateway = self.server.gateway
         try:
-            redeemed = await redeemer.redeem(ticket)
-        except Exception as exc:
-            log.warning("ticket redemption failed", error=repr(exc))
+            redeemed = await gateway.tickets.redeem(ticket)
+        except TicketServiceUnavailable as exc:
+            log.warning("ticket redemption failed", error=str(exc))
             self.close(CloseCode.TRY_AGAIN_LATER, "ticket-redemption-failed")
             return
         if redeemed is None:
             self.close(CloseCode.POLICY, "unknown, used or expired ticket")
             return
-        self._authenticated(*redeemed)
+        leeway = gateway.settings.jwt.leeway_seconds
+        self._authenticated(redeemed.principal, redeemed.token_expires_at + leeway)
         waiting, self._waiting = self._waiting or [], None
         for message in waiting:
             if self.closed:
@@ -455,9 +450,8 @@ class WsConnection(asyncio.Protocol):
 class WebSocketGateway:
     """Accepts WebSockets, keeps them alive, closes them at shutdown."""
 
-    def __init__(self, gateway: Gateway, tickets: TicketRedeemer | None = None) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.tickets = tickets
         self.connections: set[WsConnection] = set()
         self.stats = WebSocketStats()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -494,24 +488,29 @@ class WebSocketGateway:
         path, _, raw_query = target.partition(b"?")
         query = parse_qs(raw_query.decode("utf-8", "replace"), max_num_fields=20)
         origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
+        ip = client_ip(
+            transport.get_extra_info("peername"), headers, gateway.settings.trusted_proxies
+        )
         limit = gateway.settings.max_connections
-        problem = None
-        if not gateway.accepting:
-            problem = Problem(
-                503, "Service Unavailable", "gateway is shutting down", (("retry-after", "1"),)
-            )
-        elif len(gateway.connections) + len(self.connections) >= limit:
-            problem = Problem(
-                503,
-                "Service Unavailable",
-                f"this gateway holds its maximum of {limit} streams",
-                (("retry-after", "5"),),
-            )
-        elif "access_token" in query or "token" in query:
-            problem = Problem(
-                400, "Bad Request", 'no tokens in URLs: send {"op":"auth","token":…} instead'
-            )
-        if problem is not None:
+        try:
+            if not gateway.accepting:
+                raise Problem(
+                    503, "Service Unavailable", "gateway is shutting down", (("retry-after", "1"),)
+                )
+            # the same per-address connect rate and stream count as SSE streams
+            gateway._admit_ip(ip)  # noqa: SLF001
+            if len(gateway.connections) + len(self.connections) >= limit:
+                raise Problem(
+                    503,
+                    "Service Unavailable",
+                    f"this gateway holds its maximum of {limit} streams",
+                    (("retry-after", "5"),),
+                )
+            if "access_token" in query or "token" in query:
+                raise Problem(
+                    400, "Bad Request", 'no tokens in URLs: send {"op":"auth","token":…} instead'
+                )
+        except Problem as problem:
             self.stats.rejected += 1
             gateway.reject(transport, problem, path.decode("latin-1"), origin)
             return None
@@ -529,7 +528,8 @@ class WebSocketGateway:
             self.stats.rejected += 1
             transport.close()
             return None
-        connection = WsConnection(self, transport, origin)
+        connection = WsConnection(self, transport, origin, ip)
+        gateway.streams_per_ip.add(ip)
         self.connections.add(connection)
         self.stats.accepted += 1
         tickets = query.get("ticket")

@@ -467,3 +467,17 @@ async def test_a_message_split_over_reads_is_parsed_and_idle_connections_hold_no
     client.connection.data_received(wire)
     assert client.messages() == [{"event": "pong", "data": {}}]
     assert client.connection.protocol is None
+
+
+async def test_a_websocket_counts_as_one_stream_of_its_address() -> None:
+    h = Harness(Settings(jwt=JWT, max_streams_per_ip=1))
+    first = await h.client()
+    assert first.connection is not None
+    second = Client(h.ws)
+    assert second.connection is None
+    assert second.transport.writes[0].startswith(b"HTTP/1.1 429")
+    first.connection.close(CloseCode.SHUTDOWN, "test")
+    third = Client(h.ws)  # the address's count was given back
+    assert third.connection is not None
+    await h.ws.shutdown()
+    await h.gateway.shutdown()

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     retry_ms: int = Field(default=3000, ge=0, description="SSE retry hint for reconnects")
     shutdown_retry_ms: int = Field(default=500, ge=0, description="retry hint sent at shutdown")
+    shutdown_retry_jitter_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="Up to this much is added at random to each stream's shutdown retry "
+        "hint, so a drained gateway's clients reconnect over a window, not all at once",
+    )
     max_connections: int = Field(default=20_000, ge=1)
     max_channels_per_connection: int = Field(default=16, ge=1)
     max_pending_bytes: int = Field(

@@ -4,6 +4,7 @@ hands it to the hub for live delivery. Also heartbeats, presence and graceful sh
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ class Gateway:
         for task in self._background:
             task.cancel()
         for connection in list(self.connections):
-            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms)
+            jitter = random.randint(0, self.settings.shutdown_retry_jitter_ms)
+            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms + jitter)
         for task in list(self._tasks) + self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

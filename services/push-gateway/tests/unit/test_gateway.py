@@ -2,6 +2,7 @@
 the booking-api, Kafka history and presence."""
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -282,12 +283,25 @@ async def test_unknown_instructor_is_404_before_the_stream_opens(harness: Harnes
     assert harness.gateway.connections == set()
 
 
-async def test_shutdown_says_bye_with_a_short_retry(harness: Harness) -> None:
+async def test_shutdown_says_bye_with_a_short_jittered_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stream gets retry = shutdown_retry_ms + a random share of the jitter window, so
+    a drained gateway's clients come back spread out (on main: all at exactly 500 ms)."""
+    drawn: list[tuple[int, int]] = []
+
+    def randint(low: int, high: int) -> int:
+        drawn.append((low, high))
+        return 1234
+
+    monkeypatch.setattr(random, "randint", randint)
     client = await (await harness.connect()).start()
     await client.events(1)
     await harness.gateway.shutdown()
     tail = await client.rest()
-    assert tail.endswith(b'retry: 500\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    assert tail.endswith(b'retry: 1734\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    assert drawn == [(0, harness.gateway.settings.shutdown_retry_jitter_ms)]
+    assert harness.gateway.settings.shutdown_retry_jitter_ms >= 1000
     refused = await (await harness.connect()).start()
     assert refused.status == 503
 

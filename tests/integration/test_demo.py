@@ -154,3 +154,31 @@ def test_a_deliberately_stopped_gateway_stays_down_until_started(stack: DevStack
     finally:
         stack.start_gateway(2)
     assert stack.processes["push-gateway-2"].running
+
+
+async def test_a_booking_made_while_the_publisher_is_down_still_reaches_open_streams(
+    stack: DevStack,
+) -> None:
+    """The demo's publisher keeps no checkpoint across a restart (memory stores), but the
+    booking-api lives on: a change written while it is down must still be published once
+    it is back, or every open page shows a stale slot until it reloads."""
+    student = stack.user("student")
+    instructor_id = stack.user("instructor").id
+    path = f"/api/book-now/schedule-updates?instructorId={instructor_id}"
+    async with (
+        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=TIMEOUT) as api,
+        httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as sse,
+        SseReader(sse, f"{stack.gateway_url(1)}{path}").open() as page,
+    ):
+        await page.wait_for("snapshot")
+        slot_id = await available_slot(api, instructor_id)
+        publisher_pid = stack.kill("change-publisher")
+        auth = {"Authorization": f"Bearer {student.token}"}
+        booked = await api.post("/api/bookings", json={"slotId": slot_id}, headers=auth)
+        assert booked.status_code == 201, booked.text
+        await asyncio.to_thread(stack.wait_restarted, "change-publisher", publisher_pid)
+        await page.wait_for(
+            "slot", lambda d: d["data"]["id"] == slot_id and d["data"]["status"] == "booked"
+        )
+        cancelled = await api.delete(f"/api/bookings/{booked.json()['id']}", headers=auth)
+        assert cancelled.status_code == 200, cancelled.text

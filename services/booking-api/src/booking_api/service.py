@@ -239,11 +239,13 @@ class BookingService:
             return current
         await self._storage.slots.release(booking.slot_id, booking_id, self.now())
         _info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
-        by = None
-        if not authz.is_student_of(principal, booking):
+        by = student_name = None
+        if authz.is_student_of(principal, booking):
+            student_name = principal.name
+        else:
             own = authz.is_instructor_of(principal, booking)
             by = principal.name or ("the instructor" if own else "an admin")
-        await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, None, by)
+        await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, student_name, by)
         return cancelled
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:

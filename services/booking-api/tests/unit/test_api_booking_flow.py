@@ -209,6 +209,23 @@ async def test_booking_then_cancel_frees_the_slot_and_notifies_both(
     assert collections == {"instructors", "slots", "bookings", "notifications"}
 
 
+async def test_a_student_who_cancels_is_named_to_the_instructor(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """The instructor learns who cancelled as they learned who booked: by name, not id."""
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    grace = auth("s1", "student", "Grace")
+    booked = await client.post("/api/bookings", json={"slotId": slot["id"]}, headers=grace)
+    assert booked.status_code == 201
+    cancelled = await client.delete(f"/api/bookings/{booked.json()['id']}", headers=grace)
+    assert cancelled.status_code == 200
+    notes = await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    assert notes.json()[0]["message"] == (
+        f"The booking of your slot on {future()[:10]} {future()[11:16]} UTC by Grace was cancelled."
+    )
+
+
 async def test_booking_errors(client: httpx.AsyncClient, auth: AuthHeaders, future: Future) -> None:
     await make_instructor(client, auth)
     slot = await make_slot(client, auth, future)

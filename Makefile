@@ -16,7 +16,7 @@ help:
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
 	@echo "make bench  - load benchmarks; JSON results in bench/results/"
-	@echo "make events - print the demo's events (ARGS='notifications --from end --key u1')"
+	@echo "make events - print the demo's events (ARGS='notifications --from end --key student-1')"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -842,15 +842,17 @@ http {{
 
 
 def tansu_hint(stack: DevStack) -> str:
-    """How to look at the demo's events with the Tansu CLI."""
+    """How to look at the demo's events: `make events` (every partition, keys and headers)
+    and the Tansu CLI."""
     try:
         tansu = str(tansu_binary())
     except FileNotFoundError:
         tansu = "tansu"
     broker = f"tcp://{stack.bootstrap_servers}"
     return (
+        "  make events                                   # schedule topic, then follow\n"
+        '  make events ARGS="notifications --from end"   # bookings and notifications\n'
         f"  {tansu} topic list --broker {broker}\n"
-        f"  {tansu} cat consume --broker {broker} --partition 0 {SCHEDULE_TOPIC}\n"
         f"  (schedule topic: {SCHEDULE_PARTITIONS} partitions by instructor id; "
         f"notifications: {NOTIFICATION_PARTITIONS} by user id)"
     )

@@ -461,9 +461,13 @@ export class WebSocketSubscription extends Subscription {
       this._socket = null;
       clearTimeout(this._watchdog);
       if (this.status === Status.CLOSED) return;
-      if (event.code === CloseCode.POLICY) this._fail(new Error(`refused: ${event.reason}`));
+      const refused = event.code === CloseCode.POLICY;
+      if (refused) this._fail(new Error(`refused: ${event.reason}`));
+      // As with SSE: a connection that was open and broke is RECONNECTING (amber); one
+      // that never opened or was refused is DISCONNECTED.
+      const broke = this.status === Status.OPEN && !refused;
       this.attempt += 1;
-      this._scheduleRetry();
+      this._scheduleRetry(broke ? Status.RECONNECTING : Status.DISCONNECTED);
     };
   }
 

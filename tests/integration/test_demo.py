@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -112,6 +114,37 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     assert not [pid for pid in started if alive(pid)]
 
 
+@asynccontextmanager
+async def student_watching(
+    stack: DevStack, gateway: int
+) -> AsyncIterator[tuple[httpx.AsyncClient, SseReader, dict[str, str], str]]:
+    """The API client, an SSE client of ``gateway`` past its snapshot, the demo student's
+    auth header and an available slot of the demo instructor."""
+    instructor_id = stack.user("instructor").id
+    path = f"/api/book-now/schedule-updates?instructorId={instructor_id}"
+    async with (
+        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=TIMEOUT) as api,
+        httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as sse,
+        SseReader(sse, f"{stack.gateway_url(gateway)}{path}").open() as page,
+    ):
+        await page.wait_for("snapshot")
+        auth = {"Authorization": f"Bearer {stack.user('student').token}"}
+        yield api, page, auth, await available_slot(api, instructor_id)
+
+
+async def booked_then_cancelled(
+    api: httpx.AsyncClient, page: SseReader, auth: dict[str, str], booking: httpx.Response
+) -> None:
+    """``page`` sees the booking's slot booked; then the booking is cancelled."""
+    assert booking.status_code == 201, booking.text
+    slot_id = booking.json()["slotId"]
+    await page.wait_for(
+        "slot", lambda d: d["data"]["id"] == slot_id and d["data"]["status"] == "booked"
+    )
+    cancelled = await api.delete(f"/api/bookings/{booking.json()['id']}", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+
+
 async def test_a_killed_gateway_and_publisher_are_restarted_and_serve(stack: DevStack) -> None:
     """Supervision (`restart: unless-stopped`): `kill -9` of a gateway and of the publisher
     leaves the rest running; both come back with new PIDs and a booking made afterwards
@@ -126,24 +159,9 @@ async def test_a_killed_gateway_and_publisher_are_restarted_and_serve(stack: Dev
     assert {name: stack.processes[name].pid for name in untouched} == untouched
     assert stack.processes["push-gateway-2"].restarts >= 1
 
-    student = stack.user("student")
-    instructor_id = stack.user("instructor").id
-    path = f"/api/book-now/schedule-updates?instructorId={instructor_id}"
-    async with (
-        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=TIMEOUT) as api,
-        httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as sse,
-        SseReader(sse, f"{stack.gateway_url(2)}{path}").open() as restarted,
-    ):
-        await restarted.wait_for("snapshot")
-        slot_id = await available_slot(api, instructor_id)
-        auth = {"Authorization": f"Bearer {student.token}"}
+    async with student_watching(stack, 2) as (api, restarted, auth, slot_id):
         booked = await api.post("/api/bookings", json={"slotId": slot_id}, headers=auth)
-        assert booked.status_code == 201, booked.text
-        await restarted.wait_for(
-            "slot", lambda d: d["data"]["id"] == slot_id and d["data"]["status"] == "booked"
-        )
-        cancelled = await api.delete(f"/api/bookings/{booked.json()['id']}", headers=auth)
-        assert cancelled.status_code == 200, cancelled.text
+        await booked_then_cancelled(api, restarted, auth, booked)
 
 
 def test_a_deliberately_stopped_gateway_stays_down_until_started(stack: DevStack) -> None:
@@ -162,23 +180,9 @@ async def test_a_booking_made_while_the_publisher_is_down_still_reaches_open_str
     """The demo's publisher keeps no checkpoint across a restart (memory stores), but the
     booking-api lives on: a change written while it is down must still be published once
     it is back, or every open page shows a stale slot until it reloads."""
-    student = stack.user("student")
-    instructor_id = stack.user("instructor").id
-    path = f"/api/book-now/schedule-updates?instructorId={instructor_id}"
-    async with (
-        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=TIMEOUT) as api,
-        httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as sse,
-        SseReader(sse, f"{stack.gateway_url(1)}{path}").open() as page,
-    ):
-        await page.wait_for("snapshot")
-        slot_id = await available_slot(api, instructor_id)
+    async with student_watching(stack, 1) as (api, page, auth, slot_id):
         publisher_pid = stack.kill("change-publisher")
-        auth = {"Authorization": f"Bearer {student.token}"}
         booked = await api.post("/api/bookings", json={"slotId": slot_id}, headers=auth)
         assert booked.status_code == 201, booked.text
         await asyncio.to_thread(stack.wait_restarted, "change-publisher", publisher_pid)
-        await page.wait_for(
-            "slot", lambda d: d["data"]["id"] == slot_id and d["data"]["status"] == "booked"
-        )
-        cancelled = await api.delete(f"/api/bookings/{booked.json()['id']}", headers=auth)
-        assert cancelled.status_code == 200, cancelled.text
+        await booked_then_cancelled(api, page, auth, booked)

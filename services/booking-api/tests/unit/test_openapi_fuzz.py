@@ -51,6 +51,7 @@ def test_the_schema_documents_every_route(headers: dict[str, str]) -> None:
         "/api/instructors",
         "/api/instructors/{instructor_id}/schedule",
         "/api/instructors/{instructor_id}/slots",
+        "/api/instructors/{instructor_id}/slots:batch",
         "/api/slots/{slot_id}",
         "/api/bookings",
         "/api/bookings/{booking_id}",

@@ -24,6 +24,14 @@ class Conflict(DomainError):
     """The request collides with the current state (409), e.g. a slot already booked."""
 
 
+class PreconditionFailed(DomainError):
+    """The caller changed an entity from a version that is no longer current (412)."""
+
+
+class PreconditionRequired(DomainError):
+    """A conditional change came without ``If-Match`` (428)."""
+
+
 class Forbidden(DomainError):
     """The caller is authenticated but may not do this (403)."""
 

@@ -613,6 +613,18 @@ async function markAllRead() {
 
 function renderManage() {
   $("manage").hidden = !canManage();
+  if (canManage()) loadScheduleBookings();
+}
+
+/** Who booked the slots of the schedule shown (its instructor and admins may know). */
+async function loadScheduleBookings() {
+  try {
+    const bookings = await api("GET", `/api/instructors/${encodeURIComponent(state.instructorId)}/bookings`);
+    for (const b of itemsOf(bookings, "bookings")) rememberBooking(b);
+    renderWeek();
+  } catch {
+    // Names then come from the live booking events only.
+  }
 }
 
 function pad(n) {

@@ -288,6 +288,15 @@ class BookingService:
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
         return await self._storage.bookings.list_for_user(principal.user_id, limit)
 
+    async def bookings_for_instructor(
+        self, principal: Principal, instructor_id: str, limit: int
+    ) -> list[BookingDocument]:
+        """The bookings of an instructor's slots, newest first (who booked what)."""
+        authz.ensure_may_see_bookings_of(principal, instructor_id)
+        await self.get_instructor(instructor_id)
+        found = await self._storage.bookings.list_for_user(instructor_id, limit)
+        return [b for b in found if b.instructor_id == instructor_id]
+
     # Notifications
 
     async def notifications_of(

@@ -505,3 +505,29 @@ async def test_a_cancellation_reason_reaches_the_student(
     ).json()
     assert to_instructor[-1]["studentName"] == "Grace Hopper"
     assert to_instructor[-1]["message"].startswith("Grace Hopper booked your slot on ")
+
+
+async def test_an_instructor_lists_who_booked_their_slots(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    await make_instructor(client, auth, "i2")
+    slot = await make_slot(client, auth, future)
+    other = await make_slot(client, auth, future, iid="i2")
+    for slot_id in (slot["id"], other["id"]):
+        booked = await client.post(
+            "/api/bookings", json={"slotId": slot_id}, headers=auth("s1", name="Grace Hopper")
+        )
+        assert booked.status_code == 201
+    listed = await client.get("/api/instructors/i1/bookings", headers=auth("i1", "instructor"))
+    assert listed.status_code == 200
+    [only] = listed.json()
+    assert (only["slotId"], only["studentName"]) == (slot["id"], "Grace Hopper")
+    by_admin = await client.get("/api/instructors/i2/bookings", headers=auth("root", "admin"))
+    assert [b["slotId"] for b in by_admin.json()] == [other["id"]]
+    for headers in (auth("i2", "instructor"), auth("s1")):
+        refused = await client.get("/api/instructors/i1/bookings", headers=headers)
+        assert refused.status_code == 403
+    assert (await client.get("/api/instructors/i1/bookings")).status_code == 401
+    unknown = await client.get("/api/instructors/nope/bookings", headers=auth("root", "admin"))
+    assert unknown.status_code == 404

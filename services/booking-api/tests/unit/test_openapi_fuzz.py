@@ -52,6 +52,7 @@ def test_the_schema_documents_every_route(headers: dict[str, str]) -> None:
         "/api/instructors/{instructor_id}/schedule",
         "/api/instructors/{instructor_id}/slots",
         "/api/instructors/{instructor_id}/slots:batch",
+        "/api/instructors/{instructor_id}/bookings",
         "/api/slots/{slot_id}",
         "/api/bookings",
         "/api/bookings/{booking_id}",

@@ -284,6 +284,20 @@ async def cancel_booking(
 
 
 @router.get(
+    "/instructors/{instructor_id}/bookings",
+    response_model=list[BookingData],
+    responses=problem_responses(401, 403, 404, 413, 422),
+)
+async def instructor_bookings(
+    instructor_id: InstructorId, principal: CurrentUser, service: Service, limit: Limit = 100
+) -> Response:
+    """Bookings of the instructor's slots (with the student's name), newest first: for
+    that instructor or an admin."""
+    found = await service.bookings_for_instructor(principal, instructor_id, limit)
+    return list_response([b.to_data() for b in found], BookingData)
+
+
+@router.get(
     "/users/me/bookings",
     response_model=list[BookingData],
     responses=problem_responses(401, 413, 422),

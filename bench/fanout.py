@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -327,6 +328,8 @@ class GatewayServer(Server):
             "GATEWAY_CONNECT_BURST_PER_IP": "19000",
             "GATEWAY_CONNECT_RATE_PER_IP": "100000",
             "GATEWAY_LOG__LEVEL": "WARNING",
+            # the gateway refuses to start without a key (public streams only here)
+            "GATEWAY_JWT__SECRET": secrets.token_hex(32),
             **self.extra_env,
         }
 

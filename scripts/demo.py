@@ -24,7 +24,16 @@ import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.devstack import REPO, DevStack, Ports, StackError, tansu_hint  # noqa: E402
+from scripts.devstack import (  # noqa: E402
+    DEMO_TOKEN_REFRESH_SECONDS,
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    REPO,
+    DevStack,
+    Ports,
+    StackError,
+    tansu_hint,
+)
 
 STATE_DIR = REPO / ".demo"
 
@@ -70,11 +79,24 @@ def _banner(stack: DevStack) -> str:
         f"  logs            {stack.logs}/",
         "",
         "Demo users (pick one under “Signed in as” on the page)"
-        + (f"; tokens valid until {_expiry(stack.users[0].token)}:" if stack.users else ":"),
+        + (
+            f"; tokens valid until {_expiry(stack.users[0].token)}, re-minted every "
+            f"{DEMO_TOKEN_REFRESH_SECONDS // 60} min into demo-users.json:"
+            if stack.users
+            else ":"
+        ),
     ]
     for user in stack.users:
         lines.append(f"  {user.role:<10} {user.name:<18} {user.id}")
-        lines.append(f"             {user.token}")
+        if user.role == "admin":  # never handed out: mint one with the private key
+            lines.append(
+                f"             BOOKING_API_JWT__ALGORITHM=EdDSA BOOKING_API_JWT__PRIVATE_KEY_FILE="
+                f"{stack.private_key_file} BOOKING_API_JWT__ISSUER={JWT_ISSUER} "
+                f"BOOKING_API_JWT__AUDIENCE={JWT_AUDIENCE} .venv/bin/slotstream-token "
+                "--sub admin --role admin --ttl-hours 1"
+            )
+        else:
+            lines.append(f"             {user.token}")
     student = next((u for u in stack.users if u.role == "student"), None)
     instructor = stack.instructors[0]["id"] if stack.instructors else "<instructor id>"
     lines += [

@@ -21,15 +21,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import SecretStr
 
+from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_contracts.topics import (
     DEADLETTER_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -43,6 +49,13 @@ REPO = Path(__file__).resolve().parent.parent
 WEB_ROOT = REPO / "web"
 EDGE_DIR = REPO / "deploy" / "edge"
 BIN = Path(sys.executable).parent
+
+#: ``iss`` and ``aud`` of the demo's tokens (checked by the API and the gateways)
+JWT_ISSUER = "slotstream-demo"
+JWT_AUDIENCE = "slotstream"
+#: demo tokens live an hour; the stack re-mints demo-users.json well before that
+DEMO_TOKEN_TTL_SECONDS = 3600
+DEMO_TOKEN_REFRESH_SECONDS = 900
 
 SCHEDULE_PARTITIONS = 4
 NOTIFICATION_PARTITIONS = 4
@@ -189,7 +202,6 @@ class DevStack:
         state_dir: Path,
         ports: Ports,
         *,
-        jwt_secret: str | None = None,
         log_level: str = "INFO",
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
@@ -198,8 +210,12 @@ class DevStack:
     ) -> None:
         self.state_dir = state_dir
         self.ports = ports
-        self.jwt_secret = jwt_secret or secrets.token_hex(32)
         self.internal_token = secrets.token_hex(24)
+        #: an Ed25519 key pair per run (written by start()): the API and the gateways get the
+        #: public key only; minting (the seed, demo-users.json, tests) uses the private key
+        self.public_key_file = state_dir / "keys" / "jwt-public.pem"
+        self.private_key_file = state_dir / "keys" / "jwt-private.pem"
+        self._refresh_stop: threading.Event | None = None
         self.log_level = log_level
         self.tls = (tls_cert, tls_key, tls_port or 8443) if tls_cert and tls_key else None
         self.users: list[DemoUser] = []
@@ -240,6 +256,7 @@ class DevStack:
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        self._write_key_pair()
         try:
             self._start_kafka()
             self._start_booking_api()
@@ -256,6 +273,9 @@ class DevStack:
 
     def stop(self) -> None:
         """Stop every process this stack started, newest first."""
+        if self._refresh_stop is not None:
+            self._refresh_stop.set()  # ends the demo token refresh thread
+            self._refresh_stop = None
         for name in reversed(list(self.processes)):
             started = time.monotonic()
             self.processes[name].stop()
@@ -326,7 +346,7 @@ class DevStack:
             "BOOKING_API_HOST": "127.0.0.1",
             "BOOKING_API_PORT": str(self.ports.booking_api),
             "BOOKING_API_STORAGE": "memory",
-            "BOOKING_API_JWT__SECRET": self.jwt_secret,
+            **self._jwt_env("BOOKING_API_JWT__"),
             "BOOKING_API_INTERNAL_TOKEN": self.internal_token,
             "BOOKING_API_LOG__LEVEL": self.log_level,
         }
@@ -374,7 +394,8 @@ class DevStack:
             "GATEWAY_INSTANCE_ID": f"gateway-{number}",
             "GATEWAY_BOOKING_API_URL": self.booking_api_url,
             "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "GATEWAY_JWT__SECRET": self.jwt_secret,
+            **self._jwt_env("GATEWAY_JWT__"),
+            "GATEWAY_INTERNAL_TOKEN": self.internal_token,
             "GATEWAY_LOG__LEVEL": self.log_level,
             # A quick reconnect hint: the demo shows recovery within about a second.
             "GATEWAY_RETRY_MS": "1000",
@@ -474,7 +495,7 @@ class DevStack:
                 "--days",
                 "14",
             ],
-            env=self._base_env() | {"BOOKING_API_JWT__SECRET": self.jwt_secret},
+            env=self._base_env() | self._jwt_env("BOOKING_API_JWT__", minting=True),
             capture_output=True,
             text=True,
             timeout=60,
@@ -491,10 +512,101 @@ class DevStack:
         except (ValueError, KeyError, TypeError) as exc:
             raise StackError(f"slotstream-seed printed something unexpected: {exc}") from exc
         self.instructors = list(payload.get("instructors", []))
-        (self.state_dir / "demo-data" / "demo-users.json").write_text(
-            json.dumps({"users": [u.as_json() for u in self.users]}, indent=2)
-        )
+        self.write_demo_users()
+        if self._refresh_stop is None:
+            self._refresh_stop = threading.Event()
+            threading.Thread(
+                target=self._refresh_demo_users,
+                args=(self._refresh_stop,),
+                name="demo-token-refresh",
+                daemon=True,
+            ).start()
         return self.users
+
+    # ------------------------------------------------------------------ tokens
+
+    def _write_key_pair(self) -> None:
+        key = ed25519.Ed25519PrivateKey.generate()
+        self.private_key_file.parent.mkdir(mode=0o700, exist_ok=True)
+        self.private_key_file.touch(mode=0o600)
+        self.private_key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.public_key_file.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def _jwt_env(self, prefix: str, *, minting: bool = False) -> dict[str, str]:
+        """``<prefix>*`` token settings: the public key to verify, or the private one to mint."""
+        key = (
+            {f"{prefix}PRIVATE_KEY_FILE": str(self.private_key_file)}
+            if minting
+            else {f"{prefix}PUBLIC_KEY_FILE": str(self.public_key_file)}
+        )
+        return {
+            f"{prefix}ALGORITHM": "EdDSA",
+            **key,
+            f"{prefix}ISSUER": JWT_ISSUER,
+            f"{prefix}AUDIENCE": JWT_AUDIENCE,
+        }
+
+    @property
+    def jwt(self) -> JwtSettings:
+        """The settings that mint this stack's tokens (private key; tests use it too)."""
+        return JwtSettings.model_validate(
+            {
+                "algorithm": "EdDSA",
+                "private_key": SecretStr(self.private_key_file.read_text()),
+                "issuer": JWT_ISSUER,
+                "audience": JWT_AUDIENCE,
+            }
+        )
+
+    def mint(
+        self, user_id: str, role: str, name: str | None = None, ttl_seconds: float = 3600
+    ) -> str:
+        """A token of this stack for any user (tests)."""
+        return mint_token(self.jwt, user_id, Role(role), name, timedelta(seconds=ttl_seconds))
+
+    def write_demo_users(self) -> None:
+        """(Re)mint the demo tokens and write ``demo-users.json``, served by the edge to
+        loopback clients only: students and instructors, never the admin, each token
+        valid ``DEMO_TOKEN_TTL_SECONDS``. The page re-reads the file when its token nears
+        expiry. The write is atomic (a rename), so nginx never serves half a file."""
+        settings = self.jwt
+        self.users = [
+            DemoUser(
+                u.id,
+                u.name,
+                u.role,
+                mint_token(
+                    settings,
+                    u.id,
+                    Role(u.role),
+                    u.name,
+                    timedelta(seconds=DEMO_TOKEN_TTL_SECONDS),
+                ),
+            )
+            for u in self.users
+        ]
+        served = [u.as_json() for u in self.users if u.role != Role.ADMIN.value]
+        target = self.state_dir / "demo-data" / "demo-users.json"
+        partial = target.with_suffix(".json.tmp")
+        partial.write_text(json.dumps({"users": served}, indent=2))
+        partial.replace(target)
+
+    def _refresh_demo_users(self, stopping: threading.Event) -> None:
+        while not stopping.wait(DEMO_TOKEN_REFRESH_SECONDS):
+            try:
+                self.write_demo_users()
+            except (OSError, ValueError) as exc:
+                self._progress(f"could not refresh demo tokens: {exc}")
 
     def user(self, role: str, index: int = 0) -> DemoUser:
         return [u for u in self.users if u.role == role][index]

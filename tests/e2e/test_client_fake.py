@@ -9,7 +9,14 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from tests.e2e.conftest import save_screenshot
-from tests.e2e.fakeserver import INSTRUCTOR, FakeEdge, make_slot
+from tests.e2e.fakeserver import (
+    INSTRUCTOR,
+    STUDENT,
+    STUDENT_TOKEN,
+    FakeEdge,
+    make_slot,
+    student_token,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -19,10 +26,12 @@ def tomorrow_at(hour: int) -> datetime:
     return day + timedelta(days=1, hours=hour)
 
 
-def open_page(context: BrowserContext, base_url: str, errors: list[str]) -> Page:
+def open_page(
+    context: BrowserContext, base_url: str, errors: list[str], as_user: str | None = None
+) -> Page:
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base_url}/?instructor={INSTRUCTOR}")
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}" + (f"&as={as_user}" if as_user else ""))
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     return page
 
@@ -79,4 +88,48 @@ def test_dropped_stream_goes_amber_and_resumes(
     resumed = fake.stream_requests[-1]
     assert resumed.get("lastEventId", "").startswith("s0:")
     assert resumed["instructorId"] == INSTRUCTOR
+    assert errors == []
+
+
+def test_a_signed_in_page_streams_with_a_fresh_ticket_each_connect(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    first = fake.stream_requests[-1]
+    assert "access_token" not in first
+    assert first["ticket"]
+    assert fake.ticket_requests == [f"Bearer {STUDENT_TOKEN}"]  # the token went in a header
+
+    # The gateway goes away: the client closes the EventSource (the browser's own retry
+    # would present the spent ticket again) and comes back with a new ticket and lastEventId.
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), version=2, booked=True)
+    fake.drop_streams()
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked", timeout=15_000)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    resumed = fake.stream_requests[-1]
+    assert resumed["ticket"] != first["ticket"]
+    assert resumed.get("lastEventId", "").startswith("s0:")
+    assert len(fake.ticket_requests) == 2
+    # no request presented a used ticket (each would have been refused with 401)
+    assert [r["ticket"] for r in fake.stream_requests] == [first["ticket"], resumed["ticket"]]
+    assert errors == []
+
+
+def test_a_page_whose_demo_token_nears_expiry_reads_the_reminted_one(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    soon = int(datetime.now(UTC).timestamp()) + 300  # 5 minutes left
+    fresh = student_token(int(datetime.now(UTC).timestamp()) + 3600)
+    fake.demo_tokens = [student_token(soon), fresh]
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    assert fake.demo_users_reads >= 2  # read again before the first ticket
+    assert fake.ticket_requests == [f"Bearer {fresh}"]
     assert errors == []

@@ -158,3 +158,33 @@ class Storage(Protocol):
         """True when the store answers (for ``/readyz``)."""
 
     async def close(self) -> None: ...
+
+
+class StreamTicket(StoredDocument):
+    """A single-use pass for one stream connection (docs: D2, issue 10 item 5).
+
+    ``_id`` is the SHA-256 of the ticket, so a copy of the collection holds nothing a
+    client could present. ``expires_at`` ends the ticket (seconds after issue);
+    ``token_expires_at`` is the ``exp`` of the JWT it was issued for: the stream it opens
+    ends then.
+    """
+
+    sub: str
+    role: str
+    name: str | None = None
+    token_expires_at: UtcDatetime
+    expires_at: UtcDatetime
+
+
+class TicketStore(Protocol):
+    """Where stream tickets wait for their one redemption."""
+
+    async def issue(self, ticket: StreamTicket, now: datetime) -> None:
+        """Store a new ticket (the memory store also forgets expired ones)."""
+
+    async def redeem(self, ticket_id: str, now: datetime) -> StreamTicket | None:
+        """Remove and return the ticket in one atomic step, so of many concurrent
+        redemptions exactly one gets it; None when unknown, already used or expired."""
+
+    async def start(self) -> None:
+        """Prepare the store (indexes); safe to call more than once."""

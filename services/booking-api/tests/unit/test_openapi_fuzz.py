@@ -59,5 +59,6 @@ def test_the_schema_documents_every_route(headers: dict[str, str]) -> None:
         "/api/users/me/bookings",
         "/api/users/me/notifications",
         "/api/users/me/notifications/{notification_id}/read",
+        "/api/stream-tickets",
     } == paths
     assert headers is not None

@@ -12,10 +12,12 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client.registry import CollectorRegistry
+from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
 from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
 from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSource, SnapshotSource
+from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
 from push_gateway.config import Settings
@@ -36,6 +38,7 @@ def create_app(
     snapshot_source: SnapshotSource | None = None,
     history: History | None = None,
     presence: PresenceBus | None = None,
+    tickets: TicketRedeemer | None = None,
 ) -> FastAPI:
     """The FastAPI app (non-stream routes) with the gateway on ``app.state.gateway``.
 
@@ -88,6 +91,7 @@ def create_app(
         history or kafka_history,  # type: ignore[arg-type]
         presence or kafka_presence,  # type: ignore[arg-type]
         bounds=ingest,
+        tickets=tickets or HttpTicketRedeemer(http_client, _secret(settings.internal_token)),
     )
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
@@ -133,6 +137,10 @@ def create_app(
         )
     app.include_router(router)
     return app
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 def raise_open_file_limit() -> None:

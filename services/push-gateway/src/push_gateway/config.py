@@ -3,7 +3,7 @@
 import socket
 from ipaddress import IPv4Network, IPv6Network
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     kafka: GatewayKafkaSettings = GatewayKafkaSettings()
     topics: TopicSettings = TopicSettings()
     jwt: JwtSettings = JwtSettings()
+    internal_token: SecretStr | None = Field(
+        default=None,
+        description="X-Internal-Token for redeeming stream tickets at the booking-api",
+    )
     log: LogSettings = LogSettings()
 
     ring_buffer_size: int = Field(
@@ -120,3 +124,10 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_missing_keys(self) -> "Settings":
+        """Fail at start, as the booking-api does, without a key to verify tokens with
+        (weak secrets and keys that do not fit the algorithm are refused by JwtSettings)."""
+        self.jwt.verification_key()
+        return self

@@ -3,6 +3,7 @@ hands it to the hub for live delivery. Also heartbeats, presence and graceful sh
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from push_gateway.adapters.snapshots import (
     SnapshotUnavailable,
     TakenSnapshot,
 )
+from push_gateway.adapters.tickets import TicketRedeemer, TicketServiceUnavailable
 from push_gateway.config import Settings
 from push_gateway.domain.frames import (
     HEARTBEAT,
@@ -39,7 +41,13 @@ from push_gateway.domain.hub import (
 from push_gateway.domain.limits import StreamCounts, TokenBuckets, client_ip, retry_after
 from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
-from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
+from push_gateway.domain.requests import (
+    Problem,
+    StreamRequest,
+    authorize,
+    parse_stream_request,
+    unauthorized,
+)
 from push_gateway.stream import SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -79,8 +87,11 @@ class Gateway:
         history: History,
         presence: PresenceBus,
         bounds: LogBounds | None = None,
+        *,
+        tickets: TicketRedeemer,
     ) -> None:
         self.settings = settings
+        self.tickets = tickets
         self.hub = hub
         self.snapshots = snapshots
         self.history = history
@@ -181,13 +192,56 @@ class Gateway:
             self.streams_per_user.add(user)
         self.connections.add(connection)
         self.stats.accepted += 1
+        self._schedule_expiry(connection, request)
+        self._spawn(self._serve(connection, request))
+        return connection
+
+    def _schedule_expiry(self, connection: SseConnection, request: StreamRequest) -> None:
         if request.token_expires_at is not None:
             # a private stream must not outlive its token: the client re-authenticates
             connection.expiry = asyncio.get_running_loop().call_later(
                 max(0.0, request.token_expires_at - time.time()), self._expire, connection
             )
-        self._spawn(self._serve(connection, request))
-        return connection
+
+    async def _redeem(
+        self, connection: SseConnection, request: StreamRequest
+    ) -> StreamRequest | None:
+        """The request with the principal of its stream ticket, redeemed at the booking-api
+        (once); None when the request was answered with a problem instead."""
+        assert request.ticket is not None
+        try:
+            redeemed = await self.tickets.redeem(request.ticket)
+            if redeemed is None:
+                raise unauthorized("unknown, used or expired stream ticket")
+            authorize(request.channels, redeemed.principal)
+            redeemed_request = dataclasses.replace(
+                request,
+                principal=redeemed.principal,
+                token_expires_at=redeemed.token_expires_at + self.settings.jwt.leeway_seconds,
+                ticket=None,
+            )
+            user = self._admit_user(redeemed_request)  # the per-user limit, now it is known
+        except TicketServiceUnavailable as exc:
+            log.warning("ticket redemption failed", error=str(exc))
+            problem = Problem(
+                503,
+                "Service Unavailable",
+                "cannot check the stream ticket now; retry",
+                (("retry-after", "1"),),
+            )
+        except Problem as refused:
+            problem = refused
+        else:
+            if connection.state is StreamState.CLOSED:
+                return None
+            connection.user = user
+            if user is not None:
+                self.streams_per_user.add(user)
+            self._schedule_expiry(connection, redeemed_request)
+            return redeemed_request
+        self.reject(connection.transport, problem, "stream", connection.origin)
+        connection.close(None)
+        return None
 
     def _admit_ip(self, ip: str) -> None:
         """Per-client-IP limits: the connect rate (token bucket), then concurrent streams."""
@@ -306,6 +360,10 @@ class Gateway:
         resync_positions: dict[PartitionKey, int] | None = None,
     ) -> None:
         try:
+            if request is not None and request.ticket is not None:
+                request = await self._redeem(connection, request)
+                if request is None:
+                    return
             lost: set[PartitionKey] = set()
             if request is not None:
                 resume = request.resume_from

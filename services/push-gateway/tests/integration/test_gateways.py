@@ -3,6 +3,8 @@ auth, limits and presence, through real HTTP SSE clients."""
 
 import asyncio
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -20,7 +22,7 @@ from slotstream_contracts.events import CloudEvent
 from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 
-from .conftest import JWT, ServerThread
+from .conftest import JWT, FakeBookingApi, ServerThread
 
 pytestmark = pytest.mark.integration
 
@@ -185,12 +187,12 @@ async def test_private_channel_needs_the_owners_token(
         assert missing.status_code == 401
         assert missing.headers["content-type"] == "application/problem+json"
         other = mint_token(JWT, "u8", Role.STUDENT)
-        forbidden = await client.get(url, params={**channel, "access_token": other})
+        forbidden = await client.get(url, params=channel, headers=bearer(other))
         assert forbidden.status_code == 403
         expired = mint_token(JWT, "u7", Role.STUDENT, ttl=timedelta(minutes=-5))
-        assert (
-            await client.get(url, params={**channel, "access_token": expired})
-        ).status_code == 401
+        assert (await client.get(url, params=channel, headers=bearer(expired))).status_code == 401
+        in_url = await client.get(url, params={**channel, "access_token": other})
+        assert in_url.status_code == 400
     own = mint_token(JWT, "u7", Role.STUDENT)
     async with Stream(url, channel, {"Authorization": f"Bearer {own}"}) as stream:
         assert stream.status == 200
@@ -200,12 +202,25 @@ async def test_private_channel_needs_the_owners_token(
     assert orjson.loads(event.data)["data"]["message"] == "hi\nthere"
 
 
-async def test_a_private_stream_ends_with_its_token(
-    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_private_stream_opened_with_a_ticket_ends_with_its_token(
+    kafka: KafkaEndpoint,
+    topics: TopicSettings,
+    gateways: tuple[ServerThread, ServerThread],
+    booking_api: FakeBookingApi,
 ) -> None:
     _, b = gateways
-    token = mint_token(JWT, "u9", Role.STUDENT, ttl=timedelta(seconds=2))
-    params = {"channel": "users/u9/notifications", "access_token": token}
+    ticket = "ticket-" + uuid.uuid4().hex
+    booking_api.tickets[ticket] = {
+        "sub": "u9",
+        "role": "student",
+        "name": None,
+        "expiresAt": int(time.time()) + 2,
+    }
+    params = {"channel": "users/u9/notifications", "ticket": ticket}
     async with Stream(b.url + "/v1/events", params) as stream:
         async with producer(kafka) as p:
             await publish(p, topics.notifications, [notification_event("u9", "n1", "before")])
@@ -214,7 +229,7 @@ async def test_a_private_stream_ends_with_its_token(
         assert orjson.loads(bye.data) == {"reason": "token-expired"}
         assert stream.ended is not None
         await asyncio.wait_for(stream.ended, 5)  # the gateway closed the response
-    # reconnecting with the same token is refused: the client must re-authenticate
+    # reconnecting with the same ticket is refused: the client must fetch a new one
     assert (await get(b.url + "/v1/events", params=params)).status_code == 401
     metrics = (await get(b.url + "/metrics")).text
     assert "gateway_token_expiries_total 1.0" in metrics

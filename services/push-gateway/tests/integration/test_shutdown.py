@@ -14,7 +14,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import FakeBookingApi
+from .conftest import JWT, FakeBookingApi
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,7 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
         "GATEWAY_SHUTDOWN_RETRY_MS": "250",
         "GATEWAY_LOG__LEVEL": "WARNING",
+        "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "push_gateway"],

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
 from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource
+from push_gateway.adapters.tickets import FakeTicketRedeemer
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.gateway import Gateway
@@ -26,13 +27,13 @@ from push_gateway.testing import (
     slot_event,
     snapshot,
 )
-from slotstream_contracts.auth import JwtSettings, Role, mint_token
+from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 PAGE = "/api/book-now/schedule-updates"
 EVENTS = "/v1/events"
-JWT = JwtSettings(secret=SecretStr("unit-secret-" + "x" * 32), leeway_seconds=0)
+JWT = JwtSettings(secret=SecretStr("unit-secret-5e0b9c2d7f1a4e8b6c3d9a0f"), leeway_seconds=0)
 
 
 @dataclass
@@ -77,12 +78,14 @@ class Harness:
         self.hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)
         self.source = FakeSnapshotSource({"i1": snapshot("i1", [slot("i1", "s1", 2)])})
         self.history = FakeHistory()
+        self.tickets = FakeTicketRedeemer()
         self.gateway = Gateway(
             settings,
             self.hub,
             CoalescingSnapshots(self.source),
             self.history,
             FakePresenceBus("g1", PresenceTable(10)),
+            tickets=self.tickets,
         )
         self.offsets: dict[int, int] = {}
 
@@ -150,6 +153,10 @@ async def harness() -> AsyncIterator[Harness]:
             writer.close()
         for sock in h.stalled_sockets:
             sock.close()
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
 
 
 def data(event: dict[str, str]) -> dict[str, object]:
@@ -291,14 +298,9 @@ async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
     notes = harness.hub.partition_key(Channel.notifications("u1"))
     expiring = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(seconds=1))
     lasting = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
-    short = await (
-        await harness.connect(
-            f"channel=users/u1/notifications&access_token={expiring}", path=EVENTS
-        )
-    ).start()
-    long = await (
-        await harness.connect(f"channel=users/u1/notifications&access_token={lasting}", path=EVENTS)
-    ).start()
+    query = "channel=users/u1/notifications"
+    short = await (await harness.connect(query, bearer(expiring), path=EVENTS)).start()
+    long = await (await harness.connect(query, bearer(lasting), path=EVENTS)).start()
     public = await (await harness.connect()).start()
     await public.events(1)  # its snapshot: all three streams are live now
     harness.hub.ingest(
@@ -320,12 +322,57 @@ async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
 async def test_a_token_expiring_during_catch_up_still_gets_its_bye(harness: Harness) -> None:
     harness.source.gate = asyncio.Event()  # the snapshot never comes
     token = mint_token(JWT, "i1", Role.INSTRUCTOR, ttl=timedelta(seconds=1))
-    query = f"channel=instructors/i1/schedule&channel=users/i1/notifications&access_token={token}"
-    client = await (await harness.connect(query, path=EVENTS)).start()
+    query = "channel=instructors/i1/schedule&channel=users/i1/notifications"
+    client = await (await harness.connect(query, bearer(token), path=EVENTS)).start()
     assert client.status == 200
     [bye] = await client.events(1)
     assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
     assert harness.gateway.connections == set()
+
+
+TICKET = "t" * 43
+STUDENT = Principal.model_validate({"sub": "u1", "role": "student"})
+
+
+async def test_a_stream_ticket_opens_its_owners_stream_once(harness: Harness) -> None:
+    harness.tickets.issue(TICKET, STUDENT)
+    query = f"channel=users/u1/notifications&ticket={TICKET}"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    assert client.status == 200
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, notes[1], [record_of(notification_event("u1", "n1", "hi"), 0)]
+    )
+    assert [e["event"] for e in await client.events(1)] == ["notification"]
+    again = await (await harness.connect(query, path=EVENTS)).start()
+    assert again.status == 401
+    assert b"unknown, used or expired stream ticket" in await again.rest()
+    assert harness.tickets.attempts == [TICKET, TICKET]
+
+
+async def test_a_ticket_for_another_users_channel_is_403(harness: Harness) -> None:
+    harness.tickets.issue(TICKET, STUDENT)
+    query = f"channel=users/u2/notifications&ticket={TICKET}"
+    refused = await (await harness.connect(query, path=EVENTS)).start()
+    assert refused.status == 403
+    assert harness.gateway.connections == set()
+
+
+async def test_tickets_that_cannot_be_checked_answer_503(harness: Harness) -> None:
+    harness.tickets.unavailable = True
+    query = f"channel=users/u1/notifications&ticket={TICKET}"
+    refused = await (await harness.connect(query, path=EVENTS)).start()
+    assert refused.status == 503
+    assert "retry-after: 1" in refused.head
+
+
+async def test_a_ticket_stream_ends_when_the_underlying_token_does(harness: Harness) -> None:
+    harness.tickets.issue(TICKET, STUDENT, ttl_seconds=1)
+    query = f"channel=users/u1/notifications&ticket={TICKET}"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    assert client.status == 200
+    [bye] = await client.events(1)
+    assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
 
 
 async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
@@ -473,6 +520,27 @@ async def test_private_streams_per_user_are_limited() -> None:
         assert public.status == 200
     finally:
         await h.gateway.shutdown()
+
+
+async def test_ticket_streams_count_against_their_user_once_redeemed() -> None:
+    h = await limited(Settings(max_streams_per_user=1, jwt=JWT))
+    try:
+        query = "channel=users/u1/notifications&ticket="
+        first_ticket = h.tickets.issue("a" * 43, STUDENT)
+        second_ticket = h.tickets.issue("b" * 43, STUDENT)
+        first = await (
+            await h.connect(query + first_ticket, headers=from_ip("10.0.0.1"), path=EVENTS)
+        ).start()
+        assert first.status == 200
+        second = await (
+            await h.connect(query + second_ticket, headers=from_ip("10.0.0.2"), path=EVENTS)
+        ).start()
+        assert second.status == 429
+        assert b"private streams" in await second.rest()
+        assert h.gateway.streams_per_user.full("u1")
+    finally:
+        await h.gateway.shutdown()
+    assert not h.gateway.streams_per_user.full("u1")  # released when the stream closed
 
 
 async def test_connect_rate_per_ip_is_a_token_bucket() -> None:

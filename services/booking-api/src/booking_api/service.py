@@ -55,6 +55,19 @@ def _info(event: str, **fields: object) -> None:
 Clock = Callable[[], datetime]
 
 
+def _new_slot(instructor_id: str, window: slots.SlotWindow, now: datetime) -> SlotDocument:
+    return SlotDocument(
+        id=new_id(),
+        instructor_id=instructor_id,
+        start=window.start,
+        end=window.end,
+        status=SlotStatus.AVAILABLE,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -118,16 +131,7 @@ class BookingService:
         now = self.now()
         window = slots.validate_slot_window(start, end, now)
         await self.get_instructor(instructor_id)
-        slot = SlotDocument(
-            id=new_id(),
-            instructor_id=instructor_id,
-            start=window.start,
-            end=window.end,
-            status=SlotStatus.AVAILABLE,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
+        slot = _new_slot(instructor_id, window, now)
         try:
             overlapping = await self._storage.slots.insert_unless_overlapping(slot)
         except DuplicateKey:
@@ -150,19 +154,7 @@ class BookingService:
         now = self.now()
         checked = slots.validate_batch(windows, now)
         await self.get_instructor(instructor_id)
-        batch = [
-            SlotDocument(
-                id=new_id(),
-                instructor_id=instructor_id,
-                start=window.start,
-                end=window.end,
-                status=SlotStatus.AVAILABLE,
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-            for window in checked
-        ]
+        batch = [_new_slot(instructor_id, window, now) for window in checked]
         try:
             overlapping = await self._storage.slots.insert_many_unless_overlapping(
                 instructor_id, batch

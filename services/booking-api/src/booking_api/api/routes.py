@@ -207,8 +207,9 @@ async def create_slots(
         created = await service.create_slots(
             principal, instructor_id, [(s.start, s.end) for s in body.slots]
         )
-        body_bytes = list_response([s.to_data() for s in created], SlotData).body
-        return Response(body_bytes, status_code=201, media_type="application/json")
+        response = list_response([s.to_data() for s in created], SlotData)
+        response.status_code = 201
+        return response
 
     return await idempotent(request, body, principal, idempotency_key, service, parts, handler)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
@@ -184,7 +185,18 @@ def test_the_page_reads_well_at_every_width(
     student = open_page(stack, ada, teacher.id)
     slot_id = student.locator('button.slot[data-action="book"]').first.get_attribute("data-slot-id")
     assert slot_id
+    # Enough notifications to make their list scroll (it must then be keyboard-reachable).
+    for _ in range(4):
+        made = httpx.post(
+            f"{stack.base_url}/api/bookings", json={"slotId": slot_id}, headers=bearer(ada)
+        )
+        assert made.status_code == 201, made.text
+        gone = httpx.delete(
+            f"{stack.base_url}/api/bookings/{made.json()['id']}", headers=bearer(ada)
+        )
+        assert gone.status_code == 200, gone.text
     booked = student.locator(f'button.slot[data-slot-id="{slot_id}"]')
+    expect(booked).to_have_attribute("data-state", "available")
     booked.click()
     expect(booked).to_have_attribute("data-state", "mine")
     expect(booked).to_contain_text("Yours")
@@ -211,6 +223,10 @@ def test_the_page_reads_well_at_every_width(
     finally:
         booked.click()
         expect(booked).to_have_attribute("data-state", "available")
+
+
+def bearer(user: DemoUser) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user.token}"}
 
 
 def axe_violations(page: Page) -> list[dict[str, object]]:

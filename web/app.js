@@ -13,7 +13,7 @@ const state = {
   weekChosen: false, // the user navigated weeks: stop jumping to the next free slot
   sub: null,
   myBookingIds: new Set(), // active bookings of the signed-in student
-  bookingInfo: new Map(), // booking id → {studentId, studentName} (the user's own bookings)
+  bookingInfo: new Map(), // booking id → {studentId, studentName} (own bookings, private booking events)
   pending: new Set(), // slot ids with a request in flight
   editing: null, // {slotId, version} of the slot the slot dialog moves, or null (adding)
   cancelling: null, // the booked slot the cancel dialog is about
@@ -202,10 +202,6 @@ function studentNameOf(bookingId) {
 
 function rememberBooking(booking) {
   state.bookingInfo.set(booking.id, { studentId: booking.studentId, studentName: booking.studentName ?? null });
-}
-
-function nameOfUser(userId) {
-  return state.users.find((u) => u.id === userId)?.name || state.instructors.find((i) => i.id === userId)?.name || "a student";
 }
 
 // ---------------------------------------------------------------- URL state

@@ -6,6 +6,10 @@ from typing import Any
 class DomainError(Exception):
     """Base of every rule violation; ``detail`` is shown to the caller as is."""
 
+    #: The problem type's last part (``urn:slotstream:problem:<kind>``); default: the
+    #: class name in lower case.
+    kind: str | None = None
+
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -24,12 +28,23 @@ class Conflict(DomainError):
     """The request collides with the current state (409), e.g. a slot already booked."""
 
 
+class QuotaExceeded(Conflict):
+    """The caller holds as many of something as they may (409, not 429: waiting does not
+    help, giving one back does)."""
+
+    kind = "quota-exceeded"
+
+
 class PreconditionFailed(DomainError):
     """The caller changed an entity from a version that is no longer current (412)."""
+
+    kind = "precondition-failed"
 
 
 class PreconditionRequired(DomainError):
     """A conditional change came without ``If-Match`` (428)."""
+
+    kind = "precondition-required"
 
 
 class Forbidden(DomainError):

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from slotstream_contracts.documents import BookingDocument
+from slotstream_contracts.documents import Audience, BookingDocument
 from slotstream_contracts.entities import NotificationKind
 
 
@@ -12,6 +12,7 @@ class NotificationDraft:
     user_id: str
     kind: NotificationKind
     message: str
+    audience: Audience
 
 
 def _when(start: datetime) -> str:
@@ -40,6 +41,6 @@ def booking_notifications(
         to_student = f"Your booking with {teacher} on {when} was cancelled{by}{why}"
         to_student = to_student if why else to_student + "."
     return (
-        NotificationDraft(booking.instructor_id, kind, to_instructor[:500]),
-        NotificationDraft(booking.student_id, kind, to_student[:500]),
+        NotificationDraft(booking.instructor_id, kind, to_instructor[:500], Audience.INSTRUCTOR),
+        NotificationDraft(booking.student_id, kind, to_student[:500], Audience.STUDENT),
     )

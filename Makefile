@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 AXE_CORE_VERSION := 4.10.3
 AXE_CORE := $(VENV)/node/node_modules/axe-core/axe.min.js
 
-.PHONY: help venv lint format test test-fast demo bench system-deps axe clean
+.PHONY: help venv lint format test test-fast demo bench events system-deps axe clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
@@ -19,6 +19,7 @@ help:
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
 	@echo "make bench  - load benchmarks; JSON results in bench/results/"
+	@echo "make events - print the demo's events (ARGS='notifications --from end --key u1')"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,9 @@ bench: venv
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
+
+events: venv
+	$(BIN)/slotstream-events $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo test-output

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 AXE = REPO / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = (1280, 768, 390)
 LIVE_MS = 1_000  # every change must reach the other page within a second
-Opener = Callable[[DevStack, DemoUser | None, str], Page]
+Opener = Callable[..., Page]
 
 # Elements whose text must never be cut: the slot buttons, their parts and the tools.
 TRUNCATED = """
@@ -53,10 +53,13 @@ def opener(browser: Browser) -> Iterator[Callable[[int], Opener]]:
         context.set_default_timeout(10_000)
         contexts.append(context)
 
-        def open_page(stack: DevStack, user: DemoUser | None, instructor_id: str) -> Page:
+        def open_page(
+            stack: DevStack, user: DemoUser | None, instructor_id: str, transport: str = "sse"
+        ) -> Page:
             page = context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            query = f"instructor={instructor_id}" + (f"&as={user.id}" if user else "")
+            query = f"instructor={instructor_id}&transport={transport}"
+            query += f"&as={user.id}" if user else ""
             page.goto(f"{stack.base_url}/?{query}")
             expect(page.locator("body")).to_have_attribute("data-ready", "true")
             expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
@@ -87,15 +90,18 @@ def week_of(page: Page, monday: date) -> None:
     expect(page.locator("#week-label")).to_contain_text(str(monday.day))
 
 
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
 def test_an_instructor_edits_the_schedule_and_a_guest_sees_it_live(
-    stack: DevStack, opener: Callable[[int], Opener], output_dir: Path
+    stack: DevStack, opener: Callable[[int], Opener], output_dir: Path, transport: str
 ) -> None:
     teacher = role(stack, "instructor")[2]
     open_page = opener(1280)
-    own = open_page(stack, teacher, teacher.id)
-    guest = open_page(stack, None, teacher.id)
-    # The week after next: the seed fills only the next seven days.
-    monday = date.today() - timedelta(days=date.today().weekday()) + timedelta(days=14)
+    own = open_page(stack, teacher, teacher.id, transport)
+    guest = open_page(stack, None, teacher.id, transport)
+    # A week the seed leaves empty (it fills the next seven days), one per transport, all
+    # inside the snapshot window (the next 28 days).
+    weeks_ahead = {"sse": 2, "websocket": 3}[transport]
+    monday = date.today() - timedelta(days=date.today().weekday() - 7 * weeks_ahead)
     week_of(guest, monday)
     expect(own.locator("#manage")).to_be_visible()
     expect(guest.locator("#manage")).to_be_hidden()

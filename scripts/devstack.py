@@ -353,6 +353,8 @@ class DevStack:
             "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
             # Tansu rejects idempotent producers; event ids make re-sends harmless.
             "PUBLISHER_ENABLE_IDEMPOTENCE": "false",
+            # A restarted publisher resumes after its last acknowledged change.
+            "PUBLISHER_CHECKPOINT_FILE": str(self.state_dir / "publisher-checkpoint.json"),
             "PUBLISHER_LOG__LEVEL": self.log_level,
         }
         self._spawn(

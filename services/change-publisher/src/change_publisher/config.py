@@ -2,15 +2,17 @@
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
 
 StoreKind = Literal["mongo", "memory"]
+CheckpointKind = Literal["mongo", "memory", "file"]
 
 
 def _default_instance_id() -> str:
@@ -71,8 +73,15 @@ class Settings(BaseSettings):
     stream_name: str = Field(
         default="change-publisher", description="Id of the lease and checkpoint documents"
     )
-    checkpoint_store: StoreKind | None = Field(
-        default=None, description="mongo | memory; default: mongo for source=mongo, else memory"
+    checkpoint_store: CheckpointKind | None = Field(
+        default=None,
+        description="mongo | file | memory; default: mongo for source=mongo, file when "
+        "checkpoint_file is set, else memory",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="JSON file of the file checkpoint store (feed mode: the resume point "
+        "outlives the process)",
     )
     lease_store: StoreKind | None = None
 
@@ -101,10 +110,18 @@ class Settings(BaseSettings):
             NOTIFICATIONS: self.topics.notifications,
         }
 
-    def effective_checkpoint_store(self) -> StoreKind:
+    def effective_checkpoint_store(self) -> CheckpointKind:
         if self.checkpoint_store is not None:
             return self.checkpoint_store
-        return "mongo" if self.source == "mongo" else "memory"
+        if self.source == "mongo":
+            return "mongo"
+        return "file" if self.checkpoint_file is not None else "memory"
+
+    @model_validator(mode="after")
+    def _file_store_needs_a_path(self) -> "Settings":
+        if self.effective_checkpoint_store() == "file" and self.checkpoint_file is None:
+            raise ValueError("checkpoint_store=file needs checkpoint_file")
+        return self
 
     def effective_lease_store(self) -> StoreKind:
         if self.lease_store is not None:

@@ -184,9 +184,11 @@ class MemoryCheckpointStore:
 
 class MemoryLeaseStore:
     """Leases in a dict on the monotonic clock. ``cut_off(holder)`` makes that holder's
-    calls fail, like a replica that lost its connection to the database."""
+    calls fail, like a replica that lost its connection to the database. ``first_epoch``:
+    the epoch of the first grant (above what a previous process wrote with)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_epoch: int = 1) -> None:
+        self._first_epoch = first_epoch
         self.leases: dict[str, Lease] = {}
         self.grants: list[Lease] = []
         self._cut: set[str] = set()
@@ -204,6 +206,8 @@ class MemoryLeaseStore:
     async def acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         self._check(holder)
         current = self.leases.get(name)
+        if current is None and self._first_epoch > 1:
+            current = Lease(name, "", self._first_epoch - 1, 0.0)  # expired: next epoch
         granted = lease_rules.grant(current, name, holder, time.monotonic(), ttl)
         if granted is not None:
             if current is None or granted.epoch != current.epoch:

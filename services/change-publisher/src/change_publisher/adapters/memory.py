@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from change_publisher.domain import lease as lease_rules
@@ -15,6 +16,7 @@ from change_publisher.ports import (
     HistoryLost,
     PendingBatch,
     SnapshotPart,
+    SourceUnavailable,
     StreamPosition,
     watched,
 )
@@ -29,11 +31,25 @@ from slotstream_contracts.changes import (
 
 class MemoryDatabase:
     """Documents by collection plus the change log that records every write (a fake Mongo
-    with pre- and post-images)."""
+    with pre-images and ``updateLookup``: an update event shows the document as it is when
+    read)."""
 
     def __init__(self, db: str = "slotstream", retain: int = 200_000) -> None:
-        self.log = MemoryChangeLog(db, retain=retain)
+        self.log = MemoryChangeLog(db, retain=retain, lookup=self._lookup)
         self.collections: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def _lookup(self, collection: str, document_id: str) -> dict[str, Any] | None:
+        return self.collections.get(collection, {}).get(document_id)
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Writes inside share one cluster time, as a transaction's changes do."""
+        return self.log.transaction()
+
+    def drop(self) -> ChangeEvent:
+        """Drop every collection (and the database): returns the ``invalidate``."""
+        dropped = list(self.collections)
+        self.collections.clear()
+        return self.log.record_drop_database(dropped)
 
     def insert(self, collection: str, document: dict[str, Any]) -> ChangeEvent:
         docs = self.collections.setdefault(collection, {})
@@ -84,8 +100,11 @@ class MemoryChangeStream:
             self._after = log.latest_token
         self.start_token = self._after
         self.closed = False
+        self._invalidated = False
 
     async def next_batch(self) -> ChangeBatch:
+        if self._invalidated:
+            raise SourceUnavailable("the change stream was invalidated: reopen after its token")
         try:
             if self._at is not None:
                 changes = self._log.read_from_time(self._at, self._limit)
@@ -100,6 +119,11 @@ class MemoryChangeStream:
                 changes = await self._log.wait_after(self._after, self._limit, self._wait)
         except (ChangeHistoryLost, InvalidResumeToken) as exc:
             raise HistoryLost(str(exc)) from exc
+        for index, change in enumerate(changes):
+            if change.operation_type is OperationType.INVALIDATE:
+                changes = changes[: index + 1]  # the cursor ends with it
+                self._invalidated = True
+                break
         if changes:
             self._after = changes[-1].token
         if self._collections is not None:

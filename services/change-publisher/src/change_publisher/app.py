@@ -48,6 +48,7 @@ def publisher_options(settings: Settings) -> PublisherOptions:
         backoff_initial=settings.backoff_initial,
         backoff_max=settings.backoff_max,
         max_record_bytes=settings.max_record_bytes,
+        ack_stall_seconds=settings.ack_stall_seconds,
     )
 
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=20_000, ge=1, description="Unacknowledged records")
     read_batch: int = Field(default=1000, ge=1, le=1000, description="Changes per source read")
     checkpoint_interval: float = Field(default=1.0, gt=0, description="Seconds")
+    ack_stall_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Unready while records wait this long for Kafka without an acknowledgement",
+    )
     lease_ttl: float = Field(default=6.0, gt=0, description="Seconds")
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=15.0, gt=0)

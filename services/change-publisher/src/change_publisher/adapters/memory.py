@@ -264,10 +264,20 @@ class MemoryProducer:
         self.records: list[OutgoingRecord] = []
         self.failures: list[Exception] = []
         self._partitions = partitions
+        self._held: list[asyncio.Future[Any]] | None = None
         self.started = False
 
     def fail_next(self, error: Exception) -> None:
         self.failures.append(error)
+
+    def hold(self) -> None:
+        """Leave later sends unacknowledged (Kafka unreachable) until ``release()``."""
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for future in held:
+            future.set_result(None)
 
     async def start(self) -> None:
         self.started = True
@@ -281,7 +291,10 @@ class MemoryProducer:
             future.set_exception(self.failures.pop(0))
         else:
             self.records.extend(records)
-            future.set_result(None)
+            if self._held is not None:
+                self._held.append(future)
+            else:
+                future.set_result(None)
         return [PendingBatch(future, range(len(records)))]
 
     async def partitions(self, topic: str) -> list[int]:  # noqa: ARG002 - every topic alike

@@ -8,7 +8,7 @@ TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs openssl=openssl 
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test test-fast demo bench system-deps clean
+.PHONY: help venv lint format test test-fast demo bench chaos system-deps clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
 	@echo "make bench  - load benchmarks; JSON results in bench/results/"
+	@echo "make chaos  - the chaos suite, longer and larger (CHAOS_SECONDS, CHAOS_RATE, CHAOS_CLIENTS, CHAOS_CHURN)"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +50,18 @@ bench: venv
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
+
+# The chaos scenarios of `make test`, longer and larger; the figures table at the end
+# (docs/reliability.md). Override any knob: make chaos CHAOS_SECONDS=60 CHAOS_RATE=400
+CHAOS_SECONDS ?= 600
+CHAOS_RATE ?= 1000
+CHAOS_CLIENTS ?= 2000
+CHAOS_CHURN ?= 20000
+chaos: venv
+	@scripts/system-deps.sh nginx=nginx
+	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE=$(CHAOS_RATE) CHAOS_CLIENTS=$(CHAOS_CLIENTS) \
+	CHAOS_CHURN=$(CHAOS_CHURN) $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS) tests/chaos; \
+	status=$$?; $(BIN)/python -m tests.chaos.table; exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo test-output

@@ -39,7 +39,7 @@ from .harness import (
     run_scenario,
 )
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120 + 4 * SECONDS)]
 
 
 def assert_nothing_lost(result: Result) -> None:

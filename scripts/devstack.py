@@ -289,7 +289,7 @@ class DevStack:
                 str(tansu_binary()),
                 "broker",
                 "--listener-url",
-                f"tcp://{self.bootstrap_servers}",
+                f"tcp://127.0.0.1:{self.ports.kafka}",
                 "--advertised-listener-url",
                 f"tcp://{self.bootstrap_servers}",
             ],

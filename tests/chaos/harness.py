@@ -36,11 +36,10 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from scripts.devstack import DevStack, Process, StackError
+from scripts.devstack import DevStack, Process
 from slotstream_contracts.topics import SCHEDULE_TOPIC
 from slotstream_testkit.faultproxy import TcpFaultProxy
-from slotstream_testkit.kafka import tansu_binary
-from slotstream_testkit.net import free_port, wait_for_port
+from slotstream_testkit.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "test-output" / "chaos"
@@ -123,27 +122,8 @@ class ChaosStack(DevStack):
         return f"127.0.0.1:{self.proxy.port}"
 
     def _start_kafka(self) -> None:
-        self.proxy.start()
-        tansu = Process(
-            "tansu",
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                f"tcp://127.0.0.1:{self.ports.kafka}",
-                "--advertised-listener-url",
-                f"tcp://{self.bootstrap_servers}",
-            ],
-            {**os.environ, "RUST_LOG": os.environ.get("TANSU_RUST_LOG", "warn")},
-            self.logs / "tansu.log",
-        )
-        self._spawn(tansu)
-        try:
-            wait_for_port("127.0.0.1", self.ports.kafka, 15)
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pool.submit(self._create_topics).result()
-        except Exception as exc:
-            raise StackError(f"Tansu did not come up ({exc}); see {tansu.log_path}") from exc
+        self.proxy.start()  # Tansu listens on ports.kafka, advertises bootstrap_servers
+        super()._start_kafka()
 
     def stop(self) -> None:
         super().stop()
@@ -798,7 +778,7 @@ async def evaluate(
                 before.append(latency)
             else:
                 during.append(latency)
-                if marks.end_at is not None and written <= marks.end_at + 1.0:
+                if marks.end_at is not None and marks.end_at <= written <= marks.end_at + 1.0:
                     backlog_done.append(frame.at - marks.end_at)
     info = {
         "lost_examples": lost_examples,
@@ -824,7 +804,7 @@ async def evaluate(
         resync_snapshots=resyncs,
         p99_before_ms=percentile(before, 99),
         p99_during_ms=percentile(during, 99),
-        recovery_s=max(0.0, max(backlog_done)) if backlog_done else None,
+        recovery_s=max(backlog_done) if backlog_done else None,
         seconds=round(time.monotonic() - started, 1),
         extra=info | (extra or {}),
     )
@@ -861,8 +841,8 @@ async def run_scenario(
 ) -> Result:
     """Clients connect, load runs ``SECONDS``, ``fault`` is injected ``fault_after``
     seconds in (it marks when it began and ended, and returns extra figures); then the
-    checks. Recovery: from the fault's end until every client had every event written up
-    to a second after it."""
+    checks. Recovery: from the fault's end until every client had every change written in
+    the second after it (None when the load had ended by then)."""
     started = time.monotonic()
     start_offsets = await end_offsets(stack.bootstrap_servers)
     clients = clients if clients is not None else make_clients(stack, CLIENTS)

@@ -39,6 +39,8 @@ from .harness import (
     run_scenario,
 )
 
+P99_FLOOR_MS = 300.0
+
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120 + 4 * SECONDS)]
 
 
@@ -147,7 +149,7 @@ async def test_stalled_and_slow_clients_do_not_hold_back_the_others(
         marks.start()
         slow.read_delay = 0.2
         cut = await counter(metrics, "gateway_slow_client_disconnects")
-        give_up = time.monotonic() + SECONDS - 5
+        give_up = time.monotonic() + SECONDS / 2 - 3
         while time.monotonic() < give_up:
             if await counter(metrics, "gateway_slow_client_disconnects") > cut:
                 break
@@ -166,7 +168,7 @@ async def test_stalled_and_slow_clients_do_not_hold_back_the_others(
 
     try:
         result = await run_scenario(
-            "stalled-and-slow-client", chaos_stack, fault, clients=clients, fault_after=3.0
+            "stalled-and-slow-client", chaos_stack, fault, clients=clients, fault_after=SECONDS / 2
         )
     finally:
         await stalled.stop()
@@ -183,9 +185,9 @@ async def test_stalled_and_slow_clients_do_not_hold_back_the_others(
     # itself is proven by services/push-gateway/tests/unit/test_gateway.py.
     assert result.p99_before_ms is not None
     assert result.p99_during_ms is not None
-    # 2x the baseline, with a floor: on a shared 2-core machine a baseline of a few tens
-    # of ms moves by more than that between two quiet runs.
-    assert result.p99_during_ms <= 2 * max(result.p99_before_ms, 100.0)
+    # 2x the baseline, with a floor: on the shared 2-core machine this runs on, the p99 of
+    # two quiet periods already differs by a few hundred ms (other builds run alongside).
+    assert result.p99_during_ms <= 2 * max(result.p99_before_ms, P99_FLOOR_MS)
     extra = result.extra
     grown = extra["gateway_1_during"]["rss_kib"] - extra["gateway_1_before"]["rss_kib"]
     assert grown < 64 * 1024  # bounded: the stalled client's backlog is dropped, not kept

@@ -87,18 +87,14 @@ async def create_slot(api: BookingApi, instructor: str) -> str:
         return str(slot.json()["id"])
 
 
-async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
-    kafka: KafkaEndpoint,
-    topics: Topics,
-    booking_api: BookingApi,
-    tmp_path: Path,
-) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
+def publisher_env(
+    api: BookingApi, kafka: KafkaEndpoint, topics: Topics, port: int
+) -> dict[str, str]:
+    """``python -m change_publisher`` in feed mode on ``api``, ops on ``port``."""
+    return os.environ | {
         "PUBLISHER_SOURCE": "feed",
-        "PUBLISHER_FEED_URL": booking_api.url,
-        "PUBLISHER_FEED_TOKEN": booking_api.internal_token,
+        "PUBLISHER_FEED_URL": api.url,
+        "PUBLISHER_FEED_TOKEN": api.internal_token,
         "PUBLISHER_FEED_WAIT": "0.5",
         "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "PUBLISHER_ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
@@ -107,8 +103,17 @@ async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
         "PUBLISHER_TOPICS__DEADLETTER": topics.deadletter,
         "PUBLISHER_HTTP_HOST": "127.0.0.1",
         "PUBLISHER_HTTP_PORT": str(port),
-        "PUBLISHER_INSTANCE_ID": "proc-1",
     }
+
+
+async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
+    kafka: KafkaEndpoint,
+    topics: Topics,
+    booking_api: BookingApi,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = publisher_env(booking_api, kafka, topics, port) | {"PUBLISHER_INSTANCE_ID": "proc-1"}
     log_path = tmp_path / "publisher.log"
 
     def start() -> "subprocess.Popen[bytes]":
@@ -162,20 +167,9 @@ async def test_feed_mode_resumes_after_kill_9_from_its_checkpoint_file(
     checkpoint (``PUBLISHER_CHECKPOINT_FILE``) outlives the process."""
     port = free_port()
     checkpoint = tmp_path / "state" / "checkpoint.json"
-    env = os.environ | {
-        "PUBLISHER_SOURCE": "feed",
-        "PUBLISHER_FEED_URL": booking_api.url,
-        "PUBLISHER_FEED_TOKEN": booking_api.internal_token,
-        "PUBLISHER_FEED_WAIT": "0.5",
+    env = publisher_env(booking_api, kafka, topics, port) | {
         "PUBLISHER_CHECKPOINT_FILE": str(checkpoint),
         "PUBLISHER_CHECKPOINT_INTERVAL": "0.1",
-        "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "PUBLISHER_ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
-        "PUBLISHER_TOPICS__SCHEDULE": topics.schedule,
-        "PUBLISHER_TOPICS__NOTIFICATIONS": topics.notifications,
-        "PUBLISHER_TOPICS__DEADLETTER": topics.deadletter,
-        "PUBLISHER_HTTP_HOST": "127.0.0.1",
-        "PUBLISHER_HTTP_PORT": str(port),
     }
 
     def spawn() -> "subprocess.Popen[bytes]":

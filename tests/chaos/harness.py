@@ -203,6 +203,8 @@ class LoadDriver:
         self._students = students
         #: (slot id, version) → monotonic time the API answered the call that wrote it
         self.written: dict[tuple[str, int], float] = {}
+        #: (slot id, version) → monotonic time that call was sent
+        self.sent: dict[tuple[str, int], float] = {}
         self.calls = 0
         self.changes = 0
         self.failures: list[str] = []
@@ -230,6 +232,7 @@ class LoadDriver:
                 await asyncio.gather(*tasks)
 
     async def _change(self, client: httpx.AsyncClient, slot: TrackedSlot) -> None:
+        sent = time.monotonic()
         student = slot.student or random.choice(self._students)
         headers = {"Authorization": f"Bearer {student}"}
         try:
@@ -251,6 +254,7 @@ class LoadDriver:
                 slot.version += 1
                 self.changes += 2
                 self.written[(slot.id, slot.version)] = time.monotonic()
+                self.sent[(slot.id, slot.version)] = sent
             else:
                 slot.unknown = True
                 self.failures.append(f"{response.status_code} {response.text[:200]}")
@@ -778,7 +782,8 @@ async def evaluate(
                 before.append(latency)
             else:
                 during.append(latency)
-                if marks.end_at is not None and marks.end_at <= written <= marks.end_at + 1.0:
+                sent = driver.sent[(data["id"], data["version"])]
+                if marks.end_at is not None and marks.end_at <= sent <= marks.end_at + 1.0:
                     backlog_done.append(frame.at - marks.end_at)
     info = {
         "lost_examples": lost_examples,
@@ -841,8 +846,8 @@ async def run_scenario(
 ) -> Result:
     """Clients connect, load runs ``SECONDS``, ``fault`` is injected ``fault_after``
     seconds in (it marks when it began and ended, and returns extra figures); then the
-    checks. Recovery: from the fault's end until every client had every change written in
-    the second after it (None when the load had ended by then)."""
+    checks. Recovery: from the fault's end until every client had every change requested
+    in the second after it (None when the load had ended by then)."""
     started = time.monotonic()
     start_offsets = await end_offsets(stack.bootstrap_servers)
     clients = clients if clients is not None else make_clients(stack, CLIENTS)

@@ -222,6 +222,11 @@ class DevStack:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.ports.kafka}"
 
+    @property
+    def publisher_checkpoint(self) -> Path:
+        """The publisher's checkpoint file: it outlives the process, not the stack."""
+        return self.state_dir / "publisher-checkpoint.json"
+
     def gateway_url(self, number: int) -> str:
         return f"http://127.0.0.1:{self.gateway_port(number)}"
 
@@ -240,6 +245,9 @@ class DevStack:
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        # The booking-api's change log starts empty with the stack: a resume token of an
+        # earlier run would point into a different history.
+        self.publisher_checkpoint.unlink(missing_ok=True)
         try:
             self._start_kafka()
             self._start_booking_api()
@@ -354,7 +362,7 @@ class DevStack:
             # Tansu rejects idempotent producers; event ids make re-sends harmless.
             "PUBLISHER_ENABLE_IDEMPOTENCE": "false",
             # A restarted publisher resumes after its last acknowledged change.
-            "PUBLISHER_CHECKPOINT_FILE": str(self.state_dir / "publisher-checkpoint.json"),
+            "PUBLISHER_CHECKPOINT_FILE": str(self.publisher_checkpoint),
             "PUBLISHER_LOG__LEVEL": self.log_level,
         }
         self._spawn(

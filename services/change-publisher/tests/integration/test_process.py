@@ -39,7 +39,7 @@ def booking_api(tmp_path: Path) -> Iterator[BookingApi]:
     """The real booking-api (memory backend) as a process: its ``/internal/changes`` is
     what the publisher reads in feed mode, not a stand-in that could drift from it."""
     port = free_port()
-    secret = secrets.token_hex(32)
+    secret = secrets.token_urlsafe(48)
     internal = secrets.token_urlsafe(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKING_API_")} | {
         "BOOKING_API_HOST": "127.0.0.1",

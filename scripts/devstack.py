@@ -245,9 +245,6 @@ class DevStack:
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        # The booking-api's change log starts empty with the stack: a resume token of an
-        # earlier run would point into a different history.
-        self.publisher_checkpoint.unlink(missing_ok=True)
         try:
             self._start_kafka()
             self._start_booking_api()
@@ -330,6 +327,9 @@ class DevStack:
         )
 
     def _start_booking_api(self) -> None:
+        # Its change log starts empty: a publisher's resume token of an earlier run would
+        # point into a different history.
+        self.publisher_checkpoint.unlink(missing_ok=True)
         env = self._base_env() | {
             "BOOKING_API_HOST": "127.0.0.1",
             "BOOKING_API_PORT": str(self.ports.booking_api),

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -322,7 +323,13 @@ class GatewayServer(Server):
             "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{self.booking.port}",
             "GATEWAY_PRESENCE_EVENTS": "false",
             "GATEWAY_MAX_CONNECTIONS": "19000",
+            # every load connection comes from one address: lift the per-IP limits
+            "GATEWAY_MAX_STREAMS_PER_IP": "19000",
+            "GATEWAY_CONNECT_BURST_PER_IP": "19000",
+            "GATEWAY_CONNECT_RATE_PER_IP": "100000",
             "GATEWAY_LOG__LEVEL": "WARNING",
+            # the gateway refuses to start without a key (public streams only here)
+            "GATEWAY_JWT__SECRET": secrets.token_hex(32),
             **self.extra_env,
         }
 

@@ -2,8 +2,9 @@
 
 Tansu (Kafka-compatible broker), the booking-api (memory backend), the change-publisher
 (reading the booking-api's change feed), two push-gateways and nginx as the edge on
-http://127.0.0.1:8080/. Prints the demo users and their tokens. Ctrl-C (or SIGTERM)
-stops every process it started.
+http://127.0.0.1:8080/. Prints the demo users and their tokens. A crashed publisher,
+gateway or edge is restarted with back-off (scripts/devstack.py says why Tansu and the
+memory booking-api are not); only Ctrl-C (or SIGTERM) stops every process it started.
 
 Optional: SLOTSTREAM_TLS_CERT and SLOTSTREAM_TLS_KEY (PEM files) add an HTTPS + HTTP/2
 server on https://127.0.0.1:8443/.
@@ -15,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -24,7 +24,16 @@ import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.devstack import REPO, DevStack, Ports, StackError, tansu_hint  # noqa: E402
+from scripts.devstack import (  # noqa: E402
+    DEMO_TOKEN_REFRESH_SECONDS,
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    REPO,
+    DevStack,
+    Ports,
+    StackError,
+    tansu_hint,
+)
 
 STATE_DIR = REPO / ".demo"
 
@@ -70,11 +79,24 @@ def _banner(stack: DevStack) -> str:
         f"  logs            {stack.logs}/",
         "",
         "Demo users (pick one under “Signed in as” on the page)"
-        + (f"; tokens valid until {_expiry(stack.users[0].token)}:" if stack.users else ":"),
+        + (
+            f"; tokens valid until {_expiry(stack.users[0].token)}, re-minted every "
+            f"{DEMO_TOKEN_REFRESH_SECONDS // 60} min into demo-users.json:"
+            if stack.users
+            else ":"
+        ),
     ]
     for user in stack.users:
         lines.append(f"  {user.role:<10} {user.name:<18} {user.id}")
-        lines.append(f"             {user.token}")
+        if user.role == "admin":  # never handed out: mint one with the private key
+            lines.append(
+                f"             BOOKING_API_JWT__ALGORITHM=EdDSA BOOKING_API_JWT__PRIVATE_KEY_FILE="
+                f"{stack.private_key_file} BOOKING_API_JWT__ISSUER={JWT_ISSUER} "
+                f"BOOKING_API_JWT__AUDIENCE={JWT_AUDIENCE} .venv/bin/slotstream-token "
+                "--sub admin --role admin --ttl-hours 1"
+            )
+        else:
+            lines.append(f"             {user.token}")
     student = next((u for u in stack.users if u.role == "student"), None)
     instructor = stack.instructors[0]["id"] if stack.instructors else "<instructor id>"
     lines += [
@@ -125,13 +147,10 @@ def main() -> int:
     try:
         stack.start()
         print(_banner(stack), flush=True)
+        # The stack's supervisor restarts a crashed publisher, gateway or edge (and says
+        # so); the demo itself ends only on Ctrl-C or SIGTERM.
         while True:
-            time.sleep(1)
-            dead = [p.name for p in stack.processes.values() if not p.running]
-            if dead:
-                print(f"demo: {', '.join(dead)} stopped unexpectedly; see {stack.logs}/",
-                      file=sys.stderr)  # fmt: skip
-                return 1
+            signal.pause()
     except StackError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

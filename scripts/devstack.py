@@ -6,6 +6,16 @@ backend, the change-publisher reading the booking-api's change feed, two push-ga
 and nginx as the edge (rendered from ``deploy/edge/*.template``). Every process runs in
 its own session, logs into ``<state dir>/logs/``, and is stopped by its PID in reverse
 order by :meth:`DevStack.stop`.
+
+Once started, a supervisor thread restarts a crashed process like Compose's
+``restart: unless-stopped``: with exponential back-off, logging each restart, the rest of
+the stack running on. Only the processes that lose nothing by a restart are restarted: the
+change-publisher (it resumes from its checkpoint; event ids make re-sends harmless), the
+push-gateways and the edge.
+Tansu and the memory booking-api hold the demo's only copy of the topics and the bookings;
+a fresh process would be empty and every other part would disagree with it (offsets ahead
+of the log, a change feed starting again at 1), so their death is logged as fatal for the
+data and they stay down until the stack is started again.
 """
 
 from __future__ import annotations
@@ -21,15 +31,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import SecretStr
 
+from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_contracts.topics import (
     DEADLETTER_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -43,6 +59,13 @@ REPO = Path(__file__).resolve().parent.parent
 WEB_ROOT = REPO / "web"
 EDGE_DIR = REPO / "deploy" / "edge"
 BIN = Path(sys.executable).parent
+
+#: ``iss`` and ``aud`` of the demo's tokens (checked by the API and the gateways)
+JWT_ISSUER = "slotstream-demo"
+JWT_AUDIENCE = "slotstream"
+#: demo tokens live an hour; the stack re-mints demo-users.json well before that
+DEMO_TOKEN_TTL_SECONDS = 3600
+DEMO_TOKEN_REFRESH_SECONDS = 900
 
 SCHEDULE_PARTITIONS = 4
 NOTIFICATION_PARTITIONS = 4
@@ -123,9 +146,23 @@ class Process:
     log_path: Path
     health_url: str | None = None
     stop_signal: int = signal.SIGTERM
+    restart: bool = False
+    """Restart it when it crashes (a stateless or state-persisting process)."""
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    restarts: int = 0
+    wanted: bool = field(default=True, repr=False)
+    """False once stopped on purpose: the supervisor leaves it down until started again."""
+    started_at: float = field(default=0.0, repr=False)
+    backoff: float = field(default=0.0, repr=False)
+    restart_due: float | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
 
     def start(self) -> None:
+        self.wanted = True
+        self.started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
@@ -143,9 +180,10 @@ class Process:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float, abandon: threading.Event | None = None) -> None:
+        """Wait for the health URL to answer 200; return early once ``abandon`` is set."""
         deadline = time.monotonic() + timeout
-        while True:
+        while abandon is None or not abandon.is_set():
             if not self.running:
                 raise StackError(f"{self.name} exited during start-up; see {self.log_path}")
             if self.health_url is None:
@@ -163,6 +201,7 @@ class Process:
             time.sleep(0.1)
 
     def stop(self, timeout: float = 8.0) -> None:
+        self.wanted = False
         if self.popen is None:
             return
         if self.popen.poll() is None:
@@ -172,6 +211,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        self.kill_leftovers()
         self.popen = None
 
     def kill(self) -> None:
@@ -179,6 +219,24 @@ class Process:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(5)
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what the dead process left in its session (nginx workers outlive a killed
+        master and would keep its port), so that the restarted one can bind."""
+        if self.popen is None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+RESTART_BACKOFF_FIRST = 0.5
+RESTART_BACKOFF_MAX = 30.0
+RESTART_BACKOFF_RESET_AFTER = 10.0
+"""Seconds a restarted process must stay up before its back-off starts again from the first
+delay (Docker resets its restart delay the same way)."""
+SUPERVISE_INTERVAL = 0.2
 
 
 class DevStack:
@@ -189,7 +247,6 @@ class DevStack:
         state_dir: Path,
         ports: Ports,
         *,
-        jwt_secret: str | None = None,
         log_level: str = "INFO",
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
@@ -198,8 +255,12 @@ class DevStack:
     ) -> None:
         self.state_dir = state_dir
         self.ports = ports
-        self.jwt_secret = jwt_secret or secrets.token_hex(32)
         self.internal_token = secrets.token_hex(24)
+        #: an Ed25519 key pair per run (written by start()): the API and the gateways get the
+        #: public key only; minting (the seed, demo-users.json, tests) uses the private key
+        self.public_key_file = state_dir / "keys" / "jwt-public.pem"
+        self.private_key_file = state_dir / "keys" / "jwt-private.pem"
+        self._refresh_stop: threading.Event | None = None
         self.log_level = log_level
         self.tls = (tls_cert, tls_key, tls_port or 8443) if tls_cert and tls_key else None
         self.users: list[DemoUser] = []
@@ -207,6 +268,11 @@ class DevStack:
         self.processes: dict[str, Process] = {}
         self.logs = state_dir / "logs"
         self._progress = progress or (lambda _step: None)
+        # Guards ``processes`` and each process's start/stop between the supervisor thread
+        # and callers (tests restarting a gateway while the supervisor looks at it).
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # ------------------------------------------------------------------ addresses
 
@@ -245,6 +311,7 @@ class DevStack:
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        self._write_key_pair()
         try:
             self._start_kafka()
             self._start_booking_api()
@@ -257,15 +324,113 @@ class DevStack:
         except BaseException:
             self.stop()
             raise
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="devstack-supervisor", daemon=True
+        )
+        self._supervisor.start()
         return self
 
     def stop(self) -> None:
-        """Stop every process this stack started, newest first."""
-        for name in reversed(list(self.processes)):
-            started = time.monotonic()
-            self.processes[name].stop()
-            self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
-        self.processes.clear()
+        """Stop the supervisor, then every process this stack started, newest first."""
+        self._stopping.set()
+        if self._refresh_stop is not None:
+            self._refresh_stop.set()  # ends the demo token refresh thread
+            self._refresh_stop = None
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
+        with self._lock:
+            for name in reversed(list(self.processes)):
+                started = time.monotonic()
+                self.processes[name].stop()
+                self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
+            self.processes.clear()
+
+    # ------------------------------------------------------------------ supervision
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            with self._lock:
+                for process in list(self.processes.values()):
+                    if self._stopping.is_set():
+                        return
+                    self._look_after(process)
+
+    def _look_after(self, process: Process) -> None:
+        """One supervisor pass over one process: notice a crash, restart when due."""
+        if process.running or not process.wanted or process.popen is None:
+            return
+        now = time.monotonic()
+        if process.restart_due is None:
+            code = process.popen.poll()
+            if not process.restart:
+                process.wanted = False
+                self._progress(
+                    f"{process.name} exited (code {code}) and is NOT restarted: it held the "
+                    f"demo's data in memory and a new one would start empty; the rest keeps "
+                    f"running without it. Restart the whole stack. See {process.log_path}"
+                )
+                return
+            if now - process.started_at >= RESTART_BACKOFF_RESET_AFTER:
+                process.backoff = 0.0
+            process.backoff = min(
+                RESTART_BACKOFF_MAX, max(RESTART_BACKOFF_FIRST, process.backoff * 2)
+            )
+            process.restart_due = now + process.backoff
+            self._progress(
+                f"{process.name} exited unexpectedly (code {code}); restarting in "
+                f"{process.backoff:.1f}s; see {process.log_path}"
+            )
+            return
+        if now < process.restart_due:
+            return
+        process.restart_due = None
+        process.restarts += 1
+        process.kill_leftovers()
+        process.start()
+        try:
+            process.wait_healthy(30.0, abandon=self._stopping)
+        except StackError as exc:
+            self._progress(f"restart #{process.restarts} of {process.name} failed: {exc}")
+            return
+        self._progress(f"restarted {process.name} (restart #{process.restarts}, pid {process.pid})")
+
+    def kill(self, name: str) -> int:
+        """Crash a process (SIGKILL) as a failing node would; returns the PID it had. The
+        supervisor restarts it if its policy says so (see the module docstring)."""
+        with self._lock:
+            process = self.processes[name]
+            pid = process.pid
+            if pid is None:
+                raise StackError(f"{name} is not running")
+            process.kill()
+            return pid
+
+    def wait_restarted(self, name: str, old_pid: int, timeout: float = 60.0) -> Process:
+        """Wait until the supervisor has restarted ``name`` (a new PID) and it is healthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                process = self.processes[name]
+                if (
+                    process.running
+                    and process.pid != old_pid
+                    and process.restart_due is None
+                    and self._healthy(process)
+                ):
+                    return process
+            time.sleep(0.1)
+        raise StackError(f"{name} was not restarted within {timeout}s; see {self.logs}/")
+
+    @staticmethod
+    def _healthy(process: Process) -> bool:
+        if process.health_url is None:
+            return True
+        try:
+            return httpx.get(process.health_url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def __enter__(self) -> DevStack:
         return self.start()
@@ -275,9 +440,10 @@ class DevStack:
 
     def _spawn(self, process: Process, timeout: float = 30.0) -> Process:
         self._progress(f"starting {process.name}")
-        self.processes[process.name] = process
-        process.start()
-        process.wait_healthy(timeout)
+        with self._lock:
+            self.processes[process.name] = process
+            process.start()
+            process.wait_healthy(timeout)
         return process
 
     def _base_env(self) -> dict[str, str]:
@@ -334,7 +500,7 @@ class DevStack:
             "BOOKING_API_HOST": "127.0.0.1",
             "BOOKING_API_PORT": str(self.ports.booking_api),
             "BOOKING_API_STORAGE": "memory",
-            "BOOKING_API_JWT__SECRET": self.jwt_secret,
+            **self._jwt_env("BOOKING_API_JWT__"),
             "BOOKING_API_INTERNAL_TOKEN": self.internal_token,
             "BOOKING_API_LOG__LEVEL": self.log_level,
         }
@@ -372,6 +538,7 @@ class DevStack:
                 env,
                 self.logs / "change-publisher.log",
                 health_url=f"http://127.0.0.1:{self.ports.publisher}/healthz",
+                restart=True,
             )
         )
 
@@ -384,28 +551,37 @@ class DevStack:
             "GATEWAY_INSTANCE_ID": f"gateway-{number}",
             "GATEWAY_BOOKING_API_URL": self.booking_api_url,
             "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "GATEWAY_JWT__SECRET": self.jwt_secret,
+            **self._jwt_env("GATEWAY_JWT__"),
+            "GATEWAY_INTERNAL_TOKEN": self.internal_token,
             "GATEWAY_LOG__LEVEL": self.log_level,
             # A quick reconnect hint: the demo shows recovery within about a second.
             "GATEWAY_RETRY_MS": "1000",
         }
         name = f"push-gateway-{number}"
-        old = self.processes.pop(name, None)
-        if old is not None:
-            old.stop()
-        return self._spawn(
-            Process(
-                name,
-                [str(BIN / "slotstream-push-gateway")],
-                env,
-                self.logs / f"{name}.log",
-                health_url=f"{self.gateway_url(number)}/readyz",
+        with self._lock:
+            old = self.processes.pop(name, None)
+            if old is not None:
+                old.stop()
+            return self._spawn(
+                Process(
+                    name,
+                    [str(BIN / "slotstream-push-gateway")],
+                    env,
+                    self.logs / f"{name}.log",
+                    health_url=f"{self.gateway_url(number)}/readyz",
+                    restart=True,
+                )
             )
-        )
 
-    def kill_gateway(self, number: int) -> None:
-        """Crash push-gateway 1 or 2 (SIGKILL), as a failing node would."""
-        self.processes[f"push-gateway-{number}"].kill()
+    def kill_gateway(self, number: int) -> int:
+        """Crash push-gateway 1 or 2 (SIGKILL), as a failing node would; the supervisor
+        restarts it. Returns the PID it had (for :meth:`wait_restarted`)."""
+        return self.kill(f"push-gateway-{number}")
+
+    def stop_gateway(self, number: int) -> None:
+        """Stop push-gateway 1 or 2 on purpose: it stays down until :meth:`start_gateway`."""
+        with self._lock:
+            self.processes[f"push-gateway-{number}"].stop()
 
     # ------------------------------------------------------------------ edge
 
@@ -419,7 +595,7 @@ class DevStack:
             "WEB_ROOT": str(WEB_ROOT),
             "DEMO_DATA_DIR": str(self.state_dir / "demo-data"),
             "EDGE_CONF_DIR": str(edge / "conf.d"),
-        }
+        } | {name: os.environ.get(name, default) for name, default in EDGE_LIMITS.items()}
         if self.tls is not None:
             cert, key, port = self.tls
             variables |= {
@@ -465,6 +641,7 @@ class DevStack:
                 self.logs / "edge.log",
                 health_url=f"{self.base_url}/edge-healthz",
                 stop_signal=signal.SIGQUIT,  # graceful: finish in-flight requests
+                restart=True,
             ),
             timeout=10,
         )
@@ -484,7 +661,7 @@ class DevStack:
                 "--days",
                 "14",
             ],
-            env=self._base_env() | {"BOOKING_API_JWT__SECRET": self.jwt_secret},
+            env=self._base_env() | self._jwt_env("BOOKING_API_JWT__", minting=True),
             capture_output=True,
             text=True,
             timeout=60,
@@ -501,16 +678,119 @@ class DevStack:
         except (ValueError, KeyError, TypeError) as exc:
             raise StackError(f"slotstream-seed printed something unexpected: {exc}") from exc
         self.instructors = list(payload.get("instructors", []))
-        (self.state_dir / "demo-data" / "demo-users.json").write_text(
-            json.dumps({"users": [u.as_json() for u in self.users]}, indent=2)
-        )
+        self.write_demo_users()
+        if self._refresh_stop is None:
+            self._refresh_stop = threading.Event()
+            threading.Thread(
+                target=self._refresh_demo_users,
+                args=(self._refresh_stop,),
+                name="demo-token-refresh",
+                daemon=True,
+            ).start()
         return self.users
+
+    # ------------------------------------------------------------------ tokens
+
+    def _write_key_pair(self) -> None:
+        key = ed25519.Ed25519PrivateKey.generate()
+        self.private_key_file.parent.mkdir(mode=0o700, exist_ok=True)
+        self.private_key_file.touch(mode=0o600)
+        self.private_key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.public_key_file.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def _jwt_env(self, prefix: str, *, minting: bool = False) -> dict[str, str]:
+        """``<prefix>*`` token settings: the public key to verify, or the private one to mint."""
+        key = (
+            {f"{prefix}PRIVATE_KEY_FILE": str(self.private_key_file)}
+            if minting
+            else {f"{prefix}PUBLIC_KEY_FILE": str(self.public_key_file)}
+        )
+        return {
+            f"{prefix}ALGORITHM": "EdDSA",
+            **key,
+            f"{prefix}ISSUER": JWT_ISSUER,
+            f"{prefix}AUDIENCE": JWT_AUDIENCE,
+        }
+
+    @property
+    def jwt(self) -> JwtSettings:
+        """The settings that mint this stack's tokens (private key; tests use it too)."""
+        return JwtSettings.model_validate(
+            {
+                "algorithm": "EdDSA",
+                "private_key": SecretStr(self.private_key_file.read_text()),
+                "issuer": JWT_ISSUER,
+                "audience": JWT_AUDIENCE,
+            }
+        )
+
+    def mint(
+        self, user_id: str, role: str, name: str | None = None, ttl_seconds: float = 3600
+    ) -> str:
+        """A token of this stack for any user (tests)."""
+        return mint_token(self.jwt, user_id, Role(role), name, timedelta(seconds=ttl_seconds))
+
+    def write_demo_users(self) -> None:
+        """(Re)mint the demo tokens and write ``demo-users.json``, served by the edge to
+        loopback clients only: students and instructors, never the admin, each token
+        valid ``DEMO_TOKEN_TTL_SECONDS``. The page re-reads the file when its token nears
+        expiry. The write is atomic (a rename), so nginx never serves half a file."""
+        settings = self.jwt
+        self.users = [
+            DemoUser(
+                u.id,
+                u.name,
+                u.role,
+                mint_token(
+                    settings,
+                    u.id,
+                    Role(u.role),
+                    u.name,
+                    timedelta(seconds=DEMO_TOKEN_TTL_SECONDS),
+                ),
+            )
+            for u in self.users
+        ]
+        served = [u.as_json() for u in self.users if u.role != Role.ADMIN.value]
+        target = self.state_dir / "demo-data" / "demo-users.json"
+        partial = target.with_suffix(".json.tmp")
+        partial.write_text(json.dumps({"users": served}, indent=2))
+        partial.replace(target)
+
+    def _refresh_demo_users(self, stopping: threading.Event) -> None:
+        while not stopping.wait(DEMO_TOKEN_REFRESH_SECONDS):
+            try:
+                self.write_demo_users()
+            except (OSError, ValueError) as exc:
+                self._progress(f"could not refresh demo tokens: {exc}")
 
     def user(self, role: str, index: int = 0) -> DemoUser:
         return [u for u in self.users if u.role == role][index]
 
 
 _SERVICE_PREFIXES = ("BOOKING_API_", "PUBLISHER_", "GATEWAY_")
+
+# The edge's per-address limits (deploy/edge/README.md), the same defaults as the image's;
+# each can be overridden from the environment (e.g. `EDGE_STREAMS_PER_IP=10 make demo`).
+EDGE_LIMITS = {
+    "EDGE_STREAMS_PER_IP": "100",
+    "EDGE_REQUESTS_PER_SECOND": "50",
+    "EDGE_REQUEST_BURST": "200",
+    "EDGE_WRITES_PER_SECOND": "5",
+    "EDGE_WRITE_BURST": "50",
+    "EDGE_RETRY_AFTER_SECONDS": "2",
+    "EDGE_DEMO_USERS_ALLOW": "127.0.0.1",
+}
 
 
 def _main_conf(edge: Path) -> str:
@@ -523,15 +803,19 @@ def _main_conf(edge: Path) -> str:
         entry = pwd.getpwuid(os.geteuid())
         user = f"user {entry.pw_name};\n"
     tmp = edge / "tmp"
-    # Each proxied stream holds two connections; stay within the open-file limit nginx
-    # inherits (it cannot raise it without root).
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    connections = 4096 if soft == resource.RLIM_INFINITY else max(256, min(4096, soft - 32))
+    # Each proxied stream holds two connections and every connection a file descriptor:
+    # nginx raises its own soft open-file limit up to the hard one (no root needed for
+    # that), and takes as many connections as that allows.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    connections = max(256, min(16384, files - 64))
     return f"""# Generated by scripts/devstack.py: nginx without root, every path under {edge}.
 {user}worker_processes 1;
 daemon off;
 pid {edge}/nginx.pid;
 error_log {edge}/logs/error.log warn;
+
+worker_rlimit_nofile {files};
 
 events {{
     worker_connections {connections};
@@ -548,7 +832,8 @@ http {{
         image/x-icon ico;
     }}
     default_type application/octet-stream;
-    access_log {edge}/logs/access.log;
+    # Each server logs with the query-free `slotstream` format (deploy/edge).
+    access_log off;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;

@@ -13,7 +13,7 @@ const state = {
   weekChosen: false, // the user navigated weeks: stop jumping to the next free slot
   sub: null,
   myBookingIds: new Set(), // active bookings of the signed-in student
-  studentOfBooking: new Map(), // booking id → student id (from booking events)
+  studentOfBooking: new Map(), // booking id → student id (own bookings, private booking events)
   pending: new Set(), // slot ids with a request in flight
   changed: new Set(), // slot ids to highlight briefly
   notifications: new Map(), // id → NotificationData
@@ -52,7 +52,7 @@ function newIdempotencyKey() {
 
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
-  if (state.user) headers.Authorization = `Bearer ${state.user.token}`;
+  if (state.user) headers.Authorization = `Bearer ${await freshToken()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method === "POST") headers["Idempotency-Key"] = newIdempotencyKey();
   let response;
@@ -108,17 +108,40 @@ function describeSlot(slot) {
 
 // ---------------------------------------------------------------- users and instructors
 
+async function readDemoUsers() {
+  const response = await fetch("demo-users.json", { cache: "no-store" });
+  if (!response.ok) return [];
+  const body = await response.json();
+  return itemsOf(body, "users")
+    .map((u) => {
+      const claims = decodeTokenClaims(u.token) || {};
+      return { id: u.id || claims.sub, name: u.name || claims.name || claims.sub, role: u.role || claims.role, token: u.token };
+    })
+    .filter((u) => u.id && u.token);
+}
+
+// Demo tokens live an hour and `make demo` re-mints demo-users.json every 15 minutes:
+// a token with less than TOKEN_REFRESH_MS left is swapped for the file's current one.
+const TOKEN_REFRESH_MS = 10 * 60_000;
+
+async function freshToken() {
+  const user = state.user;
+  if (!user) return null;
+  const exp = decodeTokenClaims(user.token)?.exp;
+  if (exp && exp * 1000 - Date.now() < TOKEN_REFRESH_MS) {
+    try {
+      const renewed = (await readDemoUsers()).find((u) => u.id === user.id);
+      if (renewed) user.token = renewed.token;
+    } catch {
+      // keep the old token: the server says when it no longer accepts it
+    }
+  }
+  return user.token;
+}
+
 async function loadUsers() {
   try {
-    const response = await fetch("demo-users.json", { cache: "no-store" });
-    if (!response.ok) return;
-    const body = await response.json();
-    state.users = itemsOf(body, "users")
-      .map((u) => {
-        const claims = decodeTokenClaims(u.token) || {};
-        return { id: u.id || claims.sub, name: u.name || claims.name || claims.sub, role: u.role || claims.role, token: u.token };
-      })
-      .filter((u) => u.id && u.token);
+    state.users = await readDemoUsers();
   } catch {
     state.users = [];
   }
@@ -184,7 +207,7 @@ function connect() {
   renderStatus({ status: Status.CONNECTING, attempt: 0 });
   $("week").setAttribute("aria-busy", "true");
   state.sub = subscribe(state.instructorId, {
-    token: state.user?.token ?? null,
+    token: state.user ? freshToken : null,
     userId: state.user?.id ?? null,
     onStatus: renderStatus,
     onSchedule: onSchedule,

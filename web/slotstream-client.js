@@ -18,12 +18,20 @@ export const Status = Object.freeze({
 
 const DEFAULTS = Object.freeze({
   baseUrl: "",
-  token: null,
+  token: null, // a JWT, or a function returning one (or a promise of one), asked before each connect
   userId: null,
   initialBackoffMs: 500,
   maxBackoffMs: 15000,
+  // The gateway sends a `heartbeat` event every 15 s; nothing at all for two of them plus
+  // slack means the stream is dead even if the socket looks open (a frozen gateway, a
+  // proxy holding a half-open connection): close it and reconnect.
+  heartbeatTimeoutMs: 35000,
   eventSourceFactory: (url) => new EventSource(url),
+  fetch: (url, init) => fetch(url, init),
 });
+
+/** The ticket endpoint refused the token: retrying with it cannot help. */
+class SignInExpired extends Error {}
 
 /**
  * Decode the (unverified) claims of a JWT, for display only: the server verifies tokens.
@@ -123,6 +131,9 @@ export class Subscription extends EventTarget {
     this._source = null;
     this._retryTimer = null;
     this._retryAt = null;
+    this._watchdogTimer = null;
+    /** Bumped by every connect and by close(): a ticket that arrives late is dropped. */
+    this._generation = 0;
     this._connect();
   }
 
@@ -131,16 +142,24 @@ export class Subscription extends EventTarget {
     return this.status === Status.OPEN;
   }
 
-  /** The URL of the next connection (public schedule, or /v1/events when logged in). */
-  url() {
-    const { baseUrl, token, userId } = this.options;
+  /** True when signed in: private channels, opened with a stream ticket. */
+  get isPrivate() {
+    return Boolean(this.options.token);
+  }
+
+  /**
+   * The URL of the next connection: the public schedule, or /v1/events with a single-use
+   * stream ticket when signed in. The bearer token itself never goes into a URL.
+   */
+  url(ticket = null) {
+    const { baseUrl, userId } = this.options;
     const params = new URLSearchParams();
     let path;
-    if (token) {
+    if (this.isPrivate) {
       path = "/v1/events";
       params.append("channel", `instructors/${this.instructorId}/schedule`);
       if (userId) params.append("channel", `users/${userId}/notifications`);
-      params.set("access_token", token);
+      if (ticket) params.set("ticket", ticket);
     } else {
       path = "/api/book-now/schedule-updates";
       params.set("instructorId", this.instructorId);
@@ -151,8 +170,11 @@ export class Subscription extends EventTarget {
 
   /** Stop for good: closes the stream and cancels any pending retry. */
   close() {
+    this._generation += 1;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
+    clearTimeout(this._watchdogTimer);
+    this._watchdogTimer = null;
     if (this._source) this._source.close();
     this._source = null;
     this._setStatus(Status.CLOSED);
@@ -168,10 +190,57 @@ export class Subscription extends EventTarget {
 
   _connect() {
     if (this._source) this._source.close();
-    const source = this.options.eventSourceFactory(this.url());
+    this._source = null;
+    const generation = ++this._generation;
+    if (!this.isPrivate) {
+      this._open(this.url());
+      return;
+    }
+    // A fresh ticket for every (re)connect: each one opens a single stream.
+    this._fetchTicket().then(
+      (ticket) => {
+        if (generation === this._generation) this._open(this.url(ticket));
+      },
+      (error) => {
+        if (generation !== this._generation) return;
+        this.attempt += 1;
+        if (error instanceof SignInExpired) {
+          // Retrying cannot help: the server refuses this token every time.
+          this._fail(error);
+          this._setStatus(Status.CLOSED);
+          return;
+        }
+        this._scheduleRetry();
+      },
+    );
+  }
+
+  /** POST /api/stream-tickets with the bearer token (in a header) → a 30 s single-use ticket. */
+  async _fetchTicket() {
+    const { baseUrl } = this.options;
+    const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
+    if (!token) throw new SignInExpired("You are signed out: sign in again to get live updates.");
+    const response = await this.options.fetch(`${baseUrl}/api/stream-tickets`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      cache: "no-store",
+    });
+    if (response.status === 401) {
+      throw new SignInExpired("Your sign-in has expired: sign in again to get live updates.");
+    }
+    if (!response.ok) throw new Error(`no stream ticket (HTTP ${response.status})`);
+    const body = await response.json();
+    if (typeof body.ticket !== "string" || !body.ticket) throw new Error("no stream ticket in the answer");
+    return body.ticket;
+  }
+
+  _open(url) {
+    const source = this.options.eventSourceFactory(url);
     this._source = source;
+    this._armWatchdog(source);
     source.onopen = () => {
       if (source !== this._source) return;
+      this._armWatchdog(source);
       this.attempt = 0;
       this.error = null;
       this._setStatus(Status.OPEN);
@@ -179,12 +248,15 @@ export class Subscription extends EventTarget {
     source.onerror = () => {
       if (source !== this._source) return;
       this.attempt += 1;
-      if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up (HTTP error, wrong content type, proxy error page):
-        // reconnect ourselves, later each time, from the last event we saw.
+      if (source.readyState === EventSource.CLOSED || this.isPrivate) {
+        // The browser gave up (HTTP error, wrong content type, proxy error page), or the
+        // stream was opened with a ticket, which the browser's own retry would present a
+        // second time (refused: tickets are single-use). Reconnect ourselves, with a fresh
+        // ticket, after a back-off, from the last event we saw.
+        const gaveUp = source.readyState === EventSource.CLOSED;
         source.close();
         this._source = null;
-        this._scheduleRetry();
+        this._scheduleRetry(gaveUp ? Status.DISCONNECTED : Status.RECONNECTING);
       } else {
         // EventSource retries by itself and sends Last-Event-ID.
         this._setStatus(Status.RECONNECTING);
@@ -193,6 +265,7 @@ export class Subscription extends EventTarget {
     const on = (name, handler) =>
       source.addEventListener(name, (event) => {
         if (source !== this._source) return;
+        this._armWatchdog(source);
         if (event.lastEventId) this.lastEventId = event.lastEventId;
         let payload;
         try {
@@ -210,23 +283,30 @@ export class Subscription extends EventTarget {
     on("presence", (frame) => this._onPresence(frame));
     on("resync", (frame) => this._emit("resync", frame));
     on("bye", (frame) => this._emit("bye", frame));
+    on("heartbeat", () => {});
   }
 
-  _scheduleRetry() {
-    const { initialBackoffMs, maxBackoffMs, token } = this.options;
-    const exp = token ? decodeTokenClaims(token)?.exp : undefined;
-    if (exp && exp * 1000 <= Date.now()) {
-      // Retrying cannot help: the gateway refuses an expired token every time.
-      this._fail(new Error("Your sign-in has expired: sign in again to get live updates."));
-      this._setStatus(Status.CLOSED);
-      return;
-    }
+  /** (Re)start the countdown to a reconnect; every frame of the current source resets it. */
+  _armWatchdog(source) {
+    clearTimeout(this._watchdogTimer);
+    this._watchdogTimer = setTimeout(() => {
+      this._watchdogTimer = null;
+      if (source !== this._source) return;
+      source.close();
+      this._source = null;
+      this.attempt += 1;
+      this._scheduleRetry(Status.RECONNECTING);
+    }, this.options.heartbeatTimeoutMs);
+  }
+
+  _scheduleRetry(status = Status.DISCONNECTED) {
+    const { initialBackoffMs, maxBackoffMs } = this.options;
     // Capped exponential backoff with full jitter: many pages dropped at once by one
     // failing gateway must not all come back in the same instant.
     const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** Math.min(this.attempt - 1, 16));
     const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     this._retryAt = Date.now() + delay;
-    this._setStatus(Status.DISCONNECTED, delay);
+    this._setStatus(status, delay);
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
       this._setStatus(Status.RECONNECTING);
@@ -291,8 +371,8 @@ export class Subscription extends EventTarget {
 /**
  * Subscribe to an instructor's schedule.
  * @param {string} instructorId
- * @param {object} [options] baseUrl, token, userId, initialBackoffMs, maxBackoffMs,
- *   eventSourceFactory, and callbacks onChange, onSchedule, onSlot, onBooking,
+ * @param {object} [options] baseUrl, token (a JWT or a function returning one), userId,
+ *   initialBackoffMs, maxBackoffMs, eventSourceFactory, fetch, and callbacks onChange, onSchedule, onSlot, onBooking,
  *   onNotification, onPresence, onStatus, onError, onResync, onBye.
  * @returns {Subscription}
  */

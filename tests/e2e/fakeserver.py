@@ -2,17 +2,20 @@
 
 Used to test the browser client's own behaviour where the real stack cannot be steered
 precisely: a server that refuses the stream (the client must back off and resume with
-``lastEventId``), and stale deltas (the page must never move a slot backwards).
+``lastEventId``), stale deltas (the page must never move a slot backwards), and signed-in
+streams opened with single-use tickets (never a token in the URL).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jwt
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +27,19 @@ from slotstream_contracts.entities import ScheduleSnapshot, SlotData, SlotStatus
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 INSTRUCTOR = "fake-instructor"
+STUDENT = "fake-student"
+
+
+def student_token(exp: int = 4_000_000_000) -> str:
+    """The fake checks tokens by equality only; the page decodes the claims (``exp``)."""
+    return jwt.encode(
+        {"sub": STUDENT, "role": "student", "name": "Fake Student", "exp": exp},
+        "fake-edge-signing-key-9c2e7a1f4b8d0e6c3a5f",
+        algorithm="HS256",
+    )
+
+
+STUDENT_TOKEN = student_token()
 
 
 def make_slot(slot_id: str, start: datetime, version: int = 1, booked: bool = False) -> SlotData:
@@ -49,6 +65,12 @@ class FakeEdge:
     queues: list[asyncio.Queue[bytes | None]] = field(default_factory=list)
     next_id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
+    #: tickets issued by POST /api/stream-tickets and not yet used
+    tickets: set[str] = field(default_factory=set)
+    ticket_requests: list[str | None] = field(default_factory=list)  # Authorization headers
+    #: what /demo-users.json hands out as the student's token, in turn (the last one stays)
+    demo_tokens: list[str] = field(default_factory=lambda: [STUDENT_TOKEN])
+    demo_users_reads: int = 0
 
     def snapshot(self) -> ScheduleSnapshot:
         now = datetime.now(UTC)
@@ -79,6 +101,10 @@ class FakeEdge:
         }
         self._broadcast(self.frame("slot", event))
 
+    def send_heartbeat(self) -> None:
+        """The gateway's heartbeat (a named event without ``id:``) to every open stream."""
+        self._broadcast(b"event: heartbeat\ndata: {}\n\n")
+
     def drop_streams(self) -> None:
         """End every open stream, as a gateway that goes away would."""
         self._broadcast(None)
@@ -101,11 +127,30 @@ class FakeEdge:
             )
 
         async def demo_users(_: Request) -> Response:
-            return JSONResponse({"users": []})
+            self.demo_users_reads += 1
+            token = self.demo_tokens.pop(0) if len(self.demo_tokens) > 1 else self.demo_tokens[0]
+            user = {"id": STUDENT, "name": "Fake Student", "role": "student", "token": token}
+            return JSONResponse({"users": [user]})
+
+        async def mine(_: Request) -> Response:
+            return JSONResponse([])
+
+        async def stream_ticket(request: Request) -> Response:
+            self.ticket_requests.append(request.headers.get("authorization"))
+            if request.headers.get("authorization") != f"Bearer {self.demo_tokens[-1]}":
+                return JSONResponse({"detail": "no token"}, status_code=401)
+            ticket = secrets.token_urlsafe(32)
+            self.tickets.add(ticket)
+            return JSONResponse({"ticket": ticket, "expiresIn": 30}, status_code=201)
 
         async def stream(request: Request) -> Response:
             self.loop = asyncio.get_running_loop()
             self.stream_requests.append(dict(request.query_params))
+            if request.url.path == "/v1/events":
+                ticket = request.query_params.get("ticket", "")
+                if ticket not in self.tickets:  # single use, as the real gateway
+                    return JSONResponse({"detail": "bad ticket"}, status_code=401)
+                self.tickets.discard(ticket)
             if self.refuse_streams > 0:
                 self.refuse_streams -= 1
                 return JSONResponse({"detail": "no gateway"}, status_code=503)
@@ -137,6 +182,10 @@ class FakeEdge:
                 Route(f"/api/instructors/{INSTRUCTOR}/schedule", schedule),
                 Route("/demo-users.json", demo_users),
                 Route("/api/book-now/schedule-updates", stream),
+                Route("/v1/events", stream),
+                Route("/api/stream-tickets", stream_ticket, methods=["POST"]),
+                Route("/api/users/me/bookings", mine),
+                Route("/api/users/me/notifications", mine),
                 Mount("/", StaticFiles(directory=WEB_ROOT, html=True)),
             ]
         )

@@ -9,7 +9,14 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from tests.e2e.conftest import save_screenshot
-from tests.e2e.fakeserver import INSTRUCTOR, FakeEdge, make_slot
+from tests.e2e.fakeserver import (
+    INSTRUCTOR,
+    STUDENT,
+    STUDENT_TOKEN,
+    FakeEdge,
+    make_slot,
+    student_token,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -19,10 +26,12 @@ def tomorrow_at(hour: int) -> datetime:
     return day + timedelta(days=1, hours=hour)
 
 
-def open_page(context: BrowserContext, base_url: str, errors: list[str]) -> Page:
+def open_page(
+    context: BrowserContext, base_url: str, errors: list[str], as_user: str | None = None
+) -> Page:
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base_url}/?instructor={INSTRUCTOR}")
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}" + (f"&as={as_user}" if as_user else ""))
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     return page
 
@@ -80,3 +89,85 @@ def test_dropped_stream_goes_amber_and_resumes(
     assert resumed.get("lastEventId", "").startswith("s0:")
     assert resumed["instructorId"] == INSTRUCTOR
     assert errors == []
+
+
+def test_a_signed_in_page_streams_with_a_fresh_ticket_each_connect(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    first = fake.stream_requests[-1]
+    assert "access_token" not in first
+    assert first["ticket"]
+    assert fake.ticket_requests == [f"Bearer {STUDENT_TOKEN}"]  # the token went in a header
+
+    # The gateway goes away: the client closes the EventSource (the browser's own retry
+    # would present the spent ticket again) and comes back with a new ticket and lastEventId.
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), version=2, booked=True)
+    fake.drop_streams()
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked", timeout=15_000)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    resumed = fake.stream_requests[-1]
+    assert resumed["ticket"] != first["ticket"]
+    assert resumed.get("lastEventId", "").startswith("s0:")
+    assert len(fake.ticket_requests) == 2
+    # no request presented a used ticket (each would have been refused with 401)
+    assert [r["ticket"] for r in fake.stream_requests] == [first["ticket"], resumed["ticket"]]
+    assert errors == []
+
+
+def test_a_page_whose_demo_token_nears_expiry_reads_the_reminted_one(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    soon = int(datetime.now(UTC).timestamp()) + 300  # 5 minutes left
+    fresh = student_token(int(datetime.now(UTC).timestamp()) + 3600)
+    fake.demo_tokens = [student_token(soon), fresh]
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    assert fake.demo_users_reads >= 2  # read again before the first ticket
+    assert fake.ticket_requests == [f"Bearer {fresh}"]
+    assert errors == []
+
+
+WATCHED_CLIENT = """async (timeoutMs) => {
+  const { subscribe } = await import("/slotstream-client.js");
+  window.__statuses = [];
+  window.__sub = subscribe(%r, {
+    heartbeatTimeoutMs: timeoutMs,
+    initialBackoffMs: 50,
+    maxBackoffMs: 100,
+    onStatus: ({ status }) => window.__statuses.push(status),
+  });
+}"""
+
+
+def test_the_watchdog_reconnects_a_silent_stream_and_heartbeats_keep_it(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A stream that stays open but carries nothing (a frozen gateway) is closed and
+    resumed after ``heartbeatTimeoutMs``; heartbeat events alone keep a quiet one open."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    page = context.new_page()
+    # Any document of the fake's origin will do: only the client module runs, not the page.
+    page.goto(f"{base_url}/slotstream-client.js")
+    page.evaluate(WATCHED_CLIENT % INSTRUCTOR, 1500)
+    page.wait_for_function("window.__statuses.includes('open')")
+    assert len(fake.stream_requests) == 1
+
+    for _ in range(10):  # 4 s of heartbeats only, every 0.4 s: no reconnect
+        fake.send_heartbeat()
+        page.wait_for_timeout(400)
+    assert len(fake.stream_requests) == 1, page.evaluate("window.__statuses")
+
+    # Silence: the watchdog fires after 1.5 s and the client resumes from the snapshot's id.
+    page.wait_for_function("window.__statuses.filter((s) => s === 'open').length >= 2")
+    assert len(fake.stream_requests) == 2
+    assert fake.stream_requests[1].get("lastEventId") == "s0:1"
+    page.evaluate("window.__sub.close()")

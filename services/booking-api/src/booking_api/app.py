@@ -10,7 +10,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from booking_api.adapters.memory import MemoryStorage
-from booking_api.api import internal, ops, routes
+from booking_api.adapters.tickets import ticket_store_for
+from booking_api.api import internal, ops, routes, tickets
 from booking_api.api.deps import AppParts, Runtime
 from booking_api.api.metrics import Metrics
 from booking_api.api.middleware import RequestContextMiddleware
@@ -42,7 +43,8 @@ def create_app(
 
     def wire(store: Storage) -> Runtime:
         memory = store if isinstance(store, MemoryStorage) else None
-        return Runtime(settings, store, BookingService(store, clock), memory)
+        service = BookingService(store, clock)
+        return Runtime(settings, store, service, memory, ticket_store_for(store))
 
     # The memory store needs no I/O to open, so it is ready without a lifespan (ASGI tests).
     given = storage or (MemoryStorage(settings.mongo_db) if settings.storage == "memory" else None)
@@ -55,6 +57,7 @@ def create_app(
         if parts.runtime is None:
             parts.runtime = wire(_open_storage(settings))
         await parts.runtime.storage.start()
+        await parts.runtime.tickets.start()
         log.info("booking_api.started", storage=settings.storage)
         try:
             yield
@@ -67,9 +70,9 @@ def create_app(
         title="Slotstream booking API",
         version="0.1.0",
         summary="Instructors, slots, bookings and notifications",
-        docs_url="/api/docs",
+        docs_url="/api/docs" if settings.docs_enabled else None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url="/api/openapi.json" if settings.docs_enabled else None,
         lifespan=lifespan,
         # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry stays off, so
         # it does not even check for configured providers on every request.
@@ -99,6 +102,7 @@ def create_app(
     app.add_exception_handler(PyMongoError, on_storage_error)
     app.include_router(routes.router)
     app.include_router(ops.router)
+    app.include_router(tickets.router)  # both storage modes: the gateways redeem tickets
     if settings.storage == "memory" or isinstance(storage, MemoryStorage):
         app.include_router(internal.router)
     if settings.cors_origins:

@@ -3,32 +3,37 @@ then the verified principal is reused until the token expires."""
 
 import time
 
-import jwt
-
-from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token
+from slotstream_contracts.auth import (
+    InvalidToken,
+    JwtSettings,
+    Principal,
+    VerifiedToken,
+    verify_token_claims,
+)
 
 
 class TokenVerifier:
     def __init__(self, settings: JwtSettings, max_cached: int = 10_000) -> None:
         self._settings = settings
         self._max_cached = max_cached
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache: dict[str, VerifiedToken] = {}
 
     def verify(self, token: str) -> Principal:
         """The token's principal; ``InvalidToken`` when it is malformed, forged or expired."""
+        return self.verify_claims(token).principal
+
+    def verify_claims(self, token: str) -> VerifiedToken:
+        """The token's principal and expiry (same checks as :meth:`verify`)."""
         cached = self._cache.get(token)
         if cached is not None:
-            principal, expires = cached
-            if time.time() < expires + self._settings.leeway_seconds:
-                return principal
+            if time.time() < cached.expires_at + self._settings.leeway_seconds:
+                return cached
             del self._cache[token]
-        principal = verify_token(token, self._settings)
-        # The signature was just checked; reading the claims again only fetches ``exp``.
-        claims = jwt.decode(token, options={"verify_signature": False})
+        verified = verify_token_claims(token, self._settings)
         if len(self._cache) >= self._max_cached:
             self._cache.clear()
-        self._cache[token] = (principal, float(claims["exp"]))
-        return principal
+        self._cache[token] = verified
+        return verified
 
 
 __all__ = ["InvalidToken", "TokenVerifier"]

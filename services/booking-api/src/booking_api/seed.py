@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 
-from booking_api.tokens import jwt_settings_from_env
+from booking_api.tokens import KEY_HINT, jwt_settings_from_env
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 
 INSTRUCTORS = [
@@ -33,7 +33,8 @@ INSTRUCTORS = [
 ]
 STUDENTS = [("student-1", "Alan Turing"), ("student-2", "Barbara Liskov")]
 WORKING_HOURS = (9, 10, 11, 13, 14, 15, 16)
-TOKEN_TTL = timedelta(hours=24)
+#: demo tokens are short-lived; `make demo` re-mints them (scripts/devstack.py)
+TOKEN_TTL = timedelta(hours=1)
 
 
 @dataclass
@@ -104,20 +105,20 @@ async def seed_instructor(
     }
 
 
-def make_users(settings: JwtSettings, instructors: int) -> list[SeededUser]:
+def make_users(
+    settings: JwtSettings, instructors: int, ttl: timedelta = TOKEN_TTL
+) -> list[SeededUser]:
     users = [
         SeededUser(
             f"instructor-{n + 1}",
             Role.INSTRUCTOR,
             name,
-            mint_token(settings, f"instructor-{n + 1}", Role.INSTRUCTOR, name, TOKEN_TTL),
+            mint_token(settings, f"instructor-{n + 1}", Role.INSTRUCTOR, name, ttl),
         )
         for n, (name, _tz) in enumerate(INSTRUCTORS[:instructors])
     ]
     users += [
-        SeededUser(
-            sid, Role.STUDENT, name, mint_token(settings, sid, Role.STUDENT, name, TOKEN_TTL)
-        )
+        SeededUser(sid, Role.STUDENT, name, mint_token(settings, sid, Role.STUDENT, name, ttl))
         for sid, name in STUDENTS
     ]
     users.append(
@@ -125,7 +126,7 @@ def make_users(settings: JwtSettings, instructors: int) -> list[SeededUser]:
             "admin",
             Role.ADMIN,
             "Admin",
-            mint_token(settings, "admin", Role.ADMIN, "Admin", TOKEN_TTL),
+            mint_token(settings, "admin", Role.ADMIN, "Admin", ttl),
         )
     )
     return users
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = jwt_settings_from_env(args.secret)
         settings.signing_key()
     except ValueError as exc:
-        parser.error(f"cannot sign tokens: {exc} (set BOOKING_API_JWT__SECRET or --secret)")
+        parser.error(f"cannot sign tokens: {exc} ({KEY_HINT})")
     try:
         document = asyncio.run(seed(args.api, settings, args.instructors, args.days, args.wait))
     except (RuntimeError, httpx.HTTPError) as exc:

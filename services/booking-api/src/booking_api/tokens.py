@@ -2,34 +2,44 @@
 
     slotstream-token --sub i1 --role instructor --name "Ada"
 
-The key comes from ``--secret`` or ``BOOKING_API_JWT__SECRET`` (HS256), or
-``BOOKING_API_JWT__PRIVATE_KEY`` with ``BOOKING_API_JWT__ALGORITHM=RS256``.
+The key comes from the booking-api's own settings: ``BOOKING_API_JWT__ALGORITHM``
+(``EdDSA``, ``ES256``, ``RS256`` or ``HS256``) with ``BOOKING_API_JWT__PRIVATE_KEY_FILE``
+(or ``__PRIVATE_KEY``), or ``BOOKING_API_JWT__SECRET`` / ``--secret`` for HS256; the
+token carries ``BOOKING_API_JWT__ISSUER`` and ``__AUDIENCE`` when they are set.
 """
 
 import argparse
-import os
 import sys
 from datetime import timedelta
 
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_contracts.ids import is_valid_id
 
 
+class _MintingEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BOOKING_API_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+
+
+KEY_HINT = "set BOOKING_API_JWT__PRIVATE_KEY_FILE (or BOOKING_API_JWT__SECRET for HS256)"
+
+
 def jwt_settings_from_env(secret: str | None = None) -> JwtSettings:
-    env = os.environ
-    chosen = secret or env.get("BOOKING_API_JWT__SECRET")
+    """The minting settings from ``BOOKING_API_JWT__*``; ``secret`` forces HS256."""
+    configured = _MintingEnvironment().jwt
+    if secret is None:
+        return configured
     return JwtSettings(
-        algorithm="RS256" if env.get("BOOKING_API_JWT__ALGORITHM") == "RS256" else "HS256",
-        secret=SecretStr(chosen) if chosen else None,
-        private_key=(
-            SecretStr(env["BOOKING_API_JWT__PRIVATE_KEY"])
-            if "BOOKING_API_JWT__PRIVATE_KEY" in env
-            else None
-        ),
-        audience=env.get("BOOKING_API_JWT__AUDIENCE") or None,
-        issuer=env.get("BOOKING_API_JWT__ISSUER") or None,
+        secret=SecretStr(secret),
+        issuer=configured.issuer,
+        audience=configured.audience,
+        max_lifetime_seconds=configured.max_lifetime_seconds,
     )
 
 
@@ -49,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             settings, args.sub, Role(args.role), args.name, timedelta(hours=args.ttl_hours)
         )
     except (ValueError, ValidationError) as exc:
-        parser.error(f"cannot sign: {exc} (set BOOKING_API_JWT__SECRET or pass --secret)")
+        parser.error(f"cannot sign: {exc} ({KEY_HINT})")
     sys.stdout.write(token + "\n")
 
 

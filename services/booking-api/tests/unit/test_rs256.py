@@ -34,7 +34,9 @@ async def test_rs256_tokens_are_verified_with_the_public_key() -> None:
         ok = await client.get("/api/users/me/bookings", headers={"Authorization": f"Bearer {good}"})
         assert ok.status_code == 200
         forged = mint_token(
-            JwtSettings(secret=SecretStr("x" * 16 + "another-hs256-secret")), "s1", Role.STUDENT
+            JwtSettings(secret=SecretStr("another-hs256-secret-4f9a1c7e2b8d6053")),
+            "s1",
+            Role.STUDENT,
         )
         refused = await client.get(
             "/api/users/me/bookings", headers={"Authorization": f"Bearer {forged}"}

@@ -1,19 +1,23 @@
 """Composition root: build settings' clients, the hub and the gateway, and wire them."""
 
 import gc
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
 import httpx
+import structlog
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client.registry import CollectorRegistry
+from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
 from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
 from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSource, SnapshotSource
+from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
 from push_gateway.config import Settings
@@ -21,6 +25,8 @@ from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
 from slotstream_contracts.channels import ChannelKind
+
+log = structlog.get_logger(__name__)
 
 #: (young, middle, old) collection thresholds: CPython's are (700, 10, 10)
 GC_THRESHOLDS: Final = (700, 10, 1000)
@@ -32,6 +38,7 @@ def create_app(
     snapshot_source: SnapshotSource | None = None,
     history: History | None = None,
     presence: PresenceBus | None = None,
+    tickets: TicketRedeemer | None = None,
 ) -> FastAPI:
     """The FastAPI app (non-stream routes) with the gateway on ``app.state.gateway``.
 
@@ -58,27 +65,40 @@ def create_app(
         if presence is None
         else None
     )
-    gateway = Gateway(
-        settings,
-        hub,
-        CoalescingSnapshots(
-            snapshot_source or HttpSnapshotSource(http_client),
-            reuse_seconds=settings.snapshot_reuse_seconds,
-        ),
-        history or KafkaHistory(settings.kafka),
-        presence or kafka_presence,  # type: ignore[arg-type]
-    )
     ingest = KafkaIngest(
         settings.kafka,
         (topics.schedule, topics.notifications),
         hub,
         backfill=settings.ring_buffer_size,
     )
+    kafka_history = (
+        KafkaHistory(
+            settings.kafka,
+            max_reads=settings.max_history_reads,
+            wait_seconds=settings.history_wait_seconds,
+        )
+        if history is None
+        else None
+    )
+    gateway = Gateway(
+        settings,
+        hub,
+        CoalescingSnapshots(
+            snapshot_source or HttpSnapshotSource(http_client),
+            reuse_seconds=settings.snapshot_reuse_seconds,
+            unknown_ttl_seconds=settings.unknown_instructor_ttl_seconds,
+        ),
+        history or kafka_history,  # type: ignore[arg-type]
+        presence or kafka_presence,  # type: ignore[arg-type]
+        bounds=ingest,
+        tickets=tickets or HttpTicketRedeemer(http_client, _secret(settings.internal_token)),
+    )
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        raise_open_file_limit()
         await ingest.start()
         if kafka_presence is not None:
             await kafka_presence.start()
@@ -97,6 +117,8 @@ def create_app(
         finally:
             await gateway.shutdown()
             await ingest.stop()
+            if kafka_history is not None:
+                await kafka_history.close()
             if kafka_presence is not None:
                 await kafka_presence.stop()
             await http_client.aclose()
@@ -117,6 +139,23 @@ def create_app(
     return app
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def raise_open_file_limit() -> None:
+    """Every stream is an open socket: lift the soft ``RLIMIT_NOFILE`` (often 1024) to the
+    hard limit, so ``GATEWAY_MAX_CONNECTIONS`` and not the descriptor table is the cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit", soft=soft, hard=hard, error=str(exc))
+            return
+    log.info("open-file limit", soft=hard, was=soft)
+
+
 def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
     """A uvicorn server (uvloop, httptools) whose HTTP protocol hands streams to the gateway."""
     app = app or create_app(settings)
@@ -129,6 +168,7 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         lifespan="on",
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )

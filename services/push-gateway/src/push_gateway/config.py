@@ -1,16 +1,27 @@
 """Push-gateway settings: environment variables with the ``GATEWAY_`` prefix."""
 
 import socket
+from ipaddress import IPv4Network, IPv6Network
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KafkaSettings,
+    KeepAliveSeconds,
+    LogSettings,
+    TopicSettings,
+)
 
 
 def _default_instance_id() -> str:
     return socket.gethostname()[:64] or "gateway"
+
+
+def _loopback() -> list[IPv4Network | IPv6Network]:
+    return [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 
 
 class GatewayKafkaSettings(KafkaSettings):
@@ -36,6 +47,7 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8002, ge=1, le=65535)
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     backlog: int = Field(
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )
@@ -51,6 +63,10 @@ class Settings(BaseSettings):
     kafka: GatewayKafkaSettings = GatewayKafkaSettings()
     topics: TopicSettings = TopicSettings()
     jwt: JwtSettings = JwtSettings()
+    internal_token: SecretStr | None = Field(
+        default=None,
+        description="X-Internal-Token for redeeming stream tickets at the booking-api",
+    )
     log: LogSettings = LogSettings()
 
     ring_buffer_size: int = Field(
@@ -59,6 +75,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     retry_ms: int = Field(default=3000, ge=0, description="SSE retry hint for reconnects")
     shutdown_retry_ms: int = Field(default=500, ge=0, description="retry hint sent at shutdown")
+    shutdown_retry_jitter_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="Up to this much is added at random to each stream's shutdown retry "
+        "hint, so a drained gateway's clients reconnect over a window, not all at once",
+    )
     max_connections: int = Field(default=20_000, ge=1)
     max_channels_per_connection: int = Field(default=16, ge=1)
     max_pending_bytes: int = Field(
@@ -73,7 +95,52 @@ class Settings(BaseSettings):
         default=True, description="Send `presence` events to schedule subscribers"
     )
 
+    # -- history (Last-Event-ID) bounds --------------------------------------------------
+    max_resume_lag: int = Field(
+        default=4096,
+        ge=0,
+        description="A resume more than this many records behind a partition's end gets a "
+        "fresh snapshot (schedule) or a `resync` frame (notifications) instead of a replay",
+    )
+    max_history_reads: int = Field(
+        default=4, ge=1, description="Concurrent Kafka read-backs (one shared reader)"
+    )
+    history_wait_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long a resume waits for a free history read before it is answered "
+        "as if the history were gone (snapshot / resync)",
+    )
+
+    # -- per-client limits -----------------------------------------------------------------
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=_loopback,
+        description="Peers whose X-Real-IP header names the client (the edge)",
+    )
+    max_streams_per_ip: int = Field(default=50, ge=1)
+    max_streams_per_user: int = Field(
+        default=10, ge=1, description="Streams with a private channel per JWT `sub`"
+    )
+    connect_rate_per_ip: float = Field(
+        default=10.0, gt=0, description="Stream requests per second per client IP (refill)"
+    )
+    connect_burst_per_ip: int = Field(
+        default=100, ge=1, description="Stream requests per client IP in a burst"
+    )
+    unknown_instructor_ttl_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Remember the booking-api's 404 for an instructor this long",
+    )
+
     @field_validator("booking_api_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_missing_keys(self) -> "Settings":
+        """Fail at start, as the booking-api does, without a key to verify tokens with
+        (weak secrets and keys that do not fit the algorithm are refused by JwtSettings)."""
+        self.jwt.verification_key()
+        return self

@@ -3,9 +3,11 @@ hands it to the hub for live delivery. Also heartbeats, presence and graceful sh
 
 import asyncio
 import contextlib
+import dataclasses
+import random
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from typing import Any, Final
@@ -13,7 +15,7 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from push_gateway.adapters.kafka import History, HistoryGone
+from push_gateway.adapters.kafka import FakeLogBounds, History, HistoryBusy, HistoryGone, LogBounds
 from push_gateway.adapters.presence import PresenceBus
 from push_gateway.adapters.snapshots import (
     CoalescingSnapshots,
@@ -21,6 +23,7 @@ from push_gateway.adapters.snapshots import (
     SnapshotUnavailable,
     TakenSnapshot,
 )
+from push_gateway.adapters.tickets import TicketRedeemer, TicketServiceUnavailable
 from push_gateway.config import Settings
 from push_gateway.domain.frames import (
     HEARTBEAT,
@@ -36,9 +39,16 @@ from push_gateway.domain.hub import (
     frame_body,
     record_headers,
 )
+from push_gateway.domain.limits import StreamCounts, TokenBuckets, client_ip, retry_after
 from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
-from push_gateway.domain.requests import Problem, StreamRequest, parse_stream_request
+from push_gateway.domain.requests import (
+    Problem,
+    StreamRequest,
+    authorize,
+    parse_stream_request,
+    unauthorized,
+)
 from push_gateway.stream import SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -61,6 +71,11 @@ class GatewayStats:
     resumes_ring: int = 0
     resumes_kafka: int = 0
     resumes_gone: int = 0
+    resumes_refused: int = 0
+    resumes_busy: int = 0
+    limited: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("ip-rate", "ip-streams", "user-streams"), 0)
+    )
     token_expiries: int = 0
 
 
@@ -72,12 +87,23 @@ class Gateway:
         snapshots: CoalescingSnapshots,
         history: History,
         presence: PresenceBus,
+        bounds: LogBounds | None = None,
+        *,
+        tickets: TicketRedeemer,
     ) -> None:
         self.settings = settings
+        self.tickets = tickets
         self.hub = hub
         self.snapshots = snapshots
         self.history = history
         self.presence = presence
+        #: where each partition's log starts and ends (the ingest's view; tests: the hub's)
+        self.bounds = bounds or FakeLogBounds(hub)
+        self.streams_per_ip = StreamCounts(settings.max_streams_per_ip)
+        self.streams_per_user = StreamCounts(settings.max_streams_per_user)
+        self.connect_rate = TokenBuckets(
+            settings.connect_rate_per_ip, settings.connect_burst_per_ip
+        )
         self.connections: set[SseConnection] = set()
         self.accepting = True
         self.stats = GatewayStats()
@@ -99,7 +125,8 @@ class Gateway:
         for task in self._background:
             task.cancel()
         for connection in list(self.connections):
-            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms)
+            jitter = random.randint(0, self.settings.shutdown_retry_jitter_ms)
+            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms + jitter)
         for task in list(self._tasks) + self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -119,6 +146,9 @@ class Gateway:
         Returns the connection that now owns the transport (the caller installs it as the
         transport's protocol), or None when the request was answered and closed.
         """
+        peer = transport.get_extra_info("peername")
+        ip = client_ip(peer, headers, self.settings.trusted_proxies)
+        user: str | None = None
         try:
             if not self.accepting:
                 raise Problem(
@@ -128,6 +158,7 @@ class Gateway:
                 raise Problem(
                     503, "Service Unavailable", "gateway is starting", (("retry-after", "1"),)
                 )
+            self._admit_ip(ip)
             if len(self.connections) >= self.settings.max_connections:
                 raise Problem(
                     503,
@@ -142,6 +173,7 @@ class Gateway:
                 self.settings.jwt,
                 self.settings.max_channels_per_connection,
             )
+            user = self._admit_user(request)
         except Problem as problem:
             origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
             self.reject(transport, problem, path, origin)
@@ -155,15 +187,97 @@ class Gateway:
             max_pending_bytes=self.settings.max_pending_bytes,
             origin=request.origin,
         )
+        connection.client_ip = ip
+        connection.user = user
+        self.streams_per_ip.add(ip)
+        if user is not None:
+            self.streams_per_user.add(user)
         self.connections.add(connection)
         self.stats.accepted += 1
+        self._schedule_expiry(connection, request)
+        self._spawn(self._serve(connection, request))
+        return connection
+
+    def _schedule_expiry(self, connection: SseConnection, request: StreamRequest) -> None:
         if request.token_expires_at is not None:
             # a private stream must not outlive its token: the client re-authenticates
             connection.expiry = asyncio.get_running_loop().call_later(
                 max(0.0, request.token_expires_at - time.time()), self._expire, connection
             )
-        self._spawn(self._serve(connection, request))
-        return connection
+
+    async def _redeem(
+        self, connection: SseConnection, request: StreamRequest
+    ) -> StreamRequest | None:
+        """The request with the principal of its stream ticket, redeemed at the booking-api
+        (once); None when the request was answered with a problem instead."""
+        assert request.ticket is not None
+        try:
+            redeemed = await self.tickets.redeem(request.ticket)
+            if redeemed is None:
+                raise unauthorized("unknown, used or expired stream ticket")
+            authorize(request.channels, redeemed.principal)
+            redeemed_request = dataclasses.replace(
+                request,
+                principal=redeemed.principal,
+                token_expires_at=redeemed.token_expires_at + self.settings.jwt.leeway_seconds,
+                ticket=None,
+            )
+            user = self._admit_user(redeemed_request)  # the per-user limit, now it is known
+        except TicketServiceUnavailable as exc:
+            log.warning("ticket redemption failed", error=str(exc))
+            problem = Problem(
+                503,
+                "Service Unavailable",
+                "cannot check the stream ticket now; retry",
+                (("retry-after", "1"),),
+            )
+        except Problem as refused:
+            problem = refused
+        else:
+            if connection.state is StreamState.CLOSED:
+                return None
+            connection.user = user
+            if user is not None:
+                self.streams_per_user.add(user)
+            self._schedule_expiry(connection, redeemed_request)
+            return redeemed_request
+        self.reject(connection.transport, problem, "stream", connection.origin)
+        connection.close(None)
+        return None
+
+    def _admit_ip(self, ip: str) -> None:
+        """Per-client-IP limits: the connect rate (token bucket), then concurrent streams."""
+        settings = self.settings
+        wait = self.connect_rate.take(ip, time.monotonic())
+        if wait:
+            raise self._too_many(
+                "ip-rate",
+                f"more than {settings.connect_burst_per_ip} stream requests from one address "
+                f"in a burst, or {settings.connect_rate_per_ip:g}/s sustained",
+                wait,
+            )
+        if self.streams_per_ip.full(ip):
+            raise self._too_many(
+                "ip-streams", f"one address may hold at most {settings.max_streams_per_ip} streams"
+            )
+
+    def _admit_user(self, request: StreamRequest) -> str | None:
+        """Streams with a private channel count against their user (the token's ``sub``)."""
+        if request.principal is None or not any(c.is_private for c in request.channels):
+            return None
+        user = request.principal.user_id
+        if self.streams_per_user.full(user):
+            raise self._too_many(
+                "user-streams",
+                f"one user may hold at most {self.settings.max_streams_per_user} private streams",
+            )
+        return user
+
+    def _too_many(self, limit: str, detail: str, wait: float | None = None) -> Problem:
+        """A 429; without ``wait`` (a stream limit) come back after the usual ``retry:``."""
+        self.stats.limited[limit] += 1
+        seconds = self.settings.retry_ms / 1000 if wait is None else wait
+        return Problem(429, "Too Many Requests", detail, (("retry-after", retry_after(seconds)),))
 
     def reject(
         self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None
@@ -226,6 +340,9 @@ class Gateway:
             connection.expiry = None
         self.connections.discard(connection)
         self.hub.detach(connection)
+        self.streams_per_ip.remove(connection.client_ip)
+        if connection.user is not None:
+            self.streams_per_user.remove(connection.user)
         if reason == "slow-consumer":
             self.stats.slow_disconnects += 1
             log.info("slow client disconnected", channels=[str(c) for c in connection.channels])
@@ -245,10 +362,19 @@ class Gateway:
         resync_positions: dict[PartitionKey, int] | None = None,
     ) -> None:
         try:
+            if request is not None and request.ticket is not None:
+                request = await self._redeem(connection, request)
+                if request is None:
+                    return
+            lost: set[PartitionKey] = set()
             if request is not None:
                 resume = request.resume_from
                 if resume is not None:
-                    resume = await self._wait_for_position(connection, resume)
+                    resume, lost = self._checked_resume(connection, resume)
+                    honoured = resume
+                    resume = await self._wait_for_position(connection, honoured)
+                    if resume is None:
+                        lost |= set(honoured)
                 if connection.state is StreamState.CLOSED:
                     return
                 positions = self.hub.attach(connection, connection.channels)
@@ -260,7 +386,8 @@ class Gateway:
                 resume = {k: v for k, v in positions.items() if k not in announce}
             while True:
                 connection.resync_requested.clear()
-                await self._catch_up(connection, positions, resume, announce)
+                await self._catch_up(connection, positions, resume, announce, lost)
+                lost = set()
                 if connection.state is StreamState.CLOSED:
                     return
                 if not connection.resync_requested:
@@ -292,6 +419,31 @@ class Gateway:
             log.exception("stream failed")
             connection.close("internal-error", retry_ms=self.settings.retry_ms)
 
+    def _checked_resume(
+        self, connection: SseConnection, resume: dict[PartitionKey, int]
+    ) -> tuple[dict[PartitionKey, int], set[PartitionKey]]:
+        """Split a client's resume point into the components that can be honoured and the
+        partitions whose history it cannot have: ahead of the log (not an id any gateway
+        wrote), before its start, or more than ``max_resume_lag`` records behind its end.
+        Those start fresh — a snapshot, or a ``resync`` frame for notifications — at once:
+        an anonymous client must not be able to make the gateway read (or wait for) history
+        of its choosing."""
+        honoured: dict[PartitionKey, int] = {}
+        lost: set[PartitionKey] = set()
+        for key in connection.partitions:
+            if key not in resume:
+                continue
+            after = resume[key]
+            start, end = self.bounds.bounds(self.hub.topic_of(key), key[1])
+            if after >= end or after < start - 1 or end - 1 - after > self.settings.max_resume_lag:
+                lost.add(key)
+            else:
+                honoured[key] = after
+        if lost:
+            self.stats.resumes_refused += len(lost)
+            log.info("resume point refused", partitions=sorted(f"{k[0]}{k[1]}" for k in lost))
+        return honoured, lost
+
     async def _wait_for_position(
         self, connection: SseConnection, resume: dict[PartitionKey, int]
     ) -> dict[PartitionKey, int] | None:
@@ -311,10 +463,15 @@ class Gateway:
         positions: dict[PartitionKey, int],
         resume: dict[PartitionKey, int] | None,
         announce: set[PartitionKey],
+        lost: set[PartitionKey],
     ) -> None:
-        """Snapshot and/or replay, then the records buffered meanwhile; all written at once."""
+        """Snapshot and/or replay, then the records buffered meanwhile; all written at once.
+
+        ``lost``: partitions whose resume point could not be honoured; their schedule
+        channels get a snapshot, their notification channels a ``resync`` frame with
+        reason ``history-unavailable`` (the client reloads its notifications)."""
         hub = self.hub
-        fresh: set[PartitionKey] = set(announce)
+        fresh: set[PartitionKey] = set(announce) | lost
         replay: dict[PartitionKey, list[Record]] = {}
         reads: dict[PartitionKey, tuple[int, int]] = {}
         for key in connection.partitions:
@@ -332,16 +489,21 @@ class Gateway:
                 self.stats.resumes_ring += 1
             replay[key] = ring
         for key, (first, stop) in reads.items():
+            # control records too, as ring replays have them: a resync in the missed range
+            # means the replay cannot be trusted
+            wanted = connection.keys_of_partition[key] | {CONTROL_KEY_BYTES}
             try:
-                older = await self.history.read(
-                    hub.topic_of(key), key[1], first, stop, connection.keys_of_partition[key]
-                )
+                older = await self.history.read(hub.topic_of(key), key[1], first, stop, wanted)
                 replay[key] = older + replay[key]
                 self.stats.resumes_kafka += 1
             except HistoryGone as exc:
-                log.info("resume point gone from Kafka", reason=str(exc))
-                self.stats.resumes_gone += 1
+                log.info("resume point not read from Kafka", reason=str(exc))
+                if isinstance(exc, HistoryBusy):
+                    self.stats.resumes_busy += 1
+                else:
+                    self.stats.resumes_gone += 1
                 fresh.add(key)
+                lost.add(key)
                 del replay[key]
         for key, records in list(replay.items()):
             if any(r.key == CONTROL_KEY_BYTES for r in records):
@@ -366,7 +528,7 @@ class Gateway:
 
         def emit(key: PartitionKey, record: Record) -> None:
             vector[key] = record.offset
-            body = frame_body(record)
+            body = frame_body(record, key[0])
             _, ce_id = record_headers(record)
             if body is None or (ce_id is not None and ce_id in seen):
                 return
@@ -381,8 +543,12 @@ class Gateway:
         for key in fresh:
             vector[key] = positions[key]
         for channel in connection.channels:
-            if hub.partition_key(channel) in announce:
+            key = hub.partition_key(channel)
+            if key in announce:
                 payload: dict[str, object] = {"channel": channel.name, "reason": "resync"}
+                out.append(json_frame("resync", payload, format_position(vector)))
+            elif key in lost and channel.kind is ChannelKind.NOTIFICATIONS:
+                payload = {"channel": channel.name, "reason": "history-unavailable"}
                 out.append(json_frame("resync", payload, format_position(vector)))
         versions: dict[Channel, dict[str, int]] = {}
         by_partition: dict[PartitionKey, list[tuple[Channel, TakenSnapshot]]] = {}
@@ -454,12 +620,16 @@ class Gateway:
             return taken
 
         async with asyncio.timeout(self.settings.snapshot_timeout_seconds * 3):
-            found = await asyncio.gather(*(one(c) for c in channels))
+            # the first alone: a request naming unknown instructors fails on its first
+            # 404 (then cached) instead of sending one booking-api request per channel
+            found = [await one(channels[0])]
+            found += await asyncio.gather(*(one(c) for c in channels[1:]))
         return dict(zip(channels, found, strict=True))
 
     # -- periodic work --------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
-        """A comment to every stream each ``heartbeat_seconds``, spread over the period in
+        """A ``heartbeat`` event (one shared frame, see ``HEARTBEAT``) to every stream each
+        ``heartbeat_seconds``, spread over the period in
         ``HEARTBEAT_STEPS`` small steps: 10,000 writes at once held the loop ~100 ms, and
         everything fetched meanwhile waited. A new stream gets its first within two periods."""
         pause = self.settings.heartbeat_seconds / HEARTBEAT_STEPS

@@ -73,7 +73,15 @@ class GatewayCollector(Collector):
         resumes.add_metric(["ring"], gw.stats.resumes_ring)
         resumes.add_metric(["kafka"], gw.stats.resumes_kafka)
         resumes.add_metric(["gone"], gw.stats.resumes_gone)
+        resumes.add_metric(["refused"], gw.stats.resumes_refused)
+        resumes.add_metric(["busy"], gw.stats.resumes_busy)
         yield resumes
+        limited = CounterMetricFamily(
+            "gateway_streams_limited", "Stream requests answered 429", labels=["limit"]
+        )
+        for limit, count in gw.stats.limited.items():
+            limited.add_metric([limit], count)
+        yield limited
         yield _counter("gateway_resyncs", "Resync control records seen", hub.stats.resyncs)
         yield _gauge(
             "gateway_consumer_lag",

@@ -36,6 +36,8 @@ class SseConnection(asyncio.Protocol):
         "headers_sent",
         "origin",
         "expiry",
+        "client_ip",
+        "user",
         "_on_close",
         "_on_resync",
     )
@@ -67,6 +69,9 @@ class SseConnection(asyncio.Protocol):
         self.origin = origin
         #: ends a private stream when its token expires (set by the gateway)
         self.expiry: asyncio.TimerHandle | None = None
+        #: whom the stream counts against (per-IP / per-user limits; set by the gateway)
+        self.client_ip = ""
+        self.user: str | None = None
         self._on_close = on_close
         self._on_resync = on_resync
         # the transport calls pause_writing() once this much output is unsent

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
+import orjson
 import pytest
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Header, Response
 from pydantic import SecretStr
 
 from push_gateway.app import build_server
@@ -24,13 +25,16 @@ from slotstream_testkit.kafka import KafkaEndpoint, create_topics
 from slotstream_testkit.net import free_port
 
 #: no leeway, so a token minted to expire in a second ends its stream a second later
-JWT = JwtSettings(secret=SecretStr("integration-secret-" + "x" * 24), leeway_seconds=0)
+INTERNAL_TOKEN = "integration-internal-token-3e8a1f0c9b7d"
+JWT = JwtSettings(secret=SecretStr("integration-secret-7c1e9a4f0b3d8e2a6f5c"), leeway_seconds=0)
 
 
 @dataclass
 class FakeBookingApi:
     slots: dict[str, list[SlotData]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    #: stream tickets → the redemption answer (sub, role, name, expiresAt), each good once
+    tickets: dict[str, dict[str, object]] = field(default_factory=dict)
     port: int = 0
 
     def app(self) -> FastAPI:
@@ -43,6 +47,17 @@ class FakeBookingApi:
                 return Response(status_code=404)
             body = snapshot(instructor_id, self.slots.get(instructor_id, []))
             return Response(body.model_dump_json(by_alias=True), media_type="application/json")
+
+        @app.post("/internal/stream-tickets/redeem")
+        async def redeem(
+            body: dict[str, str], x_internal_token: str | None = Header(default=None)
+        ) -> Response:
+            if x_internal_token != INTERNAL_TOKEN:
+                return Response(status_code=403)
+            answer = self.tickets.pop(body["ticket"], None)
+            if answer is None:
+                return Response(status_code=404)
+            return Response(orjson.dumps(answer), media_type="application/json")
 
         return app
 
@@ -117,6 +132,7 @@ def gateway_settings(
         "kafka": GatewayKafkaSettings(bootstrap_servers=kafka.bootstrap_servers),
         "topics": topics,
         "jwt": JWT,
+        "internal_token": INTERNAL_TOKEN,
         "max_pending_bytes": 16 * 1024,
         "presence_interval_seconds": 0.3,
         "cors_origins": ["http://page.example"],

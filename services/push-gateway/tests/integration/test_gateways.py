@@ -3,6 +3,8 @@ auth, limits and presence, through real HTTP SSE clients."""
 
 import asyncio
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -12,15 +14,17 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from push_gateway.gateway import Gateway
 from push_gateway.testing import notification_event, slot_event
 from slotstream_contracts.auth import Role, mint_token
 from slotstream_contracts.events import CloudEvent
 from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 
-from .conftest import JWT, ServerThread
+from .conftest import JWT, FakeBookingApi, ServerThread
 
 pytestmark = pytest.mark.integration
 
@@ -124,23 +128,39 @@ async def test_clients_on_both_gateways_receive_every_event_in_order(
 async def test_reconnect_to_the_other_gateway_resumes_with_exactly_the_missed_events(
     kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
 ) -> None:
+    """Events produced while the client is away reach it through the resume on the other
+    gateway, not live: that gateway has provably read them before the client reconnects,
+    and they are the first frames, before anything newer is produced."""
     a, b = gateways
+    app = b.server.config.app
+    assert isinstance(app, FastAPI)
+    gateway_b: Gateway = app.state.gateway
     params = {"instructorId": "resume1"}
     async with producer(kafka) as p:
         async with Stream(a.url + PAGE, params) as first:
             await first.wait_for("snapshot", 1)
             await publish(p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(1, 6)])
             seen = await first.wait_for("slot", 5)
-        await publish(p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(6, 11)])
-        await asyncio.sleep(0.3)  # let gateway B read them: they are missed, not live
+        # Disconnected. Versions 6-10 are produced now, and an observer on gateway B waits
+        # until B has delivered them, so B holds them before the client comes back.
+        async with Stream(b.url + PAGE, params) as observer:
+            await observer.wait_for("snapshot", 1)
+            await publish(
+                p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(6, 11)]
+            )
+            await observer.wait_for("slot", 5)
+        ring_resumes = gateway_b.stats.resumes_ring
         resumed = Stream(b.url + PAGE, params, {"Last-Event-ID": seen[-1].id})
         async with resumed:
             missed = await resumed.wait_for("slot", 5)
+            assert [e.event for e in resumed.events] == ["slot"] * 5  # nothing before them
+            assert gateway_b.stats.resumes_ring == ring_resumes + 1
             await publish(p, topics.schedule, [slot_event("resume1", "s1", 11)])
             await resumed.wait_for("slot", 6)
             await asyncio.sleep(0.2)
     versions = [d["version"] for d in resumed.data("slot")]
     assert versions == list(range(6, 12))
+    assert [orjson.loads(e.data)["version"] for e in missed] == list(range(6, 11))
     assert resumed.data("snapshot") == []
     assert missed[0].id != seen[-1].id
 
@@ -185,12 +205,12 @@ async def test_private_channel_needs_the_owners_token(
         assert missing.status_code == 401
         assert missing.headers["content-type"] == "application/problem+json"
         other = mint_token(JWT, "u8", Role.STUDENT)
-        forbidden = await client.get(url, params={**channel, "access_token": other})
+        forbidden = await client.get(url, params=channel, headers=bearer(other))
         assert forbidden.status_code == 403
         expired = mint_token(JWT, "u7", Role.STUDENT, ttl=timedelta(minutes=-5))
-        assert (
-            await client.get(url, params={**channel, "access_token": expired})
-        ).status_code == 401
+        assert (await client.get(url, params=channel, headers=bearer(expired))).status_code == 401
+        in_url = await client.get(url, params={**channel, "access_token": other})
+        assert in_url.status_code == 400
     own = mint_token(JWT, "u7", Role.STUDENT)
     async with Stream(url, channel, {"Authorization": f"Bearer {own}"}) as stream:
         assert stream.status == 200
@@ -200,12 +220,25 @@ async def test_private_channel_needs_the_owners_token(
     assert orjson.loads(event.data)["data"]["message"] == "hi\nthere"
 
 
-async def test_a_private_stream_ends_with_its_token(
-    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_private_stream_opened_with_a_ticket_ends_with_its_token(
+    kafka: KafkaEndpoint,
+    topics: TopicSettings,
+    gateways: tuple[ServerThread, ServerThread],
+    booking_api: FakeBookingApi,
 ) -> None:
     _, b = gateways
-    token = mint_token(JWT, "u9", Role.STUDENT, ttl=timedelta(seconds=2))
-    params = {"channel": "users/u9/notifications", "access_token": token}
+    ticket = "ticket-" + uuid.uuid4().hex
+    booking_api.tickets[ticket] = {
+        "sub": "u9",
+        "role": "student",
+        "name": None,
+        "expiresAt": int(time.time()) + 2,
+    }
+    params = {"channel": "users/u9/notifications", "ticket": ticket}
     async with Stream(b.url + "/v1/events", params) as stream:
         async with producer(kafka) as p:
             await publish(p, topics.notifications, [notification_event("u9", "n1", "before")])
@@ -214,7 +247,7 @@ async def test_a_private_stream_ends_with_its_token(
         assert orjson.loads(bye.data) == {"reason": "token-expired"}
         assert stream.ended is not None
         await asyncio.wait_for(stream.ended, 5)  # the gateway closed the response
-    # reconnecting with the same token is refused: the client must re-authenticate
+    # reconnecting with the same ticket is refused: the client must fetch a new one
     assert (await get(b.url + "/v1/events", params=params)).status_code == 401
     metrics = (await get(b.url + "/metrics")).text
     assert "gateway_token_expiries_total 1.0" in metrics

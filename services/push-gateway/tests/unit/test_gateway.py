@@ -2,6 +2,7 @@
 the booking-api, Kafka history and presence."""
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,9 +12,10 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from push_gateway.adapters.kafka import FakeHistory
+from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
 from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource
+from push_gateway.adapters.tickets import FakeTicketRedeemer
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.gateway import Gateway
@@ -26,13 +28,13 @@ from push_gateway.testing import (
     slot_event,
     snapshot,
 )
-from slotstream_contracts.auth import JwtSettings, Role, mint_token
+from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 PAGE = "/api/book-now/schedule-updates"
 EVENTS = "/v1/events"
-JWT = JwtSettings(secret=SecretStr("unit-secret-" + "x" * 32), leeway_seconds=0)
+JWT = JwtSettings(secret=SecretStr("unit-secret-5e0b9c2d7f1a4e8b6c3d9a0f"), leeway_seconds=0)
 
 
 @dataclass
@@ -77,12 +79,14 @@ class Harness:
         self.hub.assign(NOTIFICATIONS_TOPIC, 0, 0, 1)
         self.source = FakeSnapshotSource({"i1": snapshot("i1", [slot("i1", "s1", 2)])})
         self.history = FakeHistory()
+        self.tickets = FakeTicketRedeemer()
         self.gateway = Gateway(
             settings,
             self.hub,
             CoalescingSnapshots(self.source),
             self.history,
             FakePresenceBus("g1", PresenceTable(10)),
+            tickets=self.tickets,
         )
         self.offsets: dict[int, int] = {}
 
@@ -150,6 +154,10 @@ async def harness() -> AsyncIterator[Harness]:
             writer.close()
         for sock in h.stalled_sockets:
             sock.close()
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
 
 
 def data(event: dict[str, str]) -> dict[str, object]:
@@ -275,12 +283,25 @@ async def test_unknown_instructor_is_404_before_the_stream_opens(harness: Harnes
     assert harness.gateway.connections == set()
 
 
-async def test_shutdown_says_bye_with_a_short_retry(harness: Harness) -> None:
+async def test_shutdown_says_bye_with_a_short_jittered_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stream gets retry = shutdown_retry_ms + a random share of the jitter window, so
+    a drained gateway's clients come back spread out (on main: all at exactly 500 ms)."""
+    drawn: list[tuple[int, int]] = []
+
+    def randint(low: int, high: int) -> int:
+        drawn.append((low, high))
+        return 1234
+
+    monkeypatch.setattr(random, "randint", randint)
     client = await (await harness.connect()).start()
     await client.events(1)
     await harness.gateway.shutdown()
     tail = await client.rest()
-    assert tail.endswith(b'retry: 500\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    assert tail.endswith(b'retry: 1734\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    assert drawn == [(0, harness.gateway.settings.shutdown_retry_jitter_ms)]
+    assert harness.gateway.settings.shutdown_retry_jitter_ms >= 1000
     refused = await (await harness.connect()).start()
     assert refused.status == 503
 
@@ -291,14 +312,9 @@ async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
     notes = harness.hub.partition_key(Channel.notifications("u1"))
     expiring = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(seconds=1))
     lasting = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
-    short = await (
-        await harness.connect(
-            f"channel=users/u1/notifications&access_token={expiring}", path=EVENTS
-        )
-    ).start()
-    long = await (
-        await harness.connect(f"channel=users/u1/notifications&access_token={lasting}", path=EVENTS)
-    ).start()
+    query = "channel=users/u1/notifications"
+    short = await (await harness.connect(query, bearer(expiring), path=EVENTS)).start()
+    long = await (await harness.connect(query, bearer(lasting), path=EVENTS)).start()
     public = await (await harness.connect()).start()
     await public.events(1)  # its snapshot: all three streams are live now
     harness.hub.ingest(
@@ -320,15 +336,62 @@ async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
 async def test_a_token_expiring_during_catch_up_still_gets_its_bye(harness: Harness) -> None:
     harness.source.gate = asyncio.Event()  # the snapshot never comes
     token = mint_token(JWT, "i1", Role.INSTRUCTOR, ttl=timedelta(seconds=1))
-    query = f"channel=instructors/i1/schedule&channel=users/i1/notifications&access_token={token}"
-    client = await (await harness.connect(query, path=EVENTS)).start()
+    query = "channel=instructors/i1/schedule&channel=users/i1/notifications"
+    client = await (await harness.connect(query, bearer(token), path=EVENTS)).start()
     assert client.status == 200
     [bye] = await client.events(1)
     assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
     assert harness.gateway.connections == set()
 
 
-async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
+TICKET = "t" * 43
+STUDENT = Principal.model_validate({"sub": "u1", "role": "student"})
+
+
+async def test_a_stream_ticket_opens_its_owners_stream_once(harness: Harness) -> None:
+    harness.tickets.issue(TICKET, STUDENT)
+    query = f"channel=users/u1/notifications&ticket={TICKET}"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    assert client.status == 200
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, notes[1], [record_of(notification_event("u1", "n1", "hi"), 0)]
+    )
+    assert [e["event"] for e in await client.events(1)] == ["notification"]
+    again = await (await harness.connect(query, path=EVENTS)).start()
+    assert again.status == 401
+    assert b"unknown, used or expired stream ticket" in await again.rest()
+    assert harness.tickets.attempts == [TICKET, TICKET]
+
+
+async def test_a_ticket_for_another_users_channel_is_403(harness: Harness) -> None:
+    harness.tickets.issue(TICKET, STUDENT)
+    query = f"channel=users/u2/notifications&ticket={TICKET}"
+    refused = await (await harness.connect(query, path=EVENTS)).start()
+    assert refused.status == 403
+    assert harness.gateway.connections == set()
+
+
+async def test_tickets_that_cannot_be_checked_answer_503(harness: Harness) -> None:
+    harness.tickets.unavailable = True
+    query = f"channel=users/u1/notifications&ticket={TICKET}"
+    refused = await (await harness.connect(query, path=EVENTS)).start()
+    assert refused.status == 503
+    assert "retry-after: 1" in refused.head
+
+
+async def test_a_ticket_stream_ends_when_the_underlying_token_does(harness: Harness) -> None:
+    harness.tickets.issue(TICKET, STUDENT, ttl_seconds=1)
+    query = f"channel=users/u1/notifications&ticket={TICKET}"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    assert client.status == 200
+    [bye] = await client.events(1)
+    assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
+
+
+async def test_every_stream_gets_a_visible_heartbeat_event_each_period() -> None:
+    """A named ``heartbeat`` event without ``id:`` (a comment never reaches the page's
+    EventSource, so its watchdog could not see it; an id would move the resume position)."""
     h = Harness(Settings(heartbeat_seconds=0.3, jwt=JWT))
     h._writers, h.stalled_sockets = [], []
     try:
@@ -336,12 +399,200 @@ async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
         for client in clients:
             await client.events(1)  # the snapshot
         h.gateway.start_background()  # the first period sees all three
+
+        async def heartbeat(client: Client) -> dict[str, str]:
+            while True:  # presence events may come first
+                [event] = await client.events(1)
+                if event["event"] == "heartbeat":
+                    return event
+
         for client in clients:
-            assert await asyncio.wait_for(client.reader.readuntil(b": hb\n\n"), 2)
+            assert await asyncio.wait_for(heartbeat(client), 2) == {
+                "event": "heartbeat",
+                "data": "{}",
+            }
     finally:
         await h.gateway.shutdown()
         for writer in h._writers:
             writer.close()
+
+
+# -- history bounds (issue 10, item 3) ----------------------------------------------------
+
+
+async def test_a_resume_older_than_the_bound_gets_a_snapshot_not_the_history() -> None:
+    h = Harness(Settings(max_resume_lag=10, jwt=JWT))
+    h._writers, h.stalled_sockets = [], []
+    try:
+        h.produce(*h.slot_records(range(1, 21)))
+        client = await (await h.connect(f"instructorId=i1&lastEventId=s{h.part}:-1")).start()
+        [first] = await client.events(1)
+        assert first["event"] == "snapshot"
+        assert first["id"] == f"s{h.part}:19"
+        assert h.history.reads == []
+        assert h.gateway.stats.resumes_refused == 1
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_a_resume_ahead_of_the_log_gets_a_snapshot_at_once(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 4)))
+    started = asyncio.get_running_loop().time()
+    client = await (
+        await harness.connect(headers=[(b"last-event-id", f"s{harness.part}:999999".encode())])
+    ).start()
+    [first] = await client.events(1)
+    assert asyncio.get_running_loop().time() - started < 1
+    assert first["event"] == "snapshot"
+    assert first["id"] == f"s{harness.part}:2"
+
+
+async def test_a_resume_before_the_log_start_gets_a_snapshot(harness: Harness) -> None:
+    harness.produce(*harness.slot_records(range(1, 6)))
+    assert isinstance(harness.gateway.bounds, FakeLogBounds)
+    harness.gateway.bounds.starts[(SCHEDULE_TOPIC, harness.part)] = 3
+    client = await (await harness.connect(f"instructorId=i1&lastEventId=s{harness.part}:0")).start()
+    [first] = await client.events(1)
+    assert first["event"] == "snapshot"
+    assert harness.history.reads == []
+
+
+async def test_a_lost_notification_resume_gets_a_resync_frame(harness: Harness) -> None:
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, notes[1], [record_of(notification_event("u1", "n1", "hi"), 0)]
+    )
+    token = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
+    client = await (
+        await harness.connect(
+            "channel=users/u1/notifications",
+            headers=[
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"last-event-id", f"n{notes[1]}:5000".encode()),
+            ],
+            path=EVENTS,
+        )
+    ).start()
+    [frame] = await client.events(1)
+    assert frame["event"] == "resync"
+    assert data(frame) == {"channel": "users/u1/notifications", "reason": "history-unavailable"}
+    assert frame["id"] == f"n{notes[1]}:0"
+
+
+async def test_a_resync_record_read_back_from_kafka_is_not_filtered_out(
+    harness: Harness,
+) -> None:
+    records = harness.slot_records(range(1, 21))  # the ring keeps 8: offsets 12..19
+    records[6] = record_of(resync_event("r1"), 6)
+    harness.produce(*records)
+    harness.source.snapshots["i1"] = snapshot("i1", [slot("i1", "s1", 30)])
+    client = await (await harness.connect(f"instructorId=i1&lastEventId=s{harness.part}:2")).start()
+    events = await client.events(2)
+    assert [e["event"] for e in events] == ["resync", "snapshot"]
+    assert data(events[1])["schedule"]["version"] == 30  # type: ignore[index]
+
+
+# -- per-client limits (issue 10, item 4) -------------------------------------------------
+
+
+def from_ip(ip: str) -> list[tuple[bytes, bytes]]:
+    """What the edge adds (the harness's socketpair peer counts as a trusted local proxy)."""
+    return [(b"x-real-ip", ip.encode())]
+
+
+async def limited(settings: Settings) -> Harness:
+    h = Harness(settings)
+    h._writers, h.stalled_sockets = [], []
+    return h
+
+
+async def test_streams_per_ip_are_limited_with_429_and_freed_on_close() -> None:
+    h = await limited(Settings(max_streams_per_ip=2, jwt=JWT))
+    try:
+        held = [await (await h.connect(headers=from_ip("10.0.0.1"))).start() for _ in range(2)]
+        refused = await (await h.connect(headers=from_ip("10.0.0.1"))).start()
+        assert refused.status == 429
+        assert "retry-after: 3" in refused.head
+        assert "application/problem+json" in refused.head
+        other = await (await h.connect(headers=from_ip("10.0.0.2"))).start()
+        assert other.status == 200
+        assert h.gateway.stats.limited["ip-streams"] == 1
+        held[0].writer.close()
+        await asyncio.sleep(0.05)
+        again = await (await h.connect(headers=from_ip("10.0.0.1"))).start()
+        assert again.status == 200
+        await h.gateway.shutdown()
+        assert len(h.gateway.streams_per_ip) == 0  # nothing left behind for closed streams
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_private_streams_per_user_are_limited() -> None:
+    h = await limited(Settings(max_streams_per_user=1, jwt=JWT))
+    token = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
+    auth = [(b"authorization", f"Bearer {token}".encode())]
+    try:
+        query = "channel=users/u1/notifications"
+        first = await (
+            await h.connect(query, headers=auth + from_ip("10.0.0.1"), path=EVENTS)
+        ).start()
+        assert first.status == 200
+        second = await (
+            await h.connect(query, headers=auth + from_ip("10.0.0.2"), path=EVENTS)
+        ).start()
+        assert second.status == 429
+        assert b"private streams" in await second.rest()
+        public = await (await h.connect(headers=from_ip("10.0.0.2"))).start()
+        assert public.status == 200
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_ticket_streams_count_against_their_user_once_redeemed() -> None:
+    h = await limited(Settings(max_streams_per_user=1, jwt=JWT))
+    try:
+        query = "channel=users/u1/notifications&ticket="
+        first_ticket = h.tickets.issue("a" * 43, STUDENT)
+        second_ticket = h.tickets.issue("b" * 43, STUDENT)
+        first = await (
+            await h.connect(query + first_ticket, headers=from_ip("10.0.0.1"), path=EVENTS)
+        ).start()
+        assert first.status == 200
+        second = await (
+            await h.connect(query + second_ticket, headers=from_ip("10.0.0.2"), path=EVENTS)
+        ).start()
+        assert second.status == 429
+        assert b"private streams" in await second.rest()
+        assert h.gateway.streams_per_user.full("u1")
+    finally:
+        await h.gateway.shutdown()
+    assert not h.gateway.streams_per_user.full("u1")  # released when the stream closed
+
+
+async def test_connect_rate_per_ip_is_a_token_bucket() -> None:
+    h = await limited(Settings(connect_rate_per_ip=1, connect_burst_per_ip=2, jwt=JWT))
+    try:
+        statuses = [
+            (await (await h.connect(headers=from_ip("10.0.0.1"))).start()).status for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        assert (await (await h.connect(headers=from_ip("10.0.0.9"))).start()).status == 200
+        await asyncio.sleep(1.05)
+        assert (await (await h.connect(headers=from_ip("10.0.0.1"))).start()).status == 200
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_unknown_instructors_cost_one_booking_api_request_then_none(
+    harness: Harness,
+) -> None:
+    query = "&".join(f"channel=instructors/ghost{n}/schedule" for n in range(16))
+    harness.gateway.settings.max_channels_per_connection = 16
+    first = await (await harness.connect(query, path=EVENTS)).start()
+    assert first.status == 404
+    second = await (await harness.connect("instructorId=ghost0")).start()
+    assert second.status == 404
+    assert len(harness.source.fetches) == 1
 
 
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy

@@ -46,7 +46,7 @@ async def test_a_recent_snapshot_is_reused_unless_a_newer_one_is_required() -> N
 async def test_a_failed_fetch_fails_every_waiter_and_is_not_remembered() -> None:
     source = FakeSnapshotSource()
     source.gate = asyncio.Event()
-    coalescer = CoalescingSnapshots(source)
+    coalescer = CoalescingSnapshots(source, unknown_ttl_seconds=0)  # no negative cache
     waiters = [asyncio.create_task(coalescer.fetch("nope", lambda: 0)) for _ in range(3)]
     await asyncio.sleep(0)
     source.gate.set()
@@ -54,6 +54,19 @@ async def test_a_failed_fetch_fails_every_waiter_and_is_not_remembered() -> None
     assert all(isinstance(r, SnapshotNotFound) for r in results)
     source.snapshots["nope"] = snapshot("nope", [])
     assert (await coalescer.fetch("nope", lambda: 0)).snapshot.instructor_id == "nope"
+
+
+async def test_an_unknown_instructor_is_remembered_for_its_ttl() -> None:
+    source = FakeSnapshotSource()
+    coalescer = CoalescingSnapshots(source, unknown_ttl_seconds=0.2)
+    for _ in range(3):
+        with pytest.raises(SnapshotNotFound):
+            await coalescer.fetch("ghost", lambda: 0)
+    assert source.fetches == ["ghost"]  # one booking-api request, then the cached 404
+    source.snapshots["ghost"] = snapshot("ghost", [])
+    await asyncio.sleep(0.25)
+    assert (await coalescer.fetch("ghost", lambda: 0)).snapshot.instructor_id == "ghost"
+    assert source.fetches == ["ghost", "ghost"]
 
 
 async def test_one_cancelled_waiter_does_not_cancel_the_others() -> None:

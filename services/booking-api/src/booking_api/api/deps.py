@@ -12,7 +12,7 @@ from booking_api.api.problems import AuthError
 from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
 from booking_api.domain.errors import StorageUnavailable
-from booking_api.ports import Storage
+from booking_api.ports import Storage, TicketStore
 from booking_api.service import BookingService
 from slotstream_contracts.auth import InvalidToken, Principal
 
@@ -23,6 +23,7 @@ class Runtime:
     storage: Storage
     service: BookingService
     memory: MemoryStorage | None
+    tickets: TicketStore
 
 
 @dataclass

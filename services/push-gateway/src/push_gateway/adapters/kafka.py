@@ -42,10 +42,7 @@ FANOUT_SLICE_SECONDS: Final = 0.002
 
 def _consumer(settings: GatewayKafkaSettings, **extra: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=settings.client_id,
-        security_protocol=settings.security_protocol,
-        request_timeout_ms=settings.request_timeout_ms,
+        **settings.client_options(),
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -70,6 +67,7 @@ class KafkaIngest:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._catch_up_to: dict[TopicPartition, int] = {}
+        self._beginnings: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.lag = 0
         self._lag_checked = 0.0
@@ -98,6 +96,7 @@ class KafkaIngest:
             consumer.seek(tp, start)
             self._hub.assign(tp.topic, tp.partition, start, counts[tp.topic])
         self._catch_up_to = {tp: ends[tp] for tp in partitions}
+        self._beginnings = dict(beginnings)
         self._check_caught_up()
         log.info("ingest assigned", partitions=len(partitions), backfill=self._backfill)
         self._task = asyncio.create_task(self._run(), name="kafka-ingest")
@@ -193,6 +192,15 @@ class KafkaIngest:
     def _hub_letters(self) -> dict[str, str]:
         return self._hub._letters  # noqa: SLF001 - same package, read-only
 
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        """``(log start, high watermark)``: the start as last asked (at start, then with the
+        lag), the high watermark from the latest fetch response (no broker round trip)."""
+        tp = TopicPartition(topic, partition)
+        consumed = self._hub.position((self._hub.letter_of(topic), partition)) + 1
+        known = self._catch_up_to.get(tp, 0)
+        highwater = self._consumer.highwater(tp) if self._consumer is not None else None
+        return self._beginnings.get(tp, 0), max(consumed, known, highwater or 0)
+
     async def refresh_lag(self, max_age_seconds: float = 5.0) -> int:
         """Records between the hub's positions and the ends of the partitions (asks the
         broker at most every ``max_age_seconds``, however often metrics are scraped)."""
@@ -201,6 +209,7 @@ class KafkaIngest:
         self._lag_checked = time.monotonic()
         assigned = list(self._consumer.assignment())
         ends = await self._consumer.end_offsets(assigned)
+        self._beginnings = await self._consumer.beginning_offsets(assigned)
         letters = self._hub_letters()
         positions = self._hub.positions()
         self.lag = sum(
@@ -229,6 +238,11 @@ class HistoryGone(LookupError):
     """The requested offsets were deleted from Kafka (retention or compaction)."""
 
 
+class HistoryBusy(HistoryGone):
+    """Every history read slot stayed taken for the whole wait: answered like history that
+    is gone (a snapshot or a ``resync``), never by holding the stream open."""
+
+
 class History(Protocol):
     async def read(
         self, topic: str, partition: int, first: int, stop: int, keys: set[bytes]
@@ -237,45 +251,106 @@ class History(Protocol):
         ...
 
 
-class KafkaHistory:
-    """Reads a range of one partition back from Kafka with a short-lived consumer."""
+class LogBounds(Protocol):
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        """``(log start offset, high watermark)`` of a partition as last seen: a resume
+        position is valid from ``start - 1`` to ``high watermark - 1``."""
+        ...
 
-    def __init__(self, settings: GatewayKafkaSettings, max_records: int = 200_000) -> None:
+
+class KafkaHistory:
+    """The gateway's one history reader: reads ranges of a partition back from Kafka with a
+    small pool of long-lived consumers, at most ``max_reads`` at a time.
+
+    A resume older than the ring buffer needs one; an anonymous client can ask for any
+    position, so the reads are bounded here (concurrency, wait, records per read) rather
+    than trusted to the clients: a request that finds no free slot within
+    ``wait_seconds`` gets :class:`HistoryBusy`. Consumers are started on first use and
+    reused (starting one costs a metadata round trip and a connection).
+    """
+
+    def __init__(
+        self,
+        settings: GatewayKafkaSettings,
+        max_reads: int = 4,
+        wait_seconds: float = 2.0,
+        max_records: int = 200_000,
+    ) -> None:
         self._settings = settings
         self._max_records = max_records
+        self._wait_seconds = wait_seconds
+        self._slots = asyncio.Semaphore(max_reads)
+        self._idle: list[AIOKafkaConsumer] = []
         self.reads = 0
+        self.consumers_started = 0
+        self.busy = 0
 
     async def read(
         self, topic: str, partition: int, first: int, stop: int, keys: set[bytes]
     ) -> list[Record]:
-        self.reads += 1
         if stop - first > self._max_records:
             raise HistoryGone(f"{stop - first} records to read back exceeds the bound")
+        try:
+            async with asyncio.timeout(self._wait_seconds):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.busy += 1
+            raise HistoryBusy(f"no history read free within {self._wait_seconds}s") from None
+        try:
+            self.reads += 1
+            consumer = self._idle.pop() if self._idle else await self._start_consumer()
+            reusable = False
+            try:
+                found = await self._read(
+                    consumer, TopicPartition(topic, partition), first, stop, keys
+                )
+                reusable = True
+                return found
+            except HistoryGone:
+                reusable = True
+                raise
+            finally:
+                if reusable:
+                    consumer.unsubscribe()  # no background fetching while idle
+                    self._idle.append(consumer)
+                else:
+                    await consumer.stop()
+        finally:
+            self._slots.release()
+
+    async def _start_consumer(self) -> AIOKafkaConsumer:
         consumer = _consumer(self._settings, auto_offset_reset="earliest")
         await consumer.start()
-        try:
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            beginning = (await consumer.beginning_offsets([tp]))[tp]
-            if beginning > first:
-                raise HistoryGone(f"{topic}[{partition}] starts at {beginning}, need {first}")
-            consumer.seek(tp, first)
-            found: list[Record] = []
-            position = first
-            while position < stop:
-                batches = await consumer.getmany(tp, timeout_ms=2000)
-                records = batches.get(tp, [])
-                if not records:
-                    raise HistoryGone(f"{topic}[{partition}] returned nothing at {position}")
-                for record in records:
-                    if record.offset >= stop:
-                        break
-                    if record.key in keys:
-                        found.append(record)
-                position = records[-1].offset + 1
-            return found
-        finally:
-            await consumer.stop()
+        self.consumers_started += 1
+        return consumer
+
+    @staticmethod
+    async def _read(
+        consumer: AIOKafkaConsumer, tp: TopicPartition, first: int, stop: int, keys: set[bytes]
+    ) -> list[Record]:
+        consumer.assign([tp])
+        beginning = (await consumer.beginning_offsets([tp]))[tp]
+        if beginning > first:
+            raise HistoryGone(f"{tp.topic}[{tp.partition}] starts at {beginning}, need {first}")
+        consumer.seek(tp, first)
+        found: list[Record] = []
+        position = first
+        while position < stop:
+            batches = await consumer.getmany(tp, timeout_ms=2000)
+            records = batches.get(tp, [])
+            if not records:
+                raise HistoryGone(f"{tp.topic}[{tp.partition}] returned nothing at {position}")
+            for record in records:
+                if record.offset >= stop:
+                    break
+                if record.key in keys:
+                    found.append(record)
+            position = records[-1].offset + 1
+        return found
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().stop()
 
 
 class FakeHistory:
@@ -297,3 +372,19 @@ class FakeHistory:
             for r in self.log.get((topic, partition), [])
             if first <= r.offset < stop and r.key in keys
         ]
+
+
+class FakeLogBounds:
+    """Log bounds as the hub sees them (the log starts at 0 and ends where the hub has
+    read), unless a test sets ``starts`` / ``ends`` for a ``(topic, partition)``."""
+
+    def __init__(self, hub: ChannelHub) -> None:
+        self._hub = hub
+        self.starts: dict[tuple[str, int], int] = {}
+        self.ends: dict[tuple[str, int], int] = {}
+
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        end = self.ends.get((topic, partition))
+        if end is None:
+            end = self._hub.position((self._hub.letter_of(topic), partition)) + 1
+        return self.starts.get((topic, partition), 0), end

@@ -23,6 +23,8 @@ class SnapshotUnavailable(RuntimeError):
 
 RETRYABLE: Final = (httpx.TransportError, SnapshotUnavailable)
 FIRST_RETRY_PAUSE_SECONDS: Final = 0.1
+#: unknown instructors remembered at most (the oldest is forgotten first)
+MAX_UNKNOWN: Final = 100_000
 
 
 class SnapshotSource(Protocol):
@@ -102,11 +104,16 @@ class CoalescingSnapshots:
     in between from the ring buffer (filtered by version), as it would its own buffer.
     """
 
-    def __init__(self, source: SnapshotSource, reuse_seconds: float = 5.0) -> None:
+    def __init__(
+        self, source: SnapshotSource, reuse_seconds: float = 5.0, unknown_ttl_seconds: float = 30.0
+    ) -> None:
         self._source = source
         self._reuse = reuse_seconds
+        self._unknown_ttl = unknown_ttl_seconds
         self._in_flight: dict[str, asyncio.Future[TakenSnapshot]] = {}
         self._recent: dict[str, TakenSnapshot] = {}
+        #: instructor id → monotonic expiry of the booking-api's 404, oldest first
+        self._unknown: dict[str, float] = {}
         self.fetches = 0
 
     async def fetch(
@@ -114,7 +121,10 @@ class CoalescingSnapshots:
     ) -> TakenSnapshot:
         """A snapshot for ``instructor_id``; ``position()`` reads the hub's current position
         on the instructor's partition. With ``fresh_after``, only a snapshot taken at or
-        after that position will do."""
+        after that position will do. An instructor the booking-api did not know raises
+        :class:`SnapshotNotFound` without asking again for ``unknown_ttl_seconds``."""
+        if self._unknown and self._known_unknown(instructor_id):
+            raise SnapshotNotFound(instructor_id)
         recent = self._recent.get(instructor_id)
         if (
             recent is not None
@@ -135,8 +145,26 @@ class CoalescingSnapshots:
             taken = await self._fetch(instructor_id, position())
         return taken
 
+    def _known_unknown(self, instructor_id: str) -> bool:
+        now = time.monotonic()
+        unknown = self._unknown
+        while unknown:  # entries expire in insertion order (one TTL for all)
+            oldest = next(iter(unknown))
+            if unknown[oldest] > now:
+                break
+            del unknown[oldest]
+        return instructor_id in unknown
+
     async def _fetch(self, instructor_id: str, since: int) -> TakenSnapshot:
-        snapshot = await self._source.fetch(instructor_id)
+        try:
+            snapshot = await self._source.fetch(instructor_id)
+        except SnapshotNotFound:
+            if self._unknown_ttl > 0:
+                self._unknown.pop(instructor_id, None)
+                self._unknown[instructor_id] = time.monotonic() + self._unknown_ttl
+                if len(self._unknown) > MAX_UNKNOWN:
+                    del self._unknown[next(iter(self._unknown))]
+            raise
         taken = TakenSnapshot(
             snapshot,
             since,

@@ -1,22 +1,30 @@
 """Turning an SSE request (path, query, headers) into channels, a resume point and a
-principal — or into the problem (RFC 9457) that answers it before any stream opens."""
+principal — or into the problem (RFC 9457) that answers it before any stream opens.
 
+Private channels need the owner's credentials: ``Authorization: Bearer <JWT>`` (apps), or
+``ticket=<single-use stream ticket>`` in the query (browsers, whose ``EventSource`` cannot
+send headers), which the gateway redeems at the booking-api before the stream opens. A
+bearer token is accepted in no URL and no cookie: ``access_token`` in the query is refused
+with 400 so that a client still sending it learns why (issue 10 item 5).
+"""
+
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Final
 from urllib.parse import parse_qs
 
-import jwt as pyjwt
-
 from push_gateway.domain.positions import PartitionKey, PositionError, parse_position
-from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token
+from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token_claims
 from slotstream_contracts.channels import Channel, ChannelError
 from slotstream_contracts.ids import is_valid_id
 
 PAGE_PATH: Final = "/api/book-now/schedule-updates"
 EVENTS_PATH: Final = "/v1/events"
 STREAM_PATHS: Final = frozenset({PAGE_PATH, EVENTS_PATH})
+#: what the booking-api issues: URL-safe base64 of 32 random bytes (43 characters)
+TICKET_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+CHALLENGE: Final = (("www-authenticate", 'Bearer realm="slotstream"'),)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class StreamRequest:
     #: Unix time after which the stream must end because its token has expired (the
     #: token's ``exp`` plus the same leeway the check at connect allows); None without a token.
     token_expires_at: float | None = None
+    #: a stream ticket still to redeem (the principal is None until then)
+    ticket: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -71,6 +81,11 @@ def parse_stream_request(
         query = parse_qs(query_string.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad_request(f"unreadable query string: {exc}") from None
+    if "access_token" in query:
+        raise _bad_request(
+            "access_token is not accepted in URLs (logs keep them): send Authorization: "
+            "Bearer, or a ticket from POST /api/stream-tickets as ?ticket="
+        )
 
     if path == PAGE_PATH:
         ids = query.get("instructorId", [])
@@ -102,50 +117,60 @@ def parse_stream_request(
 
     principal = None
     expires_at = None
+    ticket = None
     private = [c for c in channels if c.is_private]
     if private:
-        principal, expires_at = _authenticate(headers, query, jwt)
-        for channel in private:
-            if not principal.may_act_for(channel.owner_id):
-                raise Problem(403, "Forbidden", f"{channel} belongs to another user")
+        authorization = _bearer(headers)
+        if authorization is not None:
+            principal, expires_at = _verify(authorization, jwt)
+            authorize(channels, principal)
+        else:
+            ticket = _ticket(query)
     return StreamRequest(
         channels=channels,
         resume_from=resume_from,
         principal=principal,
         origin=_header(headers, b"origin"),
         token_expires_at=expires_at,
+        ticket=ticket,
     )
 
 
-def _authenticate(
-    headers: Sequence[tuple[bytes, bytes]], query: dict[str, list[str]], jwt: JwtSettings
-) -> tuple[Principal, float]:
-    """The verified principal and the Unix time at which its token stops being accepted."""
-    token = None
+def authorize(channels: Sequence[Channel], principal: Principal) -> None:
+    """403 unless every private channel is the principal's (or the principal an admin)."""
+    for channel in channels:
+        if channel.is_private and not principal.may_act_for(channel.owner_id):
+            raise Problem(403, "Forbidden", f"{channel} belongs to another user")
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "Unauthorized", detail, CHALLENGE)
+
+
+def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     authorization = _header(headers, b"authorization")
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
-    if token is None and query.get("access_token"):
-        token = query["access_token"][-1]
-    if token is None:
-        cookie_header = _header(headers, b"cookie")
-        if cookie_header:
-            try:
-                cookie = SimpleCookie(cookie_header)
-            except CookieError:
-                cookie = SimpleCookie()
-            morsel = cookie.get("access_token")
-            if morsel is not None and morsel.value:
-                token = morsel.value
-    challenge = (("www-authenticate", 'Bearer realm="slotstream"'),)
-    if token is None:
-        raise Problem(401, "Unauthorized", "private channels need a bearer token", challenge)
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _ticket(query: dict[str, list[str]]) -> str:
+    given = query.get("ticket", [])
+    if not given:
+        raise unauthorized(
+            "private channels need Authorization: Bearer <token>, or ?ticket= from "
+            "POST /api/stream-tickets"
+        )
+    if len(given) != 1 or TICKET_RE.fullmatch(given[0]) is None:
+        raise unauthorized("malformed stream ticket")
+    return given[0]
+
+
+def _verify(token: str, jwt: JwtSettings) -> tuple[Principal, float]:
+    """The verified principal and the Unix time at which its token stops being accepted."""
     try:
-        principal = verify_token(token, jwt)
+        verified = verify_token_claims(token, jwt)
     except (InvalidToken, ValueError) as exc:
-        raise Problem(401, "Unauthorized", f"invalid token: {exc}", challenge) from None
-    # verified just above (``exp`` is a required claim): reading it back needs no key
-    claims = pyjwt.decode(token, options={"verify_signature": False})
-    return principal, float(claims["exp"]) + jwt.leeway_seconds
+        raise unauthorized(f"invalid token: {exc}") from None
+    return verified.principal, verified.expires_at + jwt.leeway_seconds

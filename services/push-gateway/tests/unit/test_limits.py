@@ -1,0 +1,70 @@
+"""Per-client limits: client address, stream counters, connect-rate buckets, file limit."""
+
+import resource
+from ipaddress import IPv4Network, IPv6Network
+
+import pytest
+
+from push_gateway.app import raise_open_file_limit
+from push_gateway.domain.limits import StreamCounts, TokenBuckets, client_ip, retry_after
+
+LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
+REAL_IP = [(b"x-real-ip", b"203.0.113.7")]
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "expected"),
+    [
+        (("127.0.0.1", 5000), REAL_IP, "203.0.113.7"),  # the edge on loopback: trusted
+        (("::1", 5000, 0, 0), REAL_IP, "203.0.113.7"),
+        (("198.51.100.2", 5000), REAL_IP, "198.51.100.2"),  # anyone else: header ignored
+        (("127.0.0.1", 5000), [], "127.0.0.1"),
+        (("127.0.0.1", 5000), [(b"x-real-ip", b"not-an-ip")], "127.0.0.1"),
+        (("127.0.0.2", 5000), REAL_IP, "127.0.0.2"),  # loopback /32 only by default
+        ("", REAL_IP, "203.0.113.7"),  # a Unix socket peer: a local proxy
+        (None, [], "local"),
+    ],
+)
+def test_client_ip_trusts_x_real_ip_only_from_trusted_proxies(
+    peer: object, headers: list[tuple[bytes, bytes]], expected: str
+) -> None:
+    assert client_ip(peer, headers, LOOPBACK) == expected
+
+
+def test_stream_counts_free_a_key_at_zero() -> None:
+    counts = StreamCounts(limit=2)
+    counts.add("a")
+    counts.add("a")
+    assert counts.full("a")
+    assert not counts.full("b")
+    counts.remove("a")
+    assert not counts.full("a")
+    counts.remove("a")
+    assert len(counts) == 0
+
+
+def test_token_bucket_grants_a_burst_then_the_rate_and_forgets_full_buckets() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=3)
+    assert [buckets.take("a", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a", 100.0) == pytest.approx(0.5)
+    assert buckets.take("a", 100.5) == 0.0  # refilled one token in half a second
+    assert buckets.take("b", 100.5) == 0.0  # another client has its own bucket
+    assert len(buckets) == 2
+    buckets.take("c", 110.0)  # the sweep drops the buckets that are full again
+    assert len(buckets) == 1
+
+
+def test_retry_after_is_whole_seconds_at_least_one() -> None:
+    assert [retry_after(s) for s in (0.0, 0.2, 1.0, 2.5)] == ["1", "1", "1", "3"]
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 512) if hard == resource.RLIM_INFINITY else min(soft, hard - 1, 512)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        raise_open_file_limit()
+        if hard != resource.RLIM_INFINITY:
+            assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, lowered), hard))

@@ -1,0 +1,57 @@
+"""The gateway checks its token settings at start, as the booking-api does."""
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from push_gateway.__main__ import main
+from push_gateway.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_gateway_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SECRET", "ALGORITHM", "PUBLIC_KEY", "PUBLIC_KEY_FILE", "PRIVATE_KEY"):
+        monkeypatch.delenv(f"GATEWAY_JWT__{name}", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "HS256 needs a secret"),
+        ({"GATEWAY_JWT__SECRET": "abcdefgh" * 4}, "too repetitive"),
+        ({"GATEWAY_JWT__ALGORITHM": "EdDSA"}, "EdDSA needs a public key"),
+        (
+            {"GATEWAY_JWT__ALGORITHM": "EdDSA", "GATEWAY_JWT__PUBLIC_KEY_FILE": "/nonexistent"},
+            "cannot read the public key file",
+        ),
+    ],
+)
+def test_the_gateway_refuses_to_start_with_bad_key_settings(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_public_key_file_is_enough_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "public.pem").write_bytes(pem)
+    monkeypatch.setenv("GATEWAY_JWT__ALGORITHM", "EdDSA")
+    monkeypatch.setenv("GATEWAY_JWT__PUBLIC_KEY_FILE", str(tmp_path / "public.pem"))
+    settings = Settings()
+    with pytest.raises(ValueError, match="private key"):
+        settings.jwt.signing_key()  # the gateway can verify, never mint

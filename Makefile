@@ -8,7 +8,7 @@ TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs openssl=openssl 
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test test-fast demo bench chaos system-deps clean
+.PHONY: help venv lint format test test-fast demo bench chaos events system-deps clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
@@ -17,6 +17,7 @@ help:
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
 	@echo "make bench  - load benchmarks; JSON results in bench/results/"
 	@echo "make chaos  - the chaos suite, longer and larger (CHAOS_SECONDS, CHAOS_RATE, CHAOS_CLIENTS, CHAOS_CHURN)"
+	@echo "make events - print the demo's events (ARGS='notifications --from end --key u1')"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,8 @@ chaos: venv
 	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE=$(CHAOS_RATE) CHAOS_CLIENTS=$(CHAOS_CLIENTS) \
 	CHAOS_CHURN=$(CHAOS_CHURN) $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS) tests/chaos; \
 	status=$$?; $(BIN)/python -m tests.chaos.table; exit $$status
+events: venv
+	$(BIN)/slotstream-events $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo test-output

@@ -1,4 +1,5 @@
-"""SSE fan-out benchmark: the push-gateway against Nchan and Pushpin, same workload.
+"""SSE fan-out benchmark: the push-gateway against Nchan and Pushpin, same workload; also
+the push-gateway over WebSocket (``gateway-ws``: ``/v1/ws``, one subscribe op each).
 
 N SSE connections spread over C channels (plus idle connections up to --idle-connections),
 events offered at R deliveries/s for D seconds. The server runs pinned to one core, this
@@ -160,6 +161,68 @@ class SseClient(asyncio.Protocol):
             self.tail = joined[-(len(TS_TOKEN) - 1) :]
 
 
+WS_HANDSHAKE = (
+    b"GET /v1/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def ws_client_frame(payload: bytes) -> bytes:
+    """A masked client text frame (mask key 0: valid, and the payload stays readable)."""
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+class WsClient(SseClient):
+    """The same counting over the gateway's WebSocket: handshake, then one subscribe op;
+    "open" once the snapshot arrived (as an SSE stream's 200 comes with its snapshot)."""
+
+    __slots__ = ("channel", "upgraded")
+
+    def __init__(self, sample: bool, latencies: list[int], channel: str) -> None:
+        super().__init__(sample, latencies)
+        self.channel = channel
+        self.upgraded = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            if b" 101 " in data[:20] and self.transport is not None:
+                self.upgraded = True
+                op = (
+                    b'{"op":"subscribe","channel":"instructors/'
+                    + self.channel.encode()
+                    + b'/schedule"}'
+                )
+                self.transport.write(ws_client_frame(op))
+            return
+        if b"\x89\x00" in data and self.transport is not None:
+            # the gateway's keep-alive ping (those bytes never occur in the JSON text):
+            # answer as a browser does, else an idle connection is closed after 35 s
+            self.transport.write(b"\x8a\x80\0\0\0\0")
+        if not self.opened and b'"snapshot"' in data:
+            self.opened = True
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+        if not self.sample:
+            super().data_received(data)
+            return
+        now = time.time_ns()
+        buf = self.buffer + data
+        keep_from = max(0, len(buf) - len(TS_TOKEN) + 1)  # a token cut at the end
+        position = buf.find(TS_TOKEN)
+        while position >= 0:
+            start = end = position + len(TS_TOKEN)
+            while buf[end : end + 1].isdigit():
+                end += 1
+            if end == len(buf):  # the number may go on in the next read
+                keep_from = position
+                break
+            self.latencies.append(now - int(buf[start:end]))
+            self.count += 1
+            position = buf.find(TS_TOKEN, end)
+        self.buffer = buf[keep_from:]
+
+
 @dataclass
 class Load:
     clients: list[SseClient] = field(default_factory=list)
@@ -177,9 +240,15 @@ class Load:
 
 
 async def open_streams(
-    port: int, paths: list[str], latencies: list[int], sample_every: int, load: Load
+    port: int,
+    paths: list[str],
+    latencies: list[int],
+    sample_every: int,
+    load: Load,
+    websocket: bool = False,
 ) -> int:
-    """Open one SSE request per path; returns how many got a 200."""
+    """Open one SSE request per path (or, ``websocket``, one WebSocket subscribed to the
+    channel named by the path); returns how many got a 200 (or their snapshot)."""
     loop = asyncio.get_running_loop()
     # at most this many requests waiting for their response: browsers arrive over time,
     # and a burst beyond the listen backlog would measure SYN retries, not the server
@@ -187,7 +256,10 @@ async def open_streams(
 
     async def one(index: int, path: str) -> None:
         async with semaphore:
-            client = SseClient(sample_every > 0 and index % sample_every == 0, latencies)
+            sample = sample_every > 0 and index % sample_every == 0
+            client = (
+                WsClient(sample, latencies, path) if websocket else SseClient(sample, latencies)
+            )
             client.waiter = loop.create_future()
             try:
                 await loop.create_connection(lambda: client, "127.0.0.1", port)
@@ -196,9 +268,8 @@ async def open_streams(
                 return
             load.clients.append(client)
             assert client.transport is not None
-            client.transport.write(
-                f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
-            )
+            sse_request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+            client.transport.write(WS_HANDSHAKE if websocket else sse_request.encode())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(client.waiter, 30)
 
@@ -226,6 +297,7 @@ def payload(seq: int, channel: str, pad: str) -> bytes:
 class Server:
     name = ""
     port = 0
+    websocket = False
     process: subprocess.Popen[bytes] | None = None
 
     def sub_path(self, channel: str) -> str:
@@ -382,6 +454,16 @@ class GatewayServer(Server):
 
 
 HEADERS = [("ce_type", b"slot.updated"), ("content-type", b"application/cloudevents+json")]
+
+
+class GatewayWsServer(GatewayServer):
+    """The same gateway, subscribed to over WebSocket (``sub_path`` is the instructor id)."""
+
+    name = "push-gateway-ws"
+    websocket = True
+
+    def sub_path(self, channel: str) -> str:
+        return channel
 
 
 class NchanServer(Server):
@@ -703,7 +785,9 @@ async def run_fanout(
         idle = max(0, args.idle_connections - args.connections)
         paths += [server.sub_path(f"idle{i % 50}") for i in range(idle)]
         t_connect = time.monotonic()
-        opened = await open_streams(server.port, paths, load.latencies, args.sample_every, load)
+        opened = await open_streams(
+            server.port, paths, load.latencies, args.sample_every, load, server.websocket
+        )
         connect_seconds = time.monotonic() - t_connect
         await asyncio.sleep(1.0)
         rss_connected = tree_rss_bytes(server.pid)
@@ -897,14 +981,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         booking = FakeBookingApi()
         await booking.start()
         try:
-            if "gateway" in args.servers or "ingest" in args.servers:
+            if {"gateway", "gateway-ws", "ingest"} & set(args.servers):
                 broker = TansuBroker(log_path=tmp / "tansu.log")
                 await asyncio.to_thread(broker.start)
             for name in args.servers:
-                if name == "gateway":
+                if name in ("gateway", "gateway-ws"):
                     assert broker is not None
                     topics = await fresh_topics(broker.bootstrap_servers)
-                    server = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    kind = GatewayWsServer if name == "gateway-ws" else GatewayServer
+                    server = kind(broker.bootstrap_servers, topics, booking)
                     server.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
                     try:
                         broker_pid = broker._process.pid if broker._process else None  # noqa: SLF001
@@ -970,8 +1055,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["gateway", "nchan", "pushpin", "ingest"],
-        choices=["gateway", "nchan", "pushpin", "ingest"],
+        default=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
+        choices=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
     )
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)

@@ -63,6 +63,7 @@ chaos: venv
 	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE=$(CHAOS_RATE) CHAOS_CLIENTS=$(CHAOS_CLIENTS) \
 	CHAOS_CHURN=$(CHAOS_CHURN) $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS) tests/chaos; \
 	status=$$?; $(BIN)/python -m tests.chaos.table; exit $$status
+
 events: venv
 	$(BIN)/slotstream-events $(ARGS)
 

@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 AXE_CORE_VERSION := 4.10.3
 AXE_CORE := $(VENV)/node/node_modules/axe-core/axe.min.js
 
-.PHONY: help venv lint format test test-fast demo bench events system-deps axe clean
+.PHONY: help venv lint format test test-fast demo bench chaos events system-deps axe clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
@@ -19,6 +19,7 @@ help:
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
 	@echo "make bench  - load benchmarks; JSON results in bench/results/"
+	@echo "make chaos  - the chaos suite, longer and larger (CHAOS_SECONDS, CHAOS_RATE, CHAOS_CLIENTS, CHAOS_CHURN)"
 	@echo "make events - print the demo's events (ARGS='notifications --from end --key u1')"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -59,6 +60,18 @@ bench: venv
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
+
+# The chaos scenarios of `make test`, longer and larger; the figures table at the end
+# (docs/reliability.md). Override any knob: make chaos CHAOS_SECONDS=60 CHAOS_RATE=400
+CHAOS_SECONDS ?= 600
+CHAOS_RATE ?= 1000
+CHAOS_CLIENTS ?= 2000
+CHAOS_CHURN ?= 20000
+chaos: venv
+	@scripts/system-deps.sh nginx=nginx
+	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE=$(CHAOS_RATE) CHAOS_CLIENTS=$(CHAOS_CLIENTS) \
+	CHAOS_CHURN=$(CHAOS_CHURN) $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS) tests/chaos; \
+	status=$$?; $(BIN)/python -m tests.chaos.table; exit $$status
 
 events: venv
 	$(BIN)/slotstream-events $(ARGS)

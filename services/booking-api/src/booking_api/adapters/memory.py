@@ -545,7 +545,8 @@ class MemoryStorage:
     """All repositories over one change log, like collections of one database."""
 
     def __init__(self, db: str = "slotstream", retain_changes: int = 200_000) -> None:
-        self.changelog = MemoryChangeLog(db, retain=retain_changes)
+        # updateLookup as Mongo does it: an update event carries the document as it is read.
+        self.changelog = MemoryChangeLog(db, retain=retain_changes, lookup=self._current)
         self.collections = {
             INSTRUCTORS: MemoryCollection(INSTRUCTORS, self.changelog),
             SLOTS: MemoryCollection(
@@ -562,6 +563,10 @@ class MemoryStorage:
         self._bookings = MemoryBookings(self.collections[BOOKINGS])
         self._notifications = MemoryNotifications(self.collections[NOTIFICATIONS])
         self._idempotency = MemoryIdempotency(self.collections[IDEMPOTENCY])
+
+    def _current(self, collection: str, doc_id: str) -> Document | None:
+        stored = self.collections[collection].peek(doc_id)
+        return None if stored is None else _copy(stored)
 
     @property
     def instructors(self) -> MemoryInstructors:

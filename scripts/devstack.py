@@ -524,10 +524,6 @@ class DevStack:
             # The feed long-poll answers at once when a change arrives; a short idle wait
             # only bounds how long the booking-api's shutdown waits for the open poll.
             "PUBLISHER_FEED_WAIT": "2",
-            # No checkpoint survives a restart (memory stores) but the booking-api does:
-            # a restarted publisher re-publishes every document (same event ids) and
-            # streams from there, so a change written while it was down is not lost.
-            "PUBLISHER_START_MODE": "snapshot",
             "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
             # Tansu rejects idempotent producers; event ids make re-sends harmless.
             "PUBLISHER_ENABLE_IDEMPOTENCE": "false",

@@ -36,6 +36,7 @@ from push_gateway.domain.hub import (
     CONTROL_KEY_BYTES,
     ChannelHub,
     Record,
+    Writer,
     frame_body,
     record_headers,
 )
@@ -111,6 +112,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._last_presence: dict[str, int] = {}
+        #: per channel, the writers that were sent its last presence count
+        self._told: dict[str, set[Writer]] = {}
         self._allowed_origins = frozenset(settings.cors_origins)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -672,14 +675,22 @@ class Gateway:
             if channel.kind is not ChannelKind.SCHEDULE:
                 continue
             count = totals.get(channel.name, 0)
-            if self._last_presence.get(channel.name) == count:
-                continue
-            self._last_presence[channel.name] = count
-            frame = json_frame("presence", {"channel": channel.name, "count": count})
             writers = self.hub.live_subscribers(channel)
+            ws_writers = self.hub.live_ws_subscribers(channel)
+            everyone = {*writers, *ws_writers}
+            if self._last_presence.get(channel.name) == count:
+                # Unchanged: only subscribers that joined since the last send (a reload or
+                # a reconnect that took another's place) still need to hear it.
+                told = self._told.get(channel.name, set())
+                writers = [w for w in writers if w not in told]
+                ws_writers = [w for w in ws_writers if w not in told]
+                if not writers and not ws_writers:
+                    continue
+            self._last_presence[channel.name] = count
+            self._told[channel.name] = everyone
+            frame = json_frame("presence", {"channel": channel.name, "count": count})
             for write in writers:
                 write(frame)
-            ws_writers = self.hub.live_ws_subscribers(channel)
             if ws_writers:
                 ws_frame = sse_to_ws(frame)
                 for write in ws_writers:
@@ -692,6 +703,7 @@ class Gateway:
         for name in list(self._last_presence):
             if name not in live:
                 del self._last_presence[name]
+                self._told.pop(name, None)
 
     def presence_of(self, channel: Channel) -> int:
         return self.presence.cluster_counts().get(channel.name, 0)

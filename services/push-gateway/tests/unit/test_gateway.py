@@ -597,3 +597,36 @@ async def test_unknown_instructors_cost_one_booking_api_request_then_none(
 
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy
     del record
+
+
+async def test_a_new_subscriber_is_told_the_viewer_count_even_when_it_did_not_change() -> None:
+    """Presence is sent when a channel's count changes; a page that takes the place of
+    another (a reload, a reconnect) leaves the count as it was, and must still be told."""
+    h = Harness(Settings(presence_interval_seconds=0.2, heartbeat_seconds=60, jwt=JWT))
+    h._writers, h.stalled_sockets = [], []
+
+    async def presence(client: Client) -> dict[str, object]:
+        while True:
+            [event] = await client.events(1)
+            if event["event"] == "presence":
+                return data(event)
+
+    try:
+        first = await (await h.connect()).start()
+        await first.events(1)  # the snapshot
+        h.gateway.start_background()
+        assert await asyncio.wait_for(presence(first), 2) == {
+            "channel": "instructors/i1/schedule",
+            "count": 1,
+        }
+        first.writer.close()
+        second = await (await h.connect()).start()
+        await second.events(1)  # the snapshot
+        assert await asyncio.wait_for(presence(second), 2) == {
+            "channel": "instructors/i1/schedule",
+            "count": 1,
+        }
+    finally:
+        await h.gateway.shutdown()
+        for writer in h._writers:
+            writer.close()

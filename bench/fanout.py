@@ -11,7 +11,7 @@ For the gateway, where its latency goes: its own histograms from /metrics (Kafka
 window), the publish -> broker-ack time, and a bare Kafka consumer on the server core beside
 it (--probe-consumer, on by default): what any consumer gets from the broker in that run.
 Also: the gateway's ingest rate for events nobody subscribes to (a backlog drained from
-Tansu). Results: bench/results/fanout.json.
+Tansu). Results: bench/results/fanout.json (latest) and bench/results/history.jsonl.
 
     .venv/bin/python bench/fanout.py                       # default, a few minutes
     .venv/bin/python bench/fanout.py --servers gateway --connections 2000 --rate 20000
@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import resource
 import secrets
 import shutil
@@ -47,13 +46,13 @@ import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from slotstream_testkit.benchkit import StreamCount, latency_cdf_ms, record_results, tally
 from slotstream_testkit.kafka import TansuBroker, create_topics
 from slotstream_testkit.net import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "fanout.json"
+RESULTS_DIR = ROOT / "bench" / "results"
 NCHAN_MODULE = Path("/usr/share/nginx/modules/ngx_nchan_module.so")
-TS_TOKEN = b'"ts":'
 IN_FLIGHT_OPENS = 500
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -117,17 +116,17 @@ def spawn(
 
 # -- the load client ------------------------------------------------------------------------
 class SseClient(asyncio.Protocol):
-    """Counts events by the timestamp key inside each payload; sampled connections also
-    parse the timestamps for latency. Kept lean: the client must not be the bottleneck."""
+    """Counts the events of one stream by unique ``(channel, seq)`` inside each payload
+    (duplicates apart); sampled connections also turn the publish timestamps into
+    latencies. Kept lean: the client must not be the bottleneck."""
 
-    __slots__ = ("transport", "count", "tail", "sample", "buffer", "opened", "latencies", "waiter")
+    __slots__ = ("transport", "channel", "counted", "sample", "opened", "latencies", "waiter")
 
-    def __init__(self, sample: bool, latencies: list[int]) -> None:
+    def __init__(self, channel: bytes, sample: bool, latencies: list[int]) -> None:
         self.transport: asyncio.Transport | None = None
-        self.count = 0
-        self.tail = b""
+        self.channel = channel
+        self.counted = StreamCount()
         self.sample = sample
-        self.buffer = b""
         self.opened = False
         self.latencies = latencies
         self.waiter: asyncio.Future[None] | None = None
@@ -141,23 +140,9 @@ class SseClient(asyncio.Protocol):
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
         if self.sample:
-            now = time.time_ns()
-            buf = self.buffer + data
-            cut = buf.rfind(b"\n\n") + 2
-            complete, self.buffer = buf[:cut], buf[cut:]
-            position = complete.find(TS_TOKEN)
-            while position >= 0:
-                start = position + len(TS_TOKEN)
-                end = start
-                while complete[end : end + 1].isdigit():
-                    end += 1
-                self.latencies.append(now - int(complete[start:end]))
-                self.count += 1
-                position = complete.find(TS_TOKEN, end)
+            self.counted.feed(data, time.time_ns(), self.latencies)
         else:
-            joined = self.tail + data
-            self.count += joined.count(TS_TOKEN)
-            self.tail = joined[-(len(TS_TOKEN) - 1) :]
+            self.counted.feed(data)
 
 
 @dataclass
@@ -168,7 +153,11 @@ class Load:
 
     @property
     def received(self) -> int:
-        return sum(c.count for c in self.clients)
+        return sum(len(c.counted.seen) for c in self.clients)
+
+    def reset_counts(self) -> None:
+        for client in self.clients:
+            client.counted = StreamCount()
 
     def close(self) -> None:
         for client in self.clients:
@@ -177,7 +166,11 @@ class Load:
 
 
 async def open_streams(
-    port: int, paths: list[str], latencies: list[int], sample_every: int, load: Load
+    port: int,
+    paths: list[tuple[bytes, str]],
+    latencies: list[int],
+    sample_every: int,
+    load: Load,
 ) -> int:
     """Open one SSE request per path; returns how many got a 200."""
     loop = asyncio.get_running_loop()
@@ -185,9 +178,9 @@ async def open_streams(
     # and a burst beyond the listen backlog would measure SYN retries, not the server
     semaphore = asyncio.Semaphore(IN_FLIGHT_OPENS)
 
-    async def one(index: int, path: str) -> None:
+    async def one(index: int, channel: bytes, path: str) -> None:
         async with semaphore:
-            client = SseClient(sample_every > 0 and index % sample_every == 0, latencies)
+            client = SseClient(channel, sample_every > 0 and index % sample_every == 0, latencies)
             client.waiter = loop.create_future()
             try:
                 await loop.create_connection(lambda: client, "127.0.0.1", port)
@@ -203,7 +196,7 @@ async def open_streams(
                 await asyncio.wait_for(client.waiter, 30)
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+    await asyncio.gather(*(one(i, c, p) for i, (c, p) in enumerate(paths)))
     print(f"  {len(load.clients)} connected in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     deadline = time.monotonic() + 60
     last_report = time.monotonic()
@@ -699,9 +692,10 @@ async def run_fanout(
         rss_base = tree_rss_bytes(server.pid)
         channels = [f"b{n}" for n in range(args.channels)]
         load = Load()
-        paths = [server.sub_path(channels[i % len(channels)]) for i in range(args.connections)]
+        subscribed = [channels[i % len(channels)] for i in range(args.connections)]
         idle = max(0, args.idle_connections - args.connections)
-        paths += [server.sub_path(f"idle{i % 50}") for i in range(idle)]
+        subscribed += [f"idle{i % 50}" for i in range(idle)]
+        paths = [(channel.encode(), server.sub_path(channel)) for channel in subscribed]
         t_connect = time.monotonic()
         opened = await open_streams(server.port, paths, load.latencies, args.sample_every, load)
         connect_seconds = time.monotonic() - t_connect
@@ -713,7 +707,8 @@ async def run_fanout(
         per_tick = events_per_second / ticks_per_second
         pad = "x" * args.pad
         load.latencies.clear()
-        baseline_received = load.received
+        load.reset_counts()
+        published: dict[bytes, set[int]] = {}
         cpu_before = tree_cpu_seconds(server.pid)
         own_before = own_cpu_seconds()
         broker_before = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
@@ -744,6 +739,7 @@ async def run_fanout(
                 owed -= 1
                 channel = channels[seq % len(channels)]
                 batch.append((channel, payload(seq, channel, pad)))
+                published.setdefault(channel.encode(), set()).add(seq)
                 seq += 1
             if batch:
                 await server.publish(batch)
@@ -755,7 +751,7 @@ async def run_fanout(
         publish_seconds = time.monotonic() - started
         expected = sent * per_channel
         drain_deadline = time.monotonic() + args.drain
-        while load.received - baseline_received < expected:  # noqa: ASYNC110 - polls counters
+        while load.received < expected:  # noqa: ASYNC110 - polls counters
             if time.monotonic() > drain_deadline:
                 break
             await asyncio.sleep(0.05)
@@ -763,7 +759,8 @@ async def run_fanout(
         cpu = tree_cpu_seconds(server.pid) - cpu_before
         own = own_cpu_seconds() - own_before
         broker_cpu = tree_cpu_seconds(broker_pid) - broker_before if broker_pid else None
-        received = load.received - baseline_received
+        counted = tally(published, ((c.channel, c.counted) for c in load.clients))
+        received = counted.received_unique
         rss_loaded = tree_rss_bytes(server.pid)
         timings = gateway_timings(timings_before, await gateway.metrics_text()) if gateway else {}
         if probe is not None:
@@ -785,10 +782,15 @@ async def run_fanout(
             "deliveries_expected": expected,
             "deliveries_received": received,
             "deliveries_per_s": round(received / elapsed),
-            "loss_fraction": round(max(0, expected - received) / expected, 4) if expected else None,
+            # per connection by unique (channel, seq); duplicates never offset a loss
+            "deliveries_lost": counted.lost,
+            "loss_fraction": counted.loss_fraction,
+            "duplicates": counted.duplicates,
+            "foreign_events": counted.foreign,
             "latency_ms_p50": percentile(load.latencies, 0.50),
             "latency_ms_p99": percentile(load.latencies, 0.99),
             "latency_samples": len(load.latencies),
+            "latency_cdf_ms": latency_cdf_ms(load.latencies),
             "server_cpu_seconds": round(cpu, 2),
             "server_cpu_us_per_delivery": round(cpu / received * 1e6, 2) if received else None,
             "server_core_utilisation": round(cpu / elapsed, 2),
@@ -874,9 +876,6 @@ def pinned(core: int) -> Iterator[None]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "benchmark": "fanout",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "workload": {
             "connections": args.connections,
             "idle_connections_total": max(args.idle_connections, args.connections),
@@ -988,7 +987,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="run a bare Kafka consumer on the server core beside the gateway",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="appends to history.jsonl there and writes fanout.json (the latest)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1009,10 +1013,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with pinned(args.client_core):
         results = uvloop.run(main_async(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    written = record_results(args.results_dir, "fanout", results)
     print(render_table(results))
-    print(f"written to {args.out}")
+    print(f"written to {written} (and appended to history.jsonl)")
 
 
 def render_table(results: dict[str, Any]) -> str:
@@ -1030,7 +1033,8 @@ def render_table(results: dict[str, Any]) -> str:
             continue
         rows.append(
             f"| {run['server']} | {run['connections_open']} | {run['deliveries_per_s']} "
-            f"({run['offered_deliveries_per_s']}) | {run['loss_fraction']:.2%} "
+            f"({run['offered_deliveries_per_s']}) | {run['loss_fraction'] or 0:.2%} "
+            f"(dup {run['duplicates']}) "
             f"| {fmt(run['latency_ms_p50'])} | {fmt(run['latency_ms_p99'])} "
             f"| {fmt(run['server_cpu_us_per_delivery'])} | {run['rss_per_connection_kb']} "
             f"| {run['server_core_utilisation']} | {run['client_core_utilisation']} |"

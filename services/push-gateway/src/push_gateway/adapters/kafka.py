@@ -2,8 +2,9 @@
 
 Plain aiokafka, not FastStream, on the ingest path: FastStream's subscriber calls a handler
 per message (~18 k msgs/s measured on Tansu), while the gateway must read *every* record of
-the cluster (target ≥ 250 k/s). ``getmany`` hands whole per-partition batches to the hub,
-which routes each record with one dict lookup.
+the cluster. ``getmany`` hands whole per-partition batches to the hub, which routes each
+record with one dict lookup; the ingest consumer's records are lean tuples decoded once per
+fetched partition (``adapters/records.py``), not aiokafka's ``ConsumerRecord`` objects.
 
 Every gateway reads every partition (manual assignment, no consumer group): a browser may
 land on any gateway, so each must see all events (broadcast, not work-sharing). Without a
@@ -20,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from push_gateway.adapters.records import IngestRecord, install_lean_records, lean_keys
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.timing import IngestTiming
@@ -79,10 +81,12 @@ class KafkaIngest:
         self._loop_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        install_lean_records()
         consumer = _consumer(
             self._settings,
             max_poll_records=self._settings.max_poll_records,
             auto_offset_reset="latest",
+            key_deserializer=lean_keys,  # records as IngestRecord tuples (adapters/records.py)
         )
         await consumer.start()
         self._consumer = consumer
@@ -122,9 +126,9 @@ class KafkaIngest:
         consumer = self._consumer
         while True:
             try:
-                batches: dict[
-                    TopicPartition, list[ConsumerRecord[bytes, bytes]]
-                ] = await consumer.getmany(timeout_ms=1000)
+                batches: dict[TopicPartition, list[IngestRecord]] = await consumer.getmany(
+                    timeout_ms=1000
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker hiccup: aiokafka reconnects, keep reading
@@ -138,9 +142,7 @@ class KafkaIngest:
             if not self.caught_up:
                 self._check_caught_up()
 
-    async def _fan_out(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _fan_out(self, batches: dict[TopicPartition, list[IngestRecord]]) -> None:
         """Hand the records to the hub in slices, giving the event loop back whenever one
         step has held it for ``FANOUT_SLICE_SECONDS``, so the fetch task, new connections,
         heartbeats and catch-ups never wait behind a whole batch (5,000 records with ten

@@ -266,6 +266,17 @@ def _fanout_rows(data: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def _ingest_row(data: Mapping[str, Any]) -> str:
+    return (
+        f"| `bench/ingest.py` gateway ingest, no subscriber, in process "
+        f"| {_num(data.get('gateway_cpu_us_per_record'), 2)} µs CPU per record "
+        f"(aiokafka's stock records in the same run: "
+        f"{_num(data.get('baseline_aiokafka_cpu_us_per_record'), 2)} µs), "
+        f"{_num(data.get('cpu_bound_records_per_s'))} records/s CPU-bound "
+        f"| {_stamp(data)} |"
+    )
+
+
 def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
     rows = ["| benchmark | latest figures | when, commit, load average |", "|---|---|---|"]
     if "booking" in latest:
@@ -274,6 +285,8 @@ def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
         rows.append(_publisher_row(latest["publisher"]))
     if "fanout" in latest:
         rows.extend(_fanout_rows(latest["fanout"]))
+    if "ingest" in latest:
+        rows.append(_ingest_row(latest["ingest"]))
     return "\n".join(rows)
 
 

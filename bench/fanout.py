@@ -101,12 +101,13 @@ def own_cpu_seconds() -> float:
 
 
 def spawn(
-    command: list[str], core: int, log: Path | None = None, env: dict[str, str] | None = None
+    command: list[str], core: str, log: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a server pinned to ``core`` in its own session (stopped by PID later)."""
+    """Start a server pinned to ``core`` (a CPU list: "0", "0,1") in its own session
+    (stopped by PID later)."""
     output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
-        ["taskset", "-c", str(core), *command],
+        ["taskset", "-c", core, *command],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -224,7 +225,7 @@ class Server:
     def sub_path(self, channel: str) -> str:
         raise NotImplementedError
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         raise NotImplementedError
 
     async def publish(self, events: list[tuple[str, bytes]]) -> None:
@@ -326,7 +327,7 @@ class GatewayServer(Server):
             **self.extra_env,
         }
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         self.port = free_port()
         self.process = spawn(
             [sys.executable, "-m", "push_gateway"],
@@ -335,6 +336,13 @@ class GatewayServer(Server):
             env=self.env(),
         )
         await wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
+        # with GATEWAY_WORKERS each probe reaches any one worker: wait for a run of answers
+        async with httpx.AsyncClient() as client:
+            ready = 0
+            while ready < 20:
+                answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                ready = ready + 1 if answer.status_code == 200 else 0
+                await asyncio.sleep(0.05)
         if self.producer is None:
             self.producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap,
@@ -388,7 +396,7 @@ class NchanServer(Server):
     def sub_path(self, channel: str) -> str:
         return f"/sub/{channel}"
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         self.port = free_port()
         home = tmp / "nchan"
         home.mkdir(exist_ok=True)
@@ -485,7 +493,7 @@ class PushpinServer(Server):
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         self._origin = await asyncio.start_server(self._grip, "127.0.0.1", self.origin_port)
         self.port = free_port()
         self.publish_port = free_port()
@@ -659,7 +667,7 @@ async def probe_consumer(bootstrap: str, topic: str, seconds: float, ready: Path
 
 
 async def start_probe(
-    bootstrap: str, topic: str, seconds: float, core: int, tmp: Path
+    bootstrap: str, topic: str, seconds: float, core: str, tmp: Path
 ) -> tuple[subprocess.Popen[bytes], Path]:
     out = tmp / f"probe-{uuid.uuid4().hex[:6]}.json"
     process = spawn(
@@ -972,7 +980,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["gateway", "nchan", "pushpin", "ingest"],
         choices=["gateway", "nchan", "pushpin", "ingest"],
     )
-    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument(
+        "--server-core",
+        default="0",
+        help='CPU list for the server, e.g. "0,1" with --gateway-env GATEWAY_WORKERS=2',
+    )
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument(
         "--gateway-env",

@@ -24,6 +24,7 @@ from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
+from push_gateway.workers import InstanceCollector, worker_index
 from slotstream_contracts.channels import ChannelKind
 
 log = structlog.get_logger(__name__)
@@ -95,6 +96,7 @@ def create_app(
     )
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
+    registry.register(InstanceCollector(settings.instance_id, worker_index()))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

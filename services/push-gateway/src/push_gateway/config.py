@@ -45,6 +45,20 @@ class Settings(BaseSettings):
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1, max_length=64)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the port (SO_REUSEPORT); each is a full "
+        "gateway with instance id <instance_id>-w<n>",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="With workers > 1: worker n also listens on this port + n, so each "
+        "worker's /metrics can be scraped on its own",
+    )
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)
     snapshot_reuse_seconds: float = Field(

@@ -25,6 +25,13 @@ class GatewayKafkaSettings(KafkaSettings):
         le=1000,
         description="Long-poll bound; Tansu answers at the deadline, so keep it low",
     )
+    fetch_idle_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=30000,
+        description="Long-poll bound after a whole getmany (1 s) brought nothing; back to "
+        "fetch_max_wait_ms with the first record",
+    )
     max_poll_records: int = Field(
         default=500,
         ge=1,

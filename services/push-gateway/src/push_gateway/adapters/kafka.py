@@ -77,6 +77,7 @@ class KafkaIngest:
         self.lag = 0
         self._lag_checked = 0.0
         self.fetch_errors = 0
+        self.fetch_idle = False
         self.timing = IngestTiming()
         self._loop_watch: asyncio.Task[None] | None = None
 
@@ -121,6 +122,17 @@ class KafkaIngest:
                 raise RuntimeError(f"topic {topic} has no partitions")
             await asyncio.sleep(0.2)
 
+    def _set_fetch_wait(self, idle: bool) -> None:
+        """Adaptive long-poll: a broker that answers only at the deadline (Tansu) is asked
+        every ``fetch_max_wait_ms`` while records flow (latency), every
+        ``fetch_idle_max_wait_ms`` once a whole ``getmany`` brought nothing (fewer empty
+        fetches for the gateway and the broker). Apache Kafka answers as soon as data
+        arrives, so there the idle bound costs no latency at all."""
+        assert self._consumer is not None
+        wait = self._settings.fetch_idle_max_wait_ms if idle else self._settings.fetch_max_wait_ms
+        self._consumer._fetcher._fetch_max_wait_ms = wait  # noqa: SLF001 - no public setter
+        self.fetch_idle = idle
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -136,6 +148,8 @@ class KafkaIngest:
                 log.warning("ingest fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            if bool(batches) == self.fetch_idle:  # records after a silent second, or silence
+                self._set_fetch_wait(idle=not batches)
             for _ in range(FETCH_HANDOVER_TURNS):
                 await asyncio.sleep(0)
             await self._fan_out(batches)

@@ -213,7 +213,11 @@ async def run(
         leases=MemoryLeaseStore(),
         producer=producer,
         router=Router(
-            {SLOTS: SCHEDULE_TOPIC, BOOKINGS: SCHEDULE_TOPIC, NOTIFICATIONS: NOTIFICATIONS_TOPIC},
+            {
+                SLOTS: SCHEDULE_TOPIC,
+                BOOKINGS: NOTIFICATIONS_TOPIC,
+                NOTIFICATIONS: NOTIFICATIONS_TOPIC,
+            },
             DEADLETTER_TOPIC,
         ),
     )

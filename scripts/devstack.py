@@ -6,6 +6,16 @@ backend, the change-publisher reading the booking-api's change feed, two push-ga
 and nginx as the edge (rendered from ``deploy/edge/*.template``). Every process runs in
 its own session, logs into ``<state dir>/logs/``, and is stopped by its PID in reverse
 order by :meth:`DevStack.stop`.
+
+Once started, a supervisor thread restarts a crashed process like Compose's
+``restart: unless-stopped``: with exponential back-off, logging each restart, the rest of
+the stack running on. Only the processes that lose nothing by a restart are restarted: the
+change-publisher (it resumes from its checkpoint; event ids make re-sends harmless), the
+push-gateways and the edge.
+Tansu and the memory booking-api hold the demo's only copy of the topics and the bookings;
+a fresh process would be empty and every other part would disagree with it (offsets ahead
+of the log, a change feed starting again at 1), so their death is logged as fatal for the
+data and they stay down until the stack is started again.
 """
 
 from __future__ import annotations
@@ -136,9 +146,23 @@ class Process:
     log_path: Path
     health_url: str | None = None
     stop_signal: int = signal.SIGTERM
+    restart: bool = False
+    """Restart it when it crashes (a stateless or state-persisting process)."""
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    restarts: int = 0
+    wanted: bool = field(default=True, repr=False)
+    """False once stopped on purpose: the supervisor leaves it down until started again."""
+    started_at: float = field(default=0.0, repr=False)
+    backoff: float = field(default=0.0, repr=False)
+    restart_due: float | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
 
     def start(self) -> None:
+        self.wanted = True
+        self.started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
@@ -156,9 +180,10 @@ class Process:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float, abandon: threading.Event | None = None) -> None:
+        """Wait for the health URL to answer 200; return early once ``abandon`` is set."""
         deadline = time.monotonic() + timeout
-        while True:
+        while abandon is None or not abandon.is_set():
             if not self.running:
                 raise StackError(f"{self.name} exited during start-up; see {self.log_path}")
             if self.health_url is None:
@@ -176,6 +201,7 @@ class Process:
             time.sleep(0.1)
 
     def stop(self, timeout: float = 8.0) -> None:
+        self.wanted = False
         if self.popen is None:
             return
         if self.popen.poll() is None:
@@ -185,6 +211,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        self.kill_leftovers()
         self.popen = None
 
     def kill(self) -> None:
@@ -192,6 +219,24 @@ class Process:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(5)
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what the dead process left in its session (nginx workers outlive a killed
+        master and would keep its port), so that the restarted one can bind."""
+        if self.popen is None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+RESTART_BACKOFF_FIRST = 0.5
+RESTART_BACKOFF_MAX = 30.0
+RESTART_BACKOFF_RESET_AFTER = 10.0
+"""Seconds a restarted process must stay up before its back-off starts again from the first
+delay (Docker resets its restart delay the same way)."""
+SUPERVISE_INTERVAL = 0.2
 
 
 class DevStack:
@@ -223,6 +268,11 @@ class DevStack:
         self.processes: dict[str, Process] = {}
         self.logs = state_dir / "logs"
         self._progress = progress or (lambda _step: None)
+        # Guards ``processes`` and each process's start/stop between the supervisor thread
+        # and callers (tests restarting a gateway while the supervisor looks at it).
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # ------------------------------------------------------------------ addresses
 
@@ -269,18 +319,113 @@ class DevStack:
         except BaseException:
             self.stop()
             raise
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="devstack-supervisor", daemon=True
+        )
+        self._supervisor.start()
         return self
 
     def stop(self) -> None:
-        """Stop every process this stack started, newest first."""
+        """Stop the supervisor, then every process this stack started, newest first."""
+        self._stopping.set()
         if self._refresh_stop is not None:
             self._refresh_stop.set()  # ends the demo token refresh thread
             self._refresh_stop = None
-        for name in reversed(list(self.processes)):
-            started = time.monotonic()
-            self.processes[name].stop()
-            self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
-        self.processes.clear()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
+        with self._lock:
+            for name in reversed(list(self.processes)):
+                started = time.monotonic()
+                self.processes[name].stop()
+                self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
+            self.processes.clear()
+
+    # ------------------------------------------------------------------ supervision
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            with self._lock:
+                for process in list(self.processes.values()):
+                    if self._stopping.is_set():
+                        return
+                    self._look_after(process)
+
+    def _look_after(self, process: Process) -> None:
+        """One supervisor pass over one process: notice a crash, restart when due."""
+        if process.running or not process.wanted or process.popen is None:
+            return
+        now = time.monotonic()
+        if process.restart_due is None:
+            code = process.popen.poll()
+            if not process.restart:
+                process.wanted = False
+                self._progress(
+                    f"{process.name} exited (code {code}) and is NOT restarted: it held the "
+                    f"demo's data in memory and a new one would start empty; the rest keeps "
+                    f"running without it. Restart the whole stack. See {process.log_path}"
+                )
+                return
+            if now - process.started_at >= RESTART_BACKOFF_RESET_AFTER:
+                process.backoff = 0.0
+            process.backoff = min(
+                RESTART_BACKOFF_MAX, max(RESTART_BACKOFF_FIRST, process.backoff * 2)
+            )
+            process.restart_due = now + process.backoff
+            self._progress(
+                f"{process.name} exited unexpectedly (code {code}); restarting in "
+                f"{process.backoff:.1f}s; see {process.log_path}"
+            )
+            return
+        if now < process.restart_due:
+            return
+        process.restart_due = None
+        process.restarts += 1
+        process.kill_leftovers()
+        process.start()
+        try:
+            process.wait_healthy(30.0, abandon=self._stopping)
+        except StackError as exc:
+            self._progress(f"restart #{process.restarts} of {process.name} failed: {exc}")
+            return
+        self._progress(f"restarted {process.name} (restart #{process.restarts}, pid {process.pid})")
+
+    def kill(self, name: str) -> int:
+        """Crash a process (SIGKILL) as a failing node would; returns the PID it had. The
+        supervisor restarts it if its policy says so (see the module docstring)."""
+        with self._lock:
+            process = self.processes[name]
+            pid = process.pid
+            if pid is None:
+                raise StackError(f"{name} is not running")
+            process.kill()
+            return pid
+
+    def wait_restarted(self, name: str, old_pid: int, timeout: float = 60.0) -> Process:
+        """Wait until the supervisor has restarted ``name`` (a new PID) and it is healthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                process = self.processes[name]
+                if (
+                    process.running
+                    and process.pid != old_pid
+                    and process.restart_due is None
+                    and self._healthy(process)
+                ):
+                    return process
+            time.sleep(0.1)
+        raise StackError(f"{name} was not restarted within {timeout}s; see {self.logs}/")
+
+    @staticmethod
+    def _healthy(process: Process) -> bool:
+        if process.health_url is None:
+            return True
+        try:
+            return httpx.get(process.health_url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def __enter__(self) -> DevStack:
         return self.start()
@@ -290,9 +435,10 @@ class DevStack:
 
     def _spawn(self, process: Process, timeout: float = 30.0) -> Process:
         self._progress(f"starting {process.name}")
-        self.processes[process.name] = process
-        process.start()
-        process.wait_healthy(timeout)
+        with self._lock:
+            self.processes[process.name] = process
+            process.start()
+            process.wait_healthy(timeout)
         return process
 
     def _base_env(self) -> dict[str, str]:
@@ -382,6 +528,7 @@ class DevStack:
                 env,
                 self.logs / "change-publisher.log",
                 health_url=f"http://127.0.0.1:{self.ports.publisher}/healthz",
+                restart=True,
             )
         )
 
@@ -401,22 +548,30 @@ class DevStack:
             "GATEWAY_RETRY_MS": "1000",
         }
         name = f"push-gateway-{number}"
-        old = self.processes.pop(name, None)
-        if old is not None:
-            old.stop()
-        return self._spawn(
-            Process(
-                name,
-                [str(BIN / "slotstream-push-gateway")],
-                env,
-                self.logs / f"{name}.log",
-                health_url=f"{self.gateway_url(number)}/readyz",
+        with self._lock:
+            old = self.processes.pop(name, None)
+            if old is not None:
+                old.stop()
+            return self._spawn(
+                Process(
+                    name,
+                    [str(BIN / "slotstream-push-gateway")],
+                    env,
+                    self.logs / f"{name}.log",
+                    health_url=f"{self.gateway_url(number)}/readyz",
+                    restart=True,
+                )
             )
-        )
 
-    def kill_gateway(self, number: int) -> None:
-        """Crash push-gateway 1 or 2 (SIGKILL), as a failing node would."""
-        self.processes[f"push-gateway-{number}"].kill()
+    def kill_gateway(self, number: int) -> int:
+        """Crash push-gateway 1 or 2 (SIGKILL), as a failing node would; the supervisor
+        restarts it. Returns the PID it had (for :meth:`wait_restarted`)."""
+        return self.kill(f"push-gateway-{number}")
+
+    def stop_gateway(self, number: int) -> None:
+        """Stop push-gateway 1 or 2 on purpose: it stays down until :meth:`start_gateway`."""
+        with self._lock:
+            self.processes[f"push-gateway-{number}"].stop()
 
     # ------------------------------------------------------------------ edge
 
@@ -430,7 +585,7 @@ class DevStack:
             "WEB_ROOT": str(WEB_ROOT),
             "DEMO_DATA_DIR": str(self.state_dir / "demo-data"),
             "EDGE_CONF_DIR": str(edge / "conf.d"),
-        }
+        } | {name: os.environ.get(name, default) for name, default in EDGE_LIMITS.items()}
         if self.tls is not None:
             cert, key, port = self.tls
             variables |= {
@@ -476,6 +631,7 @@ class DevStack:
                 self.logs / "edge.log",
                 health_url=f"{self.base_url}/edge-healthz",
                 stop_signal=signal.SIGQUIT,  # graceful: finish in-flight requests
+                restart=True,
             ),
             timeout=10,
         )
@@ -614,6 +770,18 @@ class DevStack:
 
 _SERVICE_PREFIXES = ("BOOKING_API_", "PUBLISHER_", "GATEWAY_")
 
+# The edge's per-address limits (deploy/edge/README.md), the same defaults as the image's;
+# each can be overridden from the environment (e.g. `EDGE_STREAMS_PER_IP=10 make demo`).
+EDGE_LIMITS = {
+    "EDGE_STREAMS_PER_IP": "100",
+    "EDGE_REQUESTS_PER_SECOND": "50",
+    "EDGE_REQUEST_BURST": "200",
+    "EDGE_WRITES_PER_SECOND": "5",
+    "EDGE_WRITE_BURST": "50",
+    "EDGE_RETRY_AFTER_SECONDS": "2",
+    "EDGE_DEMO_USERS_ALLOW": "127.0.0.1",
+}
+
 
 def _main_conf(edge: Path) -> str:
     user = ""
@@ -625,15 +793,19 @@ def _main_conf(edge: Path) -> str:
         entry = pwd.getpwuid(os.geteuid())
         user = f"user {entry.pw_name};\n"
     tmp = edge / "tmp"
-    # Each proxied stream holds two connections; stay within the open-file limit nginx
-    # inherits (it cannot raise it without root).
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    connections = 4096 if soft == resource.RLIM_INFINITY else max(256, min(4096, soft - 32))
+    # Each proxied stream holds two connections and every connection a file descriptor:
+    # nginx raises its own soft open-file limit up to the hard one (no root needed for
+    # that), and takes as many connections as that allows.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    connections = max(256, min(16384, files - 64))
     return f"""# Generated by scripts/devstack.py: nginx without root, every path under {edge}.
 {user}worker_processes 1;
 daemon off;
 pid {edge}/nginx.pid;
 error_log {edge}/logs/error.log warn;
+
+worker_rlimit_nofile {files};
 
 events {{
     worker_connections {connections};
@@ -650,7 +822,8 @@ http {{
         image/x-icon ico;
     }}
     default_type application/octet-stream;
-    access_log {edge}/logs/access.log;
+    # Each server logs with the query-free `slotstream` format (deploy/edge).
+    access_log off;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;

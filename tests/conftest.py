@@ -17,8 +17,9 @@ log = logging.getLogger("devstack")
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """The `make demo` stack on free ports, seeded, shared by the integration and browser
-    tests (started once per session); every process is stopped at the end. Tests that
-    break a part (a gateway) restore it before they finish."""
+    tests (started once per session); every process is stopped at the end. Its supervisor
+    restarts a crashed publisher, gateway or edge (DevStack.kill / wait_restarted); tests
+    that stop a part on purpose start it again before they finish."""
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx is not installed (make test installs it when run as root)")
     state = tmp_path_factory.mktemp("devstack")

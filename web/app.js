@@ -13,7 +13,7 @@ const state = {
   weekChosen: false, // the user navigated weeks: stop jumping to the next free slot
   sub: null,
   myBookingIds: new Set(), // active bookings of the signed-in student
-  studentOfBooking: new Map(), // booking id → student id (from booking events)
+  studentOfBooking: new Map(), // booking id → student id (own bookings, private booking events)
   pending: new Set(), // slot ids with a request in flight
   changed: new Set(), // slot ids to highlight briefly
   notifications: new Map(), // id → NotificationData

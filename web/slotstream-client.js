@@ -22,6 +22,10 @@ const DEFAULTS = Object.freeze({
   userId: null,
   initialBackoffMs: 500,
   maxBackoffMs: 15000,
+  // The gateway sends a `heartbeat` event every 15 s; nothing at all for two of them plus
+  // slack means the stream is dead even if the socket looks open (a frozen gateway, a
+  // proxy holding a half-open connection): close it and reconnect.
+  heartbeatTimeoutMs: 35000,
   eventSourceFactory: (url) => new EventSource(url),
   fetch: (url, init) => fetch(url, init),
 });
@@ -127,6 +131,7 @@ export class Subscription extends EventTarget {
     this._source = null;
     this._retryTimer = null;
     this._retryAt = null;
+    this._watchdogTimer = null;
     /** Bumped by every connect and by close(): a ticket that arrives late is dropped. */
     this._generation = 0;
     this._connect();
@@ -168,6 +173,8 @@ export class Subscription extends EventTarget {
     this._generation += 1;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
+    clearTimeout(this._watchdogTimer);
+    this._watchdogTimer = null;
     if (this._source) this._source.close();
     this._source = null;
     this._setStatus(Status.CLOSED);
@@ -230,8 +237,10 @@ export class Subscription extends EventTarget {
   _open(url) {
     const source = this.options.eventSourceFactory(url);
     this._source = source;
+    this._armWatchdog(source);
     source.onopen = () => {
       if (source !== this._source) return;
+      this._armWatchdog(source);
       this.attempt = 0;
       this.error = null;
       this._setStatus(Status.OPEN);
@@ -256,6 +265,7 @@ export class Subscription extends EventTarget {
     const on = (name, handler) =>
       source.addEventListener(name, (event) => {
         if (source !== this._source) return;
+        this._armWatchdog(source);
         if (event.lastEventId) this.lastEventId = event.lastEventId;
         let payload;
         try {
@@ -273,6 +283,20 @@ export class Subscription extends EventTarget {
     on("presence", (frame) => this._onPresence(frame));
     on("resync", (frame) => this._emit("resync", frame));
     on("bye", (frame) => this._emit("bye", frame));
+    on("heartbeat", () => {});
+  }
+
+  /** (Re)start the countdown to a reconnect; every frame of the current source resets it. */
+  _armWatchdog(source) {
+    clearTimeout(this._watchdogTimer);
+    this._watchdogTimer = setTimeout(() => {
+      this._watchdogTimer = null;
+      if (source !== this._source) return;
+      source.close();
+      this._source = null;
+      this.attempt += 1;
+      this._scheduleRetry(Status.RECONNECTING);
+    }, this.options.heartbeatTimeoutMs);
   }
 
   _scheduleRetry(status = Status.DISCONNECTED) {

@@ -5,6 +5,7 @@
 #
 #   KAFKA_BOOTSTRAP_SERVERS        broker list                         (kafka:9092)
 #   KAFKA_TOPICS_BIN               kafka-topics.sh                     (/opt/kafka/bin/kafka-topics.sh)
+#   KAFKA_COMMAND_CONFIG           client properties (SASL), optional  (none: PLAINTEXT)
 #   KAFKA_WAIT_ATTEMPTS            tries, 2 s apart, until Kafka answers (30)
 #   TOPIC_PARTITIONS               partitions of the data topics       (6)
 #   TOPIC_REPLICATION_FACTOR       replicas of every topic             (1)
@@ -23,10 +24,14 @@ topics_bin=${KAFKA_TOPICS_BIN:-/opt/kafka/bin/kafka-topics.sh}
 partitions=${TOPIC_PARTITIONS:-6}
 replication=${TOPIC_REPLICATION_FACTOR:-1}
 min_isr=${TOPIC_MIN_INSYNC_REPLICAS:-1}
+client=()
+if [[ -n ${KAFKA_COMMAND_CONFIG:-} ]]; then
+  client=(--command-config "$KAFKA_COMMAND_CONFIG")
+fi
 
 attempts=${KAFKA_WAIT_ATTEMPTS:-30}
 for attempt in $(seq 1 "$attempts"); do
-  if "$topics_bin" --bootstrap-server "$bootstrap" --list >/dev/null 2>&1; then
+  if "$topics_bin" --bootstrap-server "$bootstrap" "${client[@]}" --list >/dev/null 2>&1; then
     break
   fi
   if [[ $attempt -ge $attempts ]]; then
@@ -39,7 +44,7 @@ done
 create() {
   local topic=$1 count=$2
   shift 2
-  "$topics_bin" --bootstrap-server "$bootstrap" --create --if-not-exists \
+  "$topics_bin" --bootstrap-server "$bootstrap" "${client[@]}" --create --if-not-exists \
     --topic "$topic" --partitions "$count" --replication-factor "$replication" \
     --config "min.insync.replicas=$min_isr" "$@"
   echo "create-topics: $topic ready ($count partitions, replication $replication)"

@@ -4,14 +4,24 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.support import ALL_PROFILES, K8S, OVERLAYS, Manifest, load_compose_model, render
+from tests.deploy.support import (
+    ALL_PROFILES,
+    OVERLAYS,
+    Manifest,
+    load_compose_model,
+    prepare_k8s,
+    render,
+)
 
 
 @pytest.fixture(scope="session")
-def rendered() -> dict[str, list[Manifest]]:
-    """Every overlay, and the base, rendered by kustomize."""
-    return {name: render(K8S / "overlays" / name) for name in OVERLAYS} | {
-        "base": render(K8S / "base")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
+    """Every overlay, and the base, rendered by kustomize (after generating what a user
+    creates before applying: the overlays' secrets and prod's image digests)."""
+    k8s = prepare_k8s(tmp_path_factory.mktemp("deploy"))
+    return {name: render(k8s / "overlays" / name) for name in OVERLAYS} | {
+        "base": render(k8s / "base"),
+        "cluster": render(k8s / "cluster"),
     }
 
 

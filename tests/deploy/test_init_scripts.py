@@ -140,10 +140,20 @@ const scenario = JSON.parse(scenarioJson);
 const calls = [];
 let clock = 0;
 class Quit extends Error {}
+const adminDb = {
+  auth: (user, password) => calls.push(["auth", user, password]),
+  getRole: (name) => ((scenario.roles || []).includes(name) ? { role: name } : null),
+  createRole: (role) => calls.push(["createRole", role]),
+  updateRole: (name, role) => calls.push(["updateRole", name, role]),
+  getUser: (name) => ((scenario.users || []).includes(name) ? { user: name } : null),
+  createUser: (user) => calls.push(["createUser", user]),
+  updateUser: (name, user) => calls.push(["updateUser", name, user]),
+};
 const collectionsDb = {
   getCollectionInfos: () => scenario.collections,
   createCollection: (name, options) => calls.push(["createCollection", name, options]),
   runCommand: (command) => calls.push(["runCommand", command]),
+  getSiblingDB: (name) => adminDb,
 };
 const context = {
   process: { env: scenario.env },
@@ -165,8 +175,12 @@ const context = {
   },
   db: {
     adminCommand: () => scenario.hello,
-    getSiblingDB: (name) => { calls.push(["getSiblingDB", name]); return collectionsDb; },
+    getSiblingDB: (name) => {
+      calls.push(["getSiblingDB", name]);
+      return name === "admin" ? adminDb : collectionsDb;
+    },
   },
+  require,
 };
 let exit = 0;
 try {
@@ -261,3 +275,156 @@ def test_other_errors_are_not_mistaken_for_a_fresh_member() -> None:
     exit_code, calls = run_init(statusError={"code": 13, "codeName": "Unauthorized"})
     assert exit_code == 2
     assert not calls_named(calls, "initiate")
+
+
+def write_passwords(folder: Path) -> dict[str, str]:
+    passwords = {
+        "admin": "admin-pw",
+        "booking-api": "api-pw",
+        "change-publisher": "publisher-pw",
+    }
+    for user, password in passwords.items():
+        (folder / f"{user}-password").write_text(password + "\n")
+    return passwords
+
+
+def test_authenticates_and_creates_one_least_privilege_user_per_service(
+    tmp_path: Path,
+) -> None:
+    write_passwords(tmp_path)
+    exit_code, calls = run_init(
+        env={
+            "SLOTSTREAM_DB": "slotstream",
+            "MONGO_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password"),
+            "SERVICE_PASSWORDS_DIR": str(tmp_path),
+        }
+    )
+    assert exit_code == 0
+    assert calls_named(calls, "auth")[0] == ["auth", "admin", "admin-pw"]
+    users = {call[1]["user"]: call[1] for call in calls_named(calls, "createUser")}
+    assert set(users) == {"booking-api", "change-publisher"}
+    assert users["booking-api"]["pwd"] == "api-pw"
+    assert users["booking-api"]["roles"] == [{"role": "readWrite", "db": "slotstream"}]
+    (role,) = [call[1] for call in calls_named(calls, "createRole")]
+    assert users["change-publisher"]["roles"] == [{"role": role["role"], "db": "admin"}]
+    by_collection = {p["resource"]["collection"]: p["actions"] for p in role["privileges"]}
+    # The publisher reads the whole database (change streams, snapshots) …
+    assert sorted(by_collection[""]) == ["changeStream", "find"]
+    # … and writes only its own checkpoint and lease documents.
+    writable = {c for c, actions in by_collection.items() if "insert" in actions}
+    assert writable == {"publisher_checkpoints", "publisher_leases"}
+    for privilege in role["privileges"]:
+        assert privilege["resource"]["db"] == "slotstream"
+
+
+def test_existing_users_get_the_current_password(tmp_path: Path) -> None:
+    write_passwords(tmp_path)
+    exit_code, calls = run_init(
+        users=["booking-api", "change-publisher"],
+        roles=["slotstreamChangePublisher"],
+        env={
+            "MONGO_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password"),
+            "SERVICE_PASSWORDS_DIR": str(tmp_path),
+        },
+    )
+    assert exit_code == 0
+    assert not calls_named(calls, "createUser")
+    assert {call[1]: call[2]["pwd"] for call in calls_named(calls, "updateUser")} == {
+        "booking-api": "api-pw",
+        "change-publisher": "publisher-pw",
+    }
+
+
+def test_the_primary_is_reached_with_credentials(tmp_path: Path) -> None:
+    write_passwords(tmp_path)
+    _, calls = run_init(
+        hello={"isWritablePrimary": False, "primary": "mongo-1.mongo:27017"},
+        env={"MONGO_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password")},
+    )
+    assert calls_named(calls, "connect") == [
+        [
+            "connect",
+            "mongodb://admin:admin-pw@mongo-1.mongo:27017/slotstream"
+            "?directConnection=true&authSource=admin",
+        ]
+    ]
+
+
+# ---------------------------------------------------------------- create-users.sh
+
+CREATE_USERS = REPO / "deploy" / "kafka" / "create-users.sh"
+FAKE_KAFKA_TOOL = """#!/usr/bin/env bash
+printf '%s %s\\n' "$(basename "$0")" "$*" >> "$CALLS"
+"""
+
+
+def run_create_users(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("kafka-configs.sh", "kafka-acls.sh"):
+        (bin_dir / tool).write_text(FAKE_KAFKA_TOOL)
+        (bin_dir / tool).chmod(0o755)
+    passwords = tmp_path / "passwords"
+    passwords.mkdir()
+    for user in ("change-publisher", "push-gateway"):
+        (passwords / f"{user}-password").write_text(f"{user}-pw")
+    calls = tmp_path / "calls.txt"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KAFKA_BIN_DIR": str(bin_dir),
+        "KAFKA_COMMAND_CONFIG": "/tmp/admin.properties",
+        "KAFKA_PASSWORDS_DIR": str(passwords),
+        "CALLS": str(calls),
+    }
+    result = subprocess.run(
+        ["bash", str(CREATE_USERS)], env=env, capture_output=True, text=True, timeout=30
+    )
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_each_service_gets_a_scram_user_and_only_its_acls(tmp_path: Path) -> None:
+    result, calls = run_create_users(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "-pw" not in result.stdout + result.stderr, "passwords are never printed"
+    users = [call for call in calls if call.startswith("kafka-configs.sh")]
+    assert len(users) == 2
+    for call in users:
+        assert "--command-config /tmp/admin.properties" in call
+        assert "--entity-type users" in call
+        assert "SCRAM-SHA-512=[iterations=8192,password=" in call
+    acls: set[tuple[str, str, str]] = set()
+    for call in calls:
+        if call.startswith("kafka-acls.sh"):
+            words = call.split()
+            assert "--add" in words
+            assert "--command-config" in words
+            acls.add(
+                (
+                    words[words.index("--allow-principal") + 1],
+                    words[words.index("--operation") + 1],
+                    words[words.index("--topic") + 1],
+                )
+            )
+    data = {topics.SCHEDULE_TOPIC, topics.NOTIFICATIONS_TOPIC}
+    publisher = {(op, topic) for who, op, topic in acls if who == "User:change-publisher"}
+    assert publisher == {
+        (op, topic) for op in ("Write", "Describe") for topic in (*data, topics.DEADLETTER_TOPIC)
+    }
+    gateway = {(op, topic) for who, op, topic in acls if who == "User:push-gateway"}
+    writes = {topic for op, topic in gateway if op == "Write"}
+    assert writes == {topics.PRESENCE_TOPIC}, "gateways write only presence"
+    reads = {topic for op, topic in gateway if op == "Read"}
+    assert reads == {*data, topics.PRESENCE_TOPIC}
+    assert {who for who, _, _ in acls} == {"User:change-publisher", "User:push-gateway"}
+
+
+def test_create_topics_authenticates_when_given_a_client_config(
+    tmp_path: Path, kafka_init_env: dict[str, str]
+) -> None:
+    result, calls = run_create_topics(
+        tmp_path, kafka_init_env, KAFKA_COMMAND_CONFIG="/tmp/admin.properties"
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls
+    for call in calls:
+        assert call[call.index("--command-config") + 1] == "/tmp/admin.properties"

@@ -2,18 +2,25 @@
 (strict), and every workload is locked down, probed, sized and wired as documented."""
 
 import copy
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
+from tests.deploy.crds import is_custom
 from tests.deploy.support import (
     OVERLAYS,
+    RELEASE_IMAGES,
+    REPO,
     Manifest,
     kustomize_command,
     pod_templates,
+    prepare_k8s,
 )
 
 pytestmark = pytest.mark.deploy
@@ -21,7 +28,6 @@ pytestmark = pytest.mark.deploy
 #: Oldest Kubernetes the manifests target (`preStop.sleep` is on by default from 1.30)
 #: and the newest schema bundled with kubernetes-validate.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
-STRIMZI_GROUP = "kafka.strimzi.io"
 SERVICES = {"booking-api": 8000, "change-publisher": 8001, "push-gateway": 8002}
 SSE_PATHS = {"/api/book-now/schedule-updates", "/v1"}
 RENDERINGS = ("base", *OVERLAYS)
@@ -75,9 +81,16 @@ def test_renders_the_whole_system(rendered: dict[str, list[Manifest]], name: str
         ("HorizontalPodAutoscaler", "push-gateway"),
         ("PodDisruptionBudget", "push-gateway"),
         ("Kafka", "slotstream"),
-        ("Ingress", "slotstream-events"),
+        ("KafkaUser", "change-publisher"),
+        ("KafkaUser", "push-gateway"),
+        ("Gateway", "slotstream"),
+        ("HTTPRoute", "slotstream-events"),
+        ("HTTPRoute", "slotstream"),
+        ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", "slotstream-default-deny-egress"),
     }
     assert expected <= kinds
+    assert not [kind for kind, _ in kinds if kind == "Ingress"], "the Gateway API replaces it"
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -87,8 +100,8 @@ def test_every_object_passes_the_strict_schema(
 ) -> None:
     failures = []
     for doc in rendered[name]:
-        if doc["apiVersion"].startswith(STRIMZI_GROUP + "/"):
-            continue  # no bundled schema: test_strimzi.py checks these
+        if is_custom(doc):
+            continue  # no bundled schema: test_crds.py checks these against their CRDs
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -192,6 +205,13 @@ def test_gateway_drains_streams_before_it_is_killed(
     # Out of the endpoints first, then SIGTERM, then time for `bye` frames and closes.
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + 20
     assert "replicas" not in gateway["spec"], "the HPA owns the gateway's replica count"
+    # The `bye` retry hints are spread over a window, not all at 0.5 s.
+    config = next(
+        doc["data"]
+        for doc in rendered[name]
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("push-gateway-config")
+    )
+    assert int(config["GATEWAY_SHUTDOWN_RETRY_JITTER_MS"]) >= 1000
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -236,50 +256,107 @@ def test_base_runs_two_publishers_for_the_lease(rendered: dict[str, list[Manifes
     assert of_kind(rendered["base"], "Deployment")["change-publisher"]["spec"]["replicas"] == 2
 
 
+def routes_by_path(manifests: list[Manifest]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """path → (backend Service, the rule's timeouts), over every HTTPRoute."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for route in of_kind(manifests, "HTTPRoute").values():
+        for rule in route["spec"]["rules"]:
+            (backend,) = rule["backendRefs"]
+            for match in rule["matches"]:
+                found[match["path"]["value"]] = (backend["name"], rule.get("timeouts", {}))
+    return found
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
-def test_event_streams_are_not_buffered(rendered: dict[str, list[Manifest]], name: str) -> None:
-    routed_to_gateway: set[str] = set()
-    for ingress in of_kind(rendered[name], "Ingress").values():
-        annotations = ingress["metadata"].get("annotations", {})
-        for rule in ingress["spec"]["rules"]:
-            for path in rule["http"]["paths"]:
-                if path["backend"]["service"]["name"] != "push-gateway":
-                    continue
-                routed_to_gateway.add(path["path"])
-                where = f"{ingress['metadata']['name']} {path['path']}"
-                prefix = "nginx.ingress.kubernetes.io/"
-                assert annotations[prefix + "proxy-buffering"] == "off", where
-                assert annotations[prefix + "proxy-request-buffering"] == "off", where
-                assert int(annotations[prefix + "proxy-read-timeout"]) >= 3600, where
-                assert int(annotations[prefix + "proxy-send-timeout"]) >= 3600, where
-                assert annotations[prefix + "proxy-http-version"] == "1.1", where
-    assert routed_to_gateway == SSE_PATHS
+def test_event_streams_have_no_request_deadline(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    """SSE through the Gateway API: the event paths go to the gateways with the route's
+    request timeout disabled (`0s`); everything else keeps a bounded deadline."""
+    routes = routes_by_path(rendered[name])
+    to_gateways = {path for path, (backend, _) in routes.items() if backend == "push-gateway"}
+    assert to_gateways == SSE_PATHS
+    for path, (backend, timeouts) in routes.items():
+        if backend == "push-gateway":
+            assert timeouts["request"] == "0s", path
+            assert timeouts.get("backendRequest", "0s") == "0s", path
+        else:
+            assert timeouts["request"] not in {"0s", None}, path
+    assert routes["/api"][0] == "booking-api"
+    assert routes["/"][0] == "edge"
+    (gateway,) = of_kind(rendered[name], "Gateway").values()
+    for route in of_kind(rendered[name], "HTTPRoute").values():
+        for parent in route["spec"]["parentRefs"]:
+            assert parent["name"] == gateway["metadata"]["name"]
+            listener_names = {listener["name"] for listener in gateway["spec"]["listeners"]}
+            assert parent["sectionName"] in listener_names
 
 
-def test_prod_ingress_has_tls(rendered: dict[str, list[Manifest]]) -> None:
-    for ingress in of_kind(rendered["prod"], "Ingress").values():
-        hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
-        tls_hosts = {host for entry in ingress["spec"]["tls"] for host in entry["hosts"]}
-        assert hosts <= tls_hosts
+def test_base_is_implementation_neutral(rendered: dict[str, list[Manifest]]) -> None:
+    assert not [
+        doc for doc in rendered["base"] if doc["apiVersion"].startswith("gateway.envoyproxy")
+    ]
+    (gateway,) = of_kind(rendered["base"], "Gateway").values()
+    (gateway_class,) = of_kind(rendered["cluster"], "GatewayClass").values()
+    assert gateway["spec"]["gatewayClassName"] == gateway_class["metadata"]["name"]
+    assert "infrastructure" not in gateway["spec"]
 
 
-def _allowed_sources(
-    policies: list[Manifest], target_labels: dict[str, str], port: int
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_overlays_name_envoy_gateway_and_its_access_log_drops_queries(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    (gateway,) = of_kind(rendered[name], "Gateway").values()
+    reference = gateway["spec"]["infrastructure"]["parametersRef"]
+    proxy = of_kind(rendered[name], "EnvoyProxy")[reference["name"]]
+    (setting,) = proxy["spec"]["telemetry"]["accessLog"]["settings"]
+    text = setting["format"]["text"]
+    assert "%REQ_WITHOUT_QUERY(" in text
+    assert "%REQ(:PATH)%" not in text
+    assert "ClientTrafficPolicy" in {doc["kind"] for doc in rendered[name]}
+
+
+def test_prod_turns_the_api_docs_off(rendered: dict[str, list[Manifest]]) -> None:
+    (config,) = [
+        doc["data"]
+        for doc in rendered["prod"]
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("booking-api-config")
+    ]
+    assert config["BOOKING_API_DOCS_ENABLED"] == "false"
+
+
+def test_prod_gateway_terminates_tls(rendered: dict[str, list[Manifest]]) -> None:
+    (gateway,) = of_kind(rendered["prod"], "Gateway").values()
+    for listener in gateway["spec"]["listeners"]:
+        assert listener["protocol"] == "HTTPS"
+        assert listener["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "slotstream-tls"}]
+    hosts = {listener["hostname"] for listener in gateway["spec"]["listeners"]}
+    for route in of_kind(rendered["prod"], "HTTPRoute").values():
+        assert set(route["spec"]["hostnames"]) <= hosts
+
+
+def _allowed_peers(
+    policies: list[Manifest], pod: dict[str, str], port: int, direction: str
 ) -> list[dict[str, Any]]:
-    """The `from` peers of every policy that selects the pod and opens the port."""
+    """The peers of every policy that selects the pod and opens the port in `direction`
+    ("ingress" → `from`, "egress" → `to`)."""
+    side = "from" if direction == "ingress" else "to"
     peers: list[dict[str, Any]] = []
     for policy in policies:
-        if not selects(policy["spec"]["podSelector"], target_labels):
+        if not selects(policy["spec"]["podSelector"], pod):
             continue
-        for rule in policy["spec"].get("ingress", []):
+        for rule in policy["spec"].get(direction, []):
             ports = {p["port"] for p in rule.get("ports", [])}
             if not ports or port in ports:
-                peers.extend(rule.get("from", [{}]))
+                peers.extend(rule.get(side, [{}]))
     return peers
 
 
-def _admits(peers: list[dict[str, Any]], labels: dict[str, str], namespace: str | None) -> bool:
-    """Would a pod with these labels, in another namespace (or ours: None), get in?"""
+def _admits(
+    peers: list[dict[str, Any]], labels: dict[str, str], namespace: dict[str, str] | None
+) -> bool:
+    """Would a pod with these labels, in a namespace with these labels (or ours: None),
+    match one of the peers?"""
     for peer in peers:
         if not peer:
             return True
@@ -289,12 +366,39 @@ def _admits(peers: list[dict[str, Any]], labels: dict[str, str], namespace: str 
             if selects(pod_selector, labels):
                 return True
         if namespace is not None and namespace_selector is not None:
-            namespace_labels = {"kubernetes.io/metadata.name": namespace}
-            if selects(namespace_selector, namespace_labels) and (
+            if selects(namespace_selector, namespace) and (
                 pod_selector is None or selects(pod_selector, labels)
             ):
                 return True
     return False
+
+
+def _namespace(name: str, **labels: str) -> dict[str, str]:
+    return {"kubernetes.io/metadata.name": name, **labels}
+
+
+#: Labels Strimzi puts on its pods (it overwrites app.kubernetes.io/part-of).
+STRIMZI_BROKER = {
+    "strimzi.io/cluster": "slotstream",
+    "strimzi.io/kind": "Kafka",
+    "strimzi.io/broker-role": "true",
+    "strimzi.io/pool-name": "broker",
+    "app.kubernetes.io/part-of": "strimzi-slotstream",
+}
+STRIMZI_ENTITY_OPERATOR = {
+    "strimzi.io/cluster": "slotstream",
+    "strimzi.io/kind": "Kafka",
+    "strimzi.io/name": "slotstream-entity-operator",
+    "app.kubernetes.io/part-of": "strimzi-slotstream",
+}
+
+
+def gateway_namespace(name: str) -> dict[str, str]:
+    """Where the Gateway's data plane runs: Envoy Gateway's namespace in the overlays; the
+    base admits namespaces labelled slotstream.io/gateway."""
+    if name == "base":
+        return _namespace("gateway-system", **{"slotstream.io/gateway": "true"})
+    return _namespace("envoy-gateway-system")
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -308,27 +412,70 @@ def test_network_policies_admit_only_the_documented_paths(
         for p in policies
         if not p["spec"].get("ingress") and "Ingress" in p["spec"]["policyTypes"]
     ]
-    for workload, labels in pods.items():
+    # The default deny covers every pod, Strimzi's included (whose part-of it overwrites).
+    for workload, labels in [*pods.items(), ("broker", STRIMZI_BROKER)]:
         assert any(selects(p["spec"]["podSelector"], labels) for p in default_deny), workload
+    assert any(selects(p["spec"]["podSelector"], STRIMZI_ENTITY_OPERATOR) for p in default_deny)
 
-    def admits(source: str | None, target: str, port: int, namespace: str | None = None) -> bool:
-        peers = _allowed_sources(policies, pods[target], port)
+    def admits(
+        source: str | None, target: str, port: int, namespace: dict[str, str] | None = None
+    ) -> bool:
+        peers = _allowed_peers(policies, pods[target], port, "ingress")
         return _admits(peers, pods[source] if source else {}, namespace)
 
-    # From the ingress controller: the API, the gateways and the page, nothing else.
-    assert admits(None, "booking-api", 8000, namespace="ingress-nginx")
-    assert admits(None, "push-gateway", 8002, namespace="ingress-nginx")
-    assert admits(None, "edge", 8080, namespace="ingress-nginx")
-    assert not admits(None, "change-publisher", 8001, namespace="ingress-nginx")
-    assert not admits(None, "mongo", 27017, namespace="ingress-nginx")
+    gateway = gateway_namespace(name)
+    # From the Gateway's data plane: the API, the gateways and the page, nothing else.
+    assert admits(None, "booking-api", 8000, gateway)
+    assert admits(None, "push-gateway", 8002, gateway)
+    assert admits(None, "edge", 8080, gateway)
+    assert not admits(None, "change-publisher", 8001, gateway)
+    assert not admits(None, "mongo", 27017, gateway)
+    assert not admits(None, "booking-api", 8000, _namespace("default"))
     # MongoDB: only the services that use it (and its own members).
     mongo_clients = {w for w, labels in pods.items() if admits(w, "mongo", 27017)}
     assert mongo_clients == {"booking-api", "change-publisher", "mongo-init", "mongo"}
-    assert not admits(None, "mongo", 27017, namespace="default")
+    assert not admits(None, "mongo", 27017, _namespace("default"))
     # Inside: gateways fetch snapshots from the API; the publisher serves no one.
     assert admits("push-gateway", "booking-api", 8000)
     assert not admits("edge", "change-publisher", 8001)
-    assert admits(None, "change-publisher", 8001, namespace="monitoring")
+    assert admits(None, "change-publisher", 8001, _namespace("monitoring"))
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_network_policies_limit_egress(rendered: dict[str, list[Manifest]], name: str) -> None:
+    policies = list(of_kind(rendered[name], "NetworkPolicy").values())
+    pods = pod_labels(rendered[name])
+    deny_egress = [
+        p for p in policies if "Egress" in p["spec"]["policyTypes"] and not p["spec"].get("egress")
+    ]
+    for workload, labels in pods.items():
+        assert any(selects(p["spec"]["podSelector"], labels) for p in deny_egress), workload
+
+    def reaches(source: str, target: dict[str, str], port: int) -> bool:
+        return _admits(_allowed_peers(policies, pods[source], port, "egress"), target, None)
+
+    kafka = STRIMZI_BROKER
+    expected = {
+        "booking-api": {("mongo", 27017)},
+        "change-publisher": {("mongo", 27017), ("kafka", 9092)},
+        "push-gateway": {("kafka", 9092), ("booking-api", 8000)},
+        "edge": {("booking-api", 8000), ("push-gateway", 8002)},
+        "mongo": {("mongo", 27017)},
+        "mongo-init": {("mongo", 27017)},
+    }
+    targets = dict(pods) | {"kafka": kafka}
+    ports = {"mongo": 27017, "kafka": 9092, "booking-api": 8000, "push-gateway": 8002}
+    for source, allowed in expected.items():
+        for target, port in ports.items():
+            if target == source and target != "mongo":
+                continue
+            assert reaches(source, targets[target], port) is ((target, port) in allowed), (
+                f"{source} → {target}:{port}"
+            )
+        # Every pod resolves names through the cluster DNS, and only there.
+        dns = _allowed_peers(policies, pods[source], 53, "egress")
+        assert _admits(dns, {"k8s-app": "kube-dns"}, _namespace("kube-system")), source
+        assert not _admits(dns, {"k8s-app": "kube-dns"}, _namespace("default")), source
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -341,13 +488,37 @@ def test_only_the_services_reach_kafka(rendered: dict[str, list[Manifest]], name
         assert clients == {"change-publisher", "push-gateway"}, listener["name"]
 
 
+#: Secret → keys each overlay generates from files (generate-secrets.sh), never committed.
+GENERATED_SECRETS = {
+    "booking-api-secrets": {"mongo-url", "internal-token"},
+    "change-publisher-secrets": {"mongo-url"},
+    "push-gateway-secrets": {"internal-token"},
+    "mongo-auth": {
+        "keyfile",
+        "admin-password",
+        "booking-api-password",
+        "change-publisher-password",
+    },
+}
+#: Written by Strimzi's User Operator for each KafkaUser.
+STRIMZI_USER_SECRETS = {"change-publisher", "push-gateway"}
+
+
+def base_name(name: str) -> str:
+    """The generator's name without kustomize's content-hash suffix."""
+    for generated in [*GENERATED_SECRETS, "jwt-public-key"]:
+        if name == generated or name.startswith(generated + "-"):
+            return generated
+    return name
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_config_and_secret_references_resolve(
     rendered: dict[str, list[Manifest]], name: str
 ) -> None:
     config_maps = set(of_kind(rendered[name], "ConfigMap"))
     secrets = of_kind(rendered[name], "Secret")
-    secret_keys: set[tuple[str, str]] = set()
+    used: dict[str, set[str]] = {}
     for workload, template in pod_templates(rendered[name]):
         for container in containers(template):
             for source in container.get("envFrom", []):
@@ -356,20 +527,93 @@ def test_config_and_secret_references_resolve(
                 assert "value" in variable or "valueFrom" in variable
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
                 if ref is not None:
-                    secret_keys.add((ref["name"], ref["key"]))
+                    used.setdefault(ref["name"], set()).add(ref["key"])
         for volume in template["spec"].get("volumes", []):
-            if "configMap" in volume:
-                assert volume["configMap"]["name"] in config_maps
-    # One Secret, two keys: documented in docs/deploy.md for prod (created out of band);
-    # generated (with a content-hash suffix) only by the dev overlay.
-    assert {key for _, key in secret_keys} == {"jwt-secret", "mongo-url"}
-    (secret_name,) = {secret for secret, _ in secret_keys}
-    if name == "dev":
-        assert secret_name.startswith("slotstream-secrets-")
-        assert set(secrets[secret_name]["data"]) == {"jwt-secret", "mongo-url"}
-    else:
-        assert secret_name == "slotstream-secrets"
-        assert not secrets, "secrets never live in the base or the prod overlay"
+            if "configMap" in volume and name != "base":
+                assert volume["configMap"]["name"] in config_maps, volume
+            if "secret" in volume:
+                keys = {item["key"] for item in volume["secret"].get("items", [])}
+                used.setdefault(volume["secret"]["secretName"], set()).update(keys)
+    by_base = {base_name(secret): keys for secret, keys in used.items()}
+    assert set(by_base) == set(GENERATED_SECRETS) | STRIMZI_USER_SECRETS
+    for secret, keys in GENERATED_SECRETS.items():
+        assert by_base[secret] <= keys, secret
+    for user in STRIMZI_USER_SECRETS:
+        assert by_base[user] == {"password"}
+    if name == "base":
+        assert not secrets, "the base holds no secret"
+        return
+    generated = {base_name(secret): doc for secret, doc in secrets.items()}
+    assert set(generated) == set(GENERATED_SECRETS)
+    for secret, keys in GENERATED_SECRETS.items():
+        assert set(generated[secret]["data"]) == keys, secret
+    # What pods refer to is what the overlay generated (hash suffixes included).
+    for secret in used:
+        if base_name(secret) in GENERATED_SECRETS:
+            assert secret in secrets, secret
+
+
+def test_no_secret_is_committed() -> None:
+    """Everything secret is generated at apply time from git-ignored files."""
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "deploy/k8s"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    assert not [path for path in tracked if "/secrets/" in path or path.endswith(".env")]
+    for path in tracked:
+        text = (REPO / path).read_text()
+        assert "PRIVATE KEY" not in text, path
+        if path.endswith("kustomization.yaml"):
+            for generator in yaml.safe_load(text).get("secretGenerator", []):
+                assert "literals" not in generator, f"{path}: {generator['name']}"
+                for source in generator.get("files", []) + generator.get("envs", []):
+                    assert source.split("=")[-1].startswith("secrets/"), source
+    ignored = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "check-ignore",
+            "deploy/k8s/overlays/dev/secrets/internal-token",
+            "deploy/k8s/overlays/prod/release-images.env",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert len(ignored.stdout.split()) == 2, ignored.stdout
+
+
+def test_prod_pins_every_image_by_digest(rendered: dict[str, list[Manifest]]) -> None:
+    """Prod runs exactly the pushed images: every container's image is a digest reference
+    from release-images.env (written by the release pipeline; the test writes one)."""
+    images = {
+        container["image"]
+        for _, template in pod_templates(rendered["prod"])
+        for container in containers(template)
+    }
+    assert images == set(RELEASE_IMAGES.values())
+    for image in images:
+        assert re.fullmatch(r"[\w./:-]+@sha256:[0-9a-f]{64}", image), image
+    assert not of_kind(rendered["prod"], "ConfigMap").get("release-images"), "build input only"
+
+
+def test_prod_refuses_to_render_without_digests(tmp_path: Path) -> None:
+    k8s = prepare_k8s(tmp_path)
+    (k8s / "overlays" / "prod" / "release-images.env").unlink()
+    result = subprocess.run(
+        [*kustomize_command(), str(k8s / "overlays" / "prod")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "release-images.env" in result.stderr
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -404,8 +648,32 @@ def test_mongo_init_job_matches_the_replica_set(rendered: dict[str, list[Manifes
         members = env["RS_MEMBERS"].split(",")
         expected = [f"mongo-{i}.mongo:27017" for i in range(statefulset["spec"]["replicas"])]
         assert members == expected, name
-        command = statefulset["spec"]["template"]["spec"]["containers"][0]["command"]
-        assert command[command.index("--replSet") + 1] == env["RS_NAME"]
+        mongod = statefulset["spec"]["template"]["spec"]["containers"][0]
+        # `args`, so the image's entrypoint creates the root user on first start.
+        assert "command" not in mongod
+        args = mongod["args"]
+        assert args[args.index("--replSet") + 1] == env["RS_NAME"]
+        assert args[args.index("--keyFile") + 1] == "/keyfile/keyfile"
+        mongod_env = {v["name"]: v.get("value") for v in mongod["env"]}
+        assert mongod_env["MONGO_INITDB_ROOT_PASSWORD_FILE"] == env["MONGO_ADMIN_PASSWORD_FILE"]
+        assert env["SERVICE_PASSWORDS_DIR"]
+        # The services' URLs (generated) name the same members.
+        hosts = (REPO / "deploy" / "k8s" / "overlays" / name / "mongo-hosts").read_text().strip()
+        assert hosts.split(",") == members, name
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_mongo_init_job_survives_a_reapply(rendered: dict[str, list[Manifest]], name: str) -> None:
+    """A Job's pod template is immutable: re-applying must never need to change it. It is
+    deleted a while after finishing, and it refers only to fixed names."""
+    job = of_kind(rendered[name], "Job")["mongo-init"]
+    assert 0 < job["spec"]["ttlSecondsAfterFinished"] <= 3600
+    pod = job["spec"]["template"]["spec"]
+    names = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    names += [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+    assert names
+    for referenced in names:
+        assert referenced in {"mongo-init-script", "mongo-auth"}, referenced
 
 
 def test_a_missing_renderer_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

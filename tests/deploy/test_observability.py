@@ -22,8 +22,7 @@ SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 PORT_SETTINGS = {
     "booking-api": "BOOKING_API_PORT",
     "change-publisher": "PUBLISHER_HTTP_PORT",
-    "push-gateway-1": "GATEWAY_PORT",
-    "push-gateway-2": "GATEWAY_PORT",
+    "push-gateway": "GATEWAY_PORT",
 }
 
 

@@ -1,18 +1,23 @@
-"""Strimzi resources have no bundled schema, so their required fields and the rules the
-operator enforces at admission are checked here, together with the agreement between the
-KafkaTopics and the topic names in libs/contracts."""
+"""Strimzi resources: their CRD schemas are checked in test_crds.py; here the rules the
+operator enforces beyond the schema, the supported Kafka versions, the agreement between
+the KafkaTopics and the topic names in libs/contracts, and the services' KafkaUsers."""
 
 import re
 from typing import Any
 
 import pytest
+import yaml
 
 from slotstream_contracts import topics
+from tests.deploy.crds import CRD_DIR
 from tests.deploy.support import OVERLAYS, Manifest
 
 pytestmark = pytest.mark.deploy
 
-API_VERSION = "kafka.strimzi.io/v1beta2"
+#: Strimzi 1.x serves only v1 (v1beta2 is gone).
+API_VERSION = "kafka.strimzi.io/v1"
+#: Annotations Strimzi 1.x ignores (KRaft and node pools are its only mode).
+IGNORED_ANNOTATIONS = {"strimzi.io/kraft", "strimzi.io/node-pools"}
 CONTRACT_TOPICS = {
     topics.SCHEDULE_TOPIC,
     topics.NOTIFICATIONS_TOPIC,
@@ -39,15 +44,27 @@ def config_int(config: dict[str, Any], key: str) -> int:
     return value
 
 
+def supported_kafka_versions() -> set[str]:
+    entries = yaml.safe_load((CRD_DIR / "strimzi-1.2.0" / "kafka-versions.yaml").read_text())
+    return {entry["version"] for entry in entries if entry.get("supported")}
+
+
+def test_the_supported_versions_are_read_from_strimzi() -> None:
+    supported = supported_kafka_versions()
+    assert "4.2.0" in supported
+    assert "4.1.0" not in supported, "Strimzi 1.2 dropped Kafka 4.1"
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_kafka_runs_kraft_with_node_pools(rendered: dict[str, list[Manifest]], name: str) -> None:
+    for doc in rendered[name]:
+        if doc["apiVersion"].startswith("kafka.strimzi.io/"):
+            annotations = set(doc["metadata"].get("annotations", {}))
+            assert not annotations & IGNORED_ANNOTATIONS, doc["metadata"]["name"]
     (kafka,) = strimzi(rendered[name], "Kafka")
-    annotations = kafka["metadata"]["annotations"]
-    assert annotations["strimzi.io/node-pools"] == "enabled"
-    assert annotations["strimzi.io/kraft"] == "enabled"
     spec = kafka["spec"]
     assert "zookeeper" not in spec, "KRaft: no ZooKeeper section"
-    assert re.fullmatch(r"\d+\.\d+\.\d+", spec["kafka"]["version"])
+    assert spec["kafka"]["version"] in supported_kafka_versions()
     if "metadataVersion" in spec["kafka"]:  # default: the version's own
         major_minor = ".".join(spec["kafka"]["version"].split(".")[:2])
         assert spec["kafka"]["metadataVersion"].startswith(major_minor + "-IV")
@@ -55,6 +72,7 @@ def test_kafka_runs_kraft_with_node_pools(rendered: dict[str, list[Manifest]], n
     assert "replicas" not in spec["kafka"]
     assert "storage" not in spec["kafka"]
     assert "topicOperator" in spec["entityOperator"]
+    assert "userOperator" in spec["entityOperator"], "the KafkaUsers need it"
     listeners = spec["kafka"]["listeners"]
     assert listeners
     names = [listener["name"] for listener in listeners]
@@ -67,6 +85,8 @@ def test_kafka_runs_kraft_with_node_pools(rendered: dict[str, list[Manifest]], n
         assert isinstance(listener["tls"], bool)
         assert listener["port"] >= 9092
         assert listener["port"] not in RESERVED_PORTS
+        assert listener["authentication"]["type"] == "scram-sha-512", listener["name"]
+    assert spec["kafka"]["authorization"]["type"] == "simple"
     assert spec["kafka"]["config"]["auto.create.topics.enable"] is False
 
 
@@ -160,3 +180,62 @@ def test_services_use_the_strimzi_bootstrap_service(
             settings.update(doc.get("data", {}))
     assert settings["PUBLISHER_KAFKA__BOOTSTRAP_SERVERS"] == bootstrap
     assert settings["GATEWAY_KAFKA__BOOTSTRAP_SERVERS"] == bootstrap
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_each_service_has_a_kafka_user_with_only_its_acls(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    (kafka,) = strimzi(rendered[name], "Kafka")
+    users = {user["metadata"]["name"]: user for user in strimzi(rendered[name], "KafkaUser")}
+    assert set(users) == {"change-publisher", "push-gateway"}
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for user_name, user in users.items():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        authorization = user["spec"]["authorization"]
+        assert authorization["type"] == "simple"
+        grants[user_name] = set()
+        for acl in authorization["acls"]:
+            assert acl.get("type", "allow") == "allow"
+            resource = acl["resource"]
+            assert resource["type"] == "topic", "no group, cluster or transactional grants"
+            assert resource["patternType"] == "literal"
+            for operation in acl["operations"]:
+                grants[user_name].add((operation, resource["name"]))
+    data = {topics.SCHEDULE_TOPIC, topics.NOTIFICATIONS_TOPIC}
+    assert grants["change-publisher"] == {
+        (op, topic) for op in ("Write", "Describe") for topic in (*data, topics.DEADLETTER_TOPIC)
+    }
+    gateway = grants["push-gateway"]
+    assert {topic for op, topic in gateway if op == "Write"} == {topics.PRESENCE_TOPIC}
+    assert {topic for op, topic in gateway if op == "Read"} == {*data, topics.PRESENCE_TOPIC}
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_services_authenticate_as_their_kafka_user(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    settings: dict[str, str] = {}
+    for doc in rendered[name]:
+        if doc["kind"] == "ConfigMap":
+            settings.update(doc.get("data", {}))
+    workloads = {d["metadata"]["name"]: d for d in rendered[name] if d["kind"] == "Deployment"}
+    for service, prefix in (("change-publisher", "PUBLISHER_"), ("push-gateway", "GATEWAY_")):
+        assert settings[f"{prefix}KAFKA__SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+        assert settings[f"{prefix}KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert settings[f"{prefix}KAFKA__SASL_USERNAME"] == service
+        password_file = settings[f"{prefix}KAFKA__SASL_PASSWORD_FILE"]
+        pod = workloads[service]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        # The file is the `password` key of the Secret the User Operator writes for the user.
+        (volume_name,) = [n for n, path in mounts.items() if password_file.startswith(path + "/")]
+        secret = volumes[volume_name]["secret"]
+        assert secret["secretName"] == service
+        (item,) = secret["items"]
+        assert item["key"] == "password"
+        assert password_file == f"{mounts[volume_name]}/{item['path']}"
+    # Apache Kafka answers fetches on data: the Tansu-only 5 ms fetch wait is the demo's.
+    assert int(settings["GATEWAY_KAFKA__FETCH_MAX_WAIT_MS"]) >= 100

@@ -101,6 +101,10 @@ class FakeEdge:
         }
         self._broadcast(self.frame("slot", event))
 
+    def send_heartbeat(self) -> None:
+        """The gateway's heartbeat (a named event without ``id:``) to every open stream."""
+        self._broadcast(b"event: heartbeat\ndata: {}\n\n")
+
     def drop_streams(self) -> None:
         """End every open stream, as a gateway that goes away would."""
         self._broadcast(None)

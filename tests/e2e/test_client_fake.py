@@ -133,3 +133,41 @@ def test_a_page_whose_demo_token_nears_expiry_reads_the_reminted_one(
     assert fake.demo_users_reads >= 2  # read again before the first ticket
     assert fake.ticket_requests == [f"Bearer {fresh}"]
     assert errors == []
+
+
+WATCHED_CLIENT = """async (timeoutMs) => {
+  const { subscribe } = await import("/slotstream-client.js");
+  window.__statuses = [];
+  window.__sub = subscribe(%r, {
+    heartbeatTimeoutMs: timeoutMs,
+    initialBackoffMs: 50,
+    maxBackoffMs: 100,
+    onStatus: ({ status }) => window.__statuses.push(status),
+  });
+}"""
+
+
+def test_the_watchdog_reconnects_a_silent_stream_and_heartbeats_keep_it(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A stream that stays open but carries nothing (a frozen gateway) is closed and
+    resumed after ``heartbeatTimeoutMs``; heartbeat events alone keep a quiet one open."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    page = context.new_page()
+    # Any document of the fake's origin will do: only the client module runs, not the page.
+    page.goto(f"{base_url}/slotstream-client.js")
+    page.evaluate(WATCHED_CLIENT % INSTRUCTOR, 1500)
+    page.wait_for_function("window.__statuses.includes('open')")
+    assert len(fake.stream_requests) == 1
+
+    for _ in range(10):  # 4 s of heartbeats only, every 0.4 s: no reconnect
+        fake.send_heartbeat()
+        page.wait_for_timeout(400)
+    assert len(fake.stream_requests) == 1, page.evaluate("window.__statuses")
+
+    # Silence: the watchdog fires after 1.5 s and the client resumes from the snapshot's id.
+    page.wait_for_function("window.__statuses.filter((s) => s === 'open').length >= 2")
+    assert len(fake.stream_requests) == 2
+    assert fake.stream_requests[1].get("lastEventId") == "s0:1"
+    page.evaluate("window.__sub.close()")

@@ -3,6 +3,7 @@ users and tokens, serves the page, and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.devstack import REPO, Ports, nginx_binary
+from scripts.devstack import REPO, DevStack, Ports, nginx_binary
+from tests.integration.test_click_to_stream import TIMEOUT, SseReader, available_slot
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,17 @@ def children_of(pid: int) -> set[int]:
         if int(fields[1]) == pid:
             found.add(int(stat.parent.name))
     return found
+
+
+CRASHABLE = ("slotstream-push-gateway", "slotstream-change-publisher")
+
+
+def command_of(pid: int) -> str:
+    """The program a process runs (its argv joined), '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
 
 
 def alive(pid: int) -> bool:
@@ -74,9 +87,70 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
 
         started = children_of(demo.pid)
         assert len(started) == 6, started  # tansu, api, publisher, two gateways, nginx
+
+        # The README's experiment: kill -9 a gateway and the publisher; the demo restarts
+        # both and keeps running.
+        killed = [pid for pid in started if command_of(pid).endswith(CRASHABLE)]
+        assert len(killed) == 3, [command_of(pid) for pid in started]
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while output.read_text().count("demo: restarted ") < 3:
+            assert demo.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+        for port in (ports.gateway_1, ports.gateway_2, ports.publisher):
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).is_success
+        started = children_of(demo.pid)
+        assert len(started) == 6, started
+        assert not set(killed) & started
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(30)
     assert code == 0, output.read_text()
     assert "every process stopped" in output.read_text()
     assert not [pid for pid in started if alive(pid)]
+
+
+async def test_a_killed_gateway_and_publisher_are_restarted_and_serve(stack: DevStack) -> None:
+    """Supervision (`restart: unless-stopped`): `kill -9` of a gateway and of the publisher
+    leaves the rest running; both come back with new PIDs and a booking made afterwards
+    reaches a client of the restarted gateway."""
+    untouched = {name: stack.processes[name].pid for name in ("tansu", "booking-api", "edge")}
+    gateway_pid = stack.kill_gateway(2)
+    publisher_pid = stack.kill("change-publisher")
+    assert not alive(gateway_pid)
+    assert not alive(publisher_pid)
+    await asyncio.to_thread(stack.wait_restarted, "push-gateway-2", gateway_pid)
+    await asyncio.to_thread(stack.wait_restarted, "change-publisher", publisher_pid)
+    assert {name: stack.processes[name].pid for name in untouched} == untouched
+    assert stack.processes["push-gateway-2"].restarts >= 1
+
+    student = stack.user("student")
+    instructor_id = stack.user("instructor").id
+    path = f"/api/book-now/schedule-updates?instructorId={instructor_id}"
+    async with (
+        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=TIMEOUT) as api,
+        httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as sse,
+        SseReader(sse, f"{stack.gateway_url(2)}{path}").open() as restarted,
+    ):
+        await restarted.wait_for("snapshot")
+        slot_id = await available_slot(api, instructor_id)
+        auth = {"Authorization": f"Bearer {student.token}"}
+        booked = await api.post("/api/bookings", json={"slotId": slot_id}, headers=auth)
+        assert booked.status_code == 201, booked.text
+        await restarted.wait_for(
+            "slot", lambda d: d["data"]["id"] == slot_id and d["data"]["status"] == "booked"
+        )
+        cancelled = await api.delete(f"/api/bookings/{booked.json()['id']}", headers=auth)
+        assert cancelled.status_code == 200, cancelled.text
+
+
+def test_a_deliberately_stopped_gateway_stays_down_until_started(stack: DevStack) -> None:
+    stack.stop_gateway(2)
+    try:
+        time.sleep(2.0)  # several supervisor passes (and more than the first back-off)
+        assert not stack.processes["push-gateway-2"].running
+    finally:
+        stack.start_gateway(2)
+    assert stack.processes["push-gateway-2"].running

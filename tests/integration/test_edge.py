@@ -2,7 +2,8 @@
 
 The fakes stand in for the booking-api and the two gateways so that each property of the
 proxy is checked on its own: frames pass through one by one (no buffering, no gzip), a dead
-gateway is skipped, tokens stay out of the access log, and the TLS/HTTP/2 server renders.
+gateway is skipped, no query string reaches the access log, per-address limits answer 429
+problem+json, the client address is passed on, and the TLS/HTTP/2 server renders (HSTS).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ FRAME_GAP = 1.0
 
 
 def fake_gateway(name: str) -> Starlette:
-    async def stream(_: Request) -> Response:
+    async def stream(request: Request) -> Response:
+        hold = float(request.query_params.get("hold", FRAME_GAP))
+
         async def body() -> AsyncIterator[bytes]:
             yield b'id: s0:1\nevent: presence\ndata: {"gateway": "%s"}\n\n' % name.encode()
-            await asyncio.sleep(FRAME_GAP)
+            await asyncio.sleep(hold)
             yield b"id: s0:2\nevent: presence\ndata: {}\n\n"
 
         return StreamingResponse(body(), media_type="text/event-stream")
@@ -54,7 +57,23 @@ def fake_api() -> Starlette:
     async def instructors(request: Request) -> Response:
         return JSONResponse([{"who": "booking-api", "path": request.url.path}])
 
-    return Starlette(routes=[Route("/api/instructors", instructors)])
+    async def client(request: Request) -> Response:
+        """What the edge told the API about the client; cached publicly, on purpose."""
+        seen = {name: request.headers.get(name) for name in ("x-real-ip", "x-forwarded-for")}
+        return JSONResponse(seen, headers={"Cache-Control": "public, max-age=5"})
+
+    async def write(_: Request) -> Response:
+        await asyncio.sleep(0.2)
+        return JSONResponse({"ok": True}, status_code=201)
+
+    return Starlette(
+        routes=[
+            Route("/api/instructors", instructors),
+            Route("/api/client", client),
+            Route("/api/bookings", write, methods=["POST"]),
+            Route("/api/stream-tickets", write, methods=["POST"]),
+        ]
+    )
 
 
 @dataclass
@@ -185,6 +204,79 @@ def test_query_strings_stay_out_of_the_access_log(edge: Edge) -> None:
     assert "SECRET" not in log
 
 
+async def test_a_dead_gateway_puts_no_ticket_in_any_log(edge: Edge) -> None:
+    """nginx writes the request line into every error-log message, e.g. when a gateway
+    refuses the connection: the stream locations log only critical errors."""
+    edge.gateways[1].stop()
+    async with httpx.AsyncClient(base_url=edge.url, timeout=10) as client:
+        for n in range(4):
+            first, _arrived, _done = await first_frame(client, f"/v1/events?ticket=SECRET{n}")
+            assert b"gateway-2" in first
+    logs = [*edge.stack.logs.glob("*"), *(edge.stack.state_dir / "edge" / "logs").glob("*")]
+    assert '"GET /v1/events HTTP/1.1" 200' in edge.access_log.read_text()
+    for log in logs:
+        assert "SECRET" not in log.read_text(), log
+
+
+def test_the_client_address_is_passed_on_and_cannot_be_forged(edge: Edge) -> None:
+    forged = {"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "198.51.100.7"}
+    seen = httpx.get(f"{edge.url}/api/client", headers=forged, timeout=10)
+    assert seen.json() == {"x-real-ip": "127.0.0.1", "x-forwarded-for": "198.51.100.7, 127.0.0.1"}
+    # The API's own Cache-Control wins; an answer without one is not stored.
+    assert seen.headers.get_list("cache-control") == ["public, max-age=5"]
+    assert httpx.get(f"{edge.url}/api/instructors", timeout=10).headers["cache-control"] == (
+        "no-store"
+    )
+
+
+def assert_too_many(response: httpx.Response) -> None:
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "2"
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 429
+    assert problem["title"] == "Too Many Requests"
+    assert "Retry-After" in problem["detail"]
+
+
+@pytest.fixture
+def strict_edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Edge]:
+    """An edge with tiny per-address limits, set the way compose or K8s would."""
+    monkeypatch.setenv("EDGE_STREAMS_PER_IP", "2")
+    monkeypatch.setenv("EDGE_WRITES_PER_SECOND", "1")
+    monkeypatch.setenv("EDGE_WRITE_BURST", "1")
+    with running_edge(tmp_path) as running:
+        yield running
+
+
+async def test_open_streams_per_address_are_capped(strict_edge: Edge) -> None:
+    path = "/v1/events?channel=x&hold=30"
+    async with httpx.AsyncClient(base_url=strict_edge.url, timeout=10) as client:
+        async with client.stream("GET", path) as one, client.stream("GET", path) as two:
+            assert (one.status_code, two.status_code) == (200, 200)
+            third = await client.get(path)
+            assert_too_many(third)
+            # Other paths are not streams: still served.
+            assert (await client.get("/api/instructors")).status_code == 200
+        # Closed streams free their places.
+        async with client.stream("GET", path) as again:
+            assert again.status_code == 200
+
+
+async def test_bookings_and_tickets_have_a_stricter_rate(strict_edge: Edge) -> None:
+    async with httpx.AsyncClient(base_url=strict_edge.url, timeout=10) as client:
+        for path in ("/api/bookings", "/api/stream-tickets"):
+            answers = await asyncio.gather(*(client.post(path, json={}) for _ in range(6)))
+            refused = [a for a in answers if a.status_code == 429]
+            assert len(refused) >= 3, [a.status_code for a in answers]
+            assert {a.status_code for a in answers} == {201, 429}
+            for answer in refused:
+                assert_too_many(answer)
+        # Reads are not in the stricter zone.
+        reads = await asyncio.gather(*(client.get("/api/instructors") for _ in range(6)))
+        assert {r.status_code for r in reads} == {200}
+
+
 def test_the_tls_server_speaks_http2_and_streams(tmp_path: Path) -> None:
     if shutil.which("openssl") is None or shutil.which("curl") is None:
         pytest.skip("needs the openssl and curl command-line tools")
@@ -208,5 +300,10 @@ def test_the_tls_server_speaks_http2_and_streams(tmp_path: Path) -> None:
             return result.stdout
 
         assert curl("-o", "/dev/null", "-w", "%{http_version}", f"{base}/") == "2"
+        # HSTS on the TLS server only, on every path.
+        for path in ("/", "/api/instructors", "/missing.js"):
+            assert "strict-transport-security: max-age=" in curl("-I", f"{base}{path}").lower()
+        plain = httpx.get(f"{edge.url}/", timeout=10)
+        assert "strict-transport-security" not in plain.headers
         stream = curl("-N", f"{base}/api/book-now/schedule-updates?instructorId=i1")
         assert stream.count("event: presence") == 2

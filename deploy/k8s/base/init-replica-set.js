@@ -13,6 +13,17 @@
 //                          publisher can map a hand-made hard delete from its pre-image
 //                          (slots,bookings,notifications; empty: none)
 //   WAIT_SECONDS           how long to wait for a primary            (0: check once)
+//   MONGO_ADMIN_USERNAME   user to authenticate as (admin database)   (admin)
+//   MONGO_ADMIN_PASSWORD_FILE  its password; unset: no authentication (a keyfile-less
+//                          development replica set)
+//   SERVICE_PASSWORDS_DIR  folder with booking-api-password and change-publisher-password:
+//                          create (or update the password of) one user per service with
+//                          the least privilege it needs (unset: no users)
+//
+// Users (in the admin database, authSource=admin):
+//   booking-api       readWrite on SLOTSTREAM_DB (its collections and indexes)
+//   change-publisher  role slotstreamChangePublisher: find + changeStream on SLOTSTREAM_DB,
+//                     and writes only to its own publisher_checkpoints / publisher_leases
 
 const rsName = process.env.RS_NAME || "rs0";
 const members = (process.env.RS_MEMBERS || "mongo:27017")
@@ -25,6 +36,23 @@ const preImageCollections = (process.env.PRE_IMAGE_COLLECTIONS ?? "slots,booking
   .map((name) => name.trim())
   .filter((name) => name.length > 0);
 const waitSeconds = Number(process.env.WAIT_SECONDS || "0");
+const adminUser = process.env.MONGO_ADMIN_USERNAME || "admin";
+const adminPasswordFile = process.env.MONGO_ADMIN_PASSWORD_FILE || "";
+const servicePasswordsDir = process.env.SERVICE_PASSWORDS_DIR || "";
+const PUBLISHER_ROLE = "slotstreamChangePublisher";
+const PUBLISHER_OWN_COLLECTIONS = ["publisher_checkpoints", "publisher_leases"];
+
+function readSecret(path) {
+  return require("fs").readFileSync(path, "utf8").trim();
+}
+
+const adminPassword = adminPasswordFile ? readSecret(adminPasswordFile) : "";
+
+function authenticate() {
+  if (adminPassword) {
+    db.getSiblingDB("admin").auth(adminUser, adminPassword);
+  }
+}
 
 function initiateIfNeeded() {
   try {
@@ -54,7 +82,11 @@ function primaryDatabase() {
     }
     if (hello.primary) {
       // Connected to a secondary: do the collection work on the primary.
-      return connect(`mongodb://${hello.primary}/${dbName}?directConnection=true`);
+      const credentials = adminPassword
+        ? `${encodeURIComponent(adminUser)}:${encodeURIComponent(adminPassword)}@`
+        : "";
+      const options = adminPassword ? "&authSource=admin" : "";
+      return connect(`mongodb://${credentials}${hello.primary}/${dbName}?directConnection=true${options}`);
     }
     if (Date.now() >= deadline) {
       print(`slotstream: replica set ${rsName} has no primary yet`);
@@ -78,5 +110,45 @@ function enablePreImages(target) {
   }
 }
 
+function upsertRole(admin, name, privileges) {
+  if (admin.getRole(name) === null) {
+    admin.createRole({ role: name, privileges, roles: [] });
+    print(`slotstream: created role ${name}`);
+  } else {
+    admin.updateRole(name, { privileges, roles: [] });
+  }
+}
+
+function upsertUser(admin, name, roles) {
+  const password = readSecret(`${servicePasswordsDir}/${name}-password`);
+  if (admin.getUser(name) === null) {
+    admin.createUser({ user: name, pwd: password, roles });
+    print(`slotstream: created user ${name}`);
+  } else {
+    // Keeps the password in step with the secret (rotation: change the secret, rerun).
+    admin.updateUser(name, { pwd: password, roles });
+  }
+}
+
+function ensureServiceUsers(target) {
+  if (!servicePasswordsDir) {
+    return;
+  }
+  const admin = target.getSiblingDB("admin");
+  const ownCollection = (collection) => ({
+    resource: { db: dbName, collection },
+    actions: ["find", "insert", "update", "remove", "createCollection", "createIndex"],
+  });
+  upsertRole(admin, PUBLISHER_ROLE, [
+    { resource: { db: dbName, collection: "" }, actions: ["find", "changeStream"] },
+    ...PUBLISHER_OWN_COLLECTIONS.map(ownCollection),
+  ]);
+  upsertUser(admin, "booking-api", [{ role: "readWrite", db: dbName }]);
+  upsertUser(admin, "change-publisher", [{ role: PUBLISHER_ROLE, db: "admin" }]);
+}
+
+authenticate();
 initiateIfNeeded();
-enablePreImages(primaryDatabase());
+const primary = primaryDatabase();
+enablePreImages(primary);
+ensureServiceUsers(primary);

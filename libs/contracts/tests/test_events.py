@@ -5,8 +5,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slotstream_contracts.channels import Channel, ChannelError, channel_for_event
-from slotstream_contracts.entities import NotificationData, NotificationKind, SlotData, SlotStatus
+from slotstream_contracts.channels import Channel, ChannelError, channels_for_event
+from slotstream_contracts.entities import (
+    BookingData,
+    BookingStatus,
+    NotificationData,
+    NotificationKind,
+    SlotData,
+    SlotStatus,
+)
 from slotstream_contracts.events import (
     CloudEvent,
     EventDecodeError,
@@ -57,7 +64,7 @@ def test_event_is_routed_by_instructor_to_the_schedule_topic() -> None:
     assert event.routing_key == "i1"
     assert event.topic == SCHEDULE_TOPIC
     assert dict(event.headers())["ce_type"] == b"slot.created"
-    assert channel_for_event(event) == Channel.schedule("i1")
+    assert channels_for_event(event) == (Channel.schedule("i1"),)
 
 
 def test_notification_is_routed_by_user() -> None:
@@ -82,7 +89,33 @@ def test_notification_is_routed_by_user() -> None:
     )
     assert event.routing_key == "u7"
     assert event.topic == NOTIFICATIONS_TOPIC
-    assert channel_for_event(event) == Channel.notifications("u7")
+    assert channels_for_event(event) == (Channel.notifications("u7"),)
+
+
+def test_a_booking_goes_only_to_the_private_channels_of_its_student_and_instructor() -> None:
+    """A booking names its student: never on the public schedule channel (issue 10, item 1)."""
+    event = CloudEvent(
+        id="e3",
+        type=EventType.BOOKING_CREATED,
+        subject="bookings/b1",
+        time=NOW,
+        instructorid="i1",
+        version=1,
+        data=BookingData(
+            id="b1",
+            slot_id="s1",
+            instructor_id="i1",
+            student_id="u7",
+            slot_start=NOW,
+            slot_end=NOW,
+            status=BookingStatus.ACTIVE,
+            version=1,
+            created_at=NOW,
+        ),
+    )
+    assert event.topic == NOTIFICATIONS_TOPIC
+    assert event.routing_keys == ("i1", "u7")
+    assert channels_for_event(event) == (Channel.notifications("i1"), Channel.notifications("u7"))
 
 
 def test_resync_is_a_control_event_for_every_channel() -> None:
@@ -94,7 +127,7 @@ def test_resync_is_a_control_event_for_every_channel() -> None:
         data=ResyncData(reason="history lost", topic=SCHEDULE_TOPIC),
     )
     assert event.routing_key == CONTROL_KEY
-    assert channel_for_event(event) is None
+    assert channels_for_event(event) is None
 
 
 def test_data_must_match_the_event_type() -> None:

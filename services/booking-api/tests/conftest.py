@@ -14,6 +14,8 @@ from booking_api.ports import Storage
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+#: ``/internal/*`` fails closed: every test app has a token, and ``client`` sends it.
+INTERNAL_TOKEN = "internal-token-0123456789-abcdefghijklmnop"
 TokenFactory = Callable[..., str]
 AuthHeaders = Callable[..., dict[str, str]]
 
@@ -25,7 +27,7 @@ def jwt_settings() -> JwtSettings:
 
 @pytest.fixture
 def settings(jwt_settings: JwtSettings) -> Settings:
-    return Settings(storage="memory", jwt=jwt_settings)
+    return Settings(storage="memory", jwt=jwt_settings, internal_token=SecretStr(INTERNAL_TOKEN))
 
 
 @pytest.fixture
@@ -61,7 +63,11 @@ def storage(memory_storage: MemoryStorage) -> Storage:
 async def client(settings: Settings, storage: Storage) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, storage=storage)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as c:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://booking",
+        headers={"X-Internal-Token": INTERNAL_TOKEN},
+    ) as c:
         yield c
 
 

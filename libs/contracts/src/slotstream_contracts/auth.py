@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from slotstream_contracts.entities import DisplayName
 from slotstream_contracts.ids import EntityId
 
 Algorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
@@ -71,7 +72,7 @@ class Principal(BaseModel):
 
     user_id: EntityId = Field(alias="sub")
     role: Role
-    name: str | None = Field(default=None, max_length=120)
+    name: DisplayName | None = None
 
     def may_act_for(self, user_id: str) -> bool:
         return self.role is Role.ADMIN or self.user_id == user_id

@@ -1,8 +1,10 @@
 """Channel names: what a browser subscribes to, and how events and record keys map to them.
 
-``instructors/{id}/schedule`` is public; ``users/{id}/notifications`` is private to user
-``id``. A channel's events all live on one topic, keyed by the id in the channel name, so
-the gateway can route a record by its key alone, without decoding its value.
+``instructors/{id}/schedule`` is public and carries slot events only;
+``users/{id}/notifications`` is private to user ``id`` and carries that user's
+notifications and bookings (as student or as instructor). A channel's events all live on
+one topic, keyed by the id in the channel name, so the gateway can route a record by its
+key alone, without decoding its value.
 """
 
 import re
@@ -28,6 +30,17 @@ _TOPIC: Final = {
     ChannelKind.NOTIFICATIONS: NOTIFICATIONS_TOPIC,
 }
 _KIND_OF_TOPIC: Final = {topic: kind for kind, topic in _TOPIC.items()}
+#: The data events each kind of channel carries. Anything else found on its topic — a
+#: booking written to the schedule topic by a publisher from before bookings were private —
+#: is not delivered there.
+EVENT_TYPES: Final[dict[ChannelKind, frozenset[EventType]]] = {
+    ChannelKind.SCHEDULE: frozenset(
+        {EventType.SLOT_CREATED, EventType.SLOT_UPDATED, EventType.SLOT_DELETED}
+    ),
+    ChannelKind.NOTIFICATIONS: frozenset(
+        {EventType.NOTIFICATION_CREATED, EventType.BOOKING_CREATED, EventType.BOOKING_CANCELLED}
+    ),
+}
 
 
 class ChannelError(ValueError):
@@ -93,12 +106,13 @@ class Channel:
             return None
 
 
-def channel_for_event(event: CloudEvent) -> Channel | None:
-    """Where an event is delivered; None for control events, which reach every channel."""
+def channels_for_event(event: CloudEvent) -> tuple[Channel, ...] | None:
+    """Where an event is delivered; None for control events, which reach every channel.
+
+    Slot events go to the instructor's public schedule; notifications and bookings only to
+    the private channels of the users they concern (a booking names its student)."""
     if event.type is EventType.STREAM_RESYNC:
         return None
-    if event.type is EventType.NOTIFICATION_CREATED:
-        assert event.userid is not None
-        return Channel.notifications(event.userid)
-    assert event.instructorid is not None
-    return Channel.schedule(event.instructorid)
+    if event.topic == SCHEDULE_TOPIC:
+        return (Channel.schedule(event.routing_key),)
+    return tuple(Channel.notifications(key) for key in event.routing_keys)

@@ -6,6 +6,7 @@ Field names are the wire names (camelCase) so a document, a change event's
 """
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -106,6 +107,14 @@ class BookingDocument(StoredDocument):
         return BookingData.model_validate(self.model_dump(by_alias=False), by_name=True)
 
 
+class Audience(StrEnum):
+    """In which role a notification's user is told: a student and an instructor may share
+    an id and are still two people (admins read as students: they book as themselves)."""
+
+    STUDENT = "student"
+    INSTRUCTOR = "instructor"
+
+
 class NotificationDocument(StoredDocument):
     user_id: EntityId
     kind: NotificationKind
@@ -115,6 +124,11 @@ class NotificationDocument(StoredDocument):
     read: bool = False
     version: int
     created_at: UtcDatetime
+    #: Stored only (not in the public model); None on documents from before it existed,
+    #: which every role of the user still sees.
+    audience: Audience | None = None
 
     def to_data(self) -> NotificationData:
-        return NotificationData.model_validate(self.model_dump(by_alias=False), by_name=True)
+        return NotificationData.model_validate(
+            self.model_dump(by_alias=False, exclude={"audience"}), by_name=True
+        )

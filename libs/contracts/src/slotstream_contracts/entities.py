@@ -4,13 +4,40 @@ Every model carries the entity's ``version``: it starts at 1 and grows by one on
 change, so a consumer can always tell a newer state from an older one.
 """
 
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated, Final
 
-from pydantic import AwareDatetime, Field
+from pydantic import AfterValidator, AwareDatetime, Field
 
 from slotstream_contracts.ids import EntityId
 from slotstream_contracts.models import WireModel
+
+#: Unicode categories a display name may not contain: controls (``\n``, NUL, ESC),
+#: format characters (bidi overrides such as U+202E, zero-width spaces), surrogates,
+#: private-use and unassigned code points, and line/paragraph separators.
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: Format characters that scripts need inside words (Persian, Indic) and emoji sequences:
+#: zero-width non-joiner and joiner. They cannot reorder or hide text.
+_JOINERS: Final = frozenset({"\u200c", "\u200d"})
+
+
+def _printable_name(name: str) -> str:
+    """Refuse (never rewrite) a name that could spoof or break what others are shown:
+    a refused request says what to fix; a silently changed name would surprise."""
+    for char in name:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES and char not in _JOINERS:
+            raise ValueError(
+                f"a name may not contain a control or format character (found U+{ord(char):04X})"
+            )
+    if not name.strip():
+        raise ValueError("a name must contain a visible character")
+    return name
+
+
+#: A person's name as shown to other users (instructor profiles, the JWT ``name``).
+DisplayName = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_printable_name)]
 
 
 class SlotStatus(StrEnum):
@@ -31,7 +58,7 @@ class NotificationKind(StrEnum):
 
 class InstructorData(WireModel):
     id: EntityId
-    name: str = Field(min_length=1, max_length=120)
+    name: DisplayName
     timezone: str = Field(min_length=1, max_length=64)
     created_at: AwareDatetime
 

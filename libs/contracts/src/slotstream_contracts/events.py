@@ -80,7 +80,7 @@ class CloudEvent(WireModel):
 
     @property
     def routing_key(self) -> str:
-        """The Kafka record key: orders every event of one instructor (or user)."""
+        """The (first) Kafka record key: orders every event of one instructor (or user)."""
         if self.type is EventType.NOTIFICATION_CREATED:
             assert self.userid is not None
             return self.userid
@@ -88,6 +88,15 @@ class CloudEvent(WireModel):
             return CONTROL_KEY
         assert self.instructorid is not None
         return self.instructorid
+
+    @property
+    def routing_keys(self) -> tuple[str, ...]:
+        """Every record key the event is written with. A booking goes to two private
+        channels, keyed by its instructor and by its student (once if they are one)."""
+        key = self.routing_key
+        if isinstance(self.data, BookingData) and self.data.student_id != key:
+            return (key, self.data.student_id)
+        return (key,)
 
     @property
     def topic(self) -> str:
@@ -106,8 +115,15 @@ class CloudEvent(WireModel):
         return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
 
 
+#: Events for the people concerned only: the notifications topic feeds private channels.
+#: Bookings name their student, so they never go to the public schedule topic.
+PRIVATE_TYPES: Final = frozenset(
+    {EventType.NOTIFICATION_CREATED, EventType.BOOKING_CREATED, EventType.BOOKING_CANCELLED}
+)
+
+
 def topic_for(event_type: EventType) -> str:
-    if event_type is EventType.NOTIFICATION_CREATED:
+    if event_type in PRIVATE_TYPES:
         return NOTIFICATIONS_TOPIC
     return SCHEDULE_TOPIC
 

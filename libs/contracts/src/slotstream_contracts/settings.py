@@ -1,9 +1,11 @@
 """Settings shared by the services. Each service nests these in its own Settings class,
 so one service's environment reads e.g. ``GATEWAY_KAFKA__BOOTSTRAP_SERVERS``."""
 
-from typing import Literal
+import ssl
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from slotstream_contracts.topics import (
     DEADLETTER_TOPIC,
@@ -20,6 +22,62 @@ class KafkaSettings(BaseModel):
     client_id: str = "slotstream"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="Required with SASL_PLAINTEXT / SASL_SSL"
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding the SASL password (a mounted secret), read once at start",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle for SSL / SASL_SSL (default: the system's)"
+    )
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Self:
+        """Read the password file, then refuse half-configured SASL: a broker that wants
+        SCRAM would otherwise only fail the first connection, minutes into a rollout."""
+        if self.sasl_password_file is not None:
+            if self.sasl_password is not None:
+                raise ValueError("set sasl_password or sasl_password_file, not both")
+            try:
+                password = self.sasl_password_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(f"sasl_password_file: {error}") from error
+            if not password:
+                raise ValueError(f"sasl_password_file: {self.sasl_password_file} is empty")
+            self.sasl_password = SecretStr(password)
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        if uses_sasl and (
+            self.sasl_mechanism is None or not self.sasl_username or self.sasl_password is None
+        ):
+            raise ValueError(
+                f"{self.security_protocol} needs sasl_mechanism, sasl_username and "
+                "sasl_password (or sasl_password_file)"
+            )
+        if not uses_sasl and self.sasl_mechanism is not None:
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection keyword arguments for an aiokafka producer, consumer or admin client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            cafile = str(self.ssl_cafile) if self.ssl_cafile is not None else None
+            options["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        if self.sasl_mechanism is not None and self.sasl_password is not None:
+            # aiokafka names the credentials "plain" for every mechanism, SCRAM included.
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return options
 
 
 class TopicSettings(BaseModel):
@@ -32,3 +90,17 @@ class TopicSettings(BaseModel):
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = Field(default=True, description="JSON lines (true) or console text")
+
+
+#: uvicorn's ``timeout_keep_alive`` for a service behind the edge. It must outlast the edge's
+#: upstream ``keepalive_timeout`` (nginx: 60 s): nginx reuses an idle connection without
+#: knowing the service is closing it, and does not retry a POST, so the browser gets a 502.
+KeepAliveSeconds = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="How long an idle HTTP keep-alive connection stays open; must outlast "
+        "the edge's upstream keepalive_timeout (nginx: 60 s)",
+    ),
+]
+DEFAULT_KEEP_ALIVE_SECONDS = 75

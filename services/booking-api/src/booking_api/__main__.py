@@ -55,6 +55,7 @@ def main() -> None:
         log_config=None,
         proxy_headers=True,
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         # A client that keeps a request open must not hold up a stop for long.
         timeout_graceful_shutdown=5,
     )

@@ -70,9 +70,9 @@ def create_app(
         title="Slotstream booking API",
         version="0.1.0",
         summary="Instructors, slots, bookings and notifications",
-        docs_url="/api/docs",
+        docs_url="/api/docs" if settings.docs_enabled else None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url="/api/openapi.json" if settings.docs_enabled else None,
         lifespan=lifespan,
         # Metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry stays off, so
         # it does not even check for configured providers on every request.

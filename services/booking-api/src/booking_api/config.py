@@ -1,12 +1,17 @@
 """Settings of the booking-api: environment variables prefixed ``BOOKING_API_``."""
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import LogSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KeepAliveSeconds,
+    LogSettings,
+)
 
 
 class Settings(BaseSettings):
@@ -32,13 +37,36 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     cors_origins: list[str] = Field(default_factory=list, description="JSON list of origins")
+    max_active_bookings_per_student: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="active bookings a student may hold at once; more: 409 quota-exceeded",
+    )
+    docs_enabled: bool = Field(
+        default=True,
+        description="serve /api/docs and /api/openapi.json (turn off on the internet)",
+    )
     log: LogSettings = Field(default_factory=LogSettings)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     stream_ticket_ttl_seconds: int = Field(
         default=30, ge=5, le=300, description="lifetime of a single-use stream ticket"
     )
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A POST with an Idempotency-Key runs at most this long (then 503); its "
+        "record still pending after that was left by a crash and is taken over",
+    )
+    idempotency_max_keys_per_user: int = Field(
+        default=1_000,
+        ge=1,
+        description="unexpired Idempotency-Keys one user may hold; a new one beyond: 429",
+    )
 
     @model_validator(mode="after")
     def _refuse_missing_keys(self) -> "Settings":
@@ -46,3 +74,40 @@ class Settings(BaseSettings):
         mismatched keys are already refused by ``JwtSettings`` itself)."""
         self.jwt.verification_key()
         return self
+
+    @field_validator("internal_token")
+    @classmethod
+    def _strong_internal_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty token is no token (``/internal/*`` then fails closed); a set one must
+        not be guessable."""
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_INTERNAL_TOKEN:
+            raise ValueError(
+                f"BOOKING_API_INTERNAL_TOKEN must have at least {MIN_INTERNAL_TOKEN} characters"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _memory_feed_guarded_off_loopback(self) -> "Settings":
+        """The memory backend serves every stored document on ``/internal/*``: it only
+        listens beyond this machine with an internal token guarding that feed."""
+        if self.storage == "memory" and self.internal_token is None and not _loopback(self.host):
+            raise ValueError(
+                f"BOOKING_API_STORAGE=memory on {self.host!r} (not loopback) needs "
+                f"BOOKING_API_INTERNAL_TOKEN (at least {MIN_INTERNAL_TOKEN} characters)"
+            )
+        return self
+
+
+#: The shortest internal token accepted (docs/architecture.md, D3).
+MIN_INTERNAL_TOKEN = 32
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

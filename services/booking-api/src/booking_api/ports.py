@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from slotstream_contracts.documents import (
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -29,9 +30,11 @@ class IdempotencyRecord(StoredDocument):
     """The first response to a request sent with an ``Idempotency-Key``.
 
     ``_id`` is derived from the user and the key, so keys are scoped per user.
-    ``fingerprint`` identifies the request (method, path, canonical body).
+    ``fingerprint`` identifies the request (method, path, canonical body). ``user_id``
+    counts the user's records against their quota.
     """
 
+    user_id: str | None = None
     fingerprint: str
     state: Literal["pending", "complete"]
     status_code: int | None = None
@@ -89,30 +92,63 @@ class BookingRepository(Protocol):
     async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
         """``active → cancelled`` with ``cancelledAt``, version + 1."""
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        """Bookings where the user is the student or the instructor, newest first."""
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings the student made, newest first."""
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        """The bookings of the instructor's slots, newest first."""
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        """How many active bookings the student holds, counted up to ``limit``."""
 
 
 class NotificationRepository(Protocol):
     async def insert(self, notification: NotificationDocument) -> None: ...
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
-        """The user's notifications, newest first."""
+        """The user's notifications for ``audience`` (and those without one), newest first."""
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
-        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's."""
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
+        """Set ``read`` (version + 1 the first time); ``None`` unless it is the user's in
+        that audience."""
+
+
+class IdempotencyQuotaExceeded(Exception):
+    """The user already holds the most unexpired idempotency records allowed."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"idempotency key quota exceeded; retry after {retry_after}s")
+        #: Seconds until the user's oldest record expires and frees a place.
+        self.retry_after = retry_after
 
 
 class IdempotencyStore(Protocol):
-    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
-        """Store a pending record; if an unexpired one has the same id, return it instead."""
+    async def reserve(
+        self,
+        record: IdempotencyRecord,
+        now: datetime,
+        *,
+        stale_before: datetime,
+        max_per_user: int,
+    ) -> IdempotencyRecord | None:
+        """Store a pending record; if an unexpired one has the same id, return it instead,
+        unless it is still pending and was created at or before ``stale_before``: no live
+        request holds it any more (its process died), so it is replaced (one caller wins)
+        and None returned. A new record beyond ``max_per_user`` unexpired records of the
+        user raises ``IdempotencyQuotaExceeded`` (in MongoDB the count and the insert are
+        two steps: concurrent requests of one user may pass the cap by a few)."""
 
-    async def complete(self, record_id: str, status_code: int, body: str) -> None: ...
+    async def complete(self, record: IdempotencyRecord, status_code: int, body: str) -> None:
+        """Keep the response, if ``record`` (same id and creation time) is still pending:
+        a request whose record was taken over must not overwrite the new owner's."""
 
-    async def release(self, record_id: str) -> None:
-        """Forget a pending record (the request failed; a retry may run again)."""
+    async def release(self, record: IdempotencyRecord) -> None:
+        """Forget a pending record (the request failed; a retry may run again); only this
+        reservation (same id and creation time)."""
 
 
 class Storage(Protocol):

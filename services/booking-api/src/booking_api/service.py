@@ -3,10 +3,16 @@
 Partial failure, step by step (a store write can fail or time out at any point):
 
 - Booking: (1) one compare-and-set on the slot, ``available → booked``. Only one caller
-  can win; the losers get 409 naming the slot. (2) Insert the booking document. If that
-  fails, the slot is released again (a compare-and-set on the booking id, so it cannot
-  free someone else's booking) and the error goes to the caller, who may retry: the slot
-  never stays booked without a booking. (3) Insert the two notifications. They are best
+  can win; the losers get 409 naming the slot. (2) Insert the booking document
+  (idempotent by booking id: a retried insert whose first attempt was applied succeeds).
+  If that fails, the failure may be ambiguous — applied, with only the reply lost — so the
+  booking is read back: present, the booking stands and is answered as made; known
+  absent, the slot is released again (a compare-and-set on the booking id, so it cannot
+  free someone else's booking) and the error goes to the caller, who may retry; unknown
+  (the store cannot be read either), the slot stays held and ``booking.insert_unresolved``
+  is logged: a slot booked without a booking blocks one slot until repaired, a slot freed
+  under an active booking would let a second student book it. (3) Insert the two
+  notifications. They are best
   effort: a failure is logged and the booking stands (the schedule and the booking are
   the truth; a lost notification is an annoyance, not an inconsistency).
 - Cancelling: (1) compare-and-set the booking ``active → cancelled``, (2) release the
@@ -53,6 +59,9 @@ def _info(event: str, **fields: object) -> None:
 
 
 Clock = Callable[[], datetime]
+
+#: Seconds before each read-back of a booking whose insert failed (a blip passes quickly).
+BOOKING_READ_BACK_PAUSES = (0.0, 0.05, 0.25)
 
 
 def utc_now() -> datetime:
@@ -158,10 +167,17 @@ class BookingService:
 
     # Bookings
 
-    async def book(self, principal: Principal, slot_id: str) -> BookingDocument:
+    async def book(
+        self, principal: Principal, slot_id: str, max_active_bookings: int
+    ) -> BookingDocument:
+        """Book ``slot_id`` for the caller, who may hold at most ``max_active_bookings``
+        active bookings."""
         authz.ensure_may_book(principal)
         now = self.now()
         slot = bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
+        limit = max_active_bookings
+        active = await self._storage.bookings.count_active_for_student(principal.user_id, limit)
+        bookings.ensure_within_quota(active, limit)
         booking_id = new_id()
         booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
         if booked is None:
@@ -179,14 +195,33 @@ class BookingService:
         )
         try:
             await self._storage.bookings.insert(booking)
-        except BaseException:
-            # Compensate: never leave the slot booked without a booking document.
-            await asyncio.shield(self._storage.slots.release(slot_id, booking_id, self.now()))
-            log.warning("booking.compensated", slot_id=slot_id, booking_id=booking_id)
-            raise
+        except BaseException as exc:
+            stored = await asyncio.shield(self._booking_stored(booking_id))
+            if stored is None:
+                log.error("booking.insert_unresolved", slot_id=slot_id, booking_id=booking_id)
+                raise
+            if not stored:
+                # Compensate: never leave the slot booked without a booking document.
+                await asyncio.shield(self._storage.slots.release(slot_id, booking_id, self.now()))
+                log.warning("booking.compensated", slot_id=slot_id, booking_id=booking_id)
+                raise
+            log.warning("booking.insert_reply_lost", slot_id=slot_id, booking_id=booking_id)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the booking stands, the caller is gone
         _info("booking.created", booking_id=booking_id, slot_id=slot_id)
         await self._notify(booking, NotificationKind.BOOKING_CREATED, principal.name, None)
         return booking
+
+    async def _booking_stored(self, booking_id: str) -> bool | None:
+        """After a failed insert: is the booking stored? ``None`` when the store cannot
+        tell (every read-back failed)."""
+        for pause in BOOKING_READ_BACK_PAUSES:
+            await asyncio.sleep(pause)
+            try:
+                return await self._storage.bookings.get(booking_id) is not None
+            except Exception as exc:
+                log.warning("booking.read_back_failed", booking_id=booking_id, error=repr(exc))
+        return None
 
     async def cancel(self, principal: Principal, booking_id: str) -> BookingDocument:
         """Cancel a booking and free its slot. Idempotent: cancelling a cancelled booking
@@ -205,14 +240,18 @@ class BookingService:
         await self._storage.slots.release(booking.slot_id, booking_id, self.now())
         _info("booking.cancelled", booking_id=booking_id, by=principal.user_id)
         by = None
-        if principal.user_id != booking.student_id:
-            own = principal.user_id == booking.instructor_id
+        if not authz.is_student_of(principal, booking):
+            own = authz.is_instructor_of(principal, booking)
             by = principal.name or ("the instructor" if own else "an admin")
         await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, None, by)
         return cancelled
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
-        return await self._storage.bookings.list_for_user(principal.user_id, limit)
+        """An instructor's are the bookings of their slots; anyone else's (students, and
+        admins, who book as themselves) the bookings they made."""
+        if principal.role is Role.INSTRUCTOR:
+            return await self._storage.bookings.list_for_instructor(principal.user_id, limit)
+        return await self._storage.bookings.list_for_student(principal.user_id, limit)
 
     # Notifications
 
@@ -220,11 +259,13 @@ class BookingService:
         self, principal: Principal, limit: int, unread_only: bool
     ) -> list[NotificationDocument]:
         return await self._storage.notifications.list_for_user(
-            principal.user_id, limit, unread_only
+            principal.user_id, limit, unread_only, audience=authz.audience_of(principal)
         )
 
     async def mark_read(self, principal: Principal, notification_id: str) -> NotificationDocument:
-        note = await self._storage.notifications.mark_read(notification_id, principal.user_id)
+        note = await self._storage.notifications.mark_read(
+            notification_id, principal.user_id, audience=authz.audience_of(principal)
+        )
         if note is None:
             raise NotFound(f"notification {notification_id} does not exist")
         return note
@@ -243,6 +284,7 @@ class BookingService:
                 user_id=draft.user_id,
                 kind=draft.kind,
                 message=draft.message,
+                audience=draft.audience,
                 booking_id=booking.id,
                 slot_id=booking.slot_id,
                 version=1,

@@ -51,7 +51,35 @@ async def test_listing_for_student_and_instructor_newest_first(storage: Storage)
     await storage.bookings.insert(booking("b1", "s1", minute=1))
     await storage.bookings.insert(booking("b2", "s2", minute=3))
     await storage.bookings.insert(booking("b3", "s3", student_id="st2", minute=2))
-    assert [b.id for b in await storage.bookings.list_for_user("st1", 10)] == ["b2", "b1"]
-    assert [b.id for b in await storage.bookings.list_for_user("i1", 10)] == ["b2", "b3", "b1"]
-    assert [b.id for b in await storage.bookings.list_for_user("i1", 1)] == ["b2"]
-    assert await storage.bookings.list_for_user("nobody", 10) == []
+    assert [b.id for b in await storage.bookings.list_for_student("st1", 10)] == ["b2", "b1"]
+    assert [b.id for b in await storage.bookings.list_for_instructor("i1", 10)] == [
+        "b2",
+        "b3",
+        "b1",
+    ]
+    assert [b.id for b in await storage.bookings.list_for_instructor("i1", 1)] == ["b2"]
+    assert await storage.bookings.list_for_student("nobody", 10) == []
+    # A student and an instructor may share an id: each list is one role's.
+    assert await storage.bookings.list_for_student("i1", 10) == []
+    assert await storage.bookings.list_for_instructor("st1", 10) == []
+
+
+async def test_counting_a_students_active_bookings_up_to_a_limit(storage: Storage) -> None:
+    for n in range(4):
+        await storage.bookings.insert(booking(f"b{n}", f"s{n}"))
+    await storage.bookings.insert(booking("other", "s9", student_id="st2"))
+    await storage.bookings.cancel("b0", NOW)
+    assert await storage.bookings.count_active_for_student("st1", 10) == 3
+    assert await storage.bookings.count_active_for_student("st1", 2) == 2
+    assert await storage.bookings.count_active_for_student("i1", 10) == 0
+    assert await storage.bookings.count_active_for_student("nobody", 10) == 0
+
+
+async def test_insert_is_idempotent_by_booking_id(storage: Storage) -> None:
+    """A retried insert whose first attempt was applied (its reply lost) succeeds and
+    stores the booking once; another document under the same id is still refused."""
+    await storage.bookings.insert(booking("b1", "s1"))
+    await storage.bookings.insert(booking("b1", "s1"))
+    assert [b.id for b in await storage.bookings.list_for_student("st1", 10)] == ["b1"]
+    with pytest.raises(DuplicateKey):
+        await storage.bookings.insert(booking("b1", "s1", student_id="st2"))

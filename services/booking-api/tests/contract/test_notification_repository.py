@@ -1,14 +1,20 @@
 from datetime import UTC, datetime, timedelta
 
 from booking_api.ports import Storage
-from slotstream_contracts.documents import NotificationDocument
+from slotstream_contracts.documents import Audience, NotificationDocument
 from slotstream_contracts.entities import NotificationKind
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
 
-def note(note_id: str, user_id: str, minute: int) -> NotificationDocument:
+STUDENT = Audience.STUDENT
+
+
+def note(
+    note_id: str, user_id: str, minute: int, audience: Audience | None = STUDENT
+) -> NotificationDocument:
     return NotificationDocument(
+        audience=audience,
         id=note_id,
         user_id=user_id,
         kind=NotificationKind.BOOKING_CREATED,
@@ -24,25 +30,45 @@ async def test_list_newest_first_per_user(storage: Storage) -> None:
     await storage.notifications.insert(note("n1", "u1", 1))
     await storage.notifications.insert(note("n2", "u1", 2))
     await storage.notifications.insert(note("n3", "u2", 3))
-    assert [n.id for n in await storage.notifications.list_for_user("u1", 10, False)] == [
+    assert [
+        n.id for n in await storage.notifications.list_for_user("u1", 10, False, audience=STUDENT)
+    ] == [
         "n2",
         "n1",
     ]
-    assert [n.id for n in await storage.notifications.list_for_user("u1", 1, False)] == ["n2"]
+    assert [
+        n.id for n in await storage.notifications.list_for_user("u1", 1, False, audience=STUDENT)
+    ] == ["n2"]
 
 
 async def test_mark_read_only_for_the_owner_and_only_once(storage: Storage) -> None:
     await storage.notifications.insert(note("n1", "u1", 1))
     await storage.notifications.insert(note("n2", "u1", 2))
-    assert await storage.notifications.mark_read("n1", "u2") is None
-    first = await storage.notifications.mark_read("n1", "u1")
+    assert await storage.notifications.mark_read("n1", "u2", audience=STUDENT) is None
+    first = await storage.notifications.mark_read("n1", "u1", audience=STUDENT)
     assert first is not None
     assert first.read
     assert first.version == 2
-    again = await storage.notifications.mark_read("n1", "u1")
+    again = await storage.notifications.mark_read("n1", "u1", audience=STUDENT)
     assert again is not None
     assert again.read
     assert again.version == 2
-    assert await storage.notifications.mark_read("missing", "u1") is None
-    unread = await storage.notifications.list_for_user("u1", 10, True)
+    assert await storage.notifications.mark_read("missing", "u1", audience=STUDENT) is None
+    unread = await storage.notifications.list_for_user("u1", 10, True, audience=STUDENT)
     assert [n.id for n in unread] == ["n2"]
+
+
+async def test_a_user_reads_only_the_notifications_of_their_role(storage: Storage) -> None:
+    """A student and an instructor may share an id; documents without an audience (stored
+    before it existed) are every role's."""
+    await storage.notifications.insert(note("n1", "twin", 1, Audience.INSTRUCTOR))
+    await storage.notifications.insert(note("n2", "twin", 2, STUDENT))
+    await storage.notifications.insert(note("n3", "twin", 3, None))
+    notes = storage.notifications
+    as_student = await notes.list_for_user("twin", 10, False, audience=STUDENT)
+    assert [n.id for n in as_student] == ["n3", "n2"]
+    as_teacher = await notes.list_for_user("twin", 10, False, audience=Audience.INSTRUCTOR)
+    assert [n.id for n in as_teacher] == ["n3", "n1"]
+    assert await notes.mark_read("n1", "twin", audience=STUDENT) is None
+    assert await notes.mark_read("n1", "twin", audience=Audience.INSTRUCTOR) is not None
+    assert (await notes.mark_read("n3", "twin", audience=STUDENT)) is not None

@@ -16,6 +16,7 @@ from slotstream_contracts.auth import JwtSettings
 from slotstream_testkit.net import free_port, wait_for_port
 
 SERVER_SECRET = "integration-secret-0123456789-abcdefghijklmnop"
+INTERNAL_TOKEN = "integration-internal-0123456789-abcdefghijk"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def launch_server(port: int, log: IO[bytes]) -> "subprocess.Popen[bytes]":
         **os.environ,
         "BOOKING_API_STORAGE": "memory",
         "BOOKING_API_JWT__SECRET": SERVER_SECRET,
+        "BOOKING_API_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "BOOKING_API_PORT": str(port),
         "BOOKING_API_LOG__LEVEL": "WARNING",
     }

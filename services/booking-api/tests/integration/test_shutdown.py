@@ -9,7 +9,7 @@ import pytest
 
 from slotstream_testkit.net import free_port
 
-from .conftest import launch_server
+from .conftest import INTERNAL_TOKEN, launch_server
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,9 @@ async def test_stop_signal_answers_a_waiting_long_poll(tmp_path: Path) -> None:
     with (tmp_path / "server.log").open("wb") as log:
         process = launch_server(port, log)
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", headers={"X-Internal-Token": INTERNAL_TOKEN}
+            ) as client:
                 latest = (await client.get("/internal/changes")).json()["postBatchResumeToken"]
                 poll = asyncio.create_task(
                     client.get(

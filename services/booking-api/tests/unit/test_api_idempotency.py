@@ -1,10 +1,17 @@
 """``Idempotency-Key``: a retried POST gets the first answer and changes nothing."""
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from booking_api.adapters.memory import MemoryStorage
+from booking_api.adapters.memory import IDEMPOTENCY, MemoryStorage
+from booking_api.api.idempotency import fingerprint, record_id
+from booking_api.api.schemas import BookingCreate
+from booking_api.app import create_app
+from booking_api.config import Settings
+from booking_api.ports import IdempotencyRecord
+from slotstream_contracts.auth import JwtSettings
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -109,3 +116,95 @@ async def test_invalid_keys_are_refused(client: httpx.AsyncClient, auth: AuthHea
     )
     assert response.status_code == 422
     assert "header.Idempotency-Key" in response.json()["detail"]
+
+
+async def test_a_pending_record_left_by_a_crash_is_taken_over_after_the_request_timeout(
+    client: httpx.AsyncClient,
+    auth: AuthHeaders,
+    future: Future,
+    memory_storage: MemoryStorage,
+    settings: Settings,
+) -> None:
+    """A process that died mid-request leaves its record pending. Younger than the request
+    timeout it may still be running (409); older, no live request can hold it: the retry
+    runs (it used to get 409 until the record expired, 24 h later)."""
+    slot_id = await setup_slot(client, auth, future)
+    now = datetime.now(UTC)
+    body = BookingCreate.model_validate({"slotId": slot_id})
+    crashed = IdempotencyRecord(
+        id=record_id("s1", "book-1"),
+        user_id="s1",
+        fingerprint=fingerprint("POST", "/api/bookings", body),
+        state="pending",
+        created_at=now - timedelta(seconds=settings.request_timeout_seconds + 1),
+        expires_at=now + timedelta(hours=23),
+    )
+    running = crashed.model_copy(
+        update={"id": record_id("s1", "book-2"), "created_at": now - timedelta(seconds=1)}
+    )
+    for record in (crashed, running):
+        await memory_storage.idempotency.reserve(record, now, stale_before=now, max_per_user=10)
+    headers = {**auth("s1"), "Idempotency-Key": "book-2"}
+    busy = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert busy.status_code == 409
+    assert busy.json()["type"].endswith("idempotency-in-progress")
+    headers = {**auth("s1"), "Idempotency-Key": "book-1"}
+    taken_over = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert taken_over.status_code == 201, taken_over.text
+    replay = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert replay.status_code == 201
+    assert replay.json() == taken_over.json()
+
+
+async def test_each_user_holds_at_most_the_configured_number_of_keys(
+    jwt_settings: JwtSettings, auth: AuthHeaders, memory_storage: MemoryStorage
+) -> None:
+    settings = Settings(storage="memory", jwt=jwt_settings, idempotency_max_keys_per_user=3)
+    app = create_app(settings, storage=memory_storage)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        answers = [
+            await client.post(
+                "/api/instructors",
+                json={"name": "Ada"},
+                headers={**auth("i1", "instructor"), "Idempotency-Key": f"k{n}"},
+            )
+            for n in range(4)
+        ]
+        assert [a.status_code for a in answers] == [201, 409, 409, 429]
+        refused = answers[-1]
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert 1 <= int(refused.headers["retry-after"]) <= settings.idempotency_ttl_seconds
+        assert "Idempotency-Key" in refused.json()["detail"]
+        # A replay of a key already held is still answered; another user is not affected.
+        replay = await client.post(
+            "/api/instructors",
+            json={"name": "Ada"},
+            headers={**auth("i1", "instructor"), "Idempotency-Key": "k0"},
+        )
+        assert replay.headers["idempotent-replayed"] == "true"
+        other = await client.post(
+            "/api/instructors",
+            json={"name": "Bob"},
+            headers={**auth("i2", "instructor"), "Idempotency-Key": "k0"},
+        )
+        assert other.status_code == 201
+
+
+async def test_the_memory_store_sweeps_expired_records() -> None:
+    """Keys that are never used again must not pile up for ever: memory stays bounded."""
+    storage = MemoryStorage()
+    start = datetime(2026, 5, 4, tzinfo=UTC)
+    for n in range(5_000):
+        now = start + timedelta(seconds=n)
+        record = IdempotencyRecord(
+            id=f"r{n}",
+            user_id=f"u{n % 50}",
+            fingerprint="f",
+            state="pending",
+            created_at=now,
+            expires_at=now + timedelta(seconds=100),
+        )
+        await storage.idempotency.reserve(record, now, stale_before=now, max_per_user=1_000)
+        assert len(storage.collections[IDEMPOTENCY]) <= 101

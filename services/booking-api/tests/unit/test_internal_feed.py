@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from booking_api.adapters.memory import MemoryStorage
@@ -11,6 +12,8 @@ from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_contracts.changes import ChangeEvent
 from slotstream_contracts.documents import SlotDocument
+
+from ..conftest import INTERNAL_TOKEN
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -70,7 +73,9 @@ async def test_lost_history_is_410(settings: Settings, auth: AuthHeaders, future
     store = MemoryStorage(retain_changes=1)
     app = create_app(settings, storage=store)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://booking",
+        headers={"X-Internal-Token": INTERNAL_TOKEN},
     ) as client:
         await add_slot(client, auth, future)
         lost = await client.get("/internal/changes", params={"after": "0000000000000000"})
@@ -96,7 +101,7 @@ async def test_snapshot_then_stream_from_its_time(
 
 
 async def test_internal_token_guard(settings: Settings, memory_storage: MemoryStorage) -> None:
-    guarded = settings.model_copy(update={"internal_token": SecretStr("inside-only")})
+    guarded = settings.model_copy(update={"internal_token": SecretStr("inside-only" * 4)})
     app = create_app(guarded, storage=memory_storage)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://booking"
@@ -104,7 +109,9 @@ async def test_internal_token_guard(settings: Settings, memory_storage: MemorySt
         assert (await client.get("/internal/changes")).status_code == 403
         wrong = await client.get("/internal/changes", headers={"X-Internal-Token": "nope"})
         assert wrong.status_code == 403
-        right = await client.get("/internal/changes", headers={"X-Internal-Token": "inside-only"})
+        right = await client.get(
+            "/internal/changes", headers={"X-Internal-Token": "inside-only" * 4}
+        )
         assert right.status_code == 200
 
 
@@ -114,3 +121,42 @@ async def test_not_mounted_on_mongo(settings: Settings) -> None:
         transport=httpx.ASGITransport(app=app), base_url="http://booking"
     ) as client:
         assert (await client.get("/internal/changes")).status_code == 404
+
+
+@pytest.mark.parametrize("token", [None, ""])
+async def test_internal_routes_fail_closed_without_a_token(
+    settings: Settings, memory_storage: MemoryStorage, token: str | None
+) -> None:
+    """Issue 10, item 7: no token configured means no access, not open access."""
+    unset = settings.model_copy(
+        update={"internal_token": None if token is None else SecretStr(token)}
+    )
+    app = create_app(unset, storage=memory_storage)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        for headers in ({}, {"X-Internal-Token": ""}):
+            for path in ("/internal/changes", "/internal/snapshot?collection=slots"):
+                refused = await client.get(path, headers=headers)
+                assert refused.status_code == 403, refused.text
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert "BOOKING_API_INTERNAL_TOKEN" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("token", [None, "short-token"])
+def test_memory_backend_refuses_a_public_bind_without_a_strong_token(
+    monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    monkeypatch.setenv("BOOKING_API_STORAGE", "memory")
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz")
+    monkeypatch.setenv("BOOKING_API_HOST", "0.0.0.0")
+    if token is not None:
+        monkeypatch.setenv("BOOKING_API_INTERNAL_TOKEN", token)
+    with pytest.raises(ValueError, match="BOOKING_API_INTERNAL_TOKEN"):
+        Settings()
+    monkeypatch.setenv("BOOKING_API_INTERNAL_TOKEN", "x" * 8 + "0123456789abcdefghijklmnop")
+    assert Settings().host == "0.0.0.0"
+    monkeypatch.delenv("BOOKING_API_INTERNAL_TOKEN")
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        monkeypatch.setenv("BOOKING_API_HOST", loopback)
+        assert Settings().internal_token is None

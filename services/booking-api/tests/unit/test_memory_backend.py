@@ -63,7 +63,7 @@ async def test_failed_and_bookkeeping_writes_record_nothing() -> None:
     record = IdempotencyRecord(
         id="k", fingerprint="f", state="pending", created_at=NOW, expires_at=NOW
     )
-    await store.idempotency.reserve(record, NOW)
+    await store.idempotency.reserve(record, NOW, stale_before=NOW, max_per_user=10)
     assert len(store.changelog.read_after(None)) == 2
 
 

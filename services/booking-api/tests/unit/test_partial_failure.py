@@ -11,6 +11,8 @@ from booking_api.adapters.memory import MemoryStorage
 from booking_api.ports import Storage
 from slotstream_contracts.documents import BookingDocument, NotificationDocument
 
+from .test_api_idempotency import setup_slot
+
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
 
@@ -21,9 +23,12 @@ class FlakyStorage(MemoryStorage):
     def __init__(self) -> None:
         super().__init__()
         self.fail_bookings = 0
+        self.lose_booking_replies = 0  # the insert is applied, then its reply is lost
+        self.fail_booking_reads = 0
         self.fail_notifications = 0
         bookings, notifications = self.bookings, self.notifications
         original_booking_insert = bookings.insert
+        original_booking_get = bookings.get
         original_notification_insert = notifications.insert
 
         async def booking_insert(booking: BookingDocument) -> None:
@@ -31,6 +36,15 @@ class FlakyStorage(MemoryStorage):
                 self.fail_bookings -= 1
                 raise AutoReconnect("connection lost while inserting the booking")
             await original_booking_insert(booking)
+            if self.lose_booking_replies:
+                self.lose_booking_replies -= 1
+                raise AutoReconnect("connection lost before the insert's reply")
+
+        async def booking_get(booking_id: str) -> BookingDocument | None:
+            if self.fail_booking_reads:
+                self.fail_booking_reads -= 1
+                raise AutoReconnect("connection lost while reading the booking")
+            return await original_booking_get(booking_id)
 
         async def notification_insert(notification: NotificationDocument) -> None:
             if self.fail_notifications:
@@ -39,6 +53,7 @@ class FlakyStorage(MemoryStorage):
             await original_notification_insert(notification)
 
         bookings.insert = booking_insert  # type: ignore[method-assign]
+        bookings.get = booking_get  # type: ignore[method-assign]
         notifications.insert = notification_insert  # type: ignore[method-assign]
 
 
@@ -102,3 +117,36 @@ async def test_lost_notification_does_not_undo_the_booking(
     )
     student_notes = await client.get("/api/users/me/notifications", headers=auth("s1"))
     assert len(instructor_notes.json()) + len(student_notes.json()) == 1
+
+
+async def test_insert_applied_but_reply_lost_keeps_the_booking_and_the_slot(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
+) -> None:
+    """The ambiguous failure: the booking is stored, only the reply is lost. Reading it
+    back shows it exists, so the slot is not freed under an active booking."""
+    slot_id = await setup_slot(client, auth, future)
+    flaky.lose_booking_replies = 1
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert booked.status_code == 201, booked.text
+    state = await slot_state(client)
+    assert (state["status"], state["bookingId"]) == ("booked", booked.json()["id"])
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert (mine["id"], mine["status"]) == (booked.json()["id"], "active")
+    taken = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
+    assert taken.status_code == 409
+
+
+async def test_an_unresolved_insert_leaves_the_slot_held_rather_than_free(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
+) -> None:
+    """The insert applied, its reply lost, and the store cannot be read back either: the
+    slot is not released (it may have an active booking); the caller gets the error."""
+    slot_id = await setup_slot(client, auth, future)
+    flaky.lose_booking_replies = 1
+    flaky.fail_booking_reads = 10
+    failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert failed.status_code == 503
+    flaky.fail_booking_reads = 0
+    assert (await slot_state(client))["status"] == "booked"
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert mine["status"] == "active"

@@ -79,7 +79,7 @@ async def test_redeeming_needs_the_internal_token(
 async def test_redemption_fails_closed_without_a_configured_internal_token(
     settings: Settings, auth: AuthHeaders
 ) -> None:
-    async with app_client(settings) as api:
+    async with app_client(settings.model_copy(update={"internal_token": None})) as api:
         ticket = await issue(api, auth("s1"))
         for token in ("", "anything"):
             refused = await redeem(api, ticket, token)

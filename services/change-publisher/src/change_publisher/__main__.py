@@ -18,7 +18,12 @@ def main() -> None:
 
     app = create_app(settings, on_fatal=stop_server)
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_timeout_seconds,
     )
     server = uvicorn.Server(config)
     server.run()

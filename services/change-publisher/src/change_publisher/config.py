@@ -4,11 +4,17 @@ import os
 import socket
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
-from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KafkaSettings,
+    KeepAliveSeconds,
+    LogSettings,
+    TopicSettings,
+)
 
 StoreKind = Literal["mongo", "memory"]
 
@@ -47,8 +53,9 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     topic_map: dict[str, str] | None = Field(
         default=None,
-        description="Collection → topic (JSON); default: slots and bookings → topics.schedule, "
-        "notifications → topics.notifications",
+        description="Collection → topic (JSON); default: slots → topics.schedule, bookings "
+        "and notifications → topics.notifications (bookings name their student: never on "
+        "the public schedule topic)",
     )
     enable_idempotence: bool = True
     linger_ms: int = Field(default=5, ge=0)
@@ -78,6 +85,7 @@ class Settings(BaseSettings):
 
     http_host: str = "0.0.0.0"
     http_port: int = 8001
+    http_keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     log: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("collections", mode="before")
@@ -92,12 +100,23 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _bookings_stay_private(self) -> "Settings":
+        """A booking event carries its student's id; the schedule topic feeds public
+        channels, so a topic map that sends bookings there is refused at start."""
+        if self.effective_topic_map().get(BOOKINGS) == self.topics.schedule:
+            raise ValueError(
+                "PUBLISHER_TOPIC_MAP routes bookings to the public schedule topic "
+                f"{self.topics.schedule!r}; bookings go to the notifications topic"
+            )
+        return self
+
     def effective_topic_map(self) -> dict[str, str]:
         if self.topic_map is not None:
             return dict(self.topic_map)
         return {
             SLOTS: self.topics.schedule,
-            BOOKINGS: self.topics.schedule,
+            BOOKINGS: self.topics.notifications,
             NOTIFICATIONS: self.topics.notifications,
         }
 

@@ -43,7 +43,7 @@ from change_publisher.domain.records import (
     dead_letter_of_document,
     encode_control,
     encode_dead_letter,
-    encode_publish,
+    encode_records,
 )
 from change_publisher.metrics import PublisherMetrics
 from change_publisher.ports import (
@@ -127,6 +127,8 @@ class _Delivery:
         self._records: list[OutgoingRecord] = []
         self._seqs: list[int] = []
         self._outstanding = 0
+        #: Set once this instance is fenced: nothing more may reach the producer.
+        self.halted: Fenced | None = None
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -150,8 +152,16 @@ class _Delivery:
         """The stream moved on without a change (an idle ``postBatchResumeToken``)."""
         self.tracker.track(token, 0)
 
+    def halt(self, fenced: Fenced) -> None:
+        """A newer leader exists: drop what is staged and refuse every later flush."""
+        self.halted = fenced
+        self._records, self._seqs = [], []
+        self._room.set()
+
     async def flush(self) -> None:
         """Hand the staged records to the producer; then wait while too many are in flight."""
+        if self.halted is not None:
+            raise self.halted
         if self._records:
             records, seqs = self._records, self._seqs
             self._records, self._seqs = [], []
@@ -171,6 +181,8 @@ class _Delivery:
             # Backpressure: stop pulling changes until Kafka catches up (or fails).
             self._room.clear()
             await self._room.wait()
+        if self.halted is not None:
+            raise self.halted
         if self.failure is not None:
             raise KafkaUnavailable(_describe(self.failure)) from self.failure
 
@@ -243,6 +255,10 @@ class Publisher:
         self._safe_position: StreamPosition | None = None
         #: Failures since the last checkpoint that made progress (sets the backoff).
         self._failures = 0
+        #: The refusal that ended this term, if a newer leader fenced this instance.
+        self._fence: Fenced | None = None
+        #: Terms in a row ended by a fence (sets how long to stand by before asking again).
+        self._fences = 0
         self._lease: Lease | None = None
         self._stop = asyncio.Event()
         self._log = log.bind(instance=options.instance_id, stream=options.stream_name)
@@ -386,7 +402,11 @@ class Publisher:
             self._delivery = None
             self.metrics.leader.set(0)
             self.metrics.epoch.set(0)
-        lost = [r for r in results if isinstance(r, (LeaseLost, Fenced))]
+        fenced, self._fence = self._fence, None
+        if fenced is not None or any(isinstance(r, Fenced) for r in results):
+            await self._step_down(lease, fenced)
+            return
+        lost = [r for r in results if isinstance(r, LeaseLost)]
         fatal = [r for r in results if isinstance(r, HistoryLostFatal)]
         if lost:
             self._log.warning("lease lost: stopped producing", epoch=lease.epoch, why=str(lost[0]))
@@ -398,6 +418,27 @@ class Publisher:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+    async def _step_down(self, lease: Lease, fenced: Fenced | None) -> None:
+        """Fenced: a newer leader has checkpointed. Give the lease back (the store only
+        releases it if it is still ours), stand by, and wait — longer after each fence in a
+        row — before asking for it again, instead of re-acquiring, re-snapshotting and
+        being fenced again in a loop."""
+        self.role = Role.STANDBY
+        await self._release()
+        self._fences += 1
+        ceiling = min(
+            max(self.options.backoff_max, self.options.lease_ttl),
+            self.options.lease_ttl * 2 ** min(self._fences - 1, 16),
+        )
+        delay = random.uniform(ceiling / 2, ceiling)
+        self._log.warning(
+            "fenced by a newer leader: stopped producing, standing by",
+            epoch=lease.epoch,
+            why=str(fenced) if fenced else None,
+            retry_in=round(delay, 2),
+        )
+        await self._sleep_or_stop(delay)
 
     async def _keep_lease(self, guard: LeaderGuard) -> None:
         ttl = self.options.lease_ttl
@@ -443,6 +484,8 @@ class Publisher:
         self._safe_position = None
         start = await self._until_stopped(self._initial_position())
         while not self._stop.is_set():
+            if self._fence is not None:
+                raise self._fence
             try:
                 if isinstance(start, _Snapshot):
                     start = await self._snapshot(lease, guard, start.resync)
@@ -611,9 +654,12 @@ class Publisher:
             if type(outcome) is Publish:
                 topic = topic_for(change.ns.coll or "")
                 if topic is not None:
-                    record = encode_publish(outcome, topic, epoch)
-                    if len(record.value) <= limit:
-                        stage_one(record, change.token, _change_time(change))
+                    records = encode_records(outcome, topic, epoch)
+                    if len(records[0].value) <= limit:
+                        if len(records) == 1:
+                            stage_one(records[0], change.token, _change_time(change))
+                        else:
+                            delivery.stage(records, change.token, _change_time(change))
                         continue
             elif type(outcome) is Invalidated:
                 return change
@@ -633,11 +679,12 @@ class Publisher:
                     f"no topic for collection {change.ns.coll!r}", outcome.routing_key
                 )
             else:
-                record = encode_publish(outcome, topic, epoch)
-                if len(record.value) <= self.options.max_record_bytes:
-                    return (record,)
+                records = encode_records(outcome, topic, epoch)
+                size = len(records[0].value)
+                if size <= self.options.max_record_bytes:
+                    return records
                 outcome = DeadLetter(
-                    f"event of {len(record.value)} bytes exceeds max_record_bytes "
+                    f"event of {size} bytes exceeds max_record_bytes "
                     f"({self.options.max_record_bytes})",
                     outcome.routing_key,
                 )
@@ -690,7 +737,10 @@ class Publisher:
         checkpoint = Checkpoint(token=token, at=at, epoch=lease.epoch, saved_at=_now())
         try:
             await self._checkpoints.save(self.options.stream_name, checkpoint)
-        except Fenced:
+        except Fenced as fenced:
+            # Stop at once: nothing staged or later may reach Kafka under this epoch.
+            self._fence = fenced
+            delivery.halt(fenced)
             raise
         except Exception as exc:
             self.metrics.checkpoint_errors.inc()
@@ -699,6 +749,7 @@ class Publisher:
         self.last_checkpoint = checkpoint
         self._last_checkpoint_at = time.monotonic()
         self._safe_position = checkpoint.position
+        self._fences = 0
         if last is None or checkpoint.position != last.position:
             self._failures = 0
 
@@ -760,11 +811,12 @@ class Publisher:
             if topic is None:
                 outcome = DeadLetter(f"no topic for collection {collection!r}", collection)
             else:
-                record = encode_publish(outcome, topic, epoch)
-                if len(record.value) <= limit:
-                    return (record,)
+                records = encode_records(outcome, topic, epoch)
+                size = len(records[0].value)
+                if size <= limit:
+                    return records
                 outcome = DeadLetter(
-                    f"event of {len(record.value)} bytes exceeds max_record_bytes ({limit})",
+                    f"event of {size} bytes exceeds max_record_bytes ({limit})",
                     outcome.routing_key,
                 )
         if isinstance(outcome, DeadLetter):

@@ -42,6 +42,7 @@ def publisher_for(
     checkpoints: MemoryCheckpointStore,
     leases: MemoryLeaseStore,
     instance: str = "p1",
+    read_batch: int = 1000,
     **options: Any,
 ) -> Publisher:
     settings: dict[str, Any] = {
@@ -56,7 +57,7 @@ def publisher_for(
     }
     return Publisher(
         PublisherOptions(**settings),
-        source=MemoryChangeSource(database, wait=0.05),
+        source=MemoryChangeSource(database, limit=read_batch, wait=0.05),
         checkpoints=checkpoints,
         leases=leases,
         producer=producer,

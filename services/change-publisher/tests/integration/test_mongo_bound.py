@@ -115,9 +115,16 @@ async def test_mongo_change_stream_maps_inserts_updates_tombstones_and_hard_dele
         )
         await db[SLOTS].delete_one({"_id": "s1"})
         await db["elsewhere"].insert_one({"_id": "ignored"})
-        changes = await read_until(stream, lambda cs: len(cs) >= 3)
+        # A watched write after the unwatched one: reading up to it reads past the
+        # unwatched insert, so a stream that let it through would have delivered it first.
+        await db[SLOTS].insert_one(Docs.slot("after-ignored", "i1"))
+        changes = await read_until(
+            stream, lambda cs: any(c.document_key == {"_id": "after-ignored"} for c in cs)
+        )
     finally:
         await stream.aclose()
+    assert [c.ns.coll for c in changes] == [SLOTS] * 4, [c.ns for c in changes]
+    assert changes[-1].document_key == {"_id": "after-ignored"}
     mapper = ChangeMapper()
     outcomes = [mapper.map_change(c) for c in changes[:3]]
     assert isinstance(outcomes[0], Publish)
@@ -126,7 +133,6 @@ async def test_mongo_change_stream_maps_inserts_updates_tombstones_and_hard_dele
     assert outcomes[1].event.type is EventType.SLOT_DELETED
     assert outcomes[1].event.routing_key == "i1"
     assert isinstance(outcomes[2], DeadLetter)  # no pre-images on this collection
-    assert all(c.ns.coll == SLOTS for c in changes)
 
 
 async def test_mongo_snapshot_then_stream_from_the_captured_time(

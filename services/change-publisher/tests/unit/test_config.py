@@ -11,7 +11,7 @@ def test_defaults_follow_the_architecture(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.collections == ["slots", "bookings", "notifications"]
     assert settings.effective_topic_map() == {
         "slots": "slotstream.schedule.v1",
-        "bookings": "slotstream.schedule.v1",
+        "bookings": "slotstream.notifications.v1",
         "notifications": "slotstream.notifications.v1",
     }
     assert (settings.start_mode, settings.history_lost_policy) == ("resume", "resnapshot")
@@ -37,3 +37,12 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.effective_checkpoint_store() == "memory"
     monkeypatch.setenv("PUBLISHER_COLLECTIONS", '["notifications"]')
     assert Settings().collections == ["notifications"]
+
+
+def test_bookings_may_not_be_routed_to_the_public_schedule_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A booking names its student: it goes to private channels only (docs/architecture.md)."""
+    monkeypatch.setenv("PUBLISHER_TOPIC_MAP", '{"bookings": "slotstream.schedule.v1"}')
+    with pytest.raises(ValueError, match="bookings"):
+        Settings()

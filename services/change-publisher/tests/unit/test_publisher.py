@@ -15,11 +15,17 @@ from change_publisher.adapters.memory import (
     MemoryProducer,
 )
 from change_publisher.domain.records import OutgoingRecord, Router
-from change_publisher.ports import Checkpoint, PendingBatch, SourceUnavailable, StreamPosition
+from change_publisher.ports import (
+    Checkpoint,
+    Fenced,
+    PendingBatch,
+    SourceUnavailable,
+    StreamPosition,
+)
 from change_publisher.publisher import HistoryLostFatal, Publisher, Role
 from slotstream_contracts.changes import OperationType
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
-from slotstream_contracts.topics import CONTROL_KEY, DEADLETTER_TOPIC
+from slotstream_contracts.topics import CONTROL_KEY, DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC
 
 from ..conftest import NOW, Docs, PublisherFactory
 
@@ -70,10 +76,16 @@ async def test_publishes_in_order_checkpoints_and_releases_the_lease_on_stop(
         "slot.created",
         "slot.updated",
         "booking.created",
+        "booking.created",
         "notification.created",
         "deadletter",
     ]
-    assert [r.key for r in producer.records] == [b"i1", b"i1", b"i1", b"u1", b"i2"]
+    # The booking names its student: it goes to the instructor's and to the student's
+    # private channel (notifications topic), never to the public schedule topic.
+    assert [r.key for r in producer.records] == [b"i1", b"i1", b"i1", b"u1", b"u1", b"i2"]
+    assert {r.topic for r in producer.records if r.kind == "booking.created"} == {
+        NOTIFICATIONS_TOPIC
+    }
     assert producer.records[-1].topic == DEADLETTER_TOPIC
     assert leases.leases["test"].expires_at == 0  # released
     assert publisher.role is Role.STOPPED
@@ -226,6 +238,23 @@ async def test_snapshot_mode_copies_documents_then_streams_from_before_the_copy(
     assert "stream.resync" not in types(producer.records)
 
 
+async def test_a_snapshot_copies_a_booking_to_both_private_channels_only(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    database.insert(BOOKINGS, Docs.booking("b1", "s1"))
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer, start_mode="snapshot")
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: len(producer.records) >= 2)
+    await stop(publisher, task)
+    bookings = [r for r in producer.records if r.kind == "booking.created"]
+    # At least once each (the stream that follows the copy may repeat it).
+    assert {(r.topic, r.key) for r in bookings} == {
+        (NOTIFICATIONS_TOPIC, b"i1"),
+        (NOTIFICATIONS_TOPIC, b"u1"),
+    }
+
+
 async def test_latest_mode_skips_the_past(
     database: MemoryDatabase, make_publisher: PublisherFactory
 ) -> None:
@@ -241,16 +270,41 @@ async def test_latest_mode_skips_the_past(
 
 
 async def test_fenced_checkpoint_stops_production(
-    database: MemoryDatabase, make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Once a checkpoint is refused for a newer epoch, not one more record is produced: the
+    instance steps down to standby and backs off before it asks for the lease again (it
+    used to re-acquire, re-snapshot and be fenced again in a hot loop)."""
     producer = MemoryProducer()
     publisher = make_publisher(producer=producer)
+    produced_at_fence: list[int] = []
+    save = checkpoints.save
+
+    async def watched_save(name: str, checkpoint: Checkpoint) -> None:
+        try:
+            await save(name, checkpoint)
+        except Fenced:
+            produced_at_fence.append(len(producer.records))
+            raise
+
+    monkeypatch.setattr(checkpoints, "save", watched_save)
     task = asyncio.create_task(publisher.run())
-    await eventually(lambda: publisher.ready)
+    await eventually(lambda: publisher.ready and publisher.role is Role.LEADER)
     # A newer leader (epoch 99) wrote the checkpoint: this one must step down.
     await checkpoints.save("test", Checkpoint({"_data": "FF"}, None, epoch=99, saved_at=NOW))
     database.insert(SLOTS, Docs.slot("s1"))
-    await eventually(lambda: checkpoints.refused != [])
+    await eventually(lambda: produced_at_fence != [])
+    await eventually(lambda: publisher.role is Role.STANDBY)
+    for number in range(20):  # changes keep coming; a fenced instance must ignore them
+        database.insert(SLOTS, Docs.slot(f"later-{number}"))
+        await asyncio.sleep(0.05)  # 20 checkpoint intervals in all, well within the back-off
+    assert len(producer.records) - produced_at_fence[0] == 0
+    assert len(checkpoints.refused) == 1
+    assert publisher.role is Role.STANDBY
+    assert publisher.metrics.leader._value.get() == 0
     await stop(publisher, task)
     stored = checkpoints.checkpoints["test"]
     assert (stored.epoch, stored.token) == (99, {"_data": "FF"})

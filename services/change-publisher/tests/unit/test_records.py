@@ -13,6 +13,7 @@ from change_publisher.domain.records import (
     dead_letter_of_change,
     encode_dead_letter,
     encode_publish,
+    encode_records,
 )
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.events import decode_event
@@ -21,7 +22,8 @@ from ..conftest import NOW, ROUTER, Docs
 
 
 def test_router_maps_collections_to_topics_and_lists_each_data_topic_once() -> None:
-    assert ROUTER.topic_for(SLOTS) == ROUTER.topic_for(BOOKINGS) == "slotstream.schedule.v1"
+    assert ROUTER.topic_for(SLOTS) == "slotstream.schedule.v1"
+    assert ROUTER.topic_for(BOOKINGS) == ROUTER.topic_for(NOTIFICATIONS)
     assert ROUTER.topic_for(NOTIFICATIONS) == "slotstream.notifications.v1"
     assert ROUTER.topic_for("instructors") is None
     assert ROUTER.data_topics == ("slotstream.schedule.v1", "slotstream.notifications.v1")
@@ -75,3 +77,31 @@ def test_fast_event_json_is_byte_identical_to_the_contract(database: MemoryDatab
         assert record.headers == [*outcome.event.headers(), (EPOCH_HEADER, b"3")]
         assert record.key == outcome.event.routing_key.encode()
         assert record.kind == outcome.event.type.value
+
+
+def test_a_booking_goes_to_the_student_and_to_the_instructor(database: MemoryDatabase) -> None:
+    """The same event, keyed once by each party: each lands on that user's private channel."""
+    outcome = ChangeMapper().map_change(database.insert(BOOKINGS, Docs.booking()))
+    assert isinstance(outcome, Publish)
+    records = encode_records(outcome, "slotstream.notifications.v1", epoch=2)
+    assert sorted(r.key for r in records) == [b"i1", b"u1"]
+    assert {r.value for r in records} == {outcome.event.to_json()}
+    assert {r.topic for r in records} == {"slotstream.notifications.v1"}
+
+
+def test_a_booking_of_ones_own_slot_is_sent_once(database: MemoryDatabase) -> None:
+    change = database.insert(BOOKINGS, Docs.booking(studentId="i1"))
+    outcome = ChangeMapper().map_change(change)
+    assert isinstance(outcome, Publish)
+    assert [r.key for r in encode_records(outcome, "t", epoch=1)] == [b"i1"]
+
+
+def test_slots_and_notifications_have_one_record(database: MemoryDatabase) -> None:
+    for change in (
+        database.insert(SLOTS, Docs.slot("s1", "i4")),
+        database.insert(NOTIFICATIONS, Docs.notification()),
+    ):
+        outcome = ChangeMapper().map_change(change)
+        assert isinstance(outcome, Publish)
+        (record,) = encode_records(outcome, "t", epoch=1)
+        assert record == encode_publish(outcome, "t", epoch=1)

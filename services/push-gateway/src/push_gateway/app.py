@@ -170,6 +170,7 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         lifespan="on",
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )

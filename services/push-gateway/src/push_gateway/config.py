@@ -7,7 +7,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slotstream_contracts.auth import JwtSettings
-from slotstream_contracts.settings import KafkaSettings, LogSettings, TopicSettings
+from slotstream_contracts.settings import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    KafkaSettings,
+    KeepAliveSeconds,
+    LogSettings,
+    TopicSettings,
+)
 
 
 def _default_instance_id() -> str:
@@ -48,6 +54,7 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8002, ge=1, le=65535)
+    keep_alive_timeout_seconds: KeepAliveSeconds = DEFAULT_KEEP_ALIVE_SECONDS
     backlog: int = Field(
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )
@@ -89,6 +96,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     retry_ms: int = Field(default=3000, ge=0, description="SSE retry hint for reconnects")
     shutdown_retry_ms: int = Field(default=500, ge=0, description="retry hint sent at shutdown")
+    shutdown_retry_jitter_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="Up to this much is added at random to each stream's shutdown retry "
+        "hint, so a drained gateway's clients reconnect over a window, not all at once",
+    )
     max_connections: int = Field(default=20_000, ge=1)
     max_channels_per_connection: int = Field(default=16, ge=1)
     max_pending_bytes: int = Field(

@@ -4,6 +4,7 @@ hands it to the hub for live delivery. Also heartbeats, presence and graceful sh
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ class Gateway:
         for task in self._background:
             task.cancel()
         for connection in list(self.connections):
-            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms)
+            jitter = random.randint(0, self.settings.shutdown_retry_jitter_ms)
+            connection.close("shutdown", retry_ms=self.settings.shutdown_retry_ms + jitter)
         for task in list(self._tasks) + self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -526,7 +528,7 @@ class Gateway:
 
         def emit(key: PartitionKey, record: Record) -> None:
             vector[key] = record.offset
-            body = frame_body(record)
+            body = frame_body(record, key[0])
             _, ce_id = record_headers(record)
             if body is None or (ce_id is not None and ce_id in seen):
                 return
@@ -626,7 +628,8 @@ class Gateway:
 
     # -- periodic work --------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
-        """A comment to every stream each ``heartbeat_seconds``, spread over the period in
+        """A ``heartbeat`` event (one shared frame, see ``HEARTBEAT``) to every stream each
+        ``heartbeat_seconds``, spread over the period in
         ``HEARTBEAT_STEPS`` small steps: 10,000 writes at once held the loop ~100 ms, and
         everything fetched meanwhile waited. A new stream gets its first within two periods."""
         pause = self.settings.heartbeat_seconds / HEARTBEAT_STEPS

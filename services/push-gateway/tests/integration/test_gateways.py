@@ -14,8 +14,10 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from push_gateway.gateway import Gateway
 from push_gateway.testing import notification_event, slot_event
 from slotstream_contracts.auth import Role, mint_token
 from slotstream_contracts.events import CloudEvent
@@ -126,23 +128,39 @@ async def test_clients_on_both_gateways_receive_every_event_in_order(
 async def test_reconnect_to_the_other_gateway_resumes_with_exactly_the_missed_events(
     kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
 ) -> None:
+    """Events produced while the client is away reach it through the resume on the other
+    gateway, not live: that gateway has provably read them before the client reconnects,
+    and they are the first frames, before anything newer is produced."""
     a, b = gateways
+    app = b.server.config.app
+    assert isinstance(app, FastAPI)
+    gateway_b: Gateway = app.state.gateway
     params = {"instructorId": "resume1"}
     async with producer(kafka) as p:
         async with Stream(a.url + PAGE, params) as first:
             await first.wait_for("snapshot", 1)
             await publish(p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(1, 6)])
             seen = await first.wait_for("slot", 5)
-        await publish(p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(6, 11)])
-        await asyncio.sleep(0.3)  # let gateway B read them: they are missed, not live
+        # Disconnected. Versions 6-10 are produced now, and an observer on gateway B waits
+        # until B has delivered them, so B holds them before the client comes back.
+        async with Stream(b.url + PAGE, params) as observer:
+            await observer.wait_for("snapshot", 1)
+            await publish(
+                p, topics.schedule, [slot_event("resume1", "s1", v) for v in range(6, 11)]
+            )
+            await observer.wait_for("slot", 5)
+        ring_resumes = gateway_b.stats.resumes_ring
         resumed = Stream(b.url + PAGE, params, {"Last-Event-ID": seen[-1].id})
         async with resumed:
             missed = await resumed.wait_for("slot", 5)
+            assert [e.event for e in resumed.events] == ["slot"] * 5  # nothing before them
+            assert gateway_b.stats.resumes_ring == ring_resumes + 1
             await publish(p, topics.schedule, [slot_event("resume1", "s1", 11)])
             await resumed.wait_for("slot", 6)
             await asyncio.sleep(0.2)
     versions = [d["version"] for d in resumed.data("slot")]
     assert versions == list(range(6, 12))
+    assert [orjson.loads(e.data)["version"] for e in missed] == list(range(6, 11))
     assert resumed.data("snapshot") == []
     assert missed[0].id != seen[-1].id
 

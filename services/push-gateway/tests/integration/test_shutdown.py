@@ -1,6 +1,7 @@
 """The console entry point as a real process: SIGTERM drains streams with a short retry."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         "GATEWAY_TOPICS__PRESENCE": topics.presence,
         "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
         "GATEWAY_SHUTDOWN_RETRY_MS": "250",
+        "GATEWAY_SHUTDOWN_RETRY_JITTER_MS": "1000",
         "GATEWAY_LOG__LEVEL": "WARNING",
         "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
     }
@@ -63,7 +65,10 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         process.send_signal(signal.SIGTERM)
         while chunk := client.recv(65536):
             received += chunk
-        assert received.endswith(b'retry: 250\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+        # The hint is the base plus a random share of the jitter window.
+        tail = re.search(rb'retry: (\d+)\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n$', received)
+        assert tail is not None, received[-200:]
+        assert 250 <= int(tail.group(1)) <= 1250
         # uvicorn drains, then re-raises the signal it captured: a clean SIGTERM exit
         assert process.wait(15) in (0, -signal.SIGTERM)
         assert process.stderr is not None

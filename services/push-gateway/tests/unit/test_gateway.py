@@ -2,6 +2,7 @@
 the booking-api, Kafka history and presence."""
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -282,12 +283,25 @@ async def test_unknown_instructor_is_404_before_the_stream_opens(harness: Harnes
     assert harness.gateway.connections == set()
 
 
-async def test_shutdown_says_bye_with_a_short_retry(harness: Harness) -> None:
+async def test_shutdown_says_bye_with_a_short_jittered_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stream gets retry = shutdown_retry_ms + a random share of the jitter window, so
+    a drained gateway's clients come back spread out (on main: all at exactly 500 ms)."""
+    drawn: list[tuple[int, int]] = []
+
+    def randint(low: int, high: int) -> int:
+        drawn.append((low, high))
+        return 1234
+
+    monkeypatch.setattr(random, "randint", randint)
     client = await (await harness.connect()).start()
     await client.events(1)
     await harness.gateway.shutdown()
     tail = await client.rest()
-    assert tail.endswith(b'retry: 500\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    assert tail.endswith(b'retry: 1734\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+    assert drawn == [(0, harness.gateway.settings.shutdown_retry_jitter_ms)]
+    assert harness.gateway.settings.shutdown_retry_jitter_ms >= 1000
     refused = await (await harness.connect()).start()
     assert refused.status == 503
 
@@ -375,7 +389,9 @@ async def test_a_ticket_stream_ends_when_the_underlying_token_does(harness: Harn
     assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
 
 
-async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
+async def test_every_stream_gets_a_visible_heartbeat_event_each_period() -> None:
+    """A named ``heartbeat`` event without ``id:`` (a comment never reaches the page's
+    EventSource, so its watchdog could not see it; an id would move the resume position)."""
     h = Harness(Settings(heartbeat_seconds=0.3, jwt=JWT))
     h._writers, h.stalled_sockets = [], []
     try:
@@ -383,8 +399,18 @@ async def test_every_stream_gets_a_heartbeat_comment_each_period() -> None:
         for client in clients:
             await client.events(1)  # the snapshot
         h.gateway.start_background()  # the first period sees all three
+
+        async def heartbeat(client: Client) -> dict[str, str]:
+            while True:  # presence events may come first
+                [event] = await client.events(1)
+                if event["event"] == "heartbeat":
+                    return event
+
         for client in clients:
-            assert await asyncio.wait_for(client.reader.readuntil(b": hb\n\n"), 2)
+            assert await asyncio.wait_for(heartbeat(client), 2) == {
+                "event": "heartbeat",
+                "data": "{}",
+            }
     finally:
         await h.gateway.shutdown()
         for writer in h._writers:

@@ -3,9 +3,9 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
-from push_gateway.domain.hub import ChannelHub, Record, Writer
+from push_gateway.domain.hub import ChannelHub, Record, Writer, frame_body
 from push_gateway.domain.positions import PartitionKey
-from push_gateway.testing import FakeRecord, record_of, resync_event, slot_event
+from push_gateway.testing import FakeRecord, booking_event, record_of, resync_event, slot_event
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
@@ -173,3 +173,32 @@ def test_ring_serves_resumes_until_it_wraps(hub: ChannelHub) -> None:
     found = hub.ring_since(key, 11, {b"i1"})
     assert found is not None
     assert len(found) == 8
+
+
+def test_a_booking_left_on_the_schedule_topic_is_never_framed_for_a_public_channel(
+    hub: ChannelHub,
+) -> None:
+    """Bookings are private (issue 10, item 1): one written to the schedule topic by an
+    older publisher names its student, so neither live delivery nor a replay of the ring
+    or of Kafka frames it on ``instructors/{id}/schedule``."""
+    legacy = record_of(booking_event("i1", "b1", "s1", "student-7"), 0)
+    public = live(hub, Channel.schedule("i1"))
+    ingest(hub, "i1", [legacy, record_of(slot_event("i1", "s1", 2), 1)])
+    assert len(public.frames) == 1
+    assert b"student-7" not in b"".join(public.frames)
+    key = hub.partition_key(Channel.schedule("i1"))
+    replayed = hub.ring_since(key, -1, {b"i1"})
+    assert replayed is not None
+    assert [frame_body(r, key[0]) is None for r in replayed] == [True, False]
+
+
+def test_a_booking_on_the_notifications_topic_reaches_the_private_channel(
+    hub: ChannelHub,
+) -> None:
+    private = live(hub, Channel.notifications("student-7"))
+    record = record_of(booking_event("i1", "b1", "s1", "student-7"), 0)
+    hub.ingest(NOTIFICATIONS_TOPIC, 0, [FakeRecord(0, b"student-7", record.value, record.headers)])
+    assert len(private.frames) == 1
+    assert b"event: booking" in private.frames[0]
+    key = hub.partition_key(Channel.notifications("student-7"))
+    assert frame_body(record, key[0]) is not None

@@ -15,11 +15,13 @@
 
 import asyncio
 import bisect
+import heapq
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from booking_api.ports import DuplicateKey, IdempotencyRecord
+from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
 from slotstream_contracts.changelog import MemoryChangeLog
 from slotstream_contracts.changes import ClusterTime, OperationType, UpdateDescription
 from slotstream_contracts.documents import (
@@ -27,6 +29,7 @@ from slotstream_contracts.documents import (
     INSTRUCTORS,
     NOTIFICATIONS,
     SLOTS,
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -308,8 +311,15 @@ class MemoryBookings:
         self._by_user: dict[str, list[str]] = {}
 
     async def insert(self, booking: BookingDocument) -> None:
+        """Idempotent by booking id: the same booking again (a retry after a lost reply)
+        is a success; another document under its id, or a second active booking of the
+        slot, is ``DuplicateKey``."""
         await asyncio.sleep(0)
-        self._c.insert(booking.to_document())
+        document = booking.to_document()
+        stored = self._c.peek(booking.id)
+        if stored is not None and stored == bson_value(document):
+            return
+        self._c.insert(document)
         self._by_user.setdefault(booking.student_id, []).append(booking.id)
         if booking.instructor_id != booking.student_id:
             self._by_user.setdefault(booking.instructor_id, []).append(booking.id)
@@ -328,11 +338,31 @@ class MemoryBookings:
         )
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest(student_id, "studentId", limit)
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest(instructor_id, "instructorId", limit)
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
         await asyncio.sleep(0)
-        docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
+        active = 0
+        for doc in self._of(student_id, "studentId"):
+            if doc["status"] == BookingStatus.ACTIVE:
+                active += 1
+                if active >= limit:
+                    break
+        return active
+
+    def _of(self, user_id: str, role_field: str) -> list[dict[str, Any]]:
+        """The user's bookings in one role (the index holds both roles of an id)."""
+        docs = (self._c.peek(i) for i in self._by_user.get(user_id, []))
+        return [d for d in docs if d is not None and d[role_field] == user_id]
+
+    async def _newest(self, user_id: str, role_field: str, limit: int) -> list[BookingDocument]:
+        await asyncio.sleep(0)
         newest = sorted(
-            (d for d in docs if d is not None),
+            self._of(user_id, role_field),
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
@@ -350,56 +380,123 @@ class MemoryNotifications:
         self._by_user.setdefault(notification.user_id, []).append(notification.id)
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
         await asyncio.sleep(0)
         docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
         newest = sorted(
-            (d for d in docs if d is not None and not (unread_only and d["read"])),
+            (
+                d
+                for d in docs
+                if d is not None and not (unread_only and d["read"]) and _for_audience(d, audience)
+            ),
             key=lambda d: (d["createdAt"], d["_id"]),
             reverse=True,
         )
         return [NotificationDocument.model_validate(d) for d in newest[:limit]]
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.update(
-            notification_id, lambda d: d["userId"] == user_id and not d["read"], {"read": True}
-        )
+
+        def owned(d: dict[str, Any]) -> bool:
+            return bool(d["userId"] == user_id and _for_audience(d, audience))
+
+        doc = self._c.update(notification_id, lambda d: owned(d) and not d["read"], {"read": True})
         if doc is None:
             doc = self._c.get(notification_id)
-            if doc is None or doc["userId"] != user_id:
+            if doc is None or not owned(doc):
                 return None
         return NotificationDocument.model_validate(doc)
 
 
+def _for_audience(document: dict[str, Any], audience: Audience) -> bool:
+    """Documents from before ``audience`` existed are every role's."""
+    return document.get("audience") in (audience, None)
+
+
 class MemoryIdempotency:
+    """Records by id, plus what MongoDB's indexes give: each user's records (the quota)
+    and the expiry order, so expired records are swept as time passes (the TTL index's
+    job) instead of piling up in the process for keys never used again."""
+
     def __init__(self, collection: MemoryCollection) -> None:
         self._c = collection
+        self._by_user: dict[str, set[str]] = {}
+        self._expiries: list[tuple[datetime, str]] = []  # a heap
 
-    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+    async def reserve(
+        self,
+        record: IdempotencyRecord,
+        now: datetime,
+        *,
+        stale_before: datetime,
+        max_per_user: int,
+    ) -> IdempotencyRecord | None:
         await asyncio.sleep(0)
+        self._sweep(now)
         existing = self._c.peek(record.id)
         if existing is not None:
-            if existing["expiresAt"] > now:
+            abandoned = existing["state"] == "pending" and existing["createdAt"] <= stale_before
+            if not abandoned:
                 return IdempotencyRecord.model_validate(existing)
-            # Expired: Mongo's TTL monitor removes these within a minute; do it now.
-            self._c.delete(record.id)
-        self._c.insert(record.to_document())
+            self._delete(record.id)
+        held = self._by_user.get(record.user_id or "", set())
+        if record.user_id is not None and len(held) >= max_per_user:
+            oldest = min(d["expiresAt"] for i in held if (d := self._c.peek(i)) is not None)
+            raise IdempotencyQuotaExceeded(_seconds_until(oldest, now))
+        stored = self._c.insert(record.to_document())
+        if record.user_id is not None:
+            self._by_user.setdefault(record.user_id, set()).add(record.id)
+        heapq.heappush(self._expiries, (stored["expiresAt"], record.id))
         return None
 
-    async def complete(self, record_id: str, status_code: int, body: str) -> None:
+    async def complete(self, record: IdempotencyRecord, status_code: int, body: str) -> None:
         await asyncio.sleep(0)
+        created_at = bson_value(record.created_at)
         self._c.update(
-            record_id,
-            lambda d: d["state"] == "pending",
+            record.id,
+            lambda d: d["state"] == "pending" and d["createdAt"] == created_at,
             {"state": "complete", "statusCode": status_code, "body": body},
             bump_version=False,
         )
 
-    async def release(self, record_id: str) -> None:
+    async def release(self, record: IdempotencyRecord) -> None:
         await asyncio.sleep(0)
+        stored = self._c.peek(record.id)
+        if stored is not None and stored["createdAt"] == bson_value(record.created_at):
+            self._delete(record.id)
+
+    def _sweep(self, now: datetime) -> None:
+        """Delete every record expired by ``now`` (heap entries of records already deleted
+        or replaced are skipped)."""
+        while self._expiries and self._expiries[0][0] <= now:
+            expires_at, record_id = heapq.heappop(self._expiries)
+            stored = self._c.peek(record_id)
+            if stored is not None and stored["expiresAt"] == expires_at:
+                self._delete(record_id)
+        if len(self._expiries) > 2 * len(self._c) + 64:
+            # Released records leave entries behind until they would have expired.
+            self._expiries = [(d["expiresAt"], d["_id"]) for d in self._c.all()]
+            heapq.heapify(self._expiries)
+
+    def _delete(self, record_id: str) -> None:
+        stored = self._c.peek(record_id)
+        if stored is None:
+            return
+        user_id = stored.get("userId")
+        if user_id is not None:
+            held = self._by_user.get(user_id)
+            if held is not None:
+                held.discard(record_id)
+                if not held:
+                    del self._by_user[user_id]
         self._c.delete(record_id)
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
 
 
 class MemoryStorage:

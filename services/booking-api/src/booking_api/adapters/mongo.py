@@ -9,6 +9,7 @@
   compare-and-set the booking service relies on.
 """
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -21,12 +22,13 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from booking_api.ports import DuplicateKey, IdempotencyRecord
+from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
 from slotstream_contracts.documents import (
     BOOKINGS,
     INSTRUCTORS,
     NOTIFICATIONS,
     SLOTS,
+    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -167,9 +169,16 @@ class MongoBookings:
         self._c = collection
 
     async def insert(self, booking: BookingDocument) -> None:
+        """Idempotent by booking id: when the insert hits a unique index and the stored
+        document under this id is this booking, an earlier attempt was applied and only its
+        reply was lost (or the driver's retry found it): success. Otherwise ``DuplicateKey``."""
+        document = booking.to_document()
         try:
-            await self._c.insert_one(booking.to_document())
+            await self._c.insert_one(document)
         except DuplicateKeyError as exc:
+            stored = await self._c.find_one({"_id": booking.id})
+            if stored is not None and BookingDocument.model_validate(stored) == booking:
+                return
             raise DuplicateKey(str(exc)) from None
 
     async def get(self, booking_id: str) -> BookingDocument | None:
@@ -187,8 +196,17 @@ class MongoBookings:
         )
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def list_for_user(self, user_id: str, limit: int) -> list[BookingDocument]:
-        query = {"$or": [{"studentId": user_id}, {"instructorId": user_id}]}
+    async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest({"studentId": student_id}, limit)
+
+    async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
+        return await self._newest({"instructorId": instructor_id}, limit)
+
+    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+        query = {"studentId": student_id, "status": BookingStatus.ACTIVE.value}
+        return await self._c.count_documents(query, limit=limit)
+
+    async def _newest(self, query: Document, limit: int) -> list[BookingDocument]:
         cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
         return [BookingDocument.model_validate(d) async for d in cursor.limit(limit)]
 
@@ -204,33 +222,67 @@ class MongoNotifications:
             raise DuplicateKey(str(exc)) from None
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
     ) -> list[NotificationDocument]:
-        query: Document = {"userId": user_id}
+        query: Document = {"userId": user_id, "audience": _audience(audience)}
         if unread_only:
             query["read"] = False
         cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
         return [NotificationDocument.model_validate(d) async for d in cursor.limit(limit)]
 
-    async def mark_read(self, notification_id: str, user_id: str) -> NotificationDocument | None:
+    async def mark_read(
+        self, notification_id: str, user_id: str, *, audience: Audience
+    ) -> NotificationDocument | None:
+        owned = {"_id": notification_id, "userId": user_id, "audience": _audience(audience)}
         doc = await self._c.find_one_and_update(
-            {"_id": notification_id, "userId": user_id, "read": False},
+            {**owned, "read": False},
             {"$set": {"read": True}, "$inc": {"version": 1}},
             return_document=_AFTER,
         )
         if doc is None:
-            doc = await self._c.find_one({"_id": notification_id, "userId": user_id})
+            doc = await self._c.find_one(owned)
         return None if doc is None else NotificationDocument.model_validate(doc)
+
+
+def _audience(audience: Audience) -> Document:
+    """Matches ``audience`` and documents from before it existed (``null`` matches a
+    missing field)."""
+    return {"$in": [audience.value, None]}
 
 
 class MongoIdempotency:
     def __init__(self, collection: AsyncCollection[Document]) -> None:
         self._c = collection
 
-    async def reserve(self, record: IdempotencyRecord, now: datetime) -> IdempotencyRecord | None:
+    async def reserve(
+        self,
+        record: IdempotencyRecord,
+        now: datetime,
+        *,
+        stale_before: datetime,
+        max_per_user: int,
+    ) -> IdempotencyRecord | None:
         # The TTL monitor deletes expired records about once a minute; until then an
-        # expired record is replaced here, conditionally, so only one caller wins.
-        await self._c.delete_one({"_id": record.id, "expiresAt": {"$lte": now}})
+        # expired record is replaced here, conditionally, so only one caller wins. So is a
+        # pending record older than the request timeout: its request died with its process.
+        await self._c.delete_one(
+            {
+                "_id": record.id,
+                "$or": [
+                    {"expiresAt": {"$lte": now}},
+                    {"state": "pending", "createdAt": {"$lte": stale_before}},
+                ],
+            }
+        )
+        doc = await self._c.find_one({"_id": record.id})
+        if doc is not None:
+            return IdempotencyRecord.model_validate(doc)
+        if record.user_id is not None:
+            held = {"userId": record.user_id, "expiresAt": {"$gt": now}}
+            if await self._c.count_documents(held, limit=max_per_user) >= max_per_user:
+                oldest = await self._c.find_one(held, sort=[("expiresAt", ASCENDING)])
+                expires = oldest["expiresAt"] if oldest is not None else now
+                raise IdempotencyQuotaExceeded(max(1, math.ceil((expires - now).total_seconds())))
         try:
             await self._c.insert_one(record.to_document())
         except DuplicateKeyError:
@@ -240,14 +292,16 @@ class MongoIdempotency:
             return IdempotencyRecord.model_validate(doc)
         return None
 
-    async def complete(self, record_id: str, status_code: int, body: str) -> None:
+    async def complete(self, record: IdempotencyRecord, status_code: int, body: str) -> None:
         await self._c.update_one(
-            {"_id": record_id, "state": "pending"},
+            {"_id": record.id, "state": "pending", "createdAt": record.created_at},
             {"$set": {"state": "complete", "statusCode": status_code, "body": body}},
         )
 
-    async def release(self, record_id: str) -> None:
-        await self._c.delete_one({"_id": record_id, "state": "pending"})
+    async def release(self, record: IdempotencyRecord) -> None:
+        await self._c.delete_one(
+            {"_id": record.id, "state": "pending", "createdAt": record.created_at}
+        )
 
 
 class MongoStorage:
@@ -328,6 +382,7 @@ class MongoStorage:
         await db[BOOKINGS].create_index([("instructorId", ASCENDING), ("createdAt", DESCENDING)])
         await db[NOTIFICATIONS].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
         await db[IDEMPOTENCY].create_index("expiresAt", expireAfterSeconds=0)
+        await db[IDEMPOTENCY].create_index([("userId", ASCENDING), ("expiresAt", ASCENDING)])
 
     async def ping(self) -> bool:
         try:

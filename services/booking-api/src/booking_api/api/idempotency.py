@@ -6,8 +6,16 @@ with a different request is refused with 422. While the first request is still r
 a retry gets 409 (try again shortly). Responses with status < 500 are kept (a 409 for a
 taken slot is a real answer and is replayed too); after an error the record is dropped so
 a retry runs again. Records expire after ``BOOKING_API_IDEMPOTENCY_TTL_SECONDS``.
+
+A request with a key runs at most ``BOOKING_API_REQUEST_TIMEOUT_SECONDS`` (then 503 and
+its record is dropped). So a record still pending after that long was left by a process
+that died mid-request, and the next request with the key takes it over instead of getting
+409 until the record expires. Each user holds at most
+``BOOKING_API_IDEMPOTENCY_MAX_KEYS_PER_USER`` unexpired keys; a new key beyond that is 429
+with ``Retry-After`` (when the user's oldest key expires).
 """
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +30,7 @@ from booking_api.api.deps import AppParts
 from booking_api.api.problems import domain_problem, problem
 from booking_api.api.responses import JSON, PROBLEM_JSON
 from booking_api.domain.errors import DomainError, InvalidRequest
-from booking_api.ports import IdempotencyRecord
+from booking_api.ports import IdempotencyQuotaExceeded, IdempotencyRecord
 from booking_api.service import BookingService
 from slotstream_contracts.auth import Principal
 
@@ -73,17 +81,34 @@ async def idempotent(
         return await handler()
     instance = request.url.path
     request_fingerprint = fingerprint(request.method, instance, body)
-    ttl_seconds = parts.settings.idempotency_ttl_seconds
+    settings = parts.settings
     store = service.storage.idempotency
     now = service.now()
     reserved = IdempotencyRecord(
         id=record_id(principal.user_id, key),
+        user_id=principal.user_id,
         fingerprint=request_fingerprint,
         state="pending",
         created_at=now,
-        expires_at=now + timedelta(seconds=ttl_seconds),
+        expires_at=now + timedelta(seconds=settings.idempotency_ttl_seconds),
     )
-    existing = await store.reserve(reserved, now)
+    try:
+        existing = await store.reserve(
+            reserved,
+            now,
+            stale_before=now - timedelta(seconds=settings.request_timeout_seconds),
+            max_per_user=settings.idempotency_max_keys_per_user,
+        )
+    except IdempotencyQuotaExceeded as exc:
+        return problem(
+            429,
+            f"too many Idempotency-Keys in use (at most "
+            f"{settings.idempotency_max_keys_per_user} per user); retry later or send the "
+            "request without a key",
+            kind="idempotency-key-quota",
+            instance=instance,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     if existing is not None:
         if existing.fingerprint != request_fingerprint:
             return problem(
@@ -108,14 +133,24 @@ async def idempotent(
         )
     try:
         try:
-            response = await handler()
+            async with asyncio.timeout(settings.request_timeout_seconds):
+                response = await handler()
         except DomainError as exc:
             response = domain_problem(exc, instance)
+        except TimeoutError:
+            response = problem(
+                503,
+                f"the request took longer than {settings.request_timeout_seconds:g}s; retry "
+                "with the same Idempotency-Key",
+                kind="request-timeout",
+                instance=instance,
+                headers={"Retry-After": "1"},
+            )
     except BaseException:
-        await store.release(reserved.id)
+        await store.release(reserved)
         raise
     if response.status_code >= 500:
-        await store.release(reserved.id)
+        await store.release(reserved)
     else:
-        await store.complete(reserved.id, response.status_code, bytes(response.body).decode())
+        await store.complete(reserved, response.status_code, bytes(response.body).decode())
     return response

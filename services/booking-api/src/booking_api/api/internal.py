@@ -2,7 +2,8 @@
 
 ``GET /internal/changes`` is what a change stream is to the Mongo backend: the writes in
 commit order, resumable by token. Only mounted when ``BOOKING_API_STORAGE=memory``, and
-guarded by ``X-Internal-Token`` when ``BOOKING_API_INTERNAL_TOKEN`` is set.
+guarded by ``X-Internal-Token``: it fails closed, so without ``BOOKING_API_INTERNAL_TOKEN``
+every request is refused (403).
 """
 
 import hmac
@@ -32,18 +33,32 @@ class InternalRefused(Exception):
         self.response = response
 
 
-async def _memory(
+async def require_internal_token(
     request: Request,
     parts: Annotated[AppParts, Depends(get_parts)],
     internal_token: Annotated[str | None, Header(alias="X-Internal-Token")] = None,
-) -> MemoryStorage:
+) -> None:
+    """Fail closed: no configured token refuses everyone, as a wrong token does."""
     expected = parts.settings.internal_token
-    if expected is not None and not hmac.compare_digest(
+    if expected is None or not expected.get_secret_value():
+        raise InternalRefused(
+            problem(
+                403,
+                "internal routes are closed: BOOKING_API_INTERNAL_TOKEN is not set",
+                instance=request.url.path,
+            )
+        )
+    if not hmac.compare_digest(
         (internal_token or "").encode(), expected.get_secret_value().encode()
     ):
         raise InternalRefused(
             problem(403, "missing or wrong X-Internal-Token", instance=request.url.path)
         )
+
+
+async def _memory(
+    request: Request, parts: Annotated[AppParts, Depends(get_parts)]
+) -> MemoryStorage:
     runtime = parts.runtime
     if runtime is None or runtime.memory is None:
         raise InternalRefused(
@@ -54,7 +69,9 @@ async def _memory(
 
 Memory = Annotated[MemoryStorage, Depends(_memory)]
 
-router = APIRouter(prefix="/internal", include_in_schema=False)
+router = APIRouter(
+    prefix="/internal", include_in_schema=False, dependencies=[Depends(require_internal_token)]
+)
 
 
 def _changes_body(events: list[ChangeEvent], token: dict[str, Any]) -> Response:

@@ -22,6 +22,10 @@ log = structlog.get_logger("booking_api.http")
 
 REQUEST_ID_HEADER = b"x-request-id"
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+#: Answers about one user: never kept by a browser or shared cache (issue 10, item 10),
+#: as is any answer to a request that carries credentials.
+_PRIVATE_PATHS = ("/api/users/", "/api/bookings", "/api/stream-tickets", "/internal/")
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class RequestContextMiddleware:
@@ -42,11 +46,14 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = b""
         length: int | None = None
+        private = scope["path"].startswith(_PRIVATE_PATHS)
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER and _REQUEST_ID_RE.fullmatch(value):
                 request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
+            elif name == b"authorization":
+                private = True
         if not request_id:
             request_id = (new_id() + new_id()[8:16]).encode()
         rid = request_id.decode()
@@ -71,7 +78,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+                if private:
+                    headers = [h for h in headers if h[0].lower() != b"cache-control"]
+                    headers.append(_NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         async def send_wrapper_raw(message: Message) -> None:

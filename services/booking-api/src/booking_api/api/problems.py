@@ -79,7 +79,7 @@ def problem(
 
 def domain_problem(exc: DomainError, instance: str) -> Response:
     status = next(code for kind, code in _STATUS_OF.items() if isinstance(exc, kind))
-    kind = type(exc).__name__.lower()
+    kind = exc.kind or type(exc).__name__.lower()
     return problem(status, exc.detail, kind=kind, instance=instance, **exc.extra)
 
 

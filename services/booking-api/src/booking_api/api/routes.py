@@ -46,6 +46,8 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 PUBLIC_ERRORS = problem_responses(404, 413, 422)
 AUTH_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422)
+#: POSTs that take an Idempotency-Key: also 429 (key quota) and 503 (request timeout).
+IDEMPOTENT_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 
 # The booking route is the hot path (see bench/booking.py). It is registered first, so
@@ -71,7 +73,7 @@ _BOOKING_OPENAPI: dict[str, Any] = {
     "/bookings",
     status_code=201,
     response_model=BookingData,
-    responses=AUTH_ERRORS,
+    responses=IDEMPOTENT_ERRORS,
     openapi_extra=_BOOKING_OPENAPI,
 )
 async def create_booking(body: BookingCreate, request: Request) -> Response:
@@ -85,7 +87,9 @@ async def create_booking(body: BookingCreate, request: Request) -> Response:
 
     async def handler() -> Response:
         try:
-            booking = await service.book(principal, body.slot_id)
+            booking = await service.book(
+                principal, body.slot_id, parts.settings.max_active_bookings_per_student
+            )
         except Conflict:
             metrics.booking_conflicts.inc()
             raise
@@ -104,7 +108,9 @@ async def list_instructors(service: Service, limit: Limit = 100) -> Response:
     return list_response([i.to_data() for i in instructors], InstructorData)
 
 
-@router.post("/instructors", status_code=201, response_model=InstructorData, responses=AUTH_ERRORS)
+@router.post(
+    "/instructors", status_code=201, response_model=InstructorData, responses=IDEMPOTENT_ERRORS
+)
 async def create_instructor(
     body: InstructorCreate,
     request: Request,
@@ -156,7 +162,7 @@ async def get_schedule(
     "/instructors/{instructor_id}/slots",
     status_code=201,
     response_model=SlotData,
-    responses=AUTH_ERRORS,
+    responses=IDEMPOTENT_ERRORS,
 )
 async def create_slot(
     instructor_id: InstructorId,

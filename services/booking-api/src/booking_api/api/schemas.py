@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from slotstream_contracts.entities import DisplayName
 from slotstream_contracts.ids import EntityId
 
 
@@ -65,7 +66,7 @@ class InstructorCreate(RequestBody):
     id: EntityId | None = Field(
         default=None, description="only admins choose it; an instructor's id is their user id"
     )
-    name: str = Field(min_length=1, max_length=120)
+    name: DisplayName
     timezone: TimeZoneName = "UTC"
 
 

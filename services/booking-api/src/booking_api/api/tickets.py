@@ -9,18 +9,18 @@ and is refused (fails closed) when no internal token is configured.
 """
 
 import hashlib
-import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from booking_api.adapters.tickets import TicketStoreFull
 from booking_api.api.deps import Parts, authenticate, bearer
+from booking_api.api.internal import require_internal_token
 from booking_api.api.problems import problem, problem_responses
 from booking_api.api.responses import OrjsonResponse
 from booking_api.domain.errors import StorageUnavailable
@@ -97,26 +97,14 @@ async def issue_ticket(
     return OrjsonResponse({"ticket": ticket, "expiresIn": ttl}, status_code=201, headers=NO_STORE)
 
 
-@router.post("/internal/stream-tickets/redeem", include_in_schema=False)
-async def redeem_ticket(
-    body: RedeemRequest,
-    request: Request,
-    parts: Parts,
-    internal_token: Annotated[str | None, Header(alias="X-Internal-Token")] = None,
-) -> Response:
+@router.post(
+    "/internal/stream-tickets/redeem",
+    include_in_schema=False,
+    dependencies=[Depends(require_internal_token)],
+)
+async def redeem_ticket(body: RedeemRequest, request: Request) -> Response:
     """The ticket's principal and its token's expiry, once; 404 when unknown, used or
     expired; 403 without the right ``X-Internal-Token`` or when none is configured."""
-    expected = parts.settings.internal_token
-    if expected is None or not expected.get_secret_value():
-        return problem(
-            403,
-            "internal routes are disabled: BOOKING_API_INTERNAL_TOKEN is not set",
-            instance=request.url.path,
-        )
-    if not hmac.compare_digest(
-        (internal_token or "").encode(), expected.get_secret_value().encode()
-    ):
-        return problem(403, "missing or wrong X-Internal-Token", instance=request.url.path)
     redeemed = await _store(request).redeem(ticket_id(body.ticket), datetime.now(UTC))
     if redeemed is None:
         return problem(

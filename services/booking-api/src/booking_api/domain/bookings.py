@@ -8,7 +8,7 @@ stored document (the expected state is part of the filter) and raises the versio
 
 from datetime import datetime
 
-from booking_api.domain.errors import Conflict, NotFound
+from booking_api.domain.errors import Conflict, NotFound, QuotaExceeded
 from slotstream_contracts.documents import BookingDocument, SlotDocument
 from slotstream_contracts.entities import BookingStatus, SlotStatus
 
@@ -52,3 +52,14 @@ def lost_race(slot: SlotDocument | None, slot_id: str) -> Conflict | NotFound:
 def ensure_active(booking: BookingDocument) -> None:
     if not can_move_booking(booking.status, BookingStatus.CANCELLED):
         raise Conflict(f"booking {booking.id} is already {booking.status.value}")
+
+
+def ensure_within_quota(active: int, limit: int) -> None:
+    """A student holds at most ``limit`` active bookings, so one account cannot book out
+    a schedule. Checked before the slot is taken; concurrent requests of one student may
+    overshoot by their number (the edge limits the rate of booking requests per client)."""
+    if active >= limit:
+        raise QuotaExceeded(
+            f"you already hold {active} active bookings, the most allowed; cancel one first",
+            limit=limit,
+        )

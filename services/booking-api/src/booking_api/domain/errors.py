@@ -6,6 +6,10 @@ from typing import Any
 class DomainError(Exception):
     """Base of every rule violation; ``detail`` is shown to the caller as is."""
 
+    #: The problem type's last part (``urn:slotstream:problem:<kind>``); default: the
+    #: class name in lower case.
+    kind: str | None = None
+
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -22,6 +26,13 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The request collides with the current state (409), e.g. a slot already booked."""
+
+
+class QuotaExceeded(Conflict):
+    """The caller holds as many of something as they may (409, not 429: waiting does not
+    help, giving one back does)."""
+
+    kind = "quota-exceeded"
 
 
 class Forbidden(DomainError):

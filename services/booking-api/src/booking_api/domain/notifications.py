@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from slotstream_contracts.documents import BookingDocument
+from slotstream_contracts.documents import Audience, BookingDocument
 from slotstream_contracts.entities import NotificationKind
 
 
@@ -12,6 +12,7 @@ class NotificationDraft:
     user_id: str
     kind: NotificationKind
     message: str
+    audience: Audience
 
 
 def _when(start: datetime) -> str:
@@ -35,6 +36,6 @@ def booking_notifications(
         to_instructor = f"The booking of your slot on {when} by {who} was cancelled{by}."
         to_student = f"Your booking of the slot on {when} was cancelled{by}."
     return (
-        NotificationDraft(booking.instructor_id, kind, to_instructor),
-        NotificationDraft(booking.student_id, kind, to_student),
+        NotificationDraft(booking.instructor_id, kind, to_instructor, Audience.INSTRUCTOR),
+        NotificationDraft(booking.student_id, kind, to_student, Audience.STUDENT),
     )

@@ -53,10 +53,7 @@ class KafkaEventProducer:
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            client_id=self._settings.client_id,
-            security_protocol=self._settings.security_protocol,
-            request_timeout_ms=self._settings.request_timeout_ms,
+            **self._settings.client_options(),
             acks="all",
             **self._options,
         )

@@ -19,6 +19,11 @@ Decisions written down here:
 - Notifications publish ``notification.created`` on insert only. Updates (the ``read``
   flag) and deletes are skipped: the notifications topic carries new notifications, and the
   read state belongs to the user's own session (the API returns it).
+- Bookings are private: a booking names its student, so its event goes only to the
+  private channels of the two people it concerns (``records.encode_records``: one record
+  keyed by the instructor, one keyed by the student, on the notifications topic), never
+  to the public schedule. The public schedule learns a slot is booked from ``slot.*``,
+  which carries no student.
 - Snapshot documents are published as ``*.created`` (``slot.deleted`` for a tombstoned
   slot, ``booking.cancelled`` for a cancelled booking), with ``time`` = the snapshot's
   operation time and an id derived from collection, document id and version, so a second
@@ -67,11 +72,15 @@ class Shape:
     #: ... and the CloudEvent extension that carries it.
     extension: Literal["instructorid", "userid"]
     data: type[SlotData | BookingData | NotificationData]
+    #: A second recipient: the same event is also written keyed by this field's value.
+    copy_field: str | None = None
 
 
 SHAPES: Final[dict[type[BaseModel], Shape]] = {
     SlotDocument: Shape("slots/", "instructor_id", "instructorid", SlotData),
-    BookingDocument: Shape("bookings/", "instructor_id", "instructorid", BookingData),
+    BookingDocument: Shape(
+        "bookings/", "instructor_id", "instructorid", BookingData, copy_field="student_id"
+    ),
     NotificationDocument: Shape("notifications/", "user_id", "userid", NotificationData),
 }
 
@@ -93,6 +102,16 @@ class Publish(NamedTuple):
     def routing_key(self) -> str:
         key: str = self.document.__dict__[SHAPES[type(self.document)].routing_field]
         return key
+
+    @property
+    def routing_keys(self) -> tuple[str, ...]:
+        """Every record key the event is written with: one per recipient, no repeats."""
+        copy_field = SHAPES[type(self.document)].copy_field
+        key = self.routing_key
+        if copy_field is None:
+            return (key,)
+        other: str = self.document.__dict__[copy_field]
+        return (key,) if other == key else (key, other)
 
     @property
     def event(self) -> CloudEvent:

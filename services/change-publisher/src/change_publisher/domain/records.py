@@ -136,6 +136,17 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
     )
 
 
+def encode_records(publish: Publish, topic: str, epoch: int) -> tuple[OutgoingRecord, ...]:
+    """Every record of an event: ``encode_publish``'s, plus, for an event with a second
+    recipient (a booking: its student), the same bytes keyed by that recipient, so it
+    reaches both private channels. ``publish.routing_keys`` in the same order."""
+    record = encode_publish(publish, topic, epoch)
+    keys = publish.routing_keys
+    if len(keys) == 1:
+        return (record,)
+    return (record, *(record._replace(key=key.encode()) for key in keys[1:]))
+
+
 _EVENT_SERIALIZER: Final = CloudEvent.__pydantic_serializer__
 # Headers that repeat from record to record are shared, not made per record.
 _CONTENT_TYPE_HEADER: Final = ("content-type", CONTENT_TYPE.encode())

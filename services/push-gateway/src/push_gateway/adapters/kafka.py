@@ -44,10 +44,7 @@ FANOUT_SLICE_SECONDS: Final = 0.002
 
 def _consumer(settings: GatewayKafkaSettings, **extra: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=settings.client_id,
-        security_protocol=settings.security_protocol,
-        request_timeout_ms=settings.request_timeout_ms,
+        **settings.client_options(),
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,

@@ -84,11 +84,8 @@ class KafkaPresenceBus:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        common = {
-            "bootstrap_servers": self._settings.bootstrap_servers,
-            "client_id": f"{self._settings.client_id}-presence",
-            "security_protocol": self._settings.security_protocol,
-            "request_timeout_ms": self._settings.request_timeout_ms,
+        common = self._settings.client_options() | {
+            "client_id": f"{self._settings.client_id}-presence"
         }
         self._producer = AIOKafkaProducer(**common, enable_idempotence=False, acks=1)
         await self._producer.start()

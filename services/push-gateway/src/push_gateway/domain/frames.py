@@ -12,7 +12,10 @@ import orjson
 
 from slotstream_contracts.events import EventType
 
-HEARTBEAT: Final = b": hb\n\n"
+#: A named event, not a comment: browsers never surface comments, so the page's watchdog
+#: could not tell a quiet stream from a dead one. No ``id:`` so that it does not move the
+#: stream's resume position (an id-less frame leaves ``lastEventId`` as it was).
+HEARTBEAT: Final = b"event: heartbeat\ndata: {}\n\n"
 
 #: ``ce_type`` header value → SSE event name (the type's family), for every data event type.
 FAMILY_OF_TYPE: Final[dict[bytes, bytes]] = {

@@ -30,7 +30,7 @@ from push_gateway.domain.positions import (
     SCHEDULE_LETTER,
     PartitionKey,
 )
-from slotstream_contracts.channels import Channel, ChannelKind
+from slotstream_contracts.channels import EVENT_TYPES, Channel, ChannelKind
 from slotstream_contracts.topics import CONTROL_KEY
 
 CONTROL_KEY_BYTES: Final = CONTROL_KEY.encode()
@@ -41,6 +41,13 @@ Writer = Callable[[bytes], object]
 LETTER_OF_KIND: Final = {
     ChannelKind.SCHEDULE: SCHEDULE_LETTER,
     ChannelKind.NOTIFICATIONS: NOTIFICATIONS_LETTER,
+}
+#: Topic letter → the ``ce_type`` values framed for its channels: a ``booking.*`` record on
+#: the schedule topic (written before bookings became private) names a student, and is
+#: never framed for a public channel — live, from the ring or from Kafka.
+CE_TYPES_OF_LETTER: Final = {
+    LETTER_OF_KIND[kind]: frozenset(t.value.encode() for t in types)
+    for kind, types in EVENT_TYPES.items()
 }
 
 
@@ -127,10 +134,11 @@ def record_headers(record: Record) -> tuple[bytes | None, bytes | None]:
     return ce_type, ce_id
 
 
-def frame_body(record: Record) -> bytes | None:
-    """The shared ``event:``/``data:`` bytes of a data record; None when it cannot be framed."""
+def frame_body(record: Record, letter: str) -> bytes | None:
+    """The shared ``event:``/``data:`` bytes of a data record of the topic ``letter``; None
+    when it cannot be framed or does not belong on that topic's channels."""
     ce_type, _ = record_headers(record)
-    family = FAMILY_OF_TYPE.get(ce_type) if ce_type is not None else None
+    family = FAMILY_OF_TYPE.get(ce_type) if ce_type in CE_TYPES_OF_LETTER[letter] else None
     if family is None or record.value is None:
         return None
     try:
@@ -231,9 +239,10 @@ class ChannelHub:
             self._resync(key)
             return
         ce_type, ce_id = record_headers(record)
-        family = FAMILY_OF_TYPE.get(ce_type) if ce_type is not None else None
+        family = FAMILY_OF_TYPE.get(ce_type) if ce_type in CE_TYPES_OF_LETTER[key[0]] else None
         value = record.value
         if family is None or value is None:
+            # Unframable, or a type that does not belong on this topic's channels.
             self.stats.malformed += 1
             return
         if ce_id is not None:

@@ -1,0 +1,45 @@
+"""Fail a CI job when pytest skipped a test it was meant to run.
+
+    python .github/scripts/no-skips.py <junit.xml> <regex> [--at-least N]
+
+Exits 1 if any test in the JUnit report was skipped with a message matching <regex>
+(case-insensitive), or if fewer than N tests whose id or skip message matches ran.
+"""
+
+import argparse
+import re
+import sys
+import xml.etree.ElementTree as ElementTree
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("report")
+    parser.add_argument("pattern")
+    parser.add_argument("--at-least", type=int, default=0)
+    args = parser.parse_args()
+    pattern = re.compile(args.pattern, re.IGNORECASE)
+    skipped: list[str] = []
+    ran = 0
+    for case in ElementTree.parse(args.report).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        skip = case.find("skipped")
+        if skip is not None:
+            if pattern.search(skip.get("message", "") + (skip.text or "") + name):
+                skipped.append(f"{name}: {skip.get('message', '')}")
+        elif pattern.search(name):
+            ran += 1
+    for line in skipped:
+        sys.stderr.write(f"skipped: {line}\n")
+    if skipped:
+        sys.stderr.write(f"{len(skipped)} test(s) skipped that this job must run\n")
+        return 1
+    if ran < args.at_least:
+        sys.stderr.write(f"only {ran} matching test(s) ran, expected at least {args.at_least}\n")
+        return 1
+    sys.stdout.write(f"{ran} matching test(s) ran, none skipped\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Issue 10 on the API: decisions on role and id, names, quota, caching, docs."""
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from booking_api.adapters.memory import MemoryStorage
+from booking_api.app import create_app
+from booking_api.config import Settings
+
+AuthHeaders = Callable[..., dict[str, str]]
+Future = Callable[..., str]
+
+
+async def slot_of(client: httpx.AsyncClient, auth: AuthHeaders, future: Future, iid: str) -> str:
+    """A fresh slot of instructor ``iid`` (whose profile an admin creates if missing)."""
+    await client.post(
+        "/api/instructors", json={"id": iid, "name": "Shared"}, headers=auth("root", "admin")
+    )
+    created = await client.post(
+        f"/api/instructors/{iid}/slots",
+        json={"start": future(days=2), "end": future(days=2, hours=1)},
+        headers=auth(iid, "instructor"),
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def book(
+    client: httpx.AsyncClient, auth: AuthHeaders, slot_id: str, sub: str, name: str | None = None
+) -> str:
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot_id}, headers=auth(sub, "student", name)
+    )
+    assert booked.status_code == 201, booked.text
+    return str(booked.json()["id"])
+
+
+async def test_a_student_sharing_an_instructors_id_cannot_cancel_bookings_of_that_schedule(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 9: instructor "twin" (created by an admin) and student "twin" are different
+    people; the student may not act as the instructor."""
+    slot_id = await slot_of(client, auth, future, "twin")
+    booking_id = await book(client, auth, slot_id, "other")
+
+    as_student = await client.delete(f"/api/bookings/{booking_id}", headers=auth("twin"))
+    assert as_student.status_code == 403, as_student.text
+    assert as_student.headers["content-type"] == "application/problem+json"
+    mine = await client.get("/api/users/me/bookings", headers=auth("twin"))
+    assert mine.json() == []
+
+    theirs = await client.get("/api/users/me/bookings", headers=auth("twin", "instructor"))
+    assert [b["id"] for b in theirs.json()] == [booking_id]
+    as_instructor = await client.delete(
+        f"/api/bookings/{booking_id}", headers=auth("twin", "instructor")
+    )
+    assert as_instructor.status_code == 200, as_instructor.text
+
+
+async def test_an_instructor_sharing_a_students_id_cannot_cancel_that_students_booking(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    slot_id = await slot_of(client, auth, future, "i1")
+    booking_id = await book(client, auth, slot_id, "twin")
+
+    as_instructor = await client.delete(
+        f"/api/bookings/{booking_id}", headers=auth("twin", "instructor")
+    )
+    assert as_instructor.status_code == 403, as_instructor.text
+    seen = await client.get("/api/users/me/bookings", headers=auth("twin", "instructor"))
+    assert seen.json() == []
+
+    assert [
+        b["id"] for b in (await client.get("/api/users/me/bookings", headers=auth("twin"))).json()
+    ] == [booking_id]
+    by_admin = await client.delete(f"/api/bookings/{booking_id}", headers=auth("root", "admin"))
+    assert by_admin.status_code == 200, by_admin.text
+
+
+BAD_NAMES = ["Ada\u202eevil", "Ada\nLovelace", "Ada\x00", "Ada\u200b", "Ada\u2028x", "\x1b[31mAda"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_an_instructor_name_with_control_or_bidi_characters_is_refused(
+    client: httpx.AsyncClient, auth: AuthHeaders, name: str
+) -> None:
+    """Item 8: refused (not silently changed), so what is shown is what was asked for."""
+    created = await client.post(
+        "/api/instructors", json={"id": "i5", "name": name}, headers=auth("root", "admin")
+    )
+    assert created.status_code == 422, created.text
+    assert created.headers["content-type"] == "application/problem+json"
+    assert "control or format character" in created.json()["detail"]
+    assert (await client.get("/api/instructors")).json() == []
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_a_token_name_with_control_or_bidi_characters_never_reaches_a_notification(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, name: str
+) -> None:
+    slot_id = await slot_of(client, auth, future, "i1")
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot_id}, headers=auth("s1", "student", name)
+    )
+    assert booked.status_code == 401, booked.text
+    assert "control or format character" in booked.json()["detail"]
+    notes = await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    assert notes.json() == []
+
+
+async def test_ordinary_names_in_any_script_are_kept_as_given(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    name = "José Ñúñez-O'Brien 李小龙 🎻"
+    slot_id = await slot_of(client, auth, future, "i1")
+    await book(client, auth, slot_id, "s1", name)
+    [note] = (
+        await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    ).json()
+    assert note["message"].startswith(f"{name} booked your slot")
+
+
+async def test_private_answers_are_not_stored_by_any_cache(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 10: anything answered for a token (or to a private path) says no-store."""
+    slot_id = await slot_of(client, auth, future, "i1")
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    answers = [
+        booked,
+        await client.get("/api/users/me/bookings", headers=auth("s1")),
+        await client.get("/api/users/me/notifications", headers=auth("s1")),
+        await client.get("/api/users/me/bookings"),  # 401 is private too
+        await client.delete(f"/api/bookings/{booked.json()['id']}", headers=auth("s1")),
+        await client.get("/api/instructors", headers=auth("s1")),
+    ]
+    for answer in answers:
+        assert answer.headers.get("cache-control") == "no-store", answer.request.url
+    public = await client.get("/api/instructors")
+    assert public.headers.get("cache-control") != "no-store"
+
+
+async def test_api_docs_can_be_turned_off(
+    settings: Settings, memory_storage: MemoryStorage
+) -> None:
+    on = create_app(settings, storage=memory_storage)
+    off = create_app(settings.model_copy(update={"docs_enabled": False}), storage=memory_storage)
+    for app, status in ((on, 200), (off, 404)):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://booking"
+        ) as client:
+            for path in ("/api/docs", "/api/openapi.json"):
+                assert (await client.get(path)).status_code == status, path
+
+
+def test_docs_are_on_by_default_and_off_by_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz")
+    assert Settings().docs_enabled is True
+    monkeypatch.setenv("BOOKING_API_DOCS_ENABLED", "false")
+    assert Settings().docs_enabled is False
+
+
+async def test_a_student_holds_at_most_the_quota_of_active_bookings(
+    settings: Settings, memory_storage: MemoryStorage, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 4: one account cannot book out a schedule. 409 quota-exceeded (not 429: waiting
+    does not help, cancelling does); cancelled bookings do not count."""
+    app = create_app(
+        settings.model_copy(update={"max_active_bookings_per_student": 2}), storage=memory_storage
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        await client.post(
+            "/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor")
+        )
+        slots = []
+        for hour in range(4):
+            created = await client.post(
+                "/api/instructors/i1/slots",
+                json={"start": future(hours=hour), "end": future(hours=hour + 1)},
+                headers=auth("i1", "instructor"),
+            )
+            slots.append(created.json()["id"])
+        first = await book(client, auth, slots[0], "s1")
+        await book(client, auth, slots[1], "s1")
+        refused = await client.post("/api/bookings", json={"slotId": slots[2]}, headers=auth("s1"))
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert body["type"] == "urn:slotstream:problem:quota-exceeded"
+        assert body["limit"] == 2
+        assert "2 active bookings" in body["detail"]
+        slot = await client.get("/api/instructors/i1/schedule")
+        assert [s["status"] for s in slot.json()["slots"]][2] == "available"
+
+        await book(client, auth, slots[2], "s2")  # another student is not affected
+        await client.delete(f"/api/bookings/{first}", headers=auth("s1"))
+        await book(client, auth, slots[3], "s1")
+
+
+def test_the_quota_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz")
+    assert Settings().max_active_bookings_per_student == 20
+    monkeypatch.setenv("BOOKING_API_MAX_ACTIVE_BOOKINGS_PER_STUDENT", "5")
+    assert Settings().max_active_bookings_per_student == 5
+
+
+async def test_notifications_of_a_shared_id_stay_with_their_role(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 9 for /users/me/notifications: instructor "twin" is told of the booking on
+    their slot; student "twin" is not, and cannot mark it read."""
+    slot_id = await slot_of(client, auth, future, "twin")
+    await book(client, auth, slot_id, "other")
+    as_student = await client.get("/api/users/me/notifications", headers=auth("twin"))
+    assert as_student.json() == []
+    [note] = (
+        await client.get("/api/users/me/notifications", headers=auth("twin", "instructor"))
+    ).json()
+    assert note["message"].startswith("student other booked your slot")
+    read = f"/api/users/me/notifications/{note['id']}/read"
+    assert (await client.post(read, headers=auth("twin"))).status_code == 404
+    assert (await client.post(read, headers=auth("twin", "instructor"))).status_code == 200

@@ -46,7 +46,13 @@ import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from slotstream_testkit.benchkit import StreamCount, latency_cdf_ms, record_results, tally
+from slotstream_testkit.benchkit import (
+    StreamCount,
+    backlog_producer,
+    latency_cdf_ms,
+    record_results,
+    tally,
+)
 from slotstream_testkit.kafka import TansuBroker, create_topics
 from slotstream_testkit.net import free_port, wait_for_port
 
@@ -829,14 +835,7 @@ async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path
     assert process is not None
     try:
         process.send_signal(signal.SIGSTOP)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=gateway.bootstrap,
-            enable_idempotence=False,
-            linger_ms=5,
-            max_batch_size=512 * 1024,
-            acks=1,
-        )
-        await producer.start()
+        producer = await backlog_producer(gateway.bootstrap)
         try:
             value = payload(0, "nobody", "x" * args.pad)
             topic = gateway.topics["schedule"]

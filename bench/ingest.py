@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from aiokafka import AIOKafkaProducer
 
 from push_gateway.adapters import kafka as kafka_adapter
 from push_gateway.adapters.kafka import KafkaIngest
@@ -35,7 +34,7 @@ from push_gateway.app import GC_THRESHOLDS
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub
 from slotstream_contracts.channels import ChannelKind
-from slotstream_testkit.benchkit import record_results
+from slotstream_testkit.benchkit import backlog_producer, record_results
 from slotstream_testkit.kafka import TansuBroker, create_topics
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -54,14 +53,7 @@ def _headers(n: int) -> list[tuple[str, bytes]]:
 
 
 async def produce(bootstrap: str, topic: str, records: int, pad: int) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=False,
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-        acks=1,
-    )
-    await producer.start()
+    producer = await backlog_producer(bootstrap)
     try:
         value = b'{"specversion":"1.0","data":{"pad":"' + b"x" * pad + b'"}}'
         futures = [

@@ -20,6 +20,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from slotstream_testkit.benchkit import (  # noqa: E402
     load_history,
@@ -34,6 +36,14 @@ README = ROOT / "README.md"
 IMAGES = ROOT / "docs" / "img"
 
 COLOURS = {"push-gateway": "tab:blue", "nchan": "tab:orange", "pushpin": "tab:green"}
+
+
+def _save(fig: Figure, ax: Axes, path: Path) -> Path:
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _runs(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -69,11 +79,7 @@ def _cpu_scatter(history: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("deliveries/s")
     ax.set_title("Fan-out, every recorded run (bench/results/history.jsonl)")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def _latency_cdf(latest: dict[str, Any], path: Path) -> Path:
@@ -89,11 +95,7 @@ def _latency_cdf(latest: dict[str, Any], path: Path) -> Path:
     load = latest.get("load_average", ["?"])[0]
     ax.set_title(f"Latency CDF, latest run {latest.get('when', '')} (load {load})")
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def _rss(latest: dict[str, Any], path: Path) -> Path:
@@ -106,11 +108,7 @@ def _rss(latest: dict[str, Any], path: Path) -> Path:
     ax.axhline(4.096, color="grey", linestyle="--", linewidth=1, label="4 KiB target")
     ax.set_ylabel("RSS per connection (kB)")
     ax.set_title(f"Memory per open stream, latest run {latest.get('when', '')}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from aiokafka import AIOKafkaProducer
+
 SEQ_TOKEN: Final = b'"seq":'
 CH_TOKEN: Final = b'"ch":"'
 TS_TOKEN: Final = b'"ts":'
@@ -145,23 +147,31 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def git_commit(root: Path) -> str | None:
+    """The checked-out commit, ``-dirty`` when tracked files other than the benchmark
+    outputs (results, plots) differ from it."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(
+            root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":/",
+            ":(top,exclude)bench/results",
+            ":(top,exclude)docs/img",
+            ":(top,exclude)README.md",
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
-    dirty = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return out + ("-dirty" if dirty else "")
+    return commit + ("-dirty" if dirty else "")
 
 
 def record_results(results_dir: Path, benchmark: str, results: dict[str, Any]) -> Path:
@@ -196,6 +206,19 @@ def load_history(results_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def backlog_producer(bootstrap: str) -> AIOKafkaProducer:
+    """A started producer for filling a backlog fast (big batches, leader ack only)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        acks=1,
+    )
+    await producer.start()
+    return producer
 
 
 # -- the README's performance table --------------------------------------------------------

@@ -2,6 +2,7 @@
 fake booking-api serving snapshots over HTTP."""
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -119,6 +120,29 @@ def booking_api() -> Iterator[FakeBookingApi]:
         yield fake
     finally:
         thread.stop()
+
+
+def gateway_process_env(
+    kafka: KafkaEndpoint,
+    topics: TopicSettings,
+    booking_api: "FakeBookingApi",
+    port: int,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a gateway started as a process (``python -m push_gateway``)."""
+    return {
+        **os.environ,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "GATEWAY_TOPICS__SCHEDULE": topics.schedule,
+        "GATEWAY_TOPICS__NOTIFICATIONS": topics.notifications,
+        "GATEWAY_TOPICS__PRESENCE": topics.presence,
+        "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
+        "GATEWAY_LOG__LEVEL": "WARNING",
+        "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
+        **extra,
+    }
 
 
 def gateway_settings(

@@ -16,7 +16,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import JWT, FakeBookingApi
+from .conftest import FakeBookingApi, gateway_process_env
 
 pytestmark = pytest.mark.integration
 
@@ -56,22 +56,16 @@ def workers(
 ) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
     port = free_port()
     metrics_base = _consecutive_free_ports()
-    env = {
-        **os.environ,
-        "GATEWAY_WORKERS": "2",
-        "GATEWAY_WORKER_METRICS_PORT": str(metrics_base),
-        "GATEWAY_INSTANCE_ID": "gw-multi",
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "GATEWAY_TOPICS__SCHEDULE": topics.schedule,
-        "GATEWAY_TOPICS__NOTIFICATIONS": topics.notifications,
-        "GATEWAY_TOPICS__PRESENCE": topics.presence,
-        "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
-        "GATEWAY_PRESENCE_INTERVAL_SECONDS": "0.3",
-        "GATEWAY_LOG__LEVEL": "WARNING",
-        "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
-    }
+    env = gateway_process_env(
+        kafka,
+        topics,
+        booking_api,
+        port,
+        GATEWAY_WORKERS="2",
+        GATEWAY_WORKER_METRICS_PORT=str(metrics_base),
+        GATEWAY_INSTANCE_ID="gw-multi",
+        GATEWAY_PRESENCE_INTERVAL_SECONDS="0.3",
+    )
     env.pop("GATEWAY_WORKER_INDEX", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "push_gateway"],

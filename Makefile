@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/report.py
 
 clean:

@@ -8,7 +8,7 @@ TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs openssl=openssl 
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test test-fast demo bench system-deps clean
+.PHONY: help venv lint format test test-fast demo bench events system-deps clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
 	@echo "make bench  - load benchmarks; results in bench/results/, plots in docs/img/, README table"
+	@echo "make events - print the demo's events (ARGS='notifications --from end --key u1')"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,9 @@ bench: venv
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/report.py
+
+events: venv
+	$(BIN)/slotstream-events $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo test-output

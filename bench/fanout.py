@@ -1,4 +1,5 @@
-"""SSE fan-out benchmark: the push-gateway against Nchan and Pushpin, same workload.
+"""SSE fan-out benchmark: the push-gateway against Nchan and Pushpin, same workload; also
+the push-gateway over WebSocket (``gateway-ws``: ``/v1/ws``, one subscribe op each).
 
 N SSE connections spread over C channels (plus idle connections up to --idle-connections),
 events offered at R deliveries/s for D seconds. The server runs pinned to one core, this
@@ -152,6 +153,83 @@ class SseClient(asyncio.Protocol):
             self.counted.feed(data)
 
 
+WS_HANDSHAKE = (
+    b"GET /v1/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def ws_client_frame(payload: bytes) -> bytes:
+    """A masked client text frame (mask key 0: valid, and the payload stays readable)."""
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+class WsClient(SseClient):
+    """The same counting over the gateway's WebSocket: handshake, then one subscribe op;
+    "open" once the snapshot arrived (as an SSE stream's 200 comes with its snapshot).
+    Server frames are parsed (unmasked, RFC 6455) and each text message is counted as an
+    SSE frame is; pings are answered as a browser does (else an idle socket is closed)."""
+
+    __slots__ = ("instructor", "upgraded", "pending")
+
+    def __init__(self, channel: bytes, sample: bool, latencies: list[int], instructor: str):
+        super().__init__(channel, sample, latencies)
+        self.instructor = instructor
+        self.upgraded = False
+        self.pending = b""
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            if b" 101 " in data[:20] and self.transport is not None:
+                self.upgraded = True
+                op = (
+                    b'{"op":"subscribe","channel":"instructors/'
+                    + self.instructor.encode()
+                    + b'/schedule"}'
+                )
+                self.transport.write(ws_client_frame(op))
+            return
+        messages, self.pending = ws_messages(self.pending + data)
+        for opcode, _ in messages:
+            if opcode == WS_PING and self.transport is not None:
+                self.transport.write(b"\x8a\x80\0\0\0\0")
+        texts = [body for opcode, body in messages if opcode == WS_TEXT]
+        if not texts:
+            return
+        if not self.opened and any(b'"snapshot"' in text for text in texts):
+            self.opened = True
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+        joined = b"\n\n".join(texts) + b"\n\n"
+        if self.sample:
+            self.counted.feed(joined, time.time_ns(), self.latencies)
+        else:
+            self.counted.feed(joined)
+
+
+WS_TEXT = 0x1
+WS_PING = 0x9
+
+
+def ws_messages(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Complete server frames ``(opcode, payload)`` in ``buffer``, and the unparsed rest."""
+    found: list[tuple[int, bytes]] = []
+    position = 0
+    while len(buffer) - position >= 2:
+        length, head = buffer[position + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(buffer[position + 2 : position + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(buffer[position + 2 : position + 10], "big"), 10
+        if len(buffer) - position < head + length:
+            break
+        start = position + head
+        found.append((buffer[position] & 0x0F, buffer[start : start + length]))
+        position = start + length
+    return found, buffer[position:]
+
+
 @dataclass
 class Load:
     clients: list[SseClient] = field(default_factory=list)
@@ -178,8 +256,10 @@ async def open_streams(
     latencies: list[int],
     sample_every: int,
     load: Load,
+    websocket: bool = False,
 ) -> int:
-    """Open one SSE request per path; returns how many got a 200."""
+    """Open one SSE request per path (or, ``websocket``, one WebSocket subscribed to the
+    channel named by the path); returns how many got a 200 (or their snapshot)."""
     loop = asyncio.get_running_loop()
     # at most this many requests waiting for their response: browsers arrive over time,
     # and a burst beyond the listen backlog would measure SYN retries, not the server
@@ -187,7 +267,12 @@ async def open_streams(
 
     async def one(index: int, channel: bytes, path: str) -> None:
         async with semaphore:
-            client = SseClient(channel, sample_every > 0 and index % sample_every == 0, latencies)
+            sample = sample_every > 0 and index % sample_every == 0
+            client = (
+                WsClient(channel, sample, latencies, path)
+                if websocket
+                else SseClient(channel, sample, latencies)
+            )
             client.waiter = loop.create_future()
             try:
                 await loop.create_connection(lambda: client, "127.0.0.1", port)
@@ -196,9 +281,8 @@ async def open_streams(
                 return
             load.clients.append(client)
             assert client.transport is not None
-            client.transport.write(
-                f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
-            )
+            sse_request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+            client.transport.write(WS_HANDSHAKE if websocket else sse_request.encode())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(client.waiter, 30)
 
@@ -226,6 +310,7 @@ def payload(seq: int, channel: str, pad: str) -> bytes:
 class Server:
     name = ""
     port = 0
+    websocket = False
     process: subprocess.Popen[bytes] | None = None
 
     def sub_path(self, channel: str) -> str:
@@ -389,6 +474,16 @@ class GatewayServer(Server):
 
 
 HEADERS = [("ce_type", b"slot.updated"), ("content-type", b"application/cloudevents+json")]
+
+
+class GatewayWsServer(GatewayServer):
+    """The same gateway, subscribed to over WebSocket (``sub_path`` is the instructor id)."""
+
+    name = "push-gateway-ws"
+    websocket = True
+
+    def sub_path(self, channel: str) -> str:
+        return channel
 
 
 class NchanServer(Server):
@@ -711,7 +806,9 @@ async def run_fanout(
         subscribed += [f"idle{i % 50}" for i in range(idle)]
         paths = [(channel.encode(), server.sub_path(channel)) for channel in subscribed]
         t_connect = time.monotonic()
-        opened = await open_streams(server.port, paths, load.latencies, args.sample_every, load)
+        opened = await open_streams(
+            server.port, paths, load.latencies, args.sample_every, load, server.websocket
+        )
         connect_seconds = time.monotonic() - t_connect
         await asyncio.sleep(1.0)
         rss_connected = tree_rss_bytes(server.pid)
@@ -903,14 +1000,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         booking = FakeBookingApi()
         await booking.start()
         try:
-            if "gateway" in args.servers or "ingest" in args.servers:
+            if {"gateway", "gateway-ws", "ingest"} & set(args.servers):
                 broker = TansuBroker(log_path=tmp / "tansu.log")
                 await asyncio.to_thread(broker.start)
             for name in args.servers:
-                if name == "gateway":
+                if name in ("gateway", "gateway-ws"):
                     assert broker is not None
                     topics = await fresh_topics(broker.bootstrap_servers)
-                    server = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    kind = GatewayWsServer if name == "gateway-ws" else GatewayServer
+                    server = kind(broker.bootstrap_servers, topics, booking)
                     server.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
                     try:
                         broker_pid = broker._process.pid if broker._process else None  # noqa: SLF001
@@ -976,8 +1074,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["gateway", "nchan", "pushpin", "ingest"],
-        choices=["gateway", "nchan", "pushpin", "ingest"],
+        default=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
+        choices=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
     )
     parser.add_argument(
         "--server-core",

@@ -35,7 +35,12 @@ RESULTS_DIR = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 IMAGES = ROOT / "docs" / "img"
 
-COLOURS = {"push-gateway": "tab:blue", "nchan": "tab:orange", "pushpin": "tab:green"}
+COLOURS = {
+    "push-gateway": "tab:blue",
+    "push-gateway-ws": "tab:purple",
+    "nchan": "tab:orange",
+    "pushpin": "tab:green",
+}
 
 
 def _save(fig: Figure, ax: Axes, path: Path) -> Path:

@@ -191,6 +191,10 @@ function writeUrl() {
 
 // ---------------------------------------------------------------- live connection
 
+// "sse" (default) or "websocket": `?transport=websocket` once, or remembered in localStorage.
+const TRANSPORT =
+  new URLSearchParams(location.search).get("transport") ?? localStorage.getItem("slotstream.transport") ?? "sse";
+
 function connect() {
   state.sub?.close();
   state.changed.clear();
@@ -207,6 +211,7 @@ function connect() {
   renderStatus({ status: Status.CONNECTING, attempt: 0 });
   $("week").setAttribute("aria-busy", "true");
   state.sub = subscribe(state.instructorId, {
+    transport: TRANSPORT,
     token: state.user ? freshToken : null,
     userId: state.user?.id ?? null,
     onStatus: renderStatus,

@@ -368,14 +368,164 @@ export class Subscription extends EventTarget {
   }
 }
 
+// ---------------------------------------------------------------- WebSocket transport
+
+/** WebSocket close codes the gateway uses (services/push-gateway/README.md). */
+export const CloseCode = Object.freeze({
+  SHUTDOWN: 1001,
+  POLICY: 1008,
+  TOKEN_EXPIRED: 4001,
+  PING_TIMEOUT: 4002,
+  SLOW_CONSUMER: 4008,
+});
+
+const WS_DEFAULTS = Object.freeze({
+  webSocketFactory: (url) => new WebSocket(url),
+});
+
+/**
+ * The same subscription over the gateway's WebSocket (`GET /v1/ws`): one connection,
+ * when signed in an `auth` op with a fresh stream ticket (fetched by the base class before
+ * every connect, as for SSE), then one `subscribe` op per channel, each resumed from the
+ * `id` of the last message it received (`since`). Events, merge by version, statuses and
+ * callbacks are the SSE ones; only the connection (`url`, `_open`, `close`) differs.
+ */
+export class WebSocketSubscription extends Subscription {
+  constructor(instructorId, options = {}) {
+    super(instructorId, { ...WS_DEFAULTS, ...options });
+  }
+
+  get scheduleChannel() {
+    return `instructors/${this.instructorId}/schedule`;
+  }
+
+  get notificationsChannel() {
+    const { userId } = this.options;
+    return this.isPrivate && userId ? `users/${userId}/notifications` : null;
+  }
+
+  /**
+   * ws(s)://…/v1/ws on the page's origin, or on `baseUrl`'s. The ticket is kept for the
+   * `auth` message rather than put in the URL.
+   */
+  url(ticket = null) {
+    this._ticket = ticket;
+    const base = new URL(this.options.baseUrl || "/", globalThis.location?.href);
+    base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+    base.pathname = `${base.pathname.replace(/\/$/, "")}/v1/ws`;
+    base.search = "";
+    return base.toString();
+  }
+
+  close() {
+    clearTimeout(this._watchdog);
+    const socket = this._socket;
+    this._socket = null;
+    super.close();
+    socket?.close(1000, "closed by the page");
+  }
+
+  _open(url) {
+    this._since ??= new Map(); // channel → id of the last message received on it
+    this._socket?.close(1000, "replaced");
+    const ticket = this._ticket;
+    const socket = this.options.webSocketFactory(url);
+    this._socket = socket;
+    socket.onopen = () => {
+      if (socket !== this._socket) return;
+      if (ticket) this._send({ op: "auth", ticket });
+      for (const channel of [this.scheduleChannel, this.notificationsChannel]) {
+        if (!channel) continue;
+        const since = this._since.get(channel);
+        this._send(since ? { op: "subscribe", channel, since } : { op: "subscribe", channel });
+      }
+      this.attempt = 0;
+      this.error = null;
+      this._setStatus(Status.OPEN);
+      this._armWatchdog();
+    };
+    socket.onmessage = (message) => {
+      if (socket !== this._socket) return;
+      this._armWatchdog();
+      let frame;
+      try {
+        frame = JSON.parse(message.data);
+      } catch (error) {
+        this._fail(new Error(`unreadable message: ${error.message}`));
+        return;
+      }
+      this._onMessage(frame);
+    };
+    socket.onclose = (event) => {
+      if (socket !== this._socket) return;
+      this._socket = null;
+      clearTimeout(this._watchdog);
+      if (this.status === Status.CLOSED) return;
+      if (event.code === CloseCode.POLICY) this._fail(new Error(`refused: ${event.reason}`));
+      this.attempt += 1;
+      this._scheduleRetry();
+    };
+  }
+
+  _onMessage({ event, id, data }) {
+    const channel =
+      event === "snapshot" || event === "resync" || event === "presence"
+        ? data?.channel
+        : event === "slot"
+          ? this.scheduleChannel
+          : event === "booking" || event === "notification"
+            ? this.notificationsChannel
+            : null;
+    if (id && channel) {
+      this._since.set(channel, id);
+      this.lastEventId = id;
+    }
+    switch (event) {
+      case "snapshot":
+        return this._onSnapshot(data);
+      case "slot":
+        return this._onSlot(data);
+      case "booking":
+      case "notification":
+      case "resync":
+      case "bye":
+        return this._emit(event, data);
+      case "presence":
+        return this._onPresence(data);
+      case "error":
+        return this._fail(new Error(`${data.channel}: ${data.detail}`));
+      default: // subscribed, unsubscribed, authenticated, heartbeat, pong
+        return undefined;
+    }
+  }
+
+  _send(op) {
+    this._socket?.send(JSON.stringify(op));
+  }
+
+  _armWatchdog() {
+    clearTimeout(this._watchdog);
+    const socket = this._socket;
+    this._watchdog = setTimeout(() => {
+      if (socket !== this._socket || !socket) return;
+      // Nothing for too long: a half-open connection. Replace it (resuming with `since`).
+      socket.onclose({ code: CloseCode.PING_TIMEOUT, reason: "no heartbeat" });
+      socket.close(4000, "no heartbeat");
+    }, this.options.heartbeatTimeoutMs);
+  }
+}
+
 /**
  * Subscribe to an instructor's schedule.
  * @param {string} instructorId
- * @param {object} [options] baseUrl, token (a JWT or a function returning one), userId,
- *   initialBackoffMs, maxBackoffMs, eventSourceFactory, fetch, and callbacks onChange, onSchedule, onSlot, onBooking,
+ * @param {object} [options] transport ("sse", the default, or "websocket"), baseUrl, token
+ *   (a JWT or a function returning one), userId, initialBackoffMs, maxBackoffMs,
+ *   eventSourceFactory, fetch, webSocketFactory, heartbeatTimeoutMs, and callbacks
+ *   onChange, onSchedule, onSlot, onBooking,
  *   onNotification, onPresence, onStatus, onError, onResync, onBye.
  * @returns {Subscription}
  */
 export function subscribe(instructorId, options = {}) {
+  if (options.transport === "websocket") return new WebSocketSubscription(instructorId, options);
   return new Subscription(instructorId, options);
 }

@@ -34,11 +34,12 @@ def open_page(
     """Open the page for an instructor (as a demo user, or a guest); no JS errors allowed."""
     errors: list[str] = []
 
-    def opener(instructor_id: str, user: DemoUser | None = None) -> Page:
+    def opener(instructor_id: str, user: DemoUser | None = None, transport: str = "sse") -> Page:
         page = context.new_page()
         page.add_init_script(STATUS_RECORDER)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         query = f"instructor={instructor_id}" + (f"&as={user.id}" if user else "")
+        query += f"&transport={transport}"
         page.goto(f"{stack.base_url}/?{query}")
         expect(page.locator("body")).to_have_attribute("data-ready", "true")
         expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
@@ -91,13 +92,14 @@ def api_cancel(stack: DevStack, user: DemoUser, booking_id: str) -> None:
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
 def test_a_booking_in_one_page_shows_in_the_other_within_a_second(
-    stack: DevStack, open_page: Callable[[str, DemoUser | None], Page], output_dir: Path
+    stack: DevStack, open_page: Callable[..., Page], output_dir: Path, transport: str
 ) -> None:
     teacher = instructors(stack)[0]
     ada, ben = students(stack)[:2]
-    booker = open_page(teacher.id, ada)
-    watcher = open_page(teacher.id, ben)
+    booker = open_page(teacher.id, ada, transport)
+    watcher = open_page(teacher.id, ben, transport)
     slot_id = first_bookable(booker)
     expect(slot(watcher, slot_id)).to_have_attribute("data-state", "available")
     # Presence is counted across both gateways (the pages may be on different ones).

@@ -20,11 +20,13 @@ from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSou
 from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
+from push_gateway.api.ws import WebSocketGateway
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
 from push_gateway.workers import InstanceCollector, worker_index
+from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.channels import ChannelKind
 
 log = structlog.get_logger(__name__)
@@ -94,9 +96,11 @@ def create_app(
         bounds=ingest,
         tickets=tickets or HttpTicketRedeemer(http_client, _secret(settings.internal_token)),
     )
+    websockets = WebSocketGateway(gateway)
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
     registry.register(InstanceCollector(settings.instance_id, worker_index()))
+    registry.register(WebSocketCollector(websockets))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +109,7 @@ def create_app(
         if kafka_presence is not None:
             await kafka_presence.start()
         gateway.start_background()
+        websockets.start_background()
         # Everything allocated so far (modules, models, clients) lives for the whole run:
         # keep it out of the cyclic GC's full passes, which otherwise scan it again and
         # again while thousands of connections and ring-buffer records churn.
@@ -117,6 +122,7 @@ def create_app(
         try:
             yield
         finally:
+            await websockets.shutdown()
             await gateway.shutdown()
             await ingest.stop()
             if kafka_history is not None:
@@ -127,6 +133,7 @@ def create_app(
 
     app = FastAPI(title="Slotstream push-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
+    app.state.websockets = websockets
     app.state.ingest = ingest
     app.state.registry = registry
     if settings.cors_origins:
@@ -166,7 +173,7 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=protocol_for(app.state.gateway),
+        http=protocol_for(app.state.gateway, app.state.websockets),
         lifespan="on",
         log_config=None,
         access_log=False,

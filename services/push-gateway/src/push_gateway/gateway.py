@@ -49,6 +49,7 @@ from push_gateway.domain.requests import (
     parse_stream_request,
     unauthorized,
 )
+from push_gateway.domain.ws_protocol import sse_to_ws
 from push_gateway.stream import SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -278,6 +279,11 @@ class Gateway:
         self.stats.limited[limit] += 1
         seconds = self.settings.retry_ms / 1000 if wait is None else wait
         return Problem(429, "Too Many Requests", detail, (("retry-after", retry_after(seconds)),))
+
+    def serve_subscription(self, connection: SseConnection, request: StreamRequest) -> None:
+        """Catch up and go live as :meth:`open_stream` does, for a connection made elsewhere
+        (one WebSocket subscription, see ``api/ws.py``)."""
+        self._spawn(self._serve(connection, request))
 
     def reject(
         self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None
@@ -673,7 +679,12 @@ class Gateway:
             writers = self.hub.live_subscribers(channel)
             for write in writers:
                 write(frame)
-            written += len(writers)
+            ws_writers = self.hub.live_ws_subscribers(channel)
+            if ws_writers:
+                ws_frame = sse_to_ws(frame)
+                for write in ws_writers:
+                    write(ws_frame)
+            written += len(writers) + len(ws_writers)
             if written >= WRITES_PER_STEP:
                 written = 0
                 await asyncio.sleep(0)  # let live events through between channels

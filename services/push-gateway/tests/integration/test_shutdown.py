@@ -19,6 +19,24 @@ from .conftest import FakeBookingApi, gateway_process_env
 pytestmark = pytest.mark.integration
 
 
+def websocket_subscribed(port: int, channel: str) -> socket.socket:
+    """A raw WebSocket client on ``/v1/ws`` subscribed to ``channel`` (snapshot received)."""
+    ws = socket.create_connection(("127.0.0.1", port), timeout=10)
+    ws.sendall(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += ws.recv(65536)
+    assert got.startswith(b"HTTP/1.1 101")
+    op = b'{"op":"subscribe","channel":"' + channel.encode() + b'"}'
+    ws.sendall(bytes((0x81, 0x80 | len(op))) + b"\0\0\0\0" + op)  # masked with key 0
+    while b'"snapshot"' not in got:
+        got += ws.recv(65536)
+    return ws
+
+
 def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
     kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
 ) -> None:
@@ -55,6 +73,7 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         received = b""
         while b"event: snapshot" not in received:
             received += client.recv(65536)
+        ws = websocket_subscribed(port, "instructors/term1/schedule")
         process.send_signal(signal.SIGTERM)
         while chunk := client.recv(65536):
             received += chunk
@@ -62,6 +81,14 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         tail = re.search(rb'retry: (\d+)\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n$', received)
         assert tail is not None, received[-200:]
         assert 250 <= int(tail.group(1)) <= 1250
+        on_ws = b""
+        while chunk := ws.recv(65536):
+            on_ws += chunk
+        # the bye message, then a close frame: code 1001, reason "shutdown"
+        assert on_ws.endswith(
+            b'{"event":"bye","data":{"reason":"shutdown"}}\x88\x0a\x03\xe9shutdown'
+        )
+        ws.close()
         # uvicorn drains, then re-raises the signal it captured: a clean SIGTERM exit
         assert process.wait(15) in (0, -signal.SIGTERM)
         assert process.stderr is not None

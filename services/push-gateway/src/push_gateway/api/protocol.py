@@ -10,13 +10,16 @@ WebSocket upgrade). From then on the hub writes the shared frame bytes straight 
 the FastAPI app unchanged.
 """
 
+import asyncio
 import urllib.parse
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from push_gateway.api.ws import WebSocketGateway
 from push_gateway.domain.requests import STREAM_PATHS
+from push_gateway.domain.ws_protocol import WS_PATH
 from push_gateway.gateway import Gateway
 
 
@@ -24,6 +27,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     """Set ``gateway`` on a subclass (see :func:`protocol_for`)."""
 
     gateway: ClassVar[Gateway]
+    websockets: ClassVar[WebSocketGateway | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -33,7 +37,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.parser.get_method() == b"GET":
             parsed = httptools.parse_url(self.url)
             path = urllib.parse.unquote(parsed.path.decode("ascii", "replace"))
-            if path in STREAM_PATHS:
+            if path in STREAM_PATHS or (path == WS_PATH and self.websockets is not None):
                 self._stream_request = (path, parsed.query or b"")
                 return
         super().on_headers_complete()
@@ -46,6 +50,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._stream_request is None:
             super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        if self._stream_request is None:  # another path: uvicorn's own WebSocket support
+            super().handle_websocket_upgrade()
+
     def data_received(self, data: bytes) -> None:
         if self._stream_request is not None:
             return  # already handed over; anything more from the client is ignored
@@ -56,13 +64,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _hand_over(self, path: str, query: bytes) -> None:
         self.connections.discard(self)
         self._unset_keepalive_if_required()
-        connection = self.gateway.open_stream(self.transport, path, query, self.headers)
+        connection: asyncio.Protocol | None
+        if path == WS_PATH and self.websockets is not None:
+            connection = self.websockets.open(self.transport, self.url, self.headers)
+        else:
+            connection = self.gateway.open_stream(self.transport, path, query, self.headers)
         if connection is not None:
             self.transport.set_protocol(connection)
         self.parser = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
 
 
-def protocol_for(gateway: Gateway) -> type[GatewayHttpProtocol]:
+def protocol_for(
+    gateway: Gateway, websockets: WebSocketGateway | None = None
+) -> type[GatewayHttpProtocol]:
     """A protocol class bound to one gateway (uvicorn instantiates it per connection)."""
-    return type("BoundGatewayHttpProtocol", (GatewayHttpProtocol,), {"gateway": gateway})
+    return type(
+        "BoundGatewayHttpProtocol",
+        (GatewayHttpProtocol,),
+        {"gateway": gateway, "websockets": websockets},
+    )

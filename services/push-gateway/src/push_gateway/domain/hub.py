@@ -7,7 +7,8 @@ elegance:
   a record nobody here subscribes to costs that lookup and a ring-buffer append, and its
   value is never decoded;
 * a record with subscribers is framed once (``event:`` from the ``ce_type`` header, ``data:``
-  = the raw value bytes) and the same bytes object is handed to every live subscriber's
+  = the raw value bytes; once more as a WebSocket frame when WebSocket clients subscribe)
+  and the same bytes object is handed to every live subscriber's
   write function, which for a real connection is ``transport.write`` itself: no task
   wake-up, queue or ASGI ``send`` per delivery;
 * subscribers still catching up (snapshot or resume in flight) get the record buffered
@@ -30,6 +31,7 @@ from push_gateway.domain.positions import (
     SCHEDULE_LETTER,
     PartitionKey,
 )
+from push_gateway.domain.ws_protocol import event_frame
 from slotstream_contracts.channels import EVENT_TYPES, Channel, ChannelKind
 from slotstream_contracts.topics import CONTROL_KEY
 
@@ -78,16 +80,21 @@ class Subscriber(Protocol):
 class ChannelSubscribers:
     """Local subscribers of one channel, grouped by their partition set (which fixes the id)."""
 
-    __slots__ = ("channel", "live", "pending", "recent_ids")
+    __slots__ = ("channel", "live", "ws_live", "pending", "recent_ids")
 
     def __init__(self, channel: Channel | None) -> None:
         self.channel = channel
         self.live: dict[tuple[PartitionKey, ...], dict[Subscriber, Writer]] = {}
+        #: WebSocket subscriptions (one channel, hence one partition, each): they get the
+        #: event as one shared WebSocket frame instead of an SSE frame
+        self.ws_live: dict[Subscriber, Writer] = {}
         self.pending: dict[Subscriber, None] = {}
         self.recent_ids: dict[bytes, None] = {}
 
     def __len__(self) -> int:
-        return len(self.pending) + sum(len(group) for group in self.live.values())
+        return (
+            len(self.pending) + len(self.ws_live) + sum(len(group) for group in self.live.values())
+        )
 
 
 @dataclass
@@ -270,6 +277,12 @@ class ChannelHub:
             for write in writers.values():
                 write(frame)
             delivered += len(writers)
+        ws_live = subscribers.ws_live
+        if ws_live:
+            frame = event_frame(family, value, state.id_prefix + str(record.offset).encode())
+            for write in ws_live.values():
+                write(frame)
+            delivered += len(ws_live)
         self.stats.deliveries += delivered
 
     def _vector_id(
@@ -304,15 +317,20 @@ class ChannelHub:
 
     def go_live(self, subscriber: Subscriber) -> None:
         """From now on records are written straight to the subscriber's writer."""
+        websocket = getattr(subscriber, "websocket", False)
         for channel in self._subscribers.get(subscriber, ()):
             entry = self._index[self._kind_topic[channel.kind]][channel.record_key]
             entry.pending.pop(subscriber, None)
-            entry.live.setdefault(subscriber.partitions, {})[subscriber] = subscriber.writer
+            if websocket:
+                entry.ws_live[subscriber] = subscriber.writer
+            else:
+                entry.live.setdefault(subscriber.partitions, {})[subscriber] = subscriber.writer
 
     def to_pending(self, subscriber: Subscriber) -> None:
         """Buffer again (a resync is being served)."""
         for channel in self._subscribers.get(subscriber, ()):
             entry = self._index[self._kind_topic[channel.kind]][channel.record_key]
+            entry.ws_live.pop(subscriber, None)
             group = entry.live.get(subscriber.partitions)
             if group is not None:
                 group.pop(subscriber, None)
@@ -327,12 +345,13 @@ class ChannelHub:
             if entry is None:
                 continue
             entry.pending.pop(subscriber, None)
+            entry.ws_live.pop(subscriber, None)
             group = entry.live.get(subscriber.partitions)
             if group is not None:
                 group.pop(subscriber, None)
                 if not group:
                     del entry.live[subscriber.partitions]
-            if not entry.pending and not entry.live:
+            if not entry.pending and not entry.live and not entry.ws_live:
                 del index[channel.record_key]
 
     def ring_since(
@@ -366,6 +385,11 @@ class ChannelHub:
         if entry is None:
             return []
         return [w for group in entry.live.values() for w in group.values()]
+
+    def live_ws_subscribers(self, channel: Channel) -> list[Writer]:
+        """Writers of the channel's live WebSocket subscriptions (they take WebSocket frames)."""
+        entry = self._index[self._kind_topic[channel.kind]].get(channel.record_key)
+        return [] if entry is None else list(entry.ws_live.values())
 
     @property
     def subscribers(self) -> list[Subscriber]:

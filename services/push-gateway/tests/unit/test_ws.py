@@ -1,0 +1,483 @@
+"""The WebSocket transport (``api/ws.py``) on a fake transport, with websockets' sans-I/O
+client protocol on the other side (so frames are checked by an independent parser)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from push_gateway.adapters.tickets import FakeTicketRedeemer, RedeemedTicket
+from push_gateway.api.ws import WebSocketGateway, WsConnection
+from push_gateway.config import Settings
+from push_gateway.domain.ws_protocol import (
+    CloseCode,
+    OpError,
+    event_frame,
+    parse_op,
+    sse_to_ws,
+    ws_frame,
+)
+from push_gateway.ws_metrics import WebSocketCollector
+from slotstream_contracts.auth import Principal, Role, mint_token
+
+from .test_gateway import JWT
+from .test_gateway import Harness as GatewayHarness
+
+SCHEDULE = "instructors/i1/schedule"
+
+
+class FakeTransport(asyncio.Transport):
+    """Records every ``write`` call (the very bytes objects, to check they are shared)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.high: int | None = None
+        self.low: int | None = None
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.writes.append(data)  # type: ignore[arg-type]
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high, self.low = high, low
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+
+class Client:
+    """A WebSocket client made of websockets' ClientProtocol and a fake transport."""
+
+    def __init__(self, server: WebSocketGateway, target: str = "/v1/ws") -> None:
+        self.transport = FakeTransport()
+        self.protocol = ClientProtocol(parse_uri("ws://gateway" + target))
+        request = self.protocol.connect()
+        self.protocol.send_request(request)
+        self.protocol.data_to_send()
+        headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.raw_items()]
+        self.connection = server.open(self.transport, target.encode(), headers)
+        self._read = 0
+        self.close_frame: Frame | None = None
+        self.response: Response | None = None
+        self.pings = 0
+
+    def send(self, op: dict[str, Any] | bytes) -> None:
+        assert self.connection is not None
+        payload = op if isinstance(op, bytes) else orjson.dumps(op)
+        if isinstance(op, bytes):
+            self.protocol.send_binary(payload)
+        else:
+            self.protocol.send_text(payload)
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.connection.data_received(chunk)
+
+    def messages(self) -> list[dict[str, Any]]:
+        new = self.transport.writes[self._read :]
+        self._read = len(self.transport.writes)
+        self.protocol.receive_data(b"".join(new))
+        found = []
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):
+                self.response = event
+            elif not isinstance(event, Frame):
+                continue
+            elif event.opcode is Opcode.TEXT:
+                found.append(orjson.loads(event.data))
+            elif event.opcode is Opcode.CLOSE:
+                self.close_frame = event
+            elif event.opcode is Opcode.PING:
+                self.pings += 1
+        return found
+
+    def events(self) -> list[str]:
+        return [m["event"] for m in self.messages()]
+
+
+class Harness(GatewayHarness):
+    """The SSE tests' gateway and fakes, plus the WebSocket side."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.ws = WebSocketGateway(self.gateway)
+
+    def produce_versions(self, *versions: int) -> None:
+        self.produce(*self.slot_records(range(versions[0], versions[-1] + 1)))
+
+    async def client(self, target: str = "/v1/ws") -> Client:
+        client = Client(self.ws, target)
+        client.messages()
+        return client
+
+    async def subscribed(self, channel: str = SCHEDULE, **extra: Any) -> Client:
+        client = await self.client()
+        client.send({"op": "subscribe", "channel": channel, **extra})
+        await settle()
+        return client
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness(Settings(max_channels_per_connection=2, max_pending_bytes=32_768, jwt=JWT))
+    try:
+        yield h
+    finally:
+        await h.ws.shutdown()
+        await h.gateway.shutdown()
+
+
+# -- frames -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536])
+def test_server_frames_parse_back_at_every_length_encoding(size: int) -> None:
+    client = ClientProtocol(parse_uri("ws://gateway/"), state=State.OPEN, max_size=None)
+    payload = b"x" * size
+    client.receive_data(ws_frame(payload))
+    [frame] = client.events_received()
+    assert isinstance(frame, Frame)
+    assert frame.opcode is Opcode.TEXT
+    assert frame.data == payload
+
+
+def test_event_frame_is_the_json_message_around_the_raw_data() -> None:
+    frame = event_frame(b"slot", b'{"version":3}', b"s1:7")
+    assert orjson.loads(frame[2:]) == {"event": "slot", "id": "s1:7", "data": {"version": 3}}
+    assert orjson.loads(event_frame(b"presence", b"{}")[2:]) == {"event": "presence", "data": {}}
+
+
+def test_sse_frames_translate_and_comments_and_retry_hints_drop() -> None:
+    sse = b'retry: 500\n\n: hb\n\nid: s1:3\nevent: slot\ndata: {"a":1}\n\nevent: bye\ndata: {}\n\n'
+    assert sse_to_ws(sse) == event_frame(b"slot", b'{"a":1}', b"s1:3") + event_frame(b"bye", b"{}")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"not json", b'{"op":"dance"}', b'{"op":"auth"}', b'{"op":"subscribe"}', b"[]"],
+)
+def test_unreadable_ops_are_refused(message: bytes) -> None:
+    with pytest.raises(OpError):
+        parse_op(message)
+
+
+# -- the connection ---------------------------------------------------------------------------
+
+
+async def test_subscribe_gets_the_snapshot_with_the_sse_id_then_live_events(
+    harness: Harness,
+) -> None:
+    client = await harness.client()
+    assert client.response is not None
+    assert client.response.status_code == 101
+    client.send({"op": "subscribe", "channel": SCHEDULE})
+    await settle()
+    subscribed, snap = client.messages()
+    assert subscribed == {"event": "subscribed", "data": {"channel": SCHEDULE}}
+    assert snap["event"] == "snapshot"
+    assert snap["id"] == f"s{harness.part}:-1"
+    assert snap["data"]["channel"] == SCHEDULE
+    harness.produce_versions(3)
+    [live] = client.messages()
+    assert live["event"] == "slot"
+    assert live["id"] == f"s{harness.part}:0"
+    assert live["data"]["version"] == 3
+    assert live["data"]["type"] == "slot.updated"
+
+
+async def test_every_subscriber_gets_the_same_frame_bytes(harness: Harness) -> None:
+    first, second = await harness.subscribed(), await harness.subscribed()
+    first.messages(), second.messages()
+    harness.produce_versions(3)
+    assert first.transport.writes[-1] is second.transport.writes[-1]
+
+
+async def test_since_replays_only_the_missed_events(harness: Harness) -> None:
+    harness.produce_versions(3, 4, 5)
+    client = await harness.subscribed(since=f"s{harness.part}:0")
+    messages = client.messages()
+    assert [m["event"] for m in messages] == ["subscribed", "slot", "slot"]
+    assert [m["data"]["version"] for m in messages[1:]] == [4, 5]
+    assert [m["id"] for m in messages[1:]] == [f"s{harness.part}:1", f"s{harness.part}:2"]
+
+
+async def test_unsubscribe_stops_delivery(harness: Harness) -> None:
+    client = await harness.subscribed()
+    client.messages()
+    client.send({"op": "unsubscribe", "channel": SCHEDULE})
+    assert client.messages() == [{"event": "unsubscribed", "data": {"channel": SCHEDULE}}]
+    harness.produce_versions(3)
+    assert client.messages() == []
+    assert harness.hub.subscriber_counts() == {}
+
+
+async def test_subscription_problems_answer_without_closing(harness: Harness) -> None:
+    client = await harness.subscribed()
+    client.messages()
+    for channel, status in [
+        ("nonsense", 400),
+        (SCHEDULE, 409),
+        ("users/u1/notifications", 401),
+    ]:
+        client.send({"op": "subscribe", "channel": channel})
+        [error] = client.messages()
+        assert error["event"] == "error"
+        assert error["data"]["status"] == status
+    client.send({"op": "subscribe", "channel": SCHEDULE, "since": "bogus"})
+    assert client.messages()[0]["data"]["status"] in (400, 409)
+    client.send({"op": "unsubscribe", "channel": "instructors/i9/schedule"})
+    assert client.messages()[0]["data"]["status"] == 404
+    assert client.close_frame is None
+
+
+async def test_channel_limit_per_connection(harness: Harness) -> None:
+    client = await harness.subscribed()
+    client.send({"op": "subscribe", "channel": "instructors/i2/schedule"})
+    client.send({"op": "subscribe", "channel": "instructors/i3/schedule"})
+    await settle()
+    errors = [m for m in client.messages() if m["event"] == "error"]
+    assert [e["data"]["detail"] for e in errors if e["data"]["status"] == 400] == [
+        "at most 2 channels per connection"
+    ]
+
+
+async def test_unknown_instructor_is_an_error_on_that_subscription(harness: Harness) -> None:
+    client = await harness.subscribed("instructors/nobody/schedule")
+    messages = client.messages()
+    assert messages[-1]["event"] == "error"
+    assert messages[-1]["data"]["status"] == 404
+    assert client.close_frame is None
+    assert client.connection is not None
+    assert not client.connection.closed
+
+
+async def test_private_channel_after_token_auth_and_not_someone_elses(harness: Harness) -> None:
+    client = await harness.client()
+    client.send({"op": "auth", "token": mint_token(JWT, "u1", Role.STUDENT)})
+    [auth] = client.messages()
+    assert auth["event"] == "authenticated"
+    assert client.connection is not None
+    assert client.connection.protocol is None  # a 2-byte-length frame, parsed to the end
+    assert auth["data"]["sub"] == "u1"
+    client.send({"op": "subscribe", "channel": "users/u2/notifications"})
+    assert client.messages()[0]["data"]["status"] == 403
+    client.send({"op": "subscribe", "channel": "users/u1/notifications"})
+    await settle()
+    assert [m["event"] for m in client.messages()] == ["subscribed"]
+
+
+async def test_invalid_token_closes_with_policy(harness: Harness) -> None:
+    client = await harness.client()
+    client.send({"op": "auth", "token": "not.a.jwt"})
+    assert client.messages()[0]["event"] == "bye"
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
+
+
+async def test_expired_token_closes_private_subscriptions_with_4001(harness: Harness) -> None:
+    client = await harness.client()
+    token = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(seconds=1.5))
+    client.send({"op": "auth", "token": token})
+    client.send({"op": "subscribe", "channel": "users/u1/notifications"})
+    await asyncio.sleep(1.6)  # ``exp`` is whole seconds: the token ends 0.5-1.5 s from now
+    messages = client.messages()
+    assert messages[-1] == {"event": "bye", "data": {"reason": "token-expired"}}
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == (4001).to_bytes(2, "big")
+    assert harness.hub.subscriber_counts() == {}
+
+
+async def test_tokens_in_the_url_are_refused(harness: Harness) -> None:
+    client = Client(harness.ws, "/v1/ws?access_token=abc")
+    assert client.connection is None
+    assert client.transport.writes[0].startswith(b"HTTP/1.1 400")
+
+
+async def test_a_plain_get_is_answered_by_the_library(harness: Harness) -> None:
+    transport = FakeTransport()
+    assert harness.ws.open(transport, b"/v1/ws", [(b"host", b"gateway")]) is None
+    assert transport.writes[0].startswith(b"HTTP/1.1 426")
+    assert transport.closed
+
+
+class GatedRedeemer(FakeTicketRedeemer):
+    """Answers only once ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def redeem(self, ticket: str) -> RedeemedTicket | None:
+        await self.gate.wait()
+        return await super().redeem(ticket)
+
+
+async def test_ticket_auth_holds_later_ops_until_redeemed(harness: Harness) -> None:
+    redeemer = GatedRedeemer()
+    redeemer.issue("good", Principal.model_validate({"sub": "u1", "role": "student"}))
+    harness.gateway.tickets = redeemer
+    client = await harness.client()
+    client.send({"op": "auth", "ticket": "good"})
+    client.send({"op": "subscribe", "channel": "users/u1/notifications"})
+    await settle()
+    assert client.messages() == []
+    redeemer.gate.set()
+    await settle()
+    assert [m["event"] for m in client.messages()] == ["authenticated", "subscribed"]
+    used = await harness.client("/v1/ws?ticket=good")  # single use
+    await settle()
+    assert used.messages()[-1]["event"] == "bye"
+    assert used.close_frame is not None
+    assert used.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
+    assert redeemer.attempts == ["good", "good"]
+
+
+async def test_ticket_service_down_closes_with_try_again_later(harness: Harness) -> None:
+    harness.tickets.unavailable = True
+    client = await harness.client("/v1/ws?ticket=any")
+    await settle()
+    client.messages()
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.TRY_AGAIN_LATER.to_bytes(2, "big")
+
+
+async def test_binary_messages_close_the_connection(harness: Harness) -> None:
+    client = await harness.client()
+    client.send(b"\x00\x01")
+    client.messages()
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.UNSUPPORTED_DATA.to_bytes(2, "big")
+
+
+async def test_garbage_text_closes_with_policy(harness: Harness) -> None:
+    client = await harness.client()
+    assert client.connection is not None
+    client.protocol.send_text(b"{not json")
+    client.connection.data_received(b"".join(client.protocol.data_to_send()))
+    client.messages()
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
+
+
+async def test_slow_consumer_closes_with_4008(harness: Harness) -> None:
+    client = await harness.subscribed()
+    assert client.transport.high == 32_768
+    assert isinstance(client.connection, WsConnection)
+    client.connection.pause_writing()
+    await settle()
+    assert client.messages()[-1] == {"event": "bye", "data": {"reason": "slow-consumer"}}
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == (4008).to_bytes(2, "big")
+    assert harness.hub.subscriber_counts() == {}
+
+
+async def test_shutdown_closes_with_1001(harness: Harness) -> None:
+    client = await harness.subscribed()
+    await harness.ws.shutdown()
+    assert client.messages()[-1] == {"event": "bye", "data": {"reason": "shutdown"}}
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == (1001).to_bytes(2, "big")
+
+
+async def test_client_close_is_answered_and_leaves_the_hub(harness: Harness) -> None:
+    client = await harness.subscribed()
+    assert client.connection is not None
+    client.protocol.send_close(1000, "bye")
+    client.connection.data_received(b"".join(client.protocol.data_to_send()))
+    client.messages()
+    assert client.close_frame is not None  # the echo
+    assert client.transport.closed
+    assert harness.hub.subscriber_counts() == {}
+    assert not harness.ws.connections
+
+
+async def test_keepalive_sends_heartbeats_and_pings_and_drops_silent_clients() -> None:
+    h = Harness(Settings(jwt=JWT, heartbeat_seconds=0.06))
+    talking, silent = await h.client(), await h.client()
+    h.ws.start_background()
+    for _ in range(6):
+        await asyncio.sleep(0.05)
+        talking.send({"op": "ping"})
+    assert silent.connection is not None
+    silent.connection.last_seen -= 60
+    await asyncio.sleep(0.15)
+    events = talking.events()
+    assert "heartbeat" in events
+    assert "pong" in events
+    assert talking.pings >= 1
+    silent.messages()
+    assert silent.close_frame is not None
+    assert silent.close_frame.data[:2] == (4002).to_bytes(2, "big")
+    await h.ws.shutdown()
+    await h.gateway.shutdown()
+
+
+async def test_metrics_count_websockets(harness: Harness) -> None:
+    client = await harness.subscribed()
+    assert client.connection is not None
+    client.connection.pause_writing()
+    await settle()
+    await harness.subscribed()
+    found = {m.name: m for m in WebSocketCollector(harness.ws).collect()}
+    assert found["gateway_ws_connections"].samples[0].value == 1
+    assert found["gateway_ws_subscriptions"].samples[0].value == 1
+    assert found["gateway_ws_accepted"].samples[0].value == 2
+    closes = {s.labels["reason"]: s.value for s in found["gateway_ws_closes"].samples}
+    assert closes["slow-consumer"] == 1
+
+
+async def test_a_message_split_over_reads_is_parsed_and_idle_connections_hold_no_parser(
+    harness: Harness,
+) -> None:
+    client = await harness.client()
+    assert client.connection is not None
+    client.protocol.send_text(orjson.dumps({"op": "ping"}))
+    wire = b"".join(client.protocol.data_to_send())
+    for cut in (1, 5):  # inside the header, then inside the payload
+        client.connection.data_received(wire[:cut])
+        wire = wire[cut:]
+        assert client.connection.protocol is not None  # mid-message: the parser is kept
+    client.connection.data_received(wire)
+    assert client.messages() == [{"event": "pong", "data": {}}]
+    assert client.connection.protocol is None
+
+
+async def test_a_websocket_counts_as_one_stream_of_its_address() -> None:
+    h = Harness(Settings(jwt=JWT, max_streams_per_ip=1))
+    first = await h.client()
+    assert first.connection is not None
+    second = Client(h.ws)
+    assert second.connection is None
+    assert second.transport.writes[0].startswith(b"HTTP/1.1 429")
+    first.connection.close(CloseCode.SHUTDOWN, "test")
+    third = Client(h.ws)  # the address's count was given back
+    assert third.connection is not None
+    await h.ws.shutdown()
+    await h.gateway.shutdown()

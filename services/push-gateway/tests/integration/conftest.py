@@ -3,6 +3,8 @@ fake booking-api serving snapshots over HTTP."""
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -122,16 +124,17 @@ def booking_api() -> Iterator[FakeBookingApi]:
         thread.stop()
 
 
-def gateway_process_env(
+def start_gateway_process(
     kafka: KafkaEndpoint,
     topics: TopicSettings,
     booking_api: "FakeBookingApi",
     port: int,
     **extra: str,
-) -> dict[str, str]:
-    """The environment of a gateway started as a process (``python -m push_gateway``)."""
-    return {
-        **os.environ,
+) -> "subprocess.Popen[bytes]":
+    """``python -m push_gateway`` in its own session, stderr captured (the caller stops it
+    and closes ``stderr``)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
         "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -143,6 +146,13 @@ def gateway_process_env(
         "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
         **extra,
     }
+    return subprocess.Popen(
+        [sys.executable, "-m", "push_gateway"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def gateway_settings(

@@ -3,8 +3,6 @@
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -14,7 +12,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import FakeBookingApi, gateway_process_env
+from .conftest import FakeBookingApi, start_gateway_process
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +39,13 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
     kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
 ) -> None:
     port = free_port()
-    env = gateway_process_env(
+    process = start_gateway_process(
         kafka,
         topics,
         booking_api,
         port,
         GATEWAY_SHUTDOWN_RETRY_MS="250",
         GATEWAY_SHUTDOWN_RETRY_JITTER_MS="1000",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "push_gateway"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 30

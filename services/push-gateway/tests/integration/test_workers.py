@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import FakeBookingApi, gateway_process_env
+from .conftest import FakeBookingApi, start_gateway_process
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +55,7 @@ def workers(
 ) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
     port = free_port()
     metrics_base = _consecutive_free_ports()
-    env = gateway_process_env(
+    process = start_gateway_process(
         kafka,
         topics,
         booking_api,
@@ -65,14 +64,6 @@ def workers(
         GATEWAY_WORKER_METRICS_PORT=str(metrics_base),
         GATEWAY_INSTANCE_ID="gw-multi",
         GATEWAY_PRESENCE_INTERVAL_SECONDS="0.3",
-    )
-    env.pop("GATEWAY_WORKER_INDEX", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "push_gateway"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
     )
     try:
         for n in (0, 1):

@@ -7,8 +7,11 @@ PACKAGES := libs/contracts libs/testkit services/booking-api services/change-pub
 TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs openssl=openssl curl=curl
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
+# axe-core (npm), injected into pages by the browser tests; installed under .venv, never committed.
+AXE_CORE_VERSION := 4.10.3
+AXE_CORE := $(VENV)/node/node_modules/axe-core/axe.min.js
 
-.PHONY: help venv lint format test test-fast demo bench events system-deps clean
+.PHONY: help venv lint format test test-fast demo bench events system-deps axe clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
@@ -35,7 +38,13 @@ format: venv
 system-deps:
 	@scripts/system-deps.sh $(TEST_DEPS)
 
-test: venv system-deps lint
+$(AXE_CORE): Makefile
+	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/node axe-core@$(AXE_CORE_VERSION)
+	@touch $@
+
+axe: $(AXE_CORE)
+
+test: venv system-deps axe lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS) libs/contracts/tests libs/testkit/tests services/booking-api/tests services/change-publisher/tests services/push-gateway/tests tests
 
 test-fast: venv

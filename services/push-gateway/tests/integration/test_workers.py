@@ -13,23 +13,11 @@ import pytest
 
 from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
-from slotstream_testkit.net import free_port
+from slotstream_testkit.net import free_port, free_port_block
 
 from .conftest import FakeBookingApi, start_gateway_process
 
 pytestmark = pytest.mark.integration
-
-
-def _consecutive_free_ports() -> int:
-    for _ in range(50):
-        base = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 def _metric(text: str, name: str) -> list[str]:
@@ -54,7 +42,7 @@ def workers(
     kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
 ) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
     port = free_port()
-    metrics_base = _consecutive_free_ports()
+    metrics_base = free_port_block(3)
     process = start_gateway_process(
         kafka,
         topics,

@@ -18,7 +18,7 @@ help:
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
-	@echo "make bench  - load benchmarks; JSON results in bench/results/"
+	@echo "make bench  - load benchmarks; results in bench/results/, plots in docs/img/, README table"
 	@echo "make chaos  - the chaos suite, longer and larger (CHAOS_SECONDS, CHAOS_RATE, CHAOS_CLIENTS, CHAOS_CHURN)"
 	@echo "make events - print the demo's events (ARGS='notifications --from end --key student-1')"
 
@@ -60,6 +60,8 @@ bench: venv
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/report.py
 
 # The chaos scenarios of `make test`, longer and larger; the figures table at the end
 # (docs/reliability.md). Override any knob: make chaos CHAOS_SECONDS=60 CHAOS_RATE=400

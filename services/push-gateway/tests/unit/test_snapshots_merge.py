@@ -137,3 +137,32 @@ async def test_http_snapshot_gives_up_after_three_attempts_and_never_retries_404
         with pytest.raises(SnapshotNotFound):
             await HttpSnapshotSource(missing).fetch("i1")
     assert len(asked) == 1
+
+
+async def test_http_snapshots_in_flight_are_bounded() -> None:
+    """A connect storm's many instructors wait at the source, not in httpx's pool (whose
+    queue costs CPU per queued request)."""
+    release = asyncio.Event()
+    in_flight = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        instructor = request.url.path.split("/")[3]
+        return httpx.Response(200, content=snapshot(instructor, []).model_dump_json(by_alias=True))
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://booking"
+    ) as client:
+        source = HttpSnapshotSource(client, max_in_flight=4)
+        fetches = [asyncio.create_task(source.fetch(f"i{n}")) for n in range(20)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert peak == 4
+        release.set()
+        taken = await asyncio.gather(*fetches)
+    assert [t.instructor_id for t in taken] == [f"i{n}" for n in range(20)]
+    assert peak == 4

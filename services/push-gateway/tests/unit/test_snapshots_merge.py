@@ -43,6 +43,19 @@ async def test_a_recent_snapshot_is_reused_unless_a_newer_one_is_required() -> N
     assert source.fetches.count("i1") == 4
 
 
+async def test_recent_gives_the_snapshot_a_fetch_would_reuse_without_fetching() -> None:
+    source = FakeSnapshotSource({"i1": snapshot("i1", [])})
+    coalescer = CoalescingSnapshots(source, reuse_seconds=60)
+    assert coalescer.recent("i1") is None
+    taken = await coalescer.fetch("i1", lambda: 3)
+    assert coalescer.recent("i1") is taken
+    assert coalescer.recent("i2") is None
+    assert source.fetches == ["i1"]
+    expiring = CoalescingSnapshots(source, reuse_seconds=0)
+    await expiring.fetch("i1", lambda: 0)
+    assert expiring.recent("i1") is None
+
+
 async def test_a_failed_fetch_fails_every_waiter_and_is_not_remembered() -> None:
     source = FakeSnapshotSource()
     source.gate = asyncio.Event()

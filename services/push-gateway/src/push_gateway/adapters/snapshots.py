@@ -103,6 +103,8 @@ class TakenSnapshot:
     encoded: bytes = b""
     #: slot id → version, for merging buffered deltas
     versions: dict[str, int] = field(default_factory=dict)
+    #: (channel name, frame id) → the complete snapshot frame (see ``snapshot_frame``)
+    frames: dict[tuple[str, bytes], bytes] = field(default_factory=dict, compare=False)
 
 
 class CoalescingSnapshots:
@@ -136,12 +138,8 @@ class CoalescingSnapshots:
         :class:`SnapshotNotFound` without asking again for ``unknown_ttl_seconds``."""
         if self._unknown and self._known_unknown(instructor_id):
             raise SnapshotNotFound(instructor_id)
-        recent = self._recent.get(instructor_id)
-        if (
-            recent is not None
-            and time.monotonic() - recent.taken_at <= self._reuse
-            and (fresh_after is None or recent.since >= fresh_after)
-        ):
+        recent = self.recent(instructor_id)
+        if recent is not None and (fresh_after is None or recent.since >= fresh_after):
             return recent
         future = self._in_flight.get(instructor_id)
         if future is None:
@@ -155,6 +153,15 @@ class CoalescingSnapshots:
             self.fetches += 1
             taken = await self._fetch(instructor_id, position())
         return taken
+
+    def recent(self, instructor_id: str) -> TakenSnapshot | None:
+        """The snapshot :meth:`fetch` would reuse at once (without ``fresh_after``), if any."""
+        if self._unknown and self._known_unknown(instructor_id):
+            return None
+        recent = self._recent.get(instructor_id)
+        if recent is None or time.monotonic() - recent.taken_at > self._reuse:
+            return None
+        return recent
 
     def _known_unknown(self, instructor_id: str) -> bool:
         now = time.monotonic()

@@ -7,15 +7,19 @@ PACKAGES := libs/contracts libs/testkit services/booking-api services/change-pub
 TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs openssl=openssl curl=curl
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
+# axe-core (npm), injected into pages by the browser tests; installed under .venv, never committed.
+AXE_CORE_VERSION := 4.10.3
+AXE_CORE := $(VENV)/node/node_modules/axe-core/axe.min.js
 
-.PHONY: help venv lint format test test-fast demo bench events system-deps clean
+.PHONY: help venv lint format test test-fast demo bench chaos events system-deps axe clean
 
 help:
 	@echo "make venv   - create .venv and install every package (editable) with constraints.txt"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make test   - venv + system packages + lint + every test suite"
 	@echo "make demo   - the whole system without Docker at http://127.0.0.1:8080/"
-	@echo "make bench  - load benchmarks; JSON results in bench/results/"
+	@echo "make bench  - load benchmarks; results in bench/results/, plots in docs/img/, README table"
+	@echo "make chaos  - the chaos suite, longer and larger (CHAOS_SECONDS, CHAOS_RATE, CHAOS_CLIENTS, CHAOS_CHURN)"
 	@echo "make events - print the demo's events (ARGS='notifications --from end --key u1')"
 
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -35,7 +39,13 @@ format: venv
 system-deps:
 	@scripts/system-deps.sh $(TEST_DEPS)
 
-test: venv system-deps lint
+$(AXE_CORE): Makefile
+	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/node axe-core@$(AXE_CORE_VERSION)
+	@touch $@
+
+axe: $(AXE_CORE)
+
+test: venv system-deps axe lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS) libs/contracts/tests libs/testkit/tests services/booking-api/tests services/change-publisher/tests services/push-gateway/tests tests
 
 test-fast: venv
@@ -52,6 +62,20 @@ bench: venv
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/connect_storm.py
 	$(BIN)/python bench/e2e_latency.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/report.py
+
+# The chaos scenarios of `make test`, longer and larger; the figures table at the end
+# (docs/reliability.md). Override any knob: make chaos CHAOS_SECONDS=60 CHAOS_RATE=400
+CHAOS_SECONDS ?= 600
+CHAOS_RATE ?= 1000
+CHAOS_CLIENTS ?= 2000
+CHAOS_CHURN ?= 20000
+chaos: venv
+	@scripts/system-deps.sh nginx=nginx
+	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE=$(CHAOS_RATE) CHAOS_CLIENTS=$(CHAOS_CLIENTS) \
+	CHAOS_CHURN=$(CHAOS_CHURN) $(BIN)/python -m pytest -m chaos -s $(PYTEST_ARGS) tests/chaos; \
+	status=$$?; $(BIN)/python -m tests.chaos.table; exit $$status
 
 events: venv
 	$(BIN)/slotstream-events $(ARGS)

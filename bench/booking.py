@@ -28,6 +28,7 @@ import uvloop
 from pydantic import SecretStr
 
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
+from slotstream_testkit.benchkit import record_results
 from slotstream_testkit.net import free_port, wait_for_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "booking.json"
@@ -157,7 +158,7 @@ async def bench(
     client_cpu = time.process_time() - client_cpu
     created_count = measured.statuses.get(201, 0)
     return {
-        "benchmark": "booking-api bookings through HTTP, memory backend, one uvicorn process",
+        "description": "booking-api bookings through HTTP, memory backend, one uvicorn process",
         "when": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "connections": connections,
@@ -215,8 +216,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    record_results(RESULTS.parent, "booking", result)
     latency = result["latency_ms"]
     assert isinstance(latency, dict)
     print(

@@ -6,7 +6,8 @@ N streams spread over C schedule channels with raw asyncio sockets, as fast as t
 backlog allows (at most --in-flight requests waiting for their snapshot). Reports streams/s,
 the time to open all, time-to-first-snapshot-byte p50/p99 (request written -> the
 ``event: snapshot`` frame read) and the gateway's CPU seconds for the storm (its process
-tree, from /proc). Results: bench/results/connect_storm.json.
+tree, from /proc). Results: bench/results/connect_storm.json (latest) and
+bench/results/history.jsonl.
 
     .venv/bin/python bench/connect_storm.py                      # 10,000 streams, 500 channels
     .venv/bin/python bench/connect_storm.py --streams 2000 --repeat 3
@@ -35,6 +36,7 @@ from typing import Any, cast
 
 import uvloop
 
+from slotstream_testkit.benchkit import record_results
 from slotstream_testkit.kafka import TansuBroker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +50,7 @@ from bench.fanout import (  # noqa: E402
     tree_cpu_seconds,
 )
 
-RESULTS = ROOT / "bench" / "results" / "connect_storm.json"
+RESULTS_DIR = ROOT / "bench" / "results"
 SNAPSHOT_MARK = b"event: snapshot"
 
 
@@ -258,7 +260,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for the gateway, e.g. GATEWAY_PRESENCE_EVENTS=true",
     )
     parser.add_argument("--profile", type=Path, help="py-spy flame graph of the gateway (SVG)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="appends to history.jsonl there and writes connect_storm.json (the latest)",
+    )
     return parser.parse_args(argv)
 
 
@@ -280,9 +287,8 @@ def main(argv: list[str] | None = None) -> None:
             f" streams/s, all open in {best['seconds_to_open_all']} s, first snapshot p99"
             f" {best['ttfb_ms_p99']} ms, server CPU {best['server_cpu_s']} s"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.out}")
+    written = record_results(args.results_dir, "connect_storm", results)
+    print(f"written to {written} (and appended to history.jsonl)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ and timestamps the matching ``slot`` frame at every client. Per booking and clie
 commit -> frame (the slot's ``updatedAt``, written by the booking-api at commit) and
 201 -> frame. Two phases in one run: ``shared`` (no pinning) and ``broker-core`` (Tansu
 alone on core 0, everything else — services, edge, clients — on core 1), so the broker's
-share is visible. Results: bench/results/e2e_latency.json.
+share is visible. Results: bench/results/e2e_latency.json (latest) and
+bench/results/history.jsonl.
 
     .venv/bin/python bench/e2e_latency.py                         # 300 clients, 3,000 deliveries/s
     .venv/bin/python bench/e2e_latency.py --clients 600 --rate 20000 --bookings 60
@@ -46,13 +47,14 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 from slotstream_contracts.topics import SCHEDULE_TOPIC
+from slotstream_testkit.benchkit import record_results
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the stack and the fan-out tools
 from bench.fanout import _descendants, percentile  # noqa: E402
 from scripts.devstack import DevStack, Ports  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "e2e_latency.json"
+RESULTS_DIR = ROOT / "bench" / "results"
 #: the clients all come from 127.0.0.1: lift the edge's and the gateways' per-address limits
 EDGE_ENV = {
     "EDGE_STREAMS_PER_IP": "20000",
@@ -370,7 +372,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--broker-core", type=int, default=0)
     parser.add_argument("--other-core", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="appends to history.jsonl there and writes e2e_latency.json (the latest)",
+    )
     return parser.parse_args(argv)
 
 
@@ -394,9 +401,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{phase['frames_measured']} frames ({phase['frames_missed']} missed) at "
             f"{phase['deliveries_per_s_measured']} deliveries/s"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.out}")
+    written = record_results(args.results_dir, "e2e_latency", results)
+    print(f"written to {written} (and appended to history.jsonl)")
 
 
 if __name__ == "__main__":

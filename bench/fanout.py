@@ -12,7 +12,7 @@ For the gateway, where its latency goes: its own histograms from /metrics (Kafka
 window), the publish -> broker-ack time, and a bare Kafka consumer on the server core beside
 it (--probe-consumer, on by default): what any consumer gets from the broker in that run.
 Also: the gateway's ingest rate for events nobody subscribes to (a backlog drained from
-Tansu). Results: bench/results/fanout.json.
+Tansu). Results: bench/results/fanout.json (latest) and bench/results/history.jsonl.
 
     .venv/bin/python bench/fanout.py                       # default, a few minutes
     .venv/bin/python bench/fanout.py --servers gateway --connections 2000 --rate 20000
@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import resource
 import secrets
 import shutil
@@ -48,13 +47,19 @@ import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from slotstream_testkit.benchkit import (
+    StreamCount,
+    backlog_producer,
+    latency_cdf_ms,
+    record_results,
+    tally,
+)
 from slotstream_testkit.kafka import TansuBroker, create_topics
 from slotstream_testkit.net import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "fanout.json"
+RESULTS_DIR = ROOT / "bench" / "results"
 NCHAN_MODULE = Path("/usr/share/nginx/modules/ngx_nchan_module.so")
-TS_TOKEN = b'"ts":'
 IN_FLIGHT_OPENS = 500
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -103,12 +108,13 @@ def own_cpu_seconds() -> float:
 
 
 def spawn(
-    command: list[str], core: int, log: Path | None = None, env: dict[str, str] | None = None
+    command: list[str], core: str, log: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a server pinned to ``core`` in its own session (stopped by PID later)."""
+    """Start a server pinned to ``core`` (a CPU list: "0", "0,1") in its own session
+    (stopped by PID later)."""
     output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
-        ["taskset", "-c", str(core), *command],
+        ["taskset", "-c", core, *command],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -118,17 +124,17 @@ def spawn(
 
 # -- the load client ------------------------------------------------------------------------
 class SseClient(asyncio.Protocol):
-    """Counts events by the timestamp key inside each payload; sampled connections also
-    parse the timestamps for latency. Kept lean: the client must not be the bottleneck."""
+    """Counts the events of one stream by unique ``(channel, seq)`` inside each payload
+    (duplicates apart); sampled connections also turn the publish timestamps into
+    latencies. Kept lean: the client must not be the bottleneck."""
 
-    __slots__ = ("transport", "count", "tail", "sample", "buffer", "opened", "latencies", "waiter")
+    __slots__ = ("transport", "channel", "counted", "sample", "opened", "latencies", "waiter")
 
-    def __init__(self, sample: bool, latencies: list[int]) -> None:
+    def __init__(self, channel: bytes, sample: bool, latencies: list[int]) -> None:
         self.transport: asyncio.Transport | None = None
-        self.count = 0
-        self.tail = b""
+        self.channel = channel
+        self.counted = StreamCount()
         self.sample = sample
-        self.buffer = b""
         self.opened = False
         self.latencies = latencies
         self.waiter: asyncio.Future[None] | None = None
@@ -142,23 +148,9 @@ class SseClient(asyncio.Protocol):
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
         if self.sample:
-            now = time.time_ns()
-            buf = self.buffer + data
-            cut = buf.rfind(b"\n\n") + 2
-            complete, self.buffer = buf[:cut], buf[cut:]
-            position = complete.find(TS_TOKEN)
-            while position >= 0:
-                start = position + len(TS_TOKEN)
-                end = start
-                while complete[end : end + 1].isdigit():
-                    end += 1
-                self.latencies.append(now - int(complete[start:end]))
-                self.count += 1
-                position = complete.find(TS_TOKEN, end)
+            self.counted.feed(data, time.time_ns(), self.latencies)
         else:
-            joined = self.tail + data
-            self.count += joined.count(TS_TOKEN)
-            self.tail = joined[-(len(TS_TOKEN) - 1) :]
+            self.counted.feed(data)
 
 
 WS_HANDSHAKE = (
@@ -175,14 +167,17 @@ def ws_client_frame(payload: bytes) -> bytes:
 
 class WsClient(SseClient):
     """The same counting over the gateway's WebSocket: handshake, then one subscribe op;
-    "open" once the snapshot arrived (as an SSE stream's 200 comes with its snapshot)."""
+    "open" once the snapshot arrived (as an SSE stream's 200 comes with its snapshot).
+    Server frames are parsed (unmasked, RFC 6455) and each text message is counted as an
+    SSE frame is; pings are answered as a browser does (else an idle socket is closed)."""
 
-    __slots__ = ("channel", "upgraded")
+    __slots__ = ("instructor", "upgraded", "pending")
 
-    def __init__(self, sample: bool, latencies: list[int], channel: str) -> None:
-        super().__init__(sample, latencies)
-        self.channel = channel
+    def __init__(self, channel: bytes, sample: bool, latencies: list[int], instructor: str):
+        super().__init__(channel, sample, latencies)
+        self.instructor = instructor
         self.upgraded = False
+        self.pending = b""
 
     def data_received(self, data: bytes) -> None:
         if not self.upgraded:
@@ -190,37 +185,49 @@ class WsClient(SseClient):
                 self.upgraded = True
                 op = (
                     b'{"op":"subscribe","channel":"instructors/'
-                    + self.channel.encode()
+                    + self.instructor.encode()
                     + b'/schedule"}'
                 )
                 self.transport.write(ws_client_frame(op))
             return
-        if b"\x89\x00" in data and self.transport is not None:
-            # the gateway's keep-alive ping (those bytes never occur in the JSON text):
-            # answer as a browser does, else an idle connection is closed after 35 s
-            self.transport.write(b"\x8a\x80\0\0\0\0")
-        if not self.opened and b'"snapshot"' in data:
+        messages, self.pending = ws_messages(self.pending + data)
+        for opcode, _ in messages:
+            if opcode == WS_PING and self.transport is not None:
+                self.transport.write(b"\x8a\x80\0\0\0\0")
+        texts = [body for opcode, body in messages if opcode == WS_TEXT]
+        if not texts:
+            return
+        if not self.opened and any(b'"snapshot"' in text for text in texts):
             self.opened = True
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
-        if not self.sample:
-            super().data_received(data)
-            return
-        now = time.time_ns()
-        buf = self.buffer + data
-        keep_from = max(0, len(buf) - len(TS_TOKEN) + 1)  # a token cut at the end
-        position = buf.find(TS_TOKEN)
-        while position >= 0:
-            start = end = position + len(TS_TOKEN)
-            while buf[end : end + 1].isdigit():
-                end += 1
-            if end == len(buf):  # the number may go on in the next read
-                keep_from = position
-                break
-            self.latencies.append(now - int(buf[start:end]))
-            self.count += 1
-            position = buf.find(TS_TOKEN, end)
-        self.buffer = buf[keep_from:]
+        joined = b"\n\n".join(texts) + b"\n\n"
+        if self.sample:
+            self.counted.feed(joined, time.time_ns(), self.latencies)
+        else:
+            self.counted.feed(joined)
+
+
+WS_TEXT = 0x1
+WS_PING = 0x9
+
+
+def ws_messages(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Complete server frames ``(opcode, payload)`` in ``buffer``, and the unparsed rest."""
+    found: list[tuple[int, bytes]] = []
+    position = 0
+    while len(buffer) - position >= 2:
+        length, head = buffer[position + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(buffer[position + 2 : position + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(buffer[position + 2 : position + 10], "big"), 10
+        if len(buffer) - position < head + length:
+            break
+        start = position + head
+        found.append((buffer[position] & 0x0F, buffer[start : start + length]))
+        position = start + length
+    return found, buffer[position:]
 
 
 @dataclass
@@ -231,7 +238,11 @@ class Load:
 
     @property
     def received(self) -> int:
-        return sum(c.count for c in self.clients)
+        return sum(len(c.counted.seen) for c in self.clients)
+
+    def reset_counts(self) -> None:
+        for client in self.clients:
+            client.counted = StreamCount()
 
     def close(self) -> None:
         for client in self.clients:
@@ -241,7 +252,7 @@ class Load:
 
 async def open_streams(
     port: int,
-    paths: list[str],
+    paths: list[tuple[bytes, str]],
     latencies: list[int],
     sample_every: int,
     load: Load,
@@ -254,11 +265,13 @@ async def open_streams(
     # and a burst beyond the listen backlog would measure SYN retries, not the server
     semaphore = asyncio.Semaphore(IN_FLIGHT_OPENS)
 
-    async def one(index: int, path: str) -> None:
+    async def one(index: int, channel: bytes, path: str) -> None:
         async with semaphore:
             sample = sample_every > 0 and index % sample_every == 0
             client = (
-                WsClient(sample, latencies, path) if websocket else SseClient(sample, latencies)
+                WsClient(channel, sample, latencies, path)
+                if websocket
+                else SseClient(channel, sample, latencies)
             )
             client.waiter = loop.create_future()
             try:
@@ -274,7 +287,7 @@ async def open_streams(
                 await asyncio.wait_for(client.waiter, 30)
 
     t0 = time.monotonic()
-    await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+    await asyncio.gather(*(one(i, c, p) for i, (c, p) in enumerate(paths)))
     print(f"  {len(load.clients)} connected in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     deadline = time.monotonic() + 60
     last_report = time.monotonic()
@@ -303,7 +316,7 @@ class Server:
     def sub_path(self, channel: str) -> str:
         raise NotImplementedError
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         raise NotImplementedError
 
     async def publish(self, events: list[tuple[str, bytes]]) -> None:
@@ -405,7 +418,7 @@ class GatewayServer(Server):
             **self.extra_env,
         }
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         self.port = free_port()
         self.process = spawn(
             [sys.executable, "-m", "push_gateway"],
@@ -414,6 +427,13 @@ class GatewayServer(Server):
             env=self.env(),
         )
         await wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
+        # with GATEWAY_WORKERS each probe reaches any one worker: wait for a run of answers
+        async with httpx.AsyncClient() as client:
+            ready = 0
+            while ready < 20:
+                answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                ready = ready + 1 if answer.status_code == 200 else 0
+                await asyncio.sleep(0.05)
         if self.producer is None:
             self.producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap,
@@ -477,7 +497,7 @@ class NchanServer(Server):
     def sub_path(self, channel: str) -> str:
         return f"/sub/{channel}"
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         self.port = free_port()
         home = tmp / "nchan"
         home.mkdir(exist_ok=True)
@@ -574,7 +594,7 @@ class PushpinServer(Server):
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    async def start(self, tmp: Path, core: int) -> None:
+    async def start(self, tmp: Path, core: str) -> None:
         self._origin = await asyncio.start_server(self._grip, "127.0.0.1", self.origin_port)
         self.port = free_port()
         self.publish_port = free_port()
@@ -748,7 +768,7 @@ async def probe_consumer(bootstrap: str, topic: str, seconds: float, ready: Path
 
 
 async def start_probe(
-    bootstrap: str, topic: str, seconds: float, core: int, tmp: Path
+    bootstrap: str, topic: str, seconds: float, core: str, tmp: Path
 ) -> tuple[subprocess.Popen[bytes], Path]:
     out = tmp / f"probe-{uuid.uuid4().hex[:6]}.json"
     process = spawn(
@@ -781,9 +801,10 @@ async def run_fanout(
         rss_base = tree_rss_bytes(server.pid)
         channels = [f"b{n}" for n in range(args.channels)]
         load = Load()
-        paths = [server.sub_path(channels[i % len(channels)]) for i in range(args.connections)]
+        subscribed = [channels[i % len(channels)] for i in range(args.connections)]
         idle = max(0, args.idle_connections - args.connections)
-        paths += [server.sub_path(f"idle{i % 50}") for i in range(idle)]
+        subscribed += [f"idle{i % 50}" for i in range(idle)]
+        paths = [(channel.encode(), server.sub_path(channel)) for channel in subscribed]
         t_connect = time.monotonic()
         opened = await open_streams(
             server.port, paths, load.latencies, args.sample_every, load, server.websocket
@@ -797,7 +818,8 @@ async def run_fanout(
         per_tick = events_per_second / ticks_per_second
         pad = "x" * args.pad
         load.latencies.clear()
-        baseline_received = load.received
+        load.reset_counts()
+        published: dict[bytes, set[int]] = {}
         cpu_before = tree_cpu_seconds(server.pid)
         own_before = own_cpu_seconds()
         broker_before = tree_cpu_seconds(broker_pid) if broker_pid else 0.0
@@ -828,6 +850,7 @@ async def run_fanout(
                 owed -= 1
                 channel = channels[seq % len(channels)]
                 batch.append((channel, payload(seq, channel, pad)))
+                published.setdefault(channel.encode(), set()).add(seq)
                 seq += 1
             if batch:
                 await server.publish(batch)
@@ -839,7 +862,7 @@ async def run_fanout(
         publish_seconds = time.monotonic() - started
         expected = sent * per_channel
         drain_deadline = time.monotonic() + args.drain
-        while load.received - baseline_received < expected:  # noqa: ASYNC110 - polls counters
+        while load.received < expected:  # noqa: ASYNC110 - polls counters
             if time.monotonic() > drain_deadline:
                 break
             await asyncio.sleep(0.05)
@@ -847,7 +870,8 @@ async def run_fanout(
         cpu = tree_cpu_seconds(server.pid) - cpu_before
         own = own_cpu_seconds() - own_before
         broker_cpu = tree_cpu_seconds(broker_pid) - broker_before if broker_pid else None
-        received = load.received - baseline_received
+        counted = tally(published, ((c.channel, c.counted) for c in load.clients))
+        received = counted.received_unique
         rss_loaded = tree_rss_bytes(server.pid)
         timings = gateway_timings(timings_before, await gateway.metrics_text()) if gateway else {}
         if probe is not None:
@@ -869,10 +893,15 @@ async def run_fanout(
             "deliveries_expected": expected,
             "deliveries_received": received,
             "deliveries_per_s": round(received / elapsed),
-            "loss_fraction": round(max(0, expected - received) / expected, 4) if expected else None,
+            # per connection by unique (channel, seq); duplicates never offset a loss
+            "deliveries_lost": counted.lost,
+            "loss_fraction": counted.loss_fraction,
+            "duplicates": counted.duplicates,
+            "foreign_events": counted.foreign,
             "latency_ms_p50": percentile(load.latencies, 0.50),
             "latency_ms_p99": percentile(load.latencies, 0.99),
             "latency_samples": len(load.latencies),
+            "latency_cdf_ms": latency_cdf_ms(load.latencies),
             "server_cpu_seconds": round(cpu, 2),
             "server_cpu_us_per_delivery": round(cpu / received * 1e6, 2) if received else None,
             "server_core_utilisation": round(cpu / elapsed, 2),
@@ -903,14 +932,7 @@ async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path
     assert process is not None
     try:
         process.send_signal(signal.SIGSTOP)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=gateway.bootstrap,
-            enable_idempotence=False,
-            linger_ms=5,
-            max_batch_size=512 * 1024,
-            acks=1,
-        )
-        await producer.start()
+        producer = await backlog_producer(gateway.bootstrap)
         try:
             value = payload(0, "nobody", "x" * args.pad)
             topic = gateway.topics["schedule"]
@@ -958,9 +980,6 @@ def pinned(core: int) -> Iterator[None]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "benchmark": "fanout",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "workload": {
             "connections": args.connections,
             "idle_connections_total": max(args.idle_connections, args.connections),
@@ -1058,7 +1077,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
         choices=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
     )
-    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument(
+        "--server-core",
+        default="0",
+        help='CPU list for the server, e.g. "0,1" with --gateway-env GATEWAY_WORKERS=2',
+    )
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument(
         "--gateway-env",
@@ -1073,7 +1096,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="run a bare Kafka consumer on the server core beside the gateway",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="appends to history.jsonl there and writes fanout.json (the latest)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1094,10 +1122,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with pinned(args.client_core):
         results = uvloop.run(main_async(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    written = record_results(args.results_dir, "fanout", results)
     print(render_table(results))
-    print(f"written to {args.out}")
+    print(f"written to {written} (and appended to history.jsonl)")
 
 
 def render_table(results: dict[str, Any]) -> str:
@@ -1115,7 +1142,8 @@ def render_table(results: dict[str, Any]) -> str:
             continue
         rows.append(
             f"| {run['server']} | {run['connections_open']} | {run['deliveries_per_s']} "
-            f"({run['offered_deliveries_per_s']}) | {run['loss_fraction']:.2%} "
+            f"({run['offered_deliveries_per_s']}) | {run['loss_fraction'] or 0:.2%} "
+            f"(dup {run['duplicates']}) "
             f"| {fmt(run['latency_ms_p50'])} | {fmt(run['latency_ms_p99'])} "
             f"| {fmt(run['server_cpu_us_per_delivery'])} | {run['rss_per_connection_kb']} "
             f"| {run['server_core_utilisation']} | {run['client_core_utilisation']} |"

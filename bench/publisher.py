@@ -19,7 +19,6 @@ after a fixed time. The machine's other work (load average) is reported alongsid
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import os
 import platform
@@ -56,6 +55,7 @@ from slotstream_contracts.documents import (
 from slotstream_contracts.entities import BookingStatus, NotificationKind, SlotStatus
 from slotstream_contracts.settings import KafkaSettings
 from slotstream_contracts.topics import DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
+from slotstream_testkit.benchkit import record_results
 from slotstream_testkit.kafka import TansuBroker, create_topics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "publisher.json"
@@ -330,8 +330,7 @@ def main() -> None:
         result = uvloop.run(
             run(broker.bootstrap_servers, args.events, args.rate, args.seconds, args.read_batch)
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    record_results(RESULTS.parent, "publisher", result)
     print(f"wrote {RESULTS}")
 
 

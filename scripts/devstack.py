@@ -288,6 +288,11 @@ class DevStack:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.ports.kafka}"
 
+    @property
+    def publisher_checkpoint(self) -> Path:
+        """The publisher's checkpoint file: it outlives the process, not the stack."""
+        return self.state_dir / "publisher-checkpoint.json"
+
     def gateway_url(self, number: int) -> str:
         return f"http://127.0.0.1:{self.gateway_port(number)}"
 
@@ -455,7 +460,7 @@ class DevStack:
                 str(tansu_binary()),
                 "broker",
                 "--listener-url",
-                f"tcp://{self.bootstrap_servers}",
+                f"tcp://127.0.0.1:{self.ports.kafka}",
                 "--advertised-listener-url",
                 f"tcp://{self.bootstrap_servers}",
             ],
@@ -488,6 +493,9 @@ class DevStack:
         )
 
     def _start_booking_api(self) -> None:
+        # Its change log starts empty: a publisher's resume token of an earlier run would
+        # point into a different history.
+        self.publisher_checkpoint.unlink(missing_ok=True)
         env = self._base_env() | {
             "BOOKING_API_HOST": "127.0.0.1",
             "BOOKING_API_PORT": str(self.ports.booking_api),
@@ -519,6 +527,8 @@ class DevStack:
             "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
             # Tansu rejects idempotent producers; event ids make re-sends harmless.
             "PUBLISHER_ENABLE_IDEMPOTENCE": "false",
+            # A restarted publisher resumes after its last acknowledged change.
+            "PUBLISHER_CHECKPOINT_FILE": str(self.publisher_checkpoint),
             "PUBLISHER_LOG__LEVEL": self.log_level,
         }
         self._spawn(

@@ -13,8 +13,10 @@ const state = {
   weekChosen: false, // the user navigated weeks: stop jumping to the next free slot
   sub: null,
   myBookingIds: new Set(), // active bookings of the signed-in student
-  studentOfBooking: new Map(), // booking id → student id (own bookings, private booking events)
+  bookingInfo: new Map(), // booking id → {studentId, studentName} (own bookings, private booking events)
   pending: new Set(), // slot ids with a request in flight
+  editing: null, // {slotId, version} of the slot the slot dialog moves, or null (adding)
+  cancelling: null, // the booked slot the cancel dialog is about
   changed: new Set(), // slot ids to highlight briefly
   notifications: new Map(), // id → NotificationData
 };
@@ -23,6 +25,27 @@ const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "nume
 const fmtDayLong = new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long" });
 const fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const fmtClock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+// Every time on the page is in the viewer's time zone and locale; this names the zone.
+const viewerZone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+const fmtWhen = new Intl.DateTimeFormat(undefined, {
+  weekday: "short",
+  day: "numeric",
+  month: "short",
+  hour: "2-digit",
+  minute: "2-digit",
+  timeZoneName: "short",
+});
+const LENGTHS = [15, 30, 45, 60, 90, 120]; // minutes offered for a new or moved slot
+
+/** "09:00 – 10:00" in the viewer's locale (spaces let it wrap in a narrow column). */
+function timeRange(start, end) {
+  return fmtTime.formatRange ? fmtTime.formatRange(start, end) : `${fmtTime.format(start)} – ${fmtTime.format(end)}`;
+}
+
+/** "Wed, 2 Dec, 09:00 GMT" (start) or a range with the end time. */
+function whenText(start, end) {
+  return end ? fmtWhen.formatRange(start, end) : fmtWhen.format(start);
+}
 
 function startOfWeek(date) {
   const d = new Date(date.getFullYear(), date.getMonth(), date.getDate());
@@ -50,8 +73,8 @@ function newIdempotencyKey() {
   return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
+async function api(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: "application/json", ...extraHeaders };
   if (state.user) headers.Authorization = `Bearer ${await freshToken()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method === "POST") headers["Idempotency-Key"] = newIdempotencyKey();
@@ -171,8 +194,14 @@ async function loadInstructors() {
   if (!state.instructors.length) select.replaceChildren(new Option("No instructors yet", ""));
 }
 
-function nameOfUser(userId) {
-  return state.users.find((u) => u.id === userId)?.name || state.instructors.find((i) => i.id === userId)?.name || "a student";
+function studentNameOf(bookingId) {
+  const info = state.bookingInfo.get(bookingId);
+  if (!info) return null;
+  return info.studentName || state.users.find((u) => u.id === info.studentId)?.name || "a student";
+}
+
+function rememberBooking(booking) {
+  state.bookingInfo.set(booking.id, { studentId: booking.studentId, studentName: booking.studentName ?? null });
 }
 
 // ---------------------------------------------------------------- URL state
@@ -249,7 +278,7 @@ function onSchedule({ schedule, kind, slot, previous }) {
 
 function onBookingEvent(event) {
   const booking = event.data;
-  state.studentOfBooking.set(booking.id, booking.studentId);
+  rememberBooking(booking);
   if (state.user && booking.studentId === state.user.id) {
     if (booking.status === "active") state.myBookingIds.add(booking.id);
     else state.myBookingIds.delete(booking.id);
@@ -300,7 +329,13 @@ function canCancel(slot) {
 }
 
 function canBook(slot) {
-  return slot.status === "available" && !(state.user?.role === "instructor" && state.user.id === slot.instructorId);
+  return slot.status === "available" && state.user?.role !== "instructor";
+}
+
+/** The signed-in user edits this schedule: its instructor, or an admin. */
+function canManage() {
+  if (!state.user || !state.instructorId) return false;
+  return state.user.role === "admin" || (state.user.role === "instructor" && state.user.id === state.instructorId);
 }
 
 function renderWeek() {
@@ -338,18 +373,21 @@ function renderWeek() {
     column.append(heading, list);
     days.push(column);
   }
-  // Keep keyboard focus on the same slot across re-renders.
-  const focusedId = document.activeElement?.dataset?.slotId;
+  // Keep keyboard focus on the same slot (or slot tool) across re-renders.
+  const focused = document.activeElement?.dataset ?? {};
   week.replaceChildren(...days);
-  if (focusedId) week.querySelector(`[data-slot-id="${CSS.escape(focusedId)}"]`)?.focus();
+  if (focused.slotId) week.querySelector(`[data-slot-id="${CSS.escape(focused.slotId)}"]`)?.focus();
+  else if (focused.for && focused.tool) {
+    week.querySelector(`[data-for="${CSS.escape(focused.for)}"][data-tool="${CSS.escape(focused.tool)}"]`)?.focus();
+  }
 }
 
 function renderSlot(slot) {
   const item = document.createElement("li");
+  item.className = "slot-item";
   const kind = slotState(slot);
   const start = new Date(slot.start);
   const end = new Date(slot.end);
-  const time = `${fmtTime.format(start)}–${fmtTime.format(end)}`;
   const past = end.getTime() < Date.now();
   const pending = state.pending.has(slot.id);
   const button = document.createElement("button");
@@ -363,20 +401,20 @@ function renderSlot(slot) {
   let label;
   if (kind === "available") {
     label = past ? "Past" : "Open";
-    if (!past && canBook(slot)) action = "book";
+    if (!past && !state.user) action = "signin";
+    else if (!past && canBook(slot)) action = "book";
   } else if (kind === "mine") {
     label = "Yours";
     action = "cancel";
   } else {
-    const student = state.studentOfBooking.get(slot.bookingId);
-    const showWho = state.user && (state.user.role !== "student") && student;
-    label = showWho ? `Booked by ${nameOfUser(student)}` : "Booked";
+    const student = state.user && state.user.role !== "student" ? studentNameOf(slot.bookingId) : null;
+    label = student ? `Booked by ${student}` : "Booked";
     if (canCancel(slot)) action = "cancel";
   }
-  const actionText = { book: "Book", cancel: "Cancel" }[action] ?? "";
+  const actionText = { book: "Book", cancel: "Cancel", signin: "Sign in to book" }[action] ?? "";
   const timeEl = document.createElement("span");
   timeEl.className = "slot-time";
-  timeEl.textContent = time;
+  timeEl.textContent = timeRange(start, end);
   const labelEl = document.createElement("span");
   labelEl.className = "slot-label";
   labelEl.textContent = pending ? "Saving…" : label;
@@ -387,8 +425,8 @@ function renderSlot(slot) {
     actionEl.textContent = actionText;
     button.append(actionEl);
   }
-  const when = `${fmtDayLong.format(start)}, ${fmtTime.format(start)} to ${fmtTime.format(end)}`;
-  button.setAttribute("aria-label", action ? `${actionText} ${when} (${label})` : `${when}: ${label}`);
+  const when = `${fmtDayLong.format(start)}, ${timeRange(start, end)}`;
+  button.setAttribute("aria-label", action ? `${actionText}: ${when} (${label})` : `${when}: ${label}`);
   button.setAttribute("aria-busy", String(pending));
   if (!action || pending) {
     button.setAttribute("aria-disabled", "true");
@@ -397,21 +435,49 @@ function renderSlot(slot) {
   }
   if (past) button.classList.add("past");
   item.append(button);
+  if (canManage() && slot.status === "available" && !past && !pending) {
+    const tools = document.createElement("div");
+    tools.className = "slot-tools";
+    for (const [tool, text] of [["move", "Move"], ["remove", "Remove"]]) {
+      const toolButton = document.createElement("button");
+      toolButton.type = "button";
+      toolButton.className = `tool-button ${tool}`;
+      toolButton.dataset.tool = tool;
+      toolButton.dataset.for = slot.id;
+      toolButton.textContent = text;
+      toolButton.setAttribute("aria-label", `${text} the slot ${when}`);
+      tools.append(toolButton);
+    }
+    item.append(tools);
+  }
   return item;
 }
 
+function askToSignIn() {
+  showMessage("Choose a student under “Signed in as” to book a slot.", "info");
+  $("user-select").focus();
+}
+
 async function onSlotClick(event) {
+  const tool = event.target.closest("button[data-tool]");
+  if (tool) {
+    const target = state.sub?.schedule.get(tool.dataset.for);
+    if (target && tool.dataset.tool === "move") openSlotDialog(target);
+    else if (target) await removeSlot(target);
+    return;
+  }
   const button = event.target.closest("button.slot");
   if (!button) return;
   const slot = state.sub?.schedule.get(button.dataset.slotId);
   if (!slot) return;
   const action = button.dataset.action;
-  if (!action) {
-    if (slot.status === "available" && !state.user) showMessage("Choose a student under “Signed in as” to book a slot.", "info");
+  if (!state.user) {
+    if (slot.status === "available") askToSignIn();
     return;
   }
-  if (!state.user) {
-    showMessage("Choose a student under “Signed in as” to book a slot.", "info");
+  if (!action) return;
+  if (action === "cancel" && !isMine(slot)) {
+    openCancelDialog(slot);
     return;
   }
   state.pending.add(slot.id);
@@ -421,7 +487,7 @@ async function onSlotClick(event) {
       const booking = await api("POST", "/api/bookings", { slotId: slot.id });
       if (booking?.id) {
         state.myBookingIds.add(booking.id);
-        state.studentOfBooking.set(booking.id, booking.studentId);
+        rememberBooking(booking);
       }
       announce(`Booked ${describeSlot(slot)}.`);
       showMessage(`Booked ${describeSlot(slot)}.`, "success");
@@ -481,7 +547,7 @@ async function loadMine() {
   ]);
   if (bookings.status === "fulfilled") {
     for (const b of itemsOf(bookings.value, "bookings")) {
-      state.studentOfBooking.set(b.id, b.studentId);
+      rememberBooking(b);
       if (b.status === "active" && b.studentId === state.user.id) state.myBookingIds.add(b.id);
     }
   }
@@ -495,7 +561,7 @@ function addNotifications(list, live) {
     const held = state.notifications.get(n.id);
     if (held && held.version >= n.version) continue;
     state.notifications.set(n.id, { ...n, live: live && !held });
-    if (live && !held) announce(n.message);
+    if (live && !held) announce(notificationText(n));
   }
   renderNotifications();
 }
@@ -520,7 +586,7 @@ function renderNotifications() {
       const title = document.createElement("strong");
       title.textContent = n.kind === "booking.cancelled" ? "Booking cancelled" : "New booking";
       const text = document.createElement("p");
-      text.textContent = n.message;
+      text.textContent = notificationText(n);
       const time = document.createElement("time");
       time.dateTime = n.createdAt;
       time.textContent = fmtClock.format(new Date(n.createdAt));
@@ -528,6 +594,27 @@ function renderNotifications() {
       return item;
     }),
   );
+}
+
+/**
+ * A notification in the viewer's words, time zone and locale, from its structured fields:
+ * who (the instructor for a student, the student for an instructor), when, why. The API's
+ * English `message` (UTC times) is the fallback for notifications without those fields.
+ */
+function notificationText(n) {
+  if (!n.slotStart) return n.message;
+  const when = whenText(new Date(n.slotStart), n.slotEnd ? new Date(n.slotEnd) : null);
+  const asInstructor = state.user?.role === "instructor";
+  const student = n.studentName || "A student";
+  const teacher = n.instructorName || "your instructor";
+  if (n.kind === "booking.created") {
+    return asInstructor ? `${student} booked your slot on ${when}.` : `You booked ${teacher} on ${when}.`;
+  }
+  const by = n.cancelledBy ? ` by ${n.cancelledBy}` : "";
+  const why = n.reason ? ` Reason: “${n.reason}”` : "";
+  return asInstructor
+    ? `${student}'s booking on ${when} was cancelled${by}.${why}`
+    : `Your booking with ${teacher} on ${when} was cancelled${by}.${why}`;
 }
 
 async function markAllRead() {
@@ -546,6 +633,231 @@ async function markAllRead() {
   renderNotifications();
 }
 
+// ---------------------------------------------------------------- managing the schedule
+
+function renderManage() {
+  $("manage").hidden = !canManage();
+  if (canManage()) loadScheduleBookings();
+}
+
+/** Who booked the slots of the schedule shown (its instructor and admins may know). */
+async function loadScheduleBookings() {
+  try {
+    const bookings = await api("GET", `/api/instructors/${encodeURIComponent(state.instructorId)}/bookings`);
+    for (const b of itemsOf(bookings, "bookings")) rememberBooking(b);
+    renderWeek();
+  } catch {
+    // Names then come from the live booking events only.
+  }
+}
+
+function pad(n) {
+  return String(n).padStart(2, "0");
+}
+
+function localDate(date) {
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+}
+
+function localTime(date) {
+  return `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+/** A date and a time typed by the viewer, in the viewer's time zone. */
+function fromLocal(date, time) {
+  return new Date(`${date}T${time}`);
+}
+
+function fillLengths(select, minutes) {
+  const options = LENGTHS.includes(minutes) ? LENGTHS : [...LENGTHS, minutes].sort((a, b) => a - b);
+  select.replaceChildren(...options.map((m) => new Option(m < 60 || m % 60 ? `${m} minutes` : `${m / 60} hour${m > 60 ? "s" : ""}`, String(m))));
+  select.value = String(minutes);
+}
+
+function formError(id, text) {
+  const box = $(id);
+  box.textContent = text ?? "";
+  box.hidden = !text;
+}
+
+function openSlotDialog(slot = null) {
+  state.editing = slot ? { slotId: slot.id, version: slot.version } : null;
+  const start = slot ? new Date(slot.start) : nextFreeStart();
+  const minutes = slot ? Math.round((Date.parse(slot.end) - Date.parse(slot.start)) / 60_000) : 60;
+  $("slot-dialog-title").textContent = slot ? `Move the slot of ${whenText(start)}` : "Add slot";
+  $("slot-submit").textContent = slot ? "Move slot" : "Add slot";
+  $("slot-date").value = localDate(start);
+  $("slot-start").value = localTime(start);
+  fillLengths($("slot-length"), minutes);
+  formError("slot-error", null);
+  $("slot-dialog").showModal();
+}
+
+/** A sensible default for "Add slot": tomorrow at 09:00, or the week shown if later. */
+function nextFreeStart() {
+  const tomorrow = addDays(new Date(), 1);
+  const base = state.weekStart > tomorrow ? state.weekStart : tomorrow;
+  return new Date(base.getFullYear(), base.getMonth(), base.getDate(), 9, 0);
+}
+
+async function submitSlot(event) {
+  event.preventDefault();
+  const start = fromLocal($("slot-date").value, $("slot-start").value);
+  if (Number.isNaN(start.getTime())) {
+    formError("slot-error", "Choose a date and a start time.");
+    return;
+  }
+  const end = new Date(start.getTime() + Number($("slot-length").value) * 60_000);
+  const body = { start: start.toISOString(), end: end.toISOString() };
+  const editing = state.editing;
+  $("slot-submit").disabled = true;
+  try {
+    if (editing) {
+      await api("PATCH", `/api/slots/${encodeURIComponent(editing.slotId)}`, body, { "If-Match": `"${editing.version}"` });
+      showMessage(`Moved the slot to ${whenText(start, end)}.`, "success");
+    } else {
+      await api("POST", `/api/instructors/${encodeURIComponent(state.instructorId)}/slots`, body);
+      showMessage(`Added a slot on ${whenText(start, end)}.`, "success");
+    }
+    announce(editing ? "Slot moved." : "Slot added.");
+    $("slot-dialog").close();
+    state.weekChosen = true;
+    state.weekStart = startOfWeek(start);
+    if (!state.sub?.isConnected) await refreshOverHttp();
+    else renderWeek();
+  } catch (error) {
+    if (error.status === 412) {
+      formError("slot-error", "This slot changed in the meantime. Close this form and try again.");
+      await refreshOverHttp();
+    } else {
+      formError("slot-error", error.message);
+    }
+  } finally {
+    $("slot-submit").disabled = false;
+  }
+}
+
+const WEEKDAYS = [1, 2, 3, 4, 5, 6, 0]; // Monday first, as Date.getDay() numbers them
+
+function openWeekDialog() {
+  const days = $("week-days");
+  if (!days.children.length) {
+    const names = new Intl.DateTimeFormat(undefined, { weekday: "long" });
+    const monday = startOfWeek(new Date());
+    WEEKDAYS.forEach((weekday, i) => {
+      const label = document.createElement("label");
+      label.className = "check";
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = String(weekday);
+      box.checked = weekday >= 1 && weekday <= 5;
+      label.append(box, ` ${names.format(addDays(monday, i))}`);
+      days.append(label);
+    });
+  }
+  const next = addDays(startOfWeek(new Date()), 7);
+  $("week-of").value = localDate(state.weekStart > next ? state.weekStart : next);
+  fillLengths($("week-length"), 60);
+  formError("week-error", null);
+  $("week-dialog").showModal();
+}
+
+/** Every checked weekday × every start time in the chosen week, skipping past times. */
+function weekPattern() {
+  const times = $("week-times").value.split(/[,\s]+/).filter(Boolean);
+  const bad = times.filter((t) => !/^([01]?\d|2[0-3]):[0-5]\d$/.test(t));
+  if (!times.length || bad.length) throw new Error(`Start times look like 09:00 or 14:30${bad.length ? ` (not “${bad[0]}”)` : ""}.`);
+  const weekdays = [...$("week-days").querySelectorAll("input:checked")].map((b) => Number(b.value));
+  if (!weekdays.length) throw new Error("Choose at least one day.");
+  const first = fromLocal($("week-of").value, "00:00");
+  if (Number.isNaN(first.getTime())) throw new Error("Choose the week's first day.");
+  const minutes = Number($("week-length").value);
+  const slots = [];
+  for (let i = 0; i < 7; i += 1) {
+    const day = addDays(first, i);
+    if (!weekdays.includes(day.getDay())) continue;
+    for (const time of times) {
+      const start = fromLocal(localDate(day), time.padStart(5, "0"));
+      if (start.getTime() <= Date.now()) continue;
+      slots.push({ start: start.toISOString(), end: new Date(start.getTime() + minutes * 60_000).toISOString() });
+    }
+  }
+  if (!slots.length) throw new Error("All of these times are in the past.");
+  return { slots, first };
+}
+
+async function submitWeek(event) {
+  event.preventDefault();
+  let pattern;
+  try {
+    pattern = weekPattern();
+  } catch (error) {
+    formError("week-error", error.message);
+    return;
+  }
+  $("week-submit").disabled = true;
+  try {
+    const created = itemsOf(
+      await api("POST", `/api/instructors/${encodeURIComponent(state.instructorId)}/slots:batch`, { slots: pattern.slots }),
+    );
+    $("week-dialog").close();
+    showMessage(`Added ${created.length} slots in the week of ${fmtDayLong.format(pattern.first)}.`, "success");
+    announce(`Added ${created.length} slots.`);
+    state.weekChosen = true;
+    state.weekStart = startOfWeek(pattern.first);
+    if (!state.sub?.isConnected) await refreshOverHttp();
+    else renderWeek();
+  } catch (error) {
+    formError("week-error", error.status === 409 ? `Nothing was added: ${error.message}` : error.message);
+  } finally {
+    $("week-submit").disabled = false;
+  }
+}
+
+async function removeSlot(slot) {
+  state.pending.add(slot.id);
+  renderWeek();
+  try {
+    await api("DELETE", `/api/slots/${encodeURIComponent(slot.id)}`);
+    announce(`Removed the slot of ${describeSlot(slot)}.`);
+    showMessage(`Removed the slot of ${describeSlot(slot)}.`, "success");
+    if (!state.sub?.isConnected) await refreshOverHttp();
+    else setTimeout(() => settlePending(slot.id), 3000);
+  } catch (error) {
+    state.pending.delete(slot.id);
+    showMessage(`Could not remove ${describeSlot(slot)}: ${error.message}`);
+    renderWeek();
+  }
+}
+
+function openCancelDialog(slot) {
+  state.cancelling = slot;
+  const student = studentNameOf(slot.bookingId);
+  $("cancel-what").textContent = `${whenText(new Date(slot.start), new Date(slot.end))}${student ? `, booked by ${student}` : ""}.`;
+  $("cancel-reason").value = "";
+  formError("cancel-error", null);
+  $("cancel-dialog").showModal();
+}
+
+async function submitCancel(event) {
+  event.preventDefault();
+  const slot = state.cancelling;
+  if (!slot) return;
+  const reason = $("cancel-reason").value.trim();
+  $("cancel-submit").disabled = true;
+  try {
+    await api("DELETE", `/api/bookings/${encodeURIComponent(slot.bookingId)}`, reason ? { reason } : undefined);
+    $("cancel-dialog").close();
+    announce(`Cancelled ${describeSlot(slot)}.`);
+    showMessage(`Cancelled the booking for ${describeSlot(slot)}; the student is notified.`, "success");
+    if (!state.sub?.isConnected) await refreshOverHttp();
+  } catch (error) {
+    formError("cancel-error", error.message);
+  } finally {
+    $("cancel-submit").disabled = false;
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 async function chooseUser(userId) {
@@ -554,6 +866,7 @@ async function chooseUser(userId) {
   await loadMine();
   writeUrl();
   connect();
+  renderManage();
   renderWeek();
 }
 
@@ -566,6 +879,7 @@ function chooseInstructor(instructorId) {
   $("last-update").textContent = "";
   writeUrl();
   connect();
+  renderManage();
   renderWeek();
 }
 
@@ -583,6 +897,15 @@ async function main() {
   $("instructor-select").addEventListener("change", (e) => chooseInstructor(e.target.value));
   $("user-select").addEventListener("change", (e) => chooseUser(e.target.value));
   $("mark-read").addEventListener("click", markAllRead);
+  $("add-slot").addEventListener("click", () => openSlotDialog());
+  $("add-week").addEventListener("click", openWeekDialog);
+  $("slot-form").addEventListener("submit", submitSlot);
+  $("week-form").addEventListener("submit", submitWeek);
+  $("cancel-form").addEventListener("submit", submitCancel);
+  for (const close of document.querySelectorAll("dialog [data-close]")) {
+    close.addEventListener("click", () => close.closest("dialog").close());
+  }
+  $("tz-note").textContent = `Times in ${viewerZone}`;
   window.addEventListener("online", () => state.sub?.reconnectNow());
   setInterval(() => renderWeek(), 60_000); // slots move into the past
 

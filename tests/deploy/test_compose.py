@@ -326,7 +326,7 @@ def test_edge_discovers_every_gateway_replica_by_dns(compose_services: Services)
     assert resolver == ["resolver 127.0.0.11 valid=5s ipv6=off;"], "Docker's embedded DNS"
     servers = [line for line in lines if line.startswith("server ")]
     port = compose_services[GATEWAY]["environment"]["GATEWAY_PORT"]
-    assert servers == [f"server {GATEWAY}:{port} resolve max_fails=1 fail_timeout=5s;"]
+    assert servers == [f"server {GATEWAY}:{port} resolve max_fails=0;"]
     # `resolve` in an upstream needs nginx >= 1.27.3 (open source).
     base = (EDGE / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]
     version = tuple(int(x) for x in re.search(r":(\d+\.\d+\.\d+)", base).group(1).split("."))  # type: ignore[union-attr]
@@ -338,8 +338,8 @@ def test_make_demo_keeps_its_two_fixed_gateways() -> None:
     text = render_template((EDGE / "slotstream-gateways.inc.template").read_text(), variables)
     servers = [line for line in text.splitlines() if line.startswith("server ")]
     assert servers == [
-        "server 127.0.0.1:8101 max_fails=1 fail_timeout=5s;",
-        "server 127.0.0.1:8102 max_fails=1 fail_timeout=5s;",
+        "server 127.0.0.1:8101 max_fails=0;",
+        "server 127.0.0.1:8102 max_fails=0;",
     ]
 
 

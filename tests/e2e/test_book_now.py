@@ -171,8 +171,17 @@ def test_instructor_sees_a_booking_notification_live(
     expect(slot(own, slot_id)).to_contain_text(f"Booked by {ben.name}")
     save_screenshot(own, output_dir, "instructor-notified")
 
+    # The instructor cancels with a reason, which reaches the student.
     slot(own, slot_id).click()
+    dialog = own.locator("#cancel-dialog")
+    expect(dialog).to_contain_text(f"booked by {ben.name}")
+    dialog.get_by_label("Reason for the student (optional)").fill("I am ill, sorry")
+    dialog.get_by_role("button", name="Cancel booking").click()
     expect(slot(student_page, slot_id)).to_have_attribute("data-state", "available")
+    told = student_page.locator("#notif-list li").first
+    expect(told).to_contain_text("Booking cancelled")
+    expect(told).to_contain_text(f"Your booking with {teacher.name} on ")
+    expect(told).to_contain_text("I am ill, sorry")
     expect(own.locator("#notif-list li").first).to_contain_text("Booking cancelled")
     expect(own.locator("#notif-count")).to_be_visible()
     own.get_by_role("button", name="Mark all read").click()

@@ -80,3 +80,37 @@ def test_exactly_the_retained_changes_stay_readable() -> None:
     with pytest.raises(ChangeHistoryLost):
         log.read_from_time(retained[0].cluster_time.model_copy(update={"i": 0}))
     assert log.read_from_time(retained[1].cluster_time) == retained[1:]
+
+
+def test_update_events_are_looked_up_when_read() -> None:
+    current: dict[str, dict[str, object]] = {"s1": {"_id": "s1", "version": 3}}
+    log = MemoryChangeLog("db", lookup=lambda _coll, doc_id: current.get(doc_id))
+    written = log.record(OperationType.UPDATE, "slots", "s1", {"_id": "s1", "version": 2})
+    assert written.full_document == {"_id": "s1", "version": 2}  # as recorded
+    assert log.read_after(None)[0].full_document == {"_id": "s1", "version": 3}
+    del current["s1"]
+    assert log.read_from_time(written.cluster_time)[0].full_document is None
+
+
+def test_a_transaction_shares_one_cluster_time_and_the_next_write_moves_on() -> None:
+    log = MemoryChangeLog("db")
+    with log.transaction():
+        record(log, 3)
+    record(log, 1)
+    times = [e.cluster_time for e in log.read_after(None)]
+    assert times[0] == times[1] == times[2]
+    assert (times[3].t, times[3].i) > (times[2].t, times[2].i)
+    assert len({e.token_data for e in log.read_after(None)}) == 4
+
+
+def test_a_database_drop_ends_with_an_invalidate_without_namespace_collection() -> None:
+    log = MemoryChangeLog("db")
+    invalidate = log.record_drop_database(["slots", "bookings"])
+    kinds = [(e.operation_type, e.ns.coll) for e in log.read_after(None)]
+    assert kinds == [
+        (OperationType.DROP, "slots"),
+        (OperationType.DROP, "bookings"),
+        (OperationType.DROP_DATABASE, None),
+        (OperationType.INVALIDATE, None),
+    ]
+    assert invalidate.document_key is None

@@ -1,14 +1,27 @@
 """An in-memory change stream with MongoDB's semantics, for the memory storage backend.
 
 Every write the memory backend makes is recorded here as a ``ChangeEvent``, in commit
-order, with a strictly increasing resume token and cluster time, like the oplog behind a
-real change stream. Readers resume after a token; a token older than what is retained
-raises ``ChangeHistoryLost``, as Mongo does when the oplog has rolled over.
+order, with a strictly increasing resume token, like the oplog behind a real change
+stream. Readers resume after a token; a token older than what is retained raises
+``ChangeHistoryLost``, as Mongo does when the oplog has rolled over.
+
+What Mongo really does, and so does this log:
+
+- ``fullDocument: updateLookup``: given a ``lookup``, the document of an update event is
+  looked up when the event is *read*: a later version than the update wrote, or ``None``
+  when the document was deleted since.
+- The changes of one transaction (``transaction()``) share one cluster time; each keeps its
+  own token.
+- Dropping the database (``record_drop_database``) records ``drop`` per collection,
+  ``dropDatabase`` and ``invalidate`` (neither with a collection): a stream ends there and
+  is reopened after the invalidate's token (``startAfter``).
 """
 
 import asyncio
 import bisect
+import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from slotstream_contracts.changes import (
@@ -44,9 +57,16 @@ def _time_key(event: ChangeEvent) -> tuple[int, int]:
     return (event.cluster_time.t, event.cluster_time.i)
 
 
+#: (collection, document id) → the document as stored now, or None when it is gone
+Lookup = Callable[[str, str], dict[str, Any] | None]
+
+
 class MemoryChangeLog:
-    def __init__(self, db: str, retain: int = 200_000) -> None:
+    def __init__(self, db: str, retain: int = 200_000, lookup: Lookup | None = None) -> None:
         self._db = db
+        self._lookup = lookup
+        self._transaction_time: ClusterTime | None = None
+        self._in_transaction = False
         # A list rather than a bounded deque: readers slice it from the middle, which a
         # deque can only do item by item from one end. Exactly ``retain`` changes are
         # readable; the list itself is trimmed in chunks so appends stay amortised O(1).
@@ -74,29 +94,55 @@ class MemoryChangeLog:
         """The cluster time now: changes recorded later have a larger one."""
         return self._last_time
 
-    def record(
-        self,
-        operation: OperationType,
-        collection: str,
-        document_id: str,
-        full_document: dict[str, Any] | None = None,
-        before: dict[str, Any] | None = None,
-        update: UpdateDescription | None = None,
-    ) -> ChangeEvent:
-        self._seq += 1
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes recorded inside share one cluster time, as one transaction's do."""
+        self._in_transaction = True
+        try:
+            yield
+        finally:
+            self._in_transaction = False
+            self._transaction_time = None
+
+    def _next_time(self) -> ClusterTime:
+        if self._transaction_time is not None:
+            return self._transaction_time
         now = int(time.time())
         last = self._last_time
         cluster_time = (
             ClusterTime(t=last.t, i=last.i + 1) if now <= last.t else ClusterTime(t=now, i=1)
         )
         self._last_time = cluster_time
+        if self._in_transaction:
+            self._transaction_time = cluster_time
+        return cluster_time
+
+    def record_drop_database(self, collections: Iterable[str]) -> ChangeEvent:
+        """The database was dropped: ``drop`` per collection, ``dropDatabase``, then the
+        ``invalidate`` that ends every database-level stream (returned)."""
+        for collection in collections:
+            self.record(OperationType.DROP, collection, None)
+        self.record(OperationType.DROP_DATABASE, None, None)
+        return self.record(OperationType.INVALIDATE, None, None)
+
+    def record(
+        self,
+        operation: OperationType,
+        collection: str | None,
+        document_id: str | None,
+        full_document: dict[str, Any] | None = None,
+        before: dict[str, Any] | None = None,
+        update: UpdateDescription | None = None,
+    ) -> ChangeEvent:
+        self._seq += 1
+        cluster_time = self._next_time()
         event = ChangeEvent.model_validate(
             {
                 "_id": _token(self._seq),
                 "operationType": operation,
                 "clusterTime": cluster_time,
                 "ns": Namespace(db=self._db, coll=collection),
-                "documentKey": {"_id": document_id},
+                "documentKey": None if document_id is None else {"_id": document_id},
                 "fullDocument": full_document,
                 "fullDocumentBeforeChange": before,
                 "updateDescription": update,
@@ -122,7 +168,7 @@ class MemoryChangeLog:
                 raise ChangeHistoryLost(f"resume token {token!r} is older than the history")
             start = seq - self._first_seq + 1
         start = max(start, self._oldest_seq - self._first_seq)
-        return self._events[start : start + limit]
+        return self._as_read(self._events[start : start + limit])
 
     def read_from_time(self, at: ClusterTime, limit: int = 1000) -> list[ChangeEvent]:
         """Changes at or after a cluster time (``startAtOperationTime``)."""
@@ -131,7 +177,23 @@ class MemoryChangeLog:
         if self._seq > self._retain and _time_key(self._events[oldest]) > key:
             raise ChangeHistoryLost(f"operation time {at} is older than the history")
         start = bisect.bisect_left(self._events, key, lo=oldest, key=_time_key)
-        return self._events[start : start + limit]
+        return self._as_read(self._events[start : start + limit])
+
+    def _as_read(self, events: list[ChangeEvent]) -> list[ChangeEvent]:
+        """Update events with the document as it is now (``updateLookup``)."""
+        lookup = self._lookup
+        if lookup is None:
+            return events
+        return [
+            event.model_copy(
+                update={
+                    "full_document": lookup(event.ns.coll or "", str(event.document_key["_id"]))
+                }
+            )
+            if event.operation_type is OperationType.UPDATE and event.document_key
+            else event
+            for event in events
+        ]
 
     def release_waiters(self) -> None:
         """Answer every waiting reader now and stop waiting from here on (server stopping)."""

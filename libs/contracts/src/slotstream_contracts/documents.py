@@ -15,6 +15,8 @@ from pydantic.alias_generators import to_camel
 from slotstream_contracts.entities import (
     BookingData,
     BookingStatus,
+    CancelReason,
+    DisplayName,
     InstructorData,
     NotificationData,
     NotificationKind,
@@ -96,12 +98,14 @@ class BookingDocument(StoredDocument):
     slot_id: EntityId
     instructor_id: EntityId
     student_id: EntityId
+    student_name: DisplayName | None = None
     slot_start: UtcDatetime
     slot_end: UtcDatetime
     status: BookingStatus
     version: int
     created_at: UtcDatetime
     cancelled_at: UtcDatetime | None = None
+    cancel_reason: CancelReason | None = None
 
     def to_data(self) -> BookingData:
         return BookingData.model_validate(self.model_dump(by_alias=False), by_name=True)
@@ -121,6 +125,12 @@ class NotificationDocument(StoredDocument):
     message: str
     booking_id: EntityId
     slot_id: EntityId
+    instructor_name: DisplayName | None = None
+    student_name: DisplayName | None = None
+    slot_start: UtcDatetime | None = None
+    slot_end: UtcDatetime | None = None
+    cancelled_by: DisplayName | None = None
+    reason: CancelReason | None = None
     read: bool = False
     version: int
     created_at: UtcDatetime

@@ -74,26 +74,43 @@ class SlotData(WireModel):
     updated_at: AwareDatetime
 
 
+#: Why an instructor or admin cancelled a booking, shown to the student.
+CancelReason = Annotated[str, Field(min_length=1, max_length=300)]
+
+
 class BookingData(WireModel):
+    """A booking. Private: it travels only on its student's and instructor's channels."""
+
     id: EntityId
     slot_id: EntityId
     instructor_id: EntityId
     student_id: EntityId
+    student_name: DisplayName | None = None
     slot_start: AwareDatetime
     slot_end: AwareDatetime
     status: BookingStatus
     version: int = Field(ge=1)
     created_at: AwareDatetime
     cancelled_at: AwareDatetime | None = None
+    cancel_reason: CancelReason | None = None
 
 
 class NotificationData(WireModel):
+    """A message to one user. ``message`` is English with UTC times; the structured fields
+    (names, slot times, reason) let a client render it in the reader's language and zone."""
+
     id: EntityId
     user_id: EntityId
     kind: NotificationKind
     message: str = Field(max_length=500)
     booking_id: EntityId
     slot_id: EntityId
+    instructor_name: DisplayName | None = None
+    student_name: DisplayName | None = None
+    slot_start: AwareDatetime | None = None
+    slot_end: AwareDatetime | None = None
+    cancelled_by: DisplayName | None = None
+    reason: CancelReason | None = None
     read: bool = False
     version: int = Field(ge=1)
     created_at: AwareDatetime

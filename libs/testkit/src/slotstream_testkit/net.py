@@ -1,5 +1,6 @@
 """Small networking helpers for tests and the demo."""
 
+import random
 import socket
 import time
 
@@ -10,6 +11,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_port_block(count: int, attempts: int = 200) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that nothing listens on.
+
+    Chosen below Linux's ephemeral range (32768-60999): a block taken from inside it is
+    often broken by a client socket's local port on a busy machine."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(20000, 32768 - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports below 32768")
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

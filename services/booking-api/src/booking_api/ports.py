@@ -8,6 +8,7 @@ used by the unit tests and the ``memory`` backend). ``tests/contract`` runs one 
 against both.
 """
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -65,6 +66,21 @@ class SlotRepository(Protocol):
         step for every process sharing the store: the intersecting slots (nothing stored),
         or an empty list (stored). ``DuplicateKey`` as for ``insert``."""
 
+    async def insert_many_unless_overlapping(
+        self, instructor_id: str, slots: Sequence[SlotDocument]
+    ) -> list[SlotDocument]:
+        """All-or-nothing ``insert_unless_overlapping`` for slots of one instructor that do
+        not overlap each other: the live slots intersecting any of them (nothing stored),
+        or an empty list (all stored)."""
+
+    async def move_unless_overlapping(
+        self, slot_id: str, version: int, start: datetime, end: datetime, now: datetime
+    ) -> SlotDocument | list[SlotDocument] | None:
+        """Give an ``available`` slot still at ``version`` a new window, version + 1, unless
+        another live slot of its instructor intersects it, as one atomic step like
+        ``insert_unless_overlapping``: the moved slot; or the intersecting slots (nothing
+        changed); or ``None`` when the slot is not ``available`` at ``version`` any more."""
+
     async def list_for_instructor(
         self, instructor_id: str, start: datetime, end: datetime
     ) -> list[SlotDocument]:
@@ -89,8 +105,10 @@ class BookingRepository(Protocol):
 
     async def get(self, booking_id: str) -> BookingDocument | None: ...
 
-    async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
-        """``active → cancelled`` with ``cancelledAt``, version + 1."""
+    async def cancel(
+        self, booking_id: str, now: datetime, reason: str | None = None
+    ) -> BookingDocument | None:
+        """``active → cancelled`` with ``cancelledAt`` (and ``cancelReason``), version + 1."""
 
     async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
         """The bookings the student made, newest first."""

@@ -28,7 +28,7 @@ Partial failure, step by step (a store write can fail or time out at any point):
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -62,6 +62,19 @@ Clock = Callable[[], datetime]
 
 #: Seconds before each read-back of a booking whose insert failed (a blip passes quickly).
 BOOKING_READ_BACK_PAUSES = (0.0, 0.05, 0.25)
+
+
+def _new_slot(instructor_id: str, window: slots.SlotWindow, now: datetime) -> SlotDocument:
+    return SlotDocument(
+        id=new_id(),
+        instructor_id=instructor_id,
+        start=window.start,
+        end=window.end,
+        status=SlotStatus.AVAILABLE,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def utc_now() -> datetime:
@@ -127,16 +140,7 @@ class BookingService:
         now = self.now()
         window = slots.validate_slot_window(start, end, now)
         await self.get_instructor(instructor_id)
-        slot = SlotDocument(
-            id=new_id(),
-            instructor_id=instructor_id,
-            start=window.start,
-            end=window.end,
-            status=SlotStatus.AVAILABLE,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
+        slot = _new_slot(instructor_id, window, now)
         try:
             overlapping = await self._storage.slots.insert_unless_overlapping(slot)
         except DuplicateKey:
@@ -146,6 +150,64 @@ class BookingService:
         slots.ensure_no_overlap(window, overlapping)
         _info("slot.created", slot_id=slot.id, instructor_id=instructor_id)
         return slot
+
+    async def create_slots(
+        self,
+        principal: Principal,
+        instructor_id: str,
+        windows: Sequence[tuple[datetime, datetime]],
+    ) -> list[SlotDocument]:
+        """Add many slots at once, all or nothing: each follows the rules of one slot, none
+        overlaps another of the batch or a live slot of the instructor."""
+        authz.ensure_may_edit_schedule(principal, instructor_id)
+        now = self.now()
+        checked = slots.validate_batch(windows, now)
+        await self.get_instructor(instructor_id)
+        batch = [_new_slot(instructor_id, window, now) for window in checked]
+        try:
+            overlapping = await self._storage.slots.insert_many_unless_overlapping(
+                instructor_id, batch
+            )
+        except DuplicateKey:
+            raise Conflict(
+                f"instructor {instructor_id} already has a slot starting at a time of the batch"
+            ) from None
+        if overlapping:
+            first = overlapping[0]
+            window = next(w for w in checked if w.overlaps(first.start, first.end))
+            slots.ensure_no_overlap(window, overlapping)
+        _info("slots.created", count=len(batch), instructor_id=instructor_id)
+        return batch
+
+    async def move_slot(
+        self,
+        principal: Principal,
+        slot_id: str,
+        version: int,
+        start: datetime | None,
+        end: datetime | None,
+    ) -> SlotDocument:
+        """Give a free slot a new start and/or end, under the rules and the atomicity of
+        creating one; ``version`` is the one the caller saw (``If-Match``)."""
+        slot = await self._storage.slots.get(slot_id)
+        if slot is None:
+            raise NotFound(f"slot {slot_id} does not exist", slotId=slot_id)
+        authz.ensure_may_edit_schedule(principal, slot.instructor_id)
+        slots.ensure_movable(slot, version)
+        now = self.now()
+        window = slots.validate_slot_window(*slots.moved_window(slot, start, end), now)
+        result = await self._storage.slots.move_unless_overlapping(
+            slot_id, version, window.start, window.end, now
+        )
+        if result is None:  # booked, withdrawn or moved since the read above
+            current = await self._storage.slots.get(slot_id)
+            slots.ensure_movable(current or slot, version)
+            raise Conflict(f"slot {slot_id} changed while moving it; reload and retry")
+        if isinstance(result, list):
+            slots.ensure_no_overlap(window, result)
+            raise Conflict(f"slot {slot_id} overlaps another slot")  # pragma: no cover
+        _info("slot.moved", slot_id=slot_id, instructor_id=slot.instructor_id)
+        return result
 
     async def delete_slot(self, principal: Principal, slot_id: str) -> SlotDocument:
         """Withdraw a slot: a tombstone (``deleted``, version + 1), never a hard delete."""
@@ -187,6 +249,7 @@ class BookingService:
             slot_id=slot_id,
             instructor_id=slot.instructor_id,
             student_id=principal.user_id,
+            student_name=principal.name,
             slot_start=slot.start,
             slot_end=slot.end,
             status=BookingStatus.ACTIVE,
@@ -209,7 +272,7 @@ class BookingService:
             if not isinstance(exc, Exception):
                 raise  # cancelled: the booking stands, the caller is gone
         _info("booking.created", booking_id=booking_id, slot_id=slot_id)
-        await self._notify(booking, NotificationKind.BOOKING_CREATED, principal.name, None)
+        await self._notify(booking, NotificationKind.BOOKING_CREATED, None)
         return booking
 
     async def _booking_stored(self, booking_id: str) -> bool | None:
@@ -223,14 +286,17 @@ class BookingService:
                 log.warning("booking.read_back_failed", booking_id=booking_id, error=repr(exc))
         return None
 
-    async def cancel(self, principal: Principal, booking_id: str) -> BookingDocument:
+    async def cancel(
+        self, principal: Principal, booking_id: str, reason: str | None = None
+    ) -> BookingDocument:
         """Cancel a booking and free its slot. Idempotent: cancelling a cancelled booking
-        returns it and re-attempts freeing the slot (which repairs an interrupted cancel)."""
+        returns it and re-attempts freeing the slot (which repairs an interrupted cancel).
+        ``reason`` (from the instructor or an admin) reaches the student's notification."""
         booking = await self._storage.bookings.get(booking_id)
         if booking is None:
             raise NotFound(f"booking {booking_id} does not exist")
         authz.ensure_may_cancel(principal, booking)
-        cancelled = await self._storage.bookings.cancel(booking_id, self.now())
+        cancelled = await self._storage.bookings.cancel(booking_id, self.now(), reason)
         if cancelled is None:
             current = await self._storage.bookings.get(booking_id)
             if current is None:
@@ -243,7 +309,7 @@ class BookingService:
         if not authz.is_student_of(principal, booking):
             own = authz.is_instructor_of(principal, booking)
             by = principal.name or ("the instructor" if own else "an admin")
-        await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, None, by)
+        await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, by)
         return cancelled
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
@@ -252,6 +318,14 @@ class BookingService:
         if principal.role is Role.INSTRUCTOR:
             return await self._storage.bookings.list_for_instructor(principal.user_id, limit)
         return await self._storage.bookings.list_for_student(principal.user_id, limit)
+
+    async def bookings_for_instructor(
+        self, principal: Principal, instructor_id: str, limit: int
+    ) -> list[BookingDocument]:
+        """The bookings of an instructor's slots, newest first (who booked what)."""
+        authz.ensure_may_see_bookings_of(principal, instructor_id)
+        await self.get_instructor(instructor_id)
+        return await self._storage.bookings.list_for_instructor(instructor_id, limit)
 
     # Notifications
 
@@ -274,11 +348,15 @@ class BookingService:
         self,
         booking: BookingDocument,
         kind: NotificationKind,
-        student_name: str | None,
         cancelled_by: str | None,
     ) -> None:
         now = self.now()
-        for draft in booking_notifications(booking, kind, student_name, cancelled_by):
+        try:
+            instructor = await self._storage.instructors.get(booking.instructor_id)
+        except Exception:  # best effort, as the notifications themselves
+            instructor = None
+        instructor_name = None if instructor is None else instructor.name
+        for draft in booking_notifications(booking, kind, instructor_name, cancelled_by):
             note = NotificationDocument(
                 id=new_id(),
                 user_id=draft.user_id,
@@ -287,6 +365,12 @@ class BookingService:
                 audience=draft.audience,
                 booking_id=booking.id,
                 slot_id=booking.slot_id,
+                instructor_name=instructor_name,
+                student_name=booking.student_name,
+                slot_start=booking.slot_start,
+                slot_end=booking.slot_end,
+                cancelled_by=cancelled_by,
+                reason=booking.cancel_reason,
                 version=1,
                 created_at=now,
             )

@@ -43,8 +43,19 @@ async def test_cancel_is_compare_and_set(storage: Storage) -> None:
     assert cancelled.status is BookingStatus.CANCELLED
     assert cancelled.cancelled_at == NOW + timedelta(hours=1)
     assert cancelled.version == 2
+    assert cancelled.cancel_reason is None
     assert await storage.bookings.cancel("b1", NOW) is None
     assert await storage.bookings.cancel("missing", NOW) is None
+
+
+async def test_cancel_keeps_the_reason_and_the_student_name(storage: Storage) -> None:
+    named = booking("b1", "s1").model_copy(update={"student_name": "Grace Hopper"})
+    await storage.bookings.insert(named)
+    cancelled = await storage.bookings.cancel("b1", NOW, "I am ill, sorry")
+    assert cancelled is not None
+    assert cancelled.cancel_reason == "I am ill, sorry"
+    assert cancelled.student_name == "Grace Hopper"
+    assert await storage.bookings.get("b1") == cancelled
 
 
 async def test_listing_for_student_and_instructor_newest_first(storage: Storage) -> None:

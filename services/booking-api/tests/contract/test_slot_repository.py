@@ -159,3 +159,107 @@ async def test_concurrent_overlapping_creations_store_exactly_one(storage: Stora
     day = NOW + timedelta(days=1)
     live = await storage.slots.list_for_instructor("i1", day, day + timedelta(hours=6))
     assert len(live) == 1
+
+
+# Moving a slot and creating many at once: the same overlap rules and atomicity as
+# ``insert_unless_overlapping``, all or nothing for a batch.
+
+DAY = NOW + timedelta(days=1)
+
+
+def at(hours: float) -> timedelta:
+    return timedelta(hours=hours)
+
+
+async def test_a_batch_is_stored_whole(storage: Storage) -> None:
+    batch = [slot("b1", 0), slot("b2", 1), slot("b3", 5)]
+    assert await storage.slots.insert_many_unless_overlapping("i1", batch) == []
+    live = await storage.slots.list_for_instructor("i1", DAY, DAY + at(24))
+    assert [s.id for s in live] == ["b1", "b2", "b3"]
+    assert all(s.version == 1 and s.status is SlotStatus.AVAILABLE for s in live)
+
+
+async def test_a_batch_overlapping_a_live_slot_stores_nothing(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 3, hours=2))
+    batch = [slot("b1", 0), slot("b2", 4), slot("b3", 8)]
+    clash = await storage.slots.insert_many_unless_overlapping("i1", batch)
+    assert [s.id for s in clash] == ["s1"]
+    for slot_id in ("b1", "b2", "b3"):
+        assert await storage.slots.get(slot_id) is None
+    # Another instructor's slots and tombstones do not count.
+    await storage.slots.mark_deleted("s1", LATER)
+    assert await storage.slots.insert_many_unless_overlapping("i1", batch) == []
+
+
+async def test_concurrent_overlapping_batches_store_exactly_one(storage: Storage) -> None:
+    first = [slot("a1", 0), slot("a2", 2)]
+    second = [slot("b1", 4), slot("b2", 2, hours=2)]  # b2 overlaps a2 (not at the same start)
+    second[1] = second[1].model_copy(
+        update={"start": second[1].start + at(0.5), "end": second[1].end + at(0.5)}
+    )
+    results = await asyncio.gather(
+        storage.slots.insert_many_unless_overlapping("i1", first),
+        storage.slots.insert_many_unless_overlapping("i1", second),
+    )
+    assert sorted(len(found) for found in results)[0] == 0
+    assert sum(1 for found in results if found == []) == 1
+    live = await storage.slots.list_for_instructor("i1", DAY, DAY + at(24))
+    assert {s.id for s in live} in ({"a1", "a2"}, {"b1", "b2"})
+
+
+async def test_a_move_changes_the_window_and_the_version(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    moved = await storage.slots.move_unless_overlapping("s1", 1, DAY + at(3), DAY + at(4.5), LATER)
+    assert not isinstance(moved, list)
+    assert moved is not None
+    assert (moved.start, moved.end, moved.version) == (DAY + at(3), DAY + at(4.5), 2)
+    assert moved.updated_at == LATER
+    assert await storage.slots.get("s1") == moved
+    # The schedule finds it at its new time only; its old start is free again.
+    assert [s.id for s in await storage.slots.list_for_instructor("i1", DAY, DAY + at(1))] == []
+    assert await storage.slots.insert_unless_overlapping(slot("s2", 0)) == []
+    later = await storage.slots.list_for_instructor("i1", DAY + at(4), DAY + at(5))
+    assert [s.id for s in later] == ["s1"]
+
+
+async def test_a_move_may_overlap_only_its_own_old_window(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0, hours=2))
+    await storage.slots.insert(slot("s2", 3))
+    shifted = await storage.slots.move_unless_overlapping("s1", 1, DAY + at(1), DAY + at(3), LATER)
+    assert not isinstance(shifted, list)
+    assert shifted is not None
+    clash = await storage.slots.move_unless_overlapping("s1", 2, DAY + at(2), DAY + at(4), LATER)
+    assert isinstance(clash, list)
+    assert [s.id for s in clash] == ["s2"]
+    current = await storage.slots.get("s1")
+    assert current is not None
+    assert current.version == 2
+    assert current.start == DAY + at(1)
+
+
+async def test_a_move_is_compare_and_set_on_status_and_version(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    await storage.slots.insert(slot("s2", 5))
+    assert (
+        await storage.slots.move_unless_overlapping("s1", 7, DAY + at(2), DAY + at(3), LATER)
+        is None
+    )
+    await storage.slots.book("s2", "b1", "st1", LATER)
+    assert (
+        await storage.slots.move_unless_overlapping("s2", 2, DAY + at(8), DAY + at(9), LATER)
+        is None
+    )
+    assert await storage.slots.move_unless_overlapping("gone", 1, DAY, DAY + at(1), LATER) is None
+    unchanged = await storage.slots.get("s1")
+    assert unchanged is not None
+    assert unchanged.version == 1
+
+
+async def test_concurrent_moves_and_creations_never_overlap(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    results = await asyncio.gather(
+        storage.slots.move_unless_overlapping("s1", 1, DAY + at(5), DAY + at(6), LATER),
+        storage.slots.insert_unless_overlapping(slot("c1", 5, hours=2)),
+    )
+    live = await storage.slots.list_for_instructor("i1", DAY + at(5), DAY + at(7))
+    assert len(live) == 1, results

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from booking_api.adapters.memory import MemoryStorage
+from slotstream_contracts.documents import SLOTS
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -289,3 +290,244 @@ async def test_schedule_of_unknown_instructor_is_404(client: httpx.AsyncClient) 
     response = await client.get("/api/instructors/nobody/schedule")
     assert response.status_code == 404
     assert response.json()["detail"] == "instructor nobody does not exist"
+
+
+# Instructors editing their schedule: moving a slot (PATCH with If-Match), creating a
+# batch all or nothing, cancelling a booking with a reason for the student.
+
+
+def if_match(auth: AuthHeaders, version: object, iid: str = "i1") -> dict[str, str]:
+    return auth(iid, "instructor") | {"If-Match": f'"{version}"'}
+
+
+async def test_a_free_slot_moves_keeping_its_length(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, memory_storage: MemoryStorage
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    moved = await client.patch(
+        f"/api/slots/{slot['id']}", json={"start": future(hours=3)}, headers=if_match(auth, 1)
+    )
+    assert moved.status_code == 200, moved.text
+    body = moved.json()
+    assert body["version"] == 2
+    assert moved.headers["etag"] == '"2"'
+    assert body["start"].startswith(future(hours=3)[:16])
+    assert body["end"].startswith(future(hours=4)[:16])
+    # The schedule shows it at its new time and the change feed has the update.
+    schedule = (await client.get("/api/instructors/i1/schedule")).json()
+    assert [(s["id"], s["version"]) for s in schedule["slots"]] == [(slot["id"], 2)]
+    changes = [c for c in memory_storage.changelog.read_after(None) if c.ns.coll == SLOTS]
+    assert changes[-1].operation_type.value == "update"
+    # A new end alone changes the length.
+    longer = await client.patch(
+        f"/api/slots/{slot['id']}", json={"end": future(hours=5)}, headers=if_match(auth, 2)
+    )
+    assert longer.status_code == 200, longer.text
+    assert longer.json()["end"].startswith(future(hours=5)[:16])
+
+
+async def test_a_move_needs_the_current_version(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    path = f"/api/slots/{slot['id']}"
+    missing = await client.patch(
+        path, json={"start": future(hours=3)}, headers=auth("i1", "instructor")
+    )
+    assert missing.status_code == 428
+    assert missing.headers["content-type"] == PROBLEM
+    assert "If-Match" in missing.json()["detail"]
+    stale = await client.patch(path, json={"start": future(hours=3)}, headers=if_match(auth, 7))
+    assert stale.status_code == 412
+    assert stale.headers["content-type"] == PROBLEM
+    assert stale.json()["version"] == 1
+    nonsense = await client.patch(
+        path, json={"start": future(hours=3)}, headers=auth("i1", "instructor") | {"If-Match": "x"}
+    )
+    assert nonsense.status_code == 412
+    anything = await client.patch(
+        path, json={"start": future(hours=3)}, headers=auth("i1", "instructor") | {"If-Match": "*"}
+    )
+    assert anything.status_code == 200
+
+
+async def test_a_move_follows_the_rules_of_creation(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    other = await make_slot(client, auth, future, hours=4)
+    path = f"/api/slots/{slot['id']}"
+    overlap = await client.patch(
+        path, json={"start": future(hours=4, minutes=30)}, headers=if_match(auth, 1)
+    )
+    assert overlap.status_code == 409
+    assert overlap.json()["slotId"] == other["id"]
+    past = await client.patch(path, json={"start": future(days=-2)}, headers=if_match(auth, 1))
+    assert past.status_code == 422
+    empty = await client.patch(path, json={}, headers=if_match(auth, 1))
+    assert empty.status_code == 422
+    backwards = await client.patch(path, json={"end": future(hours=-1)}, headers=if_match(auth, 1))
+    assert backwards.status_code == 422
+    # Moving onto part of its own old window is fine.
+    nudged = await client.patch(path, json={"start": future(minutes=30)}, headers=if_match(auth, 1))
+    assert nudged.status_code == 200, nudged.text
+
+
+async def test_only_the_owner_moves_only_a_free_slot(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    path = f"/api/slots/{slot['id']}"
+    body = {"start": future(hours=3)}
+    stranger = await client.patch(path, json=body, headers=if_match(auth, 1, iid="i2"))
+    assert stranger.status_code == 403
+    student = await client.patch(path, json=body, headers=auth("s1") | {"If-Match": '"1"'})
+    assert student.status_code == 403
+    anonymous = await client.patch(path, json=body, headers={"If-Match": '"1"'})
+    assert anonymous.status_code == 401
+    booked = await client.post("/api/bookings", json={"slotId": slot["id"]}, headers=auth("s1"))
+    assert booked.status_code == 201
+    refused = await client.patch(path, json=body, headers=if_match(auth, 2))
+    assert refused.status_code == 409
+    assert "booked" in refused.json()["detail"]
+    unknown = await client.patch("/api/slots/nope", json=body, headers=if_match(auth, 1))
+    assert unknown.status_code == 404
+    admin = auth("root", "admin") | {"If-Match": '"1"'}
+    other = await make_slot(client, auth, future, hours=6)
+    by_admin = await client.patch(f"/api/slots/{other['id']}", json=body, headers=admin)
+    assert by_admin.status_code == 200, by_admin.text
+    await client.delete(f"/api/slots/{other['id']}", headers=auth("i1", "instructor"))
+    withdrawn = await client.patch(
+        f"/api/slots/{other['id']}", json=body, headers=if_match(auth, 3)
+    )
+    assert withdrawn.status_code == 404
+
+
+async def test_a_batch_is_created_all_or_nothing(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    week = [
+        {"start": future(days=d, hours=h), "end": future(days=d, hours=h + 1)}
+        for d in (1, 2, 3)
+        for h in (0, 2)
+    ]
+    created = await client.post(
+        "/api/instructors/i1/slots:batch", json={"slots": week}, headers=auth("i1", "instructor")
+    )
+    assert created.status_code == 201, created.text
+    slots = created.json()
+    assert len(slots) == 6
+    assert all(s["version"] == 1 and s["status"] == "available" for s in slots)
+    assert [s["start"] for s in slots] == sorted(s["start"] for s in slots)
+    # One of the next batch overlaps a live slot: nothing of it is stored.
+    clash = [
+        {"start": future(days=5), "end": future(days=5, hours=1)},
+        {"start": future(days=1, minutes=30), "end": future(days=1, hours=1, minutes=30)},
+    ]
+    refused = await client.post(
+        "/api/instructors/i1/slots:batch", json={"slots": clash}, headers=auth("i1", "instructor")
+    )
+    assert refused.status_code == 409
+    assert refused.json()["slotId"] == slots[0]["id"]
+    schedule = (await client.get("/api/instructors/i1/schedule")).json()
+    assert len(schedule["slots"]) == 6
+
+
+async def test_a_batch_is_checked_within_itself_and_bounded(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    overlapping = [
+        {"start": future(hours=1), "end": future(hours=2)},
+        {"start": future(hours=1, minutes=30), "end": future(hours=3)},
+    ]
+    path = "/api/instructors/i1/slots:batch"
+    within = await client.post(path, json={"slots": overlapping}, headers=auth("i1", "instructor"))
+    assert within.status_code == 422
+    assert "overlap" in within.json()["detail"]
+    too_many = [
+        {"start": future(minutes=10 * i), "end": future(minutes=10 * i + 5)} for i in range(201)
+    ]
+    big = await client.post(path, json={"slots": too_many}, headers=auth("i1", "instructor"))
+    assert big.status_code == 422
+    empty = await client.post(path, json={"slots": []}, headers=auth("i1", "instructor"))
+    assert empty.status_code == 422
+    stranger = await client.post(
+        path, json={"slots": overlapping[:1]}, headers=auth("i2", "instructor")
+    )
+    assert stranger.status_code == 403
+    unknown = await client.post(
+        "/api/instructors/i9/slots:batch",
+        json={"slots": overlapping[:1]},
+        headers=auth("root", "admin"),
+    )
+    assert unknown.status_code == 404
+    assert (await client.get("/api/instructors/i1/schedule")).json()["slots"] == []
+
+
+async def test_a_cancellation_reason_reaches_the_student(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    slot = await make_slot(client, auth, future)
+    booked = await client.post(
+        "/api/bookings", json={"slotId": slot["id"]}, headers=auth("s1", name="Grace Hopper")
+    )
+    assert booked.status_code == 201
+    booking = booked.json()
+    assert booking["studentName"] == "Grace Hopper"
+    cancelled = await client.request(
+        "DELETE",
+        f"/api/bookings/{booking['id']}",
+        json={"reason": "I am ill, sorry"},
+        headers=auth("i1", "instructor", "Ada"),
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["cancelReason"] == "I am ill, sorry"
+    notes = (await client.get("/api/users/me/notifications", headers=auth("s1"))).json()
+    newest = notes[0]
+    assert newest["kind"] == "booking.cancelled"
+    assert newest["reason"] == "I am ill, sorry"
+    assert newest["instructorName"] == "Ada"
+    assert newest["cancelledBy"] == "Ada"
+    assert newest["slotStart"] == slot["start"]
+    assert "I am ill, sorry" in newest["message"]
+    created = notes[1]
+    assert created["message"].startswith("You booked Ada on ")
+    assert booking["id"] not in created["message"]
+    to_instructor = (
+        await client.get("/api/users/me/notifications", headers=auth("i1", "instructor"))
+    ).json()
+    assert to_instructor[-1]["studentName"] == "Grace Hopper"
+    assert to_instructor[-1]["message"].startswith("Grace Hopper booked your slot on ")
+
+
+async def test_an_instructor_lists_who_booked_their_slots(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    await make_instructor(client, auth)
+    await make_instructor(client, auth, "i2")
+    slot = await make_slot(client, auth, future)
+    other = await make_slot(client, auth, future, iid="i2")
+    for slot_id in (slot["id"], other["id"]):
+        booked = await client.post(
+            "/api/bookings", json={"slotId": slot_id}, headers=auth("s1", name="Grace Hopper")
+        )
+        assert booked.status_code == 201
+    listed = await client.get("/api/instructors/i1/bookings", headers=auth("i1", "instructor"))
+    assert listed.status_code == 200
+    [only] = listed.json()
+    assert (only["slotId"], only["studentName"]) == (slot["id"], "Grace Hopper")
+    by_admin = await client.get("/api/instructors/i2/bookings", headers=auth("root", "admin"))
+    assert [b["slotId"] for b in by_admin.json()] == [other["id"]]
+    for headers in (auth("i2", "instructor"), auth("s1")):
+        refused = await client.get("/api/instructors/i1/bookings", headers=headers)
+        assert refused.status_code == 403
+    assert (await client.get("/api/instructors/i1/bookings")).status_code == 401
+    unknown = await client.get("/api/instructors/nope/bookings", headers=auth("root", "admin"))
+    assert unknown.status_code == 404

@@ -106,16 +106,33 @@ def test_who_may_book_and_cancel() -> None:
 
 
 def test_notifications_go_to_instructor_then_student() -> None:
+    """They name the people and the time, never a raw id (issue 13: the student's message
+    read "(booking 6b0e38e9…)")."""
+    booked = BOOKING.model_copy(update={"student_name": "Grace"})
     to_instructor, to_student = booking_notifications(
-        BOOKING, NotificationKind.BOOKING_CREATED, "Grace"
+        booked, NotificationKind.BOOKING_CREATED, "Ada Lovelace"
     )
     assert to_instructor.user_id == "i1"
     assert to_instructor.message == "Grace booked your slot on 2026-05-05 09:30 UTC."
     assert to_student.user_id == "st1"
-    assert "b1" in to_student.message
+    assert to_student.message == "You booked Ada Lovelace on 2026-05-05 09:30 UTC."
     cancelled = booking_notifications(BOOKING, NotificationKind.BOOKING_CANCELLED, None, "Ada")
-    assert cancelled[0].message.endswith("by student st1 was cancelled by Ada.")
+    assert cancelled[0].message.endswith("by a student was cancelled by Ada.")
     assert (
         cancelled[1].message
-        == "Your booking of the slot on 2026-05-05 09:30 UTC was cancelled by Ada."
+        == "Your booking with your instructor on 2026-05-05 09:30 UTC was cancelled by Ada."
+    )
+    for draft in (*cancelled, to_student, to_instructor):
+        assert "b1" not in draft.message
+        assert "st1" not in draft.message
+
+
+def test_a_cancellation_reason_reaches_the_student() -> None:
+    gone = BOOKING.model_copy(update={"cancel_reason": "I am ill, sorry"})
+    _, to_student = booking_notifications(
+        gone, NotificationKind.BOOKING_CANCELLED, "Ada Lovelace", "Ada Lovelace"
+    )
+    assert to_student.message == (
+        "Your booking with Ada Lovelace on 2026-05-05 09:30 UTC was cancelled by "
+        "Ada Lovelace: I am ill, sorry"
     )

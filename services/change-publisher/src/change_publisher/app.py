@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 
 from change_publisher.adapters.feed import FeedChangeSource
+from change_publisher.adapters.file import FileCheckpointStore
 from change_publisher.adapters.kafka import KafkaEventProducer
 from change_publisher.adapters.memory import MemoryCheckpointStore, MemoryLeaseStore
 from change_publisher.adapters.mongo import (
@@ -47,6 +48,7 @@ def publisher_options(settings: Settings) -> PublisherOptions:
         backoff_initial=settings.backoff_initial,
         backoff_max=settings.backoff_max,
         max_record_bytes=settings.max_record_bytes,
+        ack_stall_seconds=settings.ack_stall_seconds,
     )
 
 
@@ -83,9 +85,15 @@ async def build_components(settings: Settings) -> Components:
         )
     closers.insert(0, source.close)
     checkpoints: CheckpointStore
-    if settings.effective_checkpoint_store() == "mongo":
+    stored_epoch: int | None = None
+    kind = settings.effective_checkpoint_store()
+    if kind == "mongo":
         assert client is not None
         checkpoints = MongoCheckpointStore(client[settings.mongo_db])
+    elif kind == "file":
+        assert settings.checkpoint_file is not None
+        checkpoints = FileCheckpointStore(settings.checkpoint_file)
+        stored_epoch = checkpoints.stored_epoch(settings.stream_name)
     else:
         checkpoints = MemoryCheckpointStore()
     leases: LeaseStore
@@ -93,7 +101,9 @@ async def build_components(settings: Settings) -> Components:
         assert client is not None
         leases = MongoLeaseStore(client[settings.mongo_db])
     else:
-        leases = MemoryLeaseStore()
+        # A restarted process must lead with a newer epoch than the one its file
+        # checkpoint was written with, or the file would fence it out.
+        leases = MemoryLeaseStore(first_epoch=(stored_epoch or 0) + 1)
     producer = KafkaEventProducer(
         settings.kafka,
         enable_idempotence=settings.enable_idempotence,

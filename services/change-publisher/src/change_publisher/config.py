@@ -2,6 +2,7 @@
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -17,6 +18,7 @@ from slotstream_contracts.settings import (
 )
 
 StoreKind = Literal["mongo", "memory"]
+CheckpointKind = Literal["mongo", "memory", "file"]
 
 
 def _default_instance_id() -> str:
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=20_000, ge=1, description="Unacknowledged records")
     read_batch: int = Field(default=1000, ge=1, le=1000, description="Changes per source read")
     checkpoint_interval: float = Field(default=1.0, gt=0, description="Seconds")
+    ack_stall_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Unready while records wait this long for Kafka without an acknowledgement",
+    )
     lease_ttl: float = Field(default=6.0, gt=0, description="Seconds")
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=15.0, gt=0)
@@ -78,8 +85,15 @@ class Settings(BaseSettings):
     stream_name: str = Field(
         default="change-publisher", description="Id of the lease and checkpoint documents"
     )
-    checkpoint_store: StoreKind | None = Field(
-        default=None, description="mongo | memory; default: mongo for source=mongo, else memory"
+    checkpoint_store: CheckpointKind | None = Field(
+        default=None,
+        description="mongo | file | memory; default: mongo for source=mongo, file when "
+        "checkpoint_file is set, else memory",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="JSON file of the file checkpoint store (feed mode: the resume point "
+        "outlives the process)",
     )
     lease_store: StoreKind | None = None
 
@@ -120,10 +134,18 @@ class Settings(BaseSettings):
             NOTIFICATIONS: self.topics.notifications,
         }
 
-    def effective_checkpoint_store(self) -> StoreKind:
+    def effective_checkpoint_store(self) -> CheckpointKind:
         if self.checkpoint_store is not None:
             return self.checkpoint_store
-        return "mongo" if self.source == "mongo" else "memory"
+        if self.source == "mongo":
+            return "mongo"
+        return "file" if self.checkpoint_file is not None else "memory"
+
+    @model_validator(mode="after")
+    def _file_store_needs_a_path(self) -> "Settings":
+        if self.effective_checkpoint_store() == "file" and self.checkpoint_file is None:
+            raise ValueError("checkpoint_store=file needs checkpoint_file")
+        return self
 
     def effective_lease_store(self) -> StoreKind:
         if self.lease_store is not None:

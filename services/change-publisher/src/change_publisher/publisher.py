@@ -103,6 +103,9 @@ class PublisherOptions:
     #: Larger records are refused by Kafka forever (``message.max.bytes``): such a change
     #: is dead-lettered (without its documents) instead of stalling the stream.
     max_record_bytes: int = 900_000
+    #: Not ready while records wait this long for Kafka without any acknowledgement: the
+    #: producer's own retries take far longer (request timeout) to give up.
+    ack_stall_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,12 @@ class _Delivery:
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        #: monotonic time of the last acknowledgement, or of the first send since then
+        self._waiting_since = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds records have been waiting for Kafka without any acknowledgement."""
+        return 0.0 if self._outstanding == 0 else time.monotonic() - self._waiting_since
 
     def stage(
         self, records: Sequence[OutgoingRecord], token: ResumeToken | None, change_time: float
@@ -170,6 +179,8 @@ class _Delivery:
             except Exception as exc:  # the producer refused the records outright
                 self._fail(exc)
                 raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            if self._outstanding == 0:
+                self._waiting_since = time.monotonic()
             for batch in batches:
                 self._outstanding += 1
                 self._idle.clear()
@@ -201,6 +212,7 @@ class _Delivery:
         elif (exc := future.exception()) is not None:
             self._fail(exc)
         else:
+            self._waiting_since = time.monotonic()
             self.tracker.ack_many(map(seqs.__getitem__, indices))
             self.acked.update(kinds)
             if self.tracker.in_flight < self._max:
@@ -272,8 +284,12 @@ class Publisher:
 
     @property
     def ready(self) -> bool:
-        """Leader streaming with Kafka healthy, or a healthy standby."""
-        return self.role is Role.STANDBY or (self.role is Role.LEADER and self.streaming)
+        """Leader streaming with Kafka acknowledging, or a healthy standby."""
+        if self.role is Role.STANDBY:
+            return True
+        delivery = self._delivery
+        acking = delivery is None or delivery.stalled_for() < self.options.ack_stall_seconds
+        return self.role is Role.LEADER and self.streaming and acking
 
     @property
     def acknowledged_token(self) -> ResumeToken | None:

@@ -114,7 +114,10 @@ async def test_events_arrive_keyed_with_headers_in_order_per_key(
             assert header(record, "content-type") == b"application/cloudevents+json"
             assert event.version is not None
             versions[event.subject].append(event.version)
-    assert all(v == [1, 2, 3] for v in versions.values())
+    # In order per key. An update's document is looked up when the change is read
+    # (updateLookup), so the booking may already show the later version: 1, 3, 3.
+    assert all(v[0] == 1 and v[-1] == 3 and v == sorted(v) for v in versions.values())
+    assert all(len(v) == 3 for v in versions.values())
     assert len(versions) == 100
     (note,) = [r for r in records if r.topic == topics.notifications]
     assert note.key == b"u9"

@@ -1,73 +1,100 @@
-"""``python -m change_publisher`` as deployed: env settings, ops port, the feed, SIGTERM."""
+"""``python -m change_publisher`` as deployed: env settings, ops port, the real booking-api's
+change feed, SIGTERM."""
 
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from starlette.requests import Request
-from starlette.responses import Response
+from pydantic import SecretStr
 
-from change_publisher.adapters.memory import MemoryDatabase
-from slotstream_contracts.documents import SLOTS
+from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from ..conftest import TOKEN, Docs, FakeFeed
 from .conftest import Topics, consume, header
 
 pytestmark = pytest.mark.integration
 
 
+@dataclass(frozen=True)
+class BookingApi:
+    url: str
+    jwt: JwtSettings
+    internal_token: str
+
+
 @pytest.fixture
-async def feed_server(database: MemoryDatabase) -> AsyncIterator[str]:
-    """The fake booking-api feed on a real port (the process cannot use a mock transport)."""
-    feed = FakeFeed(database)
-
-    async def app(scope: dict[str, object], receive: object, send: object) -> None:
-        if scope["type"] != "http":
-            return
-        request = Request(scope)
-        answer = await feed(
-            httpx.Request(request.method, str(request.url), headers=request.headers.raw)
+def booking_api(tmp_path: Path) -> Iterator[BookingApi]:
+    """The real booking-api (memory backend) as a process: its ``/internal/changes`` is
+    what the publisher reads in feed mode, not a stand-in that could drift from it."""
+    port = free_port()
+    secret = secrets.token_urlsafe(48)
+    internal = secrets.token_urlsafe(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKING_API_")} | {
+        "BOOKING_API_HOST": "127.0.0.1",
+        "BOOKING_API_PORT": str(port),
+        "BOOKING_API_STORAGE": "memory",
+        "BOOKING_API_JWT__SECRET": secret,
+        "BOOKING_API_INTERNAL_TOKEN": internal,
+    }
+    with open(tmp_path / "booking-api.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "booking_api"], env=env, stdout=log, stderr=log
         )
-        response = Response(answer.content, status_code=answer.status_code)
-        await response(scope, receive, send)  # type: ignore[arg-type]
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            if process.poll() is not None:
+                raise AssertionError((tmp_path / "booking-api.log").read_text()[-2000:])
+            time.sleep(0.1)
+        yield BookingApi(url, JwtSettings(secret=SecretStr(secret)), internal)
     finally:
-        server.should_exit = True
-        await task
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
-async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
-    kafka: KafkaEndpoint,
-    topics: Topics,
-    database: MemoryDatabase,
-    feed_server: str,
-    tmp_path: Path,
-) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
+async def create_slot(api: BookingApi, instructor: str) -> str:
+    """An instructor and one slot, through the public API (the slot change is published)."""
+    token = mint_token(api.jwt, instructor, Role.INSTRUCTOR, "Ada", timedelta(minutes=10))
+    headers = {"Authorization": f"Bearer {token}"}
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=10) as client:
+        created = await client.post("/api/instructors", json={"name": "Ada", "timezone": "UTC"})
+        assert created.status_code in (200, 201), created.text
+        slot = await client.post(
+            f"/api/instructors/{instructor}/slots",
+            json={"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()},
+        )
+        assert slot.status_code == 201, slot.text
+        return str(slot.json()["id"])
+
+
+def publisher_env(
+    api: BookingApi, kafka: KafkaEndpoint, topics: Topics, port: int
+) -> dict[str, str]:
+    """``python -m change_publisher`` in feed mode on ``api``, ops on ``port``."""
+    return os.environ | {
         "PUBLISHER_SOURCE": "feed",
-        "PUBLISHER_FEED_URL": feed_server,
-        "PUBLISHER_FEED_TOKEN": TOKEN,
+        "PUBLISHER_FEED_URL": api.url,
+        "PUBLISHER_FEED_TOKEN": api.internal_token,
         "PUBLISHER_FEED_WAIT": "0.5",
         "PUBLISHER_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "PUBLISHER_ENABLE_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
@@ -76,8 +103,17 @@ async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
         "PUBLISHER_TOPICS__DEADLETTER": topics.deadletter,
         "PUBLISHER_HTTP_HOST": "127.0.0.1",
         "PUBLISHER_HTTP_PORT": str(port),
-        "PUBLISHER_INSTANCE_ID": "proc-1",
     }
+
+
+async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
+    kafka: KafkaEndpoint,
+    topics: Topics,
+    booking_api: BookingApi,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = publisher_env(booking_api, kafka, topics, port) | {"PUBLISHER_INSTANCE_ID": "proc-1"}
     log_path = tmp_path / "publisher.log"
 
     def start() -> "subprocess.Popen[bytes]":
@@ -96,11 +132,13 @@ async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
                 await asyncio.sleep(0.05)
             ready = await client.get("/readyz")
             assert ready.json()["role"] == "leader"
-            database.insert(SLOTS, Docs.slot("s1", "i1"))
+            slot_id = await create_slot(booking_api, "i1")
             records = await consume(
                 kafka.bootstrap_servers, (topics.schedule,), lambda rs: rs != []
             )
             assert [header(r, "ce_type") for r in records] == [b"slot.created"]
+            assert records[0].key == b"i1"
+            assert slot_id.encode() in records[0].value
             counted = 'publisher_events_total{type="slot.created"} 1.0'
             for _ in range(100):  # counters are flushed every checkpoint interval
                 metrics = (await client.get("/metrics")).text
@@ -117,3 +155,61 @@ async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
     logs = log_path.read_text()
     assert '"lease released"' in logs
     assert '"publisher stopped"' in logs
+
+
+async def test_feed_mode_resumes_after_kill_9_from_its_checkpoint_file(
+    kafka: KafkaEndpoint,
+    topics: Topics,
+    booking_api: BookingApi,
+    tmp_path: Path,
+) -> None:
+    """What changed while the publisher was dead is published after its restart: the
+    checkpoint (``PUBLISHER_CHECKPOINT_FILE``) outlives the process."""
+    port = free_port()
+    checkpoint = tmp_path / "state" / "checkpoint.json"
+    env = publisher_env(booking_api, kafka, topics, port) | {
+        "PUBLISHER_CHECKPOINT_FILE": str(checkpoint),
+        "PUBLISHER_CHECKPOINT_INTERVAL": "0.1",
+    }
+
+    def spawn() -> "subprocess.Popen[bytes]":
+        with open(tmp_path / "publisher.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "change_publisher"], env=env, stdout=log, stderr=log
+            )
+
+    async def started() -> "subprocess.Popen[bytes]":
+        process = await asyncio.to_thread(spawn)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        return process
+                await asyncio.sleep(0.05)
+        raise AssertionError((tmp_path / "publisher.log").read_text()[-2000:])
+
+    first = await started()
+    try:
+        await create_slot(booking_api, "i1")
+        await consume(kafka.bootstrap_servers, (topics.schedule,), lambda rs: rs != [])
+        for _ in range(100):  # the checkpoint follows the acknowledgement
+            if checkpoint.exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    finally:
+        first.kill()  # kill -9: no goodbye, no final checkpoint
+        first.wait(5)
+    while_down = await create_slot(booking_api, "i2")
+    second = await started()
+    try:
+        records = await consume(
+            kafka.bootstrap_servers,
+            (topics.schedule,),
+            lambda rs: any(while_down.encode() in r.value for r in rs),
+            within=30,
+        )
+    finally:
+        second.terminate()
+        second.wait(20)
+    assert {r.key for r in records} == {b"i1", b"i2"}

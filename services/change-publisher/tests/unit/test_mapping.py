@@ -107,6 +107,24 @@ def test_update_without_full_document_is_dead_lettered() -> None:
     assert "fullDocument" in outcome.error
 
 
+def test_update_looked_up_after_a_delete_is_rebuilt_from_the_pre_image(
+    database: MemoryDatabase,
+) -> None:
+    """updateLookup returns null once the document is gone; with pre-images the update
+    still says exactly what it wrote."""
+    database.insert(SLOTS, Docs.slot("s1", "i7"))
+    written = database.update(SLOTS, "s1", {"status": "booked", "bookingId": "b1"})
+    before = Docs.slot("s1", "i7")
+    change = written.model_copy(
+        update={"full_document": None, "full_document_before_change": before}
+    )
+    event = published(mapper.map_change(change))
+    assert event.type is EventType.SLOT_UPDATED
+    assert event.routing_key == "i7"
+    assert isinstance(event.data, SlotData)
+    assert (event.data.status, event.data.booking_id, event.data.version) == ("booked", "b1", 2)
+
+
 def test_booking_insert_and_cancellation(database: MemoryDatabase) -> None:
     created = published(mapper.map_change(database.insert(BOOKINGS, Docs.booking())))
     assert created.type is EventType.BOOKING_CREATED

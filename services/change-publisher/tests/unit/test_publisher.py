@@ -436,3 +436,23 @@ async def test_invalidate_inside_a_batch_publishes_before_it_and_reopens_after_i
     await stop(publisher, task)
     assert source.opened[1] == StreamPosition(after=invalidate.token)
     assert [r.key for r in producer.records] == [b"i1", b"i2"]
+
+
+async def test_unready_while_kafka_acknowledges_nothing_ready_again_after(
+    make_publisher: PublisherFactory, database: MemoryDatabase
+) -> None:
+    """A partition hides behind the producer's long retries: readiness must not."""
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer, ack_stall_seconds=0.2)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready)
+        producer.hold()
+        database.insert(SLOTS, Docs.slot("s1"))
+        await eventually(lambda: producer.records != [])
+        await eventually(lambda: not publisher.ready)
+        producer.release()
+        await eventually(lambda: publisher.ready)
+    finally:
+        publisher.stop()
+        await asyncio.wait_for(task, 5)

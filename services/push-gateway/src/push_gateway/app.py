@@ -30,6 +30,7 @@ from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
+from push_gateway.workers import InstanceCollector, worker_index
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.channels import ChannelKind
 
@@ -105,6 +106,7 @@ def create_app(
     websockets = WebSocketGateway(gateway)
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
+    registry.register(InstanceCollector(settings.instance_id, worker_index()))
     registry.register(WebSocketCollector(websockets))
 
     @asynccontextmanager

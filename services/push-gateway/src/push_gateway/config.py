@@ -31,6 +31,13 @@ class GatewayKafkaSettings(KafkaSettings):
         le=1000,
         description="Long-poll bound; Tansu answers at the deadline, so keep it low",
     )
+    fetch_idle_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=30000,
+        description="Long-poll bound after a whole getmany (1 s) brought nothing; back to "
+        "fetch_max_wait_ms with the first record",
+    )
     max_poll_records: int = Field(
         default=500,
         ge=1,
@@ -52,6 +59,20 @@ class Settings(BaseSettings):
         default=4096, ge=64, description="Listen backlog (the kernel caps it at somaxconn)"
     )
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1, max_length=64)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the port (SO_REUSEPORT); each is a full "
+        "gateway with instance id <instance_id>-w<n>",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="With workers > 1: worker n also listens on this port + n, so each "
+        "worker's /metrics can be scraped on its own",
+    )
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)
     snapshot_reuse_seconds: float = Field(

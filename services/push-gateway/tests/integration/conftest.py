@@ -2,6 +2,9 @@
 fake booking-api serving snapshots over HTTP."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -119,6 +122,37 @@ def booking_api() -> Iterator[FakeBookingApi]:
         yield fake
     finally:
         thread.stop()
+
+
+def start_gateway_process(
+    kafka: KafkaEndpoint,
+    topics: TopicSettings,
+    booking_api: "FakeBookingApi",
+    port: int,
+    **extra: str,
+) -> "subprocess.Popen[bytes]":
+    """``python -m push_gateway`` in its own session, stderr captured (the caller stops it
+    and closes ``stderr``)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "GATEWAY_TOPICS__SCHEDULE": topics.schedule,
+        "GATEWAY_TOPICS__NOTIFICATIONS": topics.notifications,
+        "GATEWAY_TOPICS__PRESENCE": topics.presence,
+        "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
+        "GATEWAY_LOG__LEVEL": "WARNING",
+        "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
+        **extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "push_gateway"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def gateway_settings(

@@ -1,11 +1,8 @@
 """The console entry point as a real process: SIGTERM drains streams with a short retry."""
 
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,7 +12,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import JWT, FakeBookingApi
+from .conftest import FakeBookingApi, start_gateway_process
 
 pytestmark = pytest.mark.integration
 
@@ -42,26 +39,13 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
     kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "GATEWAY_TOPICS__SCHEDULE": topics.schedule,
-        "GATEWAY_TOPICS__NOTIFICATIONS": topics.notifications,
-        "GATEWAY_TOPICS__PRESENCE": topics.presence,
-        "GATEWAY_BOOKING_API_URL": f"http://127.0.0.1:{booking_api.port}",
-        "GATEWAY_SHUTDOWN_RETRY_MS": "250",
-        "GATEWAY_SHUTDOWN_RETRY_JITTER_MS": "1000",
-        "GATEWAY_LOG__LEVEL": "WARNING",
-        "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "push_gateway"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    process = start_gateway_process(
+        kafka,
+        topics,
+        booking_api,
+        port,
+        GATEWAY_SHUTDOWN_RETRY_MS="250",
+        GATEWAY_SHUTDOWN_RETRY_JITTER_MS="1000",
     )
     try:
         deadline = time.monotonic() + 30

@@ -17,7 +17,7 @@ import asyncio
 import bisect
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -216,8 +216,8 @@ class MemoryInstructors:
 class MemorySlots:
     def __init__(self, collection: MemoryCollection) -> None:
         self._c = collection
-        # Per instructor: (start, id) sorted by start, tombstones included; starts never
-        # change, so the list only grows. ``_longest`` bounds how far back an overlap starts.
+        # Per instructor: (start, id) sorted by start, tombstones included (a move
+        # replaces the entry). ``_longest`` bounds how far back an overlap starts.
         self._by_instructor: dict[str, list[tuple[datetime, str]]] = {}
         self._longest = timedelta(0)
 
@@ -232,6 +232,47 @@ class MemorySlots:
         if not found:
             self._store(slot)
         return found
+
+    async def insert_many_unless_overlapping(
+        self, instructor_id: str, slots: Sequence[SlotDocument]
+    ) -> list[SlotDocument]:
+        await asyncio.sleep(0)
+        found: dict[str, SlotDocument] = {}
+        for slot in slots:
+            found.update((s.id, s) for s in self._intersecting(instructor_id, slot.start, slot.end))
+        if found:
+            return sorted(found.values(), key=lambda s: (s.start, s.id))
+        for slot in slots:  # the same unique checks as one by one, before anything is stored
+            if self._c.peek(slot.id) is not None:
+                raise DuplicateKey(f"{self._c.name}: duplicate _id {slot.id!r}")
+        for slot in slots:
+            self._store(slot)
+        return []
+
+    async def move_unless_overlapping(
+        self, slot_id: str, version: int, start: datetime, end: datetime, now: datetime
+    ) -> SlotDocument | list[SlotDocument] | None:
+        await asyncio.sleep(0)
+        current = self._c.peek(slot_id)
+        if current is None:
+            return None
+        found = [
+            s for s in self._intersecting(current["instructorId"], start, end) if s.id != slot_id
+        ]
+        if found:
+            return found
+        doc = self._c.update(
+            slot_id,
+            lambda d: d["status"] == SlotStatus.AVAILABLE and d["version"] == version,
+            {"start": start, "end": end, "updatedAt": now},
+        )
+        if doc is None:
+            return None
+        entries = self._by_instructor[doc["instructorId"]]
+        entries.remove((current["start"], slot_id))
+        bisect.insort(entries, (doc["start"], slot_id))
+        self._longest = max(self._longest, doc["end"] - doc["start"])
+        return SlotDocument.model_validate(doc)
 
     def _store(self, slot: SlotDocument) -> None:
         stored = self._c.insert(slot.to_document())
@@ -329,13 +370,14 @@ class MemoryBookings:
         doc = self._c.peek(booking_id)
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
+    async def cancel(
+        self, booking_id: str, now: datetime, reason: str | None = None
+    ) -> BookingDocument | None:
         await asyncio.sleep(0)
-        doc = self._c.update(
-            booking_id,
-            lambda d: d["status"] == BookingStatus.ACTIVE,
-            {"status": BookingStatus.CANCELLED.value, "cancelledAt": now},
-        )
+        changes: Document = {"status": BookingStatus.CANCELLED.value, "cancelledAt": now}
+        if reason is not None:
+            changes["cancelReason"] = reason
+        doc = self._c.update(booking_id, lambda d: d["status"] == BookingStatus.ACTIVE, changes)
         return None if doc is None else BookingDocument.model_validate(doc)
 
     async def list_for_student(self, student_id: str, limit: int) -> list[BookingDocument]:
@@ -503,7 +545,8 @@ class MemoryStorage:
     """All repositories over one change log, like collections of one database."""
 
     def __init__(self, db: str = "slotstream", retain_changes: int = 200_000) -> None:
-        self.changelog = MemoryChangeLog(db, retain=retain_changes)
+        # updateLookup as Mongo does it: an update event carries the document as it is read.
+        self.changelog = MemoryChangeLog(db, retain=retain_changes, lookup=self._current)
         self.collections = {
             INSTRUCTORS: MemoryCollection(INSTRUCTORS, self.changelog),
             SLOTS: MemoryCollection(
@@ -520,6 +563,10 @@ class MemoryStorage:
         self._bookings = MemoryBookings(self.collections[BOOKINGS])
         self._notifications = MemoryNotifications(self.collections[NOTIFICATIONS])
         self._idempotency = MemoryIdempotency(self.collections[IDEMPOTENCY])
+
+    def _current(self, collection: str, doc_id: str) -> Document | None:
+        stored = self.collections[collection].peek(doc_id)
+        return None if stored is None else _copy(stored)
 
     @property
     def instructors(self) -> MemoryInstructors:

@@ -10,15 +10,16 @@
 """
 
 import math
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import stamina
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -42,6 +43,7 @@ IDEMPOTENCY = "idempotency"
 SCHEDULE_GUARDS = "scheduleGuards"
 _LIVE = {"status": {"$in": [SlotStatus.AVAILABLE.value, SlotStatus.BOOKED.value]}}
 _AFTER = ReturnDocument.AFTER
+_T = TypeVar("_T")
 
 
 class MongoInstructors:
@@ -91,12 +93,7 @@ class MongoSlots:
         other's slot is visible to its overlap check."""
 
         async def attempt(session: AsyncClientSession) -> list[SlotDocument]:
-            await self._guards.update_one(
-                {"_id": slot.instructor_id},
-                {"$inc": {"slotWrites": 1}},
-                upsert=True,
-                session=session,
-            )
+            await self._bump_guard(slot.instructor_id, session)
             found = await self.list_for_instructor(
                 slot.instructor_id, slot.start, slot.end, session=session
             )
@@ -104,9 +101,66 @@ class MongoSlots:
                 await self._c.insert_one(slot.to_document(), session=session)
             return found
 
+        return await self._in_transaction(attempt)
+
+    async def insert_many_unless_overlapping(
+        self, instructor_id: str, slots: Sequence[SlotDocument]
+    ) -> list[SlotDocument]:
+        """As ``insert_unless_overlapping``, for many slots in one transaction: one read
+        over the span of the batch finds every live slot that intersects one of them."""
+        if not slots:
+            return []
+        span_start = min(s.start for s in slots)
+        span_end = max(s.end for s in slots)
+
+        async def attempt(session: AsyncClientSession) -> list[SlotDocument]:
+            await self._bump_guard(instructor_id, session)
+            nearby = await self.list_for_instructor(instructor_id, span_start, span_end, session)
+            found = [e for e in nearby if any(e.start < s.end and s.start < e.end for s in slots)]
+            if not found:
+                await self._c.insert_many(
+                    [s.to_document() for s in slots], ordered=True, session=session
+                )
+            return found
+
+        return await self._in_transaction(attempt)
+
+    async def move_unless_overlapping(
+        self, slot_id: str, version: int, start: datetime, end: datetime, now: datetime
+    ) -> SlotDocument | list[SlotDocument] | None:
+        """One transaction, serialised with creations by the same guard document."""
+        current = await self.get(slot_id)
+        if current is None:
+            return None
+        instructor_id = current.instructor_id
+
+        async def attempt(session: AsyncClientSession) -> SlotDocument | list[SlotDocument] | None:
+            await self._bump_guard(instructor_id, session)
+            nearby = await self.list_for_instructor(instructor_id, start, end, session)
+            found = [s for s in nearby if s.id != slot_id]
+            if found:
+                return found
+            doc = await self._c.find_one_and_update(
+                {"_id": slot_id, "status": SlotStatus.AVAILABLE.value, "version": version},
+                {"$set": {"start": start, "end": end, "updatedAt": now}, "$inc": {"version": 1}},
+                return_document=_AFTER,
+                session=session,
+            )
+            return None if doc is None else SlotDocument.model_validate(doc)
+
+        return await self._in_transaction(attempt)
+
+    async def _bump_guard(self, instructor_id: str, session: AsyncClientSession) -> None:
+        await self._guards.update_one(
+            {"_id": instructor_id}, {"$inc": {"slotWrites": 1}}, upsert=True, session=session
+        )
+
+    async def _in_transaction(self, attempt: Callable[[AsyncClientSession], Awaitable[_T]]) -> _T:
         async with self._client.start_session() as session:
             try:
                 return await session.with_transaction(attempt)
+            except BulkWriteError as exc:
+                raise DuplicateKey(str(exc)) from None
             except DuplicateKeyError as exc:
                 raise DuplicateKey(str(exc)) from None
 
@@ -185,13 +239,15 @@ class MongoBookings:
         doc = await self._c.find_one({"_id": booking_id})
         return None if doc is None else BookingDocument.model_validate(doc)
 
-    async def cancel(self, booking_id: str, now: datetime) -> BookingDocument | None:
+    async def cancel(
+        self, booking_id: str, now: datetime, reason: str | None = None
+    ) -> BookingDocument | None:
+        changes: Document = {"status": BookingStatus.CANCELLED.value, "cancelledAt": now}
+        if reason is not None:
+            changes["cancelReason"] = reason
         doc = await self._c.find_one_and_update(
             {"_id": booking_id, "status": BookingStatus.ACTIVE.value},
-            {
-                "$set": {"status": BookingStatus.CANCELLED.value, "cancelledAt": now},
-                "$inc": {"version": 1},
-            },
+            {"$set": changes, "$inc": {"version": 1}},
             return_document=_AFTER,
         )
         return None if doc is None else BookingDocument.model_validate(doc)

@@ -18,6 +18,8 @@ from booking_api.domain.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
     StorageUnavailable,
 )
 
@@ -29,6 +31,8 @@ _STATUS_OF: dict[type[DomainError], int] = {
     NotFound: 404,
     Conflict: 409,
     Forbidden: 403,
+    PreconditionFailed: 412,
+    PreconditionRequired: 428,
     StorageUnavailable: 503,
 }
 

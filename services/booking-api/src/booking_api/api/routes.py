@@ -17,8 +17,15 @@ from booking_api.api.deps import (
 from booking_api.api.idempotency import KEY_PATTERN, idempotency_header, idempotent
 from booking_api.api.problems import problem_responses
 from booking_api.api.responses import list_response, model_response
-from booking_api.api.schemas import BookingCreate, InstructorCreate, SlotCreate
-from booking_api.domain.errors import Conflict
+from booking_api.api.schemas import (
+    BookingCancel,
+    BookingCreate,
+    InstructorCreate,
+    SlotBatch,
+    SlotCreate,
+    SlotMove,
+)
+from booking_api.domain.errors import Conflict, PreconditionFailed, PreconditionRequired
 from slotstream_contracts.entities import (
     BookingData,
     InstructorData,
@@ -183,6 +190,82 @@ async def create_slot(
     return await idempotent(request, body, principal, idempotency_key, service, parts, handler)
 
 
+@router.post(
+    "/instructors/{instructor_id}/slots:batch",
+    status_code=201,
+    response_model=list[SlotData],
+    responses=AUTH_ERRORS,
+)
+async def create_slots(
+    instructor_id: InstructorId,
+    body: SlotBatch,
+    request: Request,
+    principal: CurrentUser,
+    service: Service,
+    parts: Parts,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Add up to 200 slots at once, all or nothing: 422 when two of them overlap or one
+    breaks a slot rule, 409 when one overlaps a live slot of the instructor (nothing is
+    stored). Each new slot is a ``slot.created`` event for every viewer."""
+
+    async def handler() -> Response:
+        created = await service.create_slots(
+            principal, instructor_id, [(s.start, s.end) for s in body.slots]
+        )
+        response = list_response([s.to_data() for s in created], SlotData)
+        response.status_code = 201
+        return response
+
+    return await idempotent(request, body, principal, idempotency_key, service, parts, handler)
+
+
+def slot_etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _if_match_version(if_match: str | None, current: int) -> int:
+    """The slot version ``If-Match`` names: ``"<version>"`` (the slot's ETag), or ``*``
+    (whatever is current). Anything else can never match."""
+    if if_match is None:
+        raise PreconditionRequired("moving a slot needs If-Match with the slot's ETag")
+    tag = if_match.strip()
+    if tag == "*":
+        return current
+    if len(tag) >= 3 and tag[0] == '"' and tag[-1] == '"' and tag[1:-1].isdigit():
+        return int(tag[1:-1])
+    raise PreconditionFailed(f'If-Match {tag[:40]!r} is not a slot ETag (e.g. "3")')
+
+
+@router.patch(
+    "/slots/{slot_id}",
+    response_model=SlotData,
+    responses=problem_responses(400, 401, 403, 404, 409, 412, 413, 422, 428),
+)
+async def move_slot(
+    slot_id: SlotId,
+    body: SlotMove,
+    principal: CurrentUser,
+    service: Service,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            max_length=80,
+            description='the slot\'s ETag ("<version>"); required (428 without it)',
+        ),
+    ] = None,
+) -> Response:
+    """Move a free slot (a new ``start`` keeps its length) or change its length (a new
+    ``end``), under the rules and overlap checks of creating one. 412 when the slot is no
+    longer at the version ``If-Match`` names, 428 without ``If-Match``, 409 when it is
+    booked or the new time overlaps another slot. Viewers get a ``slot.updated``."""
+    current = await service.storage.slots.get(slot_id)
+    version = _if_match_version(if_match, 0 if current is None else current.version)
+    slot = await service.move_slot(principal, slot_id, version, body.start, body.end)
+    return model_response(slot.to_data(), headers={"ETag": slot_etag(slot.version)})
+
+
 @router.delete("/slots/{slot_id}", response_model=SlotData, responses=AUTH_ERRORS)
 async def delete_slot(slot_id: SlotId, principal: CurrentUser, service: Service) -> Response:
     """Withdraw a free slot: it becomes a tombstone (``status: deleted``, version + 1).
@@ -193,13 +276,32 @@ async def delete_slot(slot_id: SlotId, principal: CurrentUser, service: Service)
 
 @router.delete("/bookings/{booking_id}", response_model=BookingData, responses=AUTH_ERRORS)
 async def cancel_booking(
-    booking_id: BookingId, principal: CurrentUser, service: Service, parts: Parts
+    booking_id: BookingId,
+    principal: CurrentUser,
+    service: Service,
+    parts: Parts,
+    body: BookingCancel | None = None,
 ) -> Response:
     """Cancel a booking (its student, the instructor or an admin) and free the slot.
-    Cancelling again returns the cancelled booking."""
-    booking = await service.cancel(principal, booking_id)
+    An optional body ``{"reason": …}`` reaches the student's notification. Cancelling
+    again returns the cancelled booking."""
+    booking = await service.cancel(principal, booking_id, None if body is None else body.reason)
     parts.metrics.bookings_cancelled.inc()
     return model_response(booking.to_data())
+
+
+@router.get(
+    "/instructors/{instructor_id}/bookings",
+    response_model=list[BookingData],
+    responses=problem_responses(401, 403, 404, 413, 422),
+)
+async def instructor_bookings(
+    instructor_id: InstructorId, principal: CurrentUser, service: Service, limit: Limit = 100
+) -> Response:
+    """Bookings of the instructor's slots (with the student's name), newest first: for
+    that instructor or an admin."""
+    found = await service.bookings_for_instructor(principal, instructor_id, limit)
+    return list_response([b.to_data() for b in found], BookingData)
 
 
 @router.get(

@@ -6,7 +6,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from slotstream_contracts.entities import DisplayName
+from booking_api.domain.slots import MAX_BATCH
+from slotstream_contracts.entities import CancelReason, DisplayName
 from slotstream_contracts.ids import EntityId
 
 
@@ -73,6 +74,23 @@ class InstructorCreate(RequestBody):
 class SlotCreate(RequestBody):
     start: AwareDatetime = Field(description="ISO 8601 with an offset; stored in UTC")
     end: AwareDatetime
+
+
+class SlotMove(RequestBody):
+    """A new start (the length stays), a new end (the length changes), or both."""
+
+    start: AwareDatetime | None = Field(default=None, description="ISO 8601 with an offset")
+    end: AwareDatetime | None = None
+
+
+class SlotBatch(RequestBody):
+    slots: list[SlotCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BookingCancel(RequestBody):
+    reason: CancelReason | None = Field(
+        default=None, description="shown to the student in their notification"
+    )
 
 
 class BookingCreate(RequestBody):

@@ -26,6 +26,14 @@ def ensure_may_edit_schedule(principal: Principal, instructor_id: str) -> None:
         raise Forbidden(f"only instructor {instructor_id} or an admin edits this schedule")
 
 
+def ensure_may_see_bookings_of(principal: Principal, instructor_id: str) -> None:
+    """Who booked an instructor's slots is for that instructor (and admins) only."""
+    if principal.role is Role.ADMIN:
+        return
+    if principal.role is not Role.INSTRUCTOR or principal.user_id != instructor_id:
+        raise Forbidden(f"only instructor {instructor_id} or an admin sees these bookings")
+
+
 def ensure_may_book(principal: Principal) -> None:
     """Students book for themselves; admins may book too (as themselves), instructors not."""
     if principal.role is Role.INSTRUCTOR:

@@ -35,6 +35,18 @@ class QuotaExceeded(Conflict):
     kind = "quota-exceeded"
 
 
+class PreconditionFailed(DomainError):
+    """The caller changed an entity from a version that is no longer current (412)."""
+
+    kind = "precondition-failed"
+
+
+class PreconditionRequired(DomainError):
+    """A conditional change came without ``If-Match`` (428)."""
+
+    kind = "precondition-required"
+
+
 class Forbidden(DomainError):
     """The caller is authenticated but may not do this (403)."""
 

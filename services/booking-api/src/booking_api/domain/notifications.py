@@ -22,20 +22,25 @@ def _when(start: datetime) -> str:
 def booking_notifications(
     booking: BookingDocument,
     kind: NotificationKind,
-    student_name: str | None,
+    instructor_name: str | None,
     cancelled_by: str | None = None,
 ) -> tuple[NotificationDraft, NotificationDraft]:
-    """One message for the instructor, one for the student, in that order."""
-    who = student_name or f"student {booking.student_id}"
+    """One message for the instructor, one for the student, in that order. Plain English
+    with UTC times, for API clients; the page renders its own text from the structured
+    fields of the notification, in the reader's language and time zone."""
+    who = booking.student_name or "a student"
+    teacher = instructor_name or "your instructor"
     when = _when(booking.slot_start)
     if kind is NotificationKind.BOOKING_CREATED:
         to_instructor = f"{who} booked your slot on {when}."
-        to_student = f"You booked the slot on {when} (booking {booking.id})."
+        to_student = f"You booked {teacher} on {when}."
     else:
         by = "" if cancelled_by is None else f" by {cancelled_by}"
+        why = "" if booking.cancel_reason is None else f": {booking.cancel_reason}"
         to_instructor = f"The booking of your slot on {when} by {who} was cancelled{by}."
-        to_student = f"Your booking of the slot on {when} was cancelled{by}."
+        to_student = f"Your booking with {teacher} on {when} was cancelled{by}{why}"
+        to_student = to_student if why else to_student + "."
     return (
-        NotificationDraft(booking.instructor_id, kind, to_instructor, Audience.INSTRUCTOR),
-        NotificationDraft(booking.student_id, kind, to_student, Audience.STUDENT),
+        NotificationDraft(booking.instructor_id, kind, to_instructor[:500], Audience.INSTRUCTOR),
+        NotificationDraft(booking.student_id, kind, to_student[:500], Audience.STUDENT),
     )

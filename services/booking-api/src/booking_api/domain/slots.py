@@ -1,10 +1,11 @@
 """Slot rules: a slot is a bounded, time-zone explicit window in an instructor's schedule."""
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from booking_api.domain.errors import Conflict, InvalidRequest
+from booking_api.domain.errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
 from slotstream_contracts.documents import SlotDocument
 from slotstream_contracts.entities import SlotStatus
 
@@ -15,6 +16,8 @@ MAX_HORIZON = timedelta(days=180)
 DEFAULT_WINDOW_BEFORE = timedelta(days=1)
 DEFAULT_WINDOW_AFTER = timedelta(days=28)
 MAX_WINDOW = timedelta(days=62)
+#: Slots one batch creation may hold (a week of 8-hour days in 15-minute slots is 224).
+MAX_BATCH = 200
 
 
 def to_storage_time(value: datetime) -> datetime:
@@ -61,6 +64,54 @@ def ensure_no_overlap(window: SlotWindow, existing: Iterable[SlotDocument]) -> N
                 f"({slot.start.isoformat()} to {slot.end.isoformat()})",
                 slotId=slot.id,
             )
+
+
+def moved_window(
+    slot: SlotDocument, start: datetime | None, end: datetime | None
+) -> tuple[datetime, datetime]:
+    """The window a move asks for: a new start alone keeps the length; a new end alone
+    changes the length; both set both."""
+    if start is None and end is None:
+        raise InvalidRequest("a move needs a new start, a new end, or both")
+    if start is None:
+        return slot.start, end if end is not None else slot.end
+    return start, end if end is not None else start + (slot.end - slot.start)
+
+
+def ensure_movable(slot: SlotDocument, version: int) -> None:
+    """Only a free slot moves (a booked one has a student counting on its time), and only
+    from the version the caller saw."""
+    if slot.status is SlotStatus.DELETED:
+        raise NotFound(f"slot {slot.id} was withdrawn", slotId=slot.id)
+    if slot.status is SlotStatus.BOOKED:
+        raise Conflict(
+            f"slot {slot.id} is booked; only free slots move (cancel booking {slot.booking_id})",
+            slotId=slot.id,
+        )
+    if slot.version != version:
+        raise PreconditionFailed(
+            f"slot {slot.id} is at version {slot.version}, not {version}; reload and retry",
+            slotId=slot.id,
+            version=slot.version,
+        )
+
+
+def validate_batch(windows: Sequence[tuple[datetime, datetime]], now: datetime) -> list[SlotWindow]:
+    """Every window of a batch checked as for one slot, then against each other (half-open,
+    so back-to-back slots are fine), ordered by start."""
+    if not 1 <= len(windows) <= MAX_BATCH:
+        raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} slots")
+    checked = sorted(
+        (validate_slot_window(start, end, now) for start, end in windows), key=lambda w: w.start
+    )
+    for earlier, later in itertools.pairwise(checked):
+        if later.start < earlier.end:
+            raise InvalidRequest(
+                f"two slots of the batch overlap: {earlier.start.isoformat()} to "
+                f"{earlier.end.isoformat()} and {later.start.isoformat()} to "
+                f"{later.end.isoformat()}"
+            )
+    return checked
 
 
 def schedule_window(

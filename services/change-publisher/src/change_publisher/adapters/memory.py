@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from change_publisher.domain import lease as lease_rules
@@ -15,6 +16,7 @@ from change_publisher.ports import (
     HistoryLost,
     PendingBatch,
     SnapshotPart,
+    SourceUnavailable,
     StreamPosition,
     watched,
 )
@@ -29,11 +31,25 @@ from slotstream_contracts.changes import (
 
 class MemoryDatabase:
     """Documents by collection plus the change log that records every write (a fake Mongo
-    with pre- and post-images)."""
+    with pre-images and ``updateLookup``: an update event shows the document as it is when
+    read)."""
 
     def __init__(self, db: str = "slotstream", retain: int = 200_000) -> None:
-        self.log = MemoryChangeLog(db, retain=retain)
+        self.log = MemoryChangeLog(db, retain=retain, lookup=self._lookup)
         self.collections: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def _lookup(self, collection: str, document_id: str) -> dict[str, Any] | None:
+        return self.collections.get(collection, {}).get(document_id)
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Writes inside share one cluster time, as a transaction's changes do."""
+        return self.log.transaction()
+
+    def drop(self) -> ChangeEvent:
+        """Drop every collection (and the database): returns the ``invalidate``."""
+        dropped = list(self.collections)
+        self.collections.clear()
+        return self.log.record_drop_database(dropped)
 
     def insert(self, collection: str, document: dict[str, Any]) -> ChangeEvent:
         docs = self.collections.setdefault(collection, {})
@@ -84,8 +100,11 @@ class MemoryChangeStream:
             self._after = log.latest_token
         self.start_token = self._after
         self.closed = False
+        self._invalidated = False
 
     async def next_batch(self) -> ChangeBatch:
+        if self._invalidated:
+            raise SourceUnavailable("the change stream was invalidated: reopen after its token")
         try:
             if self._at is not None:
                 changes = self._log.read_from_time(self._at, self._limit)
@@ -100,6 +119,11 @@ class MemoryChangeStream:
                 changes = await self._log.wait_after(self._after, self._limit, self._wait)
         except (ChangeHistoryLost, InvalidResumeToken) as exc:
             raise HistoryLost(str(exc)) from exc
+        for index, change in enumerate(changes):
+            if change.operation_type is OperationType.INVALIDATE:
+                changes = changes[: index + 1]  # the cursor ends with it
+                self._invalidated = True
+                break
         if changes:
             self._after = changes[-1].token
         if self._collections is not None:
@@ -184,9 +208,11 @@ class MemoryCheckpointStore:
 
 class MemoryLeaseStore:
     """Leases in a dict on the monotonic clock. ``cut_off(holder)`` makes that holder's
-    calls fail, like a replica that lost its connection to the database."""
+    calls fail, like a replica that lost its connection to the database. ``first_epoch``:
+    the epoch of the first grant (above what a previous process wrote with)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_epoch: int = 1) -> None:
+        self._first_epoch = first_epoch
         self.leases: dict[str, Lease] = {}
         self.grants: list[Lease] = []
         self._cut: set[str] = set()
@@ -204,6 +230,8 @@ class MemoryLeaseStore:
     async def acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         self._check(holder)
         current = self.leases.get(name)
+        if current is None and self._first_epoch > 1:
+            current = Lease(name, "", self._first_epoch - 1, 0.0)  # expired: next epoch
         granted = lease_rules.grant(current, name, holder, time.monotonic(), ttl)
         if granted is not None:
             if current is None or granted.epoch != current.epoch:
@@ -236,10 +264,20 @@ class MemoryProducer:
         self.records: list[OutgoingRecord] = []
         self.failures: list[Exception] = []
         self._partitions = partitions
+        self._held: list[asyncio.Future[Any]] | None = None
         self.started = False
 
     def fail_next(self, error: Exception) -> None:
         self.failures.append(error)
+
+    def hold(self) -> None:
+        """Leave later sends unacknowledged (Kafka unreachable) until ``release()``."""
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for future in held:
+            future.set_result(None)
 
     async def start(self) -> None:
         self.started = True
@@ -253,7 +291,10 @@ class MemoryProducer:
             future.set_exception(self.failures.pop(0))
         else:
             self.records.extend(records)
-            future.set_result(None)
+            if self._held is not None:
+                self._held.append(future)
+            else:
+                future.set_result(None)
         return [PendingBatch(future, range(len(records)))]
 
     async def partitions(self, topic: str) -> list[int]:  # noqa: ARG002 - every topic alike

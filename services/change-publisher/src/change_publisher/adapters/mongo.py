@@ -87,6 +87,10 @@ class MongoChangeStream:
                     continue
                 await self._queue.put(parse_change(raw, self._db))
                 if raw.get("operationType") == "invalidate":
+                    # The server closed the cursor: a later read must not wait forever.
+                    await self._queue.put(
+                        SourceUnavailable("the change stream was invalidated: reopen after it")
+                    )
                     return
         except asyncio.CancelledError:
             raise
@@ -116,6 +120,8 @@ class MongoChangeStream:
 
     @staticmethod
     def _raise(error: BaseException) -> NoReturn:
+        if isinstance(error, SourceUnavailable):
+            raise error
         if isinstance(error, PyMongoError) and _history_lost(error):
             raise HistoryLost(str(error)) from error
         raise SourceUnavailable(f"change stream failed: {error!r}") from error

@@ -218,6 +218,22 @@ def _describe(exc: ValidationError) -> str:
     return f"{exc.title} invalid: " + "; ".join(parts)
 
 
+def _after_image(change: ChangeEvent) -> dict[str, Any] | None:
+    """The document after the change. ``fullDocument`` is looked up when the change is read
+    (``updateLookup``): a later version, or None once the document was deleted; then, with
+    pre-images, the pre-image with this update applied is exactly what the update wrote."""
+    if change.full_document is not None:
+        return change.full_document
+    before = change.full_document_before_change
+    described = change.update_description
+    if change.operation_type is not _UPDATE or before is None or described is None:
+        return None
+    after = {**before, **described.updated_fields}
+    for removed in described.removed_fields:
+        after.pop(removed, None)
+    return after
+
+
 def _routing_key_of(change: ChangeEvent) -> str:
     for document in (change.full_document, change.full_document_before_change):
         if document:
@@ -309,7 +325,7 @@ class ChangeMapper:
                 }
             )
             return _slot_event(eid, _SLOT_DELETED, time, gone)
-        document = change.full_document
+        document = _after_image(change)
         if document is None:
             return DeadLetter(
                 f"slot {op.value} without fullDocument (deleted before the lookup)",
@@ -345,7 +361,7 @@ class ChangeMapper:
                 }
             )
             return _booking_event(eid, _BOOKING_CANCELLED, time, gone)
-        document = change.full_document
+        document = _after_image(change)
         if document is None:
             return DeadLetter(
                 f"booking {op.value} without fullDocument (deleted before the lookup)",

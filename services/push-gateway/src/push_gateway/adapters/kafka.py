@@ -2,8 +2,9 @@
 
 Plain aiokafka, not FastStream, on the ingest path: FastStream's subscriber calls a handler
 per message (~18 k msgs/s measured on Tansu), while the gateway must read *every* record of
-the cluster (target ≥ 250 k/s). ``getmany`` hands whole per-partition batches to the hub,
-which routes each record with one dict lookup.
+the cluster. ``getmany`` hands whole per-partition batches to the hub, which routes each
+record with one dict lookup; the ingest consumer's records are lean tuples decoded once per
+fetched partition (``adapters/records.py``), not aiokafka's ``ConsumerRecord`` objects.
 
 Every gateway reads every partition (manual assignment, no consumer group): a browser may
 land on any gateway, so each must see all events (broadcast, not work-sharing). Without a
@@ -20,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from push_gateway.adapters.records import IngestRecord, install_lean_records, lean_keys
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.timing import IngestTiming
@@ -72,14 +74,17 @@ class KafkaIngest:
         self.lag = 0
         self._lag_checked = 0.0
         self.fetch_errors = 0
+        self.fetch_idle = False
         self.timing = IngestTiming()
         self._loop_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        install_lean_records()
         consumer = _consumer(
             self._settings,
             max_poll_records=self._settings.max_poll_records,
             auto_offset_reset="latest",
+            key_deserializer=lean_keys,  # records as IngestRecord tuples (adapters/records.py)
         )
         await consumer.start()
         self._consumer = consumer
@@ -114,14 +119,25 @@ class KafkaIngest:
                 raise RuntimeError(f"topic {topic} has no partitions")
             await asyncio.sleep(0.2)
 
+    def _set_fetch_wait(self, idle: bool) -> None:
+        """Adaptive long-poll: a broker that answers only at the deadline (Tansu) is asked
+        every ``fetch_max_wait_ms`` while records flow (latency), every
+        ``fetch_idle_max_wait_ms`` once a whole ``getmany`` brought nothing (fewer empty
+        fetches for the gateway and the broker). Apache Kafka answers as soon as data
+        arrives, so there the idle bound costs no latency at all."""
+        assert self._consumer is not None
+        wait = self._settings.fetch_idle_max_wait_ms if idle else self._settings.fetch_max_wait_ms
+        self._consumer._fetcher._fetch_max_wait_ms = wait  # noqa: SLF001 - no public setter
+        self.fetch_idle = idle
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
         while True:
             try:
-                batches: dict[
-                    TopicPartition, list[ConsumerRecord[bytes, bytes]]
-                ] = await consumer.getmany(timeout_ms=1000)
+                batches: dict[TopicPartition, list[IngestRecord]] = await consumer.getmany(
+                    timeout_ms=1000
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker hiccup: aiokafka reconnects, keep reading
@@ -129,15 +145,15 @@ class KafkaIngest:
                 log.warning("ingest fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            if bool(batches) == self.fetch_idle:  # records after a silent second, or silence
+                self._set_fetch_wait(idle=not batches)
             for _ in range(FETCH_HANDOVER_TURNS):
                 await asyncio.sleep(0)
             await self._fan_out(batches)
             if not self.caught_up:
                 self._check_caught_up()
 
-    async def _fan_out(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _fan_out(self, batches: dict[TopicPartition, list[IngestRecord]]) -> None:
         """Hand the records to the hub in slices, giving the event loop back whenever one
         step has held it for ``FANOUT_SLICE_SECONDS``, so the fetch task, new connections,
         heartbeats and catch-ups never wait behind a whole batch (5,000 records with ten

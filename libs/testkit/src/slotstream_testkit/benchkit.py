@@ -1,0 +1,324 @@
+"""Shared pieces of the load benchmarks in ``bench/``: counting what a stream received,
+recording results with the machine they came from, and the README's performance table.
+
+Loss is counted per connection by unique ``(channel, seq)``: each benchmark event carries
+``"seq":N`` (unique per published event) and ``"ch":"<channel>"`` in its payload. A
+duplicate delivery is counted apart, so it can no longer hide a lost one (counting every
+``"ts":`` token did exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+
+SEQ_TOKEN: Final = b'"seq":'
+CH_TOKEN: Final = b'"ch":"'
+TS_TOKEN: Final = b'"ts":'
+FRAME_END: Final = b"\n\n"
+
+
+def _digits_end(data: bytes, start: int) -> int:
+    end = start
+    if data[end : end + 1] == b"-":
+        end += 1
+    while data[end : end + 1].isdigit():
+        end += 1
+    return end
+
+
+@dataclass(slots=True)
+class StreamCount:
+    """What one connection received: unique ``(channel, seq)`` and duplicates.
+
+    ``feed`` takes raw bytes as they arrive (any split); only complete SSE frames are
+    parsed. With ``latencies`` set, each event's ``"ts":`` (publish time, ns) is turned into
+    a latency sample against ``now_ns``.
+    """
+
+    seen: set[tuple[bytes, int]] = field(default_factory=set)
+    duplicates: int = 0
+    events: int = 0
+    pending: bytes = b""
+
+    def feed(self, data: bytes, now_ns: int = 0, latencies: list[int] | None = None) -> None:
+        buffer = self.pending + data if self.pending else data
+        cut = buffer.rfind(FRAME_END)
+        if cut < 0:
+            self.pending = buffer
+            return
+        complete, self.pending = buffer[: cut + 2], buffer[cut + 2 :]
+        seen = self.seen
+        position = complete.find(SEQ_TOKEN)
+        while position >= 0:
+            start = position + len(SEQ_TOKEN)
+            end = _digits_end(complete, start)
+            seq = int(complete[start:end])
+            frame_start = complete.rfind(FRAME_END, 0, position) + 1
+            frame_end = complete.find(FRAME_END, end)
+            channel = b""
+            at = complete.find(CH_TOKEN, frame_start, frame_end)
+            if at >= 0:
+                at += len(CH_TOKEN)
+                channel = complete[at : complete.find(b'"', at)]
+            if latencies is not None:
+                ts = complete.find(TS_TOKEN, frame_start, frame_end)
+                if ts >= 0:
+                    ts += len(TS_TOKEN)
+                    latencies.append(now_ns - int(complete[ts : _digits_end(complete, ts)]))
+            self.events += 1
+            key = (channel, seq)
+            if key in seen:
+                self.duplicates += 1
+            else:
+                seen.add(key)
+            position = complete.find(SEQ_TOKEN, frame_end)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    expected: int
+    received_unique: int
+    lost: int
+    duplicates: int
+    foreign: int
+
+    @property
+    def loss_fraction(self) -> float | None:
+        return round(self.lost / self.expected, 6) if self.expected else None
+
+
+def tally(
+    published: Mapping[bytes, set[int]], connections: Iterable[tuple[bytes, StreamCount]]
+) -> Tally:
+    """Per connection (subscribed to one channel): every event published on its channel
+    must have arrived once. ``lost`` sums the missing ones, ``duplicates`` the repeats,
+    ``foreign`` unique events that were never published on that channel."""
+    expected = received = lost = duplicates = foreign = 0
+    for channel, count in connections:
+        wanted = published.get(channel, set())
+        got = {seq for ch, seq in count.seen if ch == channel}
+        arrived = len(got & wanted)
+        expected += len(wanted)
+        received += arrived
+        lost += len(wanted) - arrived
+        foreign += len(count.seen) - arrived
+        duplicates += count.duplicates
+    return Tally(expected, received, lost, duplicates, foreign)
+
+
+def latency_cdf_ms(samples_ns: list[int], points: int = 100) -> list[list[float]]:
+    """``[[latency ms, cumulative fraction], …]`` at ``points`` evenly spaced fractions
+    plus the 99.9th percentile: enough to draw a CDF without storing every sample."""
+    if not samples_ns:
+        return []
+    ordered = sorted(samples_ns)
+    fractions = [i / points for i in range(1, points)] + [0.999, 1.0]
+    return [
+        [round(ordered[min(len(ordered) - 1, int(len(ordered) * f))] / 1e6, 3), f]
+        for f in sorted(set(fractions))
+    ]
+
+
+# -- results: machine, load, commit; history and latest -----------------------------------
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def git_commit(root: Path) -> str | None:
+    """The checked-out commit, ``-dirty`` when tracked files other than the benchmark
+    outputs (results, plots) differ from it."""
+    try:
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(
+            root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":/",
+            ":(top,exclude)bench/results",
+            ":(top,exclude)docs/img",
+            ":(top,exclude)README.md",
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def record_results(results_dir: Path, benchmark: str, results: dict[str, Any]) -> Path:
+    """Stamp ``results`` (machine, load averages, git commit, UTC time), append them as one
+    line to ``history.jsonl`` and write them as ``<benchmark>.json`` (the latest)."""
+    stamped = {
+        "benchmark": benchmark,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": git_commit(results_dir),
+        "machine": machine(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        **{k: v for k, v in results.items() if k not in ("benchmark", "when", "machine")},
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with (results_dir / "history.jsonl").open("a") as history:
+        history.write(json.dumps(stamped, separators=(",", ":")) + "\n")
+    latest = results_dir / f"{benchmark}.json"
+    latest.write_text(json.dumps(stamped, indent=2) + "\n")
+    return latest
+
+
+def load_latest(results_dir: Path) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        data = json.loads(path.read_text())
+        found[data.get("benchmark", path.stem)] = data
+    return found
+
+
+def load_history(results_dir: Path) -> list[dict[str, Any]]:
+    path = results_dir / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def backlog_producer(bootstrap: str) -> AIOKafkaProducer:
+    """A started producer for filling a backlog fast (big batches, leader ack only)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        acks=1,
+    )
+    await producer.start()
+    return producer
+
+
+# -- the README's performance table --------------------------------------------------------
+TABLE_START: Final = "<!-- bench-table:start (generated by bench/report.py from bench/results) -->"
+TABLE_END: Final = "<!-- bench-table:end -->"
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _stamp(data: Mapping[str, Any]) -> str:
+    load = data.get("load_average") or ["?"]
+    return f"{data.get('when', '?')}, `{data.get('commit') or '?'}`, load {load[0]}"
+
+
+def _booking_row(data: Mapping[str, Any]) -> str:
+    latency = data.get("latency_ms") or {}
+    return (
+        f"| `bench/booking.py` | {_num(data.get('bookings_per_second'), 0)} bookings/s, "
+        f"p50 {_num(latency.get('p50'))} ms, p99 {_num(latency.get('p99'))} ms, "
+        f"{_num(data.get('bookings_per_server_cpu_second'), 0)} bookings per server CPU-second "
+        f"| {_stamp(data)} |"
+    )
+
+
+def _publisher_row(data: Mapping[str, Any]) -> str:
+    latency = data.get("latency") or {}
+    return (
+        f"| `bench/publisher.py` | {_num(data.get('events_per_second'), 0)} events/s, "
+        f"{_num(data.get('cpu_us_per_event'))} µs CPU per event, "
+        f"p99 change→ack {_num(latency.get('p99_ms'))} ms | {_stamp(data)} |"
+    )
+
+
+def _fanout_rows(data: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for run in data.get("runs", []):
+        if "skipped" in run:
+            rows.append(f"| `bench/fanout.py` {run['server']} | skipped: {run['skipped']} | |")
+            continue
+        loss = run.get("loss_fraction")
+        rows.append(
+            f"| `bench/fanout.py` {run['server']}, {_num(run.get('connections_open'))} conns "
+            f"| {_num(run.get('deliveries_per_s'))} deliveries/s "
+            f"(offered {_num(run.get('offered_deliveries_per_s'))}), "
+            f"loss {'–' if loss is None else f'{loss:.2%}'}, "
+            f"duplicates {_num(run.get('duplicates'))}, "
+            f"p50 {_num(run.get('latency_ms_p50'))} / p99 {_num(run.get('latency_ms_p99'))} ms, "
+            f"{_num(run.get('server_cpu_us_per_delivery'))} µs server CPU per delivery, "
+            f"{_num(run.get('rss_per_connection_kb'), 2)} kB RSS per connection "
+            f"| {_stamp(data)} |"
+        )
+    ingest = data.get("ingest")
+    if ingest:
+        rows.append(
+            f"| `bench/fanout.py` ingest, no subscriber "
+            f"| {_num(ingest.get('records_per_s'))} records/s drained, "
+            f"{_num(ingest.get('server_cpu_us_per_record'), 2)} µs gateway CPU per record "
+            f"| {_stamp(data)} |"
+        )
+    return rows
+
+
+def _ingest_row(data: Mapping[str, Any]) -> str:
+    return (
+        f"| `bench/ingest.py` gateway ingest, no subscriber, in process "
+        f"| {_num(data.get('gateway_cpu_us_per_record'), 2)} µs CPU per record "
+        f"(aiokafka's stock records in the same run: "
+        f"{_num(data.get('baseline_aiokafka_cpu_us_per_record'), 2)} µs), "
+        f"{_num(data.get('cpu_bound_records_per_s'))} records/s CPU-bound "
+        f"| {_stamp(data)} |"
+    )
+
+
+def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = ["| benchmark | latest figures | when, commit, load average |", "|---|---|---|"]
+    if "booking" in latest:
+        rows.append(_booking_row(latest["booking"]))
+    if "publisher" in latest:
+        rows.append(_publisher_row(latest["publisher"]))
+    if "fanout" in latest:
+        rows.extend(_fanout_rows(latest["fanout"]))
+    if "ingest" in latest:
+        rows.append(_ingest_row(latest["ingest"]))
+    return "\n".join(rows)
+
+
+def replace_table(readme: str, table: str) -> str:
+    start = readme.index(TABLE_START) + len(TABLE_START)
+    end = readme.index(TABLE_END)
+    return readme[:start] + "\n" + table + "\n" + readme[end:]
+
+
+def readme_table(readme: str) -> str:
+    start = readme.index(TABLE_START) + len(TABLE_START)
+    return readme[start : readme.index(TABLE_END)].strip()

@@ -1,0 +1,153 @@
+"""Lean record decoding for the ingest consumer: aiokafka's batches, without its
+``ConsumerRecord`` per record.
+
+aiokafka keeps the protocol, connections, fetch pipelining and the record batches
+themselves (its Cython ``DefaultRecordBatch`` decodes and, where needed, decompresses
+and checks CRCs). What changes is the last step: aiokafka's ``PartitionRecords`` wraps every
+record in a ``ConsumerRecord`` dataclass (11 fields, a Python ``__init__``) and hands them
+out through a Python generator one ``next()`` at a time; the hub reads four fields. Here a
+fetched partition's records are decoded once, in the fetch task, into :class:`IngestRecord`
+tuples (offset, key, value, headers, timestamp) built without calling a Python
+constructor, and ``getmany`` takes them from a plain list iterator.
+
+A consumer opts in by passing :func:`lean_keys` as its ``key_deserializer`` (an identity
+function, recognised by the factory installed in aiokafka's fetcher module); every other
+consumer in the process keeps aiokafka's own records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from operator import length_hint
+from typing import Any, Final, NamedTuple
+
+import aiokafka.consumer.fetcher as _fetcher
+from aiokafka.errors import CorruptRecordException
+
+_StockPartitionRecords: Final[Any] = _fetcher.PartitionRecords
+_READ_UNCOMMITTED: Final = 0
+
+
+class IngestRecord(NamedTuple):
+    """What the hub reads of a record (see ``push_gateway.domain.hub.Record``)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp: int
+
+
+def lean_keys(key: bytes | None) -> bytes | None:
+    """The key, unchanged: passed as ``key_deserializer`` it selects lean records."""
+    return key
+
+
+_new = tuple.__new__
+
+
+def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[IngestRecord], int]:
+    """All data records of one fetched partition at or after ``fetch_offset``, and the offset
+    to fetch next (past control batches and records removed by compaction)."""
+    out: list[IngestRecord] = []
+    append = out.append
+    next_offset = fetch_offset
+    while records.has_next():
+        batch = records.next_batch()
+        if check_crcs and not batch.validate_crc():
+            raise CorruptRecordException("Invalid CRC")
+        if batch.is_control_batch:
+            next_offset = batch.next_offset
+            continue
+        for record in batch:
+            offset = record.offset
+            if offset >= fetch_offset:
+                append(
+                    _new(
+                        IngestRecord,
+                        (
+                            offset,
+                            record.key,
+                            record.value,
+                            tuple(record.headers),
+                            record.timestamp,
+                        ),
+                    )
+                )
+        next_offset = max(next_offset, batch.next_offset)
+    return out, next_offset
+
+
+class LeanPartitionRecords:
+    """Drop-in for aiokafka's ``PartitionRecords``: iteration, and ``next_fetch_offset``,
+    which ``FetchResult`` checks against the consumer's position before handing records
+    out and stores as the new position after (the fetch offset until a record is taken,
+    then one past the last record taken, the end of the fetched batches once all are)."""
+
+    __slots__ = ("_records", "_iterator", "_fetch_offset", "_end", "_drained")
+
+    def __init__(self, records: Any, fetch_offset: int, check_crcs: bool) -> None:
+        self._records, self._end = decode(records, fetch_offset, check_crcs)
+        self._fetch_offset = fetch_offset
+        self._drained = False
+        self._iterator: Iterator[IngestRecord] = (
+            iter(self._records) if self._records else self._nothing()
+        )
+
+    def _nothing(self) -> Iterator[IngestRecord]:
+        """Only control batches or compacted-away records: nothing to hand out, but the
+        position must still move past them once the (empty) result has been taken."""
+        self._drained = True
+        yield from ()
+
+    def __iter__(self) -> Iterator[IngestRecord]:
+        return self._iterator
+
+    def __next__(self) -> IngestRecord:
+        return next(self._iterator)
+
+    @property
+    def next_fetch_offset(self) -> int:
+        total = len(self._records)
+        if not total:
+            return self._end if self._drained else self._fetch_offset
+        taken = total - length_hint(self._iterator)
+        if taken == total:
+            return self._end
+        if taken == 0:
+            return self._fetch_offset
+        return self._records[taken - 1].offset + 1
+
+
+def _partition_records(
+    tp: Any,
+    records: Any,
+    aborted_transactions: Any,
+    fetch_offset: int,
+    key_deserializer: Any,
+    value_deserializer: Any,
+    check_crcs: bool,
+    isolation_level: int,
+) -> Any:
+    if (
+        key_deserializer is lean_keys
+        and value_deserializer is None
+        and isolation_level == _READ_UNCOMMITTED
+    ):
+        return LeanPartitionRecords(records, fetch_offset, check_crcs)
+    return _StockPartitionRecords(
+        tp,
+        records,
+        aborted_transactions,
+        fetch_offset,
+        key_deserializer,
+        value_deserializer,
+        check_crcs,
+        isolation_level,
+    )
+
+
+def install_lean_records() -> None:
+    """Let consumers created with ``key_deserializer=lean_keys`` get lean records
+    (idempotent; aiokafka's fetcher looks ``PartitionRecords`` up at each fetch)."""
+    _fetcher.PartitionRecords = _partition_records

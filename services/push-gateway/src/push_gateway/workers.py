@@ -1,0 +1,172 @@
+"""``GATEWAY_WORKERS=N``: N full gateway processes on one port, one per core.
+
+With ``N > 1`` the process started as ``slotstream-push-gateway`` becomes a small supervisor:
+it starts N workers (``python -m push_gateway`` with ``GATEWAY_WORKER_INDEX=n`` and
+``GATEWAY_INSTANCE_ID=<instance_id>-w<n>``), each binding the same host and port with
+``SO_REUSEPORT``, so the kernel spreads new connections over them. Every worker is a whole
+gateway — its own Kafka ingest, ring buffers, snapshots, presence record and metrics under
+its own instance id; nothing is shared between them but the listening port, so a client's
+resume works on any of them exactly as on any gateway behind the edge.
+
+The supervisor forwards SIGTERM/SIGINT (each worker drains its streams as a single gateway
+does), restarts a worker that died with a back-off, and exits once all have stopped. A
+worker's ``/metrics`` says which instance answered (``gateway_instance_info``); with
+``GATEWAY_WORKER_METRICS_PORT`` worker n also listens on that port + n, so a scraper can
+reach each one (through the shared port a scrape lands on any worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Final
+
+import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from push_gateway.config import Settings
+
+log = structlog.get_logger(__name__)
+
+#: set by the supervisor for each worker it starts (internal, not a user setting)
+WORKER_INDEX_ENV: Final = "GATEWAY_WORKER_INDEX"
+BACKOFF_FIRST_SECONDS: Final = 0.5
+BACKOFF_MAX_SECONDS: Final = 15.0
+#: a worker up this long is healthy again: its next crash restarts it at once
+STABLE_SECONDS: Final = 30.0
+STOP_GRACE_SECONDS: Final = 20.0
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def worker_index() -> int | None:
+    value = os.environ.get(WORKER_INDEX_ENV)
+    return int(value) if value is not None else None
+
+
+def worker_instance_id(base: str, index: int) -> str:
+    suffix = f"-w{index}"
+    return base[: 64 - len(suffix)] + suffix
+
+
+def listening_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket; with ``reuse_port`` other processes bind the same address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def worker_sockets(settings: Settings, index: int) -> list[socket.socket]:
+    sockets = [listening_socket(settings.host, settings.port, settings.backlog, True)]
+    if settings.worker_metrics_port is not None:
+        own = settings.worker_metrics_port + index
+        sockets.append(listening_socket(settings.host, own, 128, False))
+    return sockets
+
+
+class InstanceCollector(Collector):
+    """``gateway_instance_info{instance_id, worker} 1``: which process answered a scrape."""
+
+    def __init__(self, instance_id: str, worker: int | None) -> None:
+        self._labels = [instance_id, "" if worker is None else str(worker)]
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "gateway_instance_info",
+            "This gateway process: its instance id (presence key) and worker number",
+            labels=["instance_id", "worker"],
+        )
+        info.add_metric(self._labels, 1)
+        yield info
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervisor goes away (Linux), so killing
+    the supervisor never leaves workers serving an orphaned port."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._started: dict[int, float] = {}
+        self._backoff: dict[int, float] = {}
+        self._restart_at: dict[int, float] = {}
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        env = {
+            **os.environ,
+            WORKER_INDEX_ENV: str(index),
+            "GATEWAY_INSTANCE_ID": worker_instance_id(self._settings.instance_id, index),
+        }
+        self._workers[index] = subprocess.Popen(
+            [sys.executable, "-m", "push_gateway"], env=env, preexec_fn=_die_with_parent
+        )
+        self._started[index] = time.monotonic()
+        log.info("worker started", worker=index, pid=self._workers[index].pid)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+        for process in self._workers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        log.info("stopping workers", signal=signal.Signals(signum).name)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info(
+            "supervising gateway workers",
+            workers=self._settings.workers,
+            port=self._settings.port,
+            pid=os.getpid(),
+        )
+        for index in range(self._settings.workers):
+            self._spawn(index)
+        while not self._stopping:
+            self._check(time.monotonic())
+            time.sleep(0.2)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for index, process in self._workers.items():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not stop in time, killed", worker=index)
+                process.kill()
+                process.wait()
+        return 0
+
+    def _check(self, now: float) -> None:
+        for index, process in list(self._workers.items()):
+            if index in self._restart_at:
+                if now >= self._restart_at[index]:
+                    del self._restart_at[index]
+                    self._spawn(index)
+                continue
+            code = process.poll()
+            if code is None:
+                continue
+            stable = now - self._started[index] >= STABLE_SECONDS
+            delay = 0.0 if stable else self._backoff.get(index, BACKOFF_FIRST_SECONDS)
+            self._backoff[index] = min(BACKOFF_MAX_SECONDS, max(delay, BACKOFF_FIRST_SECONDS) * 2)
+            self._restart_at[index] = now + delay
+            log.warning("worker exited, restarting", worker=index, code=code, delay=delay)

@@ -1,0 +1,146 @@
+"""GATEWAY_WORKERS=2 as real processes: both workers serve streams on the one port
+(SO_REUSEPORT), each under its own instance id for presence and metrics."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from slotstream_contracts.settings import TopicSettings
+from slotstream_testkit.kafka import KafkaEndpoint
+from slotstream_testkit.net import free_port, free_port_block
+
+from .conftest import FakeBookingApi, start_gateway_process
+
+pytestmark = pytest.mark.integration
+
+
+def _metric(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, "the supervisor exited"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not become ready"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def workers(
+    kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
+) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    metrics_base = free_port_block(3)
+    process = start_gateway_process(
+        kafka,
+        topics,
+        booking_api,
+        port,
+        GATEWAY_WORKERS="2",
+        GATEWAY_WORKER_METRICS_PORT=str(metrics_base),
+        GATEWAY_INSTANCE_ID="gw-multi",
+        GATEWAY_PRESENCE_INTERVAL_SECONDS="0.3",
+    )
+    try:
+        for n in (0, 1):
+            _wait_ready(f"http://127.0.0.1:{metrics_base + n}/readyz", process)
+        yield port, metrics_base, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_two_workers_share_the_port_each_with_its_own_instance(
+    workers: tuple[int, int, subprocess.Popen[bytes]],
+) -> None:
+    port, metrics_base, process = workers
+    streams: list[socket.socket] = []
+    try:
+        for _ in range(24):  # the kernel spreads connections by their 4-tuple hash
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(
+                b"GET /api/book-now/schedule-updates?instructorId=wk1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            received = b""
+            while b"event: snapshot" not in received:
+                received += client.recv(65536)
+            streams.append(client)
+
+        texts = [
+            httpx.get(f"http://127.0.0.1:{metrics_base + n}/metrics", timeout=5).text
+            for n in (0, 1)
+        ]
+        infos = [_metric(text, "gateway_instance_info") for text in texts]
+        assert 'instance_id="gw-multi-w0"' in infos[0][0]
+        assert 'worker="0"' in infos[0][0]
+        assert 'instance_id="gw-multi-w1"' in infos[1][0]
+        counts = [float(_metric(text, "gateway_connections ")[0].split()[-1]) for text in texts]
+        assert all(count > 0 for count in counts), f"both workers serve streams: {counts}"
+        assert sum(counts) == 24
+
+        # presence: each worker publishes its own count under its own instance id; every
+        # worker sums them, so either one reports all 24 viewers
+        presence = "v1/channels/instructors/wk1/schedule/presence"
+        deadline = time.monotonic() + 15
+        while True:
+            seen = [
+                httpx.get(f"http://127.0.0.1:{metrics_base + n}/{presence}", timeout=5).json()[
+                    "count"
+                ]
+                for n in (0, 1)
+            ]
+            if seen == [24, 24]:
+                break
+            assert time.monotonic() < deadline, f"presence per worker: {seen}"
+            time.sleep(0.3)
+    finally:
+        for client in streams:
+            client.close()
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert process.stderr is not None
+    assert b"Traceback" not in process.stderr.read()
+
+
+def _children(pid: int) -> set[str]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return set(found.stdout.split())
+
+
+def test_a_worker_that_dies_is_restarted(
+    workers: tuple[int, int, subprocess.Popen[bytes]],
+) -> None:
+    _port, metrics_base, process = workers
+    before = _children(process.pid)
+    assert len(before) == 2
+    victim = sorted(before, key=int)[-1]
+    os.kill(int(victim), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        now = _children(process.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        assert time.monotonic() < deadline, f"no worker restarted: {before} -> {now}"
+        time.sleep(0.2)
+    for n in (0, 1):
+        _wait_ready(f"http://127.0.0.1:{metrics_base + n}/readyz", process)

@@ -1,0 +1,127 @@
+"""Lean ingest records: the same records and positions as aiokafka's own, without a
+``ConsumerRecord`` per record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka.consumer.fetcher import FetchResult
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
+
+from push_gateway.adapters.records import (
+    IngestRecord,
+    LeanPartitionRecords,
+    _StockPartitionRecords,
+    decode,
+)
+
+TP = TopicPartition("t", 0)
+HEADERS = [("ce_type", b"slot.updated"), ("ce_id", b"e-1"), ("content-type", b"x")]
+
+
+def batch(base: int, count: int, *, control: bool = False, gap: int = 0) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=int(control),
+        producer_id=7 if control else -1,
+        producer_epoch=0 if control else -1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i in range(count):
+        key = None if i == 1 else f"k{i}".encode()
+        value = None if i == 2 else b'{"n":%d}' % i
+        builder.append(i * (1 + gap), timestamp=1_000 + i, key=key, value=value, headers=HEADERS)
+    raw = bytearray(builder.build())
+    raw[0:8] = base.to_bytes(8, "big")
+    if control:  # attributes: transactional (bit 4) + control (bit 5)
+        raw[21:23] = (0x30).to_bytes(2, "big")
+    return bytes(raw)
+
+
+def stock(raw: bytes, fetch_offset: int) -> list[Any]:
+    return list(
+        _StockPartitionRecords(TP, MemoryRecords(raw), [], fetch_offset, None, None, False, 0)
+    )
+
+
+def test_decodes_what_aiokafka_decodes() -> None:
+    raw = batch(0, 5) + batch(5, 4)
+    lean, end = decode(MemoryRecords(raw), 0, check_crcs=True)
+    expected = stock(raw, 0)
+    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in expected] == [
+        (r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in lean
+    ]
+    assert end == 9
+    assert all(isinstance(r, IngestRecord) and isinstance(r.headers, tuple) for r in lean)
+
+
+def test_skips_records_before_the_fetch_offset() -> None:
+    lean, end = decode(MemoryRecords(batch(10, 5)), 12, check_crcs=False)
+    assert [r.offset for r in lean] == [12, 13, 14]
+    assert end == 15
+
+
+def test_positions_follow_what_was_taken() -> None:
+    raw = batch(0, 3, gap=1)  # offsets 0, 2, 4 (compacted), batch ends at 5
+    records = LeanPartitionRecords(MemoryRecords(raw), 0, check_crcs=False)
+    assert records.next_fetch_offset == 0
+    assert next(records).offset == 0
+    assert records.next_fetch_offset == 1
+    assert next(records).offset == 2
+    assert records.next_fetch_offset == 3
+    assert next(records).offset == 4
+    assert records.next_fetch_offset == 5
+
+
+class _State:
+    paused = False
+
+    def __init__(self) -> None:
+        self.position = 0
+
+    def consumed_to(self, position: int) -> None:
+        self.position = position
+
+
+class _Assignment:
+    active = True
+
+    def __init__(self) -> None:
+        self.state = _State()
+
+    def state_value(self, _tp: TopicPartition) -> _State:
+        return self.state
+
+
+def test_fetch_result_hands_out_in_max_records_steps() -> None:
+    assignment = _Assignment()
+    result = FetchResult(
+        TP,
+        assignment=assignment,
+        partition_records=LeanPartitionRecords(MemoryRecords(batch(0, 5)), 0, False),
+        backoff=0,
+    )
+    first = result.getall(max_records=2)
+    assert [r.offset for r in first] == [0, 1]
+    assert assignment.state.position == 2
+    rest = result.getall(max_records=10)
+    assert [r.offset for r in rest] == [2, 3, 4]
+    assert assignment.state.position == 5
+    assert not result.has_more()
+
+
+def test_control_batches_only_move_the_position() -> None:
+    assignment = _Assignment()
+    assignment.state.position = 3
+    result = FetchResult(
+        TP,
+        assignment=assignment,
+        partition_records=LeanPartitionRecords(MemoryRecords(batch(3, 1, control=True)), 3, False),
+        backoff=0,
+    )
+    assert result.getall(max_records=10) == []
+    assert assignment.state.position == 4

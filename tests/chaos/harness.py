@@ -1,0 +1,879 @@
+"""The chaos harness: a stack with a fault proxy before Kafka, a load driver, SSE clients
+that record every frame, and the checks and figures of a scenario.
+
+Everything runs on 127.0.0.1. Sizes come from environment variables so that ``make chaos``
+runs the same scenarios longer and larger (see docs/reliability.md):
+
+| variable | default | meaning |
+|---|---|---|
+| ``CHAOS_RATE`` | 200 | changes per second made by the load driver (2 per booking call) |
+| ``CHAOS_CLIENTS`` | 200 | SSE clients per scenario |
+| ``CHAOS_SECONDS`` | 20 | seconds of load per scenario |
+| ``CHAOS_CHURN`` | 5000 | connects/disconnects of the churn scenario |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from scripts.devstack import DevStack, Process
+from slotstream_contracts.topics import SCHEDULE_TOPIC
+from slotstream_testkit.faultproxy import TcpFaultProxy
+from slotstream_testkit.net import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "test-output" / "chaos"
+
+
+def knob(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _raise_file_limit() -> None:
+    """Thousands of clients need thousands of descriptors: the soft limit up to the hard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+_raise_file_limit()
+RATE = knob("CHAOS_RATE", 200)
+CLIENTS = knob("CHAOS_CLIENTS", 200)
+SECONDS = knob("CHAOS_SECONDS", 20)
+CHURN = knob("CHAOS_CHURN", 5000)
+PENDING_BYTES = 64 * 1024
+UNLIMITED = "60000"  # nginx: a connection limit is below 65536
+GATEWAY_PER_ADDRESS_LIMITS = (
+    "GATEWAY_MAX_STREAMS_PER_IP",
+    "GATEWAY_CONNECT_RATE_PER_IP",
+    "GATEWAY_CONNECT_BURST_PER_IP",
+)
+EDGE_PER_ADDRESS_LIMITS = (
+    "EDGE_STREAMS_PER_IP",
+    "EDGE_REQUESTS_PER_SECOND",
+    "EDGE_REQUEST_BURST",
+    "EDGE_WRITES_PER_SECOND",
+    "EDGE_WRITE_BURST",
+)
+
+
+# ---------------------------------------------------------------------- the stack
+
+
+class ProxyThread:
+    """A ``TcpFaultProxy`` on its own event loop thread: the stack starts synchronously
+    (it would block the test's loop) and its services reach Kafka only through it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._proxy = TcpFaultProxy(self.port, "127.0.0.1", target_port)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._proxy.start(), self._loop).result(10)
+
+    def cut(self) -> None:
+        self._loop.call_soon_threadsafe(self._proxy.cut)
+
+    def restore(self) -> None:
+        self._loop.call_soon_threadsafe(self._proxy.restore)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._proxy.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class ChaosStack(DevStack):
+    """The demo stack whose publisher and gateways reach Tansu through a fault proxy:
+    Tansu listens on its own port and advertises the proxy's, so every connection a
+    client opens after the metadata request goes through the proxy too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxy = ProxyThread(self.ports.kafka)
+        # Processes die with the *thread* that started them (PR_SET_PDEATHSIG): restarts
+        # run on this one thread, which lives as long as the stack, never on a pool
+        # thread of a test's event loop (gone, with its children, when the test ends).
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-spawn")
+
+    def _spawn(self, process: Process, timeout: float = 30.0) -> Process:
+        if process.name.startswith("push-gateway"):
+            # A client is cut off once this much output waits for it: smaller than the
+            # default (256 KiB) so that a stalled client is cut within seconds at test rates.
+            process.env["GATEWAY_MAX_PENDING_BYTES"] = str(PENDING_BYTES)
+            # Every client of the suite is 127.0.0.1: lift the per-address limits.
+            process.env |= dict.fromkeys(GATEWAY_PER_ADDRESS_LIMITS, UNLIMITED)
+        return super()._spawn(process, timeout)
+
+    def edge_variables(self) -> dict[str, str]:
+        """The edge's per-address limits lifted, as for the gateways."""
+        return super().edge_variables() | dict.fromkeys(EDGE_PER_ADDRESS_LIMITS, UNLIMITED)
+
+    async def in_spawner(self, action: Callable[[], object]) -> None:
+        """Run a blocking start or restart without blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(self._spawner, action)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def _start_kafka(self) -> None:
+        self.proxy.start()  # Tansu listens on ports.kafka, advertises bootstrap_servers
+        super()._start_kafka()
+
+    def stop(self) -> None:
+        super().stop()
+        self._spawner.shutdown()
+        with contextlib.suppress(Exception):
+            self.proxy.stop()
+
+    def pid(self, name: str) -> int | None:
+        process = self.processes.get(name)
+        if process is None or process.popen is None or process.popen.poll() is not None:
+            return None
+        return process.popen.pid
+
+    def publisher_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.publisher}"
+
+
+async def answers(url: str, within: float) -> float:
+    """Seconds until ``url`` answers 200 (raises after ``within``)."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while time.monotonic() - started < within:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return time.monotonic() - started
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} did not answer 200 within {within}s")
+
+
+async def crash_and_recover(stack: ChaosStack, name: str, health_url: str) -> float:
+    """kill -9 ``name`` and wait until the stack's supervisor restarted it and it answers
+    again; returns the seconds it was gone."""
+    old = stack.kill(name)
+    killed = time.monotonic()
+    await asyncio.to_thread(stack.wait_restarted, name, old, 60.0)
+    await answers(health_url, 30.0)
+    return time.monotonic() - killed
+
+
+# ---------------------------------------------------------------------- load
+
+
+@dataclass
+class TrackedSlot:
+    id: str
+    instructor: str
+    status: str
+    version: int
+    booking: str | None
+    student: str | None = None
+    busy: bool = False
+    unknown: bool = False
+
+
+class LoadDriver:
+    """Books and cancels tracked slots through the edge at ``rate`` changes per second
+    (a booking or a cancellation changes the slot and the booking: two changes). One call
+    per slot at a time, so each slot's versions follow the calls and the time a version
+    was written is known (for delivery latency)."""
+
+    def __init__(
+        self, stack: ChaosStack, slots: list[TrackedSlot], rate: int, students: list[str]
+    ) -> None:
+        self._stack = stack
+        self.slots = slots
+        self._rate = rate
+        self._students = students
+        #: (slot id, version) → monotonic time the API answered the call that wrote it
+        self.written: dict[tuple[str, int], float] = {}
+        #: (slot id, version) → monotonic time that call was sent
+        self.sent: dict[tuple[str, int], float] = {}
+        self.calls = 0
+        self.changes = 0
+        self.failures: list[str] = []
+
+    async def run(self, seconds: float) -> None:
+        interval = 2.0 / self._rate
+        deadline = time.monotonic() + seconds
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(
+            base_url=self._stack.base_url, timeout=10.0, limits=limits
+        ) as client:
+            tasks: set[asyncio.Task[None]] = set()
+            next_at = time.monotonic()
+            while time.monotonic() < deadline:
+                free = [s for s in self.slots if not s.busy and not s.unknown]
+                if free and len(tasks) < 64:
+                    slot = random.choice(free)
+                    slot.busy = True
+                    task = asyncio.create_task(self._change(client, slot))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if tasks:
+                await asyncio.gather(*tasks)
+
+    async def _change(self, client: httpx.AsyncClient, slot: TrackedSlot) -> None:
+        sent = time.monotonic()
+        student = slot.student or random.choice(self._students)
+        headers = {"Authorization": f"Bearer {student}"}
+        try:
+            if slot.status == "booked" and slot.booking is not None:
+                response = await client.delete(f"/api/bookings/{slot.booking}", headers=headers)
+                ok = response.status_code == 200
+                if ok:
+                    slot.status, slot.booking, slot.student = "available", None, None
+            else:
+                response = await client.post(
+                    "/api/bookings", json={"slotId": slot.id}, headers=headers
+                )
+                ok = response.status_code == 201
+                if ok:
+                    slot.status, slot.booking = "booked", response.json()["id"]
+                    slot.student = student
+            self.calls += 1
+            if ok:
+                slot.version += 1
+                self.changes += 2
+                self.written[(slot.id, slot.version)] = time.monotonic()
+                self.sent[(slot.id, slot.version)] = sent
+            else:
+                slot.unknown = True
+                self.failures.append(f"{response.status_code} {response.text[:200]}")
+        except httpx.HTTPError as exc:
+            slot.unknown = True  # applied or not: the final state check reads the API
+            self.failures.append(repr(exc))
+        finally:
+            slot.busy = False
+
+
+async def schedule(stack: ChaosStack, instructor: str) -> dict[str, tuple[str, int, str | None]]:
+    """The API's current schedule of an instructor: slot id → (status, version, booking)."""
+    async with httpx.AsyncClient(base_url=stack.booking_api_url, timeout=10.0) as api:
+        response = await api.get(f"/api/instructors/{instructor}/schedule")
+        response.raise_for_status()
+    return {
+        s["id"]: (s["status"], s["version"], s.get("bookingId")) for s in response.json()["slots"]
+    }
+
+
+async def tracked_slots(stack: ChaosStack, per_instructor: int) -> list[TrackedSlot]:
+    slots: list[TrackedSlot] = []
+    for instructor in instructor_ids(stack):
+        current = await schedule(stack, instructor)
+        future = [
+            TrackedSlot(sid, instructor, status, version, booking)
+            for sid, (status, version, booking) in current.items()
+            if status == "available"
+        ]
+        slots.extend(future[-per_instructor:])
+    return slots
+
+
+def instructor_ids(stack: ChaosStack) -> list[str]:
+    return [i["id"] for i in stack.instructors] or [
+        u.id for u in stack.users if u.role == "instructor"
+    ]
+
+
+# ---------------------------------------------------------------------- SSE clients
+
+
+@dataclass
+class Frame:
+    at: float
+    event: str
+    id: str | None
+    data: bytes
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+    path: str
+
+
+class SseClient:
+    """One EventSource-like client over a raw socket: records every frame, follows
+    ``Last-Event-ID`` on reconnect, and moves to its next endpoint when one fails (a
+    client of a dead gateway reconnects to the other). ``read_delay`` slows its reads;
+    ``stall`` stops them until ``unstall()``."""
+
+    def __init__(self, name: str, channel: str, endpoints: list[Endpoint]) -> None:
+        self.name = name
+        self.channel = channel
+        self.endpoints = endpoints
+        self.frames: list[Frame] = []
+        self.last_id: str | None = None
+        self.connects = 0
+        self.read_delay = 0.0
+        self.receive_buffer: int | None = None
+        self._stalled = asyncio.Event()
+        self._stalled.set()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        #: where the client is: connecting, waiting for the response head, streaming, idle
+        self.state = "idle"
+        self.errors: list[str] = []
+
+    @property
+    def running(self) -> str:
+        """ "yes", or how the client's task ended (a bug of the harness, not of the stack)."""
+        if self._task is None or not self._task.done():
+            return "yes"
+        if self._task.cancelled():
+            return "cancelled"
+        return repr(self._task.exception())
+
+    def stall(self) -> None:
+        self._stalled.clear()
+
+    def unstall(self) -> None:
+        self._stalled.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            endpoint = self.endpoints[index % len(self.endpoints)]
+            healthy = False
+            try:
+                healthy = await self._session(endpoint)
+            except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
+                self.errors.append(repr(exc)[:200])
+            if not healthy:
+                index += 1
+            await asyncio.sleep(0.5 + random.random() * 0.5)  # about the retry hint
+
+    async def _open(self, endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (endpoint.host, endpoint.port))
+        except OSError:
+            sock.close()
+            raise
+        # The reader buffers up to twice its limit before it stops reading the socket: a
+        # client with a small window must have a small limit too, or it never pushes back.
+        limit = 1 << 20 if self.receive_buffer is None else 16 * 1024
+        return await asyncio.open_connection(sock=sock, limit=limit)
+
+    async def _session(self, endpoint: Endpoint) -> bool:
+        """One connection; True when it delivered a response (a clean end)."""
+        self.state = f"connecting to {endpoint.port}"
+        reader, writer = await self._open(endpoint)
+        try:
+            self.state = f"waiting for the head from {endpoint.port}"
+            resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
+            writer.write(
+                f"GET {endpoint.path} HTTP/1.1\r\nHost: {endpoint.host}\r\n"
+                f"Accept: text/event-stream\r\n{resume}\r\n".encode()
+            )
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            if status != 200:
+                body = await asyncio.wait_for(reader.read(300), 1.0)
+                self.errors.append(f"{endpoint.port} answered {status}: {body[:300]!r}")
+                return False
+            self.connects += 1
+            self.state = f"streaming from {endpoint.port}"
+            chunked = b"transfer-encoding: chunked" in head.lower()
+            buffer = b""
+            async for chunk in _body(reader, chunked):
+                if not self._stalled.is_set():
+                    await self._stalled.wait()
+                if self.read_delay:
+                    await asyncio.sleep(self.read_delay)
+                buffer += chunk
+                *frames, buffer = buffer.split(b"\n\n")
+                now = time.monotonic()
+                for raw in frames:
+                    self._frame(now, raw)
+            return True
+        finally:
+            self.state = "idle"
+            writer.transport.abort()
+
+    def _frame(self, now: float, raw: bytes) -> None:
+        event, ident, data = "message", None, []
+        for line in raw.split(b"\n"):
+            if line.startswith(b":"):
+                continue
+            name, _, value = line.partition(b":")
+            value = value.removeprefix(b" ")
+            if name == b"event":
+                event = value.decode()
+            elif name == b"id":
+                ident = value.decode()
+            elif name == b"data":
+                data.append(value)
+        if not data and event == "message":
+            return
+        if ident:
+            self.last_id = ident
+        self.frames.append(Frame(now, event, ident, b"\n".join(data)))
+
+    # ------------------------------------------------------------------ the client's view
+
+    def view(self) -> tuple[dict[str, tuple[str, int]], dict[str, Any]]:
+        """Slot id → (status, version) as the client holds it (a slot changes only to a
+        newer version), and what was seen on the way."""
+        held: dict[str, tuple[str, int]] = {}
+        baseline: dict[str, int] | None = None
+        seen: set[str] = set()
+        duplicates = regressions = snapshots = 0
+        for frame in self.frames:
+            if frame.event == "snapshot":
+                body = orjson.loads(frame.data)
+                slots = body["schedule"]["slots"]
+                snapshots += 1
+                if baseline is None:
+                    baseline = {s["id"]: s["version"] for s in slots}
+                for slot in slots:
+                    current = held.get(slot["id"])
+                    if current is not None and slot["version"] < current[1]:
+                        regressions += 1
+                    if current is None or slot["version"] > current[1]:
+                        held[slot["id"]] = (slot["status"], slot["version"])
+            elif frame.event == "slot":
+                event = orjson.loads(frame.data)
+                if event["id"] in seen:
+                    duplicates += 1
+                    continue
+                seen.add(event["id"])
+                data = event["data"]
+                current = held.get(data["id"])
+                if current is not None and data["version"] < current[1]:
+                    regressions += 1
+                if current is None or data["version"] > current[1]:
+                    held[data["id"]] = (data["status"], data["version"])
+        return held, {
+            "baseline": baseline or {},
+            "seen": seen,
+            "duplicates": duplicates,
+            "regressions": regressions,
+            "snapshots": snapshots,
+        }
+
+
+async def _body(reader: asyncio.StreamReader, chunked: bool) -> Any:
+    """The response body as it arrives (chunked transfer encoding undone)."""
+    while True:
+        if chunked:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            if size == 0:
+                return
+            chunk = await reader.readexactly(size + 2)
+            yield chunk[:-2]
+        else:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            yield chunk
+
+
+async def counter(url: str, name: str) -> float:
+    """A counter's value from a Prometheus text page (0 when absent)."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        text = (await client.get(url)).text
+    for line in text.splitlines():
+        if line.startswith((f"{name} ", f"{name}_total ")):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def endpoints_for(stack: ChaosStack, instructor: str, kind: str) -> list[Endpoint]:
+    channel = f"instructors/{instructor}/schedule"
+    paths = {
+        "book-now": f"/api/book-now/schedule-updates?instructorId={quote(instructor)}",
+        "events": f"/v1/events?channel={quote(channel, safe='')}",
+    }
+    edge = Endpoint("127.0.0.1", stack.ports.edge, "")
+    gw1 = Endpoint("127.0.0.1", stack.ports.gateway_1, "")
+    gw2 = Endpoint("127.0.0.1", stack.ports.gateway_2, "")
+    endpoint_kind, path_kind = kind.split(":")
+    order = {"edge": [edge], "gw1": [gw1, gw2], "gw2": [gw2, gw1]}[endpoint_kind]
+    return [Endpoint(e.host, e.port, paths[path_kind]) for e in order]
+
+
+KINDS = (
+    "edge:book-now",
+    "edge:events",
+    "gw1:book-now",
+    "gw1:events",
+    "gw2:book-now",
+    "gw2:events",
+)
+
+
+def make_clients(stack: ChaosStack, count: int) -> list[SseClient]:
+    instructors = instructor_ids(stack)
+    clients = []
+    for n in range(count):
+        instructor = instructors[n % len(instructors)]
+        kind = KINDS[n % len(KINDS)]
+        clients.append(
+            SseClient(
+                f"{kind}#{n}",
+                f"instructors/{instructor}/schedule",
+                endpoints_for(stack, instructor, kind),
+            )
+        )
+    return clients
+
+
+async def connected(clients: Iterable[SseClient], within: float = 30.0) -> None:
+    """Wait until every client got its first snapshot."""
+    deadline = time.monotonic() + within
+    pending = list(clients)
+    while pending:
+        pending = [c for c in pending if not any(f.event == "snapshot" for f in c.frames)]
+        if pending and time.monotonic() > deadline:
+            raise AssertionError(f"{len(pending)} clients got no snapshot, e.g. {pending[0].name}")
+        await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------- Kafka
+
+
+async def end_offsets(bootstrap: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(SCHEDULE_TOPIC, p)
+            for p in sorted(consumer.partitions_for_topic(SCHEDULE_TOPIC) or {0})
+        ]
+        ends = await consumer.end_offsets(partitions)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Produced:
+    records: int
+    #: CloudEvent id → (instructor, slot id, version) of the slot events
+    slot_events: dict[str, tuple[str, str, int]]
+
+
+async def produced_since(bootstrap: str, start: dict[int, int]) -> Produced:
+    """The slot events written to the schedule topic after ``start`` offsets."""
+    end = await end_offsets(bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records = 0
+    events: dict[str, tuple[str, str, int]] = {}
+    try:
+        partitions = [TopicPartition(SCHEDULE_TOPIC, p) for p in end]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, start.get(tp.partition, 0))
+        remaining = {tp for tp in partitions if end[tp.partition] > start.get(tp.partition, 0)}
+        deadline = time.monotonic() + 60
+        while remaining:
+            if time.monotonic() > deadline:
+                positions = {tp.partition: await consumer.position(tp) for tp in remaining}
+                raise AssertionError(f"Kafka read stopped at {positions}, end {end}")
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, batch_records in batch.items():
+                for record in batch_records:
+                    if record.offset >= end[tp.partition]:
+                        continue
+                    records += 1
+                    value = orjson.loads(record.value)
+                    if str(value.get("type", "")).startswith("slot."):
+                        data = value["data"]
+                        events[value["id"]] = (
+                            data["instructorId"],
+                            data["id"],
+                            data["version"],
+                        )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp.partition]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return Produced(records, events)
+
+
+# ---------------------------------------------------------------------- checks and figures
+
+
+class Marks:
+    """When a fault began and ended (monotonic): a crash is a moment, a cut lasts."""
+
+    def __init__(self) -> None:
+        self.start_at: float | None = None
+        self.end_at: float | None = None
+
+    def start(self) -> None:
+        self.start_at = time.monotonic()
+
+    def end(self) -> None:
+        self.end_at = time.monotonic()
+        if self.start_at is None:
+            self.start_at = self.end_at
+
+
+@dataclass
+class Result:
+    scenario: str
+    size: str
+    changes: int
+    events_produced: int
+    delivered: int
+    duplicated: int
+    lost: int
+    regressions: int
+    mismatched_views: int
+    resync_snapshots: int
+    p99_before_ms: float | None
+    p99_during_ms: float | None
+    recovery_s: float | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+
+        recovery = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
+        return (
+            f"{self.scenario:<22} {self.changes:>7} {self.events_produced:>7} "
+            f"{self.delivered:>9} {self.duplicated:>6} {self.lost:>4} "
+            f"{ms(self.p99_before_ms):>7} {ms(self.p99_during_ms):>7} {recovery:>7}"
+        )
+
+
+HEADER = (
+    f"{'scenario':<22} {'changes':>7} {'events':>7} {'delivered':>9} {'dup':>6} {'lost':>4} "
+    f"{'p99 pre':>7} {'p99 dur':>7} {'recov s':>7}"
+)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def settle(
+    stack: ChaosStack, clients: list[SseClient], within: float = 30.0
+) -> dict[str, dict[str, tuple[str, int, str | None]]]:
+    """Wait until every client's view equals the API's final state (or ``within``
+    passed); returns the final state by instructor."""
+    final = {i: await schedule(stack, i) for i in instructor_ids(stack)}
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if all(_mismatches(c, final) == 0 for c in clients):
+            break
+        await asyncio.sleep(1.0)
+    return final
+
+
+def _mismatches(client: SseClient, final: dict[str, dict[str, tuple[str, int, str | None]]]) -> int:
+    instructor = client.channel.split("/")[1]
+    held, _ = client.view()
+    return sum(
+        1
+        for sid, (status, version, _booking) in final[instructor].items()
+        if held.get(sid) != (status, version)
+    )
+
+
+async def evaluate(
+    name: str,
+    stack: ChaosStack,
+    clients: list[SseClient],
+    driver: LoadDriver,
+    start_offsets: dict[int, int],
+    marks: Marks,
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> Result:
+    """Compare every client with the API and with what Kafka holds; the figures."""
+    final = await settle(stack, clients)
+    produced = await produced_since(stack.bootstrap_servers, start_offsets)
+    lost = delivered = duplicated = regressions = mismatched = resyncs = 0
+    before: list[float] = []
+    during: list[float] = []
+    backlog_done: list[float] = []
+    by_kind: dict[str, int] = {}
+    wrong_example: dict[str, Any] = {}
+    lost_by_route = {"edge": 0, "direct": 0}
+    fault_at = marks.start_at
+    lost_examples: list[str] = []
+    for client in clients:
+        instructor = client.channel.split("/")[1]
+        held, seen = client.view()
+        kind = client.name.split("#")[0]
+        wrong = _mismatches(client, final)
+        mismatched += wrong
+        if wrong:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            if not wrong_example:
+                now = time.monotonic()
+                wrong_example = {
+                    "client": client.name,
+                    "slots_wrong": wrong,
+                    "connects": client.connects,
+                    "frames": len(client.frames),
+                    "last_frame_age_s": round(now - client.frames[-1].at, 1),
+                    "last_events": [(f.event, f.id) for f in client.frames[-3:]],
+                    "state": client.state,
+                    "errors": client.errors[-3:],
+                    "running": client.running,
+                }
+        delivered += len(seen["seen"])
+        duplicated += seen["duplicates"]
+        regressions += seen["regressions"]
+        resyncs += max(0, seen["snapshots"] - 1)
+        baseline: dict[str, int] = seen["baseline"]
+        for event_id, (owner, slot_id, version) in produced.slot_events.items():
+            if owner != instructor or version <= baseline.get(slot_id, 0):
+                continue
+            if event_id not in seen["seen"]:
+                lost += 1
+                route = "edge" if client.name.startswith("edge") else "direct"
+                lost_by_route[route] += 1
+                if len(lost_examples) < 5:
+                    lost_examples.append(f"{client.name}: {slot_id} v{version}")
+        for frame in client.frames:
+            if frame.event != "slot":
+                continue
+            data = orjson.loads(frame.data)["data"]
+            written = driver.written.get((data["id"], data["version"]))
+            if written is None:
+                continue
+            latency = (frame.at - written) * 1000
+            if fault_at is None or written < fault_at:
+                before.append(latency)
+            else:
+                during.append(latency)
+                sent = driver.sent[(data["id"], data["version"])]
+                if marks.end_at is not None and marks.end_at <= sent <= marks.end_at + 1.0:
+                    backlog_done.append(frame.at - marks.end_at)
+    info = {
+        "lost_examples": lost_examples,
+        "load_failures": driver.failures[:10],
+        "load_failure_count": len(driver.failures),
+        "kafka_records": produced.records,
+        "clients": len(clients),
+        "reconnects": sum(max(0, c.connects - 1) for c in clients),
+        "clients_with_wrong_view_by_kind": by_kind,
+        "lost_by_route": lost_by_route,
+        "wrong_view_example": wrong_example,
+    }
+    result = Result(
+        scenario=name,
+        size=f"{len(clients)} clients, {RATE} changes/s, {SECONDS}s",
+        changes=driver.changes,
+        events_produced=len(produced.slot_events),
+        delivered=delivered,
+        duplicated=duplicated,
+        lost=lost,
+        regressions=regressions,
+        mismatched_views=mismatched,
+        resync_snapshots=resyncs,
+        p99_before_ms=percentile(before, 99),
+        p99_during_ms=percentile(during, 99),
+        recovery_s=max(backlog_done) if backlog_done else None,
+        seconds=round(time.monotonic() - started, 1),
+        extra=info | (extra or {}),
+    )
+    report(result)
+    return result
+
+
+def report(result: Result) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / f"{result.scenario}.json").write_text(json.dumps(asdict(result), indent=2))
+    print(f"\n{HEADER}\n{result.row()}\n{json.dumps(result.extra)[:2000]}")  # noqa: T201
+
+
+def process_figures(pid: int) -> dict[str, int]:
+    """Open file descriptors, threads and resident memory (KiB) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    if "VmRSS" not in status:
+        raise AssertionError(f"process {pid} is gone: {status.splitlines()[:3]}")
+    values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "threads": int(values["Threads"].strip()),
+        "rss_kib": int(values["VmRSS"].split()[0]),
+    }
+
+
+async def run_scenario(
+    name: str,
+    stack: ChaosStack,
+    fault: Callable[[Marks], Awaitable[dict[str, Any] | None]],
+    *,
+    clients: list[SseClient] | None = None,
+    fault_after: float = 5.0,
+) -> Result:
+    """Clients connect, load runs ``SECONDS``, ``fault`` is injected ``fault_after``
+    seconds in (it marks when it began and ended, and returns extra figures); then the
+    checks. Recovery: from the fault's end until every client had every change requested
+    in the second after it (None when the load had ended by then)."""
+    started = time.monotonic()
+    start_offsets = await end_offsets(stack.bootstrap_servers)
+    clients = clients if clients is not None else make_clients(stack, CLIENTS)
+    for client in clients:
+        client.start()
+    try:
+        await connected(clients)
+        slots = await tracked_slots(stack, per_instructor=40)
+        # A student holds at most 20 active bookings: enough students for every slot.
+        students = [stack.mint(f"chaos-student-{n}", "student") for n in range(len(slots) // 10)]
+        driver = LoadDriver(stack, slots, RATE, students)
+        load = asyncio.create_task(driver.run(SECONDS))
+        await asyncio.sleep(fault_after)
+        marks = Marks()
+        extra = await fault(marks)
+        if marks.end_at is None:
+            marks.end()
+        await load
+        return await evaluate(name, stack, clients, driver, start_offsets, marks, started, extra)
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients))

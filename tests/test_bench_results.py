@@ -1,0 +1,91 @@
+"""The benchmarks' own bookkeeping: loss counted by unique (channel, seq) per connection,
+and the README's performance table generated from the committed latest results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slotstream_testkit.benchkit import (
+    StreamCount,
+    latency_cdf_ms,
+    load_history,
+    load_latest,
+    readme_table,
+    record_results,
+    render_readme_table,
+    replace_table,
+    tally,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def frame(seq: int, channel: str, ts: int = 0) -> bytes:
+    return f'id: 1-{seq}\ndata: {{"ts":{ts},"seq":{seq},"ch":"{channel}","pad":"x"}}\n\n'.encode()
+
+
+def test_a_duplicate_does_not_hide_a_loss() -> None:
+    published = {b"b1": {0, 1, 2}}
+    count = StreamCount()
+    stream = frame(0, "b1") + frame(1, "b1") + frame(1, "b1")  # seq 1 twice, seq 2 never
+    count.feed(stream)
+    counted = tally(published, [(b"b1", count)])
+    # counting every event (the old "ts": token count) would have seen 3 of 3: no loss
+    assert count.events == 3
+    assert counted.expected == 3
+    assert counted.received_unique == 2
+    assert counted.lost == 1
+    assert counted.duplicates == 1
+    assert counted.loss_fraction == round(1 / 3, 6)
+
+
+def test_frames_split_anywhere_are_counted_once() -> None:
+    stream = b"".join(frame(seq, "b7", ts=1_000_000) for seq in range(50))
+    count = StreamCount()
+    latencies: list[int] = []
+    for cut in range(0, len(stream), 7):
+        count.feed(stream[cut : cut + 7], now_ns=3_000_000, latencies=latencies)
+    assert {seq for _, seq in count.seen} == set(range(50))
+    assert count.duplicates == 0
+    assert latencies == [2_000_000] * 50
+
+
+def test_loss_is_per_connection_and_foreign_events_are_apart() -> None:
+    published = {b"a": {0, 2}, b"b": {1}}
+    first, second, wrong = StreamCount(), StreamCount(), StreamCount()
+    first.feed(frame(0, "a") + frame(2, "a"))
+    second.feed(b": hb\n\n")  # nothing arrived: its one event is lost
+    wrong.feed(frame(0, "a"))  # subscribed to b, got a's event
+    counted = tally(published, [(b"a", first), (b"b", second), (b"b", wrong)])
+    assert (counted.expected, counted.lost, counted.foreign) == (4, 2, 1)
+
+
+def test_latency_cdf_is_monotonic() -> None:
+    cdf = latency_cdf_ms([n * 1_000_000 for n in range(1000)])
+    assert cdf[0][1] < cdf[-1][1] == 1.0
+    assert all(a[0] <= b[0] for a, b in zip(cdf, cdf[1:], strict=False))
+
+
+def test_record_results_appends_history_and_writes_latest(tmp_path: Path) -> None:
+    record_results(tmp_path, "fanout", {"runs": [], "x": 1})
+    record_results(tmp_path, "fanout", {"runs": [], "x": 2})
+    history = load_history(tmp_path)
+    assert [h["x"] for h in history] == [1, 2]
+    latest = json.loads((tmp_path / "fanout.json").read_text())
+    assert latest["x"] == 2
+    assert latest["machine"]["cores"] >= 1
+    assert latest["machine"]["cpu_model"]
+    assert len(latest["load_average"]) == 3
+    assert "when" in latest
+    assert "commit" in latest
+
+
+def test_readme_table_matches_the_latest_committed_results() -> None:
+    """`bench/report.py` writes the table; run it after `make bench` and commit both."""
+    latest = load_latest(ROOT / "bench" / "results")
+    assert {"fanout"} <= set(latest), "bench/results/fanout.json is committed"
+    readme = (ROOT / "README.md").read_text()
+    expected = render_readme_table(latest)
+    assert readme_table(readme) == expected
+    assert replace_table(readme, expected) == readme

@@ -137,7 +137,7 @@ async def storm(port: int, paths: list[str], in_flight: int, result: Storm) -> f
 async def run_once(
     gateway: GatewayServer, args: argparse.Namespace, tmp: Path, label: str
 ) -> dict[str, Any]:
-    await gateway.start(tmp, args.server_core)
+    await gateway.start(tmp, str(args.server_core))
     profiler: subprocess.Popen[bytes] | None = None
     try:
         channels = [f"i{n}" for n in range(args.channels)]

@@ -19,7 +19,7 @@ from push_gateway.adapters.tickets import FakeTicketRedeemer
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.gateway import Gateway, snapshot_frame
-from push_gateway.stream import StreamState
+from push_gateway.stream import SseConnection, StreamState
 from push_gateway.testing import (
     FakeRecord,
     notification_event,
@@ -210,6 +210,23 @@ async def test_a_shared_snapshot_is_followed_by_the_records_since_it_was_taken(
     assert harness.source.fetches == ["i1"]
 
 
+async def open_stream_directly(harness: Harness) -> tuple[SseConnection, socket.socket]:
+    """``open_stream`` called here (not behind ``connect``'s awaits): its state on return."""
+    server_sock, client_sock = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+    connection = harness.gateway.open_stream(transport, PAGE, b"instructorId=i1", [])
+    assert connection is not None
+    transport.set_protocol(connection)
+    return connection, client_sock
+
+
+async def reading(harness: Harness, client_sock: socket.socket) -> Client:
+    reader, writer = await asyncio.open_connection(sock=client_sock)
+    harness._writers.append(writer)
+    return Client(reader, writer)
+
+
 async def test_a_stream_whose_shared_snapshot_is_at_hand_is_live_at_once(
     harness: Harness,
 ) -> None:
@@ -220,17 +237,10 @@ async def test_a_stream_whose_shared_snapshot_is_at_hand_is_live_at_once(
     assert next(iter(harness.gateway.connections)).state is StreamState.LIVE
     harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; the snapshot holds v2
     await first.events(3)
-    server_sock, client_sock = socket.socketpair()
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
-    connection = harness.gateway.open_stream(transport, PAGE, b"instructorId=i1", [])
-    assert connection is not None
-    transport.set_protocol(connection)
+    connection, client_sock = await open_stream_directly(harness)
     assert connection.state is StreamState.LIVE
     assert connection.headers_sent
-    reader, writer = await asyncio.open_connection(sock=client_sock)
-    harness._writers.append(writer)
-    late = await Client(reader, writer).start()
+    late = await (await reading(harness, client_sock)).start()
     events = await late.events(2)
     assert [e["event"] for e in events] == ["snapshot", "slot"]
     assert events[0]["id"] == snap["id"]
@@ -242,17 +252,10 @@ async def test_a_stream_without_its_snapshot_at_hand_waits_for_the_fetch(
     harness: Harness,
 ) -> None:
     harness.source.gate = asyncio.Event()
-    server_sock, client_sock = socket.socketpair()
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
-    connection = harness.gateway.open_stream(transport, PAGE, b"instructorId=i1", [])
-    assert connection is not None
-    transport.set_protocol(connection)
+    connection, client_sock = await open_stream_directly(harness)
     assert connection.state is StreamState.CATCHING_UP
     harness.source.gate.set()
-    reader, writer = await asyncio.open_connection(sock=client_sock)
-    harness._writers.append(writer)
-    [first] = await (await Client(reader, writer).start()).events(1)
+    [first] = await (await (await reading(harness, client_sock)).start()).events(1)
     assert first["event"] == "snapshot"
     assert connection.state.value == "live"  # (mypy keeps the narrowing above)
 

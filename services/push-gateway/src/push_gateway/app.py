@@ -16,7 +16,12 @@ from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
 from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
-from push_gateway.adapters.snapshots import CoalescingSnapshots, HttpSnapshotSource, SnapshotSource
+from push_gateway.adapters.snapshots import (
+    MAX_FETCHES_IN_FLIGHT,
+    CoalescingSnapshots,
+    HttpSnapshotSource,
+    SnapshotSource,
+)
 from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
@@ -56,7 +61,9 @@ def create_app(
     http_client = httpx.AsyncClient(
         base_url=settings.booking_api_url,
         timeout=httpx.Timeout(settings.snapshot_timeout_seconds, pool=30.0),
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+        limits=httpx.Limits(
+            max_connections=MAX_FETCHES_IN_FLIGHT, max_keepalive_connections=MAX_FETCHES_IN_FLIGHT
+        ),
     )
     kafka_presence = (
         KafkaPresenceBus(

@@ -60,6 +60,8 @@ LAG_POLL_SECONDS: Final = 0.01
 WRITES_PER_STEP: Final = 256
 #: heartbeats go out in this many steps per period (10,000 streams: ~170 writes a step)
 HEARTBEAT_STEPS: Final = 60
+#: snapshot frames (channel, position) kept with a shared snapshot for reuse
+MAX_FRAMES_PER_SNAPSHOT: Final = 8
 
 
 @dataclass
@@ -112,6 +114,8 @@ class Gateway:
         self._background: list[asyncio.Task[None]] = []
         self._last_presence: dict[str, int] = {}
         self._allowed_origins = frozenset(settings.cors_origins)
+        #: allowed origin (None: no CORS headers) → the bytes that open its streams
+        self._stream_heads: dict[str | None, bytes] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -196,8 +200,40 @@ class Gateway:
         self.connections.add(connection)
         self.stats.accepted += 1
         self._schedule_expiry(connection, request)
-        self._spawn(self._serve(connection, request))
+        if not self._serve_at_once(connection, request):
+            self._spawn(self._serve(connection, request))
         return connection
+
+    def _serve_at_once(self, connection: SseConnection, request: StreamRequest) -> bool:
+        """Catch a new stream up and make it live right here, without a task, when it needs
+        nothing to wait for: no ticket, no resume point, and every snapshot it needs shared
+        and recent (in a connect storm all but the first stream of each channel). False
+        (nothing done) otherwise: :meth:`_serve` does it in a task. Same frames either way."""
+        if request.ticket is not None or request.resume_from is not None:
+            return False
+        hub = self.hub
+        snapshots: dict[Channel, TakenSnapshot] = {}
+        for channel in connection.channels:
+            if channel.kind is not ChannelKind.SCHEDULE:
+                continue
+            taken = self.snapshots.recent(channel.owner_id)
+            if taken is None:
+                return False
+            key = hub.partition_key(channel)
+            if taken.since < hub.position(key) and hub.ring_since(key, taken.since, set()) is None:
+                return False  # the ring no longer reaches back to it: _serve fetches anew
+            snapshots[channel] = taken
+        try:
+            positions = hub.attach(connection, connection.channels)
+            self.stats.snapshot_requests += len(snapshots)
+            fresh = set(connection.partitions)
+            self._write_catch_up(connection, positions, None, set(), set(), fresh, {}, snapshots)
+            connection.state = StreamState.LIVE
+            hub.go_live(connection)
+        except Exception:
+            log.exception("stream failed")
+            connection.close("internal-error", retry_ms=self.settings.retry_ms)
+        return True
 
     def _schedule_expiry(self, connection: SseConnection, request: StreamRequest) -> None:
         if request.token_expires_at is not None:
@@ -313,17 +349,24 @@ class Gateway:
         ]
 
     def _stream_head(self, connection: SseConnection) -> bytes:
+        """The response head and ``retry:`` frame; built once per allowed origin."""
+        origin = connection.origin if connection.origin in self._allowed_origins else None
+        cached = self._stream_heads.get(origin)
+        if cached is not None:
+            return cached
         head = [
             "HTTP/1.1 200 OK",
             "content-type: text/event-stream; charset=utf-8",
             "cache-control: no-store",
             "x-accel-buffering: no",
             "connection: close",
-            *self._cors_lines(connection.origin),
+            *self._cors_lines(origin),
         ]
-        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + retry_frame(
+        built = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + retry_frame(
             self.settings.retry_ms
         )
+        self._stream_heads[origin] = built
+        return built
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -525,7 +568,24 @@ class Gateway:
         snapshots = await self._snapshots(snapshot_channels, positions, announce)
         if connection.state is StreamState.CLOSED:
             return
+        self._write_catch_up(
+            connection, positions, resume, announce, lost, fresh, replay, snapshots
+        )
 
+    def _write_catch_up(
+        self,
+        connection: SseConnection,
+        positions: dict[PartitionKey, int],
+        resume: dict[PartitionKey, int] | None,
+        announce: set[PartitionKey],
+        lost: set[PartitionKey],
+        fresh: set[PartitionKey],
+        replay: dict[PartitionKey, list[Record]],
+        snapshots: dict[Channel, TakenSnapshot],
+    ) -> None:
+        """Write what :meth:`_catch_up` gathered, and the records buffered meanwhile, in one
+        ``transport.write``."""
+        hub = self.hub
         out: list[bytes] = []
         if not connection.headers_sent:
             out.append(self._stream_head(connection))
@@ -698,6 +758,16 @@ class Gateway:
 
 
 def snapshot_frame(channel: Channel, taken: TakenSnapshot, frame_id: bytes) -> bytes:
-    """``{"channel": …, "schedule": …}`` around the snapshot JSON encoded once per fetch."""
-    data = b'{"channel":' + orjson.dumps(channel.name) + b',"schedule":' + taken.encoded + b"}"
-    return with_id(frame_id, event_body(b"snapshot", data))
+    """``{"channel": …, "schedule": …}`` around the snapshot JSON encoded once per fetch;
+    the whole frame is kept with the snapshot, so the streams that share it at the same
+    position (a connect storm's) share its bytes too instead of copying and checking them
+    again each."""
+    frames = taken.frames
+    found = frames.get((channel.name, frame_id))
+    if found is None:
+        data = b'{"channel":' + orjson.dumps(channel.name) + b',"schedule":' + taken.encoded
+        found = with_id(frame_id, event_body(b"snapshot", data + b"}"))
+        if len(frames) >= MAX_FRAMES_PER_SNAPSHOT:
+            frames.clear()
+        frames[(channel.name, frame_id)] = found
+    return found

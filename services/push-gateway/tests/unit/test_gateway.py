@@ -14,11 +14,12 @@ from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
-from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource
+from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource, TakenSnapshot
 from push_gateway.adapters.tickets import FakeTicketRedeemer
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub, Record
-from push_gateway.gateway import Gateway
+from push_gateway.gateway import Gateway, snapshot_frame
+from push_gateway.stream import SseConnection, StreamState
 from push_gateway.testing import (
     FakeRecord,
     notification_event,
@@ -207,6 +208,68 @@ async def test_a_shared_snapshot_is_followed_by_the_records_since_it_was_taken(
     assert events[0]["id"] == snap["id"]  # the position the shared snapshot covers
     assert [data(e)["version"] for e in events[1:]] == [3, 4]
     assert harness.source.fetches == ["i1"]
+
+
+async def open_stream_directly(harness: Harness) -> tuple[SseConnection, socket.socket]:
+    """``open_stream`` called here (not behind ``connect``'s awaits): its state on return."""
+    server_sock, client_sock = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+    connection = harness.gateway.open_stream(transport, PAGE, b"instructorId=i1", [])
+    assert connection is not None
+    transport.set_protocol(connection)
+    return connection, client_sock
+
+
+async def reading(harness: Harness, client_sock: socket.socket) -> Client:
+    reader, writer = await asyncio.open_connection(sock=client_sock)
+    harness._writers.append(writer)
+    return Client(reader, writer)
+
+
+async def test_a_stream_whose_shared_snapshot_is_at_hand_is_live_at_once(
+    harness: Harness,
+) -> None:
+    """No task and no await for the streams of a connect storm after the first per channel:
+    the stream is written and live when ``open_stream`` returns, with the same frames."""
+    first = await (await harness.connect()).start()
+    [snap] = await first.events(1)
+    assert next(iter(harness.gateway.connections)).state is StreamState.LIVE
+    harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; the snapshot holds v2
+    await first.events(3)
+    connection, client_sock = await open_stream_directly(harness)
+    assert connection.state is StreamState.LIVE
+    assert connection.headers_sent
+    late = await (await reading(harness, client_sock)).start()
+    events = await late.events(2)
+    assert [e["event"] for e in events] == ["snapshot", "slot"]
+    assert events[0]["id"] == snap["id"]
+    assert data(events[1])["version"] == 3
+    assert harness.source.fetches == ["i1"]
+
+
+async def test_a_stream_without_its_snapshot_at_hand_waits_for_the_fetch(
+    harness: Harness,
+) -> None:
+    harness.source.gate = asyncio.Event()
+    connection, client_sock = await open_stream_directly(harness)
+    assert connection.state is StreamState.CATCHING_UP
+    harness.source.gate.set()
+    [first] = await (await (await reading(harness, client_sock)).start()).events(1)
+    assert first["event"] == "snapshot"
+    assert connection.state.value == "live"  # (mypy keeps the narrowing above)
+
+
+def test_streams_at_the_same_position_share_the_snapshot_frame_bytes() -> None:
+    taken = TakenSnapshot(snapshot("i1", []), 4, 0.0, encoded=b'{"slots":[]}')
+    channel = Channel.schedule("i1")
+    frame = snapshot_frame(channel, taken, b"s0:4")
+    assert frame == (
+        b'id: s0:4\nevent: snapshot\ndata: {"channel":"instructors/i1/schedule",'
+        b'"schedule":{"slots":[]}}\n\n'
+    )
+    assert snapshot_frame(channel, taken, b"s0:4") is frame
+    assert snapshot_frame(channel, taken, b"s0:5").startswith(b"id: s0:5\n")
 
 
 async def test_resume_from_the_ring_replays_exactly_the_missed_events(harness: Harness) -> None:

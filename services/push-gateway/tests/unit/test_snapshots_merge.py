@@ -43,6 +43,19 @@ async def test_a_recent_snapshot_is_reused_unless_a_newer_one_is_required() -> N
     assert source.fetches.count("i1") == 4
 
 
+async def test_recent_gives_the_snapshot_a_fetch_would_reuse_without_fetching() -> None:
+    source = FakeSnapshotSource({"i1": snapshot("i1", [])})
+    coalescer = CoalescingSnapshots(source, reuse_seconds=60)
+    assert coalescer.recent("i1") is None
+    taken = await coalescer.fetch("i1", lambda: 3)
+    assert coalescer.recent("i1") is taken
+    assert coalescer.recent("i2") is None
+    assert source.fetches == ["i1"]
+    expiring = CoalescingSnapshots(source, reuse_seconds=0)
+    await expiring.fetch("i1", lambda: 0)
+    assert expiring.recent("i1") is None
+
+
 async def test_a_failed_fetch_fails_every_waiter_and_is_not_remembered() -> None:
     source = FakeSnapshotSource()
     source.gate = asyncio.Event()
@@ -137,3 +150,32 @@ async def test_http_snapshot_gives_up_after_three_attempts_and_never_retries_404
         with pytest.raises(SnapshotNotFound):
             await HttpSnapshotSource(missing).fetch("i1")
     assert len(asked) == 1
+
+
+async def test_http_snapshots_in_flight_are_bounded() -> None:
+    """A connect storm's many instructors wait at the source, not in httpx's pool (whose
+    queue costs CPU per queued request)."""
+    release = asyncio.Event()
+    in_flight = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        instructor = request.url.path.split("/")[3]
+        return httpx.Response(200, content=snapshot(instructor, []).model_dump_json(by_alias=True))
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://booking"
+    ) as client:
+        source = HttpSnapshotSource(client, max_in_flight=4)
+        fetches = [asyncio.create_task(source.fetch(f"i{n}")) for n in range(20)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert peak == 4
+        release.set()
+        taken = await asyncio.gather(*fetches)
+    assert [t.instructor_id for t in taken] == [f"i{n}" for n in range(20)]
+    assert peak == 4

@@ -1,4 +1,5 @@
 // The Book-Now page: instructor picker, week grid, one-click book/cancel, live updates.
+import { lang, t } from "./i18n.js";
 import { Status, decodeTokenClaims, subscribe } from "./slotstream-client.js";
 
 const $ = (id) => document.getElementById(id);
@@ -117,11 +118,15 @@ function showMessage(text, kind = "error") {
   messageTimer = setTimeout(() => (box.hidden = true), kind === "error" ? 8000 : 4000);
 }
 
-function announce(text) {
+/** Say `text` to screen readers, in `language` (the page's own words are English). */
+function announce(text, language = "en") {
   const el = $("announcer");
   el.textContent = "";
+  const span = document.createElement("span");
+  span.lang = language;
+  span.textContent = text;
   // A fresh text node after a tick makes screen readers announce repeated messages too.
-  setTimeout(() => (el.textContent = text), 50);
+  setTimeout(() => el.replaceChildren(span), 50);
 }
 
 function describeSlot(slot) {
@@ -561,7 +566,7 @@ function addNotifications(list, live) {
     const held = state.notifications.get(n.id);
     if (held && held.version >= n.version) continue;
     state.notifications.set(n.id, { ...n, live: live && !held });
-    if (live && !held) announce(notificationText(n));
+    if (live && !held) announce(notificationText(n), n.slotStart ? lang : "en");
   }
   renderNotifications();
 }
@@ -573,7 +578,7 @@ function renderNotifications() {
   const badge = $("notif-count");
   badge.hidden = unread === 0;
   badge.textContent = String(unread);
-  badge.setAttribute("aria-label", `${unread} unread`);
+  badge.setAttribute("aria-label", t("unread", unread));
   $("notif-empty").hidden = all.length > 0;
   $("mark-read").hidden = unread === 0;
   list.replaceChildren(
@@ -584,9 +589,10 @@ function renderNotifications() {
       if (n.live) item.classList.add("fresh");
       item.dataset.notificationId = n.id;
       const title = document.createElement("strong");
-      title.textContent = n.kind === "booking.cancelled" ? "Booking cancelled" : "New booking";
+      title.textContent = t(n.kind === "booking.cancelled" ? "cancelled" : "created");
       const text = document.createElement("p");
       text.textContent = notificationText(n);
+      if (!n.slotStart) text.lang = "en";
       const time = document.createElement("time");
       time.dateTime = n.createdAt;
       time.textContent = fmtClock.format(new Date(n.createdAt));
@@ -597,24 +603,32 @@ function renderNotifications() {
 }
 
 /**
- * A notification in the viewer's words, time zone and locale, from its structured fields:
- * who (the instructor for a student, the student for an instructor), when, why. The API's
- * English `message` (UTC times) is the fallback for notifications without those fields.
+ * A notification in the viewer's language (web/i18n.js), time zone and locale, from its
+ * structured fields: who (the instructor for a student, the student for an instructor),
+ * when, why. The API's English `message` (UTC times) is the fallback for notifications
+ * without those fields.
  */
 function notificationText(n) {
   if (!n.slotStart) return n.message;
-  const when = whenText(new Date(n.slotStart), n.slotEnd ? new Date(n.slotEnd) : null);
+  const fields = {
+    when: whenText(new Date(n.slotStart), n.slotEnd ? new Date(n.slotEnd) : null),
+    student: n.studentName || undefined,
+    teacher: n.instructorName || undefined,
+    by: n.cancelledBy || undefined,
+  };
   const asInstructor = state.user?.role === "instructor";
-  const student = n.studentName || "A student";
-  const teacher = n.instructorName || "your instructor";
-  if (n.kind === "booking.created") {
-    return asInstructor ? `${student} booked your slot on ${when}.` : `You booked ${teacher} on ${when}.`;
-  }
-  const by = n.cancelledBy ? ` by ${n.cancelledBy}` : "";
-  const why = n.reason ? ` Reason: “${n.reason}”` : "";
-  return asInstructor
-    ? `${student}'s booking on ${when} was cancelled${by}.${why}`
-    : `Your booking with ${teacher} on ${when} was cancelled${by}.${why}`;
+  if (n.kind === "booking.created") return t(asInstructor ? "studentBooked" : "youBooked", fields);
+  const text = t(asInstructor ? "studentCancelled" : "yoursCancelled", fields);
+  return n.reason ? `${text} ${t("reason", n.reason)}` : text;
+}
+
+/** The notification panel speaks the viewer's language (`lang` tells screen readers which);
+ * the rest of the page is English, with dates and times in the browser's locale. */
+function localizeNotifications() {
+  $("notifications").lang = lang;
+  $("notif-title").firstChild.textContent = `${t("notifications")} `;
+  $("mark-read").textContent = t("markRead");
+  $("notif-empty").textContent = t("empty");
 }
 
 async function markAllRead() {
@@ -897,6 +911,7 @@ async function main() {
   $("instructor-select").addEventListener("change", (e) => chooseInstructor(e.target.value));
   $("user-select").addEventListener("change", (e) => chooseUser(e.target.value));
   $("mark-read").addEventListener("click", markAllRead);
+  localizeNotifications();
   $("add-slot").addEventListener("click", () => openSlotDialog());
   $("add-week").addEventListener("click", openWeekDialog);
   $("slot-form").addEventListener("submit", submitSlot);

@@ -5,9 +5,11 @@ violations (axe-core), "Sign in to book" for guests, notifications that name peo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -33,17 +35,17 @@ TRUNCATED = """
 
 
 @pytest.fixture
-def opener(browser: Browser) -> Iterator[Callable[[int], Opener]]:
+def opener(browser: Browser) -> Iterator[Callable[..., Opener]]:
     """``opener(width)(stack, user, instructor_id)`` opens the page in a fresh context of
-    that width (en-GB, Europe/London); no JavaScript errors allowed."""
+    that width (en-GB, Europe/London unless told); no JavaScript errors allowed."""
     contexts: list[BrowserContext] = []
     errors: list[str] = []
 
-    def at_width(width: int) -> Opener:
+    def at_width(width: int, locale: str = "en-GB", timezone: str = "Europe/London") -> Opener:
         context = browser.new_context(
             viewport={"width": width, "height": 900},
-            locale="en-GB",
-            timezone_id="Europe/London",
+            locale=locale,
+            timezone_id=timezone,
             is_mobile=width < 500,
             has_touch=width < 500,
             # axe-core is injected as a script the page's Content-Security-Policy (rightly)
@@ -229,6 +231,65 @@ def test_the_page_reads_well_at_every_width(
     finally:
         booked.click()
         expect(booked).to_have_attribute("data-state", "available")
+
+
+def test_notifications_follow_the_viewers_language_and_time_zone(
+    stack: DevStack, opener: Callable[..., Opener]
+) -> None:
+    """A German viewer in Berlin reads their notifications in German with Berlin times
+    (issue 13: "notifications in the viewer's language and time zone"), and the panel says
+    which language it is in; the same student in en-GB and London reads English."""
+    teacher = role(stack, "instructor")[1]
+    student = role(stack, "student")[-1]
+    german = opener(1280, locale="de-DE", timezone="Europe/Berlin")(stack, student, teacher.id)
+    slot = german.locator('button.slot[data-action="book"]').first
+    slot_id = slot.get_attribute("data-slot-id")
+    slot.click()
+    booked = german.locator(f'button.slot[data-slot-id="{slot_id}"]')
+    expect(booked).to_have_attribute("data-state", "mine")
+    try:
+        mine = httpx.get(f"{stack.base_url}/api/users/me/notifications", headers=bearer(student))
+        start = datetime.fromisoformat(max(mine.json(), key=lambda n: n["createdAt"])["slotStart"])
+        berlin = f"{start.astimezone(ZoneInfo('Europe/Berlin')):%H:%M}"
+        london = f"{start.astimezone(ZoneInfo('Europe/London')):%H:%M}"
+        made = german.locator("#notif-list li").first
+        expect(made.locator("strong")).to_have_text("Neue Buchung")
+        expect(made).to_contain_text(f"Sie haben einen Termin bei {teacher.name} am ")
+        expect(made).to_contain_text(berlin)
+        expect(made.locator("p")).to_contain_text(re.compile(r"MES?Z gebucht\.$"))
+        expect(german.locator("#notifications")).to_have_attribute("lang", "de")
+        expect(german.locator("#notif-title")).to_contain_text("Benachrichtigungen")
+        english = opener(1280)(stack, student, teacher.id)
+        expect(english.locator("#notifications")).to_have_attribute("lang", "en")
+    finally:  # the instructor cancels, with a reason, so that the slot is free again
+        for booking in httpx.get(
+            f"{stack.base_url}/api/users/me/bookings", headers=bearer(student)
+        ).json():
+            if booking["slotId"] == slot_id and booking["status"] == "active":
+                gone = httpx.request(
+                    "DELETE",
+                    f"{stack.base_url}/api/bookings/{booking['id']}",
+                    json={"reason": "Krank"},
+                    headers=bearer(teacher),
+                )
+                assert gone.status_code == 200, gone.text
+    cancelled = german.locator("#notif-list li").first
+    expect(cancelled.locator("strong")).to_have_text("Buchung storniert")
+    expect(cancelled.locator("p")).to_have_text(
+        re.compile(
+            f"^Ihre Buchung bei {teacher.name} am .*{berlin}.* wurde von {teacher.name} "
+            "storniert. Grund: „Krank“$"
+        )
+    )
+    in_english = english.locator("#notif-list li").first
+    expect(in_english.locator("strong")).to_have_text("Booking cancelled")
+    expect(in_english.locator("p")).to_have_text(
+        re.compile(
+            f"^Your booking with {teacher.name} on .*{london}.* was cancelled by {teacher.name}"
+            ". Reason: “Krank”$"
+        )
+    )
+    expect(booked).to_have_attribute("data-state", "available")
 
 
 def bearer(user: DemoUser) -> dict[str, str]:

@@ -418,7 +418,6 @@ export class WebSocketSubscription extends Subscription {
   }
 
   close() {
-    clearTimeout(this._watchdog);
     const socket = this._socket;
     this._socket = null;
     super.close();
@@ -459,7 +458,7 @@ export class WebSocketSubscription extends Subscription {
     socket.onclose = (event) => {
       if (socket !== this._socket) return;
       this._socket = null;
-      clearTimeout(this._watchdog);
+      clearTimeout(this._watchdogTimer);
       if (this.status === Status.CLOSED) return;
       const refused = event.code === CloseCode.POLICY;
       if (refused) this._fail(new Error(`refused: ${event.reason}`));
@@ -508,9 +507,10 @@ export class WebSocketSubscription extends Subscription {
   }
 
   _armWatchdog() {
-    clearTimeout(this._watchdog);
+    clearTimeout(this._watchdogTimer);
     const socket = this._socket;
-    this._watchdog = setTimeout(() => {
+    this._watchdogTimer = setTimeout(() => {
+      this._watchdogTimer = null;
       if (socket !== this._socket || !socket) return;
       // Nothing for too long: a half-open connection. Replace it (resuming with `since`).
       socket.onclose({ code: CloseCode.PING_TIMEOUT, reason: "no heartbeat" });

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ import uvloop
 
 from slotstream_testkit.benchkit import record_results
 from slotstream_testkit.kafka import TansuBroker
+from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the fan-out benchmark's servers and tools
@@ -271,8 +271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = raise_open_file_limit()
     if args.streams > hard - 500:
         args.streams = hard - 500
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from aiokafka import AIOKafkaProducer
 
 from slotstream_contracts.topics import SCHEDULE_TOPIC
 from slotstream_testkit.benchkit import record_results
+from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the stack and the fan-out tools
@@ -383,8 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_file_limit()
     os.environ.update(EDGE_ENV)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:

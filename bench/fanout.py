@@ -55,7 +55,7 @@ from slotstream_testkit.benchkit import (
     tally,
 )
 from slotstream_testkit.kafka import TansuBroker, create_topics
-from slotstream_testkit.net import free_port, wait_for_port
+from slotstream_testkit.net import free_port, raise_open_file_limit, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -1114,8 +1114,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = parse_args(argv)
     args.nchan_available = NCHAN_MODULE.exists()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = raise_open_file_limit()
     if args.idle_connections > hard - 500:
         args.idle_connections = hard - 500
     # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import socket
 import statistics
 import threading
@@ -38,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from scripts.devstack import DevStack, Process
 from slotstream_contracts.topics import SCHEDULE_TOPIC
 from slotstream_testkit.faultproxy import TcpFaultProxy
-from slotstream_testkit.net import free_port
+from slotstream_testkit.net import free_port, raise_open_file_limit
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "test-output" / "chaos"
@@ -48,14 +47,7 @@ def knob(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def _raise_file_limit() -> None:
-    """Thousands of clients need thousands of descriptors: the soft limit up to the hard."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-_raise_file_limit()
+raise_open_file_limit()  # thousands of clients need thousands of descriptors
 RATE = knob("CHAOS_RATE", 200)
 CLIENTS = knob("CHAOS_CLIENTS", 200)
 SECONDS = knob("CHAOS_SECONDS", 20)

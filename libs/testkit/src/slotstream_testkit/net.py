@@ -1,6 +1,7 @@
 """Small networking helpers for tests and the demo."""
 
 import random
+import resource
 import socket
 import time
 
@@ -34,6 +35,15 @@ def free_port_block(count: int, attempts: int = 200) -> int:
                 sock.close()
         return base
     raise RuntimeError(f"no {count} consecutive free ports below 32768")
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft ``RLIMIT_NOFILE`` to the hard limit (thousands of test or benchmark
+    clients need thousands of descriptors); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

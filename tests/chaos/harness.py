@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from scripts.devstack import DevStack, Process
 from slotstream_contracts.topics import SCHEDULE_TOPIC
 from slotstream_testkit.faultproxy import TcpFaultProxy
+from slotstream_testkit.kafka import topic_partitions
 from slotstream_testkit.net import free_port, raise_open_file_limit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -571,10 +572,7 @@ async def end_offsets(bootstrap: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(SCHEDULE_TOPIC, p)
-            for p in sorted(consumer.partitions_for_topic(SCHEDULE_TOPIC) or {0})
-        ]
+        partitions = topic_partitions(consumer, SCHEDULE_TOPIC)
         ends = await consumer.end_offsets(partitions)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:

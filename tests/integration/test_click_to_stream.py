@@ -16,13 +16,14 @@ from typing import Any, Self
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from scripts.devstack import DevStack
 from slotstream_contracts.entities import BookingData, ScheduleSnapshot, SlotData, SlotStatus
 from slotstream_contracts.events import CONTENT_TYPE, EventType, decode_event
 from slotstream_contracts.topics import SCHEDULE_TOPIC
+from slotstream_testkit.kafka import topic_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +83,7 @@ async def schedule_consumer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(SCHEDULE_TOPIC, p)
-            for p in sorted(consumer.partitions_for_topic(SCHEDULE_TOPIC) or {0})
-        ]
+        partitions = topic_partitions(consumer, SCHEDULE_TOPIC)
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:

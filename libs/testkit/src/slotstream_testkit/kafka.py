@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from slotstream_testkit.net import free_port, wait_for_port
@@ -164,3 +165,9 @@ def docker_available() -> bool:
 
 def log(message: str) -> None:
     sys.stderr.write(f"[slotstream-testkit] {message}\n")
+
+
+def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic`` as the started consumer's metadata knows it, in order
+    (partition 0 alone before the topic's metadata has arrived)."""
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]

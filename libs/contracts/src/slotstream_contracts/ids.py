@@ -6,8 +6,6 @@ and rules out ``$``/``.``-style injection into queries before any store sees the
 """
 
 import re
-import secrets
-import time
 from typing import Annotated
 
 from pydantic import StringConstraints
@@ -20,8 +18,3 @@ EntityId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 def is_valid_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
-
-
-def new_id() -> str:
-    """A new 24-hex-digit id that sorts by creation time (like a Mongo ObjectId)."""
-    return f"{int(time.time()):08x}{secrets.token_hex(8)}"

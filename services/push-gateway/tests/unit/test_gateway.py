@@ -36,6 +36,9 @@ from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 PAGE = "/api/book-now/schedule-updates"
 EVENTS = "/v1/events"
 JWT = JwtSettings(secret=SecretStr("unit-secret-5e0b9c2d7f1a4e8b6c3d9a0f"), leeway_seconds=0)
+#: ``exp`` is whole seconds, so a token minted for 1 s ends 0-1 s later (sometimes before
+#: its stream has opened); one minted for 2 s lives more than a second
+SHORT_TTL = timedelta(seconds=2)
 
 
 @dataclass
@@ -182,7 +185,9 @@ async def test_stream_opens_with_headers_retry_and_snapshot(harness: Harness) ->
 async def test_deltas_during_the_snapshot_fetch_follow_it_only_when_newer(harness: Harness) -> None:
     harness.source.gate = asyncio.Event()
     pending = asyncio.create_task(harness.connect())
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):  # the fetch has begun: later records follow the snapshot
+        while not harness.source.fetches:  # noqa: ASYNC110
+            await asyncio.sleep(0)
     harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; snapshot holds v2
     harness.source.gate.set()
     client = await (await pending).start()
@@ -373,7 +378,7 @@ async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
     harness: Harness,
 ) -> None:
     notes = harness.hub.partition_key(Channel.notifications("u1"))
-    expiring = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(seconds=1))
+    expiring = mint_token(JWT, "u1", Role.STUDENT, ttl=SHORT_TTL)
     lasting = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
     query = "channel=users/u1/notifications"
     short = await (await harness.connect(query, bearer(expiring), path=EVENTS)).start()
@@ -398,7 +403,7 @@ async def test_a_private_stream_says_bye_and_closes_when_its_token_expires(
 
 async def test_a_token_expiring_during_catch_up_still_gets_its_bye(harness: Harness) -> None:
     harness.source.gate = asyncio.Event()  # the snapshot never comes
-    token = mint_token(JWT, "i1", Role.INSTRUCTOR, ttl=timedelta(seconds=1))
+    token = mint_token(JWT, "i1", Role.INSTRUCTOR, ttl=SHORT_TTL)
     query = "channel=instructors/i1/schedule&channel=users/i1/notifications"
     client = await (await harness.connect(query, bearer(token), path=EVENTS)).start()
     assert client.status == 200

@@ -7,11 +7,13 @@ from collections.abc import Iterator
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
 from httpx_sse import ServerSentEvent
 
 from push_gateway.adapters.kafka import HistoryBusy, KafkaHistory
 from push_gateway.app import build_server
 from push_gateway.config import GatewayKafkaSettings
+from push_gateway.domain.hub import ChannelHub
 from push_gateway.testing import resync_event, slot_event
 from slotstream_contracts.settings import TopicSettings
 from slotstream_contracts.topics import CONTROL_KEY
@@ -46,6 +48,19 @@ async def first_delta(
     return seen
 
 
+async def ring_moved_past(gateway: ServerThread, event_id: str) -> None:
+    """Wait until the gateway's ring no longer holds the records after ``event_id``, so that
+    a resume from there reads Kafka back (a fixed sleep was sometimes too short)."""
+    app = gateway.server.config.app
+    assert isinstance(app, FastAPI)
+    hub: ChannelHub = app.state.gateway.hub
+    partition, offset = event_id.split(":")
+    key = (partition[0], int(partition[1:]))
+    async with asyncio.timeout(20):
+        while hub.ring_floor(key) <= int(offset) + 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
 async def test_history_reads_exactly_the_requested_range_and_keys(
     kafka: KafkaEndpoint, topics: TopicSettings
 ) -> None:
@@ -74,7 +89,7 @@ async def test_resume_older_than_the_ring_is_read_back_from_kafka(
         # (16 per partition) no longer reaches back to the client's position
         await publish(p, topics.schedule, [slot_event("deep1", "s1", v) for v in range(2, 42)])
         await publish(p, topics.schedule, [slot_event(f"o{n}", "x", 1) for n in range(60)])
-        await asyncio.sleep(0.5)
+        await ring_moved_past(small_ring_gateway, seen.id)
         resumed = Stream(small_ring_gateway.url + PAGE, params, {"Last-Event-ID": seen.id})
         async with resumed:
             await resumed.wait_for("slot", 40, within=20)
@@ -139,7 +154,7 @@ async def test_a_resync_in_the_range_read_back_from_kafka_restarts_with_a_snapsh
         )
         await publish(p, topics.schedule, [slot_event("deep2", "s1", v) for v in range(2, 6)])
         await publish(p, topics.schedule, [slot_event(f"r{n}", "x", 1) for n in range(60)])
-        await asyncio.sleep(0.5)
+        await ring_moved_past(small_ring_gateway, seen.id)
         resumed = Stream(small_ring_gateway.url + PAGE, params, {"Last-Event-ID": seen.id})
         async with resumed:
             await resumed.wait_for("snapshot", 1)

@@ -5,26 +5,32 @@ import resource
 import socket
 import time
 
+#: Linux's default ephemeral range starts here: the kernel gives client sockets their local
+#: port from 32768-60999, so a port picked there for a server to bind later (often in
+#: another process) may meanwhile become some connection's local port on a busy machine
+EPHEMERAL_START = 32768
+_LOWEST = 20000
+#: ports this process has handed out: two callers are never given the same port
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing uses right now, below the ephemeral range."""
+    return free_port_block(1)
 
 
 def free_port_block(count: int, attempts: int = 200) -> int:
-    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that nothing listens on.
-
-    Chosen below Linux's ephemeral range (32768-60999): a block taken from inside it is
-    often broken by a client socket's local port on a busy machine."""
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that nothing uses right
+    now, below the ephemeral range (see ``EPHEMERAL_START``) and not handed out before."""
     rng = random.Random()
     for _ in range(attempts):
-        base = rng.randrange(20000, 32768 - count)
+        base = rng.randrange(_LOWEST, EPHEMERAL_START - count)
+        block = range(base, base + count)
+        if _handed_out.intersection(block):
+            continue
         sockets: list[socket.socket] = []
         try:
-            for port in range(base, base + count):
+            for port in block:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sockets.append(sock)
                 sock.bind(("127.0.0.1", port))
@@ -33,8 +39,9 @@ def free_port_block(count: int, attempts: int = 200) -> int:
         finally:
             for sock in sockets:
                 sock.close()
+        _handed_out.update(block)
         return base
-    raise RuntimeError(f"no {count} consecutive free ports below 32768")
+    raise RuntimeError(f"no {count} consecutive free ports below {EPHEMERAL_START}")
 
 
 def raise_open_file_limit() -> int:

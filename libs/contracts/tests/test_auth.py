@@ -90,6 +90,12 @@ def test_random_secrets_pass() -> None:
         assert secret_weakness(secrets.token_urlsafe(32)) is None
 
 
+def test_a_random_secret_with_four_xs_in_a_row_is_no_placeholder() -> None:
+    """Drawn by ``secrets.token_urlsafe(32)`` in test_random_secrets_pass, which it failed."""
+    assert secret_weakness("Z1yY8nIrBXXxxAWrF0N2NYCrVkTlURSYJAcaK_uvOgw") is None
+    assert secret_weakness("Z1yY8nIrBXXxxXXxxAWrF0N2NYCrVkTlURSYJAcaK_uvOgw") is not None
+
+
 def test_iat_is_required() -> None:
     now = int(datetime.now(UTC).timestamp())
     token = jwt.encode({"sub": "u1", "role": "student", "exp": now + 60}, STRONG, "HS256")

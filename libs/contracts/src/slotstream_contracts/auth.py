@@ -48,14 +48,16 @@ MIN_SECRET_DISTINCT: Final = 8
 #: one block repeated.
 MIN_SECRET_BITS_PER_CHAR: Final = 2.75
 MIN_RSA_BITS: Final = 2048
-#: Fragments that mark a secret copied from an example rather than chosen.
+#: Fragments that mark a secret copied from an example rather than chosen (matched in any
+#: case). Eight x, not four: about one random ``token_urlsafe(32)`` secret in 26,000 holds
+#: four x/X in a row, and was refused as a placeholder.
 PLACEHOLDER_FRAGMENTS: Final = (
     "changeme",
     "change-me",
     "change_me",
     "placeholder",
     "example",
-    "xxxx",
+    "xxxxxxxx",
 )
 
 

@@ -573,7 +573,10 @@ function addNotifications(list, live) {
 
 function renderNotifications() {
   const list = $("notif-list");
-  const all = [...state.notifications.values()].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
+  // newest first; within one millisecond by id (ids sort by creation), as the API lists them
+  const all = [...state.notifications.values()].sort(
+    (a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt) || (a.id < b.id) - (a.id > b.id),
+  );
   const unread = all.filter((n) => !n.read).length;
   const badge = $("notif-count");
   badge.hidden = unread === 0;

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from slotstream_contracts.entities import ScheduleSnapshot, SlotData, SlotStatus
+from slotstream_contracts.entities import NotificationData, ScheduleSnapshot, SlotData, SlotStatus
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 INSTRUCTOR = "fake-instructor"
@@ -100,6 +100,16 @@ class FakeEdge:
             "data": slot.model_dump(mode="json", by_alias=True),
         }
         self._broadcast(self.frame("slot", event))
+
+    def send_notification(self, note: NotificationData) -> None:
+        """Push a ``notification`` (the user's private channel) to every open stream."""
+        event = {
+            "specversion": "1.0",
+            "id": f"{note.id}-v{note.version}",
+            "type": "notification.created",
+            "data": note.model_dump(mode="json", by_alias=True),
+        }
+        self._broadcast(self.frame("notification", event))
 
     def send_heartbeat(self) -> None:
         """The gateway's heartbeat (a named event without ``id:``) to every open stream."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
+from slotstream_contracts.entities import NotificationData, NotificationKind
 from tests.e2e.conftest import save_screenshot
 from tests.e2e.fakeserver import (
     INSTRUCTOR,
@@ -132,6 +134,38 @@ def test_a_page_whose_demo_token_nears_expiry_reads_the_reminted_one(
     expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
     assert fake.demo_users_reads >= 2  # read again before the first ticket
     assert fake.ticket_requests == [f"Bearer {fresh}"]
+    assert errors == []
+
+
+def test_notifications_of_one_millisecond_are_listed_newest_first(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A booking's confirmation and its cancellation can share their ``createdAt``
+    millisecond; the list then orders them by id (ids sort by creation), as the API does,
+    not by the order they happened to reach the page."""
+    fake, base_url = fake_edge
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    at = datetime.now(UTC).replace(microsecond=123_000)
+    kinds = (NotificationKind.BOOKING_CREATED, NotificationKind.BOOKING_CANCELLED)
+    for n, kind in enumerate(kinds):
+        fake.send_notification(
+            NotificationData(
+                id=f"6930c1e2000a1{n}0000000000",
+                user_id=STUDENT,
+                kind=kind,
+                message=f"Your booking was {kind.value.split('.')[1]}.",
+                booking_id="fake-booking",
+                slot_id="a",
+                version=1,
+                created_at=at,
+            )
+        )
+    notes = page.locator("#notif-list li")
+    expect(notes).to_have_count(2)
+    expect(notes.first).to_have_class(re.compile(r"\bcancelled\b"))
+    expect(notes.nth(1)).to_have_class(re.compile(r"\bcreated\b"))
     assert errors == []
 
 

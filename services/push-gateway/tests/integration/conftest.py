@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import orjson
@@ -129,10 +130,11 @@ def start_gateway_process(
     topics: TopicSettings,
     booking_api: "FakeBookingApi",
     port: int,
+    log: Path,
     **extra: str,
 ) -> "subprocess.Popen[bytes]":
-    """``python -m push_gateway`` in its own session, stderr captured (the caller stops it
-    and closes ``stderr``)."""
+    """``python -m push_gateway`` in its own session (the caller stops it), its stderr and
+    its workers' in ``log``: a pipe nobody reads until the end can fill up and stall them."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
         "GATEWAY_HOST": "127.0.0.1",
@@ -146,13 +148,14 @@ def start_gateway_process(
         "GATEWAY_JWT__SECRET": JWT.secret.get_secret_value() if JWT.secret else "",
         **extra,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "push_gateway"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    with log.open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "push_gateway"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
 
 
 def gateway_settings(

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,39 +26,50 @@ def _metric(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, "the supervisor exited"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not become ready"
-        time.sleep(0.2)
+@dataclass(frozen=True)
+class Workers:
+    port: int
+    metrics_base: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_ready(self) -> None:
+        for n in (0, 1):
+            url = f"http://127.0.0.1:{self.metrics_base + n}/readyz"
+            deadline = time.monotonic() + 60
+            while True:
+                assert self.process.poll() is None, "the supervisor exited"
+                try:
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"{url} not ready: {self.log.read_text()}"
+                time.sleep(0.2)
 
 
 @pytest.fixture
 def workers(
-    kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi
-) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
+    kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi, tmp_path: Path
+) -> Iterator[Workers]:
     port = free_port()
     metrics_base = free_port_block(3)
+    log = tmp_path / "gateway.log"
     process = start_gateway_process(
         kafka,
         topics,
         booking_api,
         port,
+        log,
         GATEWAY_WORKERS="2",
         GATEWAY_WORKER_METRICS_PORT=str(metrics_base),
         GATEWAY_INSTANCE_ID="gw-multi",
         GATEWAY_PRESENCE_INTERVAL_SECONDS="0.3",
     )
+    started = Workers(port, metrics_base, process, log)
     try:
-        for n in (0, 1):
-            _wait_ready(f"http://127.0.0.1:{metrics_base + n}/readyz", process)
-        yield port, metrics_base, process
+        started.wait_ready()
+        yield started
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -65,14 +78,10 @@ def workers(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
-def test_two_workers_share_the_port_each_with_its_own_instance(
-    workers: tuple[int, int, subprocess.Popen[bytes]],
-) -> None:
-    port, metrics_base, process = workers
+def test_two_workers_share_the_port_each_with_its_own_instance(workers: Workers) -> None:
+    port, metrics_base, process = workers.port, workers.metrics_base, workers.process
     streams: list[socket.socket] = []
     try:
         for _ in range(24):  # the kernel spreads connections by their 4-tuple hash
@@ -118,8 +127,7 @@ def test_two_workers_share_the_port_each_with_its_own_instance(
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
-    assert process.stderr is not None
-    assert b"Traceback" not in process.stderr.read()
+    assert b"Traceback" not in workers.log.read_bytes()
 
 
 def _children(pid: int) -> set[str]:
@@ -127,10 +135,8 @@ def _children(pid: int) -> set[str]:
     return set(found.stdout.split())
 
 
-def test_a_worker_that_dies_is_restarted(
-    workers: tuple[int, int, subprocess.Popen[bytes]],
-) -> None:
-    _port, metrics_base, process = workers
+def test_a_worker_that_dies_is_restarted(workers: Workers) -> None:
+    process = workers.process
     before = _children(process.pid)
     assert len(before) == 2
     victim = sorted(before, key=int)[-1]
@@ -142,5 +148,4 @@ def test_a_worker_that_dies_is_restarted(
             break
         assert time.monotonic() < deadline, f"no worker restarted: {before} -> {now}"
         time.sleep(0.2)
-    for n in (0, 1):
-        _wait_ready(f"http://127.0.0.1:{metrics_base + n}/readyz", process)
+    workers.wait_ready()

@@ -106,6 +106,21 @@ def publisher_env(
     }
 
 
+async def wait_ready(port: int, process: "subprocess.Popen[bytes]", log_path: Path) -> None:
+    """Until the publisher on ``port`` is ready: a deadline in seconds, not in attempts (a
+    loaded machine takes many seconds to start a Python process)."""
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = await asyncio.to_thread(log_path.read_text)
+                raise AssertionError(f"the publisher is not ready: {log[-2000:]}")
+            await asyncio.sleep(0.05)
+
+
 async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
     kafka: KafkaEndpoint,
     topics: Topics,
@@ -124,12 +139,8 @@ async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
 
     process = await asyncio.to_thread(start)
     try:
+        await wait_ready(port, process, log_path)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
             ready = await client.get("/readyz")
             assert ready.json()["role"] == "leader"
             slot_id = await create_slot(booking_api, "i1")
@@ -180,13 +191,8 @@ async def test_feed_mode_resumes_after_kill_9_from_its_checkpoint_file(
 
     async def started() -> "subprocess.Popen[bytes]":
         process = await asyncio.to_thread(spawn)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        return process
-                await asyncio.sleep(0.05)
-        raise AssertionError((tmp_path / "publisher.log").read_text()[-2000:])
+        await wait_ready(port, process, tmp_path / "publisher.log")
+        return process
 
     first = await started()
     try:

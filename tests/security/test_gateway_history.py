@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -108,13 +109,26 @@ async def lengthen_partition(bootstrap: str, partition: int, records: int) -> No
         await producer.stop()
 
 
+async def records_ingested(gateway_url: str) -> float:
+    """The gateway's ``gateway_records_total``: Kafka records its hub has read."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"{gateway_url}/metrics")).text
+    [value] = [
+        line.split()[-1] for line in text.splitlines() if line.startswith("gateway_records_total ")
+    ]
+    return float(value)
+
+
 async def test_a_guest_resuming_from_the_start_of_the_log_gets_a_snapshot(
     stack: DevStack,
 ) -> None:
     instructor = stack.user("instructor").id
     partition = schedule_partition(instructor)
+    before = await records_ingested(stack.gateway_url(1))
     await lengthen_partition(stack.bootstrap_servers, partition, LONGER_THAN_THE_BOUND)
-    await asyncio.sleep(1.0)  # both gateways ingest it
+    async with asyncio.timeout(60):  # the gateway has read them all (not: a fixed 1 s)
+        while await records_ingested(stack.gateway_url(1)) < before + LONGER_THAN_THE_BOUND:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
     async with streams() as opened:
         stream = await request(
             stack.gateway_url(1), f"{PAGE}?instructorId={instructor}&lastEventId=s{partition}:-1"

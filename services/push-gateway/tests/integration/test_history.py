@@ -14,6 +14,7 @@ from push_gateway.adapters.kafka import HistoryBusy, KafkaHistory
 from push_gateway.app import build_server
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub
+from push_gateway.gateway import Gateway
 from push_gateway.testing import resync_event, slot_event
 from slotstream_contracts.settings import TopicSettings
 from slotstream_contracts.topics import CONTROL_KEY
@@ -165,8 +166,15 @@ async def test_a_resync_in_the_range_read_back_from_kafka_restarts_with_a_snapsh
 async def test_an_id_ahead_of_the_log_gets_a_snapshot_at_once(
     small_ring_gateway: ServerThread,
 ) -> None:
+    """Refused on the spot, not after waiting (catch_up_timeout_seconds) for the gateway to
+    reach that position."""
+    app = small_ring_gateway.server.config.app
+    assert isinstance(app, FastAPI)
+    gateway: Gateway = app.state.gateway
+    refused = gateway.stats.resumes_refused
     started = time.monotonic()
     ahead = {"Last-Event-ID": "s0:999999999.s1:999999999.s2:999999999"}
     async with Stream(small_ring_gateway.url + PAGE, {"instructorId": "deep3"}, ahead) as stream:
         await stream.wait_for("snapshot", 1)
-    assert time.monotonic() - started < 1.0
+    assert gateway.stats.resumes_refused == refused + 1
+    assert time.monotonic() - started < gateway.settings.catch_up_timeout_seconds / 2

@@ -279,7 +279,10 @@ async def test_fenced_checkpoint_stops_production(
     instance steps down to standby and backs off before it asks for the lease again (it
     used to re-acquire, re-snapshot and be fenced again in a hot loop)."""
     producer = MemoryProducer()
-    publisher = make_publisher(producer=producer)
+    # The back-off after a fence is a random half to all of lease_ttl: with the fixture's
+    # 2 s it could end inside the second of changes below on a slow machine (the instance
+    # then took the lease again and was fenced a second time). 30 s keeps it out of reach.
+    publisher = make_publisher(producer=producer, lease_ttl=30.0)
     produced_at_fence: list[int] = []
     save = checkpoints.save
 
@@ -300,7 +303,7 @@ async def test_fenced_checkpoint_stops_production(
     await eventually(lambda: publisher.role is Role.STANDBY)
     for number in range(20):  # changes keep coming; a fenced instance must ignore them
         database.insert(SLOTS, Docs.slot(f"later-{number}"))
-        await asyncio.sleep(0.05)  # 20 checkpoint intervals in all, well within the back-off
+        await asyncio.sleep(0.05)  # 20 checkpoint intervals in all
     assert len(producer.records) - produced_at_fence[0] == 0
     assert len(checkpoints.refused) == 1
     assert publisher.role is Role.STANDBY

@@ -521,7 +521,12 @@ async function onSlotClick(event) {
   }
 }
 
-function settlePending(slotId) {
+/** The stream normally brings the change a request made (and so settles its slot); when it
+ * has not within 3 s (a slow or stalled stream), the slot is fetched over HTTP, so a booking
+ * that succeeded is never shown bookable again as if it had failed. */
+async function settlePending(slotId) {
+  if (!state.pending.has(slotId)) return;
+  await refreshOverHttp();
   if (state.pending.delete(slotId)) renderWeek();
 }
 

@@ -145,6 +145,14 @@ class FakeEdge:
         async def mine(_: Request) -> Response:
             return JSONResponse([])
 
+        async def book(request: Request) -> Response:
+            """Books the slot in the fake's state but streams no delta (a late stream)."""
+            slot_id = (await request.json())["slotId"]
+            held = self.slots[slot_id]
+            self.slots[slot_id] = make_slot(slot_id, held.start, held.version + 1, booked=True)
+            booking = {"id": "fake-booking", "slotId": slot_id, "studentId": STUDENT}
+            return JSONResponse(booking, status_code=201)
+
         async def stream_ticket(request: Request) -> Response:
             self.ticket_requests.append(request.headers.get("authorization"))
             if request.headers.get("authorization") != f"Bearer {self.demo_tokens[-1]}":
@@ -194,6 +202,7 @@ class FakeEdge:
                 Route("/api/book-now/schedule-updates", stream),
                 Route("/v1/events", stream),
                 Route("/api/stream-tickets", stream_ticket, methods=["POST"]),
+                Route("/api/bookings", book, methods=["POST"]),
                 Route("/api/users/me/bookings", mine),
                 Route("/api/users/me/notifications", mine),
                 Mount("/", StaticFiles(directory=WEB_ROOT, html=True)),

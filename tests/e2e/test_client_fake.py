@@ -169,6 +169,23 @@ def test_notifications_of_one_millisecond_are_listed_newest_first(
     assert errors == []
 
 
+def test_a_booking_the_stream_is_late_with_is_shown_from_the_api(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The page waits for the stream to bring its own booking; when that change is late
+    (a loaded machine, a slow gateway) it asks the API after 3 s instead of showing the
+    slot bookable again as if the booking had failed."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    slot_button(page, "a").click()  # the fake books it and streams nothing
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "mine", timeout=10_000)
+    expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
+    assert errors == []
+
+
 WATCHED_CLIENT = """async (timeoutMs) => {
   const { subscribe } = await import("/slotstream-client.js");
   window.__statuses = [];

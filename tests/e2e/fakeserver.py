@@ -93,23 +93,23 @@ class FakeEdge:
 
     def send_slot(self, slot: SlotData) -> None:
         """Push a slot delta (any version, even a stale one) to every open stream."""
-        event = {
-            "specversion": "1.0",
-            "id": f"fake-{self.next_id}",
-            "type": "slot.updated",
-            "data": slot.model_dump(mode="json", by_alias=True),
-        }
-        self._broadcast(self.frame("slot", event))
+        self._send_event("slot", f"fake-{self.next_id}", "slot.updated", slot)
 
     def send_notification(self, note: NotificationData) -> None:
         """Push a ``notification`` (the user's private channel) to every open stream."""
-        event = {
+        self._send_event("notification", f"{note.id}-v{note.version}", "notification.created", note)
+
+    def _send_event(
+        self, event: str, event_id: str, event_type: str, data: SlotData | NotificationData
+    ) -> None:
+        """A CloudEvent as the gateway frames it, to every open stream."""
+        payload = {
             "specversion": "1.0",
-            "id": f"{note.id}-v{note.version}",
-            "type": "notification.created",
-            "data": note.model_dump(mode="json", by_alias=True),
+            "id": event_id,
+            "type": event_type,
+            "data": data.model_dump(mode="json", by_alias=True),
         }
-        self._broadcast(self.frame("notification", event))
+        self._broadcast(self.frame(event, payload))
 
     def send_heartbeat(self) -> None:
         """The gateway's heartbeat (a named event without ``id:``) to every open stream."""

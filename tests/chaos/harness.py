@@ -24,6 +24,7 @@ import os
 import random
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -61,6 +62,8 @@ SOAK_SECONDS = knob("CHAOS_SOAK_SECONDS", SECONDS)
 FAULT_AFTER = 5.0
 CHURN = knob("CHAOS_CHURN", 5000)
 PENDING_BYTES = 64 * 1024
+#: frames a client counts on but does not keep (a soak would keep millions)
+QUIET_EVENTS = frozenset({"heartbeat", "presence"})
 #: TCP payload per segment on an Ethernet link (1500-byte MTU)
 ETHERNET_MSS = 1460
 UNLIMITED = "60000"  # nginx: a connection limit is below 65536
@@ -418,13 +421,30 @@ class SseClient:
     """One EventSource-like client over a raw socket: records every frame, follows
     ``Last-Event-ID`` on reconnect, and moves to its next endpoint when one fails (a
     client of a dead gateway reconnects to the other). ``read_delay`` slows its reads;
-    ``stall`` stops them until ``unstall()``."""
+    ``stall`` stops them until ``unstall()``.
 
-    def __init__(self, name: str, channel: str, endpoints: list[Endpoint]) -> None:
+    A client that keeps a ``view`` folds each ``slot`` event into it as it arrives (what
+    it holds, the CloudEvent ids it saw, when each version arrived when ``timed``) and
+    keeps no slot frame: a 10-minute soak of 2,000 clients receives tens of millions of
+    them, too many to keep. ``frames`` then holds the other frames (snapshots, byes),
+    ``recent`` the last few of any kind."""
+
+    def __init__(
+        self, name: str, channel: str, endpoints: list[Endpoint], *, view: bool = True
+    ) -> None:
         self.name = name
         self.channel = channel
         self.endpoints = endpoints
         self.frames: list[Frame] = []
+        self.recent: collections.deque[Frame] = collections.deque(maxlen=3)
+        self.keeps_view = view
+        #: record (slot id, version, arrival) of every slot event (delivery latency)
+        self.timed = True
+        self.timings: list[tuple[str, int, float]] = []
+        self.held: dict[str, tuple[str, int]] = {}
+        self.baseline: dict[str, int] | None = None
+        self.seen: set[str] = set()
+        self.duplicates = self.regressions = self.snapshots = 0
         self.last_id: str | None = None
         self.connects = 0
         #: set when the server ended a response (its end of the stream read, not a reset)
@@ -552,48 +572,59 @@ class SseClient:
             return
         if ident:
             self.last_id = ident
-        self.frames.append(Frame(now, event, ident, b"\n".join(data)))
+        frame = Frame(now, event, ident, b"\n".join(data))
+        self.recent.append(frame)
+        if not self.keeps_view:
+            self.frames.append(frame)
+        elif event == "slot":
+            self._slot_event(frame)
+        elif event == "snapshot":
+            self.frames.append(frame)
+            self._snapshot(frame)
+        elif event not in QUIET_EVENTS:
+            self.frames.append(frame)
 
     # ------------------------------------------------------------------ the client's view
 
+    def _snapshot(self, frame: Frame) -> None:
+        slots = orjson.loads(frame.data)["schedule"]["slots"]
+        self.snapshots += 1
+        if self.baseline is None:
+            self.baseline = {s["id"]: s["version"] for s in slots}
+        for slot in slots:
+            self._hold(sys.intern(slot["id"]), slot["status"], slot["version"])
+
+    def _slot_event(self, frame: Frame) -> None:
+        event = orjson.loads(frame.data)
+        # One string per id and slot, shared by every client's sets (memory of a soak).
+        event_id = sys.intern(event["id"])
+        if event_id in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(event_id)
+        data = event["data"]
+        slot_id = sys.intern(data["id"])
+        self._hold(slot_id, data["status"], data["version"])
+        if self.timed:
+            self.timings.append((slot_id, data["version"], frame.at))
+
+    def _hold(self, slot_id: str, status: str, version: int) -> None:
+        """A slot changes only to a newer version; an older one is a regression."""
+        current = self.held.get(slot_id)
+        if current is not None and version < current[1]:
+            self.regressions += 1
+        if current is None or version > current[1]:
+            self.held[slot_id] = (sys.intern(status), version)
+
     def view(self) -> tuple[dict[str, tuple[str, int]], dict[str, Any]]:
-        """Slot id → (status, version) as the client holds it (a slot changes only to a
-        newer version), and what was seen on the way."""
-        held: dict[str, tuple[str, int]] = {}
-        baseline: dict[str, int] | None = None
-        seen: set[str] = set()
-        duplicates = regressions = snapshots = 0
-        for frame in self.frames:
-            if frame.event == "snapshot":
-                body = orjson.loads(frame.data)
-                slots = body["schedule"]["slots"]
-                snapshots += 1
-                if baseline is None:
-                    baseline = {s["id"]: s["version"] for s in slots}
-                for slot in slots:
-                    current = held.get(slot["id"])
-                    if current is not None and slot["version"] < current[1]:
-                        regressions += 1
-                    if current is None or slot["version"] > current[1]:
-                        held[slot["id"]] = (slot["status"], slot["version"])
-            elif frame.event == "slot":
-                event = orjson.loads(frame.data)
-                if event["id"] in seen:
-                    duplicates += 1
-                    continue
-                seen.add(event["id"])
-                data = event["data"]
-                current = held.get(data["id"])
-                if current is not None and data["version"] < current[1]:
-                    regressions += 1
-                if current is None or data["version"] > current[1]:
-                    held[data["id"]] = (data["status"], data["version"])
-        return held, {
-            "baseline": baseline or {},
-            "seen": seen,
-            "duplicates": duplicates,
-            "regressions": regressions,
-            "snapshots": snapshots,
+        """Slot id → (status, version) as the client holds it, and what was seen on the
+        way."""
+        return self.held, {
+            "baseline": self.baseline or {},
+            "seen": self.seen,
+            "duplicates": self.duplicates,
+            "regressions": self.regressions,
+            "snapshots": self.snapshots,
         }
 
 
@@ -647,19 +678,26 @@ KINDS = (
 )
 
 
+#: clients whose every delivery is timed (p99): all of the default 200, a sample of more
+TIMED_CLIENTS = 200
+
+
 def make_clients(stack: ChaosStack, count: int) -> list[SseClient]:
+    """``count`` clients over every kind in turn; of each run of ``len(KINDS)`` (one of
+    every kind), one in ``count // TIMED_CLIENTS`` is timed."""
     instructors = instructor_ids(stack)
+    every = max(1, count // TIMED_CLIENTS)
     clients = []
     for n in range(count):
         instructor = instructors[n % len(instructors)]
         kind = KINDS[n % len(KINDS)]
-        clients.append(
-            SseClient(
-                f"{kind}#{n}",
-                f"instructors/{instructor}/schedule",
-                endpoints_for(stack, instructor, kind),
-            )
+        client = SseClient(
+            f"{kind}#{n}",
+            f"instructors/{instructor}/schedule",
+            endpoints_for(stack, instructor, kind),
         )
+        client.timed = (n // len(KINDS)) % every == 0
+        clients.append(client)
     return clients
 
 
@@ -668,7 +706,7 @@ async def connected(clients: Iterable[SseClient], within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     pending = list(clients)
     while pending:
-        pending = [c for c in pending if not any(f.event == "snapshot" for f in c.frames)]
+        pending = [c for c in pending if c.snapshots == 0]
         if pending and time.monotonic() > deadline:
             raise AssertionError(f"{len(pending)} clients got no snapshot, e.g. {pending[0].name}")
         await asyncio.sleep(0.2)
@@ -858,9 +896,9 @@ async def evaluate(
                     "client": client.name,
                     "slots_wrong": wrong,
                     "connects": client.connects,
-                    "frames": len(client.frames),
-                    "last_frame_age_s": round(now - client.frames[-1].at, 1),
-                    "last_events": [(f.event, f.id) for f in client.frames[-3:]],
+                    "slot_events": len(client.seen),
+                    "last_frame_age_s": round(now - client.recent[-1].at, 1),
+                    "last_events": [(f.event, f.id) for f in client.recent],
                     "state": client.state,
                     "errors": client.errors[-3:],
                     "running": client.running,
@@ -879,21 +917,18 @@ async def evaluate(
                 lost_by_route[route] += 1
                 if len(lost_examples) < 5:
                     lost_examples.append(f"{client.name}: {slot_id} v{version}")
-        for frame in client.frames:
-            if frame.event != "slot":
-                continue
-            data = orjson.loads(frame.data)["data"]
-            written = driver.written.get((data["id"], data["version"]))
+        for slot_id, version, at in client.timings:
+            written = driver.written.get((slot_id, version))
             if written is None:
                 continue
-            latency = (frame.at - written) * 1000
+            latency = (at - written) * 1000
             if fault_at is None or written < fault_at:
                 before.append(latency)
             else:
                 during.append(latency)
-                sent = driver.sent[(data["id"], data["version"])]
+                sent = driver.sent[(slot_id, version)]
                 if marks.end_at is not None and marks.end_at <= sent <= marks.end_at + 1.0:
-                    backlog_done.append(frame.at - marks.end_at)
+                    backlog_done.append(at - marks.end_at)
     info = {
         "lost_examples": lost_examples,
         "load_failures": driver.failures[:10],

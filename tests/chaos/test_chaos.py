@@ -1,4 +1,4 @@
-"""Crashes, a Kafka partition, slow clients, restarts and churn under load, with figures.
+"""Crashes, a Kafka partition, slow clients, restarts, churn and a soak under load, with figures.
 
 Each scenario: ``CHAOS_CLIENTS`` SSE clients (through the edge and straight to each
 gateway, on both stream endpoints) connect, the load driver books and cancels through the

@@ -20,11 +20,13 @@ log = logging.getLogger("chaos")
 @pytest.fixture(scope="module")
 def chaos_stack() -> Iterator[ChaosStack]:
     """Its state dir (logs of every process) stays in test-output/chaos/stack for a look
-    after a failure; the next run replaces it."""
+    after a failure; the next run replaces it, and the figures of the last run."""
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx is not installed (make test installs it when run as root)")
     state = OUTPUT / "stack"
     shutil.rmtree(state, ignore_errors=True)
+    for figures in OUTPUT.glob("*.json"):  # the table shows this run's scenarios only
+        figures.unlink()
     stack = ChaosStack(state, Ports.free(), log_level="WARNING", progress=log.info)
     try:
         stack.start()

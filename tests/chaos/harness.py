@@ -7,20 +7,24 @@ runs the same scenarios longer and larger (see docs/reliability.md):
 | variable | default | meaning |
 |---|---|---|
 | ``CHAOS_RATE`` | 200 | changes per second made by the load driver (2 per booking call) |
+| ``CHAOS_MIN_RATE`` | 80 % of the rate | changes per second a scenario must have reached |
 | ``CHAOS_CLIENTS`` | 200 | SSE clients per scenario |
 | ``CHAOS_SECONDS`` | 20 | seconds of load per scenario |
+| ``CHAOS_SOAK_SECONDS`` | ``CHAOS_SECONDS`` | seconds of load of the soak (no fault) |
 | ``CHAOS_CHURN`` | 5000 | connects/disconnects of the churn scenario |
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
 import random
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -51,9 +55,17 @@ def knob(name: str, default: int) -> int:
 raise_open_file_limit()  # thousands of clients need thousands of descriptors
 RATE = knob("CHAOS_RATE", 200)
 CLIENTS = knob("CHAOS_CLIENTS", 200)
+MIN_RATE = knob("CHAOS_MIN_RATE", RATE * 8 // 10)
 SECONDS = knob("CHAOS_SECONDS", 20)
+SOAK_SECONDS = knob("CHAOS_SOAK_SECONDS", SECONDS)
+#: seconds of load before a scenario's fault
+FAULT_AFTER = 5.0
 CHURN = knob("CHAOS_CHURN", 5000)
 PENDING_BYTES = 64 * 1024
+#: frames a client counts on but does not keep (a soak would keep millions)
+QUIET_EVENTS = frozenset({"heartbeat", "presence"})
+#: TCP payload per segment on an Ethernet link (1500-byte MTU)
+ETHERNET_MSS = 1460
 UNLIMITED = "60000"  # nginx: a connection limit is below 65536
 GATEWAY_PER_ADDRESS_LIMITS = (
     "GATEWAY_MAX_STREAMS_PER_IP",
@@ -185,23 +197,112 @@ class TrackedSlot:
     version: int
     booking: str | None
     student: str | None = None
-    busy: bool = False
     unknown: bool = False
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection that sends prepared request bytes and reads one
+    response (``Content-Length`` or chunked). The driver used httpx: at 100 calls per
+    second its per-request work (a pool that polls every pooled connection, the async
+    library detection on each call) took most of the test process's CPU, which the 200
+    SSE clients of the same event loop need, and the driver stalled near 150 changes/s."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.reusable = True
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> HttpConnection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.reusable = False  # until the whole response was read
+        self._writer.write(raw)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        chunked, keep_alive = False, True
+        for line in head.lower().split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value
+            elif name == b"connection":
+                keep_alive = b"close" not in value
+        if chunked:
+            body = b"".join([chunk async for chunk in _body(self._reader, chunked=True)])
+            await self._reader.readuntil(b"\r\n")  # the empty trailer
+        else:
+            body = await self._reader.readexactly(length) if length else b""
+        self.reusable = keep_alive
+        return status, body
+
+    def close(self) -> None:
+        self._writer.transport.abort()
+
+
+class HttpPool:
+    """Up to ``size`` keep-alive connections to one address; a connection that failed or
+    was not read to its end is dropped, the next request opens a new one."""
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self._host = host
+        self._port = port
+        self._idle: list[HttpConnection] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def request(
+        self, method: str, path: str, token: str, body: bytes = b""
+    ) -> tuple[int, bytes]:
+        raw = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        async with self._slots:
+            connection = (
+                self._idle.pop()
+                if self._idle
+                else await HttpConnection.open(self._host, self._port)
+            )
+            try:
+                return await asyncio.wait_for(connection.request(raw), 10.0)
+            finally:
+                if connection.reusable:
+                    self._idle.append(connection)
+                else:
+                    connection.close()
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
 
 
 class LoadDriver:
     """Books and cancels tracked slots through the edge at ``rate`` changes per second
     (a booking or a cancellation changes the slot and the booking: two changes). One call
     per slot at a time, so each slot's versions follow the calls and the time a version
-    was written is known (for delivery latency)."""
+    was written is known (for delivery latency). Calls are started on a schedule (so many
+    by now, since the start), not one per timer tick: a tick the busy event loop served
+    late does not lose its call, the next one makes up for it."""
 
     def __init__(
-        self, stack: ChaosStack, slots: list[TrackedSlot], rate: int, students: list[str]
+        self,
+        stack: ChaosStack,
+        slots: list[TrackedSlot],
+        rate: int,
+        students: list[str],
+        instructors: dict[str, str],
     ) -> None:
         self._stack = stack
         self.slots = slots
         self._rate = rate
         self._students = students
+        #: instructor id -> token: cancels the bookings left by an earlier scenario
+        self._instructors = instructors
         #: (slot id, version) → monotonic time the API answered the call that wrote it
         self.written: dict[tuple[str, int], float] = {}
         #: (slot id, version) → monotonic time that call was sent
@@ -209,46 +310,56 @@ class LoadDriver:
         self.calls = 0
         self.changes = 0
         self.failures: list[str] = []
+        #: seconds the load ran; calls due then but not started (no slot was free)
+        self.seconds = 0.0
+        self.behind = 0
+        self._free = collections.deque(slots)
+
+    @property
+    def achieved_rate(self) -> float:
+        """Changes per second made by the calls started while the load ran."""
+        return self.changes / self.seconds if self.seconds else 0.0
 
     async def run(self, seconds: float) -> None:
-        interval = 2.0 / self._rate
-        deadline = time.monotonic() + seconds
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(
-            base_url=self._stack.base_url, timeout=10.0, limits=limits
-        ) as client:
-            tasks: set[asyncio.Task[None]] = set()
-            next_at = time.monotonic()
-            while time.monotonic() < deadline:
-                free = [s for s in self.slots if not s.busy and not s.unknown]
-                if free and len(tasks) < 64:
-                    slot = random.choice(free)
-                    slot.busy = True
-                    task = asyncio.create_task(self._change(client, slot))
+        calls_per_second = self._rate / 2
+        in_flight = max(64, int(calls_per_second))  # the API answers within a second
+        pool = HttpPool("127.0.0.1", self._stack.ports.edge, in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+        started = time.monotonic()
+        launched = 0
+        try:
+            while (now := time.monotonic()) < started + seconds:
+                due = int((now - started) * calls_per_second) - launched
+                while due > 0 and self._free and len(tasks) < in_flight:
+                    task = asyncio.create_task(self._change(pool, self._free.popleft()))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                next_at += interval
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                    launched += 1
+                    due -= 1
+                await asyncio.sleep(0.005)
+            self.seconds = seconds
+            self.behind = int(seconds * calls_per_second) - launched
             if tasks:
                 await asyncio.gather(*tasks)
+        finally:
+            pool.close()
 
-    async def _change(self, client: httpx.AsyncClient, slot: TrackedSlot) -> None:
+    async def _change(self, pool: HttpPool, slot: TrackedSlot) -> None:
         sent = time.monotonic()
         student = slot.student or random.choice(self._students)
-        headers = {"Authorization": f"Bearer {student}"}
         try:
             if slot.status == "booked" and slot.booking is not None:
-                response = await client.delete(f"/api/bookings/{slot.booking}", headers=headers)
-                ok = response.status_code == 200
+                token = slot.student or self._instructors[slot.instructor]
+                status, body = await pool.request("DELETE", f"/api/bookings/{slot.booking}", token)
+                ok = status == 200
                 if ok:
                     slot.status, slot.booking, slot.student = "available", None, None
             else:
-                response = await client.post(
-                    "/api/bookings", json={"slotId": slot.id}, headers=headers
-                )
-                ok = response.status_code == 201
+                request = orjson.dumps({"slotId": slot.id})
+                status, body = await pool.request("POST", "/api/bookings", student, request)
+                ok = status == 201
                 if ok:
-                    slot.status, slot.booking = "booked", response.json()["id"]
+                    slot.status, slot.booking = "booked", orjson.loads(body)["id"]
                     slot.student = student
             self.calls += 1
             if ok:
@@ -258,12 +369,13 @@ class LoadDriver:
                 self.sent[(slot.id, slot.version)] = sent
             else:
                 slot.unknown = True
-                self.failures.append(f"{response.status_code} {response.text[:200]}")
-        except httpx.HTTPError as exc:
+                self.failures.append(f"{status} {body[:200]!r}")
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:
             slot.unknown = True  # applied or not: the final state check reads the API
             self.failures.append(repr(exc))
         finally:
-            slot.busy = False
+            if not slot.unknown:
+                self._free.append(slot)
 
 
 async def schedule(stack: ChaosStack, instructor: str) -> dict[str, tuple[str, int, str | None]]:
@@ -276,17 +388,16 @@ async def schedule(stack: ChaosStack, instructor: str) -> dict[str, tuple[str, i
     }
 
 
-async def tracked_slots(stack: ChaosStack, per_instructor: int) -> list[TrackedSlot]:
-    slots: list[TrackedSlot] = []
-    for instructor in instructor_ids(stack):
-        current = await schedule(stack, instructor)
-        future = [
-            TrackedSlot(sid, instructor, status, version, booking)
-            for sid, (status, version, booking) in current.items()
-            if status == "available"
-        ]
-        slots.extend(future[-per_instructor:])
-    return slots
+async def tracked_slots(stack: ChaosStack) -> list[TrackedSlot]:
+    """Every slot of the schedules, free or booked (an earlier scenario's bookings are
+    cancelled by the instructor): the more slots, the more calls in flight (one per slot),
+    the less the rate depends on each call's latency."""
+    return [
+        TrackedSlot(sid, instructor, status, version, booking)
+        for instructor in instructor_ids(stack)
+        for sid, (status, version, booking) in (await schedule(stack, instructor)).items()
+        if status == "available" or (status == "booked" and booking is not None)
+    ]
 
 
 def instructor_ids(stack: ChaosStack) -> list[str]:
@@ -314,18 +425,37 @@ class Endpoint:
 
 
 class SseClient:
-    """One EventSource-like client over a raw socket: records every frame, follows
+    """One EventSource-like client over a raw socket: reads every frame, follows
     ``Last-Event-ID`` on reconnect, and moves to its next endpoint when one fails (a
     client of a dead gateway reconnects to the other). ``read_delay`` slows its reads;
-    ``stall`` stops them until ``unstall()``."""
+    ``stall`` stops them until ``unstall()``.
 
-    def __init__(self, name: str, channel: str, endpoints: list[Endpoint]) -> None:
+    A client that keeps a ``view`` folds each ``slot`` event into it as it arrives (what
+    it holds, the CloudEvent ids it saw, when each version arrived when ``timed``) and
+    keeps no slot frame: a 10-minute soak of 2,000 clients receives tens of millions of
+    them, too many to keep. ``frames`` then holds the other frames (snapshots, byes),
+    ``recent`` the last few of any kind."""
+
+    def __init__(
+        self, name: str, channel: str, endpoints: list[Endpoint], *, view: bool = True
+    ) -> None:
         self.name = name
         self.channel = channel
         self.endpoints = endpoints
         self.frames: list[Frame] = []
+        self.recent: collections.deque[Frame] = collections.deque(maxlen=3)
+        self.keeps_view = view
+        #: record (slot id, version, arrival) of every slot event (delivery latency)
+        self.timed = True
+        self.timings: list[tuple[str, int, float]] = []
+        self.held: dict[str, tuple[str, int]] = {}
+        self.baseline: dict[str, int] | None = None
+        self.seen: set[str] = set()
+        self.duplicates = self.regressions = self.snapshots = 0
         self.last_id: str | None = None
         self.connects = 0
+        #: set when the server ended a response (its end of the stream read, not a reset)
+        self.ended_by_server = asyncio.Event()
         self.read_delay = 0.0
         self.receive_buffer: int | None = None
         self._stalled = asyncio.Event()
@@ -378,6 +508,11 @@ class SseClient:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if self.receive_buffer is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+            # An Ethernet-sized segment, as a client across a network has. With loopback's
+            # 64 KiB segments the server's kernel send buffer grew to hold a stalled
+            # client's backlog for more than 14 s at 200 changes/s before any of it
+            # counted against the gateway's own bound (tcp_wmem allows up to 4 MiB).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, ETHERNET_MSS)
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().sock_connect(sock, (endpoint.host, endpoint.port))
@@ -421,6 +556,7 @@ class SseClient:
                 now = time.monotonic()
                 for raw in frames:
                     self._frame(now, raw)
+            self.ended_by_server.set()
             return True
         finally:
             self.state = "idle"
@@ -443,48 +579,59 @@ class SseClient:
             return
         if ident:
             self.last_id = ident
-        self.frames.append(Frame(now, event, ident, b"\n".join(data)))
+        frame = Frame(now, event, ident, b"\n".join(data))
+        self.recent.append(frame)
+        if not self.keeps_view:
+            self.frames.append(frame)
+        elif event == "slot":
+            self._slot_event(frame)
+        elif event == "snapshot":
+            self.frames.append(frame)
+            self._snapshot(frame)
+        elif event not in QUIET_EVENTS:
+            self.frames.append(frame)
 
     # ------------------------------------------------------------------ the client's view
 
+    def _snapshot(self, frame: Frame) -> None:
+        slots = orjson.loads(frame.data)["schedule"]["slots"]
+        self.snapshots += 1
+        if self.baseline is None:
+            self.baseline = {s["id"]: s["version"] for s in slots}
+        for slot in slots:
+            self._hold(sys.intern(slot["id"]), slot["status"], slot["version"])
+
+    def _slot_event(self, frame: Frame) -> None:
+        event = orjson.loads(frame.data)
+        # One string per id and slot, shared by every client's sets (memory of a soak).
+        event_id = sys.intern(event["id"])
+        if event_id in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(event_id)
+        data = event["data"]
+        slot_id = sys.intern(data["id"])
+        self._hold(slot_id, data["status"], data["version"])
+        if self.timed:
+            self.timings.append((slot_id, data["version"], frame.at))
+
+    def _hold(self, slot_id: str, status: str, version: int) -> None:
+        """A slot changes only to a newer version; an older one is a regression."""
+        current = self.held.get(slot_id)
+        if current is not None and version < current[1]:
+            self.regressions += 1
+        if current is None or version > current[1]:
+            self.held[slot_id] = (sys.intern(status), version)
+
     def view(self) -> tuple[dict[str, tuple[str, int]], dict[str, Any]]:
-        """Slot id → (status, version) as the client holds it (a slot changes only to a
-        newer version), and what was seen on the way."""
-        held: dict[str, tuple[str, int]] = {}
-        baseline: dict[str, int] | None = None
-        seen: set[str] = set()
-        duplicates = regressions = snapshots = 0
-        for frame in self.frames:
-            if frame.event == "snapshot":
-                body = orjson.loads(frame.data)
-                slots = body["schedule"]["slots"]
-                snapshots += 1
-                if baseline is None:
-                    baseline = {s["id"]: s["version"] for s in slots}
-                for slot in slots:
-                    current = held.get(slot["id"])
-                    if current is not None and slot["version"] < current[1]:
-                        regressions += 1
-                    if current is None or slot["version"] > current[1]:
-                        held[slot["id"]] = (slot["status"], slot["version"])
-            elif frame.event == "slot":
-                event = orjson.loads(frame.data)
-                if event["id"] in seen:
-                    duplicates += 1
-                    continue
-                seen.add(event["id"])
-                data = event["data"]
-                current = held.get(data["id"])
-                if current is not None and data["version"] < current[1]:
-                    regressions += 1
-                if current is None or data["version"] > current[1]:
-                    held[data["id"]] = (data["status"], data["version"])
-        return held, {
-            "baseline": baseline or {},
-            "seen": seen,
-            "duplicates": duplicates,
-            "regressions": regressions,
-            "snapshots": snapshots,
+        """Slot id → (status, version) as the client holds it, and what was seen on the
+        way."""
+        return self.held, {
+            "baseline": self.baseline or {},
+            "seen": self.seen,
+            "duplicates": self.duplicates,
+            "regressions": self.regressions,
+            "snapshots": self.snapshots,
         }
 
 
@@ -538,19 +685,26 @@ KINDS = (
 )
 
 
+#: clients whose every delivery is timed (p99): all of the default 200, a sample of more
+TIMED_CLIENTS = 200
+
+
 def make_clients(stack: ChaosStack, count: int) -> list[SseClient]:
+    """``count`` clients over every kind in turn; of each run of ``len(KINDS)`` (one of
+    every kind), one in ``count // TIMED_CLIENTS`` is timed."""
     instructors = instructor_ids(stack)
+    every = max(1, count // TIMED_CLIENTS)
     clients = []
     for n in range(count):
         instructor = instructors[n % len(instructors)]
         kind = KINDS[n % len(KINDS)]
-        clients.append(
-            SseClient(
-                f"{kind}#{n}",
-                f"instructors/{instructor}/schedule",
-                endpoints_for(stack, instructor, kind),
-            )
+        client = SseClient(
+            f"{kind}#{n}",
+            f"instructors/{instructor}/schedule",
+            endpoints_for(stack, instructor, kind),
         )
+        client.timed = (n // len(KINDS)) % every == 0
+        clients.append(client)
     return clients
 
 
@@ -559,7 +713,7 @@ async def connected(clients: Iterable[SseClient], within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     pending = list(clients)
     while pending:
-        pending = [c for c in pending if not any(f.event == "snapshot" for f in c.frames)]
+        pending = [c for c in pending if c.snapshots == 0]
         if pending and time.monotonic() > deadline:
             raise AssertionError(f"{len(pending)} clients got no snapshot, e.g. {pending[0].name}")
         await asyncio.sleep(0.2)
@@ -661,6 +815,8 @@ class Result:
     p99_during_ms: float | None
     recovery_s: float | None
     seconds: float
+    #: changes per second the API completed while the load ran (0: no load)
+    rate: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> str:
@@ -669,15 +825,15 @@ class Result:
 
         recovery = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
         return (
-            f"{self.scenario:<22} {self.changes:>7} {self.events_produced:>7} "
+            f"{self.scenario:<22} {self.rate:>6.0f} {self.changes:>7} {self.events_produced:>7} "
             f"{self.delivered:>9} {self.duplicated:>6} {self.lost:>4} "
             f"{ms(self.p99_before_ms):>7} {ms(self.p99_during_ms):>7} {recovery:>7}"
         )
 
 
 HEADER = (
-    f"{'scenario':<22} {'changes':>7} {'events':>7} {'delivered':>9} {'dup':>6} {'lost':>4} "
-    f"{'p99 pre':>7} {'p99 dur':>7} {'recov s':>7}"
+    f"{'scenario':<22} {'rate/s':>6} {'changes':>7} {'events':>7} {'delivered':>9} "
+    f"{'dup':>6} {'lost':>4} {'p99 pre':>7} {'p99 dur':>7} {'recov s':>7}"
 )
 
 
@@ -747,9 +903,9 @@ async def evaluate(
                     "client": client.name,
                     "slots_wrong": wrong,
                     "connects": client.connects,
-                    "frames": len(client.frames),
-                    "last_frame_age_s": round(now - client.frames[-1].at, 1),
-                    "last_events": [(f.event, f.id) for f in client.frames[-3:]],
+                    "slot_events": len(client.seen),
+                    "last_frame_age_s": round(now - client.recent[-1].at, 1),
+                    "last_events": [(f.event, f.id) for f in client.recent],
                     "state": client.state,
                     "errors": client.errors[-3:],
                     "running": client.running,
@@ -768,25 +924,23 @@ async def evaluate(
                 lost_by_route[route] += 1
                 if len(lost_examples) < 5:
                     lost_examples.append(f"{client.name}: {slot_id} v{version}")
-        for frame in client.frames:
-            if frame.event != "slot":
-                continue
-            data = orjson.loads(frame.data)["data"]
-            written = driver.written.get((data["id"], data["version"]))
+        for slot_id, version, at in client.timings:
+            written = driver.written.get((slot_id, version))
             if written is None:
                 continue
-            latency = (frame.at - written) * 1000
+            latency = (at - written) * 1000
             if fault_at is None or written < fault_at:
                 before.append(latency)
             else:
                 during.append(latency)
-                sent = driver.sent[(data["id"], data["version"])]
+                sent = driver.sent[(slot_id, version)]
                 if marks.end_at is not None and marks.end_at <= sent <= marks.end_at + 1.0:
-                    backlog_done.append(frame.at - marks.end_at)
+                    backlog_done.append(at - marks.end_at)
     info = {
         "lost_examples": lost_examples,
         "load_failures": driver.failures[:10],
         "load_failure_count": len(driver.failures),
+        "load_calls_behind": driver.behind,
         "kafka_records": produced.records,
         "clients": len(clients),
         "reconnects": sum(max(0, c.connects - 1) for c in clients),
@@ -796,7 +950,7 @@ async def evaluate(
     }
     result = Result(
         scenario=name,
-        size=f"{len(clients)} clients, {RATE} changes/s, {SECONDS}s",
+        size=f"{len(clients)} clients, {RATE} changes/s, {driver.seconds:.0f}s",
         changes=driver.changes,
         events_produced=len(produced.slot_events),
         delivered=delivered,
@@ -809,6 +963,7 @@ async def evaluate(
         p99_during_ms=percentile(during, 99),
         recovery_s=max(backlog_done) if backlog_done else None,
         seconds=round(time.monotonic() - started, 1),
+        rate=round(driver.achieved_rate, 1),
         extra=info | (extra or {}),
     )
     report(result)
@@ -840,9 +995,10 @@ async def run_scenario(
     fault: Callable[[Marks], Awaitable[dict[str, Any] | None]],
     *,
     clients: list[SseClient] | None = None,
-    fault_after: float = 5.0,
+    fault_after: float = FAULT_AFTER,
+    seconds: float = SECONDS,
 ) -> Result:
-    """Clients connect, load runs ``SECONDS``, ``fault`` is injected ``fault_after``
+    """Clients connect, load runs ``seconds``, ``fault`` is injected ``fault_after``
     seconds in (it marks when it began and ended, and returns extra figures); then the
     checks. Recovery: from the fault's end until every client had every change requested
     in the second after it (None when the load had ended by then)."""
@@ -853,11 +1009,15 @@ async def run_scenario(
         client.start()
     try:
         await connected(clients)
-        slots = await tracked_slots(stack, per_instructor=40)
-        # A student holds at most 20 active bookings: enough students for every slot.
-        students = [stack.mint(f"chaos-student-{n}", "student") for n in range(len(slots) // 10)]
-        driver = LoadDriver(stack, slots, RATE, students)
-        load = asyncio.create_task(driver.run(SECONDS))
+        slots = await tracked_slots(stack)
+        # A student holds at most 20 active bookings: enough students for every slot, new
+        # ones for each scenario (the bookings of the previous scenario's stay active).
+        students = [
+            stack.mint(f"chaos-{name}-student-{n}", "student") for n in range(1 + len(slots) // 5)
+        ]
+        instructors = {i: stack.mint(i, "instructor") for i in instructor_ids(stack)}
+        driver = LoadDriver(stack, slots, RATE, students, instructors)
+        load = asyncio.create_task(driver.run(seconds))
         await asyncio.sleep(fault_after)
         marks = Marks()
         extra = await fault(marks)

@@ -674,7 +674,7 @@ cp "${@: -3:1}" "$CALLS.properties"
 touch "$KAFKA_LOG_DIRS/meta.properties"
 """
 FAKE_RUN = """#!/usr/bin/env bash
-env | grep '^KAFKA_LISTENER_NAME_' > "$CALLS.env"
+env > "$CALLS.env"
 """
 
 
@@ -693,9 +693,9 @@ def run_kafka_start(compose_services: Services, tmp_path: Path) -> subprocess.Co
         **environment,
         "SCRAM_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password"),
         "KAFKA_LOG_DIRS": str(tmp_path / "data"),
-        "KAFKA_BIN_DIR": str(bin_dir),
-        "KAFKA_IMAGE_RUN": str(bin_dir / "run"),
-        "ADMIN_PROPERTIES": str(tmp_path / "admin.properties"),
+        "SLOTSTREAM_KAFKA_BIN_DIR": str(bin_dir),
+        "SLOTSTREAM_KAFKA_RUN": str(bin_dir / "run"),
+        "SLOTSTREAM_ADMIN_PROPERTIES": str(tmp_path / "admin.properties"),
         "CALLS": str(tmp_path / "calls"),
     }
     return subprocess.run(
@@ -733,3 +733,60 @@ def test_kafka_start_formats_once_with_the_admin_scram_credential(
     again = run_kafka_start(compose_services, tmp_path)
     assert again.returncode == 0, again.stderr
     assert not (tmp_path / "calls").exists()
+
+
+#: What apache/kafka's image leaves out of server.properties (KafkaDockerWrapper's
+#: ExcludeServerPropsEnv, core/src/main/scala/kafka/docker/KafkaDockerWrapper.scala).
+WRAPPER_EXCLUDED = {
+    "KAFKA_VERSION",
+    "KAFKA_HEAP_OPTS",
+    "KAFKA_LOG4J_OPTS",
+    "KAFKA_OPTS",
+    "KAFKA_JMX_OPTS",
+    "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",
+    "KAFKA_LOG4J_ROOT_LOGLEVEL",
+    "KAFKA_LOG4J_LOGGERS",
+    "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+    "KAFKA_JMX_HOSTNAME",
+}
+
+
+def image_server_properties(env: dict[str, str]) -> dict[str, str]:
+    """server.properties as the image's KafkaDockerWrapper writes it from the environment
+    (getServerConfigsFromEnv: drop every `KAFKA_`, lower-case, `_`→`.`, `...`→`-`, `..`→`_`)."""
+    return {
+        name.replace("KAFKA_", "")
+        .lower()
+        .replace("_", ".")
+        .replace("...", "-")
+        .replace("..", "_"): value
+        for name, value in env.items()
+        if name.startswith("KAFKA_") and name not in WRAPPER_EXCLUDED
+    }
+
+
+def read_properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_kafka_is_formatted_with_the_settings_the_broker_runs_with(
+    compose_services: Services, tmp_path: Path
+) -> None:
+    """The format step sees exactly the server.properties the image then writes (SASL,
+    listeners, authorizer), and none of the script's own knobs leak into it."""
+    result = run_kafka_start(compose_services, tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_env = read_properties((tmp_path / "calls.env").read_text())
+    broker = image_server_properties(run_env)
+    assert read_properties((tmp_path / "calls.properties").read_text()) == broker
+    assert broker["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert broker["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert broker["listener.name.internal.scram-sha-512.sasl.jaas.config"].endswith(
+        'username="admin" password="admin-pw";'
+    )
+    assert broker["controller.quorum.voters"] == "1@127.0.0.1:9093"
+    assert broker["super.users"] == "User:admin;User:ANONYMOUS"
+    assert broker["log.dirs"] == str(tmp_path / "data")
+    assert "heap.opts" not in broker
+    assert not [key for key in broker if key.startswith(("bin.", "image.", "slotstream"))]

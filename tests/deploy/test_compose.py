@@ -790,3 +790,56 @@ def test_kafka_is_formatted_with_the_settings_the_broker_runs_with(
     assert broker["log.dirs"] == str(tmp_path / "data")
     assert "heap.opts" not in broker
     assert not [key for key in broker if key.startswith(("bin.", "image.", "slotstream"))]
+
+
+#: Runs keygen.py as root would, with os.chown recorded instead of done (any user can run
+#: it): prints {path relative to SECRETS_DIR: [uid, gid, mode]}.
+KEYGEN_AS_ROOT = """
+import json, os, runpy, sys
+from pathlib import Path
+owners = {}
+os.geteuid = lambda: 0
+os.chown = lambda path, uid, gid: owners.__setitem__(str(path), (uid, gid))
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+root = Path(os.environ["SECRETS_DIR"])
+report = {}
+for path, (uid, gid) in owners.items():
+    final = Path(path.replace("/." , "/").removesuffix(".tmp"))
+    report[str(final.relative_to(root))] = [uid, gid, final.stat().st_mode & 0o777]
+print(json.dumps(report))
+"""
+
+
+def test_keygen_hands_each_folder_to_the_uid_that_reads_it(
+    compose_services: Services, tmp_path: Path
+) -> None:
+    """mongod runs as uid 999 (docker-library/mongo 8.0/Dockerfile: useradd --uid 999) and
+    refuses a keyfile that group or others may read; apache/kafka runs as `appuser`, the
+    first user Alpine's adduser makes (uid 1000, docker/jvm/Dockerfile); each service as its
+    `user:`, the seed as the image's USER 10001."""
+    secrets = tmp_path / "secrets"
+    result = subprocess.run(
+        [sys.executable, "-c", KEYGEN_AS_ROOT, str(REPO / "deploy" / "compose" / "keygen.py")],
+        env={"PATH": "/usr/bin:/bin", "SECRETS_DIR": str(secrets)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    owners = json.loads(result.stdout)
+    assert owners["mongo"][:2] == [999, 999]
+    assert owners["mongo/keyfile"] == [999, 999, 0o400]
+    assert owners["mongo"][2] == 0o500
+    assert owners["kafka"][:2] == [1000, 1000]
+    assert owners["kafka/admin-password"][2] == 0o400
+    assert owners["seed/jwt-private.pem"][:2] == [10001, 10001]
+    for service in ("booking-api", "change-publisher", "push-gateway"):
+        uid, gid = (int(x) for x in compose_services[service]["user"].split(":"))
+        for path, (owner, group, _) in owners.items():
+            if path.split("/")[0] == service:
+                assert (owner, group) == (uid, gid), path
+    assert owners["public/jwt-public.pem"][2] == 0o444

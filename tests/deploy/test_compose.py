@@ -4,6 +4,7 @@ what the stack needs to start in the right order and come up working."""
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -331,6 +332,71 @@ def test_edge_discovers_every_gateway_replica_by_dns(compose_services: Services)
     base = (EDGE / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]
     version = tuple(int(x) for x in re.search(r":(\d+\.\d+\.\d+)", base).group(1).split("."))  # type: ignore[union-attr]
     assert version >= (1, 27, 3), base
+
+
+def nginx_version(nginx: str) -> tuple[int, ...]:
+    banner = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=True).stderr
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", banner)
+    assert found, banner
+    return tuple(int(part) for part in found.groups())
+
+
+def test_the_compose_edge_config_passes_nginx_t(compose_services: Services, tmp_path: Path) -> None:
+    """The image's nginx.conf and the conf.d Compose renders, checked by the real nginx (-T).
+    Only the host names change (nginx -t resolves them, and only Docker knows them); an
+    nginx older than 1.27.3 (Debian 12 has 1.22) gets the gateway servers without
+    `resolve` and the upstream's resolver lines, which it does not know yet (the version
+    check above keeps the image at >= 1.27.3)."""
+    nginx = shutil.which("nginx")
+    assert nginx, "make test installs nginx (scripts/system-deps.sh)"
+    conf_d, web, demo, temp = (tmp_path / name for name in ("conf.d", "web", "demo", "tmp"))
+    for folder in (conf_d, web, demo, temp):
+        folder.mkdir()
+    edge = compose_services["edge"]
+    environment = {k: str(v) for k, v in edge["environment"].items()} | {
+        "EDGE_CONF_DIR": str(conf_d),
+        "WEB_ROOT": str(web),
+        "DEMO_DATA_DIR": str(demo),
+        "BOOKING_API_UPSTREAM": "127.0.0.1:8000",
+        "GATEWAY_UPSTREAM": "127.0.0.1:8002",
+    }
+    rendered = render_compose_edge(
+        {**compose_services, "edge": {**edge, "environment": environment}}
+    )
+    runtime_resolve = nginx_version(nginx) >= (1, 27, 3)
+    for name, text in rendered.items():
+        if not runtime_resolve and name == "slotstream-gateways.inc":
+            assert " resolve " in text
+            text = "\n".join(
+                line.replace(" resolve ", " ")
+                for line in text.splitlines()
+                if not line.startswith(("resolver ", "resolver_timeout "))
+            )
+        (conf_d / name).write_text(text)
+    main = (EDGE / "nginx.conf").read_text()
+    main = main.replace("/tmp/", f"{temp}/").replace("/var/log/nginx/", f"{temp}/")
+    main = main.replace("/etc/nginx/conf.d/", f"{conf_d}/")
+    (tmp_path / "nginx.conf").write_text(main)
+    check = subprocess.run(
+        [
+            nginx,
+            "-T",
+            "-p",
+            f"{tmp_path}/",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            f"{temp}/e.log",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    # -T prints what it read: the include of conf.d really found the rendered files.
+    assert "upstream slotstream_gateways" in check.stdout
+    assert "server 127.0.0.1:8002" in check.stdout
 
 
 def test_make_demo_keeps_its_two_fixed_gateways() -> None:

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from tests.deploy.crds import crds, is_custom, problems
-from tests.deploy.support import Manifest
+from tests.deploy.support import REPO, Manifest
 
 pytestmark = pytest.mark.deploy
 
@@ -112,3 +112,16 @@ def test_envoy_gateway_policies_target_what_they_attach_to(
             assert ref["group"] == "gateway.networking.k8s.io"
             assert ref["kind"] in POLICY_TARGETS[doc["kind"]], (doc["kind"], ref)
             assert (ref["kind"], ref["name"]) in objects, f"{doc['kind']} targets nothing: {ref}"
+
+
+def test_the_envoy_gateway_subset_is_documented() -> None:
+    """docs/deploy.md says how each Envoy Gateway kind is checked (the subset here, the full
+    release CRDs in CI) and which version that is."""
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    for kind in ("EnvoyProxy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
+        assert kind in docs, kind
+    assert "envoy-gateway-v1.9.0-subset" in docs
+    assert "SLOTSTREAM_EXTRA_CRDS" in docs
+    readme = (REPO / "tests" / "deploy" / "crds" / "README.md").read_text()
+    assert "envoy-gateway-v1.9.0-subset" in readme
+    assert "39763b1c07ec30a5526fe70434a2cfe4181de642" in readme

@@ -909,3 +909,30 @@ def test_keygen_hands_each_folder_to_the_uid_that_reads_it(
             if path.split("/")[0] == service:
                 assert (owner, group) == (uid, gid), path
     assert owners["public/jwt-public.pem"][2] == 0o444
+
+
+def test_keygen_key_pair_is_standard_pem_for_openssl(tmp_path: Path) -> None:
+    """The real openssl reads the private key as PKCS#8 Ed25519 and derives exactly the
+    public key keygen wrote (what any other JWT library or operator tool expects)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "make test installs openssl (scripts/system-deps.sh)"
+    secrets_dir = tmp_path / "secrets"
+    assert run_keygen(secrets_dir).returncode == 0
+    private = secrets_dir / "seed" / "jwt-private.pem"
+    assert private.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    text = subprocess.run(
+        [openssl, "pkey", "-in", str(private), "-noout", "-text_pub"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "ED25519 Public-Key" in text
+    derived = subprocess.run(
+        [openssl, "pkey", "-in", str(private), "-pubout"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert derived == (secrets_dir / "public" / "jwt-public.pem").read_text()

@@ -135,7 +135,8 @@ def test_the_mongo_job_counts_only_tests_that_need_mongodb(tmp_path: Path) -> No
 
 
 def test_the_mongo_job_expects_every_test_that_needs_mongodb() -> None:
-    """`--at-least` is the number of tests pytest collects that need a real MongoDB."""
+    """`--at-least` counts tests pytest really collects that need a real MongoDB (never more,
+    or the job could not pass; more tests may be added without touching the workflow)."""
     ran, at_least = mongo_check()
     collected = subprocess.run(
         [
@@ -160,7 +161,7 @@ def test_the_mongo_job_expects_every_test_that_needs_mongodb() -> None:
     needing = [
         line for line in collected.stdout.splitlines() if "::" in line and pattern.search(line)
     ]
-    assert len(needing) == at_least, (
+    assert 0 < at_least <= len(needing), (
         f"{len(needing)} tests need MongoDB, the job expects {at_least}"
     )
 

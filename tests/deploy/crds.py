@@ -1,13 +1,17 @@
 """Custom objects validated against the exact CRD schemas a cluster enforces.
 
 The CRDs are vendored unchanged in tests/deploy/crds/ (Strimzi 1.2.0, Gateway API v1.6.1
-standard channel; README there). `kubernetes-validate` knows only the built-in kinds, so
+standard channel), beside a hand-written subset of Envoy Gateway v1.9.0's (README there).
+Folders named in SLOTSTREAM_EXTRA_CRDS (os.pathsep-separated) are read after them and win
+for the kinds they define: CI's k8s-smoke job points it at Envoy Gateway's full release
+CRDs. `kubernetes-validate` knows only the built-in kinds, so
 each custom object is checked here against its CRD's `openAPIV3Schema` for the version it
 names, with the `jsonschema` library. Like `kubectl apply --validate=strict`, an unknown
 field fails (the API server would silently prune it), and so does an apiVersion the CRD
 does not serve (Strimzi 1.x serves only kafka.strimzi.io/v1)."""
 
 import copy
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -17,6 +21,8 @@ import jsonschema
 import yaml
 
 CRD_DIR = Path(__file__).parent / "crds"
+#: More CRD folders, read after CRD_DIR (a later definition of a kind replaces an earlier one).
+EXTRA_ENV = "SLOTSTREAM_EXTRA_CRDS"
 
 Schema = dict[str, Any]
 
@@ -58,7 +64,9 @@ def _strict(schema: Schema) -> Schema:
 def crds() -> dict[tuple[str, str], Crd]:
     """(group, kind) → CRD, from every vendored file."""
     found: dict[tuple[str, str], Crd] = {}
-    for path in sorted(CRD_DIR.rglob("*.yaml")):
+    extra = [Path(folder) for folder in os.environ.get(EXTRA_ENV, "").split(os.pathsep) if folder]
+    paths = [path for folder in (CRD_DIR, *extra) for path in sorted(folder.rglob("*.yaml"))]
+    for path in paths:
         for doc in yaml.safe_load_all(path.read_text()):
             if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
                 continue

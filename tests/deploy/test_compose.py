@@ -4,6 +4,7 @@ what the stack needs to start in the right order and come up working."""
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -331,6 +332,71 @@ def test_edge_discovers_every_gateway_replica_by_dns(compose_services: Services)
     base = (EDGE / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]
     version = tuple(int(x) for x in re.search(r":(\d+\.\d+\.\d+)", base).group(1).split("."))  # type: ignore[union-attr]
     assert version >= (1, 27, 3), base
+
+
+def nginx_version(nginx: str) -> tuple[int, ...]:
+    banner = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=True).stderr
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", banner)
+    assert found, banner
+    return tuple(int(part) for part in found.groups())
+
+
+def test_the_compose_edge_config_passes_nginx_t(compose_services: Services, tmp_path: Path) -> None:
+    """The image's nginx.conf and the conf.d Compose renders, checked by the real nginx (-T).
+    Only the host names change (nginx -t resolves them, and only Docker knows them); an
+    nginx older than 1.27.3 (Debian 12 has 1.22) gets the gateway servers without
+    `resolve` and the upstream's resolver lines, which it does not know yet (the version
+    check above keeps the image at >= 1.27.3)."""
+    nginx = shutil.which("nginx")
+    assert nginx, "make test installs nginx (scripts/system-deps.sh)"
+    conf_d, web, demo, temp = (tmp_path / name for name in ("conf.d", "web", "demo", "tmp"))
+    for folder in (conf_d, web, demo, temp):
+        folder.mkdir()
+    edge = compose_services["edge"]
+    environment = {k: str(v) for k, v in edge["environment"].items()} | {
+        "EDGE_CONF_DIR": str(conf_d),
+        "WEB_ROOT": str(web),
+        "DEMO_DATA_DIR": str(demo),
+        "BOOKING_API_UPSTREAM": "127.0.0.1:8000",
+        "GATEWAY_UPSTREAM": "127.0.0.1:8002",
+    }
+    rendered = render_compose_edge(
+        {**compose_services, "edge": {**edge, "environment": environment}}
+    )
+    runtime_resolve = nginx_version(nginx) >= (1, 27, 3)
+    for name, text in rendered.items():
+        if not runtime_resolve and name == "slotstream-gateways.inc":
+            assert " resolve " in text
+            text = "\n".join(
+                line.replace(" resolve ", " ")
+                for line in text.splitlines()
+                if not line.startswith(("resolver ", "resolver_timeout "))
+            )
+        (conf_d / name).write_text(text)
+    main = (EDGE / "nginx.conf").read_text()
+    main = main.replace("/tmp/", f"{temp}/").replace("/var/log/nginx/", f"{temp}/")
+    main = main.replace("/etc/nginx/conf.d/", f"{conf_d}/")
+    (tmp_path / "nginx.conf").write_text(main)
+    check = subprocess.run(
+        [
+            nginx,
+            "-T",
+            "-p",
+            f"{tmp_path}/",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            f"{temp}/e.log",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    # -T prints what it read: the include of conf.d really found the rendered files.
+    assert "upstream slotstream_gateways" in check.stdout
+    assert "server 127.0.0.1:8002" in check.stdout
 
 
 def test_make_demo_keeps_its_two_fixed_gateways() -> None:
@@ -674,7 +740,7 @@ cp "${@: -3:1}" "$CALLS.properties"
 touch "$KAFKA_LOG_DIRS/meta.properties"
 """
 FAKE_RUN = """#!/usr/bin/env bash
-env | grep '^KAFKA_LISTENER_NAME_' > "$CALLS.env"
+env > "$CALLS.env"
 """
 
 
@@ -693,9 +759,9 @@ def run_kafka_start(compose_services: Services, tmp_path: Path) -> subprocess.Co
         **environment,
         "SCRAM_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password"),
         "KAFKA_LOG_DIRS": str(tmp_path / "data"),
-        "KAFKA_BIN_DIR": str(bin_dir),
-        "KAFKA_IMAGE_RUN": str(bin_dir / "run"),
-        "ADMIN_PROPERTIES": str(tmp_path / "admin.properties"),
+        "SLOTSTREAM_KAFKA_BIN_DIR": str(bin_dir),
+        "SLOTSTREAM_KAFKA_RUN": str(bin_dir / "run"),
+        "SLOTSTREAM_ADMIN_PROPERTIES": str(tmp_path / "admin.properties"),
         "CALLS": str(tmp_path / "calls"),
     }
     return subprocess.run(
@@ -733,3 +799,140 @@ def test_kafka_start_formats_once_with_the_admin_scram_credential(
     again = run_kafka_start(compose_services, tmp_path)
     assert again.returncode == 0, again.stderr
     assert not (tmp_path / "calls").exists()
+
+
+#: What apache/kafka's image leaves out of server.properties (KafkaDockerWrapper's
+#: ExcludeServerPropsEnv, core/src/main/scala/kafka/docker/KafkaDockerWrapper.scala).
+WRAPPER_EXCLUDED = {
+    "KAFKA_VERSION",
+    "KAFKA_HEAP_OPTS",
+    "KAFKA_LOG4J_OPTS",
+    "KAFKA_OPTS",
+    "KAFKA_JMX_OPTS",
+    "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",
+    "KAFKA_LOG4J_ROOT_LOGLEVEL",
+    "KAFKA_LOG4J_LOGGERS",
+    "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+    "KAFKA_JMX_HOSTNAME",
+}
+
+
+def image_server_properties(env: dict[str, str]) -> dict[str, str]:
+    """server.properties as the image's KafkaDockerWrapper writes it from the environment
+    (getServerConfigsFromEnv: drop every `KAFKA_`, lower-case, `_`→`.`, `...`→`-`, `..`→`_`)."""
+    return {
+        name.replace("KAFKA_", "")
+        .lower()
+        .replace("_", ".")
+        .replace("...", "-")
+        .replace("..", "_"): value
+        for name, value in env.items()
+        if name.startswith("KAFKA_") and name not in WRAPPER_EXCLUDED
+    }
+
+
+def read_properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_kafka_is_formatted_with_the_settings_the_broker_runs_with(
+    compose_services: Services, tmp_path: Path
+) -> None:
+    """The format step sees exactly the server.properties the image then writes (SASL,
+    listeners, authorizer), and none of the script's own knobs leak into it."""
+    result = run_kafka_start(compose_services, tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_env = read_properties((tmp_path / "calls.env").read_text())
+    broker = image_server_properties(run_env)
+    assert read_properties((tmp_path / "calls.properties").read_text()) == broker
+    assert broker["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert broker["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert broker["listener.name.internal.scram-sha-512.sasl.jaas.config"].endswith(
+        'username="admin" password="admin-pw";'
+    )
+    assert broker["controller.quorum.voters"] == "1@127.0.0.1:9093"
+    assert broker["super.users"] == "User:admin;User:ANONYMOUS"
+    assert broker["log.dirs"] == str(tmp_path / "data")
+    assert "heap.opts" not in broker
+    assert not [key for key in broker if key.startswith(("bin.", "image.", "slotstream"))]
+
+
+#: Runs keygen.py as root would, with os.chown recorded instead of done (any user can run
+#: it): prints {path relative to SECRETS_DIR: [uid, gid, mode]}.
+KEYGEN_AS_ROOT = """
+import json, os, runpy, sys
+from pathlib import Path
+owners = {}
+os.geteuid = lambda: 0
+os.chown = lambda path, uid, gid: owners.__setitem__(str(path), (uid, gid))
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+root = Path(os.environ["SECRETS_DIR"])
+report = {}
+for path, (uid, gid) in owners.items():
+    final = Path(path.replace("/." , "/").removesuffix(".tmp"))
+    report[str(final.relative_to(root))] = [uid, gid, final.stat().st_mode & 0o777]
+print(json.dumps(report))
+"""
+
+
+def test_keygen_hands_each_folder_to_the_uid_that_reads_it(
+    compose_services: Services, tmp_path: Path
+) -> None:
+    """mongod runs as uid 999 (docker-library/mongo 8.0/Dockerfile: useradd --uid 999) and
+    refuses a keyfile that group or others may read; apache/kafka runs as `appuser`, the
+    first user Alpine's adduser makes (uid 1000, docker/jvm/Dockerfile); each service as its
+    `user:`, the seed as the image's USER 10001."""
+    secrets = tmp_path / "secrets"
+    result = subprocess.run(
+        [sys.executable, "-c", KEYGEN_AS_ROOT, str(REPO / "deploy" / "compose" / "keygen.py")],
+        env={"PATH": "/usr/bin:/bin", "SECRETS_DIR": str(secrets)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    owners = json.loads(result.stdout)
+    assert owners["mongo"][:2] == [999, 999]
+    assert owners["mongo/keyfile"] == [999, 999, 0o400]
+    assert owners["mongo"][2] == 0o500
+    assert owners["kafka"][:2] == [1000, 1000]
+    assert owners["kafka/admin-password"][2] == 0o400
+    assert owners["seed/jwt-private.pem"][:2] == [10001, 10001]
+    for service in ("booking-api", "change-publisher", "push-gateway"):
+        uid, gid = (int(x) for x in compose_services[service]["user"].split(":"))
+        for path, (owner, group, _) in owners.items():
+            if path.split("/")[0] == service:
+                assert (owner, group) == (uid, gid), path
+    assert owners["public/jwt-public.pem"][2] == 0o444
+
+
+def test_keygen_key_pair_is_standard_pem_for_openssl(tmp_path: Path) -> None:
+    """The real openssl reads the private key as PKCS#8 Ed25519 and derives exactly the
+    public key keygen wrote (what any other JWT library or operator tool expects)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "make test installs openssl (scripts/system-deps.sh)"
+    secrets_dir = tmp_path / "secrets"
+    assert run_keygen(secrets_dir).returncode == 0
+    private = secrets_dir / "seed" / "jwt-private.pem"
+    assert private.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    text = subprocess.run(
+        [openssl, "pkey", "-in", str(private), "-noout", "-text_pub"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "ED25519 Public-Key" in text
+    derived = subprocess.run(
+        [openssl, "pkey", "-in", str(private), "-pubout"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert derived == (secrets_dir / "public" / "jwt-public.pem").read_text()

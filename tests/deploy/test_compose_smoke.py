@@ -145,13 +145,19 @@ def test_scaled_gateways_all_get_streams_through_the_edge(stack: Stack) -> None:
     listed = stack.compose("ps", "--format", "json", "push-gateway", timeout=60)
     containers = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     assert len(containers) == 3, listed.stdout
-    time.sleep(6)  # the edge re-resolves the name every 5 s (resolver valid=5s)
+    # The edge re-resolves the name every 5 s (resolver valid=5s): open streams until its
+    # access log shows all three replicas as upstreams, within a generous deadline.
+    upstreams: set[str] = set()
+    deadline = time.monotonic() + 120
     with httpx.Client(base_url=stack.base_url, timeout=10) as client:
-        for _ in range(12):
-            with client.stream(
-                "GET", "/api/book-now/schedule-updates", params={"instructorId": "nobody"}
-            ) as response:
-                assert response.status_code in {200, 404}, response.status_code
-    logs = stack.compose("logs", "--no-color", "edge", timeout=60).stdout
-    upstreams = set(re.findall(r"schedule-updates\S* [^\n]*?\"(\d+\.\d+\.\d+\.\d+):8002\"", logs))
+        while len(upstreams) < 3 and time.monotonic() < deadline:
+            for _ in range(6):
+                with client.stream(
+                    "GET", "/api/book-now/schedule-updates", params={"instructorId": "nobody"}
+                ) as response:
+                    assert response.status_code in {200, 404}, response.status_code
+            logs = stack.compose("logs", "--no-color", "edge", timeout=60).stdout
+            upstreams = set(
+                re.findall(r"schedule-updates\S* [^\n]*?\"(\d+\.\d+\.\d+\.\d+):8002\"", logs)
+            )
     assert len(upstreams) == 3, f"streams went to {upstreams}"

@@ -375,3 +375,18 @@ def test_edge_image_carries_every_template_and_the_page() -> None:
     assert "web/ /usr/share/nginx/html/" in copies
     # The stock server would also listen on 8080 and win as the default server.
     assert "rm -f /etc/nginx/conf.d/default.conf" in " ".join(image("edge").args("RUN"))
+
+
+#: nginx's stable line when the edge was last checked against upstream
+#: (nginx/docker-nginx-unprivileged e26803b6, 2026-07-15: stable/alpine is 1.30.4).
+#: 1.28.x is an older stable branch: 1.28.0 lacks the 1.28.1/1.28.2 fixes and gets no more.
+EDGE_NGINX_STABLE = (1, 30)
+
+
+def test_edge_runs_the_current_nginx_stable_line() -> None:
+    base = image("edge").image
+    repository, _, tag = base.partition(":")
+    assert repository == "nginxinc/nginx-unprivileged"
+    version = re.match(r"(\d+)\.(\d+)\.(\d+)-alpine$", tag)
+    assert version, base
+    assert tuple(int(part) for part in version.groups()[:2]) >= EDGE_NGINX_STABLE, base

@@ -14,6 +14,7 @@ import yaml
 
 from tests.deploy.crds import is_custom
 from tests.deploy.support import (
+    K8S,
     OVERLAYS,
     RELEASE_IMAGES,
     REPO,
@@ -685,3 +686,46 @@ def test_a_missing_renderer_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_pa
         kustomize_command()
     monkeypatch.setenv("KUBECTL", "/opt/kubectl")
     assert kustomize_command() == ["/opt/kubectl", "kustomize"]
+
+
+CHECK_RELEASE_IMAGES = REPO / "deploy" / "k8s" / "check-release-images.sh"
+
+
+def check_release_images(tmp_path: Path, lines: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "release-images.env").write_text(
+        "".join(f"{name}={value}\n" for name, value in lines.items())
+    )
+    return subprocess.run(
+        ["bash", str(CHECK_RELEASE_IMAGES), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_release_images_must_all_be_digests(tmp_path: Path) -> None:
+    """kustomize copies whatever release-images.env says: the check the release pipeline
+    runs before `kubectl apply -k` refuses a tag, a missing image or another Mongo image."""
+    assert check_release_images(tmp_path, RELEASE_IMAGES).returncode == 0
+    tagged = check_release_images(tmp_path, RELEASE_IMAGES | {"MONGO": "mongo:8.0"})
+    assert tagged.returncode != 0
+    assert "MONGO=mongo:8.0" in tagged.stderr
+    missing = dict(RELEASE_IMAGES)
+    del missing["EDGE"]
+    assert "EDGE is missing" in check_release_images(tmp_path, missing).stderr
+    other = RELEASE_IMAGES | {"MONGO": "example.com/bitnami/mongodb@sha256:" + "0" * 64}
+    assert check_release_images(tmp_path, other).returncode != 0
+
+
+def test_release_image_names_are_the_ones_prod_replaces() -> None:
+    kustomization = yaml.safe_load((K8S / "overlays" / "prod" / "kustomization.yaml").read_text())
+    replaced = {
+        r["source"]["fieldPath"].removeprefix("data.")
+        for r in kustomization["replacements"]
+        if r["source"]["name"] == "release-images"
+    }
+    assert replaced == set(RELEASE_IMAGES)
+    assert f"for name in {' '.join(sorted(replaced, key=list(RELEASE_IMAGES).index))};" in (
+        CHECK_RELEASE_IMAGES.read_text()
+    )

@@ -1,14 +1,16 @@
-"""Lean record decoding for the ingest consumer: aiokafka's batches, without its
-``ConsumerRecord`` per record.
+"""Lean record decoding for the ingest consumer: a fetched partition's record batches
+decoded in one compiled pass, without aiokafka's record objects.
 
-aiokafka keeps the protocol, connections, fetch pipelining and the record batches
-themselves (its Cython ``DefaultRecordBatch`` decodes and, where needed, decompresses
-and checks CRCs). What changes is the last step: aiokafka's ``PartitionRecords`` wraps every
-record in a ``ConsumerRecord`` dataclass (11 fields, a Python ``__init__``) and hands them
-out through a Python generator one ``next()`` at a time; the hub reads four fields. Here a
-fetched partition's records are decoded once, in the fetch task, into :class:`IngestRecord`
-tuples (offset, key, value, headers, timestamp) built without calling a Python
-constructor, and ``getmany`` takes them from a plain list iterator.
+aiokafka keeps the protocol, connections and fetch pipelining. What changes is how a
+fetched partition's bytes become records: aiokafka builds a ``DefaultRecord`` (with a list
+of header tuples) per record, then wraps each in a ``ConsumerRecord`` dataclass (11 fields, a
+Python ``__init__``) handed out one generator ``next()`` at a time; the hub reads four
+fields. Here the raw bytes of a fetched partition are decoded once, in the fetch task, by
+``batches.decode_batches`` (compiled: ``_batches.pyx``) straight into :class:`IngestRecord`
+tuples (offset, key, value, the ``ce_type``/``ce_id`` headers, timestamp) that the cyclic GC
+never tracks, checking CRCs and decompressing like aiokafka; ``getmany`` takes them from a
+plain list iterator. Batches of the old formats (magic 0/1) go through aiokafka's own batch
+objects (:func:`decode`).
 
 A consumer opts in by passing :func:`lean_keys` as its ``key_deserializer`` (an identity
 function, recognised by the factory installed in aiokafka's fetcher module); every other
@@ -23,8 +25,18 @@ from typing import Any, Final, NamedTuple
 
 import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.errors import CorruptRecordException
+from aiokafka.record.memory_records import MemoryRecords
+
+try:
+    from push_gateway.adapters._batches import decode_batches as decode_batches
+except ImportError:  # no C compiler where the package was installed (see setup.py)
+    from push_gateway.adapters.batches import decode_batches as decode_batches
+
+#: whether the compiled decoder runs (``KafkaIngest`` logs which one at start)
+COMPILED: Final = decode_batches.__module__ == "push_gateway.adapters._batches"
 
 _StockPartitionRecords: Final[Any] = _fetcher.PartitionRecords
+_StockMemoryRecords: Final[Any] = _fetcher.MemoryRecords
 _READ_UNCOMMITTED: Final = 0
 
 
@@ -34,6 +46,7 @@ class IngestRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    #: only ``ce_type`` and ``ce_id``, in record order
     headers: tuple[tuple[str, bytes], ...]
     timestamp: int
 
@@ -46,9 +59,24 @@ def lean_keys(key: bytes | None) -> bytes | None:
 _new = tuple.__new__
 
 
+class FetchedRecords(MemoryRecords):  # type: ignore[misc] # aiokafka marks it final
+    """aiokafka's ``MemoryRecords`` that keeps the fetched bytes for :func:`decode_batches`
+    (installed as the fetcher's ``MemoryRecords``; aiokafka's own records still read it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+
+_KEPT_HEADERS: Final = frozenset({"ce_type", "ce_id"})
+
+
 def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[IngestRecord], int]:
     """All data records of one fetched partition at or after ``fetch_offset``, and the offset
-    to fetch next (past control batches and records removed by compaction)."""
+    to fetch next (past control batches and records removed by compaction), through
+    aiokafka's batch objects: what :func:`decode_batches` leaves to aiokafka (old formats)."""
     out: list[IngestRecord] = []
     append = out.append
     next_offset = fetch_offset
@@ -69,7 +97,7 @@ def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[Inge
                             offset,
                             record.key,
                             record.value,
-                            tuple(record.headers),
+                            tuple(h for h in record.headers if h[0] in _KEPT_HEADERS),
                             record.timestamp,
                         ),
                     )
@@ -87,7 +115,16 @@ class LeanPartitionRecords:
     __slots__ = ("_records", "_iterator", "_fetch_offset", "_end", "_drained")
 
     def __init__(self, records: Any, fetch_offset: int, check_crcs: bool) -> None:
-        self._records, self._end = decode(records, fetch_offset, check_crcs)
+        data = getattr(records, "data", None)
+        decoded = (
+            decode_batches(data, fetch_offset, check_crcs, IngestRecord)
+            if data is not None
+            else None
+        )
+        if decoded is None:
+            decoded = decode(records, fetch_offset, check_crcs)
+        self._records: list[IngestRecord] = decoded[0]
+        self._end: int = decoded[1]
         self._fetch_offset = fetch_offset
         self._drained = False
         self._iterator: Iterator[IngestRecord] = (
@@ -149,5 +186,7 @@ def _partition_records(
 
 def install_lean_records() -> None:
     """Let consumers created with ``key_deserializer=lean_keys`` get lean records
-    (idempotent; aiokafka's fetcher looks ``PartitionRecords`` up at each fetch)."""
+    (idempotent; aiokafka's fetcher looks ``MemoryRecords`` and ``PartitionRecords`` up at
+    each fetch)."""
+    _fetcher.MemoryRecords = FetchedRecords
     _fetcher.PartitionRecords = _partition_records

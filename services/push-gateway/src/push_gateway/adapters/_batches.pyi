@@ -1,0 +1,6 @@
+from typing import Any
+
+def decode_batches(
+    data: bytes, fetch_offset: int, check_crcs: bool, record_type: Any
+) -> tuple[list[Any], int] | None: ...
+def crc32c(data: bytes, table_only: bool = False) -> int: ...

@@ -20,7 +20,6 @@ consumer in the process keeps aiokafka's own records.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from operator import length_hint
 from typing import Any, Final, NamedTuple
 
 import aiokafka.consumer.fetcher as _fetcher
@@ -36,7 +35,7 @@ except ImportError:  # no C compiler where the package was installed (see setup.
 COMPILED: Final = decode_batches.__module__ == "push_gateway.adapters._batches"
 
 _StockPartitionRecords: Final[Any] = _fetcher.PartitionRecords
-_StockMemoryRecords: Final[Any] = _fetcher.MemoryRecords
+_stock_getall: Final[Any] = _fetcher.FetchResult.getall
 _READ_UNCOMMITTED: Final = 0
 
 
@@ -98,7 +97,7 @@ def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[Inge
                             record.key,
                             record.value,
                             tuple(h for h in record.headers if h[0] in _KEPT_HEADERS),
-                            record.timestamp,
+                            -1 if record.timestamp is None else record.timestamp,
                         ),
                     )
                 )
@@ -112,7 +111,7 @@ class LeanPartitionRecords:
     out and stores as the new position after (the fetch offset until a record is taken,
     then one past the last record taken, the end of the fetched batches once all are)."""
 
-    __slots__ = ("_records", "_iterator", "_fetch_offset", "_end", "_drained")
+    __slots__ = ("_records", "_taken", "_fetch_offset", "_end", "_drained")
 
     def __init__(self, records: Any, fetch_offset: int, check_crcs: bool) -> None:
         data = getattr(records, "data", None)
@@ -126,34 +125,61 @@ class LeanPartitionRecords:
         self._records: list[IngestRecord] = decoded[0]
         self._end: int = decoded[1]
         self._fetch_offset = fetch_offset
+        self._taken = 0
+        #: every record handed out and the end seen: an empty result (only control batches
+        #: or compacted-away records) moves the position past them once it has been taken
         self._drained = False
-        self._iterator: Iterator[IngestRecord] = (
-            iter(self._records) if self._records else self._nothing()
-        )
-
-    def _nothing(self) -> Iterator[IngestRecord]:
-        """Only control batches or compacted-away records: nothing to hand out, but the
-        position must still move past them once the (empty) result has been taken."""
-        self._drained = True
-        yield from ()
 
     def __iter__(self) -> Iterator[IngestRecord]:
-        return self._iterator
+        return self
 
     def __next__(self) -> IngestRecord:
-        return next(self._iterator)
+        taken = self._taken
+        if taken >= len(self._records):
+            self._drained = True
+            raise StopIteration
+        self._taken = taken + 1
+        return self._records[taken]
+
+    def take(self, max_records: int | None) -> list[IngestRecord]:
+        """The next ``max_records`` records (all that are left: ``None``) as one slice."""
+        records = self._records
+        start = self._taken
+        stop = len(records) if max_records is None else min(len(records), start + max_records)
+        self._taken = stop
+        if stop == len(records):
+            self._drained = True
+            if start == 0:
+                return records
+        return records[start:stop]
+
+    @property
+    def drained(self) -> bool:
+        return self._drained
 
     @property
     def next_fetch_offset(self) -> int:
-        total = len(self._records)
-        if not total:
-            return self._end if self._drained else self._fetch_offset
-        taken = total - length_hint(self._iterator)
-        if taken == total:
+        taken = self._taken
+        if taken == len(self._records) and (taken or self._drained):
             return self._end
         if taken == 0:
             return self._fetch_offset
         return self._records[taken - 1].offset + 1
+
+
+def _getall(result: Any, max_records: int | None = None) -> list[Any]:
+    """``FetchResult.getall``: lean records are handed out as one list slice (aiokafka's
+    own loop appends and counts per record), with the same position updates."""
+    records = result._partition_records
+    if type(records) is not LeanPartitionRecords:
+        return _stock_getall(result, max_records)  # type: ignore[no-any-return]
+    if not result.check_assignment(result._topic_partition):
+        return []
+    taken = records.take(max_records)
+    result._update_position()
+    if records.drained:
+        result._partition_records = None
+    return taken
 
 
 def _partition_records(
@@ -187,6 +213,7 @@ def _partition_records(
 def install_lean_records() -> None:
     """Let consumers created with ``key_deserializer=lean_keys`` get lean records
     (idempotent; aiokafka's fetcher looks ``MemoryRecords`` and ``PartitionRecords`` up at
-    each fetch)."""
+    each fetch; ``FetchResult.getall`` keeps aiokafka's own for every other consumer)."""
     _fetcher.MemoryRecords = FetchedRecords
     _fetcher.PartitionRecords = _partition_records
+    _fetcher.FetchResult.getall = _getall

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from aiokafka.consumer.fetcher import FetchResult
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
@@ -173,3 +174,20 @@ def test_control_batches_only_move_the_position(getall: Any) -> None:
     result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(raw), 3, False))
     assert getall(result, max_records=10) == []
     assert assignment.state.position == 4
+
+
+def test_a_corrupt_batch_raises_from_getall_and_is_fetched_again() -> None:
+    """Decoded in the consumer's task, not aiokafka's fetch task (an exception there ends
+    the fetch task for good): getmany raises, then the partition is fetched again from the
+    same position, as with aiokafka's own records."""
+    raw = bytearray(batch(0, 3))
+    raw[-1] ^= 0xFF  # the CRC no longer matches
+    assignment = _Assignment()
+    records = LeanPartitionRecords(FetchedRecords(bytes(raw)), 0, check_crcs=True)
+    result = fetch_result(assignment, records)  # what the fetch task does: no decoding yet
+    with pytest.raises(CorruptRecordException):
+        _getall(result, max_records=10)
+    assert assignment.state.position == 0
+    assert _getall(result, max_records=10) == []
+    assert assignment.state.position == 0
+    assert not result.has_more()  # the fetcher drops it and fetches offset 0 again

@@ -109,41 +109,68 @@ class LeanPartitionRecords:
     """Drop-in for aiokafka's ``PartitionRecords``: iteration, and ``next_fetch_offset``,
     which ``FetchResult`` checks against the consumer's position before handing records
     out and stores as the new position after (the fetch offset until a record is taken,
-    then one past the last record taken, the end of the fetched batches once all are)."""
+    then one past the last record taken, the end of the fetched batches once all are).
 
-    __slots__ = ("_records", "_taken", "_fetch_offset", "_end", "_drained")
+    Built in aiokafka's fetch task, decoded when first taken, in the consumer's task (as
+    aiokafka's own records are): a corrupt batch then raises from ``getmany`` and the
+    partition is fetched again from the same position, instead of the exception ending
+    aiokafka's fetch task for good. Decoding next to the fan-out also keeps the records
+    in the CPU's caches until the hub has routed them."""
+
+    __slots__ = (
+        "_source",
+        "_check_crcs",
+        "_records",
+        "_taken",
+        "_fetch_offset",
+        "_end",
+        "_drained",
+    )
 
     def __init__(self, records: Any, fetch_offset: int, check_crcs: bool) -> None:
-        data = getattr(records, "data", None)
-        decoded = (
-            decode_batches(data, fetch_offset, check_crcs, IngestRecord)
-            if data is not None
-            else None
-        )
-        if decoded is None:
-            decoded = decode(records, fetch_offset, check_crcs)
-        self._records: list[IngestRecord] = decoded[0]
-        self._end: int = decoded[1]
+        self._source: Any = records
+        self._check_crcs = check_crcs
+        self._records: list[IngestRecord] | None = None
+        self._end = fetch_offset
         self._fetch_offset = fetch_offset
         self._taken = 0
         #: every record handed out and the end seen: an empty result (only control batches
         #: or compacted-away records) moves the position past them once it has been taken
         self._drained = False
 
+    def _decoded(self) -> list[IngestRecord]:
+        if self._records is not None:
+            return self._records
+        source, self._source = self._source, None
+        self._records = []  # what a failed decode leaves: nothing to take, same position
+        self._drained = True
+        data = getattr(source, "data", None)
+        decoded = (
+            decode_batches(data, self._fetch_offset, self._check_crcs, IngestRecord)
+            if data is not None
+            else None
+        )
+        if decoded is None:
+            decoded = decode(source, self._fetch_offset, self._check_crcs)
+        self._records, self._end = decoded
+        self._drained = False
+        return self._records
+
     def __iter__(self) -> Iterator[IngestRecord]:
         return self
 
     def __next__(self) -> IngestRecord:
+        records = self._decoded()
         taken = self._taken
-        if taken >= len(self._records):
+        if taken >= len(records):
             self._drained = True
             raise StopIteration
         self._taken = taken + 1
-        return self._records[taken]
+        return records[taken]
 
     def take(self, max_records: int | None) -> list[IngestRecord]:
         """The next ``max_records`` records (all that are left: ``None``) as one slice."""
-        records = self._records
+        records = self._decoded()
         start = self._taken
         stop = len(records) if max_records is None else min(len(records), start + max_records)
         self._taken = stop
@@ -159,12 +186,15 @@ class LeanPartitionRecords:
 
     @property
     def next_fetch_offset(self) -> int:
+        records = self._records
+        if records is None:  # not decoded yet: nothing taken
+            return self._fetch_offset
         taken = self._taken
-        if taken == len(self._records) and (taken or self._drained):
+        if taken == len(records) and (taken or self._drained):
             return self._end
         if taken == 0:
             return self._fetch_offset
-        return self._records[taken - 1].offset + 1
+        return records[taken - 1].offset + 1
 
 
 def _getall(result: Any, max_records: int | None = None) -> list[Any]:

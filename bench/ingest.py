@@ -51,11 +51,25 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTITIONS = 4
 #: the name KafkaIngest passes as its consumer's key_deserializer to get lean records
 LEAN_MARKER = "lean_keys"
-#: variant → the record-batch decoder its lean records use (None: aiokafka's own records)
-DECODERS: dict[str, Any] = {
-    "gateway": lean_records.decode_batches,
-    "previous": lambda *_args: None,  # every fetch through aiokafka's batch objects
-    "python": batches.decode_batches,
+
+
+class AiokafkaBatches:
+    """A reader that leaves every fetch to aiokafka's batch objects: the lean records as
+    they were before the compiled decoder."""
+
+    legacy = True
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+
+#: the name LeanPartitionRecords looks its batch reader up by
+READER = "BatchReader"
+#: variant → the batch reader its lean records use (None: aiokafka's own records)
+READERS: dict[str, Any] = {
+    "gateway": lean_records.BatchReader,
+    "previous": AiokafkaBatches,
+    "python": batches.BatchReader,
     "baseline": None,
 }
 
@@ -92,16 +106,16 @@ async def gateway_round(
     settings: GatewayKafkaSettings, topic: str, other: str, n: int, variant: str
 ) -> float:
     """CPU seconds of this process for the gateway's ingest to read ``n`` records with the
-    ``variant``'s decoder (``baseline``: aiokafka's own ``ConsumerRecord`` objects, its
+    ``variant``'s batch reader (``baseline``: aiokafka's own ``ConsumerRecord`` objects, its
     consumer then gets no ``lean_keys`` marker)."""
     hub = _hub(topic, other)
     ingest = KafkaIngest(settings, (topic, other), hub, backfill=n)
     marker = getattr(kafka_adapter, LEAN_MARKER)
-    decoder = DECODERS[variant]
-    if decoder is None:
+    reader = READERS[variant]
+    if reader is None:
         setattr(kafka_adapter, LEAN_MARKER, None)
     else:
-        lean_records.decode_batches = decoder
+        setattr(lean_records, READER, reader)
     try:
         await ingest.start()
         started = time.process_time()
@@ -110,7 +124,7 @@ async def gateway_round(
         return time.process_time() - started
     finally:
         setattr(kafka_adapter, LEAN_MARKER, marker)
-        lean_records.decode_batches = DECODERS["gateway"]
+        setattr(lean_records, READER, READERS["gateway"])
         await ingest.stop()
 
 

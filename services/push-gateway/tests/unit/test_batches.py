@@ -6,6 +6,7 @@ batch at the end of a fetch — and the same error on corrupt bytes."""
 from __future__ import annotations
 
 import gc
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ TP = TopicPartition("t", 0)
 KEPT = ("ce_type", "ce_id")
 CODECS = (0, 1, 2, 3, 4)  # none, gzip, snappy, lz4, zstd
 DECODERS = {"compiled": _batches.decode_batches, "python": batches.decode_batches}
+READERS: dict[str, Any] = {"compiled": _batches.BatchReader, "python": batches.BatchReader}
 
 header_names = st.sampled_from(["ce_type", "ce_id", "ce_subject", "content-type"]) | st.text(
     max_size=8
@@ -146,6 +148,30 @@ def test_both_decoders_agree_with_aiokafka(
         assert as_tuples(decode(data, fetch_offset, True, IngestRecord)) == expected
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=st.lists(batch_strategy, min_size=1, max_size=3),
+    steps=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10),
+)
+def test_taking_in_steps_gives_the_same_records(specs: list[Batch], steps: list[int]) -> None:
+    data = fetch(specs)
+    expected = as_tuples(_batches.decode_batches(data, 0, True, IngestRecord))
+    for reader_type in READERS.values():
+        reader = reader_type(data, 0, True, IngestRecord)
+        assert not reader.legacy
+        found: list[tuple[Any, ...]] = []
+        for step in itertools.islice(itertools.cycle(steps), 100):  # ≤ 48 records
+            taken = reader.take(step)
+            assert len(taken) <= step
+            assert reader.done or len(taken) == step  # short only at the end
+            found.extend(tuple(r) for r in taken)
+            if reader.done:
+                break
+        assert reader.done
+        assert reader.take(5) == []
+        assert (found, reader.next_offset) == expected
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     spec=batch_strategy,
@@ -183,7 +209,7 @@ def test_crc32c_matches_aiokafka(data: bytes) -> None:
 def test_the_compiled_decoder_is_the_one_in_use() -> None:
     """``make venv`` and the image build the extension; a broken build fails here."""
     assert records.COMPILED
-    assert records.decode_batches is _batches.decode_batches
+    assert records.BatchReader is _batches.BatchReader
 
 
 def test_records_and_headers_are_not_tracked_by_the_cyclic_gc() -> None:

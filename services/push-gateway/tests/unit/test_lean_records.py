@@ -191,3 +191,17 @@ def test_a_corrupt_batch_raises_from_getall_and_is_fetched_again() -> None:
     assert _getall(result, max_records=10) == []
     assert assignment.state.position == 0
     assert not result.has_more()  # the fetcher drops it and fetches offset 0 again
+
+
+def test_a_corrupt_batch_after_records_handed_out_keeps_their_position() -> None:
+    raw = bytearray(batch(0, 3) + batch(3, 3))
+    raw[-1] ^= 0xFF  # the second batch's CRC no longer matches
+    assignment = _Assignment()
+    result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(bytes(raw)), 0, True))
+    assert [r.offset for r in _getall(result, max_records=3)] == [0, 1, 2]
+    assert assignment.state.position == 3
+    with pytest.raises(CorruptRecordException):
+        _getall(result, max_records=3)
+    assert _getall(result, max_records=3) == []
+    assert assignment.state.position == 3  # fetched again from the corrupt batch
+    assert not result.has_more()

@@ -6,6 +6,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from aiokafka.codec import gzip_decode, lz4_decode, snappy_decode, zstd_decode
 from aiokafka.errors import CorruptRecordException
@@ -136,18 +137,172 @@ cdef class _CeTypes:
         return pair
 
 
-cdef Py_ssize_t _records(
-    const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end, int32_t count, int64_t base_offset,
-    int64_t first_timestamp, int64_t max_timestamp, bint log_append_time,
-    int64_t fetch_offset, object record_type, list out, _CeTypes ce_types,
-) except -1:
-    cdef int64_t length, attributes, ts_delta, offset_delta, key_len, value_len, n_headers
-    cdef int64_t name_len, header_len, timestamp, offset
-    cdef int64_t last_timestamp = -2
-    cdef Py_ssize_t start, name_at, i
-    cdef object key, value, pair, first, ts = None
-    cdef list more
-    for i in range(count):
+def crc32c(data: bytes, bint table_only=False) -> int:
+    """CRC-32C of ``data`` as the decoder computes it (``table_only``: without SSE 4.2)."""
+    cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
+    if table_only:
+        return slot_crc32c_table_only(buf, PyBytes_GET_SIZE(data))
+    return slot_crc32c(buf, PyBytes_GET_SIZE(data))
+
+
+cdef class BatchReader:
+    """The data records of one fetched partition's record batches, decoded a few hundred at
+    a time (see ``batches.BatchReader``, the same in Python, for the contract)."""
+
+    cdef bytes data
+    cdef Py_ssize_t pos  # the next batch header not opened yet
+    cdef object plain  # the open batch's records: its decompressed bytes, or ``data``
+    cdef const uint8_t* rbuf
+    cdef Py_ssize_t rpos, rend
+    cdef int32_t left  # records of the open batch not decoded yet (0: none open)
+    cdef int64_t base_offset, first_timestamp, max_timestamp, batch_next, fetch_offset
+    cdef int64_t last_timestamp
+    cdef object ts
+    cdef bint log_append_time, check_crcs
+    cdef object record_type
+    cdef object error
+    cdef _CeTypes ce_types
+    cdef readonly bint done, legacy
+    cdef readonly int64_t next_offset
+
+    def __init__(self, bytes data, int64_t fetch_offset, bint check_crcs, object record_type):
+        cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data), pos = 0, end
+        cdef int64_t length
+        self.data = data
+        self.fetch_offset = fetch_offset
+        self.next_offset = fetch_offset
+        self.check_crcs = check_crcs
+        self.record_type = record_type
+        self.ce_types = _CeTypes()
+        self.plain = None
+        self.ts = None
+        self.error = None
+        # Only a look at the batch headers (never an exception: this runs in aiokafka's
+        # fetch task); what is wrong with a batch is raised by take().
+        while size - pos >= LOG_OVERHEAD:
+            length = _int32(&buf[pos + 8])
+            end = pos + LOG_OVERHEAD + length
+            if length < RECORD_OVERHEAD_V0 or end > size:
+                break
+            if buf[pos + 16] != 2:
+                self.legacy = True
+                break
+            pos = end
+
+    def take(self, Py_ssize_t max_records):
+        """Up to ``max_records`` more data records; afterwards either ``done`` or more
+        records are left to take."""
+        cdef list out = []
+        cdef int collecting = PyGC_Disable()
+        try:
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            if self.left == 0:
+                self._advance()
+            while len(out) < max_records and not self.done:
+                record = self._record()
+                if record is not None:
+                    out.append(record)
+                if self.left == 0:
+                    try:
+                        self._close()
+                        self._advance()
+                    except Exception as exc:
+                        if not out:
+                            raise
+                        self.error = exc  # the records before it first, then the error
+                        break
+        except BaseException:
+            self.done = True
+            self.left = 0
+            raise
+        finally:
+            if collecting:
+                PyGC_Enable()
+        return out
+
+    cdef int _close(self) except -1:
+        if self.rpos != self.rend:
+            raise CorruptRecordException(
+                f"{self.rend - self.rpos} unconsumed bytes after all records consumed"
+            )
+        self.plain = None
+        if self.batch_next > self.next_offset:
+            self.next_offset = self.batch_next
+        return 0
+
+    cdef int _advance(self) except -1:
+        """Open the next batch with records in it, or set ``done``."""
+        cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(self.data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(self.data), pos, end
+        cdef int64_t length
+        cdef int16_t attributes
+        cdef int codec
+        while self.left == 0 and not self.done:
+            pos = self.pos
+            if size - pos < LOG_OVERHEAD:
+                self.done = True
+                break
+            length = _int32(&buf[pos + 8])
+            if length < RECORD_OVERHEAD_V0:
+                raise CorruptRecordException(
+                    "Record size is less than the minimum record overhead "
+                    f"({RECORD_OVERHEAD_V0})"
+                )
+            end = pos + LOG_OVERHEAD + length
+            if end > size:
+                self.done = True  # a partial batch at the end of a fetch: fetched again
+                break
+            if end - pos < HEADER_SIZE:
+                raise CorruptRecordException(f"record batch of {end - pos} bytes")
+            if self.check_crcs:
+                if slot_crc32c(&buf[pos + 21], end - pos - 21) != <uint32_t>_int32(&buf[pos + 17]):
+                    raise CorruptRecordException("Invalid CRC")
+            self.pos = end
+            self.base_offset = _int64(&buf[pos])
+            attributes = <int16_t>((buf[pos + 21] << 8) | buf[pos + 22])
+            self.batch_next = self.base_offset + _int32(&buf[pos + 23]) + 1
+            if attributes & 0x20:  # control batch (transaction marker): no data records
+                if self.batch_next > self.next_offset:
+                    self.next_offset = self.batch_next
+                continue
+            self.first_timestamp = _int64(&buf[pos + 27])
+            self.max_timestamp = _int64(&buf[pos + 35])
+            self.log_append_time = (attributes & 0x08) != 0
+            codec = attributes & 0x07
+            if codec:
+                decoder = _CODECS.get(codec)
+                if decoder is None:
+                    raise CorruptRecordException(f"unknown compression codec {codec}")
+                plain = decoder(memoryview(self.data)[pos + HEADER_SIZE : end])
+                if type(plain) is not bytes:
+                    plain = bytes(plain)
+                self.plain = plain
+                self.rbuf = <const uint8_t*>PyBytes_AS_STRING(plain)
+                self.rpos = 0
+                self.rend = PyBytes_GET_SIZE(plain)
+            else:
+                self.plain = self.data
+                self.rbuf = buf
+                self.rpos = pos + HEADER_SIZE
+                self.rend = end
+            self.left = _int32(&buf[pos + 57])
+            if self.left <= 0:
+                self.left = 0
+                self._close()
+        return 0
+
+    cdef object _record(self):
+        """Decode the open batch's next record: the record, or None before the fetch offset."""
+        cdef const uint8_t* buf = self.rbuf
+        cdef Py_ssize_t pos = self.rpos, end = self.rend, start, name_at
+        cdef int64_t length, attributes, ts_delta, offset_delta, key_len, value_len, n_headers
+        cdef int64_t name_len, header_len, timestamp, offset
+        cdef object key, value, pair, first = None, headers
+        cdef list more = None
+        self.left -= 1
         _varint(buf, &pos, end, &length)
         start = pos
         _varint(buf, &pos, end, &attributes)
@@ -170,8 +325,6 @@ cdef Py_ssize_t _records(
         _varint(buf, &pos, end, &n_headers)
         if n_headers < 0:
             raise CorruptRecordException(f"invalid number of record headers {n_headers}")
-        first = None
-        more = None
         while n_headers > 0:
             _varint(buf, &pos, end, &name_len)
             if name_len < 0:
@@ -185,7 +338,7 @@ cdef Py_ssize_t _records(
             pair = None
             if name_len == 7 and memcmp(&buf[name_at], b"ce_type", 7) == 0:
                 if header_len >= 0:
-                    pair = ce_types.pair(&buf[pos], header_len)
+                    pair = self.ce_types.pair(&buf[pos], header_len)
                 else:
                     pair = slot_pair(CE_TYPE, None)
             elif name_len == 5 and memcmp(&buf[name_at], b"ce_id", 5) == 0:
@@ -209,13 +362,14 @@ cdef Py_ssize_t _records(
             raise CorruptRecordException(
                 f"invalid record size: expected {length} bytes, read {pos - start}"
             )
-        offset = base_offset + offset_delta
-        if offset < fetch_offset:
-            continue
-        timestamp = max_timestamp if log_append_time else first_timestamp + ts_delta
-        if ts is None or timestamp != last_timestamp:
-            ts = timestamp
-            last_timestamp = timestamp
+        self.rpos = pos
+        offset = self.base_offset + offset_delta
+        if offset < self.fetch_offset:
+            return None
+        timestamp = self.max_timestamp if self.log_append_time else self.first_timestamp + ts_delta
+        if self.ts is None or timestamp != self.last_timestamp:
+            self.ts = timestamp
+            self.last_timestamp = timestamp
         if first is None:
             headers = NO_HEADERS
         elif more is None:
@@ -224,104 +378,14 @@ cdef Py_ssize_t _records(
             headers = slot_pair(more[0], more[1])
         else:
             headers = slot_frozen(tuple(more))
-        out.append(slot_new_record(record_type, offset, key, value, headers, ts))
-    return pos
-
-
-def crc32c(data: bytes, bint table_only=False) -> int:
-    """CRC-32C of ``data`` as the decoder computes it (``table_only``: without SSE 4.2)."""
-    cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
-    if table_only:
-        return slot_crc32c_table_only(buf, PyBytes_GET_SIZE(data))
-    return slot_crc32c(buf, PyBytes_GET_SIZE(data))
+        return slot_new_record(self.record_type, offset, key, value, headers, self.ts)
 
 
 def decode_batches(bytes data, int64_t fetch_offset, bint check_crcs, object record_type):
-    """Data records at or after ``fetch_offset`` of a fetched partition's record batches
-    (``record_type(offset, key, value, headers, timestamp)``, headers only ``ce_type`` and
-    ``ce_id``), and the offset to fetch next; ``None`` where a batch is not of format v2.
-
-    The cyclic GC waits while a fetch is decoded: what is made here can form no cycle
-    (records and headers are untracked), yet each record's allocations would count towards
-    a young-generation pass that walks the growing result list again — a pass every ~200
-    records, over thousands of them."""
-    cdef int collecting = PyGC_Disable()
-    try:
-        return _decode(data, fetch_offset, check_crcs, record_type)
-    finally:
-        if collecting:
-            PyGC_Enable()
-
-
-cdef object _decode(bytes data, int64_t fetch_offset, bint check_crcs, object record_type):
-    cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t pos = 0, batch_end, end
-    cdef int64_t length, base_offset, next_offset = fetch_offset, batch_next
-    cdef int16_t attributes
-    cdef int32_t count
-    cdef uint32_t crc
-    cdef const uint8_t* records
-    cdef Py_buffer view
-    cdef int codec
-    cdef list out = []
-    cdef _CeTypes ce_types = _CeTypes()
-    while size - pos >= LOG_OVERHEAD:
-        length = _int32(&buf[pos + 8])
-        if length < RECORD_OVERHEAD_V0:
-            raise CorruptRecordException(
-                f"Record size is less than the minimum record overhead ({RECORD_OVERHEAD_V0})"
-            )
-        batch_end = pos + LOG_OVERHEAD + length
-        if batch_end > size:
-            break  # a partial batch at the end of a fetch response: fetched again next time
-        if buf[pos + 16] != 2:
-            return None
-        if batch_end - pos < HEADER_SIZE:
-            raise CorruptRecordException(f"record batch of {batch_end - pos} bytes")
-        if check_crcs:
-            crc = <uint32_t>_int32(&buf[pos + 17])
-            if slot_crc32c(&buf[pos + 21], batch_end - pos - 21) != crc:
-                raise CorruptRecordException("Invalid CRC")
-        base_offset = _int64(&buf[pos])
-        attributes = <int16_t>((buf[pos + 21] << 8) | buf[pos + 22])
-        batch_next = base_offset + _int32(&buf[pos + 23]) + 1
-        if attributes & 0x20:  # control batch (transaction marker): no data records
-            if batch_next > next_offset:
-                next_offset = batch_next
-            pos = batch_end
-            continue
-        count = _int32(&buf[pos + 57])
-        codec = attributes & 0x07
-        if codec:
-            decoder = _CODECS.get(codec)
-            if decoder is None:
-                raise CorruptRecordException(f"unknown compression codec {codec}")
-            plain = decoder(memoryview(data)[pos + HEADER_SIZE : batch_end])
-            PyObject_GetBuffer(plain, &view, PyBUF_SIMPLE)
-            try:
-                end = _records(
-                    <const uint8_t*>view.buf, 0, view.len, count, base_offset,
-                    _int64(&buf[pos + 27]), _int64(&buf[pos + 35]), attributes & 0x08,
-                    fetch_offset, record_type, out, ce_types,
-                )
-                if end != view.len:
-                    raise CorruptRecordException(
-                        f"{view.len - end} unconsumed bytes after all records consumed"
-                    )
-            finally:
-                PyBuffer_Release(&view)
-        else:
-            end = _records(
-                buf, pos + HEADER_SIZE, batch_end, count, base_offset,
-                _int64(&buf[pos + 27]), _int64(&buf[pos + 35]), attributes & 0x08,
-                fetch_offset, record_type, out, ce_types,
-            )
-            if end != batch_end:
-                raise CorruptRecordException(
-                    f"{batch_end - end} unconsumed bytes after all records consumed"
-                )
-        if batch_next > next_offset:
-            next_offset = batch_next
-        pos = batch_end
-    return out, next_offset
+    """Every data record at or after ``fetch_offset`` and the offset to fetch next; ``None``
+    where a batch is not of format v2 (``BatchReader`` in one go)."""
+    reader = BatchReader(data, fetch_offset, check_crcs, record_type)
+    if reader.legacy:
+        return None
+    records = reader.take(PY_SSIZE_T_MAX)
+    return records, reader.next_offset

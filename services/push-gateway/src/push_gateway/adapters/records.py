@@ -5,12 +5,12 @@ aiokafka keeps the protocol, connections and fetch pipelining. What changes is h
 fetched partition's bytes become records: aiokafka builds a ``DefaultRecord`` (with a list
 of header tuples) per record, then wraps each in a ``ConsumerRecord`` dataclass (11 fields, a
 Python ``__init__``) handed out one generator ``next()`` at a time; the hub reads four
-fields. Here the raw bytes of a fetched partition are decoded once, in the fetch task, by
-``batches.decode_batches`` (compiled: ``_batches.pyx``) straight into :class:`IngestRecord`
-tuples (offset, key, value, the ``ce_type``/``ce_id`` headers, timestamp) that the cyclic GC
-never tracks, checking CRCs and decompressing like aiokafka; ``getmany`` takes them from a
-plain list iterator. Batches of the old formats (magic 0/1) go through aiokafka's own batch
-objects (:func:`decode`).
+fields. Here a :class:`BatchReader` (compiled: ``_batches.pyx``; ``batches.py`` is its
+pure-Python twin) decodes the fetched bytes ``max_poll_records`` at a time as ``getmany``
+takes them, straight into :class:`IngestRecord` tuples (offset, key, value, the
+``ce_type``/``ce_id`` headers, timestamp) that the cyclic GC never tracks, checking CRCs
+and decompressing like aiokafka; ``getmany`` gets them as one list. Batches of the old
+formats (magic 0/1) go through aiokafka's own batch objects (:func:`decode`).
 
 A consumer opts in by passing :func:`lean_keys` as its ``key_deserializer`` (an identity
 function, recognised by the factory installed in aiokafka's fetcher module); every other
@@ -19,6 +19,7 @@ consumer in the process keeps aiokafka's own records.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any, Final, NamedTuple
 
@@ -27,12 +28,12 @@ from aiokafka.errors import CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 
 try:
-    from push_gateway.adapters._batches import decode_batches as decode_batches
+    from push_gateway.adapters._batches import BatchReader as BatchReader
 except ImportError:  # no C compiler where the package was installed (see setup.py)
-    from push_gateway.adapters.batches import decode_batches as decode_batches
+    from push_gateway.adapters.batches import BatchReader as BatchReader  # type: ignore[assignment]
 
 #: whether the compiled decoder runs (``KafkaIngest`` logs which one at start)
-COMPILED: Final = decode_batches.__module__ == "push_gateway.adapters._batches"
+COMPILED: Final = BatchReader.__module__ == "push_gateway.adapters._batches"
 
 _StockPartitionRecords: Final[Any] = _fetcher.PartitionRecords
 _stock_getall: Final[Any] = _fetcher.FetchResult.getall
@@ -59,7 +60,7 @@ _new = tuple.__new__
 
 
 class FetchedRecords(MemoryRecords):  # type: ignore[misc] # aiokafka marks it final
-    """aiokafka's ``MemoryRecords`` that keeps the fetched bytes for :func:`decode_batches`
+    """aiokafka's ``MemoryRecords`` that keeps the fetched bytes for :class:`BatchReader`
     (installed as the fetcher's ``MemoryRecords``; aiokafka's own records still read it)."""
 
     __slots__ = ("data",)
@@ -75,7 +76,7 @@ _KEPT_HEADERS: Final = frozenset({"ce_type", "ce_id"})
 def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[IngestRecord], int]:
     """All data records of one fetched partition at or after ``fetch_offset``, and the offset
     to fetch next (past control batches and records removed by compaction), through
-    aiokafka's batch objects: what :func:`decode_batches` leaves to aiokafka (old formats)."""
+    aiokafka's batch objects: what :class:`BatchReader` leaves to aiokafka (old formats)."""
     out: list[IngestRecord] = []
     append = out.append
     next_offset = fetch_offset
@@ -105,96 +106,94 @@ def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[Inge
     return out, next_offset
 
 
+class _ListReader:
+    """Records decoded in one go (through aiokafka's batch objects), handed out like a
+    :class:`BatchReader`'s."""
+
+    __slots__ = ("_records", "_taken", "done", "next_offset")
+
+    def __init__(self, records: list[IngestRecord], next_offset: int) -> None:
+        self._records = records
+        self._taken = 0
+        self.done = False
+        self.next_offset = next_offset
+
+    def take(self, max_records: int) -> list[IngestRecord]:
+        start = self._taken
+        self._taken = min(len(self._records), start + max_records)
+        self.done = self._taken == len(self._records)
+        return self._records[start : self._taken]
+
+
 class LeanPartitionRecords:
     """Drop-in for aiokafka's ``PartitionRecords``: iteration, and ``next_fetch_offset``,
     which ``FetchResult`` checks against the consumer's position before handing records
     out and stores as the new position after (the fetch offset until a record is taken,
     then one past the last record taken, the end of the fetched batches once all are).
 
-    Built in aiokafka's fetch task, decoded when first taken, in the consumer's task (as
-    aiokafka's own records are): a corrupt batch then raises from ``getmany`` and the
-    partition is fetched again from the same position, instead of the exception ending
-    aiokafka's fetch task for good. Decoding next to the fan-out also keeps the records
-    in the CPU's caches until the hub has routed them."""
+    Built in aiokafka's fetch task, decoded as the records are taken — ``getmany``'s
+    ``max_poll_records`` at a time, in the consumer's task (as aiokafka's own records are):
+    the hub routes them while they are still in the CPU's caches, and a corrupt batch
+    raises from ``getmany`` and is fetched again from the position reached, instead of the
+    exception ending aiokafka's fetch task for good."""
 
-    __slots__ = (
-        "_source",
-        "_check_crcs",
-        "_records",
-        "_taken",
-        "_fetch_offset",
-        "_end",
-        "_drained",
-    )
+    __slots__ = ("_source", "_check_crcs", "_reader", "_fetch_offset", "_last", "_failed")
 
     def __init__(self, records: Any, fetch_offset: int, check_crcs: bool) -> None:
         self._source: Any = records
         self._check_crcs = check_crcs
-        self._records: list[IngestRecord] | None = None
-        self._end = fetch_offset
+        self._reader: BatchReader | _ListReader | None = None
         self._fetch_offset = fetch_offset
-        self._taken = 0
-        #: every record handed out and the end seen: an empty result (only control batches
-        #: or compacted-away records) moves the position past them once it has been taken
-        self._drained = False
+        self._last = -1  # the offset of the last record handed out
+        self._failed = False
 
-    def _decoded(self) -> list[IngestRecord]:
-        if self._records is not None:
-            return self._records
-        source, self._source = self._source, None
-        self._records = []  # what a failed decode leaves: nothing to take, same position
-        self._drained = True
-        data = getattr(source, "data", None)
-        decoded = (
-            decode_batches(data, self._fetch_offset, self._check_crcs, IngestRecord)
-            if data is not None
-            else None
-        )
-        if decoded is None:
-            decoded = decode(source, self._fetch_offset, self._check_crcs)
-        self._records, self._end = decoded
-        self._drained = False
-        return self._records
+    def _opened(self) -> BatchReader | _ListReader:
+        reader = self._reader
+        if reader is None:
+            source, self._source = self._source, None
+            data = getattr(source, "data", None)
+            if data is not None:
+                reader = BatchReader(data, self._fetch_offset, self._check_crcs, IngestRecord)
+            if reader is None or reader.legacy:  # old formats: aiokafka's batch objects
+                reader = _ListReader(*decode(source, self._fetch_offset, self._check_crcs))
+            self._reader = reader
+        return reader
+
+    def take(self, max_records: int | None) -> list[IngestRecord]:
+        """The next ``max_records`` records (all that are left: ``None``)."""
+        try:
+            found: list[IngestRecord] = self._opened().take(
+                sys.maxsize if max_records is None else max_records
+            )
+        except BaseException:
+            # nothing more from this fetch: the position stays after the last record
+            # handed out, where the partition is fetched again
+            self._failed = True
+            self._reader = _ListReader([], self._fetch_offset)
+            raise
+        if found:
+            self._last = found[-1].offset
+        return found
+
+    @property
+    def drained(self) -> bool:
+        return self._reader is not None and self._reader.done
 
     def __iter__(self) -> Iterator[IngestRecord]:
         return self
 
     def __next__(self) -> IngestRecord:
-        records = self._decoded()
-        taken = self._taken
-        if taken >= len(records):
-            self._drained = True
+        found = self.take(1)
+        if not found:
             raise StopIteration
-        self._taken = taken + 1
-        return records[taken]
-
-    def take(self, max_records: int | None) -> list[IngestRecord]:
-        """The next ``max_records`` records (all that are left: ``None``) as one slice."""
-        records = self._decoded()
-        start = self._taken
-        stop = len(records) if max_records is None else min(len(records), start + max_records)
-        self._taken = stop
-        if stop == len(records):
-            self._drained = True
-            if start == 0:
-                return records
-        return records[start:stop]
-
-    @property
-    def drained(self) -> bool:
-        return self._drained
+        return found[0]
 
     @property
     def next_fetch_offset(self) -> int:
-        records = self._records
-        if records is None:  # not decoded yet: nothing taken
-            return self._fetch_offset
-        taken = self._taken
-        if taken == len(records) and (taken or self._drained):
-            return self._end
-        if taken == 0:
-            return self._fetch_offset
-        return records[taken - 1].offset + 1
+        reader = self._reader
+        if reader is not None and reader.done and not self._failed:
+            return reader.next_offset
+        return self._fetch_offset if self._last < 0 else self._last + 1
 
 
 def _getall(result: Any, max_records: int | None = None) -> list[Any]:

@@ -293,7 +293,7 @@ def _fanout_rows(data: Mapping[str, Any]) -> list[str]:
 def _ingest_row(data: Mapping[str, Any]) -> str:
     return (
         f"| `bench/ingest.py` gateway ingest, no subscriber, in process "
-        f"({data.get('compression', 'none')} batches) "
+        f"({str(data.get('compression', 'none')).replace('none', 'uncompressed')} batches) "
         f"| {_num(data.get('gateway_cpu_us_per_record'), 2)} µs CPU per record "
         f"({data.get('decoder', 'lean')} decoder; in the same run: lean records from "
         f"aiokafka's batches {_num(data.get('previous_lean_cpu_us_per_record'), 2)} µs, "

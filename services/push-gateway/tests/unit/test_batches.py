@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import itertools
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,3 +253,19 @@ def test_lean_partition_records_decode_the_fetched_bytes(codec: int) -> None:
         for offset in (41, 42)
     ]
     assert lean.next_fetch_offset == 43
+
+
+def test_without_the_extension_the_python_twin_runs() -> None:
+    """Where nothing could compile (setup.py builds the extension as optional)."""
+    code = (
+        "import sys\n"
+        "sys.modules['push_gateway.adapters._batches'] = None  # as if never built\n"
+        "from push_gateway.adapters import records\n"
+        "assert not records.COMPILED\n"
+        "assert records.BatchReader.__module__ == 'push_gateway.adapters.batches'\n"
+        "print('python')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.stdout.strip() == "python", result.stderr

@@ -65,6 +65,15 @@ def _span(pos: int, size: int, end: int) -> None:
         raise CorruptRecordException(f"can't read {size} bytes at {pos}")
 
 
+def _nullable_bytes(buf: bytes | memoryview, pos: int, end: int) -> tuple[bytes | None, int]:
+    """A varint length and that many bytes (a negative length: None)."""
+    size, pos = _varint(buf, pos, end)
+    if size < 0:
+        return None, pos
+    _span(pos, size, end)
+    return bytes(buf[pos : pos + size]), pos + size
+
+
 class BatchReader:
     """The data records of one fetched partition's record batches, decoded a few hundred at
     a time by :meth:`take`, so that the hub routes them while they are still in the CPU's
@@ -196,35 +205,17 @@ class BatchReader:
         _attributes, pos = _varint(buf, pos, end)
         ts_delta, pos = _varint(buf, pos, end)
         offset_delta, pos = _varint(buf, pos, end)
-        key_len, pos = _varint(buf, pos, end)
-        key = None
-        if key_len >= 0:
-            _span(pos, key_len, end)
-            key = bytes(buf[pos : pos + key_len])
-            pos += key_len
-        value_len, pos = _varint(buf, pos, end)
-        value = None
-        if value_len >= 0:
-            _span(pos, value_len, end)
-            value = bytes(buf[pos : pos + value_len])
-            pos += value_len
+        key, pos = _nullable_bytes(buf, pos, end)
+        value, pos = _nullable_bytes(buf, pos, end)
         n_headers, pos = _varint(buf, pos, end)
         if n_headers < 0:
             raise CorruptRecordException(f"invalid number of record headers {n_headers}")
         headers: list[tuple[str, bytes | None]] = []
         for _ in range(n_headers):
-            name_len, pos = _varint(buf, pos, end)
-            if name_len < 0:
-                raise CorruptRecordException(f"invalid negative header key size {name_len}")
-            _span(pos, name_len, end)
-            name = bytes(buf[pos : pos + name_len])
-            pos += name_len
-            header_len, pos = _varint(buf, pos, end)
-            header = None
-            if header_len >= 0:
-                _span(pos, header_len, end)
-                header = bytes(buf[pos : pos + header_len])
-                pos += header_len
+            name, pos = _nullable_bytes(buf, pos, end)
+            if name is None:
+                raise CorruptRecordException("invalid negative header key size")
+            header, pos = _nullable_bytes(buf, pos, end)
             if name in (b"ce_type", b"ce_id"):
                 headers.append((name.decode(), header))
         if pos - start != length:

@@ -19,10 +19,15 @@ COPY libs/contracts/pyproject.toml libs/contracts/
 COPY services/booking-api/pyproject.toml services/booking-api/
 COPY services/change-publisher/pyproject.toml services/change-publisher/
 COPY services/push-gateway/pyproject.toml services/push-gateway/
+# A C compiler in the builder only: the push-gateway's record-batch decoder is a Cython
+# extension (services/push-gateway/setup.py); the runtime images get the built module.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 \
+ && rm -rf /var/lib/apt/lists/*
 # Third-party dependencies first, in their own layer: rebuilt only when a pin or a
 # pyproject.toml changes, not on every code change. The runtime venvs get no pip of their
-# own; the builder's pip installs into them (--python). Wheels only: no compiler anywhere.
-RUN pip install --no-cache-dir -c constraints.txt hatchling \
+# own; the builder's pip installs into them (--python). Third-party packages as wheels only.
+RUN pip install --no-cache-dir -c constraints.txt hatchling setuptools Cython \
  && for service in booking-api change-publisher push-gateway; do \
       python -m venv --without-pip "/opt/venvs/${service}" \
       && python -c "import sys, tomllib; print(*(d for p in sys.argv[1:] for d in tomllib.load(open(p, 'rb'))['project']['dependencies'] if not d.startswith('slotstream-')), sep='\n')" \
@@ -35,8 +40,9 @@ COPY libs/contracts libs/contracts
 COPY services/booking-api services/booking-api
 COPY services/change-publisher services/change-publisher
 COPY services/push-gateway services/push-gateway
-# Our packages as wheels, built by the pinned backend without build isolation (so pip never
-# fetches an unpinned hatchling); `pip check` proves each venv is complete.
+# Our packages as wheels, built by the pinned backends without build isolation (so pip never
+# fetches an unpinned hatchling, setuptools or Cython); `pip check` proves each venv is
+# complete, and the import that the push-gateway's compiled decoder was built.
 RUN pip wheel --no-deps --no-build-isolation -w /wheels \
       libs/contracts services/booking-api services/change-publisher services/push-gateway \
  && for service in booking-api change-publisher push-gateway; do \
@@ -44,7 +50,8 @@ RUN pip wheel --no-deps --no-build-isolation -w /wheels \
            /wheels/slotstream_contracts-*.whl "/wheels/slotstream_$(echo "${service}" | tr - _)-"*.whl \
       && pip --python "/opt/venvs/${service}/bin/python" check \
       || exit 1; \
-    done
+    done \
+ && /opt/venvs/push-gateway/bin/python -c "import push_gateway.adapters._batches"
 
 # ---- runtime: interpreter, an unprivileged user, nothing else --------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

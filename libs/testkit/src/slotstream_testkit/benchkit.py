@@ -208,11 +208,12 @@ def load_history(results_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def backlog_producer(bootstrap: str) -> AIOKafkaProducer:
+async def backlog_producer(bootstrap: str, compression: str | None = None) -> AIOKafkaProducer:
     """A started producer for filling a backlog fast (big batches, leader ack only)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=False,
+        compression_type=compression,
         linger_ms=5,
         max_batch_size=512 * 1024,
         acks=1,
@@ -292,8 +293,11 @@ def _fanout_rows(data: Mapping[str, Any]) -> list[str]:
 def _ingest_row(data: Mapping[str, Any]) -> str:
     return (
         f"| `bench/ingest.py` gateway ingest, no subscriber, in process "
+        f"({str(data.get('compression', 'none')).replace('none', 'uncompressed')} batches) "
         f"| {_num(data.get('gateway_cpu_us_per_record'), 2)} µs CPU per record "
-        f"(aiokafka's stock records in the same run: "
+        f"({data.get('decoder', 'lean')} decoder; in the same run: lean records from "
+        f"aiokafka's batches {_num(data.get('previous_lean_cpu_us_per_record'), 2)} µs, "
+        f"aiokafka's stock records "
         f"{_num(data.get('baseline_aiokafka_cpu_us_per_record'), 2)} µs), "
         f"{_num(data.get('cpu_bound_records_per_s'))} records/s CPU-bound "
         f"| {_stamp(data)} |"

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiokafka.consumer.fetcher import FetchResult
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
 from push_gateway.adapters.records import (
+    FetchedRecords,
     IngestRecord,
     LeanPartitionRecords,
+    _getall,
+    _stock_getall,
     _StockPartitionRecords,
     decode,
+    install_lean_records,
 )
 
 TP = TopicPartition("t", 0)
@@ -52,7 +58,8 @@ def test_decodes_what_aiokafka_decodes() -> None:
     raw = batch(0, 5) + batch(5, 4)
     lean, end = decode(MemoryRecords(raw), 0, check_crcs=True)
     expected = stock(raw, 0)
-    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in expected] == [
+    kept = [h for h in HEADERS if h[0] in ("ce_type", "ce_id")]  # all the hub reads
+    assert [(r.offset, r.key, r.value, kept, r.timestamp) for r in expected] == [
         (r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in lean
     ]
     assert end == 9
@@ -97,31 +104,104 @@ class _Assignment:
         return self.state
 
 
-def test_fetch_result_hands_out_in_max_records_steps() -> None:
+#: aiokafka's own ``FetchResult.getall`` (one record at a time through ``__next__``) and the
+#: one ``install_lean_records`` sets (one list slice), on the same lean records
+GETALLS = {"aiokafka": _stock_getall, "lean": _getall}
+
+
+@pytest.fixture(autouse=True)
+def _lean_records_installed() -> None:
+    install_lean_records()
+
+
+def fetch_result(assignment: _Assignment, records: LeanPartitionRecords) -> FetchResult:
+    return FetchResult(TP, assignment=assignment, partition_records=records, backoff=0)
+
+
+@pytest.mark.parametrize("getall", GETALLS.values(), ids=GETALLS.keys())
+def test_fetch_result_hands_out_in_max_records_steps(getall: Any) -> None:
     assignment = _Assignment()
-    result = FetchResult(
-        TP,
-        assignment=assignment,
-        partition_records=LeanPartitionRecords(MemoryRecords(batch(0, 5)), 0, False),
-        backoff=0,
-    )
-    first = result.getall(max_records=2)
+    result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(batch(0, 5)), 0, False))
+    first = getall(result, max_records=2)
     assert [r.offset for r in first] == [0, 1]
     assert assignment.state.position == 2
-    rest = result.getall(max_records=10)
+    rest = getall(result, max_records=10)
     assert [r.offset for r in rest] == [2, 3, 4]
     assert assignment.state.position == 5
     assert not result.has_more()
 
 
-def test_control_batches_only_move_the_position() -> None:
+@pytest.mark.parametrize("getall", GETALLS.values(), ids=GETALLS.keys())
+def test_all_records_taken_in_exact_steps_end_at_the_batch_end(getall: Any) -> None:
+    assignment = _Assignment()
+    raw = batch(0, 4, gap=1)  # offsets 0, 2, 4, 6, the batch ends at 7
+    result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(raw), 0, False))
+    assert [r.offset for r in getall(result, max_records=2)] == [0, 2]
+    assert assignment.state.position == 3
+    assert [r.offset for r in getall(result, max_records=2)] == [4, 6]
+    assert assignment.state.position == 7
+    if result.has_more():  # aiokafka's generator sees its end one call later
+        assert getall(result, max_records=2) == []
+    assert assignment.state.position == 7
+    assert not result.has_more()
+
+
+@pytest.mark.parametrize("getall", GETALLS.values(), ids=GETALLS.keys())
+def test_a_moved_position_gets_nothing(getall: Any) -> None:
+    assignment = _Assignment()
+    result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(batch(0, 3)), 0, False))
+    assignment.state.position = 10  # a seek since the fetch
+    assert getall(result, max_records=10) == []
+    assert assignment.state.position == 10
+
+
+def test_other_consumers_records_keep_aiokafkas_getall() -> None:
+    assignment = _Assignment()
+    stock_records = _StockPartitionRecords(
+        TP, MemoryRecords(batch(0, 3)), [], 0, None, None, False, 0
+    )
+    result = fetch_result(assignment, stock_records)
+    found = result.getall(max_records=10)
+    assert [type(r).__name__ for r in found] == ["ConsumerRecord"] * 3
+    assert assignment.state.position == 3
+
+
+@pytest.mark.parametrize("getall", GETALLS.values(), ids=GETALLS.keys())
+def test_control_batches_only_move_the_position(getall: Any) -> None:
     assignment = _Assignment()
     assignment.state.position = 3
-    result = FetchResult(
-        TP,
-        assignment=assignment,
-        partition_records=LeanPartitionRecords(MemoryRecords(batch(3, 1, control=True)), 3, False),
-        backoff=0,
-    )
-    assert result.getall(max_records=10) == []
+    raw = batch(3, 1, control=True)
+    result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(raw), 3, False))
+    assert getall(result, max_records=10) == []
     assert assignment.state.position == 4
+
+
+def test_a_corrupt_batch_raises_from_getall_and_is_fetched_again() -> None:
+    """Decoded in the consumer's task, not aiokafka's fetch task (an exception there ends
+    the fetch task for good): getmany raises, then the partition is fetched again from the
+    same position, as with aiokafka's own records."""
+    raw = bytearray(batch(0, 3))
+    raw[-1] ^= 0xFF  # the CRC no longer matches
+    assignment = _Assignment()
+    records = LeanPartitionRecords(FetchedRecords(bytes(raw)), 0, check_crcs=True)
+    result = fetch_result(assignment, records)  # what the fetch task does: no decoding yet
+    with pytest.raises(CorruptRecordException):
+        _getall(result, max_records=10)
+    assert assignment.state.position == 0
+    assert _getall(result, max_records=10) == []
+    assert assignment.state.position == 0
+    assert not result.has_more()  # the fetcher drops it and fetches offset 0 again
+
+
+def test_a_corrupt_batch_after_records_handed_out_keeps_their_position() -> None:
+    raw = bytearray(batch(0, 3) + batch(3, 3))
+    raw[-1] ^= 0xFF  # the second batch's CRC no longer matches
+    assignment = _Assignment()
+    result = fetch_result(assignment, LeanPartitionRecords(FetchedRecords(bytes(raw)), 0, True))
+    assert [r.offset for r in _getall(result, max_records=3)] == [0, 1, 2]
+    assert assignment.state.position == 3
+    with pytest.raises(CorruptRecordException):
+        _getall(result, max_records=3)
+    assert _getall(result, max_records=3) == []
+    assert assignment.state.position == 3  # fetched again from the corrupt batch
+    assert not result.has_more()

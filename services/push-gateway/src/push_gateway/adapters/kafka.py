@@ -4,7 +4,8 @@ Plain aiokafka, not FastStream, on the ingest path: FastStream's subscriber call
 per message (~18 k msgs/s measured on Tansu), while the gateway must read *every* record of
 the cluster. ``getmany`` hands whole per-partition batches to the hub, which routes each
 record with one dict lookup; the ingest consumer's records are lean tuples decoded once per
-fetched partition (``adapters/records.py``), not aiokafka's ``ConsumerRecord`` objects.
+fetched partition from its bytes by a compiled decoder (``adapters/records.py``,
+``adapters/_batches.pyx``), not aiokafka's ``ConsumerRecord`` objects.
 
 Every gateway reads every partition (manual assignment, no consumer group): a browser may
 land on any gateway, so each must see all events (broadcast, not work-sharing). Without a
@@ -23,7 +24,12 @@ from typing import Any, Final, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from push_gateway.adapters.records import IngestRecord, install_lean_records, lean_keys
+from push_gateway.adapters.records import (
+    COMPILED,
+    IngestRecord,
+    install_lean_records,
+    lean_keys,
+)
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.timing import IngestTiming
@@ -103,7 +109,12 @@ class KafkaIngest:
         self._catch_up_to = {tp: ends[tp] for tp in partitions}
         self._beginnings = dict(beginnings)
         self._check_caught_up()
-        log.info("ingest assigned", partitions=len(partitions), backfill=self._backfill)
+        log.info(
+            "ingest assigned",
+            partitions=len(partitions),
+            backfill=self._backfill,
+            decoder="compiled" if COMPILED else "python (no C compiler at install: ~10x CPU)",
+        )
         self._task = asyncio.create_task(self._run(), name="kafka-ingest")
         self._loop_watch = asyncio.create_task(self.timing.watch_loop(), name="loop-lag")
         gc.callbacks.append(self.timing.on_gc)
@@ -179,7 +190,8 @@ class KafkaIngest:
                     size = SLICE_RECORDS
                 else:
                     size = min(size * 4, SLICE_RECORDS_UNSUBSCRIBED)
-                if observe:  # per slice, by its oldest record: an upper bound per record
+                if observe and chunk[0].timestamp >= 0:  # -1: the producer set none
+                    # per slice, by its oldest record: an upper bound per record
                     oldest = chunk[0].timestamp * 0.001
                     timing.fetch_delay.add(fetched - oldest, len(chunk))
                     timing.write_delay.add(time.time() - oldest, len(chunk))

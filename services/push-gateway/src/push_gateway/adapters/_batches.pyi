@@ -1,0 +1,15 @@
+from typing import Any
+
+class BatchReader:
+    done: bool
+    legacy: bool
+    next_offset: int
+    def __init__(
+        self, data: bytes, fetch_offset: int, check_crcs: bool, record_type: Any
+    ) -> None: ...
+    def take(self, max_records: int) -> list[Any]: ...
+
+def decode_batches(
+    data: bytes, fetch_offset: int, check_crcs: bool, record_type: Any
+) -> tuple[list[Any], int] | None: ...
+def crc32c(data: bytes, table_only: bool = False) -> int: ...

@@ -836,6 +836,7 @@ async def run_fanout(
                     args.server_core,
                     tmp,
                 )
+        profiler = start_profiler(server.pid, args.profile) if gateway and args.profile else None
         tick_lateness: list[int] = []
         started = time.monotonic()
         sent = 0
@@ -868,6 +869,9 @@ async def run_fanout(
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         cpu = tree_cpu_seconds(server.pid) - cpu_before
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            await asyncio.to_thread(profiler.wait, 30)
         own = own_cpu_seconds() - own_before
         broker_cpu = tree_cpu_seconds(broker_pid) - broker_before if broker_pid else None
         counted = tally(published, ((c.channel, c.counted) for c in load.clients))
@@ -966,6 +970,22 @@ async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path
     finally:
         await gateway.close_producer()
         await gateway.stop()
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the gateway over the publishing window (SIGINT writes the flame
+    graph; ``.txt``: collapsed stacks). Its CPU is not the gateway's, but its sampling
+    slows the gateway a little: compare CPU figures only between runs without it."""
+    fmt = "raw" if out.suffix == ".txt" else "flamegraph"
+    spy = shutil.which("py-spy") or os.environ.get("PY_SPY", "")
+    if not spy:
+        raise SystemExit("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--format", fmt]
+        + ["--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
@@ -1095,6 +1115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="run a bare Kafka consumer on the server core beside the gateway",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy profile of the gateway while publishing (SVG, or .txt: collapsed stacks)",
     )
     parser.add_argument(
         "--results-dir",

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import uvloop
@@ -1117,6 +1117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run a bare Kafka consumer on the server core beside the gateway",
     )
     parser.add_argument(
+        "--sizes",
+        action="store_true",
+        help="the push-gateway and Nchan at each size of issue 14 item 1 (1 k / 5 k / 10 k "
+        "conns); --duration and the other options apply to every size",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="py-spy profile of the gateway while publishing (SVG, or .txt: collapsed stacks)",
@@ -1144,10 +1150,39 @@ def main(argv: list[str] | None = None) -> None:
         args.idle_connections = hard - 500
     # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if args.sizes:
+        run_sizes(args)
+        return
     with pinned(args.client_core):
         results = uvloop.run(main_async(args))
     written = record_results(args.results_dir, "fanout", results)
     print(render_table(results))
+    print(f"written to {written} (and appended to history.jsonl)")
+
+
+#: issue 14 item 1: (label, streams on busy channels, streams in all, channels, deliveries/s);
+#: ten subscribers per busy channel, the rest on idle channels
+SIZES: Final = (
+    ("1 k conns, 10 k deliveries/s", 1000, 1000, 100, 10_000),
+    ("5 k conns, 100 k deliveries/s", 5000, 5000, 500, 100_000),
+    ("10 k conns, 10 k deliveries/s", 5000, 10_000, 500, 10_000),
+)
+
+
+def run_sizes(args: argparse.Namespace) -> None:
+    """The push-gateway and Nchan side by side at each of the issue's sizes (one run of
+    each server per size, in that order); recorded as the ``fanout_sizes`` benchmark, whose
+    table the README shows."""
+    sizes: list[dict[str, Any]] = []
+    for label, busy, total, channels, rate in SIZES:
+        args.connections, args.idle_connections = busy, total
+        args.channels, args.rate, args.servers = channels, rate, ["gateway", "nchan"]
+        with pinned(args.client_core):
+            found = uvloop.run(main_async(args))
+        sizes.append({"size": label, "workload": found["workload"], "runs": found["runs"]})
+        print(f"{label}:\n{render_table(found)}")
+    results = {"note": "server CPU per delivery: gateway vs Nchan, same run", "sizes": sizes}
+    written = record_results(args.results_dir, "fanout_sizes", results)
     print(f"written to {written} (and appended to history.jsonl)")
 
 

@@ -277,7 +277,7 @@ async def test_streams_arriving_during_a_fetch_wait_for_it_without_a_task_each(
         events = await (await (await reading(harness, sock)).start()).events(2)
         assert [e["event"] for e in events] == ["snapshot", "slot"]
         assert data(events[1])["version"] == 3
-    assert first.state is second.state is StreamState.LIVE
+    assert {first.state.value, second.state.value} == {"live"}  # (mypy keeps the narrowing)
     assert harness.source.fetches == ["i1"]
 
 

@@ -72,6 +72,7 @@ def create_app(
             topics.presence,
             settings.instance_id,
             ttl_seconds=settings.presence_interval_seconds * 3 + 5,
+            interval_seconds=settings.presence_interval_seconds,
         )
         if presence is None
         else None

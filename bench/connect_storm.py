@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from bench.fanout import (  # noqa: E402
     fresh_topics,
     percentile,
     pinned,
+    start_profiler,
     tree_cpu_seconds,
 )
 
@@ -183,21 +183,6 @@ async def run_once(
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling the gateway (its SIGINT writes the flame graph; ``.txt``: collapsed
-    stacks instead)."""
-    fmt = "raw" if out.suffix == ".txt" else "flamegraph"
-    spy = shutil.which("py-spy") or os.environ.get("PY_SPY", "")
-    if not spy:
-        raise SystemExit("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
-    return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--format", fmt]
-        + ["--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import uvloop
@@ -836,6 +836,7 @@ async def run_fanout(
                     args.server_core,
                     tmp,
                 )
+        profiler = start_profiler(server.pid, args.profile) if gateway and args.profile else None
         tick_lateness: list[int] = []
         started = time.monotonic()
         sent = 0
@@ -868,6 +869,9 @@ async def run_fanout(
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         cpu = tree_cpu_seconds(server.pid) - cpu_before
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            await asyncio.to_thread(profiler.wait, 30)
         own = own_cpu_seconds() - own_before
         broker_cpu = tree_cpu_seconds(broker_pid) - broker_before if broker_pid else None
         counted = tally(published, ((c.channel, c.counted) for c in load.clients))
@@ -966,6 +970,22 @@ async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path
     finally:
         await gateway.close_producer()
         await gateway.stop()
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the gateway over the publishing window (SIGINT writes the flame
+    graph; ``.txt``: collapsed stacks). Its CPU is not the gateway's, but its sampling
+    slows the gateway a little: compare CPU figures only between runs without it."""
+    fmt = "raw" if out.suffix == ".txt" else "flamegraph"
+    spy = shutil.which("py-spy") or os.environ.get("PY_SPY", "")
+    if not spy:
+        raise SystemExit("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--format", fmt]
+        + ["--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
@@ -1097,6 +1117,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run a bare Kafka consumer on the server core beside the gateway",
     )
     parser.add_argument(
+        "--sizes",
+        action="store_true",
+        help="the push-gateway and Nchan at each size of issue 14 item 1 (1 k / 5 k / 10 k "
+        "conns); --duration and the other options apply to every size",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy profile of the gateway while publishing (SVG, or .txt: collapsed stacks)",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=RESULTS_DIR,
@@ -1119,10 +1150,39 @@ def main(argv: list[str] | None = None) -> None:
         args.idle_connections = hard - 500
     # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if args.sizes:
+        run_sizes(args)
+        return
     with pinned(args.client_core):
         results = uvloop.run(main_async(args))
     written = record_results(args.results_dir, "fanout", results)
     print(render_table(results))
+    print(f"written to {written} (and appended to history.jsonl)")
+
+
+#: issue 14 item 1: (label, streams on busy channels, streams in all, channels, deliveries/s);
+#: ten subscribers per busy channel, the rest on idle channels
+SIZES: Final = (
+    ("1 k conns, 10 k deliveries/s", 1000, 1000, 100, 10_000),
+    ("5 k conns, 100 k deliveries/s", 5000, 5000, 500, 100_000),
+    ("10 k conns, 10 k deliveries/s", 5000, 10_000, 500, 10_000),
+)
+
+
+def run_sizes(args: argparse.Namespace) -> None:
+    """The push-gateway and Nchan side by side at each of the issue's sizes (one run of
+    each server per size, in that order); recorded as the ``fanout_sizes`` benchmark, whose
+    table the README shows."""
+    sizes: list[dict[str, Any]] = []
+    for label, busy, total, channels, rate in SIZES:
+        args.connections, args.idle_connections = busy, total
+        args.channels, args.rate, args.servers = channels, rate, ["gateway", "nchan"]
+        with pinned(args.client_core):
+            found = uvloop.run(main_async(args))
+        sizes.append({"size": label, "workload": found["workload"], "runs": found["runs"]})
+        print(f"{label}:\n{render_table(found)}")
+    results = {"note": "server CPU per delivery: gateway vs Nchan, same run", "sizes": sizes}
+    written = record_results(args.results_dir, "fanout_sizes", results)
     print(f"written to {written} (and appended to history.jsonl)")
 
 

@@ -89,3 +89,33 @@ def test_readme_table_matches_the_latest_committed_results() -> None:
     expected = render_readme_table(latest)
     assert readme_table(readme) == expected
     assert replace_table(readme, expected) == readme
+
+
+def test_the_sizes_table_compares_gateway_and_nchan_per_size() -> None:
+    """`bench/fanout.py --sizes` (issue 14 item 1): one README row per size, same run."""
+
+    def run(server: str, cpu: float, rss: float) -> dict[str, object]:
+        return {"server": server, "server_cpu_us_per_delivery": cpu, "rss_per_connection_kb": rss}
+
+    sizes = {
+        "sizes": [
+            {
+                "size": "1 k conns, 10 k deliveries/s",
+                "runs": [run("push-gateway", 8.0, 3.9)] + [run("nchan", 10.0, 11.0)],
+            },
+            {
+                "size": "5 k conns",
+                "runs": [run("push-gateway", 7.0, 3.5)]
+                + [{"server": "nchan", "skipped": "not installed"}],
+            },
+        ],
+        "when": "2026-12-01T07:00:00Z",
+        "commit": "abc",
+        "load_average": [1.0, 1.0, 1.0],
+    }
+    table = render_readme_table({"fanout_sizes": sizes})
+    first, second = table.splitlines()[2:]
+    assert "1 k conns, 10 k deliveries/s" in first
+    assert "gateway 8.0 µs, Nchan 10.0 µs (ratio 0.80)" in first
+    assert "gateway 3.90 kB, Nchan 11.00 kB" in first
+    assert "Nchan – µs (ratio –)" in second

@@ -314,7 +314,28 @@ def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
         rows.extend(_fanout_rows(latest["fanout"]))
     if "ingest" in latest:
         rows.append(_ingest_row(latest["ingest"]))
+    if "fanout_sizes" in latest:
+        rows.extend(_sizes_rows(latest["fanout_sizes"]))
     return "\n".join(rows)
+
+
+def _sizes_rows(data: Mapping[str, Any]) -> list[str]:
+    """One row per size of ``bench/fanout.py --sizes``: gateway vs Nchan in one run."""
+    rows = []
+    for size in data.get("sizes", []):
+        by = {run["server"]: run for run in size.get("runs", []) if "skipped" not in run}
+        gateway, nchan = by.get("push-gateway", {}), by.get("nchan", {})
+        mine, theirs = (r.get("server_cpu_us_per_delivery") for r in (gateway, nchan))
+        ratio = f"{mine / theirs:.2f}" if mine and theirs else "–"
+        rows.append(
+            f"| `bench/fanout.py --sizes` {size.get('size')} "
+            f"| server CPU per delivery: gateway {_num(mine)} µs, Nchan {_num(theirs)} µs "
+            f"(ratio {ratio}); RSS per connection: gateway "
+            f"{_num(gateway.get('rss_per_connection_kb'), 2)} kB, Nchan "
+            f"{_num(nchan.get('rss_per_connection_kb'), 2)} kB "
+            f"| {_stamp(data)} |"
+        )
+    return rows
 
 
 def replace_table(readme: str, table: str) -> str:

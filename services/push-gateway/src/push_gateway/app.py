@@ -1,6 +1,7 @@
 """Composition root: build settings' clients, the hub and the gateway, and wire them."""
 
 import gc
+import importlib
 import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +72,7 @@ def create_app(
             topics.presence,
             settings.instance_id,
             ttl_seconds=settings.presence_interval_seconds * 3 + 5,
+            interval_seconds=settings.presence_interval_seconds,
         )
         if presence is None
         else None
@@ -117,6 +119,10 @@ def create_app(
             await kafka_presence.start()
         gateway.start_background()
         websockets.start_background()
+        # httpx's connection layer loads its async backend (anyio, ~1 MB) on the first
+        # snapshot fetch: load it now, with the start-up heap frozen below
+        importlib.import_module("httpcore._backends.anyio")
+        importlib.import_module("anyio._backends._asyncio")
         # Everything allocated so far (modules, models, clients) lives for the whole run:
         # keep it out of the cyclic GC's full passes, which otherwise scan it again and
         # again while thousands of connections and ring-buffer records churn.

@@ -31,6 +31,14 @@ class GatewayKafkaSettings(KafkaSettings):
         le=1000,
         description="Long-poll bound; Tansu answers at the deadline, so keep it low",
     )
+    fetch_moderate_max_wait_ms: int = Field(
+        default=25,
+        ge=0,
+        le=1000,
+        description="Longest long-poll bound while records flow: at moderate rates the bound "
+        "grows towards it so that a fetch round carries enough work (domain/fetch_wait.py); "
+        "equal to fetch_max_wait_ms: always the short bound",
+    )
     fetch_idle_max_wait_ms: int = Field(
         default=100,
         ge=0,

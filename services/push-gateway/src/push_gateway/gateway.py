@@ -51,7 +51,7 @@ from push_gateway.domain.requests import (
     unauthorized,
 )
 from push_gateway.domain.ws_protocol import sse_to_ws
-from push_gateway.stream import SseConnection, StreamState
+from push_gateway.stream import NO_RESYNC, SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
 log = structlog.get_logger(__name__)
@@ -61,6 +61,8 @@ LAG_POLL_SECONDS: Final = 0.01
 WRITES_PER_STEP: Final = 256
 #: heartbeats go out in this many steps per period (10,000 streams: ~170 writes a step)
 HEARTBEAT_STEPS: Final = 60
+#: distinct channels whose one shared ``Channel`` object is remembered
+MAX_SHARED_CHANNELS: Final = 100_000
 #: snapshot frames (channel, position) kept with a shared snapshot for reuse
 MAX_FRAMES_PER_SNAPSHOT: Final = 8
 
@@ -119,6 +121,10 @@ class Gateway:
         self._allowed_origins = frozenset(settings.cors_origins)
         #: allowed origin (None: no CORS headers) → the bytes that open its streams
         self._stream_heads: dict[str | None, bytes] = {}
+        # one object each, shared by every stream (not a channel or a bound method per stream)
+        self._channels: dict[Channel, Channel] = {}
+        self._on_close = self._closed
+        self._on_resync = self._resync
 
     # -- lifecycle -------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -186,12 +192,13 @@ class Gateway:
             origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
             self.reject(transport, problem, path, origin)
             return None
+        channels = tuple(self._channel(c) for c in request.channels)
         connection = SseConnection(
             transport,
-            request.channels,
-            {c: self.hub.partition_key(c) for c in request.channels},
-            on_close=self._closed,
-            on_resync=self._resync,
+            channels,
+            {c: self.hub.partition_key(c) for c in channels},
+            on_close=self._on_close,
+            on_resync=self._on_resync,
             max_pending_bytes=self.settings.max_pending_bytes,
             origin=request.origin,
         )
@@ -203,9 +210,45 @@ class Gateway:
         self.connections.add(connection)
         self.stats.accepted += 1
         self._schedule_expiry(connection, request)
-        if not self._serve_at_once(connection, request):
-            self._spawn(self._serve(connection, request))
+        self._serve_soon(connection, request)
         return connection
+
+    def _serve_soon(self, connection: SseConnection, request: StreamRequest) -> None:
+        """Serve a new stream at once when nothing needs waiting for; when all it lacks is a
+        snapshot another stream's fetch is already bringing, wait for that fetch with a
+        done-callback — no task, no coroutine frames: in a connect storm hundreds of streams
+        per channel wait at once, and their tasks' frames (several kB each) set the process's
+        peak memory, which it keeps; otherwise a task (:meth:`_serve`)."""
+        if connection.state is StreamState.CLOSED or self._serve_at_once(connection, request):
+            return
+        under_way = self._fetch_under_way(connection, request)
+        if under_way is None:
+            self._spawn(self._serve(connection, request))
+        else:
+            under_way.add_done_callback(lambda _: self._serve_soon(connection, request))
+
+    def _fetch_under_way(
+        self, connection: SseConnection, request: StreamRequest
+    ) -> asyncio.Future[TakenSnapshot] | None:
+        """The snapshot fetch a stream that :meth:`_serve_at_once` could not serve may wait
+        for: one already in flight for a schedule channel without a recent snapshot."""
+        if request.ticket is not None or request.resume_from is not None:
+            return None
+        for channel in connection.channels:
+            if channel.kind is ChannelKind.SCHEDULE and (
+                self.snapshots.recent(channel.owner_id) is None
+            ):
+                return self.snapshots.in_flight(channel.owner_id)
+        return None
+
+    def _channel(self, channel: Channel) -> Channel:
+        """The one ``Channel`` object streams of this channel share."""
+        found = self._channels.get(channel)
+        if found is None:
+            if len(self._channels) >= MAX_SHARED_CHANNELS:
+                self._channels.clear()
+            found = self._channels[channel] = channel
+        return found
 
     def _serve_at_once(self, connection: SseConnection, request: StreamRequest) -> bool:
         """Catch a new stream up and make it live right here, without a task, when it needs
@@ -437,7 +480,7 @@ class Gateway:
                 positions = resync_positions
                 resume = {k: v for k, v in positions.items() if k not in announce}
             while True:
-                connection.resync_requested.clear()
+                connection.resync_requested = NO_RESYNC
                 await self._catch_up(connection, positions, resume, announce, lost)
                 lost = set()
                 if connection.state is StreamState.CLOSED:
@@ -543,7 +586,7 @@ class Gateway:
         for key, (first, stop) in reads.items():
             # control records too, as ring replays have them: a resync in the missed range
             # means the replay cannot be trusted
-            wanted = connection.keys_of_partition[key] | {CONTROL_KEY_BYTES}
+            wanted = {CONTROL_KEY_BYTES, *connection.keys_of_partition[key]}
             try:
                 older = await self.history.read(hub.topic_of(key), key[1], first, stop, wanted)
                 replay[key] = older + replay[key]

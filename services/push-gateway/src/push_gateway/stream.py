@@ -5,6 +5,7 @@ the edges (slow client, client gone, closing)."""
 import asyncio
 from collections.abc import Callable
 from enum import Enum
+from functools import lru_cache
 from typing import Final
 
 from push_gateway.domain.frames import json_frame
@@ -14,6 +15,31 @@ from slotstream_contracts.channels import Channel
 
 #: How long a closing connection may take to flush its last bytes before it is aborted.
 CLOSE_GRACE_SECONDS: Final = 5.0
+
+
+NO_RESYNC: Final[frozenset[PartitionKey]] = frozenset()
+
+#: a channel set's layout: partitions (sorted), (letter, record key) → channel, partition →
+#: record keys; shared read-only by every stream with the same channels
+Layout = tuple[
+    tuple[PartitionKey, ...],
+    dict[tuple[str, bytes], Channel],
+    dict[PartitionKey, frozenset[bytes]],
+]
+
+
+@lru_cache(maxsize=4096)
+def _layout(partitions: tuple[tuple[Channel, PartitionKey], ...]) -> Layout:
+    """Built once per channel set, not per stream: thousands of streams of one channel
+    share these (~0.7 kB each otherwise; RSS per connection is a goal, issue 14)."""
+    keys: dict[PartitionKey, set[bytes]] = {}
+    for channel, key in partitions:
+        keys.setdefault(key, set()).add(channel.record_key)
+    return (
+        tuple(sorted({key for _, key in partitions})),
+        {(key[0], channel.record_key): channel for channel, key in partitions},
+        {key: frozenset(found) for key, found in keys.items()},
+    )
 
 
 class StreamState(Enum):
@@ -54,16 +80,13 @@ class SseConnection(asyncio.Protocol):
     ) -> None:
         self.transport = transport
         self.channels = channels
-        self.partitions: tuple[PartitionKey, ...] = tuple(sorted(set(partitions.values())))
-        self.channel_of_key: dict[tuple[str, bytes], Channel] = {
-            (partitions[c][0], c.record_key): c for c in channels
-        }
-        self.keys_of_partition: dict[PartitionKey, set[bytes]] = {}
-        for channel, key in partitions.items():
-            self.keys_of_partition.setdefault(key, set()).add(channel.record_key)
+        self.partitions, self.channel_of_key, self.keys_of_partition = _layout(
+            tuple(partitions.items())
+        )
         self.writer: Writer = transport.write
         self.pending: list[tuple[PartitionKey, Record]] = []
-        self.resync_requested: set[PartitionKey] = set()
+        #: replaced, never mutated (an empty one is shared by every stream)
+        self.resync_requested: frozenset[PartitionKey] = NO_RESYNC
         self.state = StreamState.CATCHING_UP
         self.headers_sent = False
         self.origin = origin
@@ -82,7 +105,7 @@ class SseConnection(asyncio.Protocol):
         self.pending.append((key, record))
 
     def on_resync(self, key: PartitionKey) -> None:
-        self.resync_requested.add(key)
+        self.resync_requested |= {key}
         if self.state is StreamState.LIVE:
             self._on_resync(self)
 

@@ -265,6 +265,27 @@ async def test_a_stream_without_its_snapshot_at_hand_waits_for_the_fetch(
     assert connection.state.value == "live"  # (mypy keeps the narrowing above)
 
 
+async def test_streams_arriving_during_a_fetch_wait_for_it_without_a_task_each(
+    harness: Harness,
+) -> None:
+    """A connect storm's streams of one channel, before its first snapshot arrived: the
+    first stream's task fetches it, the others wait on that fetch with a callback (no task,
+    no coroutine frames each) and get the same frames: snapshot, then the newer deltas."""
+    harness.source.gate = asyncio.Event()
+    first, first_sock = await open_stream_directly(harness)
+    second, second_sock = await open_stream_directly(harness)
+    assert len(harness.gateway._tasks) == 1  # noqa: SLF001 - only the first one's
+    assert second.state is StreamState.CATCHING_UP
+    harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; the snapshot holds v2
+    harness.source.gate.set()
+    for sock in (first_sock, second_sock):
+        events = await (await (await reading(harness, sock)).start()).events(2)
+        assert [e["event"] for e in events] == ["snapshot", "slot"]
+        assert data(events[1])["version"] == 3
+    assert {first.state.value, second.state.value} == {"live"}  # (mypy keeps the narrowing)
+    assert harness.source.fetches == ["i1"]
+
+
 def test_streams_at_the_same_position_share_the_snapshot_frame_bytes() -> None:
     taken = TakenSnapshot(snapshot("i1", []), 4, 0.0, encoded=b'{"slots":[]}')
     channel = Channel.schedule("i1")

@@ -31,6 +31,7 @@ from push_gateway.adapters.records import (
     lean_keys,
 )
 from push_gateway.config import GatewayKafkaSettings
+from push_gateway.domain.fetch_wait import FetchWait
 from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.timing import IngestTiming
 
@@ -80,7 +81,12 @@ class KafkaIngest:
         self.lag = 0
         self._lag_checked = 0.0
         self.fetch_errors = 0
-        self.fetch_idle = False
+        self.fetch_wait = FetchWait(
+            settings.fetch_max_wait_ms,
+            settings.fetch_moderate_max_wait_ms,
+            settings.fetch_idle_max_wait_ms,
+        )
+        self._deliveries_seen = 0
         self.timing = IngestTiming()
         self._loop_watch: asyncio.Task[None] | None = None
 
@@ -130,16 +136,18 @@ class KafkaIngest:
                 raise RuntimeError(f"topic {topic} has no partitions")
             await asyncio.sleep(0.2)
 
-    def _set_fetch_wait(self, idle: bool) -> None:
-        """Adaptive long-poll: a broker that answers only at the deadline (Tansu) is asked
-        every ``fetch_max_wait_ms`` while records flow (latency), every
-        ``fetch_idle_max_wait_ms`` once a whole ``getmany`` brought nothing (fewer empty
-        fetches for the gateway and the broker). Apache Kafka answers as soon as data
-        arrives, so there the idle bound costs no latency at all."""
+    def _set_fetch_wait(self, records: int) -> None:
+        """Adaptive long-poll (``domain/fetch_wait.py``): long while the log is silent, short
+        under load, in between at moderate rates, where fewer rounds save the most CPU."""
         assert self._consumer is not None
-        wait = self._settings.fetch_idle_max_wait_ms if idle else self._settings.fetch_max_wait_ms
-        self._consumer._fetcher._fetch_max_wait_ms = wait  # noqa: SLF001 - no public setter
-        self.fetch_idle = idle
+        fetcher = self._consumer._fetcher  # noqa: SLF001 - no public setter
+        deliveries = self._hub.stats.deliveries
+        wait = self.fetch_wait.after_round(
+            records, deliveries - self._deliveries_seen, time.monotonic()
+        )
+        self._deliveries_seen = deliveries
+        if fetcher._fetch_max_wait_ms != wait:  # noqa: SLF001
+            fetcher._fetch_max_wait_ms = wait  # noqa: SLF001
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -156,8 +164,7 @@ class KafkaIngest:
                 log.warning("ingest fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
-            if bool(batches) == self.fetch_idle:  # records after a silent second, or silence
-                self._set_fetch_wait(idle=not batches)
+            self._set_fetch_wait(sum(map(len, batches.values())))
             for _ in range(FETCH_HANDOVER_TURNS):
                 await asyncio.sleep(0)
             await self._fan_out(batches)

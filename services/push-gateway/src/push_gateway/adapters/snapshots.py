@@ -157,6 +157,10 @@ class CoalescingSnapshots:
             taken = await self._fetch(instructor_id, position())
         return taken
 
+    def in_flight(self, instructor_id: str) -> "asyncio.Future[TakenSnapshot] | None":
+        """The fetch under way for the instructor, if any (streams may wait on it)."""
+        return self._in_flight.get(instructor_id)
+
     def recent(self, instructor_id: str) -> TakenSnapshot | None:
         """The snapshot :meth:`fetch` would reuse at once (without ``fresh_after``), if any."""
         if self._unknown and self._known_unknown(instructor_id):

@@ -20,6 +20,7 @@ job (see ``api/stream.py``).
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
@@ -355,7 +356,7 @@ class ChannelHub:
                 del index[channel.record_key]
 
     def ring_since(
-        self, key: PartitionKey, after_offset: int, record_keys: set[bytes]
+        self, key: PartitionKey, after_offset: int, record_keys: AbstractSet[bytes]
     ) -> list[Record] | None:
         """Records of ``record_keys`` after ``after_offset`` from the ring (control records
         included); None when the ring no longer reaches back that far."""

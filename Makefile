@@ -61,6 +61,7 @@ bench: venv
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/connect_storm.py
+	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/e2e_latency.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/report.py

@@ -195,7 +195,7 @@ async def run_once(
         "GATEWAY_WORKER_METRICS_PORT": str(metrics_base),
         **dict(v.split("=", 1) for v in args.gateway_env),
     }
-    cores = args.server_cores if workers > 1 else str(args.server_core)
+    cores = args.server_cores
     await gateway.start(tmp, cores)
     metric_ports = [metrics_base + n for n in range(workers)] if workers > 1 else [gateway.port]
     streams = Streams()
@@ -343,12 +343,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "channels": args.channels,
             "events": args.events,
             "payload_bytes_about": len(payload(0, "w0", "x" * args.pad)),
-            "server_core_1_worker": args.server_core,
-            "server_cores_n_workers": args.server_cores,
+            "server_cores": args.server_cores,
             "client_core": args.client_core,
         },
         "note": "2-core machine shared with other work; the load client, Tansu and the fake "
-        "booking-api run on the client core, which N workers share.",
+        "booking-api run on the client core, which the gateway shares.",
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="workers-") as tmp_name:
@@ -382,8 +381,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pad", type=int, default=250, help="payload padding bytes")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of 1 and N workers")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to deliver all")
-    parser.add_argument("--server-core", type=int, default=0, help="the 1-worker gateway's core")
-    parser.add_argument("--server-cores", default="0,1", help="CPU list for N workers")
+    parser.add_argument(
+        "--server-cores",
+        default="0,1",
+        help="CPU list of the gateway, 1 worker or N: the same cores for both, so that only "
+        "the worker count differs (other work pinned to one core would otherwise weigh on "
+        "the 1-worker run alone)",
+    )
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -230,25 +232,32 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "client, Tansu and the fake booking-api share the client core.",
         "runs": [],
     }
-    with tempfile.TemporaryDirectory(prefix="storm-") as tmp_name:
+    async with broker_and_origin("storm-") as (tmp, broker, booking):
+        for round_ in range(args.repeat):
+            topics = await fresh_topics(broker.bootstrap_servers)
+            gateway = GatewayServer(broker.bootstrap_servers, topics, booking)
+            gateway.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
+            booking.requests = 0
+            run = await run_once(gateway, args, tmp, f"{args.label}#{round_ + 1}")
+            print(json.dumps(run))
+            results["runs"].append(run)
+    return results
+
+
+@contextlib.asynccontextmanager
+async def broker_and_origin(prefix: str) -> AsyncIterator[tuple[Path, TansuBroker, FakeBookingApi]]:
+    """A temporary directory, Tansu and the fake booking-api, for one benchmark run."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
         tmp = Path(tmp_name)
         booking = FakeBookingApi()
         await booking.start()
         broker = TansuBroker(log_path=tmp / "tansu.log")
         await asyncio.to_thread(broker.start)
         try:
-            for round_ in range(args.repeat):
-                topics = await fresh_topics(broker.bootstrap_servers)
-                gateway = GatewayServer(broker.bootstrap_servers, topics, booking)
-                gateway.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
-                booking.requests = 0
-                run = await run_once(gateway, args, tmp, f"{args.label}#{round_ + 1}")
-                print(json.dumps(run))
-                results["runs"].append(run)
+            yield tmp, broker, booking
         finally:
             await booking.stop()
             broker.stop()
-    return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -37,7 +37,6 @@ import signal
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from slotstream_testkit.net import free_port_block, raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the fan-out benchmark's servers and tools
+from bench.connect_storm import broker_and_origin  # noqa: E402
 from bench.fanout import (  # noqa: E402
     HEADERS,
     FakeBookingApi,
@@ -350,21 +350,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "booking-api run on the client core, which the gateway shares.",
         "runs": [],
     }
-    with tempfile.TemporaryDirectory(prefix="workers-") as tmp_name:
-        tmp = Path(tmp_name)
-        booking = FakeBookingApi()
-        await booking.start()
-        broker = TansuBroker(log_path=tmp / "tansu.log")
-        await asyncio.to_thread(broker.start)
-        try:
-            for _ in range(args.repeat):
-                for workers in (1, args.workers):
-                    run = await run_once(args, broker, booking, workers, tmp)
-                    print(json.dumps(run), flush=True)
-                    results["runs"].append(run)
-        finally:
-            await booking.stop()
-            broker.stop()
+    async with broker_and_origin("workers-") as (tmp, broker, booking):
+        for _ in range(args.repeat):
+            for workers in (1, args.workers):
+                run = await run_once(args, broker, booking, workers, tmp)
+                print(json.dumps(run), flush=True)
+                results["runs"].append(run)
     results["scaling"] = scaling(results["runs"], args.workers)
     return results
 

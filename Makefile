@@ -66,6 +66,7 @@ bench: venv
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/fanout.py --sizes --duration 8
 	$(BIN)/python bench/connect_storm.py
+	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/e2e_latency.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/report.py

@@ -304,6 +304,31 @@ def _ingest_row(data: Mapping[str, Any]) -> str:
     )
 
 
+def _connect_storm_row(data: Mapping[str, Any]) -> str:
+    runs = [r for r in data.get("runs", []) if r.get("opened")]
+    seconds = sorted(r["seconds_to_open_all"] for r in runs)
+    cpu = sorted(r["server_cpu_s"] for r in runs)
+    return (
+        f"| `bench/connect_storm.py` {_num(runs[0]['streams'] if runs else None)} streams, "
+        f"one core | all open in {_num(seconds[len(seconds) // 2] if seconds else None, 2)} s "
+        f"(median of {len(runs)}), gateway CPU {_num(cpu[len(cpu) // 2] if cpu else None, 2)} s "
+        f"per storm | {_stamp(data)} |"
+    )
+
+
+def _workers_row(data: Mapping[str, Any]) -> str:
+    scaling = data.get("scaling") or {}
+    n = scaling.get("workers", 2)
+    return (
+        f"| `bench/workers.py` 1 vs {n} workers | {_num(scaling.get('deliveries_per_s_median_1'))}"
+        f" vs {_num(scaling.get(f'deliveries_per_s_median_{n}'))} deliveries/s "
+        f"(×{_num(scaling.get('measured_ratio'), 2)} measured, "
+        f"×{_num(scaling.get('projected_ratio_whole_cores'), 2)} projected for whole cores), "
+        f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery "
+        f"| {_stamp(data)} |"
+    )
+
+
 def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
     rows = ["| benchmark | latest figures | when, commit, load average |", "|---|---|---|"]
     if "booking" in latest:
@@ -316,6 +341,10 @@ def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
         rows.append(_ingest_row(latest["ingest"]))
     if "fanout_sizes" in latest:
         rows.extend(_sizes_rows(latest["fanout_sizes"]))
+    if "connect_storm" in latest:
+        rows.append(_connect_storm_row(latest["connect_storm"]))
+    if "workers" in latest:
+        rows.append(_workers_row(latest["workers"]))
     return "\n".join(rows)
 
 

@@ -16,6 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
+from push_gateway.adapters.keepalive import KeepAliveClient
 from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
 from push_gateway.adapters.snapshots import (
     MAX_FETCHES_IN_FLIGHT,
@@ -66,6 +67,9 @@ def create_app(
             max_connections=MAX_FETCHES_IN_FLIGHT, max_keepalive_connections=MAX_FETCHES_IN_FLIGHT
         ),
     )
+    booking_api = KeepAliveClient(
+        settings.booking_api_url, settings.snapshot_timeout_seconds, MAX_FETCHES_IN_FLIGHT
+    )
     kafka_presence = (
         KafkaPresenceBus(
             settings.kafka,
@@ -96,7 +100,7 @@ def create_app(
         settings,
         hub,
         CoalescingSnapshots(
-            snapshot_source or HttpSnapshotSource(http_client),
+            snapshot_source or HttpSnapshotSource(booking_api),
             reuse_seconds=settings.snapshot_reuse_seconds,
             unknown_ttl_seconds=settings.unknown_instructor_ttl_seconds,
         ),
@@ -143,6 +147,7 @@ def create_app(
             if kafka_presence is not None:
                 await kafka_presence.stop()
             await http_client.aclose()
+            await booking_api.aclose()
 
     app = FastAPI(title="Slotstream push-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway

@@ -40,7 +40,7 @@ from push_gateway.domain.hub import (
     frame_body,
     record_headers,
 )
-from push_gateway.domain.limits import StreamCounts, TokenBuckets, client_ip, retry_after
+from push_gateway.domain.limits import ClientAddresses, StreamCounts, TokenBuckets, retry_after
 from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
 from push_gateway.domain.requests import (
@@ -105,6 +105,7 @@ class Gateway:
         self.presence = presence
         #: where each partition's log starts and ends (the ingest's view; tests: the hub's)
         self.bounds = bounds or FakeLogBounds(hub)
+        self.client_ip = ClientAddresses(settings.trusted_proxies)
         self.streams_per_ip = StreamCounts(settings.max_streams_per_ip)
         self.streams_per_user = StreamCounts(settings.max_streams_per_user)
         self.connect_rate = TokenBuckets(
@@ -161,7 +162,7 @@ class Gateway:
         transport's protocol), or None when the request was answered and closed.
         """
         peer = transport.get_extra_info("peername")
-        ip = client_ip(peer, headers, self.settings.trusted_proxies)
+        ip = self.client_ip(peer, headers)
         user: str | None = None
         try:
             if not self.accepting:

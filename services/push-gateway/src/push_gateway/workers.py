@@ -8,9 +8,14 @@ gateway — its own Kafka ingest, ring buffers, snapshots, presence record and m
 its own instance id; nothing is shared between them but the listening port, so a client's
 resume works on any of them exactly as on any gateway behind the edge.
 
-The supervisor forwards SIGTERM/SIGINT (each worker drains its streams as a single gateway
-does), restarts a worker that died with a back-off, and exits once all have stopped. A
-worker's ``/metrics`` says which instance answered (``gateway_instance_info``); with
+Each worker runs in a session of its own, as N separately started gateways would: Linux's
+scheduler (with ``sched_autogroup``, the default outside systemd/cgroup-managed services)
+shares a busy core between *sessions*, so N workers in the supervisor's session would
+together get the CPU share of one process on a shared host — measured: two workers in one
+session got less CPU than one (``docs/scaling.md``). The supervisor forwards SIGTERM/SIGINT
+(a terminal's Ctrl-C reaches only the supervisor's session; each worker drains its streams
+as a single gateway does), restarts a worker that died with a back-off, and exits once all
+have stopped. A worker's ``/metrics`` says which instance answered (``gateway_instance_info``); with
 ``GATEWAY_WORKER_METRICS_PORT`` worker n also listens on that port + n, so a scraper can
 reach each one (through the shared port a scrape lands on any worker).
 """
@@ -119,7 +124,10 @@ class Supervisor:
             "GATEWAY_INSTANCE_ID": worker_instance_id(self._settings.instance_id, index),
         }
         self._workers[index] = subprocess.Popen(
-            [sys.executable, "-m", "push_gateway"], env=env, preexec_fn=_die_with_parent
+            [sys.executable, "-m", "push_gateway"],
+            env=env,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         self._started[index] = time.monotonic()
         log.info("worker started", worker=index, pid=self._workers[index].pid)

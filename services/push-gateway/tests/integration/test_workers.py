@@ -139,6 +139,9 @@ def test_a_worker_that_dies_is_restarted(workers: Workers) -> None:
     process = workers.process
     before = _children(process.pid)
     assert len(before) == 2
+    # each worker in a session of its own: the scheduler's autogroups weigh it as one
+    # process, not all workers together as one
+    assert {os.getsid(int(pid)) for pid in before} == {int(pid) for pid in before}
     victim = sorted(before, key=int)[-1]
     os.kill(int(victim), signal.SIGKILL)
     deadline = time.monotonic() + 30

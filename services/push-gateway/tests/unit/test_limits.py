@@ -6,7 +6,14 @@ from ipaddress import IPv4Network, IPv6Network
 import pytest
 
 from push_gateway.app import raise_open_file_limit
-from push_gateway.domain.limits import StreamCounts, TokenBuckets, client_ip, retry_after
+from push_gateway.domain import limits
+from push_gateway.domain.limits import (
+    ClientAddresses,
+    StreamCounts,
+    TokenBuckets,
+    client_ip,
+    retry_after,
+)
 
 LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 REAL_IP = [(b"x-real-ip", b"203.0.113.7")]
@@ -29,6 +36,19 @@ def test_client_ip_trusts_x_real_ip_only_from_trusted_proxies(
     peer: object, headers: list[tuple[bytes, bytes]], expected: str
 ) -> None:
     assert client_ip(peer, headers, LOOPBACK) == expected
+    remembering = ClientAddresses(LOOPBACK)
+    assert [remembering(peer, headers) for _ in range(3)] == [expected] * 3
+
+
+def test_remembered_addresses_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_KNOWN_ADDRESSES", 4)
+    addresses = ClientAddresses(LOOPBACK)
+    for n in range(10):
+        forwarded = [(b"x-real-ip", f"203.0.113.{n}".encode())]
+        assert addresses(("127.0.0.1", 1), forwarded) == f"203.0.113.{n}"
+        assert addresses((f"198.51.100.{n}", 1), forwarded) == f"198.51.100.{n}"
+    assert len(addresses._peers) <= 4  # noqa: SLF001
+    assert len(addresses._forwarded) <= 4  # noqa: SLF001
 
 
 def test_stream_counts_free_a_key_at_zero() -> None:

@@ -1,14 +1,19 @@
 from datetime import timedelta
+from urllib.parse import parse_qs
 
+import hypothesis
 import jwt
 import pytest
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from push_gateway.domain.requests import (
     EVENTS_PATH,
+    MAX_QUERY_FIELDS,
     PAGE_PATH,
     Problem,
     StreamRequest,
+    parse_query,
     parse_stream_request,
 )
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
@@ -155,3 +160,25 @@ def test_a_ticket_is_kept_for_redemption_by_the_gateway() -> None:
 @pytest.mark.parametrize("query", [f"ticket={'T' * 43}&ticket={'U' * 43}", "ticket=a.b", "ticket="])
 def test_malformed_tickets_are_401(query: str) -> None:
     assert problem_of(EVENTS_PATH, f"{NOTES}&{query}").status == 401
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.text(alphabet="ab=&;%+é 2\x00", max_size=40))
+def test_the_query_fast_path_reads_as_parse_qs(text: str) -> None:
+    try:
+        expected: dict[str, list[str]] | str = parse_qs(
+            text, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS
+        )
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        found: dict[str, list[str]] | str = parse_query(text)
+    except ValueError as exc:
+        found = str(exc)
+    assert found == expected
+
+
+def test_too_many_query_fields_are_refused() -> None:
+    with pytest.raises(ValueError, match="Max number of fields"):
+        parse_query("&".join(["a=1"] * (MAX_QUERY_FIELDS + 1)))
+    assert parse_query("&".join(["a=1"] * MAX_QUERY_FIELDS)) == {"a": ["1"] * MAX_QUERY_FIELDS}

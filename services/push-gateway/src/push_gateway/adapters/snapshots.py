@@ -21,14 +21,12 @@ class SnapshotUnavailable(RuntimeError):
     """The booking-api could not be reached or answered with an error."""
 
 
-RETRYABLE: Final = (httpx.TransportError, SnapshotUnavailable)
+RETRYABLE: Final = (httpx.TransportError, OSError, SnapshotUnavailable)
 FIRST_RETRY_PAUSE_SECONDS: Final = 0.1
 #: unknown instructors remembered at most (the oldest is forgotten first)
 MAX_UNKNOWN: Final = 100_000
-#: booking-api requests in flight at once (and the HTTP pool's size, see ``app.py``): httpcore
-#: checks every pooled connection (a poll() each) per request, so a small pool is cheaper;
-#: 8 keep a local booking-api busy (connect storm: 1.6 CPU s per 10,000 streams with 8,
-#: 2.0 with 32)
+#: booking-api requests in flight at once (and the connections kept, see ``app.py``): 8 keep
+#: a local booking-api busy; the rest wait here, where waiting costs nothing
 MAX_FETCHES_IN_FLIGHT: Final = 8
 
 
@@ -36,17 +34,30 @@ class SnapshotSource(Protocol):
     async def fetch(self, instructor_id: str) -> ScheduleSnapshot: ...
 
 
+class HttpAnswer(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+
+class HttpGetter(Protocol):
+    """What :class:`HttpSnapshotSource` needs of an HTTP client: the gateway's
+    :class:`~push_gateway.adapters.keepalive.KeepAliveClient`, or an ``httpx.AsyncClient``
+    (tests). Transport failures raise ``OSError`` or ``httpx.TransportError``."""
+
+    async def get(self, url: str) -> HttpAnswer: ...
+
+
 class HttpSnapshotSource:
     """``GET {booking_api}/api/instructors/{id}/schedule`` → ScheduleSnapshot.
 
-    At most ``max_in_flight`` requests at once; the rest wait here, not in httpcore's pool:
-    its queue is rescanned against every connection for each request it assigns, so a
-    connect storm's 500 concurrent snapshot requests cost ~1 ms of CPU each (profiled:
-    half the gateway's time while 10,000 streams opened)."""
+    At most ``max_in_flight`` requests at once; the rest wait here, not in a connection
+    pool's queue (httpcore's is rescanned against every connection for each request it
+    assigns: ~1 ms of CPU per request when a connect storm queued 500)."""
 
-    def __init__(
-        self, client: httpx.AsyncClient, max_in_flight: int = MAX_FETCHES_IN_FLIGHT
-    ) -> None:
+    def __init__(self, client: HttpGetter, max_in_flight: int = MAX_FETCHES_IN_FLIGHT) -> None:
         self._client = client
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
@@ -62,7 +73,7 @@ class HttpSnapshotSource:
             async for attempt in stamina.retry_context(on=RETRYABLE, attempts=2, timeout=10.0):
                 with attempt:
                     return await self._fetch_once(instructor_id)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, OSError) as exc:
             raise SnapshotUnavailable(f"booking-api unreachable: {exc!r}") from exc
         raise SnapshotUnavailable("booking-api gave no snapshot")  # pragma: no cover
 

@@ -32,7 +32,6 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from push_gateway.adapters.tickets import TicketServiceUnavailable
-from push_gateway.domain.limits import client_ip
 from push_gateway.domain.positions import PositionError, parse_position
 from push_gateway.domain.requests import Problem, StreamRequest
 from push_gateway.domain.ws_protocol import (
@@ -488,9 +487,7 @@ class WebSocketGateway:
         path, _, raw_query = target.partition(b"?")
         query = parse_qs(raw_query.decode("utf-8", "replace"), max_num_fields=20)
         origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
-        ip = client_ip(
-            transport.get_extra_info("peername"), headers, gateway.settings.trusted_proxies
-        )
+        ip = gateway.client_ip(transport.get_extra_info("peername"), headers)
         limit = gateway.settings.max_connections
         try:
             if not gateway.accepting:

@@ -8,7 +8,7 @@ is deleted when it drops to 0, and a token bucket is deleted once it would be fu
 
 import math
 from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Final
 
 Network = IPv4Network | IPv6Network
@@ -17,29 +17,75 @@ Network = IPv4Network | IPv6Network
 SWEEP_SECONDS: Final = 1.0
 
 
-def client_ip(
-    peer: object, headers: Sequence[tuple[bytes, bytes]], trusted: Iterable[Network]
-) -> str:
+#: addresses classified at most (then forgotten all at once): far more than the peers of
+#: one gateway (the edge's few addresses, or clients' addresses without an edge)
+MAX_KNOWN_ADDRESSES: Final = 4096
+
+
+class ClientAddresses:
     """The client's address: the TCP peer (``peername``), or the ``X-Real-IP`` the edge set
     when the peer is a trusted proxy (DESIGN D4). A peer without an IP address (a Unix
     socket: only local processes reach it) counts as a trusted proxy. A malformed header
-    is ignored."""
-    host = peer[0] if isinstance(peer, tuple) and peer else None
-    address: IPv4Address | IPv6Address | None = None
-    if isinstance(host, str):
-        try:
-            address = ip_address(host)
-        except ValueError:
-            address = None
-    if address is not None and not any(address in network for network in trusted):
-        return str(address)
-    for name, value in headers:
-        if name == b"x-real-ip":
-            try:
-                return str(ip_address(value.decode("latin-1").strip()))
-            except ValueError:
+    is ignored.
+
+    Called once per stream request; parsing an address and testing it against every
+    trusted network costs ~10 µs, so each address string's answer is remembered (at most
+    ``MAX_KNOWN_ADDRESSES``): a connect storm comes from few addresses."""
+
+    __slots__ = ("_trusted", "_peers", "_forwarded")
+
+    def __init__(self, trusted: Iterable[Network]) -> None:
+        self._trusted = tuple(trusted)
+        #: peer host → (its normalised address or None, whether it is a trusted proxy)
+        self._peers: dict[str, tuple[str | None, bool]] = {}
+        #: X-Real-IP value → its normalised address, or None when malformed
+        self._forwarded: dict[bytes, str | None] = {}
+
+    def __call__(self, peer: object, headers: Sequence[tuple[bytes, bytes]]) -> str:
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        address, trusted = self._peer(host) if isinstance(host, str) else (None, True)
+        if not trusted:
+            return address or "local"
+        for name, value in headers:
+            if name == b"x-real-ip":
+                forwarded = self._forwarded_address(value)
+                if forwarded is not None:
+                    return forwarded
                 break
-    return str(address) if address is not None else "local"
+        return address or "local"
+
+    def _peer(self, host: str) -> tuple[str | None, bool]:
+        known = self._peers.get(host)
+        if known is None:
+            try:
+                address = ip_address(host)
+            except ValueError:
+                known = (None, True)
+            else:
+                known = (str(address), any(address in network for network in self._trusted))
+            if len(self._peers) >= MAX_KNOWN_ADDRESSES:
+                self._peers.clear()
+            self._peers[host] = known
+        return known
+
+    def _forwarded_address(self, value: bytes) -> str | None:
+        if value in self._forwarded:
+            return self._forwarded[value]
+        try:
+            found: str | None = str(ip_address(value.decode("latin-1").strip()))
+        except ValueError:
+            found = None
+        if len(self._forwarded) >= MAX_KNOWN_ADDRESSES:
+            self._forwarded.clear()
+        self._forwarded[value] = found
+        return found
+
+
+def client_ip(
+    peer: object, headers: Sequence[tuple[bytes, bytes]], trusted: Iterable[Network]
+) -> str:
+    """:class:`ClientAddresses` without its memory (for one-off callers)."""
+    return ClientAddresses(trusted)(peer, headers)
 
 
 class StreamCounts:

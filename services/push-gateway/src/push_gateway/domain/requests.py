@@ -25,6 +25,8 @@ STREAM_PATHS: Final = frozenset({PAGE_PATH, EVENTS_PATH})
 #: what the booking-api issues: URL-safe base64 of 32 random bytes (43 characters)
 TICKET_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 CHALLENGE: Final = (("www-authenticate", 'Bearer realm="slotstream"'),)
+MAX_QUERY_FIELDS: Final = 100
+MAX_KNOWN_CHANNELS: Final = 65_536
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,42 @@ class StreamRequest:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def parse_query(text: str) -> dict[str, list[str]]:
+    """``parse_qs(text, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)``, with
+    the common case — nothing percent- or plus-encoded, as in ``instructorId=i1`` — split
+    directly (a third of the cost; it runs once per stream request, 10,000 times in a
+    connect storm)."""
+    if "%" in text or "+" in text:
+        return parse_qs(text, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    if text.count("&") + 1 > MAX_QUERY_FIELDS:
+        raise ValueError("Max number of fields exceeded")
+    query: dict[str, list[str]] = {}
+    for field_ in text.split("&"):
+        if field_:
+            name, _, value = field_.partition("=")
+            if name in query:
+                query[name].append(value)
+            else:
+                query[name] = [value]
+    return query
+
+
+_schedule_channels: dict[str, tuple[Channel]] = {}
+
+
+def _schedule_channel(instructor_id: str) -> Channel:
+    """``Channel.schedule(instructor_id)``, remembered (at most ``MAX_KNOWN_CHANNELS``): a
+    connect storm asks for few instructors many times, and a channel is immutable."""
+    known = _schedule_channels.get(instructor_id)
+    if known is None:
+        if not is_valid_id(instructor_id):
+            raise _bad_request("instructorId must be given once and be a valid id")
+        if len(_schedule_channels) >= MAX_KNOWN_CHANNELS:
+            _schedule_channels.clear()
+        known = _schedule_channels[instructor_id] = (Channel.schedule(instructor_id),)
+    return known[0]
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -78,7 +116,7 @@ def parse_stream_request(
 ) -> StreamRequest:
     """Validate everything about a stream request; raise :class:`Problem` when it must fail."""
     try:
-        query = parse_qs(query_string.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+        query = parse_query(query_string.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad_request(f"unreadable query string: {exc}") from None
     if "access_token" in query:
@@ -89,9 +127,9 @@ def parse_stream_request(
 
     if path == PAGE_PATH:
         ids = query.get("instructorId", [])
-        if len(ids) != 1 or not is_valid_id(ids[0]):
+        if len(ids) != 1:
             raise _bad_request("instructorId must be given once and be a valid id")
-        channels: tuple[Channel, ...] = (Channel.schedule(ids[0]),)
+        channels: tuple[Channel, ...] = (_schedule_channel(ids[0]),)
     else:
         names = query.get("channel", [])
         if not names:

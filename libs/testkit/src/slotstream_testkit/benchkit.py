@@ -300,6 +300,27 @@ def _ingest_row(data: Mapping[str, Any]) -> str:
     )
 
 
+def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for phase in data.get("phases", []):
+        latency = phase.get("commit_to_frame_ms") or {}
+        stages = phase.get("stages") or {}
+        cores = phase.get("cores_used") or {}
+        load = phase.get("load_average_before") or ["?"]
+        rows.append(
+            f"| `bench/e2e_latency.py` {phase.get('phase')}, {_num(phase.get('clients'))} "
+            f"clients | booking commit → browser frame p50 {_num(latency.get('p50'))} / "
+            f"p99 {_num(latency.get('p99'))} ms at "
+            f"{_num(phase.get('deliveries_per_s_measured'))} deliveries/s; per booking "
+            f"(medians) commit → produced {_num(stages.get('commit_to_produced_ms'))}, "
+            f"→ consumed {_num(stages.get('produced_to_consumed_ms'))}, → frame "
+            f"{_num(stages.get('consumed_to_frame_p50_ms'))} ms; load client "
+            f"{_num(cores.get('load-client'), 2)} cores, load {load[0]} "
+            f"| {_stamp(data)} |"
+        )
+    return rows
+
+
 def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
     rows = ["| benchmark | latest figures | when, commit, load average |", "|---|---|---|"]
     if "booking" in latest:
@@ -310,6 +331,8 @@ def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
         rows.extend(_fanout_rows(latest["fanout"]))
     if "ingest" in latest:
         rows.append(_ingest_row(latest["ingest"]))
+    if "e2e_latency" in latest:
+        rows.extend(_e2e_rows(latest["e2e_latency"]))
     return "\n".join(rows)
 
 

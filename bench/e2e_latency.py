@@ -706,7 +706,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument(
-        "--edge-workers", help="nginx worker_processes of the edge (default: the stack's)"
+        "--edge-workers",
+        default="auto",
+        help="nginx worker_processes of the edge: auto (one per core) as deploy/edge/nginx.conf "
+        "in production; the demo stack runs 1",
     )
     parser.add_argument(
         "--results-dir",
@@ -737,8 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     BenchStack.publisher_env = _pairs(args.publisher_env)
     BenchStack.gateway_env = _pairs(args.gateway_env)
-    if args.edge_workers:
-        set_edge_workers(args.edge_workers)
+    set_edge_workers(args.edge_workers)
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         stack = BenchStack(Path(tmp), Ports.free(), log_level="WARNING")
         stack.start()

@@ -14,7 +14,7 @@ Each batch is closed before it is submitted, which tells aiokafka it is complete
 out with the next produce request instead of waiting out ``linger_ms``. Lingering could not
 make it larger anyway: nothing else appends to a batch built here, and ``send_batch`` waits
 for a partition's previous batch to leave before it queues the next, so a linger only
-delayed every change (5 ms at the old default: the median of the booking → browser path).
+delayed every change (5 ms at the old default, on the path from a booking to the browser).
 Batching under load comes from the source: a backlog is read up to ``read_batch`` changes
 at a time, and aiokafka sends one request per broker at a time, so batches of several
 reads queue behind a request in flight.

@@ -2,18 +2,35 @@
 
 Starts the demo stack (scripts/devstack.py: Tansu, booking-api on memory, change-publisher,
 two push-gateways, nginx edge) on free ports, opens N SSE clients through the edge on the
-seeded instructors' schedule channels (raw asyncio sockets), keeps a background delivery
-rate going (records produced straight to the schedule topic on the same channels), then
-books slots one by one through the edge (``POST /api/bookings``, a fresh student token each)
-and timestamps the matching ``slot`` frame at every client. Per booking and client:
-commit -> frame (the slot's ``updatedAt``, written by the booking-api at commit) and
-201 -> frame. Two phases in one run: ``shared`` (no pinning) and ``broker-core`` (Tansu
-alone on core 0, everything else — services, edge, clients — on core 1), so the broker's
-share is visible. Results: bench/results/e2e_latency.json (latest) and
-bench/results/history.jsonl.
+seeded instructors' schedule channels, keeps a background delivery rate going (records
+produced straight to the schedule topic on the same channels), then books slots one by one
+through the edge (``POST /api/bookings``, a fresh student token each) and timestamps the
+matching ``slot`` frame at every client of that instructor.
 
-    .venv/bin/python bench/e2e_latency.py                         # 300 clients, 3,000 deliveries/s
-    .venv/bin/python bench/e2e_latency.py --clients 600 --rate 20000 --bookings 60
+Per booking, the stages in between are timed too:
+
+* commit → produced: the slot's ``updatedAt`` (written by the booking-api at commit) → the
+  Kafka timestamp of its record (set by the change-publisher when it appends the record to
+  a produce batch): the change feed long-poll, the publisher's read, map and encode;
+* produced → consumed: → a bare Kafka consumer in this process (the gateways' fetch
+  settings) got it: producer linger and acks, Tansu, and Tansu's fetch long-poll, which
+  it answers at the deadline;
+* consumed → frame: → the frame at a client: the gateway's own fetch, ingest and fan-out,
+  nginx, and the client's read (per client; the clients' p50 and p99 per booking).
+
+The SSE clients run in a process of their own (``--client-process``, started by this
+script), lean (a byte search per read, no parsing), which reports its own CPU and how late
+its 10 ms timer fired (how late its timestamps may be), so the load client's share of the
+two cores is measured rather than hidden in the figure. Every process's CPU per phase
+(cores used) and the load average before and after each phase are in the JSON.
+
+Phases: ``shared`` (nothing pinned), ``broker-core`` (Tansu alone on core 0, everything
+else on core 1), ``client-core`` (the load client alone on core 0, the stack on core 1).
+Results: bench/results/e2e_latency.json (latest) and bench/results/history.jsonl.
+
+    .venv/bin/python bench/e2e_latency.py                       # 900 clients, 40 k deliveries/s
+    .venv/bin/python bench/e2e_latency.py --clients 300 --rate 3000 --bookings 60
+    .venv/bin/python bench/e2e_latency.py --publisher-env PYTHONPATH=/tmp/old/src  # A/B
 
 All processes share this machine's cores with other work: figures are noisy.
 """
@@ -22,13 +39,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import json
 import os
 import platform
 import random
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,14 +53,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import orjson
 import uvloop
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slotstream_contracts.topics import SCHEDULE_TOPIC
 from slotstream_testkit.benchkit import record_results
@@ -51,7 +67,14 @@ from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the stack and the fan-out tools
-from bench.fanout import _descendants, percentile  # noqa: E402
+from bench.fanout import (  # noqa: E402
+    _descendants,
+    gateway_timings,
+    own_cpu_seconds,
+    percentile,
+    tree_cpu_seconds,
+)
+from scripts import devstack  # noqa: E402
 from scripts.devstack import DevStack, Ports  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -68,37 +91,71 @@ GATEWAY_ENV = {
     "GATEWAY_CONNECT_BURST_PER_IP": "20000",
     "GATEWAY_CONNECT_RATE_PER_IP": "100000",
 }
-#: a client without the frame this long after the 201 counts as missed
+#: the gateways' fetch long-poll under load (GATEWAY_KAFKA__FETCH_MAX_WAIT_MS's default)
+PROBE_FETCH_MAX_WAIT_MS = 5
+#: a client without the frame this long after the watch began counts as missed
 FRAME_TIMEOUT_SECONDS = 5.0
-#: numbers the bookings of a whole run (the clients' ``seen`` keys)
-BOOKING_NUMBERS = itertools.count()
-#: bytes searched before each new chunk, so an id split across two chunks is found
+#: bytes kept from the previous read, so an id split across two reads is found
 ID_SPAN = 64
+LAG_TICK_SECONDS = 0.01
 BACKGROUND_HEADERS = [("ce_type", b"slot.updated"), ("content-type", b"application/json")]
+PHASES = ("shared", "broker-core", "client-core")
 
 
 class BenchStack(DevStack):
-    """The demo stack with the per-address stream limits of the gateways lifted."""
+    """The demo stack with the per-address stream limits of the gateways lifted, and extra
+    environment for the publisher and the gateways (A/B runs of other code or settings)."""
+
+    publisher_env: dict[str, str] = {}  # noqa: RUF012 - set once per run, before start()
+    gateway_env: dict[str, str] = {}  # noqa: RUF012
 
     def _base_env(self) -> dict[str, str]:
         return super()._base_env() | GATEWAY_ENV
 
+    def _spawn(self, process: Any, timeout: float = 30.0) -> Any:
+        if process.name == "change-publisher":
+            process.env.update(self.publisher_env)
+        elif process.name.startswith("push-gateway"):
+            process.env.update(self.gateway_env)
+        return super()._spawn(process, timeout)
+
+
+def set_edge_workers(workers: str) -> None:
+    """Run the edge with ``workers`` nginx worker processes (A/B runs of the setting)."""
+    render = devstack._main_conf
+
+    def main_conf(edge: Path) -> str:
+        return re.sub(r"worker_processes \S+;", f"worker_processes {workers};", render(edge))
+
+    devstack._main_conf = main_conf
+
+
+# -- the load client: its own process --------------------------------------------------------
+class Audience:
+    """The clients of one instructor and the slot id they are watching for."""
+
+    __slots__ = ("members", "slot", "arrived", "complete")
+
+    def __init__(self) -> None:
+        self.members: list[Watcher] = []
+        self.slot: bytes | None = None
+        self.arrived: dict[int, int] = {}
+        self.complete = asyncio.Event()
+
 
 class Watcher(asyncio.Protocol):
-    """One SSE client: notes when a watched slot id first shows up in its stream."""
+    """One SSE client: counts frames and notes when the watched slot id shows up."""
 
-    __slots__ = ("transport", "instructor", "watched", "seen", "tail", "frames", "keep")
+    __slots__ = ("transport", "audience", "number", "direct", "tail", "frames")
 
-    def __init__(self, instructor: str, watched: dict[bytes, int], keep: bool) -> None:
+    def __init__(self, audience: Audience, number: int, direct: bool) -> None:
         self.transport: asyncio.Transport | None = None
-        self.instructor = instructor
-        #: slot id → index of its booking (shared by all watchers)
-        self.watched = watched
-        #: booking index → (arrival time ns, the bytes around it when ``keep``)
-        self.seen: dict[int, tuple[int, bytes]] = {}
+        self.audience = audience
+        self.number = number
+        #: connected straight to a gateway (not through the edge)
+        self.direct = direct
         self.tail = b""
         self.frames = 0
-        self.keep = keep
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -106,48 +163,60 @@ class Watcher(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
         self.frames += data.count(b"\n\n")
-        # only the new bytes and a boundary's worth before them: the tail still holds the
-        # snapshot, which names every slot
-        fresh = self.tail[-ID_SPAN:] + data
-        for slot_id, index in self.watched.items():
-            if index not in self.seen and slot_id in fresh:
-                self.seen[index] = (now, self.tail + data if self.keep else b"")
-        self.tail = (self.tail + data)[-4096:]
+        audience = self.audience
+        slot = audience.slot
+        if slot is not None and self.number not in audience.arrived and slot in self.tail + data:
+            audience.arrived[self.number] = now
+            if len(audience.arrived) == len(audience.members):
+                audience.complete.set()
+        self.tail = data[-ID_SPAN:]
 
 
-def slot_frame_data(raw: bytes, slot_id: bytes) -> dict[str, Any] | None:
-    """The ``data:`` JSON of the frame that names ``slot_id`` (None when cut off)."""
-    at = raw.rfind(slot_id)
-    start = raw.rfind(b"data: ", 0, at)
-    end = raw.find(b"\n", at)
-    if start < 0 or end < 0:
-        return None
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        found: dict[str, Any] = orjson.loads(raw[start + 6 : end])
-        if found["data"]["id"] == slot_id.decode() and "updatedAt" in found["data"]:
-            return found
-    return None
+class LagMeter:
+    """How late a 10 ms timer fires in this process: a bound on how late a timestamp taken
+    in ``data_received`` may be (the loop was busy or the process not scheduled)."""
+
+    def __init__(self) -> None:
+        self.late_ns: list[int] = []
+        self._loop = asyncio.get_running_loop()
+        self._due = time.monotonic_ns() + int(LAG_TICK_SECONDS * 1e9)
+        self._loop.call_later(LAG_TICK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic_ns()
+        self.late_ns.append(max(0, now - self._due))
+        self._due = now + int(LAG_TICK_SECONDS * 1e9)
+        self._loop.call_later(LAG_TICK_SECONDS, self._tick)
+
+    def take(self) -> dict[str, float | None]:
+        late, self.late_ns = self.late_ns, []
+        return {
+            "p50": percentile(late, 0.5),
+            "p99": percentile(late, 0.99),
+            "max": percentile(late, 1.0),
+        }
 
 
-@dataclass
-class Phase:
-    name: str
-    commit_to_frame_ms: list[int] = field(default_factory=list)
-    response_to_frame_ms: list[int] = field(default_factory=list)
-    missed: int = 0
-    booked: int = 0
-    failed: int = 0
-
-
-async def open_clients(port: int, instructors: list[str], count: int) -> list[Watcher]:
+async def client_process(
+    port: int, count: int, instructors: list[str], gateway_ports: list[int], direct: int
+) -> None:
+    """Open the clients (``count`` through the edge, ``direct`` per instructor straight to
+    the gateways, for the edge's share), then answer commands (JSON lines) on stdin:
+    ``{"watch": slot, "instructor": id}`` → the arrival times at that instructor's
+    clients; ``{"stats": 1}`` → frames so far, own CPU seconds, timer lateness since the
+    last stats."""
+    raise_open_file_limit()
     loop = asyncio.get_running_loop()
-    watched: dict[bytes, int] = {}
+    audiences = {instructor: Audience() for instructor in instructors}
     clients: list[Watcher] = []
-    for n in range(count):
+    direct_total = direct * len(instructors)
+    for n in range(count + direct_total):
         instructor = instructors[n % len(instructors)]
-        client = Watcher(instructor, watched, keep=n < len(instructors))
+        client = Watcher(audiences[instructor], n, direct=n >= count)
+        audiences[instructor].members.append(client)
         clients.append(client)
-        await loop.create_connection(partial(_same, client), "127.0.0.1", port)
+        target = gateway_ports[n % len(gateway_ports)] if client.direct else port
+        await loop.create_connection(lambda c=client: c, "127.0.0.1", target)  # type: ignore[misc]
         assert client.transport is not None
         client.transport.write(
             f"GET /api/book-now/schedule-updates?instructorId={instructor} HTTP/1.1\r\n"
@@ -159,13 +228,96 @@ async def open_clients(port: int, instructors: list[str], count: int) -> list[Wa
         if all(c.frames for c in clients):
             break
         await asyncio.sleep(0.1)
-    return clients
+    lag = LagMeter()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def answer(message: dict[str, Any]) -> None:
+        sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
+        sys.stdout.buffer.flush()
+
+    answer({"opened": sum(1 for c in clients if c.frames), "clients": len(clients)})
+    while line := await reader.readline():
+        command = orjson.loads(line)
+        if "watch" in command:
+            audience = audiences[command["instructor"]]
+            audience.arrived, audience.complete = {}, asyncio.Event()
+            audience.slot = command["watch"].encode()
+            try:
+                await asyncio.wait_for(audience.complete.wait(), FRAME_TIMEOUT_SECONDS)
+            except TimeoutError:
+                pass
+            audience.slot = None
+            arrived = audience.arrived
+            answer(
+                {
+                    "arrivals": [arrived[c.number] for c in audience.members if not c.direct],
+                    "direct": [arrived[c.number] for c in audience.members if c.direct],
+                    "missed": len(audience.members) - len(arrived),
+                }
+            )
+        elif "stats" in command:
+            answer(
+                {
+                    "frames": sum(c.frames for c in clients if not c.direct),
+                    "cpu_seconds": own_cpu_seconds(),
+                    "timer_late_ms": lag.take(),
+                }
+            )
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
 
 
-def _same(client: Watcher) -> Watcher:
-    return client
+class ClientProcess:
+    """The main process's handle on the load client process."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(
+        cls, port: int, count: int, instructors: list[str], gateway_ports: list[int], direct: int
+    ) -> ClientProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--client-process",
+            str(port),
+            str(count),
+            ",".join(instructors),
+            ",".join(map(str, gateway_ports)),
+            str(direct),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def receive(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the load client process exited")
+        found: dict[str, Any] = orjson.loads(line)
+        return found
+
+    async def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(orjson.dumps(command) + b"\n")
+        await self.process.stdin.drain()
+        return await self.receive()
+
+    async def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
 
 
+# -- the main process: bookings, background load, the bare consumer ----------------------------
 async def background(
     producer: AIOKafkaProducer, instructors: list[str], records_per_s: float, stop: asyncio.Event
 ) -> int:
@@ -175,7 +327,6 @@ async def background(
     if records_per_s <= 0:
         await stop.wait()
         return 0
-    tick = 0.01
     start = time.monotonic()
     pad = "x" * 200
     while not stop.is_set():
@@ -188,22 +339,103 @@ async def background(
             headers = [*BACKGROUND_HEADERS, ("ce_id", f"bg-{uuid.uuid4().hex}".encode())]
             await producer.send(SCHEDULE_TOPIC, value, key=instructor.encode(), headers=headers)
             sent += 1
-        await asyncio.sleep(tick)
+        await asyncio.sleep(0.01)
     return sent
+
+
+class BareConsumer:
+    """Reads the schedule topic like a gateway does (all partitions, no group, the gateways'
+    fetch long-poll) and notes when a watched slot's record arrived and its Kafka timestamp
+    (the producer's create time)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=PROBE_FETCH_MAX_WAIT_MS,
+            max_poll_records=500,
+            auto_offset_reset="latest",
+        )
+        self.watched: set[bytes] = set()
+        #: slot id → (record timestamp ms, arrival ns)
+        self.found: dict[bytes, tuple[int, int]] = {}
+        #: record timestamp → arrival of the background records (this process's producer,
+        #: no linger): the broker's share without the change-publisher, ns
+        self.background_delays: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        partitions = [
+            TopicPartition(SCHEDULE_TOPIC, p)
+            for p in self.consumer.partitions_for_topic(SCHEDULE_TOPIC) or ()
+        ]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_end(*partitions)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=200)
+            now = time.time_ns()
+            for records in batches.values():
+                for record in records:
+                    value = record.value or b""
+                    if value.startswith(b'{"id":"bg-'):
+                        self.background_delays.append(now - record.timestamp * 1_000_000)
+                        continue
+                    for slot in self.watched:
+                        if slot in value and slot not in self.found:
+                            self.found[slot] = (record.timestamp, now)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.consumer.stop()
+
+
+@dataclass
+class Phase:
+    name: str
+    commit_to_frame_ns: list[int] = field(default_factory=list)
+    response_to_frame_ns: list[int] = field(default_factory=list)
+    #: per booking, ms: commit → produced, produced → consumed, consumed → frame p50 and
+    #: p99 (through the edge), consumed → frame p50 at the clients straight on a gateway
+    stages: list[tuple[float, float, float, float, float | None]] = field(default_factory=list)
+    missed: int = 0
+    booked: int = 0
+    failed: int = 0
+
+
+async def slot_updated_at(api: httpx.AsyncClient, instructor: str, slot_id: str) -> int | None:
+    """The slot's ``updatedAt`` (its commit time, ns) as the booking-api has it now."""
+    schedule = (await api.get(f"/api/instructors/{instructor}/schedule")).json()
+    for slot in schedule["slots"]:
+        if slot["id"] == slot_id and "updatedAt" in slot:
+            return int(datetime.fromisoformat(slot["updatedAt"]).timestamp() * 1e9)
+    return None
 
 
 async def run_phase(
     stack: DevStack,
     phase: Phase,
-    clients: list[Watcher],
+    clients: ClientProcess,
+    consumer: BareConsumer,
     slots: list[tuple[str, str]],
-    args: argparse.Namespace,
+    interval: float,
 ) -> None:
-    watched = clients[0].watched
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as edge:
+    async with (
+        httpx.AsyncClient(base_url=stack.base_url, timeout=10) as edge,
+        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=10) as api,
+    ):
         for instructor, slot_id in slots:
-            index = next(BOOKING_NUMBERS)
-            watched[slot_id.encode()] = index
+            began = time.monotonic()
+            slot = slot_id.encode()
+            consumer.watched.add(slot)
+            watching = asyncio.create_task(
+                clients.ask({"watch": slot_id, "instructor": instructor})
+            )
+            await asyncio.sleep(0.02)  # the client process has the watch before the frame
             token = stack.mint(f"bench-{uuid.uuid4().hex[:10]}", "student", "Bench Student")
             response = await edge.post(
                 "/api/bookings",
@@ -211,38 +443,34 @@ async def run_phase(
                 headers={"Authorization": f"Bearer {token}"},
             )
             answered = time.time_ns()
+            report = await watching
+            consumer.watched.discard(slot)
             if response.status_code != 201:
                 phase.failed += 1
-                del watched[slot_id.encode()]
                 print(f"  booking {slot_id}: {response.status_code} {response.text[:200]}")
                 continue
             phase.booked += 1
-            audience = [c for c in clients if c.instructor == instructor]
-            waited = 0.0
-            while waited < args.interval or (
-                waited < FRAME_TIMEOUT_SECONDS and any(index not in c.seen for c in audience)
-            ):
-                await asyncio.sleep(0.01)
-                waited += 0.01
-            committed: int | None = None
-            for client in audience:
-                found = client.seen.get(index)
-                if found is None:
-                    continue
-                if committed is None and found[1]:
-                    frame = slot_frame_data(found[1], slot_id.encode())
-                    if frame is not None:
-                        updated = datetime.fromisoformat(frame["data"]["updatedAt"])
-                        committed = int(updated.timestamp() * 1e9)
-            for client in audience:
-                found = client.seen.get(index)
-                if found is None:
-                    phase.missed += 1
-                    continue
-                phase.response_to_frame_ms.append(found[0] - answered)
-                if committed is not None:
-                    phase.commit_to_frame_ms.append(found[0] - committed)
-            del watched[slot_id.encode()]
+            phase.missed += report["missed"]
+            arrivals: list[int] = report["arrivals"]
+            committed = await slot_updated_at(api, instructor, slot_id)
+            phase.response_to_frame_ns += [at - answered for at in arrivals]
+            consumed = consumer.found.pop(slot, None)
+            if committed is not None:
+                phase.commit_to_frame_ns += [at - committed for at in arrivals]
+                if consumed is not None and arrivals:
+                    produced_ns = consumed[0] * 1_000_000
+                    after = [at - consumed[1] for at in arrivals]
+                    direct = [at - consumed[1] for at in report["direct"]]
+                    phase.stages.append(
+                        (
+                            (produced_ns - committed) / 1e6,
+                            (consumed[1] - produced_ns) / 1e6,
+                            percentile(after, 0.5) or 0.0,
+                            percentile(after, 0.99) or 0.0,
+                            percentile(direct, 0.5),
+                        )
+                    )
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
 
 def pin(pids: list[int], cores: str) -> None:
@@ -260,29 +488,46 @@ def stack_pids(stack: DevStack, name: str) -> list[int]:
     return _descendants(process.pid) if process.pid is not None else []
 
 
-def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[str, Any]:
-    def quantiles(values: list[int]) -> dict[str, float | None]:
-        return {
-            "p50": _round(percentile(values, 0.50)),
-            "p99": _round(percentile(values, 0.99)),
-            "max": _round(percentile(values, 1.0)),
-        }
-
-    return {
-        "phase": phase.name,
-        "bookings": phase.booked,
-        "booking_failures": phase.failed,
-        "frames_measured": len(phase.response_to_frame_ms),
-        "frames_missed": phase.missed,
-        "commit_to_frame_ms": quantiles(phase.commit_to_frame_ms),
-        "response_to_frame_ms": quantiles(phase.response_to_frame_ms),
-        "deliveries_per_s_measured": round(delivered / seconds) if seconds else None,
-        "clients": clients,
+def cpu_by_process(stack: DevStack, client_pid: int) -> dict[str, float]:
+    """CPU seconds so far of each part: the stack's processes, the load client, this one."""
+    found = {
+        name: tree_cpu_seconds(process.pid)
+        for name, process in stack.processes.items()
+        if process.pid is not None
     }
+    found["load-client"] = tree_cpu_seconds(client_pid)
+    found["bench (bookings, background, bare consumer)"] = own_cpu_seconds()
+    return found
 
 
-def _round(value: float | None) -> float | None:
+async def gateway_metrics(stack: DevStack) -> list[str]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return [(await http.get(f"{stack.gateway_url(n)}/metrics")).text for n in (1, 2)]
+
+
+def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+def stage_medians(
+    stages: list[tuple[float, float, float, float, float | None]],
+) -> dict[str, Any]:
+    """The median over the bookings of each stage, and the stages of the three worst."""
+    names = (
+        "commit_to_produced",
+        "produced_to_consumed",
+        "consumed_to_frame_p50",
+        "consumed_to_frame_p99",
+        "consumed_to_direct_frame_p50",
+    )
+    out: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        values = [s[i] for s in stages if s[i] is not None]
+        out[f"{name}_ms"] = _ms(statistics.median(values)) if values else None  # type: ignore[type-var]
+    # the worst bookings: what their stages were (the p99 of a run is close to its worst)
+    worst = sorted(stages, key=lambda s: s[0] + s[1] + s[3])[-3:]
+    out["worst_bookings_ms"] = [[_ms(v) for v in s] for s in worst]
+    return out
 
 
 async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any]:
@@ -294,84 +539,178 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
             free += [(instructor, s["id"]) for s in schedule["slots"] if s["status"] == "available"]
     random.Random(7).shuffle(free)
     per_phase = min(args.bookings, len(free) // len(args.phases))
-    clients = await open_clients(stack.ports.edge, instructors, args.clients)
-    opened = sum(1 for c in clients if c.frames)
-    print(f"  {opened}/{len(clients)} clients got their snapshot", file=sys.stderr)
+    gateway_ports = [stack.gateway_port(1), stack.gateway_port(2)]
+    clients = await ClientProcess.start(
+        stack.ports.edge, args.clients, instructors, gateway_ports, args.direct
+    )
+    opened = await clients.receive()
+    print(f"  {opened['opened']}/{opened['clients']} clients got their snapshot", file=sys.stderr)
+    client_pid = clients.process.pid
     producer = AIOKafkaProducer(
-        bootstrap_servers=stack.bootstrap_servers, enable_idempotence=False, linger_ms=2
+        bootstrap_servers=stack.bootstrap_servers, enable_idempotence=False, linger_ms=0
     )
     await producer.start()
+    consumer = BareConsumer(stack.bootstrap_servers)
+    await consumer.start()
     results: list[dict[str, Any]] = []
-    records_per_s = args.rate / max(1, len(clients) / len(instructors))
-    everything = [os.getpid()] + [
+    records_per_s = args.rate / max(1, args.clients / len(instructors))
+    services = [os.getpid()] + [
         pid for name in stack.processes if name != "tansu" for pid in stack_pids(stack, name)
     ]
+    tansu = stack_pids(stack, "tansu")
     try:
         for number, name in enumerate(args.phases):
             if name == "broker-core":
-                pin(stack_pids(stack, "tansu"), str(args.broker_core))
-                pin(everything, str(args.other_core))
+                pin(tansu, str(args.cores[0]))
+                pin([*services, client_pid], str(args.cores[1]))
+            elif name == "client-core":
+                pin([client_pid], str(args.cores[0]))
+                pin([*tansu, *services], str(args.cores[1]))
             else:
-                pin(stack_pids(stack, "tansu") + everything, "0-1")
+                pin([*tansu, *services, client_pid], f"{args.cores[0]},{args.cores[1]}")
             stop = asyncio.Event()
             load = asyncio.create_task(background(producer, instructors, records_per_s, stop))
             await asyncio.sleep(1.0)
-            frames_before = sum(c.frames for c in clients)
+            load_before = os.getloadavg()
+            stats_before = await clients.ask({"stats": 1})
+            cpu_before = cpu_by_process(stack, client_pid)
+            metrics_before = await gateway_metrics(stack)
+            consumer.background_delays = []
             started = time.monotonic()
             phase = Phase(name)
             chosen = free[number * per_phase : (number + 1) * per_phase]
             try:
-                await run_phase(stack, phase, clients, chosen, args)
+                await run_phase(stack, phase, clients, consumer, chosen, args.interval)
             finally:
                 stop.set()
                 sent = await load
             seconds = time.monotonic() - started
-            delivered = sum(c.frames for c in clients) - frames_before
-            run = summary(phase, seconds, delivered, len(clients))
+            stats_after = await clients.ask({"stats": 1})
+            cpu_after = cpu_by_process(stack, client_pid)
+            metrics_after = await gateway_metrics(stack)
+            delivered = stats_after["frames"] - stats_before["frames"]
+            run = summary(phase, seconds, delivered, args.clients)
+            run["load_average_before"] = [round(v, 2) for v in load_before]
+            run["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+            run["cores_used"] = {
+                part: round((cpu_after[part] - cpu_before.get(part, 0.0)) / seconds, 3)
+                for part in cpu_after
+            }
+            run["load_client_timer_late_ms"] = stats_after["timer_late_ms"]
+            run["gateways"] = [
+                {
+                    k: v
+                    for k, v in gateway_timings(before, after).items()
+                    if k.startswith(("fetch_delay", "write_delay", "loop_lag"))
+                }
+                for before, after in zip(metrics_before, metrics_after, strict=True)
+            ]
+            run["stages"] = stage_medians(phase.stages)
+            delays = consumer.background_delays
+            run["background_produced_to_consumed_ms"] = {
+                "p50": _ms(percentile(delays, 0.5)),
+                "p99": _ms(percentile(delays, 0.99)),
+            }
             results.append(run | {"background_records_sent": sent})
             print(json.dumps(results[-1]))
     finally:
-        pin(stack_pids(stack, "tansu") + everything, "0-1")
+        pin([*tansu, *services, client_pid], f"{args.cores[0]},{args.cores[1]}")
+        await consumer.stop()
         await producer.stop()
-        for client in clients:
-            if client.transport is not None:
-                client.transport.abort()
+        await clients.stop()
     return {
         "benchmark": "e2e_latency",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "workload": {
-            "clients": len(clients),
+            "clients": args.clients,
             "instructors": len(instructors),
             "offered_deliveries_per_s": args.rate,
             "background_records_per_s": round(records_per_s, 1),
             "bookings_per_phase": per_phase,
             "interval_s": args.interval,
+            "publisher_env": args.publisher_env,
+            "gateway_env": args.gateway_env,
+            "edge_workers": args.edge_workers,
         },
         "note": "Loaded shared 2-core machine. commit = the slot's updatedAt (booking-api "
-        "clock, same host); broker-core: Tansu alone on one core, everything else on the "
-        "other.",
+        "clock, same host); produced = the record's Kafka timestamp; consumed = a bare "
+        "consumer in the bench process; frame = the lean load client process. broker-core: "
+        "Tansu alone on one core, everything else on the other; client-core: the load client "
+        "alone on one core.",
         "phases": results,
     }
 
 
+def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[str, Any]:
+    def quantiles(values: list[int]) -> dict[str, float | None]:
+        return {
+            "p50": _ms(percentile(values, 0.50)),
+            "p99": _ms(percentile(values, 0.99)),
+            "max": _ms(percentile(values, 1.0)),
+        }
+
+    return {
+        "phase": phase.name,
+        "bookings": phase.booked,
+        "booking_failures": phase.failed,
+        "frames_measured": len(phase.response_to_frame_ns),
+        "frames_missed": phase.missed,
+        "commit_to_frame_ms": quantiles(phase.commit_to_frame_ns),
+        "response_to_frame_ms": quantiles(phase.response_to_frame_ns),
+        "deliveries_per_s_measured": round(delivered / seconds) if seconds else None,
+        "clients": clients,
+    }
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+        found[name] = setting
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=900)
     parser.add_argument(
-        "--rate", type=int, default=3000, help="background deliveries/s offered to the clients"
+        "--rate", type=int, default=40_000, help="background deliveries/s offered to the clients"
+    )
+    parser.add_argument(
+        "--direct",
+        type=int,
+        default=4,
+        help="clients per instructor straight on the gateways (the edge's share)",
     )
     parser.add_argument("--bookings", type=int, default=30, help="bookings per phase")
     parser.add_argument("--interval", type=float, default=0.3, help="seconds between bookings")
     parser.add_argument(
-        "--phases", nargs="+", default=["shared", "broker-core"], choices=["shared", "broker-core"]
+        "--phases", nargs="+", default=["shared", "broker-core"], choices=list(PHASES)
     )
-    parser.add_argument("--broker-core", type=int, default=0)
-    parser.add_argument("--other-core", type=int, default=1)
+    parser.add_argument(
+        "--cores",
+        type=int,
+        nargs=2,
+        default=[0, 1],
+        metavar=("ALONE", "REST"),
+        help="broker-core: Tansu on ALONE; client-core: the load client on ALONE",
+    )
+    parser.add_argument(
+        "--publisher-env",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the change-publisher (e.g. PYTHONPATH of other code)",
+    )
+    parser.add_argument("--gateway-env", nargs="*", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--edge-workers",
+        default="auto",
+        help="nginx worker_processes of the edge: auto (one per core) as deploy/edge/nginx.conf "
+        "in production; the demo stack runs 1",
+    )
     parser.add_argument(
         "--results-dir",
         type=Path,
@@ -382,10 +721,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--client-process"]:
+        port, count, instructors, gateway_ports, direct = argv[1:6]
+        uvloop.run(
+            client_process(
+                int(port),
+                int(count),
+                instructors.split(","),
+                [int(p) for p in gateway_ports.split(",")],
+                int(direct),
+            )
+        )
+        return
     args = parse_args(argv)
     raise_open_file_limit()
     os.environ.update(EDGE_ENV)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    BenchStack.publisher_env = _pairs(args.publisher_env)
+    BenchStack.gateway_env = _pairs(args.gateway_env)
+    set_edge_workers(args.edge_workers)
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         stack = BenchStack(Path(tmp), Ports.free(), log_level="WARNING")
         stack.start()
@@ -394,11 +749,20 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             stack.stop()
     for phase in results["phases"]:
-        c2f = phase["commit_to_frame_ms"]
+        c2f, stages = phase["commit_to_frame_ms"], phase["stages"]
         print(
             f"{phase['phase']}: commit -> frame p50 {c2f['p50']} ms, p99 {c2f['p99']} ms over "
             f"{phase['frames_measured']} frames ({phase['frames_missed']} missed) at "
-            f"{phase['deliveries_per_s_measured']} deliveries/s"
+            f"{phase['deliveries_per_s_measured']} deliveries/s, load "
+            f"{phase['load_average_before'][0]}→{phase['load_average_after'][0]}; stages "
+            f"(median per booking) commit→produced {stages['commit_to_produced_ms']}, "
+            f"produced→consumed {stages['produced_to_consumed_ms']}, consumed→frame p50 "
+            f"{stages['consumed_to_frame_p50_ms']} / p99 {stages['consumed_to_frame_p99_ms']}"
+            f" (straight from a gateway p50 {stages['consumed_to_direct_frame_p50_ms']})"
+            f" ms (background records produced→consumed p50/p99 "
+            f"{phase['background_produced_to_consumed_ms']['p50']}/"
+            f"{phase['background_produced_to_consumed_ms']['p99']}); load client "
+            f"{phase['cores_used']['load-client']} cores"
         )
     written = record_results(args.results_dir, "e2e_latency", results)
     print(f"written to {written} (and appended to history.jsonl)")

@@ -119,3 +119,30 @@ def test_the_sizes_table_compares_gateway_and_nchan_per_size() -> None:
     assert "gateway 8.0 µs, Nchan 10.0 µs (ratio 0.80)" in first
     assert "gateway 3.90 kB, Nchan 11.00 kB" in first
     assert "Nchan – µs (ratio –)" in second
+def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
+    phase = {
+        "clients": 900,
+        "commit_to_frame_ms": {"p50": 21.5, "p99": 48.25},
+        "deliveries_per_s_measured": 41000,
+        "stages": {
+            "commit_to_produced_ms": 2.0,
+            "produced_to_consumed_ms": 6.5,
+            "consumed_to_frame_p50_ms": 9.0,
+        },
+        "cores_used": {"load-client": 0.12},
+        "load_average_before": [1.5, 1.2, 1.0],
+    }
+    e2e = {
+        "when": "2026-12-01T07:00:00Z",
+        "commit": "abc",
+        "load_average": [1.6],
+        "phases": [phase | {"phase": "shared"}, phase | {"phase": "broker-core"}],
+    }
+    rows = render_readme_table({"e2e_latency": e2e}).splitlines()[2:]
+    assert [row.split(",")[0] for row in rows] == [
+        "| `bench/e2e_latency.py` shared",
+        "| `bench/e2e_latency.py` broker-core",
+    ]
+    assert "p50 21.5 / p99 48.2 ms at 41,000 deliveries/s" in rows[0]
+    assert "commit → produced 2.0, → consumed 6.5, → frame 9.0 ms" in rows[0]
+    assert "load client 0.12 cores, load 1.5" in rows[0]

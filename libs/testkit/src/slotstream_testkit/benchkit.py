@@ -327,6 +327,25 @@ def _workers_row(data: Mapping[str, Any]) -> str:
         f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery "
         f"| {_stamp(data)} |"
     )
+def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for phase in data.get("phases", []):
+        latency = phase.get("commit_to_frame_ms") or {}
+        stages = phase.get("stages") or {}
+        cores = phase.get("cores_used") or {}
+        load = phase.get("load_average_before") or ["?"]
+        rows.append(
+            f"| `bench/e2e_latency.py` {phase.get('phase')}, {_num(phase.get('clients'))} "
+            f"clients | booking commit → browser frame p50 {_num(latency.get('p50'))} / "
+            f"p99 {_num(latency.get('p99'))} ms at "
+            f"{_num(phase.get('deliveries_per_s_measured'))} deliveries/s; per booking "
+            f"(medians) commit → produced {_num(stages.get('commit_to_produced_ms'))}, "
+            f"→ consumed {_num(stages.get('produced_to_consumed_ms'))}, → frame "
+            f"{_num(stages.get('consumed_to_frame_p50_ms'))} ms; load client "
+            f"{_num(cores.get('load-client'), 2)} cores, load {load[0]} "
+            f"| {_stamp(data)} |"
+        )
+    return rows
 
 
 def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
@@ -345,6 +364,8 @@ def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
         rows.append(_connect_storm_row(latest["connect_storm"]))
     if "workers" in latest:
         rows.append(_workers_row(latest["workers"]))
+    if "e2e_latency" in latest:
+        rows.extend(_e2e_rows(latest["e2e_latency"]))
     return "\n".join(rows)
 
 

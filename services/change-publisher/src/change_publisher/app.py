@@ -107,7 +107,6 @@ async def build_components(settings: Settings) -> Components:
     producer = KafkaEventProducer(
         settings.kafka,
         enable_idempotence=settings.enable_idempotence,
-        linger_ms=settings.linger_ms,
         compression=settings.compression,
         max_batch_size=settings.max_batch_size,
     )

@@ -60,7 +60,6 @@ class Settings(BaseSettings):
         "the public schedule topic)",
     )
     enable_idempotence: bool = True
-    linger_ms: int = Field(default=5, ge=0)
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     max_batch_size: int = Field(default=262_144, ge=16_384, description="Producer batch bytes")
     max_record_bytes: int = Field(

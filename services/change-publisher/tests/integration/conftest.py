@@ -57,7 +57,6 @@ def kafka_producer(
     return KafkaEventProducer(
         KafkaSettings(bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms),
         enable_idempotence=idempotence,
-        linger_ms=5,
         compression="zstd",
         max_batch_size=262_144,
     )

@@ -35,7 +35,7 @@ async def test_scram_settings_from_the_environment_reach_the_producer(
     monkeypatch.setattr(kafka_adapter, "AIOKafkaProducer", RecordingProducer)
     settings = Settings()
     producer = kafka_adapter.KafkaEventProducer(
-        settings.kafka, enable_idempotence=True, linger_ms=1, compression="none", max_batch_size=1
+        settings.kafka, enable_idempotence=True, compression="none", max_batch_size=1
     )
     await producer.start()
     options = RecordingProducer.created[-1]

@@ -119,6 +119,8 @@ def test_the_sizes_table_compares_gateway_and_nchan_per_size() -> None:
     assert "gateway 8.0 µs, Nchan 10.0 µs (ratio 0.80)" in first
     assert "gateway 3.90 kB, Nchan 11.00 kB" in first
     assert "Nchan – µs (ratio –)" in second
+
+
 def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
     phase = {
         "clients": 900,

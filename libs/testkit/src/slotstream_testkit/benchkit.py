@@ -327,6 +327,8 @@ def _workers_row(data: Mapping[str, Any]) -> str:
         f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery "
         f"| {_stamp(data)} |"
     )
+
+
 def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
     rows = []
     for phase in data.get("phases", []):

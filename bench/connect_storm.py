@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import uvloop
 
-from slotstream_testkit.benchkit import record_results
+from slotstream_testkit.benchkit import env_assignments, record_results
 from slotstream_testkit.kafka import TansuBroker
 from slotstream_testkit.net import raise_open_file_limit
 
@@ -221,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for round_ in range(args.repeat):
             topics = await fresh_topics(broker.bootstrap_servers)
             gateway = GatewayServer(broker.bootstrap_servers, topics, booking)
-            gateway.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
+            gateway.extra_env = env_assignments(args.gateway_env)
             booking.requests = 0
             run = await run_once(gateway, args, tmp, f"{args.label}#{round_ + 1}")
             print(json.dumps(run))

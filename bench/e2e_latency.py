@@ -62,7 +62,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slotstream_contracts.topics import SCHEDULE_TOPIC
-from slotstream_testkit.benchkit import record_results
+from slotstream_testkit.benchkit import env_assignments, record_results
 from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -662,16 +662,6 @@ def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[
     }
 
 
-def _pairs(values: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for value in values:
-        name, sep, setting = value.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
-        found[name] = setting
-    return found
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=900)
@@ -738,8 +728,8 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_file_limit()
     os.environ.update(EDGE_ENV)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    BenchStack.publisher_env = _pairs(args.publisher_env)
-    BenchStack.gateway_env = _pairs(args.gateway_env)
+    BenchStack.publisher_env = env_assignments(args.publisher_env)
+    BenchStack.gateway_env = env_assignments(args.gateway_env)
     set_edge_workers(args.edge_workers)
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         stack = BenchStack(Path(tmp), Ports.free(), log_level="WARNING")

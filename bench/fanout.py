@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from slotstream_testkit.benchkit import (
     StreamCount,
     backlog_producer,
+    env_assignments,
     latency_cdf_ms,
     record_results,
     tally,
@@ -1029,7 +1030,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     topics = await fresh_topics(broker.bootstrap_servers)
                     kind = GatewayWsServer if name == "gateway-ws" else GatewayServer
                     server = kind(broker.bootstrap_servers, topics, booking)
-                    server.extra_env = dict(v.split("=", 1) for v in args.gateway_env)
+                    server.extra_env = env_assignments(args.gateway_env)
                     try:
                         broker_pid = broker._process.pid if broker._process else None  # noqa: SLF001
                         results["runs"].append(await run_fanout(server, args, tmp, broker_pid))

@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import uvloop
 
-from slotstream_testkit.benchkit import backlog_producer, record_results
+from slotstream_testkit.benchkit import backlog_producer, env_assignments, record_results
 from slotstream_testkit.kafka import TansuBroker
 from slotstream_testkit.net import free_port_block, raise_open_file_limit
 
@@ -193,7 +193,7 @@ async def run_once(
     gateway.extra_env = {
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_WORKER_METRICS_PORT": str(metrics_base),
-        **dict(v.split("=", 1) for v in args.gateway_env),
+        **env_assignments(args.gateway_env),
     }
     cores = args.server_cores
     await gateway.start(tmp, cores)

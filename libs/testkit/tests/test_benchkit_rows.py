@@ -1,6 +1,11 @@
-"""The README table's rows for the connect-storm and workers benchmarks."""
+"""The README table's rows for the connect-storm and workers benchmarks, and the benches'
+shared option parsing."""
 
-from slotstream_testkit.benchkit import render_readme_table
+import argparse
+
+import pytest
+
+from slotstream_testkit.benchkit import env_assignments, render_readme_table
 
 STAMP = {"when": "2026-12-01T07:00:00Z", "commit": "abc1234", "load_average": [3.5, 3, 2]}
 
@@ -31,3 +36,9 @@ def test_workers_row_gives_measured_and_projected_scaling() -> None:
         "| `bench/workers.py` 1 vs 2 workers | 50,000 vs 90,000 deliveries/s (×1.80 measured,"
         " ×1.95 projected for whole cores), client 0.60 µs CPU per delivery |"
     ) in table
+
+
+def test_env_options_of_the_benches_parse_name_value_pairs() -> None:
+    assert env_assignments(["A=1", "PYTHONPATH=/x=y", "A=2"]) == {"A": "2", "PYTHONPATH": "/x=y"}
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+        env_assignments(["GATEWAY_WORKERS"])

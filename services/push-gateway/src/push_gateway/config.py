@@ -40,6 +40,15 @@ class GatewayKafkaSettings(KafkaSettings):
         "grows towards it so that a fetch round carries enough work (domain/fetch_wait.py); "
         "equal to fetch_max_wait_ms: always the short bound",
     )
+    fetch_moderate_min_bytes: int = Field(
+        default=1_048_576,
+        ge=1,
+        description="While the long-poll bound is above fetch_max_wait_ms (moderate rates), "
+        "the broker is asked to wait for this many bytes, i.e. until the bound: a broker "
+        "answers on data otherwise (Apache Kafka always, Tansu too), so records arriving "
+        "every few ms meant a fetch round each whatever the bound. 1: answer on data "
+        "(the old behaviour; more rounds, less latency). Lean fetch loop only",
+    )
     fetch_idle_max_wait_ms: int = Field(
         default=100,
         ge=0,

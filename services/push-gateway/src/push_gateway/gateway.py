@@ -52,6 +52,7 @@ from push_gateway.domain.requests import (
 )
 from push_gateway.domain.ws_protocol import sse_to_ws
 from push_gateway.stream import NO_RESYNC, SseConnection, StreamState
+from push_gateway.timing import sleep_to_grid
 from slotstream_contracts.channels import Channel, ChannelKind
 
 log = structlog.get_logger(__name__)
@@ -750,7 +751,7 @@ class Gateway:
             connections = list(self.connections)
             share = -(-len(connections) // HEARTBEAT_STEPS)  # ceiling
             for step in range(HEARTBEAT_STEPS):
-                await asyncio.sleep(pause)
+                await sleep_to_grid(pause)  # with the other periodic timers: one wake-up
                 for connection in connections[step * share : (step + 1) * share]:
                     if connection.headers_sent and connection.state is not StreamState.CLOSED:
                         connection.transport.write(HEARTBEAT)
@@ -770,7 +771,7 @@ class Gateway:
                 raise
             except Exception as exc:
                 log.warning("presence update failed", error=repr(exc))
-            await asyncio.sleep(self.settings.presence_interval_seconds)
+            await sleep_to_grid(self.settings.presence_interval_seconds)
 
     async def _send_presence(self) -> None:
         totals = self.presence.cluster_counts()

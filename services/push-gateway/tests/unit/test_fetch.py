@@ -77,15 +77,15 @@ def decode_request(frame: bytes) -> tuple[int, int, int, str, Any]:
 def test_the_request_is_what_aiokafka_decodes_with_offsets_patched(version: int) -> None:
     states = [PartitionState("a", 0, 0), PartitionState("b", 3, 0), PartitionState("a", 2, 0)]
     template = FetchRequestTemplate(version, "slot", states, 1, 5_000_000, 1_000_000)
-    for correlation, wait, offsets in ((7, 25, (10, 20, 30)), (8, 100, (11, 2**40, 0))):
+    cases = ((7, (25, 1 << 20), (10, 20, 30)), (8, (100, 1), (11, 2**40, 0)))
+    for correlation, wait, offsets in cases:
         api_key, got_version, got_correlation, client, body = decode_request(
             template.encode(correlation, wait, offsets)
         )
         assert (api_key, got_version, got_correlation, client) == (1, version, correlation, "slot")
         fields = body.__dict__
         assert fields["replica_id"] == -1
-        assert fields["max_wait_time"] == wait
-        assert fields["min_bytes"] == 1
+        assert (fields["max_wait_time"], fields["min_bytes"]) == wait
         assert fields["max_bytes"] == 5_000_000
         assert fields["isolation_level"] == 0
         if version >= 7:
@@ -238,11 +238,11 @@ class FakeLink:
         self.closed = False
 
     def request(
-        self, template: FetchRequestTemplate, max_wait_ms: int, offsets: Sequence[int]
+        self, template: FetchRequestTemplate, wait: tuple[int, int], offsets: Sequence[int]
     ) -> asyncio.Future[bytes]:
         if self.closed:
             raise KafkaConnectionError("closed")
-        _, version, _, _, body = decode_request(template.encode(1, max_wait_ms, offsets))
+        _, version, _, _, body = decode_request(template.encode(1, wait, offsets))
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         rows = []
@@ -271,7 +271,7 @@ class FakeLink:
                 dict(zip([(t, p[0]) for t, ps in body.topics for p in ps], offsets, strict=True)),
             )
         )
-        delay = 0 if anything else max_wait_ms / 1000  # a broker holds an empty fetch
+        delay = 0 if anything else wait[0] / 1000  # a broker holds an empty fetch
         asyncio.get_running_loop().call_later(delay, self._answer, future, frame)
         return future
 

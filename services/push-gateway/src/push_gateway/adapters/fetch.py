@@ -108,9 +108,10 @@ class BrokerLink(Protocol):
         ...
 
     def request(
-        self, template: FetchRequestTemplate, max_wait_ms: int, offsets: Sequence[int]
+        self, template: FetchRequestTemplate, wait: tuple[int, int], offsets: Sequence[int]
     ) -> asyncio.Future[bytes]:
-        """Send the request; the future gets the response frame (correlation id first)."""
+        """Send the request with ``wait`` = (max wait ms, min bytes) and these offsets; the
+        future gets the response frame (correlation id first)."""
         ...
 
     def close(self) -> None:
@@ -150,8 +151,8 @@ class PartitionState:
 
 class FetchRequestTemplate:
     """A FetchRequest (size, header v1, body) for a fixed list of partitions, encoded once;
-    :meth:`encode` patches the correlation id, the long-poll bound and each partition's
-    fetch offset (its state's position) into the same bytes."""
+    :meth:`encode` patches the correlation id, the long-poll bound, the minimum bytes and
+    each partition's fetch offset into the same bytes."""
 
     __slots__ = ("version", "partitions", "_buf", "_wait_at", "_offsets_at")
 
@@ -201,12 +202,13 @@ class FetchRequestTemplate:
         self._buf = out
         self._offsets_at = tuple(offsets_at)
 
-    def encode(self, correlation_id: int, max_wait_ms: int, offsets: Sequence[int]) -> bytes:
-        """The request's bytes with these fetch offsets (one per partition, in order)."""
+    def encode(self, correlation_id: int, wait: tuple[int, int], offsets: Sequence[int]) -> bytes:
+        """The request's bytes with ``wait`` = (max wait ms, min bytes) and these fetch
+        offsets (one per partition, in order)."""
         buf = self._buf
         pack = struct.pack_into
         pack(">i", buf, 8, correlation_id)
-        pack(">i", buf, self._wait_at, max_wait_ms)
+        pack(">ii", buf, self._wait_at, *wait)
         for at, offset in zip(self._offsets_at, offsets, strict=True):
             pack(">q", buf, at, offset)
         return bytes(buf)
@@ -267,8 +269,10 @@ class LeanFetcher:
         self._partitions = {(t, p): PartitionState(t, p, offset) for t, p, offset in positions}
         self._client_id = client_id
         self._request_timeout = request_timeout_seconds
+        #: the long-poll bound and the bytes the broker waits for (up to the bound) of the
+        #: next requests: set per round by the ingest (``domain/fetch_wait.py``)
         self.max_wait_ms = max_wait_ms
-        self._min_bytes = min_bytes
+        self.min_bytes = min_bytes
         self._max_bytes = max_bytes
         self._partition_max_bytes = partition_max_bytes
         self._check_crcs = check_crcs
@@ -413,7 +417,7 @@ class LeanFetcher:
                 version,
                 self._client_id,
                 states,
-                self._min_bytes,
+                self.min_bytes,
                 self._max_bytes,
                 self._partition_max_bytes,
             )
@@ -422,7 +426,7 @@ class LeanFetcher:
         max_wait = self.max_wait_ms
         offsets = tuple(state.position for state in states)
         try:
-            future = link.request(template, max_wait, offsets)
+            future = link.request(template, (max_wait, self.min_bytes), offsets)
         except KafkaConnectionError as exc:
             self._node_failed(node_id, node, states, exc, now)
             return
@@ -716,14 +720,14 @@ class AiokafkaLink:
         self.fetch_version = next((v for v in FETCH_VERSIONS if low <= v <= high), None)
 
     def request(
-        self, template: FetchRequestTemplate, max_wait_ms: int, offsets: Sequence[int]
+        self, template: FetchRequestTemplate, wait: tuple[int, int], offsets: Sequence[int]
     ) -> asyncio.Future[bytes]:
         conn = self.conn
         writer = conn._writer  # noqa: SLF001
         if writer is None:
             raise KafkaConnectionError(f"No connection to broker at {conn.host}:{conn.port}")
         correlation_id = conn._next_correlation_id()  # noqa: SLF001
-        frame = template.encode(correlation_id, max_wait_ms, offsets)
+        frame = template.encode(correlation_id, wait, offsets)
         try:
             writer.write(frame)
         except OSError as err:

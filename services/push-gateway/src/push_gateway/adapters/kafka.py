@@ -243,12 +243,17 @@ class KafkaIngest:
                 await asyncio.sleep(0.5)
                 continue
             deliveries = hub.stats.deliveries
-            fetcher.max_wait_ms = self.fetch_wait.after_round(
+            wait = self.fetch_wait
+            fetcher.max_wait_ms = wait.after_round(
                 sum(f.reader.scan_records for f in fetched),
                 deliveries - self._deliveries_seen,
                 time.monotonic(),
             )
             self._deliveries_seen = deliveries
+            # at moderate rates the broker holds the fetch for the whole bound (else it
+            # answers each produce batch); idle or busy: it answers the first bytes
+            moderate = wait.busy_ms < wait.current and not wait.idle
+            fetcher.min_bytes = self._settings.fetch_moderate_min_bytes if moderate else 1
             fetcher.send_fetches()
             await self._fan_out(fetched)
             if not self.caught_up:

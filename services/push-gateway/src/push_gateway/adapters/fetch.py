@@ -536,6 +536,8 @@ class LeanFetcher:
                 self._partition_error(flight.node, state, code, offset, highwater, now)
                 continue
             state.backoff = 0.0
+            if self._no_leader_logged:
+                self._no_leader_logged.discard((topic, partition))
             if highwater >= 0:
                 state.highwater = highwater
             if log_start >= 0:

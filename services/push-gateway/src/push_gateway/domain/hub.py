@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from math import inf
+from time import monotonic as _monotonic
 from typing import Final, NamedTuple, Protocol
 
 from aiokafka.partitioner import murmur2
@@ -91,7 +93,7 @@ class Subscriber(Protocol):
 class ChannelSubscribers:
     """Local subscribers of one channel, grouped by their partition set (which fixes the id)."""
 
-    __slots__ = ("channel", "live", "ws_live", "pending", "recent_ids")
+    __slots__ = ("channel", "live", "ws_live", "pending", "recent_ids", "framed_at")
 
     def __init__(self, channel: Channel | None) -> None:
         self.channel = channel
@@ -101,6 +103,9 @@ class ChannelSubscribers:
         self.ws_live: dict[Subscriber, Writer] = {}
         self.pending: dict[Subscriber, None] = {}
         self.recent_ids: dict[bytes, None] = {}
+        #: ``time.monotonic()`` when a record was last framed for the channel (its streams
+        #: were sent something then: the heartbeat skips them for a while)
+        self.framed_at = -inf
 
     def __len__(self) -> int:
         return (
@@ -290,6 +295,7 @@ class ChannelHub:
             stats.malformed += 1
             return
         stats.framed += 1
+        subscribers.framed_at = _monotonic()
         if subscribers.pending:
             for pending in subscribers.pending:
                 pending.buffer(key, record)
@@ -409,6 +415,17 @@ class ChannelHub:
                 if entry.channel is not None:
                     counts[entry.channel] = len(entry)
         return counts
+
+    def framed_since(self, subscriber: Subscriber, since: float) -> bool:
+        """Whether a record was framed for one of the subscriber's channels at or after
+        ``since`` (``time.monotonic()``): it was sent that frame, or will be as its catch-up
+        ends."""
+        index = self._index
+        for channel in self._subscribers.get(subscriber, ()):
+            entry = index[self._kind_topic[channel.kind]].get(channel.record_key)
+            if entry is not None and entry.framed_at >= since:
+                return True
+        return False
 
     def live_subscribers(self, channel: Channel) -> list[Writer]:
         entry = self._index[self._kind_topic[channel.kind]].get(channel.record_key)

@@ -11,8 +11,10 @@ them over. Each subscriber's writer is one of:
   loopback (as the bench's clients) or a Unix socket pair, whose far end a second process
   drains: adds uvloop's write path and the kernel's ``write``.
 
-Reported: CPU time of this process per record and per delivery (``time.process_time``;
-for a load-independent count, run it under ``valgrind --tool=callgrind``).
+Reported: CPU time of this process per record and per delivery (``time.process_time``).
+For a count the machine's load does not change, run it under ``valgrind --tool=callgrind``
+with two ``--records`` values and divide the difference in instructions by the difference
+in records (start-up cancels out).
 
     .venv/bin/python bench/hub_path.py
     .venv/bin/python bench/hub_path.py --writer tcp --records 30000
@@ -78,9 +80,10 @@ def records_by_partition(
     offsets = [0] * PARTITIONS
     slices: list[tuple[int, list[IngestRecord]]] = []
     open_slice: dict[int, list[IngestRecord]] = {}
+    partition_of = {name: hub.partition_key(Channel.schedule(name))[1] for name in names}
     for seq in range(count):
         name = names[seq % len(names)]
-        partition = hub.partition_key(Channel.schedule(name))[1]
+        partition = partition_of[name]
         value = b'{"seq":%d,"ch":"%s","ts":%d,"pad":"%s"}' % (
             seq,
             name.encode(),

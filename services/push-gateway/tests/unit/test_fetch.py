@@ -271,6 +271,7 @@ class FakeLink:
                 dict(zip([(t, p[0]) for t, ps in body.topics for p in ps], offsets, strict=True)),
             )
         )
+        self.cluster.waits.append(wait)
         delay = 0 if anything else wait[0] / 1000  # a broker holds an empty fetch
         asyncio.get_running_loop().call_later(delay, self._answer, future, frame)
         return future
@@ -302,6 +303,8 @@ class FakeCluster:
         self.refreshes = 0
         self.connects: list[int] = []
         self.requests: list[tuple[int, dict[tuple[str, int], int]]] = []
+        #: (max wait ms, min bytes) of each request, in the order of ``requests``
+        self.waits: list[tuple[int, int]] = []
 
     def leader(self, topic: str, partition: int) -> int | None:
         return self.known[(topic, partition)]
@@ -509,4 +512,33 @@ async def test_an_empty_answer_is_followed_by_the_next_fetch_at_once() -> None:
     lean = fetcher(cluster)  # the broker holds each empty fetch 2 ms
     assert await lean.next_round(0.3) == []
     assert len(cluster.requests) > 20
+    await lean.close()
+
+
+async def test_a_fetch_from_behind_the_reported_high_watermark_is_not_held() -> None:
+    """At moderate rates the ingest asks the broker to hold fetches (``min_bytes``). A
+    partition the broker reported records past its position for (an answer that carried
+    only part of them) is fetched again without the hold: those records are there now,
+    and a held fetch only delayed them (Tansu answered held fetches without them for
+    several rounds). Caught up, the hold is asked again."""
+    cluster = FakeCluster({("s", 0): 1, ("s", 1): 1, ("s", 2): 1, ("n", 0): 1})
+    fill(cluster, 5)  # each answer carries two batches of a partition: three rounds
+    lean = fetcher(cluster, min_bytes=1 << 20)
+    got: dict[tuple[str, int], list[int]] = {}
+    await drain(lean, cluster, got)
+    exactly_once(cluster, got)
+    await lean.next_round(0.01)  # the fetch after the last answer: caught up
+    ends = {key: fake.end for key, fake in cluster.logs.items()}
+    asked = [
+        (min_bytes, any(offset < ends[key] for key, offset in offsets.items()))
+        for (_, offsets), (_, min_bytes) in zip(cluster.requests, cluster.waits, strict=True)
+    ]
+    assert asked[0] == (1 << 20, True)  # nothing reported yet: held
+    behind = [min_bytes for min_bytes, short in asked[1:] if short]
+    caught_up = [min_bytes for min_bytes, short in asked[1:] if not short]
+    assert behind
+    assert set(behind) == {1}
+    assert caught_up
+    assert set(caught_up) == {1 << 20}
+    assert lean.counters.unheld == len(behind)
     await lean.close()

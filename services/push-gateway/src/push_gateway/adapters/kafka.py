@@ -251,7 +251,8 @@ class KafkaIngest:
             )
             self._deliveries_seen = deliveries
             # at moderate rates the broker holds the fetch for the whole bound (else it
-            # answers each produce batch); idle or busy: it answers the first bytes
+            # answers each produce batch); idle or busy: it answers the first bytes. The
+            # fetcher drops the hold for a node with a partition behind its high watermark
             moderate = wait.busy_ms < wait.current and not wait.idle
             fetcher.min_bytes = self._settings.fetch_moderate_min_bytes if moderate else 1
             fetcher.send_fetches()

@@ -26,7 +26,9 @@ So the bound follows the work the rounds carry:
 The ingest asks the broker to hold a fetch for the whole bound at moderate rates (fetch
 ``min_bytes``, ``GATEWAY_KAFKA__FETCH_MODERATE_MIN_BYTES``): a broker answers as soon as
 any data is there otherwise (Apache Kafka, and Tansu too), which at a few produce requests
-every 10 ms meant a round per produce request, whatever the bound.
+every 10 ms meant a round per produce request, whatever the bound. A fetch for a partition
+the broker last reported records past the position of is not held (``LeanFetcher``): those
+records are there already.
 """
 
 from typing import Final

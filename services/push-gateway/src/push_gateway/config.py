@@ -47,7 +47,9 @@ class GatewayKafkaSettings(KafkaSettings):
         "the broker is asked to wait for this many bytes, i.e. until the bound: a broker "
         "answers on data otherwise (Apache Kafka always, Tansu too), so records arriving "
         "every few ms meant a fetch round each whatever the bound. 1: answer on data "
-        "(the old behaviour; more rounds, less latency). Lean fetch loop only",
+        "(the old behaviour; more rounds, less latency). Never asked while a partition "
+        "of the fetch is behind the high watermark the broker last reported (1 then). "
+        "Lean fetch loop only",
     )
     fetch_idle_max_wait_ms: int = Field(
         default=100,

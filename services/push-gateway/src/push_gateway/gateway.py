@@ -51,7 +51,7 @@ from push_gateway.domain.requests import (
     unauthorized,
 )
 from push_gateway.domain.ws_protocol import sse_to_ws
-from push_gateway.stream import NO_RESYNC, SseConnection, StreamState
+from push_gateway.stream import NO_PENDING, NO_RESYNC, SseConnection, StreamState
 from slotstream_contracts.channels import Channel, ChannelKind
 
 log = structlog.get_logger(__name__)
@@ -124,8 +124,13 @@ class Gateway:
         self._stream_heads: dict[str | None, bytes] = {}
         # one object each, shared by every stream (not a channel or a bound method per stream)
         self._channels: dict[Channel, Channel] = {}
+        self._channel_sets: dict[tuple[Channel, ...], tuple[Channel, ...]] = {}
         self._on_close = self._closed
         self._on_resync = self._resync
+        #: a snapshot fetch under way → the new streams waiting for it (see _serve_soon)
+        self._waiting: dict[
+            asyncio.Future[TakenSnapshot], list[tuple[SseConnection, StreamRequest]]
+        ] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -193,7 +198,7 @@ class Gateway:
             origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
             self.reject(transport, problem, path, origin)
             return None
-        channels = tuple(self._channel(c) for c in request.channels)
+        channels = self._channel_set(request.channels)
         connection = SseConnection(
             transport,
             channels,
@@ -225,8 +230,19 @@ class Gateway:
         under_way = self._fetch_under_way(connection, request)
         if under_way is None:
             self._spawn(self._serve(connection, request))
-        else:
-            under_way.add_done_callback(lambda _: self._serve_soon(connection, request))
+            return
+        # one callback per fetch and a list of the streams waiting for it, not a closure and
+        # a callback entry per stream: those were ~0.5 kB each, freed after the fetch but
+        # leaving the heap fragmented where the storm's long-lived streams were allocated
+        waiting = self._waiting.get(under_way)
+        if waiting is None:
+            waiting = self._waiting[under_way] = []
+            under_way.add_done_callback(self._serve_waiting)
+        waiting.append((connection, request))
+
+    def _serve_waiting(self, fetched: "asyncio.Future[TakenSnapshot]") -> None:
+        for connection, request in self._waiting.pop(fetched, ()):
+            self._serve_soon(connection, request)
 
     def _fetch_under_way(
         self, connection: SseConnection, request: StreamRequest
@@ -249,6 +265,16 @@ class Gateway:
             if len(self._channels) >= MAX_SHARED_CHANNELS:
                 self._channels.clear()
             found = self._channels[channel] = channel
+        return found
+
+    def _channel_set(self, channels: tuple[Channel, ...]) -> tuple[Channel, ...]:
+        """The one tuple of shared ``Channel`` objects streams of these channels share."""
+        found = self._channel_sets.get(channels)
+        if found is None:
+            if len(self._channel_sets) >= MAX_SHARED_CHANNELS:
+                self._channel_sets.clear()
+            found = tuple(self._channel(c) for c in channels)
+            self._channel_sets[found] = found
         return found
 
     def _serve_at_once(self, connection: SseConnection, request: StreamRequest) -> bool:
@@ -695,7 +721,7 @@ class Gateway:
                     vector[key] = record.offset
                     continue
             emit(key, record)
-        connection.pending.clear()
+        connection.pending = NO_PENDING
         connection.headers_sent = True
         connection.transport.write(b"".join(out))
 

@@ -67,6 +67,12 @@ MAX_SHARED_CHANNELS: Final = 100_000
 MAX_FRAMES_PER_SNAPSHOT: Final = 8
 
 
+#: all that a stream waiting for a shared snapshot fetch still needs of its request: only
+#: streams without a ticket or resume point wait (see ``Gateway._fetch_under_way``), and
+#: the rest of the request was applied when the stream was accepted
+PLAIN_REQUEST: Final = StreamRequest(channels=(), resume_from=None)
+
+
 @dataclass
 class GatewayStats:
     accepted: int = 0
@@ -128,9 +134,7 @@ class Gateway:
         self._on_close = self._closed
         self._on_resync = self._resync
         #: a snapshot fetch under way → the new streams waiting for it (see _serve_soon)
-        self._waiting: dict[
-            asyncio.Future[TakenSnapshot], list[tuple[SseConnection, StreamRequest]]
-        ] = {}
+        self._waiting: dict[asyncio.Future[TakenSnapshot], list[SseConnection]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -219,7 +223,9 @@ class Gateway:
         self._serve_soon(connection, request)
         return connection
 
-    def _serve_soon(self, connection: SseConnection, request: StreamRequest) -> None:
+    def _serve_soon(
+        self, connection: SseConnection, request: StreamRequest, start_fetch: bool = True
+    ) -> None:
         """Serve a new stream at once when nothing needs waiting for; when all it lacks is a
         snapshot another stream's fetch is already bringing, wait for that fetch with a
         done-callback — no task, no coroutine frames: in a connect storm hundreds of streams
@@ -227,7 +233,7 @@ class Gateway:
         peak memory, which it keeps; otherwise a task (:meth:`_serve`)."""
         if connection.state is StreamState.CLOSED or self._serve_at_once(connection, request):
             return
-        under_way = self._fetch_under_way(connection, request)
+        under_way = self._fetch_under_way(connection, request, start_fetch)
         if under_way is None:
             self._spawn(self._serve(connection, request))
             return
@@ -238,24 +244,31 @@ class Gateway:
         if waiting is None:
             waiting = self._waiting[under_way] = []
             under_way.add_done_callback(self._serve_waiting)
-        waiting.append((connection, request))
+        waiting.append(connection)
 
     def _serve_waiting(self, fetched: "asyncio.Future[TakenSnapshot]") -> None:
-        for connection, request in self._waiting.pop(fetched, ()):
-            self._serve_soon(connection, request)
+        # no new fetch from here: after a failed one, _serve fetches (with retries) and
+        # answers the failure, as for any stream
+        for connection in self._waiting.pop(fetched, ()):
+            self._serve_soon(connection, PLAIN_REQUEST, start_fetch=False)
 
     def _fetch_under_way(
-        self, connection: SseConnection, request: StreamRequest
+        self, connection: SseConnection, request: StreamRequest, start: bool
     ) -> asyncio.Future[TakenSnapshot] | None:
         """The snapshot fetch a stream that :meth:`_serve_at_once` could not serve may wait
-        for: one already in flight for a schedule channel without a recent snapshot."""
+        for: the one in flight for a schedule channel without a recent snapshot — with
+        ``start``, started now if none is, so the streams of that channel read in the same
+        loop turn (a connect storm's) wait on it too."""
         if request.ticket is not None or request.resume_from is not None:
             return None
+        snapshots = self.snapshots
         for channel in connection.channels:
-            if channel.kind is ChannelKind.SCHEDULE and (
-                self.snapshots.recent(channel.owner_id) is None
-            ):
-                return self.snapshots.in_flight(channel.owner_id)
+            owner = channel.owner_id
+            if channel.kind is ChannelKind.SCHEDULE and snapshots.recent(owner) is None:
+                if not start or snapshots.known_unknown(owner):
+                    return snapshots.in_flight(owner)
+                key = self.hub.partition_key(channel)
+                return snapshots.start(owner, partial(self.hub.position, key))
         return None
 
     def _channel(self, channel: Channel) -> Channel:

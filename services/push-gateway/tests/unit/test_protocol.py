@@ -150,7 +150,8 @@ async def test_a_stream_request_in_pieces_is_handed_over_with_its_query_and_head
     request = stream_request(
         f"{PAGE}?instructorId=i1", b"Last-Event-ID: s0-5\r\n", b"X-Real-IP: 203.0.113.7\r\n"
     )
-    pieces = (request[:3], request[3:20], request[20:-3], request[-3:])
+    # a byte at a time at first (one read each, as a slow client's), then larger pieces
+    pieces = (*(request[i : i + 1] for i in range(30)), request[30:60], request[60:])
     answer = await exchange(served.port, *pieces, until=b"\n\n")
     assert answer.startswith(STREAM_HEAD)
     [opened] = served.gateway.opened
@@ -172,10 +173,15 @@ async def test_a_percent_encoded_stream_path_is_handed_over_decoded(served: Serv
     assert [o.path for o in served.gateway.opened] == [PAGE]
 
 
-async def test_a_stream_request_with_a_very_large_header_is_still_served(served: Served) -> None:
+@pytest.mark.parametrize("pieces", [1, 8])
+async def test_a_stream_request_with_a_very_large_header_is_still_served(
+    served: Served, pieces: int
+) -> None:
     cookie = b"Cookie: session=" + b"c" * 40_000 + b"\r\n"
+    request = stream_request(PAGE + "?instructorId=i1", cookie)
+    size = -(-len(request) // pieces)
     answer = await exchange(
-        served.port, stream_request(PAGE + "?instructorId=i1", cookie), until=b"\n\n"
+        served.port, *(request[i : i + size] for i in range(0, len(request), size)), until=b"\n\n"
     )
     assert answer.startswith(STREAM_HEAD)
     [opened] = served.gateway.opened

@@ -162,7 +162,7 @@ class StreamRequestProtocol(asyncio.Protocol):
     """What uvicorn creates for each new connection (see the module docstring). Set
     ``gateway`` and ``app_protocol`` on a subclass (see :func:`protocol_for`)."""
 
-    __slots__ = ("_config", "_server_state", "_app_state", "_transport", "_head")
+    __slots__ = ("_config", "_server_state", "_app_state", "_transport", "_received", "_parser")
 
     gateway: ClassVar[Gateway]
     websockets: ClassVar[WebSocketGateway | None] = None
@@ -181,8 +181,11 @@ class StreamRequestProtocol(asyncio.Protocol):
         self._server_state = server_state
         self._app_state = app_state
         self._transport: asyncio.Transport | None = None
-        #: the bytes of an incomplete request head; None once the request was handed over
-        self._head: bytes | None = b""
+        #: the bytes read so far (a bytearray once a head spans several reads); None once
+        #: the connection was handed over
+        self._received: bytes | bytearray | None = b""
+        #: the parser of a head that spans several reads (fed each read once)
+        self._parser: tuple[httptools.HttpRequestParser, _RequestHead] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # in uvicorn's set, so a graceful shutdown closes a connection that sent nothing yet
@@ -198,56 +201,64 @@ class StreamRequestProtocol(asyncio.Protocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._head is None:
+        received = self._received
+        if received is None:
             return  # handed over and answered; anything more from the client is ignored
-        if self._head:
-            data = self._head + data
-        if not data.startswith(b"GET "):
-            if len(data) >= 4 or not b"GET ".startswith(data):
-                self._to_app(data)
-            else:
-                self._head = data
-            return
-        head = _RequestHead()
-        parser = httptools.HttpRequestParser(head)
-        # as uvicorn's parser: a response to the first of pipelined requests
-        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        if self._parser is None:
+            if received:  # the first bytes were not enough to tell
+                data = bytes(received) + data
+            received = data
+            if not data.startswith(b"GET "):
+                if len(data) >= 4 or not b"GET ".startswith(data):
+                    self._to_app(data)
+                else:
+                    self._received = data
+                return
+            head = _RequestHead()
+            parser = httptools.HttpRequestParser(head)
+            # as uvicorn's parser: a response to the first of pipelined requests
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        else:
+            parser, head = self._parser
+            received += data  # a bytearray by now: extended in place
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # the head is complete; the upgrade is the WebSocket gateway's to answer
         except httptools.HttpParserError:
-            self._to_app(data)  # uvicorn answers it (400) as before
+            self._to_app(received)  # uvicorn answers it (400) as before
             return
         if not head.complete:
-            if len(data) > MAX_HEAD_BYTES:
-                self._to_app(data)
-            else:
-                self._head = data
+            if len(received) > MAX_HEAD_BYTES:
+                self._to_app(received)
+            elif self._parser is None:
+                # the rest of the head comes in later reads: each is parsed once
+                self._parser = (parser, head)
+                self._received = bytearray(received)
             return
         try:
             target = _stream_target(head.url, self.websockets is not None)
         except httptools.HttpParserInvalidURLError:
             target = None
         if target is None:
-            self._to_app(data)
+            self._to_app(received)
             return
-        self._head = None
+        self._received = self._parser = None
         self._server_state.connections.discard(self)
         assert self._transport is not None
         _open(self.gateway, self.websockets, self._transport, *target, head.url, head.headers)
 
-    def _to_app(self, data: bytes) -> None:
-        """Give the connection to uvicorn's protocol, as if it had read ``data`` itself."""
+    def _to_app(self, received: bytes | bytearray) -> None:
+        """Give the connection to uvicorn's protocol, as if it had read ``received``."""
         assert self._transport is not None
-        self._head = None
+        self._received = self._parser = None
         self._server_state.connections.discard(self)
         protocol = self.app_protocol(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
         protocol.connection_made(self._transport)
         self._transport.set_protocol(protocol)
-        protocol.data_received(data)
+        protocol.data_received(bytes(received))
 
 
 def protocol_for(

@@ -219,13 +219,18 @@ class Drain:
         return 0.8 * deliveries / (last - first)
 
 
-async def open_streams(port: int, channels: list[str], capacity: int) -> Streams:
+async def open_streams(port: int, channels: list[str], capacity: int, rcvbuf: int) -> Streams:
     """Connect and request every channel's stream; returns once every stream got its
     snapshot (or closed, or a minute passed). Yields to the event loop meanwhile: the fake
     booking-api serving the gateway's snapshot requests runs on it."""
     streams = Streams(capacity)
     for channel in channels:
-        sock = socket.create_connection(("127.0.0.1", port))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # before connect, so that the window scale offered in the SYN covers it: with the
+        # default buffer a stream read every 50 ms overflowed at ~1,000 frames/s, dropped
+        # segments and stalled for the retransmission timeout (ss: rwnd_limited 90 %)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(("127.0.0.1", port))
         path = f"/api/book-now/schedule-updates?instructorId={channel}"
         sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
@@ -347,7 +352,7 @@ async def run_once(
     streams = Streams(capacity)
     try:
         subscribed = [channels[n % len(channels)] for n in range(per_channel * len(channels))]
-        streams = await open_streams(gateway.port, subscribed, capacity)
+        streams = await open_streams(gateway.port, subscribed, capacity, args.rcvbuf)
         opened = len(streams.opened - streams.lost)
         await asyncio.sleep(1.0)
         before_metrics = await worker_metrics(metric_ports)
@@ -569,6 +574,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "server_cores": args.server_cores,
             "client_cores": args.client_cores,
             "pause_s": args.pause,
+            "rcvbuf": args.rcvbuf,
             "warmup_rounds": args.warmup,
             "priority": args.priority,
         },
@@ -602,6 +608,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=4000, help="backlog records")
     parser.add_argument(
         "--pause", type=float, default=0.05, help="client seconds between polls (batches reads)"
+    )
+    parser.add_argument(
+        "--rcvbuf",
+        type=int,
+        default=4 << 20,
+        help="SO_RCVBUF of each client socket (bytes; the kernel caps it at rmem_max)",
     )
     parser.add_argument("--pad", type=int, default=250, help="payload padding bytes")
     parser.add_argument("--repeat", type=int, default=4, help="measured rounds of 1 and N workers")

@@ -527,6 +527,7 @@ def scaling(runs: list[dict[str, Any]], workers: int) -> dict[str, Any]:
         if a["deliveries_per_s"] and b["deliveries_per_s"]
     ]
     one, many = median(1, "deliveries_per_s"), median(workers, "deliveries_per_s")
+    one, many = (round(v) if v is not None else None for v in (one, many))
     client = [r["client_cpu_us_per_delivery"] for r in runs if r["client_cpu_us_per_delivery"]]
     broker = [r["broker_cpu_us_per_delivery"] for r in runs if r["broker_cpu_us_per_delivery"]]
     return {

@@ -179,3 +179,24 @@ def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
     assert "p50 21.5 / p99 48.2 ms at 41,000 deliveries/s" in rows[0]
     assert "commit → produced 2.0, → consumed 6.5, → frame 9.0 ms" in rows[0]
     assert "load client 0.12 cores, load 1.5" in rows[0]
+
+
+def test_the_workers_row_says_when_the_run_went_ahead_of_other_work() -> None:
+    """bench/workers.py --priority: a quiet-machine figure is labelled as one."""
+    scaling = {
+        "workers": 2,
+        "deliveries_per_s_median_1": 300_000,
+        "deliveries_per_s_median_2": 540_000,
+        "measured_ratio": 1.8,
+        "deliveries_lost": 0,
+        "duplicates": 0,
+    }
+    stamp = {"when": "2026-12-01T10:00:00Z", "commit": "abc", "load_average": [4.0]}
+    ahead = render_readme_table(
+        {"workers": {**stamp, "scaling": scaling, "workload": {"priority": 10}}}
+    )
+    plain = render_readme_table({"workers": {**stamp, "scaling": scaling, "workload": {}}})
+    assert "300,000 vs 540,000 deliveries/s (×1.80 measured, ahead of other work" in ahead
+    assert "`--priority 10`" in ahead
+    assert "ahead of other work" not in plain
+    assert "0 lost, 0 duplicated" in plain

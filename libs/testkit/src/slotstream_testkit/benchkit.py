@@ -390,13 +390,17 @@ def _connect_storm_row(data: Mapping[str, Any]) -> str:
 def _workers_row(data: Mapping[str, Any]) -> str:
     scaling = data.get("scaling") or {}
     n = scaling.get("workers", 2)
+    priority = (data.get("workload") or {}).get("priority")
+    ahead = f", ahead of other work (`--priority {priority}`)" if priority else ""
     return (
         f"| `bench/workers.py` 1 vs {n} workers | {_num(scaling.get('deliveries_per_s_median_1'))}"
         f" vs {_num(scaling.get(f'deliveries_per_s_median_{n}'))} deliveries/s "
-        f"(×{_num(scaling.get('measured_ratio'), 2)} measured, "
-        f"×{_num(scaling.get('projected_ratio_whole_cores'), 2)} projected for whole cores), "
-        f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery "
-        f"| {_stamp(data)} |"
+        f"(×{_num(scaling.get('measured_ratio'), 2)} measured{ahead}; server "
+        f"{_num(scaling.get('server_cpu_us_per_delivery_median_1'), 2)} vs "
+        f"{_num(scaling.get(f'server_cpu_us_per_delivery_median_{n}'), 2)} µs CPU per delivery), "
+        f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery, "
+        f"every delivery checked: {scaling.get('deliveries_lost', '?')} lost, "
+        f"{scaling.get('duplicates', '?')} duplicated | {_stamp(data)} |"
     )
 
 

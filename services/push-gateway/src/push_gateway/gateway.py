@@ -52,6 +52,7 @@ from push_gateway.domain.requests import (
 )
 from push_gateway.domain.ws_protocol import sse_to_ws
 from push_gateway.stream import NO_PENDING, NO_RESYNC, SseConnection, StreamState
+from push_gateway.timing import sleep_to_grid
 from slotstream_contracts.channels import Channel, ChannelKind
 
 log = structlog.get_logger(__name__)
@@ -780,19 +781,42 @@ class Gateway:
 
     # -- periodic work --------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
-        """A ``heartbeat`` event (one shared frame, see ``HEARTBEAT``) to every stream each
-        ``heartbeat_seconds``, spread over the period in
-        ``HEARTBEAT_STEPS`` small steps: 10,000 writes at once held the loop ~100 ms, and
-        everything fetched meanwhile waited. A new stream gets its first within two periods."""
+        """A ``heartbeat`` event (one shared frame, see ``HEARTBEAT``) each
+        ``heartbeat_seconds`` to every stream that needs one (:meth:`send_heartbeats`),
+        spread over the period in ``HEARTBEAT_STEPS`` small steps: 10,000 writes at once held
+        the loop ~100 ms, and everything fetched meanwhile waited. A new stream gets its
+        first within two periods."""
         pause = self.settings.heartbeat_seconds / HEARTBEAT_STEPS
         while True:
             connections = list(self.connections)
             share = -(-len(connections) // HEARTBEAT_STEPS)  # ceiling
             for step in range(HEARTBEAT_STEPS):
-                await asyncio.sleep(pause)
-                for connection in connections[step * share : (step + 1) * share]:
-                    if connection.headers_sent and connection.state is not StreamState.CLOSED:
-                        connection.transport.write(HEARTBEAT)
+                await sleep_to_grid(pause)  # with the other periodic timers: one wake-up
+                self.send_heartbeats(
+                    connections[step * share : (step + 1) * share], time.monotonic()
+                )
+
+    def send_heartbeats(self, connections: Sequence[SseConnection], now: float) -> int:
+        """Write the heartbeat to those of ``connections`` that were sent no event in the
+        half period before ``now`` (``time.monotonic()``); returns how many got one.
+
+        A live stream whose channels had an event framed since then is skipped: that event
+        already told its client's watchdog (any frame resets it) and the proxies in between
+        (any byte) that the stream is alive, and a heartbeat costs a system call, as much
+        as a delivery. So a busy stream gets none, and no stream is silent for more than
+        1.5 periods."""
+        recent = now - self.settings.heartbeat_seconds / 2
+        framed_since = self.hub.framed_since
+        sent = 0
+        for connection in connections:
+            state = connection.state
+            if not connection.headers_sent or state is StreamState.CLOSED:
+                continue
+            if state is StreamState.LIVE and framed_since(connection, recent):
+                continue
+            connection.transport.write(HEARTBEAT)
+            sent += 1
+        return sent
 
     async def _presence_loop(self) -> None:
         while True:
@@ -809,7 +833,7 @@ class Gateway:
                 raise
             except Exception as exc:
                 log.warning("presence update failed", error=repr(exc))
-            await asyncio.sleep(self.settings.presence_interval_seconds)
+            await sleep_to_grid(self.settings.presence_interval_seconds)
 
     async def _send_presence(self) -> None:
         totals = self.presence.cluster_counts()

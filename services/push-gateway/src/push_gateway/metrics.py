@@ -88,6 +88,22 @@ class GatewayCollector(Collector):
             "Records behind the partition ends (last check)",
             self._ingest.lag,
         )
+        fetcher = self._ingest.fetcher
+        yield _counter(
+            "gateway_fetch_rounds",
+            "Fetch requests sent by the ingest's lean fetch loop (0 with FETCH_LOOP=aiokafka)",
+            fetcher.counters.rounds if fetcher is not None else 0,
+        )
+        yield _counter(
+            "gateway_fetch_errors",
+            "Failed ingest fetches and partition errors (all retried)",
+            self._ingest.fetch_errors + (fetcher.counters.errors if fetcher is not None else 0),
+        )
+        yield _counter(
+            "gateway_offset_resets",
+            "Partitions moved to the end of the log after OFFSET_OUT_OF_RANGE",
+            self._ingest.offset_resets,
+        )
         timing = self._ingest.timing
         yield _histogram(
             "gateway_fetch_delay_seconds",

@@ -5,13 +5,13 @@ from push_gateway.domain.fetch_wait import ROUND_WORK, WINDOW_SECONDS, FetchWait
 
 def rounds(wait: FetchWait, per_second: int, seconds: float, start: float = 0.0) -> float:
     """Rounds every 5 ms carrying ``per_second`` units of work (10 records, the rest
-    deliveries) for ``seconds``; returns the time reached."""
+    deliveries, at least one) for ``seconds``; returns the time reached."""
     now = start
     step = 0.005
     while now < start + seconds:
         now += step
         work = per_second * step
-        wait.after_round(10, max(0, round(work) - 10), now)
+        wait.after_round(10, max(1, round(work) - 10), now)
     return now
 
 
@@ -50,3 +50,21 @@ def test_moderate_bound_equal_to_busy_disables_it() -> None:
     wait.after_round(1, 0, 0.0)
     rounds(wait, 1_000, 1.0)
     assert wait.current == 5
+
+
+def test_records_nobody_here_subscribes_to_wait_like_silence() -> None:
+    wait = FetchWait(busy_ms=5, moderate_ms=25, idle_ms=100)
+    wait.after_round(10, 0, 0.0)
+    now = 0.0
+    while now < 1.0:  # 900 records/s, no delivery
+        now += 0.025
+        wait.after_round(22, 0, now)
+    assert wait.current == 100
+    assert wait.unwatched
+    assert not wait.idle
+    # the first deliveries: the next window picks the bound by the rate again
+    while now < 1.6:
+        now += 0.1
+        wait.after_round(90, 900, now)
+    assert wait.current == 25
+    assert not wait.unwatched

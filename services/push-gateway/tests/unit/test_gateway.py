@@ -4,6 +4,7 @@ the booking-api, Kafka history and presence."""
 import asyncio
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -547,6 +548,38 @@ async def test_every_stream_gets_a_visible_heartbeat_event_each_period() -> None
                 "event": "heartbeat",
                 "data": "{}",
             }
+    finally:
+        await h.gateway.shutdown()
+        for writer in h._writers:
+            writer.close()
+
+
+async def test_a_stream_sent_an_event_in_the_last_half_period_gets_no_heartbeat() -> None:
+    """The event itself showed the client (its watchdog resets on any frame) and the proxies
+    that the stream is alive; a stream with nothing sent gets its heartbeat, and the busy
+    one does too once its last event is more than half a period old."""
+    h = Harness(Settings(heartbeat_seconds=10, jwt=JWT))
+    h._writers, h.stalled_sockets = [], []
+    h.source.snapshots["i2"] = snapshot("i2", [slot("i2", "s9", 1)])
+    try:
+        busy = await (await h.connect()).start()
+        idle = await (await h.connect("instructorId=i2")).start()
+        for client in (busy, idle):
+            await client.events(1)  # the snapshot
+        h.produce(*h.slot_records(range(3, 4)))
+        [event] = await busy.events(1)
+        assert event["event"] == "slot"
+        connections = list(h.gateway.connections)
+        now = time.monotonic()
+
+        assert h.gateway.send_heartbeats(connections, now) == 1
+        [beat] = await idle.events(1)
+        assert beat["event"] == "heartbeat"
+
+        assert h.gateway.send_heartbeats(connections, now + 5.1) == 2
+        for client in (busy, idle):
+            [beat] = await client.events(1)
+            assert beat["event"] == "heartbeat"
     finally:
         await h.gateway.shutdown()
         for writer in h._writers:

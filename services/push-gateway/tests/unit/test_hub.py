@@ -5,6 +5,7 @@ import pytest
 
 from push_gateway.domain.hub import ChannelHub, Record, Writer, frame_body
 from push_gateway.domain.positions import PartitionKey
+from push_gateway.domain.ws_protocol import event_frame
 from push_gateway.testing import FakeRecord, booking_event, record_of, resync_event, slot_event
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
@@ -202,3 +203,40 @@ def test_a_booking_on_the_notifications_topic_reaches_the_private_channel(
     assert b"event: booking" in private.frames[0]
     key = hub.partition_key(Channel.notifications("student-7"))
     assert frame_body(record, key[0]) is not None
+
+
+@dataclass(eq=False)
+class FakeWsSubscriber(FakeSubscriber):
+    websocket: bool = True
+
+
+def test_frames_are_exactly_id_event_and_data_lines(hub: ChannelHub) -> None:
+    """The bytes a client parses, for each kind of subscriber of one record: an SSE stream
+    on one partition (id = the record's position), one on two partitions (id = the
+    vector), and a WebSocket subscription (the same event and id in a JSON text frame)."""
+    schedule, notes = Channel.schedule("i1"), Channel.notifications("u1")
+    single, vector = live(hub, schedule), live(hub, schedule, notes)
+    ws = FakeWsSubscriber((hub.partition_key(schedule),))
+    hub.attach(ws, [schedule])
+    hub.go_live(ws)
+    event = slot_event("i1", "s1", 2)
+    ingest(hub, "i1", [record_of(event, 41)])
+    part = hub.partition_key(schedule)[1]
+    data = event.to_json()
+    assert single.frames == [b"id: s%d:41\nevent: slot\ndata: %s\n\n" % (part, data)]
+    assert vector.frames == [b"id: n0:-1.s%d:41\nevent: slot\ndata: %s\n\n" % (part, data)]
+    assert ws.frames == [event_frame(b"slot", data, b"s%d:41" % part)]
+    assert hub.stats.framed == 1
+    assert hub.stats.deliveries == 3
+
+
+def test_each_check_counts_what_it_dropped(hub: ChannelHub) -> None:
+    """A copy of an unframable record is a duplicate, and a record of a type the topic does
+    not carry is malformed whatever its id (the order of the hub's checks)."""
+    sub = live(hub, Channel.schedule("i1"))
+    broken = FakeRecord(0, b"i1", b'{"x":"a\rb"}', (("ce_type", b"slot.updated"), ("ce_id", b"e")))
+    wrong = FakeRecord(2, b"i1", b"{}", (("ce_id", b"e"), ("ce_type", b"booking.created")))
+    no_type = FakeRecord(3, b"i1", b"{}", (("ce_id", b"f"),))
+    ingest(hub, "i1", [broken, FakeRecord(1, b"i1", b"{}", broken.headers), wrong, no_type])
+    assert sub.frames == []
+    assert (hub.stats.malformed, hub.stats.duplicates, hub.stats.framed) == (3, 1, 0)

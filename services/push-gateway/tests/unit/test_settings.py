@@ -55,3 +55,18 @@ def test_a_public_key_file_is_enough_to_start(
     settings = Settings()
     with pytest.raises(ValueError, match="private key"):
         settings.jwt.signing_key()  # the gateway can verify, never mint
+
+
+def test_the_fetch_loop_settings_default_to_the_lean_loop_and_can_go_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_JWT__SECRET", "s3cr3t-for-the-fetch-settings-test-7f2a")
+    kafka = Settings().kafka
+    assert (kafka.fetch_loop, kafka.fetch_moderate_min_bytes) == ("lean", 1_048_576)
+    monkeypatch.setenv("GATEWAY_KAFKA__FETCH_LOOP", "aiokafka")
+    monkeypatch.setenv("GATEWAY_KAFKA__FETCH_MODERATE_MIN_BYTES", "1")
+    kafka = Settings().kafka
+    assert (kafka.fetch_loop, kafka.fetch_moderate_min_bytes) == ("aiokafka", 1)
+    monkeypatch.setenv("GATEWAY_KAFKA__FETCH_LOOP", "kafka-python")
+    with pytest.raises(ValueError, match="fetch_loop"):
+        Settings()

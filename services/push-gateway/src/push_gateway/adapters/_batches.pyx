@@ -151,6 +151,7 @@ cdef class BatchReader:
 
     cdef bytes data
     cdef Py_ssize_t pos  # the next batch header not opened yet
+    cdef Py_ssize_t end  # the batches are data[start:end] (a fetch response's record set)
     cdef object plain  # the open batch's records: its decompressed bytes, or ``data``
     cdef const uint8_t* rbuf
     cdef Py_ssize_t rpos, rend
@@ -163,12 +164,30 @@ cdef class BatchReader:
     cdef object error
     cdef _CeTypes ce_types
     cdef readonly bint done, legacy
-    cdef readonly int64_t next_offset
+    cdef readonly int64_t next_offset, scan_next, scan_records
 
-    def __init__(self, bytes data, int64_t fetch_offset, bint check_crcs, object record_type):
+    def __init__(
+        self,
+        bytes data,
+        int64_t fetch_offset,
+        bint check_crcs,
+        object record_type,
+        Py_ssize_t start=0,
+        Py_ssize_t end=-1,
+    ):
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(data), pos = 0, end
-        cdef int64_t length
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data), pos
+        cdef int64_t length, batch_next, count
+        if end < 0 or end > size:
+            end = size
+        if start < 0:
+            start = 0
+        size = end
+        pos = start
+        self.pos = start
+        self.end = end
+        self.scan_next = fetch_offset
+        self.scan_records = 0
         self.data = data
         self.fetch_offset = fetch_offset
         self.next_offset = fetch_offset
@@ -188,6 +207,14 @@ cdef class BatchReader:
             if buf[pos + 16] != 2:
                 self.legacy = True
                 break
+            if end - pos >= HEADER_SIZE:
+                batch_next = _int64(&buf[pos]) + _int32(&buf[pos + 23]) + 1
+                if batch_next > self.scan_next:
+                    self.scan_next = batch_next
+                if not (buf[pos + 22] & 0x20):
+                    count = _int32(&buf[pos + 57])
+                    if count > 0:
+                        self.scan_records += count
             pos = end
 
     def take(self, Py_ssize_t max_records):
@@ -236,7 +263,7 @@ cdef class BatchReader:
     cdef int _advance(self) except -1:
         """Open the next batch with records in it, or set ``done``."""
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(self.data)
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(self.data), pos, end
+        cdef Py_ssize_t size = self.end, pos, end
         cdef int64_t length
         cdef int16_t attributes
         cdef int codec
@@ -389,3 +416,73 @@ def decode_batches(bytes data, int64_t fetch_offset, bint check_crcs, object rec
         return None
     records = reader.take(PY_SSIZE_T_MAX)
     return records, reader.next_offset
+
+
+cdef inline Py_ssize_t _need(Py_ssize_t pos, Py_ssize_t size, Py_ssize_t want) except -1:
+    if want < 0 or want > size - pos:
+        raise CorruptRecordException(f"fetch response ends at {size}, need {pos + want}")
+    return pos
+
+
+def parse_fetch_response(bytes data, Py_ssize_t start, int version):
+    """A FetchResponse body of ``version`` (see ``batches.parse_fetch_response``)."""
+    cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data), pos = start, name_size
+    cdef int32_t topics, parts, aborted, records
+    cdef int error_code = 0
+    cdef list partitions = []
+    if version < 4 or version > 11:
+        raise ValueError(f"FetchResponse v{version} is not read here")
+    _need(pos, size, 4)
+    pos += 4  # throttle_time_ms
+    if version >= 7:
+        _need(pos, size, 6)
+        error_code = <int16_t>((buf[pos] << 8) | buf[pos + 1])
+        pos += 6  # error_code, session_id
+    _need(pos, size, 4)
+    topics = _int32(&buf[pos])
+    pos += 4
+    while topics > 0:
+        topics -= 1
+        _need(pos, size, 2)
+        name_size = <int16_t>((buf[pos] << 8) | buf[pos + 1])
+        pos += 2
+        if name_size < 0:
+            name_size = 0
+        _need(pos, size, name_size)
+        topic = (<const char*>&buf[pos])[:name_size].decode("utf-8")
+        pos += name_size
+        _need(pos, size, 4)
+        parts = _int32(&buf[pos])
+        pos += 4
+        while parts > 0:
+            parts -= 1
+            _need(pos, size, 4 + 2 + 8 + 8 + (8 if version >= 5 else 0) + 4)
+            partition = _int32(&buf[pos])
+            code = <int16_t>((buf[pos + 4] << 8) | buf[pos + 5])
+            highwater = _int64(&buf[pos + 6])
+            pos += 22  # partition, error_code, high_watermark, last_stable_offset
+            if version >= 5:
+                log_start = _int64(&buf[pos])
+                pos += 8
+            else:
+                log_start = -1
+            aborted = _int32(&buf[pos])
+            pos += 4
+            if aborted > 0:
+                _need(pos, size, 16 * <Py_ssize_t>aborted)
+                pos += 16 * <Py_ssize_t>aborted
+            if version >= 11:
+                _need(pos, size, 4)
+                pos += 4  # preferred_read_replica
+            _need(pos, size, 4)
+            records = _int32(&buf[pos])
+            pos += 4
+            if records < 0:
+                records = 0
+            _need(pos, size, records)
+            partitions.append(
+                (topic, partition, code, highwater, log_start, pos, pos + records)
+            )
+            pos += records
+    return error_code, partitions

@@ -88,7 +88,15 @@ class BatchReader:
     to fetch next once ``done``.
     """
 
-    def __init__(self, data: bytes, fetch_offset: int, check_crcs: bool, record_type: Any) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        fetch_offset: int,
+        check_crcs: bool,
+        record_type: Any,
+        start: int = 0,
+        end: int = -1,
+    ) -> None:
         self.data = data
         self.fetch_offset = fetch_offset
         self.next_offset = fetch_offset
@@ -96,22 +104,36 @@ class BatchReader:
         self.record_type = record_type
         self.done = False
         self.legacy = False
-        self._pos = 0
+        #: the batches are ``data[start:end]`` (a fetch response's record set, not copied)
+        self._end = len(data) if end < 0 else min(end, len(data))
+        self._pos = start
         self._buf: bytes | memoryview = b""
         self._rpos = self._rend = self._left = 0
         self._base_offset = self._first_timestamp = self._max_timestamp = self._batch_next = 0
         self._log_append_time = False
         self._error: Exception | None = None
-        pos, size = 0, len(data)
+        #: from the batch headers alone: the offset after the last whole batch (where the
+        #: next fetch starts when every batch decodes), and the records of the data batches
+        self.scan_next = fetch_offset
+        self.scan_records = 0
+        pos, size = start, self._end
         while size - pos >= LOG_OVERHEAD:
             length = int.from_bytes(data[pos + 8 : pos + 12], "big", signed=True)
-            end = pos + LOG_OVERHEAD + length
-            if length < RECORD_OVERHEAD_V0 or end > size:
+            end_at = pos + LOG_OVERHEAD + length
+            if length < RECORD_OVERHEAD_V0 or end_at > size:
                 break
             if data[pos + 16] != 2:
                 self.legacy = True
                 break
-            pos = end
+            if end_at - pos >= HEADER_SIZE:
+                base = int.from_bytes(data[pos : pos + 8], "big", signed=True)
+                last_delta = int.from_bytes(data[pos + 23 : pos + 27], "big", signed=True)
+                self.scan_next = max(self.scan_next, base + last_delta + 1)
+                if not data[pos + 22] & 0x20:
+                    self.scan_records += max(
+                        0, int.from_bytes(data[pos + 57 : pos + 61], "big", signed=True)
+                    )
+            pos = end_at
 
     def take(self, max_records: int) -> list[Any]:
         """Up to ``max_records`` more data records; afterwards either ``done`` or more
@@ -151,7 +173,7 @@ class BatchReader:
 
     def _advance(self) -> None:
         """Open the next batch with records in it, or set ``done``."""
-        data, size = self.data, len(self.data)
+        data, size = self.data, self._end
         while self._left == 0 and not self.done:
             pos = self._pos
             if size - pos < LOG_OVERHEAD:
@@ -243,3 +265,76 @@ def decode_batches(
         return None
     records = reader.take(sys.maxsize)
     return records, reader.next_offset
+
+
+#: the FetchResponse versions :func:`parse_fetch_response` reads (non-flexible, with the
+#: record batches of format v2; Apache Kafka 4.x serves Fetch v4-v17)
+FETCH_VERSIONS: Final = range(4, 12)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, size: int) -> int:
+        at = self.pos
+        if size > len(self.data) - at:
+            raise CorruptRecordException(
+                f"fetch response ends at {len(self.data)}, need {at + size}"
+            )
+        self.pos = at + size
+        return at
+
+    def number(self, size: int) -> int:
+        at = self.take(size)
+        return int.from_bytes(self.data[at : at + size], "big", signed=True)
+
+
+def parse_fetch_response(data: bytes, start: int, version: int) -> tuple[int, list[Any]]:
+    """A FetchResponse body (``data[start:]``, after the correlation id) of ``version``:
+    the top-level error code (v7+, else 0) and per partition, in response order,
+    ``(topic, partition, error_code, high_watermark, log_start_offset, records_start,
+    records_end)`` — the record set is ``data[records_start:records_end]`` (empty when the
+    broker sent none), ``log_start_offset`` is -1 before v5. Aborted transactions are
+    skipped (the ingest reads uncommitted), so is the preferred read replica (v11)."""
+    if version not in FETCH_VERSIONS:
+        raise ValueError(f"FetchResponse v{version} is not read here")
+    reader = _Reader(data, start)
+    reader.number(4)  # throttle_time_ms
+    error_code = 0
+    if version >= 7:
+        error_code = reader.number(2)
+        reader.number(4)  # session_id
+    partitions: list[Any] = []
+    for _ in range(max(0, reader.number(4))):
+        name_size = max(0, reader.number(2))
+        at = reader.take(name_size)
+        topic = data[at : at + name_size].decode()
+        for _ in range(max(0, reader.number(4))):
+            partition = reader.number(4)
+            code = reader.number(2)
+            highwater = reader.number(8)
+            reader.number(8)  # last_stable_offset
+            log_start = reader.number(8) if version >= 5 else -1
+            aborted = reader.number(4)
+            if aborted > 0:
+                reader.take(16 * aborted)
+            if version >= 11:
+                reader.number(4)  # preferred_read_replica
+            size = reader.number(4)
+            records_start = reader.take(max(0, size))
+            partitions.append(
+                (
+                    topic,
+                    partition,
+                    code,
+                    highwater,
+                    log_start,
+                    records_start,
+                    records_start + max(0, size),
+                )
+            )
+    return error_code, partitions

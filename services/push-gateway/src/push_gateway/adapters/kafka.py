@@ -2,10 +2,13 @@
 
 Plain aiokafka, not FastStream, on the ingest path: FastStream's subscriber calls a handler
 per message (~18 k msgs/s measured on Tansu), while the gateway must read *every* record of
-the cluster. ``getmany`` hands whole per-partition batches to the hub, which routes each
-record with one dict lookup; the ingest consumer's records are lean tuples decoded once per
-fetched partition from its bytes by a compiled decoder (``adapters/records.py``,
-``adapters/_batches.pyx``), not aiokafka's ``ConsumerRecord`` objects.
+the cluster. The ingest fetches with its own loop (``adapters/fetch.py``: one task, one
+pre-encoded request in flight per leader, on aiokafka's connections and metadata) and hands
+whole per-partition slices to the hub, which routes each record with one dict lookup; the
+records are lean tuples decoded from the fetched bytes by a compiled decoder
+(``adapters/_batches.pyx``), not aiokafka's ``ConsumerRecord`` objects.
+``GATEWAY_KAFKA__FETCH_LOOP=aiokafka`` reads through aiokafka's consumer (``getmany``)
+instead, as before.
 
 Every gateway reads every partition (manual assignment, no consumer group): a browser may
 land on any gateway, so each must see all events (broadcast, not work-sharing). Without a
@@ -24,9 +27,11 @@ from typing import Any, Final, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from push_gateway.adapters.fetch import AiokafkaBrokers, Fetched, LeanFetcher, speaks_lean_fetch
 from push_gateway.adapters.records import (
     COMPILED,
     IngestRecord,
+    _ListReader,
     install_lean_records,
     lean_keys,
 )
@@ -89,6 +94,10 @@ class KafkaIngest:
         self._deliveries_seen = 0
         self.timing = IngestTiming()
         self._loop_watch: asyncio.Task[None] | None = None
+        #: the lean fetch loop (None: aiokafka's consumer fetches, ``fetch_loop=aiokafka``)
+        self.fetcher: LeanFetcher | None = None
+        self._counts: dict[str, int] = {}
+        self.offset_resets = 0
 
     async def start(self) -> None:
         install_lean_records()
@@ -104,14 +113,33 @@ class KafkaIngest:
         for topic in self._topics:
             found = await self._partitions_of(consumer, topic)
             partitions.extend(TopicPartition(topic, p) for p in found)
-        consumer.assign(partitions)
         beginnings = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         counts = {t: sum(1 for tp in partitions if tp.topic == t) for t in self._topics}
+        self._counts = counts
+        starts = {tp: max(beginnings[tp], ends[tp] - self._backfill) for tp in partitions}
+        lean = self._settings.fetch_loop == "lean" and (
+            not partitions
+            or await speaks_lean_fetch(
+                AiokafkaBrokers(consumer), partitions[0].topic, partitions[0].partition
+            )
+        )
+        if lean:
+            # the consumer stays unassigned (its own fetcher idles): it lends its client
+            self.fetcher = LeanFetcher(
+                AiokafkaBrokers(consumer),
+                [(tp.topic, tp.partition, starts[tp]) for tp in partitions],
+                client_id=self._settings.client_id,
+                request_timeout_seconds=self._settings.request_timeout_ms / 1000,
+                max_wait_ms=self.fetch_wait.current,
+                on_reset=self._moved_past_lost_records,
+            )
+        else:
+            consumer.assign(partitions)
         for tp in partitions:
-            start = max(beginnings[tp], ends[tp] - self._backfill)
-            consumer.seek(tp, start)
-            self._hub.assign(tp.topic, tp.partition, start, counts[tp.topic])
+            if not lean:
+                consumer.seek(tp, starts[tp])
+            self._hub.assign(tp.topic, tp.partition, starts[tp], counts[tp.topic])
         self._catch_up_to = {tp: ends[tp] for tp in partitions}
         self._beginnings = dict(beginnings)
         self._check_caught_up()
@@ -119,11 +147,31 @@ class KafkaIngest:
             "ingest assigned",
             partitions=len(partitions),
             backfill=self._backfill,
+            fetch_loop="lean" if lean else "aiokafka",
             decoder="compiled" if COMPILED else "python (no C compiler at install: ~10x CPU)",
         )
         self._task = asyncio.create_task(self._run(), name="kafka-ingest")
         self._loop_watch = asyncio.create_task(self.timing.watch_loop(), name="loop-lag")
         gc.callbacks.append(self.timing.on_gc)
+
+    def _moved_past_lost_records(self, topic: str, partition: int, previous: int, now: int) -> None:
+        """``OFFSET_OUT_OF_RANGE``: the records at the position are gone (retention) or the
+        log was cut back (a broker lost them). Reading goes on at the end of the log, as
+        aiokafka's ``auto_offset_reset="latest"`` did; the partition's ring starts again
+        there, so no resume is served across the hole from memory (older positions are read
+        back from Kafka or answered with a snapshot / ``resync``), and its live subscribers
+        are told to start over (the ``resync`` of a control record)."""
+        self.offset_resets += 1
+        log.warning(
+            "ingest moved past records it could not read",
+            topic=topic,
+            partition=partition,
+            position=previous,
+            now_at=now,
+        )
+        hub = self._hub
+        hub.assign(topic, partition, now, self._counts[topic])
+        hub._resync((hub.letter_of(topic), partition))  # noqa: SLF001 - the control-record path
 
     async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         deadline = time.monotonic() + 30
@@ -150,6 +198,9 @@ class KafkaIngest:
             fetcher._fetch_max_wait_ms = wait  # noqa: SLF001
 
     async def _run(self) -> None:
+        if self.fetcher is not None:
+            await self._run_lean(self.fetcher)
+            return
         assert self._consumer is not None
         consumer = self._consumer
         while True:
@@ -167,11 +218,63 @@ class KafkaIngest:
             self._set_fetch_wait(sum(map(len, batches.values())))
             for _ in range(FETCH_HANDOVER_TURNS):
                 await asyncio.sleep(0)
-            await self._fan_out(batches)
+            await self._fan_out(
+                [
+                    Fetched(tp.topic, tp.partition, _ListReader(records, 0), -1)
+                    for tp, records in batches.items()
+                ]
+            )
             if not self.caught_up:
                 self._check_caught_up()
 
-    async def _fan_out(self, batches: dict[TopicPartition, list[IngestRecord]]) -> None:
+    async def _run_lean(self, fetcher: LeanFetcher) -> None:
+        """Rounds of the lean fetch loop: like ``getmany``, a round returns as soon as a
+        response brought records, or after a second without any (the adaptive wait's
+        "silent"); the next fetches go out before this round's records are fanned out."""
+        hub = self._hub
+        while True:
+            try:
+                fetched = await fetcher.next_round(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a defect, not a broker error (those are retried inside)
+                self.fetch_errors += 1
+                log.exception("ingest fetch round failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            deliveries = hub.stats.deliveries
+            wait = self.fetch_wait
+            fetcher.max_wait_ms = wait.after_round(
+                sum(f.reader.scan_records for f in fetched),
+                deliveries - self._deliveries_seen,
+                time.monotonic(),
+            )
+            self._deliveries_seen = deliveries
+            # at moderate rates the broker holds the fetch for the whole bound (else it
+            # answers each produce batch); idle or busy: it answers the first bytes
+            moderate = wait.busy_ms < wait.current and not wait.idle
+            fetcher.min_bytes = self._settings.fetch_moderate_min_bytes if moderate else 1
+            fetcher.send_fetches()
+            await self._fan_out(fetched)
+            if not self.caught_up:
+                self._check_caught_up()
+
+    def _undecodable(self, item: Fetched, last: int, exc: Exception) -> None:
+        """A batch that does not decode (corrupt bytes): the records before it were handed
+        out; the partition is fetched again from after the last of them."""
+        self.fetch_errors += 1
+        offset = item.offset if last < 0 else last + 1
+        log.warning(
+            "fetched batch did not decode: fetching it again",
+            topic=item.topic,
+            partition=item.partition,
+            offset=offset,
+            error=repr(exc),
+        )
+        if self.fetcher is not None:
+            self.fetcher.seek(item.topic, item.partition, offset, pause=True)
+
+    async def _fan_out(self, batches: list[Fetched]) -> None:
         """Hand the records to the hub in slices, giving the event loop back whenever one
         step has held it for ``FANOUT_SLICE_SECONDS``, so the fetch task, new connections,
         heartbeats and catch-ups never wait behind a whole batch (5,000 records with ten
@@ -184,13 +287,20 @@ class KafkaIngest:
         step_started = time.perf_counter()
         step_cpu = time.thread_time()
         size = SLICE_RECORDS
-        for tp, records in batches.items():
-            start, end = 0, len(records)
-            while start < end:
-                chunk = records if start == 0 and size >= end else records[start : start + size]
-                start += len(chunk)
+        for item in batches:
+            topic, partition, reader, _ = item
+            last = -1
+            while not reader.done:
+                try:
+                    chunk = reader.take(size)
+                except Exception as exc:  # noqa: BLE001 - corrupt bytes: fetched again
+                    self._undecodable(item, last, exc)
+                    break
+                if not chunk:
+                    break
+                last = chunk[-1].offset
                 delivered = stats.deliveries
-                ingest(tp.topic, tp.partition, chunk)
+                ingest(topic, partition, chunk)
                 # a record nobody here subscribes to costs the hub ~0.1 µs, one with ten
                 # subscribers ~100 µs: slices grow only while nothing is being delivered
                 if stats.deliveries != delivered:
@@ -233,12 +343,28 @@ class KafkaIngest:
         tp = TopicPartition(topic, partition)
         consumed = self._hub.position((self._hub.letter_of(topic), partition)) + 1
         known = self._catch_up_to.get(tp, 0)
-        highwater = self._consumer.highwater(tp) if self._consumer is not None else None
-        return self._beginnings.get(tp, 0), max(consumed, known, highwater or 0)
+        start = self._beginnings.get(tp, 0)
+        if self.fetcher is not None:
+            log_start, highwater = self.fetcher.bounds(topic, partition)
+            if log_start >= 0:
+                start = log_start
+        else:
+            highwater = (self._consumer.highwater(tp) if self._consumer is not None else None) or 0
+        return start, max(consumed, known, highwater)
 
     async def refresh_lag(self, max_age_seconds: float = 5.0) -> int:
         """Records between the hub's positions and the ends of the partitions (asks the
         broker at most every ``max_age_seconds``, however often metrics are scraped)."""
+        if self.fetcher is not None:
+            # every fetch response carries the high watermark: no broker round trip
+            positions = self._hub.positions()
+            letters = self._hub_letters()
+            self.lag = sum(
+                max(0, self.fetcher.bounds(tp.topic, tp.partition)[1] - 1 - positions[key])
+                for tp in self._catch_up_to
+                if (key := (letters[tp.topic], tp.partition)) in positions
+            )
+            return self.lag
         if self._consumer is None or time.monotonic() - self._lag_checked < max_age_seconds:
             return self.lag
         self._lag_checked = time.monotonic()
@@ -265,6 +391,8 @@ class KafkaIngest:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.fetcher is not None:
+            await self.fetcher.close()
         if self._consumer is not None:
             await self._consumer.stop()
 

@@ -7,7 +7,10 @@ intervals; one that shuts down cleanly writes a tombstone.
 
 Plain aiokafka rather than FastStream: the gateway already runs aiokafka clients for its
 hot path, and this consumer needs the same manual assignment from the beginning of the
-topic with no group, which is a few lines here.
+topic with no group, which is a few lines here. The topic is read with the ingest's lean
+fetch loop (``adapters/fetch.py``; ``GATEWAY_KAFKA__FETCH_LOOP=aiokafka``: aiokafka's
+consumer): Tansu answers a fetch at the long-poll deadline, so the reader makes rounds
+all the time whatever arrives, and each aiokafka round is ~0.15 ms of Python.
 """
 
 import asyncio
@@ -19,6 +22,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from push_gateway.adapters.fetch import AiokafkaBrokers, LeanFetcher, speaks_lean_fetch
 from push_gateway.config import GatewayKafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -93,6 +97,7 @@ class KafkaPresenceBus:
         self._table = PresenceTable(ttl_seconds)
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._fetcher: LeanFetcher | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -117,8 +122,47 @@ class KafkaPresenceBus:
             parts = self._consumer.partitions_for_topic(self._topic)
             await asyncio.sleep(0.2)
         parts = parts or {0}
-        self._consumer.assign([TopicPartition(self._topic, p) for p in sorted(parts)])
+        partitions = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        brokers = AiokafkaBrokers(self._consumer)
+        if self._settings.fetch_loop == "lean" and await speaks_lean_fetch(
+            brokers, self._topic, partitions[0].partition
+        ):
+            beginnings = await self._consumer.beginning_offsets(partitions)
+            self._fetcher = LeanFetcher(
+                brokers,
+                [(tp.topic, tp.partition, beginnings[tp]) for tp in partitions],
+                client_id=common["client_id"],
+                request_timeout_seconds=self._settings.request_timeout_ms / 1000,
+                max_wait_ms=self._fetch_wait_ms,
+            )
+            self._task = asyncio.create_task(self._read_lean(self._fetcher), name="presence-reader")
+            return
+        self._consumer.assign(partitions)
         self._task = asyncio.create_task(self._read(), name="presence-reader")
+
+    async def _read_lean(self, fetcher: LeanFetcher) -> None:
+        while True:
+            try:
+                fetched = await fetcher.next_round(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a defect: broker errors are retried inside
+                log.warning("presence read failed", error=repr(exc))
+                await asyncio.sleep(1)
+                continue
+            for item in fetched:
+                reader = item.reader
+                while not reader.done:
+                    try:
+                        records = reader.take(500)
+                    except Exception as exc:  # noqa: BLE001 - corrupt bytes: read again
+                        log.warning("presence batch did not decode", error=repr(exc))
+                        fetcher.seek(item.topic, item.partition, item.offset, pause=True)
+                        break
+                    if not records:
+                        break
+                    for record in records:
+                        self._apply(record.key, record.value)
 
     async def _read(self) -> None:
         assert self._consumer is not None
@@ -164,6 +208,8 @@ class KafkaPresenceBus:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._fetcher is not None:
+            await self._fetcher.close()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.send_and_wait(self._topic, None, key=self._instance.encode())

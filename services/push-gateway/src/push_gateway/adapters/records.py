@@ -110,13 +110,14 @@ class _ListReader:
     """Records decoded in one go (through aiokafka's batch objects), handed out like a
     :class:`BatchReader`'s."""
 
-    __slots__ = ("_records", "_taken", "done", "next_offset")
+    __slots__ = ("_records", "_taken", "done", "next_offset", "scan_records")
 
     def __init__(self, records: list[IngestRecord], next_offset: int) -> None:
         self._records = records
         self._taken = 0
         self.done = False
         self.next_offset = next_offset
+        self.scan_records = len(records)
 
     def take(self, max_records: int) -> list[IngestRecord]:
         start = self._taken

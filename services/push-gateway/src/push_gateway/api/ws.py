@@ -49,6 +49,7 @@ from push_gateway.domain.ws_protocol import (
 )
 from push_gateway.gateway import HEARTBEAT_STEPS, Gateway
 from push_gateway.stream import CLOSE_GRACE_SECONDS, SseConnection, StreamState
+from push_gateway.timing import sleep_to_grid
 from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token
 from slotstream_contracts.channels import Channel, ChannelError
 
@@ -544,7 +545,7 @@ class WebSocketGateway:
             connections = list(self.connections)
             share = -(-len(connections) // HEARTBEAT_STEPS)  # ceiling
             for step in range(HEARTBEAT_STEPS):
-                await asyncio.sleep(pause)
+                await sleep_to_grid(pause)  # with the other periodic timers: one wake-up
                 silent_since = time.monotonic() - 2 * period - PING_SLACK_SECONDS
                 for connection in connections[step * share : (step + 1) * share]:
                     if connection.closed:

@@ -17,7 +17,16 @@ So the bound follows the work the rounds carry:
   (a record or a delivery each) at the rate of the last window, between ``busy_ms`` and
   ``moderate_ms``. Under load (≥ 50,000 units/s) that is ``busy_ms``; at 10,000
   deliveries/s about 25 ms, so rounds cost ~10 % of the deliveries they carry instead of
-  half, for at most ``moderate_ms`` of added latency at rates where it buys the most.
+  half, for at most ``moderate_ms`` of added latency at rates where it buys the most;
+* records flowing that nobody here subscribes to (a whole window without a delivery):
+  ``idle_ms`` — nobody waits for them, so their latency is worth nothing, and a round
+  costs the same CPU whatever it brings. The first records with subscribers then wait up
+  to ``idle_ms`` once; the window after them picks a bound by the rate again.
+
+The ingest asks the broker to hold a fetch for the whole bound at moderate rates (fetch
+``min_bytes``, ``GATEWAY_KAFKA__FETCH_MODERATE_MIN_BYTES``): a broker answers as soon as
+any data is there otherwise (Apache Kafka, and Tansu too), which at a few produce requests
+every 10 ms meant a round per produce request, whatever the bound.
 """
 
 from typing import Final
@@ -31,7 +40,7 @@ ROUND_WORK: Final = 250
 class FetchWait:
     """Chooses the long-poll bound (ms) after each ``getmany``; see the module docstring."""
 
-    __slots__ = ("busy_ms", "moderate_ms", "idle_ms", "current", "_work", "_since")
+    __slots__ = ("busy_ms", "moderate_ms", "idle_ms", "current", "_work", "_deliveries", "_since")
 
     def __init__(self, busy_ms: int, moderate_ms: int, idle_ms: int) -> None:
         self.busy_ms = busy_ms
@@ -39,6 +48,7 @@ class FetchWait:
         self.idle_ms = idle_ms
         self.current = busy_ms
         self._work = 0
+        self._deliveries = 0
         #: start of the current measuring window; None while the log is silent
         self._since: float | None = None
 
@@ -56,14 +66,25 @@ class FetchWait:
         if self._since is None:
             self._since = now
             self._work = 0
+            self._deliveries = 0
             self.current = self.busy_ms
             return self.current
         self._work += records + deliveries
+        self._deliveries += deliveries
         elapsed = now - self._since
         if elapsed >= WINDOW_SECONDS:
-            per_second = self._work / elapsed
-            wanted = round(1000 * ROUND_WORK / per_second)
-            self.current = min(self.moderate_ms, max(self.busy_ms, wanted))
+            if not self._deliveries:
+                self.current = max(self.moderate_ms, self.idle_ms)  # nobody is waiting
+            else:
+                per_second = self._work / elapsed
+                wanted = round(1000 * ROUND_WORK / per_second)
+                self.current = min(self.moderate_ms, max(self.busy_ms, wanted))
             self._since = now
             self._work = 0
+            self._deliveries = 0
         return self.current
+
+    @property
+    def unwatched(self) -> bool:
+        """Records flow, and nobody here subscribes to them (the bound is ``idle_ms``)."""
+        return self._since is not None and self.current == max(self.moderate_ms, self.idle_ms)

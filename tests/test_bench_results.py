@@ -4,9 +4,11 @@ and the README's performance table generated from the committed latest results."
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from slotstream_testkit.benchkit import (
+    StreamBuffer,
     StreamCount,
     latency_cdf_ms,
     load_history,
@@ -59,6 +61,35 @@ def test_loss_is_per_connection_and_foreign_events_are_apart() -> None:
     wrong.feed(frame(0, "a"))  # subscribed to b, got a's event
     counted = tally(published, [(b"a", first), (b"b", second), (b"b", wrong)])
     assert (counted.expected, counted.lost, counted.foreign) == (4, 2, 1)
+
+
+def test_a_stream_buffer_keeps_every_byte_for_the_count_after_the_run() -> None:
+    """bench/workers.py's client: reads straight into one buffer, looks only at its tail
+    while the clock runs, parses everything after the run."""
+    stream = b"".join(frame(seq, "b3") for seq in range(40)) + frame(7, "b3")  # 7 twice
+    last = b'"seq":7,'
+    left, right = socket.socketpair()
+    try:
+        right.setblocking(False)
+        buffer = StreamBuffer(capacity=100)  # smaller than the stream: it grows
+        assert buffer.receive(right) == -1  # nothing sent yet
+        for cut in range(0, len(stream), 5):
+            left.sendall(stream[cut : cut + 5])
+            assert buffer.receive(right) == len(stream[cut : cut + 5])
+        assert buffer.data() == stream
+        assert buffer.tail_contains(last, window=len(frame(7, "b3")))
+        assert not buffer.tail_contains(b'"seq":39,', window=len(frame(7, "b3")))
+        assert buffer.contains(b'"seq":39,')
+        left.close()
+        assert buffer.receive(right) == 0  # the peer closed
+    finally:
+        right.close()
+    parsed: dict[bytes, StreamCount] = {}
+    counted = buffer.count(parsed)
+    assert buffer.count(parsed) is counted  # same bytes, parsed once
+    assert counted.events == 41
+    result = tally({b"b3": set(range(41))}, [(b"b3", counted)])
+    assert (result.received_unique, result.lost, result.duplicates) == (40, 1, 1)
 
 
 def test_latency_cdf_is_monotonic() -> None:
@@ -148,3 +179,24 @@ def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
     assert "p50 21.5 / p99 48.2 ms at 41,000 deliveries/s" in rows[0]
     assert "commit → produced 2.0, → consumed 6.5, → frame 9.0 ms" in rows[0]
     assert "load client 0.12 cores, load 1.5" in rows[0]
+
+
+def test_the_workers_row_says_when_the_run_went_ahead_of_other_work() -> None:
+    """bench/workers.py --priority: a quiet-machine figure is labelled as one."""
+    scaling = {
+        "workers": 2,
+        "deliveries_per_s_median_1": 300_000,
+        "deliveries_per_s_median_2": 540_000,
+        "measured_ratio": 1.8,
+        "deliveries_lost": 0,
+        "duplicates": 0,
+    }
+    stamp = {"when": "2026-12-01T10:00:00Z", "commit": "abc", "load_average": [4.0]}
+    ahead = render_readme_table(
+        {"workers": {**stamp, "scaling": scaling, "workload": {"priority": 10}}}
+    )
+    plain = render_readme_table({"workers": {**stamp, "scaling": scaling, "workload": {}}})
+    assert "300,000 vs 540,000 deliveries/s (×1.80 measured, ahead of other work" in ahead
+    assert "`--priority 10`" in ahead
+    assert "ahead of other work" not in plain
+    assert "0 lost, 0 duplicated" in plain

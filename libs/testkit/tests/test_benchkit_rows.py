@@ -22,19 +22,23 @@ def test_connect_storm_row_gives_the_median_storm() -> None:
     ) in table
 
 
-def test_workers_row_gives_measured_and_projected_scaling() -> None:
+def test_workers_row_gives_measured_scaling_cpu_and_the_check() -> None:
     scaling = {
         "workers": 2,
         "deliveries_per_s_median_1": 50_000,
         "deliveries_per_s_median_2": 90_000,
         "measured_ratio": 1.8,
-        "projected_ratio_whole_cores": 1.95,
+        "server_cpu_us_per_delivery_median_1": 3.1,
+        "server_cpu_us_per_delivery_median_2": 2.4,
         "client_cpu_us_per_delivery_median": 0.6,
+        "deliveries_lost": 0,
+        "duplicates": 0,
     }
     table = render_readme_table({"workers": {**STAMP, "scaling": scaling}})
     assert (
-        "| `bench/workers.py` 1 vs 2 workers | 50,000 vs 90,000 deliveries/s (×1.80 measured,"
-        " ×1.95 projected for whole cores), client 0.60 µs CPU per delivery |"
+        "| `bench/workers.py` 1 vs 2 workers | 50,000 vs 90,000 deliveries/s (×1.80 measured;"
+        " server 3.10 vs 2.40 µs CPU per delivery), client 0.60 µs CPU per delivery, every"
+        " delivery checked: 0 lost, 0 duplicated |"
     ) in table
 
 

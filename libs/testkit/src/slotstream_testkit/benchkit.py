@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -115,6 +116,64 @@ def tally(
         foreign += len(count.seen) - arrived
         duplicates += count.duplicates
     return Tally(expected, received, lost, duplicates, foreign)
+
+
+class StreamBuffer:
+    """Everything one connection receives, kept for counting after the measurement.
+
+    A saturation benchmark cannot afford to look at frames while it measures: on a small
+    machine the client shares the cores with the server, and per-frame work (parsing, or
+    even ``bytes.count`` over every byte) costs a fair part of what the server spends on
+    the delivery. So the socket is read straight into one preallocated buffer
+    (``recv_into``: the kernel's copy is the only one, and the pages were touched when it
+    was allocated); while the clock runs the client only asks whether the last bytes hold
+    the stream's final event (:meth:`tail_contains`). :meth:`count` parses it all
+    afterwards with :class:`StreamCount`: unique ``(channel, seq)``, duplicates, nothing
+    dropped from the check.
+    """
+
+    __slots__ = ("buffer", "size")
+
+    def __init__(self, capacity: int) -> None:
+        #: bytearray(n) writes n zero bytes: every page is faulted in here, not mid-run
+        self.buffer = bytearray(max(capacity, 4096))
+        self.size = 0
+
+    def receive(self, sock: socket.socket) -> int:
+        """One non-blocking read; returns the bytes read, 0 when the peer closed, -1 when
+        nothing was waiting. Grows the buffer (doubles it) rather than refusing bytes."""
+        if self.size == len(self.buffer):
+            self.buffer.extend(bytes(len(self.buffer)))
+        try:
+            with memoryview(self.buffer) as view:
+                read = sock.recv_into(view[self.size :])
+        except (BlockingIOError, InterruptedError):
+            return -1
+        self.size += read
+        return read
+
+    def tail_contains(self, token: bytes, window: int) -> bool:
+        """Whether ``token`` is in the last ``window`` bytes: a look that costs the same
+        however much arrived."""
+        return self.buffer.find(token, max(0, self.size - window), self.size) >= 0
+
+    def contains(self, token: bytes) -> bool:
+        return self.buffer.find(token, 0, self.size) >= 0
+
+    def data(self) -> bytes:
+        return bytes(self.buffer[: self.size])
+
+    def count(self, parsed: dict[bytes, StreamCount] | None = None) -> StreamCount:
+        """Parse what arrived (after the run). ``parsed`` memoizes by content: subscribers
+        of one channel usually got the same bytes, which parse to the same result."""
+        data = self.data()
+        if parsed is not None and data in parsed:
+            return parsed[data]
+        counted = StreamCount()
+        counted.feed(data)
+        if parsed is not None:
+            parsed[data] = counted
+        return counted
 
 
 def latency_cdf_ms(samples_ns: list[int], points: int = 100) -> list[list[float]]:
@@ -331,13 +390,17 @@ def _connect_storm_row(data: Mapping[str, Any]) -> str:
 def _workers_row(data: Mapping[str, Any]) -> str:
     scaling = data.get("scaling") or {}
     n = scaling.get("workers", 2)
+    priority = (data.get("workload") or {}).get("priority")
+    ahead = f", ahead of other work (`--priority {priority}`)" if priority else ""
     return (
         f"| `bench/workers.py` 1 vs {n} workers | {_num(scaling.get('deliveries_per_s_median_1'))}"
         f" vs {_num(scaling.get(f'deliveries_per_s_median_{n}'))} deliveries/s "
-        f"(×{_num(scaling.get('measured_ratio'), 2)} measured, "
-        f"×{_num(scaling.get('projected_ratio_whole_cores'), 2)} projected for whole cores), "
-        f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery "
-        f"| {_stamp(data)} |"
+        f"(×{_num(scaling.get('measured_ratio'), 2)} measured{ahead}; server "
+        f"{_num(scaling.get('server_cpu_us_per_delivery_median_1'), 2)} vs "
+        f"{_num(scaling.get(f'server_cpu_us_per_delivery_median_{n}'), 2)} µs CPU per delivery), "
+        f"client {_num(scaling.get('client_cpu_us_per_delivery_median'), 2)} µs CPU per delivery, "
+        f"every delivery checked: {scaling.get('deliveries_lost', '?')} lost, "
+        f"{scaling.get('duplicates', '?')} duplicated | {_stamp(data)} |"
     )
 
 

@@ -51,7 +51,7 @@ from push_gateway.domain.requests import (
     unauthorized,
 )
 from push_gateway.domain.ws_protocol import sse_to_ws
-from push_gateway.stream import NO_RESYNC, SseConnection, StreamState
+from push_gateway.stream import NO_PENDING, NO_RESYNC, SseConnection, StreamState
 from push_gateway.timing import sleep_to_grid
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -66,6 +66,12 @@ HEARTBEAT_STEPS: Final = 60
 MAX_SHARED_CHANNELS: Final = 100_000
 #: snapshot frames (channel, position) kept with a shared snapshot for reuse
 MAX_FRAMES_PER_SNAPSHOT: Final = 8
+
+
+#: all that a stream waiting for a shared snapshot fetch still needs of its request: only
+#: streams without a ticket or resume point wait (see ``Gateway._fetch_under_way``), and
+#: the rest of the request was applied when the stream was accepted
+PLAIN_REQUEST: Final = StreamRequest(channels=(), resume_from=None)
 
 
 @dataclass
@@ -125,8 +131,11 @@ class Gateway:
         self._stream_heads: dict[str | None, bytes] = {}
         # one object each, shared by every stream (not a channel or a bound method per stream)
         self._channels: dict[Channel, Channel] = {}
+        self._channel_sets: dict[tuple[Channel, ...], tuple[Channel, ...]] = {}
         self._on_close = self._closed
         self._on_resync = self._resync
+        #: a snapshot fetch under way → the new streams waiting for it (see _serve_soon)
+        self._waiting: dict[asyncio.Future[TakenSnapshot], list[SseConnection]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -194,7 +203,7 @@ class Gateway:
             origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
             self.reject(transport, problem, path, origin)
             return None
-        channels = tuple(self._channel(c) for c in request.channels)
+        channels = self._channel_set(request.channels)
         connection = SseConnection(
             transport,
             channels,
@@ -215,7 +224,9 @@ class Gateway:
         self._serve_soon(connection, request)
         return connection
 
-    def _serve_soon(self, connection: SseConnection, request: StreamRequest) -> None:
+    def _serve_soon(
+        self, connection: SseConnection, request: StreamRequest, start_fetch: bool = True
+    ) -> None:
         """Serve a new stream at once when nothing needs waiting for; when all it lacks is a
         snapshot another stream's fetch is already bringing, wait for that fetch with a
         done-callback — no task, no coroutine frames: in a connect storm hundreds of streams
@@ -223,24 +234,42 @@ class Gateway:
         peak memory, which it keeps; otherwise a task (:meth:`_serve`)."""
         if connection.state is StreamState.CLOSED or self._serve_at_once(connection, request):
             return
-        under_way = self._fetch_under_way(connection, request)
+        under_way = self._fetch_under_way(connection, request, start_fetch)
         if under_way is None:
             self._spawn(self._serve(connection, request))
-        else:
-            under_way.add_done_callback(lambda _: self._serve_soon(connection, request))
+            return
+        # one callback per fetch and a list of the streams waiting for it, not a closure and
+        # a callback entry per stream: those were ~0.5 kB each, freed after the fetch but
+        # leaving the heap fragmented where the storm's long-lived streams were allocated
+        waiting = self._waiting.get(under_way)
+        if waiting is None:
+            waiting = self._waiting[under_way] = []
+            under_way.add_done_callback(self._serve_waiting)
+        waiting.append(connection)
+
+    def _serve_waiting(self, fetched: "asyncio.Future[TakenSnapshot]") -> None:
+        # no new fetch from here: after a failed one, _serve fetches (with retries) and
+        # answers the failure, as for any stream
+        for connection in self._waiting.pop(fetched, ()):
+            self._serve_soon(connection, PLAIN_REQUEST, start_fetch=False)
 
     def _fetch_under_way(
-        self, connection: SseConnection, request: StreamRequest
+        self, connection: SseConnection, request: StreamRequest, start: bool
     ) -> asyncio.Future[TakenSnapshot] | None:
         """The snapshot fetch a stream that :meth:`_serve_at_once` could not serve may wait
-        for: one already in flight for a schedule channel without a recent snapshot."""
+        for: the one in flight for a schedule channel without a recent snapshot — with
+        ``start``, started now if none is, so the streams of that channel read in the same
+        loop turn (a connect storm's) wait on it too."""
         if request.ticket is not None or request.resume_from is not None:
             return None
+        snapshots = self.snapshots
         for channel in connection.channels:
-            if channel.kind is ChannelKind.SCHEDULE and (
-                self.snapshots.recent(channel.owner_id) is None
-            ):
-                return self.snapshots.in_flight(channel.owner_id)
+            owner = channel.owner_id
+            if channel.kind is ChannelKind.SCHEDULE and snapshots.recent(owner) is None:
+                if not start or snapshots.known_unknown(owner):
+                    return snapshots.in_flight(owner)
+                key = self.hub.partition_key(channel)
+                return snapshots.start(owner, partial(self.hub.position, key))
         return None
 
     def _channel(self, channel: Channel) -> Channel:
@@ -250,6 +279,16 @@ class Gateway:
             if len(self._channels) >= MAX_SHARED_CHANNELS:
                 self._channels.clear()
             found = self._channels[channel] = channel
+        return found
+
+    def _channel_set(self, channels: tuple[Channel, ...]) -> tuple[Channel, ...]:
+        """The one tuple of shared ``Channel`` objects streams of these channels share."""
+        found = self._channel_sets.get(channels)
+        if found is None:
+            if len(self._channel_sets) >= MAX_SHARED_CHANNELS:
+                self._channel_sets.clear()
+            found = tuple(self._channel(c) for c in channels)
+            self._channel_sets[found] = found
         return found
 
     def _serve_at_once(self, connection: SseConnection, request: StreamRequest) -> bool:
@@ -696,7 +735,7 @@ class Gateway:
                     vector[key] = record.offset
                     continue
             emit(key, record)
-        connection.pending.clear()
+        connection.pending = NO_PENDING
         connection.headers_sent = True
         connection.transport.write(b"".join(out))
 

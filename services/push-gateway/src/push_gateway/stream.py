@@ -18,6 +18,8 @@ CLOSE_GRACE_SECONDS: Final = 5.0
 
 
 NO_RESYNC: Final[frozenset[PartitionKey]] = frozenset()
+#: the records buffered by a stream that has none (shared: a live stream buffers nothing)
+NO_PENDING: Final[tuple[()]] = ()
 
 #: a channel set's layout: partitions (sorted), (letter, record key) → channel, partition →
 #: record keys; shared read-only by every stream with the same channels
@@ -84,7 +86,8 @@ class SseConnection(asyncio.Protocol):
             tuple(partitions.items())
         )
         self.writer: Writer = transport.write
-        self.pending: list[tuple[PartitionKey, Record]] = []
+        #: records the hub buffered while catching up; replaced, never emptied in place
+        self.pending: list[tuple[PartitionKey, Record]] | tuple[()] = NO_PENDING
         #: replaced, never mutated (an empty one is shared by every stream)
         self.resync_requested: frozenset[PartitionKey] = NO_RESYNC
         self.state = StreamState.CATCHING_UP
@@ -102,7 +105,10 @@ class SseConnection(asyncio.Protocol):
 
     # hub callbacks
     def buffer(self, key: PartitionKey, record: Record) -> None:
-        self.pending.append((key, record))
+        if self.pending:
+            self.pending.append((key, record))
+        else:
+            self.pending = [(key, record)]
 
     def on_resync(self, key: PartitionKey) -> None:
         self.resync_requested |= {key}
@@ -110,8 +116,11 @@ class SseConnection(asyncio.Protocol):
             self._on_resync(self)
 
     # asyncio.Protocol
-    def data_received(self, data: bytes) -> None:
-        """An SSE client sends nothing after its request; whatever comes is ignored."""
+    @staticmethod
+    def data_received(data: bytes) -> None:  # noqa: ARG004 - ignored
+        """An SSE client sends nothing after its request; whatever comes is ignored. A
+        static method: uvloop keeps ``protocol.data_received`` per transport, and a plain
+        method would be a bound-method object per stream (64 bytes each)."""
 
     def eof_received(self) -> bool | None:
         return None  # client half-closed: close our side too

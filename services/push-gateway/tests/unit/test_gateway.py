@@ -270,12 +270,12 @@ async def test_streams_arriving_during_a_fetch_wait_for_it_without_a_task_each(
     harness: Harness,
 ) -> None:
     """A connect storm's streams of one channel, before its first snapshot arrived: the
-    first stream's task fetches it, the others wait on that fetch with a callback (no task,
-    no coroutine frames each) and get the same frames: snapshot, then the newer deltas."""
+    first stream starts the fetch, the others wait on that fetch too (no task, no coroutine
+    frames each) and get the same frames: snapshot, then the newer deltas."""
     harness.source.gate = asyncio.Event()
     first, first_sock = await open_stream_directly(harness)
     second, second_sock = await open_stream_directly(harness)
-    assert len(harness.gateway._tasks) == 1  # noqa: SLF001 - only the first one's
+    assert len(harness.gateway._tasks) == 0  # noqa: SLF001
     assert second.state is StreamState.CATCHING_UP
     harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; the snapshot holds v2
     harness.source.gate.set()
@@ -285,6 +285,53 @@ async def test_streams_arriving_during_a_fetch_wait_for_it_without_a_task_each(
         assert data(events[1])["version"] == 3
     assert {first.state.value, second.state.value} == {"live"}  # (mypy keeps the narrowing)
     assert harness.source.fetches == ["i1"]
+
+
+async def test_a_burst_of_streams_before_any_fetch_waits_for_one_fetch_without_tasks(
+    harness: Harness,
+) -> None:
+    """The requests of a connect storm are read many per loop turn: the first stream of a
+    channel starts its snapshot fetch at once, so the others of that turn wait on it too
+    instead of each getting a task and coroutine frames (several kB each, the storm's peak
+    heap, which the process keeps)."""
+    harness.source.gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pairs = [socket.socketpair() for _ in range(3)]
+    transports = [
+        (await loop.connect_accepted_socket(asyncio.Protocol, server_sock))[0]
+        for server_sock, _ in pairs
+    ]
+    connections = []
+    for transport in transports:  # one loop turn: no await between the requests
+        connection = harness.gateway.open_stream(transport, PAGE, b"instructorId=i1", [])
+        assert connection is not None
+        transport.set_protocol(connection)
+        connections.append(connection)
+    assert len(harness.gateway._tasks) == 0  # noqa: SLF001
+    harness.produce(*harness.slot_records(range(1, 4)))  # s1 v1..v3; the snapshot holds v2
+    harness.source.gate.set()
+    for _, client_sock in pairs:
+        events = await (await (await reading(harness, client_sock)).start()).events(2)
+        assert [e["event"] for e in events] == ["snapshot", "slot"]
+        assert data(events[1])["version"] == 3
+    assert {c.state.value for c in connections} == {"live"}
+    assert harness.source.fetches == ["i1"]
+
+
+async def test_a_burst_of_streams_for_an_unknown_instructor_is_answered_404(
+    harness: Harness,
+) -> None:
+    loop = asyncio.get_running_loop()
+    pairs = [socket.socketpair() for _ in range(3)]
+    for server_sock, _ in pairs:
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+        connection = harness.gateway.open_stream(transport, PAGE, b"instructorId=ghost", [])
+        assert connection is not None
+        transport.set_protocol(connection)
+    for _, client_sock in pairs:
+        client = await (await reading(harness, client_sock)).start()
+        assert client.status == 404
+    assert harness.source.fetches == ["ghost"]
 
 
 def test_streams_at_the_same_position_share_the_snapshot_frame_bytes() -> None:

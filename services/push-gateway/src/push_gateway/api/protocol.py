@@ -1,32 +1,84 @@
-"""uvicorn's httptools protocol, taught to hand SSE requests to the gateway.
+"""The HTTP side of the gateway's port: stream requests are handed to the gateway, every
+other request to uvicorn and the FastAPI app.
 
 Why not an ASGI ``StreamingResponse``: that costs a task, a queue wake-up and an ASGI
 ``send`` (with its wrappers) per delivery, ~20 µs of CPU and ~28 kB per connection measured.
-Here a ``GET`` on a stream path is parsed by uvicorn as usual; once its headers are complete
-the gateway validates it and, if it is accepted, the transport is detached from uvicorn and
-given to an :class:`~push_gateway.stream.SseConnection` (the same move uvicorn makes for a
-WebSocket upgrade). From then on the hub writes the shared frame bytes straight into
-``transport.write``. Every other request (health, metrics, presence, CORS preflight) goes to
-the FastAPI app unchanged.
+Instead the transport of an accepted stream request is detached from HTTP handling and given
+to an :class:`~push_gateway.stream.SseConnection` (the same move uvicorn makes for a
+WebSocket upgrade); from then on the hub writes the shared frame bytes straight into
+``transport.write``.
+
+Every connection starts with a :class:`StreamRequestProtocol`: a few slots, no uvicorn
+state. It reads the first request's head with httptools' parser (uvicorn's), and a ``GET``
+on a stream path goes to the gateway from there. Anything else — another method or path, a
+malformed or unusually large head, a WebSocket upgrade elsewhere — is given, with the bytes
+read so far, to :class:`GatewayHttpProtocol` (uvicorn's ``HttpToolsProtocol``), which serves
+it and whatever follows on the connection exactly as uvicorn does, handing over a stream
+request that comes later on a kept-alive connection too. uvicorn's per-connection state
+(parser, scope, flow control, loggers: ~2–3 kB) was built for every stream before, and in a
+connect storm hundreds of those at once set the process's peak heap, which it keeps
+(``docs/scaling.md``, issue 14 items 1 and 4).
 """
 
 import asyncio
 import urllib.parse
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import httptools
+from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
 
 from push_gateway.api.ws import WebSocketGateway
 from push_gateway.domain.requests import STREAM_PATHS
 from push_gateway.domain.ws_protocol import WS_PATH
 from push_gateway.gateway import Gateway
 
+#: a request head still incomplete after this many bytes goes to uvicorn (which reads
+#: heads of any size, as before); browsers' stream requests are well under 1 kB
+MAX_HEAD_BYTES: Final = 16 * 1024
+
+
+def _stream_target(url: bytes, websockets: bool) -> tuple[str, bytes] | None:
+    """(path, query) when a ``GET`` of ``url`` is a stream request, else None; the path is
+    percent-decoded as uvicorn decodes it for the app."""
+    parsed = httptools.parse_url(url)
+    path = urllib.parse.unquote(parsed.path.decode("ascii", "replace"))
+    if path in STREAM_PATHS or (path == WS_PATH and websockets):
+        return path, parsed.query or b""
+    return None
+
+
+class _RequestHead:
+    """httptools' parser callbacks for one request head: the target and the headers (names
+    lower-cased, as uvicorn gives them to the app). What follows the first head in the same
+    bytes (a pipelined request) is not recorded."""
+
+    __slots__ = ("url", "headers", "complete")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        if not self.complete:
+            self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.complete:
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """Set ``gateway`` on a subclass (see :func:`protocol_for`)."""
+    """uvicorn's protocol for the connections :class:`StreamRequestProtocol` gives it (set
+    ``gateway`` on a subclass, see :func:`protocol_for`): it serves the app's requests, and
+    hands a stream request that arrives later on the same connection to the gateway."""
 
     gateway: ClassVar[Gateway]
     websockets: ClassVar[WebSocketGateway | None] = None
@@ -48,10 +100,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if self.parser.get_method() == b"GET":
-            parsed = httptools.parse_url(self.url)
-            path = urllib.parse.unquote(parsed.path.decode("ascii", "replace"))
-            if path in STREAM_PATHS or (path == WS_PATH and self.websockets is not None):
-                self._stream_request = (path, parsed.query or b"")
+            target = _stream_target(self.url, self.websockets is not None)
+            if target is not None:
+                self._stream_request = target
                 return
         if self.client is None:
             self.server = get_local_addr(self.transport)
@@ -82,23 +133,142 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _hand_over(self, path: str, query: bytes) -> None:
         self.connections.discard(self)
         self._unset_keepalive_if_required()
-        connection: asyncio.Protocol | None
-        if path == WS_PATH and self.websockets is not None:
-            connection = self.websockets.open(self.transport, self.url, self.headers)
-        else:
-            connection = self.gateway.open_stream(self.transport, path, query, self.headers)
-        if connection is not None:
-            self.transport.set_protocol(connection)
+        _open(self.gateway, self.websockets, self.transport, path, query, self.url, self.headers)
         self.parser = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
 
 
+def _open(
+    gateway: Gateway,
+    websockets: WebSocketGateway | None,
+    transport: asyncio.Transport,
+    path: str,
+    query: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Give the transport to the stream the request opens (or leave it with the protocol
+    that read the request, when the request was answered and the transport closed)."""
+    connection: asyncio.Protocol | None
+    if path == WS_PATH and websockets is not None:
+        connection = websockets.open(transport, url, headers)
+    else:
+        connection = gateway.open_stream(transport, path, query, headers)
+    if connection is not None:
+        transport.set_protocol(connection)
+
+
+class StreamRequestProtocol(asyncio.Protocol):
+    """What uvicorn creates for each new connection (see the module docstring). Set
+    ``gateway`` and ``app_protocol`` on a subclass (see :func:`protocol_for`)."""
+
+    __slots__ = ("_config", "_server_state", "_app_state", "_transport", "_received", "_parser")
+
+    gateway: ClassVar[Gateway]
+    websockets: ClassVar[WebSocketGateway | None] = None
+    #: serves every connection whose first request is not a stream request
+    app_protocol: ClassVar[type[GatewayHttpProtocol]]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # the arguments uvicorn's protocol factory passes; kept for app_protocol
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._transport: asyncio.Transport | None = None
+        #: the bytes read so far (a bytearray once a head spans several reads); None once
+        #: the connection was handed over
+        self._received: bytes | bytearray | None = b""
+        #: the parser of a head that spans several reads (fed each read once)
+        self._parser: tuple[httptools.HttpRequestParser, _RequestHead] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # in uvicorn's set, so a graceful shutdown closes a connection that sent nothing yet
+        self._server_state.connections.add(self)  # type: ignore[arg-type]
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - any cause
+        self._server_state.connections.discard(self)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: no request is under way here, close."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        received = self._received
+        if received is None:
+            return  # handed over and answered; anything more from the client is ignored
+        if self._parser is None:
+            if received:  # the first bytes were not enough to tell
+                data = bytes(received) + data
+            received = data
+            if not data.startswith(b"GET "):
+                if len(data) >= 4 or not b"GET ".startswith(data):
+                    self._to_app(data)
+                else:
+                    self._received = data
+                return
+            head = _RequestHead()
+            parser = httptools.HttpRequestParser(head)
+            # as uvicorn's parser: a response to the first of pipelined requests
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        else:
+            parser, head = self._parser
+            received += data  # a bytearray by now: extended in place
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the head is complete; the upgrade is the WebSocket gateway's to answer
+        except httptools.HttpParserError:
+            self._to_app(received)  # uvicorn answers it (400) as before
+            return
+        if not head.complete:
+            if len(received) > MAX_HEAD_BYTES:
+                self._to_app(received)
+            elif self._parser is None:
+                # the rest of the head comes in later reads: each is parsed once
+                self._parser = (parser, head)
+                self._received = bytearray(received)
+            return
+        try:
+            target = _stream_target(head.url, self.websockets is not None)
+        except httptools.HttpParserInvalidURLError:
+            target = None
+        if target is None:
+            self._to_app(received)
+            return
+        self._received = self._parser = None
+        self._server_state.connections.discard(self)
+        assert self._transport is not None
+        _open(self.gateway, self.websockets, self._transport, *target, head.url, head.headers)
+
+    def _to_app(self, received: bytes | bytearray) -> None:
+        """Give the connection to uvicorn's protocol, as if it had read ``received``."""
+        assert self._transport is not None
+        self._received = self._parser = None
+        self._server_state.connections.discard(self)
+        protocol = self.app_protocol(
+            config=self._config, server_state=self._server_state, app_state=self._app_state
+        )
+        protocol.connection_made(self._transport)
+        self._transport.set_protocol(protocol)
+        protocol.data_received(bytes(received))
+
+
 def protocol_for(
     gateway: Gateway, websockets: WebSocketGateway | None = None
-) -> type[GatewayHttpProtocol]:
+) -> type[StreamRequestProtocol]:
     """A protocol class bound to one gateway (uvicorn instantiates it per connection)."""
+    bound = {"gateway": gateway, "websockets": websockets}
+    app_protocol = type("BoundGatewayHttpProtocol", (GatewayHttpProtocol,), bound)
     return type(
-        "BoundGatewayHttpProtocol",
-        (GatewayHttpProtocol,),
-        {"gateway": gateway, "websockets": websockets},
+        "BoundStreamRequestProtocol",
+        (StreamRequestProtocol,),
+        {**bound, "app_protocol": app_protocol, "__slots__": ()},
     )

@@ -10,7 +10,7 @@ with 400 so that a client still sending it learns why (issue 10 item 5).
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qs
 
@@ -46,7 +46,7 @@ class Problem(Exception):
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StreamRequest:
     channels: tuple[Channel, ...]
     resume_from: dict[PartitionKey, int] | None
@@ -57,7 +57,6 @@ class StreamRequest:
     token_expires_at: float | None = None
     #: a stream ticket still to redeem (the principal is None until then)
     ticket: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def parse_query(text: str) -> dict[str, list[str]]:

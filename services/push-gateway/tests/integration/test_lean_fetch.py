@@ -15,7 +15,8 @@ from typing import Literal
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from push_gateway.adapters.fetch import AiokafkaBrokers, LeanFetcher
+from push_gateway.adapters.fetch import LeanFetcher
+from push_gateway.adapters.fetch_links import AiokafkaBrokers
 from push_gateway.adapters.kafka import KafkaIngest
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub

@@ -25,8 +25,8 @@ from push_gateway.adapters.fetch import (
     FetchRequestTemplate,
     LeanFetcher,
     PartitionState,
-    _RawResponse,
 )
+from push_gateway.adapters.fetch_links import _RawResponse
 from push_gateway.adapters.kafka import KafkaIngest
 from push_gateway.adapters.records import IngestRecord
 from push_gateway.config import GatewayKafkaSettings

@@ -27,7 +27,8 @@ from typing import Any, Final, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from push_gateway.adapters.fetch import AiokafkaBrokers, Fetched, LeanFetcher, speaks_lean_fetch
+from push_gateway.adapters.fetch import Fetched, LeanFetcher, speaks_lean_fetch
+from push_gateway.adapters.fetch_links import AiokafkaBrokers
 from push_gateway.adapters.records import (
     COMPILED,
     IngestRecord,

@@ -22,7 +22,8 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from push_gateway.adapters.fetch import AiokafkaBrokers, LeanFetcher, speaks_lean_fetch
+from push_gateway.adapters.fetch import LeanFetcher, speaks_lean_fetch
+from push_gateway.adapters.fetch_links import AiokafkaBrokers
 from push_gateway.config import GatewayKafkaSettings
 
 log = structlog.get_logger(__name__)

@@ -51,6 +51,16 @@ class GatewayKafkaSettings(KafkaSettings):
         "of the fetch is behind the high watermark the broker last reported (1 then). "
         "Lean fetch loop only",
     )
+    fetch_hold_from_ms: int = Field(
+        default=16,
+        ge=0,
+        le=30000,
+        description="fetch_moderate_min_bytes is asked only while the moderate bound chosen "
+        "is at least this long (rounds carry little: below ~15,600 records + deliveries/s "
+        "with the other defaults) or the records have no subscriber here; at higher rates "
+        "a round answered on data is full enough and a hold only adds latency. 0: hold at "
+        "every moderate bound",
+    )
     fetch_idle_max_wait_ms: int = Field(
         default=100,
         ge=0,

@@ -68,3 +68,35 @@ def test_records_nobody_here_subscribes_to_wait_like_silence() -> None:
         wait.after_round(90, 900, now)
     assert wait.current == 25
     assert not wait.unwatched
+
+
+def test_the_broker_holds_fetches_only_at_low_moderate_rates() -> None:
+    """A held fetch saves rounds where they carry little (10 k units/s: the 1 k conns size of
+    bench/fanout.py) but only adds latency where rounds are full anyway (20 k deliveries/s
+    per gateway: bench/e2e_latency.py, whose p99 rose from ~42 to ~70 ms with the hold)."""
+    wait = FetchWait(busy_ms=5, moderate_ms=25, idle_ms=100, hold_from_ms=16)
+    assert wait.after_round(0, 0, 0.0) == 100
+    assert not wait.holds  # silent: the broker answers the first record at once
+    wait.after_round(1, 0, 1.0)
+    now = rounds(wait, 10_000, 1.0, 1.0)
+    assert wait.current == 25
+    assert wait.holds
+    now = rounds(wait, 20_000, 1.0, now)
+    assert wait.current == 12
+    assert not wait.holds
+    now = rounds(wait, 200_000, 1.0, now)
+    assert wait.current == 5
+    assert not wait.holds
+    while now < 5.0:  # records nobody here subscribes to: held for the idle bound
+        now += 0.025
+        wait.after_round(22, 0, now)
+    assert wait.unwatched
+    assert wait.holds
+
+
+def test_hold_from_the_busy_bound_holds_every_moderate_fetch() -> None:
+    wait = FetchWait(busy_ms=5, moderate_ms=25, idle_ms=100, hold_from_ms=0)
+    wait.after_round(1, 0, 0.0)
+    rounds(wait, 20_000, 1.0)
+    assert 5 < wait.current < 16
+    assert wait.holds

@@ -91,6 +91,7 @@ class KafkaIngest:
             settings.fetch_max_wait_ms,
             settings.fetch_moderate_max_wait_ms,
             settings.fetch_idle_max_wait_ms,
+            settings.fetch_hold_from_ms,
         )
         self._deliveries_seen = 0
         self.timing = IngestTiming()
@@ -251,11 +252,12 @@ class KafkaIngest:
                 time.monotonic(),
             )
             self._deliveries_seen = deliveries
-            # at moderate rates the broker holds the fetch for the whole bound (else it
-            # answers each produce batch); idle or busy: it answers the first bytes. The
-            # fetcher drops the hold for a node with a partition behind its high watermark
-            moderate = wait.busy_ms < wait.current and not wait.idle
-            fetcher.min_bytes = self._settings.fetch_moderate_min_bytes if moderate else 1
+            # at low moderate rates the broker holds the fetch for the whole bound (else it
+            # answers each produce batch); idle, busy or above the hold's rate: it answers
+            # the first bytes. The fetcher drops the hold for a node with a partition
+            # behind its high watermark
+            hold = self._settings.fetch_moderate_min_bytes if wait.holds else 1
+            fetcher.min_bytes = hold
             fetcher.send_fetches()
             await self._fan_out(fetched)
             if not self.caught_up:

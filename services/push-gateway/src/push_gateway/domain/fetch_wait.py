@@ -23,10 +23,15 @@ So the bound follows the work the rounds carry:
   costs the same CPU whatever it brings. The first records with subscribers then wait up
   to ``idle_ms`` once; the window after them picks a bound by the rate again.
 
-The ingest asks the broker to hold a fetch for the whole bound at moderate rates (fetch
-``min_bytes``, ``GATEWAY_KAFKA__FETCH_MODERATE_MIN_BYTES``): a broker answers as soon as
-any data is there otherwise (Apache Kafka, and Tansu too), which at a few produce requests
-every 10 ms meant a round per produce request, whatever the bound. A fetch for a partition
+The ingest asks the broker to hold a fetch for the whole bound (fetch ``min_bytes``,
+``GATEWAY_KAFKA__FETCH_MODERATE_MIN_BYTES``) while :attr:`FetchWait.holds`: a broker
+answers as soon as any data is there otherwise (Apache Kafka, and Tansu too), which at a
+few produce requests every 10 ms meant a round per produce request, whatever the bound.
+It holds only where rounds carry little: a bound of at least ``hold_from_ms``
+(``GATEWAY_KAFKA__FETCH_HOLD_FROM_MS``; below ~15,600 units/s with the defaults), and for
+records nobody here subscribes to. Above that a round answered on data is full enough, and
+a hold only adds its bound to every record's latency (at 20,000 deliveries/s per gateway
+``bench/e2e_latency.py``'s p99 went from ~42 to ~70 ms with it). A fetch for a partition
 the broker last reported records past the position of is not held (``LeanFetcher``): those
 records are there already.
 """
@@ -42,12 +47,22 @@ ROUND_WORK: Final = 250
 class FetchWait:
     """Chooses the long-poll bound (ms) after each ``getmany``; see the module docstring."""
 
-    __slots__ = ("busy_ms", "moderate_ms", "idle_ms", "current", "_work", "_deliveries", "_since")
+    __slots__ = (
+        "busy_ms",
+        "moderate_ms",
+        "idle_ms",
+        "hold_from_ms",
+        "current",
+        "_work",
+        "_deliveries",
+        "_since",
+    )
 
-    def __init__(self, busy_ms: int, moderate_ms: int, idle_ms: int) -> None:
+    def __init__(self, busy_ms: int, moderate_ms: int, idle_ms: int, hold_from_ms: int = 0) -> None:
         self.busy_ms = busy_ms
         self.moderate_ms = max(busy_ms, moderate_ms)
         self.idle_ms = idle_ms
+        self.hold_from_ms = hold_from_ms
         self.current = busy_ms
         self._work = 0
         self._deliveries = 0
@@ -90,3 +105,12 @@ class FetchWait:
     def unwatched(self) -> bool:
         """Records flow, and nobody here subscribes to them (the bound is ``idle_ms``)."""
         return self._since is not None and self.current == max(self.moderate_ms, self.idle_ms)
+
+    @property
+    def holds(self) -> bool:
+        """Whether the broker should hold the next fetch for the whole bound: records flow,
+        and the bound is above the short one and at least ``hold_from_ms``, or nobody here
+        subscribes to them (see the module docstring)."""
+        if self._since is None or self.current <= self.busy_ms:
+            return False
+        return self.unwatched or self.current >= self.hold_from_ms

@@ -488,7 +488,6 @@ def test_moving_past_lost_records_restarts_the_ring_and_resyncs_its_subscribers(
     hub.assign("s", 1, 0, 2)
     hub.assign("n", 0, 0, 1)
     ingest = KafkaIngest(GatewayKafkaSettings(), ("s", "n"), hub, backfill=16)
-    ingest._counts = {"s": 2, "n": 1}
     channel = Channel(ChannelKind.SCHEDULE, "i1")
     key = hub.partition_key(channel)
     other = (key[0], 1 - key[1])

@@ -98,7 +98,6 @@ class KafkaIngest:
         self._loop_watch: asyncio.Task[None] | None = None
         #: the lean fetch loop (None: aiokafka's consumer fetches, ``fetch_loop=aiokafka``)
         self.fetcher: LeanFetcher | None = None
-        self._counts: dict[str, int] = {}
         self.offset_resets = 0
 
     async def start(self) -> None:
@@ -118,18 +117,16 @@ class KafkaIngest:
         beginnings = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         counts = {t: sum(1 for tp in partitions if tp.topic == t) for t in self._topics}
-        self._counts = counts
         starts = {tp: max(beginnings[tp], ends[tp] - self._backfill) for tp in partitions}
+        brokers = AiokafkaBrokers(consumer)
         lean = self._settings.fetch_loop == "lean" and (
             not partitions
-            or await speaks_lean_fetch(
-                AiokafkaBrokers(consumer), partitions[0].topic, partitions[0].partition
-            )
+            or await speaks_lean_fetch(brokers, partitions[0].topic, partitions[0].partition)
         )
         if lean:
             # the consumer stays unassigned (its own fetcher idles): it lends its client
             self.fetcher = LeanFetcher(
-                AiokafkaBrokers(consumer),
+                brokers,
                 [(tp.topic, tp.partition, starts[tp]) for tp in partitions],
                 client_id=self._settings.client_id,
                 request_timeout_seconds=self._settings.request_timeout_ms / 1000,
@@ -171,9 +168,7 @@ class KafkaIngest:
             position=previous,
             now_at=now,
         )
-        hub = self._hub
-        hub.assign(topic, partition, now, self._counts[topic])
-        hub._resync((hub.letter_of(topic), partition))  # noqa: SLF001 - the control-record path
+        self._hub.restart(topic, partition, now)
 
     async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         deadline = time.monotonic() + 30

@@ -207,6 +207,13 @@ class ChannelHub:
         )
         self._partition_count[topic] = partition_count
 
+    def restart(self, topic: str, partition: int, next_offset: int) -> None:
+        """The partition's records before ``next_offset`` could not be read (lost or deleted):
+        its ring starts again there, so no resume is served across the hole from memory, and
+        its subscribers start over, as on a control record's ``resync``."""
+        self.assign(topic, partition, next_offset, self._partition_count[topic])
+        self._resync((self._letters[topic], partition))
+
     @property
     def assigned(self) -> bool:
         return bool(self._partitions) and set(self._partition_count) == set(self._letters)

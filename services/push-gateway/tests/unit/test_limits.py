@@ -96,6 +96,8 @@ def test_remembered_addresses_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
         assert addresses((f"198.51.100.{n}", 1), forwarded) == f"198.51.100.{n}"
     long_value = xff(", ".join(["198.51.100.1"] * 100 + ["203.0.113.7"]))
     assert addresses(("127.0.0.1", 1), long_value) == "203.0.113.7"
+    assert addresses(("127.0.0.1", 1), xff("x" * 300)) == "127.0.0.1"  # malformed, long
+    assert all(len(text) <= limits.MAX_ADDRESS_TEXT for text in addresses._known)  # noqa: SLF001
     assert len(addresses._known) <= 4  # noqa: SLF001
     assert len(addresses._forwarded) <= 4  # noqa: SLF001
     assert all(len(v) <= limits.MAX_REMEMBERED_FORWARDED for v in addresses._forwarded)  # noqa: SLF001

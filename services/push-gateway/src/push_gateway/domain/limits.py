@@ -30,6 +30,9 @@ MAX_REMEMBERED_FORWARDED: Final = 256
 #: ``$proxy_add_x_forwarded_for``, Envoy's ``use_remote_address``, HAProxy, Traefik)
 FORWARDED_FOR: Final = b"x-forwarded-for"
 
+#: the longest address text remembered (an IPv6 address with a zone, and some spaces)
+MAX_ADDRESS_TEXT: Final = 64
+
 IPAddress = IPv4Address | IPv6Address
 
 
@@ -74,6 +77,11 @@ class ClientAddresses:
     others pass a client's own one through unchanged, so behind them any client could
     name itself anything; every one of them appends to ``X-Forwarded-For``.
 
+    The walk is uvicorn's ``ProxyHeadersMiddleware``'s, not its code: that is ASGI
+    middleware (streams here are served by our own protocol, before any ASGI scope), its
+    trust check is private, and it takes an entry that is no address as the client (a
+    client behind a trusted hop could mint a new key per request).
+
     Called once per stream request; parsing an address and testing it against every
     trusted network costs ~10 µs, so each address string's answer and each short header
     value's answer are remembered (at most ``MAX_KNOWN_ADDRESSES`` each): a connect storm
@@ -117,9 +125,10 @@ class ClientAddresses:
                 known = (None, False)
             else:
                 known = (str(address), any(address in network for network in self._trusted))
-            if len(self._known) >= MAX_KNOWN_ADDRESSES:
-                self._known.clear()
-            self._known[text] = known
+            if len(text) <= MAX_ADDRESS_TEXT:
+                if len(self._known) >= MAX_KNOWN_ADDRESSES:
+                    self._known.clear()
+                self._known[text] = known
         return known
 
     def _forwarded_client(self, value: bytes) -> str | None:

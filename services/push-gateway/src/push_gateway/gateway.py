@@ -236,7 +236,7 @@ class Gateway:
                 return None
             connection.user = user
             if user is not None:
-                self.admission.streams_per_user.add(user)
+                self.admission.hold_user(user)
             self._schedule_expiry(connection, redeemed_request)
             return redeemed_request
         self.reject(connection.transport, problem, "stream", connection.origin)

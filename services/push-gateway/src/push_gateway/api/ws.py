@@ -282,7 +282,7 @@ class WsConnection(asyncio.Protocol):
         for subscription in list(self.subscriptions.values()):
             subscription.close(None)
         self.server.connections.discard(self)
-        self.server.gateway.admission.streams_per_ip.remove(self.client_ip)
+        self.server.gateway.admission.release(self.client_ip, None)
 
     def _abort_if_open(self) -> None:
         if not self.transport.is_closing():
@@ -528,7 +528,7 @@ class WebSocketGateway:
             transport.close()
             return None
         connection = WsConnection(self, transport, origin, ip)
-        gateway.admission.streams_per_ip.add(ip)
+        gateway.admission.hold(ip, None)
         self.connections.add(connection)
         self.stats.accepted += 1
         tickets = query.get("ticket")

@@ -231,6 +231,10 @@ class Admission:
         if user is not None:
             self.streams_per_user.add(user)
 
+    def hold_user(self, user: str) -> None:
+        """Count a held stream against its user too, once known (a redeemed ticket)."""
+        self.streams_per_user.add(user)
+
     def release(self, ip: str, user: str | None) -> None:
         self.streams_per_ip.remove(ip)
         if user is not None:

@@ -466,7 +466,7 @@ class Gateway:
             return
         self.stats.token_expiries += 1
         if not connection.headers_sent:  # still catching up: open the stream to say why
-            connection.transport.write(self._stream_head(connection))
+            connection.output(self._stream_head(connection))
             connection.headers_sent = True
         connection.close("token-expired")
 
@@ -548,7 +548,7 @@ class Gateway:
             self.stats.snapshot_failures += 1
             log.warning("catch-up failed", error=repr(exc))
             if not connection.headers_sent:
-                connection.transport.write(self._stream_head(connection))
+                connection.output(self._stream_head(connection))
                 connection.headers_sent = True
             connection.close("snapshot-unavailable", retry_ms=self.settings.retry_ms)
         except Exception:
@@ -737,7 +737,7 @@ class Gateway:
             emit(key, record)
         connection.pending = NO_PENDING
         connection.headers_sent = True
-        connection.transport.write(b"".join(out))
+        connection.output(b"".join(out))
 
     @staticmethod
     def _newer(record: Record, versions: dict[str, int]) -> bool:
@@ -814,7 +814,7 @@ class Gateway:
                 continue
             if state is StreamState.LIVE and framed_since(connection, recent):
                 continue
-            connection.transport.write(HEARTBEAT)
+            connection.output(HEARTBEAT)
             sent += 1
         return sent
 

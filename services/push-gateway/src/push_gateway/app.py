@@ -27,6 +27,8 @@ from push_gateway.adapters.snapshots import (
     HttpSnapshotSource,
     SnapshotSource,
 )
+from push_gateway.adapters.sockets import COMPILED as SOCKET_WRITES
+from push_gateway.adapters.sockets import deliver
 from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
@@ -66,6 +68,7 @@ def create_app(
     hub = ChannelHub(
         {ChannelKind.SCHEDULE: topics.schedule, ChannelKind.NOTIFICATIONS: topics.notifications},
         settings.ring_buffer_size,
+        deliver,
     )
     http_client = httpx.AsyncClient(
         base_url=settings.booking_api_url,
@@ -125,6 +128,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         raise_open_file_limit()
+        log.info(
+            "stream writes",
+            mode="send(2) on the socket" if SOCKET_WRITES else "transport.write (not compiled)",
+        )
         await ingest.start()
         if kafka_presence is not None:
             await kafka_presence.start()

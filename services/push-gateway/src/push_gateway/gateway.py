@@ -270,7 +270,7 @@ class Gateway:
             return
         self.stats.token_expiries += 1
         if not connection.headers_sent:  # still catching up: open the stream to say why
-            connection.transport.write(self._stream_head(connection))
+            connection.output(self._stream_head(connection))
             connection.headers_sent = True
         connection.close("token-expired")
 
@@ -351,7 +351,7 @@ class Gateway:
             self.stats.snapshot_failures += 1
             log.warning("catch-up failed", error=repr(exc))
             if not connection.headers_sent:
-                connection.transport.write(self._stream_head(connection))
+                connection.output(self._stream_head(connection))
                 connection.headers_sent = True
             connection.close("snapshot-unavailable", retry_ms=self.settings.retry_ms)
         except Exception:

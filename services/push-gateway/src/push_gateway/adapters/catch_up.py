@@ -1,5 +1,5 @@
 """Catching a stream up: from the ring buffer, from Kafka (older resume points) and from
-shared snapshots of the booking-api, then one ``transport.write`` of everything gathered
+shared snapshots of the booking-api, then one write of everything gathered
 and of the records the hub buffered meanwhile (the frames: ``domain/catch_up.py``)."""
 
 import asyncio
@@ -218,7 +218,7 @@ class CatchUp:
         snapshots: dict[Channel, TakenSnapshot],
     ) -> None:
         """Write what :meth:`catch_up` gathered, and the records buffered meanwhile, in one
-        ``transport.write``."""
+        write (the stream's ``output``)."""
         out: list[bytes] = []
         if not connection.headers_sent:
             out.append(self._stream_head(connection))
@@ -237,7 +237,7 @@ class CatchUp:
         )
         connection.pending = NO_PENDING
         connection.headers_sent = True
-        connection.transport.write(b"".join(out))
+        connection.output(b"".join(out))
 
     async def _snapshots(
         self,

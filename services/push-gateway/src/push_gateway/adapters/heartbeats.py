@@ -51,6 +51,6 @@ class Heartbeats:
                 continue
             if state is StreamState.LIVE and framed_since(connection, recent):
                 continue
-            connection.transport.write(HEARTBEAT)
+            connection.output(HEARTBEAT)
             sent += 1
         return sent

@@ -15,21 +15,29 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client.registry import CollectorRegistry
 from pydantic import SecretStr
 
-from push_gateway.adapters.kafka import History, KafkaHistory, KafkaIngest
+from push_gateway.adapters.catch_up import CatchUp
+from push_gateway.adapters.heartbeats import Heartbeats
+from push_gateway.adapters.kafka import FakeLogBounds, History, KafkaHistory, KafkaIngest, LogBounds
 from push_gateway.adapters.keepalive import KeepAliveClient
 from push_gateway.adapters.presence import KafkaPresenceBus, PresenceBus
+from push_gateway.adapters.presence_fanout import PresenceFanOut
 from push_gateway.adapters.snapshots import (
     MAX_FETCHES_IN_FLIGHT,
     CoalescingSnapshots,
     HttpSnapshotSource,
     SnapshotSource,
 )
+from push_gateway.adapters.sockets import COMPILED as SOCKET_WRITES
+from push_gateway.adapters.sockets import deliver
 from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
 from push_gateway.api.ws import WebSocketGateway
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
+from push_gateway.domain.limits import Admission
+from push_gateway.domain.responses import ResponseHeads
+from push_gateway.domain.stats import GatewayStats
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
 from push_gateway.timing import TICK_SECONDS, sleep_to_grid
@@ -60,6 +68,7 @@ def create_app(
     hub = ChannelHub(
         {ChannelKind.SCHEDULE: topics.schedule, ChannelKind.NOTIFICATIONS: topics.notifications},
         settings.ring_buffer_size,
+        deliver,
     )
     http_client = httpx.AsyncClient(
         base_url=settings.booking_api_url,
@@ -97,7 +106,7 @@ def create_app(
         if history is None
         else None
     )
-    gateway = Gateway(
+    gateway = build_gateway(
         settings,
         hub,
         CoalescingSnapshots(
@@ -119,6 +128,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         raise_open_file_limit()
+        log.info(
+            "stream writes",
+            mode="send(2) on the socket" if SOCKET_WRITES else "transport.write (not compiled)",
+        )
         await ingest.start()
         if kafka_presence is not None:
             await kafka_presence.start()
@@ -165,6 +178,51 @@ def create_app(
         )
     app.include_router(router)
     return app
+
+
+def build_gateway(
+    settings: Settings,
+    hub: ChannelHub,
+    snapshots: CoalescingSnapshots,
+    history: History,
+    presence: PresenceBus,
+    bounds: LogBounds | None = None,
+    *,
+    tickets: TicketRedeemer,
+) -> Gateway:
+    """The gateway and its collaborators (admission limits, catch-up, heartbeats, presence
+    fan-out), sharing one set of stream counters. ``bounds``: where each partition's log
+    starts and ends (the ingest's view; tests: the hub's, ``FakeLogBounds``)."""
+    stats = GatewayStats()
+    heads = ResponseHeads(settings.cors_origins, settings.retry_ms)
+    admission = Admission(
+        settings.trusted_proxies,
+        max_streams_per_ip=settings.max_streams_per_ip,
+        max_streams_per_user=settings.max_streams_per_user,
+        connect_rate_per_ip=settings.connect_rate_per_ip,
+        connect_burst_per_ip=settings.connect_burst_per_ip,
+        retry_ms=settings.retry_ms,
+        limited=stats.limited,
+    )
+    catch_up = CatchUp(
+        settings, hub, snapshots, history, bounds or FakeLogBounds(hub), heads, stats
+    )
+    return Gateway(
+        settings,
+        hub,
+        admission=admission,
+        catch_up=catch_up,
+        heartbeats=Heartbeats(hub, settings.heartbeat_seconds),
+        presence=PresenceFanOut(
+            hub,
+            presence,
+            interval_seconds=settings.presence_interval_seconds,
+            send_events=settings.presence_events,
+        ),
+        heads=heads,
+        stats=stats,
+        tickets=tickets,
+    )
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -62,7 +62,7 @@ class GatewayCollector(Collector):
         yield _counter(
             "gateway_snapshot_fetches",
             "Snapshot requests sent to the booking-api (coalesced)",
-            gw.snapshots.fetches,
+            gw.catch_up.snapshots.fetches,
         )
         yield _counter(
             "gateway_snapshot_failures",

@@ -1,6 +1,7 @@
 """One SSE connection after the HTTP request was accepted: an asyncio Protocol on the raw
-transport. The hub writes frames straight into ``transport.write``; this class only handles
-the edges (slow client, client gone, closing)."""
+transport. The hub writes frames with the connection's writer (``send(2)`` on its socket,
+see ``adapters/_sockets.pyx``; ``transport.write`` for TLS); this class only handles the
+edges (slow client, client gone, closing)."""
 
 import asyncio
 from collections.abc import Callable
@@ -8,6 +9,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Final
 
+from push_gateway.adapters.sockets import release_writer, stream_writer
 from push_gateway.domain.frames import json_frame
 from push_gateway.domain.hub import Record, Writer
 from push_gateway.domain.positions import PartitionKey
@@ -58,6 +60,7 @@ class SseConnection(asyncio.Protocol):
         "channel_of_key",
         "keys_of_partition",
         "writer",
+        "output",
         "pending",
         "resync_requested",
         "state",
@@ -85,7 +88,11 @@ class SseConnection(asyncio.Protocol):
         self.partitions, self.channel_of_key, self.keys_of_partition = _layout(
             tuple(partitions.items())
         )
-        self.writer: Writer = transport.write
+        #: what the hub calls with each live frame; every other byte of the stream (head,
+        #: catch-up, heartbeats, bye) goes through :attr:`output` — for an SSE stream the
+        #: same writer, which keeps them in order (``adapters/_sockets.pyx``)
+        self.writer: Writer = stream_writer(transport)
+        self.output: Writer = self.writer
         #: records the hub buffered while catching up; replaced, never emptied in place
         self.pending: list[tuple[PartitionKey, Record]] | tuple[()] = NO_PENDING
         #: replaced, never mutated (an empty one is shared by every stream)
@@ -133,6 +140,7 @@ class SseConnection(asyncio.Protocol):
         """Nothing to resume: a client that fell behind is disconnected, not waited for."""
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - any cause
+        release_writer(self.writer)
         if self.state is not StreamState.CLOSED:
             self.state = StreamState.CLOSED
             self._on_close(self, None)
@@ -145,7 +153,8 @@ class SseConnection(asyncio.Protocol):
         self._on_close(self, reason)
         if reason is not None and self.headers_sent and not self.transport.is_closing():
             tail = b"" if retry_ms is None else b"retry: " + str(retry_ms).encode() + b"\n\n"
-            self.transport.write(tail + json_frame("bye", {"reason": reason}))
+            self.output(tail + json_frame("bye", {"reason": reason}))
+        release_writer(self.writer)
         self.transport.close()
         asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self._abort_if_open)
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import CorruptRecordException
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
@@ -29,6 +28,7 @@ from push_gateway.adapters.records import (
     LeanPartitionRecords,
     _StockPartitionRecords,
 )
+from slotstream_testkit.record_batches import BatchRecord, record_batch
 
 TP = TopicPartition("t", 0)
 KEPT = ("ce_type", "ce_id")
@@ -72,28 +72,19 @@ batch_strategy = st.builds(
 
 def build(base: int, spec: Batch) -> tuple[bytes, int]:
     """The batch's bytes at ``base``, and the offset after it."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=spec.codec,
-        is_transactional=int(spec.control),
-        producer_id=7 if spec.control else -1,
-        producer_epoch=0 if spec.control else -1,
-        base_sequence=-1,
-        batch_size=1 << 22,
-    )
+    records = []
     delta = -1
     for key, value, headers, gap, ts in spec.records:
         delta += 1 + gap
-        builder.append(
-            delta, timestamp=1_700_000_000_000 + ts, key=key, value=value, headers=headers
-        )
-    raw = bytearray(builder.build())
-    raw[0:8] = base.to_bytes(8, "big")
-    attributes = int.from_bytes(raw[21:23], "big")
-    attributes |= (0x30 if spec.control else 0) | (0x08 if spec.log_append_time else 0)
-    raw[21:23] = attributes.to_bytes(2, "big")
-    raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
-    return bytes(raw), base + delta + 1
+        records.append(BatchRecord(delta, 1_700_000_000_000 + ts, key, value, headers))
+    raw = record_batch(
+        base,
+        records,
+        control=spec.control,
+        log_append_time=spec.log_append_time,
+        codec=spec.codec,
+    )
+    return raw, base + delta + 1
 
 
 def fetch(specs: list[Batch], first: int = 0) -> bytes:

@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 from aiokafka.errors import CorruptRecordException, KafkaConnectionError
 from aiokafka.protocol import fetch as protocol
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from aiokafka.record.util import calc_crc32c
 
 from push_gateway.adapters import _batches, batches
 from push_gateway.adapters.fetch import (
@@ -32,6 +30,7 @@ from push_gateway.adapters.records import IngestRecord
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub
 from slotstream_contracts.channels import Channel, ChannelKind
+from slotstream_testkit.record_batches import BatchRecord, record_batch
 
 PARSERS: dict[str, Any] = {
     "compiled": _batches.parse_fetch_response,
@@ -43,23 +42,8 @@ RESPONSES = {v: getattr(protocol, f"FetchResponse_v{v}") for v in FETCH_VERSIONS
 
 
 def batch(base: int, values: Sequence[bytes], *, control: bool = False) -> bytes:
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=int(control),
-        producer_id=7 if control else -1,
-        producer_epoch=0 if control else -1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for i, value in enumerate(values):
-        builder.append(i, timestamp=1_000 + i, key=b"k", value=value, headers=HEADERS)
-    raw = bytearray(builder.build())
-    raw[0:8] = base.to_bytes(8, "big")
-    if control:  # transactional (bit 4) + control (bit 5)
-        raw[21:23] = (0x30).to_bytes(2, "big")
-        raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
-    return bytes(raw)
+    records = [BatchRecord(i, 1_000 + i, b"k", value, HEADERS) for i, value in enumerate(values)]
+    return record_batch(base, records, control=control)
 
 
 # -- request encoding ------------------------------------------------------------------------

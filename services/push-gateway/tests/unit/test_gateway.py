@@ -17,9 +17,10 @@ from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
 from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource, TakenSnapshot
 from push_gateway.adapters.tickets import FakeTicketRedeemer
+from push_gateway.app import build_gateway
 from push_gateway.config import Settings
+from push_gateway.domain.catch_up import snapshot_frame
 from push_gateway.domain.hub import ChannelHub, Record
-from push_gateway.gateway import Gateway, snapshot_frame
 from push_gateway.stream import SseConnection, StreamState
 from push_gateway.testing import (
     FakeRecord,
@@ -85,7 +86,7 @@ class Harness:
         self.source = FakeSnapshotSource({"i1": snapshot("i1", [slot("i1", "s1", 2)])})
         self.history = FakeHistory()
         self.tickets = FakeTicketRedeemer()
-        self.gateway = Gateway(
+        self.gateway = build_gateway(
             settings,
             self.hub,
             CoalescingSnapshots(self.source),
@@ -572,11 +573,11 @@ async def test_a_stream_sent_an_event_in_the_last_half_period_gets_no_heartbeat(
         connections = list(h.gateway.connections)
         now = time.monotonic()
 
-        assert h.gateway.send_heartbeats(connections, now) == 1
+        assert h.gateway.heartbeats.send(connections, now) == 1
         [beat] = await idle.events(1)
         assert beat["event"] == "heartbeat"
 
-        assert h.gateway.send_heartbeats(connections, now + 5.1) == 2
+        assert h.gateway.heartbeats.send(connections, now + 5.1) == 2
         for client in (busy, idle):
             [beat] = await client.events(1)
             assert beat["event"] == "heartbeat"
@@ -621,8 +622,8 @@ async def test_a_resume_ahead_of_the_log_gets_a_snapshot_at_once(harness: Harnes
 
 async def test_a_resume_before_the_log_start_gets_a_snapshot(harness: Harness) -> None:
     harness.produce(*harness.slot_records(range(1, 6)))
-    assert isinstance(harness.gateway.bounds, FakeLogBounds)
-    harness.gateway.bounds.starts[(SCHEDULE_TOPIC, harness.part)] = 3
+    assert isinstance(harness.gateway.catch_up.bounds, FakeLogBounds)
+    harness.gateway.catch_up.bounds.starts[(SCHEDULE_TOPIC, harness.part)] = 3
     client = await (await harness.connect(f"instructorId=i1&lastEventId=s{harness.part}:0")).start()
     [first] = await client.events(1)
     assert first["event"] == "snapshot"
@@ -694,7 +695,8 @@ async def test_streams_per_ip_are_limited_with_429_and_freed_on_close() -> None:
         again = await (await h.connect(headers=from_ip("10.0.0.1"))).start()
         assert again.status == 200
         await h.gateway.shutdown()
-        assert len(h.gateway.streams_per_ip) == 0  # nothing left behind for closed streams
+        # nothing left behind for closed streams
+        assert len(h.gateway.admission.streams_per_ip) == 0
     finally:
         await h.gateway.shutdown()
 
@@ -753,10 +755,10 @@ async def test_ticket_streams_count_against_their_user_once_redeemed() -> None:
         ).start()
         assert second.status == 429
         assert b"private streams" in await second.rest()
-        assert h.gateway.streams_per_user.full("u1")
+        assert h.gateway.admission.streams_per_user.full("u1")
     finally:
         await h.gateway.shutdown()
-    assert not h.gateway.streams_per_user.full("u1")  # released when the stream closed
+    assert not h.gateway.admission.streams_per_user.full("u1")  # released when the stream closed
 
 
 async def test_connect_rate_per_ip_is_a_token_bucket() -> None:

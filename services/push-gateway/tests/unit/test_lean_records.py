@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from aiokafka.consumer.fetcher import FetchResult
 from aiokafka.errors import CorruptRecordException
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
@@ -22,30 +21,26 @@ from push_gateway.adapters.records import (
     decode,
     install_lean_records,
 )
+from slotstream_testkit.record_batches import BatchRecord, record_batch
 
 TP = TopicPartition("t", 0)
 HEADERS = [("ce_type", b"slot.updated"), ("ce_id", b"e-1"), ("content-type", b"x")]
 
 
 def batch(base: int, count: int, *, control: bool = False, gap: int = 0) -> bytes:
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=int(control),
-        producer_id=7 if control else -1,
-        producer_epoch=0 if control else -1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for i in range(count):
-        key = None if i == 1 else f"k{i}".encode()
-        value = None if i == 2 else b'{"n":%d}' % i
-        builder.append(i * (1 + gap), timestamp=1_000 + i, key=key, value=value, headers=HEADERS)
-    raw = bytearray(builder.build())
-    raw[0:8] = base.to_bytes(8, "big")
-    if control:  # attributes: transactional (bit 4) + control (bit 5)
-        raw[21:23] = (0x30).to_bytes(2, "big")
-    return bytes(raw)
+    """``count`` records, offsets ``gap`` apart; the second without a key, the third
+    without a value (a tombstone)."""
+    records = [
+        BatchRecord(
+            i * (1 + gap),
+            1_000 + i,
+            None if i == 1 else f"k{i}".encode(),
+            None if i == 2 else b'{"n":%d}' % i,
+            HEADERS,
+        )
+        for i in range(count)
+    ]
+    return record_batch(base, records, control=control)
 
 
 def stock(raw: bytes, fetch_offset: int) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Per-client limits: client address, stream counters, connect-rate buckets, file limit."""
+"""Per-client limits: client address, stream counters, connect-rate buckets, admission,
+file limit."""
 
 import resource
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from push_gateway.app import raise_open_file_limit
 from push_gateway.domain import limits
 from push_gateway.domain.limits import (
+    Admission,
     ClientAddresses,
     StreamCounts,
     TokenBuckets,
@@ -17,6 +19,9 @@ from push_gateway.domain.limits import (
     forwarded_client,
     retry_after,
 )
+from push_gateway.domain.requests import Problem, StreamRequest
+from slotstream_contracts.auth import Principal
+from slotstream_contracts.channels import Channel
 
 LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 #: the pod networks a Kubernetes deployment trusts (deploy/k8s/base/kustomization.yaml)
@@ -194,6 +199,57 @@ def test_token_bucket_grants_a_burst_then_the_rate_and_forgets_full_buckets() ->
     assert len(buckets) == 2
     buckets.take("c", 110.0)  # the sweep drops the buckets that are full again
     assert len(buckets) == 1
+
+
+def admission(max_streams_per_ip: int = 2) -> Admission:
+    """A burst of 3 requests, then 1/s; one private stream per user; ``retry:`` 2.5 s."""
+    return Admission(
+        LOOPBACK,
+        max_streams_per_ip=max_streams_per_ip,
+        max_streams_per_user=1,
+        connect_rate_per_ip=1.0,
+        connect_burst_per_ip=3,
+        retry_ms=2500,
+        limited=dict.fromkeys(("ip-rate", "ip-streams", "user-streams"), 0),
+    )
+
+
+def test_admission_refuses_a_burst_then_a_full_address_with_429s_it_counts() -> None:
+    gate = admission(max_streams_per_ip=10)
+    for _ in range(3):
+        gate.admit_ip("203.0.113.7", now=100.0)
+    with pytest.raises(Problem) as refused:
+        gate.admit_ip("203.0.113.7", now=100.0)
+    assert refused.value.status == 429
+    assert refused.value.headers == (("retry-after", "1"),)
+    gate.admit_ip("198.51.100.2", now=100.0)  # another address has its own bucket
+    full = admission()
+    full.hold("203.0.113.7", None)
+    full.hold("203.0.113.7", None)
+    with pytest.raises(Problem) as again:
+        full.admit_ip("203.0.113.7", now=0.0)
+    assert again.value.headers == (("retry-after", "3"),)  # the usual retry: 2.5 s
+    full.release("203.0.113.7", None)
+    full.admit_ip("203.0.113.7", now=0.0)
+    assert (gate.limited["ip-rate"], full.limited["ip-streams"]) == (1, 1)
+
+
+def test_admission_counts_only_private_streams_against_their_user() -> None:
+    gate = admission()
+    user = Principal.model_validate({"sub": "u1", "role": "student"})
+    public = StreamRequest(channels=(Channel.schedule("i1"),), resume_from=None, principal=user)
+    private = StreamRequest(
+        channels=(Channel.parse("users/u1/notifications"),), resume_from=None, principal=user
+    )
+    assert gate.admit_user(public) is None
+    assert gate.admit_user(private) == "u1"
+    gate.hold("203.0.113.7", "u1")
+    with pytest.raises(Problem):
+        gate.admit_user(private)
+    assert gate.admit_user(public) is None  # a public stream is not limited per user
+    gate.release("203.0.113.7", "u1")
+    assert gate.admit_user(private) == "u1"
+    assert gate.limited["user-streams"] == 1
 
 
 def test_retry_after_is_whole_seconds_at_least_one() -> None:

@@ -75,4 +75,4 @@ async def presence(channel: str, gateway: GatewayDep, request: Request) -> JSONR
         return problem(
             400, "Bad Request", "presence is only kept for public channels", request.url.path
         )
-    return JSONResponse({"channel": parsed.name, "count": gateway.presence_of(parsed)})
+    return JSONResponse({"channel": parsed.name, "count": gateway.presence.count(parsed)})

@@ -31,6 +31,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from push_gateway.adapters.heartbeats import HEARTBEAT_STEPS
 from push_gateway.adapters.tickets import TicketServiceUnavailable
 from push_gateway.domain.positions import PositionError, parse_position
 from push_gateway.domain.requests import Problem, StreamRequest
@@ -47,7 +48,7 @@ from push_gateway.domain.ws_protocol import (
     parse_op,
     sse_to_ws,
 )
-from push_gateway.gateway import HEARTBEAT_STEPS, Gateway
+from push_gateway.gateway import Gateway
 from push_gateway.stream import CLOSE_GRACE_SECONDS, SseConnection, StreamState
 from push_gateway.timing import sleep_to_grid
 from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token
@@ -281,7 +282,7 @@ class WsConnection(asyncio.Protocol):
         for subscription in list(self.subscriptions.values()):
             subscription.close(None)
         self.server.connections.discard(self)
-        self.server.gateway.streams_per_ip.remove(self.client_ip)
+        self.server.gateway.admission.release(self.client_ip, None)
 
     def _abort_if_open(self) -> None:
         if not self.transport.is_closing():
@@ -488,7 +489,7 @@ class WebSocketGateway:
         path, _, raw_query = target.partition(b"?")
         query = parse_qs(raw_query.decode("utf-8", "replace"), max_num_fields=20)
         origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
-        ip = gateway.client_ip(transport.get_extra_info("peername"), headers)
+        ip = gateway.admission.client_ip(transport.get_extra_info("peername"), headers)
         limit = gateway.settings.max_connections
         try:
             if not gateway.accepting:
@@ -496,7 +497,7 @@ class WebSocketGateway:
                     503, "Service Unavailable", "gateway is shutting down", (("retry-after", "1"),)
                 )
             # the same per-address connect rate and stream count as SSE streams
-            gateway._admit_ip(ip)  # noqa: SLF001
+            gateway.admission.admit_ip(ip, time.monotonic())
             if len(gateway.connections) + len(self.connections) >= limit:
                 raise Problem(
                     503,
@@ -527,7 +528,7 @@ class WebSocketGateway:
             transport.close()
             return None
         connection = WsConnection(self, transport, origin, ip)
-        gateway.streams_per_ip.add(ip)
+        gateway.admission.hold(ip, None)
         self.connections.add(connection)
         self.stats.accepted += 1
         tickets = query.get("ticket")

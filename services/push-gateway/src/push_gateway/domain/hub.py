@@ -9,8 +9,9 @@ elegance:
 * a record with subscribers is framed once (``event:`` from the ``ce_type`` header, ``data:``
   = the raw value bytes; once more as a WebSocket frame when WebSocket clients subscribe)
   and the same bytes object is handed to every live subscriber's
-  write function, which for a real connection is ``transport.write`` itself: no task
-  wake-up, queue or ASGI ``send`` per delivery;
+  writer by the injected ``deliver`` loop — in the gateway a compiled loop that sends it on
+  the connection's socket (``adapters/_sockets.pyx``): no task wake-up, queue, ASGI
+  ``send`` or interpreter step per delivery;
 * subscribers still catching up (snapshot or resume in flight) get the record buffered
   instead, so nothing falls between "subscribed" and "live".
 
@@ -24,7 +25,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from math import inf
 from time import monotonic as _monotonic
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from aiokafka.partitioner import murmur2
 
@@ -44,6 +45,17 @@ _join: Final = b"".join
 RECENT_IDS: Final = 256
 
 Writer = Callable[[bytes], object]
+#: writes one frame with every writer of a group (subscriber → writer); the composition root
+#: passes the compiled loop (``adapters/_sockets.pyx``), which sends on sockets directly
+Deliver = Callable[[dict[Any, Writer], bytes], None]
+
+
+def write_each(writers: dict[Any, Writer], frame: bytes) -> None:
+    """The interpreted :data:`Deliver`."""
+    for write in writers.values():
+        write(frame)
+
+
 LETTER_OF_KIND: Final = {
     ChannelKind.SCHEDULE: SCHEDULE_LETTER,
     ChannelKind.NOTIFICATIONS: NOTIFICATIONS_LETTER,
@@ -177,8 +189,11 @@ def frame_body(record: Record, letter: str) -> bytes | None:
 class ChannelHub:
     """Routes records of the data topics to local subscribers."""
 
-    def __init__(self, topics: dict[ChannelKind, str], ring_size: int) -> None:
+    def __init__(
+        self, topics: dict[ChannelKind, str], ring_size: int, deliver: Deliver = write_each
+    ) -> None:
         self._kind_topic = dict(topics)
+        self._deliver = deliver
         letters = {topic: LETTER_OF_KIND[kind] for kind, topic in topics.items()}
         self._letters = letters
         self._topics = {letter: topic for topic, letter in letters.items()}
@@ -308,14 +323,14 @@ class ChannelHub:
                 pending.buffer(key, record)
         offset = record.offset
         delivered = 0
+        deliver = self._deliver
         for partitions, writers in subscribers.live.items():
             if len(partitions) == 1:
                 frame = _join((state.id_line, str(offset).encode(), head, value, b"\n\n"))
             else:
                 vector = self._vector_id(partitions, key, offset)
                 frame = _join((b"id: ", vector, head, value, b"\n\n"))
-            for write in writers.values():
-                write(frame)
+            deliver(writers, frame)
             delivered += len(writers)
         ws_live = subscribers.ws_live
         if ws_live:
@@ -323,8 +338,7 @@ class ChannelHub:
             frame = event_frame(
                 FAMILY_OF_TYPE[ce_type], value, state.id_prefix + str(offset).encode()
             )
-            for write in ws_live.values():
-                write(frame)
+            deliver(ws_live, frame)
             delivered += len(ws_live)
         stats.deliveries += delivered
 

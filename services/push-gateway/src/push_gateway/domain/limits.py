@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
 
+from push_gateway.domain.requests import Problem, StreamRequest
+
 Network = IPv4Network | IPv6Network
 
 #: how often (seconds) full token buckets are swept away
@@ -219,3 +221,88 @@ class TokenBuckets:
 def retry_after(seconds: float) -> str:
     """A ``Retry-After`` value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+class Admission:
+    """Whether a client may open one more stream: its connect rate and stream count per
+    address, its private streams per user. Refusals are 429 problems, counted per
+    limit in ``limited``; a stream that was admitted is ``hold``-ed until ``release``."""
+
+    __slots__ = (
+        "client_ip",
+        "streams_per_ip",
+        "streams_per_user",
+        "connect_rate",
+        "limited",
+        "_retry_seconds",
+    )
+
+    def __init__(
+        self,
+        trusted_proxies: Iterable[Network],
+        *,
+        max_streams_per_ip: int,
+        max_streams_per_user: int,
+        connect_rate_per_ip: float,
+        connect_burst_per_ip: int,
+        retry_ms: int,
+        limited: dict[str, int],
+    ) -> None:
+        self.client_ip = ClientAddresses(trusted_proxies)
+        self.streams_per_ip = StreamCounts(max_streams_per_ip)
+        self.streams_per_user = StreamCounts(max_streams_per_user)
+        self.connect_rate = TokenBuckets(connect_rate_per_ip, connect_burst_per_ip)
+        #: limit name → requests refused by it (shared with the gateway's stats)
+        self.limited = limited
+        self._retry_seconds = retry_ms / 1000
+
+    def admit_ip(self, ip: str, now: float) -> None:
+        """Per-client-IP limits: the connect rate (token bucket), then concurrent streams;
+        ``now``: ``time.monotonic()``."""
+        wait = self.connect_rate.take(ip, now)
+        if wait:
+            rate = self.connect_rate
+            raise self._too_many(
+                "ip-rate",
+                f"more than {rate.burst:g} stream requests from one address "
+                f"in a burst, or {rate.rate:g}/s sustained",
+                wait,
+            )
+        if self.streams_per_ip.full(ip):
+            raise self._too_many(
+                "ip-streams",
+                f"one address may hold at most {self.streams_per_ip.limit} streams",
+            )
+
+    def admit_user(self, request: StreamRequest) -> str | None:
+        """Streams with a private channel count against their user (the token's ``sub``)."""
+        if request.principal is None or not any(c.is_private for c in request.channels):
+            return None
+        user = request.principal.user_id
+        if self.streams_per_user.full(user):
+            raise self._too_many(
+                "user-streams",
+                f"one user may hold at most {self.streams_per_user.limit} private streams",
+            )
+        return user
+
+    def hold(self, ip: str, user: str | None) -> None:
+        """Count an admitted stream against its address and (private streams) its user."""
+        self.streams_per_ip.add(ip)
+        if user is not None:
+            self.streams_per_user.add(user)
+
+    def hold_user(self, user: str) -> None:
+        """Count a held stream against its user too, once known (a redeemed ticket)."""
+        self.streams_per_user.add(user)
+
+    def release(self, ip: str, user: str | None) -> None:
+        self.streams_per_ip.remove(ip)
+        if user is not None:
+            self.streams_per_user.remove(user)
+
+    def _too_many(self, limit: str, detail: str, wait: float | None = None) -> Problem:
+        """A 429; without ``wait`` (a stream limit) come back after the usual ``retry:``."""
+        self.limited[limit] += 1
+        seconds = self._retry_seconds if wait is None else wait
+        return Problem(429, "Too Many Requests", detail, (("retry-after", retry_after(seconds)),))

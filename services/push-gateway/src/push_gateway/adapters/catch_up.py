@@ -1,0 +1,273 @@
+"""Catching a stream up: from the ring buffer, from Kafka (older resume points) and from
+shared snapshots of the booking-api, then one write of everything gathered
+and of the records the hub buffered meanwhile (the frames: ``domain/catch_up.py``)."""
+
+import asyncio
+import time
+from functools import partial
+from typing import Final
+
+import structlog
+
+from push_gateway.adapters.kafka import History, HistoryBusy, HistoryGone, LogBounds
+from push_gateway.adapters.snapshots import CoalescingSnapshots, TakenSnapshot
+from push_gateway.config import Settings
+from push_gateway.domain.catch_up import catch_up_frames
+from push_gateway.domain.hub import CONTROL_KEY_BYTES, ChannelHub, Record
+from push_gateway.domain.positions import PartitionKey
+from push_gateway.domain.requests import StreamRequest
+from push_gateway.domain.responses import ResponseHeads
+from push_gateway.domain.stats import GatewayStats
+from push_gateway.stream import NO_PENDING, SseConnection, StreamState
+from slotstream_contracts.channels import Channel, ChannelKind
+
+log = structlog.get_logger(__name__)
+
+LAG_POLL_SECONDS: Final = 0.01
+
+
+class CatchUp:
+    """Brings an attached stream from its resume point (or nothing) to the hub's positions:
+    a replay from the ring or Kafka, snapshots, ``resync`` notices; the gateway then makes
+    it live. Counts snapshot requests and resumes in ``stats``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: ChannelHub,
+        snapshots: CoalescingSnapshots,
+        history: History,
+        bounds: LogBounds,
+        heads: ResponseHeads,
+        stats: GatewayStats,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.snapshots = snapshots
+        self.history = history
+        #: where each partition's log starts and ends (the ingest's view; tests: the hub's)
+        self.bounds = bounds
+        self.heads = heads
+        self.stats = stats
+
+    def _stream_head(self, connection: SseConnection) -> bytes:
+        return self.heads.stream_head(connection.origin)
+
+    def serve_at_once(self, connection: SseConnection, request: StreamRequest) -> bool:
+        """Catch a new stream up and make it live right here, without a task, when it needs
+        nothing to wait for: no ticket, no resume point, and every snapshot it needs shared
+        and recent (in a connect storm all but the first stream of each channel). False
+        (nothing done) otherwise: the gateway's ``_serve`` does it in a task. Same frames
+        either way."""
+        if request.ticket is not None or request.resume_from is not None:
+            return False
+        hub = self.hub
+        snapshots: dict[Channel, TakenSnapshot] = {}
+        for channel in connection.channels:
+            if channel.kind is not ChannelKind.SCHEDULE:
+                continue
+            taken = self.snapshots.recent(channel.owner_id)
+            if taken is None:
+                return False
+            key = hub.partition_key(channel)
+            if taken.since < hub.position(key) and hub.ring_since(key, taken.since, set()) is None:
+                return False  # the ring no longer reaches back to it: _serve fetches anew
+            snapshots[channel] = taken
+        try:
+            positions = hub.attach(connection, connection.channels)
+            self.stats.snapshot_requests += len(snapshots)
+            fresh = set(connection.partitions)
+            self.write(connection, positions, None, set(), set(), fresh, {}, snapshots)
+            connection.state = StreamState.LIVE
+            hub.go_live(connection)
+        except Exception:
+            log.exception("stream failed")
+            connection.close("internal-error", retry_ms=self.settings.retry_ms)
+        return True
+
+    def fetch_under_way(
+        self, connection: SseConnection, request: StreamRequest, start: bool
+    ) -> asyncio.Future[TakenSnapshot] | None:
+        """The snapshot fetch a stream that :meth:`serve_at_once` could not serve may wait
+        for: the one in flight for a schedule channel without a recent snapshot — with
+        ``start``, started now if none is, so the streams of that channel read in the same
+        loop turn (a connect storm's) wait on it too."""
+        if request.ticket is not None or request.resume_from is not None:
+            return None
+        snapshots = self.snapshots
+        for channel in connection.channels:
+            owner = channel.owner_id
+            if channel.kind is ChannelKind.SCHEDULE and snapshots.recent(owner) is None:
+                if not start or snapshots.known_unknown(owner):
+                    return snapshots.in_flight(owner)
+                key = self.hub.partition_key(channel)
+                return snapshots.start(owner, partial(self.hub.position, key))
+        return None
+
+    def checked_resume(
+        self, connection: SseConnection, resume: dict[PartitionKey, int]
+    ) -> tuple[dict[PartitionKey, int], set[PartitionKey]]:
+        """Split a client's resume point into the components that can be honoured and the
+        partitions whose history it cannot have: ahead of the log (not an id any gateway
+        wrote), before its start, or more than ``max_resume_lag`` records behind its end.
+        Those start fresh — a snapshot, or a ``resync`` frame for notifications — at once:
+        an anonymous client must not be able to make the gateway read (or wait for) history
+        of its choosing."""
+        honoured: dict[PartitionKey, int] = {}
+        lost: set[PartitionKey] = set()
+        for key in connection.partitions:
+            if key not in resume:
+                continue
+            after = resume[key]
+            start, end = self.bounds.bounds(self.hub.topic_of(key), key[1])
+            if after >= end or after < start - 1 or end - 1 - after > self.settings.max_resume_lag:
+                lost.add(key)
+            else:
+                honoured[key] = after
+        if lost:
+            self.stats.resumes_refused += len(lost)
+            log.info("resume point refused", partitions=sorted(f"{k[0]}{k[1]}" for k in lost))
+        return honoured, lost
+
+    async def wait_for_position(
+        self, connection: SseConnection, resume: dict[PartitionKey, int]
+    ) -> dict[PartitionKey, int] | None:
+        """A client resuming from a gateway that is ahead of this one waits until this one
+        has read that far (else it would receive records it already has)."""
+        deadline = time.monotonic() + self.settings.catch_up_timeout_seconds
+        known = {k: v for k, v in resume.items() if k in connection.partitions}
+        while any(self.hub.position(k) < v for k, v in known.items()):
+            if time.monotonic() > deadline or connection.state is StreamState.CLOSED:
+                return None  # give up on resuming: a fresh snapshot is always correct
+            await asyncio.sleep(LAG_POLL_SECONDS)
+        return known
+
+    async def catch_up(
+        self,
+        connection: SseConnection,
+        positions: dict[PartitionKey, int],
+        resume: dict[PartitionKey, int] | None,
+        announce: set[PartitionKey],
+        lost: set[PartitionKey],
+    ) -> None:
+        """Snapshot and/or replay, then the records buffered meanwhile; all written at once.
+
+        ``lost``: partitions whose resume point could not be honoured; their schedule
+        channels get a snapshot, their notification channels a ``resync`` frame with
+        reason ``history-unavailable`` (the client reloads its notifications)."""
+        hub = self.hub
+        fresh: set[PartitionKey] = set(announce) | lost
+        replay: dict[PartitionKey, list[Record]] = {}
+        reads: dict[PartitionKey, tuple[int, int]] = {}
+        for key in connection.partitions:
+            if resume is None or key not in resume or key in fresh:
+                fresh.add(key)
+                continue
+            keys = connection.keys_of_partition[key]
+            after = resume[key]
+            ring = hub.ring_since(key, after, keys)
+            if ring is None:
+                floor = hub.ring_floor(key)
+                reads[key] = (after + 1, floor)
+                ring = hub.ring_since(key, floor - 1, keys) or []
+            else:
+                self.stats.resumes_ring += 1
+            replay[key] = ring
+        for key, (first, stop) in reads.items():
+            # control records too, as ring replays have them: a resync in the missed range
+            # means the replay cannot be trusted
+            wanted = {CONTROL_KEY_BYTES, *connection.keys_of_partition[key]}
+            try:
+                older = await self.history.read(hub.topic_of(key), key[1], first, stop, wanted)
+                replay[key] = older + replay[key]
+                self.stats.resumes_kafka += 1
+            except HistoryGone as exc:
+                log.info("resume point not read from Kafka", reason=str(exc))
+                if isinstance(exc, HistoryBusy):
+                    self.stats.resumes_busy += 1
+                else:
+                    self.stats.resumes_gone += 1
+                fresh.add(key)
+                lost.add(key)
+                del replay[key]
+        for key, records in list(replay.items()):
+            if any(r.key == CONTROL_KEY_BYTES for r in records):
+                fresh.add(key)  # a resync happened in the missed range: start over
+                announce.add(key)
+                del replay[key]
+
+        snapshot_channels = [
+            c
+            for c in connection.channels
+            if c.kind is ChannelKind.SCHEDULE and hub.partition_key(c) in fresh
+        ]
+        snapshots = await self._snapshots(snapshot_channels, positions, announce)
+        if connection.state is StreamState.CLOSED:
+            return
+        self.write(connection, positions, resume, announce, lost, fresh, replay, snapshots)
+
+    def write(
+        self,
+        connection: SseConnection,
+        positions: dict[PartitionKey, int],
+        resume: dict[PartitionKey, int] | None,
+        announce: set[PartitionKey],
+        lost: set[PartitionKey],
+        fresh: set[PartitionKey],
+        replay: dict[PartitionKey, list[Record]],
+        snapshots: dict[Channel, TakenSnapshot],
+    ) -> None:
+        """Write what :meth:`catch_up` gathered, and the records buffered meanwhile, in one
+        write (the stream's ``output``)."""
+        out: list[bytes] = []
+        if not connection.headers_sent:
+            out.append(self._stream_head(connection))
+        out += catch_up_frames(
+            self.hub,
+            connection.channels,
+            connection.channel_of_key,
+            connection.pending,
+            positions,
+            resume,
+            announce,
+            lost,
+            fresh,
+            replay,
+            snapshots,
+        )
+        connection.pending = NO_PENDING
+        connection.headers_sent = True
+        connection.output(b"".join(out))
+
+    async def _snapshots(
+        self,
+        channels: list[Channel],
+        positions: dict[PartitionKey, int],
+        resynced: set[PartitionKey],
+    ) -> dict[Channel, TakenSnapshot]:
+        if not channels:
+            return {}
+        self.stats.snapshot_requests += len(channels)
+        hub = self.hub
+
+        async def one(channel: Channel) -> TakenSnapshot:
+            key = hub.partition_key(channel)
+            # after a resync only a snapshot taken after it will do
+            taken = await self.snapshots.fetch(
+                channel.owner_id,
+                partial(hub.position, key),
+                fresh_after=positions[key] + 1 if key in resynced else None,
+            )
+            if taken.since < positions[key] and hub.ring_since(key, taken.since, set()) is None:
+                # the ring no longer reaches back to that snapshot: take a newer one
+                taken = await self.snapshots.fetch(
+                    channel.owner_id, partial(hub.position, key), fresh_after=positions[key]
+                )
+            return taken
+
+        async with asyncio.timeout(self.settings.snapshot_timeout_seconds * 3):
+            # the first alone: a request naming unknown instructors fails on its first
+            # 404 (then cached) instead of sending one booking-api request per channel
+            found = [await one(channels[0])]
+            found += await asyncio.gather(*(one(c) for c in channels[1:]))
+        return dict(zip(channels, found, strict=True))

@@ -1,0 +1,149 @@
+"""The frames that catch a stream up, in order: replayed records, ``resync`` notices,
+snapshots with the records between each snapshot and the stream's start, then the records
+buffered while it caught up; each with the position vector as its ``id``. No I/O: the
+caller gathered the replay and the snapshots and writes the frames in one system call."""
+
+from collections.abc import Iterable, Mapping
+from typing import Final, Protocol
+
+import orjson
+
+from push_gateway.domain.frames import event_body, json_frame, with_id
+from push_gateway.domain.hub import (
+    CONTROL_KEY_BYTES,
+    ChannelHub,
+    Record,
+    frame_body,
+    record_headers,
+)
+from push_gateway.domain.merge import newer_than_snapshot
+from push_gateway.domain.positions import PartitionKey, format_position
+from slotstream_contracts.channels import Channel, ChannelKind
+
+#: snapshot frames (channel, position) kept with a shared snapshot for reuse
+MAX_FRAMES_PER_SNAPSHOT: Final = 8
+
+
+class SharedSnapshot(Protocol):
+    """A schedule snapshot as streams share it (``adapters.snapshots.TakenSnapshot``)."""
+
+    @property
+    def since(self) -> int:
+        """Every record of its partition up to this offset is reflected in it."""
+
+    @property
+    def encoded(self) -> bytes:
+        """The snapshot's JSON, encoded once."""
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Slot id → version, for merging buffered deltas."""
+
+    @property
+    def frames(self) -> dict[tuple[str, bytes], bytes]:
+        """(channel name, frame id) → the complete snapshot frame (a cache it carries)."""
+
+
+def snapshot_frame(channel: Channel, taken: SharedSnapshot, frame_id: bytes) -> bytes:
+    """``{"channel": …, "schedule": …}`` around the snapshot JSON encoded once per fetch;
+    the whole frame is kept with the snapshot, so the streams that share it at the same
+    position (a connect storm's) share its bytes too instead of copying and checking them
+    again each."""
+    frames = taken.frames
+    found = frames.get((channel.name, frame_id))
+    if found is None:
+        data = b'{"channel":' + orjson.dumps(channel.name) + b',"schedule":' + taken.encoded
+        found = with_id(frame_id, event_body(b"snapshot", data + b"}"))
+        if len(frames) >= MAX_FRAMES_PER_SNAPSHOT:
+            frames.clear()
+        frames[(channel.name, frame_id)] = found
+    return found
+
+
+def newer(record: Record, versions: dict[str, int]) -> bool:
+    """Whether ``record`` changes something a snapshot with these versions does not show."""
+    if record.value is None:
+        return False
+    ce_type, _ = record_headers(record)
+    return newer_than_snapshot((ce_type or b"").split(b".", 1)[0], record.value, versions)
+
+
+def catch_up_frames(
+    hub: ChannelHub,
+    channels: tuple[Channel, ...],
+    channel_of_key: Mapping[tuple[str, bytes], Channel],
+    pending: Iterable[tuple[PartitionKey, Record]],
+    positions: dict[PartitionKey, int],
+    resume: dict[PartitionKey, int] | None,
+    announce: set[PartitionKey],
+    lost: set[PartitionKey],
+    fresh: set[PartitionKey],
+    replay: dict[PartitionKey, list[Record]],
+    snapshots: Mapping[Channel, SharedSnapshot],
+) -> list[bytes]:
+    """The frames of a stream of ``channels`` attached at ``positions``: ``replay`` (records
+    after its ``resume`` point), a ``resync`` frame per channel of ``announce`` (and per
+    notification channel of ``lost``), the ``snapshots``, then ``pending`` (the records the
+    hub buffered meanwhile), each record at most once (by CloudEvents id) and none that a
+    snapshot already shows. Partitions of ``fresh`` start at ``positions``."""
+    out: list[bytes] = []
+    vector = {k: (resume[k] if resume and k in resume else positions[k]) for k in positions}
+    seen: set[bytes] = set()
+
+    def emit(key: PartitionKey, record: Record) -> None:
+        vector[key] = record.offset
+        body = frame_body(record, key[0])
+        _, ce_id = record_headers(record)
+        if body is None or (ce_id is not None and ce_id in seen):
+            return
+        if ce_id is not None:
+            seen.add(ce_id)
+        out.append(with_id(format_position(vector), body))
+
+    for key, records in replay.items():
+        for record in records:
+            emit(key, record)
+        vector[key] = positions[key]
+    for key in fresh:
+        vector[key] = positions[key]
+    for channel in channels:
+        key = hub.partition_key(channel)
+        if key in announce:
+            payload: dict[str, object] = {"channel": channel.name, "reason": "resync"}
+            out.append(json_frame("resync", payload, format_position(vector)))
+        elif key in lost and channel.kind is ChannelKind.NOTIFICATIONS:
+            payload = {"channel": channel.name, "reason": "history-unavailable"}
+            out.append(json_frame("resync", payload, format_position(vector)))
+    versions: dict[Channel, dict[str, int]] = {}
+    by_partition: dict[PartitionKey, list[tuple[Channel, SharedSnapshot]]] = {}
+    for channel, taken in snapshots.items():
+        by_partition.setdefault(hub.partition_key(channel), []).append((channel, taken))
+    for key, taken_here in by_partition.items():
+        # everything up to the oldest snapshot's start is covered; the records between
+        # a (shared, older) snapshot and this connection's start come from the ring
+        vector[key] = min(positions[key], *(t.since for _, t in taken_here))
+        gap: list[tuple[int, Channel, Record]] = []
+        for channel, taken in taken_here:
+            versions[channel] = taken.versions
+            out.append(snapshot_frame(channel, taken, format_position(vector)))
+            if taken.since < positions[key]:
+                records = hub.ring_since(key, taken.since, {channel.record_key}) or []
+                gap += [
+                    (r.offset, channel, r)
+                    for r in records
+                    if r.offset <= positions[key] and r.key != CONTROL_KEY_BYTES
+                ]
+        for _, channel, record in sorted(gap, key=lambda item: item[0]):
+            if not newer(record, versions[channel]):
+                vector[key] = record.offset
+                continue
+            emit(key, record)
+        vector[key] = positions[key]
+    for key, record in pending:
+        owner = channel_of_key.get((key[0], record.key or b""))
+        if owner is not None and owner in versions:
+            if not newer(record, versions[owner]):
+                vector[key] = record.offset
+                continue
+        emit(key, record)
+    return out

@@ -1,0 +1,23 @@
+"""The gateway's stream counters: plain ints bumped where streams open, catch up and close
+(never per delivery), read by the metrics collector at scrape time."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GatewayStats:
+    accepted: int = 0
+    rejected: int = 0
+    slow_disconnects: int = 0
+    snapshot_requests: int = 0
+    snapshot_failures: int = 0
+    resumes_ring: int = 0
+    resumes_kafka: int = 0
+    resumes_gone: int = 0
+    resumes_refused: int = 0
+    resumes_busy: int = 0
+    #: 429s per limit (see ``Admission``)
+    limited: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("ip-rate", "ip-streams", "user-streams"), 0)
+    )
+    token_expiries: int = 0

@@ -714,7 +714,7 @@ async def test_a_spoofed_x_real_ip_through_a_trusted_proxy_does_not_escape_the_l
             ]
             statuses.append((await (await h.connect(headers=headers)).start()).status)
         assert statuses == [200, 200, 429, 429]
-        assert h.gateway.streams_per_ip["203.0.113.7"] == 2
+        assert h.gateway.admission.streams_per_ip["203.0.113.7"] == 2
     finally:
         await h.gateway.shutdown()
 

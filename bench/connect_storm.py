@@ -113,15 +113,30 @@ class Storm:
                 client.transport.abort()
 
 
-async def storm(port: int, paths: list[str], in_flight: int, result: Storm) -> float:
-    """Open every path; returns the seconds until the last snapshot arrived."""
+async def storm(
+    port: int, paths: list[str], in_flight: int, result: Storm, forwarded_for: int = 0
+) -> float:
+    """Open every path; returns the seconds until the last snapshot arrived. With
+    ``forwarded_for`` N, request i carries ``X-Forwarded-For`` as a proxy in front of the
+    gateway forwards it (a client's own entry, then client i mod N's address appended)."""
     loop = asyncio.get_running_loop()
     semaphore = asyncio.Semaphore(in_flight)
+    count = iter(range(len(paths)))
 
     async def one(path: str) -> None:
         async with semaphore:
             done: asyncio.Future[None] = loop.create_future()
-            request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+            n = next(count)
+            forwarded = (
+                f"X-Forwarded-For: 198.51.100.7, 203.0.{n % forwarded_for // 256}."
+                f"{n % forwarded_for % 256}\r\n"
+                if forwarded_for
+                else ""
+            )
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
+                f"{forwarded}\r\n"
+            )
             client = StormClient(request.encode(), done)
             try:
                 await loop.create_connection(lambda: client, "127.0.0.1", port)
@@ -156,7 +171,7 @@ async def run_once(
         cpu_before = tree_cpu_seconds(gateway.pid)
         client_before = own_cpu_seconds()
         result = Storm()
-        seconds = await storm(gateway.port, paths, args.in_flight, result)
+        seconds = await storm(gateway.port, paths, args.in_flight, result, args.forwarded_for)
         cpu = tree_cpu_seconds(gateway.pid) - cpu_before
         client_cpu = own_cpu_seconds() - client_before
         opened = [c for c in result.clients if c.first_snapshot]
@@ -210,6 +225,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "streams": args.streams,
             "channels": args.channels,
             "in_flight": args.in_flight,
+            "forwarded_for": args.forwarded_for,
             "server_core": args.server_core,
             "client_core": args.client_core,
         },
@@ -251,6 +267,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=500)
     parser.add_argument(
         "--in-flight", type=int, default=1000, help="requests waiting for their snapshot at most"
+    )
+    parser.add_argument(
+        "--forwarded-for",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests carry X-Forwarded-For naming N client addresses, as through a proxy",
     )
     parser.add_argument("--repeat", type=int, default=3, help="storms, each on a fresh gateway")
     parser.add_argument("--label", default="gateway", help="names the runs in the JSON")

@@ -175,7 +175,9 @@ class Settings(BaseSettings):
     # -- per-client limits -----------------------------------------------------------------
     trusted_proxies: list[IPv4Network | IPv6Network] = Field(
         default_factory=_loopback,
-        description="Peers whose X-Real-IP header names the client (the edge)",
+        description="Proxies (networks) whose X-Forwarded-For names the client: walked "
+        "from the right past these networks, the first address outside them is the client "
+        "(X-Real-IP is never read); only the networks proxies forward from, never clients'",
     )
     max_streams_per_ip: int = Field(default=50, ge=1)
     max_streams_per_user: int = Field(

@@ -669,8 +669,8 @@ async def test_a_resync_record_read_back_from_kafka_is_not_filtered_out(
 
 
 def from_ip(ip: str) -> list[tuple[bytes, bytes]]:
-    """What the edge adds (the harness's socketpair peer counts as a trusted local proxy)."""
-    return [(b"x-real-ip", ip.encode())]
+    """What a proxy adds (the harness's socketpair peer counts as a trusted local proxy)."""
+    return [(b"x-forwarded-for", ip.encode())]
 
 
 async def limited(settings: Settings) -> Harness:
@@ -697,6 +697,24 @@ async def test_streams_per_ip_are_limited_with_429_and_freed_on_close() -> None:
         await h.gateway.shutdown()
         # nothing left behind for closed streams
         assert len(h.gateway.admission.streams_per_ip) == 0
+    finally:
+        await h.gateway.shutdown()
+
+
+async def test_a_spoofed_x_real_ip_through_a_trusted_proxy_does_not_escape_the_limit() -> None:
+    # As Envoy Gateway forwards it: the client's own X-Real-IP unchanged, its TCP address
+    # appended to X-Forwarded-For; the harness's peer is a trusted (local) proxy.
+    h = await limited(Settings(max_streams_per_ip=2, jwt=JWT))
+    try:
+        statuses = []
+        for n in range(4):
+            headers = [
+                (b"x-real-ip", f"198.51.100.{n}".encode()),
+                (b"x-forwarded-for", b"203.0.113.7"),
+            ]
+            statuses.append((await (await h.connect(headers=headers)).start()).status)
+        assert statuses == [200, 200, 429, 429]
+        assert h.gateway.admission.streams_per_ip["203.0.113.7"] == 2
     finally:
         await h.gateway.shutdown()
 

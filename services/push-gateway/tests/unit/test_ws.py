@@ -71,10 +71,14 @@ class FakeTransport(asyncio.Transport):
 class Client:
     """A WebSocket client made of websockets' ClientProtocol and a fake transport."""
 
-    def __init__(self, server: WebSocketGateway, target: str = "/v1/ws") -> None:
+    def __init__(
+        self, server: WebSocketGateway, target: str = "/v1/ws", extra: dict[str, str] | None = None
+    ) -> None:
         self.transport = FakeTransport()
         self.protocol = ClientProtocol(parse_uri("ws://gateway" + target))
         request = self.protocol.connect()
+        for name, value in (extra or {}).items():
+            request.headers[name] = value
         self.protocol.send_request(request)
         self.protocol.data_to_send()
         headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.raw_items()]
@@ -469,6 +473,21 @@ async def test_a_message_split_over_reads_is_parsed_and_idle_connections_hold_no
     client.connection.data_received(wire)
     assert client.messages() == [{"event": "pong", "data": {}}]
     assert client.connection.protocol is None
+
+
+async def test_a_spoofed_x_real_ip_through_a_trusted_proxy_does_not_escape_the_limit() -> None:
+    # As Envoy Gateway forwards it (the fake transport has no peer: a trusted local proxy)
+    h = Harness(Settings(jwt=JWT, max_streams_per_ip=1))
+    clients = [
+        Client(h.ws, extra={"X-Real-IP": f"198.51.100.{n}", "X-Forwarded-For": "203.0.113.7"})
+        for n in range(2)
+    ]
+    assert clients[0].connection is not None
+    assert clients[1].connection is None
+    assert clients[1].transport.writes[0].startswith(b"HTTP/1.1 429")
+    clients[0].connection.close(CloseCode.SHUTDOWN, "test")
+    await h.ws.shutdown()
+    await h.gateway.shutdown()
 
 
 async def test_a_websocket_counts_as_one_stream_of_its_address() -> None:

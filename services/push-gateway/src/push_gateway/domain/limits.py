@@ -7,8 +7,8 @@ is deleted when it drops to 0, and a token bucket is deleted once it would be fu
 """
 
 import math
-from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from collections.abc import Callable, Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
 
 from push_gateway.domain.requests import Problem, StreamRequest
@@ -20,66 +20,127 @@ SWEEP_SECONDS: Final = 1.0
 
 
 #: addresses classified at most (then forgotten all at once): far more than the peers of
-#: one gateway (the edge's few addresses, or clients' addresses without an edge)
+#: one gateway (the proxies' few addresses, or clients' addresses without a proxy)
 MAX_KNOWN_ADDRESSES: Final = 4096
+
+#: the longest ``X-Forwarded-For`` value whose answer is remembered: a client plus a few
+#: proxies; a longer one (a client's own list in front) is walked each time, so that the
+#: memory stays bounded by ``MAX_KNOWN_ADDRESSES`` short keys
+MAX_REMEMBERED_FORWARDED: Final = 256
+
+#: the header every proxy appends the address it received a request from to (nginx's
+#: ``$proxy_add_x_forwarded_for``, Envoy's ``use_remote_address``, HAProxy, Traefik)
+FORWARDED_FOR: Final = b"x-forwarded-for"
+
+#: the longest address text remembered (an IPv6 address with a zone, and some spaces)
+MAX_ADDRESS_TEXT: Final = 64
+
+IPAddress = IPv4Address | IPv6Address
+
+
+def parse_address(text: str) -> IPAddress:
+    """An address as written in a header or a peer name; an IPv4-mapped IPv6 address (a
+    dual-stack socket's peer) is its IPv4 address. Raises ``ValueError`` when it is none."""
+    address = ip_address(text.strip())
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def forwarded_client(value: str, trusted: Callable[[str], tuple[str | None, bool]]) -> str | None:
+    """The client an ``X-Forwarded-For`` value names, read by the trusted-proxy algorithm
+    (nginx's ``real_ip_recursive``, uvicorn's ``ProxyHeadersMiddleware``): each proxy
+    appends the address it received the request from, so the entries are walked from the
+    right, past every address in the trusted networks; the first one that is not trusted
+    is the client. When all are trusted, the client was itself a proxy: the leftmost.
+
+    Only the walked entries count: what lies left of the client was written by the client
+    and is never looked at. None when a walked entry is not an IP address (or the value is
+    empty): the caller then ignores the header. ``trusted`` classifies one entry's text
+    (its normalised address or None, and whether it is in a trusted network)."""
+    entries = value.split(",")
+    for position in range(len(entries) - 1, -1, -1):
+        address, is_trusted = trusted(entries[position])
+        if address is None:
+            return None
+        if not is_trusted or position == 0:
+            return address
+    return None  # pragma: no cover - split() returns at least one entry
 
 
 class ClientAddresses:
-    """The client's address: the TCP peer (``peername``), or the ``X-Real-IP`` the edge set
-    when the peer is a trusted proxy (DESIGN D4). A peer without an IP address (a Unix
-    socket: only local processes reach it) counts as a trusted proxy. A malformed header
-    is ignored.
+    """The client's address for the per-address limits: the TCP peer (``peername``), or,
+    when the peer is a trusted proxy, the client its ``X-Forwarded-For`` names
+    (:func:`forwarded_client`; DESIGN D4). A peer without an IP address (a Unix socket:
+    only local processes reach it) counts as a trusted proxy. A request from a trusted
+    proxy without the header, or with a malformed one, is the peer's own.
+
+    ``X-Real-IP`` is never read: nginx sets it, but Envoy (Envoy Gateway), Traefik and
+    others pass a client's own one through unchanged, so behind them any client could
+    name itself anything; every one of them appends to ``X-Forwarded-For``.
+
+    The walk is uvicorn's ``ProxyHeadersMiddleware``'s, not its code: that is ASGI
+    middleware (streams here are served by our own protocol, before any ASGI scope), its
+    trust check is private, and it takes an entry that is no address as the client (a
+    client behind a trusted hop could mint a new key per request).
 
     Called once per stream request; parsing an address and testing it against every
-    trusted network costs ~10 µs, so each address string's answer is remembered (at most
-    ``MAX_KNOWN_ADDRESSES``): a connect storm comes from few addresses."""
+    trusted network costs ~10 µs, so each address string's answer and each short header
+    value's answer are remembered (at most ``MAX_KNOWN_ADDRESSES`` each): a connect storm
+    comes from few addresses."""
 
-    __slots__ = ("_trusted", "_peers", "_forwarded")
+    __slots__ = ("_trusted", "_known", "_forwarded")
 
     def __init__(self, trusted: Iterable[Network]) -> None:
         self._trusted = tuple(trusted)
-        #: peer host → (its normalised address or None, whether it is a trusted proxy)
-        self._peers: dict[str, tuple[str | None, bool]] = {}
-        #: X-Real-IP value → its normalised address, or None when malformed
+        #: address text → (its normalised address or None, whether it is a trusted proxy)
+        self._known: dict[str, tuple[str | None, bool]] = {}
+        #: X-Forwarded-For value → the client it names, or None when malformed
         self._forwarded: dict[bytes, str | None] = {}
 
     def __call__(self, peer: object, headers: Sequence[tuple[bytes, bytes]]) -> str:
         host = peer[0] if isinstance(peer, tuple) and peer else None
-        address, trusted = self._peer(host) if isinstance(host, str) else (None, True)
-        if not trusted:
-            return address or "local"
+        address: str | None = None
+        if isinstance(host, str):
+            address, trusted = self.classify(host)
+            if not trusted:
+                return address or host
+        forwarded: bytes | None = None
         for name, value in headers:
-            if name == b"x-real-ip":
-                forwarded = self._forwarded_address(value)
-                if forwarded is not None:
-                    return forwarded
-                break
+            if name == FORWARDED_FOR:
+                # several header lines are one list, in order (RFC 9110, 5.3)
+                forwarded = value if forwarded is None else forwarded + b"," + value
+        if forwarded is not None:
+            client = self._forwarded_client(forwarded)
+            if client is not None:
+                return client
         return address or "local"
 
-    def _peer(self, host: str) -> tuple[str | None, bool]:
-        known = self._peers.get(host)
+    def classify(self, text: str) -> tuple[str | None, bool]:
+        """An address text's normalised address (None when it is not an address) and
+        whether it lies in a trusted network; remembered."""
+        known = self._known.get(text)
         if known is None:
             try:
-                address = ip_address(host)
+                address = parse_address(text)
             except ValueError:
-                known = (None, True)
+                known = (None, False)
             else:
                 known = (str(address), any(address in network for network in self._trusted))
-            if len(self._peers) >= MAX_KNOWN_ADDRESSES:
-                self._peers.clear()
-            self._peers[host] = known
+            if len(text) <= MAX_ADDRESS_TEXT:
+                if len(self._known) >= MAX_KNOWN_ADDRESSES:
+                    self._known.clear()
+                self._known[text] = known
         return known
 
-    def _forwarded_address(self, value: bytes) -> str | None:
+    def _forwarded_client(self, value: bytes) -> str | None:
         if value in self._forwarded:
             return self._forwarded[value]
-        try:
-            found: str | None = str(ip_address(value.decode("latin-1").strip()))
-        except ValueError:
-            found = None
-        if len(self._forwarded) >= MAX_KNOWN_ADDRESSES:
-            self._forwarded.clear()
-        self._forwarded[value] = found
+        found = forwarded_client(value.decode("latin-1"), self.classify)
+        if len(value) <= MAX_REMEMBERED_FORWARDED:
+            if len(self._forwarded) >= MAX_KNOWN_ADDRESSES:
+                self._forwarded.clear()
+            self._forwarded[value] = found
         return found
 
 

@@ -108,7 +108,6 @@ def test_record_results_appends_history_and_writes_latest(tmp_path: Path) -> Non
     assert latest["machine"]["cores"] >= 1
     assert latest["machine"]["cpu_model"]
     assert len(latest["load_average"]) == 3
-    assert latest["host_loop_ns"] > 0
     assert "when" in latest
     assert "commit" in latest
 

@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from slotstream_testkit.benchkit import env_assignments, host_loop_ns, render_readme_table
+from slotstream_testkit.benchkit import env_assignments, render_readme_table
 
 STAMP = {"when": "2026-12-01T07:00:00Z", "commit": "abc1234", "load_average": [3.5, 3, 2]}
 
@@ -40,16 +40,6 @@ def test_workers_row_gives_measured_scaling_cpu_and_the_check() -> None:
         " server 3.10 vs 2.40 µs CPU per delivery), client 0.60 µs CPU per delivery, every"
         " delivery checked: 0 lost, 0 duplicated |"
     ) in table
-
-
-def test_each_row_says_how_fast_the_host_ran_when_it_was_recorded() -> None:
-    runs = [{"streams": 10, "opened": 10, "seconds_to_open_all": 1.0, "server_cpu_s": 0.1}]
-    table = render_readme_table({"connect_storm": {**STAMP, "host_loop_ns": 104.2, "runs": runs}})
-    assert "| 2026-12-01T07:00:00Z, `abc1234`, load 3.5, host loop 104.2 ns |" in table
-
-
-def test_the_host_loop_is_timed_in_ns_per_iteration() -> None:
-    assert 1 < host_loop_ns(rounds=1) < 10_000
 
 
 def test_env_options_of_the_benches_parse_name_value_pairs() -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -219,26 +218,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-#: iterations of :func:`host_loop_ns`'s loop (~30 ms on this machine when it is not shared)
-HOST_LOOP_ITERATIONS: Final = 500_000
-
-
-def host_loop_ns(rounds: int = 5) -> float:
-    """How fast this host runs the interpreter right now: the median over ``rounds`` of the
-    ns per iteration of a fixed pure-Python loop. The load average does not show a host
-    whose other tenants take the CPU away (the VM reports no steal time): on this 2-core VM
-    the same loop took 66 to 110 ns on an idle guest within minutes, and every benchmark
-    figure moved with it. Stamped on every result, so a slow run reads as a slow host."""
-    timings = []
-    for _ in range(rounds):
-        started = time.perf_counter_ns()
-        total = 0
-        for i in range(HOST_LOOP_ITERATIONS):
-            total += i
-        timings.append((time.perf_counter_ns() - started) / HOST_LOOP_ITERATIONS)
-    return round(statistics.median(timings), 1)
-
-
 def _git(root: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
@@ -267,16 +246,14 @@ def git_commit(root: Path) -> str | None:
 
 
 def record_results(results_dir: Path, benchmark: str, results: dict[str, Any]) -> Path:
-    """Stamp ``results`` (machine, load averages, host speed, git commit, UTC time),
-    append them as one line to ``history.jsonl`` and write them as ``<benchmark>.json``
-    (the latest)."""
+    """Stamp ``results`` (machine, load averages, git commit, UTC time), append them as one
+    line to ``history.jsonl`` and write them as ``<benchmark>.json`` (the latest)."""
     stamped = {
         "benchmark": benchmark,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": git_commit(results_dir),
         "machine": machine(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
-        "host_loop_ns": host_loop_ns(),
         **{k: v for k, v in results.items() if k not in ("benchmark", "when", "machine")},
     }
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -333,9 +310,7 @@ def _num(value: Any, digits: int = 1) -> str:
 
 def _stamp(data: Mapping[str, Any]) -> str:
     load = data.get("load_average") or ["?"]
-    host = data.get("host_loop_ns")
-    speed = "" if host is None else f", host loop {host} ns"
-    return f"{data.get('when', '?')}, `{data.get('commit') or '?'}`, load {load[0]}{speed}"
+    return f"{data.get('when', '?')}, `{data.get('commit') or '?'}`, load {load[0]}"
 
 
 def _booking_row(data: Mapping[str, Any]) -> str:
@@ -451,10 +426,7 @@ def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
 
 
 def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
-    rows = [
-        "| benchmark | latest figures | when, commit, load average, host loop |",
-        "|---|---|---|",
-    ]
+    rows = ["| benchmark | latest figures | when, commit, load average |", "|---|---|---|"]
     if "booking" in latest:
         rows.append(_booking_row(latest["booking"]))
     if "publisher" in latest:

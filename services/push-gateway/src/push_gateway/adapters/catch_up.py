@@ -12,8 +12,8 @@ import structlog
 from push_gateway.adapters.kafka import History, HistoryBusy, HistoryGone, LogBounds
 from push_gateway.adapters.snapshots import CoalescingSnapshots, TakenSnapshot
 from push_gateway.config import Settings
-from push_gateway.domain.catch_up import catch_up_frames
-from push_gateway.domain.hub import CONTROL_KEY_BYTES, ChannelHub, Record
+from push_gateway.domain.catch_up import CatchUpPlan, catch_up_frames
+from push_gateway.domain.hub import CONTROL_KEY_BYTES, ChannelHub
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.domain.requests import StreamRequest
 from push_gateway.domain.responses import ResponseHeads
@@ -77,7 +77,8 @@ class CatchUp:
             positions = hub.attach(connection, connection.channels)
             self.stats.snapshot_requests += len(snapshots)
             fresh = set(connection.partitions)
-            self.write(connection, positions, None, set(), set(), fresh, {}, snapshots)
+            plan = CatchUpPlan(positions, None, set(), set(), fresh, snapshots=snapshots)
+            self.write(connection, plan)
             connection.state = StreamState.LIVE
             hub.go_live(connection)
         except Exception:
@@ -156,8 +157,8 @@ class CatchUp:
         channels get a snapshot, their notification channels a ``resync`` frame with
         reason ``history-unavailable`` (the client reloads its notifications)."""
         hub = self.hub
-        fresh: set[PartitionKey] = set(announce) | lost
-        replay: dict[PartitionKey, list[Record]] = {}
+        plan = CatchUpPlan(positions, resume, announce, lost, fresh=set(announce) | lost)
+        fresh, replay = plan.fresh, plan.replay
         reads: dict[PartitionKey, tuple[int, int]] = {}
         for key in connection.partitions:
             if resume is None or key not in resume or key in fresh:
@@ -201,39 +202,19 @@ class CatchUp:
             for c in connection.channels
             if c.kind is ChannelKind.SCHEDULE and hub.partition_key(c) in fresh
         ]
-        snapshots = await self._snapshots(snapshot_channels, positions, announce)
+        plan.snapshots = await self._snapshots(snapshot_channels, positions, announce)
         if connection.state is StreamState.CLOSED:
             return
-        self.write(connection, positions, resume, announce, lost, fresh, replay, snapshots)
+        self.write(connection, plan)
 
-    def write(
-        self,
-        connection: SseConnection,
-        positions: dict[PartitionKey, int],
-        resume: dict[PartitionKey, int] | None,
-        announce: set[PartitionKey],
-        lost: set[PartitionKey],
-        fresh: set[PartitionKey],
-        replay: dict[PartitionKey, list[Record]],
-        snapshots: dict[Channel, TakenSnapshot],
-    ) -> None:
+    def write(self, connection: SseConnection, plan: CatchUpPlan) -> None:
         """Write what :meth:`catch_up` gathered, and the records buffered meanwhile, in one
         write (the stream's ``output``)."""
         out: list[bytes] = []
         if not connection.headers_sent:
             out.append(self._stream_head(connection))
         out += catch_up_frames(
-            self.hub,
-            connection.channels,
-            connection.channel_of_key,
-            connection.pending,
-            positions,
-            resume,
-            announce,
-            lost,
-            fresh,
-            replay,
-            snapshots,
+            self.hub, connection.channels, connection.channel_of_key, connection.pending, plan
         )
         connection.pending = NO_PENDING
         connection.headers_sent = True

@@ -4,6 +4,7 @@ buffered while it caught up; each with the position vector as its ``id``. No I/O
 caller gathered the replay and the snapshots and writes the frames in one system call."""
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import orjson
@@ -68,24 +69,39 @@ def newer(record: Record, versions: dict[str, int]) -> bool:
     return newer_than_snapshot((ce_type or b"").split(b".", 1)[0], record.value, versions)
 
 
+@dataclass(slots=True)
+class CatchUpPlan:
+    """What catching a stream up gathered, per partition of its channels."""
+
+    #: where the stream attached to the hub (its records after these are buffered)
+    positions: dict[PartitionKey, int]
+    #: the client's resume point, where it gave one that can be honoured
+    resume: dict[PartitionKey, int] | None
+    #: partitions whose channels get a ``resync`` frame (a resync record was read)
+    announce: set[PartitionKey]
+    #: partitions whose resume point could not be honoured: their schedule channels get a
+    #: snapshot, their notification channels a ``resync`` (``history-unavailable``)
+    lost: set[PartitionKey]
+    #: partitions that start at ``positions`` (no replay)
+    fresh: set[PartitionKey] = field(default_factory=set)
+    #: records after the resume point, from the ring or Kafka
+    replay: dict[PartitionKey, list[Record]] = field(default_factory=dict)
+    snapshots: Mapping[Channel, SharedSnapshot] = field(default_factory=dict)
+
+
 def catch_up_frames(
     hub: ChannelHub,
     channels: tuple[Channel, ...],
     channel_of_key: Mapping[tuple[str, bytes], Channel],
     pending: Iterable[tuple[PartitionKey, Record]],
-    positions: dict[PartitionKey, int],
-    resume: dict[PartitionKey, int] | None,
-    announce: set[PartitionKey],
-    lost: set[PartitionKey],
-    fresh: set[PartitionKey],
-    replay: dict[PartitionKey, list[Record]],
-    snapshots: Mapping[Channel, SharedSnapshot],
+    plan: CatchUpPlan,
 ) -> list[bytes]:
-    """The frames of a stream of ``channels`` attached at ``positions``: ``replay`` (records
-    after its ``resume`` point), a ``resync`` frame per channel of ``announce`` (and per
-    notification channel of ``lost``), the ``snapshots``, then ``pending`` (the records the
-    hub buffered meanwhile), each record at most once (by CloudEvents id) and none that a
-    snapshot already shows. Partitions of ``fresh`` start at ``positions``."""
+    """The frames of a stream of ``channels``: the plan's replay, a ``resync`` frame per
+    channel of ``announce`` (and per notification channel of ``lost``), the snapshots,
+    then ``pending`` (the records the hub buffered meanwhile), each record at most once (by
+    CloudEvents id) and none that a snapshot already shows."""
+    positions, resume, announce, lost = plan.positions, plan.resume, plan.announce, plan.lost
+    fresh, replay, snapshots = plan.fresh, plan.replay, plan.snapshots
     out: list[bytes] = []
     vector = {k: (resume[k] if resume and k in resume else positions[k]) for k in positions}
     seen: set[bytes] = set()

@@ -19,8 +19,8 @@ COPY libs/contracts/pyproject.toml libs/contracts/
 COPY services/booking-api/pyproject.toml services/booking-api/
 COPY services/change-publisher/pyproject.toml services/change-publisher/
 COPY services/push-gateway/pyproject.toml services/push-gateway/
-# A C compiler in the builder only: the push-gateway's record-batch decoder is a Cython
-# extension (services/push-gateway/setup.py); the runtime images get the built module.
+# A C compiler in the builder only: the push-gateway's record-batch decoder and socket writer
+# are Cython extensions (services/push-gateway/setup.py); the runtime images get the modules.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 \
  && rm -rf /var/lib/apt/lists/*
@@ -42,7 +42,7 @@ COPY services/change-publisher services/change-publisher
 COPY services/push-gateway services/push-gateway
 # Our packages as wheels, built by the pinned backends without build isolation (so pip never
 # fetches an unpinned hatchling, setuptools or Cython); `pip check` proves each venv is
-# complete, and the import that the push-gateway's compiled decoder was built.
+# complete, and the import that the push-gateway's compiled decoder and socket writer were built.
 RUN pip wheel --no-deps --no-build-isolation -w /wheels \
       libs/contracts services/booking-api services/change-publisher services/push-gateway \
  && for service in booking-api change-publisher push-gateway; do \
@@ -51,7 +51,7 @@ RUN pip wheel --no-deps --no-build-isolation -w /wheels \
       && pip --python "/opt/venvs/${service}/bin/python" check \
       || exit 1; \
     done \
- && /opt/venvs/push-gateway/bin/python -c "import push_gateway.adapters._batches"
+ && /opt/venvs/push-gateway/bin/python -c "import push_gateway.adapters._batches, push_gateway.adapters._sockets"
 
 # ---- runtime: interpreter, an unprivileged user, nothing else --------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -318,11 +318,14 @@ def test_dockerignore_keeps_local_state_out() -> None:
         "docs/deploy.md",
         "services/push-gateway/src/push_gateway/adapters/_batches.cpython-311-x86_64-linux-gnu.so",
         "services/push-gateway/src/push_gateway/adapters/_batches.c",
+        "services/push-gateway/src/push_gateway/adapters/_sockets.cpython-311-x86_64-linux-gnu.so",
+        "services/push-gateway/src/push_gateway/adapters/_sockets.c",
     ):
         assert dockerignore_excludes(path), path
     for path in (  # the push-gateway's compiled decoder is built in the image from these
         "services/push-gateway/setup.py",
         "services/push-gateway/src/push_gateway/adapters/_batches.pyx",
+        "services/push-gateway/src/push_gateway/adapters/_sockets.pyx",
         "services/push-gateway/src/push_gateway/adapters/_crc32c.h",
     ):
         assert not dockerignore_excludes(path), path

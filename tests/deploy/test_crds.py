@@ -63,22 +63,36 @@ def test_the_validator_rejects_an_unserved_version(rendered: dict[str, list[Mani
     assert any("is not served" in problem for problem in problems(old))
 
 
-def envoy_gateway_object(rendered: dict[str, list[Manifest]], kind: str) -> Manifest:
-    (doc,) = [d for d in rendered["dev"] if d["kind"] == kind]
+def envoy_gateway_object(
+    rendered: dict[str, list[Manifest]], kind: str, name: str = "slotstream"
+) -> Manifest:
+    (doc,) = [d for d in rendered["dev"] if (d["kind"], d["metadata"]["name"]) == (kind, name)]
     return copy.deepcopy(doc)
 
 
 def test_the_validator_rejects_a_wrong_envoy_gateway_policy(
     rendered: dict[str, list[Manifest]],
 ) -> None:
-    """A misspelt field, a duration Envoy Gateway cannot parse and an unknown sink fail."""
+    """A misspelt field, a duration Envoy Gateway cannot parse, an unknown sink, an
+    unknown rate limit selector type and a misspelt rate limit field fail."""
     client = envoy_gateway_object(rendered, "ClientTrafficPolicy")
     assert not problems(client)
     client["spec"]["timeout"]["http"]["idleTimout"] = "1h"
     assert any("idleTimout" in problem for problem in problems(client))
-    backend = envoy_gateway_object(rendered, "BackendTrafficPolicy")
+    backend = envoy_gateway_object(rendered, "BackendTrafficPolicy", "slotstream-events")
     backend["spec"]["timeout"]["http"]["connectionIdleTimeout"] = "1 hour"
     assert problems(backend)
+    limits = envoy_gateway_object(rendered, "BackendTrafficPolicy", "slotstream-api")
+    assert not problems(limits)
+    rule = limits["spec"]["rateLimit"]["local"]["rules"][0]
+    rule["clientSelectors"][0]["sourceCIDR"]["type"] = "PerAddress"
+    assert problems(limits)
+    rule["clientSelectors"][0]["sourceCIDR"]["type"] = "Distinct"
+    rule["limit"]["burst"] = 200
+    assert any("burst" in problem for problem in problems(limits))
+    override = envoy_gateway_object(rendered, "BackendTrafficPolicy", "slotstream-api")
+    override["spec"]["responseOverride"][0]["response"]["headers"] = {}
+    assert any("headers" in problem for problem in problems(override))
     proxy = envoy_gateway_object(rendered, "EnvoyProxy")
     proxy["spec"]["telemetry"]["accessLog"]["settings"][0]["sinks"][0]["type"] = "Stdout"
     assert problems(proxy)

@@ -2,6 +2,7 @@
 (strict), and every workload is locked down, probed, sized and wired as documented."""
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.crds import is_custom
+from tests.deploy.crds import is_custom, problems
 from tests.deploy.support import (
     K8S,
     OVERLAYS,
@@ -87,6 +88,7 @@ def test_renders_the_whole_system(rendered: dict[str, list[Manifest]], name: str
         ("Gateway", "slotstream"),
         ("HTTPRoute", "slotstream-events"),
         ("HTTPRoute", "slotstream"),
+        ("HTTPRoute", "slotstream-api"),
         ("NetworkPolicy", "default-deny-ingress"),
         ("NetworkPolicy", "slotstream-default-deny-egress"),
     }
@@ -315,6 +317,96 @@ def test_overlays_name_envoy_gateway_and_its_access_log_drops_queries(
     assert "%REQ_WITHOUT_QUERY(" in text
     assert "%REQ(:PATH)%" not in text
     assert "ClientTrafficPolicy" in {doc["kind"] for doc in rendered[name]}
+
+
+#: The Compose edge's defaults (`${EDGE_…:-N}` in docker-compose.yml), read, not repeated.
+EDGE_DEFAULT = re.compile(r"(EDGE_[A-Z_]+): \$\{\1:-(\d+)\}")
+#: What the edge's stricter zone counts (its map in slotstream.conf.template): the path
+#: with any query string, as Envoy's rate limit sees `:path`.
+WRITE_PATHS = {"/api/bookings", "/api/stream-tickets", "/api/bookings?x=1"}
+NOT_WRITE_PATHS = {"/api/bookings/b1", "/api/slots", "/api/stream-tickets2", "/x/api/bookings"}
+
+
+def edge_defaults() -> dict[str, int]:
+    text = (REPO / "docker-compose.yml").read_text()
+    return {name: int(value) for name, value in EDGE_DEFAULT.findall(text)}
+
+
+def api_rate_limits(manifests: list[Manifest]) -> tuple[list[Manifest], list[Manifest]]:
+    """(the HTTPRoutes that reach the booking-api, the BackendTrafficPolicies on them)."""
+    routes = [
+        route
+        for route in of_kind(manifests, "HTTPRoute").values()
+        if any(b["name"] == "booking-api" for r in route["spec"]["rules"] for b in r["backendRefs"])
+    ]
+    names = {route["metadata"]["name"] for route in routes}
+    policies = [
+        doc
+        for doc in of_kind(manifests, "BackendTrafficPolicy").values()
+        for ref in doc["spec"]["targetRefs"]
+        if ref["kind"] == "HTTPRoute" and ref["name"] in names
+    ]
+    return routes, policies
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_api_is_rate_limited_per_client_address_like_the_edge(
+    rendered: dict[str, list[Manifest]], name: str
+) -> None:
+    """In Kubernetes `/api` bypasses the edge's `limit_req`: Envoy Gateway's local rate
+    limit gives each client address (`sourceCIDR` `Distinct`, IPv4 and IPv6) the edge's
+    request rate for the API, a stricter one for POST /api/bookings and /api/stream-tickets
+    (one shared bucket, as the edge's zone), and answers 429 as the edge does."""
+    edge = edge_defaults()
+    routes, policies = api_rate_limits(rendered[name])
+    assert routes, "no HTTPRoute reaches the booking-api"
+    for route in routes:
+        # Only the API: the limit must not fall on the page or the streams.
+        backends = {b["name"] for r in route["spec"]["rules"] for b in r["backendRefs"]}
+        assert backends == {"booking-api"}, route["metadata"]["name"]
+    (policy,) = [p for p in policies if "rateLimit" in p["spec"]]
+    assert not problems(policy)
+    targets = {ref["name"] for ref in policy["spec"]["targetRefs"]}
+    assert targets == {route["metadata"]["name"] for route in routes}
+    rules = policy["spec"]["rateLimit"]["local"]["rules"]
+    assert {rule["limit"]["unit"] for rule in rules} == {"Second"}, rules
+    families = set()
+    general: dict[str, int] = {}
+    writes: dict[str, int] = {}
+    for rule in rules:
+        (selector,) = rule["clientSelectors"]
+        source = selector["sourceCIDR"]
+        assert source["type"] == "Distinct", rule
+        families.add(source["value"])
+        if set(selector) == {"sourceCIDR"}:
+            general[source["value"]] = rule["limit"]["requests"]
+            continue
+        assert set(selector) == {"sourceCIDR", "methods", "path"}, rule
+        assert selector["methods"] == [{"value": "POST"}]
+        assert selector["path"]["type"] == "RegularExpression"
+        pattern = re.compile(selector["path"]["value"])
+        assert all(pattern.fullmatch(path) for path in WRITE_PATHS), pattern
+        assert not any(pattern.fullmatch(path) for path in NOT_WRITE_PATHS), pattern
+        writes[source["value"]] = rule["limit"]["requests"]
+    assert families == {"0.0.0.0/0", "::/0"}
+    assert general == dict.fromkeys(families, edge["EDGE_REQUESTS_PER_SECOND"])
+    assert writes == dict.fromkeys(families, edge["EDGE_WRITES_PER_SECOND"])
+
+    # The 429 Envoy answers itself: problem+json with Retry-After, like the edge's.
+    (override,) = [
+        o
+        for o in policy["spec"]["responseOverride"]
+        if {"type": "Value", "value": 429} in o["match"]["statusCodes"]
+    ]
+    assert override["source"] == "Local"
+    response = override["response"]
+    assert response["contentType"] == "application/problem+json"
+    body = json.loads(response["body"]["inline"])
+    assert body["status"] == 429
+    assert body["title"] == "Too Many Requests"
+    headers = {h["name"]: h["value"] for h in response["header"]["set"]}
+    assert headers["Retry-After"] == str(edge["EDGE_RETRY_AFTER_SECONDS"])
+    assert headers["Cache-Control"] == "no-store"
 
 
 def test_prod_turns_the_api_docs_off(rendered: dict[str, list[Manifest]]) -> None:

@@ -2,8 +2,10 @@
 (strict), and every workload is locked down, probed, sized and wired as documented."""
 
 import copy
+import fnmatch
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from scripts.devstack import render_template
+from slotstream_testkit.net import free_port
 from tests.deploy.crds import is_custom, problems
 from tests.deploy.support import (
     K8S,
@@ -347,6 +351,95 @@ def api_rate_limits(manifests: list[Manifest]) -> tuple[list[Manifest], list[Man
         if ref["kind"] == "HTTPRoute" and ref["name"] in names
     ]
     return routes, policies
+
+
+PUSH_GATEWAY = "push-gateway"
+
+
+def envoy_networks(manifests: list[Manifest]) -> list[str]:
+    """GATEWAY_TRUSTED_PROXIES of the push-gateway pods: the networks Envoy runs in."""
+    (template,) = [t for w, t in pod_templates(manifests) if w["metadata"]["name"] == PUSH_GATEWAY]
+    config_maps = of_kind(manifests, "ConfigMap")
+    for container in containers(template):
+        for source in container.get("envFrom", []):
+            data = config_maps[source["configMapRef"]["name"]]["data"]
+            if "GATEWAY_TRUSTED_PROXIES" in data:
+                networks: list[str] = json.loads(data["GATEWAY_TRUSTED_PROXIES"])
+                return networks
+    raise AssertionError("no GATEWAY_TRUSTED_PROXIES")
+
+
+def edge_real_ip_files(manifests: list[Manifest]) -> dict[str, str]:
+    """The files the edge pod's nginx includes as real-ip configuration: the include glob
+    of slotstream.conf.template, rendered with the container's env, matched against its
+    volume mounts and the ConfigMap mounted there."""
+    (template,) = [t for w, t in pod_templates(manifests) if w["metadata"]["name"] == "edge"]
+    (container,) = template["spec"]["containers"]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    conf = render_template((REPO / "deploy/edge/slotstream.conf.template").read_text(), env)
+    globs = [g for g in re.findall(r"^include (\S+);", conf, re.MULTILINE) if "real-ip" in g]
+    assert len(globs) == 1, "slotstream.conf.template includes no real-ip configuration"
+    (glob,) = globs
+    directory, pattern = glob.rsplit("/", 1)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+    data: dict[str, str] = of_kind(manifests, "ConfigMap")[volume["configMap"]["name"]]["data"]
+    return {key: text for key, text in data.items() if fnmatch.fnmatch(key, pattern)}
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_edge_takes_the_client_address_from_envoy(
+    rendered: dict[str, list[Manifest]], name: str, tmp_path: Path
+) -> None:
+    """Browsers reach the edge through Envoy: its per-address limits must key on the client
+    Envoy appended to X-Forwarded-For, trusted only from the networks the gateways trust
+    (else every browser behind one Envoy replica shares one allowance)."""
+    files = edge_real_ip_files(rendered[name])
+    assert files, "no real-ip configuration mounted where the edge includes it"
+    directives = [
+        line.split("#", 1)[0].strip()
+        for text in files.values()
+        for line in text.splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    trusted = [
+        d.removeprefix("set_real_ip_from ").rstrip(";")
+        for d in directives
+        if d.startswith("set_real_ip_from ")
+    ]
+    assert sorted(trusted) == sorted(envoy_networks(rendered[name]))
+    assert "real_ip_header X-Forwarded-For;" in directives
+    assert "real_ip_recursive on;" in directives
+    # The real nginx accepts the files at the edge's http level.
+    nginx = shutil.which("nginx")
+    assert nginx, "make test installs nginx (scripts/system-deps.sh)"
+    real_ip = tmp_path / "real-ip"
+    real_ip.mkdir()
+    for key, text in files.items():
+        (real_ip / key).write_text(text)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/pid;\nevents {{}}\nhttp {{\n    access_log off;\n"
+        f"    include {real_ip}/*.conf;\n"
+        f"    server {{ listen 127.0.0.1:{free_port()}; }}\n}}\n"
+    )
+    check = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-p",
+            f"{tmp_path}/",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            str(tmp_path / "error.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
 
 
 @pytest.mark.parametrize("name", OVERLAYS)

@@ -111,14 +111,21 @@ class Edge:
 
 
 @contextmanager
-def running_edge(tmp_path: Path, tls: tuple[Path, Path] | None = None) -> Iterator[Edge]:
-    """nginx from deploy/edge in front of a fake booking-api and two fake gateways."""
+def running_edge(
+    tmp_path: Path, tls: tuple[Path, Path] | None = None, real_ip: str | None = None
+) -> Iterator[Edge]:
+    """nginx from deploy/edge in front of a fake booking-api and two fake gateways;
+    ``real_ip`` is written to conf.d/real-ip/ (what Kubernetes mounts from a ConfigMap)."""
     nginx = nginx_binary()
     if nginx is None:
         pytest.skip("nginx is not installed (make test installs it when run as root)")
     (tmp_path / "logs").mkdir(parents=True)
     cert, key = tls or (None, None)
     stack = DevStack(tmp_path, Ports.free(), tls_cert=cert, tls_key=key, tls_port=free_port())
+    if real_ip is not None:
+        real_ip_dir = Path(stack.edge_variables()["EDGE_CONF_DIR"]) / "real-ip"
+        real_ip_dir.mkdir(parents=True)
+        (real_ip_dir / "trusted-proxies.conf").write_text(real_ip)
     upstreams = {
         0: serve(fake_api(), stack.ports.booking_api),
         1: serve(fake_gateway("gateway-1"), stack.ports.gateway_1),
@@ -280,6 +287,55 @@ async def test_bookings_and_tickets_have_a_stricter_rate(strict_edge: Edge) -> N
         # Reads are not in the stricter zone.
         reads = await asyncio.gather(*(client.get("/api/instructors") for _ in range(6)))
         assert {r.status_code for r in reads} == {200}
+
+
+CLIENT_A, CLIENT_B, CLIENT_C = "198.51.100.7", "203.0.113.9", "192.0.2.1"
+
+
+@pytest.fixture
+def tight_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 request/s, 2 more at once: a fresh address gets 3 answers, then 429."""
+    monkeypatch.setenv("EDGE_REQUESTS_PER_SECOND", "1")
+    monkeypatch.setenv("EDGE_REQUEST_BURST", "2")
+
+
+def page_loads(edge: Edge, forwarded_for: str, count: int) -> list[int]:
+    headers = {"X-Forwarded-For": forwarded_for}
+    with httpx.Client(base_url=edge.url, timeout=10, headers=headers) as client:
+        return [client.get("/").status_code for _ in range(count)]
+
+
+def exhaust(edge: Edge, forwarded_for: str) -> None:
+    """Load the page as ``forwarded_for`` until the edge answers 429."""
+    statuses = page_loads(edge, forwarded_for, 10)
+    assert statuses[-1] == 429, statuses
+
+
+@pytest.mark.usefixtures("tight_requests")
+def test_behind_a_trusted_proxy_each_client_has_its_own_allowance(tmp_path: Path) -> None:
+    """In Kubernetes every browser reaches the edge through Envoy: with Envoy's networks
+    trusted (here 127.0.0.1, test-only), the limits key on the client Envoy appended to
+    X-Forwarded-For, so one busy client no longer uses up everyone's page loads."""
+    trusted = "\n".join(
+        ["set_real_ip_from 127.0.0.1;", "real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
+    )
+    with running_edge(tmp_path, real_ip=trusted) as edge:
+        exhaust(edge, CLIENT_A)
+        assert page_loads(edge, CLIENT_B, 3) == [200, 200, 200]
+        # The upstreams hear of the client, not of the proxy: the right-most address
+        # that is not a trusted proxy (anything left of it is the client's own word).
+        forwarded = {"X-Forwarded-For": f"10.9.9.9, {CLIENT_C}"}
+        seen = httpx.get(f"{edge.url}/api/client", headers=forwarded, timeout=10)
+        assert seen.json() == {"x-real-ip": CLIENT_C, "x-forwarded-for": CLIENT_C}
+
+
+@pytest.mark.usefixtures("tight_requests")
+def test_without_trusted_proxies_a_forged_forwarded_for_changes_nothing(tmp_path: Path) -> None:
+    """The default (Compose, `make demo`: clients connect straight to the edge, from
+    127.0.0.1 here): X-Forwarded-For is the client's own word, and buys no new allowance."""
+    with running_edge(tmp_path) as edge:
+        exhaust(edge, CLIENT_A)
+        assert 429 in page_loads(edge, CLIENT_B, 3)
 
 
 def test_the_tls_server_speaks_http2_and_streams(tmp_path: Path) -> None:

@@ -69,11 +69,18 @@ async def server(
         srv.close()
 
 
-async def connect(port: int, accepted: "asyncio.Queue[Accepted]") -> tuple[socket.socket, Accepted]:
+async def connect(
+    port: int, accepted: "asyncio.Queue[Accepted]", high_water: int = 1 << 30
+) -> tuple[socket.socket, Accepted, asyncio.Transport]:
+    """A client with a small receive buffer, the server side of its connection, and that
+    side's transport (buffering up to ``high_water`` bytes before it pauses)."""
     client = socket.create_connection(("127.0.0.1", port))
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     client.setblocking(False)
-    return client, await accepted.get()
+    side = await accepted.get()
+    assert side.transport is not None
+    side.transport.set_write_buffer_limits(high=high_water)
+    return client, side, side.transport
 
 
 def drain(client: socket.socket) -> bytes:
@@ -111,10 +118,7 @@ def test_frames_keep_their_order_across_a_full_socket_buffer(run: Callable[..., 
 
     async def scenario() -> None:
         async with server() as (port, accepted):
-            client, side = await connect(port, accepted)
-            transport = side.transport
-            assert transport is not None
-            transport.set_write_buffer_limits(high=1 << 30)
+            client, _, transport = await connect(port, accepted)
             write = stream_writer(transport)
             assert type(write) is SocketWriter
             sent: list[bytes] = []
@@ -145,10 +149,7 @@ def test_writes_go_straight_to_the_socket_again_once_the_buffer_is_flushed(
 ) -> None:
     async def scenario() -> None:
         async with server() as (port, accepted):
-            client, side = await connect(port, accepted)
-            transport = side.transport
-            assert transport is not None
-            transport.set_write_buffer_limits(high=1 << 30)
+            client, _, transport = await connect(port, accepted)
             write = stream_writer(transport)
             sent = frames(0, 200)
             for frame in sent:
@@ -171,10 +172,9 @@ def test_a_closed_stream_never_writes_to_the_connection_that_reuses_its_descript
 ) -> None:
     async def scenario() -> None:
         async with server() as (port, accepted):
-            first_client, first = await connect(port, accepted)
-            assert first.transport is not None
+            first_client, first, first_transport = await connect(port, accepted)
             stream = SseConnection(
-                first.transport, (), {}, lambda *_: None, lambda _: None, 1 << 20, None
+                first_transport, (), {}, lambda *_: None, lambda _: None, 1 << 20, None
             )
             old_writer = stream.writer
             assert type(old_writer) is SocketWriter
@@ -182,14 +182,13 @@ def test_a_closed_stream_never_writes_to_the_connection_that_reuses_its_descript
             first_client.close()
             await first.lost  # the transport called connection_lost ...
             stream.connection_lost(None)  # ... which the stream gets in the gateway
-            second_client, second = await connect(port, accepted)
-            assert second.transport is not None
-            assert second.transport.get_extra_info("socket").fileno() == old_fd
+            second_client, _, second_transport = await connect(port, accepted)
+            assert second_transport.get_extra_info("socket").fileno() == old_fd
             try:
                 old_writer(b"data: someone else's\n\n")
             except RuntimeError:
                 pass  # the closed transport refuses it: fine, as long as nobody gets it
-            second.transport.write(b"data: yours\n\n")
+            second_transport.write(b"data: yours\n\n")
             assert await read_exactly(second_client, 13) == b"data: yours\n\n"
             await asyncio.sleep(0.01)
             assert drain(second_client) == b""
@@ -203,9 +202,8 @@ def test_a_client_that_reset_the_connection_is_closed_by_the_transport(
 ) -> None:
     async def scenario() -> None:
         async with server() as (port, accepted):
-            client, side = await connect(port, accepted)
-            assert side.transport is not None
-            writers = {"gone": stream_writer(side.transport)}
+            client, side, transport = await connect(port, accepted)
+            writers = {"gone": stream_writer(transport)}
             client.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )

@@ -4,7 +4,10 @@ transport is a plain TCP or Unix socket transport (``_sockets.pyx`` says why), i
 
 import asyncio
 import socket
+from asyncio import selector_events
 from typing import Final
+
+import uvloop.loop
 
 from push_gateway.domain.hub import Deliver, Writer, write_each
 
@@ -22,20 +25,14 @@ else:
 COMPILED: Final = SocketWriter is not None
 
 
-def _plain_socket_transports() -> tuple[type, ...]:
-    """Transport classes whose ``socket`` is written with no layer in between (a TLS
-    transport's ``socket`` is the raw one underneath: never written directly)."""
-    from asyncio import selector_events  # noqa: PLC0415 - private module, read once
-
-    classes: list[type] = [selector_events._SelectorSocketTransport]  # type: ignore[attr-defined]  # noqa: SLF001
-    try:
-        import uvloop.loop  # noqa: PLC0415 - optional event loop
-    except ImportError:
-        return tuple(classes)
-    return (*classes, uvloop.loop.TCPTransport, uvloop.loop.UnixTransport)  # type: ignore[attr-defined]
-
-
-_PLAIN: Final = _plain_socket_transports()
+#: transport classes whose ``socket`` is written with no layer in between (a TLS
+#: transport's ``socket`` is the raw one underneath: never written directly); uvloop is
+#: the server's loop (``app.build_server``), asyncio's own is the tests' and tools'
+_PLAIN: Final[tuple[type, ...]] = (
+    selector_events._SelectorSocketTransport,  # type: ignore[attr-defined]  # noqa: SLF001
+    uvloop.loop.TCPTransport,  # type: ignore[attr-defined]
+    uvloop.loop.UnixTransport,  # type: ignore[attr-defined]
+)
 
 
 def stream_writer(transport: asyncio.Transport) -> Writer:

@@ -49,7 +49,7 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[str, TcpFaultProxy]]:
 
 def ring_values(hub: ChannelHub, partition: int) -> list[tuple[int, bytes | None]]:
     state = hub._partitions[("s", partition)]  # noqa: SLF001 - what the hub kept, in order
-    return [(r[0], r[2]) for r in state.ring]
+    return [(r.offset, r.value) for r in state.ring]
 
 
 @pytest.mark.parametrize("fetch_loop", ["lean", "aiokafka"])

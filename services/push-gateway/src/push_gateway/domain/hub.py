@@ -25,7 +25,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from math import inf
 from time import monotonic as _monotonic
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 
 from aiokafka.partitioner import murmur2
 
@@ -135,24 +135,13 @@ class HubStats:
     resyncs: int = 0
 
 
-#: A ring-buffer entry: ``(offset, key, value, headers)`` as a plain tuple of immutable parts.
-#: The cyclic GC untracks such tuples after one pass, so thousands of buffered records cost
-#: its full collections nothing (as ``ConsumerRecord`` objects they made them ~100 ms long).
-RingEntry = tuple[int, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
-
-
-class RingRecord(NamedTuple):
-    """A record read back from the ring (satisfies :class:`Record`)."""
-
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
 @dataclass
 class PartitionState:
-    ring: deque[RingEntry]
+    #: the partition's latest records as the ingest handed them over, for resumes served from
+    #: memory. The compiled decoder's records are tuples the cyclic GC never tracks, so
+    #: thousands of them cost its full collections nothing, and keeping the record itself
+    #: (not a copy of its parts) costs the ingest no allocation per record.
+    ring: deque[Record]
     start_offset: int
     position: int
     id_prefix: bytes = field(default=b"")
@@ -270,7 +259,7 @@ class ChannelHub:
         ring_append = state.ring.append
         lookup = self._index[topic].get
         for record in records:
-            ring_append((record.offset, record.key, record.value, record.headers))
+            ring_append(record)
             subscribers = lookup(record.key)
             if subscribers is not None:
                 self._dispatch(subscribers, key, state, record)
@@ -418,15 +407,15 @@ class ChannelHub:
         included); None when the ring no longer reaches back that far."""
         state = self._partitions[key]
         ring = state.ring
-        floor = ring[0][0] if len(ring) == ring.maxlen else state.start_offset
+        floor = ring[0].offset if len(ring) == ring.maxlen else state.start_offset
         if after_offset + 1 < floor:
             return None
         wanted = record_keys | {CONTROL_KEY_BYTES}
-        return [RingRecord(*r) for r in ring if r[0] > after_offset and r[1] in wanted]
+        return [r for r in ring if r.offset > after_offset and r.key in wanted]
 
     def ring_floor(self, key: PartitionKey) -> int:
         state = self._partitions[key]
-        return state.ring[0][0] if len(state.ring) == state.ring.maxlen else state.start_offset
+        return state.ring[0].offset if len(state.ring) == state.ring.maxlen else state.start_offset
 
     # -- introspection -------------------------------------------------------------------
     def subscriber_counts(self) -> dict[Channel, int]:

@@ -76,7 +76,6 @@ def records_by_partition(
     hub: ChannelHub, names: list[str], count: int, pad: int
 ) -> list[tuple[int, list[IngestRecord]]]:
     """Slices of up to 16 consecutive records of one partition, in publishing order."""
-    headers = (("ce_type", b"slot.updated"),)
     offsets = [0] * PARTITIONS
     slices: list[tuple[int, list[IngestRecord]]] = []
     open_slice: dict[int, list[IngestRecord]] = {}
@@ -90,7 +89,7 @@ def records_by_partition(
             time.time_ns(),
             b"x" * pad,
         )
-        record = IngestRecord(offsets[partition], name.encode(), value, headers, 0)
+        record = IngestRecord(offsets[partition], name.encode(), value, b"slot.updated", None, 0)
         offsets[partition] += 1
         current = open_slice.setdefault(partition, [])
         current.append(record)

@@ -1,7 +1,7 @@
 """Test and benchmark helpers: events shaped exactly like the change-publisher's, and a
 record double for the hub."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from slotstream_contracts.entities import (
@@ -24,7 +24,8 @@ class FakeRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = field(default=())
+    ce_type: bytes | None = None
+    ce_id: bytes | None = None
 
 
 def slot(
@@ -116,7 +117,10 @@ def resync_event(event_id: str, topic: str = SCHEDULE_TOPIC) -> CloudEvent:
 
 def record_of(event: CloudEvent, offset: int) -> FakeRecord:
     key = CONTROL_KEY if event.type is EventType.STREAM_RESYNC else event.routing_key
-    return FakeRecord(offset, key.encode(), event.to_json(), tuple(event.headers()))
+    headers = dict(event.headers())
+    return FakeRecord(
+        offset, key.encode(), event.to_json(), headers.get("ce_type"), headers.get("ce_id")
+    )
 
 
 def snapshot(instructor_id: str, slots: list[SlotData]) -> ScheduleSnapshot:

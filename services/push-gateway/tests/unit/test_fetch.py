@@ -475,7 +475,7 @@ def test_moving_past_lost_records_restarts_the_ring_and_resyncs_its_subscribers(
     channel = Channel(ChannelKind.SCHEDULE, "i1")
     key = hub.partition_key(channel)
     other = (key[0], 1 - key[1])
-    hub.ingest("s", key[1], [IngestRecord(n, b"x", b"{}", (), 0) for n in range(5)])
+    hub.ingest("s", key[1], [IngestRecord(n, b"x", b"{}", None, None, 0) for n in range(5)])
     subscriber = Subscriber((key,))
     bystander = Subscriber((other,))
     hub.attach(subscriber, [channel])

@@ -34,7 +34,7 @@ async def test_fetch_wait_is_long_when_idle_and_short_under_load() -> None:
     hub.assign("s", 0, 0, 1)
     settings = GatewayKafkaSettings(fetch_max_wait_ms=5, fetch_idle_max_wait_ms=400)
     ingest = KafkaIngest(settings, ("s", "n"), hub, backfill=16)
-    record = IngestRecord(0, b"k", b"{}", (), 0)
+    record = IngestRecord(0, b"k", b"{}", None, None, 0)
     consumer = FakeConsumer([{}, {}, {TopicPartition("s", 0): [record]}, {}])
     fake: Any = consumer
     ingest._consumer = fake

@@ -115,8 +115,8 @@ def test_resent_change_is_delivered_once(hub: ChannelHub) -> None:
 
 def test_malformed_record_is_dropped_not_sent(hub: ChannelHub) -> None:
     sub = live(hub, Channel.schedule("i1"))
-    bad = FakeRecord(0, b"i1", b'{"x":"a\nb"}', (("ce_type", b"slot.updated"), ("ce_id", b"x")))
-    unknown = FakeRecord(1, b"i1", b"{}", (("ce_type", b"weird.type"),))
+    bad = FakeRecord(0, b"i1", b'{"x":"a\nb"}', b"slot.updated", b"x")
+    unknown = FakeRecord(1, b"i1", b"{}", b"weird.type")
     ingest(hub, "i1", [bad, unknown])
     assert sub.frames == []
     assert hub.stats.malformed == 2
@@ -198,7 +198,11 @@ def test_a_booking_on_the_notifications_topic_reaches_the_private_channel(
 ) -> None:
     private = live(hub, Channel.notifications("student-7"))
     record = record_of(booking_event("i1", "b1", "s1", "student-7"), 0)
-    hub.ingest(NOTIFICATIONS_TOPIC, 0, [FakeRecord(0, b"student-7", record.value, record.headers)])
+    hub.ingest(
+        NOTIFICATIONS_TOPIC,
+        0,
+        [FakeRecord(0, b"student-7", record.value, record.ce_type, record.ce_id)],
+    )
     assert len(private.frames) == 1
     assert b"event: booking" in private.frames[0]
     key = hub.partition_key(Channel.notifications("student-7"))
@@ -234,9 +238,9 @@ def test_each_check_counts_what_it_dropped(hub: ChannelHub) -> None:
     """A copy of an unframable record is a duplicate, and a record of a type the topic does
     not carry is malformed whatever its id (the order of the hub's checks)."""
     sub = live(hub, Channel.schedule("i1"))
-    broken = FakeRecord(0, b"i1", b'{"x":"a\rb"}', (("ce_type", b"slot.updated"), ("ce_id", b"e")))
-    wrong = FakeRecord(2, b"i1", b"{}", (("ce_id", b"e"), ("ce_type", b"booking.created")))
-    no_type = FakeRecord(3, b"i1", b"{}", (("ce_id", b"f"),))
-    ingest(hub, "i1", [broken, FakeRecord(1, b"i1", b"{}", broken.headers), wrong, no_type])
+    broken = FakeRecord(0, b"i1", b'{"x":"a\rb"}', b"slot.updated", b"e")
+    wrong = FakeRecord(2, b"i1", b"{}", b"booking.created", b"e")
+    no_type = FakeRecord(3, b"i1", b"{}", ce_id=b"f")
+    ingest(hub, "i1", [broken, FakeRecord(1, b"i1", b"{}", b"slot.updated", b"e"), wrong, no_type])
     assert sub.frames == []
     assert (hub.stats.malformed, hub.stats.duplicates, hub.stats.framed) == (3, 1, 0)

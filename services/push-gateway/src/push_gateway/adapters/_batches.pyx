@@ -21,53 +21,33 @@ cdef extern from "_crc32c.h":
 
 cdef extern from *:
     """
-    /* A record (a tuple subclass without __dict__) from its five parts, not tracked by
-       the cyclic GC: it holds only ints, bytes, None and an untracked tuple of str/bytes
-       pairs, so it can never be part of a cycle. */
+    /* A record (a tuple subclass without __dict__) from its six parts, not tracked by
+       the cyclic GC: it holds only ints, bytes and None, so it can never be part of a
+       cycle. */
     static PyObject* slot_new_record(PyObject* type, PyObject* offset, PyObject* key,
-                                     PyObject* value, PyObject* headers, PyObject* ts) {
+                                     PyObject* value, PyObject* ce_type, PyObject* ce_id,
+                                     PyObject* ts) {
         PyTypeObject* t = (PyTypeObject*)type;
-        PyObject* r = t->tp_alloc(t, 5);
+        PyObject* r = t->tp_alloc(t, 6);
         if (r == NULL) return NULL;
         Py_INCREF(offset); PyTuple_SET_ITEM(r, 0, offset);
         Py_INCREF(key); PyTuple_SET_ITEM(r, 1, key);
         Py_INCREF(value); PyTuple_SET_ITEM(r, 2, value);
-        Py_INCREF(headers); PyTuple_SET_ITEM(r, 3, headers);
-        Py_INCREF(ts); PyTuple_SET_ITEM(r, 4, ts);
+        Py_INCREF(ce_type); PyTuple_SET_ITEM(r, 3, ce_type);
+        Py_INCREF(ce_id); PyTuple_SET_ITEM(r, 4, ce_id);
+        Py_INCREF(ts); PyTuple_SET_ITEM(r, 5, ts);
         PyObject_GC_UnTrack(r);
         return r;
     }
-    static PyObject* slot_pair(PyObject* a, PyObject* b) {
-        PyObject* r = PyTuple_Pack(2, a, b);
-        if (r != NULL) PyObject_GC_UnTrack(r);
-        return r;
-    }
-    static PyObject* slot_single(PyObject* a) {
-        PyObject* r = PyTuple_Pack(1, a);
-        if (r != NULL) PyObject_GC_UnTrack(r);
-        return r;
-    }
-    /* ``headers``, a fresh tuple of untracked pairs, made untracked itself */
-    static PyObject* slot_frozen(PyObject* headers) {
-        PyObject_GC_UnTrack(headers);
-        Py_INCREF(headers);
-        return headers;
-    }
     """
     object slot_new_record(object type, object offset, object key, object value,
-                           object headers, object ts)
-    object slot_pair(object a, object b)
-    object slot_single(object a)
-    object slot_frozen(object headers)
+                           object ce_type, object ce_id, object ts)
 
 DEF LOG_OVERHEAD = 12
 DEF RECORD_OVERHEAD_V0 = 14
 DEF HEADER_SIZE = 61
 DEF CE_TYPE_CACHE = 16
 
-cdef str CE_TYPE = "ce_type"
-cdef str CE_ID = "ce_id"
-cdef tuple NO_HEADERS = ()
 
 _CODECS = {1: gzip_decode, 2: snappy_decode, 3: lz4_decode, 4: zstd_decode}
 
@@ -113,28 +93,24 @@ cdef inline int _span(Py_ssize_t pos, int64_t size, Py_ssize_t end) except -1:
 
 
 cdef class _CeTypes:
-    """Shared ``("ce_type", value)`` pairs: a fetch carries a handful of event types."""
+    """Shared ``ce_type`` values: a fetch carries a handful of event types."""
 
-    cdef list pairs
     cdef list values
 
     def __cinit__(self):
-        self.pairs = []
         self.values = []
 
-    cdef object pair(self, const uint8_t* data, Py_ssize_t size):
+    cdef object value(self, const uint8_t* data, Py_ssize_t size):
         cdef Py_ssize_t i
         cdef bytes known
         for i in range(len(self.values)):
             known = <bytes>self.values[i]
             if PyBytes_GET_SIZE(known) == size and memcmp(PyBytes_AS_STRING(known), data, size) == 0:
-                return self.pairs[i]
+                return known
         value = PyBytes_FromStringAndSize(<const char*>data, size)
-        pair = slot_pair(CE_TYPE, value)
         if len(self.values) < CE_TYPE_CACHE:
             self.values.append(value)
-            self.pairs.append(pair)
-        return pair
+        return value
 
 
 def crc32c(data: bytes, bint table_only=False) -> int:
@@ -327,8 +303,7 @@ cdef class BatchReader:
         cdef Py_ssize_t pos = self.rpos, end = self.rend, start, name_at
         cdef int64_t length, attributes, ts_delta, offset_delta, key_len, value_len, n_headers
         cdef int64_t name_len, header_len, timestamp, offset
-        cdef object key, value, pair, first = None, headers
-        cdef list more = None
+        cdef object key, value, ce_type = None, ce_id = None
         self.left -= 1
         _varint(buf, &pos, end, &length)
         start = pos
@@ -362,26 +337,17 @@ cdef class BatchReader:
             _varint(buf, &pos, end, &header_len)
             if header_len >= 0:
                 _span(pos, header_len, end)
-            pair = None
+            # the last of each wins, as a reader of the whole header list would find it
             if name_len == 7 and memcmp(&buf[name_at], b"ce_type", 7) == 0:
                 if header_len >= 0:
-                    pair = self.ce_types.pair(&buf[pos], header_len)
+                    ce_type = self.ce_types.value(&buf[pos], header_len)
                 else:
-                    pair = slot_pair(CE_TYPE, None)
+                    ce_type = None
             elif name_len == 5 and memcmp(&buf[name_at], b"ce_id", 5) == 0:
                 if header_len >= 0:
-                    pair = slot_pair(
-                        CE_ID, PyBytes_FromStringAndSize(<const char*>&buf[pos], header_len)
-                    )
+                    ce_id = PyBytes_FromStringAndSize(<const char*>&buf[pos], header_len)
                 else:
-                    pair = slot_pair(CE_ID, None)
-            if pair is not None:
-                if first is None:
-                    first = pair
-                elif more is None:
-                    more = [first, pair]
-                else:
-                    more.append(pair)
+                    ce_id = None
             if header_len > 0:
                 pos += header_len
             n_headers -= 1
@@ -397,15 +363,7 @@ cdef class BatchReader:
         if self.ts is None or timestamp != self.last_timestamp:
             self.ts = timestamp
             self.last_timestamp = timestamp
-        if first is None:
-            headers = NO_HEADERS
-        elif more is None:
-            headers = slot_single(first)
-        elif len(more) == 2:
-            headers = slot_pair(more[0], more[1])
-        else:
-            headers = slot_frozen(tuple(more))
-        return slot_new_record(self.record_type, offset, key, value, headers, self.ts)
+        return slot_new_record(self.record_type, offset, key, value, ce_type, ce_id, self.ts)
 
 
 def decode_batches(bytes data, int64_t fetch_offset, bint check_crcs, object record_type):

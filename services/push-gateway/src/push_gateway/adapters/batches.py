@@ -4,9 +4,9 @@ The compiled twin ``_batches.pyx`` is what runs (built by ``make venv`` and the 
 this module is the same algorithm in Python, used only where the extension could not be
 built, and tested against it and against aiokafka's own decoder on the same bytes
 (``tests/unit/test_batches.py``). Both give, per data record at or after the fetch
-offset, ``record_type(offset, key, value, headers, timestamp)`` where ``headers`` keeps
-only the two the hub reads, ``ce_type`` and ``ce_id`` (in record order, duplicates kept),
-and the offset to fetch next: past control batches (transaction markers) and past the last
+offset, ``record_type(offset, key, value, ce_type, ce_id, timestamp)`` with the values
+of the only two headers the hub reads (the last of each name; None where a record has
+none), and the offset to fetch next: past control batches (transaction markers) and past the last
 offset of each batch, records removed by compaction included.
 
 Format (Kafka's ``DefaultRecordBatch``): a 61-byte batch header (base offset, length,
@@ -232,14 +232,16 @@ class BatchReader:
         n_headers, pos = _varint(buf, pos, end)
         if n_headers < 0:
             raise CorruptRecordException(f"invalid number of record headers {n_headers}")
-        headers: list[tuple[str, bytes | None]] = []
+        ce_type = ce_id = None
         for _ in range(n_headers):
             name, pos = _nullable_bytes(buf, pos, end)
             if name is None:
                 raise CorruptRecordException("invalid negative header key size")
             header, pos = _nullable_bytes(buf, pos, end)
-            if name in (b"ce_type", b"ce_id"):
-                headers.append((name.decode(), header))
+            if name == b"ce_type":
+                ce_type = header
+            elif name == b"ce_id":
+                ce_id = header
         if pos - start != length:
             raise CorruptRecordException(
                 f"invalid record size: expected {length} bytes, read {pos - start}"
@@ -252,7 +254,7 @@ class BatchReader:
             timestamp = self._max_timestamp
         else:
             timestamp = self._first_timestamp + ts_delta
-        return self.record_type(offset, key, value, tuple(headers), timestamp)
+        return self.record_type(offset, key, value, ce_type, ce_id, timestamp)
 
 
 def decode_batches(

@@ -481,7 +481,12 @@ class KafkaHistory:
             self._slots.release()
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
-        consumer = _consumer(self._settings, auto_offset_reset="earliest")
+        install_lean_records()
+        consumer = _consumer(
+            self._settings,
+            auto_offset_reset="earliest",
+            key_deserializer=lean_keys,  # IngestRecord tuples, as the ingest reads them
+        )
         await consumer.start()
         self.consumers_started += 1
         return consumer

@@ -7,8 +7,9 @@ of header tuples) per record, then wraps each in a ``ConsumerRecord`` dataclass 
 Python ``__init__``) handed out one generator ``next()`` at a time; the hub reads four
 fields. Here a :class:`BatchReader` (compiled: ``_batches.pyx``; ``batches.py`` is its
 pure-Python twin) decodes the fetched bytes ``max_poll_records`` at a time as ``getmany``
-takes them, straight into :class:`IngestRecord` tuples (offset, key, value, the
-``ce_type``/``ce_id`` headers, timestamp) that the cyclic GC never tracks, checking CRCs
+takes them, straight into flat :class:`IngestRecord` tuples (offset, key, value, the
+values of the ``ce_type`` and ``ce_id`` headers, timestamp: no header tuples to allocate
+and free per record) that the cyclic GC never tracks, checking CRCs
 and decompressing like aiokafka; ``getmany`` gets them as one list. Batches of the old
 formats (magic 0/1) go through aiokafka's own batch objects (:func:`decode`).
 
@@ -46,8 +47,9 @@ class IngestRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    #: only ``ce_type`` and ``ce_id``, in record order
-    headers: tuple[tuple[str, bytes], ...]
+    #: the values of the record's ``ce_type`` and ``ce_id`` headers (the last of each)
+    ce_type: bytes | None
+    ce_id: bytes | None
     timestamp: int
 
 
@@ -90,6 +92,7 @@ def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[Inge
         for record in batch:
             offset = record.offset
             if offset >= fetch_offset:
+                kept = dict(h for h in record.headers if h[0] in _KEPT_HEADERS)
                 append(
                     _new(
                         IngestRecord,
@@ -97,7 +100,8 @@ def decode(records: Any, fetch_offset: int, check_crcs: bool) -> tuple[list[Inge
                             offset,
                             record.key,
                             record.value,
-                            tuple(h for h in record.headers if h[0] in _KEPT_HEADERS),
+                            kept.get("ce_type"),
+                            kept.get("ce_id"),
                             -1 if record.timestamp is None else record.timestamp,
                         ),
                     )

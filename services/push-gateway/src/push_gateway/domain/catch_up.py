@@ -15,7 +15,6 @@ from push_gateway.domain.hub import (
     ChannelHub,
     Record,
     frame_body,
-    record_headers,
 )
 from push_gateway.domain.merge import newer_than_snapshot
 from push_gateway.domain.positions import PartitionKey, format_position
@@ -65,8 +64,7 @@ def newer(record: Record, versions: dict[str, int]) -> bool:
     """Whether ``record`` changes something a snapshot with these versions does not show."""
     if record.value is None:
         return False
-    ce_type, _ = record_headers(record)
-    return newer_than_snapshot((ce_type or b"").split(b".", 1)[0], record.value, versions)
+    return newer_than_snapshot((record.ce_type or b"").split(b".", 1)[0], record.value, versions)
 
 
 @dataclass(slots=True)
@@ -109,7 +107,7 @@ def catch_up_frames(
     def emit(key: PartitionKey, record: Record) -> None:
         vector[key] = record.offset
         body = frame_body(record, key[0])
-        _, ce_id = record_headers(record)
+        ce_id = record.ce_id
         if body is None or (ce_id is not None and ce_id in seen):
             return
         if ce_id is not None:

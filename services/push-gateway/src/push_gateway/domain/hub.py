@@ -79,7 +79,8 @@ HEADS_OF_LETTER: Final = {
 
 
 class Record(Protocol):
-    """The parts of a Kafka ``ConsumerRecord`` the hub reads."""
+    """The parts of a Kafka record the hub reads: its offset, key and value, and the values
+    of its ``ce_type`` and ``ce_id`` headers (None where it has none)."""
 
     @property
     def offset(self) -> int: ...
@@ -88,7 +89,9 @@ class Record(Protocol):
     @property
     def value(self) -> bytes | None: ...
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    def ce_type(self) -> bytes | None: ...
+    @property
+    def ce_id(self) -> bytes | None: ...
 
 
 class Subscriber(Protocol):
@@ -151,21 +154,10 @@ class PartitionState:
     heads: dict[bytes, bytes] = field(default_factory=dict)
 
 
-def record_headers(record: Record) -> tuple[bytes | None, bytes | None]:
-    """``(ce_type, ce_id)`` of a record."""
-    ce_type = ce_id = None
-    for name, value in record.headers:
-        if name == "ce_type":
-            ce_type = value
-        elif name == "ce_id":
-            ce_id = value
-    return ce_type, ce_id
-
-
 def frame_body(record: Record, letter: str) -> bytes | None:
     """The shared ``event:``/``data:`` bytes of a data record of the topic ``letter``; None
     when it cannot be framed or does not belong on that topic's channels."""
-    ce_type, _ = record_headers(record)
+    ce_type = record.ce_type
     family = FAMILY_OF_TYPE.get(ce_type) if ce_type in CE_TYPES_OF_LETTER[letter] else None
     if family is None or record.value is None:
         return None
@@ -281,12 +273,8 @@ class ChannelHub:
         # everything below runs once per record with subscribers; the last loop once per
         # delivery: locals, no helper calls, one join per frame (a frame is ~400 bytes, and
         # each ``+`` copied it again)
-        ce_type = ce_id = None
-        for name, header in record.headers:
-            if name == "ce_type":
-                ce_type = header
-            elif name == "ce_id":
-                ce_id = header
+        ce_type = record.ce_type
+        ce_id = record.ce_id
         head = state.heads.get(ce_type) if ce_type is not None else None
         value = record.value
         stats = self.stats

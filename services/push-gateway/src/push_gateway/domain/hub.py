@@ -142,8 +142,9 @@ class HubStats:
 class PartitionState:
     #: the partition's latest records as the ingest handed them over, for resumes served from
     #: memory. The compiled decoder's records are tuples the cyclic GC never tracks, so
-    #: thousands of them cost its full collections nothing, and keeping the record itself
-    #: (not a copy of its parts) costs the ingest no allocation per record.
+    #: thousands of them cost its full collections nothing (the pure-Python twin's, where
+    #: nothing could compile, are tracked: a full collection visits them), and keeping the
+    #: record itself (not a copy of its parts) costs the ingest no allocation per record.
     ring: deque[Record]
     start_offset: int
     position: int

@@ -6,8 +6,8 @@ built, and tested against it and against aiokafka's own decoder on the same byte
 (``tests/unit/test_batches.py``). Both give, per data record at or after the fetch
 offset, ``record_type(offset, key, value, ce_type, ce_id, timestamp)`` with the values
 of the only two headers the hub reads (the last of each name; None where a record has
-none), and the offset to fetch next: past control batches (transaction markers) and past the last
-offset of each batch, records removed by compaction included.
+none), and the offset to fetch next: past control batches (transaction markers) and past
+the last offset of each batch, records removed by compaction included.
 
 Format (Kafka's ``DefaultRecordBatch``): a 61-byte batch header (base offset, length,
 leader epoch, magic 2, CRC-32C of everything after the CRC, attributes, last offset delta,

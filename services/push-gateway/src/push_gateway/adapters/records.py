@@ -3,15 +3,16 @@ decoded in one compiled pass, without aiokafka's record objects.
 
 aiokafka keeps the protocol, connections and fetch pipelining. What changes is how a
 fetched partition's bytes become records: aiokafka builds a ``DefaultRecord`` (with a list
-of header tuples) per record, then wraps each in a ``ConsumerRecord`` dataclass (11 fields, a
-Python ``__init__``) handed out one generator ``next()`` at a time; the hub reads four
-fields. Here a :class:`BatchReader` (compiled: ``_batches.pyx``; ``batches.py`` is its
-pure-Python twin) decodes the fetched bytes ``max_poll_records`` at a time as ``getmany``
-takes them, straight into flat :class:`IngestRecord` tuples (offset, key, value, the
-values of the ``ce_type`` and ``ce_id`` headers, timestamp: no header tuples to allocate
-and free per record) that the cyclic GC never tracks, checking CRCs
-and decompressing like aiokafka; ``getmany`` gets them as one list. Batches of the old
-formats (magic 0/1) go through aiokafka's own batch objects (:func:`decode`).
+of header tuples) per record, then wraps each in a ``ConsumerRecord`` dataclass (11
+fields, a Python ``__init__``) handed out one generator ``next()`` at a time; the hub reads
+three of its fields and two header values. Here a :class:`BatchReader` (compiled:
+``_batches.pyx``; ``batches.py`` is its pure-Python twin) decodes the fetched bytes
+``max_poll_records`` at a time as ``getmany`` takes them, straight into flat
+:class:`IngestRecord` tuples (offset, key, value, the values of the ``ce_type`` and
+``ce_id`` headers, timestamp: no header tuples to allocate and free per record) that the
+cyclic GC never tracks, checking CRCs and decompressing like aiokafka; ``getmany`` gets
+them as one list. Batches of the old formats (magic 0/1) go through aiokafka's own batch
+objects (:func:`decode`).
 
 A consumer opts in by passing :func:`lean_keys` as its ``key_deserializer`` (an identity
 function, recognised by the factory installed in aiokafka's fetcher module); every other

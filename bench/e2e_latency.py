@@ -62,7 +62,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slotstream_contracts.topics import SCHEDULE_TOPIC
-from slotstream_testkit.benchkit import env_assignments, record_results
+from slotstream_testkit.benchkit import arrivals_report, env_assignments, record_results
 from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,14 +248,8 @@ async def client_process(
             except TimeoutError:
                 pass
             audience.slot = None
-            arrived = audience.arrived
-            answer(
-                {
-                    "arrivals": [arrived[c.number] for c in audience.members if not c.direct],
-                    "direct": [arrived[c.number] for c in audience.members if c.direct],
-                    "missed": len(audience.members) - len(arrived),
-                }
-            )
+            members = [(c.number, c.direct) for c in audience.members]
+            answer(arrivals_report(members, audience.arrived))
         elif "stats" in command:
             answer(
                 {

@@ -10,6 +10,7 @@ from pathlib import Path
 from slotstream_testkit.benchkit import (
     StreamBuffer,
     StreamCount,
+    arrivals_report,
     latency_cdf_ms,
     load_history,
     load_latest,
@@ -25,6 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def frame(seq: int, channel: str, ts: int = 0) -> bytes:
     return f'id: 1-{seq}\ndata: {{"ts":{ts},"seq":{seq},"ch":"{channel}","pad":"x"}}\n\n'.encode()
+
+
+def test_a_frame_that_never_arrived_is_counted_as_missed() -> None:
+    """e2e_latency's load client, for one watched slot: clients 1 (through the edge) and 3
+    (straight from a gateway) never saw the frame within the timeout. The run reports
+    them as missed (its ``frames_missed``) instead of the load client dying on them."""
+    members = [(0, False), (1, False), (2, True), (3, True)]
+    report = arrivals_report(members, {0: 100, 2: 300})
+    assert report == {"arrivals": [100], "direct": [300], "missed": 2}
 
 
 def test_a_duplicate_does_not_hide_a_loss() -> None:

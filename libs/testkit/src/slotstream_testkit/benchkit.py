@@ -189,6 +189,20 @@ def latency_cdf_ms(samples_ns: list[int], points: int = 100) -> list[list[float]
     ]
 
 
+def arrivals_report(
+    members: Iterable[tuple[int, bool]], arrived: Mapping[int, int]
+) -> dict[str, Any]:
+    """What ``bench/e2e_latency.py``'s load client reports for one watched frame: when it
+    arrived at each client that saw it (``members``: client number, whether it is connected
+    straight to a gateway rather than through the edge) and how many never saw it."""
+    clients = list(members)
+    return {
+        "arrivals": [arrived[n] for n, direct in clients if not direct and n in arrived],
+        "direct": [arrived[n] for n, direct in clients if direct and n in arrived],
+        "missed": sum(1 for n, _ in clients if n not in arrived),
+    }
+
+
 # -- results: machine, load, commit; history and latest -----------------------------------
 def env_assignments(values: Iterable[str]) -> dict[str, str]:
     """The benches' ``--gateway-env``/``--publisher-env`` values (``NAME=VALUE``) as a dict."""

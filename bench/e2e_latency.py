@@ -202,9 +202,9 @@ async def client_process(
 ) -> None:
     """Open the clients (``count`` through the edge, ``direct`` per instructor straight to
     the gateways, for the edge's share), then answer commands (JSON lines) on stdin:
-    ``{"watch": slot, "instructor": id}`` → the arrival times at that instructor's
-    clients; ``{"stats": 1}`` → frames so far, own CPU seconds, timer lateness since the
-    last stats."""
+    ``{"watch": slot, "instructor": id}`` → ``{"watching": slot}`` at once, then the
+    arrival times at that instructor's clients; ``{"stats": 1}`` → frames so far, own CPU
+    seconds, timer lateness since the last stats."""
     raise_open_file_limit()
     loop = asyncio.get_running_loop()
     audiences = {instructor: Audience() for instructor in instructors}
@@ -243,6 +243,7 @@ async def client_process(
             audience = audiences[command["instructor"]]
             audience.arrived, audience.complete = {}, asyncio.Event()
             audience.slot = command["watch"].encode()
+            answer({"watching": command["watch"]})  # the booking is made only after this
             try:
                 await asyncio.wait_for(audience.complete.wait(), FRAME_TIMEOUT_SECONDS)
             except TimeoutError:
@@ -426,10 +427,9 @@ async def run_phase(
             began = time.monotonic()
             slot = slot_id.encode()
             consumer.watched.add(slot)
-            watching = asyncio.create_task(
-                clients.ask({"watch": slot_id, "instructor": instructor})
-            )
-            await asyncio.sleep(0.02)  # the client process has the watch before the frame
+            # the clients watch before the booking is made: a frame that reached them first
+            # (the ones straight on a gateway get it before the edge's) would go unseen
+            await clients.ask({"watch": slot_id, "instructor": instructor})
             token = stack.mint(f"bench-{uuid.uuid4().hex[:10]}", "student", "Bench Student")
             response = await edge.post(
                 "/api/bookings",
@@ -437,7 +437,7 @@ async def run_phase(
                 headers={"Authorization": f"Bearer {token}"},
             )
             answered = time.time_ns()
-            report = await watching
+            report = await clients.receive()
             consumer.watched.discard(slot)
             if response.status_code != 201:
                 phase.failed += 1

@@ -1,0 +1,54 @@
+"""``bench/e2e_latency.py``'s load client against a stand-in SSE server: a frame the
+server sends once the client has said it is watching is seen by every client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the bench scripts are not a package
+from bench.e2e_latency import ClientProcess  # noqa: E402
+
+SLOT = "slot-4f1c9a"
+
+
+class StandInServer:
+    """Answers every stream request with a head and one frame, then sends what it is told."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        writer.write(b'event: snapshot\ndata: {"slots":[]}\n\n')
+        self.writers.append(writer)
+        await reader.read()  # until the client goes
+
+    def send(self, frame: bytes) -> None:
+        for writer in self.writers:
+            writer.write(frame)
+
+
+async def test_the_client_is_watching_before_the_booking_is_made() -> None:
+    """The main process books only after the client process answered that it watches the
+    slot; a frame that reached the clients before the watch went unseen (reported as
+    missed: in a loaded run, the clients straight on a gateway got it first)."""
+    stand_in = StandInServer()
+    server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = await ClientProcess.start(port, 2, ["i1"], [port], 1)
+    try:
+        opened = await asyncio.wait_for(clients.receive(), 30)
+        assert opened == {"opened": 3, "clients": 3}
+        reply = await asyncio.wait_for(clients.ask({"watch": SLOT, "instructor": "i1"}), 10)
+        assert reply == {"watching": SLOT}
+        stand_in.send(b'event: slot\ndata: {"id":"%s","status":"booked"}\n\n' % SLOT.encode())
+        report = await asyncio.wait_for(clients.receive(), 10)
+        assert report["missed"] == 0
+        assert (len(report["arrivals"]), len(report["direct"])) == (2, 1)
+    finally:
+        await clients.stop()
+        server.close()

@@ -394,15 +394,16 @@ class ChannelHub:
     ) -> list[Record] | None:
         """Records of ``record_keys`` after ``after_offset`` from the ring (control records
         included); None when the ring no longer reaches back that far."""
-        state = self._partitions[key]
-        ring = state.ring
-        floor = ring[0].offset if len(ring) == ring.maxlen else state.start_offset
-        if after_offset + 1 < floor:
+        if after_offset + 1 < self.ring_floor(key):
             return None
         wanted = record_keys | {CONTROL_KEY_BYTES}
-        return [r for r in ring if r.offset > after_offset and r.key in wanted]
+        return [
+            r for r in self._partitions[key].ring if r.offset > after_offset and r.key in wanted
+        ]
 
     def ring_floor(self, key: PartitionKey) -> int:
+        """The oldest offset the ring answers for: its oldest record once it is full, else
+        where the partition's tracking started."""
         state = self._partitions[key]
         return state.ring[0].offset if len(state.ring) == state.ring.maxlen else state.start_offset
 

@@ -1,6 +1,7 @@
 """Test and benchmark helpers: events shaped exactly like the change-publisher's, and a
 record double for the hub."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -115,12 +116,19 @@ def resync_event(event_id: str, topic: str = SCHEDULE_TOPIC) -> CloudEvent:
     )
 
 
+def header_values(
+    headers: Iterable[tuple[str, bytes | None]],
+) -> tuple[bytes | None, bytes | None]:
+    """``(ce_type, ce_id)`` from a record's whole header list as a Kafka client gives it:
+    the last value of each name, None where there is none (what the hub reads; written
+    apart from the decoders, which the tests check against it)."""
+    found = dict(headers)
+    return found.get("ce_type"), found.get("ce_id")
+
+
 def record_of(event: CloudEvent, offset: int) -> FakeRecord:
     key = CONTROL_KEY if event.type is EventType.STREAM_RESYNC else event.routing_key
-    headers = dict(event.headers())
-    return FakeRecord(
-        offset, key.encode(), event.to_json(), headers.get("ce_type"), headers.get("ce_id")
-    )
+    return FakeRecord(offset, key.encode(), event.to_json(), *header_values(event.headers()))
 
 
 def snapshot(instructor_id: str, slots: list[SlotData]) -> ScheduleSnapshot:

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from push_gateway.adapters.records import IngestRecord, install_lean_records, lean_keys
+from push_gateway.testing import header_values
 from slotstream_testkit.kafka import KafkaEndpoint, create_topics
 
 pytestmark = pytest.mark.integration
@@ -99,11 +100,7 @@ async def test_lean_records_equal_aiokafkas_records(
     def parts(records: list[Any]) -> list[tuple[Any, ...]]:
         return [(r.offset, r.key, r.value, r.timestamp) for r in records]
 
-    def stock_headers(records: list[Any]) -> list[tuple[Any, ...]]:
-        found = [dict(r.headers) for r in records]  # the last of each name
-        return [(headers.get("ce_type"), headers.get("ce_id")) for headers in found]
-
     assert {p: parts(r) for p, r in lean.items()} == {p: parts(r) for p, r in stock.items()}
     assert {p: [(r.ce_type, r.ce_id) for r in rs] for p, rs in lean.items()} == {
-        p: stock_headers(rs) for p, rs in stock.items()
+        p: [header_values(r.headers) for r in rs] for p, rs in stock.items()
     }

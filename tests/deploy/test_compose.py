@@ -18,6 +18,7 @@ from tests.deploy.support import (
     REPO,
     compose_env,
     load_compose_model,
+    nginx_test_config,
     run_compose,
 )
 from tests.deploy.test_strimzi import supported_kafka_versions
@@ -377,26 +378,10 @@ def test_the_compose_edge_config_passes_nginx_t(compose_services: Services, tmp_
     main = main.replace("/tmp/", f"{temp}/").replace("/var/log/nginx/", f"{temp}/")
     main = main.replace("/etc/nginx/conf.d/", f"{conf_d}/")
     (tmp_path / "nginx.conf").write_text(main)
-    check = subprocess.run(
-        [
-            nginx,
-            "-T",
-            "-p",
-            f"{tmp_path}/",
-            "-c",
-            str(tmp_path / "nginx.conf"),
-            "-e",
-            f"{temp}/e.log",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stderr
+    printed = nginx_test_config(tmp_path, tmp_path / "nginx.conf", temp / "e.log")
     # -T prints what it read: the include of conf.d really found the rendered files.
-    assert "upstream slotstream_gateways" in check.stdout
-    assert "server 127.0.0.1:8002" in check.stdout
+    assert "upstream slotstream_gateways" in printed
+    assert "server 127.0.0.1:8002" in printed
 
 
 def test_make_demo_keeps_its_two_fixed_gateways() -> None:

@@ -28,10 +28,10 @@ import uvloop
 from pydantic import SecretStr
 
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
-from slotstream_testkit.benchkit import record_results
+from slotstream_testkit.benchkit import add_results_dir_option, record_results
 from slotstream_testkit.net import free_port, wait_for_port
 
-RESULTS = Path(__file__).resolve().parent / "results" / "booking.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 JWT = JwtSettings(secret=SecretStr(SECRET))
 TARGET_PER_SECOND = 2000
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=12_000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0, help="cap on the measured phase")
+    add_results_dir_option(parser, RESULTS_DIR, "booking")
     args = parser.parse_args()
     port = free_port()
     env = {
@@ -216,7 +217,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    record_results(RESULTS.parent, "booking", result)
+    written = record_results(args.results_dir, "booking", result)
     latency = result["latency_ms"]
     assert isinstance(latency, dict)
     print(
@@ -225,7 +226,7 @@ def main() -> None:
         f"latency p50 {latency['p50']} ms, p99 {latency['p99']} ms; "
         f"{result['bookings_per_server_cpu_second']} bookings per server CPU-second "
         f"(load average {result['load_average_1m']:.1f} on {os.cpu_count()} CPUs; "
-        f"target {TARGET_PER_SECOND}/s) -> {RESULTS}"
+        f"target {TARGET_PER_SECOND}/s) -> {written}"
     )
 
 

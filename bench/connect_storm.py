@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import uvloop
 
-from slotstream_testkit.benchkit import env_assignments, record_results
+from slotstream_testkit.benchkit import add_results_dir_option, env_assignments, record_results
 from slotstream_testkit.kafka import TansuBroker
 from slotstream_testkit.net import raise_open_file_limit
 
@@ -287,12 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for the gateway, e.g. GATEWAY_PRESENCE_EVENTS=true",
     )
     parser.add_argument("--profile", type=Path, help="py-spy flame graph of the gateway (SVG)")
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="appends to history.jsonl there and writes connect_storm.json (the latest)",
-    )
+    add_results_dir_option(parser, RESULTS_DIR, "connect_storm")
     return parser.parse_args(argv)
 
 

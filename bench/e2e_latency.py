@@ -62,7 +62,12 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slotstream_contracts.topics import SCHEDULE_TOPIC
-from slotstream_testkit.benchkit import arrivals_report, env_assignments, record_results
+from slotstream_testkit.benchkit import (
+    add_results_dir_option,
+    arrivals_report,
+    env_assignments,
+    record_results,
+)
 from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -695,12 +700,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="nginx worker_processes of the edge: auto (one per core) as deploy/edge/nginx.conf "
         "in production; the demo stack runs 1",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="appends to history.jsonl there and writes e2e_latency.json (the latest)",
-    )
+    add_results_dir_option(parser, RESULTS_DIR, "e2e_latency")
     return parser.parse_args(argv)
 
 

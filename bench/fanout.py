@@ -54,6 +54,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slotstream_testkit.benchkit import (
     StreamCount,
+    add_results_dir_option,
     backlog_producer,
     env_assignments,
     latency_cdf_ms,
@@ -1237,12 +1238,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="py-spy profile of the gateway while publishing (SVG, or .txt: collapsed stacks)",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=RESULTS_DIR,
-        help="appends to history.jsonl there and writes fanout.json (the latest)",
-    )
+    add_results_dir_option(parser, RESULTS_DIR, "fanout")
     return parser.parse_args(argv)
 
 

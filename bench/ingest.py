@@ -49,7 +49,7 @@ from push_gateway.app import GC_THRESHOLDS
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import ChannelHub
 from slotstream_contracts.channels import ChannelKind
-from slotstream_testkit.benchkit import backlog_producer, record_results
+from slotstream_testkit.benchkit import add_results_dir_option, backlog_producer, record_results
 from slotstream_testkit.kafka import TansuBroker, create_topics
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -205,13 +205,14 @@ def main() -> None:
     parser.add_argument("--previous", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--python", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--profile", action="store_true")
+    add_results_dir_option(parser, RESULTS_DIR, "ingest")
     args = parser.parse_args()
     with TansuBroker() as broker:
         result = uvloop.run(run(args, broker.bootstrap_servers))
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(result)
     if not args.profile:
-        record_results(RESULTS_DIR, "ingest", result)
+        record_results(args.results_dir, "ingest", result)
 
 
 if __name__ == "__main__":

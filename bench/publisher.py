@@ -55,10 +55,10 @@ from slotstream_contracts.documents import (
 from slotstream_contracts.entities import BookingStatus, NotificationKind, SlotStatus
 from slotstream_contracts.settings import KafkaSettings
 from slotstream_contracts.topics import DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
-from slotstream_testkit.benchkit import record_results
+from slotstream_testkit.benchkit import add_results_dir_option, record_results
 from slotstream_testkit.kafka import TansuBroker, create_topics
 
-RESULTS = Path(__file__).resolve().parent / "results" / "publisher.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_PER_SECOND = 50_000
 PHASE_LIMIT_SECONDS = 20.0
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -322,6 +322,7 @@ def main() -> None:
     parser.add_argument(
         "--read-batch", type=int, default=1000, help="changes per source read (Mongo, feed: 1000)"
     )
+    add_results_dir_option(parser, RESULTS_DIR, "publisher")
     args = parser.parse_args()
     logging.getLogger("change_publisher").setLevel(logging.WARNING)
     with TansuBroker() as broker:
@@ -329,8 +330,7 @@ def main() -> None:
         result = uvloop.run(
             run(broker.bootstrap_servers, args.events, args.rate, args.seconds, args.read_batch)
         )
-    record_results(RESULTS.parent, "publisher", result)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {record_results(args.results_dir, 'publisher', result)}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from slotstream_testkit.benchkit import (
     StreamBuffer,
     StreamCount,
     Tally,
+    add_results_dir_option,
     backlog_producer,
     env_assignments,
     record_results,
@@ -644,7 +645,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--perf", type=Path, metavar="DIR", help="perf record -a of every drain, files in DIR"
     )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_dir_option(parser, RESULTS_DIR, "workers")
     return parser.parse_args(argv)
 
 

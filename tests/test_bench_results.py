@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from slotstream_testkit.benchkit import (
     StreamBuffer,
@@ -120,6 +124,25 @@ def test_record_results_appends_history_and_writes_latest(tmp_path: Path) -> Non
     assert len(latest["load_average"]) == 3
     assert "when" in latest
     assert "commit" in latest
+
+
+@pytest.mark.parametrize(
+    "benchmark",
+    ["booking", "publisher", "fanout", "connect_storm", "workers", "e2e_latency", "ingest"],
+)
+def test_every_benchmark_can_write_its_results_elsewhere(benchmark: str) -> None:
+    """An ad-hoc run (an A/B pair, a probe of the host's speed) must be able to leave the
+    committed bench/results alone: every benchmark `make bench` runs takes --results-dir."""
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{benchmark}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    assert "--results-dir RESULTS_DIR" in shown
+    assert f"writes {benchmark}.json" in " ".join(shown.split())
 
 
 def test_readme_table_matches_the_latest_committed_results() -> None:

@@ -259,6 +259,17 @@ def git_commit(root: Path) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+def add_results_dir_option(parser: argparse.ArgumentParser, default: Path, benchmark: str) -> None:
+    """``--results-dir``: where :func:`record_results` writes, so that an ad-hoc run (an A/B
+    pair, a probe of the host) can leave the committed ``bench/results`` alone."""
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=default,
+        help=f"appends to history.jsonl there and writes {benchmark}.json (the latest)",
+    )
+
+
 def record_results(results_dir: Path, benchmark: str, results: dict[str, Any]) -> Path:
     """Stamp ``results`` (machine, load averages, git commit, UTC time), append them as one
     line to ``history.jsonl`` and write them as ``<benchmark>.json`` (the latest)."""

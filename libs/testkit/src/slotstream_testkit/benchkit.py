@@ -272,11 +272,12 @@ def add_results_dir_option(parser: argparse.ArgumentParser, default: Path, bench
 
 def record_results(results_dir: Path, benchmark: str, results: dict[str, Any]) -> Path:
     """Stamp ``results`` (machine, load averages, git commit, UTC time), append them as one
-    line to ``history.jsonl`` and write them as ``<benchmark>.json`` (the latest)."""
+    line to ``history.jsonl`` and write them as ``<benchmark>.json`` (the latest). The
+    commit is the checkout this code runs from, wherever the results go."""
     stamped = {
         "benchmark": benchmark,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": git_commit(results_dir),
+        "commit": git_commit(Path(__file__).resolve().parent),
         "machine": machine(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         **{k: v for k, v in results.items() if k not in ("benchmark", "when", "machine")},

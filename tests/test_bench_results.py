@@ -15,6 +15,7 @@ from slotstream_testkit.benchkit import (
     StreamBuffer,
     StreamCount,
     arrivals_report,
+    git_commit,
     latency_cdf_ms,
     load_history,
     load_latest,
@@ -124,13 +125,8 @@ def test_record_results_appends_history_and_writes_latest(tmp_path: Path) -> Non
     assert len(latest["load_average"]) == 3
     assert "when" in latest
     # the checkout the benchmark ran from, though the results went elsewhere (--results-dir)
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert latest["commit"].startswith(head)
+    assert latest["commit"] is not None
+    assert latest["commit"] == git_commit(ROOT)
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,15 @@ Per booking, the stages in between are timed too:
 * commit → produced: the slot's ``updatedAt`` (written by the booking-api at commit) → the
   Kafka timestamp of its record (set by the change-publisher when it appends the record to
   a produce batch): the change feed long-poll, the publisher's read, map and encode;
-* produced → consumed: → a bare Kafka consumer in this process (the gateways' fetch
-  settings) got it: producer linger and acks, Tansu, and Tansu's fetch long-poll, which
-  it answers at the deadline;
-* consumed → frame: → the frame at a client: the gateway's own fetch, ingest and fan-out,
-  nginx, and the client's read (per client; the clients' p50 and p99 per booking).
+* produced → frame: → the frame at a client: the produce request, Tansu, the gateway's
+  fetch, ingest and fan-out, nginx, and the client's read (per client; the clients' p50
+  and p99 per booking, and the p50 at the clients straight on a gateway: the edge's share).
+
+The records' timestamps are read after each phase, from the offsets noted before it: a
+consumer of this process's own reading the broker during the phase made Tansu, which
+every hop shares the two cores with, serve a third reader (its share rose from ~0.27 to
+~0.35 cores, and the p99 with it). Inside the gateways, the same records' produced →
+fetched and produced → written come from their own metrics (``gateways`` in the JSON).
 
 The SSE clients run in a process of their own (``--client-process``, started by this
 script), lean (a byte search per read, no parsing), which reports its own CPU and how late
@@ -96,8 +100,8 @@ GATEWAY_ENV = {
     "GATEWAY_CONNECT_BURST_PER_IP": "20000",
     "GATEWAY_CONNECT_RATE_PER_IP": "100000",
 }
-#: the gateways' fetch long-poll under load (GATEWAY_KAFKA__FETCH_MAX_WAIT_MS's default)
-PROBE_FETCH_MAX_WAIT_MS = 5
+#: how long reading a phase's records back after it may take
+READ_BACK_SECONDS = 30.0
 #: a client without the frame this long after the watch began counts as missed
 FRAME_TIMEOUT_SECONDS = 5.0
 #: bytes kept from the previous read, so an id split across two reads is found
@@ -317,7 +321,7 @@ class ClientProcess:
             await self.process.wait()
 
 
-# -- the main process: bookings, background load, the bare consumer ----------------------------
+# -- the main process: bookings, background load, the records read back -----------------------
 async def background(
     producer: AIOKafkaProducer, instructors: list[str], records_per_s: float, stop: asyncio.Event
 ) -> int:
@@ -343,55 +347,74 @@ async def background(
     return sent
 
 
-class BareConsumer:
-    """Reads the schedule topic like a gateway does (all partitions, no group, the gateways'
-    fetch long-poll) and notes when a watched slot's record arrived and its Kafka timestamp
-    (the producer's create time)."""
+async def end_offsets(bootstrap: str, topic: str = SCHEDULE_TOPIC) -> dict[TopicPartition, int]:
+    """The topic's end offsets now (one ListOffsets request, no fetch)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
 
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=PROBE_FETCH_MAX_WAIT_MS,
-            max_poll_records=500,
-            auto_offset_reset="latest",
-        )
-        self.watched: set[bytes] = set()
-        #: slot id → (record timestamp ms, arrival ns)
-        self.found: dict[bytes, tuple[int, int]] = {}
-        #: record timestamp → arrival of the background records (this process's producer,
-        #: no linger): the broker's share without the change-publisher, ns
-        self.background_delays: list[int] = []
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        partitions = [
-            TopicPartition(SCHEDULE_TOPIC, p)
-            for p in self.consumer.partitions_for_topic(SCHEDULE_TOPIC) or ()
-        ]
-        self.consumer.assign(partitions)
-        await self.consumer.seek_to_end(*partitions)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=200)
-            now = time.time_ns()
-            for records in batches.values():
+async def booking_timestamps(
+    bootstrap: str,
+    since: dict[TopicPartition, int],
+    slots: set[bytes],
+    topic: str = SCHEDULE_TOPIC,
+) -> dict[bytes, int]:
+    """The Kafka timestamp (ms, the producer's create time) of each slot's last record
+    from ``since`` to the end of the topic, read once the phase is over."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[bytes, int] = {}
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        for partition in partitions:
+            consumer.seek(partition, since.get(partition, 0))
+        end = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + READ_BACK_SECONDS
+        while any([await consumer.position(p) < end[p] for p in partitions]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the phase's records were not read back: {end}")
+            for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     value = record.value or b""
                     if value.startswith(b'{"id":"bg-'):
-                        self.background_delays.append(now - record.timestamp * 1_000_000)
                         continue
-                    for slot in self.watched:
-                        if slot in value and slot not in self.found:
-                            self.found[slot] = (record.timestamp, now)
+                    for slot in slots:
+                        if slot in value:
+                            found[slot] = record.timestamp
+    finally:
+        await consumer.stop()
+    return found
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self.consumer.stop()
+
+def booking_stages(
+    committed_ns: int, produced_ms: int, arrivals: list[int], direct: list[int]
+) -> tuple[float, float, float, float | None]:
+    """One booking's stages, ms: commit → produced, produced → frame p50 and p99 (through
+    the edge), produced → frame p50 at the clients straight on a gateway."""
+    produced_ns = produced_ms * 1_000_000
+    after = [at - produced_ns for at in arrivals]
+    return (
+        (produced_ns - committed_ns) / 1e6,
+        percentile(after, 0.5) or 0.0,
+        percentile(after, 0.99) or 0.0,
+        percentile([at - produced_ns for at in direct], 0.5),
+    )
+
+
+@dataclass
+class BookingFrames:
+    """What one booking's frames did, kept until its record's timestamp is read back."""
+
+    slot: bytes
+    committed_ns: int
+    arrivals: list[int]
+    direct: list[int]
 
 
 @dataclass
@@ -399,9 +422,10 @@ class Phase:
     name: str
     commit_to_frame_ns: list[int] = field(default_factory=list)
     response_to_frame_ns: list[int] = field(default_factory=list)
-    #: per booking, ms: commit → produced, produced → consumed, consumed → frame p50 and
-    #: p99 (through the edge), consumed → frame p50 at the clients straight on a gateway
-    stages: list[tuple[float, float, float, float, float | None]] = field(default_factory=list)
+    #: the bookings whose commit time is known, for their stages once the phase is over
+    frames: list[BookingFrames] = field(default_factory=list)
+    #: per booking, ms: see :func:`booking_stages`
+    stages: list[tuple[float, float, float, float | None]] = field(default_factory=list)
     missed: int = 0
     booked: int = 0
     failed: int = 0
@@ -420,7 +444,6 @@ async def run_phase(
     stack: DevStack,
     phase: Phase,
     clients: ClientProcess,
-    consumer: BareConsumer,
     slots: list[tuple[str, str]],
     interval: float,
 ) -> None:
@@ -431,7 +454,6 @@ async def run_phase(
         for instructor, slot_id in slots:
             began = time.monotonic()
             slot = slot_id.encode()
-            consumer.watched.add(slot)
             # the clients watch before the booking is made: a frame that reached them first
             # (the ones straight on a gateway get it before the edge's) would go unseen
             await clients.ask({"watch": slot_id, "instructor": instructor})
@@ -443,7 +465,6 @@ async def run_phase(
             )
             answered = time.time_ns()
             report = await clients.receive()
-            consumer.watched.discard(slot)
             if response.status_code != 201:
                 phase.failed += 1
                 print(f"  booking {slot_id}: {response.status_code} {response.text[:200]}")
@@ -453,22 +474,10 @@ async def run_phase(
             arrivals: list[int] = report["arrivals"]
             committed = await slot_updated_at(api, instructor, slot_id)
             phase.response_to_frame_ns += [at - answered for at in arrivals]
-            consumed = consumer.found.pop(slot, None)
             if committed is not None:
                 phase.commit_to_frame_ns += [at - committed for at in arrivals]
-                if consumed is not None and arrivals:
-                    produced_ns = consumed[0] * 1_000_000
-                    after = [at - consumed[1] for at in arrivals]
-                    direct = [at - consumed[1] for at in report["direct"]]
-                    phase.stages.append(
-                        (
-                            (produced_ns - committed) / 1e6,
-                            (consumed[1] - produced_ns) / 1e6,
-                            percentile(after, 0.5) or 0.0,
-                            percentile(after, 0.99) or 0.0,
-                            percentile(direct, 0.5),
-                        )
-                    )
+                if arrivals:
+                    phase.frames.append(BookingFrames(slot, committed, arrivals, report["direct"]))
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
 
@@ -495,7 +504,7 @@ def cpu_by_process(stack: DevStack, client_pid: int) -> dict[str, float]:
         if process.pid is not None
     }
     found["load-client"] = tree_cpu_seconds(client_pid)
-    found["bench (bookings, background, bare consumer)"] = own_cpu_seconds()
+    found["bench (bookings, background)"] = own_cpu_seconds()
     return found
 
 
@@ -508,23 +517,20 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def stage_medians(
-    stages: list[tuple[float, float, float, float, float | None]],
-) -> dict[str, Any]:
+def stage_medians(stages: list[tuple[float, float, float, float | None]]) -> dict[str, Any]:
     """The median over the bookings of each stage, and the stages of the three worst."""
     names = (
         "commit_to_produced",
-        "produced_to_consumed",
-        "consumed_to_frame_p50",
-        "consumed_to_frame_p99",
-        "consumed_to_direct_frame_p50",
+        "produced_to_frame_p50",
+        "produced_to_frame_p99",
+        "produced_to_direct_frame_p50",
     )
     out: dict[str, Any] = {}
     for i, name in enumerate(names):
         values = [s[i] for s in stages if s[i] is not None]
         out[f"{name}_ms"] = _ms(statistics.median(values)) if values else None  # type: ignore[type-var]
     # the worst bookings: what their stages were (the p99 of a run is close to its worst)
-    worst = sorted(stages, key=lambda s: s[0] + s[1] + s[3])[-3:]
+    worst = sorted(stages, key=lambda s: s[0] + s[2])[-3:]
     out["worst_bookings_ms"] = [[_ms(v) for v in s] for s in worst]
     return out
 
@@ -549,8 +555,6 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
         bootstrap_servers=stack.bootstrap_servers, enable_idempotence=False, linger_ms=0
     )
     await producer.start()
-    consumer = BareConsumer(stack.bootstrap_servers)
-    await consumer.start()
     results: list[dict[str, Any]] = []
     records_per_s = args.rate / max(1, args.clients / len(instructors))
     services = [os.getpid()] + [
@@ -574,12 +578,12 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
             stats_before = await clients.ask({"stats": 1})
             cpu_before = cpu_by_process(stack, client_pid)
             metrics_before = await gateway_metrics(stack)
-            consumer.background_delays = []
+            since = await end_offsets(stack.bootstrap_servers)
             started = time.monotonic()
             phase = Phase(name)
             chosen = free[number * per_phase : (number + 1) * per_phase]
             try:
-                await run_phase(stack, phase, clients, consumer, chosen, args.interval)
+                await run_phase(stack, phase, clients, chosen, args.interval)
             finally:
                 stop.set()
                 sent = await load
@@ -587,6 +591,14 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
             stats_after = await clients.ask({"stats": 1})
             cpu_after = cpu_by_process(stack, client_pid)
             metrics_after = await gateway_metrics(stack)
+            produced = await booking_timestamps(
+                stack.bootstrap_servers, since, {booking.slot for booking in phase.frames}
+            )
+            phase.stages = [
+                booking_stages(b.committed_ns, produced[b.slot], b.arrivals, b.direct)
+                for b in phase.frames
+                if b.slot in produced
+            ]
             delivered = stats_after["frames"] - stats_before["frames"]
             run = summary(phase, seconds, delivered, args.clients)
             run["load_average_before"] = [round(v, 2) for v in load_before]
@@ -605,16 +617,10 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
                 for before, after in zip(metrics_before, metrics_after, strict=True)
             ]
             run["stages"] = stage_medians(phase.stages)
-            delays = consumer.background_delays
-            run["background_produced_to_consumed_ms"] = {
-                "p50": _ms(percentile(delays, 0.5)),
-                "p99": _ms(percentile(delays, 0.99)),
-            }
             results.append(run | {"background_records_sent": sent})
             print(json.dumps(results[-1]))
     finally:
         pin([*tansu, *services, client_pid], f"{args.cores[0]},{args.cores[1]}")
-        await consumer.stop()
         await producer.stop()
         await clients.stop()
     return {
@@ -632,8 +638,8 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
             "edge_workers": args.edge_workers,
         },
         "note": "Loaded shared 2-core machine. commit = the slot's updatedAt (booking-api "
-        "clock, same host); produced = the record's Kafka timestamp; consumed = a bare "
-        "consumer in the bench process; frame = the lean load client process. broker-core: "
+        "clock, same host); produced = the record's Kafka timestamp (read back after "
+        "the phase); frame = the lean load client process. broker-core: "
         "Tansu alone on one core, everything else on the other; client-core: the load client "
         "alone on one core.",
         "phases": results,
@@ -740,12 +746,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{phase['deliveries_per_s_measured']} deliveries/s, load "
             f"{phase['load_average_before'][0]}→{phase['load_average_after'][0]}; stages "
             f"(median per booking) commit→produced {stages['commit_to_produced_ms']}, "
-            f"produced→consumed {stages['produced_to_consumed_ms']}, consumed→frame p50 "
-            f"{stages['consumed_to_frame_p50_ms']} / p99 {stages['consumed_to_frame_p99_ms']}"
-            f" (straight from a gateway p50 {stages['consumed_to_direct_frame_p50_ms']})"
-            f" ms (background records produced→consumed p50/p99 "
-            f"{phase['background_produced_to_consumed_ms']['p50']}/"
-            f"{phase['background_produced_to_consumed_ms']['p99']}); load client "
+            f"produced→frame p50 {stages['produced_to_frame_p50_ms']} / p99 "
+            f"{stages['produced_to_frame_p99_ms']} (straight from a gateway p50 "
+            f"{stages['produced_to_direct_frame_p50_ms']}) ms; gateways' produced→fetched p50 "
+            f"{', '.join(str(g.get('fetch_delay_ms_p50')) for g in phase['gateways'])} ms; "
+            "load client "
             f"{phase['cores_used']['load-client']} cores"
         )
     written = record_results(args.results_dir, "e2e_latency", results)

@@ -195,9 +195,10 @@ def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
         "deliveries_per_s_measured": 41000,
         "stages": {
             "commit_to_produced_ms": 2.0,
-            "produced_to_consumed_ms": 6.5,
-            "consumed_to_frame_p50_ms": 9.0,
+            "produced_to_frame_p50_ms": 15.5,
+            "produced_to_direct_frame_p50_ms": 11.0,
         },
+        "gateways": [{"fetch_delay_ms_p50": 6.5}, {"fetch_delay_ms_p50": 7.25}],
         "cores_used": {"load-client": 0.12},
         "load_average_before": [1.5, 1.2, 1.0],
     }
@@ -213,7 +214,10 @@ def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
         "| `bench/e2e_latency.py` broker-core",
     ]
     assert "p50 21.5 / p99 48.2 ms at 41,000 deliveries/s" in rows[0]
-    assert "commit → produced 2.0, → consumed 6.5, → frame 9.0 ms" in rows[0]
+    assert (
+        "commit → produced 2.0, → frame 15.5 (straight from a gateway 11.0) ms; "
+        "the gateways' produced → fetched p50 6.5 / 7.2 ms" in rows[0]
+    )
     assert "load client 0.12 cores, load 1.5" in rows[0]
 
 

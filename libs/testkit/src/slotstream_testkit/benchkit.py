@@ -437,14 +437,16 @@ def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
         stages = phase.get("stages") or {}
         cores = phase.get("cores_used") or {}
         load = phase.get("load_average_before") or ["?"]
+        fetched = " / ".join(_num(g.get("fetch_delay_ms_p50")) for g in phase.get("gateways", []))
         rows.append(
             f"| `bench/e2e_latency.py` {phase.get('phase')}, {_num(phase.get('clients'))} "
             f"clients | booking commit → browser frame p50 {_num(latency.get('p50'))} / "
             f"p99 {_num(latency.get('p99'))} ms at "
             f"{_num(phase.get('deliveries_per_s_measured'))} deliveries/s; per booking "
             f"(medians) commit → produced {_num(stages.get('commit_to_produced_ms'))}, "
-            f"→ consumed {_num(stages.get('produced_to_consumed_ms'))}, → frame "
-            f"{_num(stages.get('consumed_to_frame_p50_ms'))} ms; load client "
+            f"→ frame {_num(stages.get('produced_to_frame_p50_ms'))} (straight from a gateway "
+            f"{_num(stages.get('produced_to_direct_frame_p50_ms'))}) ms; the gateways' "
+            f"produced → fetched p50 {fetched or '–'} ms; load client "
             f"{_num(cores.get('load-client'), 2)} cores, load {load[0]} "
             f"| {_stamp(data)} |"
         )

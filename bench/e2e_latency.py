@@ -574,11 +574,11 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
             stop = asyncio.Event()
             load = asyncio.create_task(background(producer, instructors, records_per_s, stop))
             await asyncio.sleep(1.0)
+            since = await end_offsets(stack.bootstrap_servers)  # before the CPU is counted
             load_before = os.getloadavg()
             stats_before = await clients.ask({"stats": 1})
             cpu_before = cpu_by_process(stack, client_pid)
             metrics_before = await gateway_metrics(stack)
-            since = await end_offsets(stack.bootstrap_servers)
             started = time.monotonic()
             phase = Phase(name)
             chosen = free[number * per_phase : (number + 1) * per_phase]

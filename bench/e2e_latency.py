@@ -81,7 +81,7 @@ from bench.fanout import (  # noqa: E402
     gateway_timings,
     own_cpu_seconds,
     percentile,
-    tree_cpu_seconds,
+    tree_cpu_seconds_by_name,
 )
 from scripts import devstack  # noqa: E402
 from scripts.devstack import DevStack, Ports  # noqa: E402
@@ -444,41 +444,42 @@ async def run_phase(
     stack: DevStack,
     phase: Phase,
     clients: ClientProcess,
+    edge: httpx.AsyncClient,
+    api: httpx.AsyncClient,
     slots: list[tuple[str, str]],
     interval: float,
 ) -> None:
-    async with (
-        httpx.AsyncClient(base_url=stack.base_url, timeout=10) as edge,
-        httpx.AsyncClient(base_url=stack.booking_api_url, timeout=10) as api,
-    ):
-        for instructor, slot_id in slots:
-            began = time.monotonic()
-            slot = slot_id.encode()
-            # the clients watch before the booking is made: a frame that reached them first
-            # (the ones straight on a gateway get it before the edge's) would go unseen
-            await clients.ask({"watch": slot_id, "instructor": instructor})
-            token = stack.mint(f"bench-{uuid.uuid4().hex[:10]}", "student", "Bench Student")
-            response = await edge.post(
-                "/api/bookings",
-                json={"slotId": slot_id},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            answered = time.time_ns()
-            report = await clients.receive()
-            if response.status_code != 201:
-                phase.failed += 1
-                print(f"  booking {slot_id}: {response.status_code} {response.text[:200]}")
-                continue
-            phase.booked += 1
-            phase.missed += report["missed"]
-            arrivals: list[int] = report["arrivals"]
-            committed = await slot_updated_at(api, instructor, slot_id)
-            phase.response_to_frame_ns += [at - answered for at in arrivals]
-            if committed is not None:
-                phase.commit_to_frame_ns += [at - committed for at in arrivals]
-                if arrivals:
-                    phase.frames.append(BookingFrames(slot, committed, arrivals, report["direct"]))
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+    """Book ``slots`` one by one through the edge (``edge``; ``api`` reads their commit time
+    from the booking-api). Both are built before the background load starts: building an
+    ``httpx.AsyncClient`` blocks the event loop that produces that load for 35-70 ms."""
+    for instructor, slot_id in slots:
+        began = time.monotonic()
+        slot = slot_id.encode()
+        # the clients watch before the booking is made: a frame that reached them first
+        # (the ones straight on a gateway get it before the edge's) would go unseen
+        await clients.ask({"watch": slot_id, "instructor": instructor})
+        token = stack.mint(f"bench-{uuid.uuid4().hex[:10]}", "student", "Bench Student")
+        response = await edge.post(
+            "/api/bookings",
+            json={"slotId": slot_id},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        answered = time.time_ns()
+        report = await clients.receive()
+        if response.status_code != 201:
+            phase.failed += 1
+            print(f"  booking {slot_id}: {response.status_code} {response.text[:200]}")
+            continue
+        phase.booked += 1
+        phase.missed += report["missed"]
+        arrivals: list[int] = report["arrivals"]
+        committed = await slot_updated_at(api, instructor, slot_id)
+        phase.response_to_frame_ns += [at - answered for at in arrivals]
+        if committed is not None:
+            phase.commit_to_frame_ns += [at - committed for at in arrivals]
+            if arrivals:
+                phase.frames.append(BookingFrames(slot, committed, arrivals, report["direct"]))
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
 
 def pin(pids: list[int], cores: str) -> None:
@@ -498,19 +499,14 @@ def stack_pids(stack: DevStack, name: str) -> list[int]:
 
 def cpu_by_process(stack: DevStack, client_pid: int) -> dict[str, float]:
     """CPU seconds so far of each part: the stack's processes, the load client, this one."""
-    found = {
-        name: tree_cpu_seconds(process.pid)
-        for name, process in stack.processes.items()
-        if process.pid is not None
-    }
-    found["load-client"] = tree_cpu_seconds(client_pid)
+    roots = {name: p.pid for name, p in stack.processes.items() if p.pid is not None}
+    found = tree_cpu_seconds_by_name(roots | {"load-client": client_pid})
     found["bench (bookings, background)"] = own_cpu_seconds()
     return found
 
 
-async def gateway_metrics(stack: DevStack) -> list[str]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        return [(await http.get(f"{stack.gateway_url(n)}/metrics")).text for n in (1, 2)]
+async def gateway_metrics(stack: DevStack, http: httpx.AsyncClient) -> list[str]:
+    return [(await http.get(f"{stack.gateway_url(n)}/metrics")).text for n in (1, 2)]
 
 
 def _ms(value: float | None) -> float | None:
@@ -536,12 +532,29 @@ def stage_medians(stages: list[tuple[float, float, float, float | None]]) -> dic
 
 
 async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any]:
+    """The HTTP clients are built before anything runs: see :func:`run_phase`."""
+    edge = httpx.AsyncClient(base_url=stack.base_url, timeout=10)
+    api = httpx.AsyncClient(base_url=stack.booking_api_url, timeout=10)
+    scrape = httpx.AsyncClient(timeout=10)
+    try:
+        return await measure(args, stack, edge, api, scrape)
+    finally:
+        for http in (edge, api, scrape):
+            await http.aclose()
+
+
+async def measure(
+    args: argparse.Namespace,
+    stack: DevStack,
+    edge: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    scrape: httpx.AsyncClient,
+) -> dict[str, Any]:
     instructors = [str(i["id"]) for i in stack.instructors]
-    async with httpx.AsyncClient(base_url=stack.booking_api_url, timeout=10) as api:
-        free: list[tuple[str, str]] = []
-        for instructor in instructors:
-            schedule = (await api.get(f"/api/instructors/{instructor}/schedule")).json()
-            free += [(instructor, s["id"]) for s in schedule["slots"] if s["status"] == "available"]
+    free: list[tuple[str, str]] = []
+    for instructor in instructors:
+        schedule = (await api.get(f"/api/instructors/{instructor}/schedule")).json()
+        free += [(instructor, s["id"]) for s in schedule["slots"] if s["status"] == "available"]
     random.Random(7).shuffle(free)
     per_phase = min(args.bookings, len(free) // len(args.phases))
     gateway_ports = [stack.gateway_port(1), stack.gateway_port(2)]
@@ -578,19 +591,19 @@ async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any
             load_before = os.getloadavg()
             stats_before = await clients.ask({"stats": 1})
             cpu_before = cpu_by_process(stack, client_pid)
-            metrics_before = await gateway_metrics(stack)
+            metrics_before = await gateway_metrics(stack, scrape)
             started = time.monotonic()
             phase = Phase(name)
             chosen = free[number * per_phase : (number + 1) * per_phase]
             try:
-                await run_phase(stack, phase, clients, chosen, args.interval)
+                await run_phase(stack, phase, clients, edge, api, chosen, args.interval)
             finally:
                 stop.set()
                 sent = await load
             seconds = time.monotonic() - started
             stats_after = await clients.ask({"stats": 1})
             cpu_after = cpu_by_process(stack, client_pid)
-            metrics_after = await gateway_metrics(stack)
+            metrics_after = await gateway_metrics(stack, scrape)
             produced = await booking_timestamps(
                 stack.bootstrap_servers, since, {booking.slot for booking in phase.frames}
             )

@@ -72,6 +72,7 @@ from slotstream_testkit.benchkit import (
     env_assignments,
     record_results,
 )
+from slotstream_testkit.kafka import topic_partitions
 from slotstream_testkit.net import raise_open_file_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,7 +353,7 @@ async def end_offsets(bootstrap: str, topic: str = SCHEDULE_TOPIC) -> dict[Topic
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = topic_partitions(consumer, topic)
         return dict(await consumer.end_offsets(partitions))
     finally:
         await consumer.stop()
@@ -370,7 +371,7 @@ async def booking_timestamps(
     await consumer.start()
     found: dict[bytes, int] = {}
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = topic_partitions(consumer, topic)
         consumer.assign(partitions)
         for partition in partitions:
             consumer.seek(partition, since.get(partition, 0))

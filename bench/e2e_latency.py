@@ -30,11 +30,17 @@ two cores is measured rather than hidden in the figure. Every process's CPU per 
 
 Phases: ``shared`` (nothing pinned), ``broker-core`` (Tansu alone on core 0, everything
 else on core 1), ``client-core`` (the load client alone on core 0, the stack on core 1).
+Repetitions (``--repeat``, 5 by default): each runs every phase on a fresh stack (Tansu's
+cost per fetch grows with its log, so runs on one stack would not be alike), and a phase's
+p50/p99 are taken over the frames of all of them: one run's p99 rests on 30 bookings, and
+one booking that meets a busy moment (3.3 % of its frames) sets it, so single runs minutes
+apart ranged from 34 to 66 ms on this VM. Each run's own figures are kept under ``runs``.
 Results: bench/results/e2e_latency.json (latest) and bench/results/history.jsonl.
 
     .venv/bin/python bench/e2e_latency.py                       # 900 clients, 40 k deliveries/s
     .venv/bin/python bench/e2e_latency.py --clients 300 --rate 3000 --bookings 60
-    .venv/bin/python bench/e2e_latency.py --publisher-env PYTHONPATH=/tmp/old/src  # A/B
+    .venv/bin/python bench/e2e_latency.py --repeat 1 --phases shared --publisher-env \
+        PYTHONPATH=/tmp/old/src                                  # one A/B run, ~17 s
 
 All processes share this machine's cores with other work: figures are noisy.
 """
@@ -532,7 +538,7 @@ def stage_medians(stages: list[tuple[float, float, float, float | None]]) -> dic
     return out
 
 
-async def main_async(args: argparse.Namespace, stack: DevStack) -> dict[str, Any]:
+async def main_async(args: argparse.Namespace, stack: DevStack) -> Repetition:
     """The HTTP clients are built before anything runs: see :func:`run_phase`."""
     edge = httpx.AsyncClient(base_url=stack.base_url, timeout=10)
     api = httpx.AsyncClient(base_url=stack.booking_api_url, timeout=10)
@@ -550,7 +556,7 @@ async def measure(
     edge: httpx.AsyncClient,
     api: httpx.AsyncClient,
     scrape: httpx.AsyncClient,
-) -> dict[str, Any]:
+) -> Repetition:
     instructors = [str(i["id"]) for i in stack.instructors]
     free: list[tuple[str, str]] = []
     for instructor in instructors:
@@ -569,7 +575,7 @@ async def measure(
         bootstrap_servers=stack.bootstrap_servers, enable_idempotence=False, linger_ms=0
     )
     await producer.start()
-    results: list[dict[str, Any]] = []
+    ran: list[tuple[Phase, dict[str, Any]]] = []
     records_per_s = args.rate / max(1, args.clients / len(instructors))
     services = [os.getpid()] + [
         pid for name in stack.processes if name != "tansu" for pid in stack_pids(stack, name)
@@ -631,16 +637,14 @@ async def measure(
                 for before, after in zip(metrics_before, metrics_after, strict=True)
             ]
             run["stages"] = stage_medians(phase.stages)
-            results.append(run | {"background_records_sent": sent})
-            print(json.dumps(results[-1]))
+            ran.append((phase, run | {"background_records_sent": sent}))
+            print(json.dumps(ran[-1][1]))
     finally:
         pin([*tansu, *services, client_pid], f"{args.cores[0]},{args.cores[1]}")
         await producer.stop()
         await clients.stop()
-    return {
-        "benchmark": "e2e_latency",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "workload": {
+    return Repetition(
+        workload={
             "clients": args.clients,
             "instructors": len(instructors),
             "offered_deliveries_per_s": args.rate,
@@ -651,13 +655,80 @@ async def measure(
             "gateway_env": args.gateway_env,
             "edge_workers": args.edge_workers,
         },
+        phases=ran,
+    )
+
+
+@dataclass
+class Repetition:
+    """One stack's run of every phase: each phase's frames and its figures."""
+
+    workload: dict[str, Any]
+    phases: list[tuple[Phase, dict[str, Any]]]
+
+
+def combine(repetitions: list[Repetition]) -> dict[str, Any]:
+    """The results over every repetition (each on a fresh stack): per phase, the latency of
+    all their frames pooled (the p99 of 5 × 9,000 frames, not a median of five p99s), the
+    stages of all their bookings, the medians of the per-run rates and CPU, and each run's
+    own figures under ``runs``."""
+    names = [phase.name for phase, _ in repetitions[0].phases]
+    phases = []
+    for index, name in enumerate(names):
+        runs = [repetition.phases[index] for repetition in repetitions]
+        phases.append(pooled_phase(name, runs))
+    return {
+        "benchmark": "e2e_latency",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "workload": repetitions[0].workload | {"repetitions": len(repetitions)},
         "note": "Loaded shared 2-core machine. commit = the slot's updatedAt (booking-api "
         "clock, same host); produced = the record's Kafka timestamp (read back after "
-        "the phase); frame = the lean load client process. broker-core: "
-        "Tansu alone on one core, everything else on the other; client-core: the load client "
-        "alone on one core.",
-        "phases": results,
+        "the phase); frame = the lean load client process. Each repetition runs every phase "
+        "on a fresh stack; a phase's latency pools the frames of all repetitions. "
+        "broker-core: Tansu alone on one core, everything else on the other; client-core: "
+        "the load client alone on one core.",
+        "phases": phases,
     }
+
+
+def pooled_phase(name: str, runs: list[tuple[Phase, dict[str, Any]]]) -> dict[str, Any]:
+    pool = Phase(name)
+    for phase, _ in runs:
+        pool.commit_to_frame_ns += phase.commit_to_frame_ns
+        pool.response_to_frame_ns += phase.response_to_frame_ns
+        pool.stages += phase.stages
+        pool.missed += phase.missed
+        pool.booked += phase.booked
+        pool.failed += phase.failed
+    figures = [run for _, run in runs]
+    out = summary(pool, 0.0, 0, figures[0]["clients"])
+    rate = _median([r["deliveries_per_s_measured"] for r in figures])
+    out["deliveries_per_s_measured"] = None if rate is None else round(rate)
+    out["load_average_before"] = figures[0]["load_average_before"]
+    out["load_average_after"] = figures[-1]["load_average_after"]
+    out["cores_used"] = _medians([r["cores_used"] for r in figures], 3)
+    out["gateways"] = [
+        _medians([r["gateways"][n] for r in figures], 2) for n in range(len(figures[0]["gateways"]))
+    ]
+    out["stages"] = stage_medians(pool.stages)
+    out["background_records_sent"] = sum(r["background_records_sent"] for r in figures)
+    out["commit_to_frame_p99_ms_per_run"] = [r["commit_to_frame_ms"]["p99"] for r in figures]
+    out["runs"] = figures
+    return out
+
+
+def _median(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _medians(parts: list[dict[str, Any]], digits: int) -> dict[str, Any]:
+    """Per key, the median over the runs (keys of the first run)."""
+    out = {}
+    for key in parts[0]:
+        value = _median([part.get(key) for part in parts])
+        out[key] = None if value is None else round(value, digits)
+    return out
 
 
 def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[str, Any]:
@@ -694,6 +765,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="clients per instructor straight on the gateways (the edge's share)",
     )
     parser.add_argument("--bookings", type=int, default=30, help="bookings per phase")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="repetitions, each on a fresh stack; a phase's latency pools their frames",
+    )
     parser.add_argument("--interval", type=float, default=0.3, help="seconds between bookings")
     parser.add_argument(
         "--phases", nargs="+", default=["shared", "broker-core"], choices=list(PHASES)
@@ -739,24 +816,32 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     args = parse_args(argv)
+    if args.repeat < 1:
+        sys.exit("--repeat: at least 1")
     raise_open_file_limit()
     os.environ.update(EDGE_ENV)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     BenchStack.publisher_env = env_assignments(args.publisher_env)
     BenchStack.gateway_env = env_assignments(args.gateway_env)
     set_edge_workers(args.edge_workers)
-    with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
-        stack = BenchStack(Path(tmp), Ports.free(), log_level="WARNING")
-        stack.start()
-        try:
-            results = uvloop.run(main_async(args, stack))
-        finally:
-            stack.stop()
+    repetitions = []
+    for number in range(args.repeat):
+        print(f"repetition {number + 1} of {args.repeat}: a fresh stack", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
+            stack = BenchStack(Path(tmp), Ports.free(), log_level="WARNING")
+            stack.start()
+            try:
+                repetitions.append(uvloop.run(main_async(args, stack)))
+            finally:
+                stack.stop()
+    results = combine(repetitions)
     for phase in results["phases"]:
         c2f, stages = phase["commit_to_frame_ms"], phase["stages"]
         print(
             f"{phase['phase']}: commit -> frame p50 {c2f['p50']} ms, p99 {c2f['p99']} ms over "
-            f"{phase['frames_measured']} frames ({phase['frames_missed']} missed) at "
+            f"{phase['frames_measured']} frames ({phase['frames_missed']} missed) of "
+            f"{len(phase['runs'])} run(s) (p99 per run "
+            f"{', '.join(str(p) for p in phase['commit_to_frame_p99_ms_per_run'])}) at "
             f"{phase['deliveries_per_s_measured']} deliveries/s, load "
             f"{phase['load_average_before'][0]}→{phase['load_average_after'][0]}; stages "
             f"(median per booking) commit→produced {stages['commit_to_produced_ms']}, "

@@ -221,6 +221,20 @@ def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:
     assert "load client 0.12 cores, load 1.5" in rows[0]
 
 
+def test_the_e2e_row_gives_the_spread_of_its_runs() -> None:
+    """The pooled p99 of several runs, and how far apart the runs' own p99s were."""
+    phase = {
+        "phase": "shared",
+        "commit_to_frame_ms": {"p50": 24.0, "p99": 61.0},
+        "commit_to_frame_p99_ms_per_run": [52.5, 71.0, 44.0, 58.0, 49.0],
+    }
+    e2e = {"when": "2026-12-01T07:00:00Z", "commit": "abc", "phases": [phase]}
+
+    [row] = render_readme_table({"e2e_latency": e2e}).splitlines()[2:]
+
+    assert "p50 24.0 / p99 61.0 ms over 5 runs (each run's p99 44.0–71.0) at" in row
+
+
 def test_the_workers_row_says_when_the_run_went_ahead_of_other_work() -> None:
     """bench/workers.py --priority: a quiet-machine figure is labelled as one."""
     scaling = {

@@ -438,10 +438,16 @@ def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
         cores = phase.get("cores_used") or {}
         load = phase.get("load_average_before") or ["?"]
         fetched = " / ".join(_num(g.get("fetch_delay_ms_p50")) for g in phase.get("gateways", []))
+        per_run = phase.get("commit_to_frame_p99_ms_per_run") or []
+        runs = (
+            f" over {len(per_run)} runs (each run's p99 {_num(min(per_run))}–{_num(max(per_run))})"
+            if len(per_run) > 1
+            else ""
+        )
         rows.append(
             f"| `bench/e2e_latency.py` {phase.get('phase')}, {_num(phase.get('clients'))} "
             f"clients | booking commit → browser frame p50 {_num(latency.get('p50'))} / "
-            f"p99 {_num(latency.get('p99'))} ms at "
+            f"p99 {_num(latency.get('p99'))} ms{runs} at "
             f"{_num(phase.get('deliveries_per_s_measured'))} deliveries/s; per booking "
             f"(medians) commit → produced {_num(stages.get('commit_to_produced_ms'))}, "
             f"→ frame {_num(stages.get('produced_to_frame_p50_ms'))} (straight from a gateway "

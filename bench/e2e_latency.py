@@ -530,8 +530,7 @@ def stage_medians(stages: list[tuple[float, float, float, float | None]]) -> dic
     )
     out: dict[str, Any] = {}
     for i, name in enumerate(names):
-        values = [s[i] for s in stages if s[i] is not None]
-        out[f"{name}_ms"] = _ms(statistics.median(values)) if values else None  # type: ignore[type-var]
+        out[f"{name}_ms"] = _ms(_median([s[i] for s in stages]))
     # the worst bookings: what their stages were (the p99 of a run is close to its worst)
     worst = sorted(stages, key=lambda s: s[0] + s[2])[-3:]
     out["worst_bookings_ms"] = [[_ms(v) for v in s] for s in worst]

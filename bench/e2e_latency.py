@@ -24,8 +24,12 @@ fetched and produced → written come from their own metrics (``gateways`` in th
 
 The SSE clients run in a process of their own (``--client-process``, started by this
 script), lean (a byte search per read, no parsing), which reports its own CPU and how late
-its 10 ms timer fired (how late its timestamps may be), so the load client's share of the
-two cores is measured rather than hidden in the figure. Every process's CPU per phase
+its 10 ms timer fired, so the load client's share of the two cores is measured rather than
+hidden in the figure. A frame's time at a client is the kernel's receive stamp on the
+client's socket (``SO_TIMESTAMPNS``), when the frame reached it: 900 browsers in one
+process on the stack's two cores read it later, by that process's own queue (its timer
+fired up to 20-50 ms late in loaded runs), which a browser does not have. The time it was
+read is reported beside it (``commit_to_read_ms``). Every process's CPU per phase
 (cores used) and the load average before and after each phase are in the JSON.
 
 Phases: ``shared`` (nothing pinned), ``broker-core`` (Tansu alone on core 0, everything
@@ -55,7 +59,9 @@ import platform
 import random
 import re
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -64,7 +70,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import orjson
@@ -147,25 +153,43 @@ def set_edge_workers(workers: str) -> None:
 
 
 # -- the load client: its own process --------------------------------------------------------
+#: ``SO_TIMESTAMPNS`` (Linux's generic value; Python's socket module does not name it): the
+#: kernel stamps each received segment, and ``recvmsg`` returns the stamp of the last one read
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@ll")
+
+
 class Audience:
     """The clients of one instructor and the slot id they are watching for."""
 
-    __slots__ = ("members", "slot", "arrived", "complete")
+    __slots__ = ("members", "slot", "arrived", "read", "complete")
 
     def __init__(self) -> None:
         self.members: list[Watcher] = []
         self.slot: bytes | None = None
+        #: per client, when the frame reached its socket (the kernel's receive stamp)
         self.arrived: dict[int, int] = {}
+        #: per client, when this process read it (later by the process's own queue)
+        self.read: dict[int, int] = {}
         self.complete = asyncio.Event()
 
+    def watch(self, slot: bytes | None) -> None:
+        self.slot = slot
+        self.arrived, self.read, self.complete = {}, {}, asyncio.Event()
 
-class Watcher(asyncio.Protocol):
-    """One SSE client: counts frames and notes when the watched slot id shows up."""
 
-    __slots__ = ("transport", "audience", "number", "direct", "tail", "frames")
+class Watcher:
+    """One SSE client: counts frames and notes when the watched slot id shows up.
 
-    def __init__(self, audience: Audience, number: int, direct: bool) -> None:
-        self.transport: asyncio.Transport | None = None
+    A frame's arrival is the kernel's receive stamp of the segment that brought it, not the
+    time this process read it: the load client holds 900 browsers in one process, on the
+    two cores the stack uses, and a browser would not wait for 899 others' reads (nor for
+    the stack's processes to leave it a core) before its socket had the frame."""
+
+    __slots__ = ("sock", "audience", "number", "direct", "tail", "frames")
+
+    def __init__(self, sock: socket.socket, audience: Audience, number: int, direct: bool):
+        self.sock = sock
         self.audience = audience
         self.number = number
         #: connected straight to a gateway (not through the edge)
@@ -173,19 +197,64 @@ class Watcher(asyncio.Protocol):
         self.tail = b""
         self.frames = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
+    def readable(self) -> None:
+        try:
+            data, ancillary, _flags, _address = self.sock.recvmsg(65536, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
         now = time.time_ns()
+        if not data:
+            self.close()
+            return
         self.frames += data.count(b"\n\n")
         audience = self.audience
         slot = audience.slot
         if slot is not None and self.number not in audience.arrived and slot in self.tail + data:
-            audience.arrived[self.number] = now
+            audience.arrived[self.number] = received_at(ancillary, now)
+            audience.read[self.number] = now
             if len(audience.arrived) == len(audience.members):
                 audience.complete.set()
         self.tail = data[-ID_SPAN:]
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+def received_at(ancillary: list[tuple[int, int, bytes]], read_ns: int) -> int:
+    """The kernel's receive stamp in ``recvmsg``'s ancillary data (ns since the epoch, as
+    ``time.time_ns``), or the read time where the kernel gave none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            seconds, nanoseconds = TIMESPEC.unpack_from(data)
+            return int(seconds * 1_000_000_000 + nanoseconds)
+    return read_ns
+
+
+async def open_stream(
+    loop: asyncio.AbstractEventLoop,
+    audience: Audience,
+    number: int,
+    direct: bool,
+    port: int,
+    instructor: str,
+) -> Watcher:
+    """One SSE client: a TCP connection with receive stamps on, the stream request sent."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(
+        sock,
+        f"GET /api/book-now/schedule-updates?instructorId={instructor} HTTP/1.1\r\n"
+        f"Host: bench\r\nAccept: text/event-stream\r\n\r\n".encode(),
+    )
+    watcher = Watcher(sock, audience, number, direct)
+    loop.add_reader(sock.fileno(), watcher.readable)
+    return watcher
 
 
 class LagMeter:
@@ -228,16 +297,11 @@ async def client_process(
     direct_total = direct * len(instructors)
     for n in range(count + direct_total):
         instructor = instructors[n % len(instructors)]
-        client = Watcher(audiences[instructor], n, direct=n >= count)
+        direct_n = n >= count
+        target = gateway_ports[n % len(gateway_ports)] if direct_n else port
+        client = await open_stream(loop, audiences[instructor], n, direct_n, target, instructor)
         audiences[instructor].members.append(client)
         clients.append(client)
-        target = gateway_ports[n % len(gateway_ports)] if client.direct else port
-        await loop.create_connection(lambda c=client: c, "127.0.0.1", target)  # type: ignore[misc]
-        assert client.transport is not None
-        client.transport.write(
-            f"GET /api/book-now/schedule-updates?instructorId={instructor} HTTP/1.1\r\n"
-            f"Host: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
-        )
         if n % 100 == 99:
             await asyncio.sleep(0.05)  # browsers do not all arrive in one millisecond
     for _ in range(600):  # up to a minute for every snapshot
@@ -257,8 +321,7 @@ async def client_process(
         command = orjson.loads(line)
         if "watch" in command:
             audience = audiences[command["instructor"]]
-            audience.arrived, audience.complete = {}, asyncio.Event()
-            audience.slot = command["watch"].encode()
+            audience.watch(command["watch"].encode())
             answer({"watching": command["watch"]})  # the booking is made only after this
             try:
                 await asyncio.wait_for(audience.complete.wait(), FRAME_TIMEOUT_SECONDS)
@@ -266,7 +329,7 @@ async def client_process(
                 pass
             audience.slot = None
             members = [(c.number, c.direct) for c in audience.members]
-            answer(arrivals_report(members, audience.arrived))
+            answer(arrivals_report(members, audience.arrived, audience.read))
         elif "stats" in command:
             answer(
                 {
@@ -276,8 +339,7 @@ async def client_process(
                 }
             )
     for client in clients:
-        if client.transport is not None:
-            client.transport.abort()
+        client.close()
 
 
 class ClientProcess:
@@ -428,6 +490,8 @@ class BookingFrames:
 class Phase:
     name: str
     commit_to_frame_ns: list[int] = field(default_factory=list)
+    #: the same frames, to when the load client read them (its own queue included)
+    commit_to_read_ns: list[int] = field(default_factory=list)
     response_to_frame_ns: list[int] = field(default_factory=list)
     #: the bookings whose commit time is known, for their stages once the phase is over
     frames: list[BookingFrames] = field(default_factory=list)
@@ -484,6 +548,7 @@ async def run_phase(
         phase.response_to_frame_ns += [at - answered for at in arrivals]
         if committed is not None:
             phase.commit_to_frame_ns += [at - committed for at in arrivals]
+            phase.commit_to_read_ns += [at - committed for at in report["read"]]
             if arrivals:
                 phase.frames.append(BookingFrames(slot, committed, arrivals, report["direct"]))
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
@@ -682,7 +747,8 @@ def combine(repetitions: list[Repetition]) -> dict[str, Any]:
         "workload": repetitions[0].workload | {"repetitions": len(repetitions)},
         "note": "Loaded shared 2-core machine. commit = the slot's updatedAt (booking-api "
         "clock, same host); produced = the record's Kafka timestamp (read back after "
-        "the phase); frame = the lean load client process. Each repetition runs every phase "
+        "the phase); frame = the kernel's receive stamp at the lean load client's socket "
+        "(read = when that process read it). Each repetition runs every phase "
         "on a fresh stack; a phase's latency pools the frames of all repetitions. "
         "broker-core: Tansu alone on one core, everything else on the other; client-core: "
         "the load client alone on one core.",
@@ -694,6 +760,7 @@ def pooled_phase(name: str, runs: list[tuple[Phase, dict[str, Any]]]) -> dict[st
     pool = Phase(name)
     for phase, _ in runs:
         pool.commit_to_frame_ns += phase.commit_to_frame_ns
+        pool.commit_to_read_ns += phase.commit_to_read_ns
         pool.response_to_frame_ns += phase.response_to_frame_ns
         pool.stages += phase.stages
         pool.missed += phase.missed
@@ -712,6 +779,7 @@ def pooled_phase(name: str, runs: list[tuple[Phase, dict[str, Any]]]) -> dict[st
     out["stages"] = stage_medians(pool.stages)
     out["background_records_sent"] = sum(r["background_records_sent"] for r in figures)
     out["commit_to_frame_p99_ms_per_run"] = [r["commit_to_frame_ms"]["p99"] for r in figures]
+    out["commit_to_read_p99_ms_per_run"] = [r["commit_to_read_ms"]["p99"] for r in figures]
     out["runs"] = figures
     return out
 
@@ -745,6 +813,7 @@ def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[
         "frames_measured": len(phase.response_to_frame_ns),
         "frames_missed": phase.missed,
         "commit_to_frame_ms": quantiles(phase.commit_to_frame_ns),
+        "commit_to_read_ms": quantiles(phase.commit_to_read_ns),
         "response_to_frame_ms": quantiles(phase.response_to_frame_ns),
         "deliveries_per_s_measured": round(delivered / seconds) if seconds else None,
         "clients": clients,
@@ -837,7 +906,8 @@ def main(argv: list[str] | None = None) -> None:
     for phase in results["phases"]:
         c2f, stages = phase["commit_to_frame_ms"], phase["stages"]
         print(
-            f"{phase['phase']}: commit -> frame p50 {c2f['p50']} ms, p99 {c2f['p99']} ms over "
+            f"{phase['phase']}: commit -> frame p50 {c2f['p50']} ms, p99 {c2f['p99']} ms "
+            f"(read by the load client p99 {phase['commit_to_read_ms']['p99']} ms) over "
             f"{phase['frames_measured']} frames ({phase['frames_missed']} missed) of "
             f"{len(phase['runs'])} run(s) (p99 per run "
             f"{', '.join(str(p) for p in phase['commit_to_frame_p99_ms_per_run'])}) at "

@@ -38,8 +38,8 @@ def test_a_frame_that_never_arrived_is_counted_as_missed() -> None:
     (straight from a gateway) never saw the frame within the timeout. The run reports
     them as missed (its ``frames_missed``) instead of the load client dying on them."""
     members = [(0, False), (1, False), (2, True), (3, True)]
-    report = arrivals_report(members, {0: 100, 2: 300})
-    assert report == {"arrivals": [100], "direct": [300], "missed": 2}
+    report = arrivals_report(members, {0: 100, 2: 300}, {0: 140, 2: 310})
+    assert report == {"arrivals": [100], "direct": [300], "missed": 2, "read": [140]}
 
 
 def test_a_duplicate_does_not_hide_a_loss() -> None:
@@ -233,6 +233,24 @@ def test_the_e2e_row_gives_the_spread_of_its_runs() -> None:
     [row] = render_readme_table({"e2e_latency": e2e}).splitlines()[2:]
 
     assert "p50 24.0 / p99 61.0 ms over 5 runs (each run's p99 44.0–71.0) at" in row
+
+
+def test_the_e2e_row_gives_the_time_the_load_client_read_the_frames_beside_their_arrival() -> None:
+    """The figure is the frames' arrival at the clients' sockets; the row says so, and how
+    much later the load client (900 browsers in one process) read them."""
+    phase = {
+        "phase": "shared",
+        "commit_to_frame_ms": {"p50": 24.0, "p99": 48.0},
+        "commit_to_read_ms": {"p50": 29.0, "p99": 57.5},
+        "commit_to_frame_p99_ms_per_run": [44.0, 49.0],
+        "commit_to_read_p99_ms_per_run": [52.0, 60.0],
+    }
+    e2e = {"when": "2026-12-01T07:00:00Z", "commit": "abc", "phases": [phase]}
+
+    [row] = render_readme_table({"e2e_latency": e2e}).splitlines()[2:]
+
+    assert "booking commit → browser frame at the client's socket p50 24.0 / p99 48.0 ms" in row
+    assert "(each run's p99 44.0–49.0; as read by the load client p50 29.0 / p99 57.5) at" in row
 
 
 def test_the_workers_row_says_when_the_run_went_ahead_of_other_work() -> None:

@@ -99,6 +99,7 @@ def repetition(slow_frames: int, cores: float) -> Repetition:
     after the commit and the rest 10 ms."""
     phase = Phase("shared", booked=1)
     phase.commit_to_frame_ns = [80_000_000] * slow_frames + [10_000_000] * (100 - slow_frames)
+    phase.commit_to_read_ns = [at + 5_000_000 for at in phase.commit_to_frame_ns]
     phase.response_to_frame_ns = list(phase.commit_to_frame_ns)
     phase.stages = [(3.0, 7.0, 7.0 + slow_frames, None)]
     figures = summary(phase, 10.0, 400_000, 100) | {
@@ -119,6 +120,8 @@ def test_a_phase_repeated_on_fresh_stacks_pools_the_frames_of_every_run() -> Non
     [shared] = results["phases"]
     assert shared["commit_to_frame_ms"] == {"p50": 10.0, "p99": 80.0, "max": 80.0}
     assert shared["commit_to_frame_p99_ms_per_run"] == [10.0, 10.0, 80.0]
+    assert shared["commit_to_read_ms"] == {"p50": 15.0, "p99": 85.0, "max": 85.0}
+    assert shared["commit_to_read_p99_ms_per_run"] == [15.0, 15.0, 85.0]
     assert (shared["bookings"], shared["frames_measured"]) == (3, 300)
     assert shared["cores_used"] == {"edge": 0.6}
     assert shared["gateways"] == [{"fetch_delay_ms_p50": 6.0}]
@@ -142,7 +145,7 @@ class StandInClients:
 
     async def receive(self) -> dict[str, Any]:
         at = COMMITTED_NS + 20_000_000
-        return {"missed": 0, "arrivals": [at, at], "direct": [at]}
+        return {"missed": 0, "arrivals": [at, at], "direct": [at], "read": [at, at]}
 
 
 UPDATED_AT = "2026-12-01T20:13:20+00:00"
@@ -186,6 +189,7 @@ async def test_a_phase_builds_no_http_client_of_its_own(
 
     assert (phase.booked, phase.failed, len(phase.frames)) == (1, 0, 1)
     assert phase.commit_to_frame_ns == [20_000_000, 20_000_000]
+    assert phase.commit_to_read_ns == [20_000_000, 20_000_000]
 
 
 def test_the_cpu_of_every_process_tree_is_read_in_one_walk_of_proc(

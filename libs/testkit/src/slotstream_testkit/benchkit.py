@@ -190,16 +190,22 @@ def latency_cdf_ms(samples_ns: list[int], points: int = 100) -> list[list[float]
 
 
 def arrivals_report(
-    members: Iterable[tuple[int, bool]], arrived: Mapping[int, int]
+    members: Iterable[tuple[int, bool]],
+    arrived: Mapping[int, int],
+    read: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """What ``bench/e2e_latency.py``'s load client reports for one watched frame: when it
     arrived at each client that saw it (``members``: client number, whether it is connected
-    straight to a gateway rather than through the edge) and how many never saw it."""
+    straight to a gateway rather than through the edge), how many never saw it, and when
+    the load client read it at the clients through the edge (``read``: later than the
+    arrival by the load client's own queue)."""
     clients = list(members)
+    read = read or {}
     return {
         "arrivals": [arrived[n] for n, direct in clients if not direct and n in arrived],
         "direct": [arrived[n] for n, direct in clients if direct and n in arrived],
         "missed": sum(1 for n, _ in clients if n not in arrived),
+        "read": [read[n] for n, direct in clients if not direct and n in read],
     }
 
 
@@ -439,15 +445,22 @@ def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
         load = phase.get("load_average_before") or ["?"]
         fetched = " / ".join(_num(g.get("fetch_delay_ms_p50")) for g in phase.get("gateways", []))
         per_run = phase.get("commit_to_frame_p99_ms_per_run") or []
-        runs = (
-            f" over {len(per_run)} runs (each run's p99 {_num(min(per_run))}–{_num(max(per_run))})"
-            if len(per_run) > 1
-            else ""
-        )
+        notes = []
+        if len(per_run) > 1:
+            notes.append(f"each run's p99 {_num(min(per_run))}–{_num(max(per_run))}")
+        read = phase.get("commit_to_read_ms")
+        if read:
+            notes.append(
+                f"as read by the load client p50 {_num(read.get('p50'))} / "
+                f"p99 {_num(read.get('p99'))}"
+            )
+        runs = f" over {len(per_run)} runs" if len(per_run) > 1 else ""
+        said = f" ({'; '.join(notes)})" if notes else ""
+        where = " at the client's socket" if read else ""
         rows.append(
             f"| `bench/e2e_latency.py` {phase.get('phase')}, {_num(phase.get('clients'))} "
-            f"clients | booking commit → browser frame p50 {_num(latency.get('p50'))} / "
-            f"p99 {_num(latency.get('p99'))} ms{runs} at "
+            f"clients | booking commit → browser frame{where} p50 {_num(latency.get('p50'))} / "
+            f"p99 {_num(latency.get('p99'))} ms{runs}{said} at "
             f"{_num(phase.get('deliveries_per_s_measured'))} deliveries/s; per booking "
             f"(medians) commit → produced {_num(stages.get('commit_to_produced_ms'))}, "
             f"→ frame {_num(stages.get('produced_to_frame_p50_ms'))} (straight from a gateway "

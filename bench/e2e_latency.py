@@ -26,7 +26,8 @@ The SSE clients run in a process of their own (``--client-process``, started by 
 script), lean (a byte search per read, no parsing), which reports its own CPU and how late
 its 10 ms timer fired, so the load client's share of the two cores is measured rather than
 hidden in the figure. A frame's time at a client is the kernel's receive stamp on the
-client's socket (``SO_TIMESTAMPNS``), when the frame reached it: 900 browsers in one
+client's socket (``SO_TIMESTAMPNS``; on loopback it is taken inside the edge's write that
+sends the frame, on a network when it reaches the client's machine): 900 browsers in one
 process on the stack's two cores read it later, by that process's own queue (its timer
 fired up to 20-50 ms late in loaded runs), which a browser does not have. The time it was
 read is reported beside it (``commit_to_read_ms``). Every process's CPU per phase
@@ -167,7 +168,8 @@ class Audience:
     def __init__(self) -> None:
         self.members: list[Watcher] = []
         self.slot: bytes | None = None
-        #: per client, when the frame reached its socket (the kernel's receive stamp)
+        #: per client, the kernel's receive stamp of the frame (taken on loopback inside the
+        #: sender's write)
         self.arrived: dict[int, int] = {}
         #: per client, when this process read it (later by the process's own queue)
         self.read: dict[int, int] = {}

@@ -1,7 +1,8 @@
 """``bench/e2e_latency.py``'s load client against a stand-in SSE server: a frame the
 server sends once the client has said it is watching is seen by every client, and its
-arrival is the time the frame reached the client's socket, however late the load client
-(900 browsers in one process, on the cores the stack uses) reads it."""
+arrival is the kernel's receive stamp on the client's socket (on loopback, taken inside the
+sender's write), however late the load client (900 browsers in one process, on the cores
+the stack uses) reads it."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ async def test_the_client_is_watching_before_the_booking_is_made() -> None:
         server.close()
 
 
-async def test_a_frame_arrives_when_it_reached_the_socket_not_when_the_client_read_it() -> None:
+async def test_a_frame_arrives_when_it_was_sent_to_the_socket_not_when_the_client_read_it() -> None:
     """The load client is stopped while the frame is sent and resumed 300 ms later: the
     arrival it reports is the kernel's receive time, within a few ms of the send, and the
     time it read the frame (reported beside it) is the 300 ms later one. Timed at the read,

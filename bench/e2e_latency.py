@@ -175,7 +175,8 @@ class Audience:
         self.read: dict[int, int] = {}
         self.complete = asyncio.Event()
 
-    def watch(self, slot: bytes | None) -> None:
+    def watch(self, slot: bytes) -> None:
+        """Watch for ``slot`` from now on, forgetting the arrivals of the previous one."""
         self.slot = slot
         self.arrived, self.read, self.complete = {}, {}, asyncio.Event()
 

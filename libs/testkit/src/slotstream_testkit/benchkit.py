@@ -192,7 +192,7 @@ def latency_cdf_ms(samples_ns: list[int], points: int = 100) -> list[list[float]
 def arrivals_report(
     members: Iterable[tuple[int, bool]],
     arrived: Mapping[int, int],
-    read: Mapping[int, int] | None = None,
+    read: Mapping[int, int],
 ) -> dict[str, Any]:
     """What ``bench/e2e_latency.py``'s load client reports for one watched frame: when it
     arrived at each client that saw it (``members``: client number, whether it is connected
@@ -200,7 +200,6 @@ def arrivals_report(
     the load client read it at the clients through the edge (``read``: later than the
     arrival by the load client's own queue)."""
     clients = list(members)
-    read = read or {}
     return {
         "arrivals": [arrived[n] for n, direct in clients if not direct and n in arrived],
         "direct": [arrived[n] for n, direct in clients if direct and n in arrived],

@@ -25,13 +25,18 @@ fetched and produced → written come from their own metrics (``gateways`` in th
 The SSE clients run in a process of their own (``--client-process``, started by this
 script), lean (a byte search per read, no parsing), which reports its own CPU and how late
 its 10 ms timer fired, so the load client's share of the two cores is measured rather than
-hidden in the figure. A frame's time at a client is the kernel's receive stamp on the
-client's socket (``SO_TIMESTAMPNS``; on loopback it is taken inside the edge's write that
-sends the frame, on a network when it reaches the client's machine): 900 browsers in one
-process on the stack's two cores read it later, by that process's own queue (its timer
-fired up to 20-50 ms late in loaded runs), which a browser does not have. The time it was
-read is reported beside it (``commit_to_read_ms``). Every process's CPU per phase
-(cores used) and the load average before and after each phase are in the JSON.
+hidden in the figure. A frame's time at a client is the kernel's receive stamp of the TCP
+segment that brought it (on loopback taken inside the edge's write that sends the frame, on
+a network when it reaches the client's machine): 900 browsers in one process on the stack's
+two cores read it later, by that process's own queue (its timer fired up to 20-50 ms late
+in loaded runs), which a browser does not have. The stamp is read per segment by a packet
+socket on the loopback device (``slotstream_testkit.segment_tap``, only while a booking is
+watched, needs ``CAP_NET_RAW``): the client socket's own stamp (``SO_TIMESTAMPNS``, the
+fallback, counted as ``frames_stamped_at_the_socket``) is the last segment's of a read, and
+the kernel merges a segment into an unread one before it, so a frame the process had not
+read before the next one arrived got the next one's time. The time it was read is reported
+beside it (``commit_to_read_ms``). Every process's CPU per phase (cores used) and the load
+average before and after each phase are in the JSON.
 
 Phases: ``shared`` (nothing pinned), ``broker-core`` (Tansu alone on core 0, everything
 else on core 1), ``client-core`` (the load client alone on core 0, the stack on core 1).
@@ -62,7 +67,6 @@ import re
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -87,6 +91,7 @@ from slotstream_testkit.benchkit import (
 )
 from slotstream_testkit.kafka import topic_partitions
 from slotstream_testkit.net import raise_open_file_limit
+from slotstream_testkit.segment_tap import SO_TIMESTAMPNS, SegmentTap, received_at
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the stack and the fan-out tools
@@ -154,22 +159,24 @@ def set_edge_workers(workers: str) -> None:
 
 
 # -- the load client: its own process --------------------------------------------------------
-#: ``SO_TIMESTAMPNS`` (Linux's generic value; Python's socket module does not name it): the
-#: kernel stamps each received segment, and ``recvmsg`` returns the stamp of the last one read
-SO_TIMESTAMPNS = 35
-TIMESPEC = struct.Struct("@ll")
+#: the segment tap's filter passes segments from the edge with at least this many bytes of
+#: payload: a booking's slot frame is ~550 with its chunk's framing, one background frame
+#: ~300 (segments of two or more pass too, and are searched in vain)
+TAP_MIN_PAYLOAD = 400
 
 
 class Audience:
     """The clients of one instructor and the slot id they are watching for."""
 
-    __slots__ = ("members", "slot", "arrived", "read", "complete")
+    __slots__ = ("members", "ports", "slot", "arrived", "read", "complete")
 
     def __init__(self) -> None:
         self.members: list[Watcher] = []
+        #: the clients through the edge, by their connection's local port
+        self.ports: dict[int, int] = {}
         self.slot: bytes | None = None
         #: per client, the kernel's receive stamp of the frame (taken on loopback inside the
-        #: sender's write)
+        #: sender's write): the socket's, until the segment tap's replaces it
         self.arrived: dict[int, int] = {}
         #: per client, when this process read it (later by the process's own queue)
         self.read: dict[int, int] = {}
@@ -180,6 +187,20 @@ class Audience:
         self.slot = slot
         self.arrived, self.read, self.complete = {}, {}, asyncio.Event()
 
+    def stamp_per_segment(self, found: dict[int, int]) -> int:
+        """Take the segment tap's stamps (``found``, by client) for the frames read through
+        the edge; returns how many of those keep their socket's stamp (none found)."""
+        kept = 0
+        for client in self.members:
+            number = client.number
+            if client.direct or number not in self.arrived:
+                continue
+            if number in found:
+                self.arrived[number] = min(self.arrived[number], found[number])
+            else:
+                kept += 1
+        return kept
+
 
 class Watcher:
     """One SSE client: counts frames and notes when the watched slot id shows up.
@@ -187,7 +208,11 @@ class Watcher:
     A frame's arrival is the kernel's receive stamp of the segment that brought it, not the
     time this process read it: the load client holds 900 browsers in one process, on the
     two cores the stack uses, and a browser would not wait for 899 others' reads (nor for
-    the stack's processes to leave it a core) before its socket had the frame."""
+    the stack's processes to leave it a core) before its socket had the frame. The socket's
+    stamp is the last segment's of a read, and the kernel merges a segment into an unread
+    one before it: a frame not read before the next arrived gets the next one's stamp.
+    Where the segment tap runs (``CAP_NET_RAW``), its stamp of the frame's own segment
+    replaces it (:meth:`Audience.stamp_per_segment`)."""
 
     __slots__ = ("sock", "audience", "number", "direct", "tail", "frames")
 
@@ -225,16 +250,6 @@ class Watcher:
         if self.sock.fileno() >= 0:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
-
-
-def received_at(ancillary: list[tuple[int, int, bytes]], read_ns: int) -> int:
-    """The kernel's receive stamp in ``recvmsg``'s ancillary data (ns since the epoch, as
-    ``time.time_ns``), or the read time where the kernel gave none."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
-            seconds, nanoseconds = TIMESPEC.unpack_from(data)
-            return int(seconds * 1_000_000_000 + nanoseconds)
-    return read_ns
 
 
 async def open_stream(
@@ -319,30 +334,51 @@ async def client_process(
         sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
         sys.stdout.buffer.flush()
 
-    answer({"opened": sum(1 for c in clients if c.frames), "clients": len(clients)})
+    for client in clients:
+        if not client.direct:
+            client.audience.ports[client.sock.getsockname()[1]] = client.number
+    # read only once a booking's frame is in: until then the kernel keeps each segment with
+    # its stamp, and this process reads the clients' sockets as before
+    tap = SegmentTap.open(port, TAP_MIN_PAYLOAD)
+    answer(
+        {
+            "opened": sum(1 for c in clients if c.frames),
+            "clients": len(clients),
+            "segment_tap": tap is not None,
+        }
+    )
     while line := await reader.readline():
         command = orjson.loads(line)
         if "watch" in command:
             audience = audiences[command["instructor"]]
-            audience.watch(command["watch"].encode())
+            slot = command["watch"].encode()
+            audience.watch(slot)
+            if tap is not None:
+                tap.watch(slot, audience.ports)
             answer({"watching": command["watch"]})  # the booking is made only after this
             try:
                 await asyncio.wait_for(audience.complete.wait(), FRAME_TIMEOUT_SECONDS)
             except TimeoutError:
                 pass
             audience.slot = None
+            found = tap.stop() if tap is not None else {}
+            at_socket = audience.stamp_per_segment(found)
             members = [(c.number, c.direct) for c in audience.members]
-            answer(arrivals_report(members, audience.arrived, audience.read))
+            report = arrivals_report(members, audience.arrived, audience.read)
+            answer(report | {"stamped_at_the_socket": at_socket})
         elif "stats" in command:
             answer(
                 {
                     "frames": sum(c.frames for c in clients if not c.direct),
                     "cpu_seconds": own_cpu_seconds(),
                     "timer_late_ms": lag.take(),
+                    "segment_tap_drops": tap.dropped() if tap is not None else 0,
                 }
             )
     for client in clients:
         client.close()
+    if tap is not None:
+        tap.close()
 
 
 class ClientProcess:
@@ -501,6 +537,8 @@ class Phase:
     #: per booking, ms: see :func:`booking_stages`
     stages: list[tuple[float, float, float, float | None]] = field(default_factory=list)
     missed: int = 0
+    #: frames through the edge whose segment the tap did not see: the socket's stamp stands
+    stamped_at_the_socket: int = 0
     booked: int = 0
     failed: int = 0
 
@@ -546,6 +584,7 @@ async def run_phase(
             continue
         phase.booked += 1
         phase.missed += report["missed"]
+        phase.stamped_at_the_socket += report["stamped_at_the_socket"]
         arrivals: list[int] = report["arrivals"]
         committed = await slot_updated_at(api, instructor, slot_id)
         phase.response_to_frame_ns += [at - answered for at in arrivals]
@@ -637,6 +676,12 @@ async def measure(
     )
     opened = await clients.receive()
     print(f"  {opened['opened']}/{opened['clients']} clients got their snapshot", file=sys.stderr)
+    if not opened["segment_tap"]:
+        print(
+            "  no segment tap (it needs CAP_NET_RAW): a frame read after the next one has "
+            "that one's stamp",
+            file=sys.stderr,
+        )
     client_pid = clients.process.pid
     producer = AIOKafkaProducer(
         bootstrap_servers=stack.bootstrap_servers, enable_idempotence=False, linger_ms=0
@@ -695,6 +740,7 @@ async def measure(
                 for part in cpu_after
             }
             run["load_client_timer_late_ms"] = stats_after["timer_late_ms"]
+            run["segment_tap_drops"] = stats_after["segment_tap_drops"]
             run["gateways"] = [
                 {
                     k: v
@@ -721,6 +767,7 @@ async def measure(
             "publisher_env": args.publisher_env,
             "gateway_env": args.gateway_env,
             "edge_workers": args.edge_workers,
+            "segment_tap": opened["segment_tap"],
         },
         phases=ran,
     )
@@ -750,8 +797,8 @@ def combine(repetitions: list[Repetition]) -> dict[str, Any]:
         "workload": repetitions[0].workload | {"repetitions": len(repetitions)},
         "note": "Loaded shared 2-core machine. commit = the slot's updatedAt (booking-api "
         "clock, same host); produced = the record's Kafka timestamp (read back after "
-        "the phase); frame = the kernel's receive stamp at the lean load client's socket "
-        "(read = when that process read it). Each repetition runs every phase "
+        "the phase); frame = the kernel's receive stamp of the segment that brought it to "
+        "the lean load client (read = when that process read it). Each repetition runs every phase "
         "on a fresh stack; a phase's latency pools the frames of all repetitions. "
         "broker-core: Tansu alone on one core, everything else on the other; client-core: "
         "the load client alone on one core.",
@@ -767,6 +814,7 @@ def pooled_phase(name: str, runs: list[tuple[Phase, dict[str, Any]]]) -> dict[st
         pool.response_to_frame_ns += phase.response_to_frame_ns
         pool.stages += phase.stages
         pool.missed += phase.missed
+        pool.stamped_at_the_socket += phase.stamped_at_the_socket
         pool.booked += phase.booked
         pool.failed += phase.failed
     figures = [run for _, run in runs]
@@ -815,6 +863,7 @@ def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[
         "booking_failures": phase.failed,
         "frames_measured": len(phase.response_to_frame_ns),
         "frames_missed": phase.missed,
+        "frames_stamped_at_the_socket": phase.stamped_at_the_socket,
         "commit_to_frame_ms": quantiles(phase.commit_to_frame_ns),
         "commit_to_read_ms": quantiles(phase.commit_to_read_ns),
         "response_to_frame_ms": quantiles(phase.response_to_frame_ns),
@@ -911,7 +960,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{phase['phase']}: commit -> frame p50 {c2f['p50']} ms, p99 {c2f['p99']} ms "
             f"(read by the load client p99 {phase['commit_to_read_ms']['p99']} ms) over "
-            f"{phase['frames_measured']} frames ({phase['frames_missed']} missed) of "
+            f"{phase['frames_measured']} frames ({phase['frames_missed']} missed, "
+            f"{phase['frames_stamped_at_the_socket']} stamped at the socket) of "
             f"{len(phase['runs'])} run(s) (p99 per run "
             f"{', '.join(str(p) for p in phase['commit_to_frame_p99_ms_per_run'])}) at "
             f"{phase['deliveries_per_s_measured']} deliveries/s, load "

@@ -253,6 +253,25 @@ def test_the_e2e_row_gives_the_time_the_load_client_read_the_frames_beside_their
     assert "(each run's p99 44.0–49.0; as read by the load client p50 29.0 / p99 57.5) at" in row
 
 
+def test_the_e2e_row_says_how_many_frames_were_not_stamped_per_segment() -> None:
+    """Without the segment tap (no ``CAP_NET_RAW``) a frame read after the next one carries
+    that one's stamp: the row says how many frames were stamped that way."""
+    phase = {
+        "phase": "shared",
+        "frames_measured": 9000,
+        "commit_to_frame_ms": {"p50": 24.0, "p99": 48.0},
+        "commit_to_read_ms": {"p50": 29.0, "p99": 57.5},
+    }
+    rows = []
+    for at_socket in (0, 9000):
+        phase["frames_stamped_at_the_socket"] = at_socket
+        e2e = {"when": "2026-12-01T07:00:00Z", "commit": "abc", "phases": [phase]}
+        rows += render_readme_table({"e2e_latency": e2e}).splitlines()[2:]
+
+    assert "stamped by the socket" not in rows[0]
+    assert "; 9,000 of 9,000 frames stamped by the socket, not per segment) at" in rows[1]
+
+
 def test_the_workers_row_says_when_the_run_went_ahead_of_other_work() -> None:
     """bench/workers.py --priority: a quiet-machine figure is labelled as one."""
     scaling = {

@@ -1,8 +1,8 @@
 """``bench/e2e_latency.py``'s load client against a stand-in SSE server: a frame the
 server sends once the client has said it is watching is seen by every client, and its
-arrival is the kernel's receive stamp on the client's socket (on loopback, taken inside the
-sender's write), however late the load client (900 browsers in one process, on the cores
-the stack uses) reads it."""
+arrival is the kernel's receive stamp of the segment that brought it (on loopback, taken
+inside the sender's write), however late the load client (900 browsers in one process, on
+the cores the stack uses) reads it, and whatever came after it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the bench scripts are not a package
 from bench.e2e_latency import ClientProcess  # noqa: E402
+from slotstream_testkit.segment_tap import SegmentTap  # noqa: E402
 
 SLOT = "slot-4f1c9a"
+#: a booking's frame: as large as the real one (~550 bytes), past the segment tap's filter
+BOOKED = b'event: slot\ndata: {"id":"%s","status":"booked","pad":"%s"}\n\n' % (
+    SLOT.encode(),
+    b"x" * 480,
+)
 
 
 class StandInServer:
@@ -48,7 +56,7 @@ async def test_the_client_is_watching_before_the_booking_is_made() -> None:
     clients = await ClientProcess.start(port, 2, ["i1"], [port], 1)
     try:
         opened = await asyncio.wait_for(clients.receive(), 30)
-        assert opened == {"opened": 3, "clients": 3}
+        assert (opened["opened"], opened["clients"]) == (3, 3)
         reply = await asyncio.wait_for(clients.ask({"watch": SLOT, "instructor": "i1"}), 10)
         assert reply == {"watching": SLOT}
         stand_in.send(b'event: slot\ndata: {"id":"%s","status":"booked"}\n\n' % SLOT.encode())
@@ -76,7 +84,7 @@ async def test_a_frame_arrives_when_it_was_sent_to_the_socket_not_when_the_clien
         os.kill(clients.process.pid, signal.SIGSTOP)
         try:
             sent = time.time_ns()
-            stand_in.send(b'event: slot\ndata: {"id":"%s","status":"booked"}\n\n' % SLOT.encode())
+            stand_in.send(BOOKED)
             await asyncio.sleep(0.3)
         finally:
             os.kill(clients.process.pid, signal.SIGCONT)
@@ -88,6 +96,44 @@ async def test_a_frame_arrives_when_it_was_sent_to_the_socket_not_when_the_clien
         read = [(at - sent) / 1e6 for at in report["read"]]
         assert len(read) == 2
         assert min(read) >= 290, read
+    finally:
+        await clients.stop()
+        server.close()
+
+
+async def test_a_frame_read_after_the_next_one_arrived_keeps_its_own_arrival() -> None:
+    """The load client is stopped while the booking's frame and, 200 ms later, the next
+    frame are sent. The kernel merges the two on each unread socket, and the socket's stamp
+    is then the second one's for both: the frame's arrival must still be its own. In loaded
+    runs the load client fell that far behind, and its slowest frames were stamped with the
+    frame after them."""
+    tap = SegmentTap.open(0, 0)
+    if tap is None:
+        pytest.skip("the segment tap needs CAP_NET_RAW: make test as root (.ci/run, CI)")
+    tap.close()
+    stand_in = StandInServer()
+    server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = await ClientProcess.start(port, 2, ["i1"], [port], 1)
+    try:
+        opened = await asyncio.wait_for(clients.receive(), 30)
+        await asyncio.wait_for(clients.ask({"watch": SLOT, "instructor": "i1"}), 10)
+        os.kill(clients.process.pid, signal.SIGSTOP)
+        try:
+            sent = time.time_ns()
+            stand_in.send(BOOKED)
+            await asyncio.sleep(0.2)
+            stand_in.send(b'event: slot\ndata: {"id":"background","pad":"%s"}\n\n' % (b"x" * 480))
+            await asyncio.sleep(0.1)
+        finally:
+            os.kill(clients.process.pid, signal.SIGCONT)
+        report = await asyncio.wait_for(clients.receive(), 10)
+        assert report["missed"] == 0
+        arrived = [(at - sent) / 1e6 for at in report["arrivals"]]
+        assert len(arrived) == 2
+        assert max(arrived) < 100, arrived
+        assert opened["segment_tap"]
+        assert report["stamped_at_the_socket"] == 0
     finally:
         await clients.stop()
         server.close()

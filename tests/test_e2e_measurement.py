@@ -138,14 +138,20 @@ class StandInStack:
 
 class StandInClients:
     """The load client process, answering as if every client got the frame 20 ms after
-    the slot's commit."""
+    the slot's commit (one of them stamped by its socket: the segment tap missed it)."""
 
     async def ask(self, command: dict[str, Any]) -> dict[str, Any]:
         return {"watching": command["watch"]}
 
     async def receive(self) -> dict[str, Any]:
         at = COMMITTED_NS + 20_000_000
-        return {"missed": 0, "arrivals": [at, at], "direct": [at], "read": [at, at]}
+        return {
+            "missed": 0,
+            "arrivals": [at, at],
+            "direct": [at],
+            "read": [at, at],
+            "stamped_at_the_socket": 1,
+        }
 
 
 UPDATED_AT = "2026-12-01T20:13:20+00:00"
@@ -190,6 +196,7 @@ async def test_a_phase_builds_no_http_client_of_its_own(
     assert (phase.booked, phase.failed, len(phase.frames)) == (1, 0, 1)
     assert phase.commit_to_frame_ns == [20_000_000, 20_000_000]
     assert phase.commit_to_read_ns == [20_000_000, 20_000_000]
+    assert phase.stamped_at_the_socket == 1
 
 
 def test_the_cpu_of_every_process_tree_is_read_in_one_walk_of_proc(

@@ -453,6 +453,12 @@ def _e2e_rows(data: Mapping[str, Any]) -> list[str]:
                 f"as read by the load client p50 {_num(read.get('p50'))} / "
                 f"p99 {_num(read.get('p99'))}"
             )
+        at_socket = phase.get("frames_stamped_at_the_socket")
+        if at_socket:
+            notes.append(
+                f"{_num(at_socket)} of {_num(phase.get('frames_measured'))} frames stamped by "
+                "the socket, not per segment"
+            )
         runs = f" over {len(per_run)} runs" if len(per_run) > 1 else ""
         said = f" ({'; '.join(notes)})" if notes else ""
         where = " at the client's socket" if read else ""

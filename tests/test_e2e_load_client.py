@@ -11,7 +11,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,26 +49,44 @@ class StandInServer:
             writer.write(frame)
 
 
-async def test_the_client_is_watching_before_the_booking_is_made() -> None:
-    """The main process books only after the client process answered that it watches the
-    slot; a frame that reached the clients before the watch went unseen (reported as
-    missed: in a loaded run, the clients straight on a gateway got it first)."""
+@asynccontextmanager
+async def load_client() -> AsyncIterator[tuple[StandInServer, ClientProcess, dict[str, Any]]]:
+    """The load client process with two clients "through the edge" and one "straight on a
+    gateway", all on one stand-in server, open: the server, the process, what it answered."""
     stand_in = StandInServer()
     server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clients = await ClientProcess.start(port, 2, ["i1"], [port], 1)
     try:
         opened = await asyncio.wait_for(clients.receive(), 30)
+        yield stand_in, clients, opened
+    finally:
+        await clients.stop()
+        server.close()
+
+
+@contextmanager
+def stopped(clients: ClientProcess) -> Iterator[int]:
+    """The load client process stopped (``SIGSTOP``) meanwhile; gives the time it stopped."""
+    os.kill(clients.process.pid, signal.SIGSTOP)
+    try:
+        yield time.time_ns()
+    finally:
+        os.kill(clients.process.pid, signal.SIGCONT)
+
+
+async def test_the_client_is_watching_before_the_booking_is_made() -> None:
+    """The main process books only after the client process answered that it watches the
+    slot; a frame that reached the clients before the watch went unseen (reported as
+    missed: in a loaded run, the clients straight on a gateway got it first)."""
+    async with load_client() as (stand_in, clients, opened):
         assert (opened["opened"], opened["clients"]) == (3, 3)
         reply = await asyncio.wait_for(clients.ask({"watch": SLOT, "instructor": "i1"}), 10)
         assert reply == {"watching": SLOT}
         stand_in.send(b'event: slot\ndata: {"id":"%s","status":"booked"}\n\n' % SLOT.encode())
         report = await asyncio.wait_for(clients.receive(), 10)
-        assert report["missed"] == 0
-        assert (len(report["arrivals"]), len(report["direct"])) == (2, 1)
-    finally:
-        await clients.stop()
-        server.close()
+    assert report["missed"] == 0
+    assert (len(report["arrivals"]), len(report["direct"])) == (2, 1)
 
 
 async def test_a_frame_arrives_when_it_was_sent_to_the_socket_not_when_the_client_read_it() -> None:
@@ -74,31 +95,19 @@ async def test_a_frame_arrives_when_it_was_sent_to_the_socket_not_when_the_clien
     time it read the frame (reported beside it) is the 300 ms later one. Timed at the read,
     the harness's own scheduling (its 10 ms timer fired up to 20-50 ms late in loaded runs)
     would be counted as the system's latency."""
-    stand_in = StandInServer()
-    server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    clients = await ClientProcess.start(port, 2, ["i1"], [port], 1)
-    try:
-        await asyncio.wait_for(clients.receive(), 30)
+    async with load_client() as (stand_in, clients, _):
         await asyncio.wait_for(clients.ask({"watch": SLOT, "instructor": "i1"}), 10)
-        os.kill(clients.process.pid, signal.SIGSTOP)
-        try:
-            sent = time.time_ns()
+        with stopped(clients) as sent:
             stand_in.send(BOOKED)
             await asyncio.sleep(0.3)
-        finally:
-            os.kill(clients.process.pid, signal.SIGCONT)
         report = await asyncio.wait_for(clients.receive(), 10)
-        assert report["missed"] == 0
-        arrived = [(at - sent) / 1e6 for at in report["arrivals"] + report["direct"]]
-        assert len(arrived) == 3
-        assert max(arrived) < 100, arrived
-        read = [(at - sent) / 1e6 for at in report["read"]]
-        assert len(read) == 2
-        assert min(read) >= 290, read
-    finally:
-        await clients.stop()
-        server.close()
+    assert report["missed"] == 0
+    arrived = [(at - sent) / 1e6 for at in report["arrivals"] + report["direct"]]
+    assert len(arrived) == 3
+    assert max(arrived) < 100, arrived
+    read = [(at - sent) / 1e6 for at in report["read"]]
+    assert len(read) == 2
+    assert min(read) >= 290, read
 
 
 async def test_a_frame_read_after_the_next_one_arrived_keeps_its_own_arrival() -> None:
@@ -111,29 +120,17 @@ async def test_a_frame_read_after_the_next_one_arrived_keeps_its_own_arrival() -
     if tap is None:
         pytest.skip("the segment tap needs CAP_NET_RAW: make test as root (.ci/run, CI)")
     tap.close()
-    stand_in = StandInServer()
-    server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    clients = await ClientProcess.start(port, 2, ["i1"], [port], 1)
-    try:
-        opened = await asyncio.wait_for(clients.receive(), 30)
+    async with load_client() as (stand_in, clients, opened):
         await asyncio.wait_for(clients.ask({"watch": SLOT, "instructor": "i1"}), 10)
-        os.kill(clients.process.pid, signal.SIGSTOP)
-        try:
-            sent = time.time_ns()
+        with stopped(clients) as sent:
             stand_in.send(BOOKED)
             await asyncio.sleep(0.2)
             stand_in.send(b'event: slot\ndata: {"id":"background","pad":"%s"}\n\n' % (b"x" * 480))
             await asyncio.sleep(0.1)
-        finally:
-            os.kill(clients.process.pid, signal.SIGCONT)
         report = await asyncio.wait_for(clients.receive(), 10)
-        assert report["missed"] == 0
-        arrived = [(at - sent) / 1e6 for at in report["arrivals"]]
-        assert len(arrived) == 2
-        assert max(arrived) < 100, arrived
-        assert opened["segment_tap"]
-        assert report["stamped_at_the_socket"] == 0
-    finally:
-        await clients.stop()
-        server.close()
+    assert report["missed"] == 0
+    arrived = [(at - sent) / 1e6 for at in report["arrivals"]]
+    assert len(arrived) == 2
+    assert max(arrived) < 100, arrived
+    assert opened["segment_tap"]
+    assert report["stamped_at_the_socket"] == 0

@@ -172,7 +172,7 @@ class Audience:
 
     def __init__(self) -> None:
         self.members: list[Watcher] = []
-        #: the clients through the edge, by their connection's local port
+        #: the clients, by their connection's local port
         self.ports: dict[int, int] = {}
         self.slot: bytes | None = None
         #: per client, the kernel's receive stamp of the frame (taken on loopback inside the
@@ -188,16 +188,16 @@ class Audience:
         self.arrived, self.read, self.complete = {}, {}, asyncio.Event()
 
     def stamp_per_segment(self, found: dict[int, int]) -> int:
-        """Take the segment tap's stamps (``found``, by client) for the frames read through
-        the edge; returns how many of those keep their socket's stamp (none found)."""
+        """Take the segment tap's stamps (``found``, by client) for the frames read; returns
+        how many of those read through the edge keep their socket's stamp (none found)."""
         kept = 0
         for client in self.members:
             number = client.number
-            if client.direct or number not in self.arrived:
+            if number not in self.arrived:
                 continue
             if number in found:
                 self.arrived[number] = min(self.arrived[number], found[number])
-            else:
+            elif not client.direct:
                 kept += 1
         return kept
 
@@ -335,11 +335,12 @@ async def client_process(
         sys.stdout.buffer.flush()
 
     for client in clients:
-        if not client.direct:
-            client.audience.ports[client.sock.getsockname()[1]] = client.number
-    # read only once a booking's frame is in: until then the kernel keeps each segment with
-    # its stamp, and this process reads the clients' sockets as before
-    tap = SegmentTap.open(port, TAP_MIN_PAYLOAD)
+        client.audience.ports[client.sock.getsockname()[1]] = client.number
+    # the edge's segments to anyone, the gateways' to the clients straight on them (not to
+    # the edge); read only once a booking's frame is in: until then the kernel keeps each
+    # segment with its stamp, and this process reads the clients' sockets as before
+    direct_ports = [c.sock.getsockname()[1] for c in clients if c.direct]
+    tap = SegmentTap.open(port, TAP_MIN_PAYLOAD, gateway_ports, direct_ports)
     answer(
         {
             "opened": sum(1 for c in clients if c.frames),

@@ -84,3 +84,25 @@ def test_only_large_segments_from_the_port_during_a_watch_are_stamped() -> None:
             assert tap.dropped() == 0
         finally:
             tap.close()
+
+
+def test_a_relay_s_segments_are_stamped_only_to_the_ports_named() -> None:
+    """The gateways' segments to the few clients straight on them, not the many to the
+    edge: the filter passes a relay's segment only to the ports it is given."""
+    with (
+        connection() as (edge, _edge_client, edge_port),
+        connection() as (relay, direct_client, relay_port),
+        connection() as (relay_to_edge, edge_upstream, relay_port_2),
+    ):
+        direct_port, upstream_port = direct_client.getsockname()[1], edge_upstream.getsockname()[1]
+        tap = SegmentTap.open(edge_port, MIN_PAYLOAD, [relay_port, relay_port_2], [direct_port])
+        if tap is None:
+            pytest.skip("the segment tap needs CAP_NET_RAW: make test as root (.ci/run, CI)")
+        try:
+            tap.watch(NEEDLE, {direct_port: 1, upstream_port: 2})
+            relay.send(frame(NEEDLE, 500))
+            relay_to_edge.send(frame(NEEDLE, 500))
+            time.sleep(0.05)
+            assert set(tap.stop()) == {1}
+        finally:
+            tap.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 #: Linux's values (Python's socket module does not name them)
 SO_TIMESTAMPNS = 35
@@ -43,22 +43,54 @@ _CAPTURE_BYTES = 1 << 16
 _RECEIVE_BUFFER = 32 << 20
 
 Instruction = tuple[int, int, int, int]
+#: an instruction whose jump targets may be labels, resolved by :func:`_assemble`
+_Line = tuple[int, int | str, int | str, int]
+_LDB_ABS, _LDH_ABS, _LDH_IND, _LDX_MSH = 0x30, 0x28, 0x48, 0xB1
+_JEQ, _JGE, _RET = 0x15, 0x35, 0x06
 
 
-def segment_filter(source_port: int, min_payload: int) -> list[Instruction]:
-    """A classic BPF program over an IPv4 packet: TCP from ``source_port`` whose total
-    length leaves room for ``min_payload`` bytes of payload (shorter segments pass too when
-    their headers carry options; none longer is dropped)."""
+def segment_filter(
+    source: int, min_payload: int, relays: Collection[int] = (), to: Collection[int] = ()
+) -> list[Instruction]:
+    """A classic BPF program over an IPv4 packet: TCP from port ``source`` to anyone, or
+    from one of ``relays`` to one of the ports ``to``, whose total length leaves room for
+    ``min_payload`` bytes of payload (shorter segments pass too when their headers carry
+    options; none longer is dropped)."""
+    lines: list[str | _Line] = [
+        (_LDB_ABS, 0, 0, 9),  # the protocol
+        (_JEQ, 0, "drop", socket.IPPROTO_TCP),
+        (_LDH_ABS, 0, 0, 2),  # the total length
+        (_JGE, 0, "drop", min_payload + _HEADERS),
+        (_LDX_MSH, 0, 0, 0),  # X = the IP header's length
+        (_LDH_IND, 0, 0, 0),  # the TCP source port
+        (_JEQ, "accept", 0, source),
+    ]
+    if relays and to:
+        lines += [(_JEQ, "to", 0, port) for port in relays]
+        lines += [(_RET, 0, 0, 0), "to", (_LDH_IND, 0, 0, 2)]  # the destination port
+        lines += [(_JEQ, "accept", 0, port) for port in to]
+    lines += ["drop", (_RET, 0, 0, 0), "accept", (_RET, 0, 0, _CAPTURE_BYTES)]
+    return _assemble(lines)
+
+
+def _assemble(lines: list[str | _Line]) -> list[Instruction]:
+    """Resolve jumps to labels (a label names the instruction after it) to offsets."""
+    labels: dict[str, int] = {}
+    program: list[_Line] = []
+    for line in lines:
+        if isinstance(line, str):
+            labels[line] = len(program)
+        else:
+            program.append(line)
+
+    def offset(target: int | str, at: int) -> int:
+        jump = labels[target] - at - 1 if isinstance(target, str) else target
+        if not 0 <= jump <= 255:
+            raise ValueError(f"a jump of {jump} instructions does not fit classic BPF")
+        return jump
+
     return [
-        (0x30, 0, 0, 9),  # ldb [9]: the protocol
-        (0x15, 0, 6, socket.IPPROTO_TCP),  # jeq #6, else drop
-        (0x28, 0, 0, 2),  # ldh [2]: the total length
-        (0x35, 0, 4, min_payload + _HEADERS),  # jge #min, else drop
-        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): the IP header's length
-        (0x48, 0, 0, 0),  # ldh [x+0]: the TCP source port
-        (0x15, 0, 1, source_port),  # jeq #port, else drop
-        (0x06, 0, 0, _CAPTURE_BYTES),  # ret: the whole packet
-        (0x06, 0, 0, 0),  # drop
+        (code, offset(jt, at), offset(jf, at), k) for at, (code, jt, jf, k) in enumerate(program)
     ]
 
 
@@ -73,7 +105,7 @@ def received_at(ancillary: list[tuple[int, int, bytes]], fallback_ns: int) -> in
 
 
 class SegmentTap:
-    """Per-segment receive stamps of the segments a server port sends on loopback.
+    """Per-segment receive stamps of the segments servers send on loopback.
 
     Between :meth:`watch` and :meth:`stop` it notes, for each watched connection (by its
     local port), the stamp of the first segment that contains ``needle``. Only then is it
@@ -91,13 +123,17 @@ class SegmentTap:
         self._buffer = bytearray(_CAPTURE_BYTES)
 
     @classmethod
-    def open(cls, source_port: int, min_payload: int) -> SegmentTap | None:
+    def open(
+        cls, source: int, min_payload: int, relays: Collection[int] = (), to: Collection[int] = ()
+    ) -> SegmentTap | None:
+        """A tap on the segments from port ``source`` (and from ``relays`` to ``to``: see
+        :func:`segment_filter`), or ``None`` without ``CAP_NET_RAW``."""
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)  # not bound yet
         except PermissionError:
             return None
         tap = cls(sock)
-        tap._attach(segment_filter(source_port, min_payload))
+        tap._attach(segment_filter(source, min_payload, relays, to))
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)  # loopback: each once
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:

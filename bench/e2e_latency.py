@@ -159,7 +159,7 @@ def set_edge_workers(workers: str) -> None:
 
 
 # -- the load client: its own process --------------------------------------------------------
-#: the segment tap's filter passes segments from the edge with at least this many bytes of
+#: the segment tap's filter passes segments to the clients with at least this many bytes of
 #: payload: a booking's slot frame is ~550 with its chunk's framing, one background frame
 #: ~300 (segments of two or more pass too, and are searched in vain)
 TAP_MIN_PAYLOAD = 400

@@ -10,9 +10,9 @@ were stamped with the frame that came after them. :class:`SegmentTap` reads the 
 per segment, from a packet socket on the loopback device (incoming segments only, filtered
 in the kernel), queued there with its own stamp until it is read.
 
-The filter is a few classic BPF instructions built here: the standard library's packet
-socket is all it needs, where a capture library (scapy, libpcap bindings) would bring
-libpcap and a filter compiler for a nine-instruction program.
+The filter is a classic BPF program of a few instructions per port, assembled here: the
+standard library's packet socket is all it needs, where a capture library (scapy, libpcap
+bindings) would bring libpcap and a filter compiler for a program of about twenty.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
@@ -94,7 +93,9 @@ async def test_resume_older_than_the_ring_is_read_back_from_kafka(
         resumed = Stream(small_ring_gateway.url + PAGE, params, {"Last-Event-ID": seen.id})
         async with resumed:
             await resumed.wait_for("slot", 40, within=20)
-    assert [orjson.loads(e.data)["version"] for e in resumed.events] == list(range(2, 42))
+    # presence frames (every 0.3 s here) may come in between on a slow machine; nothing else
+    assert [e.event for e in resumed.events if e.event != "presence"] == ["slot"] * 40
+    assert [d["version"] for d in resumed.data("slot")] == list(range(2, 42))
     metrics = (await get(small_ring_gateway.url + "/metrics")).text
     assert 'gateway_resumes_total{source="kafka"} 1.0' in metrics
 

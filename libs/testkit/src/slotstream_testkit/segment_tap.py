@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
+import time
 from collections.abc import Collection, Mapping
 
 #: Linux's values (Python's socket module does not name them)
@@ -104,6 +105,33 @@ def received_at(ancillary: list[tuple[int, int, bytes]], fallback_ns: int) -> in
     return fallback_ns
 
 
+def wait_for_receive_stamps(timeout: float = 5.0) -> bool:
+    """Whether the kernel stamps packets as they arrive, waiting up to ``timeout`` s for it.
+
+    The kernel turns arrival stamps on a moment after the first socket asks for them (a
+    deferred switch), and off again after the last one closes; until then a packet socket
+    is stamped when it is read, which would pass a read's lateness off as an arrival. A
+    datagram to this host, read 5 ms after it was sent, tells which: stamped on arrival,
+    its stamp is older than the send's return."""
+    deadline = time.monotonic() + timeout
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        receiver.bind(("127.0.0.1", 0))
+        while True:
+            sender.sendto(b".", receiver.getsockname())
+            sent = time.time_ns()
+            time.sleep(0.005)
+            _data, ancillary, _flags, _address = receiver.recvmsg(16, 64)
+            stamp = received_at(ancillary, 0)
+            if 0 < stamp <= sent:
+                return True
+            if time.monotonic() > deadline:
+                return False
+
+
 class SegmentTap:
     """Per-segment receive stamps of the segments servers send on loopback.
 
@@ -112,7 +140,8 @@ class SegmentTap:
     bound to the loopback device: while bound, every IPv4 packet received there passes
     through its filter, a cost paid in the sending process's system call (the gateways'
     and the edge's), so the rest of the time it is not in the packets' path at all.
-    Opening it needs ``CAP_NET_RAW``: :meth:`open` returns ``None`` without it."""
+    Opening it needs ``CAP_NET_RAW``: :meth:`open` returns ``None`` without it. It asks for
+    receive stamps and returns once the kernel gives them (:func:`wait_for_receive_stamps`)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -136,6 +165,9 @@ class SegmentTap:
         tap._attach(segment_filter(source, min_payload, relays, to))
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)  # loopback: each once
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if not wait_for_receive_stamps():
+            sock.close()
+            raise RuntimeError("the kernel did not turn on receive stamps within 5 s")
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RECEIVE_BUFFER)
         except PermissionError:

@@ -33,8 +33,8 @@ def connection() -> Iterator[tuple[socket.socket, socket.socket, int]]:
             sock.close()
 
 
-def open_tap(port: int) -> SegmentTap:
-    tap = SegmentTap.open(port, MIN_PAYLOAD)
+def open_tap(port: int, relays: list[int] | None = None, to: list[int] | None = None) -> SegmentTap:
+    tap = SegmentTap.open(port, MIN_PAYLOAD, relays or [], to or [])
     if tap is None:
         pytest.skip("the segment tap needs CAP_NET_RAW: make test as root (.ci/run, CI)")
     return tap
@@ -95,9 +95,7 @@ def test_a_relay_s_segments_are_stamped_only_to_the_ports_named() -> None:
         connection() as (relay_to_edge, edge_upstream, relay_port_2),
     ):
         direct_port, upstream_port = direct_client.getsockname()[1], edge_upstream.getsockname()[1]
-        tap = SegmentTap.open(edge_port, MIN_PAYLOAD, [relay_port, relay_port_2], [direct_port])
-        if tap is None:
-            pytest.skip("the segment tap needs CAP_NET_RAW: make test as root (.ci/run, CI)")
+        tap = open_tap(edge_port, [relay_port, relay_port_2], [direct_port])
         try:
             tap.watch(NEEDLE, {direct_port: 1, upstream_port: 2})
             relay.send(frame(NEEDLE, 500))

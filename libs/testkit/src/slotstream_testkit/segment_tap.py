@@ -196,15 +196,14 @@ class SegmentTap:
                 size, ancillary, _flags, _address = self.sock.recvmsg_into([packet], 64)
             except (BlockingIOError, InterruptedError):
                 return
-            at = packet.find(self.needle, 0, size) if self.needle else -1
+            # the filter passed only TCP over IPv4 with a payload: both headers are whole
             ip_header = (packet[0] & 0x0F) * 4
-            if at < ip_header + 20:
+            payload = ip_header + (packet[ip_header + 12] >> 4) * 4
+            if not self.needle or packet.find(self.needle, payload, size) < 0:
                 continue
             number = self.ports.get(int.from_bytes(packet[ip_header + 2 : ip_header + 4]))
-            if number is None or number in self.found:
-                continue
             stamp = received_at(ancillary, 0)
-            if stamp and at >= ip_header + (packet[ip_header + 12] >> 4) * 4:
+            if number is not None and number not in self.found and stamp:
                 self.found[number] = stamp
 
     def dropped(self) -> int:
@@ -218,7 +217,7 @@ class SegmentTap:
         self.sock.close()
 
     def _attach(self, program: list[Instruction]) -> None:
-        """Replace the socket's filter (the kernel copies the program)."""
+        """Attach ``program`` as the socket's filter (the kernel copies it)."""
         code = b"".join(_INSTRUCTION.pack(*instruction) for instruction in program)
         buffer = ctypes.create_string_buffer(code, len(code))
         self.sock.setsockopt(

@@ -3,6 +3,7 @@ that run in Linux containers, and docs that name files that exist."""
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,58 @@ def test_deploy_docs_name_existing_files() -> None:
     assert named
     missing = [path for path in named if "*" not in path and not (REPO / path).exists()]
     assert not missing, missing
+
+
+#: programs every Debian image `make test` is written for has without installing anything
+#: (bash and coreutils; `python3` is the image's own)
+BASE_PROGRAMS = {"bash", "cd", "echo", "test", "touch", "true", "python3"}
+
+
+def makefile_rules(text: str) -> tuple[dict[str, str], dict[str, tuple[list[str], list[str]]]]:
+    """The Makefile's simple variables and its rules: target → (prerequisites, recipe)."""
+    variables: dict[str, str] = {}
+    rules: dict[str, tuple[list[str], list[str]]] = {}
+
+    def expand(value: str) -> str:
+        for _ in range(5):
+            value = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), value)
+        return value
+
+    current: list[str] | None = None
+    for line in text.replace("\\\n", " ").splitlines():
+        if line.startswith("\t") and current is not None:
+            current.append(expand(line.strip()))
+            continue
+        current = None
+        if match := re.match(r"^(\w+)\s*[:?]?=\s*(.*)$", line):
+            variables[match.group(1)] = expand(match.group(2))
+        elif match := re.match(r"^([^\s:#][^:=]*):(?!=)(.*)$", line):
+            current = []
+            for target in expand(match.group(1)).split():
+                rules[target] = (expand(match.group(2)).split(), current)
+    return variables, rules
+
+
+def test_make_test_installs_every_program_its_recipes_run() -> None:
+    """`make test` on a fresh Debian machine installs what it runs: Debian's `nodejs` has no
+    `npm` (a separate package), which the axe-core recipe calls."""
+    variables, rules = makefile_rules((REPO / "Makefile").read_text())
+    installed = {Path(pair.partition("=")[0]).name for pair in variables["TEST_DEPS"].split()}
+    seen: set[str] = set()
+    pending = ["test"]
+    programs: set[str] = set()
+    while pending:
+        target = pending.pop()
+        if target in seen or target not in rules:
+            continue
+        seen.add(target)
+        prerequisites, recipe = rules[target]
+        pending.extend(prerequisites)
+        for line in recipe:
+            words = line.lstrip("@-").split()
+            while words and re.fullmatch(r"\w+=\S*", words[0]):
+                words.pop(0)  # VAR=value before the program
+            if words and "/" not in words[0]:
+                programs.add(words[0])
+    assert "npm" in programs, "the rules reachable from `test` were not all read"
+    assert programs - BASE_PROGRAMS <= installed, sorted(programs - BASE_PROGRAMS - installed)

@@ -127,6 +127,37 @@ async def test_large_bodies_are_413(client: httpx.AsyncClient, auth: AuthHeaders
     assert_problem(streamed, 413)
 
 
+async def test_a_streamed_body_over_the_limit_changes_nothing(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
+) -> None:
+    """A valid booking followed by padding past the limit, with no Content-Length: the
+    answer is 413, so the booking must not be made either (the client would retry it)."""
+    instructor = auth("i1", "instructor")
+    named = await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
+    assert named.is_success
+    created = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(days=2), "end": future(days=2, hours=1)},
+        headers=instructor,
+    )
+    slot_id = created.json()["id"]
+
+    async def booking_then_padding() -> AsyncIterator[bytes]:
+        yield b'{"slotId": "' + slot_id.encode() + b'"}'
+        yield b" " * 70_000
+
+    answer = await client.post(
+        "/api/bookings",
+        content=booking_then_padding(),
+        headers={**auth("s1"), "content-type": "application/json"},
+    )
+    assert_problem(answer, 413)
+    assert answer.headers["cache-control"] == "no-store"
+    assert (await client.get("/api/users/me/bookings", headers=auth("s1"))).json() == []
+    schedule = await client.get("/api/instructors/i1/schedule")
+    assert [slot["status"] for slot in schedule.json()["slots"]] == ["available"]
+
+
 async def test_unknown_routes_and_methods(client: httpx.AsyncClient) -> None:
     missing = await client.get("/api/nothing-here")
     assert assert_problem(missing, 404)["detail"] == "no resource at /api/nothing-here"

@@ -28,6 +28,12 @@ _PRIVATE_PATHS = ("/api/users/", "/api/bookings", "/api/stream-tickets", "/inter
 _NO_STORE = (b"cache-control", b"no-store")
 
 
+class BodyTooLarge(Exception):
+    """Raised into the app by ``receive`` once the body passes the limit: the request must
+    not run on the part read so far (a valid prefix would otherwise be acted on, and the
+    client, told 413, would send it again)."""
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
@@ -89,19 +95,22 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+                if private:
+                    headers.append(_NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         async def receive_limited() -> Message:
             nonlocal received, over_limit
             if over_limit:
-                return {"type": "http.request", "body": b"", "more_body": False}
+                raise BodyTooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     over_limit = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    raise BodyTooLarge
             return message
 
         try:
@@ -111,6 +120,12 @@ class RequestContextMiddleware:
                 )
             else:
                 await self.app(scope, receive_limited, send_wrapper)
+        except BodyTooLarge:
+            if not response_started:
+                response_started = True
+                await self._problem(
+                    send_wrapper_raw, 413, f"the request body exceeds {limit} bytes"
+                )
         except Exception:
             log.exception("request.failed", method=scope["method"], path=scope["path"])
             if not response_started:

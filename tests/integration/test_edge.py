@@ -24,7 +24,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from scripts.devstack import DevStack, Ports, nginx_binary
 from slotstream_testkit.net import free_port, wait_for_port
@@ -45,10 +48,17 @@ def fake_gateway(name: str) -> Starlette:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(name)
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass  # held open until the client goes
+
     return Starlette(
         routes=[
             Route("/api/book-now/schedule-updates", stream),
             Route("/v1/events", stream),
+            WebSocketRoute("/v1/ws", socket),
         ]
     )
 
@@ -273,6 +283,20 @@ async def test_open_streams_per_address_are_capped(strict_edge: Edge) -> None:
         # Closed streams free their places.
         async with client.stream("GET", path) as again:
             assert again.status_code == 200
+
+
+async def test_open_websockets_per_address_are_capped(strict_edge: Edge) -> None:
+    """A WebSocket is a stream too: the edge's cap per address holds for `/v1/ws` (without
+    it, each gateway's own cap applied, and the total grew with the number of gateways)."""
+    url = strict_edge.url.replace("http://", "ws://") + "/v1/ws"
+    async with connect(url) as one, connect(url) as two:
+        assert {await one.recv(), await two.recv()} <= {"gateway-1", "gateway-2"}
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url)
+        assert refused.value.response.status_code == 429
+        assert refused.value.response.headers["Retry-After"]
+    async with connect(url) as again:  # closed sockets free their places
+        assert await again.recv()
 
 
 async def test_bookings_and_tickets_have_a_stricter_rate(strict_edge: Edge) -> None:

@@ -90,3 +90,24 @@ def test_make_test_installs_every_program_its_recipes_run() -> None:
                 programs.add(words[0])
     assert "npm" in programs, "the rules reachable from `test` were not all read"
     assert programs - BASE_PROGRAMS <= installed, sorted(programs - BASE_PROGRAMS - installed)
+
+
+def test_tests_the_docs_cite_exist() -> None:
+    """A control in docs/security.md (or any doc) proved by a test names one that runs:
+    `path.py::test_name`, and `::test_other` after it for the same file; a path may be
+    relative to the repository or to a package (`tests/unit/…` of a service)."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    packages = [REPO, *sorted(REPO.glob("services/*")), *sorted(REPO.glob("libs/*"))]
+    cited: list[tuple[str, str]] = []
+    for doc in [*docs, *sorted(REPO.glob("services/*/README.md"))]:
+        path = ""
+        for match in re.finditer(r"`([\w./-]+\.py)?::(test_\w+)", doc.read_text()):
+            path = match.group(1) or path
+            cited.append((path, match.group(2)))
+    assert len(cited) > 10
+    missing = []
+    for path, name in cited:
+        sources = [package / path for package in packages if (package / path).is_file()]
+        if not any(re.search(rf"def {name}\b", source.read_text()) for source in sources):
+            missing.append(f"{path}::{name}")
+    assert not missing, missing

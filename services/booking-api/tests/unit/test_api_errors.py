@@ -158,6 +158,71 @@ async def test_a_streamed_body_over_the_limit_changes_nothing(
     assert [slot["status"] for slot in schedule.json()["slots"]] == ["available"]
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "to=0001-01-01T00:00:00%2B00:00",
+        "from=9999-12-31T00:00:00%2B00:00",
+        "from=0001-01-01T00:30:00%2B01:00",
+    ],
+)
+async def test_schedule_windows_past_the_calendar_are_422(
+    client: httpx.AsyncClient, auth: AuthHeaders, query: str
+) -> None:
+    """A window whose other end (or UTC form) would fall outside years 1-9999: a rule the
+    caller broke, not a server error (the route is public)."""
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor"))
+    answer = await client.get(f"/api/instructors/i1/schedule?{query}")
+    assert "outside the calendar" in str(assert_problem(answer, 422)["detail"])
+
+
+async def test_slot_times_past_the_calendar_are_422(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
+) -> None:
+    instructor = auth("i1", "instructor")
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
+    ancient = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": "0001-01-01T00:30:00+01:00", "end": "0001-01-01T01:30:00+01:00"},
+        headers=instructor,
+    )
+    assert_problem(ancient, 422)
+    created = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(days=2), "end": future(days=2, hours=1)},
+        headers=instructor,
+    )
+    moved = await client.patch(
+        f"/api/slots/{created.json()['id']}",
+        json={"start": "9999-12-31T23:30:00+00:00"},
+        headers={**instructor, "If-Match": "*"},
+    )
+    assert_problem(moved, 422)
+
+
+async def test_an_if_match_of_other_digits_is_412(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
+) -> None:
+    """``"²"`` is a digit to ``str.isdigit`` but not to ``int``: still just not an ETag."""
+    instructor = auth("i1", "instructor")
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
+    created = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(days=2), "end": future(days=2, hours=1)},
+        headers=instructor,
+    )
+    moved = await client.patch(
+        f"/api/slots/{created.json()['id']}",
+        content=b'{"start": "' + future(days=3).encode() + b'"}',
+        headers=[
+            (b"authorization", instructor["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"if-match", '"\xb2"'.encode("latin-1")),
+        ],
+    )
+    assert_problem(moved, 412)
+
+
 async def test_unknown_routes_and_methods(client: httpx.AsyncClient) -> None:
     missing = await client.get("/api/nothing-here")
     assert assert_problem(missing, 404)["detail"] == "no resource at /api/nothing-here"

@@ -1,5 +1,6 @@
 """The public API under ``/api``."""
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -224,6 +225,10 @@ def slot_etag(version: int) -> str:
     return f'"{version}"'
 
 
+#: a slot's ETag: its version in quotes (ASCII digits only: ``str.isdigit`` takes "²")
+_ETAG = re.compile(r'"([0-9]{1,18})"')
+
+
 def _if_match_version(if_match: str | None, current: int) -> int:
     """The slot version ``If-Match`` names: ``"<version>"`` (the slot's ETag), or ``*``
     (whatever is current). Anything else can never match."""
@@ -232,8 +237,8 @@ def _if_match_version(if_match: str | None, current: int) -> int:
     tag = if_match.strip()
     if tag == "*":
         return current
-    if len(tag) >= 3 and tag[0] == '"' and tag[-1] == '"' and tag[1:-1].isdigit():
-        return int(tag[1:-1])
+    if etag := _ETAG.fullmatch(tag):
+        return int(etag.group(1))
     raise PreconditionFailed(f'If-Match {tag[:40]!r} is not a slot ETag (e.g. "3")')
 
 

@@ -22,8 +22,25 @@ MAX_BATCH = 200
 
 def to_storage_time(value: datetime) -> datetime:
     """UTC, truncated to whole milliseconds: what BSON keeps, so both backends agree."""
-    utc = value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise _outside_the_calendar(value) from None
     return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+def shifted(value: datetime, delta: timedelta) -> datetime:
+    """``value + delta``; a result past year 9999 (or before year 1) is the caller's
+    request breaking a rule, not a server error."""
+    try:
+        return value + delta
+    except OverflowError:
+        raise _outside_the_calendar(value, delta) from None
+
+
+def _outside_the_calendar(value: datetime, delta: timedelta | None = None) -> InvalidRequest:
+    moved = "" if delta is None else f" moved by {delta}"
+    return InvalidRequest(f"{value.isoformat()}{moved} is outside the calendar (years 1 to 9999)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +92,7 @@ def moved_window(
         raise InvalidRequest("a move needs a new start, a new end, or both")
     if start is None:
         return slot.start, end if end is not None else slot.end
-    return start, end if end is not None else start + (slot.end - slot.start)
+    return start, end if end is not None else shifted(start, slot.end - slot.start)
 
 
 def ensure_movable(slot: SlotDocument, version: int) -> None:
@@ -125,9 +142,9 @@ def schedule_window(
         range_start, range_end = now - DEFAULT_WINDOW_BEFORE, now + DEFAULT_WINDOW_AFTER
     elif start is None:
         assert end is not None
-        range_start, range_end = end - default_width, end
+        range_start, range_end = shifted(end, -default_width), end
     elif end is None:
-        range_start, range_end = start, start + default_width
+        range_start, range_end = start, shifted(start, default_width)
     else:
         range_start, range_end = start, end
     range_start, range_end = to_storage_time(range_start), to_storage_time(range_end)

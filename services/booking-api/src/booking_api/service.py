@@ -236,7 +236,7 @@ class BookingService:
         active bookings."""
         authz.ensure_may_book(principal)
         now = self.now()
-        slot = bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
+        bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
         limit = max_active_bookings
         active = await self._storage.bookings.count_active_for_student(principal.user_id, limit)
         bookings.ensure_within_quota(active, limit)
@@ -244,14 +244,15 @@ class BookingService:
         booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
         if booked is None:
             raise bookings.lost_race(await self._storage.slots.get(slot_id), slot_id)
+        # The slot as claimed, not as first read: it may have moved in between.
         booking = BookingDocument(
             id=booking_id,
             slot_id=slot_id,
-            instructor_id=slot.instructor_id,
+            instructor_id=booked.instructor_id,
             student_id=principal.user_id,
             student_name=principal.name,
-            slot_start=slot.start,
-            slot_end=slot.end,
+            slot_start=booked.start,
+            slot_end=booked.end,
             status=BookingStatus.ACTIVE,
             version=1,
             created_at=now,

@@ -1,12 +1,15 @@
 """The API end to end on the memory backend: every route's success path and its errors."""
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
 
 from booking_api.adapters.memory import MemoryStorage
-from slotstream_contracts.documents import SLOTS
+from slotstream_contracts.documents import SLOTS, SlotDocument
+
+from .test_api_idempotency import setup_slot
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -548,3 +551,34 @@ async def test_an_instructor_lists_who_booked_their_slots(
     assert (await client.get("/api/instructors/i1/bookings")).status_code == 401
     unknown = await client.get("/api/instructors/nope/bookings", headers=auth("root", "admin"))
     assert unknown.status_code == 404
+
+
+async def test_a_slot_moved_while_it_is_booked_gives_the_booking_its_new_time(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, memory_storage: MemoryStorage
+) -> None:
+    """The instructor moves the free slot between the booking's read of it and its claim:
+    the booking (and the student's notification) must carry the time the slot is booked
+    at, or the student turns up on the wrong day."""
+    slot_id = await setup_slot(client, auth, future)
+    slots = memory_storage.slots
+    claim = slots.book
+
+    async def moved_first(
+        slot_id: str, booking_id: str, student_id: str, now: datetime
+    ) -> SlotDocument | None:
+        slot = await slots.get(slot_id)
+        assert slot is not None
+        later = timedelta(days=1)
+        await slots.move_unless_overlapping(
+            slot_id, slot.version, slot.start + later, slot.end + later, now
+        )
+        return await claim(slot_id, booking_id, student_id, now)
+
+    slots.book = moved_first  # type: ignore[method-assign]
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert booked.status_code == 201, booked.text
+    [slot] = (await client.get("/api/instructors/i1/schedule")).json()["slots"]
+    assert slot["status"] == "booked"
+    assert (booked.json()["slotStart"], booked.json()["slotEnd"]) == (slot["start"], slot["end"])
+    [note] = (await client.get("/api/users/me/notifications", headers=auth("s1"))).json()
+    assert note["slotStart"] == slot["start"]

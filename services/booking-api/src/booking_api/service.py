@@ -28,8 +28,9 @@ Partial failure, step by step (a store write can fail or time out at any point):
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -62,6 +63,17 @@ Clock = Callable[[], datetime]
 
 #: Seconds before each read-back of a booking whose insert failed (a blip passes quickly).
 BOOKING_READ_BACK_PAUSES = (0.0, 0.05, 0.25)
+
+
+async def committed(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``, which follows a commit, to its end even if the request is cancelled
+    meanwhile (its timeout, or the client gone): cancelled now, it would be answered
+    "retry" for an operation already done, and lose what ``work`` writes."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
 
 
 def _new_slot(instructor_id: str, window: slots.SlotWindow, now: datetime) -> SlotDocument:
@@ -269,11 +281,16 @@ class BookingService:
                 await asyncio.shield(self._storage.slots.release(slot_id, booking_id, self.now()))
                 log.warning("booking.compensated", slot_id=slot_id, booking_id=booking_id)
                 raise
-            log.warning("booking.insert_reply_lost", slot_id=slot_id, booking_id=booking_id)
-            if not isinstance(exc, Exception):
-                raise  # cancelled: the booking stands, the caller is gone
+            # Stored: the booking stands whether the insert failed or was cancelled (request
+            # timeout) after it was applied, and is answered as made.
+            log.warning(
+                "booking.insert_reply_lost",
+                slot_id=slot_id,
+                booking_id=booking_id,
+                error=repr(exc),
+            )
         _info("booking.created", booking_id=booking_id, slot_id=slot_id)
-        await self._notify(booking, NotificationKind.BOOKING_CREATED, None)
+        await committed(self._notify(booking, NotificationKind.BOOKING_CREATED, None))
         return booking
 
     async def _booking_stored(self, booking_id: str) -> bool | None:
@@ -310,7 +327,7 @@ class BookingService:
         if not authz.is_student_of(principal, booking):
             own = authz.is_instructor_of(principal, booking)
             by = principal.name or ("the instructor" if own else "an admin")
-        await self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, by)
+        await committed(self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, by))
         return cancelled
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:

@@ -1,9 +1,11 @@
 """``Idempotency-Key``: a retried POST gets the first answer and changes nothing."""
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from booking_api.adapters.memory import IDEMPOTENCY, MemoryStorage
 from booking_api.api.idempotency import fingerprint, record_id
@@ -12,6 +14,7 @@ from booking_api.app import create_app
 from booking_api.config import Settings
 from booking_api.ports import IdempotencyRecord
 from slotstream_contracts.auth import JwtSettings
+from slotstream_contracts.documents import BookingDocument, NotificationDocument
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -208,3 +211,43 @@ async def test_the_memory_store_sweeps_expired_records() -> None:
         )
         await storage.idempotency.reserve(record, now, stale_before=now, max_per_user=1_000)
         assert len(storage.collections[IDEMPOTENCY]) <= 101
+
+
+@pytest.mark.parametrize("slow", ["notification", "booking-reply"])
+async def test_a_booking_committed_before_the_request_timeout_is_answered_as_made(
+    settings: Settings,
+    auth: AuthHeaders,
+    future: Future,
+    memory_storage: MemoryStorage,
+    slow: str,
+) -> None:
+    """The timeout fires once the booking is stored (while its notifications are written,
+    or before the insert's reply): the answer is 201, not 503 "retry", whose retry would be
+    refused as a double booking of the student's own slot; the notifications are written."""
+    quick = settings.model_copy(update={"request_timeout_seconds": 0.2})
+    app = create_app(quick, storage=memory_storage)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
+        slot_id = await setup_slot(client, auth, future)
+        insert_note = memory_storage.notifications.insert
+        insert_booking = memory_storage.bookings.insert
+
+        async def slow_note(note: NotificationDocument) -> None:
+            await asyncio.sleep(0.5)
+            await insert_note(note)
+
+        async def slow_reply(booking: BookingDocument) -> None:
+            await insert_booking(booking)
+            await asyncio.sleep(0.5)
+
+        if slow == "notification":
+            memory_storage.notifications.insert = slow_note  # type: ignore[method-assign,assignment]
+        else:
+            memory_storage.bookings.insert = slow_reply  # type: ignore[method-assign]
+        headers = {**auth("s1"), "Idempotency-Key": "book-slow"}
+        first = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+        assert first.status_code == 201, first.text
+        retry = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+        assert (retry.status_code, retry.json()) == (201, first.json())
+        notes = await client.get("/api/users/me/notifications", headers=auth("s1"))
+        assert [note["bookingId"] for note in notes.json()] == [first.json()["id"]]

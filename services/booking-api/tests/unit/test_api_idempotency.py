@@ -135,7 +135,7 @@ async def test_a_pending_record_left_by_a_crash_is_taken_over_after_the_request_
     now = datetime.now(UTC)
     body = BookingCreate.model_validate({"slotId": slot_id})
     crashed = IdempotencyRecord(
-        id=record_id("s1", "book-1"),
+        id=record_id("s1", "student", "book-1"),
         user_id="s1",
         fingerprint=fingerprint("POST", "/api/bookings", body),
         state="pending",
@@ -143,7 +143,10 @@ async def test_a_pending_record_left_by_a_crash_is_taken_over_after_the_request_
         expires_at=now + timedelta(hours=23),
     )
     running = crashed.model_copy(
-        update={"id": record_id("s1", "book-2"), "created_at": now - timedelta(seconds=1)}
+        update={
+            "id": record_id("s1", "student", "book-2"),
+            "created_at": now - timedelta(seconds=1),
+        }
     )
     for record in (crashed, running):
         await memory_storage.idempotency.reserve(record, now, stale_before=now, max_per_user=10)

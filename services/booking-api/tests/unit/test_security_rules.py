@@ -37,6 +37,22 @@ async def book(
     return str(booked.json()["id"])
 
 
+async def test_an_instructor_sharing_a_students_id_cannot_replay_the_students_answers(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 9 for Idempotency-Key: instructor "twin" sending student "twin"'s request with
+    the student's key gets what an instructor gets (403), not the student's stored 201."""
+    slot_id = await slot_of(client, auth, future, "i1")
+    booking = {"slotId": slot_id}
+    as_student = {**auth("twin", "student", "Stu"), "Idempotency-Key": "k1"}
+    as_instructor = {**auth("twin", "instructor"), "Idempotency-Key": "k1"}
+    made = await client.post("/api/bookings", json=booking, headers=as_student)
+    assert made.status_code == 201
+    replayed = await client.post("/api/bookings", json=booking, headers=as_instructor)
+    assert replayed.status_code == 403, replayed.text
+    assert "idempotent-replayed" not in replayed.headers
+
+
 async def test_a_student_sharing_an_instructors_id_cannot_cancel_bookings_of_that_schedule(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Future
 ) -> None:

@@ -62,8 +62,10 @@ def fingerprint(method: str, path: str, body: BaseModel) -> str:
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
-def record_id(user_id: str, key: str) -> str:
-    return hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()[:48]
+def record_id(user_id: str, role: str, key: str) -> str:
+    """A key's record is the caller's: their id *and* role (an instructor and a student may
+    share an id and are different people; security control 9)."""
+    return hashlib.sha256(f"{user_id}\x00{role}\x00{key}".encode()).hexdigest()[:48]
 
 
 async def idempotent(
@@ -85,7 +87,7 @@ async def idempotent(
     store = service.storage.idempotency
     now = service.now()
     reserved = IdempotencyRecord(
-        id=record_id(principal.user_id, key),
+        id=record_id(principal.user_id, principal.role.value, key),
         user_id=principal.user_id,
         fingerprint=request_fingerprint,
         state="pending",

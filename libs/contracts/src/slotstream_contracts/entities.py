@@ -23,17 +23,26 @@ _REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"
 _JOINERS: Final = frozenset({"\u200c", "\u200d"})
 
 
-def _printable_name(name: str) -> str:
-    """Refuse (never rewrite) a name that could spoof or break what others are shown:
-    a refused request says what to fix; a silently changed name would surprise."""
-    for char in name:
-        if unicodedata.category(char) in _REFUSED_CATEGORIES and char not in _JOINERS:
+def _refuse_hidden(text: str, what: str, allowed: frozenset[str]) -> str:
+    """Refuse (never rewrite) text that could spoof or break what others are shown:
+    a refused request says what to fix; a silently changed text would surprise."""
+    for char in text:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES and char not in allowed:
             raise ValueError(
-                f"a name may not contain a control or format character (found U+{ord(char):04X})"
+                f"a {what} may not contain a control or format character (found U+{ord(char):04X})"
             )
-    if not name.strip():
-        raise ValueError("a name must contain a visible character")
-    return name
+    if not text.strip():
+        raise ValueError(f"a {what} must contain a visible character")
+    return text
+
+
+def _printable_name(name: str) -> str:
+    return _refuse_hidden(name, "name", _JOINERS)
+
+
+def _printable_reason(reason: str) -> str:
+    """As a name, but a reason may run over several lines."""
+    return _refuse_hidden(reason, "reason", _JOINERS | {"\n"})
 
 
 #: A person's name as shown to other users (instructor profiles, the JWT ``name``).
@@ -76,6 +85,9 @@ class SlotData(WireModel):
 
 #: Why an instructor or admin cancelled a booking, shown to the student.
 CancelReason = Annotated[str, Field(min_length=1, max_length=300)]
+#: A reason as a caller writes it: no controls or format characters but line breaks (a
+#: stored reason is read as a plain ``CancelReason``, so none written before is refused).
+WrittenCancelReason = Annotated[CancelReason, AfterValidator(_printable_reason)]
 
 
 class BookingData(WireModel):

@@ -112,6 +112,32 @@ async def test_an_instructor_name_with_control_or_bidi_characters_is_refused(
     assert (await client.get("/api/instructors")).json() == []
 
 
+@pytest.mark.parametrize("reason", ["late\u202eevil", "late\x00", "\x1b[31mlate", "late\u2028x"])
+async def test_a_cancel_reason_with_control_or_bidi_characters_is_refused(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, reason: str
+) -> None:
+    """Item 8 for the reason the student is shown: refused like a name, and the booking
+    stays as it was; a reason of several lines is fine."""
+    booking_id = await book(client, auth, await slot_of(client, auth, future, "i1"), "s1")
+    refused = await client.request(
+        "DELETE",
+        f"/api/bookings/{booking_id}",
+        json={"reason": reason},
+        headers=auth("i1", "instructor"),
+    )
+    assert refused.status_code == 422, refused.text
+    assert "control or format character" in refused.json()["detail"]
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert mine["status"] == "active"
+    cancelled = await client.request(
+        "DELETE",
+        f"/api/bookings/{booking_id}",
+        json={"reason": "Sorry,\nI am ill."},
+        headers=auth("i1", "instructor"),
+    )
+    assert cancelled.status_code == 200, cancelled.text
+
+
 @pytest.mark.parametrize("name", BAD_NAMES)
 async def test_a_token_name_with_control_or_bidi_characters_never_reaches_a_notification(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Future, name: str

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from booking_api.domain.slots import MAX_BATCH
-from slotstream_contracts.entities import CancelReason, DisplayName
+from slotstream_contracts.entities import DisplayName, WrittenCancelReason
 from slotstream_contracts.ids import EntityId
 
 
@@ -88,7 +88,7 @@ class SlotBatch(RequestBody):
 
 
 class BookingCancel(RequestBody):
-    reason: CancelReason | None = Field(
+    reason: WrittenCancelReason | None = Field(
         default=None, description="shown to the student in their notification"
     )
 

@@ -109,9 +109,15 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "ETag", "Retry-After", "Idempotent-Replayed"],
         )
     app.add_middleware(
         RequestContextMiddleware, metrics=parts.metrics, max_body_bytes=settings.max_body_bytes

@@ -60,3 +60,24 @@ async def test_cors_preflight_for_configured_origins(settings: Settings) -> None
         assert preflight.headers["access-control-allow-origin"] == "http://localhost:8080"
         other = await client.get("/healthz", headers={"Origin": "http://evil.test"})
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_lets_a_page_on_another_origin_move_a_slot(settings: Settings) -> None:
+    """Moving a slot is PATCH with If-Match, and its answer's ETag is the next If-Match:
+    the preflight allows both, and the page may read ETag, Retry-After and the replay mark."""
+    configured = settings.model_copy(update={"cors_origins": ["http://localhost:8080"]})
+    app = create_app(configured, storage=MemoryStorage())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
+        preflight = await client.options(
+            "/api/slots/s1",
+            headers={
+                "Origin": "http://localhost:8080",
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "authorization,content-type,if-match",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        answer = await client.get("/healthz", headers={"Origin": "http://localhost:8080"})
+        exposed = answer.headers["access-control-expose-headers"].lower().split(", ")
+        assert {"etag", "retry-after", "idempotent-replayed"} <= set(exposed)

@@ -7,6 +7,8 @@ import httpx
 import pytest
 
 from booking_api.adapters.memory import MemoryStorage
+from booking_api.app import create_app
+from booking_api.config import Settings
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 
 AuthHeaders = Callable[..., dict[str, str]]
@@ -256,3 +258,18 @@ async def test_ops_endpoints(client: httpx.AsyncClient, auth: AuthHeaders) -> No
     spec = (await client.get("/api/openapi.json")).json()
     assert "/api/bookings" in spec["paths"]
     assert "/internal/changes" not in spec["paths"]
+
+
+async def test_a_request_before_storage_is_open_is_503_with_retry_after(
+    settings: Settings, auth: AuthHeaders
+) -> None:
+    app = create_app(settings, storage=MemoryStorage())
+    app.state.parts.runtime = None  # as between the process's start and storage opening
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
+        for answer in (
+            await client.post("/api/bookings", json={"slotId": "s1"}, headers=auth("s1")),
+            await client.post("/api/stream-tickets", json={}, headers=auth("s1")),
+        ):
+            assert_problem(answer, 503)
+            assert answer.headers["retry-after"] == "1"

@@ -84,7 +84,9 @@ def problem(
 def domain_problem(exc: DomainError, instance: str) -> Response:
     status = next(code for kind, code in _STATUS_OF.items() if isinstance(exc, kind))
     kind = exc.kind or type(exc).__name__.lower()
-    return problem(status, exc.detail, kind=kind, instance=instance, **exc.extra)
+    # A 503 is temporary: say when to come back, as every other 503 of the API does.
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return problem(status, exc.detail, kind=kind, instance=instance, headers=headers, **exc.extra)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -18,8 +18,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
-#: A throwaway HS256 secret for settings checks (never used to sign anything real).
-TEST_JWT_SECRET = "test-only-0f4e8d2c6b1a9e7d5c3b1a0f2e4d6c8b"
 #: The Dockerfile of the three Python services (one target each).
 SERVICES_DOCKERFILE = REPO / "Dockerfile"
 #: Every Compose profile, so the model holds every service.

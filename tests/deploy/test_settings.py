@@ -18,12 +18,10 @@ from pydantic_settings import BaseSettings
 from booking_api.config import Settings as BookingApiSettings
 from change_publisher.config import Settings as PublisherSettings
 from push_gateway.config import Settings as GatewaySettings
-from slotstream_contracts.auth import JwtSettings
 from tests.deploy.support import (
     OVERLAYS,
     REPO,
     SERVICES_DOCKERFILE,
-    TEST_JWT_SECRET,
     Manifest,
     pod_templates,
 )
@@ -55,35 +53,7 @@ def models_in(annotation: Any) -> Iterator[type[BaseModel]]:
         yield from models_in(argument)
 
 
-#: Settings of the shared design (DESIGN.md D2/D3) that the sec-auth branch adds: key files,
-#: EdDSA, iss/aud and the gateway's internal token. Until that branch is merged they are
-#: unknown here; once JwtSettings has `public_key_file` they are checked like any other.
-D3_PENDING = "public_key_file" not in JwtSettings.model_fields
-#: DESIGN D4's GATEWAY_TRUSTED_PROXIES comes with the sec-gateway/sec-auth branches.
-D4_PENDING = "trusted_proxies" not in GatewaySettings.model_fields
-#: BOOKING_API_DOCS_ENABLED (issue 10) comes with the sec-data branch.
-DOCS_PENDING = "docs_enabled" not in BookingApiSettings.model_fields
-D3_SETTINGS = {
-    "BOOKING_API_JWT__ALGORITHM",
-    "BOOKING_API_JWT__PUBLIC_KEY_FILE",
-    "BOOKING_API_JWT__PRIVATE_KEY_FILE",
-    "BOOKING_API_JWT__ISSUER",
-    "BOOKING_API_JWT__AUDIENCE",
-    "GATEWAY_JWT__ALGORITHM",
-    "GATEWAY_JWT__PUBLIC_KEY_FILE",
-    "GATEWAY_JWT__ISSUER",
-    "GATEWAY_JWT__AUDIENCE",
-    "GATEWAY_INTERNAL_TOKEN",
-}
-
-
 def is_setting(variable: str) -> bool:
-    if D3_PENDING and variable in D3_SETTINGS:
-        return True
-    if D4_PENDING and variable == "GATEWAY_TRUSTED_PROXIES":
-        return True
-    if DOCS_PENDING and variable == "BOOKING_API_DOCS_ENABLED":
-        return True
     prefix = prefix_of(variable)
     assert prefix is not None
     model: type[BaseModel] = SETTINGS[prefix]
@@ -108,14 +78,6 @@ def build(prefix: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
             monkeypatch.delenv(variable)
     for variable, value in env.items():
         if not variable.startswith(prefix):
-            continue
-        if D3_PENDING and variable in D3_SETTINGS:
-            # This branch's JwtSettings knows only HS256 secrets (see D3_PENDING).
-            monkeypatch.setenv(f"{prefix}JWT__SECRET", TEST_JWT_SECRET)
-            continue
-        if (D4_PENDING and variable == "GATEWAY_TRUSTED_PROXIES") or (
-            DOCS_PENDING and variable == "BOOKING_API_DOCS_ENABLED"
-        ):
             continue
         monkeypatch.setenv(variable, value)
     return SETTINGS[prefix]()
@@ -271,17 +233,15 @@ def test_services_accept_the_compose_settings(
     assert settings.kafka.client_options()["sasl_plain_username"] == "push-gateway"
     assert settings.port == 8002
     assert settings.host == "0.0.0.0"
-    if not D4_PENDING:
-        # The edge's address on the Compose network is trusted to name the client.
-        trusted = [str(network) for network in settings.trusted_proxies]
-        assert "172.16.0.0/12" in trusted
-    if not D3_PENDING:
-        public_key = (generated_secrets / "public" / "jwt-public.pem").read_text()
-        for jwt in (api.jwt, settings.jwt):
-            assert jwt.algorithm == "EdDSA"
-            assert jwt.issuer
-            assert jwt.audience
-            assert jwt.public_key == public_key
+    # The edge's address on the Compose network is trusted to name the client.
+    trusted = [str(network) for network in settings.trusted_proxies]
+    assert "172.16.0.0/12" in trusted
+    public_key = (generated_secrets / "public" / "jwt-public.pem").read_text()
+    for jwt in (api.jwt, settings.jwt):
+        assert jwt.algorithm == "EdDSA"
+        assert jwt.issuer
+        assert jwt.audience
+        assert jwt.public_key == public_key
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -305,11 +265,10 @@ def test_services_accept_the_cluster_settings(
     assert gateway.booking_api_url == "http://booking-api:8000"
     assert gateway.instance_id.startswith("push-gateway-")
     assert gateway.kafka.client_options()["sasl_plain_username"] == "push-gateway"
-    if not D3_PENDING:
-        public_key = (mounted_files / "jwt" / "jwt-public.pem").read_text()
-        for jwt in (api.jwt, gateway.jwt):
-            assert jwt.algorithm == "EdDSA"
-            assert jwt.public_key == public_key
+    public_key = (mounted_files / "jwt" / "jwt-public.pem").read_text()
+    for jwt in (api.jwt, gateway.jwt):
+        assert jwt.algorithm == "EdDSA"
+        assert jwt.public_key == public_key
 
 
 def test_the_generated_secrets_are_accepted_by_the_services(

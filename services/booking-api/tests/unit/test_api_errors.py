@@ -11,6 +11,8 @@ from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
 
+from .test_api_idempotency import setup_slot
+
 AuthHeaders = Callable[..., dict[str, str]]
 PROBLEM = "application/problem+json"
 
@@ -134,15 +136,7 @@ async def test_a_streamed_body_over_the_limit_changes_nothing(
 ) -> None:
     """A valid booking followed by padding past the limit, with no Content-Length: the
     answer is 413, so the booking must not be made either (the client would retry it)."""
-    instructor = auth("i1", "instructor")
-    named = await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
-    assert named.is_success
-    created = await client.post(
-        "/api/instructors/i1/slots",
-        json={"start": future(days=2), "end": future(days=2, hours=1)},
-        headers=instructor,
-    )
-    slot_id = created.json()["id"]
+    slot_id = await setup_slot(client, auth, future)
 
     async def booking_then_padding() -> AsyncIterator[bytes]:
         yield b'{"slotId": "' + slot_id.encode() + b'"}'
@@ -181,21 +175,16 @@ async def test_schedule_windows_past_the_calendar_are_422(
 async def test_slot_times_past_the_calendar_are_422(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
 ) -> None:
+    slot_id = await setup_slot(client, auth, future)
     instructor = auth("i1", "instructor")
-    await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
     ancient = await client.post(
         "/api/instructors/i1/slots",
         json={"start": "0001-01-01T00:30:00+01:00", "end": "0001-01-01T01:30:00+01:00"},
         headers=instructor,
     )
     assert_problem(ancient, 422)
-    created = await client.post(
-        "/api/instructors/i1/slots",
-        json={"start": future(days=2), "end": future(days=2, hours=1)},
-        headers=instructor,
-    )
     moved = await client.patch(
-        f"/api/slots/{created.json()['id']}",
+        f"/api/slots/{slot_id}",
         json={"start": "9999-12-31T23:30:00+00:00"},
         headers={**instructor, "If-Match": "*"},
     )
@@ -206,15 +195,10 @@ async def test_an_if_match_of_other_digits_is_412(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
 ) -> None:
     """``"²"`` is a digit to ``str.isdigit`` but not to ``int``: still just not an ETag."""
+    slot_id = await setup_slot(client, auth, future)
     instructor = auth("i1", "instructor")
-    await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
-    created = await client.post(
-        "/api/instructors/i1/slots",
-        json={"start": future(days=2), "end": future(days=2, hours=1)},
-        headers=instructor,
-    )
     moved = await client.patch(
-        f"/api/slots/{created.json()['id']}",
+        f"/api/slots/{slot_id}",
         content=b'{"start": "' + future(days=3).encode() + b'"}',
         headers=[
             (b"authorization", instructor["Authorization"].encode()),

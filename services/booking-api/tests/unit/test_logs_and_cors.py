@@ -2,7 +2,7 @@
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import orjson
@@ -43,41 +43,49 @@ async def test_request_log_lines_carry_the_request_id(
     assert rejected[0]["request_id"] == "req-42"
 
 
-async def test_cors_preflight_for_configured_origins(settings: Settings) -> None:
+@pytest.fixture
+async def cors_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an API that lets pages of http://localhost:8080 call it."""
     configured = settings.model_copy(update={"cors_origins": ["http://localhost:8080"]})
     app = create_app(configured, storage=MemoryStorage())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
-        preflight = await client.options(
-            "/api/bookings",
-            headers={
-                "Origin": "http://localhost:8080",
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization,idempotency-key",
-            },
-        )
-        assert preflight.status_code == 200
-        assert preflight.headers["access-control-allow-origin"] == "http://localhost:8080"
-        other = await client.get("/healthz", headers={"Origin": "http://evil.test"})
-        assert "access-control-allow-origin" not in other.headers
+        yield client
 
 
-async def test_cors_lets_a_page_on_another_origin_move_a_slot(settings: Settings) -> None:
+async def preflight_of(
+    client: httpx.AsyncClient, path: str, method: str, headers: str
+) -> httpx.Response:
+    """The browser's question before a cross-origin ``method`` with ``headers``."""
+    return await client.options(
+        path,
+        headers={
+            "Origin": "http://localhost:8080",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": headers,
+        },
+    )
+
+
+async def test_cors_preflight_for_configured_origins(cors_client: httpx.AsyncClient) -> None:
+    preflight = await preflight_of(
+        cors_client, "/api/bookings", "POST", "authorization,idempotency-key"
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:8080"
+    other = await cors_client.get("/healthz", headers={"Origin": "http://evil.test"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_lets_a_page_on_another_origin_move_a_slot(
+    cors_client: httpx.AsyncClient,
+) -> None:
     """Moving a slot is PATCH with If-Match, and its answer's ETag is the next If-Match:
     the preflight allows both, and the page may read ETag, Retry-After and the replay mark."""
-    configured = settings.model_copy(update={"cors_origins": ["http://localhost:8080"]})
-    app = create_app(configured, storage=MemoryStorage())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
-        preflight = await client.options(
-            "/api/slots/s1",
-            headers={
-                "Origin": "http://localhost:8080",
-                "Access-Control-Request-Method": "PATCH",
-                "Access-Control-Request-Headers": "authorization,content-type,if-match",
-            },
-        )
-        assert preflight.status_code == 200, preflight.text
-        answer = await client.get("/healthz", headers={"Origin": "http://localhost:8080"})
-        exposed = answer.headers["access-control-expose-headers"].lower().split(", ")
-        assert {"etag", "retry-after", "idempotent-replayed"} <= set(exposed)
+    preflight = await preflight_of(
+        cors_client, "/api/slots/s1", "PATCH", "authorization,content-type,if-match"
+    )
+    assert preflight.status_code == 200, preflight.text
+    answer = await cors_client.get("/healthz", headers={"Origin": "http://localhost:8080"})
+    exposed = answer.headers["access-control-expose-headers"].lower().split(", ")
+    assert {"etag", "retry-after", "idempotent-replayed"} <= set(exposed)

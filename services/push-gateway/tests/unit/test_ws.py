@@ -324,6 +324,17 @@ async def test_tokens_in_the_url_are_refused(harness: Harness) -> None:
     assert client.transport.writes[0].startswith(b"HTTP/1.1 400")
 
 
+async def test_a_handshake_with_too_many_query_fields_is_answered_400(harness: Harness) -> None:
+    client = Client(harness.ws, "/v1/ws?" + "&".join(f"f{n}=1" for n in range(25)))
+    assert client.connection is None
+    [answer] = client.transport.writes
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/problem+json" in head
+    assert b"query" in orjson.loads(body)["detail"].encode()
+    assert client.transport.closed
+
+
 async def test_a_plain_get_is_answered_by_the_library(harness: Harness) -> None:
     transport = FakeTransport()
     assert harness.ws.open(transport, b"/v1/ws", [(b"host", b"gateway")]) is None

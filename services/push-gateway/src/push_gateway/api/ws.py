@@ -58,6 +58,8 @@ log = structlog.get_logger(__name__)
 
 #: Largest client message accepted (ops are tiny; a JWT is the biggest part).
 MAX_MESSAGE_BYTES: Final = 16 * 1024
+#: Most query fields a handshake may have (it needs ``ticket`` at most).
+MAX_QUERY_FIELDS: Final = 20
 #: A client that sent nothing (not even a pong) for two keep-alive periods plus this is gone.
 PING_SLACK_SECONDS: Final = 5.0
 
@@ -487,7 +489,6 @@ class WebSocketGateway:
         transport, or None when the request was refused (and answered)."""
         gateway = self.gateway
         path, _, raw_query = target.partition(b"?")
-        query = parse_qs(raw_query.decode("utf-8", "replace"), max_num_fields=20)
         origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
         ip = gateway.admission.client_ip(transport.get_extra_info("peername"), headers)
         limit = gateway.settings.max_connections
@@ -505,6 +506,12 @@ class WebSocketGateway:
                     f"this gateway holds its maximum of {limit} streams",
                     (("retry-after", "5"),),
                 )
+            try:
+                query = parse_qs(
+                    raw_query.decode("utf-8", "replace"), max_num_fields=MAX_QUERY_FIELDS
+                )
+            except ValueError as exc:  # too many fields: answered like SSE's query errors
+                raise Problem(400, "Bad Request", f"unreadable query string: {exc}") from None
             if "access_token" in query or "token" in query:
                 raise Problem(
                     400, "Bad Request", 'no tokens in URLs: send {"op":"auth","token":…} instead'

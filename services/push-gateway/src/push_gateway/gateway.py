@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Sequence, Sized
 from typing import Any, Final
 
 import structlog
@@ -68,6 +68,9 @@ class Gateway:
         self.presence = presence
         self.heads = heads
         self.connections: set[SseConnection] = set()
+        #: the open WebSockets (``api/ws.py`` puts its set here): with the SSE streams they
+        #: make up the count that ``max_connections`` caps
+        self.websockets: Sized = ()
         self.accepting = True
         self.stats = stats
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,13 +130,7 @@ class Gateway:
                     503, "Service Unavailable", "gateway is starting", (("retry-after", "1"),)
                 )
             admission.admit_ip(ip, time.monotonic())
-            if len(self.connections) >= self.settings.max_connections:
-                raise Problem(
-                    503,
-                    "Service Unavailable",
-                    f"this gateway holds its maximum of {self.settings.max_connections} streams",
-                    (("retry-after", "5"),),
-                )
+            self.admit_stream()
             request = parse_stream_request(
                 path,
                 query_string,
@@ -164,6 +161,18 @@ class Gateway:
         self._schedule_expiry(connection, request)
         self._serve_soon(connection, request)
         return connection
+
+    def admit_stream(self) -> None:
+        """Raise the 503 once this gateway holds ``max_connections`` streams, SSE streams and
+        WebSockets together."""
+        limit = self.settings.max_connections
+        if len(self.connections) + len(self.websockets) >= limit:
+            raise Problem(
+                503,
+                "Service Unavailable",
+                f"this gateway holds its maximum of {limit} streams",
+                (("retry-after", "5"),),
+            )
 
     def _serve_soon(
         self, connection: SseConnection, request: StreamRequest, start_fetch: bool = True

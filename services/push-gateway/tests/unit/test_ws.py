@@ -513,3 +513,25 @@ async def test_a_websocket_counts_as_one_stream_of_its_address() -> None:
     assert third.connection is not None
     await h.ws.shutdown()
     await h.gateway.shutdown()
+
+
+async def test_websockets_and_sse_streams_share_the_connection_cap() -> None:
+    h = Harness(Settings(jwt=JWT, max_connections=1))
+    h._writers, h.stalled_sockets = [], []
+    try:
+        websocket = await h.client()
+        assert websocket.connection is not None
+        refused = await (await h.connect()).start()
+        assert refused.status == 503
+        assert "retry-after: 5" in refused.head
+        websocket.connection.close(CloseCode.SHUTDOWN, "test")
+        stream = await (await h.connect()).start()  # the WebSocket's place was given back
+        assert stream.status == 200
+        second = Client(h.ws)
+        assert second.connection is None
+        assert second.transport.writes[0].startswith(b"HTTP/1.1 503")
+    finally:
+        await h.ws.shutdown()
+        await h.gateway.shutdown()
+        for writer in h._writers:
+            writer.close()

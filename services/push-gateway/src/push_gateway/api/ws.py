@@ -456,6 +456,7 @@ class WebSocketGateway:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.connections: set[WsConnection] = set()
+        gateway.websockets = self.connections
         self.stats = WebSocketStats()
         self._tasks: set[asyncio.Task[None]] = set()
         self._keepalive: asyncio.Task[None] | None = None
@@ -491,7 +492,6 @@ class WebSocketGateway:
         path, _, raw_query = target.partition(b"?")
         origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
         ip = gateway.admission.client_ip(transport.get_extra_info("peername"), headers)
-        limit = gateway.settings.max_connections
         try:
             if not gateway.accepting:
                 raise Problem(
@@ -499,13 +499,7 @@ class WebSocketGateway:
                 )
             # the same per-address connect rate and stream count as SSE streams
             gateway.admission.admit_ip(ip, time.monotonic())
-            if len(gateway.connections) + len(self.connections) >= limit:
-                raise Problem(
-                    503,
-                    "Service Unavailable",
-                    f"this gateway holds its maximum of {limit} streams",
-                    (("retry-after", "5"),),
-                )
+            gateway.admit_stream()
             try:
                 query = parse_qs(
                     raw_query.decode("utf-8", "replace"), max_num_fields=MAX_QUERY_FIELDS

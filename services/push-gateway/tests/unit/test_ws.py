@@ -374,6 +374,31 @@ async def test_ticket_auth_holds_later_ops_until_redeemed(harness: Harness) -> N
     assert redeemer.attempts == ["good", "good"]
 
 
+@pytest.mark.parametrize(
+    ("count", "padding"),
+    [(32, 0), (8, 15_000)],  # more messages, or more bytes, than may wait
+    ids=["messages", "bytes"],
+)
+async def test_ops_piling_up_during_a_ticket_redemption_close_with_policy(
+    harness: Harness, count: int, padding: int
+) -> None:
+    harness.gateway.tickets = GatedRedeemer()  # the booking-api takes its time
+    client = await harness.client()
+    assert client.connection is not None
+    client.send({"op": "auth", "ticket": "slow"})
+    message = orjson.dumps({"op": "ping"}) + b" " * padding
+    for _ in range(count):
+        client.protocol.send_text(message)
+        client.connection.data_received(b"".join(client.protocol.data_to_send()))
+    assert client.messages() == []  # what fits waits for the ticket
+    client.protocol.send_text(message)
+    client.connection.data_received(b"".join(client.protocol.data_to_send()))
+    assert [m["event"] for m in client.messages()] == ["bye"]
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
+    assert b"while a ticket is redeemed" in client.close_frame.data[2:]
+
+
 async def test_ticket_service_down_closes_with_try_again_later(harness: Harness) -> None:
     harness.tickets.unavailable = True
     client = await harness.client("/v1/ws?ticket=any")

@@ -58,6 +58,10 @@ log = structlog.get_logger(__name__)
 
 #: Largest client message accepted (ops are tiny; a JWT is the biggest part).
 MAX_MESSAGE_BYTES: Final = 16 * 1024
+#: Messages that may wait for a ticket's redemption (up to 35 s), at most: room for an
+#: ``auth``'s usual followers (a subscribe per channel); more closes the connection (1008).
+MAX_WAITING_MESSAGES: Final = 32
+MAX_WAITING_BYTES: Final = 128 * 1024
 #: Most query fields a handshake may have (it needs ``ticket`` at most).
 MAX_QUERY_FIELDS: Final = 20
 #: A client that sent nothing (not even a pong) for two keep-alive periods plus this is gone.
@@ -294,8 +298,19 @@ class WsConnection(asyncio.Protocol):
 
     # -- ops ---------------------------------------------------------------------------------
     def _message(self, data: bytes) -> None:
-        if self._waiting is not None:
-            self._waiting.append(data)
+        waiting = self._waiting
+        if waiting is not None:
+            if (
+                len(waiting) >= MAX_WAITING_MESSAGES
+                or sum(map(len, waiting)) + len(data) > MAX_WAITING_BYTES
+            ):
+                self.close(
+                    CloseCode.POLICY,
+                    f"more than {MAX_WAITING_MESSAGES} messages or "
+                    f"{MAX_WAITING_BYTES // 1024} kB sent while a ticket is redeemed",
+                )
+                return
+            waiting.append(data)
             return
         try:
             op = parse_op(data)

@@ -8,8 +8,9 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Coroutine, Sequence, Sized
-from typing import Any, Final
+from collections.abc import Sequence, Sized
+from functools import partial
+from typing import Final
 
 import structlog
 
@@ -74,6 +75,8 @@ class Gateway:
         self.accepting = True
         self.stats = stats
         self._tasks: set[asyncio.Task[None]] = set()
+        #: a stream → its catch-up task while one runs (cancelled when the stream closes)
+        self._serving: dict[SseConnection, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         # one object each, shared by every stream (not a channel or a bound method per stream)
         self._channels = SharedChannels()
@@ -187,7 +190,7 @@ class Gateway:
             return
         under_way = catch_up.fetch_under_way(connection, request, start_fetch)
         if under_way is None:
-            self._spawn(self._serve(connection, request))
+            self._serve_in_task(connection, request)
             return
         # one callback per fetch and a list of the streams waiting for it, not a closure and
         # a callback entry per stream: those were ~0.5 kB each, freed after the fetch but
@@ -255,7 +258,7 @@ class Gateway:
     def serve_subscription(self, connection: SseConnection, request: StreamRequest) -> None:
         """Catch up and go live as :meth:`open_stream` does, for a connection made elsewhere
         (one WebSocket subscription, see ``api/ws.py``)."""
-        self._spawn(self._serve(connection, request))
+        self._serve_in_task(connection, request)
 
     def reject(
         self, transport: asyncio.Transport, problem: Problem, path: str, origin: str | None
@@ -268,10 +271,24 @@ class Gateway:
     def _stream_head(self, connection: SseConnection) -> bytes:
         return self.heads.stream_head(connection.origin)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+    def _serve_in_task(
+        self,
+        connection: SseConnection,
+        request: StreamRequest | None,
+        resync_positions: dict[PartitionKey, int] | None = None,
+    ) -> None:
+        """:meth:`_serve` in a task of its own, which ends when the stream does (see
+        :meth:`_closed`): a stream gone while its snapshot is fetched (a WebSocket's
+        unsubscribe) must not keep its task until the fetch is over."""
+        task = asyncio.create_task(self._serve(connection, request, resync_positions))
         self._tasks.add(task)
+        self._serving[connection] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(partial(self._served, connection))
+
+    def _served(self, connection: SseConnection, task: "asyncio.Task[None]") -> None:
+        if self._serving.get(connection) is task:
+            del self._serving[connection]
 
     def _expire(self, connection: SseConnection) -> None:
         connection.expiry = None
@@ -287,6 +304,9 @@ class Gateway:
         if connection.expiry is not None:
             connection.expiry.cancel()
             connection.expiry = None
+        task = self._serving.pop(connection, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # the catch-up of a stream that is gone (it may be closing itself)
         self.connections.discard(connection)
         self.hub.detach(connection)
         self.admission.release(connection.client_ip, connection.user)
@@ -299,7 +319,7 @@ class Gateway:
         connection.state = StreamState.CATCHING_UP
         self.hub.to_pending(connection)
         positions = {k: self.hub.position(k) for k in connection.partitions}
-        self._spawn(self._serve(connection, None, positions))
+        self._serve_in_task(connection, None, positions)
 
     # -- catching up ---------------------------------------------------------------------------
     async def _serve(

@@ -242,6 +242,29 @@ async def test_unsubscribe_stops_delivery(harness: Harness) -> None:
     assert harness.hub.subscriber_counts() == {}
 
 
+async def test_unsubscribing_or_leaving_stops_the_catch_up_under_way(harness: Harness) -> None:
+    """A dropped subscription's catch-up (here: waiting for a slow booking-api) ends at once
+    instead of holding its task until the fetch is over (up to 15 s)."""
+    harness.source.gate = asyncio.Event()
+    client = await harness.client()
+    for channel in ("instructors/i2/schedule", "instructors/i3/schedule"):
+        client.send({"op": "subscribe", "channel": channel})
+    await settle()
+    catching_up = harness.gateway._tasks  # noqa: SLF001
+    assert len(catching_up) == 2
+    client.send({"op": "unsubscribe", "channel": "instructors/i2/schedule"})
+    await settle()
+    assert len(catching_up) == 1
+    assert client.connection is not None
+    client.protocol.send_close(1000, "bye")
+    client.connection.data_received(b"".join(client.protocol.data_to_send()))
+    await settle()
+    assert len(catching_up) == 0
+    harness.source.gate.set()
+    await settle()
+    assert [m["event"] for m in client.messages()] == ["subscribed", "subscribed", "unsubscribed"]
+
+
 async def test_subscription_problems_answer_without_closing(harness: Harness) -> None:
     client = await harness.subscribed()
     client.messages()

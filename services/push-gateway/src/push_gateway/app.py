@@ -201,6 +201,10 @@ def build_gateway(
         max_streams_per_user=settings.max_streams_per_user,
         connect_rate_per_ip=settings.connect_rate_per_ip,
         connect_burst_per_ip=settings.connect_burst_per_ip,
+        subscribe_rate_per_connection=settings.ws_subscribe_rate,
+        subscribe_burst_per_connection=settings.ws_subscribe_burst,
+        subscribe_rate_per_ip=settings.ws_subscribe_rate_per_ip,
+        subscribe_burst_per_ip=settings.ws_subscribe_burst_per_ip,
         retry_ms=settings.retry_ms,
         limited=stats.limited,
     )

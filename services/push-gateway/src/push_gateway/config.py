@@ -189,6 +189,24 @@ class Settings(BaseSettings):
     connect_burst_per_ip: int = Field(
         default=100, ge=1, description="Stream requests per client IP in a burst"
     )
+    ws_subscribe_rate: float = Field(
+        default=2.0,
+        gt=0,
+        description="WebSocket subscribe ops per second per connection (refill); past it "
+        "an `error` 429 with `retryAfter`",
+    )
+    ws_subscribe_burst: int = Field(
+        default=32, ge=1, description="WebSocket subscribe ops per connection in a burst"
+    )
+    ws_subscribe_rate_per_ip: float = Field(
+        default=20.0,
+        gt=0,
+        description="WebSocket subscribe ops per second per client IP, all its sockets "
+        "together (refill)",
+    )
+    ws_subscribe_burst_per_ip: int = Field(
+        default=200, ge=1, description="WebSocket subscribe ops per client IP in a burst"
+    )
     unknown_instructor_ttl_seconds: float = Field(
         default=30.0,
         ge=0,

@@ -77,7 +77,9 @@ class GatewayCollector(Collector):
         resumes.add_metric(["busy"], gw.stats.resumes_busy)
         yield resumes
         limited = CounterMetricFamily(
-            "gateway_streams_limited", "Stream requests answered 429", labels=["limit"]
+            "gateway_streams_limited",
+            "Stream requests and WebSocket subscribes answered 429",
+            labels=["limit"],
         )
         for limit, count in gw.stats.limited.items():
             limited.add_metric([limit], count)

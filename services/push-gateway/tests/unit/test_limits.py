@@ -20,6 +20,7 @@ from push_gateway.domain.limits import (
     retry_after,
 )
 from push_gateway.domain.requests import Problem, StreamRequest
+from push_gateway.domain.stats import GatewayStats
 from slotstream_contracts.auth import Principal
 from slotstream_contracts.channels import Channel
 
@@ -202,15 +203,20 @@ def test_token_bucket_grants_a_burst_then_the_rate_and_forgets_full_buckets() ->
 
 
 def admission(max_streams_per_ip: int = 2) -> Admission:
-    """A burst of 3 requests, then 1/s; one private stream per user; ``retry:`` 2.5 s."""
+    """A burst of 3 requests, then 1/s; one private stream per user; ``retry:`` 2.5 s;
+    subscribes: 2 per connection, 3 per address at once, then 1/s."""
     return Admission(
         LOOPBACK,
         max_streams_per_ip=max_streams_per_ip,
         max_streams_per_user=1,
         connect_rate_per_ip=1.0,
         connect_burst_per_ip=3,
+        subscribe_rate_per_connection=1.0,
+        subscribe_burst_per_connection=2,
+        subscribe_rate_per_ip=1.0,
+        subscribe_burst_per_ip=3,
         retry_ms=2500,
-        limited=dict.fromkeys(("ip-rate", "ip-streams", "user-streams"), 0),
+        limited=GatewayStats().limited,
     )
 
 
@@ -250,6 +256,23 @@ def test_admission_counts_only_private_streams_against_their_user() -> None:
     gate.release("203.0.113.7", "u1")
     assert gate.admit_user(private) == "u1"
     assert gate.limited["user-streams"] == 1
+
+
+def test_websocket_subscribes_are_limited_per_connection_then_per_address() -> None:
+    gate = admission()
+    first, second = gate.subscribe_bucket(), gate.subscribe_bucket()  # one address's sockets
+    for _ in range(2):
+        gate.admit_subscribe("203.0.113.7", first, now=100.0)
+    with pytest.raises(Problem) as own:
+        gate.admit_subscribe("203.0.113.7", first, now=100.0)
+    assert (own.value.status, own.value.headers) == (429, (("retry-after", "1"),))
+    gate.admit_subscribe("203.0.113.7", second, now=100.0)  # the address's third
+    with pytest.raises(Problem) as shared:
+        gate.admit_subscribe("203.0.113.7", second, now=100.0)
+    assert "one address" in shared.value.detail
+    gate.admit_subscribe("198.51.100.2", gate.subscribe_bucket(), now=100.0)
+    gate.admit_subscribe("203.0.113.7", second, now=101.0)  # a second later: one more
+    assert (gate.limited["ws-subscribe-rate"], gate.limited["ws-subscribe-ip-rate"]) == (1, 1)
 
 
 def test_retry_after_is_whole_seconds_at_least_one() -> None:

@@ -583,3 +583,57 @@ async def test_websockets_and_sse_streams_share_the_connection_cap() -> None:
         await h.gateway.shutdown()
         for writer in h._writers:
             writer.close()
+
+
+def refused_subscribes(client: Client) -> list[dict[str, Any]]:
+    return [
+        m["data"]
+        for m in client.messages()
+        if m["event"] == "error" and m["data"]["op"] == "subscribe"
+    ]
+
+
+async def test_subscribes_past_a_connection_s_burst_get_429_with_a_retry_hint() -> None:
+    """Each subscribe may cost a booking-api request: a socket churning subscribe and
+    unsubscribe gets its burst, then one per ``1 / rate`` seconds; the rest start nothing."""
+    h = Harness(Settings(jwt=JWT, ws_subscribe_burst=4, ws_subscribe_rate=0.5))
+    h.source.gate = asyncio.Event()  # a slow booking-api
+    try:
+        client = await h.client()
+        for n in range(20):
+            channel = f"instructors/x{n}/schedule"
+            client.send({"op": "subscribe", "channel": channel})
+            await asyncio.sleep(0)  # its catch-up asks the booking-api
+            client.send({"op": "unsubscribe", "channel": channel})
+        await settle()
+        refused = refused_subscribes(client)
+        assert len(refused) == 16
+        assert {(r["status"], r["retryAfter"]) for r in refused} == {(429, 2)}
+        assert "4 subscribes" in refused[0]["detail"]
+        assert len(h.source.fetches) == 4
+        assert client.close_frame is None  # refused ops, not a closed connection
+        other = await h.client()  # another connection has a burst of its own
+        other.send({"op": "subscribe", "channel": SCHEDULE})
+        assert [m["event"] for m in other.messages()] == ["subscribed"]
+        assert h.gateway.stats.limited["ws-subscribe-rate"] == 16
+    finally:
+        await h.ws.shutdown()
+        await h.gateway.shutdown()
+
+
+async def test_an_address_s_websockets_share_a_subscribe_rate() -> None:
+    h = Harness(Settings(jwt=JWT, ws_subscribe_burst_per_ip=3, ws_subscribe_rate_per_ip=0.5))
+    try:
+        first, second = await h.client(), await h.client()  # both from one address
+        for client, channel in [(first, SCHEDULE), (first, "instructors/i2/schedule")]:
+            client.send({"op": "subscribe", "channel": channel})
+        second.send({"op": "subscribe", "channel": SCHEDULE})
+        assert refused_subscribes(second) == []
+        second.send({"op": "subscribe", "channel": "instructors/i2/schedule"})
+        refused = refused_subscribes(second)
+        assert [(r["status"], r.get("retryAfter")) for r in refused] == [(429, 2)]
+        assert "one address" in refused[0]["detail"]
+        assert h.gateway.stats.limited["ws-subscribe-ip-rate"] == 1
+    finally:
+        await h.ws.shutdown()
+        await h.gateway.shutdown()

@@ -173,6 +173,7 @@ class WsConnection(asyncio.Protocol):
         "expiry",
         "closed",
         "last_seen",
+        "_subscribes",
         "_waiting",
         "_unparsed",
     )
@@ -195,6 +196,8 @@ class WsConnection(asyncio.Protocol):
         self.expiry: asyncio.TimerHandle | None = None
         self.closed = False
         self.last_seen = time.monotonic()
+        #: this connection's subscribe rate (its address's is the admission's)
+        self._subscribes = server.gateway.admission.subscribe_bucket()
         #: messages that arrived while a ticket was being redeemed, answered in order after it
         self._waiting: list[bytes] | None = None
         #: bytes received but not yet returned as frames (0: the parser is between frames)
@@ -331,19 +334,26 @@ class WsConnection(asyncio.Protocol):
             self.write(json_event("pong", {}))
 
     def _error(self, op: str, channel: str, problem: Problem) -> None:
-        payload = {
+        payload: dict[str, object] = {
             "op": op,
             "channel": channel,
             "status": problem.status,
             "title": problem.title,
             "detail": problem.detail,
         }
+        for name, value in problem.headers:
+            if name == "retry-after":  # an HTTP answer's header: the message's field
+                payload["retryAfter"] = int(value)
         self.write(json_event("error", payload))
 
     def _subscribe(self, op: SubscribeOp) -> None:
         try:
             channel = self._check_subscription(op)
             resume_from = parse_position(op.since) if op.since else None
+            # last: only a subscribe that would start a catch-up takes a token
+            self.server.gateway.admission.admit_subscribe(
+                self.client_ip, self._subscribes, time.monotonic()
+            )
         except PositionError as exc:
             self._error(op.op, op.channel, Problem(400, "Bad Request", f"since: {exc}"))
             return

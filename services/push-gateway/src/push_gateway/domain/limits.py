@@ -180,6 +180,28 @@ class StreamCounts:
         return self._counts.get(key, 0)
 
 
+def take_token(
+    tokens: float, at: float, now: float, rate: float, burst: float
+) -> tuple[float, float]:
+    """One token from a bucket that held ``tokens`` at time ``at``: the tokens left at
+    ``now``, and 0.0 when one was taken, else the seconds until one is available."""
+    tokens = min(burst, tokens + (now - at) * rate)
+    if tokens < 1.0:
+        return tokens, (1.0 - tokens) / rate
+    return tokens - 1.0, 0.0
+
+
+class TokenBucket:
+    """What one token bucket holds (a WebSocket's own subscribe ops): its rate and burst
+    are its owner's (:meth:`Admission.admit_subscribe`)."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, burst: float) -> None:
+        self.tokens = burst
+        self.at = 0.0
+
+
 class TokenBuckets:
     """A token bucket per key: ``burst`` requests at once, then ``rate`` per second."""
 
@@ -197,12 +219,9 @@ class TokenBuckets:
         if now - self._swept >= SWEEP_SECONDS:
             self._sweep(now)
         tokens, at = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        self._buckets[key] = (tokens - 1.0, now)
-        return 0.0
+        tokens, wait = take_token(tokens, at, now, self.rate, self.burst)
+        self._buckets[key] = (tokens, now)
+        return wait
 
     def _sweep(self, now: float) -> None:
         self._swept = now
@@ -225,14 +244,18 @@ def retry_after(seconds: float) -> str:
 
 class Admission:
     """Whether a client may open one more stream: its connect rate and stream count per
-    address, its private streams per user. Refusals are 429 problems, counted per
-    limit in ``limited``; a stream that was admitted is ``hold``-ed until ``release``."""
+    address, its private streams per user; and whether a WebSocket may subscribe once
+    more. Refusals are 429 problems, counted per limit in ``limited``; a stream that was
+    admitted is ``hold``-ed until ``release``."""
 
     __slots__ = (
         "client_ip",
         "streams_per_ip",
         "streams_per_user",
         "connect_rate",
+        "subscribe_rate",
+        "connection_subscribe_rate",
+        "connection_subscribe_burst",
         "limited",
         "_retry_seconds",
     )
@@ -245,6 +268,10 @@ class Admission:
         max_streams_per_user: int,
         connect_rate_per_ip: float,
         connect_burst_per_ip: int,
+        subscribe_rate_per_connection: float,
+        subscribe_burst_per_connection: int,
+        subscribe_rate_per_ip: float,
+        subscribe_burst_per_ip: int,
         retry_ms: int,
         limited: dict[str, int],
     ) -> None:
@@ -252,6 +279,10 @@ class Admission:
         self.streams_per_ip = StreamCounts(max_streams_per_ip)
         self.streams_per_user = StreamCounts(max_streams_per_user)
         self.connect_rate = TokenBuckets(connect_rate_per_ip, connect_burst_per_ip)
+        #: WebSocket subscribe ops per address (each connection has a bucket of its own)
+        self.subscribe_rate = TokenBuckets(subscribe_rate_per_ip, subscribe_burst_per_ip)
+        self.connection_subscribe_rate = subscribe_rate_per_connection
+        self.connection_subscribe_burst = float(subscribe_burst_per_connection)
         #: limit name → requests refused by it (shared with the gateway's stats)
         self.limited = limited
         self._retry_seconds = retry_ms / 1000
@@ -272,6 +303,33 @@ class Admission:
             raise self._too_many(
                 "ip-streams",
                 f"one address may hold at most {self.streams_per_ip.limit} streams",
+            )
+
+    def subscribe_bucket(self) -> TokenBucket:
+        """A new WebSocket's own bucket for :meth:`admit_subscribe`."""
+        return TokenBucket(self.connection_subscribe_burst)
+
+    def admit_subscribe(self, ip: str, bucket: TokenBucket, now: float) -> None:
+        """A WebSocket subscribe (each may start a catch-up and a booking-api request): the
+        connection's rate, then its address's; ``now``: ``time.monotonic()``."""
+        rate, burst = self.connection_subscribe_rate, self.connection_subscribe_burst
+        bucket.tokens, wait = take_token(bucket.tokens, bucket.at, now, rate, burst)
+        bucket.at = now
+        if wait:
+            raise self._too_many(
+                "ws-subscribe-rate",
+                f"more than {burst:g} subscribes on one connection in a burst, "
+                f"or {rate:g}/s sustained",
+                wait,
+            )
+        per_ip = self.subscribe_rate
+        wait = per_ip.take(ip, now)
+        if wait:
+            raise self._too_many(
+                "ws-subscribe-ip-rate",
+                f"more than {per_ip.burst:g} subscribes from one address in a burst, "
+                f"or {per_ip.rate:g}/s sustained",
+                wait,
             )
 
     def admit_user(self, request: StreamRequest) -> str | None:

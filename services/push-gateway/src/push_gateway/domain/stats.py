@@ -18,6 +18,15 @@ class GatewayStats:
     resumes_busy: int = 0
     #: 429s per limit (see ``Admission``)
     limited: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("ip-rate", "ip-streams", "user-streams"), 0)
+        default_factory=lambda: dict.fromkeys(
+            (
+                "ip-rate",
+                "ip-streams",
+                "user-streams",
+                "ws-subscribe-rate",
+                "ws-subscribe-ip-rate",
+            ),
+            0,
+        )
     )
     token_expiries: int = 0

@@ -434,6 +434,8 @@ class GatewayServer(Server):
             "GATEWAY_MAX_STREAMS_PER_IP": "19000",
             "GATEWAY_CONNECT_BURST_PER_IP": "19000",
             "GATEWAY_CONNECT_RATE_PER_IP": "100000",
+            "GATEWAY_WS_SUBSCRIBE_BURST_PER_IP": "19000",
+            "GATEWAY_WS_SUBSCRIBE_RATE_PER_IP": "100000",
             "GATEWAY_LOG__LEVEL": "WARNING",
             # the gateway refuses to start without a key (public streams only here)
             "GATEWAY_JWT__SECRET": secrets.token_hex(32),

@@ -300,17 +300,29 @@ export class Subscription extends EventTarget {
   }
 
   _scheduleRetry(status = Status.DISCONNECTED) {
+    this._retryAfter(this._retryDelay(), status, () => {
+      this._setStatus(Status.RECONNECTING);
+      this._connect();
+    });
+  }
+
+  /** The wait before the next attempt: the back-off for `attempt`, at least `minDelayMs`. */
+  _retryDelay(minDelayMs = 0) {
     const { initialBackoffMs, maxBackoffMs } = this.options;
     // Capped exponential backoff with full jitter: many pages dropped at once by one
     // failing gateway must not all come back in the same instant.
     const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** Math.min(this.attempt - 1, 16));
-    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    return Math.max(minDelayMs, Math.round(ceiling / 2 + (Math.random() * ceiling) / 2));
+  }
+
+  /** Show `status` with the wait, then `action()` after `delay` ms (replacing a pending retry). */
+  _retryAfter(delay, status, action) {
+    clearTimeout(this._retryTimer);
     this._retryAt = Date.now() + delay;
     this._setStatus(status, delay);
     this._retryTimer = setTimeout(() => {
       this._retryTimer = null;
-      this._setStatus(Status.RECONNECTING);
-      this._connect();
+      action();
     }, delay);
   }
 
@@ -426,6 +438,7 @@ export class WebSocketSubscription extends Subscription {
 
   _open(url) {
     this._since ??= new Map(); // channel → id of the last message received on it
+    this._refused = new Set(); // channels whose subscribe was refused for now, to send again
     this._socket?.close(1000, "replaced");
     const ticket = this._ticket;
     const socket = this.options.webSocketFactory(url);
@@ -434,9 +447,7 @@ export class WebSocketSubscription extends Subscription {
       if (socket !== this._socket) return;
       if (ticket) this._send({ op: "auth", ticket });
       for (const channel of [this.scheduleChannel, this.notificationsChannel]) {
-        if (!channel) continue;
-        const since = this._since.get(channel);
-        this._send(since ? { op: "subscribe", channel, since } : { op: "subscribe", channel });
+        if (channel) this._subscribe(channel);
       }
       this.attempt = 0;
       this.error = null;
@@ -495,11 +506,49 @@ export class WebSocketSubscription extends Subscription {
         return this._emit(event, data);
       case "presence":
         return this._onPresence(data);
+      case "subscribed":
+        return this._onSubscribed(data);
       case "error":
-        return this._fail(new Error(`${data.channel}: ${data.detail}`));
-      default: // subscribed, unsubscribed, authenticated, heartbeat, pong
+        return this._onRefused(data);
+      default: // unsubscribed, authenticated, heartbeat, pong
         return undefined;
     }
+  }
+
+  /** Resumed from the last id received on the channel (`since`), when there is one. */
+  _subscribe(channel) {
+    const since = this._since.get(channel);
+    this._send(since ? { op: "subscribe", channel, since } : { op: "subscribe", channel });
+  }
+
+  /** A subscribe was accepted: live again once no channel waits to be subscribed again. */
+  _onSubscribed({ channel }) {
+    if (!this._refused.delete(channel) || this._refused.size) return;
+    this._setStatus(Status.OPEN);
+  }
+
+  /**
+   * The gateway refused an op; the connection stays open. A subscribe to one of our
+   * channels refused for now (5xx: "gateway is starting: retry in 1 s" while its Kafka
+   * partitions are not assigned) is sent again after the back-off, or after the wait the
+   * message names if longer; until it is accepted the status is not OPEN. Any other refusal
+   * (400, 401, 403, 404, 409) is an `error`: sending it again would be refused again.
+   */
+  _onRefused(data) {
+    const ours = data.channel === this.scheduleChannel || data.channel === this.notificationsChannel;
+    if (data.op !== "subscribe" || !ours || !(data.status >= 500)) {
+      this._fail(new Error(`${data.channel}: ${data.detail}`));
+      return;
+    }
+    this._refused.add(data.channel);
+    this.attempt += 1;
+    const hint = /retry in (\d+(?:\.\d+)?) s\b/.exec(data.detail ?? "");
+    const socket = this._socket;
+    this._retryAfter(this._retryDelay(hint ? Number(hint[1]) * 1000 : 0), Status.DISCONNECTED, () => {
+      if (socket !== this._socket) return;
+      this._setStatus(Status.RECONNECTING);
+      for (const channel of this._refused) this._subscribe(channel);
+    });
   }
 
   _send(op) {

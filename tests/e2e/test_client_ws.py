@@ -4,12 +4,13 @@ resuming each channel with ``since`` after a close."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext
+from playwright.sync_api import BrowserContext, expect
 
-from tests.e2e.fakeserver import FakeEdge
+from tests.e2e.fakeserver import INSTRUCTOR, FakeEdge, make_slot
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +99,79 @@ def test_websocket_transport_auth_subscribe_merge_and_resume(
     # refused one is "disconnected" (red)
     assert result["statuses"][:3] == ["open", "reconnecting", "reconnecting"]
     assert result["connected"] is False
+
+
+# The page's WebSocket replaced by one the test drives: ``window.__sockets`` holds every
+# socket the page opened, ``deliver`` hands it a message as the gateway would.
+FAKE_WEBSOCKET = """
+window.__sockets = [];
+window.WebSocket = class FakeWebSocket {
+  constructor(url) { this.sent = []; this.sentAt = []; window.__sockets.push(this); }
+  send(text) { this.sent.push(JSON.parse(text)); this.sentAt.push(performance.now()); }
+  close() {}
+  deliver(message) { this.onmessage({ data: JSON.stringify(message) }); }
+};
+"""
+
+
+def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown_live(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A gateway whose Kafka partitions are not assigned yet answers ``subscribe`` with an
+    ``error`` 503 "retry in 1 s" and keeps the socket open (heartbeats): the page must not
+    say "Live" meanwhile, and subscribes again after the hinted second."""
+    fake, base_url = fake_edge
+    tomorrow = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    fake.slots["a"] = make_slot("a", tomorrow)
+    errors: list[str] = []
+    page = context.new_page()
+    page.add_init_script(FAKE_WEBSOCKET)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}&transport=websocket")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    channel = f"instructors/{INSTRUCTOR}/schedule"
+    page.evaluate("() => window.__sockets[0].onopen()")
+    assert page.evaluate("() => window.__sockets[0].sent") == [
+        {"op": "subscribe", "channel": channel}
+    ]
+
+    refused_at = page.evaluate(
+        """(channel) => {
+          window.__sockets[0].deliver({ event: "error", data: {
+            op: "subscribe", channel, status: 503, title: "Service Unavailable",
+            detail: "gateway is starting: retry in 1 s" } });
+          window.__sockets[0].deliver({ event: "heartbeat", data: {} });
+          return performance.now();
+        }""",
+        channel,
+    )
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "disconnected")
+    expect(page.locator("#conn-text")).to_have_text("Disconnected — retrying in 1 s")
+
+    # The same socket (the gateway keeps it open) subscribes again, after the hint.
+    page.wait_for_function("() => window.__sockets[0].sent.length === 2")
+    assert page.evaluate("() => window.__sockets.length") == 1
+    assert page.evaluate("() => window.__sockets[0].sent[1]") == {
+        "op": "subscribe",
+        "channel": channel,
+    }
+    assert page.evaluate("() => window.__sockets[0].sentAt[1]") - refused_at >= 990
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "reconnecting")
+
+    snapshot = {
+        "channel": channel,
+        "schedule": fake.snapshot().model_dump(mode="json", by_alias=True),
+    }
+    page.evaluate(
+        """(snapshot) => {
+          const socket = window.__sockets[0];
+          socket.deliver({ event: "subscribed", data: { channel: snapshot.channel } });
+          socket.deliver({ event: "snapshot", id: "s0:1", data: snapshot });
+        }""",
+        snapshot,
+    )
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    expect(page.locator('button.slot[data-slot-id="a"]')).to_have_attribute(
+        "data-state", "available"
+    )
+    assert errors == []

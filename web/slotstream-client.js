@@ -26,9 +26,17 @@ const DEFAULTS = Object.freeze({
   // slack means the stream is dead even if the socket looks open (a frozen gateway, a
   // proxy holding a half-open connection): close it and reconnect.
   heartbeatTimeoutMs: 35000,
+  // A connection counts as working once it delivered data, or stayed up this long (a resume
+  // with nothing missed brings no data): only then does the back-off start again from
+  // initialBackoffMs. Longer than the gateway's catch-up timeout (10 s), after which it ends
+  // a stream it could not serve (bye snapshot-unavailable).
+  healthyAfterMs: 30000,
   eventSourceFactory: (url) => new EventSource(url),
   fetch: (url, init) => fetch(url, init),
 });
+
+/** Events that carry the stream's data (each with an id): the connection works. */
+const DATA_EVENTS = new Set(["snapshot", "slot", "booking", "notification", "resync"]);
 
 /** The ticket endpoint refused the token: retrying with it cannot help. */
 class SignInExpired extends Error {}
@@ -123,8 +131,9 @@ export class Subscription extends EventTarget {
     this.schedule = new Schedule(instructorId);
     this.error = null;
     this.status = Status.CONNECTING;
-    /** Failed attempts since the stream was last open (shown as "reconnecting (attempt N)"). */
+    /** Failed attempts since a connection last worked (shown as "reconnecting (attempt N)"). */
     this.attempt = 0;
+    this._openedAt = null; // when the current connection opened
     this.lastEventId = null;
     this.lastUpdate = null;
     this.viewers = null;
@@ -241,13 +250,13 @@ export class Subscription extends EventTarget {
     source.onopen = () => {
       if (source !== this._source) return;
       this._armWatchdog(source);
-      this.attempt = 0;
+      this._openedAt = Date.now();
       this.error = null;
       this._setStatus(Status.OPEN);
     };
     source.onerror = () => {
       if (source !== this._source) return;
-      this.attempt += 1;
+      this._countFailure();
       if (source.readyState === EventSource.CLOSED || this.isPrivate) {
         // The browser gave up (HTTP error, wrong content type, proxy error page), or the
         // stream was opened with a ticket, which the browser's own retry would present a
@@ -274,6 +283,7 @@ export class Subscription extends EventTarget {
           this._fail(new Error(`unreadable ${name} frame: ${error.message}`));
           return;
         }
+        if (DATA_EVENTS.has(name)) this._delivered();
         handler(payload);
       });
     on("snapshot", (frame) => this._onSnapshot(frame));
@@ -294,9 +304,25 @@ export class Subscription extends EventTarget {
       if (source !== this._source) return;
       source.close();
       this._source = null;
-      this.attempt += 1;
+      this._countFailure();
       this._scheduleRetry(Status.RECONNECTING);
     }, this.options.heartbeatTimeoutMs);
+  }
+
+  /** The connection delivered data: it works, so the next failure is the first again. */
+  _delivered() {
+    this.attempt = 0;
+  }
+
+  /**
+   * The connection ended: one more failed attempt, unless it had stayed up `healthyAfterMs`
+   * (then it worked, and this is the first). Not reset on open: a server that accepts and
+   * then refuses or ends at once would otherwise be retried at the initial back-off forever.
+   */
+  _countFailure() {
+    if (this._openedAt !== null && Date.now() - this._openedAt >= this.options.healthyAfterMs) this.attempt = 0;
+    this._openedAt = null;
+    this.attempt += 1;
   }
 
   _scheduleRetry(status = Status.DISCONNECTED) {
@@ -449,7 +475,7 @@ export class WebSocketSubscription extends Subscription {
       for (const channel of [this.scheduleChannel, this.notificationsChannel]) {
         if (channel) this._subscribe(channel);
       }
-      this.attempt = 0;
+      this._openedAt = Date.now();
       this.error = null;
       this._setStatus(Status.OPEN);
       this._armWatchdog();
@@ -476,7 +502,7 @@ export class WebSocketSubscription extends Subscription {
       // As with SSE: a connection that was open and broke is RECONNECTING (amber); one
       // that never opened or was refused is DISCONNECTED.
       const broke = this.status === Status.OPEN && !refused;
-      this.attempt += 1;
+      this._countFailure();
       this._scheduleRetry(broke ? Status.RECONNECTING : Status.DISCONNECTED);
     };
   }
@@ -494,6 +520,7 @@ export class WebSocketSubscription extends Subscription {
       this._since.set(channel, id);
       this.lastEventId = id;
     }
+    if (DATA_EVENTS.has(event)) this._delivered();
     switch (event) {
       case "snapshot":
         return this._onSnapshot(data);

@@ -222,3 +222,100 @@ def test_the_watchdog_reconnects_a_silent_stream_and_heartbeats_keep_it(
     assert len(fake.stream_requests) == 2
     assert fake.stream_requests[1].get("lastEventId") == "s0:1"
     page.evaluate("window.__sub.close()")
+
+
+# A fake EventSource the scenario drives: ``open()``, ``emit(name, data, id)`` and ``drop()``
+# (the stream ended, as after the gateway's ``bye``: the browser would retry by itself).
+FAKE_EVENT_SOURCE = """
+  const sources = [];
+  class FakeEventSource {
+    constructor() { this.readyState = 0; this.listeners = {}; sources.push(this); }
+    addEventListener(name, listener) { (this.listeners[name] ??= []).push(listener); }
+    close() { this.readyState = 2; }
+    open() { this.readyState = 1; this.onopen(); }
+    emit(name, data, id = "") {
+      for (const listener of this.listeners[name] ?? []) {
+        listener({ data: JSON.stringify(data), lastEventId: id });
+      }
+    }
+    drop() { this.readyState = 0; this.onerror(); }
+  }
+  const nth = async (n) => {
+    while (sources.length < n) await new Promise((resolve) => setTimeout(resolve, 1));
+    return sources[n - 1];
+  };
+  const snapshot = {
+    channel: "instructors/i1/schedule",
+    schedule: { instructorId: "i1", from: "2030-01-01T00:00:00Z", to: "2030-01-08T00:00:00Z",
+                version: 1, slots: [] },
+  };
+"""
+
+SIGNED_IN = """
+    token: "a.b.c",
+    userId: "u1",
+    fetch: async () => ({ ok: true, status: 201, json: async () => ({ ticket: "t" }) }),
+    eventSourceFactory: (url) => new FakeEventSource(url),
+"""
+
+ACCEPTED_THEN_ENDED = (
+    """async (healthyAfterMs) => {
+  const { subscribe } = await import("/slotstream-client.js");
+"""
+    + FAKE_EVENT_SOURCE
+    + """
+  const waits = [];
+  const sub = subscribe("i1", {
+    initialBackoffMs: 10, maxBackoffMs: 100000, healthyAfterMs,
+"""
+    + SIGNED_IN
+    + """
+    onStatus: ({ retryInMs }) => { if (retryInMs != null) waits.push(retryInMs); },
+  });
+  let n = 0;
+  // Six streams the gateway accepts and ends at once (no snapshot from the booking-api).
+  for (; n < 6; n += 1) {
+    const source = await nth(n + 1);
+    source.open();
+    source.emit("bye", { reason: "snapshot-unavailable" });
+    source.drop();
+  }
+  const refused = waits.splice(0);
+  // One that delivers its snapshot, then ends.
+  let source = await nth(++n);
+  source.open();
+  source.emit("snapshot", snapshot, "s0:1");
+  source.drop();
+  const afterSnapshot = waits.splice(0);
+  // Three quick failures, then one that stays up (heartbeats only) past healthyAfterMs.
+  for (let i = 0; i < 3; i += 1) { source = await nth(++n); source.open(); source.drop(); }
+  source = await nth(++n);
+  source.open();
+  await new Promise((resolve) => setTimeout(resolve, healthyAfterMs + 50));
+  source.emit("heartbeat", {});
+  source.drop();
+  const afterQuietStream = waits.splice(0);
+  sub.close();
+  return { refused, afterSnapshot, afterQuietStream };
+}"""
+)
+
+
+def test_a_signed_in_stream_that_keeps_ending_backs_off_longer_each_time(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A gateway that accepts the stream and ends it at once (``bye snapshot-unavailable``)
+    must not be asked again every 250-500 ms forever (a ticket POST each time): the wait
+    doubles until a stream delivers data, or stays up ``healthyAfterMs``."""
+    _, base_url = fake_edge
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    result = page.evaluate(ACCEPTED_THEN_ENDED, 300)
+    # initialBackoffMs · 2^(n-1), a random 50-100 % of it
+    refused = result["refused"]
+    assert len(refused) == 6
+    assert all(wait >= 10 * 2**i / 2 for i, wait in enumerate(refused)), refused
+    assert result["afterSnapshot"][0] <= 10
+    # after three quick failures the wait would be 40-80 ms; a stream that was up long
+    # enough counts as healthy, so the count starts again
+    assert result["afterQuietStream"][-1] <= 10

@@ -175,3 +175,79 @@ def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown
         "data-state", "available"
     )
     assert errors == []
+
+
+FAKE_SOCKETS = """
+  const { subscribe, CloseCode } = await import("/slotstream-client.js");
+  const sockets = [];
+  class FakeSocket {
+    constructor() { this.sent = []; sockets.push(this); }
+    send(text) { this.sent.push(JSON.parse(text)); }
+    close() {}
+    deliver(message) { this.onmessage({ data: JSON.stringify(message) }); }
+  }
+  const nth = async (n) => {
+    while (sockets.length < n) await new Promise((resolve) => setTimeout(resolve, 1));
+    return sockets[n - 1];
+  };
+  const signedIn = {
+    transport: "websocket",
+    baseUrl: "http://gateway.example",
+    token: "a.b.c",
+    userId: "u1",
+    webSocketFactory: (url) => new FakeSocket(url),
+    fetch: async () => ({ ok: true, status: 201, json: async () => ({ ticket: "t" }) }),
+  };
+  const snapshot = {
+    channel: "instructors/i1/schedule",
+    schedule: { instructorId: "i1", from: "2030-01-01T00:00:00Z", to: "2030-01-08T00:00:00Z",
+                version: 1, slots: [] },
+  };
+"""
+
+ACCEPTED_THEN_CLOSED = (
+    "async () => {"
+    + FAKE_SOCKETS
+    + """
+  const waits = [];
+  const sub = subscribe("i1", {
+    ...signedIn,
+    initialBackoffMs: 10,
+    maxBackoffMs: 100000,
+    onStatus: ({ retryInMs }) => { if (retryInMs != null) waits.push(retryInMs); },
+  });
+  // The gateway takes the socket, then refuses the ticket (1008) or cannot redeem it (1013).
+  const codes = [CloseCode.POLICY, CloseCode.POLICY, CloseCode.POLICY, 1013, 1013, 1013];
+  for (const [i, code] of codes.entries()) {
+    const socket = await nth(i + 1);
+    socket.onopen();
+    socket.onclose({ code, reason: "refused" });
+  }
+  const refused = waits.splice(0);
+  // One that delivers its snapshot, then breaks.
+  const socket = await nth(codes.length + 1);
+  socket.onopen();
+  socket.deliver({ event: "snapshot", id: "s0:1", data: snapshot });
+  socket.onclose({ code: CloseCode.PING_TIMEOUT, reason: "ping-timeout" });
+  const afterSnapshot = waits.splice(0);
+  sub.close();
+  return { refused, afterSnapshot };
+}"""
+)
+
+
+def test_a_socket_the_gateway_keeps_closing_backs_off_longer_each_time(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A gateway that accepts the socket and closes it (1008 refused ticket, 1013) must not
+    be asked again every 250-500 ms forever, with a ticket POST each time: the wait doubles
+    until a socket delivers data."""
+    _, base_url = fake_edge
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    result: dict[str, list[int]] = page.evaluate(ACCEPTED_THEN_CLOSED)
+    refused = result["refused"]
+    assert len(refused) == 6
+    # initialBackoffMs · 2^(n-1), a random 50-100 % of it
+    assert all(wait >= 10 * 2**i / 2 for i, wait in enumerate(refused)), refused
+    assert result["afterSnapshot"][0] <= 10

@@ -31,6 +31,13 @@ const DEFAULTS = Object.freeze({
   // initialBackoffMs. Longer than the gateway's catch-up timeout (10 s), after which it ends
   // a stream it could not serve (bye snapshot-unavailable).
   healthyAfterMs: 30000,
+  // A gateway shutting down tells its streams to come back after GATEWAY_SHUTDOWN_RETRY_MS
+  // plus a random share of GATEWAY_SHUTDOWN_RETRY_JITTER_MS (`retry:`), so they reconnect
+  // spread out. EventSource does not show `retry:` to scripts and a WebSocket close (1001)
+  // carries none: where the client reconnects by itself (signed in over SSE, WebSocket) it
+  // waits shutdownRetryMs plus a random share of shutdownJitterMs (the gateway's defaults).
+  shutdownRetryMs: 500,
+  shutdownJitterMs: 5000,
   eventSourceFactory: (url) => new EventSource(url),
   fetch: (url, init) => fetch(url, init),
 });
@@ -246,6 +253,7 @@ export class Subscription extends EventTarget {
   _open(url) {
     const source = this.options.eventSourceFactory(url);
     this._source = source;
+    let bye = null; // the reason of the server's `bye`, when it said goodbye
     this._armWatchdog(source);
     source.onopen = () => {
       if (source !== this._source) return;
@@ -265,7 +273,8 @@ export class Subscription extends EventTarget {
         const gaveUp = source.readyState === EventSource.CLOSED;
         source.close();
         this._source = null;
-        this._scheduleRetry(gaveUp ? Status.DISCONNECTED : Status.RECONNECTING);
+        const wait = bye === "shutdown" ? this._shutdownDelay() : 0;
+        this._scheduleRetry(gaveUp ? Status.DISCONNECTED : Status.RECONNECTING, wait);
       } else {
         // EventSource retries by itself and sends Last-Event-ID.
         this._setStatus(Status.RECONNECTING);
@@ -292,7 +301,10 @@ export class Subscription extends EventTarget {
     on("notification", (event) => this._emit("notification", event));
     on("presence", (frame) => this._onPresence(frame));
     on("resync", (frame) => this._emit("resync", frame));
-    on("bye", (frame) => this._emit("bye", frame));
+    on("bye", (frame) => {
+      bye = frame.reason;
+      this._emit("bye", frame);
+    });
     on("heartbeat", () => {});
   }
 
@@ -325,8 +337,15 @@ export class Subscription extends EventTarget {
     this.attempt += 1;
   }
 
-  _scheduleRetry(status = Status.DISCONNECTED) {
-    this._retryAfter(this._retryDelay(), status, () => {
+  /** A gateway shut down: come back in its window, spread out like the pages it served. */
+  _shutdownDelay() {
+    const { shutdownRetryMs, shutdownJitterMs } = this.options;
+    return shutdownRetryMs + Math.round(Math.random() * shutdownJitterMs);
+  }
+
+  /** Reconnect after the back-off, or after `minDelayMs` if that is longer. */
+  _scheduleRetry(status = Status.DISCONNECTED, minDelayMs = 0) {
+    this._retryAfter(this._retryDelay(minDelayMs), status, () => {
       this._setStatus(Status.RECONNECTING);
       this._connect();
     });
@@ -503,7 +522,8 @@ export class WebSocketSubscription extends Subscription {
       // that never opened or was refused is DISCONNECTED.
       const broke = this.status === Status.OPEN && !refused;
       this._countFailure();
-      this._scheduleRetry(broke ? Status.RECONNECTING : Status.DISCONNECTED);
+      const wait = event.code === CloseCode.SHUTDOWN ? this._shutdownDelay() : 0;
+      this._scheduleRetry(broke ? Status.RECONNECTING : Status.DISCONNECTED, wait);
     };
   }
 

@@ -319,3 +319,41 @@ def test_a_signed_in_stream_that_keeps_ending_backs_off_longer_each_time(
     # after three quick failures the wait would be 40-80 ms; a stream that was up long
     # enough counts as healthy, so the count starts again
     assert result["afterQuietStream"][-1] <= 10
+
+
+GATEWAY_SHUTDOWN = (
+    """async (random) => {
+  const { subscribe } = await import("/slotstream-client.js");
+"""
+    + FAKE_EVENT_SOURCE
+    + """
+  Math.random = () => random;
+  let wait = null;
+  const sub = subscribe("i1", {
+"""
+    + SIGNED_IN
+    + """
+    onStatus: ({ retryInMs }) => { wait ??= retryInMs; },
+  });
+  const source = await nth(1);
+  source.open();
+  source.emit("snapshot", snapshot, "s0:1");
+  source.emit("bye", { reason: "shutdown" });
+  source.drop();
+  sub.close();
+  return wait;
+}"""
+)
+
+
+def test_signed_in_pages_come_back_from_a_gateway_shutdown_spread_out(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A gateway shutting down sends ``retry:`` 500 ms + a random share of 5 s so its pages
+    do not all reconnect at once; a signed-in page reconnects by itself (tickets are single
+    use) and must spread out the same way, not come back within 0.5 s."""
+    _, base_url = fake_edge
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    waits = [page.evaluate(GATEWAY_SHUTDOWN, random) for random in (0, 0.5, 0.999)]
+    assert waits == pytest.approx([500, 3000, 5495], abs=1)

@@ -32,6 +32,8 @@ async () => {
     userId: "u1",
     initialBackoffMs: 10,
     maxBackoffMs: 20,
+    shutdownRetryMs: 10,
+    shutdownJitterMs: 10,
     webSocketFactory: (url) => new FakeSocket(url),
     fetch: async () => ({ ok: true, json: async () => ({ ticket: `t${sockets.length}` }) }),
     onStatus: ({ status }) => statuses.push(status),
@@ -251,3 +253,37 @@ def test_a_socket_the_gateway_keeps_closing_backs_off_longer_each_time(
     # initialBackoffMs · 2^(n-1), a random 50-100 % of it
     assert all(wait >= 10 * 2**i / 2 for i, wait in enumerate(refused)), refused
     assert result["afterSnapshot"][0] <= 10
+
+
+SOCKET_SHUTDOWN = (
+    "async (random) => {"
+    + FAKE_SOCKETS
+    + """
+  Math.random = () => random;
+  let wait = null;
+  const sub = subscribe("i1", {
+    ...signedIn,
+    onStatus: ({ retryInMs }) => { wait ??= retryInMs; },
+  });
+  const socket = await nth(1);
+  socket.onopen();
+  socket.deliver({ event: "snapshot", id: "s0:1", data: snapshot });
+  socket.deliver({ event: "bye", data: { reason: "shutdown" } });
+  socket.onclose({ code: CloseCode.SHUTDOWN, reason: "shutdown" });
+  sub.close();
+  return wait;
+}"""
+)
+
+
+def test_websocket_pages_come_back_from_a_gateway_shutdown_spread_out(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A gateway shutting down closes every socket with 1001 at once; its pages must come
+    back spread over the same window as SSE pages (500 ms + a random share of 5 s, the
+    gateway's SOCKET_SHUTDOWN_RETRY_MS and _JITTER_MS), not all within 0.5 s."""
+    _, base_url = fake_edge
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    waits = [page.evaluate(SOCKET_SHUTDOWN, random) for random in (0, 0.5, 0.999)]
+    assert waits == pytest.approx([500, 3000, 5495], abs=1)

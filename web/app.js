@@ -256,8 +256,18 @@ function connect() {
       $("viewers").textContent = `${count} viewing`;
     },
     onError: ({ error }) => showMessage(error.message),
-    onResync: () => announce("The schedule is being refreshed."),
+    onResync: onResync,
   });
+}
+
+/**
+ * The gateway could not resume a channel. The schedule's fresh snapshot follows by itself;
+ * the notifications channel gets nothing more (`history-unavailable`: the missed events
+ * are gone), so the page reads the user's notifications and bookings again.
+ */
+function onResync({ channel }) {
+  if (state.user && channel === `users/${state.user.id}/notifications`) loadMine().then(renderWeek);
+  else announce("The schedule is being refreshed.");
 }
 
 function onSchedule({ schedule, kind, slot, previous }) {

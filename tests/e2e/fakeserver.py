@@ -71,6 +71,8 @@ class FakeEdge:
     #: what /demo-users.json hands out as the student's token, in turn (the last one stays)
     demo_tokens: list[str] = field(default_factory=lambda: [STUDENT_TOKEN])
     demo_users_reads: int = 0
+    #: what GET /api/users/me/notifications lists
+    notifications: list[NotificationData] = field(default_factory=list)
 
     def snapshot(self) -> ScheduleSnapshot:
         now = datetime.now(UTC)
@@ -111,6 +113,10 @@ class FakeEdge:
         }
         self._broadcast(self.frame(event, payload))
 
+    def send_resync(self, channel: str, reason: str) -> None:
+        """The gateway's ``resync`` frame for ``channel`` to every open stream."""
+        self._broadcast(self.frame("resync", {"channel": channel, "reason": reason}))
+
     def send_heartbeat(self) -> None:
         """The gateway's heartbeat (a named event without ``id:``) to every open stream."""
         self._broadcast(b"event: heartbeat\ndata: {}\n\n")
@@ -144,6 +150,10 @@ class FakeEdge:
 
         async def mine(_: Request) -> Response:
             return JSONResponse([])
+
+        async def notifications(_: Request) -> Response:
+            listed = [n.model_dump(mode="json", by_alias=True) for n in self.notifications]
+            return JSONResponse(listed)
 
         async def book(request: Request) -> Response:
             """Books the slot in the fake's state but streams no delta (a late stream)."""
@@ -204,7 +214,7 @@ class FakeEdge:
                 Route("/api/stream-tickets", stream_ticket, methods=["POST"]),
                 Route("/api/bookings", book, methods=["POST"]),
                 Route("/api/users/me/bookings", mine),
-                Route("/api/users/me/notifications", mine),
+                Route("/api/users/me/notifications", notifications),
                 Mount("/", StaticFiles(directory=WEB_ROOT, html=True)),
             ]
         )

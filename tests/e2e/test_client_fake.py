@@ -186,6 +186,37 @@ def test_a_booking_the_stream_is_late_with_is_shown_from_the_api(
     assert errors == []
 
 
+def test_notifications_whose_history_is_gone_are_loaded_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A resume the gateway cannot serve on the notifications channel (the missed events
+    are no longer in its history) comes as ``resync`` ``history-unavailable``: the page
+    must read the notifications again, or the ones it missed never show."""
+    fake, base_url = fake_edge
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    expect(page.locator("#notif-list li")).to_have_count(0)
+
+    fake.notifications.append(
+        NotificationData(
+            id="6930c1e2000a100000000000",
+            user_id=STUDENT,
+            kind=NotificationKind.BOOKING_CANCELLED,
+            message="Your booking was cancelled.",
+            booking_id="fake-booking",
+            slot_id="a",
+            version=1,
+            created_at=datetime.now(UTC),
+        )
+    )
+    fake.send_resync(f"users/{STUDENT}/notifications", "history-unavailable")
+    notes = page.locator("#notif-list li")
+    expect(notes).to_have_count(1)
+    expect(notes.first).to_contain_text("Your booking was cancelled.")
+    assert errors == []
+
+
 WATCHED_CLIENT = """async (timeoutMs) => {
   const { subscribe } = await import("/slotstream-client.js");
   window.__statuses = [];

@@ -576,22 +576,22 @@ export class WebSocketSubscription extends Subscription {
 
   /**
    * The gateway refused an op; the connection stays open. A subscribe to one of our
-   * channels refused for now (5xx: "gateway is starting: retry in 1 s" while its Kafka
-   * partitions are not assigned) is sent again after the back-off, or after the wait the
-   * message names if longer; until it is accepted the status is not OPEN. Any other refusal
-   * (400, 401, 403, 404, 409) is an `error`: sending it again would be refused again.
+   * channels refused for now (503 "gateway is starting" while its Kafka partitions are not
+   * assigned, 429 past the subscribe rate) is sent again after the back-off, or after the
+   * message's `retryAfter` seconds if longer; until it is accepted the status is not OPEN.
+   * Any other refusal (400, 401, 403, 404, 409) is an `error`: it would be refused again.
    */
   _onRefused(data) {
     const ours = data.channel === this.scheduleChannel || data.channel === this.notificationsChannel;
-    if (data.op !== "subscribe" || !ours || !(data.status >= 500)) {
+    const forNow = data.status === 429 || data.status >= 500;
+    if (data.op !== "subscribe" || !ours || !forNow) {
       this._fail(new Error(`${data.channel}: ${data.detail}`));
       return;
     }
     this._refused.add(data.channel);
     this.attempt += 1;
-    const hint = /retry in (\d+(?:\.\d+)?) s\b/.exec(data.detail ?? "");
     const socket = this._socket;
-    this._retryAfter(this._retryDelay(hint ? Number(hint[1]) * 1000 : 0), Status.DISCONNECTED, () => {
+    this._retryAfter(this._retryDelay((data.retryAfter ?? 0) * 1000), Status.DISCONNECTED, () => {
       if (socket !== this._socket) return;
       this._setStatus(Status.RECONNECTING);
       for (const channel of this._refused) this._subscribe(channel);

@@ -120,8 +120,8 @@ def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:
     """A gateway whose Kafka partitions are not assigned yet answers ``subscribe`` with an
-    ``error`` 503 "retry in 1 s" and keeps the socket open (heartbeats): the page must not
-    say "Live" meanwhile, and subscribes again after the hinted second."""
+    ``error`` 503 with ``retryAfter`` 1 and keeps the socket open (heartbeats): the page
+    must not say "Live" meanwhile, and subscribes again after that second."""
     fake, base_url = fake_edge
     tomorrow = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     fake.slots["a"] = make_slot("a", tomorrow)
@@ -141,7 +141,7 @@ def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown
         """(channel) => {
           window.__sockets[0].deliver({ event: "error", data: {
             op: "subscribe", channel, status: 503, title: "Service Unavailable",
-            detail: "gateway is starting: retry in 1 s" } });
+            detail: "gateway is starting: retry in 1 s", retryAfter: 1 } });
           window.__sockets[0].deliver({ event: "heartbeat", data: {} });
           return performance.now();
         }""",

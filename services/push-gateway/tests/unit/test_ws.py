@@ -284,6 +284,17 @@ async def test_subscription_problems_answer_without_closing(harness: Harness) ->
     assert client.close_frame is None
 
 
+async def test_a_subscribe_before_the_partitions_are_assigned_says_when_to_retry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page subscribes again after ``retryAfter`` seconds (web/slotstream-client.js)."""
+    monkeypatch.setattr(type(harness.gateway.hub), "assigned", property(lambda _: False))
+    client = await harness.subscribed()
+    [refused] = refused_subscribes(client)
+    assert (refused["status"], refused["retryAfter"]) == (503, 1)
+    assert client.close_frame is None
+
+
 async def test_channel_limit_per_connection(harness: Harness) -> None:
     client = await harness.subscribed()
     client.send({"op": "subscribe", "channel": "instructors/i2/schedule"})

@@ -390,7 +390,12 @@ class WsConnection(asyncio.Protocol):
             if not self.principal.may_act_for(channel.owner_id):
                 raise Problem(403, "Forbidden", f"{channel} belongs to another user")
         if not self.server.gateway.hub.assigned:
-            raise Problem(503, "Service Unavailable", "gateway is starting: retry in 1 s")
+            raise Problem(
+                503,
+                "Service Unavailable",
+                "gateway is starting: retry in 1 s",
+                (("retry-after", "1"),),
+            )
         return channel
 
     def _unsubscribe(self, op: UnsubscribeOp) -> None:

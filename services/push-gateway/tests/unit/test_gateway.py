@@ -217,6 +217,38 @@ async def test_a_shared_snapshot_is_followed_by_the_records_since_it_was_taken(
     assert harness.source.fetches == ["i1"]
 
 
+async def test_records_after_a_shared_snapshot_survive_a_slow_fetch_of_another_channel(
+    harness: Harness,
+) -> None:
+    """A two-channel stream reuses i1's snapshot while i2's is still being fetched; the
+    ring moves past that snapshot meanwhile. The record between it and the stream's start
+    still follows it (on main: the stream got both snapshots and never s1 v3)."""
+    harness.source.snapshots["i2"] = snapshot("i2", [])
+    first = await (await harness.connect()).start()
+    await first.events(1)  # i1's snapshot (s1 v2) is taken and kept for reuse
+    harness.produce(*harness.slot_records(range(3, 4)))  # s1 v3, after that snapshot
+    harness.source.gate = asyncio.Event()  # i2's fetch is held open
+    query = "channel=instructors/i1/schedule&channel=instructors/i2/schedule"
+    ahead = [(b"last-event-id", b"s0:999999.s1:999999")]  # refused: both get snapshots
+    pending = asyncio.create_task(harness.connect(query, ahead, path=EVENTS))
+    async with asyncio.timeout(5):
+        while "i2" not in harness.source.fetches:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    # other instructors' records fill the ring (8) past i1's snapshot
+    harness.produce(*(record_of(slot_event("i9", f"x{n}", 1), 1 + n) for n in range(10)))
+    harness.source.gate.set()
+    client = await (await pending).start()
+    harness.produce(*harness.slot_records(range(4, 5)))  # live: after the stream's start
+    events = await client.events(3)
+    assert [(e["event"], data(e).get("version")) for e in events] == [
+        ("snapshot", None),  # i1's, then what happened to i1 since
+        ("slot", 3),
+        ("snapshot", None),  # i2's
+    ]
+    [live] = await client.events(1)
+    assert data(live)["version"] == 4
+
+
 async def open_stream_directly(harness: Harness) -> tuple[SseConnection, socket.socket]:
     """``open_stream`` called here (not behind ``connect``'s awaits): its state on return."""
     server_sock, client_sock = socket.socketpair()

@@ -12,7 +12,12 @@ import structlog
 from push_gateway.adapters.kafka import History, HistoryBusy, HistoryGone, LogBounds
 from push_gateway.adapters.snapshots import CoalescingSnapshots, TakenSnapshot
 from push_gateway.config import Settings
-from push_gateway.domain.catch_up import CatchUpPlan, catch_up_frames
+from push_gateway.domain.catch_up import (
+    CatchUpPlan,
+    ChosenSnapshot,
+    catch_up_frames,
+    snapshot_gap,
+)
 from push_gateway.domain.hub import CONTROL_KEY_BYTES, ChannelHub
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.domain.requests import StreamRequest
@@ -62,17 +67,18 @@ class CatchUp:
         if request.ticket is not None or request.resume_from is not None:
             return False
         hub = self.hub
-        snapshots: dict[Channel, TakenSnapshot] = {}
+        snapshots: dict[Channel, ChosenSnapshot] = {}
         for channel in connection.channels:
             if channel.kind is not ChannelKind.SCHEDULE:
                 continue
             taken = self.snapshots.recent(channel.owner_id)
             if taken is None:
                 return False
-            key = hub.partition_key(channel)
-            if taken.since < hub.position(key) and hub.ring_since(key, taken.since, set()) is None:
+            start = hub.position(hub.partition_key(channel))
+            gap = snapshot_gap(hub, channel, taken.since, start)
+            if gap is None:
                 return False  # the ring no longer reaches back to it: _serve fetches anew
-            snapshots[channel] = taken
+            snapshots[channel] = ChosenSnapshot(taken, gap)
         try:
             positions = hub.attach(connection, connection.channels)
             self.stats.snapshot_requests += len(snapshots)
@@ -225,13 +231,16 @@ class CatchUp:
         channels: list[Channel],
         positions: dict[PartitionKey, int],
         resynced: set[PartitionKey],
-    ) -> dict[Channel, TakenSnapshot]:
+    ) -> dict[Channel, ChosenSnapshot]:
+        """A snapshot per channel, each with its gap to the stream's start taken from the
+        ring at once: the other channels' fetches may take long enough for the ring to
+        move past it."""
         if not channels:
             return {}
         self.stats.snapshot_requests += len(channels)
         hub = self.hub
 
-        async def one(channel: Channel) -> TakenSnapshot:
+        async def one(channel: Channel) -> ChosenSnapshot:
             key = hub.partition_key(channel)
             # after a resync only a snapshot taken after it will do
             taken = await self.snapshots.fetch(
@@ -239,12 +248,15 @@ class CatchUp:
                 partial(hub.position, key),
                 fresh_after=positions[key] + 1 if key in resynced else None,
             )
-            if taken.since < positions[key] and hub.ring_since(key, taken.since, set()) is None:
-                # the ring no longer reaches back to that snapshot: take a newer one
+            gap = snapshot_gap(hub, channel, taken.since, positions[key])
+            if gap is None:
+                # the ring no longer reaches back to that snapshot: take one from the
+                # stream's start or later, which leaves no gap
                 taken = await self.snapshots.fetch(
                     channel.owner_id, partial(hub.position, key), fresh_after=positions[key]
                 )
-            return taken
+                gap = []
+            return ChosenSnapshot(taken, gap)
 
         async with asyncio.timeout(self.settings.snapshot_timeout_seconds * 3):
             # the first alone: a request naming unknown instructors fails on its first

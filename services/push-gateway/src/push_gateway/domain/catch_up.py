@@ -3,9 +3,9 @@ snapshots with the records between each snapshot and the stream's start, then th
 buffered while it caught up; each with the position vector as its ``id``. No I/O: the
 caller gathered the replay and the snapshots and writes the frames in one system call."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -60,6 +60,27 @@ def snapshot_frame(channel: Channel, taken: SharedSnapshot, frame_id: bytes) -> 
     return found
 
 
+class ChosenSnapshot(NamedTuple):
+    """A shared snapshot chosen for one channel of a stream, with that channel's records
+    between the snapshot and the stream's start, read from the ring when the snapshot was
+    chosen: by the time the stream is written (after its other channels' fetches) the ring
+    may have moved past them."""
+
+    taken: SharedSnapshot
+    gap: Sequence[Record]
+
+
+def snapshot_gap(hub: ChannelHub, channel: Channel, since: int, start: int) -> list[Record] | None:
+    """The channel's data records after ``since`` (a snapshot's) up to ``start`` (the
+    stream's) from the ring; None when the ring no longer reaches back to ``since``."""
+    if since >= start:
+        return []
+    records = hub.ring_since(hub.partition_key(channel), since, {channel.record_key})
+    if records is None:
+        return None
+    return [r for r in records if r.offset <= start and r.key != CONTROL_KEY_BYTES]
+
+
 def newer(record: Record, versions: dict[str, int]) -> bool:
     """Whether ``record`` changes something a snapshot with these versions does not show."""
     if record.value is None:
@@ -84,7 +105,7 @@ class CatchUpPlan:
     fresh: set[PartitionKey] = field(default_factory=set)
     #: records after the resume point, from the ring or Kafka
     replay: dict[PartitionKey, list[Record]] = field(default_factory=dict)
-    snapshots: Mapping[Channel, SharedSnapshot] = field(default_factory=dict)
+    snapshots: Mapping[Channel, ChosenSnapshot] = field(default_factory=dict)
 
 
 def catch_up_frames(
@@ -129,24 +150,18 @@ def catch_up_frames(
             payload = {"channel": channel.name, "reason": "history-unavailable"}
             out.append(json_frame("resync", payload, format_position(vector)))
     versions: dict[Channel, dict[str, int]] = {}
-    by_partition: dict[PartitionKey, list[tuple[Channel, SharedSnapshot]]] = {}
-    for channel, taken in snapshots.items():
-        by_partition.setdefault(hub.partition_key(channel), []).append((channel, taken))
-    for key, taken_here in by_partition.items():
+    by_partition: dict[PartitionKey, list[tuple[Channel, ChosenSnapshot]]] = {}
+    for channel, chosen in snapshots.items():
+        by_partition.setdefault(hub.partition_key(channel), []).append((channel, chosen))
+    for key, chosen_here in by_partition.items():
         # everything up to the oldest snapshot's start is covered; the records between
-        # a (shared, older) snapshot and this connection's start come from the ring
-        vector[key] = min(positions[key], *(t.since for _, t in taken_here))
+        # a (shared, older) snapshot and this connection's start follow it
+        vector[key] = min(positions[key], *(c.taken.since for _, c in chosen_here))
         gap: list[tuple[int, Channel, Record]] = []
-        for channel, taken in taken_here:
+        for channel, (taken, since_taken) in chosen_here:
             versions[channel] = taken.versions
             out.append(snapshot_frame(channel, taken, format_position(vector)))
-            if taken.since < positions[key]:
-                records = hub.ring_since(key, taken.since, {channel.record_key}) or []
-                gap += [
-                    (r.offset, channel, r)
-                    for r in records
-                    if r.offset <= positions[key] and r.key != CONTROL_KEY_BYTES
-                ]
+            gap += [(r.offset, channel, r) for r in since_taken]
         for _, channel, record in sorted(gap, key=lambda item: item[0]):
             if not newer(record, versions[channel]):
                 vector[key] = record.offset

@@ -244,3 +244,24 @@ def test_each_check_counts_what_it_dropped(hub: ChannelHub) -> None:
     ingest(hub, "i1", [broken, FakeRecord(1, b"i1", b"{}", b"slot.updated", b"e"), wrong, no_type])
     assert sub.frames == []
     assert (hub.stats.malformed, hub.stats.duplicates, hub.stats.framed) == (3, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'{"id":"x","data":\xff\xfe}', b'{"id":"x",', b'"text"', b"[1,2]", b"\xef\xbb\xbf{}"],
+    ids=["not-utf8", "not-json", "a-string", "an-array", "utf8-bom"],
+)
+def test_a_value_that_is_no_utf8_json_object_is_never_framed(hub: ChannelHub, value: bytes) -> None:
+    """The ``data`` of an SSE frame and of a WebSocket message is the record's value as it
+    is: one that is not a UTF-8 JSON object would reach the page unparsable (on a
+    WebSocket, invalid UTF-8 fails the whole connection), live or replayed from the ring."""
+    schedule = Channel.schedule("i1")
+    sse = live(hub, schedule)
+    ws = FakeWsSubscriber((hub.partition_key(schedule),))
+    hub.attach(ws, [schedule])
+    hub.go_live(ws)
+    bad = FakeRecord(0, b"i1", value, b"slot.updated", b"x")
+    ingest(hub, "i1", [bad])
+    assert (sse.frames, ws.frames) == ([], [])
+    assert hub.stats.malformed == 1
+    assert frame_body(bad, "s") is None  # replays (ring, Kafka) skip it too

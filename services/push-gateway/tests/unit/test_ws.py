@@ -25,6 +25,7 @@ from push_gateway.domain.ws_protocol import (
     sse_to_ws,
     ws_frame,
 )
+from push_gateway.testing import FakeRecord
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.auth import Principal, Role, mint_token
 
@@ -230,6 +231,35 @@ async def test_since_replays_only_the_missed_events(harness: Harness) -> None:
     assert [m["event"] for m in messages] == ["subscribed", "slot", "slot"]
     assert [m["data"]["version"] for m in messages[1:]] == [4, 5]
     assert [m["id"] for m in messages[1:]] == [f"s{harness.part}:1", f"s{harness.part}:2"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'{"id":"x","data":\xff\xfe}', b'{"id":"x",', b"[1,2]"],
+    ids=["not-utf8", "not-json", "not-an-object"],
+)
+async def test_a_malformed_record_is_skipped_live_and_on_replay(
+    harness: Harness, value: bytes
+) -> None:
+    """A browser fails the whole WebSocket (1007) on a text frame that is not UTF-8, and a
+    message that is not JSON breaks its parser; a resubscribe with ``since`` replayed the
+    same record, so the client looped. The record is dropped, live and from the ring."""
+    live = await harness.subscribed()
+    live.messages()
+    records = harness.slot_records(range(3, 6))
+    records[1] = FakeRecord(1, b"i1", value, b"slot.updated", b"bad-1")
+    harness.produce(*records)
+    assert [(m["id"], m["data"]["version"]) for m in live.messages()] == [
+        (f"s{harness.part}:0", 3),
+        (f"s{harness.part}:2", 5),
+    ]
+    assert harness.hub.stats.malformed == 1
+    replayed = await harness.subscribed(since=f"s{harness.part}:-1")
+    assert [(m["event"], m["data"].get("version")) for m in replayed.messages()] == [
+        ("subscribed", None),
+        ("slot", 3),
+        ("slot", 5),
+    ]
 
 
 async def test_unsubscribe_stops_delivery(harness: Harness) -> None:

@@ -146,7 +146,8 @@ class Settings(BaseSettings):
     max_pending_bytes: int = Field(
         default=256 * 1024,
         ge=1024,
-        description="A client whose unsent output exceeds this is disconnected",
+        description="A client whose unsent output exceeds this (beyond a catch-up still "
+        "being sent) is disconnected",
     )
     catch_up_timeout_seconds: float = Field(default=10.0, gt=0)
     cors_origins: list[str] = Field(default_factory=list)

@@ -13,6 +13,7 @@ from push_gateway.adapters.sockets import release_writer, stream_writer
 from push_gateway.domain.frames import json_frame
 from push_gateway.domain.hub import Record, Writer
 from push_gateway.domain.positions import PartitionKey
+from push_gateway.timing import next_on_grid
 from slotstream_contracts.channels import Channel
 
 #: How long a closing connection may take to flush its last bytes before it is aborted.
@@ -30,6 +31,30 @@ Layout = tuple[
     dict[tuple[str, bytes], Channel],
     dict[PartitionKey, frozenset[bytes]],
 ]
+
+
+def write_catch_up(transport: asyncio.Transport, write: Writer, data: bytes, limit: int) -> None:
+    """Write a stream's catch-up (head, snapshots, replay: ~1.9 MB for a month of 5-minute
+    slots) with ``write`` on ``transport``, whose high-water mark ``limit``
+    (``GATEWAY_MAX_PENDING_BYTES``) cuts off slow consumers. Most of a large catch-up
+    waits in the transport however fast the client reads, so the mark is raised by the
+    catch-up's size: only unsent bytes beyond it count. It is set back to ``limit`` once
+    the unsent output is within ``limit`` again (checked on the timer grid, not per write).
+    A client that never reads is cut off once ``limit`` more bytes than its catch-up wait."""
+    high = transport.get_write_buffer_limits()[1]
+    transport.set_write_buffer_limits(high=high + len(data))
+    write(data)
+    _end_allowance(transport, limit)
+
+
+def _end_allowance(transport: asyncio.Transport, limit: int) -> None:
+    if transport.is_closing():
+        return
+    if transport.get_write_buffer_size() <= limit:
+        transport.set_write_buffer_limits(high=limit)
+        return
+    loop = asyncio.get_running_loop()
+    loop.call_at(next_on_grid(loop.time()), _end_allowance, transport, limit)
 
 
 @lru_cache(maxsize=4096)
@@ -144,6 +169,11 @@ class SseConnection(asyncio.Protocol):
         if self.state is not StreamState.CLOSED:
             self.state = StreamState.CLOSED
             self._on_close(self, None)
+
+    def output_catch_up(self, data: bytes, max_pending_bytes: int) -> None:
+        """Write the catch-up: the slow-consumer limit counts only what waits beyond it
+        (:func:`write_catch_up`)."""
+        write_catch_up(self.transport, self.output, data, max_pending_bytes)
 
     def close(self, reason: str | None, retry_ms: int | None = None) -> None:
         """Say why (when a reason is given) and close; the connection leaves the hub first."""

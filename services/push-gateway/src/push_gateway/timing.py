@@ -55,11 +55,17 @@ TICK_SECONDS: Final = 0.25
 LOOP_LAG_PERIOD_SECONDS: Final = TICK_SECONDS
 
 
+def next_on_grid(now: float, period: float = TICK_SECONDS) -> float:
+    """The next multiple of ``period`` after ``now`` (the event loop's clock): timers due
+    then fire together with the other periodic ones."""
+    return (math.floor(now / period) + 1) * period
+
+
 async def sleep_to_grid(period: float = TICK_SECONDS) -> float:
     """Sleep until the next multiple of ``period`` on the event loop's clock (so periodic
     timers with the same period fire together); returns that instant."""
     loop = asyncio.get_running_loop()
-    due = (math.floor(loop.time() / period) + 1) * period
+    due = next_on_grid(loop.time(), period)
     await asyncio.sleep(due - loop.time())
     return due
 

@@ -33,6 +33,7 @@ from push_gateway.testing import (
 )
 from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
 from slotstream_contracts.channels import Channel, ChannelKind
+from slotstream_contracts.entities import ScheduleSnapshot
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 PAGE = "/api/book-now/schedule-updates"
@@ -118,9 +119,12 @@ class Harness:
         headers: list[tuple[bytes, bytes]] | None = None,
         stalled: bool = False,
         path: str = PAGE,
+        small_buffer: bool = False,
     ) -> Client:
+        """``small_buffer`` (implied by ``stalled``): the socket holds only a few kB, so
+        what the client has not read yet waits in the server's transport."""
         server_sock, client_sock = socket.socketpair()
-        if stalled:
+        if stalled or small_buffer:
             server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
@@ -130,7 +134,8 @@ class Harness:
         if stalled:  # nobody reads this socket until the test says so
             self.stalled_sockets.append(client_sock)
             return Client(asyncio.StreamReader(), None)  # type: ignore[arg-type]
-        reader, writer = await asyncio.open_connection(sock=client_sock)
+        # a frame may be a snapshot of megabytes
+        reader, writer = await asyncio.open_connection(sock=client_sock, limit=1 << 23)
         self._writers.append(writer)
         return Client(reader, writer)
 
@@ -435,6 +440,77 @@ async def test_slow_client_is_cut_off_and_others_keep_receiving(harness: Harness
     assert len(harness.gateway.connections) == 1
     tail = (await harness.drain_stalled()).rstrip(b"\n")
     assert tail.endswith(b'event: bye\ndata: {"reason":"slow-consumer"}')
+
+
+def large_schedule() -> ScheduleSnapshot:
+    """~0.45 MB of JSON: 13 times the harness's GATEWAY_MAX_PENDING_BYTES (a month of
+    5-minute slots is ~1.9 MB)."""
+    return snapshot("i1", [slot("i1", f"s{n}", 1) for n in range(2500)])
+
+
+def padded_slot_record(n: int) -> FakeRecord:
+    """A live record of ~0.9 kB."""
+    event = slot_event("i1", f"s{n}", 2).model_copy(update={"subject": "x" * 400})
+    return record_of(event, n)
+
+
+async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
+    harness: Harness,
+) -> None:
+    """Head, snapshot and replay go out in one write, most of it into the transport's
+    buffer when the snapshot is large; that alone is not falling behind (on main:
+    ``bye slow-consumer`` right after the snapshot, however fast the client read)."""
+    harness.source.snapshots["i1"] = large_schedule()
+    client = await (await harness.connect(small_buffer=True)).start()
+    [snap] = await client.events(1)
+    assert len(snap["data"]) > 10 * harness.gateway.settings.max_pending_bytes
+    harness.produce(*harness.slot_records(range(3, 4)))
+    [live] = await client.events(1)
+    assert (live["event"], data(live).get("version")) == ("slot", 3)
+    assert harness.gateway.stats.slow_disconnects == 0
+
+
+async def test_a_client_that_never_reads_its_large_catch_up_is_still_cut_off(
+    harness: Harness,
+) -> None:
+    """Only the catch-up itself is exempt: once GATEWAY_MAX_PENDING_BYTES more than it
+    wait unsent, the client is cut off."""
+    harness.source.snapshots["i1"] = large_schedule()
+    await harness.connect(stalled=True)
+    [connection] = harness.gateway.connections
+    async with asyncio.timeout(5):
+        while connection.state is StreamState.CATCHING_UP:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    for n in range(200):  # ~180 kB
+        harness.produce(padded_slot_record(n))
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while not harness.gateway.stats.slow_disconnects:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    received = await harness.drain_stalled()
+    assert received.count(b"event: snapshot\n") == 1
+    assert received.rstrip(b"\n").endswith(b'event: bye\ndata: {"reason":"slow-consumer"}')
+
+
+async def test_once_its_catch_up_is_read_a_client_is_held_to_the_pending_limit_again(
+    harness: Harness,
+) -> None:
+    harness.source.snapshots["i1"] = large_schedule()
+    client = await (await harness.connect(small_buffer=True)).start()
+    await client.events(1)  # all of the snapshot: nothing of it is waiting any more
+    [connection] = harness.gateway.connections
+    limit = harness.gateway.settings.max_pending_bytes
+    async with asyncio.timeout(5):  # the allowance ends on the next timer-grid tick
+        while connection.transport.get_write_buffer_limits()[1] != limit:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    client.writer.transport.pause_reading()  # type: ignore[attr-defined]  # stops reading
+    for n in range(200):  # ~180 kB: far less than the catch-up, far more than the limit
+        harness.produce(padded_slot_record(n))
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while not harness.gateway.stats.slow_disconnects:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert harness.gateway.connections == set()
 
 
 async def test_connections_over_the_limit_get_503_with_retry_after(harness: Harness) -> None:

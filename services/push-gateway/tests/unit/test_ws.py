@@ -2,6 +2,7 @@
 client protocol on the other side (so frames are checked by an independent parser)."""
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from push_gateway.testing import FakeRecord
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.auth import Principal, Role, mint_token
 
-from .test_gateway import JWT
+from .test_gateway import JWT, large_schedule
 from .test_gateway import Harness as GatewayHarness
 
 SCHEDULE = "instructors/i1/schedule"
@@ -64,6 +65,9 @@ class FakeTransport(asyncio.Transport):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high, self.low = high, low
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.low or 0, self.high or 0
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self.protocol = protocol
@@ -500,6 +504,55 @@ async def test_slow_consumer_closes_with_4008(harness: Harness) -> None:
     assert client.close_frame is not None
     assert client.close_frame.data[:2] == (4008).to_bytes(2, "big")
     assert harness.hub.subscriber_counts() == {}
+
+
+async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
+    harness: Harness,
+) -> None:
+    """Over a real socket that holds a few kB: a snapshot 13 times the limit, read as fast
+    as it comes, is not a slow consumer (on main: ``bye slow-consumer``, close 4008)."""
+    harness.source.snapshots["i1"] = large_schedule()
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+    client = ClientProtocol(parse_uri("ws://gateway/v1/ws"), max_size=None)
+    request = client.connect()
+    client.send_request(request)
+    client.data_to_send()  # the request as uvicorn would have read it, handed over below
+    headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.raw_items()]
+    connection = harness.ws.open(transport, b"/v1/ws", headers)
+    assert connection is not None
+    transport.set_protocol(connection)
+    reader, writer = await asyncio.open_connection(sock=client_sock)
+    received: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        client.receive_data(await asyncio.wait_for(reader.read(1 << 16), 5))
+        for event in client.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                received.append(orjson.loads(event.data))
+
+    async def message() -> dict[str, Any]:
+        while not received:
+            await read()
+        return received.pop(0)
+
+    try:
+        while client.state is State.CONNECTING:  # the 101 answer
+            await read()
+        client.send_text(orjson.dumps({"op": "subscribe", "channel": SCHEDULE}))
+        writer.write(b"".join(client.data_to_send()))
+        assert (await message())["event"] == "subscribed"
+        snap = await message()
+        assert snap["event"] == "snapshot"
+        assert len(snap["data"]["schedule"]["slots"]) == 2500
+        harness.produce_versions(3)
+        live = await message()
+        assert (live["event"], live["data"].get("version")) == ("slot", 3)
+        assert harness.ws.stats.slow_disconnects == 0
+    finally:
+        writer.close()
 
 
 async def test_shutdown_closes_with_1001(harness: Harness) -> None:

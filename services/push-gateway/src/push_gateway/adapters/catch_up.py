@@ -215,7 +215,7 @@ class CatchUp:
 
     def write(self, connection: SseConnection, plan: CatchUpPlan) -> None:
         """Write what :meth:`catch_up` gathered, and the records buffered meanwhile, in one
-        write (the stream's ``output``)."""
+        write, which the slow-consumer limit does not count (``output_catch_up``)."""
         out: list[bytes] = []
         if not connection.headers_sent:
             out.append(self._stream_head(connection))
@@ -224,7 +224,7 @@ class CatchUp:
         )
         connection.pending = NO_PENDING
         connection.headers_sent = True
-        connection.output(b"".join(out))
+        connection.output_catch_up(b"".join(out), self.settings.max_pending_bytes)
 
     async def _snapshots(
         self,

@@ -49,7 +49,12 @@ from push_gateway.domain.ws_protocol import (
     sse_to_ws,
 )
 from push_gateway.gateway import Gateway
-from push_gateway.stream import CLOSE_GRACE_SECONDS, SseConnection, StreamState
+from push_gateway.stream import (
+    CLOSE_GRACE_SECONDS,
+    SseConnection,
+    StreamState,
+    write_catch_up,
+)
 from push_gateway.timing import sleep_to_grid
 from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token
 from slotstream_contracts.channels import Channel, ChannelError
@@ -150,6 +155,12 @@ class WsSubscription(SseConnection):
         self.owner = owner
         self.writer = owner.transport.write
         self.headers_sent = True  # the 101 answer was the head
+
+    def output_catch_up(self, data: bytes, max_pending_bytes: int) -> None:
+        """As WebSocket frames, exempt from the limit of the WebSocket's own transport."""
+        owner = self.owner
+        if not owner.closed:
+            write_catch_up(owner.transport, owner.write, sse_to_ws(data), max_pending_bytes)
 
     def close(self, reason: str | None, retry_ms: int | None = None) -> None:  # noqa: ARG002
         if self.state is StreamState.CLOSED:

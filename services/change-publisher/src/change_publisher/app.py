@@ -62,7 +62,11 @@ async def build_components(settings: Settings) -> Components:
     )
     client: AsyncMongoClient[Document] | None = None
     if "mongo" in kinds:
-        client = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+        # DATETIME_AUTO: a date outside years 1-9999 decodes as a DatetimeMS (the document
+        # is then dead-lettered as invalid) instead of failing the decoding of its batch.
+        client = AsyncMongoClient(
+            settings.mongo_url, tz_aware=True, datetime_conversion="DATETIME_AUTO"
+        )
         closers.append(client.close)
     source: ChangeSource
     if settings.source == "mongo":

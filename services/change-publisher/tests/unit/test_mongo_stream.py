@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from bson import Timestamp
+from bson.codec_options import CodecOptions
 from pymongo.errors import OperationFailure
 
 from change_publisher.adapters.mongo import MongoChangeStream
-from change_publisher.ports import HistoryLost, SourceUnavailable
+from change_publisher.ports import HistoryLost, SourceUnavailable, StreamPosition
 from slotstream_contracts.changes import ChangeEvent, OperationType
 
 
@@ -34,6 +35,22 @@ class ScriptedCursor:
         return None
 
 
+async def no_reopen(position: StreamPosition, careful: bool) -> Any:
+    raise AssertionError(f"reopened at {position} (careful: {careful})")
+
+
+def stream_over(cursor: ScriptedCursor) -> MongoChangeStream:
+    return MongoChangeStream(
+        no_reopen,
+        cursor,  # type: ignore[arg-type]
+        False,
+        position=StreamPosition(),
+        codec=CodecOptions(tz_aware=True),
+        db="d",
+        limit=100,
+    )
+
+
 def change(seq: int, operation: str = "insert") -> dict[str, Any]:
     raw: dict[str, Any] = {
         "_id": {"_data": f"{seq:04X}"},
@@ -47,7 +64,7 @@ def change(seq: int, operation: str = "insert") -> dict[str, Any]:
 
 async def test_history_lost_on_get_more_is_reported_by_its_error_code() -> None:
     lost = OperationFailure("resume point no longer in the oplog", code=286)
-    stream = MongoChangeStream(ScriptedCursor([change(1), lost]), "d", 100)  # type: ignore[arg-type]
+    stream = stream_over(ScriptedCursor([change(1), lost]))
     try:
         first = await asyncio.wait_for(stream.next_batch(), 5)
         assert [c.token for c in first.changes] == [{"_data": "0001"}]
@@ -59,7 +76,7 @@ async def test_history_lost_on_get_more_is_reported_by_its_error_code() -> None:
 
 async def test_other_errors_on_get_more_are_source_unavailable() -> None:
     failure = OperationFailure("not primary", code=10107)
-    stream = MongoChangeStream(ScriptedCursor([failure]), "d", 100)  # type: ignore[arg-type]
+    stream = stream_over(ScriptedCursor([failure]))
     try:
         with pytest.raises(SourceUnavailable):
             await asyncio.wait_for(stream.next_batch(), 5)
@@ -69,7 +86,7 @@ async def test_other_errors_on_get_more_are_source_unavailable() -> None:
 
 async def test_the_stream_ends_with_its_invalidate() -> None:
     cursor = ScriptedCursor([change(1, "dropDatabase"), change(2, "invalidate")])
-    stream = MongoChangeStream(cursor, "d", 100)  # type: ignore[arg-type]
+    stream = stream_over(cursor)
     try:
         changes: list[ChangeEvent] = []
         while not any(c.operation_type is OperationType.INVALIDATE for c in changes):

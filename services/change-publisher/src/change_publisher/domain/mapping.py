@@ -24,6 +24,9 @@ Decisions written down here:
   keyed by the instructor, one keyed by the student, on the notifications topic), never
   to the public schedule. The public schedule learns a slot is booked from ``slot.*``,
   which carries no student.
+- A change or snapshot document the source could not decode (``UndecodableChange``,
+  ``UndecodableDocument``: invalid UTF-8 in a stored string, say) is dead-lettered with the
+  decoding error; retrying it would fail the same way forever.
 - Snapshot documents are published as ``*.created`` (``slot.deleted`` for a tombstoned
   slot, ``booking.cancelled`` for a cancelled booking), with ``time`` = the snapshot's
   operation time and an id derived from collection, document id and version, so a second
@@ -149,6 +152,23 @@ class Invalidated:
 
 Outcome = Publish | DeadLetter | Skip | Invalidated
 
+
+class UndecodableChange(ChangeEvent):
+    """A change whose stored documents the source could not decode: what could be read
+    of it (documents with invalid UTF-8 shown as escapes), dead-lettered with ``error``."""
+
+    error: str
+
+
+class UndecodableDocument(dict[str, Any]):
+    """A snapshot document the source could not decode: its ``_id`` if readable,
+    dead-lettered with ``error``."""
+
+    def __init__(self, document_id: Any, error: str) -> None:
+        super().__init__(_id=document_id)
+        self.error = error
+
+
 _CONTROL_OPS: Final = frozenset(
     {OperationType.DROP, OperationType.RENAME, OperationType.DROP_DATABASE}
 )
@@ -258,6 +278,8 @@ class ChangeMapper:
         }
 
     def map_change(self, change: ChangeEvent) -> Outcome:
+        if type(change) is UndecodableChange:
+            return DeadLetter(change.error, _routing_key_of(change))
         op = change.operation_type
         if op is _INVALIDATE:
             return Invalidated()
@@ -277,6 +299,8 @@ class ChangeMapper:
         self, collection: str, document: Mapping[str, Any], operation_time: ClusterTime
     ) -> Outcome:
         """A document copied by a snapshot, as the event that creates its current state."""
+        if type(document) is UndecodableDocument:
+            return DeadLetter(document.error, collection)
         time = cluster_datetime(operation_time)
         try:
             if collection == SLOTS:

@@ -12,6 +12,7 @@ from change_publisher.ports import HistoryLost, SourceUnavailable, StreamPositio
 from slotstream_contracts.documents import BOOKINGS, SLOTS
 
 from ..conftest import TOKEN, Docs, FakeFeed, PublisherFactory
+from .test_publisher import eventually, stop
 
 
 def feed_source(feed: FakeFeed, token: str = TOKEN) -> FeedChangeSource:
@@ -136,3 +137,57 @@ async def test_malformed_feed_answers_are_retried_not_skipped() -> None:
     with pytest.raises(SourceUnavailable, match="malformed change"):
         await (await source.open(StreamPosition(after={"_data": "01"}))).next_batch()
     await source.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>proxy error</html>",
+        b"[]",
+        b'{"documents": []}',
+        b'{"operationTime": {"t": -1, "i": 0}, "documents": []}',
+        b'{"operationTime": {"t": 1, "i": 0}}',
+        b'{"operationTime": {"t": 1, "i": 0}, "documents": [1]}',
+    ],
+    ids=["not-json", "not-an-object", "no-time", "bad-time", "no-documents", "not-documents"],
+)
+async def test_a_malformed_snapshot_answer_is_the_feed_being_unavailable(body: bytes) -> None:
+    def answer(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    source = FeedChangeSource("http://booking-api", TOKEN, transport=httpx.MockTransport(answer))
+    try:
+        with pytest.raises(SourceUnavailable, match="snapshot of slots"):
+            await source.snapshot(SLOTS)
+    finally:
+        await source.close()
+
+
+async def test_a_publisher_snapshotting_through_a_proxy_error_page_retries(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    """A proxy answering 200 with its own page once must not end the process."""
+    database.insert(SLOTS, Docs.slot("s1"))
+    feed = FakeFeed(database)
+    pages: list[httpx.Request] = []
+
+    async def proxied(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/internal/snapshot" and not pages:
+            pages.append(request)
+            return httpx.Response(200, content=b"<html>502 Bad Gateway</html>")
+        return await feed(request)
+
+    producer = MemoryProducer()
+    source = FeedChangeSource(
+        "http://booking-api", TOKEN, wait=0.05, transport=httpx.MockTransport(proxied)
+    )
+    publisher = make_publisher(producer=producer, source=source, start_mode="snapshot")
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: producer.records != [] or task.done())
+        assert not task.done()
+    finally:
+        await stop(publisher, task)
+        await source.close()
+    assert orjson.loads(producer.records[0].value)["subject"] == "slots/s1"
+    assert publisher.metrics.source_errors._value.get() == 1

@@ -29,6 +29,18 @@ from slotstream_contracts.changes import ChangeEvent, ClusterTime, ResumeToken
 _END_OF_TIME: Final = "999999999999.0"
 
 
+def _object(response: httpx.Response, what: str) -> dict[str, Any]:
+    """The JSON object of a 200 answer; a proxy's error page or anything else is the feed
+    being unavailable (retried), never a crash."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise SourceUnavailable(f"{what} answered malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise SourceUnavailable(f"{what} answered something else than an object")
+    return body
+
+
 def _problem_detail(response: httpx.Response) -> str:
     try:
         body = orjson.loads(response.content)
@@ -74,13 +86,7 @@ class FeedChangeStream:
             raise SourceUnavailable(
                 f"change feed answered {response.status_code}: {_problem_detail(response)}"
             )
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise SourceUnavailable(f"change feed answered malformed JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise SourceUnavailable("change feed answered something else than an object")
-        return body
+        return _object(response, "change feed")
 
     async def next_batch(self) -> ChangeBatch:
         params: dict[str, Any] = {"limit": self._limit}
@@ -156,10 +162,16 @@ class FeedChangeSource:
                 f"snapshot of {collection} answered {response.status_code}: "
                 f"{_problem_detail(response)}"
             )
-        body = orjson.loads(response.content)
-        return SnapshotPart(
-            ClusterTime.model_validate(body["operationTime"]), _iterate(body["documents"])
-        )
+        what = f"snapshot of {collection}"
+        body = _object(response, what)
+        try:
+            operation_time = ClusterTime.model_validate(body.get("operationTime"))
+        except ValidationError as exc:
+            raise SourceUnavailable(f"{what} answered no valid operationTime: {exc}") from exc
+        documents = body.get("documents")
+        if not isinstance(documents, list) or not all(isinstance(d, dict) for d in documents):
+            raise SourceUnavailable(f"{what} answered no list of documents")
+        return SnapshotPart(operation_time, _iterate(documents))
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -860,7 +860,11 @@ class Publisher:
         """``stream.resync`` to every partition of every data topic, keyed ``~control``."""
         now = _now()
         for topic in self._router.data_topics:
-            for partition in await self._producer.partitions(topic):
+            try:
+                partitions = await self._producer.partitions(topic)
+            except Exception as exc:  # a metadata request failed: retried like a send
+                raise KafkaUnavailable(f"partitions of {topic}: {_describe(exc)}") from exc
+            for partition in partitions:
                 raw = f"resync/{topic}/{partition}/{epoch}/{time.time_ns()}"
                 event = CloudEvent(
                     id="r" + hashlib.blake2b(raw.encode(), digest_size=16).hexdigest(),

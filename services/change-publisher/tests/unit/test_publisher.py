@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from change_publisher.adapters.memory import (
     MemoryChangeSource,
@@ -459,3 +460,38 @@ async def test_unready_while_kafka_acknowledges_nothing_ready_again_after(
     finally:
         publisher.stop()
         await asyncio.wait_for(task, 5)
+
+
+class PartitionsFailOnce(MemoryProducer):
+    """The first metadata request for a topic's partitions fails (a broker restarting)."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__(partitions)
+        self.asked = 0
+
+    async def partitions(self, topic: str) -> list[int]:
+        self.asked += 1
+        if self.asked == 1:
+            raise KafkaConnectionError("metadata request failed")
+        return await super().partitions(topic)
+
+
+async def test_a_kafka_error_while_announcing_a_resync_is_retried(
+    make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    database = MemoryDatabase(retain=2)
+    stale = database.insert(SLOTS, Docs.slot("s1"))
+    for n in range(2, 5):
+        database.insert(SLOTS, Docs.slot(f"s{n}"))
+    await checkpoints.save("test", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    producer = PartitionsFailOnce(partitions=2)
+    publisher = make_publisher(producer=producer, source=MemoryChangeSource(database, wait=0.05))
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready or task.done())
+        assert not task.done()
+    finally:
+        await stop(publisher, task)
+    resyncs = {(r.topic, r.partition) for r in producer.records if r.kind == "stream.resync"}
+    assert len(resyncs) == 4  # every partition of both data topics
+    assert publisher.metrics.kafka_errors._value.get() == 1

@@ -443,9 +443,10 @@ class Publisher:
         self.role = Role.STANDBY
         await self._release()
         self._fences += 1
-        ceiling = min(
+        ceiling = _doubled(
+            self.options.lease_ttl,
+            self._fences - 1,
             max(self.options.backoff_max, self.options.lease_ttl),
-            self.options.lease_ttl * 2 ** min(self._fences - 1, 16),
         )
         delay = random.uniform(ceiling / 2, ceiling)
         self._log.warning(
@@ -551,8 +552,8 @@ class Publisher:
         """Capped exponential backoff with jitter over consecutive failures, so a source
         that refuses at once (or a record Kafka keeps refusing) is not retried in a loop."""
         self._failures += 1
-        ceiling = min(
-            self.options.backoff_max, self.options.backoff_initial * 2 ** (self._failures - 1)
+        ceiling = _doubled(
+            self.options.backoff_initial, self._failures - 1, self.options.backoff_max
         )
         await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
 
@@ -876,6 +877,12 @@ class Publisher:
                 delivery.stage((encode_control(event, topic, partition, epoch),), None, 0)
         await delivery.flush()
         self._log.warning("published stream.resync", topics=list(self._router.data_topics))
+
+
+def _doubled(first: float, times: int, ceiling: float) -> float:
+    """``first`` doubled ``times`` times, at most ``ceiling``. The exponent is capped too:
+    ``2 ** 1024`` does not fit a float (after ~3 h of failures at the default backoff)."""
+    return min(ceiling, first * 2.0 ** min(times, 64))
 
 
 def _now() -> datetime:

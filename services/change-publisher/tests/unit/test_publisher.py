@@ -495,3 +495,20 @@ async def test_a_kafka_error_while_announcing_a_resync_is_retried(
     resyncs = {(r.topic, r.partition) for r in producer.records if r.kind == "stream.resync"}
     assert len(resyncs) == 4  # every partition of both data topics
     assert publisher.metrics.kafka_errors._value.get() == 1
+
+
+async def test_a_source_refused_for_hours_is_still_retried(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    """1,100 refusals in a row: about three hours at the default backoff (15 s). The
+    exponent of the backoff used to overflow a float after 1,024 of them."""
+    source = FlakySource(database)
+    publisher = make_publisher(source=source, backoff_initial=0.0, backoff_max=0.0)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: source.attempts >= 1100 or task.done(), within=60)
+        assert not task.done()
+        source.down = False
+        await eventually(lambda: publisher.ready)
+    finally:
+        await stop(publisher, task)

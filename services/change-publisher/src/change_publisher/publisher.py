@@ -564,12 +564,15 @@ class Publisher:
 
     async def _initial_position(self) -> StreamPosition | _Snapshot:
         checkpoint: Checkpoint | None = None
-        async for attempt in self._retrying():
-            with attempt:
-                checkpoint = await self._checkpoints.load(self.options.stream_name)
-        self.last_checkpoint = checkpoint
         mode = self.options.start_mode
-        if checkpoint is not None and mode != "latest":
+        # ``latest`` ignores the stored checkpoint, and so must a retry (``_resume_point``)
+        # after an open that failed before anything was acknowledged: it is not loaded.
+        if mode != "latest":
+            async for attempt in self._retrying():
+                with attempt:
+                    checkpoint = await self._checkpoints.load(self.options.stream_name)
+        self.last_checkpoint = checkpoint
+        if checkpoint is not None:
             self._log.info("resuming", position=checkpoint.position.describe(), mode=mode)
             return checkpoint.position
         if mode == "snapshot":

@@ -512,3 +512,28 @@ async def test_a_source_refused_for_hours_is_still_retried(
         await eventually(lambda: publisher.ready)
     finally:
         await stop(publisher, task)
+
+
+async def test_latest_mode_ignores_the_stored_checkpoint_when_the_first_open_fails(
+    database: MemoryDatabase, make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    """START_MODE=latest after an outage: the backlog behind an old checkpoint stays
+    unpublished even if the source refuses the first open."""
+    old = database.insert(SLOTS, Docs.slot("old"))
+    for n in range(3):
+        database.insert(SLOTS, Docs.slot(f"backlog-{n}"))
+    await checkpoints.save("test", Checkpoint(old.token, None, epoch=0, saved_at=NOW))
+    source = FlakySource(database)
+    producer = MemoryProducer()
+    publisher = make_publisher(source=source, producer=producer, start_mode="latest")
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: source.attempts >= 1)
+        source.down = False
+        await eventually(lambda: publisher.ready)
+        database.insert(SLOTS, Docs.slot("new"))
+        await eventually(lambda: producer.records != [])
+    finally:
+        await stop(publisher, task)
+    assert [orjson.loads(r.value)["subject"] for r in producer.records] == ["slots/new"]
+    assert source.opened == [StreamPosition()]

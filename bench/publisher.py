@@ -75,8 +75,8 @@ class TimedProducer:
     async def start(self) -> None:
         await self.inner.start()
 
-    async def stop(self) -> None:
-        await self.inner.stop()
+    async def stop(self, drain_seconds: float) -> None:
+        await self.inner.stop(drain_seconds)
 
     async def partitions(self, topic: str) -> list[int]:
         return await self.inner.partitions(topic)

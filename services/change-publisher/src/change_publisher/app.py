@@ -49,6 +49,7 @@ def publisher_options(settings: Settings) -> PublisherOptions:
         backoff_max=settings.backoff_max,
         max_record_bytes=settings.max_record_bytes,
         ack_stall_seconds=settings.ack_stall_seconds,
+        stop_drain_seconds=settings.stop_drain_seconds,
     )
 
 

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Unready while records wait this long for Kafka without an acknowledgement",
     )
+    stop_drain_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="On stop, how long records in flight may still be acknowledged before "
+        "they are given up (the next leader re-sends them from the checkpoint)",
+    )
     lease_ttl: float = Field(default=6.0, gt=0, description="Seconds")
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=15.0, gt=0)

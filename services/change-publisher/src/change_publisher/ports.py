@@ -141,7 +141,10 @@ class PendingBatch:
 class EventProducer(Protocol):
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, drain_seconds: float) -> None:
+        """Wait at most ``drain_seconds`` for what is pending to be acknowledged, give
+        up the rest (its futures fail) and close: nothing more is sent."""
+        ...
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[PendingBatch]:
         """Hand records to the producer in order (per partition order is kept) without

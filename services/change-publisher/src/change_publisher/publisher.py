@@ -106,6 +106,11 @@ class PublisherOptions:
     #: Not ready while records wait this long for Kafka without any acknowledgement: the
     #: producer's own retries take far longer (request timeout) to give up.
     ack_stall_seconds: float = 5.0
+    #: After a stop, how long records in flight may still be acknowledged; then they are
+    #: given up (the next leader re-reads them from the checkpoint: at least once). The
+    #: idempotent producer never fails a batch, so a Kafka acknowledging nothing would
+    #: otherwise hold the stop, and the lease, forever.
+    stop_drain_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +344,7 @@ class Publisher:
             self.streaming = False
             self.metrics.leader.set(0)
             with contextlib.suppress(Exception):
-                await self._producer.stop()
+                await self._producer.stop(self.options.stop_drain_seconds)
             self._log.info("publisher stopped")
 
     async def _start_producer(self) -> None:
@@ -408,16 +413,29 @@ class Publisher:
         guard = LeaderGuard(self.options.lease_ttl, granted_at)
         term = asyncio.create_task(self._term(lease, guard))
         keeper = asyncio.create_task(self._keep_lease(guard))
+        stopping = asyncio.create_task(self._stop.wait())
+        abandoned: _Delivery | None = None
         try:
-            await asyncio.wait({term, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({term, keeper, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not (term.done() or keeper.done()):
+                # Stopping: the term drains what is in flight, then checkpoints.
+                await asyncio.wait(
+                    {term, keeper},
+                    timeout=self.options.stop_drain_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not (term.done() or keeper.done()):
+                    abandoned = self._delivery
         finally:
-            for task in (term, keeper):
+            for task in (term, keeper, stopping):
                 task.cancel()
-            results = await asyncio.gather(term, keeper, return_exceptions=True)
+            results = await asyncio.gather(term, keeper, stopping, return_exceptions=True)
             self.streaming = False
             self._delivery = None
             self.metrics.leader.set(0)
             self.metrics.epoch.set(0)
+        if abandoned is not None:
+            await self._give_up(abandoned, lease)
         fenced, self._fence = self._fence, None
         if fenced is not None or any(isinstance(r, Fenced) for r in results):
             await self._step_down(lease, fenced)
@@ -434,6 +452,22 @@ class Publisher:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+    async def _give_up(self, delivery: _Delivery, lease: Lease) -> None:
+        """The stop's drain ran out: checkpoint what Kafka acknowledged and stop the
+        producer (it gives up the rest) before the lease is released, so no record of this
+        term lands after the next leader's. The next leader re-sends the rest."""
+        self._log.warning(
+            "stopping without acknowledgements for records in flight: given up, the next "
+            "leader re-reads them from the checkpoint",
+            in_flight=delivery.tracker.in_flight,
+            waited=self.options.stop_drain_seconds,
+        )
+        self._flush_metrics(delivery)
+        with contextlib.suppress(Fenced):  # recorded in self._fence: steps down below
+            await self._checkpoint(delivery, lease)
+        with contextlib.suppress(Exception):
+            await self._producer.stop(0.0)
 
     async def _step_down(self, lease: Lease, fenced: Fenced | None) -> None:
         """Fenced: a newer leader has checkpointed. Give the lease back (the store only

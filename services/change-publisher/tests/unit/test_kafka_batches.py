@@ -23,6 +23,9 @@ class BatchRecordingProducer:
     async def start(self) -> None:
         return None
 
+    async def flush(self) -> None:
+        return None
+
     async def stop(self) -> None:
         return None
 
@@ -66,4 +69,4 @@ async def test_every_batch_is_closed_when_submitted(monkeypatch: pytest.MonkeyPa
     ]
     assert sum(b.record_count() for _, _, b, _ in fake.submitted) == len(records)
     assert sorted(i for batch in pending for i in batch.indices) == list(range(len(records)))
-    await producer.stop()
+    await producer.stop(1.0)

@@ -19,6 +19,9 @@ class RecordingProducer:
     async def start(self) -> None:
         return None
 
+    async def flush(self) -> None:
+        return None
+
     async def stop(self) -> None:
         return None
 
@@ -44,4 +47,4 @@ async def test_scram_settings_from_the_environment_reach_the_producer(
     assert options["sasl_plain_username"] == "change-publisher"
     assert options["sasl_plain_password"] == "publisher-password"
     assert options["acks"] == "all"
-    await producer.stop()
+    await producer.stop(1.0)

@@ -537,3 +537,42 @@ async def test_latest_mode_ignores_the_stored_checkpoint_when_the_first_open_fai
         await stop(publisher, task)
     assert [orjson.loads(r.value)["subject"] for r in producer.records] == ["slots/new"]
     assert source.opened == [StreamPosition()]
+
+
+async def test_a_stop_gives_up_what_kafka_never_acknowledges_and_hands_the_lease_over(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    leases: MemoryLeaseStore,
+) -> None:
+    """Kafka acknowledging nothing with the idempotent producer (the default): aiokafka
+    retries a batch forever and never fails it."""
+    stuck = MemoryProducer()
+    leader = make_publisher(producer=stuck, lease_ttl=1.0, stop_drain_seconds=0.5)
+    task = asyncio.create_task(leader.run())
+    await eventually(lambda: leader.ready)
+    stuck.hold()
+    change = database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: stuck.records != [])
+    started = asyncio.get_running_loop().time()
+    leader.stop()  # SIGTERM
+    done, _ = await asyncio.wait({task}, timeout=3)
+    if not done:
+        stuck.release()
+        await asyncio.wait_for(task, 5)
+    assert done, "not stopped 3 s after the stop"
+    assert asyncio.get_running_loop().time() - started >= 0.5  # it did wait for Kafka
+    assert leader.role is Role.STOPPED
+    assert leases.leases["test"].expires_at == 0  # released, not left to expire
+    assert not stuck.started  # the producer stopped too: nothing more reaches Kafka
+    stored = checkpoints.checkpoints["test"]
+    assert stored.token != change.token  # never acknowledged, so never checkpointed
+    # The next leader takes over at once and publishes the change given up (at least once).
+    successor_out = MemoryProducer()
+    successor = make_publisher(producer=successor_out, instance="p2", lease_ttl=1.0)
+    successor_task = asyncio.create_task(successor.run())
+    try:
+        await eventually(lambda: successor_out.records != [], within=2)
+    finally:
+        await stop(successor, successor_task)
+    assert orjson.loads(successor_out.records[0].value)["subject"] == "slots/s1"

@@ -20,12 +20,13 @@ at a time, and aiokafka sends one request per broker at a time, so batches of se
 reads queue behind a request in flight.
 """
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -71,10 +72,24 @@ class KafkaEventProducer:
             raise
         self._producer = producer
 
-    async def stop(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await producer.stop()
+    async def stop(self, drain_seconds: float) -> None:
+        """Flush for at most ``drain_seconds``, then give up what is left. aiokafka's own
+        ``stop()`` waits for every pending batch, and with idempotence it never expires
+        one: a Kafka acknowledging nothing would hold it forever. aiokafka has no close
+        without a flush, so the accumulator (private) fails the batches; its sender then
+        stops at once, waiting only for requests already on the wire (request timeout)."""
+        if self._producer is None:
+            return
+        producer, self._producer = self._producer, None
+        try:
+            await asyncio.wait_for(producer.flush(), drain_seconds)
+        except TimeoutError:
+            producer._message_accumulator.fail_all(
+                KafkaTimeoutError(
+                    f"not acknowledged within {drain_seconds} s of the stop: given up"
+                )
+            )
+        await producer.stop()
 
     def _require(self) -> AIOKafkaProducer:
         if self._producer is None:

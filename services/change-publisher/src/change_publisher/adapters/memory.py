@@ -277,12 +277,19 @@ class MemoryProducer:
     def release(self) -> None:
         held, self._held = self._held or [], None
         for future in held:
-            future.set_result(None)
+            if not future.done():  # given up by stop()
+                future.set_result(None)
 
     async def start(self) -> None:
         self.started = True
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float) -> None:
+        held = [future for future in self._held or () if not future.done()]
+        if held:
+            await asyncio.wait(held, timeout=drain_seconds)
+        for future in held:
+            if not future.done():
+                future.set_exception(TimeoutError("not acknowledged before the stop"))
         self.started = False
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[PendingBatch]:

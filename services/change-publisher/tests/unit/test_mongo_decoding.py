@@ -26,7 +26,7 @@ from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.topics import DEADLETTER_TOPIC
 
 from ..conftest import NOW, Docs, PublisherFactory
-from .test_publisher import eventually, stop
+from .test_publisher import checkpointed, eventually, stop
 
 Client = AsyncMongoClient[dict[str, Any]]
 COLLECTIONS = (SLOTS, BOOKINGS, NOTIFICATIONS)
@@ -202,12 +202,7 @@ async def test_a_change_that_does_not_decode_is_dead_lettered_and_the_stream_goe
     publisher = make_publisher(producer=producer, source=source)
     task = asyncio.create_task(publisher.run())
     try:
-        await eventually(
-            lambda: (
-                (c := checkpoints.checkpoints.get("test")) is not None
-                and c.token == {"_data": "0002"}
-            )
-        )
+        await checkpointed(checkpoints, {"_data": "0002"})
         await eventually(lambda: len(opened) >= len(streams))
     finally:
         await stop(publisher, task)
@@ -237,12 +232,7 @@ async def test_resuming_before_a_change_that_does_not_decode_dead_letters_it(
     publisher = make_publisher(producer=producer, source=source)
     task = asyncio.create_task(publisher.run())
     try:
-        await eventually(
-            lambda: (
-                (c := checkpoints.checkpoints.get("test")) is not None
-                and c.token == {"_data": "0002"}
-            )
-        )
+        await checkpointed(checkpoints, {"_data": "0002"})
     finally:
         await stop(publisher, task)
     assert [r.kind for r in producer.records] == ["deadletter", "slot.created"]

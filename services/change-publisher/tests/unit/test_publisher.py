@@ -24,7 +24,7 @@ from change_publisher.ports import (
     StreamPosition,
 )
 from change_publisher.publisher import HistoryLostFatal, Publisher, Role
-from slotstream_contracts.changes import OperationType
+from slotstream_contracts.changes import OperationType, ResumeToken
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.topics import CONTROL_KEY, DEADLETTER_TOPIC, NOTIFICATIONS_TOPIC
 
@@ -48,6 +48,24 @@ def types(records: Sequence[OutgoingRecord]) -> list[str]:
     return [r.kind for r in records]
 
 
+async def checkpointed(checkpoints: MemoryCheckpointStore, token: ResumeToken) -> None:
+    """Until the publisher's checkpoint is ``token`` (everything up to it acknowledged)."""
+    await eventually(
+        lambda: (c := checkpoints.checkpoints.get("test")) is not None and c.token == token
+    )
+
+
+async def history_gone(checkpoints: MemoryCheckpointStore) -> MemoryDatabase:
+    """A database that keeps 2 changes, with 4 made since the stored checkpoint: resuming
+    from it finds the history lost."""
+    database = MemoryDatabase(retain=2)
+    stale = database.insert(SLOTS, Docs.slot("s1"))
+    for n in range(2, 5):
+        database.insert(SLOTS, Docs.slot(f"s{n}"))
+    await checkpoints.save("test", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    return database
+
+
 def ids(records: Sequence[OutgoingRecord]) -> list[str]:
     return [dict(r.headers)["ce_id"].decode() for r in records]
 
@@ -68,9 +86,7 @@ async def test_publishes_in_order_checkpoints_and_releases_the_lease_on_stop(
     database.insert(NOTIFICATIONS, Docs.notification("n1", "u1"))
     database.update(NOTIFICATIONS, "n1", {"read": True})  # skipped
     last = database.insert(SLOTS, Docs.slot("s2", "i2", version=0))  # dead letter
-    await eventually(
-        lambda: (c := checkpoints.checkpoints.get("test")) is not None and c.token == last.token
-    )
+    await checkpointed(checkpoints, last.token)
     await stop(publisher, task)
 
     assert types(producer.records) == [
@@ -209,11 +225,7 @@ async def test_history_lost_resyncs_every_partition_then_snapshots(
 async def test_history_lost_under_policy_fail_stops_with_an_error(
     make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
 ) -> None:
-    database = MemoryDatabase(retain=2)
-    stale = database.insert(SLOTS, Docs.slot("s1"))
-    for n in range(2, 5):
-        database.insert(SLOTS, Docs.slot(f"s{n}"))
-    await checkpoints.save("test", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    database = await history_gone(checkpoints)
     publisher = make_publisher(
         source=MemoryChangeSource(database, wait=0.05), history_lost_policy="fail"
     )
@@ -479,11 +491,7 @@ class PartitionsFailOnce(MemoryProducer):
 async def test_a_kafka_error_while_announcing_a_resync_is_retried(
     make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
 ) -> None:
-    database = MemoryDatabase(retain=2)
-    stale = database.insert(SLOTS, Docs.slot("s1"))
-    for n in range(2, 5):
-        database.insert(SLOTS, Docs.slot(f"s{n}"))
-    await checkpoints.save("test", Checkpoint(stale.token, None, epoch=0, saved_at=NOW))
+    database = await history_gone(checkpoints)
     producer = PartitionsFailOnce(partitions=2)
     publisher = make_publisher(producer=producer, source=MemoryChangeSource(database, wait=0.05))
     task = asyncio.create_task(publisher.run())

@@ -543,8 +543,10 @@ async function settlePending(slotId) {
 async function refreshOverHttp() {
   if (!state.sub) return;
   try {
+    const { schedule } = state.sub;
+    const askedAt = schedule.deltas;
     const snapshot = await api("GET", `/api/instructors/${encodeURIComponent(state.instructorId)}/schedule`);
-    state.sub.schedule.applySnapshot(snapshot);
+    schedule.applySnapshot(snapshot, askedAt);
     for (const slot of snapshot.slots) state.pending.delete(slot.id);
   } catch {
     // The stream will catch up when it is back.

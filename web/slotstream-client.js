@@ -76,18 +76,35 @@ export class Schedule {
     this.from = null;
     this.to = null;
     this.loaded = false;
+    /** Slot deltas applied so far: take it before asking for a snapshot (`askedAt`). */
+    this.deltas = 0;
+    /** @type {Map<string, number>} slot id → `deltas` when its last delta was applied */
+    this._deltaAt = new Map();
   }
 
-  /** Replace the state with a snapshot, keeping any slot we already hold in a newer version. */
-  applySnapshot(snapshot) {
+  /**
+   * Replace the state in the snapshot's window with the snapshot, keeping any slot we
+   * already hold in a newer version. A held slot the snapshot lacks goes (deleted, or moved
+   * out of the window), unless a delta brought it after `askedAt`, the `deltas` count when
+   * the snapshot was asked for (an HTTP answer): the snapshot may have been read before that
+   * change was made. Server times cannot tell: a slot's `updatedAt` is stamped before its
+   * write commits, the snapshot's `generatedAt` after its read, maybe on another replica's
+   * clock; and versions count per slot (a new slot is 1). But a delta is streamed only once
+   * its write is committed, so one that arrived before the request is in the answer.
+   * The stream's own snapshot omits `askedAt`: the stream follows it with every change
+   * made after it was read, so what it lacks is gone.
+   */
+  applySnapshot(snapshot, askedAt = this.deltas) {
     const next = new Map();
     for (const slot of snapshot.slots) {
       const held = this.slots.get(slot.id);
       next.set(slot.id, held && held.version > slot.version ? held : slot);
     }
-    // Slots outside the snapshot's window that arrived as deltas stay (they are newer news).
     for (const [id, held] of this.slots) {
-      if (!next.has(id) && !this._inWindow(held, snapshot)) next.set(id, held);
+      if (next.has(id)) continue;
+      // Outside the window the snapshot says nothing: those deltas are newer news.
+      if (!this._inWindow(held, snapshot) || this._deltaAt.get(id) > askedAt) next.set(id, held);
+      else this._deltaAt.delete(id);
     }
     this.slots = next;
     this.from = snapshot.from;
@@ -103,6 +120,8 @@ export class Schedule {
     if (held && held.version >= slot.version) return undefined;
     this.slots.set(slot.id, slot);
     this.version = Math.max(this.version, slot.version);
+    this.deltas += 1;
+    this._deltaAt.set(slot.id, this.deltas);
     return held ?? null;
   }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,6 +74,10 @@ class FakeEdge:
     demo_users_reads: int = 0
     #: what GET /api/users/me/notifications lists
     notifications: list[NotificationData] = field(default_factory=list)
+    #: set when GET …/schedule has read the state; while ``hold_schedule`` is not None, the
+    #: answer (that state) is sent only once it is set: an answer the stream overtakes
+    schedule_read: threading.Event = field(default_factory=threading.Event)
+    hold_schedule: threading.Event | None = None
 
     def snapshot(self) -> ScheduleSnapshot:
         now = datetime.now(UTC)
@@ -137,10 +142,11 @@ class FakeEdge:
             return JSONResponse([{"id": INSTRUCTOR, "name": "Fake Instructor"}])
 
         async def schedule(_: Request) -> Response:
-            return Response(
-                orjson.dumps(self.snapshot().model_dump(mode="json", by_alias=True)),
-                media_type="application/json",
-            )
+            body = orjson.dumps(self.snapshot().model_dump(mode="json", by_alias=True))
+            self.schedule_read.set()
+            if self.hold_schedule is not None:
+                await asyncio.to_thread(self.hold_schedule.wait, 15)
+            return Response(body, media_type="application/json")
 
         async def demo_users(_: Request) -> Response:
             self.demo_users_reads += 1

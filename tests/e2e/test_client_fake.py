@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -183,6 +184,38 @@ def test_a_booking_the_stream_is_late_with_is_shown_from_the_api(
     slot_button(page, "a").click()  # the fake books it and streams nothing
     expect(slot_button(page, "a")).to_have_attribute("data-state", "mine", timeout=10_000)
     expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
+    assert errors == []
+
+
+def test_a_late_http_answer_keeps_the_slots_the_stream_brought_after_it_was_asked(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The page asks the API for the schedule when the stream is late with its own booking.
+    A slot created after the API read its answer, whose delta reaches the page before that
+    answer, must stay: the answer is older news. What the answer lacks of what the page knew
+    before asking — a slot from the first snapshot, or from a delta, deleted since without
+    the page hearing of it — does go."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    fake.slots["gone"] = make_slot("gone", tomorrow_at(13))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    fake.send_slot(make_slot("missed", tomorrow_at(15)))  # its deletion never streamed
+    expect(slot_button(page, "missed")).to_have_attribute("data-state", "available")
+    del fake.slots["gone"]
+
+    fake.hold_schedule = threading.Event()
+    slot_button(page, "a").click()  # the fake books it and streams nothing: asked after 3 s
+    assert fake.schedule_read.wait(10)
+    fake.send_slot(make_slot("new", tomorrow_at(11)))  # created after the answer was read
+    expect(slot_button(page, "new")).to_have_attribute("data-state", "available")
+    fake.hold_schedule.set()
+
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "mine")  # answer applied
+    expect(slot_button(page, "gone")).to_have_count(0)
+    expect(slot_button(page, "missed")).to_have_count(0)
+    expect(slot_button(page, "new")).to_have_attribute("data-state", "available")
     assert errors == []
 
 

@@ -219,6 +219,26 @@ def test_a_late_http_answer_keeps_the_slots_the_stream_brought_after_it_was_aske
     assert errors == []
 
 
+def test_the_streams_own_snapshot_removes_the_slots_it_lacks(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A fresh ``snapshot`` on the stream (a resume the gateway could not serve) replaces
+    its window, even slots a delta brought: the stream sends every change after it."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    fake.send_slot(make_slot("deleted", tomorrow_at(11)))  # its deletion is missed
+    expect(slot_button(page, "deleted")).to_have_attribute("data-state", "available")
+
+    fake.drop_streams()  # the fake answers every reconnect with a fresh snapshot
+    expect(slot_button(page, "deleted")).to_have_count(0)
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    assert len(fake.stream_requests) == 2
+    assert errors == []
+
+
 def test_notifications_whose_history_is_gone_are_loaded_again(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

@@ -181,6 +181,7 @@ async def run(
     await create_topics(bootstrap, {SCHEDULE_TOPIC: 8, NOTIFICATIONS_TOPIC: 8, DEADLETTER_TOPIC: 1})
     database = MemoryDatabase(retain=events + rate * int(seconds + 2) + 10_000)
     started = time.perf_counter()
+    before_backlog = database.log.latest_token
     backlog = write_changes(database, 0, events)
     print(
         f"filled the fake change source with {len(backlog)} changes "
@@ -222,7 +223,7 @@ async def run(
     )
     # Resume from before the backlog, as after a restart with changes waiting.
     await checkpoints.save(
-        "bench", Checkpoint({"_data": f"{0:016X}"}, None, epoch=0, saved_at=datetime.now(UTC))
+        "bench", Checkpoint(before_backlog, None, epoch=0, saved_at=datetime.now(UTC))
     )
     load_before = os.getloadavg()
     task = asyncio.create_task(publisher.run())

@@ -35,10 +35,27 @@ def test_token_older_than_history_is_reported_lost() -> None:
 
 def test_foreign_token_is_rejected() -> None:
     log = MemoryChangeLog("db")
+    run = log.latest_token["_data"][:16]
     with pytest.raises(InvalidResumeToken):
         log.read_after({"_data": "zz"})
-    with pytest.raises(InvalidResumeToken):
+    with pytest.raises(InvalidResumeToken):  # the format before tokens named their run
         log.read_after({"_data": "00000000000000FF"})
+    with pytest.raises(InvalidResumeToken, match="from the future"):
+        log.read_after({"_data": f"{run}{255:016X}"})
+
+
+def test_a_restarted_log_answers_the_earlier_runs_tokens_as_history_lost() -> None:
+    """A restart starts a new log: resuming there after the old run's checkpoint would skip
+    the new run's first changes, and equal tokens would give equal event ids."""
+    before = MemoryChangeLog("db")
+    record(before, 3)
+    checkpoint = before.latest_token
+    after = MemoryChangeLog("db")  # the booking-api restarted
+    record(after, 6)
+    with pytest.raises(ChangeHistoryLost, match="another run"):
+        after.read_after(checkpoint)
+    old_tokens = {e.token_data for e in before.read_after(None)}
+    assert old_tokens.isdisjoint(e.token_data for e in after.read_after(None))
 
 
 def test_read_from_operation_time_includes_that_time() -> None:
@@ -71,12 +88,14 @@ async def test_released_log_answers_waiting_and_later_readers_at_once() -> None:
 
 def test_exactly_the_retained_changes_stay_readable() -> None:
     log = MemoryChangeLog("db", retain=4)
-    record(log, 10)
+    record(log, 4)
+    fourth = log.latest_token
+    record(log, 6)
     retained = log.read_after(None)
-    assert [e.document_key for e in retained] == [{"_id": f"s{i}"} for i in range(6, 10)]
+    assert [e.document_key for e in retained] == [{"_id": f"s{i}"} for i in range(2, 6)]
     assert log.read_after(retained[0].token) == retained[1:]
     with pytest.raises(ChangeHistoryLost):
-        log.read_after({"_data": f"{4:016X}"})
+        log.read_after(fourth)
     with pytest.raises(ChangeHistoryLost):
         log.read_from_time(retained[0].cluster_time.model_copy(update={"i": 0}))
     assert log.read_from_time(retained[1].cluster_time) == retained[1:]

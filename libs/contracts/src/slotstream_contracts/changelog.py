@@ -15,14 +15,23 @@ What Mongo really does, and so does this log:
 - Dropping the database (``record_drop_database``) records ``drop`` per collection,
   ``dropDatabase`` and ``invalidate`` (neither with a collection): a stream ends there and
   is reopened after the invalidate's token (``startAfter``).
+
+Each log is one *run* (the log lives as long as the process that keeps it): its tokens
+carry a random run id before the sequence number. A token of another run, such as the
+checkpoint of a publisher that read the booking-api before it restarted, raises
+``ChangeHistoryLost``: its history is gone with that process, and resuming by sequence
+number alone would skip the new run's first changes and hand out event ids (derived from
+the token) that the old run already used.
 """
 
 import asyncio
 import bisect
 import contextlib
+import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from slotstream_contracts.changes import (
     ChangeEvent,
@@ -42,15 +51,12 @@ class InvalidResumeToken(Exception):
     """The token was not issued by this change log."""
 
 
-def _token(seq: int) -> ResumeToken:
-    return {"_data": f"{seq:016X}"}
+#: ``_data`` = the run id (16 hex digits) then the sequence number (16 hex digits).
+_TOKEN_DATA: Final = re.compile(r"([0-9A-F]{16})([0-9A-F]{16})")
 
 
-def _seq_of(token: ResumeToken) -> int:
-    try:
-        return int(str(token["_data"]), 16)
-    except (KeyError, ValueError) as exc:
-        raise InvalidResumeToken(f"not a resume token of this change log: {token!r}") from exc
+def _token(run: str, seq: int) -> ResumeToken:
+    return {"_data": f"{run}{seq:016X}"}
 
 
 def _time_key(event: ChangeEvent) -> tuple[int, int]:
@@ -64,6 +70,7 @@ Lookup = Callable[[str, str], dict[str, Any] | None]
 class MemoryChangeLog:
     def __init__(self, db: str, retain: int = 200_000, lookup: Lookup | None = None) -> None:
         self._db = db
+        self._run = secrets.token_hex(8).upper()
         self._lookup = lookup
         self._transaction_time: ClusterTime | None = None
         self._in_transaction = False
@@ -82,7 +89,19 @@ class MemoryChangeLog:
     @property
     def latest_token(self) -> ResumeToken:
         """The token of the newest change (what a ``postBatchResumeToken`` would be)."""
-        return _token(self._seq)
+        return _token(self._run, self._seq)
+
+    def _seq_of(self, token: ResumeToken) -> int:
+        data = token.get("_data")
+        match = _TOKEN_DATA.fullmatch(data) if isinstance(data, str) else None
+        if match is None:
+            raise InvalidResumeToken(f"not a resume token of this change log: {token!r}")
+        if match[1] != self._run:
+            raise ChangeHistoryLost(
+                f"resume token {token!r} is from another run of the change log "
+                "(its process restarted since): its history is gone"
+            )
+        return int(match[2], 16)
 
     @property
     def _oldest_seq(self) -> int:
@@ -138,7 +157,7 @@ class MemoryChangeLog:
         cluster_time = self._next_time()
         event = ChangeEvent.model_validate(
             {
-                "_id": _token(self._seq),
+                "_id": _token(self._run, self._seq),
                 "operationType": operation,
                 "clusterTime": cluster_time,
                 "ns": Namespace(db=self._db, coll=collection),
@@ -161,7 +180,7 @@ class MemoryChangeLog:
         if token is None:
             start = 0
         else:
-            seq = _seq_of(token)
+            seq = self._seq_of(token)
             if seq > self._seq:
                 raise InvalidResumeToken(f"resume token {token!r} is from the future")
             if seq < self._oldest_seq - 1:

@@ -19,11 +19,13 @@ AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
 
 
-async def add_slot(client: httpx.AsyncClient, auth: AuthHeaders, future: Future) -> None:
+async def add_slot(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, days: int = 1
+) -> None:
     await client.post("/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor"))
     await client.post(
         "/api/instructors/i1/slots",
-        json={"start": future(), "end": future(hours=1)},
+        json={"start": future(days), "end": future(days, hours=1)},
         headers=auth("i1", "instructor"),
     )
 
@@ -77,10 +79,37 @@ async def test_lost_history_is_410(settings: Settings, auth: AuthHeaders, future
         base_url="http://booking",
         headers={"X-Internal-Token": INTERNAL_TOKEN},
     ) as client:
+        start = (await client.get("/internal/changes")).json()["postBatchResumeToken"]
         await add_slot(client, auth, future)
-        lost = await client.get("/internal/changes", params={"after": "0000000000000000"})
+        lost = await client.get("/internal/changes", params={"after": start["_data"]})
         assert lost.status_code == 410
         assert "older than the history" in lost.json()["detail"]
+
+
+async def test_a_token_from_before_a_restart_is_410(
+    settings: Settings, auth: AuthHeaders, future: Future
+) -> None:
+    """A restart starts a new change log: a publisher resuming there with the old run's
+    token must hear that the history is lost, even when the new log already has more
+    changes than the old one had."""
+    before = MemoryStorage()
+    async with _internal_client(settings, before) as client:
+        await add_slot(client, auth, future)
+        checkpoint = (await client.get("/internal/changes")).json()["postBatchResumeToken"]
+    async with _internal_client(settings, MemoryStorage()) as client:  # the restart
+        for days in (1, 2, 3):
+            await add_slot(client, auth, future, days)
+        lost = await client.get("/internal/changes", params={"after": checkpoint["_data"]})
+        assert lost.status_code == 410, lost.text
+        assert lost.json()["type"].endswith("change-history-lost")
+
+
+def _internal_client(settings: Settings, store: MemoryStorage) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings, storage=store)),
+        base_url="http://booking",
+        headers={"X-Internal-Token": INTERNAL_TOKEN},
+    )
 
 
 async def test_snapshot_then_stream_from_its_time(

@@ -7,12 +7,16 @@ import orjson
 import pytest
 
 from change_publisher.adapters.feed import FeedChangeSource
-from change_publisher.adapters.memory import MemoryDatabase, MemoryProducer
+from change_publisher.adapters.memory import (
+    MemoryCheckpointStore,
+    MemoryDatabase,
+    MemoryProducer,
+)
 from change_publisher.ports import HistoryLost, SourceUnavailable, StreamPosition
 from slotstream_contracts.documents import BOOKINGS, SLOTS
 
 from ..conftest import TOKEN, Docs, FakeFeed, PublisherFactory
-from .test_publisher import eventually, stop
+from .test_publisher import checkpointed, eventually, ids, stop
 
 
 def feed_source(feed: FakeFeed, token: str = TOKEN) -> FeedChangeSource:
@@ -64,12 +68,16 @@ async def test_operation_time_position_and_snapshot(database: MemoryDatabase) ->
 
 async def test_lost_history_foreign_tokens_and_refusals(database: MemoryDatabase) -> None:
     log_small = MemoryDatabase(retain=2)
-    for n in range(5):
+    rolled_over = log_small.insert(SLOTS, Docs.slot("s0")).token
+    for n in range(1, 5):
         log_small.insert(SLOTS, Docs.slot(f"s{n}"))
     source = feed_source(FakeFeed(log_small))
-    with pytest.raises(HistoryLost):
-        await (await source.open(StreamPosition(after={"_data": "0000000000000001"}))).next_batch()
-    with pytest.raises(HistoryLost):  # the booking-api restarted: a token from the future
+    with pytest.raises(HistoryLost, match="older than the history"):
+        await (await source.open(StreamPosition(after=rolled_over))).next_batch()
+    before_restart = database.insert(SLOTS, Docs.slot("s0")).token  # another run's log
+    with pytest.raises(HistoryLost, match="another run"):
+        await (await source.open(StreamPosition(after=before_restart))).next_batch()
+    with pytest.raises(HistoryLost, match="not a resume token"):  # one it never issued
         await (await source.open(StreamPosition(after={"_data": "00000000000000FF"}))).next_batch()
     refused = feed_source(FakeFeed(database), token="wrong")
     with pytest.raises(SourceUnavailable, match="403"):
@@ -81,6 +89,40 @@ async def test_lost_history_foreign_tokens_and_refusals(database: MemoryDatabase
         await (await down.open(StreamPosition())).next_batch()
     for s in (source, refused, down):
         await s.close()
+
+
+async def test_a_restarted_booking_api_makes_the_publisher_resync_not_skip(
+    make_publisher: PublisherFactory, checkpoints: MemoryCheckpointStore
+) -> None:
+    """The booking-api restarts, and its new log is already past the checkpoint's position:
+    every change of the new run reaches Kafka after a resync, none under an old event id."""
+    feed = FakeFeed(MemoryDatabase())
+    producer = MemoryProducer()
+    source = feed_source(feed)
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    old = [feed.database.insert(SLOTS, Docs.slot(f"old{n}")) for n in range(3)]
+    await checkpointed(checkpoints, old[-1].token)
+    await stop(publisher, task)
+    old_ids = set(ids(producer.records))
+
+    feed.database = MemoryDatabase()  # the restart: seeded anew, more changes than before
+    for n in range(6):
+        feed.database.insert(SLOTS, Docs.slot(f"new{n}"))
+    producer.records.clear()
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: "slots/new5" in _subjects(producer))
+    await stop(publisher, task)
+    await source.close()
+    assert {f"slots/new{n}" for n in range(6)} <= _subjects(producer)
+    assert "stream.resync" in [r.kind for r in producer.records]
+    assert old_ids.isdisjoint(ids(producer.records))
+
+
+def _subjects(producer: MemoryProducer) -> set[str]:
+    return {orjson.loads(r.value)["subject"] for r in producer.records if r.kind != "stream.resync"}
 
 
 def _refuse_connection(request: httpx.Request) -> httpx.Response:
@@ -110,6 +152,7 @@ async def test_publisher_over_the_feed_publishes_every_change(
 
 
 async def test_only_the_configured_collections_come_through(database: MemoryDatabase) -> None:
+    start = database.log.latest_token
     database.insert("instructors", {"_id": "i1", "name": "Ann"})
     database.insert(SLOTS, Docs.slot("s1"))
     source = FeedChangeSource(
@@ -118,7 +161,7 @@ async def test_only_the_configured_collections_come_through(database: MemoryData
         collections=[SLOTS],
         transport=httpx.MockTransport(FakeFeed(database)),
     )
-    stream = await source.open(StreamPosition(after={"_data": "0000000000000000"}))
+    stream = await source.open(StreamPosition(after=start))
     batch = await stream.next_batch()
     assert [c.ns.coll for c in batch.changes] == [SLOTS]
     assert batch.resume_token == database.log.latest_token

@@ -2,7 +2,8 @@
 
 Protocol (docs/architecture.md): ``GET /internal/changes?after=<_data>&limit=&wait=`` or
 ``?atOperationTime=<t>.<i>`` → ``{"changes": [...], "postBatchResumeToken": {...}}``;
-``410`` when the token is older than the retained history, ``400`` for a foreign token;
+``410`` when the token is older than the retained history or from an earlier run of the
+feed (the booking-api restarted), ``400`` for a token it never issued;
 ``GET /internal/snapshot?collection=`` → ``{"operationTime": {t, i}, "documents": [...]}``.
 Guarded by ``X-Internal-Token``.
 """
@@ -80,7 +81,8 @@ class FeedChangeStream:
         if response.status_code == 410:
             raise HistoryLost(_problem_detail(response))
         if response.status_code == 400 and self._after is not None:
-            # A token this feed never issued: the booking-api restarted with a new log.
+            # A token this feed never issued (one stored before tokens named the run of
+            # the log, say): nothing to resume from either.
             raise HistoryLost(_problem_detail(response))
         if response.status_code != 200:
             raise SourceUnavailable(

@@ -277,6 +277,9 @@ class Publisher:
         #: Terms in a row ended by a fence (sets how long to stand by before asking again).
         self._fences = 0
         self._lease: Lease | None = None
+        #: The producer was stopped to give up a deposed term's records: start it again
+        #: before the next term produces.
+        self._producer_stopped = False
         self._stop = asyncio.Event()
         self._log = log.bind(instance=options.instance_id, stream=options.stream_name)
         self.metrics.bind(
@@ -415,6 +418,7 @@ class Publisher:
         keeper = asyncio.create_task(self._keep_lease(guard))
         stopping = asyncio.create_task(self._stop.wait())
         abandoned: _Delivery | None = None
+        delivery: _Delivery | None = None
         try:
             await asyncio.wait({term, keeper, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not (term.done() or keeper.done()):
@@ -430,6 +434,7 @@ class Publisher:
             for task in (term, keeper, stopping):
                 task.cancel()
             results = await asyncio.gather(term, keeper, stopping, return_exceptions=True)
+            delivery = self._delivery
             self.streaming = False
             self._delivery = None
             self.metrics.leader.set(0)
@@ -438,12 +443,18 @@ class Publisher:
             await self._give_up(abandoned, lease)
         fenced, self._fence = self._fence, None
         if fenced is not None or any(isinstance(r, Fenced) for r in results):
+            await self._give_up_in_flight(delivery, lease, checkpoint=False)
             await self._step_down(lease, fenced)
             return
         lost = [r for r in results if isinstance(r, LeaseLost)]
         fatal = [r for r in results if isinstance(r, HistoryLostFatal)]
         if lost:
             self._log.warning("lease lost: stopped producing", epoch=lease.epoch, why=str(lost[0]))
+            await self._give_up_in_flight(delivery, lease, checkpoint=True)
+            fenced, self._fence = self._fence, None
+            if fenced is not None:  # its last checkpoint was refused: a newer leader
+                await self._step_down(lease, fenced)
+                return
             self.role = Role.STARTING
             return
         await self._release()
@@ -468,6 +479,29 @@ class Publisher:
             await self._checkpoint(delivery, lease)
         with contextlib.suppress(Exception):
             await self._producer.stop(0.0)
+
+    async def _give_up_in_flight(
+        self, delivery: _Delivery | None, lease: Lease, *, checkpoint: bool
+    ) -> None:
+        """The term ended by a lost lease or a fence: give up at once what the producer
+        still holds (with idempotence aiokafka never expires a batch, so it could land
+        after the next leader's records, a lower epoch after a higher one), then checkpoint
+        what was acknowledged — unless fenced: a newer leader owns the checkpoint. The
+        next term starts the producer again and re-reads the rest from the checkpoint."""
+        self._log.warning(
+            "term ended: records in flight given up, re-read from the checkpoint",
+            epoch=lease.epoch,
+            in_flight=delivery.tracker.in_flight if delivery is not None else 0,
+        )
+        self._producer_stopped = True
+        with contextlib.suppress(Exception):
+            await self._producer.stop(0.0)
+        if delivery is None:
+            return
+        self._flush_metrics(delivery)
+        if checkpoint:
+            with contextlib.suppress(Fenced):  # recorded in self._fence
+                await self._checkpoint(delivery, lease)
 
     async def _step_down(self, lease: Lease, fenced: Fenced | None) -> None:
         """Fenced: a newer leader has checkpointed. Give the lease back (the store only
@@ -533,6 +567,9 @@ class Publisher:
 
     async def _produce(self, lease: Lease, guard: LeaderGuard) -> None:
         self._safe_position = None
+        if self._producer_stopped:  # the last term gave its records up
+            await self._until_stopped(self._start_producer())
+            self._producer_stopped = False
         start = await self._until_stopped(self._initial_position())
         while not self._stop.is_set():
             if self._fence is not None:

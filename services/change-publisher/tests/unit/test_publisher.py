@@ -321,6 +321,7 @@ async def test_fenced_checkpoint_stops_production(
     assert len(checkpoints.refused) == 1
     assert publisher.role is Role.STANDBY
     assert publisher.metrics.leader._value.get() == 0
+    assert not producer.started  # what it had in flight is given up: none of it lands later
     await stop(publisher, task)
     stored = checkpoints.checkpoints["test"]
     assert (stored.epoch, stored.token) == (99, {"_data": "FF"})
@@ -584,3 +585,90 @@ async def test_a_stop_gives_up_what_kafka_never_acknowledges_and_hands_the_lease
     finally:
         await stop(successor, successor_task)
     assert orjson.loads(successor_out.records[0].value)["subject"] == "slots/s1"
+
+
+class SilentKafka(MemoryProducer):
+    """The idempotent producer against a Kafka that may stop answering: while ``answering``
+    is off a batch is neither acknowledged nor ever failed; ``stop()`` gives the rest up
+    (like the adapter) and a stopped producer refuses sends. ``delivered``: what Kafka
+    stored, in the order it stored it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering = True
+        self.delivered: list[OutgoingRecord] = []
+        self.unanswered: list[tuple[asyncio.Future[Any], Sequence[OutgoingRecord]]] = []
+        self.stops = 0
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[PendingBatch]:
+        if not self.started:
+            raise RuntimeError("producer not started")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.records.extend(records)
+        self.unanswered.append((future, records))
+        if self.answering:
+            self.answer()
+        return [PendingBatch(future, range(len(records)))]
+
+    def answer(self) -> None:
+        self.answering = True
+        unanswered, self.unanswered = self.unanswered, []
+        for future, records in unanswered:
+            if not future.done():
+                self.delivered.extend(records)
+                future.set_result(None)
+
+    async def stop(self, drain_seconds: float) -> None:  # noqa: ARG002 - gives up at once
+        self.stops += 1
+        self.started = False
+        unanswered, self.unanswered = self.unanswered, []
+        for future, _ in unanswered:
+            if not future.done():
+                future.set_exception(TimeoutError("given up"))
+
+
+def subjects_and_epochs(records: Sequence[OutgoingRecord]) -> list[tuple[str, int]]:
+    return [
+        (orjson.loads(r.value)["subject"], int(dict(r.headers)["publisher_epoch"])) for r in records
+    ]
+
+
+async def test_a_lost_lease_gives_up_what_kafka_has_not_acknowledged_and_resends_it_next_term(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    leases: MemoryLeaseStore,
+) -> None:
+    """The idempotent producer never fails a batch: records a deposed leader left in it
+    would land whenever Kafka answers again, after the next leader's (a higher
+    ``publisher_epoch`` followed by a lower one). They are given up when the lease is lost,
+    and the next term starts the producer again and re-sends them from the checkpoint."""
+    kafka = SilentKafka()
+    publisher = make_publisher(producer=kafka, lease_ttl=1.0)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready and publisher.role is Role.LEADER)
+        first = database.insert(SLOTS, Docs.slot("s0"))
+        await checkpointed(checkpoints, first.token)
+        kafka.answering = False
+        second = database.insert(SLOTS, Docs.slot("s1"))
+        await eventually(lambda: kafka.unanswered != [])
+        in_flight = [future for future, _ in kafka.unanswered]
+        leases.cut_off("p1")  # renewals fail: it stops leading LEASE_TTL/2 after the last
+        await eventually(lambda: all(future.done() for future in in_flight), within=3)
+        assert publisher.role is not Role.LEADER
+        assert kafka.stops == 1
+        assert not kafka.started
+        kafka.answer()  # Kafka is back: nothing of the deposed term is left to land
+        assert kafka.delivered == kafka.records[:1]
+        leases.reconnect("p1")  # leads again (same epoch: its lease had not expired yet)
+        await checkpointed(checkpoints, second.token)  # a stopped producer refuses sends
+    finally:
+        await stop(publisher, task)
+    # s1 was produced twice (given up, then re-read from the checkpoint), stored once.
+    assert [subject for subject, _ in subjects_and_epochs(kafka.records)] == [
+        "slots/s0",
+        "slots/s1",
+        "slots/s1",
+    ]
+    assert subjects_and_epochs(kafka.delivered) == [("slots/s0", 1), ("slots/s1", 1)]

@@ -4,7 +4,7 @@ in a snapshot. The client, databases and codecs are pymongo's, built by the app;
 server's answers are scripted (MongoDB does not run here)."""
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import bson
@@ -22,6 +22,7 @@ from change_publisher.adapters.memory import MemoryCheckpointStore, MemoryProduc
 from change_publisher.adapters.mongo import MongoChangeSource
 from change_publisher.config import Settings
 from change_publisher.ports import Checkpoint
+from change_publisher.publisher import Publisher
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
 from slotstream_contracts.topics import DEADLETTER_TOPIC
 
@@ -173,6 +174,26 @@ DATE_AFTER_9999 = insert(1, far_future_slot("bad"))
 INVALID_UTF8 = with_invalid_utf8(insert(1, Docs.slot("bad", "ZZZZ")))
 
 
+async def published_through(
+    client: Client,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    also: Callable[[], bool] = lambda: True,
+) -> tuple[Publisher, MemoryProducer]:
+    """Run a publisher on the scripted server until change 0002 is checkpointed (and
+    ``also`` holds), then stop it."""
+    producer = MemoryProducer()
+    source = MongoChangeSource(client, "slotstream", COLLECTIONS)
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await checkpointed(checkpoints, {"_data": "0002"})
+        await eventually(also)
+    finally:
+        await stop(publisher, task)
+    return publisher, producer
+
+
 @pytest.mark.parametrize(
     ("bad", "error", "streams"),
     [
@@ -197,15 +218,9 @@ async def test_a_change_that_does_not_decode_is_dead_lettered_and_the_stream_goe
     streams: list[tuple[str, Any]],
 ) -> None:
     opened = serve(monkeypatch, changes=[bad, insert(2, Docs.slot("s2", "i2"))])
-    producer = MemoryProducer()
-    source = MongoChangeSource(client, "slotstream", COLLECTIONS)
-    publisher = make_publisher(producer=producer, source=source)
-    task = asyncio.create_task(publisher.run())
-    try:
-        await checkpointed(checkpoints, {"_data": "0002"})
-        await eventually(lambda: len(opened) >= len(streams))
-    finally:
-        await stop(publisher, task)
+    publisher, producer = await published_through(
+        client, make_publisher, checkpoints, lambda: len(opened) >= len(streams)
+    )
     dead, published = producer.records
     assert dead.topic == DEADLETTER_TOPIC
     assert dead.key == (b"i1" if bad is DATE_AFTER_9999 else b"slots")
@@ -227,14 +242,7 @@ async def test_resuming_before_a_change_that_does_not_decode_dead_letters_it(
     """The change is in the first batch, which the driver decodes when the stream opens."""
     await checkpoints.save("test", Checkpoint({"_data": "00"}, None, epoch=0, saved_at=NOW))
     opened = serve(monkeypatch, changes=[INVALID_UTF8, insert(2, Docs.slot("s2", "i2"))])
-    producer = MemoryProducer()
-    source = MongoChangeSource(client, "slotstream", COLLECTIONS)
-    publisher = make_publisher(producer=producer, source=source)
-    task = asyncio.create_task(publisher.run())
-    try:
-        await checkpointed(checkpoints, {"_data": "0002"})
-    finally:
-        await stop(publisher, task)
+    _, producer = await published_through(client, make_publisher, checkpoints)
     assert [r.kind for r in producer.records] == ["deadletter", "slot.created"]
     assert opened[:2] == [("decoded", {"_data": "00"}), ("raw", {"_data": "00"})]
 

@@ -195,16 +195,18 @@ class BookingService:
         self,
         principal: Principal,
         slot_id: str,
-        version: int,
+        if_match: str | None,
         start: datetime | None,
         end: datetime | None,
     ) -> SlotDocument:
         """Give a free slot a new start and/or end, under the rules and the atomicity of
-        creating one; ``version`` is the one the caller saw (``If-Match``)."""
+        creating one, from the version the caller saw (``If-Match``; read only once the
+        caller may edit the schedule, so an outsider learns nothing from it)."""
         slot = await self._storage.slots.get(slot_id)
         if slot is None:
             raise NotFound(f"slot {slot_id} does not exist", slotId=slot_id)
         authz.ensure_may_edit_schedule(principal, slot.instructor_id)
+        version = slots.if_match_version(if_match, slot.version)
         slots.ensure_movable(slot, version)
         now = self.now()
         window = slots.validate_slot_window(*slots.moved_window(slot, start, end), now)

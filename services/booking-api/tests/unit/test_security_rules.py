@@ -53,6 +53,21 @@ async def test_an_instructor_sharing_a_students_id_cannot_replay_the_students_an
     assert "idempotent-replayed" not in replayed.headers
 
 
+@pytest.mark.parametrize("if_match", [None, '"999"', "not-a-tag"])
+async def test_moving_someone_elses_slot_is_403_whatever_the_if_match(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, if_match: str | None
+) -> None:
+    """Who may move a slot is decided before which version they name: a student, or
+    another instructor, gets 403, not 428 or 412 (which would tell them how to retry)."""
+    slot_id = await slot_of(client, auth, future, "i1")
+    extra = {} if if_match is None else {"If-Match": if_match}
+    for outsider in (auth("s1"), auth("i2", "instructor")):
+        moved = await client.patch(
+            f"/api/slots/{slot_id}", json={"start": future(days=3)}, headers=outsider | extra
+        )
+        assert moved.status_code == 403, moved.text
+
+
 async def test_a_student_sharing_an_instructors_id_cannot_cancel_bookings_of_that_schedule(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Future
 ) -> None:

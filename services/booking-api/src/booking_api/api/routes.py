@@ -1,6 +1,5 @@
 """The public API under ``/api``."""
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -26,7 +25,7 @@ from booking_api.api.schemas import (
     SlotCreate,
     SlotMove,
 )
-from booking_api.domain.errors import Conflict, PreconditionFailed, PreconditionRequired
+from booking_api.domain.errors import Conflict
 from slotstream_contracts.entities import (
     BookingData,
     InstructorData,
@@ -225,23 +224,6 @@ def slot_etag(version: int) -> str:
     return f'"{version}"'
 
 
-#: a slot's ETag: its version in quotes (ASCII digits only: ``str.isdigit`` takes "²")
-_ETAG = re.compile(r'"([0-9]{1,18})"')
-
-
-def _if_match_version(if_match: str | None, current: int) -> int:
-    """The slot version ``If-Match`` names: ``"<version>"`` (the slot's ETag), or ``*``
-    (whatever is current). Anything else can never match."""
-    if if_match is None:
-        raise PreconditionRequired("moving a slot needs If-Match with the slot's ETag")
-    tag = if_match.strip()
-    if tag == "*":
-        return current
-    if etag := _ETAG.fullmatch(tag):
-        return int(etag.group(1))
-    raise PreconditionFailed(f'If-Match {tag[:40]!r} is not a slot ETag (e.g. "3")')
-
-
 @router.patch(
     "/slots/{slot_id}",
     response_model=SlotData,
@@ -265,9 +247,7 @@ async def move_slot(
     ``end``), under the rules and overlap checks of creating one. 412 when the slot is no
     longer at the version ``If-Match`` names, 428 without ``If-Match``, 409 when it is
     booked or the new time overlaps another slot. Viewers get a ``slot.updated``."""
-    current = await service.storage.slots.get(slot_id)
-    version = _if_match_version(if_match, 0 if current is None else current.version)
-    slot = await service.move_slot(principal, slot_id, version, body.start, body.end)
+    slot = await service.move_slot(principal, slot_id, if_match, body.start, body.end)
     return model_response(slot.to_data(), headers={"ETag": slot_etag(slot.version)})
 
 

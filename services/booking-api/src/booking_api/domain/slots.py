@@ -1,11 +1,18 @@
 """Slot rules: a slot is a bounded, time-zone explicit window in an instructor's schedule."""
 
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from booking_api.domain.errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
+from booking_api.domain.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+)
 from slotstream_contracts.documents import SlotDocument
 from slotstream_contracts.entities import SlotStatus
 
@@ -93,6 +100,23 @@ def moved_window(
     if start is None:
         return slot.start, end if end is not None else slot.end
     return start, end if end is not None else shifted(start, slot.end - slot.start)
+
+
+#: a slot's ETag: its version in quotes (ASCII digits only: ``str.isdigit`` takes "²")
+_ETAG = re.compile(r'"([0-9]{1,18})"')
+
+
+def if_match_version(if_match: str | None, current: int) -> int:
+    """The slot version ``If-Match`` names: ``"<version>"`` (the slot's ETag), or ``*``
+    (whatever is current). Anything else can never match."""
+    if if_match is None:
+        raise PreconditionRequired("moving a slot needs If-Match with the slot's ETag")
+    tag = if_match.strip()
+    if tag == "*":
+        return current
+    if etag := _ETAG.fullmatch(tag):
+        return int(etag.group(1))
+    raise PreconditionFailed(f'If-Match {tag[:40]!r} is not a slot ETag (e.g. "3")')
 
 
 def ensure_movable(slot: SlotDocument, version: int) -> None:

@@ -28,6 +28,16 @@ _PRIVATE_PATHS = ("/api/users/", "/api/bookings", "/api/stream-tickets", "/inter
 _NO_STORE = (b"cache-control", b"no-store")
 
 
+def _add_context_headers(message: Message, request_id: bytes, private: bool) -> None:
+    """Every answer's head carries the request id; a private one ``no-store``, whatever
+    the app said about caching."""
+    headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+    if private:
+        headers = [h for h in headers if h[0].lower() != b"cache-control"]
+        headers.append(_NO_STORE)
+    message["headers"] = headers
+
+
 class BodyTooLarge(Exception):
     """Raised into the app by ``receive`` once the body passes the limit: the request must
     not run on the part read so far (a valid prefix would otherwise be acted on, and the
@@ -77,28 +87,19 @@ class RequestContextMiddleware:
                 # The body was cut at the limit; whatever the app answered, the answer is 413.
                 if message["type"] == "http.response.start" and not response_started:
                     response_started = True
-                    await self._problem(
-                        send_wrapper_raw, 413, f"the request body exceeds {limit} bytes"
-                    )
+                    await self._too_large(send_wrapper_raw)
                 return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
-                if private:
-                    headers = [h for h in headers if h[0].lower() != b"cache-control"]
-                    headers.append(_NO_STORE)
-                message["headers"] = headers
+                _add_context_headers(message, request_id, private)
             await send(message)
 
         async def send_wrapper_raw(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
-                if private:
-                    headers.append(_NO_STORE)
-                message["headers"] = headers
+                _add_context_headers(message, request_id, private)
             await send(message)
 
         async def receive_limited() -> Message:
@@ -115,17 +116,13 @@ class RequestContextMiddleware:
 
         try:
             if length is not None and length > limit:
-                await self._problem(
-                    send_wrapper_raw, 413, f"the request body exceeds {limit} bytes"
-                )
+                await self._too_large(send_wrapper_raw)
             else:
                 await self.app(scope, receive_limited, send_wrapper)
         except BodyTooLarge:
             if not response_started:
                 response_started = True
-                await self._problem(
-                    send_wrapper_raw, 413, f"the request body exceeds {limit} bytes"
-                )
+                await self._too_large(send_wrapper_raw)
         except Exception:
             log.exception("request.failed", method=scope["method"], path=scope["path"])
             if not response_started:
@@ -157,6 +154,9 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 3),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _too_large(self, send: Send) -> None:
+        await self._problem(send, 413, f"the request body exceeds {self.max_body_bytes} bytes")
 
     @staticmethod
     async def _problem(send: Send, status: int, detail: str) -> None:

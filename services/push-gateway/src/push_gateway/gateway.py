@@ -283,10 +283,12 @@ class Gateway:
         task = asyncio.create_task(self._serve(connection, request, resync_positions))
         self._tasks.add(task)
         self._serving[connection] = task
-        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(partial(self._served, connection))
 
     def _served(self, connection: SseConnection, task: "asyncio.Task[None]") -> None:
+        """One callback for both records of a finished catch-up task (a stream that was
+        resynced meanwhile has a newer task: its entry stays)."""
+        self._tasks.discard(task)
         if self._serving.get(connection) is task:
             del self._serving[connection]
 

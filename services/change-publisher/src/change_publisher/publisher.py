@@ -443,7 +443,8 @@ class Publisher:
             await self._give_up(abandoned, lease)
         fenced, self._fence = self._fence, None
         if fenced is not None or any(isinstance(r, Fenced) for r in results):
-            await self._give_up_in_flight(delivery, lease, checkpoint=False)
+            if abandoned is None:  # else _give_up above already stopped the producer
+                await self._give_up_in_flight(delivery, lease, checkpoint=False)
             await self._step_down(lease, fenced)
             return
         lost = [r for r in results if isinstance(r, LeaseLost)]
@@ -477,6 +478,7 @@ class Publisher:
         self._flush_metrics(delivery)
         with contextlib.suppress(Fenced):  # recorded in self._fence: steps down below
             await self._checkpoint(delivery, lease)
+        self._producer_stopped = True
         with contextlib.suppress(Exception):
             await self._producer.stop(0.0)
 

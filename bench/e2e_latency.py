@@ -1,7 +1,8 @@
 """End-to-end latency a person feels: booking committed -> ``slot`` frame at SSE clients.
 
 Starts the demo stack (scripts/devstack.py: Tansu, booking-api on memory, change-publisher,
-two push-gateways, nginx edge) on free ports, opens N SSE clients through the edge on the
+two push-gateways, nginx edge reaching them over their Unix sockets as on one host, or over
+TCP with ``--edge-upstream tcp``) on free ports, opens N SSE clients through the edge on the
 seeded instructors' schedule channels, keeps a background delivery rate going (records
 produced straight to the schedule topic on the same channels), then books slots one by one
 through the edge (``POST /api/bookings``, a fresh student token each) and timestamps the
@@ -768,6 +769,7 @@ async def measure(
             "publisher_env": args.publisher_env,
             "gateway_env": args.gateway_env,
             "edge_workers": args.edge_workers,
+            "edge_upstream": args.edge_upstream,
             "segment_tap": opened["segment_tap"],
         },
         phases=ran,
@@ -918,6 +920,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="nginx worker_processes of the edge: auto (one per core) as deploy/edge/nginx.conf "
         "in production; the demo stack runs 1",
     )
+    parser.add_argument(
+        "--edge-upstream",
+        choices=("unix", "tcp"),
+        default="unix",
+        help="how the edge reaches the gateways: their Unix sockets, as make demo on one host "
+        "(GATEWAY_UNIX_SOCKET), or their TCP ports, as across hosts",
+    )
     add_results_dir_option(parser, RESULTS_DIR, "e2e_latency")
     return parser.parse_args(argv)
 
@@ -949,7 +958,9 @@ def main(argv: list[str] | None = None) -> None:
     for number in range(args.repeat):
         print(f"repetition {number + 1} of {args.repeat}: a fresh stack", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
-            stack = BenchStack(Path(tmp), Ports.free(), log_level="WARNING")
+            stack = BenchStack(
+                Path(tmp), Ports.free(), log_level="WARNING", edge_upstream=args.edge_upstream
+            )
             stack.start()
             try:
                 repetitions.append(uvloop.run(main_async(args, stack)))

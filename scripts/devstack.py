@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -252,8 +253,13 @@ class DevStack:
         tls_key: Path | None = None,
         tls_port: int | None = None,
         progress: Callable[[str], None] | None = None,
+        edge_upstream: Literal["unix", "tcp"] = "unix",
     ) -> None:
         self.state_dir = state_dir
+        #: how the edge reaches the gateways: a Unix socket each, as on one host (half the
+        #: gateways' CPU per frame: docs/scaling.md), or their TCP ports, as across hosts
+        self.edge_upstream = edge_upstream
+        self._sockets_dir: Path | None = None
         self.ports = ports
         self.internal_token = secrets.token_hex(24)
         #: an Ed25519 key pair per run (written by start()): the API and the gateways get the
@@ -298,6 +304,21 @@ class DevStack:
 
     def gateway_port(self, number: int) -> int:
         return {1: self.ports.gateway_1, 2: self.ports.gateway_2}[number]
+
+    def gateway_socket(self, number: int) -> Path | None:
+        """Gateway ``number``'s Unix socket for the edge (None: the edge uses TCP)."""
+        if self.edge_upstream != "unix":
+            return None
+        if self._sockets_dir is None:
+            # private (0700) and short: a socket path holds at most 107 bytes, and the
+            # state dir may be deep in a checkout
+            self._sockets_dir = Path(tempfile.mkdtemp(prefix="slotstream-"))
+        return self._sockets_dir / f"gateway-{number}.sock"
+
+    def gateway_upstream(self, number: int) -> str:
+        """The edge's address for gateway ``number`` (nginx ``server``)."""
+        path = self.gateway_socket(number)
+        return f"127.0.0.1:{self.gateway_port(number)}" if path is None else f"unix:{path}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -346,6 +367,9 @@ class DevStack:
                 self.processes[name].stop()
                 self._progress(f"stopped {name} in {time.monotonic() - started:.1f}s")
             self.processes.clear()
+        if self._sockets_dir is not None:
+            shutil.rmtree(self._sockets_dir, ignore_errors=True)
+            self._sockets_dir = None
 
     # ------------------------------------------------------------------ supervision
 
@@ -557,6 +581,9 @@ class DevStack:
             # A quick reconnect hint: the demo shows recovery within about a second.
             "GATEWAY_RETRY_MS": "1000",
         }
+        path = self.gateway_socket(number)
+        if path is not None:
+            env["GATEWAY_UNIX_SOCKET"] = str(path)
         name = f"push-gateway-{number}"
         with self._lock:
             old = self.processes.pop(name, None)
@@ -590,8 +617,8 @@ class DevStack:
         variables = {
             "EDGE_LISTEN_PORT": f"127.0.0.1:{self.ports.edge}",
             "BOOKING_API_UPSTREAM": f"127.0.0.1:{self.ports.booking_api}",
-            "GATEWAY_UPSTREAM_1": f"127.0.0.1:{self.ports.gateway_1}",
-            "GATEWAY_UPSTREAM_2": f"127.0.0.1:{self.ports.gateway_2}",
+            "GATEWAY_UPSTREAM_1": self.gateway_upstream(1),
+            "GATEWAY_UPSTREAM_2": self.gateway_upstream(2),
             "WEB_ROOT": str(WEB_ROOT),
             "DEMO_DATA_DIR": str(self.state_dir / "demo-data"),
             "EDGE_CONF_DIR": str(edge / "conf.d"),

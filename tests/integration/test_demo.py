@@ -186,3 +186,24 @@ async def test_a_booking_made_while_the_publisher_is_down_still_reaches_open_str
         assert booked.status_code == 201, booked.text
         await asyncio.to_thread(stack.wait_restarted, "change-publisher", publisher_pid)
         await booked_then_cancelled(api, page, auth, booked)
+
+
+async def test_the_edge_reaches_each_gateway_over_its_unix_socket(stack: DevStack) -> None:
+    """On one host the edge talks to the gateways over their Unix sockets
+    (`GATEWAY_UNIX_SOCKET`), also to a gateway killed and restarted over the socket file it
+    left behind."""
+    gateway_pid = stack.kill_gateway(1)
+    await asyncio.to_thread(stack.wait_restarted, "push-gateway-1", gateway_pid)
+    instructor_id = stack.user("instructor").id
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=TIMEOUT) as edge:
+        for _ in range(6):  # the edge spreads streams over both gateways
+            async with edge.stream(
+                "GET", "/api/book-now/schedule-updates", params={"instructorId": instructor_id}
+            ) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line == "event: snapshot":
+                        break
+    upstreams = (stack.logs / "edge.log").read_text()
+    for number in (1, 2):
+        assert f'"unix:{stack.gateway_socket(number)}"' in upstreams

@@ -131,7 +131,14 @@ def running_edge(
         pytest.skip("nginx is not installed (make test installs it when run as root)")
     (tmp_path / "logs").mkdir(parents=True)
     cert, key = tls or (None, None)
-    stack = DevStack(tmp_path, Ports.free(), tls_cert=cert, tls_key=key, tls_port=free_port())
+    stack = DevStack(
+        tmp_path,
+        Ports.free(),
+        tls_cert=cert,
+        tls_key=key,
+        tls_port=free_port(),
+        edge_upstream="tcp",  # the fakes listen on TCP ports
+    )
     if real_ip is not None:
         real_ip_dir = Path(stack.edge_variables()["EDGE_CONF_DIR"]) / "real-ip"
         real_ip_dir.mkdir(parents=True)

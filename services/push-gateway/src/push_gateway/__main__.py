@@ -1,30 +1,55 @@
 """``python -m push_gateway`` / ``slotstream-push-gateway``."""
 
 import sys
+from typing import NoReturn
 
 from pydantic import ValidationError
 
+from push_gateway.adapters.listeners import UnixListener, tcp_listener
 from push_gateway.app import build_server
 from push_gateway.config import Settings
 from push_gateway.workers import Supervisor, worker_index, worker_sockets
 from slotstream_contracts.logs import configure_logging
 
 
+def _refuse(reason: str) -> NoReturn:
+    sys.stderr.write(f"push-gateway: refusing to start, {reason}\n")
+    raise SystemExit(2)
+
+
+def _unix_listener(settings: Settings) -> UnixListener | None:
+    if settings.unix_socket is None:
+        return None
+    try:
+        return UnixListener.bind(settings.unix_socket, settings.backlog)
+    except OSError as exc:
+        _refuse(f"GATEWAY_UNIX_SOCKET: {exc}")
+
+
 def main() -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        sys.stderr.write(f"push-gateway: refusing to start, bad settings:\n{exc}\n")
-        raise SystemExit(2) from None
+        _refuse(f"bad settings:\n{exc}")
     configure_logging("push-gateway", settings.log)
     index = worker_index()
     if settings.workers > 1 and index is None:
-        raise SystemExit(Supervisor(settings).run())
-    server = build_server(settings)
-    if index is None:
-        server.run()
-    else:  # one of GATEWAY_WORKERS: the shared port with SO_REUSEPORT
-        server.run(sockets=worker_sockets(settings, index))
+        raise SystemExit(Supervisor(settings, _unix_listener(settings)).run())
+    if index is not None:  # one of GATEWAY_WORKERS: the shared port with SO_REUSEPORT
+        build_server(settings).run(sockets=worker_sockets(settings, index))
+        return
+    unix = _unix_listener(settings)
+    if unix is None:
+        build_server(settings).run()
+        return
+    try:
+        try:
+            tcp = tcp_listener(settings.host, settings.port, settings.backlog, False)
+        except OSError as exc:
+            _refuse(f"cannot listen on {settings.host}:{settings.port}: {exc}")
+        build_server(settings, on_stopped=unix.close).run(sockets=[tcp, unix.sock])
+    finally:
+        unix.close()  # also when the server never started
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 import gc
 import importlib
 import resource
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -249,6 +250,18 @@ def raise_open_file_limit() -> None:
 class _Server(uvicorn.Server):
     """uvicorn's server, its housekeeping tick on the gateway's timer grid."""
 
+    def __init__(self, config: uvicorn.Config, on_stopped: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stopped = on_stopped
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, then ``on_stopped`` (the Unix socket's file removed): after
+        a signal uvicorn re-raises it once served, which ends the process there."""
+        try:
+            await super().shutdown(sockets)
+        finally:
+            self._on_stopped()
+
     async def main_loop(self) -> None:
         """uvicorn's loop (exit checks, the ``Date`` header once a second) every
         ``TICK_SECONDS`` on the grid the gateway's other periodic timers share, instead of
@@ -264,8 +277,11 @@ class _Server(uvicorn.Server):
             should_exit = await self.on_tick(0 if counter == 0 else 1)
 
 
-def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
-    """A uvicorn server (uvloop, httptools) whose HTTP protocol hands streams to the gateway."""
+def build_server(
+    settings: Settings, app: FastAPI | None = None, on_stopped: Callable[[], None] = lambda: None
+) -> uvicorn.Server:
+    """A uvicorn server (uvloop, httptools) whose HTTP protocol hands streams to the gateway;
+    ``on_stopped`` runs once it has stopped serving."""
     app = app or create_app(settings)
     config = uvicorn.Config(
         app,
@@ -280,4 +296,4 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )
-    return _Server(config)
+    return _Server(config, on_stopped)

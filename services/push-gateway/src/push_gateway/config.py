@@ -1,8 +1,10 @@
 """Push-gateway settings: environment variables with the ``GATEWAY_`` prefix."""
 
+import os
 import socket
 from ipaddress import IPv4Network, IPv6Network
-from typing import Literal
+from pathlib import Path
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +17,9 @@ from slotstream_contracts.settings import (
     LogSettings,
     TopicSettings,
 )
+
+#: Linux's ``sun_path`` is 108 bytes, its last the terminating NUL
+MAX_UNIX_PATH_BYTES: Final = 107
 
 
 def _default_instance_id() -> str:
@@ -111,6 +116,15 @@ class Settings(BaseSettings):
         le=65535,
         description="With workers > 1: worker n also listens on this port + n, so each "
         "worker's /metrics can be scraped on its own",
+    )
+    unix_socket: Path | None = Field(
+        default=None,
+        description="Also listen on this Unix socket, for an edge proxy on the same host "
+        "(nginx: `server unix:<path>;`): a frame costs the gateway about half the CPU it "
+        "costs over loopback TCP. Created mode 0660 (a peer on it is a trusted proxy: its "
+        "X-Forwarded-For names the client); a socket file left by a gateway that died is "
+        "replaced, one a live process listens on is refused. The TCP port stays (health "
+        "checks, metrics, clients straight on the gateway)",
     )
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -213,6 +227,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Remember the booking-api's 404 for an instructor this long",
     )
+
+    @field_validator("unix_socket")
+    @classmethod
+    def _fits_a_socket_address(cls, value: Path | None) -> Path | None:
+        if value is not None and len(os.fsencode(value)) > MAX_UNIX_PATH_BYTES:
+            raise ValueError(
+                f"a Unix socket path holds at most {MAX_UNIX_PATH_BYTES} bytes "
+                f"(sun_path); {value} is longer: choose a shorter directory"
+            )
+        return value
 
     @field_validator("booking_api_url")
     @classmethod

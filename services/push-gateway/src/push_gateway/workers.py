@@ -37,12 +37,15 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from push_gateway.adapters.listeners import UnixListener, tcp_listener
 from push_gateway.config import Settings
 
 log = structlog.get_logger(__name__)
 
 #: set by the supervisor for each worker it starts (internal, not a user setting)
 WORKER_INDEX_ENV: Final = "GATEWAY_WORKER_INDEX"
+#: the descriptor of the supervisor's Unix socket (``GATEWAY_UNIX_SOCKET``) in each worker
+WORKER_UNIX_FD_ENV: Final = "GATEWAY_WORKER_UNIX_FD"
 BACKOFF_FIRST_SECONDS: Final = 0.5
 BACKOFF_MAX_SECONDS: Final = 15.0
 #: a worker up this long is healthy again: its next crash restarts it at once
@@ -61,27 +64,16 @@ def worker_instance_id(base: str, index: int) -> str:
     return base[: 64 - len(suffix)] + suffix
 
 
-def listening_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket; with ``reuse_port`` other processes bind the same address."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def worker_sockets(settings: Settings, index: int) -> list[socket.socket]:
-    sockets = [listening_socket(settings.host, settings.port, settings.backlog, True)]
+    """Worker ``index``'s listeners: the shared port, its own metrics port, and the
+    supervisor's Unix socket (inherited: one socket file cannot be bound twice)."""
+    sockets = [tcp_listener(settings.host, settings.port, settings.backlog, True)]
     if settings.worker_metrics_port is not None:
         own = settings.worker_metrics_port + index
-        sockets.append(listening_socket(settings.host, own, 128, False))
+        sockets.append(tcp_listener(settings.host, own, 128, False))
+    unix_fd = os.environ.get(WORKER_UNIX_FD_ENV)
+    if unix_fd is not None:
+        sockets.append(socket.socket(fileno=int(unix_fd)))
     return sockets
 
 
@@ -109,8 +101,12 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    """Starts and restarts the workers; holds the Unix socket they share (``unix``) and
+    removes its file once they have all stopped."""
+
+    def __init__(self, settings: Settings, unix: UnixListener | None = None) -> None:
         self._settings = settings
+        self._unix = unix
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
         self._started: dict[int, float] = {}
         self._backoff: dict[int, float] = {}
@@ -123,9 +119,14 @@ class Supervisor:
             WORKER_INDEX_ENV: str(index),
             "GATEWAY_INSTANCE_ID": worker_instance_id(self._settings.instance_id, index),
         }
+        inherited: tuple[int, ...] = ()
+        if self._unix is not None:
+            inherited = (self._unix.sock.fileno(),)
+            env[WORKER_UNIX_FD_ENV] = str(inherited[0])
         self._workers[index] = subprocess.Popen(
             [sys.executable, "-m", "push_gateway"],
             env=env,
+            pass_fds=inherited,
             preexec_fn=_die_with_parent,
             start_new_session=True,
         )
@@ -161,6 +162,8 @@ class Supervisor:
                 log.warning("worker did not stop in time, killed", worker=index)
                 process.kill()
                 process.wait()
+        if self._unix is not None:
+            self._unix.close()
         return 0
 
     def _check(self, now: float) -> None:

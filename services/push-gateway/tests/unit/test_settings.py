@@ -70,3 +70,28 @@ def test_the_fetch_loop_settings_default_to_the_lean_loop_and_can_go_back(
     monkeypatch.setenv("GATEWAY_KAFKA__FETCH_LOOP", "kafka-python")
     with pytest.raises(ValueError, match="fetch_loop"):
         Settings()
+
+
+def test_a_unix_socket_path_longer_than_a_socket_address_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GATEWAY_JWT__SECRET", "s3cr3t-for-the-unix-socket-test-4be1")
+    monkeypatch.setenv("GATEWAY_UNIX_SOCKET", str(tmp_path / ("d" * 100) / "gateway.sock"))
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert "at most 107 bytes" in capsys.readouterr().err
+
+
+def test_a_unix_socket_path_that_is_a_file_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the operator's notes")
+    monkeypatch.setenv("GATEWAY_JWT__SECRET", "s3cr3t-for-the-unix-socket-test-4be1")
+    monkeypatch.setenv("GATEWAY_UNIX_SOCKET", str(notes))
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert "exists and is not a socket" in capsys.readouterr().err
+    assert notes.read_text() == "the operator's notes"

@@ -158,6 +158,20 @@ def start_gateway_process(
         )
 
 
+def wait_ready(process: "subprocess.Popen[bytes]", url: str, log: Path) -> None:
+    """Until ``url`` answers 200 (60 s), failing at once if the process exits."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, f"the gateway exited: {log.read_text()}"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} not ready: {log.read_text()}"
+        time.sleep(0.1)
+
+
 def gateway_settings(
     kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi, **overrides: object
 ) -> Settings:

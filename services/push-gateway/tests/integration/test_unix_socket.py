@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -22,7 +21,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import FakeBookingApi, start_gateway_process
+from .conftest import FakeBookingApi, start_gateway_process, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +35,7 @@ class Gateway:
         self.process, self.port, self.path, self.log = process, port, path, log
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, f"the gateway exited: {self.log.read_text()}"
-            try:
-                url = f"http://127.0.0.1:{self.port}/readyz"
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not ready: {self.log.read_text()}"
-            time.sleep(0.1)
+        wait_ready(self.process, f"http://127.0.0.1:{self.port}/readyz", self.log)
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -175,9 +164,7 @@ def test_a_socket_file_left_by_a_killed_gateway_is_replaced(
 
     second = start(path)
     second.wait_ready()
-    stream, head = open_stream(path, "ux2", "203.0.113.9")
-    stream.close()
-    assert head.startswith(b"HTTP/1.1 200"), head
+    served(path, "ux2", "203.0.113.9").close()
 
 
 def test_a_second_gateway_on_a_live_socket_refuses_to_start(
@@ -192,9 +179,7 @@ def test_a_second_gateway_on_a_live_socket_refuses_to_start(
     assert "GATEWAY_UNIX_SOCKET" in late.log.read_text()
     assert "another process listens on it" in late.log.read_text()
     # the live gateway keeps its socket
-    stream, head = open_stream(path, "ux3", "203.0.113.10")
-    stream.close()
-    assert head.startswith(b"HTTP/1.1 200"), head
+    served(path, "ux3", "203.0.113.10").close()
 
 
 def test_workers_share_the_unix_socket_and_its_file_goes_with_the_supervisor(

@@ -17,7 +17,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port, free_port_block
 
-from .conftest import FakeBookingApi, start_gateway_process
+from .conftest import FakeBookingApi, start_gateway_process, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +35,7 @@ class Workers:
 
     def wait_ready(self) -> None:
         for n in (0, 1):
-            url = f"http://127.0.0.1:{self.metrics_base + n}/readyz"
-            deadline = time.monotonic() + 60
-            while True:
-                assert self.process.poll() is None, "the supervisor exited"
-                try:
-                    if httpx.get(url, timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"{url} not ready: {self.log.read_text()}"
-                time.sleep(0.2)
+            wait_ready(self.process, f"http://127.0.0.1:{self.metrics_base + n}/readyz", self.log)
 
 
 @pytest.fixture

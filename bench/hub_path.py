@@ -34,7 +34,7 @@ from typing import Any
 import uvloop
 
 from push_gateway.adapters.records import IngestRecord
-from push_gateway.domain.hub import ChannelHub, Record, Writer
+from push_gateway.domain.hub import NO_READERS, ChannelHub, Record, Writer
 from push_gateway.domain.positions import PartitionKey
 from slotstream_contracts.channels import Channel, ChannelKind
 
@@ -49,6 +49,7 @@ class Subscriber:
     def __init__(self, partitions: tuple[PartitionKey, ...], writer: Writer) -> None:
         self.partitions = partitions
         self.writer = writer
+        self.readers = NO_READERS
 
     def buffer(self, key: PartitionKey, record: Record) -> None:  # noqa: ARG002
         raise AssertionError("live subscribers are not buffered")

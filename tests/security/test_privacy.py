@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -141,3 +142,64 @@ async def test_nobody_learns_from_a_public_channel_who_booked(stack: DevStack) -
         assert schedule.status_code == 200
         assert any(s["id"] == slot_id and s["status"] == "booked" for s in schedule.json()["slots"])
         assert not leaks(schedule.text, student), schedule.text
+
+
+def booking_of(frame_data: dict[str, Any]) -> str:
+    """The booking a private frame is about (a booking event or a notification)."""
+    data = frame_data["data"]
+    return str(data["id"] if frame_data["type"].startswith("booking.") else data["bookingId"])
+
+
+async def test_a_student_and_an_instructor_sharing_an_id_each_get_only_their_own(
+    stack: DevStack,
+) -> None:
+    """Control 9 on the streams: a student whose token carries an instructor's id is another
+    person, and ``users/{id}/notifications`` shows each of them only what is theirs."""
+    teacher = stack.user("instructor", 2)
+    other = stack.user("instructor", 0)
+    student = stack.user("student", 0)
+    twin = DemoUser(
+        teacher.id, "Twin Student", "student", stack.mint(teacher.id, "student", "Twin Student")
+    )
+    channel = f"{stack.base_url}/v1/events?channel=users/{teacher.id}/notifications"
+    booked: list[tuple[DemoUser, str]] = []
+    async with (
+        httpx.AsyncClient(base_url=stack.base_url, timeout=TIMEOUT) as api,
+        httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as sse,
+    ):
+
+        async def book(who: DemoUser, instructor: DemoUser) -> str:
+            slot_id = await free_slot(api, instructor.id)
+            answer = await api.post("/api/bookings", json={"slotId": slot_id}, headers=bearer(who))
+            assert answer.status_code == 201, answer.text
+            booked.append((who, answer.json()["id"]))
+            return str(answer.json()["id"])
+
+        try:
+            async with (
+                Stream(sse, channel, bearer(twin)).open() as twins,
+                Stream(sse, channel, bearer(teacher)).open() as teachers,
+            ):
+                await twins.started()
+                await teachers.started()
+                assert twins.status == teachers.status == 200, (twins.body, teachers.body)
+                # One partition (one key) in this order: the twin's booking, the teacher's
+                # slot booked by a student, the twin's second booking.
+                first = await book(twin, other)
+                theirs = await book(student, teacher)
+                second = await book(twin, other)
+                await teachers.wait_for("notification", lambda d: d["data"]["bookingId"] == theirs)
+                await twins.wait_for("notification", lambda d: d["data"]["bookingId"] == second)
+                seen = {
+                    name: {
+                        booking_of(json.loads(f.data))
+                        for f in stream.frames
+                        if f.event in ("booking", "notification")
+                    }
+                    for name, stream in (("twin", twins), ("teacher", teachers))
+                }
+                assert seen == {"twin": {first, second}, "teacher": {theirs}}
+        finally:
+            for who, booking_id in booked:
+                cancelled = await api.delete(f"/api/bookings/{booking_id}", headers=bearer(who))
+                assert cancelled.status_code == 200, cancelled.text

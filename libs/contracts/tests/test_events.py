@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from slotstream_contracts.channels import Channel, ChannelError, channels_for_event
 from slotstream_contracts.entities import (
+    Audience,
     BookingData,
     BookingStatus,
     NotificationData,
@@ -116,6 +117,38 @@ def test_a_booking_goes_only_to_the_private_channels_of_its_student_and_instruct
     assert event.topic == NOTIFICATIONS_TOPIC
     assert event.routing_keys == ("i1", "u7")
     assert channels_for_event(event) == (Channel.notifications("i1"), Channel.notifications("u7"))
+
+
+def test_a_private_event_naming_its_audience_goes_to_that_reader_only() -> None:
+    """A student and an instructor may share an id: the booking is written once per role,
+    each copy keyed by its reader; the copy without one (written before audiences) to both."""
+    booking = BookingData(
+        id="b1",
+        slot_id="s1",
+        instructor_id="i1",
+        student_id="u7",
+        slot_start=NOW,
+        slot_end=NOW,
+        status=BookingStatus.ACTIVE,
+        version=1,
+        created_at=NOW,
+    )
+    shared = {
+        "id": "e4",
+        "type": EventType.BOOKING_CREATED,
+        "subject": "bookings/b1",
+        "time": NOW,
+        "instructorid": "i1",
+        "data": booking,
+    }
+    for audience, key in ((Audience.INSTRUCTOR, "i1"), (Audience.STUDENT, "u7")):
+        event = CloudEvent.model_validate({**shared, "audience": audience})
+        assert event.routing_keys == (key,)
+        assert orjson.loads(event.to_json())["audience"] == audience.value
+        assert decode_event(event.to_json()) == event
+    assert CloudEvent.model_validate(shared).routing_keys == ("i1", "u7")
+    with pytest.raises(ValueError, match="slot.created is public: it has no audience"):
+        CloudEvent.model_validate({**slot_event().model_dump(), "audience": Audience.STUDENT})
 
 
 def test_resync_is_a_control_event_for_every_channel() -> None:

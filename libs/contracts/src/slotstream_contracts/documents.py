@@ -6,13 +6,13 @@ Field names are the wire names (camelCase) so a document, a change event's
 """
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from slotstream_contracts.entities import (
+    Audience,
     BookingData,
     BookingStatus,
     CancelReason,
@@ -111,14 +111,6 @@ class BookingDocument(StoredDocument):
         return BookingData.model_validate(self.model_dump(by_alias=False), by_name=True)
 
 
-class Audience(StrEnum):
-    """In which role a notification's user is told: a student and an instructor may share
-    an id and are still two people (admins read as students: they book as themselves)."""
-
-    STUDENT = "student"
-    INSTRUCTOR = "instructor"
-
-
 class NotificationDocument(StoredDocument):
     user_id: EntityId
     kind: NotificationKind
@@ -134,8 +126,8 @@ class NotificationDocument(StoredDocument):
     read: bool = False
     version: int
     created_at: UtcDatetime
-    #: Stored only (not in the public model); None on documents from before it existed,
-    #: which every role of the user still sees.
+    #: Not in the public model: its event carries it as ``CloudEvent.audience``. None on
+    #: documents from before it existed, which every role of the user still sees.
     audience: Audience | None = None
 
     def to_data(self) -> NotificationData:

@@ -65,6 +65,15 @@ class NotificationKind(StrEnum):
     BOOKING_CANCELLED = "booking.cancelled"
 
 
+class Audience(StrEnum):
+    """In which role a user is told something: a student and an instructor may share an id
+    and are still two people. A notification is stored with its audience; every record on
+    the notifications topic carries it (``CloudEvent.audience``)."""
+
+    STUDENT = "student"
+    INSTRUCTOR = "instructor"
+
+
 class InstructorData(WireModel):
     id: EntityId
     name: DisplayName

@@ -3,6 +3,11 @@
 One event on Kafka is one compact JSON object (no raw newlines, so it can be placed in an
 SSE ``data:`` line unchanged), keyed by its routing key (instructor or user id) and with
 the headers ``ce_type``, ``ce_id`` and ``content-type``.
+
+A private event (a booking, a notification) names its reader's role in ``audience``: a
+student and an instructor may share an id, and the notifications topic is keyed by the id
+alone, so the gateway shows each private stream only the records of its reader's role.
+Records written before the field existed carry none and are every role's.
 """
 
 from enum import StrEnum
@@ -11,7 +16,7 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import AwareDatetime, Field, model_validator
 
-from slotstream_contracts.entities import BookingData, NotificationData, SlotData
+from slotstream_contracts.entities import Audience, BookingData, NotificationData, SlotData
 from slotstream_contracts.ids import EntityId
 from slotstream_contracts.models import WireModel
 from slotstream_contracts.topics import CONTROL_KEY, NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
@@ -57,7 +62,9 @@ DATA_MODELS: Final[dict[EventType, type[EventData]]] = {
 
 
 class CloudEvent(WireModel):
-    """A Slotstream event. ``instructorid``/``userid`` and ``version`` are extensions."""
+    """A Slotstream event. ``instructorid``/``userid``, ``version`` and ``audience`` are
+    extensions; ``audience`` (last, so that the publisher appends it to bytes it shares
+    between the records of one change) is set on private events only."""
 
     specversion: Literal["1.0"] = SPEC_VERSION
     id: str = Field(min_length=1, max_length=128)
@@ -70,12 +77,15 @@ class CloudEvent(WireModel):
     userid: EntityId | None = None
     version: int | None = Field(default=None, ge=1)
     data: EventData
+    audience: Audience | None = None
 
     @model_validator(mode="after")
     def _data_matches_type(self) -> "CloudEvent":
         expected = DATA_MODELS[self.type]
         if not isinstance(self.data, expected):
             raise ValueError(f"{self.type.value} carries {expected.__name__} data")
+        if self.audience is not None and self.type not in PRIVATE_TYPES:
+            raise ValueError(f"{self.type.value} is public: it has no audience")
         return self
 
     @property
@@ -86,16 +96,21 @@ class CloudEvent(WireModel):
             return self.userid
         if self.type is EventType.STREAM_RESYNC:
             return CONTROL_KEY
+        if self.audience is Audience.STUDENT and isinstance(self.data, BookingData):
+            return self.data.student_id
         assert self.instructorid is not None
         return self.instructorid
 
     @property
     def routing_keys(self) -> tuple[str, ...]:
         """Every record key the event is written with. A booking goes to two private
-        channels, keyed by its instructor and by its student (once if they are one)."""
+        channels, keyed by its instructor and by its student: as one event per audience,
+        each keyed by its reader (a booking without an audience, written before audiences
+        existed: the same event under both keys, once if they are one)."""
         key = self.routing_key
-        if isinstance(self.data, BookingData) and self.data.student_id != key:
-            return (key, self.data.student_id)
+        data = self.data
+        if isinstance(data, BookingData) and self.audience is None and data.student_id != key:
+            return (key, data.student_id)
         return (key,)
 
     @property

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from slotstream_contracts.documents import (
-    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
@@ -21,6 +20,7 @@ from slotstream_contracts.documents import (
     StoredDocument,
     UtcDatetime,
 )
+from slotstream_contracts.entities import Audience
 
 
 class DuplicateKey(Exception):

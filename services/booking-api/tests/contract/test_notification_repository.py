@@ -1,8 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
 from booking_api.ports import Storage
-from slotstream_contracts.documents import Audience, NotificationDocument
-from slotstream_contracts.entities import NotificationKind
+from slotstream_contracts.documents import NotificationDocument
+from slotstream_contracts.entities import Audience, NotificationKind
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 

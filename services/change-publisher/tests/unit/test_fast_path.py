@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from change_publisher.domain.mapping import ChangeMapper, DeadLetter, Publish
-from change_publisher.domain.records import encode_publish
+from change_publisher.domain.records import encode_records
 from slotstream_contracts.changelog import MemoryChangeLog
 from slotstream_contracts.changes import ChangeEvent, OperationType
 from slotstream_contracts.documents import (
@@ -19,6 +19,7 @@ from slotstream_contracts.documents import (
     SlotDocument,
     StoredDocument,
 )
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.events import CloudEvent
 
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
@@ -68,6 +69,7 @@ notifications = st.fixed_dictionaries(
         "read": st.booleans(),
         "version": versions,
         "createdAt": times,
+        "audience": st.none() | st.sampled_from(["student", "instructor"]),
     }
 )
 documents = (
@@ -77,7 +79,7 @@ documents = (
 )
 
 
-def validated(change: ChangeEvent, event: CloudEvent) -> CloudEvent:
+def validated(change: ChangeEvent, event: CloudEvent, audience: Audience | None) -> CloudEvent:
     """The same event built the slow way: ``to_data()`` and a validating constructor."""
     models: dict[str, type[StoredDocument]] = {
         SLOTS: SlotDocument,
@@ -94,6 +96,7 @@ def validated(change: ChangeEvent, event: CloudEvent) -> CloudEvent:
         userid=event.userid,
         version=document.version,
         data=document.to_data(),
+        audience=audience,
     )
 
 
@@ -110,15 +113,16 @@ def test_fast_events_equal_validated_ones_on_the_wire(document: tuple[str, dict[
         assert stored["version"] < 1 or len(stored.get("message", "")) > 500
         return
     assert isinstance(outcome, Publish)
-    reference = validated(change, outcome.event)
-    assert outcome.event == reference
-    record = encode_publish(outcome, "t", epoch=1)
-    if stored["version"] < 2**64:
-        assert record.value == reference.to_json()
-    else:  # beyond what orjson (and so ``to_json()``) writes: pydantic-core's bytes
-        assert record.value == reference.model_dump_json(exclude_none=True).encode()
-    assert record.headers[:-1] == reference.headers()
-    assert record.key == reference.routing_key.encode()
+    records = encode_records(outcome, "t", epoch=1)
+    for record, (_, audience) in zip(records, outcome.recipients, strict=True):
+        reference = validated(change, outcome.event, audience)
+        assert outcome.event_for(audience) == reference
+        if stored["version"] < 2**64:
+            assert record.value == reference.to_json()
+        else:  # beyond what orjson (and so ``to_json()``) writes: pydantic-core's bytes
+            assert record.value == reference.model_dump_json(exclude_none=True).encode()
+        assert record.headers[:-1] == reference.headers()
+        assert record.key == reference.routing_key.encode()
     assert stored["version"] >= 1
 
 
@@ -133,5 +137,8 @@ def test_events_of_hard_deletes_are_byte_identical_too(
     change = log.record(OperationType.DELETE, collection, stored["_id"], None, before=stored)
     outcome = ChangeMapper().map_change(change)
     if isinstance(outcome, Publish) and stored["version"] < 2**64 - 1:
-        assert encode_publish(outcome, "t", epoch=1).value == outcome.event.to_json()
+        records = encode_records(outcome, "t", epoch=1)
+        assert [r.value for r in records] == [
+            outcome.event_for(audience).to_json() for _, audience in outcome.recipients
+        ]
         assert outcome.event.version == stored["version"] + 1

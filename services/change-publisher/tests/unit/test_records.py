@@ -12,10 +12,10 @@ from change_publisher.domain.records import (
     Router,
     dead_letter_of_change,
     encode_dead_letter,
-    encode_publish,
     encode_records,
 )
 from slotstream_contracts.documents import BOOKINGS, NOTIFICATIONS, SLOTS
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.events import decode_event
 
 from ..conftest import NOW, ROUTER, Docs
@@ -34,7 +34,7 @@ def test_router_maps_collections_to_topics_and_lists_each_data_topic_once() -> N
 def test_event_record_has_key_headers_and_decodable_value(database: MemoryDatabase) -> None:
     outcome = ChangeMapper().map_change(database.insert(SLOTS, Docs.slot("s1", "i4")))
     assert isinstance(outcome, Publish)
-    record = encode_publish(outcome, "slotstream.schedule.v1", epoch=7)
+    (record,) = encode_records(outcome, "slotstream.schedule.v1", epoch=7)
     headers = dict(record.headers)
     assert record.key == b"i4"
     assert headers["ce_type"] == b"slot.created"
@@ -72,28 +72,54 @@ def test_fast_event_json_is_byte_identical_to_the_contract(database: MemoryDatab
     for change in changes:
         outcome = mapper.map_change(change)
         assert isinstance(outcome, Publish)
-        assert encode_publish(outcome, "t", epoch=1).value == outcome.event.to_json()
-        record = encode_publish(outcome, "t", epoch=3)
-        assert record.headers == [*outcome.event.headers(), (EPOCH_HEADER, b"3")]
-        assert record.key == outcome.event.routing_key.encode()
-        assert record.kind == outcome.event.type.value
+        records = encode_records(outcome, "t", epoch=3)
+        for record, (_, audience) in zip(records, outcome.recipients, strict=True):
+            event = outcome.event_for(audience)
+            assert record.value == event.to_json()
+            assert record.headers == [*event.headers(), (EPOCH_HEADER, b"3")]
+            assert record.key == event.routing_key.encode()
+            assert record.kind == event.type.value
 
 
 def test_a_booking_goes_to_the_student_and_to_the_instructor(database: MemoryDatabase) -> None:
-    """The same event, keyed once by each party: each lands on that user's private channel."""
+    """The same event, keyed once by each party (each copy naming its reader's role): each
+    lands on that user's private channel."""
     outcome = ChangeMapper().map_change(database.insert(BOOKINGS, Docs.booking()))
     assert isinstance(outcome, Publish)
     records = encode_records(outcome, "slotstream.notifications.v1", epoch=2)
-    assert sorted(r.key for r in records) == [b"i1", b"u1"]
-    assert {r.value for r in records} == {outcome.event.to_json()}
+    assert [r.key for r in records] == [b"i1", b"u1"]
+    assert [decode_event(r.value) for r in records] == [
+        outcome.event_for(Audience.INSTRUCTOR),
+        outcome.event_for(Audience.STUDENT),
+    ]
     assert {r.topic for r in records} == {"slotstream.notifications.v1"}
 
 
-def test_a_booking_of_ones_own_slot_is_sent_once(database: MemoryDatabase) -> None:
-    change = database.insert(BOOKINGS, Docs.booking(studentId="i1"))
-    outcome = ChangeMapper().map_change(change)
-    assert isinstance(outcome, Publish)
-    assert [r.key for r in encode_records(outcome, "t", epoch=1)] == [b"i1"]
+def test_each_record_of_a_private_event_names_the_role_it_is_for(
+    database: MemoryDatabase,
+) -> None:
+    """A student and an instructor may share an id: each record says whom it is for (the
+    gateway filters private streams by it), so a booking of a slot whose instructor has its
+    student's id still goes to both, once each."""
+    mapper = ChangeMapper()
+    shared = mapper.map_change(database.insert(BOOKINGS, Docs.booking(studentId="i1")))
+    assert isinstance(shared, Publish)
+    records = encode_records(shared, "t", epoch=1)
+    assert [(r.key, orjson.loads(r.value).get("audience")) for r in records] == [
+        (b"i1", "instructor"),
+        (b"i1", "student"),
+    ]
+    note = mapper.map_change(
+        database.insert(NOTIFICATIONS, Docs.notification("n2", "i1", audience="instructor"))
+    )
+    assert isinstance(note, Publish)
+    (record,) = encode_records(note, "t", epoch=1)
+    assert orjson.loads(record.value)["audience"] == "instructor"
+    # stored before notifications had an audience: every role of the user reads it
+    old = mapper.map_change(database.insert(NOTIFICATIONS, Docs.notification("n3", "i1")))
+    assert isinstance(old, Publish)
+    (record,) = encode_records(old, "t", epoch=1)
+    assert "audience" not in orjson.loads(record.value)
 
 
 def test_slots_and_notifications_have_one_record(database: MemoryDatabase) -> None:
@@ -104,4 +130,4 @@ def test_slots_and_notifications_have_one_record(database: MemoryDatabase) -> No
         outcome = ChangeMapper().map_change(change)
         assert isinstance(outcome, Publish)
         (record,) = encode_records(outcome, "t", epoch=1)
-        assert record == encode_publish(outcome, "t", epoch=1)
+        assert record.value == outcome.event.to_json()

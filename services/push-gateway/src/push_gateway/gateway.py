@@ -29,6 +29,7 @@ from push_gateway.domain.requests import (
     StreamRequest,
     authorize,
     parse_stream_request,
+    readers_of,
     unauthorized,
 )
 from push_gateway.domain.responses import ResponseHeads
@@ -158,6 +159,7 @@ class Gateway:
         )
         connection.client_ip = ip
         connection.user = user
+        connection.readers = readers_of(request.principal)
         admission.hold(ip, user)
         self.connections.add(connection)
         self.stats.accepted += 1
@@ -247,6 +249,7 @@ class Gateway:
             if connection.state is StreamState.CLOSED:
                 return None
             connection.user = user
+            connection.readers = readers_of(redeemed.principal)
             if user is not None:
                 self.admission.hold_user(user)
             self._schedule_expiry(connection, redeemed_request)

@@ -11,7 +11,7 @@ from typing import Final
 
 from push_gateway.adapters.sockets import release_writer, stream_writer
 from push_gateway.domain.frames import json_frame
-from push_gateway.domain.hub import Record, Writer
+from push_gateway.domain.hub import NO_READERS, Readers, Record, Writer
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.timing import next_on_grid
 from slotstream_contracts.channels import Channel
@@ -94,6 +94,7 @@ class SseConnection(asyncio.Protocol):
         "expiry",
         "client_ip",
         "user",
+        "readers",
         "_on_close",
         "_on_resync",
     )
@@ -130,6 +131,9 @@ class SseConnection(asyncio.Protocol):
         #: whom the stream counts against (per-IP / per-user limits; set by the gateway)
         self.client_ip = ""
         self.user: str | None = None
+        #: the roles whose records of its private channels it is shown (set by the
+        #: gateway from the verified principal before the hub attaches it)
+        self.readers: Readers = NO_READERS
         self._on_close = on_close
         self._on_resync = on_resync
         # the transport calls pause_writing() once this much output is unsent

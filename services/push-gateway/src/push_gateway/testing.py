@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from slotstream_contracts.entities import (
+    Audience,
     BookingData,
     BookingStatus,
     NotificationData,
@@ -63,7 +64,15 @@ def slot_event(
     )
 
 
-def booking_event(instructor_id: str, booking_id: str, slot_id: str, student_id: str) -> CloudEvent:
+def booking_event(
+    instructor_id: str,
+    booking_id: str,
+    slot_id: str,
+    student_id: str,
+    audience: Audience | None = None,
+) -> CloudEvent:
+    """``audience``: the copy for the instructor or for the student (keyed by that user);
+    None: a booking as written before events named their audience."""
     return CloudEvent(
         id=f"{booking_id}-v1",
         type=EventType.BOOKING_CREATED,
@@ -82,10 +91,13 @@ def booking_event(instructor_id: str, booking_id: str, slot_id: str, student_id:
             version=1,
             created_at=BASE_TIME,
         ),
+        audience=audience,
     )
 
 
-def notification_event(user_id: str, notification_id: str, message: str) -> CloudEvent:
+def notification_event(
+    user_id: str, notification_id: str, message: str, audience: Audience | None = None
+) -> CloudEvent:
     return CloudEvent(
         id=f"{notification_id}-v1",
         type=EventType.NOTIFICATION_CREATED,
@@ -103,6 +115,7 @@ def notification_event(user_id: str, notification_id: str, message: str) -> Clou
             version=1,
             created_at=BASE_TIME,
         ),
+        audience=audience,
     )
 
 

@@ -20,6 +20,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from push_gateway.gateway import Gateway
 from push_gateway.testing import notification_event, slot_event
 from slotstream_contracts.auth import Role, mint_token
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.events import CloudEvent
 from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
@@ -223,6 +224,35 @@ async def test_private_channel_needs_the_owners_token(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_student_and_an_instructor_sharing_an_id_each_get_only_their_own(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    """Records as the change-publisher writes them (each naming the role it is for) through
+    Tansu to two gateways: the student's stream on one, the instructor's on the other."""
+    a, b = gateways
+    channel = {"channel": "users/u5/notifications"}
+    student = bearer(mint_token(JWT, "u5", Role.STUDENT))
+    instructor = bearer(mint_token(JWT, "u5", Role.INSTRUCTOR))
+    async with (
+        Stream(a.url + "/v1/events", channel, student) as theirs,
+        Stream(b.url + "/v1/events", channel, instructor) as mine,
+        producer(kafka) as p,
+    ):
+        await publish(
+            p,
+            topics.notifications,
+            [
+                notification_event("u5", "n-student", "for the student", Audience.STUDENT),
+                notification_event("u5", "n-instructor", "for the instructor", Audience.INSTRUCTOR),
+                notification_event("u5", "n-old", "from before roles: both"),
+            ],
+        )
+        for stream in (theirs, mine):
+            await stream.wait_for("notification", 2)
+    assert [n["id"] for n in theirs.data("notification")] == ["n-student-v1", "n-old-v1"]
+    assert [n["id"] for n in mine.data("notification")] == ["n-instructor-v1", "n-old-v1"]
 
 
 async def test_a_private_stream_opened_with_a_ticket_ends_with_its_token(

@@ -28,7 +28,7 @@ from push_gateway.adapters.fetch_links import _RawResponse
 from push_gateway.adapters.kafka import KafkaIngest
 from push_gateway.adapters.records import IngestRecord
 from push_gateway.config import GatewayKafkaSettings
-from push_gateway.domain.hub import ChannelHub
+from push_gateway.domain.hub import NO_READERS, ChannelHub, Readers
 from slotstream_contracts.channels import Channel, ChannelKind
 from slotstream_testkit.record_batches import BatchRecord, record_batch
 
@@ -454,6 +454,7 @@ async def test_a_partition_error_backs_off_that_partition_only() -> None:
 class Subscriber:
     partitions: tuple[tuple[str, int], ...]
     resyncs: list[tuple[str, int]] = field(default_factory=list)
+    readers: Readers = NO_READERS
 
     @property
     def writer(self) -> Any:

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from push_gateway.domain.frames import FrameError, event_body, json_frame, with_id
-from push_gateway.domain.hub import frame_body
+from push_gateway.domain.hub import NO_READERS, frame_body
 from push_gateway.domain.positions import (
     NOTIFICATIONS_LETTER,
     PositionError,
@@ -47,7 +47,7 @@ def test_raw_line_breaks_are_refused(payload: bytes) -> None:
 @given(st.text(max_size=500))
 def test_no_client_string_can_break_a_frame(message: str) -> None:
     event = notification_event("u1", "n1", message)
-    body = frame_body(record_of(event, 7), NOTIFICATIONS_LETTER)
+    body = frame_body(record_of(event, 7), NOTIFICATIONS_LETTER, NO_READERS)
     assert body is not None
     events = parse_sse(with_id(b"n0:7", body) + json_frame("presence", {"channel": message}))
     assert len(events) == 2

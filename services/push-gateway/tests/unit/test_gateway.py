@@ -24,6 +24,7 @@ from push_gateway.domain.hub import ChannelHub, Record
 from push_gateway.stream import SseConnection, StreamState
 from push_gateway.testing import (
     FakeRecord,
+    booking_event,
     notification_event,
     record_of,
     resync_event,
@@ -33,7 +34,7 @@ from push_gateway.testing import (
 )
 from slotstream_contracts.auth import JwtSettings, Principal, Role, mint_token
 from slotstream_contracts.channels import Channel, ChannelKind
-from slotstream_contracts.entities import ScheduleSnapshot
+from slotstream_contracts.entities import Audience, ScheduleSnapshot
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 PAGE = "/api/book-now/schedule-updates"
@@ -633,6 +634,70 @@ async def test_a_ticket_stream_ends_when_the_underlying_token_does(harness: Harn
     assert client.status == 200
     [bye] = await client.events(1)
     assert (bye["event"], data(bye)) == ("bye", {"reason": "token-expired"})
+
+
+# -- one id, two roles (a student and an instructor may share an id) ------------------------
+
+INSTRUCTOR = Principal.model_validate({"sub": "u1", "role": "instructor"})
+
+
+def shared_id_records() -> list[FakeRecord]:
+    """What user id u1 is sent as a student (who booked i9's slot) and as an instructor
+    (whose slot s2 booked), then one record from before records named their role."""
+    student, instructor = Audience.STUDENT, Audience.INSTRUCTOR
+    return [
+        record_of(notification_event("u1", "n-student", "You booked", student), 0),
+        record_of(notification_event("u1", "n-instructor", "s2 booked you", instructor), 1),
+        record_of(booking_event("i9", "b-student", "sl1", "u1", student), 2),
+        record_of(booking_event("u1", "b-instructor", "sl2", "s2", instructor), 3),
+        record_of(notification_event("u1", "n-old", "from before roles"), 4),
+    ]
+
+
+async def ids_until(client: Client, last: str) -> list[str]:
+    """The CloudEvents ids a stream receives, up to and including ``last``."""
+    seen: list[str] = []
+    while not seen or seen[-1] != last:
+        [event] = await client.events(1)
+        seen.append(str(data(event)["id"]))
+    return seen
+
+
+STUDENT_SIDE = ["n-student-v1", "b-student-v1", "n-old-v1"]
+INSTRUCTOR_SIDE = ["n-instructor-v1", "b-instructor-v1", "n-old-v1"]
+
+
+async def test_a_student_and_an_instructor_sharing_an_id_each_get_only_their_own(
+    harness: Harness,
+) -> None:
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    token = mint_token(JWT, "u1", Role.STUDENT, ttl=timedelta(hours=1))
+    query = "channel=users/u1/notifications"
+    student = await (await harness.connect(query, bearer(token), path=EVENTS)).start()
+    harness.tickets.issue(TICKET, INSTRUCTOR)
+    instructor = await (await harness.connect(f"{query}&ticket={TICKET}", path=EVENTS)).start()
+    async with asyncio.timeout(5):  # the ticket is redeemed: both streams are live
+        while len(harness.hub.live_subscribers(Channel.notifications("u1"))) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    harness.hub.ingest(NOTIFICATIONS_TOPIC, notes[1], shared_id_records())
+    assert await ids_until(student, "n-old-v1") == STUDENT_SIDE
+    assert await ids_until(instructor, "n-old-v1") == INSTRUCTOR_SIDE
+
+
+async def test_a_resume_replays_only_the_streams_own_role(harness: Harness) -> None:
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    harness.hub.ingest(NOTIFICATIONS_TOPIC, notes[1], shared_id_records())
+    resume = (b"last-event-id", f"n{notes[1]}:-1".encode())
+    streams = {}
+    for role in (Role.STUDENT, Role.INSTRUCTOR):
+        token = mint_token(JWT, "u1", role, ttl=timedelta(hours=1))
+        streams[role] = await (
+            await harness.connect(
+                "channel=users/u1/notifications", [*bearer(token), resume], path=EVENTS
+            )
+        ).start()
+    assert await ids_until(streams[Role.STUDENT], "n-old-v1") == STUDENT_SIDE
+    assert await ids_until(streams[Role.INSTRUCTOR], "n-old-v1") == INSTRUCTOR_SIDE
 
 
 async def test_every_stream_gets_a_visible_heartbeat_event_each_period() -> None:

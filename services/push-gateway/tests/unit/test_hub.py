@@ -3,11 +3,19 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
-from push_gateway.domain.hub import ChannelHub, Record, Writer, frame_body
+from push_gateway.domain.hub import NO_READERS, ChannelHub, Readers, Record, Writer, frame_body
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.domain.ws_protocol import event_frame
-from push_gateway.testing import FakeRecord, booking_event, record_of, resync_event, slot_event
+from push_gateway.testing import (
+    FakeRecord,
+    booking_event,
+    notification_event,
+    record_of,
+    resync_event,
+    slot_event,
+)
 from slotstream_contracts.channels import Channel, ChannelKind
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 
@@ -17,6 +25,7 @@ class FakeSubscriber:
     frames: list[bytes] = field(default_factory=list)
     buffered: list[tuple[PartitionKey, Record]] = field(default_factory=list)
     resyncs: list[PartitionKey] = field(default_factory=list)
+    readers: Readers = NO_READERS
 
     @property
     def writer(self) -> Writer:
@@ -105,6 +114,63 @@ def test_record_without_subscriber_is_not_decoded(hub: ChannelHub) -> None:
     assert hub.stats.framed == 0
 
 
+def test_a_private_record_nobody_here_reads_is_not_decoded(hub: ChannelHub) -> None:
+    """The role a private record is for is read from its value only when the record's
+    user has local subscribers."""
+    reader(hub, "u1", STUDENTS)
+    records = [UndecodableRecord(n, b"nobody-here") for n in range(5)]
+    hub.ingest(NOTIFICATIONS_TOPIC, 0, records)  # type: ignore[arg-type]
+    assert hub.stats.records == 5
+    assert hub.stats.framed == 0
+
+
+STUDENTS: Readers = frozenset({Audience.STUDENT})
+INSTRUCTORS: Readers = frozenset({Audience.INSTRUCTOR})
+ADMINS: Readers = frozenset(Audience)
+
+
+def reader(hub: ChannelHub, user: str, readers: Readers) -> FakeSubscriber:
+    """A live subscriber of ``users/{user}/notifications`` reading it as ``readers``."""
+    channel = Channel.notifications(user)
+    sub = FakeSubscriber((hub.partition_key(channel),), readers=readers)
+    hub.attach(sub, [channel])
+    hub.go_live(sub)
+    return sub
+
+
+def test_each_role_of_an_id_reads_its_own_records_and_admins_all(hub: ChannelHub) -> None:
+    subs = {r: reader(hub, "u1", r) for r in (STUDENTS, INSTRUCTORS, ADMINS)}
+    not_a_role = orjson.loads(record_of(notification_event("u1", "n-x", "?"), 3).value or b"")
+    hub.ingest(
+        NOTIFICATIONS_TOPIC,
+        0,
+        [
+            record_of(notification_event("u1", "n-s", "mine", Audience.STUDENT), 0),
+            record_of(notification_event("u1", "n-i", "yours", Audience.INSTRUCTOR), 1),
+            record_of(notification_event("u1", "n-old", "everyone's"), 2),
+            FakeRecord(
+                3,
+                b"u1",
+                orjson.dumps({**not_a_role, "audience": ["student"]}),
+                b"notification.created",
+                b"n-x-v1",
+            ),
+        ],
+    )
+    ids = {
+        r: [orjson.loads(f.split(b"data: ")[1])["id"] for f in s.frames] for r, s in subs.items()
+    }
+    assert ids == {
+        STUDENTS: ["n-s-v1", "n-old-v1"],
+        INSTRUCTORS: ["n-i-v1", "n-old-v1"],
+        ADMINS: ["n-s-v1", "n-i-v1", "n-old-v1"],
+    }
+    assert hub.subscriber_counts() == {Channel.notifications("u1"): 3}
+    for sub in subs.values():
+        hub.detach(sub)
+    assert hub.subscriber_counts() == {}
+
+
 def test_resent_change_is_delivered_once(hub: ChannelHub) -> None:
     sub = live(hub, Channel.schedule("i1"))
     event = slot_event("i1", "s1", 2)
@@ -190,7 +256,7 @@ def test_a_booking_left_on_the_schedule_topic_is_never_framed_for_a_public_chann
     key = hub.partition_key(Channel.schedule("i1"))
     replayed = hub.ring_since(key, -1, {b"i1"})
     assert replayed is not None
-    assert [frame_body(r, key[0]) is None for r in replayed] == [True, False]
+    assert [frame_body(r, key[0], NO_READERS) is None for r in replayed] == [True, False]
 
 
 def test_a_booking_on_the_notifications_topic_reaches_the_private_channel(
@@ -206,7 +272,7 @@ def test_a_booking_on_the_notifications_topic_reaches_the_private_channel(
     assert len(private.frames) == 1
     assert b"event: booking" in private.frames[0]
     key = hub.partition_key(Channel.notifications("student-7"))
-    assert frame_body(record, key[0]) is not None
+    assert frame_body(record, key[0], NO_READERS) is not None
 
 
 @dataclass(eq=False)
@@ -264,4 +330,4 @@ def test_a_value_that_is_no_utf8_json_object_is_never_framed(hub: ChannelHub, va
     ingest(hub, "i1", [bad])
     assert (sse.frames, ws.frames) == ([], [])
     assert hub.stats.malformed == 1
-    assert frame_body(bad, "s") is None  # replays (ring, Kafka) skip it too
+    assert frame_body(bad, "s", NO_READERS) is None  # replays (ring, Kafka) skip it too

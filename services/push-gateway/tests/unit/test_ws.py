@@ -29,8 +29,16 @@ from push_gateway.domain.ws_protocol import (
 from push_gateway.testing import FakeRecord
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.auth import Principal, Role, mint_token
+from slotstream_contracts.channels import Channel
+from slotstream_contracts.topics import NOTIFICATIONS_TOPIC
 
-from .test_gateway import JWT, large_schedule
+from .test_gateway import (
+    INSTRUCTOR_SIDE,
+    JWT,
+    STUDENT_SIDE,
+    large_schedule,
+    shared_id_records,
+)
 from .test_gateway import Harness as GatewayHarness
 
 SCHEDULE = "instructors/i1/schedule"
@@ -363,6 +371,57 @@ async def test_private_channel_after_token_auth_and_not_someone_elses(harness: H
     client.send({"op": "subscribe", "channel": "users/u1/notifications"})
     await settle()
     assert [m["event"] for m in client.messages()] == ["subscribed"]
+
+
+async def test_a_student_and_an_instructor_sharing_an_id_each_get_only_their_own(
+    harness: Harness,
+) -> None:
+    """Live, and replayed for a subscription with ``since``."""
+    notes = harness.hub.partition_key(Channel.notifications("u1"))
+    clients = {}
+    for role in (Role.STUDENT, Role.INSTRUCTOR):
+        client = await harness.client()
+        client.send({"op": "auth", "token": mint_token(JWT, "u1", role)})
+        client.send({"op": "subscribe", "channel": "users/u1/notifications"})
+        clients[role] = client
+    await settle()
+    harness.hub.ingest(NOTIFICATIONS_TOPIC, notes[1], shared_id_records())
+    for role, expected in ((Role.STUDENT, STUDENT_SIDE), (Role.INSTRUCTOR, INSTRUCTOR_SIDE)):
+        assert event_ids(clients[role]) == expected, role
+        again = await harness.client()
+        again.send({"op": "auth", "token": mint_token(JWT, "u1", role)})
+        again.send(
+            {"op": "subscribe", "channel": "users/u1/notifications", "since": f"n{notes[1]}:-1"}
+        )
+        await settle()
+        assert event_ids(again) == expected, role
+
+
+async def test_a_new_token_in_another_role_closes_private_subscriptions(
+    harness: Harness,
+) -> None:
+    """A subscription is kept with the role it was made in: a token of another role for
+    the same id may not take it over."""
+    client = await harness.client()
+    client.send({"op": "auth", "token": mint_token(JWT, "u1", Role.STUDENT)})
+    client.send({"op": "subscribe", "channel": "users/u1/notifications"})
+    await settle()
+    client.send({"op": "auth", "token": mint_token(JWT, "u1", Role.STUDENT)})
+    assert client.messages()[-1]["event"] == "authenticated"  # the same role: fine
+    client.send({"op": "auth", "token": mint_token(JWT, "u1", Role.INSTRUCTOR)})
+    assert client.messages()[-1] == {
+        "event": "bye",
+        "data": {"reason": "the new token reads users/u1/notifications in another role"},
+    }
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
+    assert harness.hub.subscriber_counts() == {}
+
+
+def event_ids(client: Client) -> list[str]:
+    """The CloudEvents ids of the notification and booking messages received since the
+    last look."""
+    return [m["data"]["id"] for m in client.messages() if m["event"] in ("notification", "booking")]
 
 
 async def test_invalid_token_closes_with_policy(harness: Harness) -> None:

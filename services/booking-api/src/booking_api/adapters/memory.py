@@ -29,13 +29,12 @@ from slotstream_contracts.documents import (
     INSTRUCTORS,
     NOTIFICATIONS,
     SLOTS,
-    Audience,
     BookingDocument,
     InstructorDocument,
     NotificationDocument,
     SlotDocument,
 )
-from slotstream_contracts.entities import BookingStatus, SlotStatus
+from slotstream_contracts.entities import Audience, BookingStatus, SlotStatus
 
 Document = dict[str, Any]
 #: A unique index: the key of a document, or None when the (partial) index skips it.

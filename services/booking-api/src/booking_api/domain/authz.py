@@ -5,7 +5,8 @@ same id (an admin chooses instructor ids), and they are still two different peop
 
 from booking_api.domain.errors import Forbidden
 from slotstream_contracts.auth import Principal, Role
-from slotstream_contracts.documents import Audience, BookingDocument
+from slotstream_contracts.documents import BookingDocument
+from slotstream_contracts.entities import Audience
 
 
 def ensure_may_create_instructor(principal: Principal, instructor_id: str) -> None:

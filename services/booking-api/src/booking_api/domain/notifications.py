@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from slotstream_contracts.documents import Audience, BookingDocument
-from slotstream_contracts.entities import NotificationKind
+from slotstream_contracts.documents import BookingDocument
+from slotstream_contracts.entities import Audience, NotificationKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,11 @@ Decisions written down here:
   keyed by the instructor, one keyed by the student, on the notifications topic), never
   to the public schedule. The public schedule learns a slot is booked from ``slot.*``,
   which carries no student.
+- Every record of a private event names its reader's role (``CloudEvent.audience``): a
+  student and an instructor may share an id, and the notifications topic is keyed by the
+  id alone. A booking's two records are for its instructor and for its student, two
+  records even when the ids are equal; a notification is for the audience it was stored
+  with (none on documents from before audiences: every role of the user reads those).
 - A change or snapshot document the source could not decode (``UndecodableChange``,
   ``UndecodableDocument``: invalid UTF-8 in a stored string, say) is dead-lettered with the
   decoding error; retrying it would fail the same way forever.
@@ -53,6 +58,7 @@ from slotstream_contracts.documents import (
     SlotDocument,
 )
 from slotstream_contracts.entities import (
+    Audience,
     BookingData,
     BookingStatus,
     NotificationData,
@@ -75,15 +81,11 @@ class Shape:
     #: ... and the CloudEvent extension that carries it.
     extension: Literal["instructorid", "userid"]
     data: type[SlotData | BookingData | NotificationData]
-    #: A second recipient: the same event is also written keyed by this field's value.
-    copy_field: str | None = None
 
 
 SHAPES: Final[dict[type[BaseModel], Shape]] = {
     SlotDocument: Shape("slots/", "instructor_id", "instructorid", SlotData),
-    BookingDocument: Shape(
-        "bookings/", "instructor_id", "instructorid", BookingData, copy_field="student_id"
-    ),
+    BookingDocument: Shape("bookings/", "instructor_id", "instructorid", BookingData),
     NotificationDocument: Shape("notifications/", "user_id", "userid", NotificationData),
 }
 
@@ -92,9 +94,9 @@ class Publish(NamedTuple):
     """Publish the event of ``document`` (validated, and accepted by its public model).
 
     The event is kept as its parts: the hot path encodes them straight to the wire
-    (``records.encode_publish``, byte-identical to ``event.to_json()``) without building
-    the CloudEvent model; ``event`` builds and validates it. A named tuple: made once per
-    change, it must be cheap to make."""
+    (``records.encode_records``, byte-identical to ``event_for(audience).to_json()``)
+    without building the CloudEvent model; ``event_for`` builds and validates it. A named
+    tuple: made once per change, it must be cheap to make."""
 
     id: str
     type: EventType
@@ -107,17 +109,27 @@ class Publish(NamedTuple):
         return key
 
     @property
-    def routing_keys(self) -> tuple[str, ...]:
-        """Every record key the event is written with: one per recipient, no repeats."""
-        copy_field = SHAPES[type(self.document)].copy_field
-        key = self.routing_key
-        if copy_field is None:
-            return (key,)
-        other: str = self.document.__dict__[copy_field]
-        return (key,) if other == key else (key, other)
+    def recipients(self) -> tuple[tuple[str, Audience | None], ...]:
+        """(record key, audience) of every record the event is written as: a booking one
+        for its instructor and one for its student (two people, even with one id), a
+        notification one for its user in the role it was stored for, a slot one for its
+        instructor's public schedule (no audience)."""
+        document = self.document
+        values = document.__dict__
+        kind = type(document)
+        if kind is BookingDocument:
+            return ((values["instructor_id"], _INSTRUCTOR), (values["student_id"], _STUDENT))
+        if kind is NotificationDocument:
+            return ((values["user_id"], values["audience"]),)
+        return ((values["instructor_id"], None),)
 
     @property
     def event(self) -> CloudEvent:
+        """The event of the first record (a slot's or a notification's only one)."""
+        return self.event_for(self.recipients[0][1])
+
+    def event_for(self, audience: Audience | None) -> CloudEvent:
+        """The event as the record for readers in the role ``audience`` carries it."""
         document = self.document
         shape = SHAPES[type(document)]
         key = self.routing_key
@@ -130,6 +142,7 @@ class Publish(NamedTuple):
             userid=key if shape.extension == "userid" else None,
             version=document.version,
             data=document.to_data(),
+            audience=audience,
         )
 
 
@@ -184,11 +197,13 @@ _BOOKING_CREATED: Final = EventType.BOOKING_CREATED
 _CANCELLED: Final = BookingStatus.CANCELLED
 _DELETE: Final = OperationType.DELETE
 _INSERT: Final = OperationType.INSERT
+_INSTRUCTOR: Final = Audience.INSTRUCTOR
 _INVALIDATE: Final = OperationType.INVALIDATE
 _NOTIFICATION_CREATED: Final = EventType.NOTIFICATION_CREATED
 _SLOT_CREATED: Final = EventType.SLOT_CREATED
 _SLOT_DELETED: Final = EventType.SLOT_DELETED
 _SLOT_UPDATED: Final = EventType.SLOT_UPDATED
+_STUDENT: Final = Audience.STUDENT
 _TOMBSTONE: Final = SlotStatus.DELETED
 _UPDATE: Final = OperationType.UPDATE
 

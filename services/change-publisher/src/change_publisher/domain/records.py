@@ -11,6 +11,7 @@ from pydantic import Field
 
 from change_publisher.domain.mapping import SHAPES, Publish
 from slotstream_contracts.changes import ChangeEvent
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.events import CONTENT_TYPE, SOURCE, SPEC_VERSION, CloudEvent, EventType
 from slotstream_contracts.models import WireModel
 from slotstream_contracts.topics import CONTROL_KEY
@@ -62,7 +63,7 @@ class DeadLetterRecord(WireModel):
 
 
 class _Layout(NamedTuple):
-    """How ``encode_publish`` writes the event of one stored document class."""
+    """How ``encode_records`` writes the event of one stored document class."""
 
     subject_prefix: str
     routing_field: str
@@ -85,20 +86,22 @@ _LAYOUTS: Final = {
 }
 
 
-def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
-    """The record of an event: keyed by its routing key, ``CloudEvent.headers()`` plus the
-    epoch, and the bytes of ``publish.event.to_json()``.
+def encode_records(publish: Publish, topic: str, epoch: int) -> tuple[OutgoingRecord, ...]:
+    """The records of an event, one per ``publish.recipients`` (a booking: its instructor
+    and its student), in that order: each keyed by its reader, with
+    ``CloudEvent.headers()`` plus the epoch, and the bytes of
+    ``publish.event_for(audience).to_json()``.
 
     The hot path (once per event): the JSON is written by orjson straight from the
-    validated document's values, without building the CloudEvent and its data model. A
-    Hypothesis property test holds the bytes identical; a value orjson cannot write (an
+    validated document's values, without building the CloudEvent and its data model; the
+    records of one event share everything but their key and the ``audience`` written last.
+    A Hypothesis property test holds the bytes identical; a value orjson cannot write (an
     integer beyond 64 bits, which ``to_json()`` refuses too) takes pydantic-core's
     serialiser of the model."""
     document = publish.document
     values = document.__dict__
     layout = _LAYOUTS[type(document)]
     subject = layout.subject_prefix + values["id"]
-    key = values[layout.routing_field]
     kind, ce_type = _KINDS[publish.type]
     event: dict[str, Any] = {
         "specversion": SPEC_VERSION,
@@ -108,8 +111,9 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
         "subject": subject,
         "time": publish.time,
         "datacontenttype": "application/json",
-        # CloudEvent field order: instructorid, userid (one of them is set), version, data.
-        layout.extension: key,
+        # CloudEvent field order: instructorid, userid (one of them is set), version, data,
+        # audience (private events: set per record below).
+        layout.extension: values[layout.routing_field],
         "version": values["version"],
         "data": {
             alias: field
@@ -117,34 +121,35 @@ def encode_publish(publish: Publish, topic: str, epoch: int) -> OutgoingRecord:
             if (field := values[name]) is not None
         },
     }
-    try:
-        value = orjson.dumps(event, option=orjson.OPT_UTC_Z)
-    except orjson.JSONEncodeError:
-        value = _EVENT_SERIALIZER.to_json(publish.event, exclude_none=True)
-    return OutgoingRecord(
-        topic,
-        key.encode(),
-        value,
-        [
-            ce_type,
-            ("ce_id", publish.id.encode()),
-            ("ce_subject", subject.encode()),
-            _CONTENT_TYPE_HEADER,
-            _epoch_header(epoch),
-        ],
-        kind,
+    headers = [
+        ce_type,
+        ("ce_id", publish.id.encode()),
+        ("ce_subject", subject.encode()),
+        _CONTENT_TYPE_HEADER,
+        _epoch_header(epoch),
+    ]
+    recipients = publish.recipients
+    key, audience = recipients[0]
+    record = OutgoingRecord(topic, key.encode(), _value(publish, event, audience), headers, kind)
+    if len(recipients) == 1:
+        return (record,)
+    return (
+        record,
+        *(
+            OutgoingRecord(topic, key.encode(), _value(publish, event, audience), headers, kind)
+            for key, audience in recipients[1:]
+        ),
     )
 
 
-def encode_records(publish: Publish, topic: str, epoch: int) -> tuple[OutgoingRecord, ...]:
-    """Every record of an event: ``encode_publish``'s, plus, for an event with a second
-    recipient (a booking: its student), the same bytes keyed by that recipient, so it
-    reaches both private channels. ``publish.routing_keys`` in the same order."""
-    record = encode_publish(publish, topic, epoch)
-    keys = publish.routing_keys
-    if len(keys) == 1:
-        return (record,)
-    return (record, *(record._replace(key=key.encode()) for key in keys[1:]))
+def _value(publish: Publish, event: dict[str, Any], audience: Audience | None) -> bytes:
+    """The bytes of ``event`` (a record's CloudEvent as a dict) for ``audience``."""
+    if audience is not None:
+        event["audience"] = audience  # orjson writes a StrEnum as its value
+    try:
+        return orjson.dumps(event, option=orjson.OPT_UTC_Z)
+    except orjson.JSONEncodeError:
+        return _EVENT_SERIALIZER.to_json(publish.event_for(audience), exclude_none=True)
 
 
 _EVENT_SERIALIZER: Final = CloudEvent.__pydantic_serializer__

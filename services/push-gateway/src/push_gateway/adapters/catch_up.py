@@ -220,7 +220,12 @@ class CatchUp:
         if not connection.headers_sent:
             out.append(self._stream_head(connection))
         out += catch_up_frames(
-            self.hub, connection.channels, connection.channel_of_key, connection.pending, plan
+            self.hub,
+            connection.channels,
+            connection.channel_of_key,
+            connection.pending,
+            plan,
+            connection.readers,
         )
         connection.pending = NO_PENDING
         connection.headers_sent = True

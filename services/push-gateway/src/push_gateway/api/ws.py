@@ -34,7 +34,7 @@ from websockets.server import ServerProtocol
 from push_gateway.adapters.heartbeats import HEARTBEAT_STEPS
 from push_gateway.adapters.tickets import TicketServiceUnavailable
 from push_gateway.domain.positions import PositionError, parse_position
-from push_gateway.domain.requests import Problem, StreamRequest
+from push_gateway.domain.requests import Problem, StreamRequest, readers_of
 from push_gateway.domain.ws_protocol import (
     CLOSE_CODE_OF_REASON,
     KEEPALIVE,
@@ -373,6 +373,7 @@ class WsConnection(asyncio.Protocol):
             return
         gateway = self.server.gateway
         subscription = WsSubscription(self, channel, gateway)
+        subscription.readers = readers_of(self.principal)
         self.subscriptions[channel] = subscription
         self.server.stats.subscriptions += 1
         self.write(json_event("subscribed", {"channel": channel.name}))
@@ -469,9 +470,14 @@ class WsConnection(asyncio.Protocol):
     def _authenticated(self, principal: Principal, expires_at: float) -> None:
         if self.closed:
             return
-        for channel in self.subscriptions:
+        readers = readers_of(principal)
+        for channel, subscription in self.subscriptions.items():
             if channel.is_private and not principal.may_act_for(channel.owner_id):
                 self.close(CloseCode.POLICY, f"the new token may not read {channel}")
+                return
+            if channel.is_private and subscription.readers != readers:
+                # the hub keeps it with the roles it was subscribed in
+                self.close(CloseCode.POLICY, f"the new token reads {channel} in another role")
                 return
         self.principal = principal
         if self.expiry is not None:

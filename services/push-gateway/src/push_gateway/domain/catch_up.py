@@ -13,6 +13,7 @@ from push_gateway.domain.frames import event_body, json_frame, with_id
 from push_gateway.domain.hub import (
     CONTROL_KEY_BYTES,
     ChannelHub,
+    Readers,
     Record,
     frame_body,
 )
@@ -114,11 +115,13 @@ def catch_up_frames(
     channel_of_key: Mapping[tuple[str, bytes], Channel],
     pending: Iterable[tuple[PartitionKey, Record]],
     plan: CatchUpPlan,
+    readers: Readers,
 ) -> list[bytes]:
     """The frames of a stream of ``channels``: the plan's replay, a ``resync`` frame per
     channel of ``announce`` (and per notification channel of ``lost``), the snapshots,
     then ``pending`` (the records the hub buffered meanwhile), each record at most once (by
-    CloudEvents id) and none that a snapshot already shows."""
+    CloudEvents id) and none that a snapshot already shows; of the private records only
+    those for the roles the stream reads (``readers``) — the replay holds every role's."""
     positions, resume, announce, lost = plan.positions, plan.resume, plan.announce, plan.lost
     fresh, replay, snapshots = plan.fresh, plan.replay, plan.snapshots
     out: list[bytes] = []
@@ -127,7 +130,7 @@ def catch_up_frames(
 
     def emit(key: PartitionKey, record: Record) -> None:
         vector[key] = record.offset
-        body = frame_body(record, key[0])
+        body = frame_body(record, key[0], readers)
         ce_id = record.ce_id
         if body is None or (ce_id is not None and ce_id in seen):
             return

@@ -48,6 +48,18 @@ def framable(value: bytes) -> bool:
         return False
 
 
+def json_object(value: bytes) -> dict[str, Any] | None:
+    """A record's value as the JSON object it holds when it is :func:`framable` (else
+    None): for a private record, whose ``audience`` decides who is shown it."""
+    if b"\n" in value or b"\r" in value:
+        return None
+    try:
+        found = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return found if type(found) is dict else None
+
+
 def event_body(event: bytes, data: bytes) -> bytes:
     """The ``event:``/``data:`` part of a frame, shared by every subscriber."""
     return b"event: " + event + b"\ndata: " + check_payload(data) + b"\n\n"

@@ -13,7 +13,11 @@ elegance:
   the connection's socket (``adapters/_sockets.pyx``): no task wake-up, queue, ASGI
   ``send`` or interpreter step per delivery;
 * subscribers still catching up (snapshot or resume in flight) get the record buffered
-  instead, so nothing falls between "subscribed" and "live".
+  instead, so nothing falls between "subscribed" and "live";
+* a private channel's subscribers are grouped by the roles they read it in (a student and
+  an instructor may share an id: ``users/{id}/notifications`` is theirs both), and a
+  record goes to the groups of the audience its value names; only a record with local
+  subscribers is read for it, in the parse that checks it can be framed.
 
 The hub never waits on a client; bounding each client's unsent output is the transport's
 job (see ``api/stream.py``).
@@ -29,7 +33,7 @@ from typing import Any, Final, Protocol
 
 from aiokafka.partitioner import murmur2
 
-from push_gateway.domain.frames import FAMILY_OF_TYPE, event_body, framable
+from push_gateway.domain.frames import FAMILY_OF_TYPE, event_body, framable, json_object
 from push_gateway.domain.positions import (
     NOTIFICATIONS_LETTER,
     SCHEDULE_LETTER,
@@ -37,6 +41,7 @@ from push_gateway.domain.positions import (
 )
 from push_gateway.domain.ws_protocol import event_frame
 from slotstream_contracts.channels import EVENT_TYPES, Channel, ChannelKind
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.topics import CONTROL_KEY
 
 CONTROL_KEY_BYTES: Final = CONTROL_KEY.encode()
@@ -94,6 +99,19 @@ class Record(Protocol):
     def ce_id(self) -> bytes | None: ...
 
 
+#: The roles a stream reads private channels in (``domain.requests.readers_of``); a
+#: stream without a principal reads none (records from before audiences only).
+Readers = frozenset[Audience]
+NO_READERS: Final[Readers] = frozenset()
+
+
+def reads(readers: Readers, audience: object) -> bool:
+    """Whether a stream reading as ``readers`` is shown a private record for ``audience``
+    (the ``audience`` of its value; a record without one, written before audiences, is
+    every role's)."""
+    return audience is None or (type(audience) is str and audience in readers)
+
+
 class Subscriber(Protocol):
     """One connection as the hub sees it."""
 
@@ -101,6 +119,11 @@ class Subscriber(Protocol):
     def partitions(self) -> tuple[PartitionKey, ...]: ...
     @property
     def writer(self) -> Writer: ...
+    @property
+    def readers(self) -> Readers:
+        """The roles whose records of its private channels it is shown; fixed while it
+        is attached."""
+
     def buffer(self, key: PartitionKey, record: Record) -> None: ...
     def on_resync(self, key: PartitionKey) -> None: ...
 
@@ -126,6 +149,17 @@ class ChannelSubscribers:
         return (
             len(self.pending) + len(self.ws_live) + sum(len(group) for group in self.live.values())
         )
+
+
+class PrivateSubscribers:
+    """Local subscribers of one user's private channel, one :class:`ChannelSubscribers`
+    per set of roles its streams read it in (students, instructors, admins: both)."""
+
+    __slots__ = ("channel", "groups")
+
+    def __init__(self, channel: Channel | None) -> None:
+        self.channel = channel
+        self.groups: dict[Readers, ChannelSubscribers] = {}
 
 
 @dataclass
@@ -155,15 +189,21 @@ class PartitionState:
     heads: dict[bytes, bytes] = field(default_factory=dict)
 
 
-def frame_body(record: Record, letter: str) -> bytes | None:
-    """The shared ``event:``/``data:`` bytes of a data record of the topic ``letter``; None
-    when it cannot be framed (:func:`~push_gateway.domain.frames.framable`) or does not
-    belong on that topic's channels. For what a catch-up writes; live records are
-    checked in :meth:`ChannelHub._dispatch`."""
+def frame_body(record: Record, letter: str, readers: Readers) -> bytes | None:
+    """The shared ``event:``/``data:`` bytes of a data record of the topic ``letter``, for
+    a stream reading private channels as ``readers``; None when it cannot be framed
+    (:func:`~push_gateway.domain.frames.framable`), does not belong on that topic's
+    channels, or is a private record for a role the stream does not read. For what a
+    catch-up writes; live records are checked in :meth:`ChannelHub._dispatch`."""
     ce_type = record.ce_type
     family = FAMILY_OF_TYPE.get(ce_type) if ce_type in CE_TYPES_OF_LETTER[letter] else None
     value = record.value
-    if family is None or value is None or not framable(value):
+    if family is None or value is None:
+        return None
+    event = json_object(value)
+    if event is None:
+        return None
+    if letter == NOTIFICATIONS_LETTER and not reads(readers, event.get("audience")):
         return None
     return event_body(family, value)
 
@@ -180,8 +220,13 @@ class ChannelHub:
         self._letters = letters
         self._topics = {letter: topic for topic, letter in letters.items()}
         self._ring_size = ring_size
-        self._index: dict[str, dict[bytes | None, ChannelSubscribers]] = {
-            topic: {CONTROL_KEY_BYTES: ChannelSubscribers(None)} for topic in letters
+        #: record key → subscribers, of the public (schedule) and the private topic; the
+        #: control key's entry stands for every subscriber of the partition (a resync)
+        self._public: dict[bytes | None, ChannelSubscribers] = {
+            CONTROL_KEY_BYTES: ChannelSubscribers(None)
+        }
+        self._private: dict[bytes | None, PrivateSubscribers] = {
+            CONTROL_KEY_BYTES: PrivateSubscribers(None)
         }
         self._partitions: dict[PartitionKey, PartitionState] = {}
         self._partition_count: dict[str, int] = {}
@@ -250,16 +295,47 @@ class ChannelHub:
         key = (self._letters[topic], partition)
         state = self._partitions[key]
         ring_append = state.ring.append
-        lookup = self._index[topic].get
-        for record in records:
-            ring_append(record)
-            subscribers = lookup(record.key)
-            if subscribers is not None:
-                self._dispatch(subscribers, key, state, record)
+        if key[0] == NOTIFICATIONS_LETTER:
+            private = self._private.get
+            for record in records:
+                ring_append(record)
+                entry = private(record.key)
+                if entry is not None:
+                    self._dispatch_private(entry, key, state, record)
+        else:
+            lookup = self._public.get
+            for record in records:
+                ring_append(record)
+                subscribers = lookup(record.key)
+                if subscribers is not None:
+                    self._dispatch(subscribers, key, state, record)
         state.position = records[-1].offset
         self.stats.records += len(records)
         for listener in self._progress_listeners:
             listener()
+
+    def _dispatch_private(
+        self,
+        entry: PrivateSubscribers,
+        key: PartitionKey,
+        state: PartitionState,
+        record: Record,
+    ) -> None:
+        """A record of a private channel with local subscribers goes to the groups that
+        read its audience. Its value is parsed here, once (what :func:`framable` would do
+        in :meth:`_dispatch`), for the ``audience`` it names."""
+        if entry.channel is None:
+            self._resync(key)
+            return
+        value = record.value
+        event = None if value is None else json_object(value)
+        if event is None:
+            self.stats.malformed += 1
+            return
+        audience = event.get("audience")
+        for readers, group in entry.groups.items():
+            if reads(readers, audience):
+                self._dispatch(group, key, state, record, framable_checked=True)
 
     def _dispatch(
         self,
@@ -267,6 +343,7 @@ class ChannelHub:
         key: PartitionKey,
         state: PartitionState,
         record: Record,
+        framable_checked: bool = False,
     ) -> None:
         if subscribers.channel is None:
             self._resync(key)
@@ -291,7 +368,8 @@ class ChannelHub:
             recent[ce_id] = None
             if len(recent) > RECENT_IDS:
                 del recent[next(iter(recent))]
-        if not framable(value):  # one UTF-8 JSON object on one line, as every client parses
+        # one UTF-8 JSON object on one line, as every client parses
+        if not framable_checked and not framable(value):
             stats.malformed += 1
             return
         stats.framed += 1
@@ -336,6 +414,22 @@ class ChannelHub:
                 subscriber.on_resync(key)
 
     # -- subscriptions -------------------------------------------------------------------
+    def _group(self, subscriber: Subscriber, channel: Channel) -> ChannelSubscribers | None:
+        """Where ``subscriber`` is kept for ``channel``: the channel's entry, or for a
+        private channel its group of the roles ``subscriber`` reads."""
+        if channel.kind is ChannelKind.SCHEDULE:
+            return self._public.get(channel.record_key)
+        entry = self._private.get(channel.record_key)
+        return None if entry is None else entry.groups.get(subscriber.readers)
+
+    def _groups(self, channel: Channel) -> list[ChannelSubscribers]:
+        """Every group of ``channel``'s subscribers."""
+        if channel.kind is ChannelKind.SCHEDULE:
+            found = self._public.get(channel.record_key)
+            return [] if found is None else [found]
+        entry = self._private.get(channel.record_key)
+        return [] if entry is None else list(entry.groups.values())
+
     def attach(
         self, subscriber: Subscriber, channels: Iterable[Channel]
     ) -> dict[PartitionKey, int]:
@@ -343,51 +437,68 @@ class ChannelHub:
         chosen = tuple(channels)
         self._subscribers[subscriber] = chosen
         for channel in chosen:
-            index = self._index[self._kind_topic[channel.kind]]
-            entry = index.get(channel.record_key)
-            if entry is None:
-                entry = index[channel.record_key] = ChannelSubscribers(channel)
-            entry.pending[subscriber] = None
+            key = channel.record_key
+            if channel.kind is ChannelKind.SCHEDULE:
+                group = self._public.get(key)
+                if group is None:
+                    group = self._public[key] = ChannelSubscribers(channel)
+            else:
+                entry = self._private.get(key)
+                if entry is None:
+                    entry = self._private[key] = PrivateSubscribers(channel)
+                group = entry.groups.get(subscriber.readers)
+                if group is None:
+                    group = entry.groups[subscriber.readers] = ChannelSubscribers(channel)
+            group.pending[subscriber] = None
         return {key: self._partitions[key].position for key in subscriber.partitions}
 
     def go_live(self, subscriber: Subscriber) -> None:
         """From now on records are written straight to the subscriber's writer."""
         websocket = getattr(subscriber, "websocket", False)
         for channel in self._subscribers.get(subscriber, ()):
-            entry = self._index[self._kind_topic[channel.kind]][channel.record_key]
-            entry.pending.pop(subscriber, None)
+            group = self._group(subscriber, channel)
+            assert group is not None
+            group.pending.pop(subscriber, None)
             if websocket:
-                entry.ws_live[subscriber] = subscriber.writer
+                group.ws_live[subscriber] = subscriber.writer
             else:
-                entry.live.setdefault(subscriber.partitions, {})[subscriber] = subscriber.writer
+                group.live.setdefault(subscriber.partitions, {})[subscriber] = subscriber.writer
 
     def to_pending(self, subscriber: Subscriber) -> None:
         """Buffer again (a resync is being served)."""
         for channel in self._subscribers.get(subscriber, ()):
-            entry = self._index[self._kind_topic[channel.kind]][channel.record_key]
-            entry.ws_live.pop(subscriber, None)
-            group = entry.live.get(subscriber.partitions)
-            if group is not None:
-                group.pop(subscriber, None)
-                if not group:
-                    del entry.live[subscriber.partitions]
-            entry.pending[subscriber] = None
+            group = self._group(subscriber, channel)
+            assert group is not None
+            group.ws_live.pop(subscriber, None)
+            live = group.live.get(subscriber.partitions)
+            if live is not None:
+                live.pop(subscriber, None)
+                if not live:
+                    del group.live[subscriber.partitions]
+            group.pending[subscriber] = None
 
     def detach(self, subscriber: Subscriber) -> None:
         for channel in self._subscribers.pop(subscriber, ()):
-            index = self._index[self._kind_topic[channel.kind]]
-            entry = index.get(channel.record_key)
-            if entry is None:
+            group = self._group(subscriber, channel)
+            if group is None:
                 continue
-            entry.pending.pop(subscriber, None)
-            entry.ws_live.pop(subscriber, None)
-            group = entry.live.get(subscriber.partitions)
-            if group is not None:
-                group.pop(subscriber, None)
-                if not group:
-                    del entry.live[subscriber.partitions]
-            if not entry.pending and not entry.live and not entry.ws_live:
-                del index[channel.record_key]
+            group.pending.pop(subscriber, None)
+            group.ws_live.pop(subscriber, None)
+            live = group.live.get(subscriber.partitions)
+            if live is not None:
+                live.pop(subscriber, None)
+                if not live:
+                    del group.live[subscriber.partitions]
+            if group.pending or group.live or group.ws_live:
+                continue
+            key = channel.record_key
+            if channel.kind is ChannelKind.SCHEDULE:
+                del self._public[key]
+                continue
+            entry = self._private[key]
+            del entry.groups[subscriber.readers]
+            if not entry.groups:
+                del self._private[key]
 
     def ring_since(
         self, key: PartitionKey, after_offset: int, record_keys: AbstractSet[bytes]
@@ -410,33 +521,35 @@ class ChannelHub:
     # -- introspection -------------------------------------------------------------------
     def subscriber_counts(self) -> dict[Channel, int]:
         counts: dict[Channel, int] = {}
-        for index in self._index.values():
-            for entry in index.values():
-                if entry.channel is not None:
-                    counts[entry.channel] = len(entry)
+        for entry in self._public.values():
+            if entry.channel is not None:
+                counts[entry.channel] = len(entry)
+        for private in self._private.values():
+            if private.channel is not None:
+                counts[private.channel] = sum(len(g) for g in private.groups.values())
         return counts
 
     def framed_since(self, subscriber: Subscriber, since: float) -> bool:
         """Whether a record was framed for one of the subscriber's channels at or after
         ``since`` (``time.monotonic()``): it was sent that frame, or will be as its catch-up
         ends."""
-        index = self._index
         for channel in self._subscribers.get(subscriber, ()):
-            entry = index[self._kind_topic[channel.kind]].get(channel.record_key)
-            if entry is not None and entry.framed_at >= since:
+            group = self._group(subscriber, channel)
+            if group is not None and group.framed_at >= since:
                 return True
         return False
 
     def live_subscribers(self, channel: Channel) -> list[Writer]:
-        entry = self._index[self._kind_topic[channel.kind]].get(channel.record_key)
-        if entry is None:
-            return []
-        return [w for group in entry.live.values() for w in group.values()]
+        return [
+            w
+            for group in self._groups(channel)
+            for live in group.live.values()
+            for w in live.values()
+        ]
 
     def live_ws_subscribers(self, channel: Channel) -> list[Writer]:
         """Writers of the channel's live WebSocket subscriptions (they take WebSocket frames)."""
-        entry = self._index[self._kind_topic[channel.kind]].get(channel.record_key)
-        return [] if entry is None else list(entry.ws_live.values())
+        return [w for group in self._groups(channel) for w in group.ws_live.values()]
 
     @property
     def subscribers(self) -> list[Subscriber]:

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qs
 
+from push_gateway.domain.hub import NO_READERS, Readers
 from push_gateway.domain.positions import PartitionKey, PositionError, parse_position
-from slotstream_contracts.auth import InvalidToken, JwtSettings, Principal, verify_token_claims
+from slotstream_contracts.auth import (
+    InvalidToken,
+    JwtSettings,
+    Principal,
+    Role,
+    verify_token_claims,
+)
 from slotstream_contracts.channels import Channel, ChannelError
+from slotstream_contracts.entities import Audience
 from slotstream_contracts.ids import is_valid_id
 
 PAGE_PATH: Final = "/api/book-now/schedule-updates"
@@ -171,6 +179,22 @@ def parse_stream_request(
         token_expires_at=expires_at,
         ticket=ticket,
     )
+
+
+def readers_of(principal: Principal | None) -> Readers:
+    """The roles whose private records a principal's streams are shown: a student's and an
+    instructor's own role (one id may be both, as two people), an admin's both (admins
+    read every private channel); without a principal none (a public stream)."""
+    if principal is None:
+        return NO_READERS
+    if principal.role is Role.ADMIN:
+        return _EVERY_ROLE
+    return _STUDENTS if principal.role is Role.STUDENT else _INSTRUCTORS
+
+
+_EVERY_ROLE: Final[Readers] = frozenset(Audience)
+_STUDENTS: Final[Readers] = frozenset({Audience.STUDENT})
+_INSTRUCTORS: Final[Readers] = frozenset({Audience.INSTRUCTOR})
 
 
 def authorize(channels: Sequence[Channel], principal: Principal) -> None:

@@ -40,12 +40,7 @@ def framable(value: bytes) -> bool:
     an event it cannot parse, and a WebSocket text frame that is not UTF-8 makes browsers
     fail the whole connection (1007); a resume would replay it again. orjson checks both
     (~2 µs for a CloudEvent), so this runs once per record, never per delivery."""
-    if b"\n" in value or b"\r" in value:
-        return False
-    try:
-        return type(orjson.loads(value)) is dict
-    except orjson.JSONDecodeError:
-        return False
+    return json_object(value) is not None
 
 
 def json_object(value: bytes) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from push_gateway.api.routes import router
 from push_gateway.api.ws import WebSocketGateway
 from push_gateway.config import Settings
 from push_gateway.domain.hub import ChannelHub
+from push_gateway.domain.layout import LayoutChange
 from push_gateway.domain.limits import Admission
 from push_gateway.domain.responses import ResponseHeads
 from push_gateway.domain.stats import GatewayStats
@@ -50,6 +51,10 @@ log = structlog.get_logger(__name__)
 
 #: (young, middle, old) collection thresholds: CPython's are (700, 10, 10)
 GC_THRESHOLDS: Final = (700, 10, 1000)
+#: the exit status after a partition count change (sysexits' EX_TEMPFAIL, "try again"):
+#: not 0, so every supervisor (Compose, Kubernetes, ``make demo``, ``GATEWAY_WORKERS``)
+#: starts the gateway again, which then reads the new layout
+RESTART_EXIT_CODE: Final = 75
 
 
 def create_app(
@@ -248,11 +253,45 @@ def raise_open_file_limit() -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, its housekeeping tick on the gateway's timer grid."""
+    """uvicorn's server, its housekeeping tick on the gateway's timer grid; it also stops
+    the gateway for a restart when the partition layout it reads changed."""
 
-    def __init__(self, config: uvicorn.Config, on_stopped: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_stopped: Callable[[], None],
+        layout_changes: Callable[[], list[LayoutChange]],
+    ) -> None:
         super().__init__(config)
         self._on_stopped = on_stopped
+        self._layout_changes = layout_changes
+        #: a partition count changed: :meth:`run` exits with ``RESTART_EXIT_CODE``
+        self.restart_requested = False
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        super().run(sockets)
+        if self.restart_requested:
+            raise SystemExit(RESTART_EXIT_CODE)
+
+    def check_layout(self) -> None:
+        """A data topic's partition count is no longer the one read (partitions added):
+        the keys that now hash to a new partition would never reach this gateway's streams,
+        so it stops as on SIGTERM (every stream gets ``retry`` + ``bye``, its client resumes
+        on another gateway) and :meth:`run` exits for a restart with the new layout."""
+        if self.restart_requested:
+            return
+        changes = self._layout_changes()
+        for change in changes:
+            log.error(
+                "partition count of a data topic changed: restarting to read the new layout",
+                topic=change.topic,
+                partitions_read=change.assigned,
+                partitions_now=change.found,
+                exit_code=RESTART_EXIT_CODE,
+            )
+        if changes:
+            self.restart_requested = True
+            self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown, then ``on_stopped`` (the Unix socket's file removed): after
@@ -266,13 +305,16 @@ class _Server(uvicorn.Server):
         """uvicorn's loop (exit checks, the ``Date`` header once a second) every
         ``TICK_SECONDS`` on the grid the gateway's other periodic timers share, instead of
         its own 0.1 s timer: ten fewer wake-ups a second of an idle process, for exits
-        noticed within 0.25 s instead of 0.1 s."""
+        noticed within 0.25 s instead of 0.1 s. Once a second it checks the partition
+        layout (:meth:`check_layout`)."""
         ticks_per_second = max(1, round(1 / TICK_SECONDS))
         counter = 0
         should_exit = await self.on_tick(0)
         while not should_exit:
             counter = (counter + 1) % ticks_per_second
             await sleep_to_grid(TICK_SECONDS)
+            if counter == 0:
+                self.check_layout()
             # uvicorn refreshes the Date header when the counter is a multiple of 10
             should_exit = await self.on_tick(0 if counter == 0 else 1)
 
@@ -296,4 +338,4 @@ def build_server(
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )
-    return _Server(config, on_stopped)
+    return _Server(config, on_stopped, app.state.ingest.layout_changes)

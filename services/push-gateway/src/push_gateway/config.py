@@ -87,6 +87,14 @@ class GatewayKafkaSettings(KafkaSettings):
         "(getmany), as before. `lean` falls back to `aiokafka` by itself on a broker that "
         "speaks none of Fetch v4-v11",
     )
+    metadata_max_age_ms: int = Field(
+        default=60_000,
+        ge=100,
+        le=3_600_000,
+        description="How often the ingest refreshes its cluster metadata (aiokafka's default: "
+        "5 min). A partition count change of a data topic is noticed within this and a "
+        "second, and the gateway then stops for a restart (README: partitions added)",
+    )
 
 
 class Settings(BaseSettings):

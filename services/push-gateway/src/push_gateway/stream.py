@@ -25,7 +25,7 @@ NO_RESYNC: Final[frozenset[PartitionKey]] = frozenset()
 NO_PENDING: Final[tuple[()]] = ()
 
 #: a channel set's layout: partitions (sorted), (letter, record key) → channel, partition →
-#: record keys; shared read-only by every stream with the same channels
+#: record keys replayed from it; shared read-only by every stream with the same channels
 Layout = tuple[
     tuple[PartitionKey, ...],
     dict[tuple[str, bytes], Channel],
@@ -60,14 +60,20 @@ def _end_allowance(transport: asyncio.Transport, limit: int) -> None:
 @lru_cache(maxsize=4096)
 def _layout(partitions: tuple[tuple[Channel, PartitionKey], ...]) -> Layout:
     """Built once per channel set, not per stream: thousands of streams of one channel
-    share these (~0.7 kB each otherwise; RSS per connection is a goal, issue 14)."""
-    keys: dict[PartitionKey, set[bytes]] = {}
+    share these (~0.7 kB each otherwise; RSS per connection is a goal, issue 14).
+
+    The record keys replayed from a partition are those of every channel of the stream on
+    its topic, not only of the channels that hash to it now: after partitions were added,
+    a channel's records before the change are on the partition it hashed to then
+    (``CatchUp.checked_resume``). Other channels' keys never occur on it otherwise."""
+    keys: dict[str, set[bytes]] = {}
     for channel, key in partitions:
-        keys.setdefault(key, set()).add(channel.record_key)
+        keys.setdefault(key[0], set()).add(channel.record_key)
+    of_topic = {letter: frozenset(found) for letter, found in keys.items()}
     return (
         tuple(sorted({key for _, key in partitions})),
         {(key[0], channel.record_key): channel for channel, key in partitions},
-        {key: frozenset(found) for key, found in keys.items()},
+        {key: of_topic[key[0]] for _, key in partitions},
     )
 
 

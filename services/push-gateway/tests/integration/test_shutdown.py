@@ -1,5 +1,6 @@
 """The console entry point as a real process: SIGTERM drains streams with a short retry."""
 
+import asyncio
 import re
 import signal
 import socket
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
+from push_gateway.app import RESTART_EXIT_CODE
 from slotstream_contracts.settings import TopicSettings
-from slotstream_testkit.kafka import KafkaEndpoint
+from slotstream_testkit.kafka import KafkaEndpoint, create_topics
 from slotstream_testkit.net import free_port
 
 from .conftest import FakeBookingApi, start_gateway_process
@@ -86,6 +89,64 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         # uvicorn drains, then re-raises the signal it captured: a clean SIGTERM exit
         assert process.wait(15) in (0, -signal.SIGTERM)
         assert b"Traceback" not in log.read_bytes()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+async def recreate_with_more_partitions(kafka: KafkaEndpoint, topic: str, partitions: int) -> None:
+    """Tansu has no ``create_partitions``: the topic is deleted and created again with more,
+    which the gateway's metadata shows as a grown partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    await create_topics(kafka.bootstrap_servers, {topic: partitions})
+
+
+def test_partitions_added_under_a_gateway_end_its_streams_and_the_process_for_a_restart(
+    kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    process = start_gateway_process(
+        kafka,
+        topics,
+        booking_api,
+        port,
+        log,
+        GATEWAY_KAFKA__METADATA_MAX_AGE_MS="500",
+        GATEWAY_SHUTDOWN_RETRY_MS="250",
+        GATEWAY_SHUTDOWN_RETRY_JITTER_MS="0",
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not become ready"
+            time.sleep(0.1)
+        client = socket.create_connection(("127.0.0.1", port), timeout=15)
+        client.sendall(
+            b"GET /api/book-now/schedule-updates?instructorId=grow1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        received = b""
+        while b"event: snapshot" not in received:
+            received += client.recv(65536)
+        asyncio.run(recreate_with_more_partitions(kafka, topics.schedule, 5))  # was 3
+        while chunk := client.recv(65536):
+            received += chunk
+        assert received.endswith(b'retry: 250\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n')
+        assert process.wait(15) == RESTART_EXIT_CODE
+        logged = log.read_bytes()
+        assert b"partition count of a data topic changed" in logged
+        assert b'"partitions_read": 3, "partitions_now": 5' in logged, logged[-2000:]
     finally:
         if process.poll() is None:
             process.kill()

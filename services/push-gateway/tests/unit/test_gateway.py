@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 from pydantic import SecretStr
 
 from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
@@ -823,6 +824,104 @@ async def test_a_lost_notification_resume_gets_a_resync_frame(harness: Harness) 
     assert frame["event"] == "resync"
     assert data(frame) == {"channel": "users/u1/notifications", "reason": "history-unavailable"}
     assert frame["id"] == f"n{notes[1]}:0"
+
+
+# -- partitions added to a topic ---------------------------------------------------------
+
+
+def hashed_to(record_key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner writes ``record_key`` to."""
+    hashed: int = murmur2(record_key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+async def test_a_notification_resume_from_before_partitions_were_added_gets_a_resync(
+    harness: Harness,
+) -> None:
+    """The notifications topic grew from one partition to two: the user's records now go
+    to n1, and the client's id names n0 (the old layout). On main the stream started at
+    the end of n1 without a word, and the notification written there before the resume
+    was lost silently: the first frame was the next live notification."""
+    for p in range(2):
+        harness.hub.assign(NOTIFICATIONS_TOPIC, p, 0, 2)
+    user = next(
+        f"u{n}" for n in range(100) if hashed_to(f"u{n}".encode(), 2) == 1
+    )  # on n0 before, on n1 now
+    harness.hub.ingest(
+        NOTIFICATIONS_TOPIC, 0, [record_of(notification_event(user, "n1", "seen"), 0)]
+    )
+    missed = record_of(notification_event(user, "n2", "written after the growth"), 0)
+    harness.hub.ingest(NOTIFICATIONS_TOPIC, 1, [missed])
+    token = mint_token(JWT, user, Role.STUDENT, ttl=timedelta(hours=1))
+    client = await (
+        await harness.connect(
+            f"channel=users/{user}/notifications",
+            headers=[
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"last-event-id", b"n0:0"),  # the id of "seen", written before the growth
+            ],
+            path=EVENTS,
+        )
+    ).start()
+    live = record_of(notification_event(user, "n3", "live"), 1)
+    harness.hub.ingest(NOTIFICATIONS_TOPIC, 1, [live])
+    [first] = await client.events(1)
+    assert (first["event"], first["id"]) == ("resync", "n1:0"), first
+    assert data(first) == {
+        "channel": f"users/{user}/notifications",
+        "reason": "history-unavailable",  # the page reloads its notifications
+    }
+    [then] = await client.events(1)
+    assert (then["event"], then["id"]) == ("notification", "n1:1")
+
+
+async def test_a_resume_whose_channels_exchanged_partitions_replays_both_layouts(
+    harness: Harness,
+) -> None:
+    """Growing from three partitions to four can swap two channels' partitions: instructor
+    ``a`` was on p and is on q now, ``b`` the other way round, so an id written with the
+    old layout names exactly the stream's partitions. ``a``'s update written to p before
+    the growth, after the client's position, must be replayed too. On main p was read
+    back for ``b`` only: ``a`` v2 was never sent."""
+    by_move: dict[tuple[int, int], str] = {}
+    for n in range(1000):
+        moved = tuple(hashed_to(f"i{n}".encode(), count) for count in (3, 4))
+        by_move.setdefault((moved[0], moved[1]), f"i{n}")
+    (p, q), a = next(
+        (move, owner)
+        for move, owner in by_move.items()
+        if move[0] != move[1] and (move[1], move[0]) in by_move
+    )
+    b = by_move[(q, p)]
+    for part in range(4):
+        harness.hub.assign(SCHEDULE_TOPIC, part, 0, 4)
+    for owner in (a, b):
+        harness.source.snapshots[owner] = snapshot(owner, [])
+    harness.hub.ingest(  # before the growth: a on p, b on q; the client saw offsets 0
+        SCHEDULE_TOPIC,
+        p,
+        [record_of(slot_event(a, "sa", 1), 0), record_of(slot_event(a, "sa", 2), 1)],
+    )
+    harness.hub.ingest(SCHEDULE_TOPIC, q, [record_of(slot_event(b, "sb", 1), 0)])
+    # after it: a on q, b on p
+    harness.hub.ingest(SCHEDULE_TOPIC, p, [record_of(slot_event(b, "sb", 2), 2)])
+    harness.hub.ingest(SCHEDULE_TOPIC, q, [record_of(slot_event(a, "sa", 3), 1)])
+    old_id = ".".join(f"s{part}:0" for part in sorted((p, q)))
+    client = await (
+        await harness.connect(
+            f"channel=instructors/{a}/schedule&channel=instructors/{b}/schedule",
+            headers=[(b"last-event-id", old_id.encode())],
+            path=EVENTS,
+        )
+    ).start()
+    harness.hub.ingest(SCHEDULE_TOPIC, q, [record_of(slot_event(a, "sa", 4), 2)])
+    got: list[tuple[str, object, object]] = []
+    while (a, 4) not in [(owner, version) for _, owner, version in got]:  # the live one
+        [e] = await client.events(1)
+        got.append((e["event"], data(e)["instructorid"], data(e)["version"]))
+    assert sorted(got, key=str) == sorted(
+        [("slot", a, 2), ("slot", b, 2), ("slot", a, 3), ("slot", a, 4)], key=str
+    ), got
 
 
 async def test_a_resync_record_read_back_from_kafka_is_not_filtered_out(

@@ -119,11 +119,21 @@ class CatchUp:
         wrote), before its start, or more than ``max_resume_lag`` records behind its end.
         Those start fresh — a snapshot, or a ``resync`` frame for notifications — at once:
         an anonymous client must not be able to make the gateway read (or wait for) history
-        of its choosing."""
+        of its choosing.
+
+        An id names exactly the partitions of its stream's channels. One naming others was
+        written for another channel set or partition layout (partitions were added since:
+        a channel's earlier records are on another partition than its next ones), and one
+        with a refused component may be too; then every partition starts fresh. A replay
+        reads each of its partitions for all the stream's channels of that topic
+        (``stream._layout``), so where the channels of one stream exchanged partitions the
+        records of both layouts are replayed."""
         honoured: dict[PartitionKey, int] = {}
         lost: set[PartitionKey] = set()
-        for key in connection.partitions:
+        partitions = connection.partitions
+        for key in partitions:
             if key not in resume:
+                lost.add(key)
                 continue
             after = resume[key]
             start, end = self.bounds.bounds(self.hub.topic_of(key), key[1])
@@ -131,6 +141,9 @@ class CatchUp:
                 lost.add(key)
             else:
                 honoured[key] = after
+        if lost or len(resume) != len(partitions):
+            lost = set(partitions)
+            honoured = {}
         if lost:
             self.stats.resumes_refused += len(lost)
             log.info("resume point refused", partitions=sorted(f"{k[0]}{k[1]}" for k in lost))

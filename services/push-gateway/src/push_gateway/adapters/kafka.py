@@ -39,6 +39,7 @@ from push_gateway.adapters.records import (
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.fetch_wait import FetchWait
 from push_gateway.domain.hub import ChannelHub, Record
+from push_gateway.domain.layout import LayoutChange, layout_changes
 from push_gateway.timing import IngestTiming
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,8 @@ class KafkaIngest:
         self._task: asyncio.Task[None] | None = None
         self._catch_up_to: dict[TopicPartition, int] = {}
         self._beginnings: dict[TopicPartition, int] = {}
+        #: topic → the number of partitions read (fixed at start: see ``layout_changes``)
+        self._assigned: dict[str, int] = {}
         self.caught_up = False
         self.lag = 0
         self._lag_checked = 0.0
@@ -107,6 +110,7 @@ class KafkaIngest:
             max_poll_records=self._settings.max_poll_records,
             auto_offset_reset="latest",
             key_deserializer=lean_keys,  # records as IngestRecord tuples (adapters/records.py)
+            metadata_max_age_ms=self._settings.metadata_max_age_ms,
         )
         await consumer.start()
         self._consumer = consumer
@@ -117,6 +121,7 @@ class KafkaIngest:
         beginnings = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         counts = {t: sum(1 for tp in partitions if tp.topic == t) for t in self._topics}
+        self._assigned = counts
         starts = {tp: max(beginnings[tp], ends[tp] - self._backfill) for tp in partitions}
         brokers = AiokafkaBrokers(consumer)
         lean = self._settings.fetch_loop == "lean" and (
@@ -169,6 +174,20 @@ class KafkaIngest:
             now_at=now,
         )
         self._hub.restart(topic, partition, now)
+
+    def layout_changes(self) -> list[LayoutChange]:
+        """The data topics whose partition count in aiokafka's cluster metadata (refreshed
+        every ``metadata_max_age_ms``, and after fetch errors) differs from the partitions
+        this ingest reads. Two dict lookups: the server asks once a second, never per
+        record."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        found: dict[str, int | None] = {}
+        for topic in self._assigned:
+            partitions = consumer.partitions_for_topic(topic)
+            found[topic] = len(partitions) if partitions else None
+        return layout_changes(self._assigned, found)
 
     async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         deadline = time.monotonic() + 30

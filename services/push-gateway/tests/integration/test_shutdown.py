@@ -4,10 +4,8 @@ import asyncio
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -16,9 +14,22 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint, create_topics
 from slotstream_testkit.net import free_port
 
-from .conftest import FakeBookingApi, start_gateway_process
+from .conftest import FakeBookingApi, start_gateway_process, wait_ready
 
 pytestmark = pytest.mark.integration
+
+
+def schedule_stream(port: int, instructor: str) -> tuple[socket.socket, bytes]:
+    """A raw SSE client of ``instructor``'s schedule, and what it received up to its snapshot."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=15)
+    client.sendall(
+        f"GET /api/book-now/schedule-updates?instructorId={instructor} HTTP/1.1\r\n"
+        "Host: x\r\n\r\n".encode()
+    )
+    received = b""
+    while b"event: snapshot" not in received:
+        received += client.recv(65536)
+    return client, received
 
 
 def websocket_subscribed(port: int, channel: str) -> socket.socket:
@@ -54,22 +65,8 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         GATEWAY_SHUTDOWN_RETRY_JITTER_MS="1000",
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not become ready"
-            time.sleep(0.1)
-        client = socket.create_connection(("127.0.0.1", port), timeout=10)
-        client.sendall(
-            b"GET /api/book-now/schedule-updates?instructorId=term1 HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
-        received = b""
-        while b"event: snapshot" not in received:
-            received += client.recv(65536)
+        wait_ready(process, f"http://127.0.0.1:{port}/readyz", log)
+        client, received = schedule_stream(port, "term1")
         ws = websocket_subscribed(port, "instructors/term1/schedule")
         process.send_signal(signal.SIGTERM)
         while chunk := client.recv(65536):
@@ -123,22 +120,8 @@ def test_partitions_added_under_a_gateway_end_its_streams_and_the_process_for_a_
         GATEWAY_SHUTDOWN_RETRY_JITTER_MS="0",
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not become ready"
-            time.sleep(0.1)
-        client = socket.create_connection(("127.0.0.1", port), timeout=15)
-        client.sendall(
-            b"GET /api/book-now/schedule-updates?instructorId=grow1 HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
-        received = b""
-        while b"event: snapshot" not in received:
-            received += client.recv(65536)
+        wait_ready(process, f"http://127.0.0.1:{port}/readyz", log)
+        client, received = schedule_stream(port, "grow1")
         asyncio.run(recreate_with_more_partitions(kafka, topics.schedule, 5))  # was 3
         while chunk := client.recv(65536):
             received += chunk

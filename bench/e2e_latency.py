@@ -74,7 +74,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -539,6 +539,9 @@ class Phase:
     #: per booking, ms: see :func:`booking_stages`
     stages: list[tuple[float, float, float, float | None]] = field(default_factory=list)
     missed: int = 0
+    #: the bookings some client did not see within ``FRAME_TIMEOUT_SECONDS``: which, and
+    #: how many clients (where to look when a run reports frames missed)
+    missed_bookings: list[dict[str, Any]] = field(default_factory=list)
     #: frames through the edge whose segment the tap did not see: the socket's stamp stands
     stamped_at_the_socket: int = 0
     booked: int = 0
@@ -586,6 +589,16 @@ async def run_phase(
             continue
         phase.booked += 1
         phase.missed += report["missed"]
+        if report["missed"]:
+            missed = {
+                "slot": slot_id,
+                "instructor": instructor,
+                "clients": report["missed"],
+                "straight_from_a_gateway": report["missed_straight_from_a_gateway"],
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            }
+            phase.missed_bookings.append(missed)
+            print(f"  frames missed: {missed}", file=sys.stderr)
         phase.stamped_at_the_socket += report["stamped_at_the_socket"]
         arrivals: list[int] = report["arrivals"]
         committed = await slot_updated_at(api, instructor, slot_id)
@@ -817,6 +830,7 @@ def pooled_phase(name: str, runs: list[tuple[Phase, dict[str, Any]]]) -> dict[st
         pool.response_to_frame_ns += phase.response_to_frame_ns
         pool.stages += phase.stages
         pool.missed += phase.missed
+        pool.missed_bookings += phase.missed_bookings
         pool.stamped_at_the_socket += phase.stamped_at_the_socket
         pool.booked += phase.booked
         pool.failed += phase.failed
@@ -866,6 +880,7 @@ def summary(phase: Phase, seconds: float, delivered: int, clients: int) -> dict[
         "booking_failures": phase.failed,
         "frames_measured": len(phase.response_to_frame_ns),
         "frames_missed": phase.missed,
+        "missed_bookings": phase.missed_bookings,
         "frames_stamped_at_the_socket": phase.stamped_at_the_socket,
         "commit_to_frame_ms": quantiles(phase.commit_to_frame_ns),
         "commit_to_read_ms": quantiles(phase.commit_to_read_ns),

@@ -36,10 +36,17 @@ def frame(seq: int, channel: str, ts: int = 0) -> bytes:
 def test_a_frame_that_never_arrived_is_counted_as_missed() -> None:
     """e2e_latency's load client, for one watched slot: clients 1 (through the edge) and 3
     (straight from a gateway) never saw the frame within the timeout. The run reports
-    them as missed (its ``frames_missed``) instead of the load client dying on them."""
+    them as missed (its ``frames_missed``) instead of the load client dying on them, and
+    says how many of those were straight on a gateway (the edge's share of a miss)."""
     members = [(0, False), (1, False), (2, True), (3, True)]
     report = arrivals_report(members, {0: 100, 2: 300}, {0: 140, 2: 310})
-    assert report == {"arrivals": [100], "direct": [300], "missed": 2, "read": [140]}
+    assert report == {
+        "arrivals": [100],
+        "direct": [300],
+        "missed": 2,
+        "missed_straight_from_a_gateway": 1,
+        "read": [140],
+    }
 
 
 def test_a_duplicate_does_not_hide_a_loss() -> None:

@@ -196,7 +196,8 @@ def arrivals_report(
 ) -> dict[str, Any]:
     """What ``bench/e2e_latency.py``'s load client reports for one watched frame: when it
     arrived at each client that saw it (``members``: client number, whether it is connected
-    straight to a gateway rather than through the edge), how many never saw it, and when
+    straight to a gateway rather than through the edge), how many never saw it (and how
+    many of those were straight on a gateway: a miss there is not the edge's), and when
     the load client read it at the clients through the edge (``read``: later than the
     arrival by the load client's own queue)."""
     clients = list(members)
@@ -204,6 +205,9 @@ def arrivals_report(
         "arrivals": [arrived[n] for n, direct in clients if not direct and n in arrived],
         "direct": [arrived[n] for n, direct in clients if direct and n in arrived],
         "missed": sum(1 for n, _ in clients if n not in arrived),
+        "missed_straight_from_a_gateway": sum(
+            1 for n, direct in clients if direct and n not in arrived
+        ),
         "read": [read[n] for n, direct in clients if not direct and n in read],
     }
 

@@ -150,6 +150,15 @@ class ChannelSubscribers:
             len(self.pending) + len(self.ws_live) + sum(len(group) for group in self.live.values())
         )
 
+    def drop_live(self, subscriber: Subscriber) -> None:
+        """``subscriber`` no longer gets records written straight to it (if it did)."""
+        self.ws_live.pop(subscriber, None)
+        live = self.live.get(subscriber.partitions)
+        if live is not None:
+            live.pop(subscriber, None)
+            if not live:
+                del self.live[subscriber.partitions]
+
 
 class PrivateSubscribers:
     """Local subscribers of one user's private channel, one :class:`ChannelSubscribers`
@@ -469,12 +478,7 @@ class ChannelHub:
         for channel in self._subscribers.get(subscriber, ()):
             group = self._group(subscriber, channel)
             assert group is not None
-            group.ws_live.pop(subscriber, None)
-            live = group.live.get(subscriber.partitions)
-            if live is not None:
-                live.pop(subscriber, None)
-                if not live:
-                    del group.live[subscriber.partitions]
+            group.drop_live(subscriber)
             group.pending[subscriber] = None
 
     def detach(self, subscriber: Subscriber) -> None:
@@ -483,12 +487,7 @@ class ChannelHub:
             if group is None:
                 continue
             group.pending.pop(subscriber, None)
-            group.ws_live.pop(subscriber, None)
-            live = group.live.get(subscriber.partitions)
-            if live is not None:
-                live.pop(subscriber, None)
-                if not live:
-                    del group.live[subscriber.partitions]
+            group.drop_live(subscriber)
             if group.pending or group.live or group.ws_live:
                 continue
             key = channel.record_key

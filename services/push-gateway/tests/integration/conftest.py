@@ -3,6 +3,7 @@ fake booking-api serving snapshots over HTTP."""
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -156,6 +157,18 @@ def start_gateway_process(
             stderr=stderr,
             start_new_session=True,
         )
+
+
+def stop_gateway_process(process: "subprocess.Popen[bytes]") -> int:
+    """SIGTERM (if it still runs) and its exit status; its whole session is killed if it
+    has not stopped within 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(5)
 
 
 def wait_ready(process: "subprocess.Popen[bytes]", url: str, log: Path) -> None:

@@ -21,7 +21,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
-from .conftest import FakeBookingApi, start_gateway_process, wait_ready
+from .conftest import FakeBookingApi, start_gateway_process, stop_gateway_process, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,7 @@ class Gateway:
         wait_ready(self.process, f"http://127.0.0.1:{self.port}/readyz", self.log)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait(5)
+        return stop_gateway_process(self.process)
 
 
 class StartGateway(Protocol):

@@ -17,7 +17,7 @@ from slotstream_contracts.settings import TopicSettings
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port, free_port_block
 
-from .conftest import FakeBookingApi, start_gateway_process, wait_ready
+from .conftest import FakeBookingApi, start_gateway_process, stop_gateway_process, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +61,7 @@ def workers(
         started.wait_ready()
         yield started
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop_gateway_process(process)
 
 
 def test_two_workers_share_the_port_each_with_its_own_instance(workers: Workers) -> None:

@@ -102,6 +102,17 @@ class GatewayCollector(Collector):
             self._ingest.fetch_errors + (fetcher.counters.errors if fetcher is not None else 0),
         )
         yield _counter(
+            "gateway_fetch_holes",
+            "Fetch answers with a batch missing before later ones (the broker had not stored "
+            "it yet): fetched again",
+            fetcher.counters.holes if fetcher is not None else 0,
+        )
+        yield _counter(
+            "gateway_fetch_holes_skipped",
+            "Holes still there after the wait: read past, counted in offset resets too",
+            fetcher.counters.holes_skipped if fetcher is not None else 0,
+        )
+        yield _counter(
             "gateway_offset_resets",
             "Partitions moved to the end of the log after OFFSET_OUT_OF_RANGE",
             self._ingest.offset_resets,

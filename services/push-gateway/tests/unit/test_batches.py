@@ -165,6 +165,49 @@ def test_taking_in_steps_gives_the_same_records(specs: list[Batch], steps: list[
         assert (found, reader.next_offset) == expected
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=st.lists(batch_strategy, min_size=2, max_size=4),
+    at=st.integers(min_value=1, max_value=3),
+    hole=st.integers(min_value=1, max_value=50),
+)
+def test_a_contiguous_reader_stops_at_a_hole_between_batches(
+    specs: list[Batch], at: int, hole: int
+) -> None:
+    """A batch starting past the end of the one before (a broker that answered without a
+    batch it gave offsets to): read as contiguous, the records end before it, the next
+    fetch is the hole's first offset and ``hole_end`` where the stored batch starts; read
+    as a compacted topic's, every record (both readers alike)."""
+    at = min(at, len(specs) - 1)
+    before = fetch(specs[:at])
+    hole_start = 0
+    for spec in specs[:at]:
+        _, hole_start = build(hole_start, spec)
+    after = fetch(specs[at:], hole_start + hole)
+    expected_before = as_tuples(_batches.decode_batches(before, 0, True, IngestRecord))
+    expected_all = as_tuples(_batches.decode_batches(before + after, 0, True, IngestRecord))
+    for reader_type in READERS.values():
+        reader = reader_type(before + after, 0, True, IngestRecord, contiguous=True)
+        found = [tuple(r) for r in reader.take(1000)]
+        assert reader.done
+        assert (found, reader.next_offset) == expected_before
+        assert (reader.scan_next, reader.hole_end) == (hole_start, hole_start + hole)
+        loose = reader_type(before + after, 0, True, IngestRecord)
+        assert ([tuple(r) for r in loose.take(1000)], loose.next_offset) == expected_all
+        assert loose.hole_end == -1
+
+
+def test_a_contiguous_reader_reads_a_first_batch_holding_the_fetch_offset() -> None:
+    """A broker answers from the batch holding the fetch offset: it starts before the
+    offset, which is no hole."""
+    spec = Batch(0, False, False, [(b"k", b"v", [], 0, 0)] * 4)
+    data = fetch([spec, spec], 10)
+    for reader_type in READERS.values():
+        reader = reader_type(data, 12, True, IngestRecord, contiguous=True)
+        assert [r.offset for r in reader.take(100)] == [12, 13, 14, 15, 16, 17]
+        assert (reader.scan_next, reader.hole_end) == (18, -1)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     spec=batch_strategy,

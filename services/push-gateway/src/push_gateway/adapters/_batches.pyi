@@ -6,6 +6,7 @@ class BatchReader:
     next_offset: int
     scan_next: int
     scan_records: int
+    hole_end: int
     def __init__(
         self,
         data: bytes,
@@ -14,6 +15,7 @@ class BatchReader:
         record_type: Any,
         start: int = 0,
         end: int = -1,
+        contiguous: bool = False,
     ) -> None: ...
     def take(self, max_records: int) -> list[Any]: ...
 

@@ -140,7 +140,7 @@ cdef class BatchReader:
     cdef object error
     cdef _CeTypes ce_types
     cdef readonly bint done, legacy
-    cdef readonly int64_t next_offset, scan_next, scan_records
+    cdef readonly int64_t next_offset, scan_next, scan_records, hole_end
 
     def __init__(
         self,
@@ -150,10 +150,11 @@ cdef class BatchReader:
         object record_type,
         Py_ssize_t start=0,
         Py_ssize_t end=-1,
+        bint contiguous=False,
     ):
         cdef const uint8_t* buf = <const uint8_t*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data), pos
-        cdef int64_t length, batch_next, count
+        cdef int64_t length, batch_next, count, base
         if end < 0 or end > size:
             end = size
         if start < 0:
@@ -164,6 +165,7 @@ cdef class BatchReader:
         self.end = end
         self.scan_next = fetch_offset
         self.scan_records = 0
+        self.hole_end = -1
         self.data = data
         self.fetch_offset = fetch_offset
         self.next_offset = fetch_offset
@@ -184,7 +186,13 @@ cdef class BatchReader:
                 self.legacy = True
                 break
             if end - pos >= HEADER_SIZE:
-                batch_next = _int64(&buf[pos]) + _int32(&buf[pos + 23]) + 1
+                base = _int64(&buf[pos])
+                if contiguous and base > self.scan_next:
+                    # a hole before this batch: the records end here (see batches.py)
+                    self.hole_end = base
+                    self.end = pos
+                    break
+                batch_next = base + _int32(&buf[pos + 23]) + 1
                 if batch_next > self.scan_next:
                     self.scan_next = batch_next
                 if not (buf[pos + 22] & 0x20):

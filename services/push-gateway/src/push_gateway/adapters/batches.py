@@ -86,6 +86,13 @@ class BatchReader:
     error in the same call are returned first, the error raised by the next call (so the
     consumer's position moves past them, as with aiokafka's records). ``next_offset``: where
     to fetch next once ``done``.
+
+    ``contiguous``: the topic's offsets have no holes (``cleanup.policy=delete``: the data
+    topics), so a batch that starts past the offset after the batches before it means the
+    broker answered without one it has given offsets to (Tansu stores a produce request's
+    batch after raising the high watermark: another producer's later batch can be there
+    first). The records then end before that batch, and ``hole_end`` is where it starts
+    (-1: no hole); ``scan_next`` is the hole's first offset, fetched again.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class BatchReader:
         record_type: Any,
         start: int = 0,
         end: int = -1,
+        contiguous: bool = False,
     ) -> None:
         self.data = data
         self.fetch_offset = fetch_offset
@@ -116,6 +124,7 @@ class BatchReader:
         #: next fetch starts when every batch decodes), and the records of the data batches
         self.scan_next = fetch_offset
         self.scan_records = 0
+        self.hole_end = -1
         pos, size = start, self._end
         while size - pos >= LOG_OVERHEAD:
             length = int.from_bytes(data[pos + 8 : pos + 12], "big", signed=True)
@@ -127,6 +136,10 @@ class BatchReader:
                 break
             if end_at - pos >= HEADER_SIZE:
                 base = int.from_bytes(data[pos : pos + 8], "big", signed=True)
+                if contiguous and base > self.scan_next:
+                    self.hole_end = base
+                    self._end = pos
+                    break
                 last_delta = int.from_bytes(data[pos + 23 : pos + 27], "big", signed=True)
                 self.scan_next = max(self.scan_next, base + last_delta + 1)
                 if not data[pos + 22] & 0x20:

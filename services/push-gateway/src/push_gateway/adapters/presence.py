@@ -135,6 +135,7 @@ class KafkaPresenceBus:
                 client_id=common["client_id"],
                 request_timeout_seconds=self._settings.request_timeout_ms / 1000,
                 max_wait_ms=self._fetch_wait_ms,
+                hole_wait_seconds=0,  # compacted: holes are records compaction removed
             )
             self._task = asyncio.create_task(self._read_lean(self._fetcher), name="presence-reader")
             return

@@ -98,6 +98,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the stack and the fan-out tools
 from bench.fanout import (  # noqa: E402
     _descendants,
+    gateway_counter,
     gateway_timings,
     own_cpu_seconds,
     percentile,
@@ -761,6 +762,12 @@ async def measure(
                     k: v
                     for k, v in gateway_timings(before, after).items()
                     if k.startswith(("fetch_delay", "write_delay", "loop_lag"))
+                }
+                | {
+                    # holes in the broker's answers, fetched again / read past (Tansu)
+                    name: gateway_counter(after, f"gateway_{name}")
+                    - gateway_counter(before, f"gateway_{name}")
+                    for name in ("fetch_holes", "fetch_holes_skipped")
                 }
                 for before, after in zip(metrics_before, metrics_after, strict=True)
             ]

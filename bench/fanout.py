@@ -51,6 +51,7 @@ from typing import Any, Final
 import httpx
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from slotstream_testkit.benchkit import (
     StreamCount,
@@ -768,6 +769,14 @@ def gateway_timings(before: str, after: str) -> dict[str, float | None]:
     return out
 
 
+def gateway_counter(text: str, name: str) -> float:
+    """A counter's value in a ``/metrics`` scrape (0 when the gateway has none)."""
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return 0.0
+
+
 # -- a bare Kafka consumer beside the gateway: the broker's share of the latency ------------
 async def probe_consumer(bootstrap: str, topic: str, seconds: float, ready: Path) -> dict[str, Any]:
     """Read ``topic`` like the gateway does (all partitions, no group, 5 ms long-poll) and do
@@ -1008,10 +1017,7 @@ async def run_ingest(gateway: GatewayServer, args: argparse.Namespace, tmp: Path
 
 
 async def fetch_rounds(gateway: GatewayServer) -> float:
-    for line in (await gateway.metrics_text()).splitlines():
-        if line.startswith("gateway_fetch_rounds_total "):
-            return float(line.split()[1])
-    return 0.0
+    return gateway_counter(await gateway.metrics_text(), "gateway_fetch_rounds")
 
 
 async def run_fixed_cost(

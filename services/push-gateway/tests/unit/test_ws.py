@@ -553,6 +553,29 @@ async def test_garbage_text_closes_with_policy(harness: Harness) -> None:
     assert client.close_frame.data[:2] == CloseCode.POLICY.to_bytes(2, "big")
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"op":"ping","x":"\xff"}',  # a byte no UTF-8 text holds
+        b'{"op":"unsubscribe","channel":"\xed\xa0\x80"}',  # an encoded surrogate
+        b'{"op":"unsubscribe","channel":"\xc0\xaf"}',  # an overlong "/"
+    ],
+)
+async def test_a_text_message_that_is_not_utf8_closes_with_1007(
+    harness: Harness, payload: bytes
+) -> None:
+    """RFC 6455 8.1 and 7.4.1: a text message that is not UTF-8 fails the connection with
+    1007, not as an unreadable op (on main: 1008)."""
+    client = await harness.client()
+    assert client.connection is not None
+    client.connection.data_received(Frame(Opcode.TEXT, payload).serialize(mask=True))
+    messages = client.messages()
+    assert client.close_frame is not None
+    assert client.close_frame.data[:2] == (1007).to_bytes(2, "big")
+    assert messages[-1]["event"] == "bye"
+    assert not harness.ws.connections
+
+
 async def test_slow_consumer_closes_with_4008(harness: Harness) -> None:
     client = await harness.subscribed()
     assert client.transport.high == 32_768

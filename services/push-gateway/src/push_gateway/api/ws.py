@@ -246,7 +246,16 @@ class WsConnection(asyncio.Protocol):
             if self.closed:
                 continue
             if event.opcode is Opcode.TEXT and event.fin:
-                self._message(bytes(event.data))
+                message = bytes(event.data)
+                if not message.isascii():
+                    # The library leaves text to its reader (its parser checks only close
+                    # reasons); RFC 6455 8.1 and 7.4.1: not UTF-8 fails the connection, 1007.
+                    try:
+                        message.decode()
+                    except UnicodeDecodeError:
+                        self.close(CloseCode.INVALID_DATA, "text message is not UTF-8")
+                        continue
+                self._message(message)
             elif event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 self.close(CloseCode.UNSUPPORTED_DATA, "only unfragmented text messages")
             elif event.opcode is Opcode.CLOSE:

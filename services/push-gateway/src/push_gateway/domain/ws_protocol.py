@@ -30,6 +30,7 @@ class CloseCode(IntEnum):
 
     SHUTDOWN = 1001  # going away: reconnect (to another instance) with your positions
     UNSUPPORTED_DATA = 1003  # a binary message
+    INVALID_DATA = 1007  # a text message that is not UTF-8 (RFC 6455 8.1)
     POLICY = 1008  # an unreadable or unknown op, a refused token or ticket
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013  # the booking-api could not give a snapshot: reconnect later

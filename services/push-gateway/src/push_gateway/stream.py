@@ -33,28 +33,39 @@ Layout = tuple[
 ]
 
 
-def write_catch_up(transport: asyncio.Transport, write: Writer, data: bytes, limit: int) -> None:
+def write_catch_up(
+    transport: asyncio.Transport,
+    write: Writer,
+    data: bytes,
+    limit: int,
+    on_end: Callable[[], None] | None = None,
+) -> None:
     """Write a stream's catch-up (head, snapshots, replay: ~1.9 MB for a month of 5-minute
     slots) with ``write`` on ``transport``, whose high-water mark ``limit``
     (``GATEWAY_MAX_PENDING_BYTES``) cuts off slow consumers. Most of a large catch-up
     waits in the transport however fast the client reads, so the mark is raised by the
     catch-up's size: only unsent bytes beyond it count. It is set back to ``limit`` once
-    the unsent output is within ``limit`` again (checked on the timer grid, not per write).
+    the unsent output is within ``limit`` again (checked on the timer grid, not per write),
+    and then ``on_end`` is called: every allowance on ``transport`` has ended.
     A client that never reads is cut off once ``limit`` more bytes than its catch-up wait."""
     high = transport.get_write_buffer_limits()[1]
     transport.set_write_buffer_limits(high=high + len(data))
     write(data)
-    _end_allowance(transport, limit)
+    _end_allowance(transport, limit, on_end)
 
 
-def _end_allowance(transport: asyncio.Transport, limit: int) -> None:
+def _end_allowance(
+    transport: asyncio.Transport, limit: int, on_end: Callable[[], None] | None
+) -> None:
     if transport.is_closing():
         return
     if transport.get_write_buffer_size() <= limit:
         transport.set_write_buffer_limits(high=limit)
+        if on_end is not None:
+            on_end()
         return
     loop = asyncio.get_running_loop()
-    loop.call_at(next_on_grid(loop.time()), _end_allowance, transport, limit)
+    loop.call_at(next_on_grid(loop.time()), _end_allowance, transport, limit, on_end)
 
 
 @lru_cache(maxsize=4096)

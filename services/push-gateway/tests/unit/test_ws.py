@@ -637,6 +637,83 @@ async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
         writer.close()
 
 
+async def open_over_socketpair(
+    harness: Harness,
+) -> tuple[asyncio.Transport, WsConnection, ClientProtocol, socket.socket]:
+    """A WebSocket on a real socket whose client side holds only a few kB unread."""
+    server_sock, client_sock = socket.socketpair()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+    client = ClientProtocol(parse_uri("ws://gateway/v1/ws"), max_size=None)
+    request = client.connect()
+    client.send_request(request)
+    client.data_to_send()  # the request as uvicorn would have read it, handed over below
+    headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.raw_items()]
+    connection = harness.ws.open(transport, b"/v1/ws", headers)
+    assert connection is not None
+    transport.set_protocol(connection)
+    return transport, connection, client, client_sock
+
+
+async def test_a_client_that_reads_nothing_cannot_pile_up_catch_ups_by_resubscribing(
+    harness: Harness,
+) -> None:
+    """Each catch-up may wait in the transport beyond the pending limit, but only while its
+    subscription lasts: a client that never reads and subscribes and unsubscribes again and
+    again is a slow consumer (on main each round added the snapshot, 0.45 MB, to the
+    transport and to the allowance, and the client was never cut off)."""
+    harness.source.snapshots["i1"] = large_schedule()
+    transport, connection, client, client_sock = await open_over_socketpair(harness)
+    client.state = State.OPEN  # the 101 answer is left unread with the rest
+    try:
+        for _ in range(10):
+            for op in ("subscribe", "unsubscribe"):
+                client.send_text(orjson.dumps({"op": op, "channel": SCHEDULE}))
+                client_sock.send(b"".join(client.data_to_send()))
+                await settle()
+            if connection.closed:
+                break
+        assert connection.closed
+        assert harness.ws.stats.slow_disconnects == 1
+        assert transport.get_write_buffer_size() < 2 * len(large_schedule().model_dump_json())
+    finally:
+        client_sock.close()
+
+
+async def test_a_client_that_reads_its_catch_ups_may_resubscribe_at_will(
+    harness: Harness,
+) -> None:
+    harness.source.snapshots["i1"] = large_schedule()
+    _, connection, client, client_sock = await open_over_socketpair(harness)
+    reader, writer = await asyncio.open_connection(sock=client_sock)
+
+    async def read_until(event: str) -> None:
+        while True:
+            client.receive_data(await asyncio.wait_for(reader.read(1 << 16), 5))
+            for frame in client.events_received():
+                if isinstance(frame, Frame) and frame.opcode is Opcode.TEXT:
+                    if orjson.loads(frame.data)["event"] == event:
+                        return
+
+    try:
+        while client.state is State.CONNECTING:  # the 101 answer
+            client.receive_data(await asyncio.wait_for(reader.read(1 << 16), 5))
+            client.events_received()
+        for _ in range(4):
+            client.send_text(orjson.dumps({"op": "subscribe", "channel": SCHEDULE}))
+            writer.write(b"".join(client.data_to_send()))
+            await read_until("snapshot")
+            client.send_text(orjson.dumps({"op": "unsubscribe", "channel": SCHEDULE}))
+            writer.write(b"".join(client.data_to_send()))
+            await read_until("unsubscribed")
+        assert not connection.closed
+        assert harness.ws.stats.slow_disconnects == 0
+    finally:
+        writer.close()
+
+
 async def test_shutdown_closes_with_1001(harness: Harness) -> None:
     client = await harness.subscribed()
     await harness.ws.shutdown()

@@ -137,7 +137,7 @@ class _SubscriptionOutput(asyncio.Transport):
 class WsSubscription(SseConnection):
     """One channel of one WebSocket, served by the gateway like a one-channel SSE stream."""
 
-    __slots__ = ("owner",)
+    __slots__ = ("owner", "allowance", "allowance_round")
     #: the hub gives it the shared WebSocket frame (``ChannelHub.go_live``)
     websocket: ClassVar[bool] = True
 
@@ -155,12 +155,27 @@ class WsSubscription(SseConnection):
         self.owner = owner
         self.writer = owner.transport.write
         self.headers_sent = True  # the 101 answer was the head
+        #: bytes of its catch-ups the WebSocket's transport may hold beyond the pending
+        #: limit, granted in the owner's allowance round ``allowance_round``
+        self.allowance = 0
+        self.allowance_round = 0
 
     def output_catch_up(self, data: bytes, max_pending_bytes: int) -> None:
-        """As WebSocket frames, exempt from the limit of the WebSocket's own transport."""
+        """As WebSocket frames, exempt from the limit of the WebSocket's own transport while
+        this subscription lasts (see :meth:`WsConnection.subscription_ended`)."""
         owner = self.owner
-        if not owner.closed:
-            write_catch_up(owner.transport, owner.write, sse_to_ws(data), max_pending_bytes)
+        if owner.closed:
+            return
+        frames = sse_to_ws(data)
+        round_ = owner.allowance_round
+        write_catch_up(
+            owner.transport, owner.write, frames, max_pending_bytes, owner.allowances_ended
+        )
+        if owner.allowance_round != round_:
+            return  # sent at once: no allowance left
+        if self.allowance_round != round_:
+            self.allowance, self.allowance_round = 0, round_
+        self.allowance += len(frames)
 
     def close(self, reason: str | None, retry_ms: int | None = None) -> None:  # noqa: ARG002
         if self.state is StreamState.CLOSED:
@@ -184,6 +199,7 @@ class WsConnection(asyncio.Protocol):
         "expiry",
         "closed",
         "last_seen",
+        "allowance_round",
         "_subscribes",
         "_waiting",
         "_unparsed",
@@ -213,12 +229,19 @@ class WsConnection(asyncio.Protocol):
         self._waiting: list[bytes] | None = None
         #: bytes received but not yet returned as frames (0: the parser is between frames)
         self._unparsed = 0
+        #: counts the times the catch-up allowances on the transport ended (all at once)
+        self.allowance_round = 0
         transport.set_write_buffer_limits(high=server.gateway.settings.max_pending_bytes)
 
     # -- output ------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if data and not self.closed:
             self.transport.write(data)
+
+    def allowances_ended(self) -> None:
+        """The transport holds no more than the pending limit: every catch-up allowance
+        granted so far has ended (``stream.write_catch_up``)."""
+        self.allowance_round += 1
 
     def _parser(self) -> ServerProtocol:
         if self.protocol is None:
@@ -434,13 +457,29 @@ class WsConnection(asyncio.Protocol):
         channel = subscription.channels[0]
         if self.subscriptions.get(channel) is subscription:
             del self.subscriptions[channel]
-        if reason is None or self.closed:
+        if self.closed:
+            return
+        if subscription.allowance and subscription.allowance_round == self.allowance_round:
+            self._revoke_allowance(subscription.allowance)
+        if reason is None:
             return
         if reason == "instructor-unknown":
             problem = Problem(404, "Not Found", f"no instructor {channel.owner_id!r}")
             self._error("subscribe", channel.name, problem)
             return
         self.close(CLOSE_CODE_OF_REASON.get(reason, CloseCode.INTERNAL_ERROR), reason)
+
+    def _revoke_allowance(self, size: int) -> None:
+        """End the allowance of a subscription's catch-up still unsent when the subscription
+        ends: otherwise a client that reads nothing could pile up one catch-up (a snapshot,
+        up to ~2 MB) per subscribe, never passing the raised limit. What is left unsent
+        beyond the limit and the other subscriptions' allowances is a slow consumer."""
+        transport = self.transport
+        limit = self.server.gateway.settings.max_pending_bytes
+        high = max(limit, transport.get_write_buffer_limits()[1] - size)
+        transport.set_write_buffer_limits(high=high)
+        if transport.get_write_buffer_size() > high:
+            self.pause_writing()  # a transport that does not check on a new limit
 
     # -- authentication ----------------------------------------------------------------------
     def _authenticate_token(self, token: str) -> None:

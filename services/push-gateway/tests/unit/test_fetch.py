@@ -556,14 +556,15 @@ async def test_a_batch_the_broker_stores_after_a_later_one_is_waited_for() -> No
     await lean.close()
 
 
-async def test_a_hole_that_stays_is_read_past_after_the_wait_and_reported() -> None:
-    """Records a broker lost for good (its batch never stored): once the hole has lasted
-    ``hole_wait_seconds`` the fetch goes on past it, and the ingest hears of it as of an
-    offset reset (its subscribers start over with a ``resync``)."""
+def one_partition_with_a_hole(
+    hole_wait_seconds: float,
+) -> tuple[LeanFetcher, list[tuple[str, int, int, int]]]:
+    """A fetch loop over one partition whose offsets 2-3 were never stored (0-1 and 4-5
+    were), and the offset resets it reports."""
     cluster = FakeCluster({("s", 0): 1})
     fake = cluster.logs[("s", 0)]
     fake.append([b"a", b"b"])
-    fake.end += 2  # offsets 2-3: never stored
+    fake.end += 2
     fake.append([b"e", b"f"])
     resets: list[tuple[str, int, int, int]] = []
     lean = LeanFetcher(
@@ -572,9 +573,17 @@ async def test_a_hole_that_stays_is_read_past_after_the_wait_and_reported() -> N
         client_id="test",
         request_timeout_seconds=5,
         max_wait_ms=2,
-        hole_wait_seconds=0.1,
+        hole_wait_seconds=hole_wait_seconds,
         on_reset=lambda *a: resets.append(a),
     )
+    return lean, resets
+
+
+async def test_a_hole_that_stays_is_read_past_after_the_wait_and_reported() -> None:
+    """Records a broker lost for good (its batch never stored): once the hole has lasted
+    ``hole_wait_seconds`` the fetch goes on past it, and the ingest hears of it as of an
+    offset reset (its subscribers start over with a ``resync``)."""
+    lean, resets = one_partition_with_a_hole(hole_wait_seconds=0.1)
     got: list[int] = []
     started = asyncio.get_running_loop().time()
     skipped_after = None
@@ -597,21 +606,7 @@ async def test_a_hole_that_stays_is_read_past_after_the_wait_and_reported() -> N
 async def test_a_compacted_topics_holes_are_read_past_at_once() -> None:
     """The presence topic is compacted: holes there are records compaction removed, not a
     fault (``hole_wait_seconds=0``)."""
-    cluster = FakeCluster({("s", 0): 1})
-    fake = cluster.logs[("s", 0)]
-    fake.append([b"a", b"b"])
-    fake.end += 2
-    fake.append([b"e", b"f"])
-    resets: list[tuple[str, int, int, int]] = []
-    lean = LeanFetcher(
-        cluster,
-        [("s", 0, 0)],
-        client_id="test",
-        request_timeout_seconds=5,
-        max_wait_ms=2,
-        hole_wait_seconds=0,
-        on_reset=lambda *a: resets.append(a),
-    )
+    lean, resets = one_partition_with_a_hole(hole_wait_seconds=0)
     got: list[int] = []
     for item in await lean.next_round(1.0):
         while not item.reader.done:

@@ -588,14 +588,13 @@ async def test_slow_consumer_closes_with_4008(harness: Harness) -> None:
     assert harness.hub.subscriber_counts() == {}
 
 
-async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
+async def open_over_socketpair(
     harness: Harness,
-) -> None:
-    """Over a real socket that holds a few kB: a snapshot 13 times the limit, read as fast
-    as it comes, is not a slow consumer (on main: ``bye slow-consumer``, close 4008)."""
-    harness.source.snapshots["i1"] = large_schedule()
+) -> tuple[asyncio.Transport, WsConnection, ClientProtocol, socket.socket]:
+    """A WebSocket on a real socket whose client side holds only a few kB unread."""
     server_sock, client_sock = socket.socketpair()
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
     client = ClientProtocol(parse_uri("ws://gateway/v1/ws"), max_size=None)
@@ -606,6 +605,16 @@ async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
     connection = harness.ws.open(transport, b"/v1/ws", headers)
     assert connection is not None
     transport.set_protocol(connection)
+    return transport, connection, client, client_sock
+
+
+async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
+    harness: Harness,
+) -> None:
+    """Over a real socket that holds a few kB: a snapshot 13 times the limit, read as fast
+    as it comes, is not a slow consumer (on main: ``bye slow-consumer``, close 4008)."""
+    harness.source.snapshots["i1"] = large_schedule()
+    _, connection, client, client_sock = await open_over_socketpair(harness)
     reader, writer = await asyncio.open_connection(sock=client_sock)
     received: list[dict[str, Any]] = []
 
@@ -635,26 +644,6 @@ async def test_a_fast_client_gets_a_catch_up_larger_than_the_pending_limit(
         assert harness.ws.stats.slow_disconnects == 0
     finally:
         writer.close()
-
-
-async def open_over_socketpair(
-    harness: Harness,
-) -> tuple[asyncio.Transport, WsConnection, ClientProtocol, socket.socket]:
-    """A WebSocket on a real socket whose client side holds only a few kB unread."""
-    server_sock, client_sock = socket.socketpair()
-    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
-    client = ClientProtocol(parse_uri("ws://gateway/v1/ws"), max_size=None)
-    request = client.connect()
-    client.send_request(request)
-    client.data_to_send()  # the request as uvicorn would have read it, handed over below
-    headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.raw_items()]
-    connection = harness.ws.open(transport, b"/v1/ws", headers)
-    assert connection is not None
-    transport.set_protocol(connection)
-    return transport, connection, client, client_sock
 
 
 async def test_a_client_that_reads_nothing_cannot_pile_up_catch_ups_by_resubscribing(

@@ -502,7 +502,9 @@ export class WebSocketSubscription extends Subscription {
 
   _open(url) {
     this._since ??= new Map(); // channel → id of the last message received on it
+    this._asked ??= new Set(); // channels a subscribe was ever sent for
     this._refused = new Set(); // channels whose subscribe was refused for now, to send again
+    this._unresumed = new Set(); // subscribed again without `since`: announce once accepted
     this._socket?.close(1000, "replaced");
     const ticket = this._ticket;
     const socket = this.options.webSocketFactory(url);
@@ -581,14 +583,23 @@ export class WebSocketSubscription extends Subscription {
     }
   }
 
-  /** Resumed from the last id received on the channel (`since`), when there is one. */
+  /**
+   * Resumed from the last id received on the channel (`since`), when there is one. A
+   * notifications channel has none until a notification comes (it gets no snapshot), and
+   * subscribed again without one it starts at the end of the log: what came meanwhile is
+   * missed. Once accepted, that is announced as the gateway does when it cannot resume a
+   * notifications channel (`resync` `history-unavailable`), so the page reads it again.
+   */
   _subscribe(channel) {
     const since = this._since.get(channel);
+    if (!since && channel === this.notificationsChannel && this._asked.has(channel)) this._unresumed.add(channel);
+    this._asked.add(channel);
     this._send(since ? { op: "subscribe", channel, since } : { op: "subscribe", channel });
   }
 
   /** A subscribe was accepted: live again once no channel waits to be subscribed again. */
   _onSubscribed({ channel }) {
+    if (this._unresumed.delete(channel)) this._emit("resync", { channel, reason: "history-unavailable" });
     if (!this._refused.delete(channel) || this._refused.size) return;
     this._setStatus(Status.OPEN);
   }

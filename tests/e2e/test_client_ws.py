@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
-from tests.e2e.fakeserver import INSTRUCTOR, FakeEdge, make_slot
+from slotstream_contracts.entities import NotificationData, NotificationKind
+from tests.e2e.fakeserver import INSTRUCTOR, STUDENT, FakeEdge, make_slot
 
 pytestmark = pytest.mark.e2e
 
@@ -287,3 +288,64 @@ def test_websocket_pages_come_back_from_a_gateway_shutdown_spread_out(
     page.goto(f"{base_url}/slotstream-client.js")
     waits = [page.evaluate(SOCKET_SHUTDOWN, random) for random in (0, 0.5, 0.999)]
     assert waits == pytest.approx([500, 3000, 5495], abs=1)
+
+
+def test_notifications_missed_while_a_socket_was_down_are_loaded_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A notifications subscription gets no message with an ``id`` until a notification
+    comes (no snapshot), so a page that had none on its socket has no ``since`` for that
+    channel: subscribed again without one, the gateway starts at the end of the log and
+    what was notified while the socket was down (a gateway restart, a dead connection the
+    watchdog found) never arrives. The page must read its notifications (and bookings)
+    again, as after ``resync`` ``history-unavailable``."""
+    fake, base_url = fake_edge
+    tomorrow = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    fake.slots["a"] = make_slot("a", tomorrow)
+    errors: list[str] = []
+    page = context.new_page()
+    page.add_init_script(FAKE_WEBSOCKET)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}&as={STUDENT}&transport=websocket")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    schedule = f"instructors/{INSTRUCTOR}/schedule"
+    notifications = f"users/{STUDENT}/notifications"
+    snapshot = {
+        "channel": schedule,
+        "schedule": fake.snapshot().model_dump(mode="json", by_alias=True),
+    }
+    accept = """([n, snapshot, id, notifications]) => {
+      const socket = window.__sockets[n];
+      socket.onopen();
+      socket.deliver({ event: "subscribed", data: { channel: snapshot.channel } });
+      socket.deliver({ event: "snapshot", id, data: snapshot });
+      socket.deliver({ event: "subscribed", data: { channel: notifications } });
+    }"""
+    page.wait_for_function("() => window.__sockets.length === 1")
+    page.evaluate(accept, [0, snapshot, "s0:1", notifications])
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    expect(page.locator("#notif-list li")).to_have_count(0)
+
+    # The socket goes (a gateway restart); meanwhile the student's booking is cancelled.
+    page.evaluate("() => window.__sockets[0].onclose({ code: 1006, reason: '' })")
+    fake.notifications.append(
+        NotificationData(
+            id="6930c1e2000a100000000000",
+            user_id=STUDENT,
+            kind=NotificationKind.BOOKING_CANCELLED,
+            message="Your booking was cancelled.",
+            booking_id="fake-booking",
+            slot_id="a",
+            version=1,
+            created_at=datetime.now(UTC),
+        )
+    )
+    page.wait_for_function("() => window.__sockets.length === 2", timeout=10_000)
+    page.evaluate(accept, [1, snapshot, "s0:1", notifications])
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    resubscribed = page.evaluate("() => window.__sockets[1].sent")
+    assert {"op": "subscribe", "channel": notifications} in resubscribed  # no since to give
+    notes = page.locator("#notif-list li")
+    expect(notes).to_have_count(1)
+    expect(notes.first).to_contain_text("Your booking was cancelled.")
+    assert errors == []

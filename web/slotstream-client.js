@@ -48,6 +48,23 @@ const DATA_EVENTS = new Set(["snapshot", "slot", "booking", "notification", "res
 /** The ticket endpoint refused the token: retrying with it cannot help. */
 class SignInExpired extends Error {}
 
+/** No ticket now; `retryAfterMs` is the server's `Retry-After` (0 when it gave none). */
+class TicketUnavailable extends Error {
+  constructor(message, retryAfterMs = 0) {
+    super(message);
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** A response's `Retry-After` (seconds or an HTTP date) in milliseconds, else 0. */
+function retryAfterMs(response) {
+  const value = response.headers?.get?.("Retry-After");
+  if (!value) return 0;
+  const seconds = Number(value);
+  const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(value) - Date.now();
+  return ms > 0 ? ms : 0;
+}
+
 /**
  * Decode the (unverified) claims of a JWT, for display only: the server verifies tokens.
  * @param {string} token
@@ -245,7 +262,9 @@ export class Subscription extends EventTarget {
           this._setStatus(Status.CLOSED);
           return;
         }
-        this._scheduleRetry();
+        // A busy server's `Retry-After` (a full ticket store, the edge's rate limit) is
+        // waited out: every page asking again at once would keep it busy.
+        this._scheduleRetry(Status.DISCONNECTED, error.retryAfterMs ?? 0);
       },
     );
   }
@@ -263,7 +282,9 @@ export class Subscription extends EventTarget {
     if (response.status === 401) {
       throw new SignInExpired("Your sign-in has expired: sign in again to get live updates.");
     }
-    if (!response.ok) throw new Error(`no stream ticket (HTTP ${response.status})`);
+    if (!response.ok) {
+      throw new TicketUnavailable(`no stream ticket (HTTP ${response.status})`, retryAfterMs(response));
+    }
     const body = await response.json();
     if (typeof body.ticket !== "string" || !body.ticket) throw new Error("no stream ticket in the answer");
     return body.ticket;

@@ -441,3 +441,47 @@ def test_signed_in_pages_come_back_from_a_gateway_shutdown_spread_out(
     page.goto(f"{base_url}/slotstream-client.js")
     waits = [page.evaluate(GATEWAY_SHUTDOWN, random) for random in (0, 0.5, 0.999)]
     assert waits == pytest.approx([500, 3000, 5495], abs=1)
+
+
+TICKET_REFUSED_FOR_NOW = (
+    """async ([status, retryAfter]) => {
+  const { subscribe } = await import("/slotstream-client.js");
+"""
+    + FAKE_EVENT_SOURCE
+    + """
+  const waits = [];
+  let asked = 0;
+  const sub = subscribe("i1", {
+    initialBackoffMs: 10,
+    token: "a.b.c",
+    userId: "u1",
+    eventSourceFactory: (url) => new FakeEventSource(url),
+    fetch: async () => {
+      asked += 1;
+      return new Response(JSON.stringify({ title: "busy" }), {
+        status, headers: { "Retry-After": retryAfter, "Content-Type": "application/problem+json" },
+      });
+    },
+    onStatus: ({ retryInMs }) => { if (retryInMs != null) waits.push(retryInMs); },
+  });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  sub.close();
+  return { waits, asked };
+}"""
+)
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, "5"), (429, "2")])
+def test_a_ticket_request_answered_retry_after_waits_that_long(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str], status: int, retry_after: str
+) -> None:
+    """The booking-api answers ``POST /api/stream-tickets`` with ``503`` + ``Retry-After: 5``
+    when its ticket store is full (``1`` while it starts), the edge with ``429`` +
+    ``Retry-After: 2`` past its write rate. The page must wait that long, not ask again
+    after its own 250-500 ms back-off (every page at once, against a server that is full)."""
+    _, base_url = fake_edge
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    result = page.evaluate(TICKET_REFUSED_FOR_NOW, [status, retry_after])
+    assert result["asked"] == 1, result
+    assert result["waits"][0] >= int(retry_after) * 1000, result

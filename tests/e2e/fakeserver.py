@@ -24,7 +24,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from slotstream_contracts.entities import NotificationData, ScheduleSnapshot, SlotData, SlotStatus
+from slotstream_contracts.entities import (
+    NotificationData,
+    NotificationKind,
+    ScheduleSnapshot,
+    SlotData,
+    SlotStatus,
+)
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 INSTRUCTOR = "fake-instructor"
@@ -41,6 +47,20 @@ def student_token(exp: int = 4_000_000_000) -> str:
 
 
 STUDENT_TOKEN = student_token()
+
+
+def cancelled_notification() -> NotificationData:
+    """The student's booking of slot ``a`` cancelled, as the booking-api lists it."""
+    return NotificationData(
+        id="6930c1e2000a100000000000",
+        user_id=STUDENT,
+        kind=NotificationKind.BOOKING_CANCELLED,
+        message="Your booking was cancelled.",
+        booking_id="fake-booking",
+        slot_id="a",
+        version=1,
+        created_at=datetime.now(UTC),
+    )
 
 
 def make_slot(slot_id: str, start: datetime, version: int = 1, booked: bool = False) -> SlotData:

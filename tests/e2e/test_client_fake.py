@@ -17,6 +17,7 @@ from tests.e2e.fakeserver import (
     STUDENT,
     STUDENT_TOKEN,
     FakeEdge,
+    cancelled_notification,
     make_slot,
     student_token,
 )
@@ -251,18 +252,7 @@ def test_notifications_whose_history_is_gone_are_loaded_again(
     expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
     expect(page.locator("#notif-list li")).to_have_count(0)
 
-    fake.notifications.append(
-        NotificationData(
-            id="6930c1e2000a100000000000",
-            user_id=STUDENT,
-            kind=NotificationKind.BOOKING_CANCELLED,
-            message="Your booking was cancelled.",
-            booking_id="fake-booking",
-            slot_id="a",
-            version=1,
-            created_at=datetime.now(UTC),
-        )
-    )
+    fake.notifications.append(cancelled_notification())
     fake.send_resync(f"users/{STUDENT}/notifications", "history-unavailable")
     notes = page.locator("#notif-list li")
     expect(notes).to_have_count(1)

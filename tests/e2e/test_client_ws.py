@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext, expect
+from playwright.sync_api import BrowserContext, Page, expect
 
-from slotstream_contracts.entities import NotificationData, NotificationKind
-from tests.e2e.fakeserver import INSTRUCTOR, STUDENT, FakeEdge, make_slot
+from tests.e2e.fakeserver import INSTRUCTOR, STUDENT, FakeEdge, cancelled_notification, make_slot
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +116,21 @@ window.WebSocket = class FakeWebSocket {
 """
 
 
+def open_websocket_page(
+    context: BrowserContext, fake: FakeEdge, base_url: str, query: str
+) -> tuple[Page, list[str]]:
+    """The page on the WebSocket transport over ``FAKE_WEBSOCKET``, one free slot
+    tomorrow, ready; and the list its script errors go to."""
+    fake.slots["a"] = make_slot("a", datetime.now(UTC).replace(microsecond=0) + timedelta(days=1))
+    errors: list[str] = []
+    page = context.new_page()
+    page.add_init_script(FAKE_WEBSOCKET)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base_url}/?instructor={INSTRUCTOR}{query}&transport=websocket")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    return page, errors
+
+
 def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown_live(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:
@@ -124,14 +138,7 @@ def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown
     ``error`` 503 with ``retryAfter`` 1 and keeps the socket open (heartbeats): the page
     must not say "Live" meanwhile, and subscribes again after that second."""
     fake, base_url = fake_edge
-    tomorrow = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    fake.slots["a"] = make_slot("a", tomorrow)
-    errors: list[str] = []
-    page = context.new_page()
-    page.add_init_script(FAKE_WEBSOCKET)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base_url}/?instructor={INSTRUCTOR}&transport=websocket")
-    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page, errors = open_websocket_page(context, fake, base_url, "")
     channel = f"instructors/{INSTRUCTOR}/schedule"
     page.evaluate("() => window.__sockets[0].onopen()")
     assert page.evaluate("() => window.__sockets[0].sent") == [
@@ -300,14 +307,7 @@ def test_notifications_missed_while_a_socket_was_down_are_loaded_again(
     watchdog found) never arrives. The page must read its notifications (and bookings)
     again, as after ``resync`` ``history-unavailable``."""
     fake, base_url = fake_edge
-    tomorrow = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    fake.slots["a"] = make_slot("a", tomorrow)
-    errors: list[str] = []
-    page = context.new_page()
-    page.add_init_script(FAKE_WEBSOCKET)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{base_url}/?instructor={INSTRUCTOR}&as={STUDENT}&transport=websocket")
-    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page, errors = open_websocket_page(context, fake, base_url, f"&as={STUDENT}")
     schedule = f"instructors/{INSTRUCTOR}/schedule"
     notifications = f"users/{STUDENT}/notifications"
     snapshot = {
@@ -328,18 +328,7 @@ def test_notifications_missed_while_a_socket_was_down_are_loaded_again(
 
     # The socket goes (a gateway restart); meanwhile the student's booking is cancelled.
     page.evaluate("() => window.__sockets[0].onclose({ code: 1006, reason: '' })")
-    fake.notifications.append(
-        NotificationData(
-            id="6930c1e2000a100000000000",
-            user_id=STUDENT,
-            kind=NotificationKind.BOOKING_CANCELLED,
-            message="Your booking was cancelled.",
-            booking_id="fake-booking",
-            slot_id="a",
-            version=1,
-            created_at=datetime.now(UTC),
-        )
-    )
+    fake.notifications.append(cancelled_notification())
     page.wait_for_function("() => window.__sockets.length === 2", timeout=10_000)
     page.evaluate(accept, [1, snapshot, "s0:1", notifications])
     expect(page.locator("#conn-text")).to_have_text("Live")

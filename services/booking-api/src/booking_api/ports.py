@@ -116,8 +116,9 @@ class BookingRepository(Protocol):
     async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
         """The bookings of the instructor's slots, newest first."""
 
-    async def count_active_for_student(self, student_id: str, limit: int) -> int:
-        """How many active bookings the student holds, counted up to ``limit``."""
+    async def count_active_for_student(self, student_id: str, limit: int, now: datetime) -> int:
+        """How many active bookings the student holds of slots that end after ``now``,
+        counted up to ``limit`` (a lesson that is over holds nothing of the schedule)."""
 
 
 class NotificationRepository(Protocol):

@@ -252,7 +252,9 @@ class BookingService:
         now = self.now()
         bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
         limit = max_active_bookings
-        active = await self._storage.bookings.count_active_for_student(principal.user_id, limit)
+        active = await self._storage.bookings.count_active_for_student(
+            principal.user_id, limit, now
+        )
         bookings.ensure_within_quota(active, limit)
         booking_id = new_id()
         booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)

@@ -80,10 +80,31 @@ async def test_counting_a_students_active_bookings_up_to_a_limit(storage: Storag
         await storage.bookings.insert(booking(f"b{n}", f"s{n}"))
     await storage.bookings.insert(booking("other", "s9", student_id="st2"))
     await storage.bookings.cancel("b0", NOW)
-    assert await storage.bookings.count_active_for_student("st1", 10) == 3
-    assert await storage.bookings.count_active_for_student("st1", 2) == 2
-    assert await storage.bookings.count_active_for_student("i1", 10) == 0
-    assert await storage.bookings.count_active_for_student("nobody", 10) == 0
+    assert await storage.bookings.count_active_for_student("st1", 10, NOW) == 3
+    assert await storage.bookings.count_active_for_student("st1", 2, NOW) == 2
+    assert await storage.bookings.count_active_for_student("i1", 10, NOW) == 0
+    assert await storage.bookings.count_active_for_student("nobody", 10, NOW) == 0
+
+
+async def test_active_bookings_of_lessons_that_are_over_are_not_counted(
+    storage: Storage,
+) -> None:
+    """The quota counts what a student holds of the schedule: a booking whose slot has
+    ended (``slotEnd`` at or before ``now``) holds nothing."""
+    await storage.bookings.insert(booking("past", "s1"))
+    await storage.bookings.insert(
+        booking("later", "s2").model_copy(
+            update={
+                "slot_start": NOW + timedelta(days=2),
+                "slot_end": NOW + timedelta(days=2, hours=1),
+            }
+        )
+    )
+    lesson_end = NOW + timedelta(days=1, hours=1)
+    count = storage.bookings.count_active_for_student
+    assert await count("st1", 10, lesson_end - timedelta(milliseconds=1)) == 2
+    assert await count("st1", 10, lesson_end) == 1
+    assert await count("st1", 10, NOW + timedelta(days=3)) == 0
 
 
 async def test_insert_is_idempotent_by_booking_id(storage: Storage) -> None:

@@ -1,6 +1,7 @@
 """Issue 10 on the API: decisions on role and id, names, quota, caching, docs."""
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -256,6 +257,47 @@ async def test_a_student_holds_at_most_the_quota_of_active_bookings(
         await book(client, auth, slots[2], "s2")  # another student is not affected
         await client.delete(f"/api/bookings/{first}", headers=auth("s1"))
         await book(client, auth, slots[3], "s1")
+
+
+async def test_bookings_whose_lesson_is_over_leave_the_quota(
+    settings: Settings, memory_storage: MemoryStorage, auth: AuthHeaders
+) -> None:
+    """The quota bounds what a student holds of the schedule: a lesson that has ended
+    holds nothing, so a student with a history of lessons still books the next one (it was
+    409 quota-exceeded for good after ``limit`` lessons, "cancel one first" meaning
+    cancelling a lesson already given)."""
+    now = [datetime.now(UTC).replace(minute=0, second=0, microsecond=0)]
+    app = create_app(
+        settings.model_copy(update={"max_active_bookings_per_student": 1}),
+        storage=memory_storage,
+        clock=lambda: now[0],
+    )
+    start = now[0] + timedelta(hours=1)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        await client.post(
+            "/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor")
+        )
+        slots = []
+        for day in (0, 2):
+            created = await client.post(
+                "/api/instructors/i1/slots",
+                json={
+                    "start": (start + timedelta(days=day)).isoformat(),
+                    "end": (start + timedelta(days=day, hours=1)).isoformat(),
+                },
+                headers=auth("i1", "instructor"),
+            )
+            assert created.status_code == 201, created.text
+            slots.append(created.json()["id"])
+        await book(client, auth, slots[0], "s1")
+        now[0] = start + timedelta(minutes=30)  # the lesson is under way: it still counts
+        during = await client.post("/api/bookings", json={"slotId": slots[1]}, headers=auth("s1"))
+        assert during.status_code == 409, during.text
+        assert during.json()["type"] == "urn:slotstream:problem:quota-exceeded"
+        now[0] = start + timedelta(hours=1)  # the lesson is over
+        await book(client, auth, slots[1], "s1")
 
 
 def test_the_quota_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -385,11 +385,11 @@ class MemoryBookings:
     async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
         return await self._newest(instructor_id, "instructorId", limit)
 
-    async def count_active_for_student(self, student_id: str, limit: int) -> int:
+    async def count_active_for_student(self, student_id: str, limit: int, now: datetime) -> int:
         await asyncio.sleep(0)
         active = 0
         for doc in self._of(student_id, "studentId"):
-            if doc["status"] == BookingStatus.ACTIVE:
+            if doc["status"] == BookingStatus.ACTIVE and doc["slotEnd"] > now:
                 active += 1
                 if active >= limit:
                     break

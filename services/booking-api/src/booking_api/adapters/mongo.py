@@ -257,8 +257,12 @@ class MongoBookings:
     async def list_for_instructor(self, instructor_id: str, limit: int) -> list[BookingDocument]:
         return await self._newest({"instructorId": instructor_id}, limit)
 
-    async def count_active_for_student(self, student_id: str, limit: int) -> int:
-        query = {"studentId": student_id, "status": BookingStatus.ACTIVE.value}
+    async def count_active_for_student(self, student_id: str, limit: int, now: datetime) -> int:
+        query = {
+            "studentId": student_id,
+            "status": BookingStatus.ACTIVE.value,
+            "slotEnd": {"$gt": now},
+        }
         return await self._c.count_documents(query, limit=limit)
 
     async def _newest(self, query: Document, limit: int) -> list[BookingDocument]:

@@ -55,9 +55,11 @@ def ensure_active(booking: BookingDocument) -> None:
 
 
 def ensure_within_quota(active: int, limit: int) -> None:
-    """A student holds at most ``limit`` active bookings, so one account cannot book out
-    a schedule. Checked before the slot is taken; concurrent requests of one student may
-    overshoot by their number (the edge limits the rate of booking requests per client)."""
+    """A student holds at most ``limit`` active bookings of lessons not over yet, so one
+    account cannot book out a schedule (past lessons do not count: they hold nothing of
+    it, and a student's history must not lock them out). Checked before the slot is
+    taken; concurrent requests of one student may overshoot by their number (the edge
+    limits the rate of booking requests per client)."""
     if active >= limit:
         raise QuotaExceeded(
             f"you already hold {active} active bookings, the most allowed; cancel one first",

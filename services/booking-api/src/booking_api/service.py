@@ -3,8 +3,13 @@
 Partial failure, step by step (a store write can fail or time out at any point):
 
 - Booking: (1) one compare-and-set on the slot, ``available → booked``. Only one caller
-  can win; the losers get 409 naming the slot. (2) Insert the booking document
-  (idempotent by booking id: a retried insert whose first attempt was applied succeeds).
+  can win; the losers get 409 naming the slot. If it fails, it may have been applied with
+  only its reply lost, so the slot is read back: held for this booking, the booking goes
+  on (a slot booked by no booking could never be booked, withdrawn or cancelled); else
+  the error goes to the caller, nothing having changed; unknown (the slot cannot be read
+  either), the error goes to the caller and ``booking.claim_unresolved`` is logged.
+  (2) Insert the booking document (idempotent by booking id: a retried insert whose first
+  attempt was applied succeeds).
   If that fails, the failure may be ambiguous — applied, with only the reply lost — so the
   booking is read back: present, the booking stands and is answered as made; known
   absent, the slot is released again (a compare-and-set on the booking id, so it cannot
@@ -61,7 +66,8 @@ def _info(event: str, **fields: object) -> None:
 
 Clock = Callable[[], datetime]
 
-#: Seconds before each read-back of a booking whose insert failed (a blip passes quickly).
+#: Seconds before each read-back after a failed claim or booking insert (a blip passes
+#: quickly).
 BOOKING_READ_BACK_PAUSES = (0.0, 0.05, 0.25)
 
 
@@ -257,7 +263,17 @@ class BookingService:
         )
         bookings.ensure_within_quota(active, limit)
         booking_id = new_id()
-        booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
+        try:
+            booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
+        except BaseException as exc:
+            booked = await asyncio.shield(self._claimed(slot_id, booking_id))
+            if booked is None:
+                raise
+            # Applied, only the reply lost (or the request timed out after it): the slot
+            # is this booking's, which must now exist.
+            log.warning(
+                "booking.claim_reply_lost", slot_id=slot_id, booking_id=booking_id, error=repr(exc)
+            )
         if booked is None:
             raise bookings.lost_race(await self._storage.slots.get(slot_id), slot_id)
         # The slot as claimed, not as first read: it may have moved in between.
@@ -296,6 +312,23 @@ class BookingService:
         _info("booking.created", booking_id=booking_id, slot_id=slot_id)
         await committed(self._notify(booking, NotificationKind.BOOKING_CREATED, None))
         return booking
+
+    async def _claimed(self, slot_id: str, booking_id: str) -> SlotDocument | None:
+        """After a failed claim: the slot if the claim was applied (booked by
+        ``booking_id``), else ``None``; also ``None``, logged, when every read-back failed
+        (the slot may then be held by a booking that does not exist until repaired)."""
+        for pause in BOOKING_READ_BACK_PAUSES:
+            await asyncio.sleep(pause)
+            try:
+                slot = await self._storage.slots.get(slot_id)
+            except Exception as exc:
+                log.warning("booking.claim_read_back_failed", slot_id=slot_id, error=repr(exc))
+                continue
+            if slot is not None and slot.booking_id == booking_id:
+                return slot
+            return None
+        log.error("booking.claim_unresolved", slot_id=slot_id, booking_id=booking_id)
+        return None
 
     async def _booking_stored(self, booking_id: str) -> bool | None:
         """After a failed insert: is the booking stored? ``None`` when the store cannot

@@ -146,6 +146,17 @@ async def test_lost_notification_does_not_undo_the_booking(
     assert len(instructor_notes.json()) + len(student_notes.json()) == 1
 
 
+async def booking_stands(
+    client: httpx.AsyncClient, auth: AuthHeaders, booked: httpx.Response
+) -> None:
+    """Answered 201, the slot held by that booking, and the booking s1's active one."""
+    assert booked.status_code == 201, booked.text
+    state = await slot_state(client)
+    assert (state["status"], state["bookingId"]) == ("booked", booked.json()["id"])
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert (mine["id"], mine["status"]) == (booked.json()["id"], "active")
+
+
 async def test_insert_applied_but_reply_lost_keeps_the_booking_and_the_slot(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
 ) -> None:
@@ -154,11 +165,7 @@ async def test_insert_applied_but_reply_lost_keeps_the_booking_and_the_slot(
     slot_id = await setup_slot(client, auth, future)
     flaky.lose_booking_replies = 1
     booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
-    assert booked.status_code == 201, booked.text
-    state = await slot_state(client)
-    assert (state["status"], state["bookingId"]) == ("booked", booked.json()["id"])
-    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
-    assert (mine["id"], mine["status"]) == (booked.json()["id"], "active")
+    await booking_stands(client, auth, booked)
     taken = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
     assert taken.status_code == 409
 
@@ -189,11 +196,7 @@ async def test_a_claim_applied_but_its_reply_lost_still_makes_the_booking(
     slot_id = await setup_slot(client, auth, future)
     flaky.lose_claim_replies = 1
     booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
-    assert booked.status_code == 201, booked.text
-    state = await slot_state(client)
-    assert (state["status"], state["bookingId"]) == ("booked", booked.json()["id"])
-    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
-    assert (mine["id"], mine["status"]) == (booked.json()["id"], "active")
+    await booking_stands(client, auth, booked)
     notes = await client.get("/api/users/me/notifications", headers=auth("s1"))
     assert [n["kind"] for n in notes.json()] == ["booking.created"]
 

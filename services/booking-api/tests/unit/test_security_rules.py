@@ -1,6 +1,7 @@
 """Issue 10 on the API: decisions on role and id, names, quota, caching, docs."""
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 from booking_api.adapters.memory import MemoryStorage
 from booking_api.app import create_app
 from booking_api.config import Settings
+from booking_api.service import utc_now
 
 AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
@@ -220,13 +222,19 @@ def test_docs_are_on_by_default_and_off_by_setting(monkeypatch: pytest.MonkeyPat
     assert Settings().docs_enabled is False
 
 
-async def test_a_student_holds_at_most_the_quota_of_active_bookings(
-    settings: Settings, memory_storage: MemoryStorage, auth: AuthHeaders, future: Future
-) -> None:
-    """Item 4: one account cannot book out a schedule. 409 quota-exceeded (not 429: waiting
-    does not help, cancelling does); cancelled bookings do not count."""
+@contextlib.asynccontextmanager
+async def api_with_quota(
+    settings: Settings,
+    storage: MemoryStorage,
+    auth: AuthHeaders,
+    limit: int,
+    clock: Callable[[], datetime] = utc_now,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with a booking quota of ``limit`` per student, instructor i1 created."""
     app = create_app(
-        settings.model_copy(update={"max_active_bookings_per_student": 2}), storage=memory_storage
+        settings.model_copy(update={"max_active_bookings_per_student": limit}),
+        storage=storage,
+        clock=clock,
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://booking"
@@ -234,6 +242,15 @@ async def test_a_student_holds_at_most_the_quota_of_active_bookings(
         await client.post(
             "/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor")
         )
+        yield client
+
+
+async def test_a_student_holds_at_most_the_quota_of_active_bookings(
+    settings: Settings, memory_storage: MemoryStorage, auth: AuthHeaders, future: Future
+) -> None:
+    """Item 4: one account cannot book out a schedule. 409 quota-exceeded (not 429: waiting
+    does not help, cancelling does); cancelled bookings do not count."""
+    async with api_with_quota(settings, memory_storage, auth, 2) as client:
         slots = []
         for hour in range(4):
             created = await client.post(
@@ -267,18 +284,8 @@ async def test_bookings_whose_lesson_is_over_leave_the_quota(
     409 quota-exceeded for good after ``limit`` lessons, "cancel one first" meaning
     cancelling a lesson already given)."""
     now = [datetime.now(UTC).replace(minute=0, second=0, microsecond=0)]
-    app = create_app(
-        settings.model_copy(update={"max_active_bookings_per_student": 1}),
-        storage=memory_storage,
-        clock=lambda: now[0],
-    )
     start = now[0] + timedelta(hours=1)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://booking"
-    ) as client:
-        await client.post(
-            "/api/instructors", json={"name": "Ada"}, headers=auth("i1", "instructor")
-        )
+    async with api_with_quota(settings, memory_storage, auth, 1, lambda: now[0]) as client:
         slots = []
         for day in (0, 2):
             created = await client.post(

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 
 import orjson
-from bson import ObjectId
+from bson import Binary, ObjectId
 
 from change_publisher.adapters.memory import MemoryDatabase
 from change_publisher.domain.mapping import ChangeMapper, Publish
@@ -58,6 +58,24 @@ def test_dead_letter_keeps_the_original_change_even_with_bson_types(
     assert body["change"]["fullDocument"]["_id"] == "s1"
     assert body["change"]["operationType"] == "insert"
     assert dict(encoded.headers)["dlq_error"] == b"slot invalid: version"
+
+
+def test_dead_letter_shows_binary_values_as_hex(database: MemoryDatabase) -> None:
+    """Bytes that are not UTF-8 (a subtype-4 UUID, any BinData) must not fail the dead
+    letter: nothing else would take the change off the stream."""
+    uuid = bytes.fromhex("9f1c3e5a7b2d4c6e8f0a1b2c3d4e5f60")
+    change = database.insert(
+        SLOTS, Docs.slot(version=0, legacyId=Binary(uuid, 4), raw=b"\xff\x00", text=b"ok")
+    )
+    record = dead_letter_of_change(change, "slot invalid: version", "abc", "p1", NOW)
+    document = orjson.loads(encode_dead_letter(record, "i1", "dlq", epoch=1).value)["change"][
+        "fullDocument"
+    ]
+    assert (document["legacyId"], document["raw"], document["text"]) == (
+        uuid.hex(),
+        "ff00",
+        b"ok".hex(),
+    )
 
 
 def test_fast_event_json_is_byte_identical_to_the_contract(database: MemoryDatabase) -> None:

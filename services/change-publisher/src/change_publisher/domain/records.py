@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import orjson
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from change_publisher.domain.mapping import SHAPES, Publish
 from slotstream_contracts.changes import ChangeEvent
@@ -51,7 +51,13 @@ class Router:
 
 
 class DeadLetterRecord(WireModel):
-    """The value of a record on the dead-letter topic: why, and the change as it came."""
+    """The value of a record on the dead-letter topic: why, and the change as it came.
+
+    BSON binary (``bytes``, ``Binary``: a UUID another driver stored as subtype 4, say) is
+    written as hex: it is seldom UTF-8, and pydantic's default (bytes as UTF-8 text) fails
+    on it, which would leave the change that holds it on the stream forever."""
+
+    model_config = ConfigDict(ser_json_bytes="hex")
 
     error: str = Field(max_length=4000)
     event_id: str

@@ -5,6 +5,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from bson import Binary
 
 from change_publisher.ports import ChangeStream, SourceUnavailable, StreamPosition
 from slotstream_contracts.changes import ChangeEvent, OperationType
@@ -51,6 +52,25 @@ async def test_a_new_stream_starts_now_not_at_the_start_of_history(binding: Bind
     finally:
         await stream.aclose()
     assert [c.document_key for c in changes] == [{"_id": "after"}]
+
+
+async def test_binary_data_arrives_as_bytes(binding: Binding) -> None:
+    """BSON binary (a subtype-4 UUID another driver wrote, raw bytes) reaches the publisher
+    as ``bytes`` (Mongo: ``Binary``, a subclass), seldom UTF-8: a dead letter of such a
+    document must encode it (``records.DeadLetterRecord``: as hex)."""
+    uuid = bytes.fromhex("9f1c3e5a7b2d4c6e8f0a1b2c3d4e5f60")
+    stream = await binding.source.open(StreamPosition())
+    try:
+        await binding.writer.insert(
+            SLOTS, Docs.slot("s1", version=0, legacyId=Binary(uuid, 4), raw=b"\xff\x00")
+        )
+        (change,) = await read_until(stream, lambda cs: len(cs) >= 1)
+    finally:
+        await stream.aclose()
+    assert change.full_document is not None
+    values = (change.full_document["legacyId"], change.full_document["raw"])
+    assert all(isinstance(value, bytes) for value in values)
+    assert [bytes(value) for value in values] == [uuid, b"\xff\x00"]
 
 
 async def test_update_lookup_returns_the_version_current_at_read_time(binding: Binding) -> None:

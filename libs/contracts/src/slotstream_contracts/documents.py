@@ -32,8 +32,18 @@ NOTIFICATIONS: Final = "notifications"
 
 
 def _as_utc(value: datetime) -> datetime:
-    """Mongo returns naive UTC datetimes unless the client is tz-aware; accept both."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """Mongo returns naive UTC datetimes unless the client is tz-aware; accept both.
+
+    A date written as text with an offset can fall outside years 1-9999 in UTC
+    (``9999-12-31T23:59:59-05:00``): ``astimezone`` then raises OverflowError, which
+    pydantic does not turn into a validation error, so it is raised as a ValueError (the
+    change-publisher dead-letters invalid documents; anything else stopped it)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is outside years 1-9999 in UTC") from exc
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

@@ -193,6 +193,11 @@ def test_invalidate_and_drops() -> None:
         (Docs.slot(status="exploded"), "status"),
         ({"_id": "s1"}, "Field required"),
         (Docs.slot(version=0), "version"),
+        # A date written as text by another program, its offset taking it past year 9999
+        # (or before year 1) in UTC: converting it raised OverflowError, not a
+        # validation error, and the change was never dead-lettered.
+        (Docs.slot(start="9999-12-31T23:59:59-05:00"), "start"),
+        (Docs.slot(createdAt="0001-01-01T00:00:00+01:00"), "createdAt"),
     ],
 )
 def test_bad_documents_are_dead_lettered_with_the_error(
@@ -201,6 +206,8 @@ def test_bad_documents_are_dead_lettered_with_the_error(
     outcome = mapper.map_change(database.insert(SLOTS, document))
     assert isinstance(outcome, DeadLetter)
     assert fragment in outcome.error
+    copied = mapper.map_document(SLOTS, document, ClusterTime(t=1_800_000_000, i=1))
+    assert isinstance(copied, DeadLetter)  # a snapshot dead-letters it too
 
 
 def test_dead_letter_key_is_the_routing_key_when_readable(database: MemoryDatabase) -> None:

@@ -442,6 +442,28 @@ async def test_an_invalid_document_holding_binary_data_is_dead_lettered_and_the_
     assert ok.kind == "slot.created"
 
 
+async def test_a_date_out_of_range_in_utc_is_dead_lettered_and_the_stream_goes_on(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    """A date stored as text whose offset takes it past year 9999 in UTC (.NET's
+    ``DateTimeOffset.MaxValue`` with a local offset, say) used to raise OverflowError out
+    of the mapping: the publisher stopped, and failed on the same change after every
+    restart."""
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.ready)
+    database.insert(SLOTS, Docs.slot("s1", "i1", end="9999-12-31T23:59:59-05:00"))
+    database.insert(SLOTS, Docs.slot("s2", "i2"))
+    await eventually(lambda: task.done() or len(producer.records) == 2)
+    assert not task.done(), f"the publisher stopped: {task.exception()!r}"
+    await stop(publisher, task)
+    dead, ok = producer.records
+    assert (dead.topic, dead.key) == (DEADLETTER_TOPIC, b"i1")
+    assert "end" in orjson.loads(dead.value)["error"]
+    assert ok.kind == "slot.created"
+
+
 async def test_an_event_of_a_collection_without_a_topic_is_dead_lettered(
     database: MemoryDatabase, make_publisher: PublisherFactory
 ) -> None:

@@ -420,26 +420,36 @@ async def test_an_event_too_large_for_kafka_is_dead_lettered_without_its_documen
     assert ok.kind == "notification.created"
 
 
-async def test_an_invalid_document_holding_binary_data_is_dead_lettered_and_the_stream_goes_on(
-    database: MemoryDatabase, make_publisher: PublisherFactory
-) -> None:
-    """BSON binary (a UUID another driver stored as subtype 4, raw bytes) is seldom UTF-8:
-    the dead letter shows it as hex, where it used to fail to encode and crash the
-    publisher, which then failed on the same change after every restart."""
+async def dead_lettered_then_published(
+    database: MemoryDatabase, make_publisher: PublisherFactory, bad: dict[str, Any]
+) -> Any:
+    """Insert the slot ``bad`` of instructor i1, then a valid one of i2, into a running
+    publisher: the first must be dead-lettered (returned) and the stream go on."""
     producer = MemoryProducer()
     publisher = make_publisher(producer=producer)
     task = asyncio.create_task(publisher.run())
     await eventually(lambda: publisher.ready)
-    uuid = bytes.fromhex("9f1c3e5a7b2d4c6e8f0a1b2c3d4e5f60")
-    database.insert(SLOTS, Docs.slot("s1", "i1", version=0, legacyId=Binary(uuid, 4)))
+    database.insert(SLOTS, bad)
     database.insert(SLOTS, Docs.slot("s2", "i2"))
     await eventually(lambda: task.done() or len(producer.records) == 2)
     assert not task.done(), f"the publisher stopped: {task.exception()!r}"
     await stop(publisher, task)
     dead, ok = producer.records
     assert (dead.topic, dead.key) == (DEADLETTER_TOPIC, b"i1")
-    assert orjson.loads(dead.value)["change"]["fullDocument"]["legacyId"] == uuid.hex()
     assert ok.kind == "slot.created"
+    return dead
+
+
+async def test_an_invalid_document_holding_binary_data_is_dead_lettered_and_the_stream_goes_on(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    """BSON binary (a UUID another driver stored as subtype 4, raw bytes) is seldom UTF-8:
+    the dead letter shows it as hex, where it used to fail to encode and crash the
+    publisher, which then failed on the same change after every restart."""
+    uuid = bytes.fromhex("9f1c3e5a7b2d4c6e8f0a1b2c3d4e5f60")
+    bad = Docs.slot("s1", "i1", version=0, legacyId=Binary(uuid, 4))
+    dead = await dead_lettered_then_published(database, make_publisher, bad)
+    assert orjson.loads(dead.value)["change"]["fullDocument"]["legacyId"] == uuid.hex()
 
 
 async def test_a_date_out_of_range_in_utc_is_dead_lettered_and_the_stream_goes_on(
@@ -449,19 +459,9 @@ async def test_a_date_out_of_range_in_utc_is_dead_lettered_and_the_stream_goes_o
     ``DateTimeOffset.MaxValue`` with a local offset, say) used to raise OverflowError out
     of the mapping: the publisher stopped, and failed on the same change after every
     restart."""
-    producer = MemoryProducer()
-    publisher = make_publisher(producer=producer)
-    task = asyncio.create_task(publisher.run())
-    await eventually(lambda: publisher.ready)
-    database.insert(SLOTS, Docs.slot("s1", "i1", end="9999-12-31T23:59:59-05:00"))
-    database.insert(SLOTS, Docs.slot("s2", "i2"))
-    await eventually(lambda: task.done() or len(producer.records) == 2)
-    assert not task.done(), f"the publisher stopped: {task.exception()!r}"
-    await stop(publisher, task)
-    dead, ok = producer.records
-    assert (dead.topic, dead.key) == (DEADLETTER_TOPIC, b"i1")
+    bad = Docs.slot("s1", "i1", end="9999-12-31T23:59:59-05:00")
+    dead = await dead_lettered_then_published(database, make_publisher, bad)
     assert "end" in orjson.loads(dead.value)["error"]
-    assert ok.kind == "slot.created"
 
 
 async def test_an_event_of_a_collection_without_a_topic_is_dead_lettered(

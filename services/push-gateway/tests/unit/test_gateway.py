@@ -248,9 +248,9 @@ async def test_records_after_a_shared_snapshot_survive_a_slow_fetch_of_another_c
     harness.produce(*harness.slot_records(range(4, 5)))  # live: after the stream's start
     events = await client.events(3)
     assert [(e["event"], data(e).get("version")) for e in events] == [
-        ("snapshot", None),  # i1's, then what happened to i1 since
-        ("slot", 3),
-        ("snapshot", None),  # i2's
+        ("snapshot", None),  # i1's
+        ("snapshot", None),  # i2's (every snapshot first: only the last has an id)
+        ("slot", 3),  # what happened to i1 since its snapshot
     ]
     [live] = await client.events(1)
     assert data(live)["version"] == 4
@@ -935,6 +935,60 @@ async def test_a_resync_record_read_back_from_kafka_is_not_filtered_out(
     events = await client.events(2)
     assert [e["event"] for e in events] == ["resync", "snapshot"]
     assert data(events[1])["schedule"]["version"] == 30  # type: ignore[index]
+
+
+async def test_a_client_cut_off_after_the_resync_frame_gets_the_snapshot_on_resume(
+    harness: Harness,
+) -> None:
+    """A resume whose missed range holds a ``stream.resync`` is answered ``resync``, then a
+    fresh ``snapshot`` (up to ~2 MB). A client cut off after the ``resync`` frame, before
+    the snapshot is through, resumes from the last id it got: that must bring the snapshot
+    again. On main the ``resync`` frame's id already named the stream's start: the resume
+    replayed nothing after it, and the client went on without the snapshot."""
+    records = harness.slot_records(range(1, 21))  # the ring keeps 8: offsets 12..19
+    records[6] = record_of(resync_event("r1"), 6)
+    harness.produce(*records)
+    harness.source.snapshots["i1"] = snapshot("i1", [slot("i1", "s1", 30)])
+    resumed_from = f"s{harness.part}:2"
+    client = await (await harness.connect(f"instructorId=i1&lastEventId={resumed_from}")).start()
+    notice, _ = await client.events(2)
+    assert notice["event"] == "resync"
+    held = notice.get("id", resumed_from)  # the browser's Last-Event-ID when cut off here
+    again = await (await harness.connect(f"instructorId=i1&lastEventId={held}")).start()
+    harness.produce(*harness.slot_records(range(31, 32)))  # live, after the snapshot's v30
+    [first] = await again.events(1)
+    assert first["event"] in ("resync", "snapshot"), first
+
+
+async def test_a_client_cut_off_between_two_snapshots_gets_the_second_on_resume(
+    harness: Harness,
+) -> None:
+    """A new ``/v1/events`` stream of two instructors on two partitions starts with two
+    snapshots. A client cut off after the first resumes from the last id it got (or, with
+    none, starts anew): the other channel must get its snapshot. On main the first
+    snapshot's id already named the other partition at the stream's start; the resume was
+    honoured, and that channel never got a snapshot, only the deltas after it."""
+    harness.source.snapshots["i2"] = snapshot("i2", [slot("i2", "s9", 4)])
+    i2_part = harness.hub.partition_key(Channel.schedule("i2"))[1]
+    assert i2_part != harness.part
+    query = "channel=instructors/i1/schedule&channel=instructors/i2/schedule"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    first, second = await client.events(2)
+    assert (first["event"], second["event"]) == ("snapshot", "snapshot")
+    missed = (
+        "instructors/i2/schedule"
+        if data(first)["channel"] != "instructors/i2/schedule"
+        else "instructors/i1/schedule"
+    )
+    held = [(b"last-event-id", first["id"].encode())] if "id" in first else []
+    again = await (await harness.connect(query, held, path=EVENTS)).start()
+    harness.produce(*harness.slot_records(range(3, 4)))  # live: i1's s1 v3
+    harness.hub.ingest(SCHEDULE_TOPIC, i2_part, [record_of(slot_event("i2", "s9", 5), 0)])
+    got: list[dict[str, str]] = []
+    while sum(e["event"] == "slot" for e in got) < 2:
+        got += await again.events(1)
+    snapshots = [data(e)["channel"] for e in got if e["event"] == "snapshot"]
+    assert missed in snapshots, got
 
 
 # -- per-client limits (issue 10, item 4) -------------------------------------------------

@@ -118,7 +118,7 @@ class TakenSnapshot:
     #: slot id → version, for merging buffered deltas
     versions: dict[str, int] = field(default_factory=dict)
     #: (channel name, frame id) → the complete snapshot frame (see ``snapshot_frame``)
-    frames: dict[tuple[str, bytes], bytes] = field(default_factory=dict, compare=False)
+    frames: dict[tuple[str, bytes | None], bytes] = field(default_factory=dict, compare=False)
 
 
 def exact_bytes(encoded: bytes) -> bytes:

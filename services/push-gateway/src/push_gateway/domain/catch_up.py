@@ -1,10 +1,12 @@
-"""The frames that catch a stream up, in order: replayed records, ``resync`` notices,
-snapshots with the records between each snapshot and the stream's start, then the records
-buffered while it caught up; each with the position vector as its ``id``. No I/O: the
-caller gathered the replay and the snapshots and writes the frames in one system call."""
+"""The frames that catch a stream up, in order: ``resync`` notices and snapshots (only the
+last of them with an ``id``), the records between each snapshot and the stream's start,
+replayed records, then the records buffered while it caught up; each record with the
+position vector as its ``id``. No I/O: the caller gathered the replay and the snapshots and
+writes the frames in one system call."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, NamedTuple, Protocol
 
 import orjson
@@ -41,20 +43,21 @@ class SharedSnapshot(Protocol):
         """Slot id → version, for merging buffered deltas."""
 
     @property
-    def frames(self) -> dict[tuple[str, bytes], bytes]:
+    def frames(self) -> dict[tuple[str, bytes | None], bytes]:
         """(channel name, frame id) → the complete snapshot frame (a cache it carries)."""
 
 
-def snapshot_frame(channel: Channel, taken: SharedSnapshot, frame_id: bytes) -> bytes:
+def snapshot_frame(channel: Channel, taken: SharedSnapshot, frame_id: bytes | None) -> bytes:
     """``{"channel": …, "schedule": …}`` around the snapshot JSON encoded once per fetch;
     the whole frame is kept with the snapshot, so the streams that share it at the same
     position (a connect storm's) share its bytes too instead of copying and checking them
-    again each."""
+    again each. ``frame_id`` None: a frame without ``id:`` (see :func:`catch_up_frames`)."""
     frames = taken.frames
     found = frames.get((channel.name, frame_id))
     if found is None:
         data = b'{"channel":' + orjson.dumps(channel.name) + b',"schedule":' + taken.encoded
-        found = with_id(frame_id, event_body(b"snapshot", data + b"}"))
+        body = event_body(b"snapshot", data + b"}")
+        found = body if frame_id is None else with_id(frame_id, body)
         if len(frames) >= MAX_FRAMES_PER_SNAPSHOT:
             frames.clear()
         frames[(channel.name, frame_id)] = found
@@ -117,11 +120,21 @@ def catch_up_frames(
     plan: CatchUpPlan,
     readers: Readers,
 ) -> list[bytes]:
-    """The frames of a stream of ``channels``: the plan's replay, a ``resync`` frame per
-    channel of ``announce`` (and per notification channel of ``lost``), the snapshots,
-    then ``pending`` (the records the hub buffered meanwhile), each record at most once (by
-    CloudEvents id) and none that a snapshot already shows; of the private records only
-    those for the roles the stream reads (``readers``) — the replay holds every role's."""
+    """The frames of a stream of ``channels``: a ``resync`` frame per channel of
+    ``announce`` (and per notification channel of ``lost``) and the snapshots, then the
+    plan's replay, then ``pending`` (the records the hub buffered meanwhile), each record
+    at most once (by CloudEvents id) and none that a snapshot already shows; of the
+    private records only those for the roles the stream reads (``readers``) — the replay
+    holds every role's.
+
+    Every ``id`` must be a position the client can resume from without missing anything
+    (``domain/positions.py``), whichever frame its connection is cut after; a catch-up may
+    be megabytes of snapshots. A fresh partition (no replay) is covered only once all its
+    ``resync`` and ``snapshot`` frames have arrived, so of those frames only the last
+    carries an id, and they come before the replayed records, whose ids name the fresh
+    partitions as covered: a client cut off before the last of them keeps the id it had,
+    and resuming from it brings them all again (the same resync, history gone, or no id
+    at all: a new stream)."""
     positions, resume, announce, lost = plan.positions, plan.resume, plan.announce, plan.lost
     fresh, replay, snapshots = plan.fresh, plan.replay, plan.snapshots
     out: list[bytes] = []
@@ -138,20 +151,18 @@ def catch_up_frames(
             seen.add(ce_id)
         out.append(with_id(format_position(vector), body))
 
-    for key, records in replay.items():
-        for record in records:
-            emit(key, record)
-        vector[key] = positions[key]
     for key in fresh:
         vector[key] = positions[key]
+    # the frames that cover the fresh partitions: only the last one carries the id
+    covers: list[Callable[[bytes | None], bytes]] = []
     for channel in channels:
         key = hub.partition_key(channel)
         if key in announce:
             payload: dict[str, object] = {"channel": channel.name, "reason": "resync"}
-            out.append(json_frame("resync", payload, format_position(vector)))
+            covers.append(partial(json_frame, "resync", payload))
         elif key in lost and channel.kind is ChannelKind.NOTIFICATIONS:
             payload = {"channel": channel.name, "reason": "history-unavailable"}
-            out.append(json_frame("resync", payload, format_position(vector)))
+            covers.append(partial(json_frame, "resync", payload))
     versions: dict[Channel, dict[str, int]] = {}
     by_partition: dict[PartitionKey, list[tuple[Channel, ChosenSnapshot]]] = {}
     for channel, chosen in snapshots.items():
@@ -160,15 +171,28 @@ def catch_up_frames(
         # everything up to the oldest snapshot's start is covered; the records between
         # a (shared, older) snapshot and this connection's start follow it
         vector[key] = min(positions[key], *(c.taken.since for _, c in chosen_here))
-        gap: list[tuple[int, Channel, Record]] = []
-        for channel, (taken, since_taken) in chosen_here:
+        for channel, (taken, _) in chosen_here:
             versions[channel] = taken.versions
-            out.append(snapshot_frame(channel, taken, format_position(vector)))
-            gap += [(r.offset, channel, r) for r in since_taken]
-        for _, channel, record in sorted(gap, key=lambda item: item[0]):
+            covers.append(partial(snapshot_frame, channel, taken))
+    for n, cover in enumerate(covers, 1):
+        out.append(cover(format_position(vector) if n == len(covers) else None))
+    for key, chosen_here in by_partition.items():
+        gap = sorted(
+            (
+                (r.offset, channel, r)
+                for channel, (_, since_taken) in chosen_here
+                for r in since_taken
+            ),
+            key=lambda item: item[0],
+        )
+        for _, channel, record in gap:
             if not newer(record, versions[channel]):
                 vector[key] = record.offset
                 continue
+            emit(key, record)
+        vector[key] = positions[key]
+    for key, records in replay.items():
+        for record in records:
             emit(key, record)
         vector[key] = positions[key]
     for key, record in pending:

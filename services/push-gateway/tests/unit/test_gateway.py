@@ -2,6 +2,7 @@
 the booking-api, Kafka history and presence."""
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -958,6 +959,39 @@ async def test_a_client_cut_off_after_the_resync_frame_gets_the_snapshot_on_resu
     harness.produce(*harness.slot_records(range(31, 32)))  # live, after the snapshot's v30
     [first] = await again.events(1)
     assert first["event"] in ("resync", "snapshot"), first
+
+
+async def test_records_after_a_resync_during_the_catch_up_wait_for_its_snapshot(
+    harness: Harness,
+) -> None:
+    """A ``stream.resync`` arrives while a stream's first snapshot is fetched; the stream
+    is written what it gathered, then catches up again (``resync`` + a snapshot taken
+    after it, a second fetch). The records after the resync must not be written before
+    that: their ids are past the resync, and a client cut off before the second snapshot
+    resumed from there, never to be told. On main they were, with ``s<p>:1``."""
+    harness.source.gate = first_fetch = asyncio.Event()
+    # a resume point ahead of the log: refused, the stream attaches and fetches a snapshot
+    ahead = [(b"last-event-id", f"s{harness.part}:999999".encode())]
+    pending = asyncio.create_task(harness.connect(headers=ahead))
+    async with asyncio.timeout(5):
+        while not harness.source.fetches:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    harness.produce(record_of(resync_event("r1"), 0))
+    harness.offsets[harness.part] = 1
+    harness.produce(*harness.slot_records(range(3, 4)))  # s1 v3 at offset 1, after it
+    harness.source.gate = second_fetch = asyncio.Event()  # the snapshot after the resync
+    first_fetch.set()
+    client = await (await pending).start()
+    got: list[dict[str, str]] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got += await asyncio.wait_for(client.events(1), 0.3)
+    held = [e["id"] for e in got if "id" in e]
+    assert all(int(i.split(":")[1]) < 0 for i in held), got  # before the resync at 0
+    harness.source.snapshots["i1"] = snapshot("i1", [slot("i1", "s1", 3)])
+    second_fetch.set()
+    events = await client.events(2)
+    assert [e["event"] for e in events] == ["resync", "snapshot"]
 
 
 async def test_a_client_cut_off_between_two_snapshots_gets_the_second_on_resume(

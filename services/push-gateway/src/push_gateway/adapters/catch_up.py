@@ -4,6 +4,7 @@ and of the records the hub buffered meanwhile (the frames: ``domain/catch_up.py`
 
 import asyncio
 import time
+from collections.abc import Iterable
 from functools import partial
 from typing import Final
 
@@ -18,8 +19,8 @@ from push_gateway.domain.catch_up import (
     catch_up_frames,
     snapshot_gap,
 )
-from push_gateway.domain.hub import CONTROL_KEY_BYTES, ChannelHub
-from push_gateway.domain.positions import PartitionKey
+from push_gateway.domain.hub import CONTROL_KEY_BYTES, ChannelHub, Record
+from push_gateway.domain.positions import SCHEDULE_LETTER, PartitionKey
 from push_gateway.domain.requests import StreamRequest
 from push_gateway.domain.responses import ResponseHeads
 from push_gateway.domain.stats import GatewayStats
@@ -232,11 +233,23 @@ class CatchUp:
         out: list[bytes] = []
         if not connection.headers_sent:
             out.append(self._stream_head(connection))
+        pending: Iterable[tuple[PartitionKey, Record]] = connection.pending
+        if connection.resync_requested and pending:
+            # A resync came while the stream caught up: its next round (``Gateway._serve``)
+            # writes ``resync`` and a snapshot fetched after it, which shows the schedule
+            # records buffered until then. Written now, their ids would pass the resync:
+            # a client cut off before that round resumed past it, without the snapshot.
+            resynced = connection.resync_requested
+            pending = [
+                (key, record)
+                for key, record in pending
+                if key not in resynced or key[0] != SCHEDULE_LETTER
+            ]
         out += catch_up_frames(
             self.hub,
             connection.channels,
             connection.channel_of_key,
-            connection.pending,
+            pending,
             plan,
             connection.readers,
         )

@@ -1,11 +1,14 @@
 """Settings shared by the services. Each service nests these in its own Settings class,
 so one service's environment reads e.g. ``GATEWAY_KAFKA__BOOTSTRAP_SERVERS``."""
 
+import re
 import ssl
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, NoReturn, Self, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsError
 
 from slotstream_contracts.topics import (
     DEADLETTER_TOPIC,
@@ -104,3 +107,42 @@ KeepAliveSeconds = Annotated[
     ),
 ]
 DEFAULT_KEEP_ALIVE_SECONDS = 75
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[S], service: str) -> S:
+    """The service's settings from its environment, or exit 2 with the reason on stderr.
+
+    pydantic-settings reports a list or object setting that is not JSON (e.g.
+    ``GATEWAY_TRUSTED_PROXIES=10.0.0.0/8``) as a ``SettingsError`` before validation even
+    starts, naming only the field: it is translated to the variable and what is expected."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        refuse_to_start(service, f"bad settings:\n{exc}")
+    except SettingsError as exc:
+        prefix = str(settings_class.model_config.get("env_prefix") or "")
+        refuse_to_start(service, f"bad settings:\n{_unparsable(exc, prefix)}")
+
+
+def refuse_to_start(service: str, reason: str) -> NoReturn:
+    """``<service>: refusing to start, <reason>`` on stderr, exit status 2."""
+    sys.stderr.write(f"{service}: refusing to start, {reason}\n")
+    raise SystemExit(2)
+
+
+#: pydantic-settings' message when a complex value does not decode (``SettingsError``)
+_UNPARSABLE = re.compile(r'^error parsing value for field "(?P<field>\w+)"')
+
+
+def _unparsable(exc: SettingsError, prefix: str) -> str:
+    found = _UNPARSABLE.match(str(exc))
+    if found is None or exc.__cause__ is None:
+        return f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
+    variable = f"{prefix}{found['field']}".upper()
+    return (
+        f"{variable} is not valid JSON ({exc.__cause__}): list and object settings are "
+        f'read as JSON, e.g. \'["a", "b"]\' or \'{{"key": "value"}}\''
+    )

@@ -2,16 +2,15 @@
 
 import asyncio
 import gc
-import sys
 from types import FrameType
 
 import uvicorn
-from pydantic import ValidationError
 
 from booking_api.api.deps import AppParts
 from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_contracts.logs import configure_logging
+from slotstream_contracts.settings import load_settings
 
 
 class BookingApiServer(uvicorn.Server):
@@ -32,11 +31,7 @@ class BookingApiServer(uvicorn.Server):
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        sys.stderr.write(f"booking-api: refusing to start, bad settings:\n{exc}\n")
-        raise SystemExit(2) from None
+    settings = load_settings(Settings, "booking-api")
     configure_logging("booking-api", settings.log)
     app = create_app(settings)
     # The memory backend keeps every document and change event in this process: with the

@@ -71,3 +71,21 @@ def test_server_refuses_to_start_with_a_placeholder_secret(
         main()
     assert stopped.value.code == 2
     assert "placeholder" in capsys.readouterr().err
+
+
+def test_server_refuses_to_start_with_a_list_setting_that_is_not_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydantic-settings reads list settings as JSON and fails with its own error (no
+    ValidationError): the refusal names the variable and says JSON, no traceback."""
+    from booking_api.__main__ import main
+
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_CORS_ORIGINS", "https://app.example.com")
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("booking-api: refusing to start, bad settings:")
+    assert "BOOKING_API_CORS_ORIGINS" in err
+    assert "JSON" in err

@@ -6,10 +6,11 @@ import uvicorn
 
 from change_publisher.app import create_app
 from change_publisher.config import Settings
+from slotstream_contracts.settings import load_settings
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings(Settings, "change-publisher")
     server: uvicorn.Server | None = None
 
     def stop_server() -> None:

@@ -46,3 +46,32 @@ def test_bookings_may_not_be_routed_to_the_public_schedule_topic(
     monkeypatch.setenv("PUBLISHER_TOPIC_MAP", '{"bookings": "slotstream.schedule.v1"}')
     with pytest.raises(ValueError, match="bookings"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PUBLISHER_HTTP_PORT": "abc"}, "http_port"),
+        ({"PUBLISHER_START_MODE": "newest"}, "start_mode"),
+        ({"PUBLISHER_TOPIC_MAP": '{"bookings": "slotstream.schedule.v1"}'}, "bookings"),
+        ({"PUBLISHER_KAFKA": "k1:9092"}, "PUBLISHER_KAFKA"),
+    ],
+)
+def test_the_publisher_refuses_to_start_with_bad_settings(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    """As the booking-api and the gateway do: the reason on stderr and status 2, not a
+    traceback (status 1) that a crash-looping container repeats without saying why."""
+    from change_publisher.__main__ import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("change-publisher: refusing to start, bad settings:")
+    assert message in err

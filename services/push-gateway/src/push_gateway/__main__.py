@@ -1,20 +1,17 @@
 """``python -m push_gateway`` / ``slotstream-push-gateway``."""
 
-import sys
 from typing import NoReturn
-
-from pydantic import ValidationError
 
 from push_gateway.adapters.listeners import UnixListener, tcp_listener
 from push_gateway.app import build_server
 from push_gateway.config import Settings
 from push_gateway.workers import Supervisor, worker_index, worker_sockets
 from slotstream_contracts.logs import configure_logging
+from slotstream_contracts.settings import load_settings, refuse_to_start
 
 
 def _refuse(reason: str) -> NoReturn:
-    sys.stderr.write(f"push-gateway: refusing to start, {reason}\n")
-    raise SystemExit(2)
+    refuse_to_start("push-gateway", reason)
 
 
 def _unix_listener(settings: Settings) -> UnixListener | None:
@@ -27,10 +24,7 @@ def _unix_listener(settings: Settings) -> UnixListener | None:
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        _refuse(f"bad settings:\n{exc}")
+    settings = load_settings(Settings, "push-gateway")
     configure_logging("push-gateway", settings.log)
     index = worker_index()
     if settings.workers > 1 and index is None:

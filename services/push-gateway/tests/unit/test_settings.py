@@ -42,6 +42,30 @@ def test_the_gateway_refuses_to_start_with_bad_key_settings(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8"),
+        ("GATEWAY_CORS_ORIGINS", "https://app.example.com"),
+        ("GATEWAY_KAFKA", "k1:9092"),
+    ],
+)
+def test_the_gateway_refuses_to_start_with_a_json_setting_that_is_not_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str
+) -> None:
+    """pydantic-settings decodes list and object settings as JSON and fails with its own
+    error (no ValidationError): the refusal names the variable and says JSON."""
+    monkeypatch.setenv("GATEWAY_JWT__SECRET", "k3Vq8-ZpWm2Rt7Yx4Lb9Nc6Hd1Fg5Js0Ae")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("push-gateway: refusing to start, bad settings:")
+    assert name in err
+    assert "JSON" in err
+
+
 def test_a_public_key_file_is_enough_to_start(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

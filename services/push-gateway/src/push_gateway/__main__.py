@@ -5,7 +5,7 @@ from typing import NoReturn
 from push_gateway.adapters.listeners import UnixListener, tcp_listener
 from push_gateway.app import build_server
 from push_gateway.config import Settings
-from push_gateway.workers import Supervisor, worker_index, worker_sockets
+from push_gateway.workers import CannotListen, Supervisor, worker_index, worker_sockets
 from slotstream_contracts.logs import configure_logging
 from slotstream_contracts.settings import load_settings, refuse_to_start
 
@@ -30,7 +30,11 @@ def main() -> None:
     if settings.workers > 1 and index is None:
         raise SystemExit(Supervisor(settings, _unix_listener(settings)).run())
     if index is not None:  # one of GATEWAY_WORKERS: the shared port with SO_REUSEPORT
-        build_server(settings).run(sockets=worker_sockets(settings, index))
+        try:
+            sockets = worker_sockets(settings, index)
+        except CannotListen as exc:
+            _refuse(str(exc))  # exit 2: the supervisor does not restart it
+        build_server(settings).run(sockets=sockets)
         return
     unix = _unix_listener(settings)
     if unix is None:

@@ -15,9 +15,11 @@ together get the CPU share of one process on a shared host — measured: two wor
 session got less CPU than one (``docs/scaling.md``). The supervisor forwards SIGTERM/SIGINT
 (a terminal's Ctrl-C reaches only the supervisor's session; each worker drains its streams
 as a single gateway does), restarts a worker that died with a back-off, and exits once all
-have stopped. A worker's ``/metrics`` says which instance answered (``gateway_instance_info``); with
-``GATEWAY_WORKER_METRICS_PORT`` worker n also listens on that port + n, so a scraper can
-reach each one (through the shared port a scrape lands on any worker).
+have stopped. A worker that refuses to start (exit 2: a port it cannot listen on) is not
+restarted: the supervisor stops the others and exits 2. A worker's ``/metrics`` says which
+instance answered (``gateway_instance_info``); with ``GATEWAY_WORKER_METRICS_PORT`` worker
+n also listens on that port + n, so a scraper can reach each one (through the shared port a
+scrape lands on any worker).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ BACKOFF_MAX_SECONDS: Final = 15.0
 #: a worker up this long is healthy again: its next crash restarts it at once
 STABLE_SECONDS: Final = 30.0
 STOP_GRACE_SECONDS: Final = 20.0
+#: a worker's exit status when it refuses to start (``__main__``: a listener it cannot make,
+#: as for a single gateway): a restart would fail again, so the supervisor stops with it
+REFUSED_EXIT_CODE: Final = 2
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -64,13 +69,25 @@ def worker_instance_id(base: str, index: int) -> str:
     return base[: 64 - len(suffix)] + suffix
 
 
+class CannotListen(Exception):
+    """A worker cannot bind one of its ports (taken by another program, an address not of
+    this host, a port below 1024 without the capability): the message names the address."""
+
+
+def _listener(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    try:
+        return tcp_listener(host, port, backlog, reuse_port)
+    except OSError as exc:
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
 def worker_sockets(settings: Settings, index: int) -> list[socket.socket]:
     """Worker ``index``'s listeners: the shared port, its own metrics port, and the
     supervisor's Unix socket (inherited: one socket file cannot be bound twice)."""
-    sockets = [tcp_listener(settings.host, settings.port, settings.backlog, True)]
+    sockets = [_listener(settings.host, settings.port, settings.backlog, True)]
     if settings.worker_metrics_port is not None:
         own = settings.worker_metrics_port + index
-        sockets.append(tcp_listener(settings.host, own, 128, False))
+        sockets.append(_listener(settings.host, own, 128, False))
     unix_fd = os.environ.get(WORKER_UNIX_FD_ENV)
     if unix_fd is not None:
         sockets.append(socket.socket(fileno=int(unix_fd)))
@@ -112,6 +129,8 @@ class Supervisor:
         self._backoff: dict[int, float] = {}
         self._restart_at: dict[int, float] = {}
         self._stopping = False
+        #: a worker refused to start: the supervisor stopped the others and exits with it
+        self._refused = False
 
     def _spawn(self, index: int) -> None:
         env = {
@@ -134,11 +153,14 @@ class Supervisor:
         log.info("worker started", worker=index, pid=self._workers[index].pid)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stop_workers()
+        log.info("stopping workers", signal=signal.Signals(signum).name)
+
+    def _stop_workers(self) -> None:
         self._stopping = True
         for process in self._workers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        log.info("stopping workers", signal=signal.Signals(signum).name)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -164,7 +186,7 @@ class Supervisor:
                 process.wait()
         if self._unix is not None:
             self._unix.close()
-        return 0
+        return REFUSED_EXIT_CODE if self._refused else 0
 
     def _check(self, now: float) -> None:
         for index, process in list(self._workers.items()):
@@ -176,6 +198,15 @@ class Supervisor:
             code = process.poll()
             if code is None:
                 continue
+            if code == REFUSED_EXIT_CODE:
+                log.error(
+                    "worker refused to start (its reason above): stopping all workers",
+                    worker=index,
+                    code=code,
+                )
+                self._refused = True
+                self._stop_workers()
+                return
             stable = now - self._started[index] >= STABLE_SECONDS
             delay = 0.0 if stable else self._backoff.get(index, BACKOFF_FIRST_SECONDS)
             self._backoff[index] = min(BACKOFF_MAX_SECONDS, max(delay, BACKOFF_FIRST_SECONDS) * 2)

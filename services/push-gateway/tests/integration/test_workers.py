@@ -136,3 +136,27 @@ def test_a_worker_that_dies_is_restarted(workers: Workers) -> None:
         assert time.monotonic() < deadline, f"no worker restarted: {before} -> {now}"
         time.sleep(0.2)
     workers.wait_ready()
+
+
+def test_workers_that_cannot_listen_stop_the_supervisor_with_the_reason(
+    kafka: KafkaEndpoint, topics: TopicSettings, booking_api: FakeBookingApi, tmp_path: Path
+) -> None:
+    """A port another program holds is not freed by restarting workers: the supervisor must
+    not restart them for ever (each a traceback, every 15 s), but say why and exit 2, as a
+    single gateway refuses a Unix socket it cannot bind."""
+    log = tmp_path / "gateway.log"
+    with socket.socket() as taken:  # no SO_REUSEPORT: the workers' bind fails
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start_gateway_process(kafka, topics, booking_api, port, log, GATEWAY_WORKERS="2")
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            stop_gateway_process(process)
+    text = log.read_text()
+    assert code == 2, f"the supervisor did not stop with status 2 within 60 s: {text[-3000:]}"
+    assert f"push-gateway: refusing to start, cannot listen on 127.0.0.1:{port}" in text
+    assert "Traceback" not in text

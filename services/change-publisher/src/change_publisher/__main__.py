@@ -4,13 +4,22 @@ import sys
 
 import uvicorn
 
+from change_publisher.adapters.file import FileCheckpointStore
 from change_publisher.app import create_app
 from change_publisher.config import Settings
-from slotstream_contracts.settings import load_settings
+from slotstream_contracts.settings import load_settings, refuse_to_start
 
 
 def main() -> None:
     settings = load_settings(Settings, "change-publisher")
+    if settings.effective_checkpoint_store() == "file" and settings.checkpoint_file is not None:
+        try:
+            FileCheckpointStore(settings.checkpoint_file).check_writable()
+        except (OSError, ValueError) as exc:
+            refuse_to_start(
+                "change-publisher",
+                f"PUBLISHER_CHECKPOINT_FILE={settings.checkpoint_file} cannot be used: {exc}",
+            )
     server: uvicorn.Server | None = None
 
     def stop_server() -> None:

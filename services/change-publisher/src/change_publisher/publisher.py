@@ -837,7 +837,7 @@ class Publisher:
             raise
         except Exception as exc:
             self.metrics.checkpoint_errors.inc()
-            self._log.warning("checkpoint failed; will retry", error=repr(exc))
+            self._log.warning("checkpoint failed; will retry", error=f"{type(exc).__name__}: {exc}")
             return
         self.last_checkpoint = checkpoint
         self._last_checkpoint_at = time.monotonic()

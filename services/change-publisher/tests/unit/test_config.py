@@ -1,8 +1,14 @@
 """Settings from the environment (PUBLISHER_ prefix, nested with __)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from change_publisher.config import Settings
+from slotstream_testkit.net import free_port
 
 
 def test_defaults_follow_the_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +81,38 @@ def test_the_publisher_refuses_to_start_with_bad_settings(
     err = capsys.readouterr().err
     assert err.startswith("change-publisher: refusing to start, bad settings:")
     assert message in err
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "unwritable"])
+def test_the_publisher_refuses_a_checkpoint_file_it_cannot_write(
+    tmp_path: Path, where: str
+) -> None:
+    """A checkpoint file it cannot write used to start a publisher that answered ready,
+    logged a failed save every second without naming the file, and after a restart began
+    at the latest change: whatever changed while it was down was never published (under a
+    regular file: a traceback, status 3). It must refuse to start, naming the file."""
+    if where == "under-a-file":
+        (tmp_path / "a-file").write_text("")
+        path = tmp_path / "a-file" / "checkpoint.json"
+    else:
+        path = Path("/proc/slotstream/checkpoint.json")  # not writable, even for root
+    env = {
+        **os.environ,
+        "PUBLISHER_SOURCE": "feed",
+        "PUBLISHER_CHECKPOINT_FILE": str(path),
+        "PUBLISHER_HTTP_PORT": str(free_port()),
+    }
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "change_publisher"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the publisher started with a checkpoint file it cannot write: {path}")
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert ran.stderr.startswith("change-publisher: refusing to start, ")
+    assert str(path) in ran.stderr

@@ -51,6 +51,17 @@ class FileCheckpointStore:
             finally:
                 os.close(directory)
 
+    def check_writable(self) -> None:
+        """Raise ``OSError`` unless the checkpoint can be read and written here (its
+        directory made, a file created in it). Checked at start-up: a publisher that cannot
+        save its checkpoint starts at the latest change after a restart, so whatever changed
+        while it was down would never be published."""
+        self._read()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        probe = self._path.with_name(f".{self._path.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+
     def stored_epoch(self, name: str) -> int | None:
         """The epoch of the stored checkpoint (read at start-up, before any lease)."""
         entry = self._read().get(name)

@@ -427,6 +427,28 @@ async def test_resync_record_sends_resync_then_a_fresh_snapshot(harness: Harness
     assert data(events[1])["schedule"]["version"] == 7  # type: ignore[index]
 
 
+async def test_a_snapshot_taken_before_a_resync_is_not_shared_after_it(
+    harness: Harness,
+) -> None:
+    """A ``stream.resync`` says the log before it cannot be trusted (the publisher lost
+    history; what it publishes now may not repeat every change). A stream opened after one
+    must not get the snapshot kept from before it, patched with the records since: on main
+    it got that snapshot (s1 v2) and never the v7 the booking-api shows now."""
+    first = await (await harness.connect()).start()
+    await first.events(1)  # i1's snapshot (s1 v2), kept for reuse
+    first.writer.close()
+    async with asyncio.timeout(5):
+        while harness.gateway.connections:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    harness.source.snapshots["i1"] = snapshot("i1", [slot("i1", "s1", 7)])
+    harness.produce(record_of(resync_event("r1"), 0))
+    late = await (await harness.connect()).start()
+    [snap] = await late.events(1)
+    assert snap["event"] == "snapshot"
+    assert data(snap)["schedule"]["version"] == 7  # type: ignore[index]
+    assert harness.source.fetches == ["i1", "i1"]
+
+
 async def test_slow_client_is_cut_off_and_others_keep_receiving(harness: Harness) -> None:
     await harness.connect(stalled=True)
     healthy = await (await harness.connect()).start()

@@ -76,13 +76,20 @@ class ChosenSnapshot(NamedTuple):
 
 def snapshot_gap(hub: ChannelHub, channel: Channel, since: int, start: int) -> list[Record] | None:
     """The channel's data records after ``since`` (a snapshot's) up to ``start`` (the
-    stream's) from the ring; None when the ring no longer reaches back to ``since``."""
+    stream's) from the ring; None when the ring no longer reaches back to ``since``, or
+    when a ``stream.resync`` came in between: the snapshot is from before it, when the
+    log could not be trusted, and the records since need not repeat every change (the
+    caller takes a snapshot after it instead)."""
     if since >= start:
         return []
-    records = hub.ring_since(hub.partition_key(channel), since, {channel.record_key})
+    keys = {channel.record_key, CONTROL_KEY_BYTES}
+    records = hub.ring_since(hub.partition_key(channel), since, keys)
     if records is None:
         return None
-    return [r for r in records if r.offset <= start and r.key != CONTROL_KEY_BYTES]
+    gap = [r for r in records if r.offset <= start]
+    if any(r.key == CONTROL_KEY_BYTES for r in gap):
+        return None
+    return gap
 
 
 def newer(record: Record, versions: dict[str, int]) -> bool:

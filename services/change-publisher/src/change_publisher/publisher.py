@@ -267,6 +267,9 @@ class Publisher:
         self.streaming = False
         self.last_checkpoint: Checkpoint | None = None
         self._last_checkpoint_at: float | None = None
+        #: when streaming began with no checkpoint saved yet by this process: the age counts
+        #: from there, so a store that refuses every save shows a growing age, not 0
+        self._checkpoint_due_since: float | None = None
         self._delivery: _Delivery | None = None
         #: Where to resume after a failure: the newest fully acknowledged position.
         self._safe_position: StreamPosition | None = None
@@ -309,9 +312,8 @@ class Publisher:
         return self._delivery.tracker.in_flight if self._delivery else 0
 
     def _checkpoint_age(self) -> float:
-        if self._last_checkpoint_at is None:
-            return 0.0
-        return time.monotonic() - self._last_checkpoint_at
+        since = self._last_checkpoint_at or self._checkpoint_due_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def status(self) -> dict[str, Any]:
         return {
@@ -671,6 +673,8 @@ class Publisher:
             delivery.progress(stream.start_token)
         try:
             self.streaming = True
+            if self._last_checkpoint_at is None and self._checkpoint_due_since is None:
+                self._checkpoint_due_since = time.monotonic()
             while True:
                 if checkpointer.done():
                     checkpointer.result()

@@ -717,3 +717,26 @@ async def test_a_lost_lease_gives_up_what_kafka_has_not_acknowledged_and_resends
         "slots/s1",
     ]
     assert subjects_and_epochs(kafka.delivered) == [("slots/s0", 1), ("slots/s1", 1)]
+
+
+async def test_the_checkpoint_age_grows_while_no_checkpoint_can_be_saved(
+    database: MemoryDatabase,
+    checkpoints: MemoryCheckpointStore,
+    make_publisher: PublisherFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``checkpointAgeSeconds`` (``publisher_checkpoint_age_seconds``) is what an operator
+    alerts on: a store that refuses every save must show a growing age, not 0 (on main it
+    read 0 until a first checkpoint was saved: for ever, if none ever was)."""
+
+    async def refuse(_name: str, _checkpoint: Any) -> None:
+        raise OSError("checkpoint store unavailable")
+
+    monkeypatch.setattr(checkpoints, "save", refuse)
+    publisher = make_publisher(checkpoint_interval=0.05)
+    task = asyncio.create_task(publisher.run())
+    await eventually(lambda: publisher.streaming)
+    database.insert(SLOTS, Docs.slot("s1", "i1"))
+    await asyncio.sleep(0.5)
+    assert publisher.status()["checkpointAgeSeconds"] >= 0.3
+    await stop(publisher, task)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 from aiokafka.errors import CorruptRecordException, KafkaConnectionError
 from aiokafka.protocol import fetch as protocol
 
@@ -25,7 +27,7 @@ from push_gateway.adapters.fetch import (
     PartitionState,
 )
 from push_gateway.adapters.fetch_links import _RawResponse
-from push_gateway.adapters.kafka import KafkaIngest
+from push_gateway.adapters.kafka import KafkaIngest, TopicMissing, partitions_of
 from push_gateway.adapters.records import IngestRecord
 from push_gateway.config import GatewayKafkaSettings
 from push_gateway.domain.hub import NO_READERS, ChannelHub, Readers
@@ -615,3 +617,36 @@ async def test_a_compacted_topics_holes_are_read_past_at_once() -> None:
     assert resets == []
     assert lean.counters.holes == 0
     await lean.close()
+
+
+# -- a data topic the broker does not have yet -------------------------------------------------
+class _MetadataClient:
+    async def force_metadata_update(self) -> bool:
+        await asyncio.sleep(0.01)
+        return True
+
+
+class _ConsumerWithout:
+    """A consumer whose metadata has no partitions of the topic until ``after`` refreshes."""
+
+    def __init__(self, after: int | None) -> None:
+        self.after = after
+        self.refreshes = 0
+        self._client = _MetadataClient()
+
+    def partitions_for_topic(self, _topic: str) -> set[int] | None:
+        self.refreshes += 1
+        return {1, 0} if self.after is not None and self.refreshes > self.after else None
+
+
+async def test_a_gateway_waiting_for_a_missing_topic_says_so_and_gives_up_naming_it() -> None:
+    """A gateway started before its topics exist waited 30 s in silence, then failed with
+    "topic … has no partitions" at the end of a traceback: it says at once that it waits,
+    finds the topic when it comes, and else names it and what to do."""
+    consumer: Any = _ConsumerWithout(after=3)
+    with structlog.testing.capture_logs() as logs:
+        assert await partitions_of(consumer, "s", wait_seconds=5) == [0, 1]
+    assert [e["event"] for e in logs] == ["topic not on the broker: waiting for it", "topic found"]
+    never: Any = _ConsumerWithout(after=None)
+    with pytest.raises(TopicMissing, match=r"topic s is not on the broker \(waited 0.1 s\)"):
+        await partitions_of(never, "s", wait_seconds=0.1)

@@ -190,15 +190,7 @@ class KafkaIngest:
         return layout_changes(self._assigned, found)
 
     async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-        deadline = time.monotonic() + 30
-        while True:
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return sorted(found)
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic} has no partitions")
-            await asyncio.sleep(0.2)
+        return await partitions_of(consumer, topic)
 
     def _set_fetch_wait(self, records: int) -> None:
         """Adaptive long-poll (``domain/fetch_wait.py``): long while the log is silent, short
@@ -437,6 +429,42 @@ class LogBounds(Protocol):
         """``(log start offset, high watermark)`` of a partition as last seen: a resume
         position is valid from ``start - 1`` to ``high watermark - 1``."""
         ...
+
+
+#: how long a gateway starting waits for a data topic the broker does not have yet
+TOPIC_WAIT_SECONDS: Final = 30.0
+
+
+class TopicMissing(RuntimeError):
+    """A data topic the broker still did not have after ``TOPIC_WAIT_SECONDS``."""
+
+
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, wait_seconds: float = TOPIC_WAIT_SECONDS
+) -> list[int]:
+    """The topic's partitions from the consumer's metadata, refreshed until the broker has
+    the topic (it may be created a moment after the gateway starts); said in the log at
+    once, and :class:`TopicMissing` naming it after ``wait_seconds``."""
+    deadline = time.monotonic() + wait_seconds
+    logged = False
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            if logged:
+                log.info("topic found", topic=topic, partitions=len(found))
+            return sorted(found)
+        if not logged:
+            logged = True
+            log.warning(
+                "topic not on the broker: waiting for it", topic=topic, seconds=wait_seconds
+            )
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+        if time.monotonic() > deadline:
+            raise TopicMissing(
+                f"topic {topic} is not on the broker (waited {wait_seconds:g} s): create the "
+                "data topics before the gateways start (docs/deploy.md)"
+            )
+        await asyncio.sleep(0.2)
 
 
 class KafkaHistory:

@@ -20,6 +20,7 @@ const state = {
   cancelling: null, // the booked slot the cancel dialog is about
   changed: new Set(), // slot ids to highlight briefly
   notifications: new Map(), // id → NotificationData
+  mineOf: null, // the user whose bookings and notifications are held (null: a guest's, none)
 };
 
 const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
@@ -556,10 +557,20 @@ async function refreshOverHttp() {
 
 // ---------------------------------------------------------------- notifications and bookings
 
+/**
+ * The signed-in user's bookings and notifications, read again (after sign-in, and after a
+ * resync of their notifications). Another user's are dropped at once; the same user's
+ * are replaced only by a read that succeeded, so a moment of API trouble keeps what the
+ * page showed instead of emptying it.
+ */
 async function loadMine() {
-  state.myBookingIds.clear();
-  state.notifications.clear();
-  $("notif-list").replaceChildren();
+  const userId = state.user?.id ?? null;
+  if (state.mineOf !== userId) {
+    state.mineOf = userId;
+    state.myBookingIds.clear();
+    state.notifications.clear();
+    $("notif-list").replaceChildren();
+  }
   const panel = $("notifications");
   panel.hidden = !state.user;
   if (!state.user) return;
@@ -567,7 +578,9 @@ async function loadMine() {
     api("GET", "/api/users/me/bookings"),
     api("GET", "/api/users/me/notifications"),
   ]);
+  if (state.mineOf !== userId) return; // another user signed in meanwhile
   if (bookings.status === "fulfilled") {
+    state.myBookingIds.clear();
     for (const b of itemsOf(bookings.value, "bookings")) {
       rememberBooking(b);
       if (b.status === "active" && b.studentId === state.user.id) state.myBookingIds.add(b.id);

@@ -94,6 +94,8 @@ class FakeEdge:
     demo_users_reads: int = 0
     #: what GET /api/users/me/notifications lists
     notifications: list[NotificationData] = field(default_factory=list)
+    #: answer this many next reads of /api/users/me/* with 503 (the API down a moment)
+    fail_mine: int = 0
     #: set when GET …/schedule has read the state; while ``hold_schedule`` is not None, the
     #: answer (that state) is sent only once it is set: an answer the stream overtakes
     schedule_read: threading.Event = field(default_factory=threading.Event)
@@ -174,10 +176,18 @@ class FakeEdge:
             user = {"id": STUDENT, "name": "Fake Student", "role": "student", "token": token}
             return JSONResponse({"users": [user]})
 
+        def unavailable() -> Response | None:
+            if self.fail_mine <= 0:
+                return None
+            self.fail_mine -= 1
+            return JSONResponse({"detail": "starting"}, status_code=503)
+
         async def mine(_: Request) -> Response:
-            return JSONResponse([])
+            return unavailable() or JSONResponse([])
 
         async def notifications(_: Request) -> Response:
+            if (refused := unavailable()) is not None:
+                return refused
             listed = [n.model_dump(mode="json", by_alias=True) for n in self.notifications]
             return JSONResponse(listed)
 

@@ -260,6 +260,32 @@ def test_notifications_whose_history_is_gone_are_loaded_again(
     assert errors == []
 
 
+def test_a_reload_of_notifications_that_fails_keeps_the_ones_shown(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The page reads the user's notifications and bookings again after a ``resync``; when
+    that read fails (the API down a moment) it must keep what it showed, not empty the
+    list (on main: the notifications vanished until the next successful read)."""
+    fake, base_url = fake_edge
+    fake.notifications.append(cancelled_notification())
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    notes = page.locator("#notif-list li")
+    expect(notes).to_have_count(1)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+
+    fake.fail_mine = 2
+    fake.send_resync(f"users/{STUDENT}/notifications", "history-unavailable")
+    for _ in range(50):  # both reads made, and failed
+        if fake.fail_mine == 0:
+            break
+        page.wait_for_timeout(100)
+    assert fake.fail_mine == 0
+    page.wait_for_timeout(300)
+    expect(notes).to_have_count(1)
+    assert errors == []
+
+
 WATCHED_CLIENT = """async (timeoutMs) => {
   const { subscribe } = await import("/slotstream-client.js");
   window.__statuses = [];

@@ -7,7 +7,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import orjson
@@ -1014,6 +1014,50 @@ async def test_records_after_a_resync_during_the_catch_up_wait_for_its_snapshot(
     second_fetch.set()
     events = await client.events(2)
     assert [e["event"] for e in events] == ["resync", "snapshot"]
+
+
+@pytest.mark.parametrize("count", [2, 10], ids=["ring", "past-the-ring"])
+async def test_a_resync_of_a_live_stream_writes_the_other_partitions_records_once(
+    harness: Harness, count: int
+) -> None:
+    """A live ``/v1/events`` stream of two instructors on two partitions gets a
+    ``stream.resync`` on i1's; in the same loop turn (before the catch-up task runs)
+    records of i2 without a CloudEvents id arrive on the other partition (10: more than
+    the ring keeps). They are buffered for the catch-up and must be written once each,
+    with ids that never go back. On main the catch-up also replayed them, from the ring
+    (read when the task ran, with no bound at the positions taken at the resync) or past
+    the ring from Kafka: each came twice, the second copy of v5 with an id before v6's."""
+    harness.source.snapshots["i2"] = snapshot("i2", [slot("i2", "s9", 4)])
+    i2_part = harness.hub.partition_key(Channel.schedule("i2"))[1]
+    assert i2_part != harness.part
+    query = "channel=instructors/i1/schedule&channel=instructors/i2/schedule"
+    client = await (await harness.connect(query, path=EVENTS)).start()
+    assert [e["event"] for e in await client.events(2)] == ["snapshot", "snapshot"]
+    # no await from here to the live record: the resync's catch-up task has not run yet
+    harness.produce(record_of(resync_event("r1"), 0))
+    without_id = [
+        replace(record_of(slot_event("i2", "s9", 5 + offset), offset), ce_id=None)
+        for offset in range(count)
+    ]
+    harness.history.log[(SCHEDULE_TOPIC, i2_part)] = list(without_id)
+    harness.hub.ingest(SCHEDULE_TOPIC, i2_part, without_id)
+    got: list[dict[str, str]] = []
+    while not got or got[-1]["event"] != "snapshot":
+        got += await client.events(1)
+    # live again: a record with an id marks the end of what the catch-up wrote
+    live = record_of(slot_event("i2", "s9", 5 + count), count)
+    harness.hub.ingest(SCHEDULE_TOPIC, i2_part, [live])
+    while (data(got[-1]).get("instructorid"), data(got[-1]).get("version")) != ("i2", 5 + count):
+        got += await client.events(1)
+    slots = [data(e)["version"] for e in got if e["event"] == "slot"]
+    assert slots == list(range(5, 6 + count)), got
+    positions = [
+        {part: int(offset) for part, _, offset in (c.partition(":") for c in e["id"].split("."))}
+        for e in got
+        if "id" in e
+    ]
+    for before, after in zip(positions, positions[1:], strict=False):
+        assert all(after[part] >= before[part] for part in before), positions
 
 
 async def test_a_client_cut_off_between_two_snapshots_gets_the_second_on_resume(

@@ -185,15 +185,21 @@ class CatchUp:
                 fresh.add(key)
                 continue
             keys = connection.keys_of_partition[key]
-            after = resume[key]
+            after, last = resume[key], positions[key]
+            # Replay up to the stream's position only: the records after it are buffered
+            # (``pending``, since ``attach``/``to_pending``). A live stream's resync is
+            # caught up in a task, so the ring may be read after more records came; read
+            # unbounded, those were written twice (once without a ``ce_id`` to tell them
+            # apart) and the second copy's id went back.
             ring = hub.ring_since(key, after, keys)
             if ring is None:
-                floor = hub.ring_floor(key)
-                reads[key] = (after + 1, floor)
-                ring = hub.ring_since(key, floor - 1, keys) or []
+                stop = min(hub.ring_floor(key), last + 1)
+                if after + 1 < stop:
+                    reads[key] = (after + 1, stop)
+                ring = hub.ring_since(key, stop - 1, keys) or []
             else:
                 self.stats.resumes_ring += 1
-            replay[key] = ring
+            replay[key] = [r for r in ring if r.offset <= last]
         for key, (first, stop) in reads.items():
             # control records too, as ring replays have them: a resync in the missed range
             # means the replay cannot be trusted

@@ -114,7 +114,8 @@ class CatchUpPlan:
     lost: set[PartitionKey]
     #: partitions that start at ``positions`` (no replay)
     fresh: set[PartitionKey] = field(default_factory=set)
-    #: records after the resume point, from the ring or Kafka
+    #: records after the resume point up to ``positions``, from the ring or Kafka (the
+    #: later ones are buffered: ``pending``)
     replay: dict[PartitionKey, list[Record]] = field(default_factory=dict)
     snapshots: Mapping[Channel, ChosenSnapshot] = field(default_factory=dict)
 

@@ -245,6 +245,20 @@ async def test_a_dead_gateway_puts_no_ticket_in_any_log(edge: Edge) -> None:
         assert "SECRET" not in log.read_text(), log
 
 
+async def test_a_dead_gateway_puts_no_websocket_ticket_in_any_log(edge: Edge) -> None:
+    """The gateway also redeems `GET /v1/ws?ticket=…`: the WebSocket location logs only
+    critical errors too, or a refused connect wrote the ticket into the error log."""
+    edge.gateways[1].stop()
+    url = edge.url.replace("http://", "ws://") + "/v1/ws"
+    for n in range(4):
+        async with connect(f"{url}?ticket=SECRET{n}") as socket:
+            assert await socket.recv() == "gateway-2"
+    logs = [*edge.stack.logs.glob("*"), *(edge.stack.state_dir / "edge" / "logs").glob("*")]
+    assert '"GET /v1/ws HTTP/1.1" 101' in edge.access_log.read_text()
+    for log in logs:
+        assert "SECRET" not in log.read_text(), log
+
+
 def test_the_client_address_is_passed_on_and_cannot_be_forged(edge: Edge) -> None:
     forged = {"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "198.51.100.7"}
     seen = httpx.get(f"{edge.url}/api/client", headers=forged, timeout=10)

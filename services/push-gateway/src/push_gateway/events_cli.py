@@ -15,6 +15,11 @@ stays free of Kafka clients.
     slotstream-events notifications --from end      # only what comes from now on
     slotstream-events schedule --key i1 --exit      # one instructor's records, then stop
     slotstream-events slotstream.deadletter.v1 --json
+
+A broker that wants SASL (Compose's ``localhost:9094``, Strimzi) or TLS: ``--security-protocol``,
+``--sasl-mechanism``, ``--sasl-username``, ``--sasl-password-file`` (or the password in
+``$SLOTSTREAM_EVENTS_SASL_PASSWORD``, never on the command line), ``--ssl-cafile``; each
+option also reads ``SLOTSTREAM_EVENTS_<OPTION>``.
 """
 
 import argparse
@@ -23,11 +28,14 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from pydantic import SecretStr, ValidationError
 
+from slotstream_contracts.settings import KafkaSettings
 from slotstream_contracts.topics import (
     DEADLETTER_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -44,6 +52,13 @@ ALIASES: Final = {
 #: the demo's broker (``make demo``); override with --bootstrap-servers or the variable
 DEFAULT_BOOTSTRAP: Final = "127.0.0.1:19092"
 BOOTSTRAP_ENV: Final = "SLOTSTREAM_EVENTS_BOOTSTRAP_SERVERS"
+#: the SASL password: from this variable or --sasl-password-file, never an argument (ps shows those)
+PASSWORD_ENV: Final = "SLOTSTREAM_EVENTS_SASL_PASSWORD"
+
+
+def _env(option: str) -> str | None:
+    """``--sasl-username`` -> ``$SLOTSTREAM_EVENTS_SASL_USERNAME``."""
+    return os.environ.get("SLOTSTREAM_EVENTS_" + option.upper().replace("-", "_"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -76,7 +91,56 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--count", type=int, help="stop after printing this many records")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    return parser.parse_args(argv)
+    security = parser.add_argument_group(
+        "security",
+        "a broker that wants SASL or TLS; each option also reads SLOTSTREAM_EVENTS_<OPTION>",
+    )
+    security.add_argument(
+        "--security-protocol",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        default=_env("security-protocol") or "PLAINTEXT",
+        help="(default: PLAINTEXT; Compose's localhost:9094: SASL_PLAINTEXT)",
+    )
+    security.add_argument(
+        "--sasl-mechanism",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        default=_env("sasl-mechanism"),
+        help="(Compose and Strimzi: SCRAM-SHA-512)",
+    )
+    security.add_argument("--sasl-username", default=_env("sasl-username"))
+    security.add_argument(
+        "--sasl-password-file",
+        type=Path,
+        default=_env("sasl-password-file"),
+        help=f"a file holding the password (or the password in ${PASSWORD_ENV})",
+    )
+    security.add_argument(
+        "--ssl-cafile",
+        type=Path,
+        default=_env("ssl-cafile"),
+        help="CA bundle for SSL / SASL_SSL (default: the system's)",
+    )
+    args = parser.parse_args(argv)
+    from_env = os.environ.get(PASSWORD_ENV) if args.sasl_password_file is None else None
+    password = SecretStr(from_env) if from_env else None
+    try:
+        args.kafka = KafkaSettings(
+            bootstrap_servers=args.bootstrap_servers,
+            client_id="slotstream-events",
+            security_protocol=args.security_protocol,
+            sasl_mechanism=args.sasl_mechanism,
+            sasl_username=args.sasl_username,
+            sasl_password=password,
+            sasl_password_file=args.sasl_password_file,
+            ssl_cafile=args.ssl_cafile,
+        )
+    except ValidationError as error:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        parser.error(
+            f"{problems} (--sasl-mechanism, --sasl-username, "
+            f"--sasl-password-file or ${PASSWORD_ENV})"
+        )
+    return args
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -126,11 +190,8 @@ async def tail(args: argparse.Namespace, out: TextIO, started: asyncio.Event | N
     """Print records as ``args`` says; returns how many were printed."""
     topic = ALIASES.get(args.topic, args.topic)
     keys = {k.encode() for k in args.key} if args.key else None
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=args.bootstrap_servers,
-        enable_auto_commit=False,
-        client_id="slotstream-events",
-    )
+    settings: KafkaSettings = args.kafka
+    consumer = AIOKafkaConsumer(**settings.client_options(), enable_auto_commit=False)
     await consumer.start()
     printed = 0
     try:

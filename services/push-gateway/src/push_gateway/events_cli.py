@@ -24,6 +24,7 @@ option also reads ``SLOTSTREAM_EVENTS_<OPTION>``.
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from typing import Any, Final, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import SecretStr, ValidationError
 
 from slotstream_contracts.settings import KafkaSettings
@@ -192,7 +194,13 @@ async def tail(args: argparse.Namespace, out: TextIO, started: asyncio.Event | N
     keys = {k.encode() for k in args.key} if args.key else None
     settings: KafkaSettings = args.kafka
     consumer = AIOKafkaConsumer(**settings.client_options(), enable_auto_commit=False)
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise SystemExit(
+            f"slotstream-events: cannot reach the broker at {args.bootstrap_servers}: {exc}"
+        ) from None
     printed = 0
     try:
         if topic not in await consumer.topics():  # also refreshes the metadata
@@ -237,6 +245,8 @@ async def _reached(consumer: AIOKafkaConsumer, partition: TopicPartition, end: i
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # aiokafka logs each failed connect before it raises; the one line above says it
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         asyncio.run(tail(args, sys.stdout))
     except KeyboardInterrupt:

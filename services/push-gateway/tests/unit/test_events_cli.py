@@ -3,12 +3,16 @@ Strimzi): the security settings from the options or ``SLOTSTREAM_EVENTS_*`` reac
 consumer, and half-configured SASL is a usage error, not a failed connection."""
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from push_gateway import events_cli
+from slotstream_testkit.net import free_port
 
 
 class RecordingConsumer:
@@ -74,3 +78,20 @@ def test_half_configured_sasl_is_a_usage_error(capsys: pytest.CaptureFixture[str
         events_cli.parse_args(["--security-protocol", "SASL_PLAINTEXT", "--sasl-username", "a"])
     assert exited.value.code == 2
     assert "SASL_PLAINTEXT needs" in capsys.readouterr().err
+
+
+def test_a_broker_it_cannot_reach_is_one_line_and_status_1() -> None:
+    """An address nothing answers on ended in aiokafka's traceback and an "Unclosed
+    AIOKafkaConsumer" warning; the engineer gets one line naming the address."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "push_gateway.events_cli", "schedule"],
+        env={**os.environ, "SLOTSTREAM_EVENTS_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 1
+    assert ran.stderr.startswith("slotstream-events: cannot reach the broker at 127.0.0.1:")
+    assert "Traceback" not in ran.stderr
+    assert "Unclosed" not in ran.stderr

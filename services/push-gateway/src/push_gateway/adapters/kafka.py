@@ -116,7 +116,7 @@ class KafkaIngest:
         self._consumer = consumer
         partitions: list[TopicPartition] = []
         for topic in self._topics:
-            found = await self._partitions_of(consumer, topic)
+            found = await partitions_of(consumer, topic)
             partitions.extend(TopicPartition(topic, p) for p in found)
         beginnings = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
@@ -188,9 +188,6 @@ class KafkaIngest:
             partitions = consumer.partitions_for_topic(topic)
             found[topic] = len(partitions) if partitions else None
         return layout_changes(self._assigned, found)
-
-    async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-        return await partitions_of(consumer, topic)
 
     def _set_fetch_wait(self, records: int) -> None:
         """Adaptive long-poll (``domain/fetch_wait.py``): long while the log is silent, short

@@ -266,10 +266,10 @@ class Publisher:
         self.epoch = 0
         self.streaming = False
         self.last_checkpoint: Checkpoint | None = None
-        self._last_checkpoint_at: float | None = None
-        #: when streaming began with no checkpoint saved yet by this process: the age counts
-        #: from there, so a store that refuses every save shows a growing age, not 0
-        self._checkpoint_due_since: float | None = None
+        #: where the checkpoint age counts from: the last checkpoint saved, or before the
+        #: first one the start of streaming (a store that refuses every save shows a growing
+        #: age, not 0); None before streaming
+        self._checkpoint_age_from: float | None = None
         self._delivery: _Delivery | None = None
         #: Where to resume after a failure: the newest fully acknowledged position.
         self._safe_position: StreamPosition | None = None
@@ -312,7 +312,7 @@ class Publisher:
         return self._delivery.tracker.in_flight if self._delivery else 0
 
     def _checkpoint_age(self) -> float:
-        since = self._last_checkpoint_at or self._checkpoint_due_since
+        since = self._checkpoint_age_from
         return 0.0 if since is None else time.monotonic() - since
 
     def status(self) -> dict[str, Any]:
@@ -673,8 +673,8 @@ class Publisher:
             delivery.progress(stream.start_token)
         try:
             self.streaming = True
-            if self._last_checkpoint_at is None and self._checkpoint_due_since is None:
-                self._checkpoint_due_since = time.monotonic()
+            if self._checkpoint_age_from is None:
+                self._checkpoint_age_from = time.monotonic()
             while True:
                 if checkpointer.done():
                     checkpointer.result()
@@ -829,7 +829,7 @@ class Publisher:
             return
         last = self.last_checkpoint
         if last is not None and token == last.token and at == last.at and last.epoch == lease.epoch:
-            self._last_checkpoint_at = time.monotonic()
+            self._checkpoint_age_from = time.monotonic()
             return
         checkpoint = Checkpoint(token=token, at=at, epoch=lease.epoch, saved_at=_now())
         try:
@@ -844,7 +844,7 @@ class Publisher:
             self._log.warning("checkpoint failed; will retry", error=f"{type(exc).__name__}: {exc}")
             return
         self.last_checkpoint = checkpoint
-        self._last_checkpoint_at = time.monotonic()
+        self._checkpoint_age_from = time.monotonic()
         self._safe_position = checkpoint.position
         self._fences = 0
         if last is None or checkpoint.position != last.position:

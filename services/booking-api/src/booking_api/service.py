@@ -35,7 +35,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -69,6 +69,23 @@ Clock = Callable[[], datetime]
 #: Seconds before each read-back after a failed claim or booking insert (a blip passes
 #: quickly).
 BOOKING_READ_BACK_PAUSES = (0.0, 0.05, 0.25)
+
+T = TypeVar("T")
+
+
+async def _read_back(
+    read: Callable[[], Coroutine[Any, Any, T]], failed: str, **context: str
+) -> tuple[T] | None:
+    """After a write that failed, maybe applied with only its reply lost: ``read`` tried
+    after each of ``BOOKING_READ_BACK_PAUSES``, its first answer (in a 1-tuple: the answer
+    itself may be None), or None when every try failed (each logged as ``failed``)."""
+    for pause in BOOKING_READ_BACK_PAUSES:
+        await asyncio.sleep(pause)
+        try:
+            return (await read(),)
+        except Exception as exc:
+            log.warning(failed, **context, error=repr(exc))
+    return None
 
 
 async def committed(work: Coroutine[Any, Any, None]) -> None:
@@ -317,29 +334,26 @@ class BookingService:
         """After a failed claim: the slot if the claim was applied (booked by
         ``booking_id``), else ``None``; also ``None``, logged, when every read-back failed
         (the slot may then be held by a booking that does not exist until repaired)."""
-        for pause in BOOKING_READ_BACK_PAUSES:
-            await asyncio.sleep(pause)
-            try:
-                slot = await self._storage.slots.get(slot_id)
-            except Exception as exc:
-                log.warning("booking.claim_read_back_failed", slot_id=slot_id, error=repr(exc))
-                continue
-            if slot is not None and slot.booking_id == booking_id:
-                return slot
+        read = await _read_back(
+            lambda: self._storage.slots.get(slot_id),
+            "booking.claim_read_back_failed",
+            slot_id=slot_id,
+        )
+        if read is None:
+            log.error("booking.claim_unresolved", slot_id=slot_id, booking_id=booking_id)
             return None
-        log.error("booking.claim_unresolved", slot_id=slot_id, booking_id=booking_id)
-        return None
+        (slot,) = read
+        return slot if slot is not None and slot.booking_id == booking_id else None
 
     async def _booking_stored(self, booking_id: str) -> bool | None:
         """After a failed insert: is the booking stored? ``None`` when the store cannot
         tell (every read-back failed)."""
-        for pause in BOOKING_READ_BACK_PAUSES:
-            await asyncio.sleep(pause)
-            try:
-                return await self._storage.bookings.get(booking_id) is not None
-            except Exception as exc:
-                log.warning("booking.read_back_failed", booking_id=booking_id, error=repr(exc))
-        return None
+        read = await _read_back(
+            lambda: self._storage.bookings.get(booking_id),
+            "booking.read_back_failed",
+            booking_id=booking_id,
+        )
+        return None if read is None else read[0] is not None
 
     async def cancel(
         self, principal: Principal, booking_id: str, reason: str | None = None

@@ -48,6 +48,10 @@ def fake_gateway(name: str) -> Starlette:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    async def headers(request: Request) -> Response:
+        """The request headers the edge sent (a GET that asked no upgrade)."""
+        return JSONResponse(dict(request.headers))
+
     async def socket(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.send_text(name)
@@ -59,6 +63,7 @@ def fake_gateway(name: str) -> Starlette:
             Route("/api/book-now/schedule-updates", stream),
             Route("/v1/events", stream),
             WebSocketRoute("/v1/ws", socket),
+            Route("/v1/ws", headers),
         ]
     )
 
@@ -270,6 +275,16 @@ def test_the_client_address_is_passed_on_and_cannot_be_forged(edge: Edge) -> Non
     assert httpx.get(f"{edge.url}/api/instructors", timeout=10).headers["cache-control"] == (
         "no-store"
     )
+
+
+def test_a_plain_request_on_the_websocket_path_is_not_sent_as_an_upgrade(edge: Edge) -> None:
+    """Only a handshake (`Upgrade: websocket`) is an upgrade. A plain GET on /v1/ws, with or
+    without `Connection: keep-alive`, must reach the gateway as the plain request it is,
+    not as `Connection: upgrade` without an `Upgrade` (RFC 9110 7.8); the handshake itself
+    still passes (the WebSocket tests above)."""
+    for asked in ({}, {"Connection": "keep-alive"}):
+        seen = httpx.get(f"{edge.url}/v1/ws", headers=asked, timeout=10).json()
+        assert "upgrade" not in seen.get("connection", "").lower(), (asked, seen)
 
 
 def assert_too_many(response: httpx.Response) -> None:

@@ -49,7 +49,7 @@ def fake_gateway(name: str) -> Starlette:
         return StreamingResponse(body(), media_type="text/event-stream")
 
     async def headers(request: Request) -> Response:
-        """The request headers the edge sent (a GET that asked no upgrade)."""
+        """The request headers the edge sent (a plain GET on any of the gateway's paths)."""
         return JSONResponse(dict(request.headers))
 
     async def socket(websocket: WebSocket) -> None:
@@ -63,7 +63,8 @@ def fake_gateway(name: str) -> Starlette:
             Route("/api/book-now/schedule-updates", stream),
             Route("/v1/events", stream),
             WebSocketRoute("/v1/ws", socket),
-            Route("/v1/ws", headers),
+            Route("/v1/ws", headers),  # a GET that asked no upgrade
+            Route("/v1/headers", headers),
         ]
     )
 
@@ -77,6 +78,9 @@ def fake_api() -> Starlette:
         seen = {name: request.headers.get(name) for name in ("x-real-ip", "x-forwarded-for")}
         return JSONResponse(seen, headers={"Cache-Control": "public, max-age=5"})
 
+    async def headers(request: Request) -> Response:
+        return JSONResponse(dict(request.headers))
+
     async def write(_: Request) -> Response:
         await asyncio.sleep(0.2)
         return JSONResponse({"ok": True}, status_code=201)
@@ -85,6 +89,7 @@ def fake_api() -> Starlette:
         routes=[
             Route("/api/instructors", instructors),
             Route("/api/client", client),
+            Route("/api/headers", headers),
             Route("/api/bookings", write, methods=["POST"]),
             Route("/api/stream-tickets", write, methods=["POST"]),
         ]
@@ -285,6 +290,29 @@ def test_a_plain_request_on_the_websocket_path_is_not_sent_as_an_upgrade(edge: E
     for asked in ({}, {"Connection": "keep-alive"}):
         seen = httpx.get(f"{edge.url}/v1/ws", headers=asked, timeout=10).json()
         assert "upgrade" not in seen.get("connection", "").lower(), (asked, seen)
+
+
+def test_no_route_passes_on_forwarding_headers_a_client_wrote(edge: Edge) -> None:
+    """The edge decides every forwarding header: on the API, the SSE locations and the
+    WebSocket location alike, a client's own `Forwarded`, `X-Forwarded-Host` and
+    `X-Forwarded-Port` are dropped, and `X-Forwarded-For`/`X-Real-IP`/`X-Forwarded-Proto`/
+    `X-Request-Id` are the edge's (the same on every route)."""
+    forged = {
+        "Forwarded": "for=198.51.100.7;proto=https;host=evil.example",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-For": "198.51.100.7",
+        "X-Forwarded-Proto": "https",
+        "X-Real-IP": "198.51.100.7",
+        "X-Request-Id": "forged-id",
+    }
+    for path in ("/api/headers", "/v1/headers", "/v1/ws"):
+        seen = httpx.get(f"{edge.url}{path}", headers=forged, timeout=10).json()
+        for name in ("forwarded", "x-forwarded-host", "x-forwarded-port"):
+            assert name not in seen, (path, seen)
+        assert (seen["x-forwarded-for"], seen["x-real-ip"]) == ("127.0.0.1", "127.0.0.1"), path
+        assert seen["x-forwarded-proto"] == "http", path
+        assert seen["x-request-id"] != "forged-id", path
 
 
 def assert_too_many(response: httpx.Response) -> None:

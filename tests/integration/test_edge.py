@@ -325,6 +325,26 @@ def assert_too_many(response: httpx.Response) -> None:
     assert "Retry-After" in problem["detail"]
 
 
+async def test_with_no_upstream_reachable_the_edge_answers_503_problem_json(edge: Edge) -> None:
+    """Every gateway (and the API) down: the edge's own answer is a 503 problem+json with
+    Retry-After, like its 429s and the services' own refusals, so clients back off as
+    told; it was nginx's HTML 502 page, without Retry-After."""
+    for upstream in edge.gateways.values():
+        upstream.stop()
+    paths = ("/v1/events?channel=x", "/api/book-now/schedule-updates?instructorId=i1", "/api/x")
+    async with httpx.AsyncClient(base_url=edge.url, timeout=10) as client:
+        for path in paths:
+            answer = await client.get(path)
+            assert answer.status_code == 503, (path, answer.status_code, answer.text[:80])
+            assert answer.headers["content-type"] == "application/problem+json", path
+            assert answer.headers["retry-after"] == "2", path
+            assert answer.json()["status"] == 503, path
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(edge.url.replace("http://", "ws://") + "/v1/ws")
+    assert refused.value.response.status_code == 503
+    assert refused.value.response.headers["Retry-After"] == "2"
+
+
 @pytest.fixture
 def strict_edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Edge]:
     """An edge with tiny per-address limits, set the way compose or K8s would."""

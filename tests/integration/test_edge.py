@@ -343,6 +343,10 @@ async def test_with_no_upstream_reachable_the_edge_answers_503_problem_json(edge
         await connect(edge.url.replace("http://", "ws://") + "/v1/ws")
     assert refused.value.response.status_code == 503
     assert refused.value.response.headers["Retry-After"] == "2"
+    # the access log still tells an operator why: each upstream's own failure (refused: 502)
+    log = edge.access_log.read_text()
+    assert '"GET /v1/events HTTP/1.1" 503' in log
+    assert "upstream_status=502, 502" in log, log[-400:]
 
 
 @pytest.fixture

@@ -22,9 +22,14 @@ const DEFAULTS = Object.freeze({
   userId: null,
   initialBackoffMs: 500,
   maxBackoffMs: 15000,
+  // The stream-ticket request is given up after this long and asked again after the
+  // back-off: a stuck proxy or a dead connection never fails by itself, and the page would
+  // stay "connecting" for as long as the TCP connection lives.
+  requestTimeoutMs: 10000,
   // The gateway sends a `heartbeat` event every 15 s; nothing at all for two of them plus
-  // slack means the stream is dead even if the socket looks open (a frozen gateway, a
-  // proxy holding a half-open connection): close it and reconnect.
+  // slack, counted from when the stream is asked for, means the stream is dead even if the
+  // socket looks open (a frozen gateway, a proxy holding a half-open connection or the
+  // request itself): close it and reconnect.
   heartbeatTimeoutMs: 35000,
   // A connection counts as working once it delivered data, or stayed up this long (a resume
   // with nothing missed brings no data): only then does the back-off start again from
@@ -184,6 +189,8 @@ export class Subscription extends EventTarget {
     this._retryTimer = null;
     this._retryAt = null;
     this._watchdogTimer = null;
+    /** Aborts the ticket request in flight, if any (a new connect, close()). */
+    this._ticketRequest = null;
     /** Bumped by every connect and by close(): a ticket that arrives late is dropped. */
     this._generation = 0;
     this._connect();
@@ -223,6 +230,8 @@ export class Subscription extends EventTarget {
   /** Stop for good: closes the stream and cancels any pending retry. */
   close() {
     this._generation += 1;
+    this._ticketRequest?.abort();
+    this._ticketRequest = null;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     clearTimeout(this._watchdogTimer);
@@ -244,17 +253,26 @@ export class Subscription extends EventTarget {
     if (this._source) this._source.close();
     this._source = null;
     const generation = ++this._generation;
+    this._ticketRequest?.abort();
+    this._ticketRequest = null;
     if (!this.isPrivate) {
       this._open(this.url());
       return;
     }
-    // A fresh ticket for every (re)connect: each one opens a single stream.
-    this._fetchTicket().then(
+    // A fresh ticket for every (re)connect: each one opens a single stream. The request is
+    // given up after requestTimeoutMs (then retried below), or when this connect is replaced.
+    const request = new AbortController();
+    this._ticketRequest = request;
+    const signal = AbortSignal.any([request.signal, AbortSignal.timeout(this.options.requestTimeoutMs)]);
+    this._fetchTicket(signal).then(
       (ticket) => {
-        if (generation === this._generation) this._open(this.url(ticket));
+        if (generation !== this._generation) return;
+        this._ticketRequest = null;
+        this._open(this.url(ticket));
       },
       (error) => {
         if (generation !== this._generation) return;
+        this._ticketRequest = null;
         this.attempt += 1;
         if (error instanceof SignInExpired) {
           // Retrying cannot help: the server refuses this token every time.
@@ -270,7 +288,7 @@ export class Subscription extends EventTarget {
   }
 
   /** POST /api/stream-tickets with the bearer token (in a header) → a 30 s single-use ticket. */
-  async _fetchTicket() {
+  async _fetchTicket(signal) {
     const { baseUrl } = this.options;
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
     if (!token) throw new SignInExpired("You are signed out: sign in again to get live updates.");
@@ -278,6 +296,7 @@ export class Subscription extends EventTarget {
       method: "POST",
       headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
       cache: "no-store",
+      signal,
     });
     if (response.status === 401) {
       throw new SignInExpired("Your sign-in has expired: sign in again to get live updates.");
@@ -530,6 +549,9 @@ export class WebSocketSubscription extends Subscription {
     const ticket = this._ticket;
     const socket = this.options.webSocketFactory(url);
     this._socket = socket;
+    // From the start, as for SSE: a proxy that holds the upgrade request never opens the
+    // socket nor closes it, and the browser waits as long as the TCP connection lives.
+    this._armWatchdog();
     socket.onopen = () => {
       if (socket !== this._socket) return;
       if (ticket) this._send({ op: "auth", ticket });
@@ -671,7 +693,7 @@ export class WebSocketSubscription extends Subscription {
  * @param {string} instructorId
  * @param {object} [options] transport ("sse", the default, or "websocket"), baseUrl, token
  *   (a JWT or a function returning one), userId, initialBackoffMs, maxBackoffMs,
- *   eventSourceFactory, fetch, webSocketFactory, heartbeatTimeoutMs, and callbacks
+ *   requestTimeoutMs, eventSourceFactory, fetch, webSocketFactory, heartbeatTimeoutMs, and callbacks
  *   onChange, onSchedule, onSlot, onBooking,
  *   onNotification, onPresence, onStatus, onError, onResync, onBye.
  * @returns {Subscription}

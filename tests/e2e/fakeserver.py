@@ -3,7 +3,8 @@
 Used to test the browser client's own behaviour where the real stack cannot be steered
 precisely: a server that refuses the stream (the client must back off and resume with
 ``lastEventId``), stale deltas (the page must never move a slot backwards), and signed-in
-streams opened with single-use tickets (never a token in the URL).
+streams opened with single-use tickets (never a token in the URL), and requests a stuck
+proxy never answers (``stall``: the page must give up on them in bounded time).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from slotstream_contracts.entities import (
     NotificationData,
@@ -100,6 +102,12 @@ class FakeEdge:
     #: answer (that state) is sent only once it is set: an answer the stream overtakes
     schedule_read: threading.Event = field(default_factory=threading.Event)
     hold_schedule: threading.Event | None = None
+    #: requests ("POST /api/bookings") a stuck proxy forwards but never answers: the fake
+    #: acts on them, then holds the connection open without a byte of answer
+    stall: set[str] = field(default_factory=set)
+    stalled: list[str] = field(default_factory=list)  # stalled requests, as they came
+    abandoned: list[str] = field(default_factory=list)  # those the browser gave up on
+    _released: asyncio.Event | None = None
 
     def snapshot(self) -> ScheduleSnapshot:
         now = datetime.now(UTC)
@@ -149,8 +157,11 @@ class FakeEdge:
         self._broadcast(b"event: heartbeat\ndata: {}\n\n")
 
     def drop_streams(self) -> None:
-        """End every open stream, as a gateway that goes away would."""
+        """End every open stream, as a gateway that goes away would; answer stalled requests
+        (504) so that the server can stop."""
         self._broadcast(None)
+        if self.loop is not None and self._released is not None:
+            self.loop.call_soon_threadsafe(self._released.set)
 
     def _broadcast(self, frame: bytes | None) -> None:
         # Called from the test's thread: hand the frame to the server's event loop.
@@ -159,7 +170,7 @@ class FakeEdge:
         for queue in list(self.queues):
             self.loop.call_soon_threadsafe(queue.put_nowait, frame)
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         async def instructors(_: Request) -> Response:
             return JSONResponse([{"id": INSTRUCTOR, "name": "Fake Instructor"}])
 
@@ -240,7 +251,7 @@ class FakeEdge:
                 body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
             )
 
-        return Starlette(
+        routes = Starlette(
             routes=[
                 Route("/api/instructors", instructors),
                 Route(f"/api/instructors/{INSTRUCTOR}/schedule", schedule),
@@ -254,3 +265,35 @@ class FakeEdge:
                 Mount("/", StaticFiles(directory=WEB_ROOT, html=True)),
             ]
         )
+
+        async def edge(scope: Scope, receive: Receive, send: Send) -> None:
+            request = f"{scope.get('method')} {scope['path']}"
+            if scope["type"] != "http" or request not in self.stall:
+                await routes(scope, receive, send)
+                return
+            self.loop = asyncio.get_running_loop()
+            self._released = self._released or asyncio.Event()
+            self.stalled.append(request)
+
+            async def swallow(_: object) -> None:
+                """The answer, lost on the way back."""
+
+            await routes(scope, receive, swallow)
+            gone = asyncio.ensure_future(self._disconnected(receive))
+            released = asyncio.ensure_future(self._released.wait())
+            await asyncio.wait({gone, released}, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
+                self.abandoned.append(request)
+                released.cancel()
+                return
+            gone.cancel()
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        return edge
+
+    @staticmethod
+    async def _disconnected(receive: Receive) -> None:
+        """Until the client closes the connection (the request's body already read)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass

@@ -501,3 +501,106 @@ def test_a_ticket_request_answered_retry_after_waits_that_long(
     result = page.evaluate(TICKET_REFUSED_FOR_NOW, [status, retry_after])
     assert result["asked"] == 1, result
     assert result["waits"][0] >= int(retry_after) * 1000, result
+
+
+# The page's request timeouts (``AbortSignal.timeout``) ten times faster, so that a request
+# the fake never answers is given up in a test's time; the client's own timers are not
+# touched. ``window.__requestTimeouts`` keeps what the page asked for.
+FAST_TIMEOUTS = """
+const timeout = AbortSignal.timeout.bind(AbortSignal);
+window.__requestTimeouts = [];
+AbortSignal.timeout = (ms) => { window.__requestTimeouts.push(ms); return timeout(ms / 10); };
+"""
+
+
+def test_a_ticket_request_never_answered_is_given_up_and_asked_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A stream-ticket request that gets no answer (a stuck proxy) must not leave the page
+    "Connecting…" for as long as the connection lives: it is given up, the page says it is
+    disconnected and retrying, and the next ask opens the stream."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    fake.stall.add("POST /api/stream-tickets")
+    context.add_init_script(FAST_TIMEOUTS)
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-text")).to_contain_text("Disconnected — retrying in")
+    assert fake.abandoned[:1] == ["POST /api/stream-tickets"]
+
+    fake.stall.clear()
+    expect(page.locator("#conn-text")).to_have_text("Live", timeout=15_000)
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    assert errors == []
+
+
+TICKET_NEVER_ANSWERED = """async (requestTimeoutMs) => {
+  const { subscribe } = await import("/slotstream-client.js");
+  window.__statuses = [];
+  window.__sub = subscribe(%r, {
+    token: "a.b.c",
+    userId: "u1",
+    requestTimeoutMs,
+    initialBackoffMs: 10,
+    maxBackoffMs: 20,
+    onStatus: ({ status }) => window.__statuses.push(status),
+  });
+}"""
+
+
+def test_the_client_gives_up_a_ticket_request_after_request_timeout_ms(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """``requestTimeoutMs`` bounds the ticket request; the client then asks again after its
+    back-off. ``close()`` gives up the request in flight (a browser has six connections per
+    host over HTTP/1.1: requests no one waits for must not hold them)."""
+    fake, base_url = fake_edge
+    fake.stall.add("POST /api/stream-tickets")
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    page.evaluate(TICKET_NEVER_ANSWERED % INSTRUCTOR, 300)
+    page.wait_for_function("window.__statuses.filter((s) => s === 'disconnected').length >= 2")
+    assert 2 <= len(fake.stalled) <= 3, fake.stalled
+    page.evaluate("window.__sub.close()")
+    page.wait_for_timeout(200)
+    assert len(fake.abandoned) == len(fake.stalled), (fake.stalled, fake.abandoned)
+    page.wait_for_timeout(500)  # nothing asks again once closed
+    assert len(fake.abandoned) == len(fake.stalled)
+
+
+HANDSHAKE_NEVER_ANSWERED = """async () => {
+  const { subscribe } = await import("/slotstream-client.js");
+  const sockets = [];
+  const statuses = [];
+  const sub = subscribe("i1", {
+    transport: "websocket",
+    heartbeatTimeoutMs: 300,
+    initialBackoffMs: 10,
+    maxBackoffMs: 20,
+    // a socket whose opening handshake is never answered: neither open nor closed
+    webSocketFactory: (url) => {
+      const socket = { url, closed: null, send() {}, close(code) { this.closed = code; } };
+      sockets.push(socket);
+      return socket;
+    },
+    onStatus: ({ status }) => statuses.push(status),
+  });
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  sub.close();
+  return { opened: sockets.length, closed: sockets.map((s) => s.closed), statuses };
+}"""
+
+
+def test_a_websocket_whose_handshake_is_never_answered_is_opened_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The watchdog must also cover a socket that never opens (a proxy that holds the
+    upgrade request): with no frame for ``heartbeatTimeoutMs`` it is given up and opened
+    again, as an SSE stream is (whose watchdog starts when the request is made)."""
+    _, base_url = fake_edge
+    page = context.new_page()
+    page.goto(f"{base_url}/slotstream-client.js")
+    result = page.evaluate(HANDSHAKE_NEVER_ANSWERED)
+    assert 2 <= result["opened"] <= 4, result
+    assert all(code is not None for code in result["closed"]), result
+    assert "disconnected" in result["statuses"], result

@@ -63,10 +63,17 @@ function addDays(date, days) {
 
 // ---------------------------------------------------------------- HTTP
 
+// Every request of the page is given up after this long: a stuck proxy or a dead
+// connection never fails by itself, and the page would stay blank or a slot "Saving…" for
+// as long as the TCP connection lives. Well below the edge's 30 s: nobody waits that long.
+const REQUEST_TIMEOUT_MS = 10_000;
+
 class ApiError extends Error {
-  constructor(status, detail) {
+  /** `timedOut`: no answer came in time, so a write may or may not have been carried out. */
+  constructor(status, detail, timedOut = false) {
     super(detail);
     this.status = status;
+    this.timedOut = timedOut;
   }
 }
 
@@ -81,12 +88,15 @@ async function api(method, path, body, extraHeaders = {}) {
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method === "POST") headers["Idempotency-Key"] = newIdempotencyKey();
   let response;
+  let text;
   try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch {
+    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
+    text = await response.text();
+  } catch (error) {
+    if (error.name === "TimeoutError") throw new ApiError(0, "The server did not answer in time.", true);
     throw new ApiError(0, "The server could not be reached. Check your connection and try again.");
   }
-  const text = await response.text();
   let payload = null;
   try {
     payload = text ? JSON.parse(text) : null;
@@ -138,7 +148,7 @@ function describeSlot(slot) {
 // ---------------------------------------------------------------- users and instructors
 
 async function readDemoUsers() {
-  const response = await fetch("demo-users.json", { cache: "no-store" });
+  const response = await fetch("demo-users.json", { cache: "no-store", signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
   if (!response.ok) return [];
   const body = await response.json();
   return itemsOf(body, "users")
@@ -247,6 +257,7 @@ function connect() {
   $("week").setAttribute("aria-busy", "true");
   state.sub = subscribe(state.instructorId, {
     transport: TRANSPORT,
+    requestTimeoutMs: REQUEST_TIMEOUT_MS,
     token: state.user ? freshToken : null,
     userId: state.user?.id ?? null,
     onStatus: renderStatus,
@@ -517,6 +528,14 @@ async function onSlotClick(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else setTimeout(() => settlePending(slot.id), 3000);
   } catch (error) {
+    if (error.timedOut) {
+      const done = action === "book" ? "booked" : "cancelled";
+      const text = await noAnswer(`${describeSlot(slot)} may or may not be ${done}`, { mine: true });
+      state.pending.delete(slot.id);
+      showMessage(text);
+      renderWeek();
+      return;
+    }
     state.pending.delete(slot.id);
     if (error.status === 409) {
       showMessage(`Sorry — ${describeSlot(slot)} was just taken by someone else. Pick another slot.`);
@@ -541,18 +560,37 @@ async function settlePending(slotId) {
   if (state.pending.delete(slotId)) renderWeek();
 }
 
+/** Read the schedule over HTTP and merge it; true when that worked. */
 async function refreshOverHttp() {
-  if (!state.sub) return;
+  if (!state.sub) return false;
+  let read = false;
   try {
     const { schedule } = state.sub;
     const askedAt = schedule.deltas;
     const snapshot = await api("GET", `/api/instructors/${encodeURIComponent(state.instructorId)}/schedule`);
     schedule.applySnapshot(snapshot, askedAt);
     for (const slot of snapshot.slots) state.pending.delete(slot.id);
+    read = true;
   } catch {
     // The stream will catch up when it is back.
   }
   renderWeek();
+  return read;
+}
+
+/**
+ * A write got no answer in time (`ApiError.timedOut`): the server may have carried it out,
+ * so it is not reported as failed. The schedule (with `mine`, also the user's bookings: a
+ * booking made meanwhile then shows as "Yours") is read again, and the text returned says
+ * what is known: `what` ("… may or may not be booked"), and whether the page now shows
+ * the server's state.
+ */
+async function noAnswer(what, { mine = false } = {}) {
+  const [read] = await Promise.all([refreshOverHttp(), mine ? loadMine() : null]);
+  const shown = read
+    ? "The schedule now shows what the server has: check it before you try again."
+    : "The schedule could not be read again either: it updates by itself once the connection is back.";
+  return `The server did not answer in time: ${what}. ${shown}`;
 }
 
 // ---------------------------------------------------------------- notifications and bookings
@@ -773,7 +811,9 @@ async function submitSlot(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else renderWeek();
   } catch (error) {
-    if (error.status === 412) {
+    if (error.timedOut) {
+      formError("slot-error", await noAnswer(`the slot may or may not have been ${editing ? "moved" : "added"}`));
+    } else if (error.status === 412) {
       formError("slot-error", "This slot changed in the meantime. Close this form and try again.");
       await refreshOverHttp();
     } else {
@@ -855,7 +895,8 @@ async function submitWeek(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else renderWeek();
   } catch (error) {
-    formError("week-error", error.status === 409 ? `Nothing was added: ${error.message}` : error.message);
+    if (error.timedOut) formError("week-error", await noAnswer("the slots may or may not have been added"));
+    else formError("week-error", error.status === 409 ? `Nothing was added: ${error.message}` : error.message);
   } finally {
     $("week-submit").disabled = false;
   }
@@ -871,8 +912,11 @@ async function removeSlot(slot) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else setTimeout(() => settlePending(slot.id), 3000);
   } catch (error) {
+    const text = error.timedOut
+      ? await noAnswer(`the slot of ${describeSlot(slot)} may or may not be removed`)
+      : `Could not remove ${describeSlot(slot)}: ${error.message}`;
     state.pending.delete(slot.id);
-    showMessage(`Could not remove ${describeSlot(slot)}: ${error.message}`);
+    showMessage(text);
     renderWeek();
   }
 }
@@ -899,7 +943,8 @@ async function submitCancel(event) {
     showMessage(`Cancelled the booking for ${describeSlot(slot)}; the student is notified.`, "success");
     if (!state.sub?.isConnected) await refreshOverHttp();
   } catch (error) {
-    formError("cancel-error", error.message);
+    const cancelled = `${describeSlot(slot)} may or may not be cancelled`;
+    formError("cancel-error", error.timedOut ? await noAnswer(cancelled) : error.message);
   } finally {
     $("cancel-submit").disabled = false;
   }

@@ -49,6 +49,12 @@ def student_token(exp: int = 4_000_000_000) -> str:
 
 
 STUDENT_TOKEN = student_token()
+#: the instructor's demo token (manages the fake's schedule: add slot)
+INSTRUCTOR_TOKEN = jwt.encode(
+    {"sub": INSTRUCTOR, "role": "instructor", "name": "Fake Instructor", "exp": 4_000_000_000},
+    "fake-edge-signing-key-9c2e7a1f4b8d0e6c3a5f",
+    algorithm="HS256",
+)
 
 
 def cancelled_notification() -> NotificationData:
@@ -102,6 +108,8 @@ class FakeEdge:
     #: answer (that state) is sent only once it is set: an answer the stream overtakes
     schedule_read: threading.Event = field(default_factory=threading.Event)
     hold_schedule: threading.Event | None = None
+    #: active bookings by id, as GET /api/users/me/bookings lists them (the fake's one student)
+    bookings: dict[str, dict[str, str]] = field(default_factory=dict)
     #: requests ("POST /api/bookings") a stuck proxy forwards but never answers: the fake
     #: acts on them, then holds the connection open without a byte of answer
     stall: set[str] = field(default_factory=set)
@@ -185,7 +193,13 @@ class FakeEdge:
             self.demo_users_reads += 1
             token = self.demo_tokens.pop(0) if len(self.demo_tokens) > 1 else self.demo_tokens[0]
             user = {"id": STUDENT, "name": "Fake Student", "role": "student", "token": token}
-            return JSONResponse({"users": [user]})
+            instructor = {
+                "id": INSTRUCTOR,
+                "name": "Fake Instructor",
+                "role": "instructor",
+                "token": INSTRUCTOR_TOKEN,
+            }
+            return JSONResponse({"users": [user, instructor]})
 
         def unavailable() -> Response | None:
             if self.fail_mine <= 0:
@@ -194,7 +208,7 @@ class FakeEdge:
             return JSONResponse({"detail": "starting"}, status_code=503)
 
         async def mine(_: Request) -> Response:
-            return unavailable() or JSONResponse([])
+            return unavailable() or JSONResponse(list(self.bookings.values()))
 
         async def notifications(_: Request) -> Response:
             if (refused := unavailable()) is not None:
@@ -208,11 +222,26 @@ class FakeEdge:
             held = self.slots[slot_id]
             self.slots[slot_id] = make_slot(slot_id, held.start, held.version + 1, booked=True)
             booking = {"id": "fake-booking", "slotId": slot_id, "studentId": STUDENT}
+            self.bookings[booking["id"]] = {**booking, "status": "active"}
             return JSONResponse(booking, status_code=201)
+
+        async def cancel(request: Request) -> Response:
+            """Cancels the booking and frees its slot in the fake's state; streams nothing."""
+            booking = self.bookings.pop(request.path_params["booking_id"])
+            held = self.slots[booking["slotId"]]
+            self.slots[held.id] = make_slot(held.id, held.start, held.version + 1)
+            return Response(status_code=204)
+
+        async def add_slot(request: Request) -> Response:
+            """Adds slot ``added`` to the fake's state; streams nothing."""
+            start = datetime.fromisoformat((await request.json())["start"])
+            self.slots["added"] = make_slot("added", start)
+            return JSONResponse(self.slots["added"].model_dump(mode="json", by_alias=True), 201)
 
         async def stream_ticket(request: Request) -> Response:
             self.ticket_requests.append(request.headers.get("authorization"))
-            if request.headers.get("authorization") != f"Bearer {self.demo_tokens[-1]}":
+            tokens = {f"Bearer {self.demo_tokens[-1]}", f"Bearer {INSTRUCTOR_TOKEN}"}
+            if request.headers.get("authorization") not in tokens:
                 return JSONResponse({"detail": "no token"}, status_code=401)
             ticket = secrets.token_urlsafe(32)
             self.tickets.add(ticket)
@@ -255,11 +284,13 @@ class FakeEdge:
             routes=[
                 Route("/api/instructors", instructors),
                 Route(f"/api/instructors/{INSTRUCTOR}/schedule", schedule),
+                Route(f"/api/instructors/{INSTRUCTOR}/slots", add_slot, methods=["POST"]),
                 Route("/demo-users.json", demo_users),
                 Route("/api/book-now/schedule-updates", stream),
                 Route("/v1/events", stream),
                 Route("/api/stream-tickets", stream_ticket, methods=["POST"]),
                 Route("/api/bookings", book, methods=["POST"]),
+                Route("/api/bookings/{booking_id}", cancel, methods=["DELETE"]),
                 Route("/api/users/me/bookings", mine),
                 Route("/api/users/me/notifications", notifications),
                 Mount("/", StaticFiles(directory=WEB_ROOT, html=True)),

@@ -513,6 +513,25 @@ AbortSignal.timeout = (ms) => { window.__requestTimeouts.push(ms); return timeou
 """
 
 
+def test_a_page_whose_first_reads_are_never_answered_still_opens(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The page reads the demo users and the instructors before anything else; a stuck
+    proxy that never answers them must not leave it blank: it says what failed."""
+    fake, base_url = fake_edge
+    fake.stall |= {"GET /demo-users.json", "GET /api/instructors"}
+    context.add_init_script(FAST_TIMEOUTS)
+    errors: list[str] = []
+    page = open_page(context, base_url, errors)
+    expect(page.locator("#message")).to_contain_text(
+        "Could not load instructors: The server did not answer in time."
+    )
+    expect(page.locator("#instructor-select")).to_contain_text("Instructors unavailable")
+    assert sorted(fake.abandoned) == ["GET /api/instructors", "GET /demo-users.json"]
+    assert max(page.evaluate("window.__requestTimeouts")) <= 10_000
+    assert errors == []
+
+
 def test_a_ticket_request_never_answered_is_given_up_and_asked_again(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:
@@ -531,6 +550,71 @@ def test_a_ticket_request_never_answered_is_given_up_and_asked_again(
     fake.stall.clear()
     expect(page.locator("#conn-text")).to_have_text("Live", timeout=15_000)
     expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("action", "before", "after"), [("book", "available", "mine"), ("cancel", "mine", "available")]
+)
+def test_a_booking_never_answered_says_the_outcome_is_unknown_and_reads_it_again(
+    context: BrowserContext,
+    fake_edge: tuple[FakeEdge, str],
+    action: str,
+    before: str,
+    after: str,
+) -> None:
+    """The API made the booking (or the cancellation), but the answer never came back. The
+    page must not leave the slot "Saving…" forever, nor claim it failed: it says the outcome
+    is unknown and reads the slot and the user's bookings again, which show what happened."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), booked=before == "mine")
+    if before == "mine":
+        fake.bookings["fake-booking"] = {
+            "id": "fake-booking",
+            "slotId": "a",
+            "studentId": STUDENT,
+            "status": "active",
+        }
+    fake.stall |= {"POST /api/bookings", "DELETE /api/bookings/fake-booking"}
+    context.add_init_script(FAST_TIMEOUTS)
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", before)
+
+    slot_button(page, "a").click()  # the fake acts on it; no answer, no delta on the stream
+    message = page.locator("#message")
+    expect(message).to_contain_text("The server did not answer in time")
+    done = "booked" if action == "book" else "cancelled"
+    expect(message).to_contain_text(f"may or may not be {done}")
+    expect(message).not_to_contain_text("Could not")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", after)
+    expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
+    assert len(fake.abandoned) == 1
+    assert errors == []
+
+
+def test_a_slot_added_without_an_answer_is_not_reported_as_failed(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The instructor's dialogs write too: a slot the API added whose answer never came
+    back must not leave *Add slot* disabled forever; the dialog says the outcome is
+    unknown and the schedule, read again, shows the slot."""
+    fake, base_url = fake_edge
+    fake.stall.add(f"POST /api/instructors/{INSTRUCTOR}/slots")
+    context.add_init_script(FAST_TIMEOUTS)
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=INSTRUCTOR)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    page.locator("#add-slot").click()
+    page.locator("#slot-submit").click()  # tomorrow at 09:00, one hour
+
+    error = page.locator("#slot-error")
+    expect(error).to_contain_text("The server did not answer in time")
+    expect(error).to_contain_text("the slot may or may not have been added")
+    expect(page.locator("#slot-submit")).to_be_enabled()
+    expect(slot_button(page, "added")).to_have_attribute("data-state", "available")
+    assert fake.abandoned == [f"POST /api/instructors/{INSTRUCTOR}/slots"]
     assert errors == []
 
 

@@ -5,7 +5,7 @@ import re
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, Self, TypeVar
+from typing import Annotated, Any, Final, Literal, NoReturn, Self, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsError
@@ -36,6 +36,12 @@ class KafkaSettings(BaseModel):
     )
     ssl_cafile: Path | None = Field(
         default=None, description="CA bundle for SSL / SASL_SSL (default: the system's)"
+    )
+    start_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a starting service keeps trying to reach Kafka before it gives "
+        "up (one line, exit status 69); unset: it keeps trying, unready, until Kafka answers",
     )
 
     @model_validator(mode="after")
@@ -81,6 +87,11 @@ class KafkaSettings(BaseModel):
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return options
+
+
+#: a service's exit status when Kafka stayed unreachable for ``start_timeout_seconds`` at
+#: start (sysexits' EX_UNAVAILABLE): a supervisor may restart it, the reason is in its log
+KAFKA_UNREACHABLE_EXIT_CODE: Final = 69
 
 
 class TopicSettings(BaseModel):

@@ -1,10 +1,12 @@
 """Composition root: build settings' clients, the hub and the gateway, and wire them."""
 
+import asyncio
+import contextlib
 import gc
 import importlib
 import resource
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -42,10 +44,12 @@ from push_gateway.domain.responses import ResponseHeads
 from push_gateway.domain.stats import GatewayStats
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
+from push_gateway.startup import KafkaStartup
 from push_gateway.timing import TICK_SECONDS, sleep_to_grid
 from push_gateway.workers import InstanceCollector, worker_index
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.channels import ChannelKind
+from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +129,11 @@ def create_app(
         bounds=ingest,
         tickets=tickets or HttpTicketRedeemer(http_client, _secret(settings.internal_token)),
     )
+    starts: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+    if kafka_presence is not None:
+        starts.append((kafka_presence.start, kafka_presence.close))
+    starts.append((ingest.start, ingest.stop))
+    startup = KafkaStartup(settings.kafka, starts)
     websockets = WebSocketGateway(gateway)
     registry = CollectorRegistry()
     registry.register(GatewayCollector(gateway, ingest))
@@ -138,9 +147,10 @@ def create_app(
             "stream writes",
             mode="send(2) on the socket" if SOCKET_WRITES else "transport.write (not compiled)",
         )
-        await ingest.start()
-        if kafka_presence is not None:
-            await kafka_presence.start()
+        # Kafka may not answer yet: the server serves (``/healthz`` 200, ``/readyz`` 503)
+        # while the clients are started in the background, presence's first, so that the
+        # ingest, whose start assigns the hub (ready), is the last to succeed
+        connecting = asyncio.create_task(startup.run(), name="kafka-startup")
         gateway.start_background()
         websockets.start_background()
         # httpx's connection layer loads its async backend (anyio, ~1 MB) on the first
@@ -159,6 +169,9 @@ def create_app(
         try:
             yield
         finally:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
             await websockets.shutdown()
             await gateway.shutdown()
             await ingest.stop()
@@ -173,6 +186,7 @@ def create_app(
     app.state.gateway = gateway
     app.state.websockets = websockets
     app.state.ingest = ingest
+    app.state.startup = startup
     app.state.registry = registry
     if settings.cors_origins:
         app.add_middleware(
@@ -261,10 +275,12 @@ class _Server(uvicorn.Server):
         config: uvicorn.Config,
         on_stopped: Callable[[], None],
         layout_changes: Callable[[], list[LayoutChange]],
+        startup: KafkaStartup,
     ) -> None:
         super().__init__(config)
         self._on_stopped = on_stopped
         self._layout_changes = layout_changes
+        self._startup = startup
         #: a partition count changed: :meth:`run` exits with ``RESTART_EXIT_CODE``
         self.restart_requested = False
 
@@ -272,6 +288,8 @@ class _Server(uvicorn.Server):
         super().run(sockets)
         if self.restart_requested:
             raise SystemExit(RESTART_EXIT_CODE)
+        if self._startup.gave_up:
+            raise SystemExit(KAFKA_UNREACHABLE_EXIT_CODE)
 
     def check_layout(self) -> None:
         """A data topic's partition count is no longer the one read (partitions added):
@@ -306,7 +324,7 @@ class _Server(uvicorn.Server):
         ``TICK_SECONDS`` on the grid the gateway's other periodic timers share, instead of
         its own 0.1 s timer: ten fewer wake-ups a second of an idle process, for exits
         noticed within 0.25 s instead of 0.1 s. Once a second it checks the partition
-        layout (:meth:`check_layout`)."""
+        layout (:meth:`check_layout`) and whether the start-up gave up on Kafka."""
         ticks_per_second = max(1, round(1 / TICK_SECONDS))
         counter = 0
         should_exit = await self.on_tick(0)
@@ -315,6 +333,8 @@ class _Server(uvicorn.Server):
             await sleep_to_grid(TICK_SECONDS)
             if counter == 0:
                 self.check_layout()
+                # Kafka stayed unreachable for GATEWAY_KAFKA__START_TIMEOUT_SECONDS (said)
+                self.should_exit = self.should_exit or self._startup.gave_up
             # uvicorn refreshes the Date header when the counter is a multiple of 10
             should_exit = await self.on_tick(0 if counter == 0 else 1)
 
@@ -338,4 +358,4 @@ def build_server(
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )
-    return _Server(config, on_stopped, app.state.ingest.layout_changes)
+    return _Server(config, on_stopped, app.state.ingest.layout_changes, app.state.startup)

@@ -15,11 +15,13 @@ together get the CPU share of one process on a shared host — measured: two wor
 session got less CPU than one (``docs/scaling.md``). The supervisor forwards SIGTERM/SIGINT
 (a terminal's Ctrl-C reaches only the supervisor's session; each worker drains its streams
 as a single gateway does), restarts a worker that died with a back-off, and exits once all
-have stopped. A worker that refuses to start (exit 2: a port it cannot listen on) is not
-restarted: the supervisor stops the others and exits 2. A worker's ``/metrics`` says which
-instance answered (``gateway_instance_info``); with ``GATEWAY_WORKER_METRICS_PORT`` worker
-n also listens on that port + n, so a scraper can reach each one (through the shared port a
-scrape lands on any worker).
+have stopped. A worker that refuses to start (exit 2: a port it cannot listen on) or gives
+up waiting for Kafka (exit 69, ``GATEWAY_KAFKA__START_TIMEOUT_SECONDS``) is not restarted:
+the supervisor stops the others and exits with its status. A worker waiting for Kafka is
+no crash: it serves ``/healthz`` and answers ``/readyz`` 503 until Kafka answers. A
+worker's ``/metrics`` says which instance answered (``gateway_instance_info``); with
+``GATEWAY_WORKER_METRICS_PORT`` worker n also listens on that port + n, so a scraper can
+reach each one (through the shared port a scrape lands on any worker).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from push_gateway.adapters.listeners import UnixListener, tcp_listener
 from push_gateway.config import Settings
+from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +59,11 @@ STOP_GRACE_SECONDS: Final = 20.0
 #: a worker's exit status when it refuses to start (``__main__``: a listener it cannot make,
 #: as for a single gateway): a restart would fail again, so the supervisor stops with it
 REFUSED_EXIT_CODE: Final = 2
+#: a worker's exit statuses that stop the supervisor (exiting with the same status) instead
+#: of a restart: it refused to start, or Kafka stayed unreachable for its
+#: ``GATEWAY_KAFKA__START_TIMEOUT_SECONDS`` (the workers share the bound: restarting one
+#: would restart the wait the operator bounded)
+FINAL_EXIT_CODES: Final = frozenset({REFUSED_EXIT_CODE, KAFKA_UNREACHABLE_EXIT_CODE})
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -129,8 +137,9 @@ class Supervisor:
         self._backoff: dict[int, float] = {}
         self._restart_at: dict[int, float] = {}
         self._stopping = False
-        #: a worker refused to start: the supervisor stopped the others and exits with it
-        self._refused = False
+        #: a worker's exit status of ``FINAL_EXIT_CODES``: the supervisor stopped the others
+        #: and exits with it
+        self._final_code = 0
 
     def _spawn(self, index: int) -> None:
         env = {
@@ -186,7 +195,7 @@ class Supervisor:
                 process.wait()
         if self._unix is not None:
             self._unix.close()
-        return REFUSED_EXIT_CODE if self._refused else 0
+        return self._final_code
 
     def _check(self, now: float) -> None:
         for index, process in list(self._workers.items()):
@@ -198,13 +207,14 @@ class Supervisor:
             code = process.poll()
             if code is None:
                 continue
-            if code == REFUSED_EXIT_CODE:
+            if code in FINAL_EXIT_CODES:
                 log.error(
-                    "worker refused to start (its reason above): stopping all workers",
+                    "worker refused to start or gave up on Kafka (its reason above): "
+                    "stopping all workers",
                     worker=index,
                     code=code,
                 )
-                self._refused = True
+                self._final_code = code
                 self._stop_workers()
                 return
             stable = now - self._started[index] >= STABLE_SECONDS

@@ -57,6 +57,9 @@ async def test_presence_clients_authenticate(
         async def start(self) -> None:
             raise RuntimeError("stop here: the options are recorded")
 
+        async def stop(self) -> None:  # a failed start closes what it opened
+            return None
+
     monkeypatch.setattr(presence_adapter, "AIOKafkaProducer", FailingStart)
     presence = presence_adapter.KafkaPresenceBus(
         settings.kafka, settings.topics.presence, "gw-1", ttl_seconds=30

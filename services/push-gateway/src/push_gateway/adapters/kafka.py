@@ -104,6 +104,16 @@ class KafkaIngest:
         self.offset_resets = 0
 
     async def start(self) -> None:
+        """Read every partition from a ring buffer's length before its end. A start that
+        fails (Kafka not reachable yet) closes what it opened and may be tried again: the
+        hub is assigned only once every broker answer is in."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_clients()
+            raise
+
+    async def _start(self) -> None:
         install_lean_records()
         consumer = _consumer(
             self._settings,
@@ -112,8 +122,8 @@ class KafkaIngest:
             key_deserializer=lean_keys,  # records as IngestRecord tuples (adapters/records.py)
             metadata_max_age_ms=self._settings.metadata_max_age_ms,
         )
-        await consumer.start()
         self._consumer = consumer
+        await consumer.start()
         partitions: list[TopicPartition] = []
         for topic in self._topics:
             found = await partitions_of(consumer, topic)
@@ -398,10 +408,15 @@ class KafkaIngest:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self.fetcher is not None:
-            await self.fetcher.close()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        fetcher, self.fetcher = self.fetcher, None
+        consumer, self._consumer = self._consumer, None
+        if fetcher is not None:
+            await fetcher.close()
+        if consumer is not None:
+            await consumer.stop()
 
 
 class HistoryGone(LookupError):

@@ -102,6 +102,26 @@ class KafkaPresenceBus:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Start the writer and the reader; a start that fails (Kafka not reachable yet)
+        closes both and may be tried again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_clients()
+            raise
+
+    async def _close_clients(self) -> None:
+        producer, self._producer = self._producer, None
+        consumer, self._consumer = self._consumer, None
+        fetcher, self._fetcher = self._fetcher, None
+        if fetcher is not None:
+            await fetcher.close()
+        if producer is not None:
+            await producer.stop()
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _start(self) -> None:
         common = self._settings.client_options() | {
             "client_id": f"{self._settings.client_id}-presence"
         }
@@ -206,15 +226,22 @@ class KafkaPresenceBus:
         return self._table.totals()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._fetcher is not None:
-            await self._fetcher.close()
+        """Stop reading, write this gateway's tombstone, close."""
+        await self._stop_reader()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.send_and_wait(self._topic, None, key=self._instance.encode())
-            await self._producer.stop()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._close_clients()
+
+    async def close(self) -> None:
+        """Stop reading and close without a tombstone: the gateway's other Kafka clients
+        did not start, so it never published (``startup.py`` tries them all again)."""
+        await self._stop_reader()
+        await self._close_clients()
+
+    async def _stop_reader(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

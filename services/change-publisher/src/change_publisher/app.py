@@ -23,8 +23,9 @@ from change_publisher.api import ops
 from change_publisher.config import Settings
 from change_publisher.domain.records import Router
 from change_publisher.ports import ChangeSource, CheckpointStore, LeaseStore
-from change_publisher.publisher import Publisher, PublisherOptions
+from change_publisher.publisher import KafkaUnreachable, Publisher, PublisherOptions
 from slotstream_contracts.logs import configure_logging
+from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
 
 log = structlog.get_logger("change_publisher")
 
@@ -50,6 +51,7 @@ def publisher_options(settings: Settings) -> PublisherOptions:
         max_record_bytes=settings.max_record_bytes,
         ack_stall_seconds=settings.ack_stall_seconds,
         stop_drain_seconds=settings.stop_drain_seconds,
+        kafka_start_timeout=settings.kafka.start_timeout_seconds,
     )
 
 
@@ -136,7 +138,8 @@ def create_app(
     on_fatal: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The ops HTTP app; its lifespan runs the publisher. ``on_fatal`` is called when the
-    publisher stops on its own (history lost under policy ``fail``): the process exits 1."""
+    publisher stops on its own: the process exits 1 (history lost under policy ``fail``) or
+    69 (Kafka not reachable within ``PUBLISHER_KAFKA__START_TIMEOUT_SECONDS``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -150,8 +153,19 @@ def create_app(
         def finished(task: "asyncio.Task[None]") -> None:
             if task.cancelled() or task.exception() is None:
                 return
-            log.error("publisher failed", error=repr(task.exception()))
-            app.state.exit_code = 1
+            error = task.exception()
+            if isinstance(error, KafkaUnreachable):
+                log.error(
+                    "kafka not reachable: giving up",
+                    bootstrap_servers=current.kafka.bootstrap_servers,
+                    start_timeout_seconds=current.kafka.start_timeout_seconds,
+                    error=str(error),
+                    exit_code=KAFKA_UNREACHABLE_EXIT_CODE,
+                )
+                app.state.exit_code = KAFKA_UNREACHABLE_EXIT_CODE
+            else:
+                log.error("publisher failed", error=repr(error))
+                app.state.exit_code = 1
             if on_fatal is not None:
                 on_fatal()
 

@@ -84,6 +84,11 @@ class HistoryLostFatal(Exception):
     """History lost with ``history_lost_policy=fail``: the process must exit non-zero."""
 
 
+class KafkaUnreachable(Exception):
+    """Kafka did not answer within ``kafka_start_timeout`` of the start: the process exits
+    (``KAFKA_UNREACHABLE_EXIT_CODE``) with this as its one line."""
+
+
 class _StopRequested(Exception):
     """``stop()`` was called while waiting for something that may never come."""
 
@@ -111,6 +116,9 @@ class PublisherOptions:
     #: idempotent producer never fails a batch, so a Kafka acknowledging nothing would
     #: otherwise hold the stop, and the lease, forever.
     stop_drain_seconds: float = 2.0
+    #: How long the first start of the producer is retried (Kafka not reachable yet: the
+    #: publisher is unready meanwhile) before :class:`KafkaUnreachable`; None: for ever.
+    kafka_start_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +343,7 @@ class Publisher:
     async def run(self) -> None:
         """Run until ``stop()``. Raises HistoryLostFatal under ``history_lost_policy=fail``."""
         try:
-            await self._until_stopped(self._start_producer())
+            await self._until_stopped(self._start_producer(self.options.kafka_start_timeout))
             while not self._stop.is_set():
                 acquired = await self._await_leadership()
                 if acquired is None:
@@ -352,17 +360,25 @@ class Publisher:
                 await self._producer.stop(self.options.stop_drain_seconds)
             self._log.info("publisher stopped")
 
-    async def _start_producer(self) -> None:
-        async for attempt in self._retrying():
-            with attempt:
-                await self._producer.start()
+    async def _start_producer(self, give_up_after: float | None = None) -> None:
+        """Start the producer, retried (:meth:`_retrying`) for ``give_up_after`` seconds,
+        then :class:`KafkaUnreachable`; without a bound until it starts (or a stop)."""
+        try:
+            async for attempt in self._retrying(give_up_after):
+                with attempt:
+                    await self._producer.start()
+        except Exception as exc:
+            raise KafkaUnreachable(
+                f"not reachable within {give_up_after} s of the start: {_describe(exc)}"
+            ) from exc
 
-    def _retrying(self) -> Any:
-        """Capped exponential backoff with jitter, until success (or a stop)."""
+    def _retrying(self, timeout: float | None = None) -> Any:
+        """Capped exponential backoff with jitter, until success (or a stop, or past
+        ``timeout`` seconds: then the last failure is raised)."""
         return stamina.retry_context(
             on=Exception,
             attempts=None,
-            timeout=None,
+            timeout=timeout,
             wait_initial=self.options.backoff_initial,
             wait_max=self.options.backoff_max,
         )

@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
+from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
 from slotstream_testkit.kafka import KafkaEndpoint
 from slotstream_testkit.net import free_port
 
@@ -219,3 +220,50 @@ async def test_feed_mode_resumes_after_kill_9_from_its_checkpoint_file(
         second.terminate()
         second.wait(20)
     assert {r.key for r in records} == {b"i1", b"i2"}
+
+
+async def test_kafka_unreachable_at_start_is_unready_then_exits_69_after_its_start_timeout(
+    booking_api: BookingApi, tmp_path: Path
+) -> None:
+    """Kafka not answering (a closed port): the process stays up, live and unready, retrying;
+    ``PUBLISHER_KAFKA__START_TIMEOUT_SECONDS`` bounds it: then one line and exit 69."""
+    port = free_port()
+    nowhere = KafkaEndpoint(f"127.0.0.1:{free_port()}", "none", False)
+    topics = Topics(schedule="none.s", notifications="none.n", deadletter="none.d")
+    env = publisher_env(booking_api, nowhere, topics, port) | {
+        "PUBLISHER_KAFKA__START_TIMEOUT_SECONDS": "4",
+        "PUBLISHER_BACKOFF_INITIAL": "0.2",
+        "PUBLISHER_BACKOFF_MAX": "1",
+    }
+    log_path = tmp_path / "publisher.log"
+
+    def start() -> "subprocess.Popen[bytes]":
+        with open(log_path, "wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "change_publisher"], env=env, stdout=log, stderr=log
+            )
+
+    process = await asyncio.to_thread(start)
+    health: set[tuple[int, int]] = set()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 40
+            while process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    live, ready = await client.get("/healthz"), await client.get("/readyz")
+                    health.add((live.status_code, ready.status_code))
+                await asyncio.sleep(0.1)
+        code = process.poll()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+    text = log_path.read_text()
+    assert code == KAFKA_UNREACHABLE_EXIT_CODE, text[-3000:]
+    # live and unready while it retried (its last moments, given up: /healthz 503 too)
+    assert (200, 503) in health
+    assert {ready for _live, ready in health} == {503}
+    assert "Traceback" not in text
+    gave_up = [line for line in text.splitlines() if "kafka not reachable: giving up" in line]
+    assert len(gave_up) == 1, text[-3000:]
+    assert nowhere.bootstrap_servers in gave_up[0]

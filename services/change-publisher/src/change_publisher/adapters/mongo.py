@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
+import pymongo
 from bson import Timestamp, decode
 from bson.codec_options import CodecOptions
 from bson.errors import InvalidBSON
@@ -49,6 +50,8 @@ LEASES: Final = "publisher_leases"
 _HISTORY_LOST_CODES: Final = frozenset({286, 280, 260, 136})
 _MAJORITY: Final = WriteConcern("majority")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: the share of the lease TTL a lease acquisition may take (the publisher waits half)
+ACQUIRE_TTL_SHARE: Final = 0.4
 
 Document = dict[str, Any]
 
@@ -395,6 +398,14 @@ class MongoLeaseStore:
         return Lease(doc["_id"], doc["holder"], int(doc["epoch"]), expires.timestamp())
 
     async def acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
+        # Bounded by the driver itself, within the publisher's wait for an answer (half the
+        # TTL): a MongoDB not reachable (at start: it may come up after the publisher) then
+        # fails with the driver's error naming the address and the cause, instead of the
+        # publisher's bare TimeoutError, logged every few seconds with neither.
+        with pymongo.timeout(ttl * ACQUIRE_TTL_SHARE):
+            return await self._acquire(name, holder, ttl)
+
+    async def _acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         # MongoDB refuses $expr in the filter of an upsert (error 224), so the document is
         # created first (expired, epoch 0), then taken by a conditional update.
         try:

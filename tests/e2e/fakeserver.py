@@ -3,8 +3,10 @@
 Used to test the browser client's own behaviour where the real stack cannot be steered
 precisely: a server that refuses the stream (the client must back off and resume with
 ``lastEventId``), stale deltas (the page must never move a slot backwards), and signed-in
-streams opened with single-use tickets (never a token in the URL), and requests a stuck
-proxy never answers (``stall``: the page must give up on them in bounded time).
+streams opened with single-use tickets (never a token in the URL), requests a stuck
+proxy never answers (``stall``: the page must give up on them in bounded time), and answers
+lost on the way back (``upsets``: the page must ask again with the same Idempotency-Key,
+which the fake answers as the booking-api does).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 
 import jwt
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slotstream_contracts.entities import (
     NotificationData,
@@ -115,6 +119,21 @@ class FakeEdge:
     stall: set[str] = field(default_factory=set)
     stalled: list[str] = field(default_factory=list)  # stalled requests, as they came
     abandoned: list[str] = field(default_factory=list)  # those the browser gave up on
+    #: what befalls the next tries of a request ("POST /api/bookings"), one entry a try,
+    #: before it is answered: "drop" (carried out, then the connection is closed without a
+    #: byte of answer), "slow-drop" (the connection is closed at once, and the API takes
+    #: another second: a retry meanwhile finds its Idempotency-Key in progress),
+    #: "rate-limited" (the edge's 429 with Retry-After: 2; the API never sees it)
+    upsets: dict[str, list[str]] = field(default_factory=dict)
+    #: every POST with an Idempotency-Key, as it came: (request, key)
+    keyed: list[tuple[str, str]] = field(default_factory=list)
+    #: the requests the API carried out (a replay or an in-progress 409 is not one)
+    carried_out: list[str] = field(default_factory=list)
+    #: answers kept by (Authorization, Idempotency-Key) as the booking-api keeps them (status
+    #: < 500 only); None while the first request with the key is still running
+    replies: dict[tuple[str, str], list[Message] | None] = field(default_factory=dict)
+    #: what the fake sent back, as "<status>" or "<status> replayed", per request
+    answered: list[tuple[str, str]] = field(default_factory=list)
     _released: asyncio.Event | None = None
 
     def snapshot(self) -> ScheduleSnapshot:
@@ -217,9 +236,12 @@ class FakeEdge:
             return JSONResponse(listed)
 
         async def book(request: Request) -> Response:
-            """Books the slot in the fake's state but streams no delta (a late stream)."""
+            """Books the slot in the fake's state but streams no delta (a late stream); a
+            booked slot is a 409, as the booking-api answers."""
             slot_id = (await request.json())["slotId"]
             held = self.slots[slot_id]
+            if held.status is SlotStatus.BOOKED:
+                return problem(409, "conflict", "the slot is already booked")
             self.slots[slot_id] = make_slot(slot_id, held.start, held.version + 1, booked=True)
             booking = {"id": "fake-booking", "slotId": slot_id, "studentId": STUDENT}
             self.bookings[booking["id"]] = {**booking, "status": "active"}
@@ -298,33 +320,166 @@ class FakeEdge:
         )
 
         async def edge(scope: Scope, receive: Receive, send: Send) -> None:
-            request = f"{scope.get('method')} {scope['path']}"
-            if scope["type"] != "http" or request not in self.stall:
+            if scope["type"] != "http":
                 await routes(scope, receive, send)
                 return
-            self.loop = asyncio.get_running_loop()
-            self._released = self._released or asyncio.Event()
-            self.stalled.append(request)
 
-            async def swallow(_: object) -> None:
-                """The answer, lost on the way back."""
+            async def closing(message: Message) -> None:
+                """Every answer ends its connection. A browser sends a request again by
+                itself when a connection it reused closes before the answer (it takes that
+                for an idle keep-alive the server ended), which would hide a drop."""
+                if message["type"] == "http.response.start":
+                    closed = [*message["headers"], (b"connection", b"close")]
+                    message = {**message, "headers": closed}
+                await send(message)
 
-            await routes(scope, receive, swallow)
-            gone = asyncio.ensure_future(self._disconnected(receive))
-            released = asyncio.ensure_future(self._released.wait())
-            await asyncio.wait({gone, released}, return_when=asyncio.FIRST_COMPLETED)
-            if gone.done():
-                self.abandoned.append(request)
-                released.cancel()
+            request = f"{scope['method']} {scope['path']}"
+            upsets = self.upsets.get(request)
+            upset = upsets.pop(0) if upsets else None
+            key = Headers(scope=scope).get("idempotency-key") if scope["method"] == "POST" else None
+            if upset is None and key is None and request not in self.stall:
+                await routes(scope, receive, closing)
                 return
-            gone.cancel()
-            await send({"type": "http.response.start", "status": 504, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            self.loop = asyncio.get_running_loop()
+            if key is not None:
+                self.keyed.append((request, key))
+            replay = await buffered(receive)  # the API reads it even once the connection is gone
+            if upset == "rate-limited":
+                await self._send(request, closing, rate_limited(request))
+            elif upset in ("drop", "slow-drop"):
+                if upset == "slow-drop":
+                    close_connection(send)
+                await self._carry_out(request, routes, scope, replay, key, upset == "slow-drop")
+                close_connection(send)
+            elif request in self.stall:
+                await self._carry_out(request, routes, scope, replay, key)
+                await self._stall(request, receive, closing)
+            else:
+                answer = await self._carry_out(request, routes, scope, replay, key)
+                await self._send(request, closing, answer)
 
         return edge
+
+    async def _carry_out(
+        self,
+        request: str,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        key: str | None,
+        slow: bool = False,
+    ) -> list[Message]:
+        """The API's answer to ``request``; with an ``Idempotency-Key``, once per key, as the
+        booking-api's ``idempotent()``: a retry gets the first answer again (header
+        ``Idempotent-Replayed: true``), or 409 ``idempotency-in-progress`` while the first is
+        still running; an answer >= 500 is not kept, so a retry runs again."""
+        record = (Headers(scope=scope).get("authorization", ""), key or "")
+        if key is not None and record in self.replies:
+            kept = self.replies[record]
+            if kept is None:
+                return problem_messages(
+                    409,
+                    "idempotency-in-progress",
+                    "a request with this Idempotency-Key is still in progress; retry shortly",
+                )
+            start, *rest = kept
+            replayed = [*start["headers"], (b"idempotent-replayed", b"true")]
+            return [{**start, "headers": replayed}, *rest]
+        if key is not None:
+            self.replies[record] = None
+        if slow:
+            await asyncio.sleep(1)
+        messages: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            messages.append(message)
+
+        await app(scope, receive, keep)
+        self.carried_out.append(request)
+        if key is not None:
+            if messages[0]["status"] < 500:
+                self.replies[record] = messages
+            else:
+                del self.replies[record]
+        return messages
+
+    async def _send(self, request: str, send: Send, messages: list[Message]) -> None:
+        start = messages[0]
+        replayed = (b"idempotent-replayed", b"true") in start["headers"]
+        self.answered.append((request, f"{start['status']}{' replayed' if replayed else ''}"))
+        for message in messages:
+            await send(message)
+
+    async def _stall(self, request: str, receive: Receive, send: Send) -> None:
+        """Hold the connection without a byte of answer until the browser gives up on it
+        (recorded in ``abandoned``) or the server stops (504)."""
+        self._released = self._released or asyncio.Event()
+        self.stalled.append(request)
+        gone = asyncio.ensure_future(self._disconnected(receive))
+        released = asyncio.ensure_future(self._released.wait())
+        await asyncio.wait({gone, released}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done():
+            self.abandoned.append(request)
+            released.cancel()
+            return
+        gone.cancel()
+        await send({"type": "http.response.start", "status": 504, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     async def _disconnected(receive: Receive) -> None:
         """Until the client closes the connection (the request's body already read)."""
         while (await receive())["type"] != "http.disconnect":
             pass
+
+
+def problem(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """A problem+json answer as the booking-api sends it (``type`` carries the kind)."""
+    body = {
+        "type": f"urn:slotstream:problem:{kind}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    return Response(orjson.dumps(body), status, headers, media_type="application/problem+json")
+
+
+def problem_messages(
+    status: int, kind: str, detail: str, headers: dict[str, str] | None = None
+) -> list[Message]:
+    """``problem()`` as the ASGI messages that send it."""
+    response = problem(status, kind, detail, headers)
+    return [
+        {"type": "http.response.start", "status": status, "headers": response.raw_headers},
+        {"type": "http.response.body", "body": response.body},
+    ]
+
+
+def rate_limited(request: str) -> list[Message]:
+    """The edge's answer past its write rate (``EDGE_WRITE_BURST``): 429 with Retry-After."""
+    return problem_messages(429, "rate-limited", f"too many: {request}", {"Retry-After": "2"})
+
+
+async def buffered(receive: Receive) -> Receive:
+    """The request's whole body, read now, handed out again by the returned ``receive``."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+
+    async def again() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
+
+
+def close_connection(send: Send) -> None:
+    """Close the TCP connection under a request, without a byte of answer: the answer lost
+    on the way back. Uvicorn's ``send`` is a method of its request cycle, which holds the
+    connection's transport (test-only reach into the server)."""
+    send_owner: object = getattr(send, "__self__")  # noqa: B009
+    transport: asyncio.Transport = getattr(send_owner, "transport")  # noqa: B009
+    transport.close()

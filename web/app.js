@@ -1,6 +1,6 @@
 // The Book-Now page: instructor picker, week grid, one-click book/cancel, live updates.
 import { lang, t } from "./i18n.js";
-import { Status, decodeTokenClaims, subscribe } from "./slotstream-client.js";
+import { Status, decodeTokenClaims, retryAfterMs, subscribe } from "./slotstream-client.js";
 
 const $ = (id) => document.getElementById(id);
 const DAY_MS = 86_400_000;
@@ -68,12 +68,32 @@ function addDays(date, days) {
 // as long as the TCP connection lives. Well below the edge's 30 s: nobody waits that long.
 const REQUEST_TIMEOUT_MS = 10_000;
 
+// A POST that got no answer may have been carried out. It is sent again with the same
+// Idempotency-Key: the booking-api answers a retry with the first request's answer (or
+// runs it, when the first never reached it or failed with a 5xx), and with 409
+// "idempotency-in-progress" while the first is still running. At most WRITE_TRIES tries,
+// all within WRITE_WINDOW_MS of the first, RETRY_BACKOFF_MS · 2^(n-1) apart (a random
+// 50–100 % of it, so pages cut off together do not come back together) or the answer's
+// Retry-After when longer: a few extra requests per click at most, within the edge's write
+// rate (5/s, a burst of 50 queued).
+const WRITE_TRIES = 4;
+const WRITE_WINDOW_MS = 20_000;
+const RETRY_BACKOFF_MS = 500;
+const IN_PROGRESS = "urn:slotstream:problem:idempotency-in-progress";
+
+// Why a write may or may not have been carried out: no answer in time, or the connection
+// broke before the answer came.
+const NO_ANSWER = {
+  timeout: "The server did not answer in time",
+  network: "The connection broke before the server answered",
+};
+
 class ApiError extends Error {
-  /** `timedOut`: no answer came in time, so a write may or may not have been carried out. */
-  constructor(status, detail, timedOut = false) {
+  /** `lost` ("timeout" or "network"): no answer came, so a write may or may not have been carried out. */
+  constructor(status, detail, lost = null) {
     super(detail);
     this.status = status;
-    this.timedOut = timedOut;
+    this.lost = lost;
   }
 }
 
@@ -82,27 +102,59 @@ function newIdempotencyKey() {
   return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** One try: `{response, payload}`, or `{lost}` when no answer came. */
+async function send(path, init, timeoutMs) {
+  try {
+    const response = await fetch(path, { ...init, signal: AbortSignal.timeout(timeoutMs) });
+    const text = await response.text();
+    let payload = null;
+    try {
+      payload = text ? JSON.parse(text) : null;
+    } catch {
+      payload = null;
+    }
+    return { response, payload };
+  } catch (error) {
+    return { lost: error.name === "TimeoutError" ? "timeout" : "network" };
+  }
+}
+
+/**
+ * Why this try says nothing of whether the write was carried out, or null for a real
+ * answer: no answer (`lost`); the first try still running; or, once a try went
+ * unanswered, a refusal of the retry that decides nothing (the edge's 429, a 5xx: the
+ * booking-api keeps no answer of those, so the first try's outcome is still unknown).
+ */
+function unknownOutcome({ response, payload, lost }, lostBefore) {
+  if (lost) return lost;
+  if (response.status === 409 && payload?.type === IN_PROGRESS) return "timeout";
+  if (lostBefore && (response.status === 429 || response.status >= 500)) return lostBefore;
+  return null;
+}
+
 async function api(method, path, body, extraHeaders = {}) {
   const headers = { Accept: "application/json", ...extraHeaders };
   if (state.user) headers.Authorization = `Bearer ${await freshToken()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method === "POST") headers["Idempotency-Key"] = newIdempotencyKey();
-  let response;
-  let text;
-  try {
-    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
-    text = await response.text();
-  } catch (error) {
-    if (error.name === "TimeoutError") throw new ApiError(0, "The server did not answer in time.", true);
-    throw new ApiError(0, "The server could not be reached. Check your connection and try again.");
+  const init = { method, headers, body: body === undefined ? undefined : JSON.stringify(body) };
+  const deadline = Date.now() + WRITE_WINDOW_MS;
+  let lost = null;
+  let result;
+  for (let tries = 1; ; tries += 1) {
+    result = await send(path, init, Math.min(REQUEST_TIMEOUT_MS, deadline - Date.now()));
+    lost = unknownOutcome(result, lost);
+    if (!lost || method !== "POST" || tries >= WRITE_TRIES) break;
+    const backoff = RETRY_BACKOFF_MS * 2 ** (tries - 1) * (0.5 + Math.random() / 2);
+    const wait = Math.max(backoff, result.response ? retryAfterMs(result.response) : 0);
+    // a retry needs a fair share of a request's time left to be worth sending
+    if (deadline - (Date.now() + wait) < REQUEST_TIMEOUT_MS / 4) break;
+    await new Promise((resolve) => setTimeout(resolve, wait));
   }
-  let payload = null;
-  try {
-    payload = text ? JSON.parse(text) : null;
-  } catch {
-    payload = null;
-  }
+  if (lost && method !== "GET") throw new ApiError(0, `${NO_ANSWER[lost]}.`, lost);
+  if (result.lost === "timeout") throw new ApiError(0, "The server did not answer in time.", result.lost);
+  if (result.lost) throw new ApiError(0, "The server could not be reached. Check your connection and try again.", result.lost);
+  const { response, payload } = result;
   if (!response.ok) {
     const detail = payload?.detail || payload?.title || `${response.status} ${response.statusText}`;
     throw new ApiError(response.status, detail);
@@ -528,9 +580,9 @@ async function onSlotClick(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else setTimeout(() => settlePending(slot.id), 3000);
   } catch (error) {
-    if (error.timedOut) {
+    if (error.lost) {
       const done = action === "book" ? "booked" : "cancelled";
-      const text = await noAnswer(`${describeSlot(slot)} may or may not be ${done}`, { mine: true });
+      const text = await noAnswer(error, `${describeSlot(slot)} may or may not be ${done}`, { mine: true });
       state.pending.delete(slot.id);
       showMessage(text);
       renderWeek();
@@ -579,18 +631,19 @@ async function refreshOverHttp() {
 }
 
 /**
- * A write got no answer in time (`ApiError.timedOut`): the server may have carried it out,
- * so it is not reported as failed. The schedule (with `mine`, also the user's bookings: a
+ * A write got no answer (`ApiError.lost`: every try timed out or lost its connection, or
+ * the first was still running when the last was refused): the server may have carried it
+ * out, so it is not reported as failed. The schedule (with `mine`, also the user's bookings: a
  * booking made meanwhile then shows as "Yours") is read again, and the text returned says
  * what is known: `what` ("… may or may not be booked"), and whether the page now shows
  * the server's state.
  */
-async function noAnswer(what, { mine = false } = {}) {
+async function noAnswer(error, what, { mine = false } = {}) {
   const [read] = await Promise.all([refreshOverHttp(), mine ? loadMine() : null]);
   const shown = read
     ? "The schedule now shows what the server has: check it before you try again."
     : "The schedule could not be read again either: it updates by itself once the connection is back.";
-  return `The server did not answer in time: ${what}. ${shown}`;
+  return `${NO_ANSWER[error.lost]}: ${what}. ${shown}`;
 }
 
 // ---------------------------------------------------------------- notifications and bookings
@@ -811,8 +864,8 @@ async function submitSlot(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else renderWeek();
   } catch (error) {
-    if (error.timedOut) {
-      formError("slot-error", await noAnswer(`the slot may or may not have been ${editing ? "moved" : "added"}`));
+    if (error.lost) {
+      formError("slot-error", await noAnswer(error, `the slot may or may not have been ${editing ? "moved" : "added"}`));
     } else if (error.status === 412) {
       formError("slot-error", "This slot changed in the meantime. Close this form and try again.");
       await refreshOverHttp();
@@ -895,7 +948,7 @@ async function submitWeek(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else renderWeek();
   } catch (error) {
-    if (error.timedOut) formError("week-error", await noAnswer("the slots may or may not have been added"));
+    if (error.lost) formError("week-error", await noAnswer(error, "the slots may or may not have been added"));
     else formError("week-error", error.status === 409 ? `Nothing was added: ${error.message}` : error.message);
   } finally {
     $("week-submit").disabled = false;
@@ -912,8 +965,8 @@ async function removeSlot(slot) {
     if (!state.sub?.isConnected) await refreshOverHttp();
     else setTimeout(() => settlePending(slot.id), 3000);
   } catch (error) {
-    const text = error.timedOut
-      ? await noAnswer(`the slot of ${describeSlot(slot)} may or may not be removed`)
+    const text = error.lost
+      ? await noAnswer(error, `the slot of ${describeSlot(slot)} may or may not be removed`)
       : `Could not remove ${describeSlot(slot)}: ${error.message}`;
     state.pending.delete(slot.id);
     showMessage(text);
@@ -944,7 +997,7 @@ async function submitCancel(event) {
     if (!state.sub?.isConnected) await refreshOverHttp();
   } catch (error) {
     const cancelled = `${describeSlot(slot)} may or may not be cancelled`;
-    formError("cancel-error", error.timedOut ? await noAnswer(cancelled) : error.message);
+    formError("cancel-error", error.lost ? await noAnswer(error, cancelled) : error.message);
   } finally {
     $("cancel-submit").disabled = false;
   }

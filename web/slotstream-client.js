@@ -62,7 +62,7 @@ class TicketUnavailable extends Error {
 }
 
 /** A response's `Retry-After` (seconds or an HTTP date) in milliseconds, else 0. */
-function retryAfterMs(response) {
+export function retryAfterMs(response) {
   const value = response.headers?.get?.("Retry-After");
   if (!value) return 0;
   const seconds = Number(value);

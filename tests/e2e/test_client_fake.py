@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -565,7 +566,9 @@ def test_a_booking_never_answered_says_the_outcome_is_unknown_and_reads_it_again
 ) -> None:
     """The API made the booking (or the cancellation), but the answer never came back. The
     page must not leave the slot "Saving…" forever, nor claim it failed: it says the outcome
-    is unknown and reads the slot and the user's bookings again, which show what happened."""
+    is unknown and reads the slot and the user's bookings again, which show what happened.
+    A booking is asked again a few times first, with the same Idempotency-Key (a DELETE is
+    not: it has no key)."""
     fake, base_url = fake_edge
     fake.slots["a"] = make_slot("a", tomorrow_at(9), booked=before == "mine")
     if before == "mine":
@@ -584,13 +587,18 @@ def test_a_booking_never_answered_says_the_outcome_is_unknown_and_reads_it_again
 
     slot_button(page, "a").click()  # the fake acts on it; no answer, no delta on the stream
     message = page.locator("#message")
-    expect(message).to_contain_text("The server did not answer in time")
+    expect(message).to_contain_text("The server did not answer in time", timeout=15_000)
     done = "booked" if action == "book" else "cancelled"
     expect(message).to_contain_text(f"may or may not be {done}")
     expect(message).not_to_contain_text("Could not")
     expect(slot_button(page, "a")).to_have_attribute("data-state", after)
     expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
-    assert len(fake.abandoned) == 1
+    if action == "book":
+        assert 2 <= len(fake.abandoned) <= 4, fake.abandoned
+        assert len({key for _, key in fake.keyed}) == 1, fake.keyed
+    else:
+        assert len(fake.abandoned) == 1, fake.abandoned
+    assert len(fake.carried_out) == 1, fake.carried_out
     assert errors == []
 
 
@@ -610,11 +618,130 @@ def test_a_slot_added_without_an_answer_is_not_reported_as_failed(
     page.locator("#slot-submit").click()  # tomorrow at 09:00, one hour
 
     error = page.locator("#slot-error")
-    expect(error).to_contain_text("The server did not answer in time")
+    expect(error).to_contain_text("The server did not answer in time", timeout=15_000)
     expect(error).to_contain_text("the slot may or may not have been added")
     expect(page.locator("#slot-submit")).to_be_enabled()
     expect(slot_button(page, "added")).to_have_attribute("data-state", "available")
-    assert fake.abandoned == [f"POST /api/instructors/{INSTRUCTOR}/slots"]
+    assert set(fake.abandoned) == {f"POST /api/instructors/{INSTRUCTOR}/slots"}
+    assert fake.carried_out == [f"POST /api/instructors/{INSTRUCTOR}/slots"]  # then replayed
+    assert errors == []
+
+
+BOOK = "POST /api/bookings"
+
+
+def open_student_page(
+    context: BrowserContext, fake: FakeEdge, base_url: str, errors: list[str]
+) -> Page:
+    """The student's page, live, with slot ``a`` free to book."""
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    return page
+
+
+def expect_booked(page: Page) -> None:
+    """The page says the booking worked, as when its first answer arrives."""
+    message = page.locator("#message")
+    expect(message).to_have_text(re.compile(r"^Booked \w+ \d+ \w+ 09:00\.$"), timeout=15_000)
+    expect(message).to_have_attribute("data-kind", "success")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "mine")
+    expect(slot_button(page, "a")).to_contain_text("Yours")
+
+
+def keys_sent(fake: FakeEdge) -> list[str]:
+    return [key for request, key in fake.keyed if request == BOOK]
+
+
+def test_a_booking_whose_answer_is_lost_is_asked_again_with_the_same_key(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The API made the booking; the connection broke before its answer came back (a
+    network error, not a timeout). The page asks again with the same Idempotency-Key, gets
+    the first answer replayed, and says "Booked" with the slot as *Yours* (on main: "The
+    server could not be reached", nothing read again, and the live stream then showed the
+    slot taken by someone else)."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["drop"]
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    slot_button(page, "a").click()
+    expect_booked(page)
+    first, *again = keys_sent(fake)
+    assert again == [first], fake.keyed
+    assert fake.carried_out.count(BOOK) == 1  # one booking, the retry replayed it
+    assert fake.answered == [(BOOK, "201 replayed")]
+    assert errors == []
+
+
+def test_a_retry_that_finds_the_first_booking_still_running_waits_for_its_answer(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The answer is lost while the API is still at work: the retry gets 409
+    ``idempotency-in-progress``. That is no lost race ("just taken by someone else"): the
+    page waits and asks again until the first answer is replayed."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["slow-drop"]
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    slot_button(page, "a").click()
+    expect_booked(page)
+    answers = [answer for _, answer in fake.answered]
+    assert answers[-1] == "201 replayed", answers
+    assert len(answers) >= 2, answers
+    assert set(answers[:-1]) == {"409"}, answers  # the first still at work
+    assert len(set(keys_sent(fake))) == 1, fake.keyed
+    assert fake.carried_out.count(BOOK) == 1
+    expect(page.locator("#message")).not_to_contain_text("taken by someone else")
+    assert errors == []
+
+
+def test_a_retry_the_edge_refuses_waits_its_retry_after(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """After a lost answer, the edge's 429 (past its write rate) to the retry says nothing
+    of the booking the first try may have made: the page waits the ``Retry-After`` (2 s),
+    not its own shorter back-off, and asks again with the same key."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["drop", "rate-limited"]
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    clicked = time.monotonic()
+    slot_button(page, "a").click()
+    expect_booked(page)
+    assert time.monotonic() - clicked >= 2  # the back-off alone: 1.5 s at most
+    assert fake.answered == [(BOOK, "429"), (BOOK, "201 replayed")]
+    assert len(set(keys_sent(fake))) == 1, fake.keyed
+    assert fake.carried_out.count(BOOK) == 1
+    assert errors == []
+
+
+def test_a_booking_no_try_of_which_is_answered_says_the_outcome_is_unknown(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """Every try's connection breaks before the answer: the page must not say the server
+    could not be reached (the booking may have been made, and was), but that the outcome is
+    unknown, and read the schedule and the user's bookings again, which show it *Yours*."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["drop"] * 10
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    slot_button(page, "a").click()
+    message = page.locator("#message")
+    expect(message).to_contain_text("may or may not be booked", timeout=15_000)
+    expect(message).to_contain_text("The schedule now shows what the server has")
+    expect(message).not_to_contain_text("could not be reached")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "mine")
+    expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
+    keys = keys_sent(fake)
+    assert 2 <= len(keys) <= 4, fake.keyed  # a few tries, not forever
+    assert len(set(keys)) == 1, fake.keyed
+    assert fake.carried_out.count(BOOK) == 1
     assert errors == []
 
 

@@ -107,6 +107,18 @@ def publisher_env(
     }
 
 
+async def spawn_publisher(env: dict[str, str], log_path: Path) -> "subprocess.Popen[bytes]":
+    """``python -m change_publisher`` with ``env``, its output in ``log_path``."""
+
+    def start() -> "subprocess.Popen[bytes]":
+        with open(log_path, "wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "change_publisher"], env=env, stdout=log, stderr=log
+            )
+
+    return await asyncio.to_thread(start)
+
+
 async def wait_ready(port: int, process: "subprocess.Popen[bytes]", log_path: Path) -> None:
     """Until the publisher on ``port`` is ready: a deadline in seconds, not in attempts (a
     loaded machine takes many seconds to start a Python process)."""
@@ -132,13 +144,7 @@ async def test_process_serves_ops_publishes_and_stops_gracefully_on_sigterm(
     env = publisher_env(booking_api, kafka, topics, port) | {"PUBLISHER_INSTANCE_ID": "proc-1"}
     log_path = tmp_path / "publisher.log"
 
-    def start() -> "subprocess.Popen[bytes]":
-        with open(log_path, "wb") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "change_publisher"], env=env, stdout=log, stderr=log
-            )
-
-    process = await asyncio.to_thread(start)
+    process = await spawn_publisher(env, log_path)
     try:
         await wait_ready(port, process, log_path)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -237,13 +243,7 @@ async def test_kafka_unreachable_at_start_is_unready_then_exits_69_after_its_sta
     }
     log_path = tmp_path / "publisher.log"
 
-    def start() -> "subprocess.Popen[bytes]":
-        with open(log_path, "wb") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "change_publisher"], env=env, stdout=log, stderr=log
-            )
-
-    process = await asyncio.to_thread(start)
+    process = await spawn_publisher(env, log_path)
     health: set[tuple[int, int]] = set()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

@@ -92,6 +92,9 @@ class KafkaSettings(BaseModel):
 #: a service's exit status when Kafka stayed unreachable for ``start_timeout_seconds`` at
 #: start (sysexits' EX_UNAVAILABLE): a supervisor may restart it, the reason is in its log
 KAFKA_UNREACHABLE_EXIT_CODE: Final = 69
+#: the same for MongoDB (the booking-api's ``BOOKING_API_MONGO_START_TIMEOUT_SECONDS``): one
+#: status, whichever dependency a start waited for in vain
+MONGO_UNREACHABLE_EXIT_CODE: Final = KAFKA_UNREACHABLE_EXIT_CODE
 
 
 class TopicSettings(BaseModel):

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import socket
 from types import FrameType
 
 import uvicorn
@@ -10,12 +11,13 @@ from booking_api.api.deps import AppParts
 from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_contracts.logs import configure_logging
-from slotstream_contracts.settings import load_settings
+from slotstream_contracts.settings import MONGO_UNREACHABLE_EXIT_CODE, load_settings
 
 
 class BookingApiServer(uvicorn.Server):
     """On a stop signal, answers the change feed's long polls at once: otherwise each
-    would hold the graceful shutdown until its ``wait`` ran out."""
+    would hold the graceful shutdown until its ``wait`` ran out. Stops, and exits with
+    ``MONGO_UNREACHABLE_EXIT_CODE``, when the start gave up on MongoDB."""
 
     def __init__(self, config: uvicorn.Config, parts: AppParts) -> None:
         super().__init__(config)
@@ -28,6 +30,15 @@ class BookingApiServer(uvicorn.Server):
                 runtime.memory.changelog.release_waiters
             )
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        # MongoDB stayed unreachable for BOOKING_API_MONGO_START_TIMEOUT_SECONDS (said)
+        return await super().on_tick(counter) or self._parts.startup.gave_up
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        super().run(sockets)
+        if self._parts.startup.gave_up:
+            raise SystemExit(MONGO_UNREACHABLE_EXIT_CODE)
 
 
 def main() -> None:

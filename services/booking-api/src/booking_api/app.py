@@ -1,6 +1,8 @@
 """Composition root: build settings, storage, service and HTTP app; wire, nothing more."""
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import structlog
@@ -20,6 +22,7 @@ from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
 from booking_api.ports import Storage
 from booking_api.service import BookingService, Clock, utc_now
+from booking_api.startup import MongoStartup, mongo_hosts
 
 log = structlog.get_logger("booking_api.app")
 
@@ -35,11 +38,26 @@ def _open_storage(settings: Settings) -> Storage:
 
 
 def create_app(
-    settings: Settings | None = None, storage: Storage | None = None, clock: Clock = utc_now
+    settings: Settings | None = None,
+    storage: Storage | None = None,
+    clock: Clock = utc_now,
+    open_storage: Callable[[Settings], Storage] = _open_storage,
 ) -> FastAPI:
-    """The booking-api. ``storage`` replaces the one the settings describe (tests)."""
+    """The booking-api. ``storage`` replaces the one the settings describe, ready at once
+    (tests); ``open_storage`` makes the one a start opens (tests: a MongoDB that answers
+    late)."""
     settings = settings or Settings()
-    parts = AppParts(settings=settings, tokens=TokenVerifier(settings.jwt), metrics=Metrics())
+    startup = MongoStartup(
+        mongo_hosts(settings.mongo_url.get_secret_value()),
+        settings.mongo_start_timeout_seconds,
+        settings.mongo_timeout_ms / 1000,
+    )
+    parts = AppParts(
+        settings=settings,
+        tokens=TokenVerifier(settings.jwt),
+        metrics=Metrics(),
+        startup=startup,
+    )
 
     def wire(store: Storage) -> Runtime:
         memory = store if isinstance(store, MemoryStorage) else None
@@ -51,20 +69,32 @@ def create_app(
     if given is not None:
         parts.runtime = wire(given)
 
+    async def open_when_reachable(runtime: Runtime) -> None:
+        if await startup.run([runtime.storage.start, runtime.tickets.start]):
+            parts.runtime = runtime
+            log.info("booking_api.started", storage=settings.storage)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        owned = parts.runtime is None
-        if parts.runtime is None:
-            parts.runtime = wire(_open_storage(settings))
-        await parts.runtime.storage.start()
-        await parts.runtime.tickets.start()
-        log.info("booking_api.started", storage=settings.storage)
+        if parts.runtime is not None:  # in memory, or given: nothing to wait for
+            await parts.runtime.storage.start()
+            await parts.runtime.tickets.start()
+            log.info("booking_api.started", storage=settings.storage)
+            yield
+            return
+        # MongoDB may not answer yet: the server serves (``/healthz`` 200, ``/readyz`` and
+        # the API 503) while the store is started in the background; ``parts.runtime`` is
+        # set, and the API ready, once its indexes exist.
+        runtime = wire(open_storage(settings))
+        opening = asyncio.create_task(open_when_reachable(runtime), name="storage-startup")
         try:
             yield
         finally:
-            if owned:
-                await parts.runtime.storage.close()
-                parts.runtime = None
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
+            parts.runtime = None
+            await runtime.storage.close()
 
     app = FastAPI(
         title="Slotstream booking API",

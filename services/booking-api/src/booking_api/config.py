@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     mongo_timeout_ms: int = Field(
         default=5_000, ge=100, le=60_000, description="server selection, connect and op timeout"
     )
+    mongo_start_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a start keeps trying to reach MongoDB and create the indexes "
+        "before it gives up (one line, exit status 69); unset: it keeps trying, unready",
+    )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     internal_token: SecretStr | None = Field(
         default=None,

@@ -25,8 +25,9 @@ def server_jwt() -> JwtSettings:
     return JwtSettings(secret=SecretStr(SERVER_SECRET))
 
 
-def launch_server(port: int, log: IO[bytes]) -> "subprocess.Popen[bytes]":
-    """``python -m booking_api`` on the memory backend; the caller stops it."""
+def launch_server(port: int, log: IO[bytes], **settings: str) -> "subprocess.Popen[bytes]":
+    """``python -m booking_api`` on the memory backend (``settings``: more or other
+    variables), listening; the caller stops it."""
     env = {
         **os.environ,
         "BOOKING_API_STORAGE": "memory",
@@ -34,11 +35,17 @@ def launch_server(port: int, log: IO[bytes]) -> "subprocess.Popen[bytes]":
         "BOOKING_API_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "BOOKING_API_PORT": str(port),
         "BOOKING_API_LOG__LEVEL": "WARNING",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "booking_api"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    wait_for_port("127.0.0.1", port, timeout=20)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=20)
+    except TimeoutError:
+        process.kill()
+        process.wait()
+        raise
     return process
 
 

@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import stamina
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -412,13 +411,9 @@ class MongoStorage:
         return self._idempotency
 
     async def start(self) -> None:
-        """Create the indexes (idempotent: an identical existing index is left alone).
-        Retried for a minute: at a cold start the database may come up after the API."""
-        async for attempt in stamina.retry_context(on=ConnectionFailure, timeout=60.0):
-            with attempt:
-                await self._create_indexes()
-
-    async def _create_indexes(self) -> None:
+        """Create the indexes (idempotent: an identical existing index is left alone). Not
+        retried here: at a cold start the database may come up after the API, and
+        ``startup.MongoStartup`` tries again, with the server already serving."""
         db = self._db
         await db[INSTRUCTORS].create_index([("name", ASCENDING), ("_id", ASCENDING)])
         # At most one live slot per instructor and start; it also serves the schedule and

@@ -14,6 +14,7 @@ from booking_api.config import Settings
 from booking_api.domain.errors import StorageUnavailable
 from booking_api.ports import Storage, TicketStore
 from booking_api.service import BookingService
+from booking_api.startup import MongoStartup
 from slotstream_contracts.auth import InvalidToken, Principal
 
 
@@ -33,6 +34,8 @@ class AppParts:
     settings: Settings
     tokens: TokenVerifier
     metrics: Metrics
+    #: opens the MongoDB store in the background (``runtime`` is set when it succeeded)
+    startup: MongoStartup
     runtime: Runtime | None = None
 
 

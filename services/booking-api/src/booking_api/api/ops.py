@@ -16,11 +16,22 @@ async def healthz() -> Response:
     return OrjsonResponse({"status": "ok"})
 
 
+#: how soon a caller may ask again while the storage is not ready (as every API 503 says)
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
 @router.get("/readyz")
 async def readyz(request: Request, parts: Parts) -> Response:
     runtime = parts.runtime
     if runtime is None:
-        return problem(503, "storage is not open yet", instance=request.url.path)
+        return problem(
+            503,
+            "starting: the storage has not answered yet or its indexes are being created "
+            f"(attempt {parts.startup.attempts}; the log says why)",
+            kind="starting",
+            instance=request.url.path,
+            headers=_RETRY_AFTER,
+        )
     try:
         reachable = await runtime.storage.ping()
     except Exception as exc:
@@ -29,7 +40,7 @@ async def readyz(request: Request, parts: Parts) -> Response:
     else:
         detail = "storage unreachable"
     if not reachable:
-        return problem(503, detail, instance=request.url.path)
+        return problem(503, detail, instance=request.url.path, headers=_RETRY_AFTER)
     return OrjsonResponse({"status": "ready", "storage": runtime.settings.storage})
 
 

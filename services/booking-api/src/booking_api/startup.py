@@ -5,24 +5,18 @@ before the replica set has a primary, or before its user exists. The HTTP server
 from the first moment — ``/healthz`` 200, ``/readyz`` and every API request 503 with
 ``Retry-After`` — while :class:`MongoStartup` runs the store's start (its indexes) again
 and again with capped, jittered back-off, one log line per attempt naming the hosts of the
-connection string (never its credentials) and the driver's reason. The gateway's
-``KafkaStartup`` has the same shape; what differs (aiokafka's own log lines folded in, a
-missing topic that ends the wait) is most of it, so the loop is not shared.
+connection string (never its credentials) and the driver's reason: the loop is
+``slotstream_contracts.startup.StartRetries``, as the gateway's ``KafkaStartup``'s.
 """
 
-import asyncio
 import contextlib
-import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import pymongo
-import structlog
 
 from slotstream_contracts.settings import MONGO_UNREACHABLE_EXIT_CODE
-
-log = structlog.get_logger(__name__)
+from slotstream_contracts.startup import StartRetries
 
 #: the pause after the first failed attempt; it doubles after each further one
 BACKOFF_FIRST_SECONDS: Final = 0.25
@@ -46,75 +40,54 @@ def _reason(exc: Exception) -> str:
 
 
 class MongoStartup:
-    """Runs ``starts`` in order until all succeed in one attempt (each is idempotent). An
-    attempt fails within the driver's own timeouts (``driver_timeout_seconds``: server
-    selection, every operation). With ``start_timeout_seconds`` it gives up once the next
-    attempt would begin after the bound, and an attempt that could run past it is cut at
-    it: one error line and :attr:`gave_up` (the server then exits with
-    ``MONGO_UNREACHABLE_EXIT_CODE``)."""
+    """Runs ``starts`` in order until all succeed in one attempt (each is idempotent;
+    ``StartRetries``). An attempt fails within the driver's own timeouts
+    (``driver_timeout_seconds``: server selection, every operation). With
+    ``start_timeout_seconds`` it gives up once the next attempt would begin after the
+    bound, and an attempt that could run past it is cut at it: one error line and
+    :attr:`gave_up` (the server then exits with ``MONGO_UNREACHABLE_EXIT_CODE``)."""
 
     def __init__(
         self, hosts: str, start_timeout_seconds: float | None, driver_timeout_seconds: float
     ) -> None:
         self.hosts = hosts
-        self._timeout = start_timeout_seconds
         self._driver_timeout = driver_timeout_seconds
-        self.attempts = 0
-        self.gave_up = False
+        self._retries = StartRetries(
+            "mongodb",
+            {"hosts": hosts},
+            timeout_seconds=start_timeout_seconds,
+            exit_code=MONGO_UNREACHABLE_EXIT_CODE,
+            first_backoff_seconds=BACKOFF_FIRST_SECONDS,
+            max_backoff_seconds=BACKOFF_MAX_SECONDS,
+        )
+
+    @property
+    def gave_up(self) -> bool:
+        return self._retries.gave_up
+
+    @property
+    def attempts(self) -> int:
+        return self._retries.attempts
 
     async def run(self, starts: Sequence[Callable[[], Awaitable[None]]]) -> bool:
         """True once started; False when given up. Cancelled by a shutdown meanwhile."""
-        began = time.monotonic()
-        backoff = 0.0
-        while True:
-            self.attempts += 1
+
+        async def attempt(left: float | None) -> str | None:
             try:
-                with self._bounded(began):
+                with self._bounded(left):
                     for start in starts:
                         await start()
             except Exception as exc:  # noqa: BLE001 - any failure: said, then tried again
-                error = _reason(exc)
-            else:
-                break
-            backoff = (
-                BACKOFF_FIRST_SECONDS if backoff == 0 else min(BACKOFF_MAX_SECONDS, 2 * backoff)
-            )
-            delay = random.uniform(backoff / 2, backoff)
-            if self._timeout is not None and time.monotonic() + delay - began > self._timeout:
-                self.gave_up = True
-                log.error(
-                    "mongodb not reachable: giving up",
-                    hosts=self.hosts,
-                    attempts=self.attempts,
-                    waited_seconds=round(time.monotonic() - began, 1),
-                    start_timeout_seconds=self._timeout,
-                    error=error,
-                    exit_code=MONGO_UNREACHABLE_EXIT_CODE,
-                )
-                return False
-            log.warning(
-                "mongodb not reachable: retrying",
-                hosts=self.hosts,
-                attempt=self.attempts,
-                retry_in=round(delay, 2),
-                error=error,
-            )
-            await asyncio.sleep(delay)
-        if self.attempts > 1:
-            log.info(
-                "mongodb reachable: started",
-                hosts=self.hosts,
-                attempts=self.attempts,
-                waited_seconds=round(time.monotonic() - began, 1),
-            )
-        return True
+                return _reason(exc)
+            return None
 
-    def _bounded(self, began: float) -> contextlib.AbstractContextManager[None]:
+        return await self._retries.run(attempt)
+
+    def _bounded(self, left: float | None) -> contextlib.AbstractContextManager[None]:
         """A deadline for the attempt, as the driver's own (so it fails with its reason,
         which a cancellation would not give), when less than one driver timeout is left of
         the start timeout. Not otherwise: a ``pymongo.timeout`` replaces the server
         selection timeout, so one attempt would wait all that is left, saying nothing."""
-        left = None if self._timeout is None else self._timeout - (time.monotonic() - began)
         if left is None or left >= self._driver_timeout:
             return contextlib.nullcontext()
         return pymongo.timeout(max(0.0, left))

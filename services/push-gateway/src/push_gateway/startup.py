@@ -4,28 +4,22 @@ Compose and Kubernetes do not order start-ups: a gateway may start seconds befor
 broker listens (a refused connection) or while something in front of it accepts and drops
 connections. The HTTP server serves from the first moment — ``/healthz`` 200, ``/readyz``
 and every stream 503 "starting" — while :class:`KafkaStartup` tries the clients' start
-again and again, with the fetch loop's capped back-off (``fetch.next_backoff``, 0.1 s
-doubling to 5 s) and jitter, one log line per attempt. The ingest starts from the
-positions it would have used had Kafka answered at once: a ring buffer's length before the
-ends it then finds, so nothing written meanwhile is missed.
+again and again (``slotstream_contracts.startup.StartRetries``), with the fetch loop's
+capped back-off (0.1 s doubling to 5 s) and jitter, one log line per attempt. The ingest
+starts from the positions it would have used had Kafka answered at once: a ring buffer's
+length before the ends it then finds, so nothing written meanwhile is missed.
 """
 
-import asyncio
 import contextlib
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final
 
-import structlog
-
-from push_gateway.adapters.fetch import next_backoff
+from push_gateway.adapters.fetch import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
 from push_gateway.adapters.kafka import TopicMissing
 from push_gateway.config import GatewayKafkaSettings
 from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
-
-log = structlog.get_logger(__name__)
+from slotstream_contracts.startup import GiveUp, StartRetries
 
 #: aiokafka's own logger: it says "Unable connect to <address>: <error>" for each failed
 #: bootstrap, which is folded into the attempt's one line
@@ -61,8 +55,9 @@ def _aiokafka_errors() -> Iterator[list[str]]:
 class KafkaStartup:
     """Runs ``starts`` in order until all succeed; after a failure each gets its ``close``
     (they clean up after themselves; closing is for what started before the one that
-    failed) and the whole sequence is tried again. With ``settings.start_timeout_seconds``
-    it gives up once the next attempt would come after the bound: one error line and
+    failed) and the whole sequence is tried again (``StartRetries``). With
+    ``settings.start_timeout_seconds`` it gives up once the next attempt would come after
+    the bound, and at once when a data topic is missing: one error line and
     :attr:`gave_up` (the server then exits with ``KAFKA_UNREACHABLE_EXIT_CODE``)."""
 
     def __init__(
@@ -70,50 +65,38 @@ class KafkaStartup:
         settings: GatewayKafkaSettings,
         starts: Sequence[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]],
     ) -> None:
-        self._settings = settings
         self._starts = tuple(starts)
+        self._retries = StartRetries(
+            "kafka",
+            {"bootstrap_servers": settings.bootstrap_servers},
+            timeout_seconds=settings.start_timeout_seconds,
+            exit_code=KAFKA_UNREACHABLE_EXIT_CODE,
+            first_backoff_seconds=BACKOFF_FIRST_SECONDS,
+            max_backoff_seconds=BACKOFF_MAX_SECONDS,
+        )
         self.connected = False
-        self.gave_up = False
-        self.attempts = 0
+
+    @property
+    def gave_up(self) -> bool:
+        return self._retries.gave_up
+
+    @property
+    def attempts(self) -> int:
+        return self._retries.attempts
 
     async def run(self) -> None:
         """Until started (or given up); cancelled by a shutdown meanwhile."""
-        timeout = self._settings.start_timeout_seconds
-        began = time.monotonic()
-        backoff = 0.0
-        while True:
-            self.attempts += 1
-            with _aiokafka_errors() as held:
-                try:
-                    await self._start_all()
-                except TopicMissing as exc:  # Kafka answers; the topic was waited for
-                    self._give_up(began, str(exc), "data topic missing: giving up")
-                    return
-                except Exception as exc:  # noqa: BLE001 - any failure: closed, retried
-                    error = "; ".join(held) or f"{type(exc).__name__}: {exc}"
-                else:
-                    break
-            backoff = next_backoff(backoff)
-            delay = random.uniform(backoff / 2, backoff)
-            if timeout is not None and time.monotonic() + delay - began > timeout:
-                self._give_up(began, error, "kafka not reachable: giving up")
-                return
-            log.warning(
-                "kafka not reachable: retrying",
-                bootstrap_servers=self._settings.bootstrap_servers,
-                attempt=self.attempts,
-                retry_in=round(delay, 2),
-                error=error,
-            )
-            await asyncio.sleep(delay)
-        if self.attempts > 1:
-            log.info(
-                "kafka reachable: started",
-                bootstrap_servers=self._settings.bootstrap_servers,
-                attempts=self.attempts,
-                waited_seconds=round(time.monotonic() - began, 1),
-            )
-        self.connected = True
+        self.connected = await self._retries.run(self._attempt)
+
+    async def _attempt(self, _left: float | None) -> str | None:
+        with _aiokafka_errors() as held:
+            try:
+                await self._start_all()
+            except TopicMissing as exc:  # Kafka answers; the topic was waited for
+                raise GiveUp("data topic missing: giving up", str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - any failure: closed, retried
+                return "; ".join(held) or f"{type(exc).__name__}: {exc}"
+        return None
 
     async def _start_all(self) -> None:
         started: list[Callable[[], Awaitable[None]]] = []
@@ -126,15 +109,3 @@ class KafkaStartup:
                 with contextlib.suppress(Exception):
                     await close()
             raise
-
-    def _give_up(self, began: float, error: str, event: str) -> None:
-        self.gave_up = True
-        log.error(
-            event,
-            bootstrap_servers=self._settings.bootstrap_servers,
-            attempts=self.attempts,
-            waited_seconds=round(time.monotonic() - began, 1),
-            start_timeout_seconds=self._settings.start_timeout_seconds,
-            error=error,
-            exit_code=KAFKA_UNREACHABLE_EXIT_CODE,
-        )

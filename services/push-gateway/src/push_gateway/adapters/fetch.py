@@ -266,10 +266,7 @@ class FetchCounters:
     by_error: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-def next_backoff(current: float) -> float:
-    """The pause after one more failure in a row (0 before the first): doubling from
-    ``BACKOFF_FIRST_SECONDS``, capped at ``BACKOFF_MAX_SECONDS``; also the gateway's
-    start-up retries (``startup.py``)."""
+def _next_backoff(current: float) -> float:
     return BACKOFF_FIRST_SECONDS if current <= 0 else min(BACKOFF_MAX_SECONDS, current * 2)
 
 
@@ -487,7 +484,7 @@ class LeanFetcher:
         ok = not task.cancelled() and task.exception() is None and task.result()
         if not ok:
             error = None if task.cancelled() else task.exception()
-            node.backoff = next_backoff(node.backoff)
+            node.backoff = _next_backoff(node.backoff)
             node.paused_until = time.monotonic() + node.backoff
             self.counters.errors += 1
             log.warning(
@@ -507,7 +504,7 @@ class LeanFetcher:
         error: BaseException,
         now: float,
     ) -> None:
-        node.backoff = next_backoff(node.backoff)
+        node.backoff = _next_backoff(node.backoff)
         node.paused_until = now + node.backoff
         self.counters.errors += 1
         self.counters.by_error[type(error).__name__] += 1
@@ -522,7 +519,7 @@ class LeanFetcher:
         self._brokers.refresh_metadata()
 
     def _pause(self, state: PartitionState, now: float) -> None:
-        state.backoff = next_backoff(state.backoff)
+        state.backoff = _next_backoff(state.backoff)
         state.paused_until = now + state.backoff
 
     # -- a response ----------------------------------------------------------------------
@@ -705,7 +702,7 @@ class LeanFetcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried: the partition waits for it
-                backoff = next_backoff(backoff)
+                backoff = _next_backoff(backoff)
                 log.warning(
                     "end offset lookup failed: retrying",
                     partition=_name(state),

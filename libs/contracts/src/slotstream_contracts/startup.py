@@ -1,0 +1,105 @@
+"""Starting a service's clients once the server they need answers, not before.
+
+Compose and Kubernetes do not order start-ups: a service may start seconds before Kafka or
+MongoDB listens. Its HTTP server serves from the first moment (live, unready, 503 with
+``Retry-After``) while :class:`StartRetries` runs the start again and again with capped,
+jittered back-off: one warning per failed attempt (``<server> not reachable: retrying``,
+with the caller's fields naming the address, and the attempt's reason), one info line when
+it started after failures. With a bound it gives up once the next attempt would begin
+after it: one error line and :attr:`StartRetries.gave_up`; the service then exits with the
+status it was given (``KAFKA_UNREACHABLE_EXIT_CODE``, ``MONGO_UNREACHABLE_EXIT_CODE``).
+"""
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class GiveUp(Exception):
+    """Raised by an attempt whose failure another attempt cannot mend (a data topic that
+    does not exist): the start gives up at once, logged as ``event``."""
+
+    def __init__(self, event: str, reason: str) -> None:
+        super().__init__(reason)
+        self.event = event
+        self.reason = reason
+
+
+class StartRetries:
+    """Retries one start; see the module docstring. ``server`` names what is waited for
+    in the log events (``kafka``, ``mongodb``), ``fields`` where it is (never credentials).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        fields: Mapping[str, object],
+        *,
+        timeout_seconds: float | None,
+        exit_code: int,
+        first_backoff_seconds: float,
+        max_backoff_seconds: float,
+    ) -> None:
+        self._server = server
+        self._fields = dict(fields)
+        self._timeout = timeout_seconds
+        self._exit_code = exit_code
+        self._first_backoff = first_backoff_seconds
+        self._max_backoff = max_backoff_seconds
+        self.attempts = 0
+        self.gave_up = False
+
+    async def run(self, attempt: Callable[[float | None], Awaitable[str | None]]) -> bool:
+        """True once an attempt started everything, False when given up; cancelled by a
+        shutdown meanwhile. ``attempt(left)`` (``left``: seconds left of the bound, None
+        without one) returns None when it started, else why it failed, in one line."""
+        began = time.monotonic()
+        backoff = 0.0
+        while True:
+            self.attempts += 1
+            left = None if self._timeout is None else self._timeout - (time.monotonic() - began)
+            try:
+                error = await attempt(left)
+            except GiveUp as exc:
+                self._give_up(began, exc.event, exc.reason)
+                return False
+            if error is None:
+                break
+            backoff = self._first_backoff if backoff <= 0 else min(self._max_backoff, backoff * 2)
+            delay = random.uniform(backoff / 2, backoff)
+            if self._timeout is not None and time.monotonic() + delay - began > self._timeout:
+                self._give_up(began, f"{self._server} not reachable: giving up", error)
+                return False
+            log.warning(
+                f"{self._server} not reachable: retrying",
+                **self._fields,
+                attempt=self.attempts,
+                retry_in=round(delay, 2),
+                error=error,
+            )
+            await asyncio.sleep(delay)
+        if self.attempts > 1:
+            log.info(
+                f"{self._server} reachable: started",
+                **self._fields,
+                attempts=self.attempts,
+                waited_seconds=round(time.monotonic() - began, 1),
+            )
+        return True
+
+    def _give_up(self, began: float, event: str, error: str) -> None:
+        self.gave_up = True
+        log.error(
+            event,
+            **self._fields,
+            attempts=self.attempts,
+            waited_seconds=round(time.monotonic() - began, 1),
+            start_timeout_seconds=self._timeout,
+            error=error,
+            exit_code=self._exit_code,
+        )

@@ -357,9 +357,13 @@ class Gateway:
                 announce = set(connection.resync_requested)
                 positions = resync_positions
                 resume = {k: v for k, v in positions.items() if k not in announce}
+            client_resume = request is not None
             while True:
                 connection.resync_requested = NO_RESYNC
-                await catch_up.catch_up(connection, positions, resume, announce, lost)
+                await catch_up.catch_up(
+                    connection, positions, resume, announce, lost, client_resume
+                )
+                client_resume = False  # the rounds after: a resync during the catch-up
                 lost = set()
                 if connection.state is StreamState.CLOSED:
                     return

@@ -397,6 +397,7 @@ async def test_resume_from_the_ring_replays_exactly_the_missed_events(harness: H
     assert events[-1]["id"] == f"s{harness.part}:4"
     assert harness.source.fetches == []  # no snapshot on a resume
     assert harness.history.reads == []
+    assert (harness.gateway.stats.resumes_ring, harness.gateway.stats.resumes_kafka) == (1, 0)
 
 
 async def test_resume_older_than_the_ring_reads_kafka_back(harness: Harness) -> None:
@@ -406,6 +407,7 @@ async def test_resume_older_than_the_ring_reads_kafka_back(harness: Harness) -> 
     events = await client.events(15)
     assert [data(e)["version"] for e in events] == list(range(6, 21))
     assert harness.history.reads == [(SCHEDULE_TOPIC, harness.part, 5, 12)]
+    assert (harness.gateway.stats.resumes_ring, harness.gateway.stats.resumes_kafka) == (0, 1)
 
 
 async def test_resume_point_gone_from_kafka_gets_a_fresh_snapshot(harness: Harness) -> None:
@@ -415,6 +417,7 @@ async def test_resume_point_gone_from_kafka_gets_a_fresh_snapshot(harness: Harne
     [first] = await client.events(1)
     assert first["event"] == "snapshot"
     assert first["id"] == f"s{harness.part}:19"
+    assert harness.gateway.stats.resumes_gone == 1
 
 
 async def test_resync_record_sends_resync_then_a_fresh_snapshot(harness: Harness) -> None:
@@ -1058,6 +1061,9 @@ async def test_a_resync_of_a_live_stream_writes_the_other_partitions_records_onc
     ]
     for before, after in zip(positions, positions[1:], strict=False):
         assert all(after[part] >= before[part] for part in before), positions
+    # no client resumed: gateway_resumes_total (Last-Event-ID resumes) stays where it was
+    stats = harness.gateway.stats
+    assert (stats.resumes_ring, stats.resumes_kafka, stats.resumes_gone) == (0, 0, 0)
 
 
 async def test_a_client_cut_off_between_two_snapshots_gets_the_second_on_resume(

@@ -170,12 +170,15 @@ class CatchUp:
         resume: dict[PartitionKey, int] | None,
         announce: set[PartitionKey],
         lost: set[PartitionKey],
+        client_resume: bool,
     ) -> None:
         """Snapshot and/or replay, then the records buffered meanwhile; all written at once.
 
         ``lost``: partitions whose resume point could not be honoured; their schedule
         channels get a snapshot, their notification channels a ``resync`` frame with
-        reason ``history-unavailable`` (the client reloads its notifications)."""
+        reason ``history-unavailable`` (the client reloads its notifications).
+        ``client_resume``: the replay is a client's resume (``Last-Event-ID``, ``since``),
+        counted in ``gateway_resumes_total``; a live stream's resync replays too, uncounted."""
         hub = self.hub
         plan = CatchUpPlan(positions, resume, announce, lost, fresh=set(announce) | lost)
         fresh, replay = plan.fresh, plan.replay
@@ -197,7 +200,7 @@ class CatchUp:
                 if after + 1 < stop:
                     reads[key] = (after + 1, stop)
                 ring = hub.ring_since(key, stop - 1, keys) or []
-            else:
+            elif client_resume:
                 self.stats.resumes_ring += 1
             replay[key] = [r for r in ring if r.offset <= last]
         for key, (first, stop) in reads.items():
@@ -207,12 +210,13 @@ class CatchUp:
             try:
                 older = await self.history.read(hub.topic_of(key), key[1], first, stop, wanted)
                 replay[key] = older + replay[key]
-                self.stats.resumes_kafka += 1
+                if client_resume:
+                    self.stats.resumes_kafka += 1
             except HistoryGone as exc:
                 log.info("resume point not read from Kafka", reason=str(exc))
-                if isinstance(exc, HistoryBusy):
+                if client_resume and isinstance(exc, HistoryBusy):
                     self.stats.resumes_busy += 1
-                else:
+                elif client_resume:
                     self.stats.resumes_gone += 1
                 fresh.add(key)
                 lost.add(key)

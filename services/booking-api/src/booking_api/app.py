@@ -17,9 +17,10 @@ from booking_api.api import internal, ops, routes, tickets
 from booking_api.api.deps import AppParts, Runtime
 from booking_api.api.metrics import Metrics
 from booking_api.api.middleware import RequestContextMiddleware
-from booking_api.api.problems import install_problem_handlers, problem
+from booking_api.api.problems import domain_problem, install_problem_handlers
 from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
+from booking_api.domain.errors import StorageUnavailable
 from booking_api.ports import Storage
 from booking_api.service import BookingService, Clock, utc_now
 from booking_api.startup import MongoStartup, mongo_hosts
@@ -121,13 +122,11 @@ def create_app(
         # A database that does not answer is the service's trouble, not the caller's: 503
         # (retry later), never a 500 and never a partial write (see service.py).
         log.warning("storage.failed", error=type(exc).__name__, path=request.url.path)
-        return problem(
-            503,
-            f"storage unavailable ({type(exc).__name__}); retry shortly",
-            kind="storage-unavailable",
-            instance=request.url.path,
-            headers={"Retry-After": "1"},
+        # One condition, one problem type, whether the store is not open yet or fails now.
+        unavailable = StorageUnavailable(
+            f"storage unavailable ({type(exc).__name__}); retry shortly"
         )
+        return domain_problem(unavailable, request.url.path)
 
     app.add_exception_handler(PyMongoError, on_storage_error)
     app.include_router(routes.router)

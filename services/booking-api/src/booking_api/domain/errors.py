@@ -52,4 +52,7 @@ class Forbidden(DomainError):
 
 
 class StorageUnavailable(DomainError):
-    """The store did not answer in time (503); nothing was decided."""
+    """The store is not open yet or did not answer in time (503); nothing was decided."""
+
+    # Clients key on the type (README, "Errors"); the driver's errors answer it too.
+    kind = "storageunavailable"

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from booking_api.adapters.mongo import connection_string_problem
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import (
     DEFAULT_KEEP_ALIVE_SECONDS,
@@ -15,8 +16,13 @@ from slotstream_contracts.settings import (
 
 
 class Settings(BaseSettings):
+    # Without ``hide_input_in_errors`` a refusal quotes the input: the connection string
+    # (with its password) or, from a model validator, every setting, secrets included.
     model_config = SettingsConfigDict(
-        env_prefix="BOOKING_API_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="BOOKING_API_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     storage: Literal["mongo", "memory"] = Field(
@@ -79,6 +85,19 @@ class Settings(BaseSettings):
         """Refuse to start without a verification key (weak secrets, unreadable or
         mismatched keys are already refused by ``JwtSettings`` itself)."""
         self.jwt.verification_key()
+        return self
+
+    @model_validator(mode="after")
+    def _mongo_url_usable(self) -> "Settings":
+        """Refused here, not when the server's start builds the client (exit 3 and a
+        traceback that may quote the URL)."""
+        if self.storage == "mongo":
+            url = self.mongo_url.get_secret_value()
+            problem = connection_string_problem(url, self.mongo_timeout_ms)
+            if problem is not None:
+                raise ValueError(
+                    f"BOOKING_API_MONGO_URL is not a usable MongoDB connection string: {problem}"
+                )
         return self
 
     @field_validator("internal_token")

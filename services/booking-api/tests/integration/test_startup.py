@@ -6,8 +6,10 @@ with one line and exit 69. The half where MongoDB comes up later is
 ``tests/unit/test_mongo_startup.py``."""
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from slotstream_contracts.auth import JwtSettings, Role, mint_token
 from slotstream_contracts.settings import MONGO_UNREACHABLE_EXIT_CODE
 from slotstream_testkit.net import free_port
 
-from .conftest import launch_server
+from .conftest import SERVER_SECRET, launch_server
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +145,25 @@ def test_mongo_not_answering_within_its_start_timeout_exits_69_with_one_line(
     assert gave_up["hosts"] == f"127.0.0.1:{mongo_port}"
     assert gave_up["exit_code"] == MONGO_UNREACHABLE_EXIT_CODE
     assert str(gave_up["error"]).startswith("ServerSelectionTimeoutError: ")
+
+
+def test_malformed_mongo_url_refuses_to_start_with_one_line_and_exit_2() -> None:
+    """The driver refuses this URL when the client is built; that used to happen in the
+    server's start: exit 3 and a traceback. Now a bad setting: one line, exit 2."""
+    env = {
+        **os.environ,
+        "BOOKING_API_JWT__SECRET": SERVER_SECRET,
+        "BOOKING_API_PORT": str(free_port()),
+        "BOOKING_API_STORAGE": "mongo",
+        # an unescaped ':' in the password
+        "BOOKING_API_MONGO_URL": f"mongodb://booking-api:pa:{PASSWORD}@127.0.0.1:27017/",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-m", "booking_api"], env=env, capture_output=True, timeout=30
+    )
+    out, err = ran.stdout.decode(), ran.stderr.decode()
+    assert ran.returncode == 2, (ran.returncode, out[-3000:], err[-3000:])
+    assert err.startswith("booking-api: refusing to start, bad settings:"), err
+    assert "BOOKING_API_MONGO_URL" in err
+    assert "Traceback" not in out + err
+    assert PASSWORD not in out + err

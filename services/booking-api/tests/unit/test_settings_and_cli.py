@@ -1,11 +1,14 @@
 """Settings refuse weak secrets; the console scripts mint tokens the API accepts."""
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from booking_api import tokens
 from booking_api.config import Settings
 from slotstream_contracts.auth import JwtSettings, Role, verify_token
+from slotstream_contracts.settings import load_settings
 
 SECRET = "cli-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -89,3 +92,65 @@ def test_server_refuses_to_start_with_a_list_setting_that_is_not_json(
     assert err.startswith("booking-api: refusing to start, bad settings:")
     assert "BOOKING_API_CORS_ORIGINS" in err
     assert "JSON" in err
+
+
+#: in every malformed URL below; it must never be printed
+MONGO_PASSWORD = "s3cret-pw-7e1d"
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (f"mongodb://booking-api:pa:{MONGO_PASSWORD}@db:27017/", "percent-encoded"),
+        (f"mongodb://booking-api:{MONGO_PASSWORD}@db:notaport/", "Port contains non-digit"),
+        (f"http://booking-api:{MONGO_PASSWORD}@db:27017/", "mongodb:// or mongodb+srv://"),
+        (f"mongodb://booking-api:{MONGO_PASSWORD}@db/?replicaSet=", "replicaSet has no value"),
+        (f"mongodb://booking-api:{MONGO_PASSWORD}@db/?replSet=rs0", "Unknown option: replset"),
+        (
+            f"mongodb://booking-api:{MONGO_PASSWORD}@db/?tls=false&tlsCAFile={os.devnull}",
+            "TLS has not been enabled",
+        ),
+        ("mongodb://booking-api@db:27017/", "A password is required"),
+        # an unescaped '/' or '?' in the password: the driver reads a part of it as the
+        # database name or an option, so its message would quote that part
+        (f"mongodb://booking-api:pa/ss {MONGO_PASSWORD}@db/", "'@' after the host list"),
+        (f"mongodb://booking-api:pa?x={MONGO_PASSWORD}@db/", "'@' after the host list"),
+        (f"mongodb://booking-api:12/{MONGO_PASSWORD}@db/", "'@' after the host list"),
+    ],
+)
+def test_server_refuses_to_start_with_a_malformed_mongo_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, said: str
+) -> None:
+    """The driver refuses these when the client is built, which used to be inside the
+    server's start (exit 3, a traceback that may quote the URL): refused as a bad setting,
+    naming the part, never the password."""
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_STORAGE", "mongo")
+    monkeypatch.setenv("BOOKING_API_MONGO_URL", url)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(Settings, "booking-api")
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("booking-api: refusing to start, bad settings:"), err
+    assert "BOOKING_API_MONGO_URL" in err, err
+    assert said in err, err
+    assert MONGO_PASSWORD not in err, err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://127.0.0.1:27017/?replicaSet=rs0",
+        f"mongodb://booking-api:{MONGO_PASSWORD}@db-0:27017,db-1:27017/slotstream?replicaSet=rs0"
+        "&authSource=admin&appName=a@b",
+        # SRV needs DNS: the check must not resolve (this name cannot be)
+        f"mongodb+srv://booking-api:{MONGO_PASSWORD}@cluster0.example.invalid/?tls=true",
+    ],
+)
+def test_well_formed_mongo_urls_are_accepted_without_resolving(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_STORAGE", "mongo")
+    monkeypatch.setenv("BOOKING_API_MONGO_URL", url)
+    assert load_settings(Settings, "booking-api").mongo_url.get_secret_value() == url

@@ -10,6 +10,7 @@
 """
 
 import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,8 +19,9 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidURI, PyMongoError
 from pymongo.read_concern import ReadConcern
+from pymongo.uri_parser import parse_userinfo, split_options
 from pymongo.write_concern import WriteConcern
 
 from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
@@ -362,19 +364,70 @@ class MongoIdempotency:
         )
 
 
+def _client(url: str, timeout_ms: int) -> AsyncMongoClient[Document]:
+    """The client, built as the store uses it. Building it connects to nothing and resolves
+    no ``mongodb+srv://`` name (the async client does both at its first operation)."""
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        w="majority",
+        journal=True,
+        readConcernLevel="majority",
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        timeoutMS=timeout_ms,
+        appname="slotstream-booking-api",
+    )
+
+
+_SCHEMES = ("mongodb://", "mongodb+srv://")
+#: said instead of the driver's reason when a part of a password may have ended up after
+#: the host list, where the driver's message would quote it
+_SPILLED = (
+    "an '@' after the host list: a user name or password with an unescaped '/', '?', ':', "
+    "'@' or '%' must be percent-encoded (urllib.parse.quote_plus)"
+)
+
+
+def connection_string_problem(url: str, timeout_ms: int) -> str | None:
+    """Why the driver would refuse ``url`` when the store builds its client, or None;
+    the reason names the wrong part and never quotes the user name or password. Stricter
+    than the client, which only warns about (and ignores) unknown options and bad option
+    values, and accepts empty ones (``?replicaSet=``, an unset template variable)."""
+    if not url.startswith(_SCHEMES):
+        return "it must begin with mongodb:// or mongodb+srv://"
+    # Split as the driver does: the host list ends at the first '/' or '?', the user info
+    # is what precedes its last '@'. An unescaped '/' or '?' in a password ends it early.
+    before_options, _, options = url.partition("://")[2].partition("?")
+    authority, _, database = before_options.partition("/")
+    userinfo, at, _hosts = authority.rpartition("@")
+    if "@" in database:
+        return _SPILLED
+    if at:
+        try:
+            parse_userinfo(userinfo)
+        except InvalidURI:
+            return (
+                "the user name or password is not percent-encoded: ':', '/', '?', '#', '@', "
+                "'[', ']' and '%' in them must be (urllib.parse.quote_plus)"
+            )
+    try:
+        if options:
+            for name, _, value in (pair.partition("=") for pair in re.split("[&;]", options)):
+                if not value:
+                    return f"option {name} has no value"
+            split_options(options, validate=True, warn=False)
+        _client(url, timeout_ms)
+    except (PyMongoError, ValueError, TypeError, OSError) as exc:
+        # With an '@' in the options and none before the host list, a password's '?' may
+        # have put a part of it into the options (or the hosts): not quoted.
+        return _SPILLED if "@" in options and not at else f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class MongoStorage:
     def __init__(self, url: str, db: str, timeout_ms: int = 5_000) -> None:
-        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
-            url,
-            tz_aware=True,
-            w="majority",
-            journal=True,
-            readConcernLevel="majority",
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            timeoutMS=timeout_ms,
-            appname="slotstream-booking-api",
-        )
+        self._client = _client(url, timeout_ms)
         self._db: AsyncDatabase[Document] = self._client.get_database(
             db,
             write_concern=WriteConcern(w="majority", j=True),

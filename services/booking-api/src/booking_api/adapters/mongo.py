@@ -3,19 +3,23 @@
 - Client: tz-aware (datetimes come back as UTC), majority write concern with journal,
   majority read concern, and timeouts on server selection, connect and every operation
   (``timeoutMS``), so a sick database turns into a quick 503, not a hung request.
-- ``start()`` creates the indexes; ``create_index`` is a no-op when the same index
-  exists, so every replica can run it at every start-up.
+- ``start()`` creates the indexes, without the per-operation timeout (an index build on
+  a large collection takes longer; see ``index_builds``); ``create_index`` is a no-op
+  when the same index exists, so every replica can run it at every start-up.
 - State moves are ``find_one_and_update`` with the expected state in the filter: the
   compare-and-set the booking service relies on.
 """
 
+import contextlib
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+import pymongo
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, _csot
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -364,6 +368,20 @@ class MongoIdempotency:
         )
 
 
+def index_builds() -> AbstractContextManager[None]:
+    """Lifts the per-operation timeout (``timeoutMS``) for the index creation it wraps.
+
+    Building a new index on a large collection outlasts ``BOOKING_API_MONGO_TIMEOUT_MS``,
+    and a ``createIndexes`` sent with the ``maxTimeMS`` that timeout adds is aborted by the
+    server: the start would fail again and again while MongoDB is fine. ``timeout(0)`` is
+    "no limit" (``None`` would fall back to the client's ``timeoutMS``). Server selection
+    keeps ``serverSelectionTimeoutMS``, so an unreachable MongoDB still fails an attempt
+    quickly with its reason. An enclosing ``pymongo.timeout`` (``MongoStartup`` cutting an
+    attempt at the start timeout) is left in force: the driver reads only the innermost
+    timeout, so a ``timeout(0)`` inside it would lift that bound too."""
+    return contextlib.nullcontext() if _csot.get_timeout() is not None else pymongo.timeout(0)
+
+
 def _client(url: str, timeout_ms: int) -> AsyncMongoClient[Document]:
     """The client, built as the store uses it. Building it connects to nothing and resolves
     no ``mongodb+srv://`` name (the async client does both at its first operation)."""
@@ -467,6 +485,10 @@ class MongoStorage:
         """Create the indexes (idempotent: an identical existing index is left alone). Not
         retried here: at a cold start the database may come up after the API, and
         ``startup.MongoStartup`` tries again, with the server already serving."""
+        with index_builds():
+            await self._create_indexes()
+
+    async def _create_indexes(self) -> None:
         db = self._db
         await db[INSTRUCTORS].create_index([("name", ASCENDING), ("_id", ASCENDING)])
         # At most one live slot per instructor and start; it also serves the schedule and

@@ -66,7 +66,10 @@ class MongoTicketStore:
         return None if doc is None else StreamTicket.model_validate(doc)
 
     async def start(self) -> None:
-        await self._c.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
+        from booking_api.adapters.mongo import index_builds
+
+        with index_builds():
+            await self._c.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
 
 
 def ticket_store_for(storage: Storage) -> TicketStore:

@@ -122,7 +122,6 @@ def create_app(
         # A database that does not answer is the service's trouble, not the caller's: 503
         # (retry later), never a 500 and never a partial write (see service.py).
         log.warning("storage.failed", error=type(exc).__name__, path=request.url.path)
-        # One condition, one problem type, whether the store is not open yet or fails now.
         unavailable = StorageUnavailable(
             f"storage unavailable ({type(exc).__name__}); retry shortly"
         )

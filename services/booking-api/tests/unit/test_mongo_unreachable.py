@@ -10,8 +10,10 @@ from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_testkit.net import free_port
 
-#: the problem type of a 503 while the storage is not open (README, "Errors")
-STORAGE_UNAVAILABLE: Final = "urn:slotstream:problem:storageunavailable"
+#: the problem types of a 503 (README, "Errors"): the store not open yet (nothing done),
+#: and an operation the store failed (the request may have been carried out in part)
+STARTING: Final = "urn:slotstream:problem:starting"
+STORAGE_UNAVAILABLE: Final = "urn:slotstream:problem:storage-unavailable"
 
 
 async def test_readyz_is_503_when_mongo_does_not_answer(settings: Settings) -> None:
@@ -35,11 +37,12 @@ async def test_readyz_is_503_when_mongo_does_not_answer(settings: Settings) -> N
         await store.close()
 
 
-async def test_storage_not_open_has_one_problem_type_on_every_path(
+async def test_storage_not_open_and_storage_failing_have_one_type_each_on_every_path(
     settings: Settings, auth: Callable[..., dict[str, str]]
 ) -> None:
-    """Clients key on ``type``: a store not open yet (the start has not opened it) and a
-    store that fails an operation (the driver's error) are one condition, one type."""
+    """Clients key on ``type``: a store not open yet (the start has not opened it: nothing
+    was done) and a store that fails an operation (the driver's error: maybe done in part,
+    asked again with the same key) are two conditions, one type each on every path."""
     mongo = settings.model_copy(update={"storage": "mongo"})
     # no lifespan: the start never opens the store, as while MongoDB does not answer yet
     starting = create_app(mongo)
@@ -59,4 +62,4 @@ async def test_storage_not_open_has_one_problem_type_on_every_path(
     assert [a.status_code for a in answers] == [503] * 4, [a.text for a in answers]
     assert all(a.headers["retry-after"] for a in answers)
     types = [a.json()["type"] for a in answers]
-    assert types == [STORAGE_UNAVAILABLE] * 4, types
+    assert types == [STARTING] * 2 + [STORAGE_UNAVAILABLE] * 2, types

@@ -8,6 +8,7 @@ from typing import Any, Final
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
+from booking_api.adapters.mongo import index_builds
 from booking_api.ports import Storage, StreamTicket, TicketStore
 
 STREAM_TICKETS: Final = "streamTickets"
@@ -66,8 +67,6 @@ class MongoTicketStore:
         return None if doc is None else StreamTicket.model_validate(doc)
 
     async def start(self) -> None:
-        from booking_api.adapters.mongo import index_builds
-
         with index_builds():
             await self._c.create_index([("expiresAt", ASCENDING)], expireAfterSeconds=0)
 

@@ -11,7 +11,7 @@ from booking_api.api.metrics import Metrics
 from booking_api.api.problems import AuthError
 from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
-from booking_api.domain.errors import StorageUnavailable
+from booking_api.domain.errors import ServiceStarting
 from booking_api.ports import Storage, TicketStore
 from booking_api.service import BookingService
 from booking_api.startup import MongoStartup
@@ -51,7 +51,7 @@ async def get_parts(request: Request) -> AppParts:
 async def get_service(request: Request) -> BookingService:
     runtime = request.app.state.parts.runtime
     if runtime is None:
-        raise StorageUnavailable("the service is starting; storage is not open yet")
+        raise ServiceStarting("the service is starting; storage is not open yet")
     service: BookingService = runtime.service
     return service
 

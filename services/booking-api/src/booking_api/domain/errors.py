@@ -52,7 +52,15 @@ class Forbidden(DomainError):
 
 
 class StorageUnavailable(DomainError):
-    """The store is not open yet or did not answer in time (503); nothing was decided."""
+    """The store did not answer in time (503): the request may have been carried out in
+    part (a claim without its booking, resolved by the service's read-back), so a client
+    asks again with the same ``Idempotency-Key`` rather than assume nothing was done."""
 
-    # Clients key on the type (README, "Errors"); the driver's errors answer it too.
-    kind = "storageunavailable"
+    kind = "storage-unavailable"
+
+
+class ServiceStarting(StorageUnavailable):
+    """The store is not open yet, the service is starting (503): the request was refused
+    before anything was done. Its own type, so that a client can tell it from the above."""
+
+    kind = "starting"

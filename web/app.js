@@ -68,10 +68,12 @@ function addDays(date, days) {
 // as long as the TCP connection lives. Well below the edge's 30 s: nobody waits that long.
 const REQUEST_TIMEOUT_MS = 10_000;
 
-// A POST that got no answer may have been carried out. It is sent again with the same
-// Idempotency-Key: the booking-api answers a retry with the first request's answer (or
-// runs it, when the first never reached it or failed with a 5xx), and with 409
-// "idempotency-in-progress" while the first is still running. At most WRITE_TRIES tries,
+// A POST that got no answer, or a 502/503/504 that does not say what was done, may have
+// been carried out. It is sent again with the same Idempotency-Key: the booking-api
+// answers a retry with the first request's answer (or runs it, when the first never
+// reached it or failed with a 5xx), and with 409 "idempotency-in-progress" while the first
+// is still running. The booking-api's 503 while it starts (STARTING) comes before it does
+// anything: sent again the same way, but no unknown outcome. At most WRITE_TRIES tries,
 // all within WRITE_WINDOW_MS of the first, RETRY_BACKOFF_MS · 2^(n-1) apart (a random
 // 50–100 % of it, so pages cut off together do not come back together) or the answer's
 // Retry-After when longer: a few extra requests per click at most, within the edge's write
@@ -80,16 +82,24 @@ const WRITE_TRIES = 4;
 const WRITE_WINDOW_MS = 20_000;
 const RETRY_BACKOFF_MS = 500;
 const IN_PROGRESS = "urn:slotstream:problem:idempotency-in-progress";
+// Raised before a request is looked at (booking-api: StorageUnavailable in get_service).
+// Its other 503s may come after a write: "request-timeout", "storage-unavailable" (a store
+// error mid-request, e.g. a cancel whose slot could not be freed after the booking was
+// cancelled); the edge's own 503 (about:blank) and a proxy's 502/504 also come after an
+// upstream timed out on a request it was sent.
+const STARTING = "urn:slotstream:problem:storageunavailable";
+const UNAVAILABLE = [502, 503, 504];
 
-// Why a write may or may not have been carried out: no answer in time, or the connection
-// broke before the answer came.
+// Why a write may or may not have been carried out: no answer in time, the connection
+// broke before the answer came, or a 502/503/504 that does not say what was done.
 const NO_ANSWER = {
   timeout: "The server did not answer in time",
   network: "The connection broke before the server answered",
+  unavailable: "The service was unavailable",
 };
 
 class ApiError extends Error {
-  /** `lost` ("timeout" or "network"): no answer came, so a write may or may not have been carried out. */
+  /** `lost` ("timeout", "network" or "unavailable"): no answer said what was done, so a write may or may not have been carried out. */
   constructor(status, detail, lost = null) {
     super(detail);
     this.status = status;
@@ -119,16 +129,24 @@ async function send(path, init, timeoutMs) {
   }
 }
 
+/** The booking-api's 503 while it starts: nothing was done, ask again after Retry-After. */
+function starting({ response, payload }) {
+  return response?.status === 503 && payload?.type === STARTING;
+}
+
 /**
  * Why this try says nothing of whether the write was carried out, or null for a real
- * answer: no answer (`lost`); the first try still running; or, once a try went
- * unanswered, a refusal of the retry that decides nothing (the edge's 429, a 5xx: the
- * booking-api keeps no answer of those, so the first try's outcome is still unknown).
+ * answer (or STARTING): no answer (`lost`); the first try still running; a 502/503/504
+ * other than STARTING; or, once a try went unanswered, a refusal of the retry that decides
+ * nothing (the edge's 429, any 5xx: the booking-api keeps no answer of those, so the first
+ * try's outcome is still unknown).
  */
-function unknownOutcome({ response, payload, lost }, lostBefore) {
+function unknownOutcome(result, lostBefore) {
+  const { response, payload, lost } = result;
   if (lost) return lost;
   if (response.status === 409 && payload?.type === IN_PROGRESS) return "timeout";
   if (lostBefore && (response.status === 429 || response.status >= 500)) return lostBefore;
+  if (UNAVAILABLE.includes(response.status) && !starting(result)) return "unavailable";
   return null;
 }
 
@@ -144,7 +162,7 @@ async function api(method, path, body, extraHeaders = {}) {
   for (let tries = 1; ; tries += 1) {
     result = await send(path, init, Math.min(REQUEST_TIMEOUT_MS, deadline - Date.now()));
     lost = unknownOutcome(result, lost);
-    if (!lost || method !== "POST" || tries >= WRITE_TRIES) break;
+    if (!(lost || starting(result)) || method !== "POST" || tries >= WRITE_TRIES) break;
     const backoff = RETRY_BACKOFF_MS * 2 ** (tries - 1) * (0.5 + Math.random() / 2);
     const wait = Math.max(backoff, result.response ? retryAfterMs(result.response) : 0);
     // a retry needs a fair share of a request's time left to be worth sending
@@ -155,6 +173,7 @@ async function api(method, path, body, extraHeaders = {}) {
   if (result.lost === "timeout") throw new ApiError(0, "The server did not answer in time.", result.lost);
   if (result.lost) throw new ApiError(0, "The server could not be reached. Check your connection and try again.", result.lost);
   const { response, payload } = result;
+  if (starting(result)) throw new ApiError(503, "The service is starting up; try again in a minute.");
   if (!response.ok) {
     const detail = payload?.detail || payload?.title || `${response.status} ${response.statusText}`;
     throw new ApiError(response.status, detail);
@@ -631,9 +650,10 @@ async function refreshOverHttp() {
 }
 
 /**
- * A write got no answer (`ApiError.lost`: every try timed out or lost its connection, or
- * the first was still running when the last was refused): the server may have carried it
- * out, so it is not reported as failed. The schedule (with `mine`, also the user's bookings: a
+ * A write got no answer (`ApiError.lost`: every try timed out, lost its connection or got
+ * a 502/503/504 that does not say what was done, or the first was still running when the
+ * last was refused): the server may have carried it out, so it is not reported as
+ * failed. The schedule (with `mine`, also the user's bookings: a
  * booking made meanwhile then shows as "Yours") is read again, and the text returned says
  * what is known: `what` ("… may or may not be booked"), and whether the page now shows
  * the server's state.

@@ -123,7 +123,12 @@ class FakeEdge:
     #: before it is answered: "drop" (carried out, then the connection is closed without a
     #: byte of answer), "slow-drop" (the connection is closed at once, and the API takes
     #: another second: a retry meanwhile finds its Idempotency-Key in progress),
-    #: "rate-limited" (the edge's 429 with Retry-After: 2; the API never sees it)
+    #: "rate-limited" (the edge's 429 with Retry-After: 2; the API never sees it),
+    #: "starting" (the booking-api's 503 while it starts: nothing done, no key kept),
+    #: "api-timeout" (the booking-api's 503 ``request-timeout``: the request ran past its
+    #: time and was undone, its key's record dropped, so a retry runs it again),
+    #: "edge-timeout" (carried out, its answer kept by key, but the edge had stopped
+    #: waiting for it: the edge's own 503 with Retry-After: 2)
     upsets: dict[str, list[str]] = field(default_factory=dict)
     #: every POST with an Idempotency-Key, as it came: (request, key)
     keyed: list[tuple[str, str]] = field(default_factory=list)
@@ -346,6 +351,11 @@ class FakeEdge:
             replay = await buffered(receive)  # the API reads it even once the connection is gone
             if upset == "rate-limited":
                 await self._send(request, closing, rate_limited(request))
+            elif upset in API_REFUSALS:
+                await self._send(request, closing, API_REFUSALS[upset]())
+            elif upset == "edge-timeout":
+                await self._carry_out(request, routes, scope, replay, key)
+                await self._send(request, closing, edge_unavailable())
             elif upset in ("drop", "slow-drop"):
                 if upset == "slow-drop":
                     close_connection(send)
@@ -458,6 +468,44 @@ def problem_messages(
 def rate_limited(request: str) -> list[Message]:
     """The edge's answer past its write rate (``EDGE_WRITE_BURST``): 429 with Retry-After."""
     return problem_messages(429, "rate-limited", f"too many: {request}", {"Retry-After": "2"})
+
+
+def edge_unavailable() -> list[Message]:
+    """The edge's answer when no upstream answered (``@slotstream_unavailable`` in
+    deploy/edge: nginx's 502/504, also after the request was sent), byte for byte."""
+    body = (
+        b'{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"No '
+        b"server could take the request right now; retry after the number of seconds in "
+        b'Retry-After."}\n'
+    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"retry-after", b"2"),
+        (b"cache-control", b"no-store"),
+    ]
+    return [
+        {"type": "http.response.start", "status": 503, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ]
+
+
+#: the booking-api's 503s that come with nothing done (each with ``Retry-After: 1``, as the
+#: API sends them): its store not open yet (``StorageUnavailable`` from ``get_service``),
+#: and a request that ran past its time limit, undone, its key's record dropped
+API_REFUSALS = {
+    "starting": lambda: problem_messages(
+        503,
+        "storageunavailable",
+        "the service is starting; storage is not open yet",
+        {"Retry-After": "1"},
+    ),
+    "api-timeout": lambda: problem_messages(
+        503,
+        "request-timeout",
+        "the request took longer than 10s; retry with the same Idempotency-Key",
+        {"Retry-After": "1"},
+    ),
+}
 
 
 async def buffered(receive: Receive) -> Receive:

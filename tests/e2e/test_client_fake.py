@@ -745,6 +745,129 @@ def test_a_booking_no_try_of_which_is_answered_says_the_outcome_is_unknown(
     assert errors == []
 
 
+def test_a_booking_the_api_timed_out_is_asked_again_with_the_same_key(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The booking-api answers a request that ran past its time limit ``503``
+    ``request-timeout`` ("retry with the same Idempotency-Key") and drops the key's record.
+    The user cannot do that (a click makes a new key); the page must, and say "Booked"
+    when the retry books the slot (on main: "Could not book …: the request took longer")."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["api-timeout"]
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    slot_button(page, "a").click()
+    expect_booked(page)
+    first, *again = keys_sent(fake)
+    assert again == [first], fake.keyed
+    assert fake.answered == [(BOOK, "503"), (BOOK, "201")]
+    assert fake.carried_out.count(BOOK) == 1
+    assert errors == []
+
+
+def test_a_booking_the_edge_answered_503_after_it_was_made_is_asked_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The API made the booking, but the edge had stopped waiting for its answer and sent
+    its own ``503`` (``about:blank``, ``Retry-After: 2``). That says nothing of the booking:
+    the page waits the ``Retry-After``, asks again with the same key, gets the booking
+    replayed, and says "Booked" (on main: "Could not book …: No server could take the
+    request right now", while the slot was the student's)."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["edge-timeout"]
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    clicked = time.monotonic()
+    slot_button(page, "a").click()
+    expect_booked(page)
+    assert time.monotonic() - clicked >= 2  # the back-off alone: 0.5 s at most
+    first, *again = keys_sent(fake)
+    assert again == [first], fake.keyed
+    assert fake.answered == [(BOOK, "503"), (BOOK, "201 replayed")]
+    assert fake.carried_out.count(BOOK) == 1
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("upset", "says", "state"),
+    [
+        # nothing done: a plain failure, and when to try again
+        ("starting", "Could not book", "available"),
+        # done or not, the answers do not say: read again, the slot is not the student's
+        ("api-timeout", "The service was unavailable", "available"),
+        # done, each retry's answer lost at the edge: read again, the slot is *Yours*
+        ("edge-timeout", "The service was unavailable", "mine"),
+    ],
+)
+def test_a_booking_every_try_of_which_is_answered_503_says_what_is_known(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str], upset: str, says: str, state: str
+) -> None:
+    """Every try gets a ``503``. Only the booking-api's own "starting" 503 says nothing was
+    done: then the booking failed, and the page says to try again later, never "may or may
+    not". Any other 503 leaves the outcome unknown: "may or may not be booked", with the
+    schedule and the user's bookings read again (on main, each was "Could not book …"
+    after one try)."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = [upset] * 10
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    slot_button(page, "a").click()
+    message = page.locator("#message")
+    expect(message).to_contain_text(says, timeout=15_000)
+    if upset == "starting":
+        expect(message).to_have_text(
+            re.compile(r"^Could not book \w+ \d+ \w+ 09:00: .*try again in a minute\.$")
+        )
+    else:
+        expect(message).to_contain_text("may or may not be booked")
+        expect(message).to_contain_text("The schedule now shows what the server has")
+        expect(message).not_to_contain_text("Could not")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", state)
+    expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
+    keys = keys_sent(fake)
+    assert 2 <= len(keys) <= 4, fake.keyed  # a few tries, not forever
+    assert len(set(keys)) == 1, fake.keyed
+    assert fake.carried_out.count(BOOK) == (state == "mine")
+    assert errors == []
+
+
+def test_a_cancel_the_edge_answered_503_after_it_was_done_is_not_reported_as_failed(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The API cancelled the booking, but the edge had stopped waiting and sent its own
+    ``503``. A ``DELETE`` has no key and is not sent again; the page must not say the
+    cancel failed: "may or may not be cancelled", and the slot read again shows it free
+    (on main: "Could not cancel …", the slot still *Yours* until the stream caught up)."""
+    fake, base_url = fake_edge
+    cancel = "DELETE /api/bookings/fake-booking"
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), booked=True)
+    fake.bookings["fake-booking"] = {
+        "id": "fake-booking",
+        "slotId": "a",
+        "studentId": STUDENT,
+        "status": "active",
+    }
+    fake.upsets[cancel] = ["edge-timeout"]
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "mine")
+
+    slot_button(page, "a").click()  # the fake cancels it; no delta on the stream
+    message = page.locator("#message")
+    expect(message).to_contain_text("may or may not be cancelled", timeout=15_000)
+    expect(message).to_contain_text("The schedule now shows what the server has")
+    expect(message).not_to_contain_text("Could not")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false")
+    assert fake.answered == [(cancel, "503")]
+    assert fake.carried_out == [cancel]
+    assert errors == []
+
+
 TICKET_NEVER_ANSWERED = """async (requestTimeoutMs) => {
   const { subscribe } = await import("/slotstream-client.js");
   window.__statuses = [];

@@ -82,12 +82,12 @@ const WRITE_TRIES = 4;
 const WRITE_WINDOW_MS = 20_000;
 const RETRY_BACKOFF_MS = 500;
 const IN_PROGRESS = "urn:slotstream:problem:idempotency-in-progress";
-// Raised before a request is looked at (booking-api: StorageUnavailable in get_service).
+// Raised before a request is looked at (booking-api: ServiceStarting in get_service).
 // Its other 503s may come after a write: "request-timeout", "storage-unavailable" (a store
 // error mid-request, e.g. a cancel whose slot could not be freed after the booking was
 // cancelled); the edge's own 503 (about:blank) and a proxy's 502/504 also come after an
 // upstream timed out on a request it was sent.
-const STARTING = "urn:slotstream:problem:storageunavailable";
+const STARTING = "urn:slotstream:problem:starting";
 const UNAVAILABLE = [502, 503, 504];
 
 // Why a write may or may not have been carried out: no answer in time, the connection

@@ -490,12 +490,12 @@ def edge_unavailable() -> list[Message]:
 
 
 #: the booking-api's 503s that come with nothing done (each with ``Retry-After: 1``, as the
-#: API sends them): its store not open yet (``StorageUnavailable`` from ``get_service``),
+#: API sends them): its store not open yet (``ServiceStarting`` from ``get_service``),
 #: and a request that ran past its time limit, undone, its key's record dropped
 API_REFUSALS = {
     "starting": lambda: problem_messages(
         503,
-        "storageunavailable",
+        "starting",
         "the service is starting; storage is not open yet",
         {"Retry-After": "1"},
     ),

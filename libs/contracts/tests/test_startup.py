@@ -24,7 +24,7 @@ async def test_failed_attempts_are_said_once_each_and_the_start_goes_on() -> Non
     outcomes = iter(["refused", "reset", None])
     start = retries()
     with capture_logs() as logs:
-        assert await start.run(lambda _left: _next(outcomes)) is True
+        assert await start.retry(lambda _left: _next(outcomes)) is True
     assert start.attempts == 3
     assert not start.gave_up
     assert [(e["event"], e.get("error"), e.get("attempt")) for e in logs] == [
@@ -46,7 +46,7 @@ async def test_past_its_bound_it_gives_up_with_one_error_line() -> None:
         return "refused"
 
     with capture_logs() as logs:
-        assert await start.run(refused) is False
+        assert await start.retry(refused) is False
     assert time.monotonic() - began < 0.2
     assert start.gave_up
     errors = [e for e in logs if e["log_level"] == "error"]
@@ -62,7 +62,7 @@ async def test_an_attempt_that_cannot_be_mended_gives_up_at_once() -> None:
 
     start = retries()
     with capture_logs() as logs:
-        assert await start.run(topic_missing) is False
+        assert await start.retry(topic_missing) is False
     assert start.attempts == 1
     assert [(e["event"], e["error"]) for e in logs] == [
         ("data topic missing: giving up", "topic s has no partitions")

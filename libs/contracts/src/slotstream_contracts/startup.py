@@ -31,9 +31,9 @@ class GiveUp(Exception):
 
 
 class StartRetries:
-    """Retries one start; see the module docstring. ``server`` names what is waited for
-    in the log events (``kafka``, ``mongodb``), ``fields`` where it is (never credentials).
-    """
+    """Retries one start (:meth:`retry`); see the module docstring. ``server`` names what is
+    waited for in the log events (``kafka``, ``mongodb``), ``fields`` where it is (never
+    credentials). The services' start-ups are subclasses that say what one attempt is."""
 
     def __init__(
         self,
@@ -54,7 +54,7 @@ class StartRetries:
         self.attempts = 0
         self.gave_up = False
 
-    async def run(self, attempt: Callable[[float | None], Awaitable[str | None]]) -> bool:
+    async def retry(self, attempt: Callable[[float | None], Awaitable[str | None]]) -> bool:
         """True once an attempt started everything, False when given up; cancelled by a
         shutdown meanwhile. ``attempt(left)`` (``left``: seconds left of the bound, None
         without one) returns None when it started, else why it failed, in one line."""

@@ -39,7 +39,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).split(', Timeout: ', 1)[0]}"
 
 
-class MongoStartup:
+class MongoStartup(StartRetries):
     """Runs ``starts`` in order until all succeed in one attempt (each is idempotent;
     ``StartRetries``). An attempt fails within the driver's own timeouts
     (``driver_timeout_seconds``: server selection, every operation). With
@@ -50,9 +50,7 @@ class MongoStartup:
     def __init__(
         self, hosts: str, start_timeout_seconds: float | None, driver_timeout_seconds: float
     ) -> None:
-        self.hosts = hosts
-        self._driver_timeout = driver_timeout_seconds
-        self._retries = StartRetries(
+        super().__init__(
             "mongodb",
             {"hosts": hosts},
             timeout_seconds=start_timeout_seconds,
@@ -60,14 +58,8 @@ class MongoStartup:
             first_backoff_seconds=BACKOFF_FIRST_SECONDS,
             max_backoff_seconds=BACKOFF_MAX_SECONDS,
         )
-
-    @property
-    def gave_up(self) -> bool:
-        return self._retries.gave_up
-
-    @property
-    def attempts(self) -> int:
-        return self._retries.attempts
+        self.hosts = hosts
+        self._driver_timeout = driver_timeout_seconds
 
     async def run(self, starts: Sequence[Callable[[], Awaitable[None]]]) -> bool:
         """True once started; False when given up. Cancelled by a shutdown meanwhile."""
@@ -81,7 +73,7 @@ class MongoStartup:
                 return _reason(exc)
             return None
 
-        return await self._retries.run(attempt)
+        return await self.retry(attempt)
 
     def _bounded(self, left: float | None) -> contextlib.AbstractContextManager[None]:
         """A deadline for the attempt, as the driver's own (so it fails with its reason,

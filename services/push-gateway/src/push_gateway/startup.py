@@ -52,7 +52,7 @@ def _aiokafka_errors() -> Iterator[list[str]]:
         logger.removeFilter(held)
 
 
-class KafkaStartup:
+class KafkaStartup(StartRetries):
     """Runs ``starts`` in order until all succeed; after a failure each gets its ``close``
     (they clean up after themselves; closing is for what started before the one that
     failed) and the whole sequence is tried again (``StartRetries``). With
@@ -65,8 +65,7 @@ class KafkaStartup:
         settings: GatewayKafkaSettings,
         starts: Sequence[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]],
     ) -> None:
-        self._starts = tuple(starts)
-        self._retries = StartRetries(
+        super().__init__(
             "kafka",
             {"bootstrap_servers": settings.bootstrap_servers},
             timeout_seconds=settings.start_timeout_seconds,
@@ -74,19 +73,12 @@ class KafkaStartup:
             first_backoff_seconds=BACKOFF_FIRST_SECONDS,
             max_backoff_seconds=BACKOFF_MAX_SECONDS,
         )
+        self._starts = tuple(starts)
         self.connected = False
-
-    @property
-    def gave_up(self) -> bool:
-        return self._retries.gave_up
-
-    @property
-    def attempts(self) -> int:
-        return self._retries.attempts
 
     async def run(self) -> None:
         """Until started (or given up); cancelled by a shutdown meanwhile."""
-        self.connected = await self._retries.run(self._attempt)
+        self.connected = await self.retry(self._attempt)
 
     async def _attempt(self, _left: float | None) -> str | None:
         with _aiokafka_errors() as held:

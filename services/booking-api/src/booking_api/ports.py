@@ -122,7 +122,8 @@ class BookingRepository(Protocol):
 
 
 class NotificationRepository(Protocol):
-    async def insert(self, notification: NotificationDocument) -> None: ...
+    async def insert(self, notification: NotificationDocument) -> None:
+        """Store a new notification; ``DuplicateKey`` when the id is taken."""
 
     async def list_for_user(
         self, user_id: str, limit: int, unread_only: bool, *, audience: Audience

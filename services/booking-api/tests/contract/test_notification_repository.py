@@ -1,6 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
-from booking_api.ports import Storage
+import pytest
+
+from booking_api.ports import DuplicateKey, Storage
 from slotstream_contracts.documents import NotificationDocument
 from slotstream_contracts.entities import Audience, NotificationKind
 
@@ -72,3 +74,13 @@ async def test_a_user_reads_only_the_notifications_of_their_role(storage: Storag
     assert await notes.mark_read("n1", "twin", audience=STUDENT) is None
     assert await notes.mark_read("n1", "twin", audience=Audience.INSTRUCTOR) is not None
     assert (await notes.mark_read("n3", "twin", audience=STUDENT)) is not None
+
+
+async def test_a_taken_id_is_a_duplicate_key_and_keeps_the_first(storage: Storage) -> None:
+    """A notification whose id is derived (a booking sent again with its Idempotency-Key)
+    is written once: the second insert under the id fails, the first stays."""
+    await storage.notifications.insert(note("n1", "u1", 1))
+    with pytest.raises(DuplicateKey):
+        await storage.notifications.insert(note("n1", "u1", 2))
+    stored = await storage.notifications.list_for_user("u1", 10, False, audience=STUDENT)
+    assert [(n.id, n.created_at) for n in stored] == [("n1", NOW + timedelta(minutes=1))]

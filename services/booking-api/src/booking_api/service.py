@@ -20,6 +20,17 @@ Partial failure, step by step (a store write can fail or time out at any point):
   notifications. They are best
   effort: a failure is logged and the booking stands (the schedule and the booking are
   the truth; a lost notification is an annoyance, not an inconsistency).
+- Booking again with the same ``Idempotency-Key`` (the API runs a request again after a
+  5xx: the first try may have stopped anywhere above). With a key the booking id is
+  derived from the caller, the key and the slot, and the created-notifications' ids from
+  the booking, so a try finds what an earlier one wrote: the booking stored → answered as
+  made, with the notifications not yet written (none twice), or 409 ``booking-cancelled``
+  if it was cancelled since (never booked again under that key); the slot held by this
+  booking id but no booking → the booking is written now (no bookability or quota check:
+  they passed when the slot was claimed); else as a first try. Two tries running at once
+  (the idempotency record normally refuses the second) claim under one id: the loser of
+  the claim finds the slot held by its own id and goes on, the loser of the insert answers
+  the stored booking. Without a key every try has a fresh id, as before.
 - Cancelling: (1) compare-and-set the booking ``active → cancelled``, (2) release the
   slot, (3) notifications. If (2) fails, the booking is cancelled but the slot still looks
   booked; cancelling again repeats (2) (``DELETE`` is idempotent and repairs), so a retry
@@ -41,7 +52,7 @@ import structlog
 
 from booking_api.domain import authz, bookings, slots
 from booking_api.domain.errors import Conflict, NotFound
-from booking_api.domain.notifications import booking_notifications
+from booking_api.domain.notifications import booking_notifications, notification_id
 from booking_api.ids import new_id
 from booking_api.ports import DuplicateKey, Storage
 from slotstream_contracts.auth import Principal, Role
@@ -267,21 +278,74 @@ class BookingService:
     # Bookings
 
     async def book(
-        self, principal: Principal, slot_id: str, max_active_bookings: int
+        self,
+        principal: Principal,
+        slot_id: str,
+        max_active_bookings: int,
+        idempotency_key: str | None = None,
     ) -> BookingDocument:
         """Book ``slot_id`` for the caller, who may hold at most ``max_active_bookings``
-        active bookings."""
+        active bookings. With an ``idempotency_key`` the booking id is derived from it, so
+        a try finishes what an earlier try of the same request started (module doc)."""
         authz.ensure_may_book(principal)
         now = self.now()
-        bookings.ensure_bookable(await self._storage.slots.get(slot_id), slot_id, now)
-        limit = max_active_bookings
-        active = await self._storage.bookings.count_active_for_student(
-            principal.user_id, limit, now
+        if idempotency_key is None:
+            booking_id = new_id()
+        else:
+            booking_id = bookings.keyed_booking_id(principal, slot_id, idempotency_key)
+            earlier = await self._storage.bookings.get(booking_id)
+            if earlier is not None:
+                return await self._made_earlier(earlier)
+        slot = await self._storage.slots.get(slot_id)
+        if bookings.held_by(slot, booking_id):
+            # An earlier try claimed the slot (it passed the checks then) and did not store
+            # the booking, or could not tell: finish it.
+            log.warning("booking.resumed", slot_id=slot_id, booking_id=booking_id)
+            booked = slot
+        else:
+            bookings.ensure_bookable(slot, slot_id, now)
+            limit = max_active_bookings
+            active = await self._storage.bookings.count_active_for_student(
+                principal.user_id, limit, now
+            )
+            bookings.ensure_within_quota(active, limit)
+            booked = await self._claim(slot_id, booking_id, principal.user_id, now)
+        # The slot as claimed, not as first read: it may have moved in between.
+        booking = await self._store(
+            BookingDocument(
+                id=booking_id,
+                slot_id=slot_id,
+                instructor_id=booked.instructor_id,
+                student_id=principal.user_id,
+                student_name=principal.name,
+                slot_start=booked.start,
+                slot_end=booked.end,
+                status=BookingStatus.ACTIVE,
+                version=1,
+                created_at=now,
+            )
         )
-        bookings.ensure_within_quota(active, limit)
-        booking_id = new_id()
+        _info("booking.created", booking_id=booking_id, slot_id=slot_id)
+        keyed = idempotency_key is not None
+        await committed(self._notify(booking, NotificationKind.BOOKING_CREATED, None, keyed))
+        return booking
+
+    async def _made_earlier(self, booking: BookingDocument) -> BookingDocument:
+        """An earlier try of this request stored ``booking``: answered as made, with the
+        notifications that try did not write (their ids are derived: none twice); unless
+        it was cancelled since, which is not undone."""
+        bookings.ensure_not_cancelled_since(booking)
+        _info("booking.found_again", booking_id=booking.id, slot_id=booking.slot_id)
+        await committed(self._notify(booking, NotificationKind.BOOKING_CREATED, None, True))
+        return booking
+
+    async def _claim(
+        self, slot_id: str, booking_id: str, student_id: str, now: datetime
+    ) -> SlotDocument:
+        """Book the slot for ``booking_id`` (compare-and-set ``available → booked``): the
+        slot as booked, or the error for the caller."""
         try:
-            booked = await self._storage.slots.book(slot_id, booking_id, principal.user_id, now)
+            booked = await self._storage.slots.book(slot_id, booking_id, student_id, now)
         except BaseException as exc:
             booked = await asyncio.shield(self._claimed(slot_id, booking_id))
             if booked is None:
@@ -292,42 +356,46 @@ class BookingService:
                 "booking.claim_reply_lost", slot_id=slot_id, booking_id=booking_id, error=repr(exc)
             )
         if booked is None:
-            raise bookings.lost_race(await self._storage.slots.get(slot_id), slot_id)
-        # The slot as claimed, not as first read: it may have moved in between.
-        booking = BookingDocument(
-            id=booking_id,
-            slot_id=slot_id,
-            instructor_id=booked.instructor_id,
-            student_id=principal.user_id,
-            student_name=principal.name,
-            slot_start=booked.start,
-            slot_end=booked.end,
-            status=BookingStatus.ACTIVE,
-            version=1,
-            created_at=now,
-        )
+            current = await self._storage.slots.get(slot_id)
+            if not bookings.held_by(current, booking_id):
+                raise bookings.lost_race(current, slot_id)
+            # Won by a concurrent try of the same request (same key, same booking id).
+            booked = current
+        return booked
+
+    async def _store(self, booking: BookingDocument) -> BookingDocument:
+        """Insert the booking of a claimed slot: the booking as stored, or the error for
+        the caller (the slot released again when the booking is known not stored)."""
+        booking_id, slot_id = booking.id, booking.slot_id
         try:
             await self._storage.bookings.insert(booking)
         except BaseException as exc:
-            stored = await asyncio.shield(self._booking_stored(booking_id))
-            if stored is None:
+            read = await asyncio.shield(
+                _read_back(
+                    lambda: self._storage.bookings.get(booking_id),
+                    "booking.read_back_failed",
+                    booking_id=booking_id,
+                )
+            )
+            if read is None:
                 log.error("booking.insert_unresolved", slot_id=slot_id, booking_id=booking_id)
                 raise
-            if not stored:
+            (stored,) = read
+            if stored is None:
                 # Compensate: never leave the slot booked without a booking document.
                 await asyncio.shield(self._storage.slots.release(slot_id, booking_id, self.now()))
                 log.warning("booking.compensated", slot_id=slot_id, booking_id=booking_id)
                 raise
             # Stored: the booking stands whether the insert failed or was cancelled (request
-            # timeout) after it was applied, and is answered as made.
+            # timeout) after it was applied, and is answered as made; or a concurrent try of
+            # the same request stored it first (same id, its own creation time).
             log.warning(
                 "booking.insert_reply_lost",
                 slot_id=slot_id,
                 booking_id=booking_id,
                 error=repr(exc),
             )
-        _info("booking.created", booking_id=booking_id, slot_id=slot_id)
-        await committed(self._notify(booking, NotificationKind.BOOKING_CREATED, None))
+            return stored
         return booking
 
     async def _claimed(self, slot_id: str, booking_id: str) -> SlotDocument | None:
@@ -343,17 +411,7 @@ class BookingService:
             log.error("booking.claim_unresolved", slot_id=slot_id, booking_id=booking_id)
             return None
         (slot,) = read
-        return slot if slot is not None and slot.booking_id == booking_id else None
-
-    async def _booking_stored(self, booking_id: str) -> bool | None:
-        """After a failed insert: is the booking stored? ``None`` when the store cannot
-        tell (every read-back failed)."""
-        read = await _read_back(
-            lambda: self._storage.bookings.get(booking_id),
-            "booking.read_back_failed",
-            booking_id=booking_id,
-        )
-        return None if read is None else read[0] is not None
+        return slot if bookings.held_by(slot, booking_id) else None
 
     async def cancel(
         self, principal: Principal, booking_id: str, reason: str | None = None
@@ -418,7 +476,11 @@ class BookingService:
         booking: BookingDocument,
         kind: NotificationKind,
         cancelled_by: str | None,
+        keyed: bool = False,
     ) -> None:
+        """Tell the instructor and the student, best effort. ``keyed``: the booking was
+        made with an ``Idempotency-Key``, so the ids are derived from it and a note an
+        earlier try wrote is not written again."""
         now = self.now()
         try:
             instructor = await self._storage.instructors.get(booking.instructor_id)
@@ -427,7 +489,7 @@ class BookingService:
         instructor_name = None if instructor is None else instructor.name
         for draft in booking_notifications(booking, kind, instructor_name, cancelled_by):
             note = NotificationDocument(
-                id=new_id(),
+                id=notification_id(booking, draft) if keyed else new_id(),
                 user_id=draft.user_id,
                 kind=draft.kind,
                 message=draft.message,
@@ -445,5 +507,7 @@ class BookingService:
             )
             try:
                 await self._storage.notifications.insert(note)
+            except DuplicateKey:
+                continue  # written by an earlier try of the same request
             except Exception:
                 log.exception("notification.failed", booking_id=booking.id, user_id=draft.user_id)

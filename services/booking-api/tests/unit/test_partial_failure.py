@@ -1,5 +1,6 @@
 """A store write failing half-way through a booking leaves no inconsistent state behind."""
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,8 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from booking_api.adapters.memory import MemoryStorage
+from booking_api.app import create_app
+from booking_api.config import Settings
 from booking_api.ports import Storage
 from slotstream_contracts.documents import BookingDocument, NotificationDocument, SlotDocument
 
@@ -31,6 +34,12 @@ class FlakyStorage(MemoryStorage):
         self.fail_claims = 0  # the slot's claim fails before it is applied
         self.lose_claim_replies = 0  # the slot is claimed, then the claim's reply is lost
         self.fail_slot_reads = 0
+        # Armed by the next claim or booking insert (applied or not), so that the reads
+        # before it (the slot's bookability, a retry's look for its booking) still work:
+        self.fail_slot_reads_after_claim = 0
+        self.stall_slot_read_after_claim = 0.0  # seconds the first read back waits
+        self.fail_booking_reads_after_insert = 0
+        self._stall_next_slot_read = 0.0
         slots, bookings, notifications = self.slots, self.bookings, self.notifications
         original_slot_book = slots.book
         original_slot_get = slots.get
@@ -41,6 +50,9 @@ class FlakyStorage(MemoryStorage):
         async def slot_book(
             slot_id: str, booking_id: str, student_id: str, now: datetime
         ) -> SlotDocument | None:
+            self.fail_slot_reads += self.fail_slot_reads_after_claim
+            self._stall_next_slot_read = self.stall_slot_read_after_claim
+            self.fail_slot_reads_after_claim, self.stall_slot_read_after_claim = 0, 0.0
             if self.fail_claims:
                 self.fail_claims -= 1
                 raise AutoReconnect("connection lost while claiming the slot")
@@ -51,12 +63,17 @@ class FlakyStorage(MemoryStorage):
             return claimed
 
         async def slot_get(slot_id: str) -> SlotDocument | None:
+            if self._stall_next_slot_read:
+                stall, self._stall_next_slot_read = self._stall_next_slot_read, 0.0
+                await asyncio.sleep(stall)
             if self.fail_slot_reads:
                 self.fail_slot_reads -= 1
                 raise AutoReconnect("connection lost while reading the slot")
             return await original_slot_get(slot_id)
 
         async def booking_insert(booking: BookingDocument) -> None:
+            self.fail_booking_reads += self.fail_booking_reads_after_insert
+            self.fail_booking_reads_after_insert = 0
             if self.fail_bookings:
                 self.fail_bookings -= 1
                 raise AutoReconnect("connection lost while inserting the booking")
@@ -223,7 +240,92 @@ async def test_an_unresolved_claim_answers_the_error(
     the error (503, retry later), not a booking the service cannot vouch for."""
     slot_id = await setup_slot(client, auth, future)
     flaky.lose_claim_replies = 1
-    flaky.fail_slot_reads = 10
+    flaky.fail_slot_reads_after_claim = 10
     failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
     assert failed.status_code == 503, failed.text
+    flaky.fail_slot_reads = 0
+    assert (await slot_state(client))["status"] == "booked"
     assert (await client.get("/api/users/me/bookings", headers=auth("s1"))).json() == []
+
+
+async def booked_once(client: httpx.AsyncClient, auth: AuthHeaders, booked: httpx.Response) -> None:
+    """``booking_stands``, and the student and the instructor each told of it once."""
+    await booking_stands(client, auth, booked)
+    for user in (auth("s1"), auth("i1", "instructor")):
+        notes = (await client.get("/api/users/me/notifications", headers=user)).json()
+        assert [(n["kind"], n["bookingId"]) for n in notes] == [
+            ("booking.created", booked.json()["id"])
+        ]
+
+
+@pytest.mark.parametrize("cut", ["insert-applied", "insert-not-applied", "claim"])
+async def test_the_same_key_after_a_503_finishes_the_booking(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage, cut: str
+) -> None:
+    """The first try claims the slot and cannot tell whether its booking was stored (or
+    whether its claim was applied): 503, the slot held. The page sends the request again
+    with the same key; it used to be answered 409 "already booked", by the student's own
+    first try, and the slot stayed booked by a booking that might not exist."""
+    slot_id = await setup_slot(client, auth, future)
+    if cut == "claim":
+        flaky.lose_claim_replies = 1
+        flaky.fail_slot_reads_after_claim = 3  # every read back of the claim
+    else:
+        flaky.lose_booking_replies = int(cut == "insert-applied")
+        flaky.fail_bookings = int(cut == "insert-not-applied")
+        flaky.fail_booking_reads_after_insert = 3  # every read back of the insert
+    headers = {**auth("s1"), "Idempotency-Key": "book-1"}
+    failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert failed.status_code == 503, failed.text
+    assert failed.json()["type"].endswith("storage-unavailable")
+    retry = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    await booked_once(client, auth, retry)
+    replay = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert (replay.status_code, replay.json()) == (201, retry.json())
+    assert replay.headers["idempotent-replayed"] == "true"
+
+
+async def test_the_same_key_after_a_request_timeout_after_the_claim_finishes_the_booking(
+    settings: Settings, auth: AuthHeaders, future: Future, flaky: FlakyStorage
+) -> None:
+    """The request's timeout cuts it while it reads the slot back after its claim's reply
+    was lost: 503 ``request-timeout``, the slot held by the claim. The retry with the same
+    key makes the booking instead of answering 409."""
+    quick = settings.model_copy(update={"request_timeout_seconds": 0.1})
+    transport = httpx.ASGITransport(app=create_app(quick, storage=flaky))
+    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
+        slot_id = await setup_slot(client, auth, future)
+        flaky.lose_claim_replies = 1
+        flaky.stall_slot_read_after_claim = 0.3
+        headers = {**auth("s1"), "Idempotency-Key": "book-1"}
+        cut = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+        assert cut.status_code == 503, cut.text
+        assert cut.json()["type"].endswith("request-timeout")
+        assert (await slot_state(client))["status"] == "booked"
+        retry = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+        await booked_once(client, auth, retry)
+        await asyncio.sleep(0.3)  # the cut request's read back, shielded, ends
+
+
+async def test_the_same_key_never_brings_back_a_booking_cancelled_meanwhile(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, flaky: FlakyStorage
+) -> None:
+    """The first try stored the booking and answered 503; the student found it in their
+    list and cancelled it. A late retry of the first request books nothing: 409
+    ``booking-cancelled`` naming the booking, the slot stays free."""
+    slot_id = await setup_slot(client, auth, future)
+    flaky.lose_booking_replies = 1
+    flaky.fail_booking_reads_after_insert = 3
+    headers = {**auth("s1"), "Idempotency-Key": "book-1"}
+    failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert failed.status_code == 503, failed.text
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    cancelled = await client.delete(f"/api/bookings/{mine['id']}", headers=auth("s1"))
+    assert cancelled.status_code == 200
+    late = await client.post("/api/bookings", json={"slotId": slot_id}, headers=headers)
+    assert late.status_code == 409, late.text
+    assert late.json()["type"] == "urn:slotstream:problem:booking-cancelled"
+    assert (late.json()["bookingId"], late.json()["slotId"]) == (mine["id"], slot_id)
+    assert (await slot_state(client))["status"] == "available"
+    [still] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert (still["id"], still["status"]) == (mine["id"], "cancelled")

@@ -95,7 +95,10 @@ async def create_booking(body: BookingCreate, request: Request) -> Response:
     async def handler() -> Response:
         try:
             booking = await service.book(
-                principal, body.slot_id, parts.settings.max_active_bookings_per_student
+                principal,
+                body.slot_id,
+                parts.settings.max_active_bookings_per_student,
+                idempotency_key,
             )
         except Conflict:
             metrics.booking_conflicts.inc()

@@ -7,8 +7,11 @@ stored document (the expected state is part of the filter) and raises the versio
 """
 
 from datetime import datetime
+from typing import TypeGuard
 
-from booking_api.domain.errors import Conflict, NotFound, QuotaExceeded
+from booking_api.domain.errors import BookingCancelled, Conflict, NotFound, QuotaExceeded
+from booking_api.ids import derived_id
+from slotstream_contracts.auth import Principal
 from slotstream_contracts.documents import BookingDocument, SlotDocument
 from slotstream_contracts.entities import BookingStatus, SlotStatus
 
@@ -47,6 +50,29 @@ def lost_race(slot: SlotDocument | None, slot_id: str) -> Conflict | NotFound:
     if slot is None or slot.status is SlotStatus.DELETED:
         return NotFound(f"slot {slot_id} does not exist", slotId=slot_id)
     return Conflict(f"slot {slot_id} was just booked by someone else", slotId=slot_id)
+
+
+def keyed_booking_id(principal: Principal, slot_id: str, idempotency_key: str) -> str:
+    """The booking id of a request sent with an ``Idempotency-Key``, the same for every try
+    of it: the caller (id and role, the key's scope), the key and the slot. So a retry
+    after a try that failed half-way knows the slot as held by its own booking."""
+    return derived_id("booking", principal.user_id, principal.role.value, idempotency_key, slot_id)
+
+
+def held_by(slot: SlotDocument | None, booking_id: str) -> TypeGuard[SlotDocument]:
+    return slot is not None and slot.status is SlotStatus.BOOKED and slot.booking_id == booking_id
+
+
+def ensure_not_cancelled_since(booking: BookingDocument) -> None:
+    """An earlier try of this booking request made ``booking``; cancelled since, it is not
+    brought back (nor the slot booked again) by a late retry of that request."""
+    if booking.status is BookingStatus.CANCELLED:
+        raise BookingCancelled(
+            f"the booking {booking.id} made by an earlier try of this request has been "
+            "cancelled since; to book the slot again, send a new request",
+            bookingId=booking.id,
+            slotId=booking.slot_id,
+        )
 
 
 def ensure_active(booking: BookingDocument) -> None:

@@ -35,6 +35,13 @@ class QuotaExceeded(Conflict):
     kind = "quota-exceeded"
 
 
+class BookingCancelled(Conflict):
+    """A booking request sent again with its ``Idempotency-Key`` finds the booking an
+    earlier try made cancelled since (409): it is not made again under that key."""
+
+    kind = "booking-cancelled"
+
+
 class PreconditionFailed(DomainError):
     """The caller changed an entity from a version that is no longer current (412)."""
 

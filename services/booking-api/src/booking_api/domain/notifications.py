@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from booking_api.ids import derived_id_at
 from slotstream_contracts.documents import BookingDocument
 from slotstream_contracts.entities import Audience, NotificationKind
 
@@ -43,4 +44,13 @@ def booking_notifications(
     return (
         NotificationDraft(booking.instructor_id, kind, to_instructor[:500], Audience.INSTRUCTOR),
         NotificationDraft(booking.student_id, kind, to_student[:500], Audience.STUDENT),
+    )
+
+
+def notification_id(booking: BookingDocument, draft: NotificationDraft) -> str:
+    """The id of ``draft`` about a booking made with an ``Idempotency-Key``: every try of
+    the request derives the same, so a retry writes what an earlier try did not, and
+    nothing twice."""
+    return derived_id_at(
+        booking.created_at, "notification", booking.id, draft.kind.value, draft.audience.value
     )

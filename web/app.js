@@ -82,6 +82,9 @@ const WRITE_TRIES = 4;
 const WRITE_WINDOW_MS = 20_000;
 const RETRY_BACKOFF_MS = 500;
 const IN_PROGRESS = "urn:slotstream:problem:idempotency-in-progress";
+// The booking-api's 409 for a slot someone else holds (a lost race); its other 409s
+// (quota-exceeded, booking-cancelled, a booking already cancelled) say something else.
+const TAKEN = "urn:slotstream:problem:conflict";
 // Raised before a request is looked at (booking-api: ServiceStarting in get_service).
 // Its other 503s may come after a write: "request-timeout", "storage-unavailable" (a store
 // error mid-request, e.g. a cancel whose slot could not be freed after the booking was
@@ -99,11 +102,15 @@ const NO_ANSWER = {
 };
 
 class ApiError extends Error {
-  /** `lost` ("timeout", "network" or "unavailable"): no answer said what was done, so a write may or may not have been carried out. */
-  constructor(status, detail, lost = null) {
+  /**
+   * `lost` ("timeout", "network" or "unavailable"): no answer said what was done, so a
+   * write may or may not have been carried out. `type`: the problem+json type, if any.
+   */
+  constructor(status, detail, lost = null, type = null) {
     super(detail);
     this.status = status;
     this.lost = lost;
+    this.type = type;
   }
 }
 
@@ -176,7 +183,7 @@ async function api(method, path, body, extraHeaders = {}) {
   if (starting(result)) throw new ApiError(503, "The service is starting up; try again in a minute.");
   if (!response.ok) {
     const detail = payload?.detail || payload?.title || `${response.status} ${response.statusText}`;
-    throw new ApiError(response.status, detail);
+    throw new ApiError(response.status, detail, null, payload?.type ?? null);
   }
   return payload;
 }
@@ -608,8 +615,11 @@ async function onSlotClick(event) {
       return;
     }
     state.pending.delete(slot.id);
-    if (error.status === 409) {
+    if (error.status === 409 && action === "book" && error.type === TAKEN) {
       showMessage(`Sorry — ${describeSlot(slot)} was just taken by someone else. Pick another slot.`);
+      await refreshOverHttp();
+    } else if (error.status === 409) {
+      showMessage(`Could not ${action} ${describeSlot(slot)}: ${error.message}`);
       await refreshOverHttp();
     } else if (error.status === 401) {
       showMessage("Your demo sign-in has expired. Restart the demo or pick the user again.");

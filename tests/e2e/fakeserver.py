@@ -128,7 +128,8 @@ class FakeEdge:
     #: "api-timeout" (the booking-api's 503 ``request-timeout``: the request ran past its
     #: time and was undone, its key's record dropped, so a retry runs it again),
     #: "edge-timeout" (carried out, its answer kept by key, but the edge had stopped
-    #: waiting for it: the edge's own 503 with Retry-After: 2)
+    #: waiting for it: the edge's own 503 with Retry-After: 2), "quota-exceeded" (the
+    #: booking-api's 409 for a student who holds the most active bookings allowed)
     upsets: dict[str, list[str]] = field(default_factory=dict)
     #: every POST with an Idempotency-Key, as it came: (request, key)
     keyed: list[tuple[str, str]] = field(default_factory=list)
@@ -489,9 +490,10 @@ def edge_unavailable() -> list[Message]:
     ]
 
 
-#: the booking-api's 503s that come with nothing done (each with ``Retry-After: 1``, as the
-#: API sends them): its store not open yet (``ServiceStarting`` from ``get_service``),
-#: and a request that ran past its time limit, undone, its key's record dropped
+#: the booking-api's refusals that come with nothing done: its 503s (each with
+#: ``Retry-After: 1``, as the API sends them) while its store is not open yet
+#: (``ServiceStarting`` from ``get_service``) and for a request that ran past its time
+#: limit, undone, its key's record dropped; its 409 for a student at the booking quota
 API_REFUSALS = {
     "starting": lambda: problem_messages(
         503,
@@ -504,6 +506,12 @@ API_REFUSALS = {
         "request-timeout",
         "the request took longer than 10s; retry with the same Idempotency-Key",
         {"Retry-After": "1"},
+    ),
+    "quota-exceeded": lambda: problem_messages(
+        409,
+        "quota-exceeded",
+        "you already hold 20 active bookings, the most allowed; cancel one first",
+        {},
     ),
 }
 

@@ -676,6 +676,27 @@ def test_a_booking_whose_answer_is_lost_is_asked_again_with_the_same_key(
     assert errors == []
 
 
+def test_a_booking_refused_for_the_quota_says_so_not_that_the_slot_was_taken(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A 409 is not always a lost race: the booking-api's ``quota-exceeded`` (the student
+    holds the most active bookings allowed) must reach the user as it is, with the slot
+    still free to others (on main: "Sorry — … was just taken by someone else")."""
+    fake, base_url = fake_edge
+    fake.upsets[BOOK] = ["quota-exceeded"]
+    errors: list[str] = []
+    page = open_student_page(context, fake, base_url, errors)
+
+    slot_button(page, "a").click()
+    message = page.locator("#message")
+    expect(message).to_contain_text("you already hold 20 active bookings")
+    expect(message).not_to_contain_text("taken by someone else")
+    expect(message).to_have_attribute("data-kind", "error")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")
+    assert fake.carried_out.count(BOOK) == 0
+    assert errors == []
+
+
 def test_a_retry_that_finds_the_first_booking_still_running_waits_for_its_answer(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

@@ -172,6 +172,21 @@ async def test_schedule_windows_past_the_calendar_are_422(
     assert "outside the calendar" in str(assert_problem(answer, 422)["detail"])
 
 
+async def test_every_422_has_one_problem_type(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
+) -> None:
+    """A client keys on ``type``: a body the schema refuses and a request the domain rules
+    refuse (a slot that ends before it starts) are one condition, one type."""
+    by_schema = await client.post("/api/bookings", json={}, headers=auth("s1"))
+    by_rule = await client.post(
+        "/api/instructors/i1/slots",
+        json={"start": future(hours=3), "end": future(hours=2)},
+        headers=auth("i1", "instructor"),
+    )
+    types = {assert_problem(answer, 422)["type"] for answer in (by_schema, by_rule)}
+    assert types == {"urn:slotstream:problem:invalid-request"}
+
+
 async def test_slot_times_past_the_calendar_are_422(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Callable[..., str]
 ) -> None:

@@ -19,6 +19,9 @@ class DomainError(Exception):
 class InvalidRequest(DomainError):
     """The request is well-formed but breaks a rule (422)."""
 
+    # the type of the API's other 422 (a body its schema refuses): one condition, one type
+    kind = "invalid-request"
+
 
 class NotFound(DomainError):
     """The entity does not exist, or is not visible to the caller (404)."""

@@ -17,6 +17,7 @@ from schemathesis.checks import (
 
 from booking_api.adapters.memory import MemoryStorage
 from booking_api.api import internal, ops, routes, tickets
+from booking_api.api.responses import PROBLEM_JSON
 from booking_api.app import create_app
 from booking_api.config import Settings
 from slotstream_contracts.auth import JwtSettings, Role, mint_token
@@ -77,3 +78,17 @@ def test_the_schema_documents_every_public_route_and_nothing_else() -> None:
     }
     assert documented == served
     assert all(path.startswith("/api/") for path, _ in documented)
+
+
+def test_every_operation_documents_its_503() -> None:
+    """Every API operation answers 503 problem+json with Retry-After while the service
+    starts (its store not open yet) or when the store fails: a client generated from the
+    schema must know it (reads included, which listed no 503)."""
+    missing = [
+        f"{method.upper()} {path}"
+        for path, operations in schema.raw_schema["paths"].items()
+        for method, operation in operations.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+        and PROBLEM_JSON not in operation["responses"].get("503", {}).get("content", {})
+    ]
+    assert missing == []

@@ -35,7 +35,9 @@ from slotstream_contracts.entities import (
 )
 from slotstream_contracts.ids import ID_PATTERN
 
-router = APIRouter(prefix="/api")
+#: every operation may answer 503 (problem+json, Retry-After): while the service starts
+#: (its store not open yet) and when the store fails
+router = APIRouter(prefix="/api", responses=problem_responses(503))
 
 InstructorId = Annotated[str, Path(pattern=ID_PATTERN, max_length=64)]
 SlotId = Annotated[str, Path(pattern=ID_PATTERN, max_length=64)]

@@ -68,6 +68,20 @@ def test_long_running_services_have_healthchecks(compose_services: Services) -> 
         assert not healthcheck.get("disable"), name
 
 
+@pytest.mark.parametrize(
+    ("name", "port"), [("booking-api", 8000), ("change-publisher", 8001), ("push-gateway", 8002)]
+)
+def test_the_services_are_healthy_when_ready_not_merely_alive(
+    compose_services: Services, name: str, port: int
+) -> None:
+    """The services serve from their first moment, before MongoDB or Kafka answer
+    (``/healthz`` 200, ``/readyz`` 503): Compose's one health check must be ``/readyz``,
+    so that ``depends_on: service_healthy`` (the edge waits for the gateways) and
+    ``docker compose up --wait`` mean ready, not merely started."""
+    test = " ".join(compose_services[name]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/readyz" in test, test
+
+
 def test_start_order_waits_for_health_and_for_the_init_jobs(compose_services: Services) -> None:
     for name, service in compose_services.items():
         for dependency, condition in (service.get("depends_on") or {}).items():

@@ -113,7 +113,7 @@ async def test_gives_up_after_its_start_timeout_with_one_line() -> None:
     began = time.monotonic()
     with capture_logs() as logs:
         assert await startup.run([unreachable]) is False
-    assert time.monotonic() - began < 0.5
+    assert time.monotonic() - began < 0.5 + 0.1  # given up, not slept past (+ timer slack)
     assert startup.gave_up
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [e["event"] for e in errors] == ["mongodb not reachable: giving up"]

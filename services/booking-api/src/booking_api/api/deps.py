@@ -48,12 +48,17 @@ async def get_parts(request: Request) -> AppParts:
     return parts
 
 
-async def get_service(request: Request) -> BookingService:
-    runtime = request.app.state.parts.runtime
+def open_runtime(request: Request) -> Runtime:
+    """The runtime once the store is open; before, ``ServiceStarting`` (503 ``starting``:
+    nothing was done)."""
+    runtime: Runtime | None = request.app.state.parts.runtime
     if runtime is None:
         raise ServiceStarting("the service is starting; storage is not open yet")
-    service: BookingService = runtime.service
-    return service
+    return runtime
+
+
+async def get_service(request: Request) -> BookingService:
+    return open_runtime(request).service
 
 
 bearer = HTTPBearer(auto_error=False, description="JWT: sub, role, exp (slotstream-token)")

@@ -5,8 +5,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from booking_api.api.deps import Parts
-from booking_api.api.problems import problem
+from booking_api.api.problems import domain_problem, problem
 from booking_api.api.responses import OrjsonResponse
+from booking_api.domain.errors import ServiceStarting
 
 router = APIRouter(include_in_schema=False)
 
@@ -16,7 +17,7 @@ async def healthz() -> Response:
     return OrjsonResponse({"status": "ok"})
 
 
-#: how soon a caller may ask again while the storage is not ready (as every API 503 says)
+#: how soon a caller may ask again while the storage does not answer (as every API 503 says)
 _RETRY_AFTER = {"Retry-After": "1"}
 
 
@@ -24,14 +25,11 @@ _RETRY_AFTER = {"Retry-After": "1"}
 async def readyz(request: Request, parts: Parts) -> Response:
     runtime = parts.runtime
     if runtime is None:
-        return problem(
-            503,
+        starting = ServiceStarting(
             "starting: the storage has not answered yet or its indexes are being created "
-            f"(attempt {parts.startup.attempts}; the log says why)",
-            kind="starting",
-            instance=request.url.path,
-            headers=_RETRY_AFTER,
+            f"(attempt {parts.startup.attempts}; the log says why)"
         )
+        return domain_problem(starting, request.url.path)
     try:
         reachable = await runtime.storage.ping()
     except Exception as exc:

@@ -19,11 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from booking_api.adapters.tickets import TicketStoreFull
-from booking_api.api.deps import Parts, authenticate, bearer
+from booking_api.api.deps import Parts, authenticate, bearer, open_runtime
 from booking_api.api.internal import require_internal_token
 from booking_api.api.problems import problem, problem_responses
 from booking_api.api.responses import OrjsonResponse
-from booking_api.domain.errors import ServiceStarting
 from booking_api.ports import StreamTicket, TicketStore
 
 #: random bytes per ticket (URL-safe base64: 43 characters)
@@ -50,11 +49,7 @@ def ticket_id(ticket: str) -> str:
 
 
 def _store(request: Request) -> TicketStore:
-    runtime = request.app.state.parts.runtime
-    if runtime is None:
-        raise ServiceStarting("the service is starting; storage is not open yet")
-    store: TicketStore = runtime.tickets
-    return store
+    return open_runtime(request).tickets
 
 
 @router.post(

@@ -22,6 +22,7 @@ from booking_api.auth import TokenVerifier
 from booking_api.config import Settings
 from booking_api.domain.errors import StorageUnavailable
 from booking_api.ports import Storage
+from booking_api.repair import SlotRepair
 from booking_api.service import BookingService, Clock, utc_now
 from booking_api.startup import MongoStartup, mongo_hosts
 
@@ -70,10 +71,28 @@ def create_app(
     if given is not None:
         parts.runtime = wire(given)
 
+    def repair(runtime: Runtime) -> SlotRepair:
+        metrics = parts.metrics
+        return SlotRepair(
+            runtime.service,
+            grace=settings.repair_grace,
+            interval_seconds=settings.repair_interval_seconds,
+            batch=settings.repair_batch,
+            on_repaired=lambda done: metrics.slots_repaired.labels(why=done.why.value).inc(),
+            on_failed=metrics.slot_repair_failures.inc,
+        )
+
     async def open_when_reachable(runtime: Runtime) -> None:
+        """Open the store, then run the repair on it until cancelled (shutdown)."""
         if await startup.run([runtime.storage.start, runtime.tickets.start]):
             parts.runtime = runtime
             log.info("booking_api.started", storage=settings.storage)
+            await repair(runtime).run()
+
+    async def stop(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -81,19 +100,21 @@ def create_app(
             await parts.runtime.storage.start()
             await parts.runtime.tickets.start()
             log.info("booking_api.started", storage=settings.storage)
-            yield
+            repairing = asyncio.create_task(repair(parts.runtime).run(), name="slot-repair")
+            try:
+                yield
+            finally:
+                await stop(repairing)
             return
         # MongoDB may not answer yet: the server serves (``/healthz`` 200, ``/readyz`` and
         # the API 503) while the store is started in the background; ``parts.runtime`` is
-        # set, and the API ready, once its indexes exist.
+        # set, and the API ready, once its indexes exist; the repair starts then.
         runtime = wire(open_storage(settings))
-        opening = asyncio.create_task(open_when_reachable(runtime), name="storage-startup")
+        opening = asyncio.create_task(open_when_reachable(runtime), name="storage")
         try:
             yield
         finally:
-            opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await opening
+            await stop(opening)
             parts.runtime = None
             await runtime.storage.close()
 

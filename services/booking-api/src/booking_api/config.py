@@ -1,12 +1,19 @@
 """Settings of the booking-api: environment variables prefixed ``BOOKING_API_``."""
 
 import ipaddress
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from booking_api.adapters.mongo import connection_string_problem
+from booking_api.domain.repair import (
+    BOOKING_STORE_STEPS,
+    DEFAULT_GRACE_SECONDS,
+    GRACE_MARGIN_SECONDS,
+    minimum_grace_seconds,
+)
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import (
     DEFAULT_KEEP_ALIVE_SECONDS,
@@ -74,11 +81,53 @@ class Settings(BaseSettings):
         description="A POST with an Idempotency-Key runs at most this long (then 503); its "
         "record still pending after that was left by a crash and is taken over",
     )
+    repair_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=24 * 3600,
+        description="How often the repair looks for slots held by a booking that does not "
+        "exist or is cancelled",
+    )
+    repair_grace_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a booked slot must be unchanged before the repair may free "
+        "it; at least the request timeout + 10 store timeouts + 5 s (a booking still in "
+        f"flight is never freed); unset: {DEFAULT_GRACE_SECONDS:g} s or that minimum",
+    )
+    repair_batch: int = Field(
+        default=100, ge=1, le=10_000, description="booked slots the repair reads per run"
+    )
     idempotency_max_keys_per_user: int = Field(
         default=1_000,
         ge=1,
         description="unexpired Idempotency-Keys one user may hold; a new one beyond: 429",
     )
+
+    @property
+    def repair_grace(self) -> timedelta:
+        minimum = self._minimum_repair_grace()
+        grace = self.repair_grace_seconds or max(DEFAULT_GRACE_SECONDS, minimum)
+        return timedelta(seconds=grace)
+
+    def _minimum_repair_grace(self) -> float:
+        return minimum_grace_seconds(self.request_timeout_seconds, self.mongo_timeout_ms / 1000)
+
+    @model_validator(mode="after")
+    def _repair_grace_outlasts_a_booking(self) -> "Settings":
+        """A shorter grace could free the slot of a booking whose insert is still coming:
+        a second student could then book it, and two bookings hold one slot."""
+        minimum = self._minimum_repair_grace()
+        if self.repair_grace_seconds is not None and self.repair_grace_seconds < minimum:
+            raise ValueError(
+                f"BOOKING_API_REPAIR_GRACE_SECONDS ({self.repair_grace_seconds:g}) must be at "
+                f"least {minimum:g}: BOOKING_API_REQUEST_TIMEOUT_SECONDS "
+                f"({self.request_timeout_seconds:g}) + {BOOKING_STORE_STEPS} × "
+                f"BOOKING_API_MONGO_TIMEOUT_MS ({self.mongo_timeout_ms} ms) + "
+                f"{GRACE_MARGIN_SECONDS:g} s, so that a booking still in flight is never "
+                "freed under it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_missing_keys(self) -> "Settings":

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
+from booking_api.domain.repair import SlotCursor
 from slotstream_contracts.documents import (
     BookingDocument,
     InstructorDocument,
@@ -91,8 +92,22 @@ class SlotRepository(Protocol):
     ) -> SlotDocument | None:
         """``available → booked`` with the booking and student ids, version + 1."""
 
-    async def release(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
-        """``booked`` (by this booking) ``→ available``, ids removed, version + 1."""
+    async def reclaim(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
+        """A slot ``booked`` by this booking stays so, ``updatedAt`` = ``now``, version + 1:
+        a retry that finishes an earlier try's booking marks the slot as in use again, so
+        the repair neither counts it stale nor frees it from the version it read."""
+
+    async def release(
+        self, slot_id: str, booking_id: str, now: datetime, version: int | None = None
+    ) -> SlotDocument | None:
+        """``booked`` (by this booking; at ``version`` when given) ``→ available``, ids
+        removed, version + 1."""
+
+    async def list_booked_after(
+        self, after: SlotCursor, updated_before: datetime, limit: int
+    ) -> list[SlotDocument]:
+        """Up to ``limit`` ``booked`` slots last updated before ``updated_before``, in
+        (start, id) order, after ``after`` (the repair's scan)."""
 
     async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
         """``available → deleted`` (the tombstone), version + 1."""

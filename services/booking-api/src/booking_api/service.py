@@ -45,14 +45,16 @@ Partial failure, step by step (a store write can fail or time out at any point):
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
 
-from booking_api.domain import authz, bookings, slots
+from booking_api.domain import authz, bookings, repair, slots
 from booking_api.domain.errors import Conflict, NotFound
 from booking_api.domain.notifications import booking_notifications, notification_id
+from booking_api.domain.repair import SlotCursor
 from booking_api.ids import new_id
 from booking_api.ports import DuplicateKey, Storage
 from slotstream_contracts.auth import Principal, Role
@@ -121,6 +123,24 @@ def _new_slot(instructor_id: str, window: slots.SlotWindow, now: datetime) -> Sl
         created_at=now,
         updated_at=now,
     )
+
+
+@dataclass(frozen=True)
+class RepairedSlot:
+    slot_id: str
+    booking_id: str
+    why: repair.RepairReason
+
+
+@dataclass(frozen=True)
+class RepairBatch:
+    """What one repair step freed, and where the next goes on (None: the scan reached the
+    end of the booked slots, or had not begun, and starts again from now)."""
+
+    repaired: list[RepairedSlot]
+    next_after: SlotCursor | None
+    #: the store error that ended the step early (the slots before it were looked at)
+    error: Exception | None = None
 
 
 def utc_now() -> datetime:
@@ -297,12 +317,17 @@ class BookingService:
             if earlier is not None:
                 return await self._made_earlier(earlier)
         slot = await self._storage.slots.get(slot_id)
+        booked = None
         if bookings.held_by(slot, booking_id):
             # An earlier try claimed the slot (it passed the checks then) and did not store
-            # the booking, or could not tell: finish it.
-            log.warning("booking.resumed", slot_id=slot_id, booking_id=booking_id)
-            booked = slot
-        else:
+            # the booking, or could not tell: finish it, the slot first marked as in use
+            # (so the repair, which frees it from the version it read, cannot meanwhile).
+            booked = await self._storage.slots.reclaim(slot_id, booking_id, now)
+            if booked is None:  # freed by the repair since: book it as a first try would
+                slot = await self._storage.slots.get(slot_id)
+            else:
+                log.warning("booking.resumed", slot_id=slot_id, booking_id=booking_id)
+        if booked is None:
             bookings.ensure_bookable(slot, slot_id, now)
             limit = max_active_bookings
             active = await self._storage.bookings.count_active_for_student(
@@ -438,6 +463,48 @@ class BookingService:
             by = principal.name or ("the instructor" if own else "an admin")
         await committed(self._notify(cancelled, NotificationKind.BOOKING_CANCELLED, by))
         return cancelled
+
+    # Repair
+
+    async def repair_slots(
+        self, after: SlotCursor | None, grace: timedelta, limit: int
+    ) -> RepairBatch:
+        """Free the slots of the next ``limit`` booked ones (from ``after``; None: from
+        now on, slots that started cannot be booked any more) that have not changed for
+        ``grace`` and are held by a booking that does not exist or is cancelled. Each is
+        released from the version read (a compare-and-set on the booking id and that
+        version): never one booked again, resumed, or freed by another replica since."""
+        now = self.now()
+        stale_before = now - grace
+        start = after or SlotCursor(now, "")
+        found = await self._storage.slots.list_booked_after(start, stale_before, limit)
+        repaired: list[RepairedSlot] = []
+        done = after
+        for slot in found:
+            try:
+                freed = await self._repair_slot(slot, stale_before, now)
+            except Exception as exc:
+                # What was freed stays freed (and is reported); the next step goes on here.
+                return RepairBatch(repaired, done, error=exc)
+            if freed is not None:
+                repaired.append(freed)
+            done = SlotCursor(slot.start, slot.id)
+        return RepairBatch(repaired, done if len(found) == limit else None)
+
+    async def _repair_slot(
+        self, slot: SlotDocument, stale_before: datetime, now: datetime
+    ) -> RepairedSlot | None:
+        if slot.booking_id is None:
+            return None
+        booking = await self._storage.bookings.get(slot.booking_id)
+        why = repair.why_repair(slot, booking, stale_before)
+        if why is None:
+            return None
+        released = await self._storage.slots.release(slot.id, slot.booking_id, now, slot.version)
+        if released is None:  # changed since it was read: not stale any more
+            return None
+        log.warning("slot.repaired", slot_id=slot.id, booking_id=slot.booking_id, why=why.value)
+        return RepairedSlot(slot.id, slot.booking_id, why)
 
     async def bookings_of(self, principal: Principal, limit: int) -> list[BookingDocument]:
         """An instructor's are the bookings of their slots; anyone else's (students, and

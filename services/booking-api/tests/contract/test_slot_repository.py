@@ -3,6 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from booking_api.domain.repair import SlotCursor
 from booking_api.ports import DuplicateKey, Storage
 from slotstream_contracts.documents import SlotDocument
 from slotstream_contracts.entities import SlotStatus
@@ -108,6 +109,79 @@ async def test_release_only_frees_the_named_booking(storage: Storage) -> None:
         3,
     )
     assert await storage.slots.release("s1", "b1", LATER) is None
+
+
+async def test_release_from_a_version_is_compare_and_set_on_it_too(storage: Storage) -> None:
+    """The repair frees a slot only as it read it: not once it changed since."""
+    await storage.slots.insert(slot("s1", 0))
+    booked = await storage.slots.book("s1", "b1", "st1", LATER)
+    assert booked is not None
+    assert await storage.slots.release("s1", "b1", LATER, booked.version - 1) is None
+    assert await storage.slots.release("s1", "someone-else", LATER, booked.version) is None
+    released = await storage.slots.release("s1", "b1", LATER, booked.version)
+    assert released is not None
+    assert (released.status, released.booking_id, released.version) == (
+        SlotStatus.AVAILABLE,
+        None,
+        booked.version + 1,
+    )
+
+
+async def test_reclaim_marks_the_slot_of_its_booking_as_changed(storage: Storage) -> None:
+    await storage.slots.insert(slot("s1", 0))
+    await storage.slots.insert(slot("s2", 2))
+    await storage.slots.book("s1", "b1", "st1", LATER)
+    then = LATER + timedelta(hours=1)
+    assert await storage.slots.reclaim("s1", "someone-else", then) is None
+    assert await storage.slots.reclaim("s2", "b1", then) is None  # not booked
+    reclaimed = await storage.slots.reclaim("s1", "b1", then)
+    assert reclaimed is not None
+    assert (reclaimed.status, reclaimed.booking_id, reclaimed.student_id) == (
+        SlotStatus.BOOKED,
+        "b1",
+        "st1",
+    )
+    assert (reclaimed.version, reclaimed.updated_at) == (3, then)
+    assert await storage.slots.release("s1", "b1", then, 2) is None  # the version before
+
+
+async def test_booked_slots_are_listed_unchanged_since_in_start_order_from_a_cursor(
+    storage: Storage,
+) -> None:
+    """The repair's scan: booked slots last updated before a moment, in (start, id) order
+    after a cursor, at most ``limit``; two slots sharing a start are both reached."""
+    for slot_id, hour, instructor in [
+        ("a", 0, "i1"),
+        ("b", 2, "i1"),
+        ("c", 2, "i2"),
+        ("d", 4, "i1"),
+        ("e", 6, "i1"),
+        ("free", 8, "i1"),
+        ("fresh", 10, "i1"),
+    ]:
+        await storage.slots.insert(slot(slot_id, hour, instructor_id=instructor))
+    for slot_id in ["e", "d", "c", "b", "a"]:
+        await storage.slots.book(slot_id, f"booking-{slot_id}", "st1", LATER)
+    await storage.slots.book("fresh", "booking-fresh", "st1", LATER + timedelta(hours=1))
+    gone = await storage.slots.book("free", "booking-free", "st1", LATER)
+    assert gone is not None
+    await storage.slots.release("free", "booking-free", LATER)
+    before = LATER + timedelta(minutes=30)
+    everything = await storage.slots.list_booked_after(SlotCursor(NOW, ""), before, 100)
+    assert [s.id for s in everything] == ["a", "b", "c", "d", "e"]
+    assert {s.status for s in everything} == {SlotStatus.BOOKED}
+
+    first = await storage.slots.list_booked_after(SlotCursor(NOW, ""), before, 2)
+    assert [s.id for s in first] == ["a", "b"]
+    last = first[-1]
+    rest = await storage.slots.list_booked_after(SlotCursor(last.start, last.id), before, 2)
+    assert [s.id for s in rest] == ["c", "d"]
+    # A cursor between two slots of one start, and one past the schedule's booked end.
+    from_c = await storage.slots.list_booked_after(SlotCursor(last.start, "b"), before, 100)
+    assert [s.id for s in from_c] == ["c", "d", "e"]
+    past = SlotCursor(NOW + timedelta(days=2), "")
+    assert await storage.slots.list_booked_after(past, before, 100) == []
+    assert await storage.slots.list_booked_after(SlotCursor(NOW, ""), LATER, 100) == []
 
 
 async def test_tombstone_only_from_available(storage: Storage) -> None:

@@ -57,7 +57,7 @@ async def test_indexes_are_created_without_the_per_operation_timeout(
         assert client.options.server_selection_timeout == TIMEOUT_MS / 1000
     finally:
         await store.close()
-    assert len(deadlines) == 9, deadlines
+    assert len(deadlines) == 10, deadlines
     assert {operation for operation, _ in deadlines} == {"createIndexes"}
     assert all(left is None for _, left in deadlines), deadlines
 

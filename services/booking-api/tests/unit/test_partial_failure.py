@@ -22,8 +22,8 @@ Future = Callable[..., str]
 
 
 class FlakyStorage(MemoryStorage):
-    """The memory store, with the slot's claim, booking or notification inserts failing
-    on demand."""
+    """The memory store, with the slot's claim or release, booking or notification inserts
+    failing on demand."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +34,7 @@ class FlakyStorage(MemoryStorage):
         self.fail_claims = 0  # the slot's claim fails before it is applied
         self.lose_claim_replies = 0  # the slot is claimed, then the claim's reply is lost
         self.fail_slot_reads = 0
+        self.fail_releases = 0  # the slot's release fails before it is applied
         # Armed by the next claim or booking insert (applied or not), so that the reads
         # before it (the slot's bookability, a retry's look for its booking) still work:
         self.fail_slot_reads_after_claim = 0
@@ -43,6 +44,7 @@ class FlakyStorage(MemoryStorage):
         slots, bookings, notifications = self.slots, self.bookings, self.notifications
         original_slot_book = slots.book
         original_slot_get = slots.get
+        original_slot_release = slots.release
         original_booking_insert = bookings.insert
         original_booking_get = bookings.get
         original_notification_insert = notifications.insert
@@ -71,6 +73,16 @@ class FlakyStorage(MemoryStorage):
                 raise AutoReconnect("connection lost while reading the slot")
             return await original_slot_get(slot_id)
 
+        async def slot_release(
+            slot_id: str, booking_id: str, now: datetime, version: int | None = None
+        ) -> SlotDocument | None:
+            if self.fail_releases:
+                self.fail_releases -= 1
+                raise AutoReconnect("connection lost while releasing the slot")
+            if version is None:
+                return await original_slot_release(slot_id, booking_id, now)
+            return await original_slot_release(slot_id, booking_id, now, version)
+
         async def booking_insert(booking: BookingDocument) -> None:
             self.fail_booking_reads += self.fail_booking_reads_after_insert
             self.fail_booking_reads_after_insert = 0
@@ -96,6 +108,7 @@ class FlakyStorage(MemoryStorage):
 
         slots.book = slot_book  # type: ignore[method-assign]
         slots.get = slot_get  # type: ignore[method-assign]
+        slots.release = slot_release  # type: ignore[method-assign]
         bookings.insert = booking_insert  # type: ignore[method-assign]
         bookings.get = booking_get  # type: ignore[method-assign]
         notifications.insert = notification_insert  # type: ignore[method-assign]

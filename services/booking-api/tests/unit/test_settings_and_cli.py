@@ -154,3 +154,30 @@ def test_well_formed_mongo_urls_are_accepted_without_resolving(
     monkeypatch.setenv("BOOKING_API_STORAGE", "mongo")
     monkeypatch.setenv("BOOKING_API_MONGO_URL", url)
     assert load_settings(Settings, "booking-api").mongo_url.get_secret_value() == url
+
+
+def test_a_repair_grace_shorter_than_a_booking_can_run_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """30 s request timeout + 10 × 5 s store timeout + 5 s: a shorter grace could free the
+    slot of a booking whose insert is still coming."""
+    monkeypatch.setenv("BOOKING_API_STORAGE", "memory")
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_REPAIR_GRACE_SECONDS", "60")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert "BOOKING_API_REPAIR_GRACE_SECONDS (60) must be at least 85" in str(refused.value)
+    assert "BOOKING_API_REQUEST_TIMEOUT_SECONDS (30)" in str(refused.value)
+    monkeypatch.setenv("BOOKING_API_REPAIR_GRACE_SECONDS", "85")
+    assert Settings().repair_grace.total_seconds() == 85
+
+
+def test_the_default_repair_grace_outlasts_a_long_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOOKING_API_STORAGE", "memory")
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    assert Settings().repair_grace.total_seconds() == 300
+    monkeypatch.setenv("BOOKING_API_REQUEST_TIMEOUT_SECONDS", "600")
+    monkeypatch.setenv("BOOKING_API_MONGO_TIMEOUT_MS", "20000")
+    assert Settings().repair_grace.total_seconds() == 600 + 10 * 20 + 5

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from booking_api.domain.repair import SlotCursor
 from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
 from slotstream_contracts.changelog import MemoryChangeLog
 from slotstream_contracts.changes import ClusterTime, OperationType, UpdateDescription
@@ -101,6 +102,10 @@ class MemoryCollection:
 
     def all(self) -> list[Document]:
         return [_copy(d) for d in self._docs.values()]
+
+    def values(self) -> list[Document]:
+        """The stored documents themselves, read-only (no copies: for scans)."""
+        return list(self._docs.values())
 
     def insert(self, doc: Document) -> Document:
         """Store a copy of ``doc``; return the stored document (read-only for callers)."""
@@ -325,15 +330,47 @@ class MemorySlots:
         )
         return None if doc is None else SlotDocument.model_validate(doc)
 
-    async def release(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
+    async def reclaim(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
         await asyncio.sleep(0)
         doc = self._c.update(
             slot_id,
             lambda d: d["status"] == SlotStatus.BOOKED and d.get("bookingId") == booking_id,
+            {"updatedAt": now},
+        )
+        return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def release(
+        self, slot_id: str, booking_id: str, now: datetime, version: int | None = None
+    ) -> SlotDocument | None:
+        await asyncio.sleep(0)
+        doc = self._c.update(
+            slot_id,
+            lambda d: (
+                d["status"] == SlotStatus.BOOKED
+                and d.get("bookingId") == booking_id
+                and (version is None or d["version"] == version)
+            ),
             {"status": SlotStatus.AVAILABLE.value, "updatedAt": now},
             unset=("bookingId", "studentId"),
         )
         return None if doc is None else SlotDocument.model_validate(doc)
+
+    async def list_booked_after(
+        self, after: SlotCursor, updated_before: datetime, limit: int
+    ) -> list[SlotDocument]:
+        """A scan of every slot (the memory store keeps no index by start): enough for the
+        demo sizes it serves; MongoDB walks its ``booked_start`` index instead."""
+        await asyncio.sleep(0)
+        after_key = (bson_value(after.start), after.slot_id)
+        before = bson_value(updated_before)
+        found = sorted(
+            (d["start"], d["_id"])
+            for d in self._c.values()
+            if d["status"] == SlotStatus.BOOKED
+            and d["updatedAt"] < before
+            and (d["start"], d["_id"]) > after_key
+        )
+        return [SlotDocument.model_validate(self._c.peek(i)) for _, i in found[:limit]]
 
     async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
         await asyncio.sleep(0)

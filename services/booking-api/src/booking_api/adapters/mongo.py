@@ -28,6 +28,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.uri_parser import parse_userinfo, split_options
 from pymongo.write_concern import WriteConcern
 
+from booking_api.domain.repair import SlotCursor
 from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
 from slotstream_contracts.documents import (
     BOOKINGS,
@@ -208,12 +209,43 @@ class MongoSlots:
             },
         )
 
-    async def release(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
+    async def reclaim(self, slot_id: str, booking_id: str, now: datetime) -> SlotDocument | None:
         return await self._move(
             {"_id": slot_id, "status": SlotStatus.BOOKED.value, "bookingId": booking_id},
+            {"updatedAt": now},
+        )
+
+    async def release(
+        self, slot_id: str, booking_id: str, now: datetime, version: int | None = None
+    ) -> SlotDocument | None:
+        query: Document = {
+            "_id": slot_id,
+            "status": SlotStatus.BOOKED.value,
+            "bookingId": booking_id,
+        }
+        if version is not None:
+            query["version"] = version
+        return await self._move(
+            query,
             {"status": SlotStatus.AVAILABLE.value, "updatedAt": now},
             unset=("bookingId", "studentId"),
         )
+
+    async def list_booked_after(
+        self, after: SlotCursor, updated_before: datetime, limit: int
+    ) -> list[SlotDocument]:
+        """Walks the ``booked_start`` index from the cursor (keyset pagination): each run
+        reads about ``limit`` documents however large the collection."""
+        query = {
+            "status": SlotStatus.BOOKED.value,
+            "updatedAt": {"$lt": updated_before},
+            "$or": [
+                {"start": {"$gt": after.start}},
+                {"start": after.start, "_id": {"$gt": after.slot_id}},
+            ],
+        }
+        cursor = self._c.find(query).sort([("start", ASCENDING), ("_id", ASCENDING)])
+        return [SlotDocument.model_validate(d) async for d in cursor.limit(limit)]
 
     async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
         return await self._move(
@@ -499,6 +531,13 @@ class MongoStorage:
             name="instructor_start_live_unique",
             unique=True,
             partialFilterExpression=_LIVE,
+        )
+        # The repair's scan of booked slots (``list_booked_after``): only booked slots are
+        # in it, so it stays the size of the booked part of the schedule.
+        await db[SLOTS].create_index(
+            [("start", ASCENDING), ("_id", ASCENDING)],
+            name="booked_start",
+            partialFilterExpression={"status": SlotStatus.BOOKED.value},
         )
         # At most one active booking per slot, whatever happens to the slot document.
         await db[BOOKINGS].create_index(

@@ -30,3 +30,15 @@ class Metrics:
         self.bookings_cancelled = Counter(
             "booking_api_bookings_cancelled_total", "Bookings cancelled", registry=self.registry
         )
+        self.slots_repaired = Counter(
+            "booking_api_slots_repaired_total",
+            "Slots the repair freed, by why: held by a booking that does not exist "
+            "(no-booking) or by a cancelled one (booking-cancelled)",
+            ["why"],
+            registry=self.registry,
+        )
+        self.slot_repair_failures = Counter(
+            "booking_api_slot_repair_failures_total",
+            "Repair runs the store failed (tried again at the next interval)",
+            registry=self.registry,
+        )

@@ -1,0 +1,362 @@
+"""A slot left booked by a booking that does not exist, or by a cancelled booking, is
+released by the booking-api's repair once it is older than the grace period.
+
+The app runs with its lifespan (where the repair runs every
+``BOOKING_API_REPAIR_INTERVAL_SECONDS``), on the memory store failing on demand, with a
+clock the test moves past the grace period.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
+from structlog.testing import capture_logs
+from structlog.typing import EventDict
+
+from booking_api import service as service_module
+from booking_api.app import create_app
+from booking_api.config import Settings
+from booking_api.domain.repair import SlotCursor
+from booking_api.repair import SlotRepair
+from booking_api.service import BookingService
+from slotstream_contracts.auth import JwtSettings, Principal, Role
+from slotstream_contracts.documents import BookingDocument, SlotDocument
+from slotstream_contracts.entities import BookingStatus, SlotStatus
+
+from .test_api_idempotency import setup_slot
+from .test_partial_failure import FlakyStorage, slot_state
+
+AuthHeaders = Callable[..., dict[str, str]]
+Future = Callable[..., str]
+GRACE = 120.0
+
+
+@dataclass
+class Clock:
+    """The service's clock: now, plus however far the test moved it."""
+
+    ahead: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+@pytest.fixture(autouse=True)
+def no_read_back_pauses() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service_module, "BOOKING_READ_BACK_PAUSES", (0.0, 0.0, 0.0))
+        yield
+
+
+@pytest.fixture
+def flaky() -> FlakyStorage:
+    return FlakyStorage()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def logs() -> Iterator[list[EventDict]]:
+    with capture_logs() as captured:
+        yield captured
+
+
+@pytest.fixture
+async def running(
+    jwt_settings: JwtSettings, flaky: FlakyStorage, clock: Clock
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan started: the repair runs every 20 ms."""
+    settings = Settings(
+        storage="memory",
+        jwt=jwt_settings,
+        repair_interval_seconds=0.02,
+        repair_grace_seconds=GRACE,
+    )
+    app = create_app(settings, storage=flaky, clock=clock)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://booking") as client,
+    ):
+        yield client
+
+
+async def settled(client: httpx.AsyncClient, status: str, within: float = 3.0) -> str:
+    """The slot's status once it is ``status``, or after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    state = (await slot_state(client))["status"]
+    while state != status and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        state = (await slot_state(client))["status"]
+    assert isinstance(state, str)
+    return state
+
+
+@pytest.mark.parametrize("cut", ["insert-not-applied", "claim-unresolved"])
+async def test_a_slot_held_by_a_booking_that_does_not_exist_is_freed_after_the_grace(
+    running: httpx.AsyncClient,
+    auth: AuthHeaders,
+    future: Future,
+    flaky: FlakyStorage,
+    clock: Clock,
+    logs: list[EventDict],
+    cut: str,
+) -> None:
+    """A booking without an Idempotency-Key that failed half-way and could not be read
+    back: 503, the slot held by a booking id that has no booking. Nobody retries it.
+    Within the grace the slot stays held (the request might still be running); after it,
+    the repair frees it and another student can book it."""
+    client = running
+    slot_id = await setup_slot(client, auth, future)
+    if cut == "claim-unresolved":
+        flaky.lose_claim_replies = 1
+        flaky.fail_slot_reads_after_claim = 3
+    else:
+        flaky.fail_bookings = 1
+        flaky.fail_booking_reads_after_insert = 3
+    failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert failed.status_code == 503, failed.text
+    held = await slot_state(client)
+    assert held["status"] == "booked"
+    assert (await client.get("/api/users/me/bookings", headers=auth("s1"))).json() == []
+
+    clock.ahead = timedelta(seconds=GRACE / 2)
+    assert await settled(client, "available", within=0.3) == "booked"
+
+    clock.ahead = timedelta(seconds=GRACE + 1)
+    assert await settled(client, "available") == "available"
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
+    assert booked.status_code == 201, booked.text
+    repaired = [e for e in logs if e["event"] == "slot.repaired"]
+    assert [(e["slot_id"], e["booking_id"], e["why"]) for e in repaired] == [
+        (slot_id, held["bookingId"], "no-booking")
+    ]
+    metrics = (await client.get("/metrics")).text
+    assert 'booking_api_slots_repaired_total{why="no-booking"} 1.0' in metrics
+
+
+async def test_a_slot_whose_booking_was_cancelled_is_freed_after_the_grace(
+    running: httpx.AsyncClient,
+    auth: AuthHeaders,
+    future: Future,
+    flaky: FlakyStorage,
+    clock: Clock,
+    logs: list[EventDict],
+) -> None:
+    """The cancel marked the booking cancelled, then the slot's release failed (503), and
+    nobody cancelled again: the repair frees the slot."""
+    client = running
+    slot_id = await setup_slot(client, auth, future)
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert booked.status_code == 201, booked.text
+    booking_id = booked.json()["id"]
+    flaky.fail_releases = 1
+    cancel = await client.delete(f"/api/bookings/{booking_id}", headers=auth("s1"))
+    assert cancel.status_code == 503, cancel.text
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert mine["status"] == "cancelled"
+    assert (await slot_state(client))["status"] == "booked"
+
+    clock.ahead = timedelta(seconds=GRACE + 1)
+    assert await settled(client, "available") == "available"
+    again = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
+    assert again.status_code == 201, again.text
+    repaired = [e for e in logs if e["event"] == "slot.repaired"]
+    assert [(e["slot_id"], e["booking_id"], e["why"]) for e in repaired] == [
+        (slot_id, booking_id, "booking-cancelled")
+    ]
+    metrics = (await client.get("/metrics")).text
+    assert 'booking_api_slots_repaired_total{why="booking-cancelled"} 1.0' in metrics
+
+
+async def test_a_slot_of_a_live_booking_is_never_freed(
+    running: httpx.AsyncClient,
+    auth: AuthHeaders,
+    future: Future,
+    flaky: FlakyStorage,
+    clock: Clock,
+    logs: list[EventDict],
+) -> None:
+    """A booking stored though its insert's reply was lost and could not be read back
+    (503): the booking is real, so its slot stays booked however old."""
+    client = running
+    slot_id = await setup_slot(client, auth, future)
+    flaky.lose_booking_replies = 1
+    flaky.fail_booking_reads_after_insert = 3
+    failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert failed.status_code == 503, failed.text
+    clock.ahead = timedelta(seconds=GRACE * 10)
+    assert await settled(client, "available", within=0.3) == "booked"
+    [mine] = (await client.get("/api/users/me/bookings", headers=auth("s1"))).json()
+    assert mine["status"] == "active"
+    assert [e for e in logs if e["event"] == "slot.repaired"] == []
+
+
+async def test_a_failing_store_is_one_line_and_the_next_run_repairs(
+    running: httpx.AsyncClient,
+    auth: AuthHeaders,
+    future: Future,
+    flaky: FlakyStorage,
+    clock: Clock,
+    logs: list[EventDict],
+) -> None:
+    client = running
+    slot_id = await setup_slot(client, auth, future)
+    flaky.fail_bookings = 1
+    flaky.fail_booking_reads_after_insert = 3
+    failed = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s1"))
+    assert failed.status_code == 503, failed.text
+    flaky.fail_booking_reads = 1  # the repair's look for the booking
+    clock.ahead = timedelta(seconds=GRACE + 1)
+    assert await settled(client, "available") == "available"
+    [failure] = [e for e in logs if e["event"] == "slot.repair_failed"]
+    assert failure["log_level"] == "warning"
+    assert "connection lost while reading the booking" in failure["error"]
+    metrics = (await client.get("/metrics")).text
+    assert "booking_api_slot_repair_failures_total 1.0" in metrics
+    assert 'booking_api_slots_repaired_total{why="no-booking"} 1.0' in metrics
+
+
+class LateStorage(FlakyStorage):
+    """Unreachable until :attr:`up`; counts the repair's scans."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+        self.scans = 0
+        scan = self.slots.list_booked_after
+
+        async def counted(
+            after: SlotCursor, updated_before: datetime, limit: int
+        ) -> list[SlotDocument]:
+            self.scans += 1
+            return await scan(after, updated_before, limit)
+
+        self.slots.list_booked_after = counted  # type: ignore[method-assign]
+
+    async def start(self) -> None:
+        if not self.up:
+            raise ServerSelectionTimeoutError("db1:27017: [Errno 111] Connection refused")
+
+
+async def test_the_repair_runs_once_the_store_is_open_and_stops_at_shutdown(
+    jwt_settings: JwtSettings,
+) -> None:
+    late = LateStorage()
+    settings = Settings(
+        storage="mongo",
+        mongo_url=SecretStr("mongodb://db1:27017/?replicaSet=rs0"),
+        jwt=jwt_settings,
+        repair_interval_seconds=0.02,
+    )
+    app = create_app(settings, open_storage=lambda _settings: late)
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.2)
+        assert late.scans == 0
+        late.up = True
+        deadline = time.monotonic() + 5
+        while late.scans < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    stopped = late.scans
+    await asyncio.sleep(0.1)
+    assert late.scans == stopped
+
+
+ADA = Principal(sub="i1", role=Role.INSTRUCTOR, name="Ada")
+GRACE_HOPPER = Principal(sub="s1", role=Role.STUDENT, name="Grace")
+
+
+async def test_a_retry_finishing_the_booking_while_the_repair_looks_keeps_its_slot(
+    flaky: FlakyStorage, clock: Clock
+) -> None:
+    """A first try with an Idempotency-Key left the slot held and no booking; long after,
+    the retry finishes the booking just as the repair, which read the slot as stale,
+    finds no booking. The repair must not free the slot under the booking now stored (a
+    second student could book it): the retry marked the slot as changed first."""
+    service = BookingService(flaky, clock)
+    await service.create_instructor(ADA, None, "Ada", "UTC")
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    slot = await service.create_slot(ADA, "i1", start, start + timedelta(hours=1))
+    flaky.fail_bookings = 1
+    flaky.fail_booking_reads_after_insert = 3
+    with pytest.raises(AutoReconnect):
+        await service.book(GRACE_HOPPER, slot.id, 20, "key-1")
+    clock.ahead = timedelta(seconds=GRACE * 2)
+    look_up = flaky.bookings.get
+
+    async def absent_then_retried(booking_id: str) -> BookingDocument | None:
+        found = await look_up(booking_id)
+        flaky.bookings.get = look_up  # type: ignore[method-assign]
+        await service.book(GRACE_HOPPER, slot.id, 20, "key-1")
+        return found
+
+    flaky.bookings.get = absent_then_retried  # type: ignore[method-assign]
+    done = await service.repair_slots(None, timedelta(seconds=GRACE), 10)
+    assert done.repaired == []
+    held = await flaky.slots.get(slot.id)
+    assert held is not None
+    assert held.booking_id is not None
+    assert held.status is SlotStatus.BOOKED
+    booking = await flaky.bookings.get(held.booking_id)
+    assert booking is not None
+    assert booking.status is BookingStatus.ACTIVE
+
+
+async def test_each_step_reads_a_bounded_batch_and_the_scan_reaches_every_booked_slot(
+    flaky: FlakyStorage, clock: Clock
+) -> None:
+    """Live bookings first in the schedule do not hide a stale slot behind them: each
+    step reads at most its batch and goes on after it, so the stale slot, fifth of the
+    booked ones, is freed by the third step of two; then the scan starts again."""
+    service = BookingService(flaky, clock)
+    await service.create_instructor(ADA, None, "Ada", "UTC")
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    slots = [
+        await service.create_slot(
+            ADA, "i1", start + timedelta(hours=h), start + timedelta(hours=h, minutes=50)
+        )
+        for h in range(5)
+    ]
+    for n, slot in enumerate(slots[:4]):
+        student = Principal(sub=f"s{n}", role=Role.STUDENT)
+        await service.book(student, slot.id, 20)
+    await flaky.slots.book(slots[4].id, "lost-booking", "s9", service.now())
+    clock.ahead = timedelta(seconds=GRACE * 2)
+    scanned: list[int] = []
+    scan = flaky.slots.list_booked_after
+
+    async def counted(
+        after: SlotCursor, updated_before: datetime, limit: int
+    ) -> list[SlotDocument]:
+        found = await scan(after, updated_before, limit)
+        scanned.append(len(found))
+        return found
+
+    flaky.slots.list_booked_after = counted  # type: ignore[method-assign]
+    repair = SlotRepair(
+        service,
+        grace=timedelta(seconds=GRACE),
+        interval_seconds=60,
+        batch=2,
+        on_repaired=lambda _done: None,
+        on_failed=lambda: None,
+    )
+    freed = []
+    for _ in range(4):
+        freed.append(await repair.step())
+    assert scanned == [2, 2, 1, 2]
+    assert [[r.slot_id for r in step] for step in freed] == [[], [], [slots[4].id], []]
+    for slot in slots[:4]:
+        still = await flaky.slots.get(slot.id)
+        assert still is not None
+        assert still.status is SlotStatus.BOOKED

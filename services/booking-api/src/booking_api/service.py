@@ -15,27 +15,37 @@ Partial failure, step by step (a store write can fail or time out at any point):
   absent, the slot is released again (a compare-and-set on the booking id, so it cannot
   free someone else's booking) and the error goes to the caller, who may retry; unknown
   (the store cannot be read either), the slot stays held and ``booking.insert_unresolved``
-  is logged: a slot booked without a booking blocks one slot until repaired, a slot freed
-  under an active booking would let a second student book it. (3) Insert the two
-  notifications. They are best
-  effort: a failure is logged and the booking stands (the schedule and the booking are
-  the truth; a lost notification is an annoyance, not an inconsistency).
+  is logged: a slot booked without a booking blocks one slot until a retry finishes it
+  or the repair frees it (below), a slot freed under an active booking would let a
+  second student book it. (3) Insert the two notifications. They are best effort: a
+  failure is logged and the booking stands (the schedule and the booking are the truth; a
+  lost notification is an annoyance, not an inconsistency).
 - Booking again with the same ``Idempotency-Key`` (the API runs a request again after a
   5xx: the first try may have stopped anywhere above). With a key the booking id is
   derived from the caller, the key and the slot, and the created-notifications' ids from
   the booking, so a try finds what an earlier one wrote: the booking stored → answered as
   made, with the notifications not yet written (none twice), or 409 ``booking-cancelled``
   if it was cancelled since (never booked again under that key); the slot held by this
-  booking id but no booking → the booking is written now (no bookability or quota check:
-  they passed when the slot was claimed); else as a first try. Two tries running at once
-  (the idempotency record normally refuses the second) claim under one id: the loser of
-  the claim finds the slot held by its own id and goes on, the loser of the insert answers
-  the stored booking. Without a key every try has a fresh id, as before.
+  booking id but no booking → the slot is reclaimed (``updatedAt`` now, version + 1, so
+  the repair leaves it alone) and the booking written (no bookability or quota check:
+  they passed when the slot was claimed); else, or when the repair freed the slot first,
+  as a first try. Two tries running at once (the idempotency record normally refuses the
+  second) claim under one id: the loser of the claim finds the slot held by its own id
+  and goes on, the loser of the insert answers the stored booking. Without a key every
+  try has a fresh id, as before.
 - Cancelling: (1) compare-and-set the booking ``active → cancelled``, (2) release the
   slot, (3) notifications. If (2) fails, the booking is cancelled but the slot still looks
   booked; cancelling again repeats (2) (``DELETE`` is idempotent and repairs), so a retry
-  heals it. Cancelling first means a crash can never leave a free slot under an active
-  booking (which would let a second student book it).
+  heals it, and the repair does if nobody retries. Cancelling first means a crash can
+  never leave a free slot under an active booking (which would let a second student book
+  it).
+- Repair (``repair_slots``, run in the background by ``repair.SlotRepair``): a booked slot
+  unchanged for the grace (longer than any booking request can still be running: the
+  request timeout + 10 store timeouts + 5 s, enforced by the settings) whose booking id
+  has no booking, or a cancelled one, is released by a compare-and-set on its booking id
+  and the version read, and logged as ``slot.repaired``. It never frees an active
+  booking's slot, nor one that changed since it was read (booked again, reclaimed by a
+  retry, freed by another replica).
 - Slots: the store checks for overlaps and inserts as one atomic step across every
   process sharing it (MongoDB: a transaction that first writes a per-instructor guard
   document, so concurrent creations for one instructor conflict and are retried); a

@@ -11,13 +11,44 @@ status it was given (``KAFKA_UNREACHABLE_EXIT_CODE``, ``MONGO_UNREACHABLE_EXIT_C
 """
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+
+class _HoldBack(logging.Filter):
+    """Keeps a logger's warnings and errors (their messages) instead of letting them out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.messages.append(record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def held_back(logger: str) -> Iterator[list[str]]:
+    """The warnings and errors ``logger`` (itself, not its children) says meanwhile, kept
+    out of the log: a client library's own complaint about one start attempt (aiokafka's
+    ``Unable connect to "<address>": <reason>``) becomes the reason on the attempt's line
+    instead of a second line per attempt."""
+    held = _HoldBack()
+    target = logging.getLogger(logger)
+    target.addFilter(held)
+    try:
+        yield held.messages
+    finally:
+        target.removeFilter(held)
 
 
 class GiveUp(Exception):

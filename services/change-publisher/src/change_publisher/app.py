@@ -52,6 +52,7 @@ def publisher_options(settings: Settings) -> PublisherOptions:
         ack_stall_seconds=settings.ack_stall_seconds,
         stop_drain_seconds=settings.stop_drain_seconds,
         kafka_start_timeout=settings.kafka.start_timeout_seconds,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
     )
 
 
@@ -154,14 +155,7 @@ def create_app(
             if task.cancelled() or task.exception() is None:
                 return
             error = task.exception()
-            if isinstance(error, KafkaUnreachable):
-                log.error(
-                    "kafka not reachable: giving up",
-                    bootstrap_servers=current.kafka.bootstrap_servers,
-                    start_timeout_seconds=current.kafka.start_timeout_seconds,
-                    error=str(error),
-                    exit_code=KAFKA_UNREACHABLE_EXIT_CODE,
-                )
+            if isinstance(error, KafkaUnreachable):  # its one line is said (``startup.py``)
                 app.state.exit_code = KAFKA_UNREACHABLE_EXIT_CODE
             else:
                 log.error("publisher failed", error=repr(error))

@@ -58,6 +58,7 @@ from change_publisher.ports import (
     SourceUnavailable,
     StreamPosition,
 )
+from change_publisher.startup import ProducerStartup
 from slotstream_contracts.changes import ChangeEvent, ClusterTime, OperationType, ResumeToken
 from slotstream_contracts.events import CloudEvent, EventType, ResyncData
 
@@ -119,6 +120,8 @@ class PublisherOptions:
     #: How long the first start of the producer is retried (Kafka not reachable yet: the
     #: publisher is unready meanwhile) before :class:`KafkaUnreachable`; None: for ever.
     kafka_start_timeout: float | None = None
+    #: Where Kafka is, named in the start's log lines (never credentials).
+    bootstrap_servers: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,16 +364,17 @@ class Publisher:
             self._log.info("publisher stopped")
 
     async def _start_producer(self, give_up_after: float | None = None) -> None:
-        """Start the producer, retried (:meth:`_retrying`) for ``give_up_after`` seconds,
-        then :class:`KafkaUnreachable`; without a bound until it starts (or a stop)."""
-        try:
-            async for attempt in self._retrying(give_up_after):
-                with attempt:
-                    await self._producer.start()
-        except Exception as exc:
-            raise KafkaUnreachable(
-                f"not reachable within {give_up_after} s of the start: {_describe(exc)}"
-            ) from exc
+        """Start the producer, retried (:class:`ProducerStartup`: one line per failed
+        attempt) for ``give_up_after`` seconds, then :class:`KafkaUnreachable` (the give-up
+        line is said); without a bound until it starts (or a stop)."""
+        startup = ProducerStartup(
+            self.options.bootstrap_servers,
+            timeout_seconds=give_up_after,
+            first_backoff_seconds=self.options.backoff_initial,
+            max_backoff_seconds=self.options.backoff_max,
+        )
+        if not await startup.run(self._producer.start):
+            raise KafkaUnreachable(f"not reachable within {give_up_after} s of the start")
 
     def _retrying(self, timeout: float | None = None) -> Any:
         """Capped exponential backoff with jitter, until success (or a stop, or past

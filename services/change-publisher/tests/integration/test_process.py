@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -231,7 +232,8 @@ async def test_feed_mode_resumes_after_kill_9_from_its_checkpoint_file(
 async def test_kafka_unreachable_at_start_is_unready_then_exits_69_after_its_start_timeout(
     booking_api: BookingApi, tmp_path: Path
 ) -> None:
-    """Kafka not answering (a closed port): the process stays up, live and unready, retrying;
+    """Kafka not answering (a closed port): the process stays up, live and unready, retrying
+    with one line per attempt that names the address and the reason;
     ``PUBLISHER_KAFKA__START_TIMEOUT_SECONDS`` bounds it: then one line and exit 69."""
     port = free_port()
     nowhere = KafkaEndpoint(f"127.0.0.1:{free_port()}", "none", False)
@@ -264,6 +266,18 @@ async def test_kafka_unreachable_at_start_is_unready_then_exits_69_after_its_sta
     assert (200, 503) in health
     assert {ready for _live, ready in health} == {503}
     assert "Traceback" not in text
-    gave_up = [line for line in text.splitlines() if "kafka not reachable: giving up" in line]
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+    gave_up = [line for line in lines if line["event"] == "kafka not reachable: giving up"]
     assert len(gave_up) == 1, text[-3000:]
-    assert nowhere.bootstrap_servers in gave_up[0]
+    assert gave_up[0]["bootstrap_servers"] == nowhere.bootstrap_servers
+    # one line per failed attempt (the last one's is the give-up line), each naming the
+    # address and the reason; nothing else about Kafka (aiokafka's own error is folded in)
+    retries = [line for line in lines if line["event"] == "kafka not reachable: retrying"]
+    assert len(retries) >= 2, text[-3000:]
+    for line in retries:
+        assert line["bootstrap_servers"] == nowhere.bootstrap_servers
+        assert "Connection refused" in line["error"], line
+    address = nowhere.bootstrap_servers
+    about_kafka = [line for line in lines if address in orjson.dumps(line).decode()]
+    assert about_kafka == [*retries, *gave_up], text[-3000:]
+    assert gave_up[0]["attempts"] == len(retries) + 1

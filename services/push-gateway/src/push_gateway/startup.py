@@ -11,45 +11,18 @@ length before the ends it then finds, so nothing written meanwhile is missed.
 """
 
 import contextlib
-import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from push_gateway.adapters.fetch import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
 from push_gateway.adapters.kafka import TopicMissing
 from push_gateway.config import GatewayKafkaSettings
 from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
-from slotstream_contracts.startup import GiveUp, StartRetries
+from slotstream_contracts.startup import GiveUp, StartRetries, held_back
 
 #: aiokafka's own logger: it says "Unable connect to <address>: <error>" for each failed
 #: bootstrap, which is folded into the attempt's one line
 AIOKAFKA_LOGGER: Final = "aiokafka"
-
-
-class _HoldBack(logging.Filter):
-    """Keeps aiokafka's warnings and errors of one start attempt (their messages) instead
-    of letting them out: the attempt's own line carries them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        self.messages.append(record.getMessage())
-        return False
-
-
-@contextlib.contextmanager
-def _aiokafka_errors() -> Iterator[list[str]]:
-    held = _HoldBack()
-    logger = logging.getLogger(AIOKAFKA_LOGGER)
-    logger.addFilter(held)
-    try:
-        yield held.messages
-    finally:
-        logger.removeFilter(held)
 
 
 class KafkaStartup(StartRetries):
@@ -81,7 +54,7 @@ class KafkaStartup(StartRetries):
         self.connected = await self.retry(self._attempt)
 
     async def _attempt(self, _left: float | None) -> str | None:
-        with _aiokafka_errors() as held:
+        with held_back(AIOKAFKA_LOGGER) as held:
             try:
                 await self._start_all()
             except TopicMissing as exc:  # Kafka answers; the topic was waited for

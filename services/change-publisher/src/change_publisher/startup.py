@@ -1,0 +1,57 @@
+"""Starting the producer when Kafka answers, not before.
+
+Compose and Kubernetes do not order start-ups: the publisher may start before the broker
+listens. Its ops port serves from the first moment (``/healthz`` 200, ``/readyz`` 503, role
+``starting``) while :class:`ProducerStartup` runs the producer's start again and again
+(``slotstream_contracts.startup.StartRetries``, as the gateway's ``KafkaStartup`` and the
+booking-api's ``MongoStartup``) with the publisher's back-off (``BACKOFF_INITIAL`` doubling
+to ``BACKOFF_MAX``, jittered): one line per failed attempt naming the bootstrap address and
+the reason, aiokafka's own ``Unable connect to …`` folded into it.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
+from slotstream_contracts.startup import StartRetries, held_back
+
+#: aiokafka's own logger: it says ``Unable connect to "<address>": <reason>`` for each
+#: failed bootstrap, which becomes the attempt's reason
+AIOKAFKA_LOGGER: Final = "aiokafka"
+
+
+class ProducerStartup(StartRetries):
+    """Runs ``start`` until it succeeds (it cleans up after itself when it fails); with
+    ``timeout_seconds`` it gives up once the next attempt would begin after the bound: one
+    error line and :attr:`gave_up` (the process then exits with
+    ``KAFKA_UNREACHABLE_EXIT_CODE``)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        timeout_seconds: float | None,
+        first_backoff_seconds: float,
+        max_backoff_seconds: float,
+    ) -> None:
+        super().__init__(
+            "kafka",
+            {"bootstrap_servers": bootstrap_servers},
+            timeout_seconds=timeout_seconds,
+            exit_code=KAFKA_UNREACHABLE_EXIT_CODE,
+            first_backoff_seconds=first_backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+        )
+
+    async def run(self, start: Callable[[], Awaitable[None]]) -> bool:
+        """True once started, False when given up; cancelled by a stop meanwhile."""
+
+        async def attempt(_left: float | None) -> str | None:
+            with held_back(AIOKAFKA_LOGGER) as held:
+                try:
+                    await start()
+                except Exception as exc:  # noqa: BLE001 - any failure: said, tried again
+                    return "; ".join(held) or f"{type(exc).__name__}: {exc}"
+            return None
+
+        return await self.retry(attempt)

@@ -6,7 +6,7 @@ import gc
 import importlib
 import resource
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -44,7 +44,7 @@ from push_gateway.domain.responses import ResponseHeads
 from push_gateway.domain.stats import GatewayStats
 from push_gateway.gateway import Gateway
 from push_gateway.metrics import GatewayCollector
-from push_gateway.startup import KafkaStartup
+from push_gateway.startup import KafkaStartup, Start
 from push_gateway.timing import TICK_SECONDS, sleep_to_grid
 from push_gateway.workers import InstanceCollector, worker_index
 from push_gateway.ws_metrics import WebSocketCollector
@@ -129,9 +129,14 @@ def create_app(
         bounds=ingest,
         tickets=tickets or HttpTicketRedeemer(http_client, _secret(settings.internal_token)),
     )
-    starts: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+    starts: list[Start] = []
     if kafka_presence is not None:
-        starts.append((kafka_presence.start, kafka_presence.close))
+        presence_start = kafka_presence.start
+
+        async def start_presence(_deadline: float | None) -> None:
+            await presence_start()
+
+        starts.append((start_presence, kafka_presence.close))
     starts.append((ingest.start, ingest.stop))
     startup = KafkaStartup(settings.kafka, starts)
     websockets = WebSocketGateway(gateway)

@@ -11,6 +11,7 @@ length before the ends it then finds, so nothing written meanwhile is missed.
 """
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
@@ -25,19 +26,21 @@ from slotstream_contracts.startup import GiveUp, StartRetries, held_back
 AIOKAFKA_LOGGER: Final = "aiokafka"
 
 
+#: a client's start, given the ``time.monotonic()`` at which the start timeout ends (None
+#: without one), and its close
+Start = tuple[Callable[[float | None], Awaitable[None]], Callable[[], Awaitable[None]]]
+
+
 class KafkaStartup(StartRetries):
     """Runs ``starts`` in order until all succeed; after a failure each gets its ``close``
     (they clean up after themselves; closing is for what started before the one that
     failed) and the whole sequence is tried again (``StartRetries``). With
     ``settings.start_timeout_seconds`` it gives up once the next attempt would come after
-    the bound, and at once when a data topic is missing: one error line and
-    :attr:`gave_up` (the server then exits with ``KAFKA_UNREACHABLE_EXIT_CODE``)."""
+    the bound, and at once when a data topic is missing (waited for within the bound): one
+    error line and :attr:`gave_up` (the server then exits with
+    ``KAFKA_UNREACHABLE_EXIT_CODE``)."""
 
-    def __init__(
-        self,
-        settings: GatewayKafkaSettings,
-        starts: Sequence[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]],
-    ) -> None:
+    def __init__(self, settings: GatewayKafkaSettings, starts: Sequence[Start]) -> None:
         super().__init__(
             "kafka",
             {"bootstrap_servers": settings.bootstrap_servers},
@@ -53,21 +56,22 @@ class KafkaStartup(StartRetries):
         """Until started (or given up); cancelled by a shutdown meanwhile."""
         self.connected = await self.retry(self._attempt)
 
-    async def _attempt(self, _left: float | None) -> str | None:
+    async def _attempt(self, left: float | None) -> str | None:
+        deadline = None if left is None else time.monotonic() + left
         with held_back(AIOKAFKA_LOGGER) as held:
             try:
-                await self._start_all()
+                await self._start_all(deadline)
             except TopicMissing as exc:  # Kafka answers; the topic was waited for
                 raise GiveUp("data topic missing: giving up", str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - any failure: closed, retried
                 return "; ".join(held) or f"{type(exc).__name__}: {exc}"
         return None
 
-    async def _start_all(self) -> None:
+    async def _start_all(self, deadline: float | None) -> None:
         started: list[Callable[[], Awaitable[None]]] = []
         try:
             for start, close in self._starts:
-                await start()
+                await start(deadline)
                 started.append(close)
         except BaseException:
             for close in reversed(started):

@@ -6,6 +6,8 @@ have used; with ``GATEWAY_KAFKA__START_TIMEOUT_SECONDS`` it gives up with one li
 """
 
 import asyncio
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ pytestmark = pytest.mark.integration
 
 #: how long the gateway is kept from Kafka before it may reach it
 UNREACHABLE_SECONDS = 3.0
+#: ``GATEWAY_KAFKA__START_TIMEOUT_SECONDS`` where a test wants the gateway to give up
+START_TIMEOUT_SECONDS = 3
 
 
 @dataclass
@@ -196,3 +200,47 @@ def test_a_gateway_gives_up_on_kafka_after_its_start_timeout_with_one_line(
     gave_up = [line for line in text.splitlines() if "kafka not reachable: giving up" in line]
     assert len(gave_up) == workers, text[-3000:]
     assert all(nowhere.bootstrap_servers in line for line in gave_up)
+
+
+async def test_a_missing_data_topic_is_waited_for_only_within_the_start_timeout(
+    kafka: KafkaEndpoint, booking_api: FakeBookingApi, tmp_path: Path
+) -> None:
+    """Kafka answers but the data topics were never created: with a start timeout the topic
+    wait ends with it (an operator who allows 3 s does not wait 30), one line, exit 69."""
+    tag = uuid.uuid4().hex[:8]
+    topics = TopicSettings(
+        schedule=f"nodata.{tag}.schedule",
+        notifications=f"nodata.{tag}.notifications",
+        presence=f"nodata.{tag}.presence",
+    )
+    # presence is there: what is missing is only what the ingest reads
+    await create_topics(
+        kafka.bootstrap_servers,
+        {topics.presence: 1},
+        {topics.presence: {"cleanup.policy": "compact"}},
+    )
+    log = tmp_path / "gateway.log"
+    began = time.monotonic()
+    process = start_gateway_process(
+        kafka,
+        topics,
+        booking_api,
+        free_port(),
+        log,
+        GATEWAY_KAFKA__START_TIMEOUT_SECONDS=str(START_TIMEOUT_SECONDS),
+    )
+    try:
+        # the interpreter's start (a few seconds on a loaded machine) comes before the bound
+        code = await asyncio.to_thread(process.wait, START_TIMEOUT_SECONDS + 12)
+        took = time.monotonic() - began
+    except subprocess.TimeoutExpired:
+        took = time.monotonic() - began
+        code = None
+    finally:
+        await asyncio.to_thread(stop_gateway_process, process)
+    text = log.read_text()
+    assert code == KAFKA_UNREACHABLE_EXIT_CODE, f"after {took:.1f} s: {text[-3000:]}"
+    assert "Traceback" not in text
+    gave_up = [line for line in text.splitlines() if "data topic missing: giving up" in line]
+    assert len(gave_up) == 1, text[-3000:]
+    assert topics.schedule in gave_up[0]

@@ -103,17 +103,20 @@ class KafkaIngest:
         self.fetcher: LeanFetcher | None = None
         self.offset_resets = 0
 
-    async def start(self) -> None:
+    async def start(self, deadline: float | None = None) -> None:
         """Read every partition from a ring buffer's length before its end. A start that
         fails (Kafka not reachable yet) closes what it opened and may be tried again: the
-        hub is assigned only once every broker answer is in."""
+        hub is assigned only once every broker answer is in. ``deadline``
+        (``time.monotonic()``) is when the gateway's start timeout ends, if it has one: a
+        data topic the broker does not have is waited for until then, not for
+        ``TOPIC_WAIT_SECONDS``."""
         try:
-            await self._start()
+            await self._start(deadline)
         except BaseException:
             await self._close_clients()
             raise
 
-    async def _start(self) -> None:
+    async def _start(self, deadline: float | None) -> None:
         install_lean_records()
         consumer = _consumer(
             self._settings,
@@ -126,7 +129,8 @@ class KafkaIngest:
         await consumer.start()
         partitions: list[TopicPartition] = []
         for topic in self._topics:
-            found = await partitions_of(consumer, topic)
+            wait = TOPIC_WAIT_SECONDS if deadline is None else deadline - time.monotonic()
+            found = await partitions_of(consumer, topic, max(0.0, wait))
             partitions.extend(TopicPartition(topic, p) for p in found)
         beginnings = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
@@ -443,12 +447,13 @@ class LogBounds(Protocol):
         ...
 
 
-#: how long a gateway starting waits for a data topic the broker does not have yet
+#: how long a gateway starting without a start timeout waits for a data topic the broker
+#: does not have yet (with one, it waits what is left of it)
 TOPIC_WAIT_SECONDS: Final = 30.0
 
 
 class TopicMissing(RuntimeError):
-    """A data topic the broker still did not have after ``TOPIC_WAIT_SECONDS``."""
+    """A data topic the broker still did not have after the topic wait."""
 
 
 async def partitions_of(
@@ -468,12 +473,14 @@ async def partitions_of(
         if not logged:
             logged = True
             log.warning(
-                "topic not on the broker: waiting for it", topic=topic, seconds=wait_seconds
+                "topic not on the broker: waiting for it",
+                topic=topic,
+                seconds=round(wait_seconds, 1),
             )
         await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
         if time.monotonic() > deadline:
             raise TopicMissing(
-                f"topic {topic} is not on the broker (waited {wait_seconds:g} s): create the "
+                f"topic {topic} is not on the broker (waited {wait_seconds:.3g} s): create the "
                 "data topics before the gateways start (docs/deploy.md)"
             )
         await asyncio.sleep(0.2)

@@ -9,6 +9,7 @@ problem+json, the client address is passed on, and the TLS/HTTP/2 server renders
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import threading
@@ -29,7 +30,7 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from scripts.devstack import DevStack, Ports, nginx_binary
+from scripts.devstack import WEB_ROOT, DevStack, Ports, nginx_binary
 from slotstream_testkit.net import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -215,6 +216,39 @@ async def test_routes_the_api_and_serves_the_page(edge: Edge) -> None:
         assert module.headers["content-type"].startswith("application/javascript")
         assert (await client.get("/demo-users.json")).status_code == 404  # not seeded here
         assert (await client.get("/edge-healthz")).text == "ok\n"
+
+
+def page_files() -> set[str]:
+    """The files the page loads: index.html, what it links to and what its modules import."""
+    html = (WEB_ROOT / "index.html").read_text()
+    names = {"index.html", *re.findall(r'(?:src|href)="([\w.-]+)"', html)}
+    for module in [name for name in names if name.endswith(".js")]:
+        names |= set(
+            re.findall(r'^import .* from "\./([\w.-]+)";', (WEB_ROOT / module).read_text(), re.M)
+        )
+    return names
+
+
+async def test_only_the_page_s_own_files_are_served(edge: Edge) -> None:
+    """web/ holds more than the page (its README, a .gitignore): only the page and its
+    assets are served; any other path gets the same 404 problem+json as a missing file
+    (the edge's errors are problem+json), so nothing tells the one from the other."""
+    served = page_files()
+    assert {"app.js", "styles.css", "i18n.js", "slotstream-client.js"} <= served
+    async with httpx.AsyncClient(base_url=edge.url, timeout=10) as client:
+        for name in sorted(served):
+            assert (await client.get(f"/{name}")).status_code == 200, name
+        missing = await client.get("/no-such-file.js")
+        others = [p.name for p in WEB_ROOT.iterdir() if p.name not in served]
+        assert "README.md" in others
+        for name in others:
+            hidden = await client.get(f"/{name}")
+            assert (hidden.status_code, hidden.content) == (404, missing.content), name
+            assert hidden.headers["content-type"] == missing.headers["content-type"], name
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert missing.json()["status"] == 404
+        assert "content-security-policy" in missing.headers
 
 
 async def test_round_robin_and_a_dead_gateway_is_skipped(edge: Edge) -> None:

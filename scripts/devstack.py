@@ -123,6 +123,29 @@ def render_template(text: str, variables: Mapping[str, str]) -> str:
     return re.sub(r"\$\{([A-Z][A-Z0-9_]*)\}", replace, text)
 
 
+#: the first nginx with the ``http2 on;`` directive (and a warning for ``listen … http2``)
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+
+
+def nginx_version(nginx: Path | str) -> tuple[int, int, int]:
+    """``nginx -v`` (which writes to stderr) as numbers: ``nginx/1.22.1`` → (1, 22, 1)."""
+    said = subprocess.run([str(nginx), "-v"], capture_output=True, text=True, check=True)
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", said.stderr + said.stdout)
+    if found is None:
+        raise StackError(f"cannot tell the version of {nginx}: {said.stderr.strip()}")
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
+
+
+def http2_for(config: str, version: tuple[int, int, int]) -> str:
+    """The edge's TLS server for ``version``: its template has ``listen … ssl;`` and
+    ``http2 on;`` (the image's nginx); an nginx before 1.25.1 knows no ``http2`` directive
+    and is asked for HTTP/2 on the ``listen`` line instead."""
+    if version >= HTTP2_DIRECTIVE_SINCE:
+        return config
+    return re.sub(r"listen (\S+) ssl;\n\s*http2 on;", r"listen \1 ssl http2;", config)
+
+
 def nginx_binary() -> Path | None:
     found = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
@@ -632,9 +655,10 @@ class DevStack:
             }
         return variables
 
-    def write_edge_config(self) -> Path:
-        """Render deploy/edge templates plus a main nginx.conf that keeps every path
-        (pid, logs, temp files) inside the state dir, so nginx runs without root."""
+    def write_edge_config(self, version: tuple[int, int, int]) -> Path:
+        """Render deploy/edge templates for nginx ``version`` plus a main nginx.conf that
+        keeps every path (pid, logs, temp files) inside the state dir, so nginx runs
+        without root."""
         edge = self.state_dir / "edge"
         conf_d = edge / "conf.d"
         conf_d.mkdir(parents=True, exist_ok=True)
@@ -646,7 +670,7 @@ class DevStack:
         if self.tls is not None:
             templates.append(EDGE_DIR / "tls" / "slotstream.tls.conf.template")
         for template in templates:
-            rendered = render_template(template.read_text(), variables)
+            rendered = http2_for(render_template(template.read_text(), variables), version)
             (conf_d / template.name.removesuffix(".template")).write_text(rendered)
         main = edge / "nginx.conf"
         main.write_text(_main_conf(edge))
@@ -654,7 +678,7 @@ class DevStack:
 
     def start_edge(self, nginx: Path) -> None:
         """Render the edge config, check it with ``nginx -t``, and start nginx."""
-        main = self.write_edge_config()
+        main = self.write_edge_config(nginx_version(nginx))
         edge = main.parent
         argv = [str(nginx), "-p", f"{edge}/", "-c", str(main), "-e", str(edge / "logs/error.log")]
         check = subprocess.run([*argv, "-t"], capture_output=True, text=True, check=False)

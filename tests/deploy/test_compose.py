@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scripts.devstack import render_template
+from scripts.devstack import nginx_version, render_template
 from tests.deploy.support import (
     ALL_PROFILES,
     REPO,
@@ -347,13 +347,6 @@ def test_edge_discovers_every_gateway_replica_by_dns(compose_services: Services)
     base = (EDGE / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]
     version = tuple(int(x) for x in re.search(r":(\d+\.\d+\.\d+)", base).group(1).split("."))  # type: ignore[union-attr]
     assert version >= (1, 27, 3), base
-
-
-def nginx_version(nginx: str) -> tuple[int, ...]:
-    banner = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=True).stderr
-    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", banner)
-    assert found, banner
-    return tuple(int(part) for part in found.groups())
 
 
 def test_the_compose_edge_config_passes_nginx_t(compose_services: Services, tmp_path: Path) -> None:

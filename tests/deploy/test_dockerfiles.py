@@ -408,3 +408,24 @@ def test_edge_runs_the_current_nginx_stable_line() -> None:
     version = re.match(r"(\d+)\.(\d+)\.(\d+)-alpine$", tag)
     assert version, base
     assert tuple(int(part) for part in version.groups()[:2]) >= EDGE_NGINX_STABLE, base
+
+
+#: the first nginx that warns on `listen … http2` ("the "listen ... http2" directive is
+#: deprecated") and knows `http2 on;` instead
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+
+
+def test_the_tls_server_asks_for_http2_the_way_the_image_s_nginx_wants() -> None:
+    """The TLS server is written for the nginx operators run, the image's: `http2 on;`, not
+    the deprecated `listen … ssl http2` that nginx ≥ 1.25.1 warns about at every start.
+    (``scripts/devstack.py`` renders the old form for an older local nginx, Debian's 1.22.)"""
+    tag = image("edge").image.partition(":")[2]
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)-", tag)
+    assert found, tag
+    assert tuple(int(part) for part in found.groups()) >= HTTP2_DIRECTIVE_SINCE
+    tls = (REPO / "deploy" / "edge" / "tls" / "slotstream.tls.conf.template").read_text()
+    code = [line.strip() for line in tls.splitlines() if not line.lstrip().startswith("#")]
+    listens = [line for line in code if line.startswith("listen ")]
+    assert listens, tls
+    assert not [line for line in listens if re.search(r"\bhttp2\b", line)], listens
+    assert "http2 on;" in code

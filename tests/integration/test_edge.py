@@ -30,7 +30,15 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from scripts.devstack import WEB_ROOT, DevStack, Ports, nginx_binary
+from scripts.devstack import (
+    EDGE_DIR,
+    WEB_ROOT,
+    DevStack,
+    Ports,
+    http2_for,
+    nginx_binary,
+    render_template,
+)
 from slotstream_testkit.net import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -514,3 +522,22 @@ def test_the_tls_server_speaks_http2_and_streams(tmp_path: Path) -> None:
         assert "strict-transport-security" not in plain.headers
         stream = curl("-N", f"{base}/api/book-now/schedule-updates?instructorId=i1")
         assert stream.count("event: presence") == 2
+
+
+@pytest.mark.parametrize(
+    ("version", "http2"),
+    [
+        ((1, 22, 1), ["listen 127.0.0.1:8443 ssl http2;"]),
+        ((1, 30, 4), ["listen 127.0.0.1:8443 ssl;", "http2 on;"]),
+    ],
+    ids=str,
+)
+def test_the_tls_server_is_rendered_for_the_nginx_that_runs_it(
+    version: tuple[int, int, int], http2: list[str]
+) -> None:
+    """Debian's 1.22 (``make demo``, these tests) knows no ``http2 on;``; 1.25.1 and later
+    (the image's) warn about ``listen … http2`` at every start."""
+    template = (EDGE_DIR / "tls" / "slotstream.tls.conf.template").read_text()
+    rendered = http2_for(render_template(template, {"EDGE_TLS_PORT": "127.0.0.1:8443"}), version)
+    code = [line.strip() for line in rendered.splitlines() if not line.lstrip().startswith("#")]
+    assert [line for line in code if "http2" in line or line.startswith("listen")] == http2

@@ -66,7 +66,7 @@ bench: venv
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/publisher.py
 	$(BIN)/python bench/fanout.py
-	$(BIN)/python bench/fanout.py --sizes --duration 8
+	$(BIN)/python bench/fanout.py --sizes --duration 8 --repeat 3
 	$(BIN)/python bench/connect_storm.py
 	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/e2e_latency.py

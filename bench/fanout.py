@@ -60,6 +60,7 @@ from slotstream_testkit.benchkit import (
     env_assignments,
     latency_cdf_ms,
     record_results,
+    sizes_summary,
     tally,
 )
 from slotstream_testkit.kafka import TansuBroker, create_topics, topic_partitions
@@ -1268,6 +1269,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "conns); --duration and the other options apply to every size",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="--sizes: rounds per size, the servers' order alternating (make bench: 3)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="py-spy profile of the gateway while publishing (SVG, or .txt: collapsed stacks)",
@@ -1317,18 +1324,34 @@ SIZES: Final = (
 
 
 def run_sizes(args: argparse.Namespace) -> None:
-    """The push-gateway and Nchan side by side at each of the issue's sizes (one run of
-    each server per size, in that order); recorded as the ``fanout_sizes`` benchmark, whose
-    table the README shows."""
+    """The push-gateway and Nchan side by side at each of the issue's sizes, ``--repeat``
+    rounds per size in alternating order (gateway first, then Nchan first, ...), so neither
+    always runs on the colder or the warmer machine; recorded as the ``fanout_sizes``
+    benchmark, whose table the README shows (per size: the median of the rounds' paired
+    ratios, each round's runs kept). Identical runs a minute apart differ by ±15 % in CPU
+    per delivery on this shared 2-core machine, for either server: one pair is not a figure."""
     sizes: list[dict[str, Any]] = []
     for label, busy, total, channels, rate in SIZES:
         args.connections, args.idle_connections = busy, total
-        args.channels, args.rate, args.servers = channels, rate, ["gateway", "nchan"]
-        with pinned(args.client_core):
-            found = uvloop.run(main_async(args))
-        sizes.append({"size": label, "workload": found["workload"], "runs": found["runs"]})
-        print(f"{label}:\n{render_table(found)}")
-    results = {"note": "server CPU per delivery: gateway vs Nchan, same run", "sizes": sizes}
+        args.channels, args.rate = channels, rate
+        runs: list[dict[str, Any]] = []
+        workload: dict[str, Any] = {}
+        for round_no in range(args.repeat):
+            args.servers = ["gateway", "nchan"] if round_no % 2 == 0 else ["nchan", "gateway"]
+            with pinned(args.client_core):
+                found = uvloop.run(main_async(args))
+            workload = found["workload"]
+            runs.extend(run | {"round": round_no} for run in found["runs"])
+            print(f"{label}, round {round_no + 1} of {args.repeat}:\n{render_table(found)}")
+        summary = sizes_summary(runs)
+        sizes.append({"size": label, "workload": workload, "runs": runs, "summary": summary})
+        print(f"{label}: {json.dumps(summary)}")
+    results = {
+        "note": "server CPU per delivery: gateway vs Nchan, same run; ratio = the median of "
+        "the rounds' paired ratios",
+        "repeat": args.repeat,
+        "sizes": sizes,
+    }
     written = record_results(args.results_dir, "fanout_sizes", results)
     print(f"written to {written} (and appended to history.jsonl)")
 

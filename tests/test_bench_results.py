@@ -23,6 +23,7 @@ from slotstream_testkit.benchkit import (
     record_results,
     render_readme_table,
     replace_table,
+    sizes_summary,
     tally,
 )
 
@@ -193,6 +194,43 @@ def test_the_sizes_table_compares_gateway_and_nchan_per_size() -> None:
     assert "gateway 8.0 µs, Nchan 10.0 µs (ratio 0.80)" in first
     assert "gateway 3.90 kB, Nchan 11.00 kB" in first
     assert "Nchan – µs (ratio –)" in second
+
+
+def test_a_sizes_row_with_rounds_shows_medians_and_the_median_paired_ratio() -> None:
+    """Three interleaved rounds: the row is not the first round's figures but each
+    server's median, and the ratio is the median of the rounds' own ratios (each round
+    compares the two servers on the same machine state)."""
+
+    def run(server: str, cpu: float, rss: float, round_no: int) -> dict[str, object]:
+        return {
+            "server": server,
+            "server_cpu_us_per_delivery": cpu,
+            "rss_per_connection_kb": rss,
+            "round": round_no,
+        }
+
+    runs = [
+        run("push-gateway", 12.0, 2.6, 0),
+        run("nchan", 13.0, 11.0, 0),
+        run("nchan", 16.0, 11.2, 1),
+        run("push-gateway", 10.0, 2.7, 1),
+        run("push-gateway", 9.0, 2.5, 2),
+        run("nchan", 15.0, 10.8, 2),
+    ]
+    summary = sizes_summary(runs)
+    assert summary["cpu_us_per_delivery"] == {"push-gateway": 10.0, "nchan": 15.0}
+    assert summary["ratios"] == [0.923, 0.625, 0.6]
+    assert summary["ratio"] == 0.625
+    sizes = {
+        "sizes": [{"size": "1 k conns, 10 k deliveries/s", "runs": runs}],
+        "when": "2026-12-02T07:00:00Z",
+        "commit": "abc",
+        "load_average": [1.0],
+    }
+    (row,) = render_readme_table({"fanout_sizes": sizes}).splitlines()[2:]
+    assert "gateway 10.0 µs, Nchan 15.0 µs (ratio 0.62; median of 3 interleaved rounds: " in row
+    assert "0.92, 0.62, 0.60)" in row
+    assert "gateway 2.60 kB, Nchan 11.00 kB" in row
 
 
 def test_readme_table_has_a_row_per_e2e_latency_phase() -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -502,20 +503,60 @@ def render_readme_table(latest: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def sizes_summary(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``bench/fanout.py --sizes`` at one size over its rounds: each server's median CPU per
+    delivery and RSS per connection, and the ratio gateway / Nchan as the median of the
+    rounds' paired ratios (a round runs both servers back to back, so its ratio compares
+    them on the same machine state; the medians of each alone are kept beside it)."""
+    by_round: dict[int, dict[str, float]] = {}
+    cpu: dict[str, list[float]] = {}
+    rss: dict[str, list[float]] = {}
+    for run in runs:
+        if "skipped" in run or not run.get("server_cpu_us_per_delivery"):
+            continue
+        server = run["server"]
+        value = float(run["server_cpu_us_per_delivery"])
+        cpu.setdefault(server, []).append(value)
+        if run.get("rss_per_connection_kb") is not None:
+            rss.setdefault(server, []).append(float(run["rss_per_connection_kb"]))
+        by_round.setdefault(int(run.get("round", 0)), {})[server] = value
+    ratios = [
+        round(pair["push-gateway"] / pair["nchan"], 3)
+        for _, pair in sorted(by_round.items())
+        if "push-gateway" in pair and "nchan" in pair
+    ]
+    return {
+        "cpu_us_per_delivery": {s: _median(v) for s, v in cpu.items()},
+        "cpu_us_per_delivery_runs": cpu,
+        "rss_per_connection_kb": {s: _median(v) for s, v in rss.items()},
+        "ratios": ratios,
+        "ratio": _median(ratios) if ratios else None,
+    }
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
 def _sizes_rows(data: Mapping[str, Any]) -> list[str]:
-    """One row per size of ``bench/fanout.py --sizes``: gateway vs Nchan in one run."""
+    """One row per size of ``bench/fanout.py --sizes``: gateway vs Nchan, same run (the
+    medians over the rounds, when the run had several)."""
     rows = []
     for size in data.get("sizes", []):
-        by = {run["server"]: run for run in size.get("runs", []) if "skipped" not in run}
-        gateway, nchan = by.get("push-gateway", {}), by.get("nchan", {})
-        mine, theirs = (r.get("server_cpu_us_per_delivery") for r in (gateway, nchan))
-        ratio = f"{mine / theirs:.2f}" if mine and theirs else "–"
+        summary = size.get("summary") or sizes_summary(size.get("runs", []))
+        cpu, rss = summary["cpu_us_per_delivery"], summary["rss_per_connection_kb"]
+        mine, theirs = cpu.get("push-gateway"), cpu.get("nchan")
+        ratios = summary["ratios"]
+        ratio = f"{summary['ratio']:.2f}" if summary["ratio"] is not None else "–"
+        if len(ratios) > 1:
+            each = ", ".join(f"{r:.2f}" for r in ratios)
+            ratio += f"; median of {len(ratios)} interleaved rounds: {each}"
         rows.append(
             f"| `bench/fanout.py --sizes` {size.get('size')} "
             f"| server CPU per delivery: gateway {_num(mine)} µs, Nchan {_num(theirs)} µs "
             f"(ratio {ratio}); RSS per connection: gateway "
-            f"{_num(gateway.get('rss_per_connection_kb'), 2)} kB, Nchan "
-            f"{_num(nchan.get('rss_per_connection_kb'), 2)} kB "
+            f"{_num(rss.get('push-gateway'), 2)} kB, Nchan "
+            f"{_num(rss.get('nchan'), 2)} kB "
             f"| {_stamp(data)} |"
         )
     return rows

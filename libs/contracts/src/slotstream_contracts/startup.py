@@ -41,9 +41,15 @@ def held_back(logger: str) -> Iterator[list[str]]:
     """The warnings and errors ``logger`` (itself, not its children) says meanwhile, kept
     out of the log: a client library's own complaint about one start attempt (aiokafka's
     ``Unable connect to "<address>": <reason>``) becomes the reason on the attempt's line
-    instead of a second line per attempt."""
-    held = _HoldBack()
+    instead of a second line per attempt. Inside another ``held_back`` of the same logger
+    it shares that one's list (a logger's first refusing filter is the only one to see a
+    record)."""
     target = logging.getLogger(logger)
+    outer = next((f for f in target.filters if isinstance(f, _HoldBack)), None)
+    if outer is not None:
+        yield outer.messages
+        return
+    held = _HoldBack()
     target.addFilter(held)
     try:
         yield held.messages
@@ -64,7 +70,9 @@ class GiveUp(Exception):
 class StartRetries:
     """Retries one start (:meth:`retry`); see the module docstring. ``server`` names what is
     waited for in the log events (``kafka``, ``mongodb``), ``fields`` where it is (never
-    credentials). The services' start-ups are subclasses that say what one attempt is."""
+    credentials). The services' start-ups are subclasses that say what one attempt is.
+    ``say_started=False`` leaves the line once started to the caller (the publisher says
+    ``kafka reachable again: resuming`` after an outage instead)."""
 
     def __init__(
         self,
@@ -75,6 +83,7 @@ class StartRetries:
         exit_code: int,
         first_backoff_seconds: float,
         max_backoff_seconds: float,
+        say_started: bool = True,
     ) -> None:
         self._server = server
         self._fields = dict(fields)
@@ -82,6 +91,7 @@ class StartRetries:
         self._exit_code = exit_code
         self._first_backoff = first_backoff_seconds
         self._max_backoff = max_backoff_seconds
+        self._say_started = say_started
         self.attempts = 0
         self.gave_up = False
 
@@ -114,7 +124,7 @@ class StartRetries:
                 error=error,
             )
             await asyncio.sleep(delay)
-        if self.attempts > 1:
+        if self.attempts > 1 and self._say_started:
             log.info(
                 f"{self._server} reachable: started",
                 **self._fields,

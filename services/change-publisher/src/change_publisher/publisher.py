@@ -58,9 +58,10 @@ from change_publisher.ports import (
     SourceUnavailable,
     StreamPosition,
 )
-from change_publisher.startup import ProducerStartup
+from change_publisher.startup import AIOKAFKA_LOGGER, ProducerStartup
 from slotstream_contracts.changes import ChangeEvent, ClusterTime, OperationType, ResumeToken
 from slotstream_contracts.events import CloudEvent, EventType, ResyncData
+from slotstream_contracts.startup import held_back
 
 log = structlog.get_logger("change_publisher")
 
@@ -608,18 +609,25 @@ class Publisher:
                 start = reopen
             except (KafkaUnavailable, SourceUnavailable) as exc:
                 self.streaming = False
-                if isinstance(exc, KafkaUnavailable):
+                interrupted_at = time.monotonic()
+                kafka_failed = isinstance(exc, KafkaUnavailable)
+                if kafka_failed:
                     self.metrics.kafka_errors.inc()
                 else:
                     self.metrics.source_errors.inc()
+                kafka = {"bootstrap_servers": self.options.bootstrap_servers}
                 self._log.warning(
                     "stream interrupted; retrying from the last acknowledged change",
                     error=f"{type(exc).__name__}: {exc}",
                     cause=repr(exc.__cause__) if exc.__cause__ else None,
+                    **(kafka if kafka_failed else {}),
                 )
                 start = self._resume_point(start)
-                await self._until_stopped(self._backoff())
-                await self._until_stopped(self._wait_for_kafka())
+                # From here until Kafka answers, aiokafka's own complaints (its client keeps
+                # refreshing metadata in the background) are the probes' reasons instead.
+                with held_back(AIOKAFKA_LOGGER):
+                    await self._until_stopped(self._backoff())
+                    await self._until_stopped(self._wait_for_kafka(interrupted_at, kafka_failed))
             except HistoryLost as exc:
                 self.streaming = False
                 self.metrics.history_lost.inc()
@@ -652,10 +660,25 @@ class Publisher:
         )
         await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
 
-    async def _wait_for_kafka(self) -> None:
-        async for attempt in self._retrying():
-            with attempt:
-                await self._producer.probe()
+    async def _wait_for_kafka(self, interrupted_at: float, kafka_failed: bool) -> None:
+        """Probe the cluster until it answers, one line per failed probe naming the address
+        and aiokafka's reason (:class:`ProducerStartup`); then, if Kafka was what failed or
+        did not answer at once, one line saying it is back."""
+        probes = ProducerStartup(
+            self.options.bootstrap_servers,
+            timeout_seconds=None,
+            first_backoff_seconds=self.options.backoff_initial,
+            max_backoff_seconds=self.options.backoff_max,
+            say_started=False,
+        )
+        await probes.run(self._producer.probe)
+        if kafka_failed or probes.attempts > 1:
+            self._log.info(
+                "kafka reachable again: resuming",
+                bootstrap_servers=self.options.bootstrap_servers,
+                attempts=probes.attempts,
+                outage_seconds=round(time.monotonic() - interrupted_at, 1),
+            )
 
     async def _initial_position(self) -> StreamPosition | _Snapshot:
         checkpoint: Checkpoint | None = None

@@ -7,6 +7,9 @@ listens. Its ops port serves from the first moment (``/healthz`` 200, ``/readyz`
 booking-api's ``MongoStartup``) with the publisher's back-off (``BACKOFF_INITIAL`` doubling
 to ``BACKOFF_MAX``, jittered): one line per failed attempt naming the bootstrap address and
 the reason, aiokafka's own ``Unable connect to …`` folded into it.
+
+After an outage the publisher probes the running producer the same way (``run(probe)``,
+``say_started=False``: the publisher says ``kafka reachable again: resuming`` itself).
 """
 
 from collections.abc import Awaitable, Callable
@@ -33,6 +36,7 @@ class ProducerStartup(StartRetries):
         timeout_seconds: float | None,
         first_backoff_seconds: float,
         max_backoff_seconds: float,
+        say_started: bool = True,
     ) -> None:
         super().__init__(
             "kafka",
@@ -41,17 +45,22 @@ class ProducerStartup(StartRetries):
             exit_code=KAFKA_UNREACHABLE_EXIT_CODE,
             first_backoff_seconds=first_backoff_seconds,
             max_backoff_seconds=max_backoff_seconds,
+            say_started=say_started,
         )
 
     async def run(self, start: Callable[[], Awaitable[None]]) -> bool:
-        """True once started, False when given up; cancelled by a stop meanwhile."""
+        """True once started, False when given up; cancelled by a stop meanwhile.
 
-        async def attempt(_left: float | None) -> str | None:
-            with held_back(AIOKAFKA_LOGGER) as held:
+        aiokafka is held back between attempts too: a running producer's client refreshes
+        its metadata in the background and says the same ``Unable connect to …`` there."""
+        with held_back(AIOKAFKA_LOGGER) as held:
+
+            async def attempt(_left: float | None) -> str | None:
+                held.clear()  # what it said while waiting: the last attempt's reason again
                 try:
                     await start()
                 except Exception as exc:  # noqa: BLE001 - any failure: said, tried again
-                    return "; ".join(held) or f"{type(exc).__name__}: {exc}"
-            return None
+                    return "; ".join(dict.fromkeys(held)) or f"{type(exc).__name__}: {exc}"
+                return None
 
-        return await self.retry(attempt)
+            return await self.retry(attempt)

@@ -1,21 +1,26 @@
 """Kafka unreachable for a while (a TCP fault proxy in front of Tansu), then back: no loss."""
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
+from structlog.typing import EventDict, WrappedLogger
 
 from change_publisher.adapters.memory import (
     MemoryCheckpointStore,
     MemoryDatabase,
     MemoryLeaseStore,
 )
+from change_publisher.publisher import Publisher
 from slotstream_testkit.faultproxy import TcpFaultProxy
 from slotstream_testkit.kafka import TansuBroker
 from slotstream_testkit.net import free_port
 
-from .conftest import consume, header, kafka_producer, make_topics
+from .conftest import Topics, consume, header, kafka_producer, make_topics
 from .test_delivery_kafka import publisher_for, wait_until, write_schedule
 
 pytestmark = pytest.mark.integration
@@ -44,8 +49,24 @@ async def proxied_broker(tmp_path: Path) -> AsyncIterator[tuple[TansuBroker, Tcp
         await proxy.stop()
 
 
-async def test_outage_goes_unready_bounds_in_flight_and_loses_nothing(
-    proxied_broker: tuple[TansuBroker, TcpFaultProxy],
+def _stamped(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    event["created"] = time.time()
+    return event
+
+
+def _log_lines(events: list[EventDict], records: list[logging.LogRecord]) -> list[EventDict]:
+    """The publisher's events and the client library's warnings, in the order they were
+    said: what an operator reads in the process's log."""
+    library: list[EventDict] = [
+        {"event": r.getMessage(), "logger": r.name, "created": r.created}
+        for r in records
+        if r.levelno >= logging.WARNING and r.name.startswith("aiokafka")
+    ]
+    return sorted([*events, *library], key=lambda line: float(line["created"]))
+
+
+async def test_outage_goes_unready_bounds_in_flight_loses_nothing_and_says_so_per_attempt(
+    proxied_broker: tuple[TansuBroker, TcpFaultProxy], caplog: pytest.LogCaptureFixture
 ) -> None:
     broker, proxy = proxied_broker
     bootstrap = f"127.0.0.1:{proxy.listen_port}"
@@ -60,7 +81,47 @@ async def test_outage_goes_unready_bounds_in_flight_and_loses_nothing(
         max_in_flight=MAX_IN_FLIGHT,
         read_batch=READ_BATCH,
         lease_ttl=30.0,
+        bootstrap_servers=bootstrap,
     )
+    caplog.set_level(logging.WARNING, logger="aiokafka")
+    with capture_logs(processors=[_stamped]) as events:
+        await _outage(publisher, database, proxy, bootstrap, topics)
+    lines = _log_lines(events, caplog.records)
+    print(*lines, sep="\n")  # noqa: T201 - with -s: the outage as an operator reads it
+
+    # While it waits for Kafka: one line per failed probe naming the address and the real
+    # reason (aiokafka's complaint, folded in), nothing else about Kafka; then one line
+    # saying Kafka is back.
+    interrupted = next(
+        i for i, line in enumerate(lines) if line["event"].startswith("stream interrupted")
+    )
+    assert lines[interrupted]["bootstrap_servers"] == bootstrap
+    recovered = [
+        i for i, line in enumerate(lines) if line["event"] == "kafka reachable again: resuming"
+    ]
+    assert len(recovered) == 1, lines[interrupted:]
+    waiting = lines[interrupted + 1 : recovered[0]]
+    assert waiting, lines[interrupted:]
+    assert {line["event"] for line in waiting} == {"kafka not reachable: retrying"}, waiting
+    for line in waiting:
+        assert line["bootstrap_servers"] == bootstrap
+        assert f"Connection at {bootstrap} closed" in line["error"], line
+    back = lines[recovered[0]]
+    assert back["bootstrap_servers"] == bootstrap
+    assert back["attempts"] == len(waiting) + 1
+    assert back["outage_seconds"] > 0
+    assert not [line for line in lines if line["event"].startswith("stamina")]
+
+
+async def _outage(
+    publisher: Publisher,
+    database: MemoryDatabase,
+    proxy: TcpFaultProxy,
+    bootstrap: str,
+    topics: Topics,
+) -> None:
+    """Publish, cut Kafka off for 3 s with a backlog far over the in-flight bound, restore
+    it: unready meanwhile, the bound held, every change delivered once Kafka is back."""
     task = asyncio.create_task(publisher.run())
     await wait_until(lambda: publisher.ready)
     written = write_schedule(database, instructors=5, slots=20)

@@ -131,12 +131,7 @@ def create_app(
     )
     starts: list[Start] = []
     if kafka_presence is not None:
-        presence_start = kafka_presence.start
-
-        async def start_presence(_deadline: float | None) -> None:
-            await presence_start()
-
-        starts.append((start_presence, kafka_presence.close))
+        starts.append((kafka_presence.start, kafka_presence.close))
     starts.append((ingest.start, ingest.stop))
     startup = KafkaStartup(settings.kafka, starts)
     websockets = WebSocketGateway(gateway)

@@ -18,6 +18,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from push_gateway.adapters.presence import KafkaPresenceBus
+from push_gateway.config import GatewayKafkaSettings
+from push_gateway.startup import KafkaStartup
 from push_gateway.testing import slot_event
 from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE, TopicSettings
 from slotstream_testkit.faultproxy import TcpFaultProxy
@@ -244,3 +247,30 @@ async def test_a_missing_data_topic_is_waited_for_only_within_the_start_timeout(
     gave_up = [line for line in text.splitlines() if "data topic missing: giving up" in line]
     assert len(gave_up) == 1, text[-3000:]
     assert topics.schedule in gave_up[0]
+
+
+async def test_a_missing_presence_topic_is_waited_for_only_within_the_start_timeout(
+    kafka: KafkaEndpoint,
+) -> None:
+    """Kafka answers, the presence topic is not there: the presence reader's wait for it
+    (about 5 s without a start timeout) ends with the start timeout, as the data topics'
+    does, and the start goes on (presence reads partition 0 until the topic exists).
+    Against the start-up itself, not a gateway process: Tansu creates a topic a producer
+    names, and a gateway's first presence publish names it while its reader waits; the
+    deployments' Kafka does not (``auto.create.topics.enable: false``)."""
+    timeout = 1.5
+    settings = GatewayKafkaSettings(
+        bootstrap_servers=kafka.bootstrap_servers, start_timeout_seconds=timeout
+    )
+    presence = KafkaPresenceBus(
+        settings, f"nopresence.{uuid.uuid4().hex[:8]}", "g1", ttl_seconds=10
+    )
+    startup = KafkaStartup(settings, [(presence.start, presence.close)])
+    began = time.monotonic()
+    try:
+        await asyncio.wait_for(startup.run(), 30)
+        took = time.monotonic() - began
+    finally:
+        await presence.stop()
+    assert startup.connected
+    assert took < timeout + 0.5, f"started {took:.1f} s after it began"

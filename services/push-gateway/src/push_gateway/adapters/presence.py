@@ -24,12 +24,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from push_gateway.adapters.fetch import LeanFetcher, speaks_lean_fetch
 from push_gateway.adapters.fetch_links import AiokafkaBrokers
+from push_gateway.adapters.kafka import TopicMissing, partitions_of
 from push_gateway.config import GatewayKafkaSettings
 
 log = structlog.get_logger(__name__)
 
 #: the presence reader's longest fetch long-poll bound
 PRESENCE_FETCH_WAIT_MAX_MS: Final = 500
+#: how long a starting gateway waits for a presence topic the broker does not have yet (the
+#: deployment creates it); with a start timeout, at most what is left of it
+PRESENCE_TOPIC_WAIT_SECONDS: Final = 5.0
 
 
 class PresenceBus(Protocol):
@@ -101,11 +105,13 @@ class KafkaPresenceBus:
         self._fetcher: LeanFetcher | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, deadline: float | None = None) -> None:
         """Start the writer and the reader; a start that fails (Kafka not reachable yet)
-        closes both and may be tried again."""
+        closes both and may be tried again. ``deadline`` (``time.monotonic()``) is when the
+        gateway's start timeout ends, if it has one: a missing topic is not waited for past
+        it."""
         try:
-            await self._start()
+            await self._start(deadline)
         except BaseException:
             await self._close_clients()
             raise
@@ -121,7 +127,7 @@ class KafkaPresenceBus:
         if consumer is not None:
             await consumer.stop()
 
-    async def _start(self) -> None:
+    async def _start(self, deadline: float | None) -> None:
         common = self._settings.client_options() | {
             "client_id": f"{self._settings.client_id}-presence"
         }
@@ -135,15 +141,15 @@ class KafkaPresenceBus:
             fetch_max_wait_ms=self._fetch_wait_ms,
         )
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(self._topic)
-        for _ in range(25):  # the topic is created by the deployment; give metadata a moment
-            if parts:
-                break
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = self._consumer.partitions_for_topic(self._topic)
-            await asyncio.sleep(0.2)
-        parts = parts or {0}
-        partitions = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        wait = PRESENCE_TOPIC_WAIT_SECONDS
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        try:
+            parts = await partitions_of(self._consumer, self._topic, max(0.0, wait))
+        except TopicMissing:  # not fatal: presence counts only this gateway's until it is
+            log.warning("presence topic not on the broker: reading partition 0", topic=self._topic)
+            parts = [0]
+        partitions = [TopicPartition(self._topic, p) for p in parts]
         brokers = AiokafkaBrokers(self._consumer)
         if self._settings.fetch_loop == "lean" and await speaks_lean_fetch(
             brokers, self._topic, partitions[0].partition

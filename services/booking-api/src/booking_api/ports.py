@@ -8,9 +8,12 @@ used by the unit tests and the ``memory`` backend). ``tests/contract`` runs one 
 against both.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
 
 from booking_api.domain.repair import SlotCursor
 from slotstream_contracts.documents import (
@@ -26,6 +29,28 @@ from slotstream_contracts.entities import Audience
 
 class DuplicateKey(Exception):
     """An insert hit a unique index (Mongo error 11000)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableSlot:
+    """A stored slot document the model refuses (edited by hand, written by another
+    release): the repair's scan names it and goes on after it, from its ``start`` and id."""
+
+    slot_id: str
+    start: datetime
+    error: str
+
+
+def read_slot(document: Mapping[str, Any]) -> SlotDocument | UnreadableSlot:
+    """A stored slot as the repair's scan reads it: the model, or where it is and why not
+    (the scan's query matched its ``start`` as a date, so that field is one)."""
+    try:
+        return SlotDocument.model_validate(document)
+    except ValidationError as exc:
+        why = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors()
+        )
+        return UnreadableSlot(str(document["_id"]), document["start"], why)
 
 
 class IdempotencyRecord(StoredDocument):
@@ -105,9 +130,10 @@ class SlotRepository(Protocol):
 
     async def list_booked_after(
         self, after: SlotCursor, updated_before: datetime, limit: int
-    ) -> list[SlotDocument]:
+    ) -> list[SlotDocument | UnreadableSlot]:
         """Up to ``limit`` ``booked`` slots last updated before ``updated_before``, in
-        (start, id) order, after ``after`` (the repair's scan)."""
+        (start, id) order, after ``after`` (the repair's scan); a document the model
+        refuses is an :class:`UnreadableSlot` in its place (:func:`read_slot`)."""
 
     async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
         """``available → deleted`` (the tombstone), version + 1."""

@@ -4,7 +4,9 @@
 Replicas need no coordination: each release is a compare-and-set on the booking id and
 the version read, so of two replicas freeing one slot exactly one does (and logs and
 counts it). A step the store fails is one warning line; the next interval tries again
-from the same place. Each replica keeps its own place in the scan, in (start, id) order
+from the same place. A stored slot the model refuses is one warning line per pass
+(``slot.unreadable``, its id and the validation error), counted as a failure, and the
+scan goes on after it. Each replica keeps its own place in the scan, in (start, id) order
 of the booked slots that have not started, so every one is looked at within
 ``booked slots / batch`` intervals however many live bookings come first.
 """
@@ -49,6 +51,9 @@ class SlotRepair:
             self._failed(exc)
             return []
         self._after = done.next_after
+        for unreadable in done.unreadable:
+            self._on_failed()
+            log.warning("slot.unreadable", slot_id=unreadable.slot_id, error=unreadable.error)
         for repaired in done.repaired:
             self._on_repaired(repaired)
         if done.error is not None:

@@ -55,7 +55,7 @@ Partial failure, step by step (a store write can fail or time out at any point):
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -66,7 +66,7 @@ from booking_api.domain.errors import Conflict, NotFound
 from booking_api.domain.notifications import booking_notifications, notification_id
 from booking_api.domain.repair import SlotCursor
 from booking_api.ids import new_id
-from booking_api.ports import DuplicateKey, Storage
+from booking_api.ports import DuplicateKey, Storage, UnreadableSlot
 from slotstream_contracts.auth import Principal, Role
 from slotstream_contracts.documents import (
     BookingDocument,
@@ -151,6 +151,8 @@ class RepairBatch:
     next_after: SlotCursor | None
     #: the store error that ended the step early (the slots before it were looked at)
     error: Exception | None = None
+    #: stored slots the model refused, passed over
+    unreadable: list[UnreadableSlot] = field(default_factory=list)
 
 
 def utc_now() -> datetime:
@@ -489,17 +491,22 @@ class BookingService:
         start = after or SlotCursor(now, "")
         found = await self._storage.slots.list_booked_after(start, stale_before, limit)
         repaired: list[RepairedSlot] = []
+        unreadable: list[UnreadableSlot] = []
         done = after
         for slot in found:
+            if isinstance(slot, UnreadableSlot):  # reported; the scan goes on after it
+                unreadable.append(slot)
+                done = SlotCursor(slot.start, slot.slot_id)
+                continue
             try:
                 freed = await self._repair_slot(slot, stale_before, now)
             except Exception as exc:
                 # What was freed stays freed (and is reported); the next step goes on here.
-                return RepairBatch(repaired, done, error=exc)
+                return RepairBatch(repaired, done, error=exc, unreadable=unreadable)
             if freed is not None:
                 repaired.append(freed)
             done = SlotCursor(slot.start, slot.id)
-        return RepairBatch(repaired, done if len(found) == limit else None)
+        return RepairBatch(repaired, done if len(found) == limit else None, unreadable=unreadable)
 
     async def _repair_slot(
         self, slot: SlotDocument, stale_before: datetime, now: datetime

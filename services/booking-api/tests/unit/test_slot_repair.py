@@ -23,10 +23,11 @@ from booking_api import service as service_module
 from booking_api.app import create_app
 from booking_api.config import Settings
 from booking_api.domain.repair import SlotCursor
+from booking_api.ports import UnreadableSlot
 from booking_api.repair import SlotRepair
 from booking_api.service import BookingService
 from slotstream_contracts.auth import JwtSettings, Principal, Role
-from slotstream_contracts.documents import BookingDocument, SlotDocument
+from slotstream_contracts.documents import SLOTS, BookingDocument, SlotDocument
 from slotstream_contracts.entities import BookingStatus, SlotStatus
 
 from .test_api_idempotency import setup_slot
@@ -237,7 +238,7 @@ class LateStorage(FlakyStorage):
 
         async def counted(
             after: SlotCursor, updated_before: datetime, limit: int
-        ) -> list[SlotDocument]:
+        ) -> list[SlotDocument | UnreadableSlot]:
             self.scans += 1
             return await scan(after, updated_before, limit)
 
@@ -337,7 +338,7 @@ async def test_each_step_reads_a_bounded_batch_and_the_scan_reaches_every_booked
 
     async def counted(
         after: SlotCursor, updated_before: datetime, limit: int
-    ) -> list[SlotDocument]:
+    ) -> list[SlotDocument | UnreadableSlot]:
         found = await scan(after, updated_before, limit)
         scanned.append(len(found))
         return found
@@ -360,3 +361,50 @@ async def test_each_step_reads_a_bounded_batch_and_the_scan_reaches_every_booked
         still = await flaky.slots.get(slot.id)
         assert still is not None
         assert still.status is SlotStatus.BOOKED
+
+
+async def test_a_stored_slot_it_cannot_read_is_one_line_and_the_scan_goes_on(
+    flaky: FlakyStorage, clock: Clock, logs: list[EventDict]
+) -> None:
+    """A booked slot document the model refuses (here its version is not a number: written
+    by hand, or by another release) comes first in the scan, before a slot held by a
+    booking that does not exist. The repair names it once per pass, counts it, and frees
+    the stuck slot after it, in the same run; it used to fail every run at that document."""
+    service = BookingService(flaky, clock)
+    await service.create_instructor(ADA, None, "Ada", "UTC")
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    stuck = await service.create_slot(
+        ADA, "i1", start + timedelta(hours=2), start + timedelta(hours=3)
+    )
+    await flaky.slots.book(stuck.id, "lost-booking", "s9", service.now())
+    unreadable = {
+        **stuck.model_copy(
+            update={"id": "bad-slot", "start": start, "end": start + timedelta(hours=1)}
+        ).to_document(),
+        "status": SlotStatus.BOOKED.value,
+        "bookingId": "lost-too",
+        "version": "seven",
+    }
+    flaky.collections[SLOTS].insert(unreadable)
+    clock.ahead = timedelta(seconds=GRACE * 2)
+    failures: list[None] = []
+    repair = SlotRepair(
+        service,
+        grace=timedelta(seconds=GRACE),
+        interval_seconds=60,
+        batch=10,
+        on_repaired=lambda _done: None,
+        on_failed=lambda: failures.append(None),
+    )
+    freed = [await repair.step(), await repair.step()]
+    assert [[r.slot_id for r in step] for step in freed] == [[stuck.id], []]
+    still = await flaky.slots.get(stuck.id)
+    assert still is not None
+    assert still.status is SlotStatus.AVAILABLE
+    skipped = [e for e in logs if e["event"] == "slot.unreadable"]
+    assert len(skipped) == 2, logs  # one per pass over it
+    assert skipped[0]["log_level"] == "warning"
+    assert skipped[0]["slot_id"] == "bad-slot"
+    assert "version" in skipped[0]["error"]
+    assert len(failures) == 2
+    assert [e for e in logs if e["event"] == "slot.repair_failed"] == []

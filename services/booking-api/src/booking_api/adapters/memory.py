@@ -22,7 +22,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from booking_api.domain.repair import SlotCursor
-from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
+from booking_api.ports import (
+    DuplicateKey,
+    IdempotencyQuotaExceeded,
+    IdempotencyRecord,
+    UnreadableSlot,
+    read_slot,
+)
 from slotstream_contracts.changelog import MemoryChangeLog
 from slotstream_contracts.changes import ClusterTime, OperationType, UpdateDescription
 from slotstream_contracts.documents import (
@@ -357,20 +363,23 @@ class MemorySlots:
 
     async def list_booked_after(
         self, after: SlotCursor, updated_before: datetime, limit: int
-    ) -> list[SlotDocument]:
+    ) -> list[SlotDocument | UnreadableSlot]:
         """A scan of every slot (the memory store keeps no index by start): enough for the
         demo sizes it serves; MongoDB walks its ``booked_start`` index instead."""
         await asyncio.sleep(0)
         after_key = (bson_value(after.start), after.slot_id)
         before = bson_value(updated_before)
         found = sorted(
-            (d["start"], d["_id"])
-            for d in self._c.values()
-            if d["status"] == SlotStatus.BOOKED
-            and d["updatedAt"] < before
-            and (d["start"], d["_id"]) > after_key
+            (
+                d
+                for d in self._c.values()
+                if d["status"] == SlotStatus.BOOKED
+                and d["updatedAt"] < before
+                and (d["start"], d["_id"]) > after_key
+            ),
+            key=lambda d: (d["start"], d["_id"]),
         )
-        return [SlotDocument.model_validate(self._c.peek(i)) for _, i in found[:limit]]
+        return [read_slot(d) for d in found[:limit]]
 
     async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
         await asyncio.sleep(0)

@@ -29,7 +29,13 @@ from pymongo.uri_parser import parse_userinfo, split_options
 from pymongo.write_concern import WriteConcern
 
 from booking_api.domain.repair import SlotCursor
-from booking_api.ports import DuplicateKey, IdempotencyQuotaExceeded, IdempotencyRecord
+from booking_api.ports import (
+    DuplicateKey,
+    IdempotencyQuotaExceeded,
+    IdempotencyRecord,
+    UnreadableSlot,
+    read_slot,
+)
 from slotstream_contracts.documents import (
     BOOKINGS,
     INSTRUCTORS,
@@ -233,7 +239,7 @@ class MongoSlots:
 
     async def list_booked_after(
         self, after: SlotCursor, updated_before: datetime, limit: int
-    ) -> list[SlotDocument]:
+    ) -> list[SlotDocument | UnreadableSlot]:
         """Walks the ``booked_start`` index from the cursor (keyset pagination): each run
         reads about ``limit`` documents however large the collection."""
         query = {
@@ -245,7 +251,7 @@ class MongoSlots:
             ],
         }
         cursor = self._c.find(query).sort([("start", ASCENDING), ("_id", ASCENDING)])
-        return [SlotDocument.model_validate(d) async for d in cursor.limit(limit)]
+        return [read_slot(d) async for d in cursor.limit(limit)]
 
     async def mark_deleted(self, slot_id: str, now: datetime) -> SlotDocument | None:
         return await self._move(

@@ -1,12 +1,13 @@
 """A start retried until the server it needs answers (``StartRetries``): what the
 gateway's Kafka start and the booking-api's MongoDB start share."""
 
+import logging
 import time
 from collections.abc import Iterator
 
 from structlog.testing import capture_logs
 
-from slotstream_contracts.startup import GiveUp, StartRetries
+from slotstream_contracts.startup import HELD_MESSAGES, GiveUp, StartRetries, held_back
 
 #: how late a loaded host may wake a sleeping task (CI saw 0.6 ms past the bound)
 SCHEDULING_SLACK = 0.1
@@ -75,3 +76,18 @@ async def test_an_attempt_that_cannot_be_mended_gives_up_at_once() -> None:
 
 async def _next(outcomes: Iterator[str | None]) -> str | None:
     return next(outcomes)
+
+
+def test_an_attempt_held_back_inside_an_outage_reasons_with_its_own_lines_only() -> None:
+    """The publisher holds aiokafka's lines back for a whole outage (its client complains
+    ~10 times a second in the background) and each probe's line gives the ones said during
+    that probe: not every line since the outage began, which grew each probe's line and the
+    held list for as long as Kafka was away."""
+    library = logging.getLogger("tests.held_back.library")
+    with held_back(library.name) as outage:
+        for n in range(500):
+            library.error("Unable to update metadata from [%d]", n)
+        with held_back(library.name) as attempt:
+            library.error('Unable connect to "127.0.0.1:9": refused')
+        assert attempt == ['Unable connect to "127.0.0.1:9": refused']
+        assert len(outage) <= HELD_MESSAGES

@@ -21,6 +21,10 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+#: the most recent lines a hold keeps (a library retrying in the background says ~10 a
+#: second for as long as its server is away)
+HELD_MESSAGES = 20
+
 
 class _HoldBack(logging.Filter):
     """Keeps a logger's warnings and errors (their messages) instead of letting them out."""
@@ -33,6 +37,8 @@ class _HoldBack(logging.Filter):
         if record.levelno < logging.WARNING:
             return True
         self.messages.append(record.getMessage())
+        if len(self.messages) > HELD_MESSAGES:
+            del self.messages[0]
         return False
 
 
@@ -43,10 +49,11 @@ def held_back(logger: str) -> Iterator[list[str]]:
     ``Unable connect to "<address>": <reason>``) becomes the reason on the attempt's line
     instead of a second line per attempt. Inside another ``held_back`` of the same logger
     it shares that one's list (a logger's first refusing filter is the only one to see a
-    record)."""
+    record), from its beginning on."""
     target = logging.getLogger(logger)
     outer = next((f for f in target.filters if isinstance(f, _HoldBack)), None)
     if outer is not None:
+        outer.messages.clear()
         yield outer.messages
         return
     held = _HoldBack()

@@ -202,6 +202,16 @@ async def test_a_slot_of_a_live_booking_is_never_freed(
     assert [e for e in logs if e["event"] == "slot.repaired"] == []
 
 
+async def test_every_repair_reason_is_exported_at_zero_before_any_repair(
+    running: httpx.AsyncClient,
+) -> None:
+    """The alert on repairs reads ``increase()``: a reason's series first exported at 1 by
+    the first repair after a restart would show no increase, and the alert stay silent."""
+    metrics = (await running.get("/metrics")).text
+    for why in ("no-booking", "booking-cancelled"):
+        assert f'booking_api_slots_repaired_total{{why="{why}"}} 0.0' in metrics
+
+
 async def test_a_failing_store_is_one_line_and_the_next_run_repairs(
     running: httpx.AsyncClient,
     auth: AuthHeaders,

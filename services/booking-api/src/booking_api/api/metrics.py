@@ -2,6 +2,8 @@
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from booking_api.domain.repair import RepairReason
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -37,6 +39,10 @@ class Metrics:
             ["why"],
             registry=self.registry,
         )
+        # Every reason exported at 0 from the start: a series born at 1 with the first repair
+        # after a restart would show no increase(), and the alert on repairs would miss it.
+        for why in RepairReason:
+            self.slots_repaired.labels(why=why.value)
         self.slot_repair_failures = Counter(
             "booking_api_slot_repair_failures_total",
             "Repair runs the store failed (tried again at the next interval)",

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := libs/contracts libs/testkit services/booking-api services/change-publisher services/push-gateway
-TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs npm=npm openssl=openssl curl=curl
+TEST_DEPS := nginx=nginx /usr/bin/chromium=chromium node=nodejs npm=npm openssl=openssl curl=curl promtool=prometheus
 BENCH_DEPS := nginx=nginx /usr/share/nginx/modules/ngx_nchan_module.so=libnginx-mod-nchan pushpin=pushpin
 PYTEST_ARGS ?=
 # axe-core (npm), injected into pages by the browser tests; installed under .venv, never committed.

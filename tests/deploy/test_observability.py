@@ -1,9 +1,13 @@
-"""The observability profile: Prometheus scrapes every service where Compose runs it, and
-the provisioned Grafana dashboard shows the four headline figures from metrics the
-services really export."""
+"""The observability profile: Prometheus scrapes every service where Compose runs it, the
+provisioned Grafana dashboard shows the four headline figures from metrics the services
+really export, and the alerting rules (deploy/observability/alerts.yml) name only series
+the services export, pass `promtool check rules`, and fire when they should and stay
+quiet otherwise (`promtool test rules` on tests/deploy/alerts_test.yml)."""
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +15,15 @@ import pytest
 import yaml
 
 from tests.deploy.support import REPO
+from tests.deploy.test_repository import makefile_rules
 
 pytestmark = pytest.mark.deploy
 
 OBSERVABILITY = REPO / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "slotstream.json"
+ALERTS = OBSERVABILITY / "alerts.yml"
+ALERT_TESTS = Path(__file__).parent / "alerts_test.yml"
+OPERATIONS = REPO / "docs" / "operations.md"
 METRIC_PREFIXES = ("gateway_", "publisher_", "booking_api_")
 #: Series names prometheus-client derives from one metric family.
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
@@ -39,6 +47,47 @@ def exported_metrics() -> set[str]:
             if name.startswith(METRIC_PREFIXES):
                 names.add(name)
     return names
+
+
+#: The metric kind each constructor in the services' source declares, and the series
+#: prometheus-client exports for a family of that kind.
+KIND_OF_CONSTRUCTOR = {
+    "Counter": "counter",
+    "CounterMetricFamily": "counter",
+    "_counter": "counter",
+    "Gauge": "gauge",
+    "GaugeMetricFamily": "gauge",
+    "_gauge": "gauge",
+    "Histogram": "histogram",
+    "HistogramMetricFamily": "histogram",
+    "_histogram": "histogram",
+}
+SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+}
+#: PromQL words that look like a metric name but are not one.
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset"}
+#: Series Prometheus itself writes for every target.
+PROMETHEUS_SERIES = {"up"}
+
+
+def exported_series(services: Path = REPO / "services") -> dict[str, str]:
+    """Every series name the services' source exports → its kind (`counter`, `gauge`,
+    `histogram`): a counter family `x` is scraped as `x_total`, a histogram as
+    `x_bucket`, `x_count` and `x_sum`. Stricter than `exported_metrics`: a gauge read as
+    `_total`, or a counter without it, matches nothing in Prometheus."""
+    series: dict[str, str] = {}
+    for source in services.glob("*/src/**/*.py"):
+        for constructor, name in re.findall(r"(\w*)\(\s*\"([a-z_]+)\"", source.read_text()):
+            kind = KIND_OF_CONSTRUCTOR.get(constructor)
+            if kind is None or not name.startswith(METRIC_PREFIXES):
+                continue
+            family = name.removesuffix("_total") if kind == "counter" else name
+            for suffix in SERIES_SUFFIXES[kind]:
+                series[family + suffix] = kind
+    return series
 
 
 def family_of(series: str) -> str:
@@ -108,3 +157,143 @@ def test_dashboard_queries_only_metrics_the_services_export() -> None:
     assert queried
     unknown = {series for series in queried if family_of(series) not in exported}
     assert not unknown, f"not exported by any service: {sorted(unknown)}"
+
+
+def test_make_test_installs_promtool() -> None:
+    """The CI test job runs `make test` in a bare Debian image: promtool must come from
+    the Makefile's TEST_DEPS (Debian's prometheus package: its postinst needs no systemd,
+    and in a Docker image policy-rc.d keeps it from starting the server)."""
+    variables, _ = makefile_rules((REPO / "Makefile").read_text())
+    assert "promtool=prometheus" in variables["TEST_DEPS"].split()
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "make test installs promtool (scripts/system-deps.sh: Debian's prometheus)"
+    return subprocess.run(
+        [binary, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def alert_rules(path: Path = ALERTS) -> list[dict[str, Any]]:
+    groups = load_yaml(path)["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def selected_series(expr: str) -> set[str]:
+    """The series names a PromQL expression selects: every identifier but functions,
+    keywords, label names and what strings, ranges and label matchers hold."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    return {
+        match.group(1)
+        for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(\s*\()?", text)
+        if not match.group(2) and match.group(1) not in PROMQL_KEYWORDS
+    }
+
+
+def unknown_series(rules: list[dict[str, Any]], exported: dict[str, str]) -> dict[str, set[str]]:
+    """Per alert, the series its expression names that no service exports."""
+    unknown = {
+        rule["alert"]: selected_series(rule["expr"]) - exported.keys() - PROMETHEUS_SERIES
+        for rule in rules
+    }
+    return {alert: names for alert, names in unknown.items() if names}
+
+
+def test_prometheus_loads_the_alert_rules_compose_mounts(
+    compose_services: dict[str, dict[str, Any]],
+) -> None:
+    config = load_yaml(OBSERVABILITY / "prometheus.yml")
+    mounts = {v["target"]: v["source"] for v in compose_services["prometheus"]["volumes"]}
+    assert config["rule_files"]
+    for rule_file in config["rule_files"]:
+        assert mounts[rule_file] == str(ALERTS), rule_file
+
+
+def test_prometheus_accepts_the_configuration_with_its_rules(tmp_path: Path) -> None:
+    """`promtool check config` on prometheus.yml, its rule file where Compose mounts it."""
+    config = load_yaml(OBSERVABILITY / "prometheus.yml")
+    config["rule_files"] = [str(ALERTS)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    checked = promtool("check", "config", tmp_path / "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in checked.stdout
+
+
+def test_alert_rules_pass_promtool() -> None:
+    checked = promtool("check", "rules", ALERTS)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_alert_fires_when_it_should_and_stays_quiet_otherwise() -> None:
+    """alerts_test.yml: input series → the alerts expected (labels and rendered
+    annotations), and none in a healthy system, for every alert."""
+    tested = promtool("test", "rules", ALERT_TESTS)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    cases = [case for test in load_yaml(ALERT_TESTS)["tests"] for case in test["alert_rule_test"]]
+    for rule in alert_rules():
+        mine = [case for case in cases if case["alertname"] == rule["alert"]]
+        firing = [alert for case in mine for alert in case["exp_alerts"]]
+        assert [case for case in mine if not case["exp_alerts"]], f"{rule['alert']}: no quiet case"
+        assert firing, f"{rule['alert']}: no case where it fires"
+        assert any("exp_annotations" in alert for alert in firing), (
+            f"{rule['alert']}: no firing case checks the rendered annotations"
+        )
+        if any("instance" in alert["exp_labels"] for alert in firing):
+            text = rule["annotations"]["summary"] + rule["annotations"]["description"]
+            assert "$labels.instance" in text, f"{rule['alert']}: name the instance"
+
+
+def test_alerts_name_only_series_the_services_export() -> None:
+    exported = exported_series()
+    assert "gateway_records_total" in exported
+    assert "booking_api_http_request_duration_seconds_bucket" in exported
+    rules = alert_rules()
+    assert all(selected_series(rule["expr"]) for rule in rules)
+    assert not unknown_series(rules, exported)
+
+
+def test_counters_are_read_only_through_rate_or_increase() -> None:
+    """A counter starts again at 0 when its process restarts: compared as it is, an alert
+    would fire or clear on a restart rather than on what happened."""
+    exported = exported_series()
+    for rule in alert_rules():
+        for name in selected_series(rule["expr"]):
+            if exported.get(name) not in ("counter", "histogram"):
+                continue
+            for match in re.finditer(rf"\b{name}\b", rule["expr"]):
+                before = rule["expr"][: match.start()].rstrip()
+                assert before.endswith(("rate(", "increase(")), f"{rule['alert']}: {name}"
+
+
+def test_every_alert_says_how_bad_and_where_the_runbook_is() -> None:
+    headings = re.findall(r"^#+ (.+)$", OPERATIONS.read_text(), re.MULTILINE)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["summary"], name
+        assert "$value" in rule["annotations"]["description"], f"{name}: say the value"
+        runbook = rule["annotations"]["runbook_url"]
+        assert runbook == f"docs/operations.md#{name.lower()}", name
+        assert name.lower() in anchors, f"{name}: no runbook section in docs/operations.md"
+
+
+def test_the_alert_checks_fail_on_a_metric_nobody_exports(tmp_path: Path) -> None:
+    """A typo in a metric name is caught twice: the series check names it, and the
+    alert, now matching nothing, no longer fires in its unit test."""
+    broken = tmp_path / "deploy" / "observability" / "alerts.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(ALERTS.read_text().replace("gateway_records_total", "gateway_record_total"))
+    assert unknown_series(alert_rules(broken), exported_series()) == {
+        "GatewayNotConsuming": {"gateway_record_total"}
+    }
+    tests = tmp_path / "tests" / "deploy" / "alerts_test.yml"
+    tests.parent.mkdir(parents=True)
+    shutil.copy(ALERT_TESTS, tests)
+    tested = promtool("test", "rules", tests)
+    assert tested.returncode != 0
+    assert "alertname: GatewayNotConsuming" in tested.stdout + tested.stderr

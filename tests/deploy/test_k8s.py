@@ -27,6 +27,7 @@ from tests.deploy.support import (
     nginx_test_config,
     pod_templates,
     prepare_k8s,
+    render,
 )
 
 pytestmark = pytest.mark.deploy
@@ -897,3 +898,22 @@ def test_release_image_names_are_the_ones_prod_replaces() -> None:
     assert f"for name in {' '.join(sorted(replaced, key=list(RELEASE_IMAGES).index))};" in (
         CHECK_RELEASE_IMAGES.read_text()
     )
+
+
+def test_the_alert_rules_ship_as_a_config_map_where_prometheus_scrapes_from(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """deploy/k8s/monitoring: the ConfigMap holds deploy/observability/alerts.yml unchanged
+    (one file for Compose and Kubernetes), in the namespace the metrics-scraping
+    NetworkPolicy admits Prometheus from, under a fixed name a Prometheus can mount."""
+    (config_map,) = render(K8S / "monitoring")
+    assert config_map["kind"] == "ConfigMap"
+    assert config_map["metadata"]["name"] == "slotstream-alerts"
+    rules = REPO / "deploy" / "observability" / "alerts.yml"
+    assert config_map["data"] == {"alerts.yml": rules.read_text()}
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(config_map, version, strict=True)
+    scraping = of_kind(rendered["base"], "NetworkPolicy")["metrics-scraping"]
+    (source,) = scraping["spec"]["ingress"][0]["from"]
+    namespace = source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+    assert config_map["metadata"]["namespace"] == namespace

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from push_gateway.adapters.kafka import KafkaIngest
 from push_gateway.gateway import Gateway
+from push_gateway.readiness import readiness_checks
 from push_gateway.timing import Histogram
 
 TOP_CHANNELS: Final = 20
@@ -30,6 +31,11 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gw, hub = self._gateway, self._gateway.hub
+        yield _gauge(
+            "gateway_ready",
+            "1 when /readyz answers 200 (accepting, Kafka assigned, caught up), else 0",
+            float(all(readiness_checks(gw, self._ingest).values())),
+        )
         yield _gauge("gateway_connections", "Open SSE connections", len(gw.connections))
         yield _counter("gateway_records", "Kafka records ingested", hub.stats.records)
         yield _counter(

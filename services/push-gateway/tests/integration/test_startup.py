@@ -1,7 +1,8 @@
 """A gateway (one process, or ``GATEWAY_WORKERS=2``) started while Kafka does not answer:
 a closed port, or a port that accepts and drops every connection (a TCP fault proxy in
-front of Tansu). It must keep running — ``/healthz`` 200, ``/readyz`` 503, one log line per
-attempt — become ready by itself once Kafka answers, and serve from the positions it would
+front of Tansu). It must keep running — ``/healthz`` 200, ``/readyz`` 503 and
+``gateway_ready`` 0, one log line per attempt — become ready by itself (``gateway_ready``
+1) once Kafka answers, and serve from the positions it would
 have used; with ``GATEWAY_KAFKA__START_TIMEOUT_SECONDS`` it gives up with one line, exit 69.
 """
 
@@ -100,6 +101,12 @@ async def _status(client: httpx.AsyncClient, url: str) -> int:
         return -1 if isinstance(exc, httpx.ConnectError) else -2
 
 
+async def _ready_metric(client: httpx.AsyncClient, probe: str) -> str:
+    """The ``gateway_ready`` line of ``probe``'s ``/metrics`` ("" if there is none)."""
+    text = (await client.get(probe + "/metrics", timeout=2)).text
+    return next((ln for ln in text.splitlines() if ln.startswith("gateway_ready ")), "")
+
+
 @pytest.mark.parametrize(
     ("fault", "workers"), [("closed", 1), ("drops", 1), ("closed", 2)], ids=str
 )
@@ -148,6 +155,8 @@ async def test_a_gateway_started_before_kafka_answers_waits_unready_then_serves(
                 for probe in probes:
                     assert await _status(client, probe + "/healthz") == 200, log.read_text()
                     assert await _status(client, probe + "/readyz") == 503, log.read_text()
+                    # what Prometheus sees of it (the alert GatewayNotReady)
+                    assert await _ready_metric(client, probe) == "gateway_ready 0.0"
                 await asyncio.sleep(0.2)
 
             await late_kafka.reachable(fault)
@@ -156,6 +165,8 @@ async def test_a_gateway_started_before_kafka_answers_waits_unready_then_serves(
                 assert process.poll() is None, f"exited {process.poll()}: {log.read_text()}"
                 assert loop.time() < deadline, f"not ready 30 s later: {log.read_text()}"
                 await asyncio.sleep(0.1)
+            for probe in probes:
+                assert await _ready_metric(client, probe) == "gateway_ready 1.0"
 
         resumed = Stream(
             f"http://127.0.0.1:{port}{PAGE}",

@@ -9,6 +9,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from push_gateway.adapters.kafka import KafkaIngest
 from push_gateway.gateway import Gateway
+from push_gateway.readiness import readiness_checks
 from slotstream_contracts.channels import Channel, ChannelError
 
 router = APIRouter()
@@ -49,11 +50,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(gateway: GatewayDep, ingest: IngestDep) -> JSONResponse:
-    checks = {
-        "accepting": gateway.accepting,
-        "assigned": gateway.hub.assigned and ingest.running,
-        "caught_up": ingest.caught_up,
-    }
+    checks = readiness_checks(gateway, ingest)
     ready = all(checks.values())
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 

@@ -1,8 +1,43 @@
 """Prometheus metrics of one publisher, in its own registry (tests build many)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class TermGauges(Collector):
+    """``publisher_lag_seconds`` and ``publisher_checkpoint_age_seconds``: what a
+    leadership term measures, exported only while this instance leads.
+
+    A standby (or a former leader) has no stream to measure: the series are absent, not 0
+    (which reads as "no lag") nor NaN (which ``sum``/``avg`` spread into the result and a
+    stat panel shows as "NaN"). Absent, Prometheus marks them stale at the next scrape:
+    ``max(publisher_lag_seconds)`` and an alert on it see the leader alone, and a
+    per-instance panel shows a gap where an instance stood by."""
+
+    def __init__(self) -> None:
+        self.leading = False
+        #: set at every checkpoint interval of the term; 0 until the first
+        self.lag = 0.0
+        self.checkpoint_age: Callable[[], float] = lambda: 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "publisher_lag_seconds",
+            "End-to-end lag: acknowledgement time minus clusterTime of the newest change "
+            "acknowledged (0 when idle); only while leading",
+        )
+        age = GaugeMetricFamily(
+            "publisher_checkpoint_age_seconds",
+            "Seconds since the last checkpoint of this term; only while leading",
+        )
+        if self.leading:
+            lag.add_metric([], self.lag)
+            age.add_metric([], self.checkpoint_age())
+        yield lag
+        yield age
 
 
 class PublisherMetrics:
@@ -36,15 +71,8 @@ class PublisherMetrics:
         self.history_lost = Counter(
             "publisher_history_lost", "Resume points no longer in the change history", registry=r
         )
-        self.lag = Gauge(
-            "publisher_lag_seconds",
-            "End-to-end lag: acknowledgement time minus clusterTime of the newest change "
-            "acknowledged (0 when idle)",
-            registry=r,
-        )
-        self.checkpoint_age = Gauge(
-            "publisher_checkpoint_age_seconds", "Seconds since the last checkpoint", registry=r
-        )
+        self.term = TermGauges()
+        r.register(self.term)
         self.in_flight = Gauge(
             "publisher_in_flight", "Records sent and not yet acknowledged", registry=r
         )
@@ -60,6 +88,19 @@ class PublisherMetrics:
         ready: Callable[[], float],
     ) -> None:
         """Gauges read at scrape time from the running publisher."""
-        self.checkpoint_age.set_function(checkpoint_age)
+        self.term.checkpoint_age = checkpoint_age
         self.in_flight.set_function(in_flight)
         self.ready.set_function(ready)
+
+    def lead(self, epoch: int) -> None:
+        """A term begins: leader, its epoch, and the term's gauges (lag 0 until measured)."""
+        self.leader.set(1)
+        self.epoch.set(epoch)
+        self.term.lag = 0.0
+        self.term.leading = True
+
+    def stand_by(self) -> None:
+        """The term ended (lease lost, fenced, stopped): the term's gauges go."""
+        self.leader.set(0)
+        self.epoch.set(0)
+        self.term.leading = False

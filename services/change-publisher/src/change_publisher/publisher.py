@@ -359,7 +359,7 @@ class Publisher:
         finally:
             self.role = Role.STOPPED
             self.streaming = False
-            self.metrics.leader.set(0)
+            self.metrics.stand_by()
             with contextlib.suppress(Exception):
                 await self._producer.stop(self.options.stop_drain_seconds)
             self._log.info("publisher stopped")
@@ -433,8 +433,9 @@ class Publisher:
         self._lease = lease
         self.epoch = lease.epoch
         self.role = Role.LEADER
-        self.metrics.leader.set(1)
-        self.metrics.epoch.set(lease.epoch)
+        # this term's age starts with its stream, not at a checkpoint of an earlier term
+        self._checkpoint_age_from = None
+        self.metrics.lead(lease.epoch)
         self._log.info("leading", epoch=lease.epoch)
         guard = LeaderGuard(self.options.lease_ttl, granted_at)
         term = asyncio.create_task(self._term(lease, guard))
@@ -460,8 +461,7 @@ class Publisher:
             delivery = self._delivery
             self.streaming = False
             self._delivery = None
-            self.metrics.leader.set(0)
-            self.metrics.epoch.set(0)
+            self.metrics.stand_by()
         if abandoned is not None:
             await self._give_up(abandoned, lease)
         fenced, self._fence = self._fence, None
@@ -898,9 +898,9 @@ class Publisher:
         for kind, count in acked.items():
             self.metrics.events.labels(kind).inc(count)
         if acked and delivery.tracker.safe_change_time:
-            self.metrics.lag.set(max(0.0, time.time() - delivery.tracker.safe_change_time))
+            self.metrics.term.lag = max(0.0, time.time() - delivery.tracker.safe_change_time)
         elif delivery.tracker.settled:
-            self.metrics.lag.set(0)
+            self.metrics.term.lag = 0.0
 
     # -- snapshots ----------------------------------------------------------------------
 

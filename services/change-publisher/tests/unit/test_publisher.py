@@ -351,6 +351,34 @@ async def test_standby_takes_over_when_the_leader_is_cut_off(
     assert [g.holder for g in leases.grants] == ["a", "b"]
 
 
+async def test_a_leader_that_loses_its_lease_stops_reporting_its_lag_and_checkpoint_age(
+    database: MemoryDatabase, make_publisher: PublisherFactory, leases: MemoryLeaseStore
+) -> None:
+    """A former leader's lag and checkpoint age describe a stream it no longer reads: shown
+    beside the new leader's they misled the dashboard, and the lag alert needed a guard.
+    A standby exports neither series (absent, not 0: 0 would read as "no lag")."""
+    leader = make_publisher(producer=MemoryProducer(), instance="a", lease_ttl=1.0)
+    standby = make_publisher(producer=MemoryProducer(), instance="b", lease_ttl=1.0)
+    tasks = [asyncio.create_task(leader.run())]
+    await eventually(lambda: leader.ready)
+    tasks.append(asyncio.create_task(standby.run()))
+    await eventually(lambda: standby.role is Role.STANDBY)
+    term_series = ("publisher_lag_seconds", "publisher_checkpoint_age_seconds")
+
+    def reported(publisher: Publisher) -> list[float | None]:
+        return [publisher.metrics.registry.get_sample_value(name) for name in term_series]
+
+    assert reported(standby) == [None, None]
+    database.insert(SLOTS, Docs.slot("s1"))
+    await eventually(lambda: (reported(leader)[0] or 0.0) > 0)
+    leases.cut_off("a")
+    await eventually(lambda: standby.role is Role.LEADER, within=5)
+    assert reported(leader) == [None, None]
+    assert None not in reported(standby)
+    for publisher, task in zip((leader, standby), tasks, strict=True):
+        await stop(publisher, task)
+
+
 async def test_latest_start_is_pinned_so_a_failure_before_any_ack_loses_nothing(
     database: MemoryDatabase, make_publisher: PublisherFactory
 ) -> None:

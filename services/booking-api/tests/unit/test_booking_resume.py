@@ -8,13 +8,11 @@ retry does then, with the memory store failing on demand.
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo.errors import AutoReconnect
 
-from booking_api import service as service_module
 from booking_api.domain.errors import Conflict
 from booking_api.service import BookingService
 from slotstream_contracts.auth import Principal, Role
@@ -29,16 +27,7 @@ ALAN = Principal(sub="s2", role=Role.STUDENT, name="Alan")
 LIMIT = 20
 
 
-@pytest.fixture(autouse=True)
-def no_read_back_pauses() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service_module, "BOOKING_READ_BACK_PAUSES", (0.0, 0.0, 0.0))
-        yield
-
-
-@pytest.fixture
-def flaky() -> FlakyStorage:
-    return FlakyStorage()
+pytestmark = pytest.mark.usefixtures("no_read_back_pauses")
 
 
 @pytest.fixture

@@ -115,11 +115,6 @@ class FlakyStorage(MemoryStorage):
 
 
 @pytest.fixture
-def flaky() -> FlakyStorage:
-    return FlakyStorage()
-
-
-@pytest.fixture
 def storage(flaky: FlakyStorage) -> Storage:
     return flaky
 

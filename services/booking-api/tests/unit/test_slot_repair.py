@@ -19,7 +19,6 @@ from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from booking_api import service as service_module
 from booking_api.app import create_app
 from booking_api.config import Settings
 from booking_api.domain.repair import SlotCursor
@@ -37,6 +36,8 @@ AuthHeaders = Callable[..., dict[str, str]]
 Future = Callable[..., str]
 GRACE = 120.0
 
+pytestmark = pytest.mark.usefixtures("no_read_back_pauses")
+
 
 @dataclass
 class Clock:
@@ -46,18 +47,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.ahead
-
-
-@pytest.fixture(autouse=True)
-def no_read_back_pauses() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service_module, "BOOKING_READ_BACK_PAUSES", (0.0, 0.0, 0.0))
-        yield
-
-
-@pytest.fixture
-def flaky() -> FlakyStorage:
-    return FlakyStorage()
 
 
 @pytest.fixture

@@ -328,6 +328,10 @@ class Publisher:
         return 0.0 if since is None else time.monotonic() - since
 
     def status(self) -> dict[str, Any]:
+        """What ``/readyz`` and ``/healthz`` show. ``checkpointAgeSeconds`` is null unless
+        this instance leads: the same condition as ``publisher_checkpoint_age_seconds``
+        (a standby's last-term age describes a stream it no longer reads)."""
+        leading = self.metrics.term.leading
         return {
             "instance": self.options.instance_id,
             "role": self.role.value,
@@ -335,7 +339,7 @@ class Publisher:
             "ready": self.ready,
             "streaming": self.streaming,
             "inFlight": self.in_flight,
-            "checkpointAgeSeconds": round(self._checkpoint_age(), 3),
+            "checkpointAgeSeconds": round(self._checkpoint_age(), 3) if leading else None,
         }
 
     # -- lifecycle ----------------------------------------------------------------------

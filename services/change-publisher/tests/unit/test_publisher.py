@@ -366,14 +366,16 @@ async def test_a_leader_that_loses_its_lease_stops_reporting_its_lag_and_checkpo
     term_series = ("publisher_lag_seconds", "publisher_checkpoint_age_seconds")
 
     def reported(publisher: Publisher) -> list[float | None]:
-        return [publisher.metrics.registry.get_sample_value(name) for name in term_series]
+        """The term's series, and the checkpoint age /readyz and /healthz show."""
+        scraped = [publisher.metrics.registry.get_sample_value(name) for name in term_series]
+        return [*scraped, publisher.status()["checkpointAgeSeconds"]]
 
-    assert reported(standby) == [None, None]
+    assert reported(standby) == [None, None, None]
     database.insert(SLOTS, Docs.slot("s1"))
     await eventually(lambda: (reported(leader)[0] or 0.0) > 0)
     leases.cut_off("a")
     await eventually(lambda: standby.role is Role.LEADER, within=5)
-    assert reported(leader) == [None, None]
+    assert reported(leader) == [None, None, None]
     assert None not in reported(standby)
     for publisher, task in zip((leader, standby), tasks, strict=True):
         await stop(publisher, task)

@@ -31,12 +31,19 @@ log = structlog.get_logger("booking_api.app")
 
 def _open_storage(settings: Settings) -> Storage:
     if settings.storage == "memory":
-        return MemoryStorage(settings.mongo_db)
+        return _memory_storage(settings)
     from booking_api.adapters.mongo import MongoStorage
 
     return MongoStorage(
-        settings.mongo_url.get_secret_value(), settings.mongo_db, settings.mongo_timeout_ms
+        settings.mongo_url.get_secret_value(),
+        settings.mongo_db,
+        settings.mongo_timeout_ms,
+        notification_retention=settings.notification_retention,
     )
+
+
+def _memory_storage(settings: Settings) -> MemoryStorage:
+    return MemoryStorage(settings.mongo_db, notification_retention=settings.notification_retention)
 
 
 def create_app(
@@ -67,7 +74,7 @@ def create_app(
         return Runtime(settings, store, service, memory, ticket_store_for(store))
 
     # The memory store needs no I/O to open, so it is ready without a lifespan (ASGI tests).
-    given = storage or (MemoryStorage(settings.mongo_db) if settings.storage == "memory" else None)
+    given = storage or (_memory_storage(settings) if settings.storage == "memory" else None)
     if given is not None:
         parts.runtime = wire(given)
 

@@ -14,6 +14,7 @@ from booking_api.domain.repair import (
     GRACE_MARGIN_SECONDS,
     minimum_grace_seconds,
 )
+from booking_api.ports import DEFAULT_NOTIFICATION_RETENTION
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import (
     DEFAULT_KEEP_ALIVE_SECONDS,
@@ -98,11 +99,24 @@ class Settings(BaseSettings):
     repair_batch: int = Field(
         default=100, ge=1, le=10_000, description="booked slots the repair reads per run"
     )
+    notification_retention_days: int = Field(
+        default=DEFAULT_NOTIFICATION_RETENTION.days,
+        ge=1,
+        # MongoDB's largest expireAfterSeconds is 2^31 - 1 seconds.
+        le=(2**31 - 1) // (24 * 3600),
+        description="Days a notification is kept (from its creation); then MongoDB's TTL "
+        "index deletes it and users no longer see it. A change takes effect at the next "
+        "start",
+    )
     idempotency_max_keys_per_user: int = Field(
         default=1_000,
         ge=1,
         description="unexpired Idempotency-Keys one user may hold; a new one beyond: 429",
     )
+
+    @property
+    def notification_retention(self) -> timedelta:
+        return timedelta(days=self.notification_retention_days)
 
     @property
     def repair_grace(self) -> timedelta:

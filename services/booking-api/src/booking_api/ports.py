@@ -10,7 +10,7 @@ against both.
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
@@ -25,6 +25,9 @@ from slotstream_contracts.documents import (
     UtcDatetime,
 )
 from slotstream_contracts.entities import Audience
+
+#: How long a notification is kept when ``BOOKING_API_NOTIFICATION_RETENTION_DAYS`` is unset.
+DEFAULT_NOTIFICATION_RETENTION = timedelta(days=90)
 
 
 class DuplicateKey(Exception):
@@ -167,9 +170,11 @@ class NotificationRepository(Protocol):
         """Store a new notification; ``DuplicateKey`` when the id is taken."""
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience, now: datetime
     ) -> list[NotificationDocument]:
-        """The user's notifications for ``audience`` (and those without one), newest first."""
+        """The user's notifications for ``audience`` (and those without one), newest first;
+        none older than the store's retention at ``now`` (expired ones are deleted: in
+        MongoDB by a TTL index, whose monitor runs about once a minute)."""
 
     async def mark_read(
         self, notification_id: str, user_id: str, *, audience: Audience

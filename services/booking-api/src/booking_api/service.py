@@ -544,7 +544,11 @@ class BookingService:
         self, principal: Principal, limit: int, unread_only: bool
     ) -> list[NotificationDocument]:
         return await self._storage.notifications.list_for_user(
-            principal.user_id, limit, unread_only, audience=authz.audience_of(principal)
+            principal.user_id,
+            limit,
+            unread_only,
+            audience=authz.audience_of(principal),
+            now=self.now(),
         )
 
     async def mark_read(self, principal: Principal, notification_id: str) -> NotificationDocument:

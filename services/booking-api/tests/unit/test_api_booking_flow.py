@@ -1,12 +1,14 @@
 """The API end to end on the memory backend: every route's success path and its errors."""
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from booking_api.adapters.memory import MemoryStorage
+from booking_api.app import create_app
+from booking_api.config import Settings
 from slotstream_contracts.documents import SLOTS, SlotDocument
 
 from .test_api_idempotency import setup_slot
@@ -287,6 +289,26 @@ async def test_notifications_are_private_and_marked_read(
     assert (read.json()["read"], read.json()["version"]) == (True, 2)
     unread = await client.get("/api/users/me/notifications?unread=true", headers=auth("s1"))
     assert unread.json() == []
+
+
+async def test_notifications_are_kept_for_the_retention_period(
+    settings: Settings, auth: AuthHeaders, future: Future
+) -> None:
+    """``BOOKING_API_NOTIFICATION_RETENTION_DAYS`` reaches the store the settings open."""
+    now = [datetime.now(UTC)]
+    kept_a_day = settings.model_copy(update={"notification_retention_days": 1})
+    app = create_app(kept_a_day, clock=lambda: now[0])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://booking") as client:
+        await make_instructor(client, auth)
+        slot = await make_slot(client, auth, future)
+        await client.post("/api/bookings", json={"slotId": slot["id"]}, headers=auth("s1"))
+        now[0] += timedelta(hours=23)
+        assert (
+            len((await client.get("/api/users/me/notifications", headers=auth("s1"))).json()) == 1
+        )
+        now[0] += timedelta(hours=1, seconds=1)
+        assert (await client.get("/api/users/me/notifications", headers=auth("s1"))).json() == []
 
 
 @pytest.mark.parametrize(

@@ -55,8 +55,13 @@ async def bookings_of_grace(flaky: FlakyStorage) -> list[BookingDocument]:
 
 async def notes(flaky: FlakyStorage) -> list[NotificationDocument]:
     """Every notification of Grace and of Ada."""
-    student = await flaky.notifications.list_for_user("s1", 50, False, audience=Audience.STUDENT)
-    teacher = await flaky.notifications.list_for_user("i1", 50, False, audience=Audience.INSTRUCTOR)
+    now = datetime.now(UTC)
+    student = await flaky.notifications.list_for_user(
+        "s1", 50, False, audience=Audience.STUDENT, now=now
+    )
+    teacher = await flaky.notifications.list_for_user(
+        "i1", 50, False, audience=Audience.INSTRUCTOR, now=now
+    )
     return student + teacher
 
 

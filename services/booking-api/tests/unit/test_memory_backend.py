@@ -1,12 +1,13 @@
-"""What only the memory backend does: record every domain write as a change event."""
+"""What only the memory backend does: record every domain write as a change event, and
+delete expired notifications as MongoDB's TTL monitor does."""
 
 from datetime import UTC, datetime, timedelta
 
 from booking_api.adapters.memory import MemoryStorage
 from booking_api.ports import IdempotencyRecord
 from slotstream_contracts.changes import OperationType
-from slotstream_contracts.documents import SlotDocument
-from slotstream_contracts.entities import SlotStatus
+from slotstream_contracts.documents import NOTIFICATIONS, NotificationDocument, SlotDocument
+from slotstream_contracts.entities import Audience, NotificationKind, SlotStatus
 
 NOW = datetime(2026, 5, 4, 12, 0, 0, 999999, tzinfo=UTC)
 
@@ -84,3 +85,44 @@ async def test_documents_are_copies_with_bson_precision() -> None:
     assert current is not None
     assert current.status is SlotStatus.AVAILABLE
     assert at == event.cluster_time
+
+
+def notification(note_id: str, created_at: datetime) -> NotificationDocument:
+    return NotificationDocument(
+        id=note_id,
+        user_id="u1",
+        audience=Audience.STUDENT,
+        kind=NotificationKind.BOOKING_CREATED,
+        message="booked",
+        booking_id="b1",
+        slot_id="s1",
+        version=1,
+        created_at=created_at,
+    )
+
+
+async def test_expired_notifications_are_deleted_like_the_ttl_index_does() -> None:
+    """Deleted, not only hidden: a demo that runs for weeks does not keep every
+    notification in its memory, and the publisher reads the same ``delete`` changes from
+    ``/internal/changes`` as MongoDB's change stream shows for a TTL deletion."""
+    store = MemoryStorage(notification_retention=timedelta(days=7))
+    notes = store.notifications
+    await notes.insert(notification("n1", NOW))
+    await notes.insert(notification("n2", NOW + timedelta(days=3)))
+    # a write sweeps too (by its own creation time): a store only written to stays bounded
+    await notes.insert(notification("n3", NOW + timedelta(days=8)))
+    assert len(store.collections[NOTIFICATIONS]) == 2
+    read_at = NOW + timedelta(days=10, seconds=1)
+    listed = await notes.list_for_user("u1", 10, False, audience=Audience.STUDENT, now=read_at)
+    assert [n.id for n in listed] == ["n3"]
+    assert len(store.collections[NOTIFICATIONS]) == 1
+    assert await notes.mark_read("n2", "u1", audience=Audience.STUDENT) is None
+    deletes = [
+        (e.ns.coll, e.document_key, e.full_document)
+        for e in store.changelog.read_after(None)
+        if e.operation_type is OperationType.DELETE
+    ]
+    assert deletes == [
+        (NOTIFICATIONS, {"_id": "n1"}, None),
+        (NOTIFICATIONS, {"_id": "n2"}, None),
+    ]

@@ -26,6 +26,14 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.log.level == "WARNING"
 
 
+def test_notifications_are_kept_90_days_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    assert Settings().notification_retention.days == 90
+    monkeypatch.setenv("BOOKING_API_NOTIFICATION_RETENTION_DAYS", "0")
+    with pytest.raises(ValidationError, match="notification_retention_days"):
+        Settings()
+
+
 @pytest.mark.parametrize(
     ("secret", "message"),
     [

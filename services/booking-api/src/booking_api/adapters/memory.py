@@ -11,6 +11,10 @@
   stream event (``fullDocument`` = the stored document), which the change-publisher reads
   through ``/internal/changes``. Idempotency records are bookkeeping, not domain data, so
   they are not recorded (the publisher's Mongo change streams do not watch them either).
+- Notifications older than the retention are deleted, as MongoDB's TTL index does: swept
+  at every insert and read of notifications (so reads never show one, and a process that
+  only writes stays bounded), each deletion recorded as a ``delete`` change without
+  documents, as a TTL deletion shows in a change stream.
 """
 
 import asyncio
@@ -23,6 +27,7 @@ from typing import Any
 
 from booking_api.domain.repair import SlotCursor
 from booking_api.ports import (
+    DEFAULT_NOTIFICATION_RETENTION,
     DuplicateKey,
     IdempotencyQuotaExceeded,
     IdempotencyRecord,
@@ -457,20 +462,29 @@ class MemoryBookings:
 
 
 class MemoryNotifications:
-    def __init__(self, collection: MemoryCollection) -> None:
+    """Notifications by id, each user's ids (the ``userId`` index), and the creation order
+    (a heap), from which expired ones are swept."""
+
+    def __init__(self, collection: MemoryCollection, retention: timedelta) -> None:
         self._c = collection
-        self._by_user: dict[str, list[str]] = {}
+        self._retention = retention
+        self._by_user: dict[str, dict[str, None]] = {}  # ordered sets of ids
+        self._created: list[tuple[datetime, str]] = []  # a heap
 
     async def insert(self, notification: NotificationDocument) -> None:
         await asyncio.sleep(0)
-        self._c.insert(notification.to_document())
-        self._by_user.setdefault(notification.user_id, []).append(notification.id)
+        # Swept by the new notification's time: the service writes it with its clock's now.
+        self._sweep(notification.created_at)
+        stored = self._c.insert(notification.to_document())
+        self._by_user.setdefault(notification.user_id, {})[notification.id] = None
+        heapq.heappush(self._created, (stored["createdAt"], notification.id))
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience, now: datetime
     ) -> list[NotificationDocument]:
         await asyncio.sleep(0)
-        docs = [self._c.peek(i) for i in self._by_user.get(user_id, [])]
+        self._sweep(now)
+        docs = [self._c.peek(i) for i in self._by_user.get(user_id, {})]
         newest = sorted(
             (
                 d
@@ -496,6 +510,21 @@ class MemoryNotifications:
             if doc is None or not owned(doc):
                 return None
         return NotificationDocument.model_validate(doc)
+
+    def _sweep(self, now: datetime) -> None:
+        """Delete every notification created at or before ``now`` - retention (what MongoDB
+        reads as expired: ``createdAt`` + ``expireAfterSeconds`` is past)."""
+        cutoff = bson_value(now - self._retention)
+        while self._created and self._created[0][0] <= cutoff:
+            _, note_id = heapq.heappop(self._created)
+            stored = self._c.peek(note_id)
+            if stored is None:
+                continue
+            held = self._by_user[stored["userId"]]
+            del held[note_id]
+            if not held:
+                del self._by_user[stored["userId"]]
+            self._c.delete(note_id)
 
 
 def _for_audience(document: dict[str, Any], audience: Audience) -> bool:
@@ -589,7 +618,13 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 class MemoryStorage:
     """All repositories over one change log, like collections of one database."""
 
-    def __init__(self, db: str = "slotstream", retain_changes: int = 200_000) -> None:
+    def __init__(
+        self,
+        db: str = "slotstream",
+        retain_changes: int = 200_000,
+        *,
+        notification_retention: timedelta = DEFAULT_NOTIFICATION_RETENTION,
+    ) -> None:
         # updateLookup as Mongo does it: an update event carries the document as it is read.
         self.changelog = MemoryChangeLog(db, retain=retain_changes, lookup=self._current)
         self.collections = {
@@ -606,7 +641,9 @@ class MemoryStorage:
         self._instructors = MemoryInstructors(self.collections[INSTRUCTORS])
         self._slots = MemorySlots(self.collections[SLOTS])
         self._bookings = MemoryBookings(self.collections[BOOKINGS])
-        self._notifications = MemoryNotifications(self.collections[NOTIFICATIONS])
+        self._notifications = MemoryNotifications(
+            self.collections[NOTIFICATIONS], notification_retention
+        )
         self._idempotency = MemoryIdempotency(self.collections[IDEMPOTENCY])
 
     def _current(self, collection: str, doc_id: str) -> Document | None:

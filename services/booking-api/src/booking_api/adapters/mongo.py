@@ -5,7 +5,9 @@
   (``timeoutMS``), so a sick database turns into a quick 503, not a hung request.
 - ``start()`` creates the indexes, without the per-operation timeout (an index build on
   a large collection takes longer; see ``index_builds``); ``create_index`` is a no-op
-  when the same index exists, so every replica can run it at every start-up.
+  when the same index exists, so every replica can run it at every start-up. The one
+  index whose options follow a setting (the notifications' TTL index, the retention) is
+  changed in place when the setting changed (``_keep_notifications``).
 - State moves are ``find_one_and_update`` with the expected state in the filter: the
   compare-and-set the booking service relies on.
 """
@@ -15,21 +17,29 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
 
 import pymongo
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, _csot
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidURI, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    InvalidURI,
+    OperationFailure,
+    PyMongoError,
+)
 from pymongo.read_concern import ReadConcern
 from pymongo.uri_parser import parse_userinfo, split_options
 from pymongo.write_concern import WriteConcern
 
 from booking_api.domain.repair import SlotCursor
 from booking_api.ports import (
+    DEFAULT_NOTIFICATION_RETENTION,
     DuplicateKey,
     IdempotencyQuotaExceeded,
     IdempotencyRecord,
@@ -55,6 +65,16 @@ SCHEDULE_GUARDS = "scheduleGuards"
 _LIVE = {"status": {"$in": [SlotStatus.AVAILABLE.value, SlotStatus.BOOKED.value]}}
 _AFTER = ReturnDocument.AFTER
 _T = TypeVar("_T")
+#: The notifications' TTL index: MongoDB deletes a notification ``expireAfterSeconds`` after
+#: its ``createdAt``.
+NOTIFICATION_TTL: Final = "createdAt_ttl"
+#: MongoDB's error codes: an index of that name exists with other options; not allowed;
+#: no such index (another replica dropped it first).
+_INDEX_OPTIONS_CONFLICT: Final = 85
+_UNAUTHORIZED: Final = 13
+_INDEX_NOT_FOUND: Final = 27
+
+log = structlog.get_logger("booking_api.mongo")
 
 
 class MongoInstructors:
@@ -314,8 +334,9 @@ class MongoBookings:
 
 
 class MongoNotifications:
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
+    def __init__(self, collection: AsyncCollection[Document], retention: timedelta) -> None:
         self._c = collection
+        self._retention = retention
 
     async def insert(self, notification: NotificationDocument) -> None:
         try:
@@ -324,9 +345,15 @@ class MongoNotifications:
             raise DuplicateKey(str(exc)) from None
 
     async def list_for_user(
-        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience
+        self, user_id: str, limit: int, unread_only: bool, *, audience: Audience, now: datetime
     ) -> list[NotificationDocument]:
-        query: Document = {"userId": user_id, "audience": _audience(audience)}
+        # The TTL monitor deletes expired notifications about once a minute (later under
+        # load): until then they are left out here, so the period holds to the second.
+        query: Document = {
+            "userId": user_id,
+            "audience": _audience(audience),
+            "createdAt": {"$gt": now - self._retention},
+        }
         if unread_only:
             query["read"] = False
         cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
@@ -482,7 +509,14 @@ def connection_string_problem(url: str, timeout_ms: int) -> str | None:
 
 
 class MongoStorage:
-    def __init__(self, url: str, db: str, timeout_ms: int = 5_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        db: str,
+        timeout_ms: int = 5_000,
+        *,
+        notification_retention: timedelta = DEFAULT_NOTIFICATION_RETENTION,
+    ) -> None:
         self._client = _client(url, timeout_ms)
         self._db: AsyncDatabase[Document] = self._client.get_database(
             db,
@@ -492,7 +526,8 @@ class MongoStorage:
         self._instructors = MongoInstructors(self._db[INSTRUCTORS])
         self._slots = MongoSlots(self._client, self._db[SLOTS], self._db[SCHEDULE_GUARDS])
         self._bookings = MongoBookings(self._db[BOOKINGS])
-        self._notifications = MongoNotifications(self._db[NOTIFICATIONS])
+        self._notification_ttl = math.ceil(notification_retention.total_seconds())
+        self._notifications = MongoNotifications(self._db[NOTIFICATIONS], notification_retention)
         self._idempotency = MongoIdempotency(self._db[IDEMPOTENCY])
 
     @property
@@ -555,8 +590,51 @@ class MongoStorage:
         await db[BOOKINGS].create_index([("studentId", ASCENDING), ("createdAt", DESCENDING)])
         await db[BOOKINGS].create_index([("instructorId", ASCENDING), ("createdAt", DESCENDING)])
         await db[NOTIFICATIONS].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._keep_notifications()
         await db[IDEMPOTENCY].create_index("expiresAt", expireAfterSeconds=0)
         await db[IDEMPOTENCY].create_index([("userId", ASCENDING), ("expiresAt", ASCENDING)])
+
+    async def _keep_notifications(self) -> None:
+        """The TTL index that deletes notifications after the retention period, with the
+        period of this start's setting.
+
+        MongoDB refuses ``createIndexes`` for an index that exists with another
+        ``expireAfterSeconds`` (IndexOptionsConflict): the period was changed, so the index
+        is changed with ``collMod``, in place and at once. The deployment's ``booking-api``
+        user has the ``readWrite`` role, which may not run ``collMod`` (Unauthorized) but
+        may drop and create indexes: then the index is dropped and built again (a scan of
+        the collection; nothing expires meanwhile). Replicas starting together with one
+        setting end with that period whatever order their commands arrive in; with
+        different settings, the last to start wins."""
+        notifications = self._db[NOTIFICATIONS]
+        seconds = self._notification_ttl
+
+        async def create() -> None:
+            await notifications.create_index(
+                [("createdAt", ASCENDING)], name=NOTIFICATION_TTL, expireAfterSeconds=seconds
+            )
+
+        try:
+            await create()
+            return
+        except OperationFailure as exc:
+            if exc.code != _INDEX_OPTIONS_CONFLICT:
+                raise
+        change = {"name": NOTIFICATION_TTL, "expireAfterSeconds": seconds}
+        try:
+            await self._db.command({"collMod": NOTIFICATIONS, "index": change})
+            how = "collMod"
+        except OperationFailure as exc:
+            if exc.code != _UNAUTHORIZED:
+                raise
+            try:
+                await notifications.drop_index(NOTIFICATION_TTL)
+            except OperationFailure as drop_failed:
+                if drop_failed.code != _INDEX_NOT_FOUND:
+                    raise
+            await create()
+            how = "rebuilt"
+        log.info("notification retention changed", expire_after_seconds=seconds, how=how)
 
     async def ping(self) -> bool:
         try:

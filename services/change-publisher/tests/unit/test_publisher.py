@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 from aiokafka.errors import KafkaConnectionError
 from bson import Binary
 
@@ -770,3 +771,32 @@ async def test_the_checkpoint_age_grows_while_no_checkpoint_can_be_saved(
     await asyncio.sleep(0.5)
     assert publisher.status()["checkpointAgeSeconds"] >= 0.3
     await stop(publisher, task)
+
+
+async def test_notifications_deleted_by_the_ttl_index_reach_nobody(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    """The booking-api's TTL index deletes notifications older than the retention: each
+    deletion is a ``delete`` change, with the notification as it was when the collection
+    has pre-images (as deployed) and without it otherwise. Users were told of it long ago:
+    nothing is produced (no event, no dead letter for ``PublisherDeadLetters`` to count),
+    nothing is logged, and the checkpoint moves past the deletions."""
+    # Written (and published) long before this run of the publisher.
+    database.collections.setdefault(NOTIFICATIONS, {}).update(
+        n1=Docs.notification("n1", "u1"), n2=Docs.notification("n2", "u2")
+    )
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(publisher.run())
+        await eventually(lambda: publisher.ready and publisher.role is Role.LEADER)
+        database.delete(NOTIFICATIONS, "n1", pre_image=True)
+        last = database.delete(NOTIFICATIONS, "n2", pre_image=False)
+        await eventually(
+            lambda: (c := publisher.last_checkpoint) is not None and c.token == last.token
+        )
+        await stop(publisher, task)
+    assert producer.records == []
+    assert publisher.metrics.dead_letters._value.get() == 0
+    assert publisher.metrics.skipped._value.get() == 2
+    assert [e for e in logs if e["log_level"] in ("warning", "error", "critical")] == []

@@ -18,7 +18,9 @@ Decisions written down here:
   its cancellation.
 - Notifications publish ``notification.created`` on insert only. Updates (the ``read``
   flag) and deletes are skipped: the notifications topic carries new notifications, and the
-  read state belongs to the user's own session (the API returns it).
+  read state belongs to the user's own session (the API returns it). Deletes are the
+  booking-api's TTL index expiring notifications past the retention, by the thousand:
+  skipped without a log line or a dead letter.
 - Bookings are private: a booking names its student, so its event goes only to the
   private channels of the two people it concerns (``records.encode_records``: one record
   keyed by the instructor, one keyed by the student, on the notifications topic), never

@@ -316,7 +316,8 @@ async def my_notifications(
     limit: Limit = 50,
     unread: Annotated[bool, Query(description="only unread ones")] = False,
 ) -> Response:
-    """The caller's notifications, newest first."""
+    """The caller's notifications, newest first: those of the retention period
+    (`BOOKING_API_NOTIFICATION_RETENTION_DAYS`, 90 days unless set); older ones are deleted."""
     found = await service.notifications_of(principal, limit, unread)
     return list_response([n.to_data() for n in found], NotificationData)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from slotstream_contracts import topics
+from slotstream_contracts import documents, topics
 from tests.deploy.support import REPO
 
 pytestmark = pytest.mark.deploy
@@ -304,9 +304,10 @@ def test_authenticates_and_creates_one_least_privilege_user_per_service(
     users = {call[1]["user"]: call[1] for call in calls_named(calls, "createUser")}
     assert set(users) == {"booking-api", "change-publisher"}
     assert users["booking-api"]["pwd"] == "api-pw"
-    assert users["booking-api"]["roles"] == [{"role": "readWrite", "db": "slotstream"}]
-    (role,) = [call[1] for call in calls_named(calls, "createRole")]
-    assert users["change-publisher"]["roles"] == [{"role": role["role"], "db": "admin"}]
+    roles = {call[1]["role"]: call[1] for call in calls_named(calls, "createRole")}
+    (publisher_grant,) = users["change-publisher"]["roles"]
+    assert publisher_grant["db"] == "admin"
+    role = roles[publisher_grant["role"]]
     by_collection = {p["resource"]["collection"]: p["actions"] for p in role["privileges"]}
     # The publisher reads the whole database (change streams, snapshots) …
     assert sorted(by_collection[""]) == ["changeStream", "find"]
@@ -333,6 +334,73 @@ def test_existing_users_get_the_current_password(tmp_path: Path) -> None:
         "booking-api": "api-pw",
         "change-publisher": "publisher-pw",
     }
+
+
+def defined(calls: list[list[Any]], create: str, update: str, key: str, name: str) -> list[Any]:
+    """[position, definition] of each call that creates (`create`, named by its `key`) or
+    updates (`update`, named by its first argument) `name`: both set the whole definition."""
+    return [
+        [position, call[1] if call[0] == create else call[2]]
+        for position, call in enumerate(calls)
+        if (call[0] == create and call[1][key] == name) or (call[0] == update and call[1] == name)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("users", "roles"),
+    [
+        pytest.param([], [], id="fresh"),
+        pytest.param(
+            ["booking-api", "change-publisher"], ["slotstreamChangePublisher"], id="upgrade"
+        ),
+        pytest.param(
+            ["booking-api", "change-publisher"],
+            ["slotstreamChangePublisher", "slotstreamBookingApi"],
+            id="rerun",
+        ),
+    ],
+)
+def test_booking_api_may_change_only_the_notifications_ttl(
+    tmp_path: Path, users: list[str], roles: list[str]
+) -> None:
+    """booking-api changes the TTL index's expireAfterSeconds in place with `collMod`
+    (readWrite may not); nothing more: no dbAdmin, no collMod on another collection. An
+    upgrade (users from before this role) and a re-run get it too, without createRole on
+    an existing role (MongoDB refuses that)."""
+    write_passwords(tmp_path)
+    exit_code, calls = run_init(
+        users=users,
+        roles=roles,
+        env={
+            "SLOTSTREAM_DB": "slotstream",
+            "MONGO_ADMIN_PASSWORD_FILE": str(tmp_path / "admin-password"),
+            "SERVICE_PASSWORDS_DIR": str(tmp_path),
+        },
+    )
+    assert exit_code == 0
+    created_roles = [call[1]["role"] for call in calls_named(calls, "createRole")]
+    assert not set(created_roles) & set(roles), "createRole fails for an existing role"
+    ((user_at, user),) = defined(calls, "createUser", "updateUser", "user", "booking-api")
+    grants = user["roles"]
+    read_write = {"role": "readWrite", "db": "slotstream"}
+    others = [grant for grant in grants if grant != read_write]
+    assert read_write in grants, f"booking-api gets {grants}"
+    assert len(others) == 1, f"booking-api gets {grants}: readWrite and one role for collMod"
+    (custom,) = others
+    assert custom["db"] == "admin", grants
+    definitions = defined(calls, "createRole", "updateRole", "role", custom["role"])
+    assert len(definitions) == 1, f"role {custom['role']} is defined {len(definitions)} times"
+    ((role_at, role),) = definitions
+    assert role_at < user_at, "MongoDB grants only a role that exists"
+    assert (role["privileges"], role["roles"]) == (
+        [
+            {
+                "resource": {"db": "slotstream", "collection": documents.NOTIFICATIONS},
+                "actions": ["collMod"],
+            }
+        ],
+        [],
+    )
 
 
 def test_the_primary_is_reached_with_credentials(tmp_path: Path) -> None:

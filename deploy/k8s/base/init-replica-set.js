@@ -21,7 +21,9 @@
 //                          the least privilege it needs (unset: no users)
 //
 // Users (in the admin database, authSource=admin):
-//   booking-api       readWrite on SLOTSTREAM_DB (its collections and indexes)
+//   booking-api       readWrite on SLOTSTREAM_DB (its collections and indexes), and role
+//                     slotstreamBookingApi: collMod on SLOTSTREAM_DB.notifications only, so
+//                     a changed notification retention changes the TTL index in place
 //   change-publisher  role slotstreamChangePublisher: find + changeStream on SLOTSTREAM_DB,
 //                     and writes only to its own publisher_checkpoints / publisher_leases
 
@@ -41,6 +43,7 @@ const adminPasswordFile = process.env.MONGO_ADMIN_PASSWORD_FILE || "";
 const servicePasswordsDir = process.env.SERVICE_PASSWORDS_DIR || "";
 const PUBLISHER_ROLE = "slotstreamChangePublisher";
 const PUBLISHER_OWN_COLLECTIONS = ["publisher_checkpoints", "publisher_leases"];
+const BOOKING_API_ROLE = "slotstreamBookingApi";
 
 function readSecret(path) {
   return require("fs").readFileSync(path, "utf8").trim();
@@ -125,7 +128,8 @@ function upsertUser(admin, name, roles) {
     admin.createUser({ user: name, pwd: password, roles });
     print(`slotstream: created user ${name}`);
   } else {
-    // Keeps the password in step with the secret (rotation: change the secret, rerun).
+    // Keeps the password in step with the secret (rotation: change the secret, rerun), and
+    // the roles with this script (an upgrade that adds a role: rerun).
     admin.updateUser(name, { pwd: password, roles });
   }
 }
@@ -143,7 +147,13 @@ function ensureServiceUsers(target) {
     { resource: { db: dbName, collection: "" }, actions: ["find", "changeStream"] },
     ...PUBLISHER_OWN_COLLECTIONS.map(ownCollection),
   ]);
-  upsertUser(admin, "booking-api", [{ role: "readWrite", db: dbName }]);
+  upsertRole(admin, BOOKING_API_ROLE, [
+    { resource: { db: dbName, collection: "notifications" }, actions: ["collMod"] },
+  ]);
+  upsertUser(admin, "booking-api", [
+    { role: "readWrite", db: dbName },
+    { role: BOOKING_API_ROLE, db: "admin" },
+  ]);
   upsertUser(admin, "change-publisher", [{ role: PUBLISHER_ROLE, db: "admin" }]);
 }
 

@@ -158,8 +158,9 @@ async def test_a_changed_retention_period_changes_the_existing_index(server: Ind
 
 
 async def test_without_coll_mod_rights_the_index_is_rebuilt(server: IndexServer) -> None:
-    """The deployment's ``booking-api`` user has the ``readWrite`` role, which may create
-    and drop indexes but not run ``collMod``."""
+    """A ``booking-api`` user with the ``readWrite`` role alone (a deployment whose init has
+    not run since the ``collMod`` role was added) may create and drop indexes but not run
+    ``collMod``."""
     await _start(90)
     server.may_coll_mod = False
     await _start(180)

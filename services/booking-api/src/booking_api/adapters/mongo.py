@@ -600,10 +600,11 @@ class MongoStorage:
 
         MongoDB refuses ``createIndexes`` for an index that exists with another
         ``expireAfterSeconds`` (IndexOptionsConflict): the period was changed, so the index
-        is changed with ``collMod``, in place and at once. The deployment's ``booking-api``
-        user has the ``readWrite`` role, which may not run ``collMod`` (Unauthorized) but
-        may drop and create indexes: then the index is dropped and built again (a scan of
-        the collection; nothing expires meanwhile). Replicas starting together with one
+        is changed with ``collMod``, in place and at once (the deployment's ``booking-api``
+        user has the role ``slotstreamBookingApi`` for it). A user with ``readWrite`` alone
+        (a deployment whose init has not run since) may not run ``collMod`` (Unauthorized)
+        but may drop and create indexes: then the index is dropped and built again (a scan
+        of the collection; nothing expires meanwhile). Replicas starting together with one
         setting end with that period whatever order their commands arrive in; with
         different settings, the last to start wins."""
         notifications = self._db[NOTIFICATIONS]

@@ -21,6 +21,7 @@ from push_gateway.adapters.snapshots import SnapshotNotFound, SnapshotUnavailabl
 from push_gateway.adapters.tickets import TicketRedeemer, TicketServiceUnavailable
 from push_gateway.config import Settings
 from push_gateway.domain.channel_sets import SharedChannels
+from push_gateway.domain.frames import ByeReason
 from push_gateway.domain.hub import ChannelHub
 from push_gateway.domain.limits import Admission
 from push_gateway.domain.positions import PartitionKey
@@ -305,7 +306,7 @@ class Gateway:
             connection.headers_sent = True
         connection.close("token-expired")
 
-    def _closed(self, connection: SseConnection, reason: str | None) -> None:
+    def _closed(self, connection: SseConnection, reason: ByeReason | None) -> None:
         if connection.expiry is not None:
             connection.expiry.cancel()
             connection.expiry = None

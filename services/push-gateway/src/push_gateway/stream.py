@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Final
 
 from push_gateway.adapters.sockets import release_writer, stream_writer
-from push_gateway.domain.frames import json_frame
+from push_gateway.domain.frames import ByeReason, json_frame
 from push_gateway.domain.hub import NO_READERS, Readers, Record, Writer
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.timing import next_on_grid
@@ -121,7 +121,7 @@ class SseConnection(asyncio.Protocol):
         transport: asyncio.Transport,
         channels: tuple[Channel, ...],
         partitions: dict[Channel, PartitionKey],
-        on_close: Callable[["SseConnection", str | None], None],
+        on_close: Callable[["SseConnection", ByeReason | None], None],
         on_resync: Callable[["SseConnection"], None],
         max_pending_bytes: int,
         origin: str | None,
@@ -196,7 +196,7 @@ class SseConnection(asyncio.Protocol):
         (:func:`write_catch_up`)."""
         write_catch_up(self.transport, self.output, data, max_pending_bytes)
 
-    def close(self, reason: str | None, retry_ms: int | None = None) -> None:
+    def close(self, reason: ByeReason | None, retry_ms: int | None = None) -> None:
         """Say why (when a reason is given) and close; the connection leaves the hub first."""
         if self.state is StreamState.CLOSED:
             return

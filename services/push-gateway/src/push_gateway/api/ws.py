@@ -33,6 +33,7 @@ from websockets.server import ServerProtocol
 
 from push_gateway.adapters.heartbeats import HEARTBEAT_STEPS
 from push_gateway.adapters.tickets import TicketServiceUnavailable
+from push_gateway.domain.frames import ByeReason
 from push_gateway.domain.positions import PositionError, parse_position
 from push_gateway.domain.requests import Problem, StreamRequest, readers_of
 from push_gateway.domain.ws_protocol import (
@@ -177,7 +178,7 @@ class WsSubscription(SseConnection):
             self.allowance, self.allowance_round = 0, round_
         self.allowance += len(frames)
 
-    def close(self, reason: str | None, retry_ms: int | None = None) -> None:  # noqa: ARG002
+    def close(self, reason: ByeReason | None, retry_ms: int | None = None) -> None:  # noqa: ARG002
         if self.state is StreamState.CLOSED:
             return
         self.state = StreamState.CLOSED
@@ -452,7 +453,7 @@ class WsConnection(asyncio.Protocol):
         subscription.close(None)
         self.write(json_event("unsubscribed", {"channel": op.channel}))
 
-    def subscription_ended(self, subscription: WsSubscription, reason: str | None) -> None:
+    def subscription_ended(self, subscription: WsSubscription, reason: ByeReason | None) -> None:
         """A subscription left the hub: unsubscribed, or the gateway ended it with a reason."""
         channel = subscription.channels[0]
         if self.subscriptions.get(channel) is subscription:

@@ -7,7 +7,7 @@ strings, and a payload that still contains one is refused rather than sent. A re
 is sent as it is only when it is a UTF-8 JSON object (:func:`framable`).
 """
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -17,6 +17,19 @@ from slotstream_contracts.events import EventType
 #: could not tell a quiet stream from a dead one. No ``id:`` so that it does not move the
 #: stream's resume position (an id-less frame leaves ``lastEventId`` as it was).
 HEARTBEAT: Final = b"event: heartbeat\ndata: {}\n\n"
+
+#: Every ``reason`` of the ``bye`` event that ends a stream (README "Protocol" lists each,
+#: ``tests/unit/test_protocol_docs.py`` holds the two together). A WebSocket subscription
+#: ended with one of them closes its WebSocket (``ws_protocol.CLOSE_CODE_OF_REASON``), but
+#: ``instructor-unknown``, which is an ``error`` 404 there.
+ByeReason = Literal[
+    "shutdown",
+    "slow-consumer",
+    "snapshot-unavailable",
+    "token-expired",
+    "instructor-unknown",
+    "internal-error",
+]
 
 #: ``ce_type`` header value → SSE event name (the type's family), for every data event type.
 FAMILY_OF_TYPE: Final[dict[bytes, bytes]] = {

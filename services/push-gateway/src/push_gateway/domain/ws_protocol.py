@@ -18,6 +18,8 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from push_gateway.domain.frames import ByeReason
+
 TEXT: Final = 0x1
 CLOSE: Final = 0x8
 PING: Final = 0x9
@@ -40,7 +42,7 @@ class CloseCode(IntEnum):
 
 
 #: SSE ``bye`` reasons that end a whole WebSocket, and the close code that says so.
-CLOSE_CODE_OF_REASON: Final[dict[str, CloseCode]] = {
+CLOSE_CODE_OF_REASON: Final[dict[ByeReason, CloseCode]] = {
     "shutdown": CloseCode.SHUTDOWN,
     "slow-consumer": CloseCode.SLOW_CONSUMER,
     "token-expired": CloseCode.TOKEN_EXPIRED,

@@ -199,7 +199,7 @@ async def create_slot(
     "/instructors/{instructor_id}/slots:batch",
     status_code=201,
     response_model=list[SlotData],
-    responses=AUTH_ERRORS,
+    responses=IDEMPOTENT_ERRORS,
 )
 async def create_slots(
     instructor_id: InstructorId,

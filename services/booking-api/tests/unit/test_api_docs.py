@@ -1,0 +1,94 @@
+"""The README and the OpenAPI document against what the API answers: a client is written
+from them, so every problem ``type`` the code can send is in the README's table with its
+status, and every status a route can answer is in its OpenAPI ``responses``."""
+
+import ast
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+
+import booking_api
+from booking_api.api.problems import PROBLEM_BASE, domain_problem
+from booking_api.app import create_app
+from booking_api.config import Settings
+from booking_api.domain import errors
+from slotstream_contracts.auth import JwtSettings
+
+AuthHeaders = Callable[..., dict[str, str]]
+Future = Callable[..., str]
+
+SERVICE = Path(__file__).parents[2]
+README = (SERVICE / "README.md").read_text()
+
+
+def documented_types() -> set[tuple[str, int]]:
+    """``(type, status)`` of each row of the README's problem-type table."""
+    table = README.split("**Problem types**", 1)[1].split("\n\n", 2)[1]
+    rows = re.findall(r"^\| `(urn:slotstream:problem:[a-z-]+)` \| `?(\d{3})`? \|", table, re.M)
+    return {(kind, int(status)) for kind, status in rows}
+
+
+def types_the_code_sends() -> set[tuple[str, int]]:
+    """Domain errors as the API answers them, and every ``problem(status, …, kind=…)`` call
+    of the package (read from the source: a new one cannot be missed)."""
+    found: set[tuple[str, int]] = set()
+    for _, cls in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(cls, errors.DomainError) and cls is not errors.DomainError:
+            body = orjson.loads(bytes(domain_problem(cls("x"), "/").body))
+            found.add((body["type"], body["status"]))
+    for source in Path(booking_api.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "problem"):
+                continue
+            kind = next((k.value for k in node.keywords if k.arg == "kind"), None)
+            if kind is None or ast.unparse(kind) == "kind":
+                continue  # about:blank, or domain_problem's (the domain errors above)
+            status = node.args[0]
+            assert isinstance(kind, ast.Constant), ast.unparse(node)
+            assert isinstance(kind.value, str)
+            assert isinstance(status, ast.Constant), ast.unparse(node)
+            assert isinstance(status.value, int)
+            found.add((PROBLEM_BASE + kind.value, status.value))
+    return found
+
+
+def test_every_problem_type_is_in_the_readme_with_its_status() -> None:
+    assert documented_types() == types_the_code_sends()
+
+
+async def test_every_post_with_an_idempotency_key_documents_its_429_and_503(
+    jwt_settings: JwtSettings, auth: AuthHeaders, future: Future
+) -> None:
+    """A key beyond the user's quota is ``429 idempotency-key-quota`` on every such route
+    (on main ``POST …/slots:batch`` answered it without declaring it)."""
+    settings = Settings(storage="memory", jwt=jwt_settings, idempotency_max_keys_per_user=1)
+    app = create_app(settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        instructor = auth("i1", "instructor")
+        await client.post(  # the instructor's one key
+            "/api/instructors", json={"name": "Ada"}, headers={**instructor, "Idempotency-Key": "k"}
+        )
+        batch = await client.post(
+            "/api/instructors/i1/slots:batch",
+            json={"slots": [{"start": future(days=2), "end": future(days=2, hours=1)}]},
+            headers={**instructor, "Idempotency-Key": "another"},
+        )
+        assert batch.status_code == 429
+        assert batch.json()["type"] == PROBLEM_BASE + "idempotency-key-quota"
+        spec = (await client.get("/api/openapi.json")).json()
+    keyed = {
+        f"{method.upper()} {path}": set(operation["responses"])
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+        if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
+    }
+    assert "POST /api/instructors/{instructor_id}/slots:batch" in keyed
+    assert {
+        op: {"429", "503"} - codes for op, codes in keyed.items() if {"429", "503"} - codes
+    } == {}

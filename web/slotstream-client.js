@@ -489,7 +489,11 @@ export class Subscription extends EventTarget {
 /** WebSocket close codes the gateway uses (services/push-gateway/README.md). */
 export const CloseCode = Object.freeze({
   SHUTDOWN: 1001,
+  UNSUPPORTED_DATA: 1003,
+  INVALID_DATA: 1007,
   POLICY: 1008,
+  INTERNAL_ERROR: 1011,
+  TRY_AGAIN_LATER: 1013,
   TOKEN_EXPIRED: 4001,
   PING_TIMEOUT: 4002,
   SLOW_CONSUMER: 4008,

@@ -6,12 +6,14 @@ import ast
 import inspect
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import orjson
 
 import booking_api
+from booking_api.adapters.tickets import MemoryTicketStore
 from booking_api.api.problems import PROBLEM_BASE, domain_problem
 from booking_api.app import create_app
 from booking_api.config import Settings
@@ -92,3 +94,35 @@ async def test_every_post_with_an_idempotency_key_documents_its_429_and_503(
     assert {
         op: {"429", "503"} - codes for op, codes in keyed.items() if {"429", "503"} - codes
     } == {}
+
+
+async def test_the_stream_ticket_route_documents_every_status_it_answers(
+    jwt_settings: JwtSettings, auth: AuthHeaders
+) -> None:
+    """Each status ``POST /api/stream-tickets`` answers, provoked, is in its OpenAPI entry:
+    201, 401 (no or a bad token), 413 (a body past ``max_body_bytes``: the route reads none,
+    but the middleware refuses it first) and 503 (the ticket store full). No 400: it reads
+    no body nor query. On main its entry declared 401 and 503 only."""
+    settings = Settings(storage="memory", jwt=jwt_settings)
+    app = create_app(settings)
+    runtime = app.state.parts.runtime
+    app.state.parts.runtime = replace(runtime, tickets=MemoryTicketStore(max_tickets=1))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://booking"
+    ) as client:
+        student = auth("s1")
+        url = "/api/stream-tickets"
+        answered = {
+            (await client.post(url, headers=student)).status_code,
+            (await client.post(url)).status_code,
+            (await client.post(url, headers={"Authorization": "Bearer a.b.c"})).status_code,
+            (
+                await client.post(
+                    url, headers=student, content=b"x" * (settings.max_body_bytes + 1)
+                )
+            ).status_code,
+            (await client.post(url, headers=student)).status_code,  # the store holds one
+        }
+        spec = (await client.get("/api/openapi.json")).json()
+    assert answered == {201, 401, 413, 503}
+    assert set(spec["paths"][url]["post"]["responses"]) == {str(s) for s in answered}

@@ -31,6 +31,12 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 router = APIRouter()
 
+#: every status ``POST /api/stream-tickets`` answers besides 201: 401 no or a bad token,
+#: 413 a body past ``max_body_bytes`` (the route reads none; the middleware refuses it
+#: first), 503 the ticket store full or the service starting. No 400: no body or query is
+#: read (``tests/unit/test_api_docs.py`` provokes each)
+TICKET_ERRORS = problem_responses(401, 413, 503)
+
 
 class TicketIssued(BaseModel):
     ticket: str = Field(description="opaque; put it in the stream URL as ?ticket=")
@@ -56,7 +62,7 @@ def _store(request: Request) -> TicketStore:
     "/api/stream-tickets",
     status_code=201,
     response_model=TicketIssued,
-    responses=problem_responses(401, 503),
+    responses=TICKET_ERRORS,
     tags=["streams"],
 )
 async def issue_ticket(

@@ -3,18 +3,25 @@ a client from the README, so every ``bye`` reason and every WebSocket close code
 can produce must be there, and nothing the code cannot."""
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
+import pytest
 from websockets.frames import Frame, Opcode
 
 from push_gateway.api.ws import MAX_MESSAGE_BYTES
 from push_gateway.config import Settings
 from push_gateway.domain.frames import ByeReason
-from push_gateway.domain.ws_protocol import CLOSE_CODE_OF_REASON, CloseCode
+from push_gateway.domain.ws_protocol import (
+    CLOSE_CODE_OF_REASON,
+    CLOSE_CODE_OF_REFUSAL,
+    CloseCode,
+    RefusalReason,
+)
 
 from .test_gateway import JWT
-from .test_ws import Harness
+from .test_ws import Client, Harness
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
@@ -36,6 +43,10 @@ def table_after(heading: str) -> list[list[str]]:
     return rows[1:]
 
 
+CLOSE_ROWS = table_after("**Close codes**")
+NOT_UTF8 = Frame(Opcode.TEXT, b'{"op":"ping","x":"\xff"}')
+
+
 def test_every_bye_reason_is_documented_and_no_other() -> None:
     documented = {row[0].strip("`") for row in table_after("**`bye` reasons**")}
     assert documented == set(get_args(ByeReason))
@@ -48,6 +59,18 @@ def test_the_close_code_table_is_every_code_a_client_can_get() -> None:
         assert f"`{reason}`" in rows[code], (reason, code)
     # the bye reasons a WebSocket is closed with all have their code
     assert set(CLOSE_CODE_OF_REASON) == set(get_args(ByeReason)) - {"instructor-unknown"}
+
+
+def test_the_refusal_tokens_are_listed_in_their_codes_rows_and_no_other() -> None:
+    """1003, 1007 and 1008 rows name exactly the tokens ``RefusalReason`` has, each in the
+    row of its code."""
+    listed = {
+        (token, int(row[0]))
+        for row in CLOSE_ROWS
+        if int(row[0]) in (1003, 1007, 1008)
+        for token in re.findall(r"`([a-z-]+)`", row[1])
+    }
+    assert listed == {(t, int(CLOSE_CODE_OF_REFUSAL[t])) for t in get_args(RefusalReason)}
 
 
 async def test_a_message_over_the_limit_is_closed_with_a_documented_code() -> None:
@@ -63,6 +86,41 @@ async def test_a_message_over_the_limit_is_closed_with_a_documented_code() -> No
         code = int.from_bytes(client.close_frame.data[:2], "big")
         assert code in LIBRARY_CLOSE_CODES
         assert re.search(rf"^\| {code} \|", README, re.MULTILINE), code
+    finally:
+        await harness.ws.shutdown()
+        await harness.gateway.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("provoke", "code"),
+    [
+        (lambda client: client.send(b"\x00binary"), 1003),
+        (lambda client: client.send_raw(NOT_UTF8), 1007),
+        (lambda client: client.send({"op": "dance"}), 1008),
+        (lambda client: client.send({"op": "auth", "token": "not.a.jwt"}), 1008),
+    ],
+    ids=["binary", "not-utf8", "unknown-op", "invalid-token"],
+)
+async def test_a_refusal_reason_starts_with_a_fixed_token_the_readme_lists(
+    provoke: Callable[[Client], None], code: int
+) -> None:
+    """An app can match on the reason of a 1003, 1007 or 1008 close (and its ``bye``): it
+    starts with a fixed token from the close-code table's row, a detail for people after
+    ``": "``. On main they were free text (``invalid token: Not enough segments``)."""
+    harness = Harness(Settings(jwt=JWT))
+    try:
+        client = await harness.client()
+        provoke(client)
+        bye = client.messages()[-1]
+        assert client.close_frame is not None
+        assert int.from_bytes(client.close_frame.data[:2], "big") == code
+        reason = bye["data"]["reason"]
+        # the frame's reason is cut at 123 bytes: the token, first, survives
+        said = bytes(client.close_frame.data[2:]).decode()
+        assert reason.startswith(said)
+        token = said.split(": ", 1)[0]
+        tokens = {int(row[0]): set(re.findall(r"`([a-z-]+)`", row[1])) for row in CLOSE_ROWS}
+        assert token in tokens[code], (reason, tokens[code])
     finally:
         await harness.ws.shutdown()
         await harness.gateway.shutdown()

@@ -38,11 +38,13 @@ from push_gateway.domain.positions import PositionError, parse_position
 from push_gateway.domain.requests import Problem, StreamRequest, readers_of
 from push_gateway.domain.ws_protocol import (
     CLOSE_CODE_OF_REASON,
+    CLOSE_CODE_OF_REFUSAL,
     KEEPALIVE,
     AuthOp,
     CloseCode,
     OpError,
     PingOp,
+    RefusalReason,
     SubscribeOp,
     UnsubscribeOp,
     json_event,
@@ -277,11 +279,11 @@ class WsConnection(asyncio.Protocol):
                     try:
                         message.decode()
                     except UnicodeDecodeError:
-                        self.close(CloseCode.INVALID_DATA, "text message is not UTF-8")
+                        self.refuse("invalid-data", "text message is not UTF-8")
                         continue
                 self._message(message)
             elif event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-                self.close(CloseCode.UNSUPPORTED_DATA, "only unfragmented text messages")
+                self.refuse("unsupported-data", "only unfragmented text messages")
             elif event.opcode is Opcode.CLOSE:
                 self._end()
         self._flush()
@@ -324,6 +326,11 @@ class WsConnection(asyncio.Protocol):
             self._flush()
         asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self._abort_if_open)
 
+    def refuse(self, reason: RefusalReason, detail: str) -> None:
+        """Close for something the client did (1003, 1007, 1008): the reason starts with
+        the fixed token an app matches on, the detail after it is for people."""
+        self.close(CLOSE_CODE_OF_REFUSAL[reason], f"{reason}: {detail}")
+
     def _end(self) -> None:
         """Leave the hub and the gateway's books (idempotent)."""
         if self.closed:
@@ -351,8 +358,8 @@ class WsConnection(asyncio.Protocol):
                 len(waiting) >= MAX_WAITING_MESSAGES
                 or sum(map(len, waiting)) + len(data) > MAX_WAITING_BYTES
             ):
-                self.close(
-                    CloseCode.POLICY,
+                self.refuse(
+                    "too-many-messages",
                     f"more than {MAX_WAITING_MESSAGES} messages or "
                     f"{MAX_WAITING_BYTES // 1024} kB sent while a ticket is redeemed",
                 )
@@ -362,7 +369,7 @@ class WsConnection(asyncio.Protocol):
         try:
             op = parse_op(data)
         except OpError as exc:
-            self.close(CloseCode.POLICY, f"unreadable message: {exc}")
+            self.refuse("unreadable-message", str(exc))
             return
         if isinstance(op, SubscribeOp):
             self._subscribe(op)
@@ -487,7 +494,7 @@ class WsConnection(asyncio.Protocol):
         try:
             principal, expires_at = authenticate_token(token, self.server.gateway.settings.jwt)
         except (InvalidToken, ValueError) as exc:
-            self.close(CloseCode.POLICY, f"invalid token: {exc}")
+            self.refuse("invalid-token", str(exc))
             return
         self._authenticated(principal, expires_at)
 
@@ -506,7 +513,7 @@ class WsConnection(asyncio.Protocol):
             self.close(CloseCode.TRY_AGAIN_LATER, "ticket-redemption-failed")
             return
         if redeemed is None:
-            self.close(CloseCode.POLICY, "unknown, used or expired ticket")
+            self.refuse("ticket-refused", "unknown, used or expired ticket")
             return
         leeway = gateway.settings.jwt.leeway_seconds
         self._authenticated(redeemed.principal, redeemed.token_expires_at + leeway)
@@ -522,11 +529,11 @@ class WsConnection(asyncio.Protocol):
         readers = readers_of(principal)
         for channel, subscription in self.subscriptions.items():
             if channel.is_private and not principal.may_act_for(channel.owner_id):
-                self.close(CloseCode.POLICY, f"the new token may not read {channel}")
+                self.refuse("channel-forbidden", f"the new token may not read {channel}")
                 return
             if channel.is_private and subscription.readers != readers:
                 # the hub keeps it with the roles it was subscribed in
-                self.close(CloseCode.POLICY, f"the new token reads {channel} in another role")
+                self.refuse("role-changed", f"the new token reads {channel} in another role")
                 return
         self.principal = principal
         if self.expiry is not None:

@@ -41,6 +41,33 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4008  # unsent output passed GATEWAY_MAX_PENDING_BYTES
 
 
+#: Why the gateway refuses a client (closes with 1003, 1007 or 1008): the fixed token that
+#: starts the close frame's reason and the ``bye`` before it, so that an app can match on
+#: it; a detail for people may follow after ``": "`` (``invalid-token: Signature has
+#: expired``). README "Close codes" lists each in its code's row.
+RefusalReason = Literal[
+    "unsupported-data",
+    "invalid-data",
+    "unreadable-message",
+    "invalid-token",
+    "ticket-refused",
+    "too-many-messages",
+    "channel-forbidden",
+    "role-changed",
+]
+
+#: The close code of each refusal.
+CLOSE_CODE_OF_REFUSAL: Final[dict[RefusalReason, CloseCode]] = {
+    "unsupported-data": CloseCode.UNSUPPORTED_DATA,
+    "invalid-data": CloseCode.INVALID_DATA,
+    "unreadable-message": CloseCode.POLICY,
+    "invalid-token": CloseCode.POLICY,
+    "ticket-refused": CloseCode.POLICY,
+    "too-many-messages": CloseCode.POLICY,
+    "channel-forbidden": CloseCode.POLICY,
+    "role-changed": CloseCode.POLICY,
+}
+
 #: SSE ``bye`` reasons that end a whole WebSocket, and the close code that says so.
 CLOSE_CODE_OF_REASON: Final[dict[ByeReason, CloseCode]] = {
     "shutdown": CloseCode.SHUTDOWN,

@@ -338,7 +338,7 @@ function connect() {
     requestTimeoutMs: REQUEST_TIMEOUT_MS,
     token: state.user ? freshToken : null,
     userId: state.user?.id ?? null,
-    onStatus: renderStatus,
+    onStatus: onStatus,
     onSchedule: onSchedule,
     onBooking: onBookingEvent,
     onNotification: (event) => addNotifications([event.data], true),
@@ -348,6 +348,20 @@ function connect() {
     onError: ({ error }) => showMessage(error.message),
     onResync: onResync,
   });
+}
+
+function onStatus(detail) {
+  renderStatus(detail);
+  if (detail.status === Status.GONE) showGone();
+}
+
+/** The instructor was deleted (or the link is stale): the slots shown are no more. */
+function showGone() {
+  const gone = document.createElement("p");
+  gone.className = "empty";
+  gone.textContent = "This instructor's schedule is no longer available. Pick another instructor.";
+  $("week").replaceChildren(gone);
+  $("week").setAttribute("aria-busy", "false");
 }
 
 /**
@@ -411,9 +425,14 @@ function renderStatus({ status, attempt, retryInMs }) {
     [Status.RECONNECTING]: `Reconnecting (attempt ${Math.max(attempt, 1)})…`,
     [Status.DISCONNECTED]: `Disconnected — retrying in ${Math.max(1, Math.round((retryInMs ?? 0) / 1000))} s`,
     [Status.CLOSED]: "Not connected",
+    [Status.GONE]: "This instructor's schedule is no longer available",
+  };
+  const titles = {
+    [Status.OPEN]: "Receiving live updates",
+    [Status.GONE]: "The instructor does not exist any more: there is nothing to follow",
   };
   text.textContent = labels[status] ?? status;
-  text.title = status === Status.OPEN ? "Receiving live updates" : "Updates are paused until the connection is back";
+  text.title = titles[status] ?? "Updates are paused until the connection is back";
 }
 
 // ---------------------------------------------------------------- the week grid
@@ -448,7 +467,7 @@ function renderWeek() {
   const start = state.weekStart;
   const end = addDays(start, 7);
   $("week-label").textContent = `${fmtDay.format(start)} – ${fmtDay.format(addDays(end, -1))}`;
-  if (!state.sub || !state.sub.schedule.loaded) return;
+  if (!state.sub || !state.sub.schedule.loaded || state.sub.status === Status.GONE) return;
   const slots = state.sub.schedule.list().filter((s) => {
     const t = Date.parse(s.start);
     return t >= start.getTime() && t < end.getTime();

@@ -14,6 +14,7 @@ export const Status = Object.freeze({
   RECONNECTING: "reconnecting", // lost the stream; EventSource is retrying (amber)
   DISCONNECTED: "disconnected", // the server refused or closed for good; we retry after a delay (red)
   CLOSED: "closed", // close() was called
+  GONE: "gone", // the instructor does not exist (deleted, a stale link): no reconnect
 });
 
 const DEFAULTS = Object.freeze({
@@ -189,8 +190,8 @@ export class Subscription extends EventTarget {
     this._retryTimer = null;
     this._retryAt = null;
     this._watchdogTimer = null;
-    /** Aborts the ticket request in flight, if any (a new connect, close()). */
-    this._ticketRequest = null;
+    /** Aborts the ticket request or instructor check in flight, if any (a new connect, close()). */
+    this._request = null;
     /** Bumped by every connect and by close(): a ticket that arrives late is dropped. */
     this._generation = 0;
     this._connect();
@@ -229,21 +230,31 @@ export class Subscription extends EventTarget {
 
   /** Stop for good: closes the stream and cancels any pending retry. */
   close() {
+    this._stop();
+    this._setStatus(Status.CLOSED);
+  }
+
+  /** The booking-api does not know the instructor: nothing to follow, never reconnect. */
+  _gone() {
+    this._stop();
+    this._setStatus(Status.GONE);
+  }
+
+  _stop() {
     this._generation += 1;
-    this._ticketRequest?.abort();
-    this._ticketRequest = null;
+    this._request?.abort();
+    this._request = null;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     clearTimeout(this._watchdogTimer);
     this._watchdogTimer = null;
     if (this._source) this._source.close();
     this._source = null;
-    this._setStatus(Status.CLOSED);
   }
 
   /** Reconnect now (e.g. the user pressed "Retry" or the browser came back online). */
   reconnectNow() {
-    if (this.status === Status.CLOSED || this.status === Status.OPEN) return;
+    if ([Status.CLOSED, Status.GONE, Status.OPEN].includes(this.status)) return;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this._connect();
@@ -253,8 +264,8 @@ export class Subscription extends EventTarget {
     if (this._source) this._source.close();
     this._source = null;
     const generation = ++this._generation;
-    this._ticketRequest?.abort();
-    this._ticketRequest = null;
+    this._request?.abort();
+    this._request = null;
     if (!this.isPrivate) {
       this._open(this.url());
       return;
@@ -262,17 +273,17 @@ export class Subscription extends EventTarget {
     // A fresh ticket for every (re)connect: each one opens a single stream. The request is
     // given up after requestTimeoutMs (then retried below), or when this connect is replaced.
     const request = new AbortController();
-    this._ticketRequest = request;
+    this._request = request;
     const signal = AbortSignal.any([request.signal, AbortSignal.timeout(this.options.requestTimeoutMs)]);
     this._fetchTicket(signal).then(
       (ticket) => {
         if (generation !== this._generation) return;
-        this._ticketRequest = null;
+        this._request = null;
         this._open(this.url(ticket));
       },
       (error) => {
         if (generation !== this._generation) return;
-        this._ticketRequest = null;
+        this._request = null;
         this.attempt += 1;
         if (error instanceof SignInExpired) {
           // Retrying cannot help: the server refuses this token every time.
@@ -313,9 +324,11 @@ export class Subscription extends EventTarget {
     const source = this.options.eventSourceFactory(url);
     this._source = source;
     let bye = null; // the reason of the server's `bye`, when it said goodbye
+    let opened = false;
     this._armWatchdog(source);
     source.onopen = () => {
       if (source !== this._source) return;
+      opened = true;
       this._armWatchdog(source);
       this._openedAt = Date.now();
       this.error = null;
@@ -333,7 +346,9 @@ export class Subscription extends EventTarget {
         source.close();
         this._source = null;
         const wait = bye === "shutdown" ? this._shutdownDelay() : 0;
-        this._scheduleRetry(gaveUp ? Status.DISCONNECTED : Status.RECONNECTING, wait);
+        const status = gaveUp ? Status.DISCONNECTED : Status.RECONNECTING;
+        if (opened) this._scheduleRetry(status, wait);
+        else this._retryUnlessGone(status);
       } else {
         // EventSource retries by itself and sends Last-Event-ID.
         this._setStatus(Status.RECONNECTING);
@@ -363,8 +378,38 @@ export class Subscription extends EventTarget {
     on("bye", (frame) => {
       bye = frame.reason;
       this._emit("bye", frame);
+      if (bye === "instructor-unknown") this._gone();
     });
     on("heartbeat", () => {});
+  }
+
+  /**
+   * A stream refused before it opened. EventSource hides the status, so the gateway's 404
+   * (unknown instructor) looks like its 503: ask the booking-api, whose 404 for the schedule
+   * settles it (GONE). Any other answer, or none within requestTimeoutMs → the back-off.
+   * A one-second window in the past: the answer is an empty schedule, cheap to read.
+   */
+  _retryUnlessGone(status) {
+    const generation = this._generation;
+    const request = new AbortController();
+    this._request = request;
+    const { baseUrl, requestTimeoutMs } = this.options;
+    const url =
+      `${baseUrl}/api/instructors/${encodeURIComponent(this.instructorId)}/schedule` +
+      "?from=2000-01-01T00:00:00Z&to=2000-01-01T00:00:01Z";
+    const signal = AbortSignal.any([request.signal, AbortSignal.timeout(requestTimeoutMs)]);
+    this.options
+      .fetch(url, { headers: { Accept: "application/json" }, cache: "no-store", signal })
+      .then(
+        (response) => response.status === 404,
+        () => false,
+      )
+      .then((gone) => {
+        if (generation !== this._generation) return;
+        this._request = null;
+        if (gone) this._gone();
+        else this._scheduleRetry(status);
+      });
   }
 
   /** (Re)start the countdown to a reconnect; every frame of the current source resets it. */
@@ -508,7 +553,7 @@ const WS_DEFAULTS = Object.freeze({
  * when signed in an `auth` op with a fresh stream ticket (fetched by the base class before
  * every connect, as for SSE), then one `subscribe` op per channel, each resumed from the
  * `id` of the last message it received (`since`). Events, merge by version, statuses and
- * callbacks are the SSE ones; only the connection (`url`, `_open`, `close`) differs.
+ * callbacks are the SSE ones; only the connection (`url`, `_open`, `_stop`) differs.
  */
 export class WebSocketSubscription extends Subscription {
   constructor(instructorId, options = {}) {
@@ -537,10 +582,10 @@ export class WebSocketSubscription extends Subscription {
     return base.toString();
   }
 
-  close() {
+  _stop() {
     const socket = this._socket;
     this._socket = null;
-    super.close();
+    super._stop();
     socket?.close(1000, "closed by the page");
   }
 
@@ -656,9 +701,14 @@ export class WebSocketSubscription extends Subscription {
    * channels refused for now (503 "gateway is starting" while its Kafka partitions are not
    * assigned, 429 past the subscribe rate) is sent again after the back-off, or after the
    * message's `retryAfter` seconds if longer; until it is accepted the status is not OPEN.
+   * A 404 for the schedule channel: the booking-api does not know the instructor (GONE).
    * Any other refusal (400, 401, 403, 404, 409) is an `error`: it would be refused again.
    */
   _onRefused(data) {
+    if (data.op === "subscribe" && data.channel === this.scheduleChannel && data.status === 404) {
+      this._gone();
+      return;
+    }
     const ours = data.channel === this.scheduleChannel || data.channel === this.notificationsChannel;
     const forNow = data.status === 429 || data.status >= 500;
     if (data.op !== "subscribe" || !ours || !forNow) {

@@ -94,6 +94,9 @@ class FakeEdge:
 
     slots: dict[str, SlotData] = field(default_factory=dict)
     refuse_streams: int = 0  # answer this many next stream requests with 503
+    #: the instructor is gone (deleted, a stale link): the stream and the schedule answer
+    #: 404 problem+json, as the gateway and the booking-api do
+    unknown_instructor: bool = False
     stream_requests: list[dict[str, str]] = field(default_factory=list)
     queues: list[asyncio.Queue[bytes | None]] = field(default_factory=list)
     next_id: int = 0
@@ -185,6 +188,11 @@ class FakeEdge:
         """The gateway's ``resync`` frame for ``channel`` to every open stream."""
         self._broadcast(self.frame("resync", {"channel": channel, "reason": reason}))
 
+    def send_bye(self, reason: str) -> None:
+        """The gateway's ``bye`` (no ``id:``) to every open stream; end them after it."""
+        self._broadcast(b'event: bye\ndata: {"reason":"%s"}\n\n' % reason.encode())
+        self._broadcast(None)
+
     def send_heartbeat(self) -> None:
         """The gateway's heartbeat (a named event without ``id:``) to every open stream."""
         self._broadcast(b"event: heartbeat\ndata: {}\n\n")
@@ -208,6 +216,8 @@ class FakeEdge:
             return JSONResponse([{"id": INSTRUCTOR, "name": "Fake Instructor"}])
 
         async def schedule(_: Request) -> Response:
+            if self.unknown_instructor:
+                return problem(404, "not-found", f"no instructor {INSTRUCTOR!r}")
             body = orjson.dumps(self.snapshot().model_dump(mode="json", by_alias=True))
             self.schedule_read.set()
             if self.hold_schedule is not None:
@@ -283,6 +293,8 @@ class FakeEdge:
                 if ticket not in self.tickets:  # single use, as the real gateway
                     return JSONResponse({"detail": "bad ticket"}, status_code=401)
                 self.tickets.discard(ticket)
+            if self.unknown_instructor:
+                return gone()
             if self.refuse_streams > 0:
                 self.refuse_streams -= 1
                 return JSONResponse({"detail": "no gateway"}, status_code=503)
@@ -453,6 +465,17 @@ def problem(status: int, kind: str, detail: str, headers: dict[str, str] | None 
         "detail": detail,
     }
     return Response(orjson.dumps(body), status, headers, media_type="application/problem+json")
+
+
+def gone() -> Response:
+    """The gateway's answer to a stream of an unknown instructor, before it opens."""
+    body = {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": f"no instructor {INSTRUCTOR!r}",
+    }
+    return Response(orjson.dumps(body), 404, media_type="application/problem+json")
 
 
 def problem_messages(

@@ -96,6 +96,51 @@ def test_dropped_stream_goes_amber_and_resumes(
     assert errors == []
 
 
+GONE = "This instructor's schedule is no longer available"
+
+
+@pytest.mark.parametrize("as_user", [None, STUDENT])
+def test_a_stream_refused_for_an_unknown_instructor_is_not_asked_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str], as_user: str | None
+) -> None:
+    """An instructor deleted (or a stale link): the gateway answers the stream 404 before
+    it opens, which EventSource hides like a 503. The booking-api's 404 for the schedule
+    settles it: the page says so and stops, instead of asking again for ever."""
+    fake, base_url = fake_edge
+    fake.unknown_instructor = True
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=as_user)
+    expect(page.locator("#conn-text")).to_have_text(GONE)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "gone")
+    # the page's back-off (0.5 s, 1 s, 2 s, a random 50-100 % of each) would ask 3 times
+    page.wait_for_timeout(3000)
+    assert len(fake.stream_requests) == 1, fake.stream_requests
+    assert len(fake.ticket_requests) == (1 if as_user else 0)
+    expect(page.locator("#conn-text")).to_have_text(GONE)
+    assert errors == []
+
+
+def test_a_stream_ended_with_bye_instructor_unknown_is_not_asked_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """An open stream whose instructor is deleted ends with ``bye instructor-unknown``,
+    which tells the client not to come back (the push-gateway README's ``bye`` reasons)."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors)
+    expect(page.locator("#conn-text")).to_have_text("Live")
+
+    fake.unknown_instructor = True
+    fake.send_bye("instructor-unknown")
+    expect(page.locator("#conn-text")).to_have_text(GONE)
+    expect(slot_button(page, "a")).to_have_count(0)  # no slot left to book
+    page.wait_for_timeout(3000)  # the stream's retry: 200 ms, then the back-off
+    assert len(fake.stream_requests) == 1, fake.stream_requests
+    expect(page.locator("#conn-text")).to_have_text(GONE)
+    assert errors == []
+
+
 def test_a_signed_in_page_streams_with_a_fresh_ticket_each_connect(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

@@ -131,6 +131,37 @@ def open_websocket_page(
     return page, errors
 
 
+def test_a_subscribe_refused_for_an_unknown_instructor_says_so_and_stops(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The gateway accepts a schedule subscribe, then finds the instructor unknown to the
+    booking-api and answers ``error`` 404 on the open socket: the page must not stay
+    "Live", and nothing is asked again."""
+    fake, base_url = fake_edge
+    page, errors = open_websocket_page(context, fake, base_url, "")
+    channel = f"instructors/{INSTRUCTOR}/schedule"
+    page.evaluate(
+        """(channel) => {
+          const socket = window.__sockets[0];
+          socket.onopen();
+          socket.deliver({ event: "subscribed", data: { channel } });
+          socket.deliver({ event: "error", data: {
+            op: "subscribe", channel, status: 404, title: "Not Found",
+            detail: "no instructor 'fake-instructor'" } });
+        }""",
+        channel,
+    )
+    expect(page.locator("#conn-text")).to_have_text(
+        "This instructor's schedule is no longer available"
+    )
+    page.wait_for_timeout(1000)
+    assert page.evaluate("() => window.__sockets.length") == 1
+    assert page.evaluate("() => window.__sockets[0].sent") == [
+        {"op": "subscribe", "channel": channel}
+    ]
+    assert errors == []
+
+
 def test_a_subscribe_the_gateway_refuses_while_starting_is_retried_and_not_shown_live(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

@@ -22,6 +22,7 @@ from tests.e2e.fakeserver import (
     make_slot,
     student_token,
 )
+from tests.e2e.test_instructor_page import axe_violations
 
 pytestmark = pytest.mark.e2e
 
@@ -138,6 +139,7 @@ def test_a_stream_ended_with_bye_instructor_unknown_is_not_asked_again(
     page.wait_for_timeout(3000)  # the stream's retry: 200 ms, then the back-off
     assert len(fake.stream_requests) == 1, fake.stream_requests
     expect(page.locator("#conn-text")).to_have_text(GONE)
+    assert axe_violations(page) == []  # the page as it is left: a message, no grid
     assert errors == []
 
 

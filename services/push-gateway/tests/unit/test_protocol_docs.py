@@ -1,7 +1,10 @@
 """The README's protocol tables against what the gateway can send: an app developer writes
 a client from the README, so every ``bye`` reason and every WebSocket close code the code
-can produce must be there, and nothing the code cannot."""
+can produce must be there, and nothing the code cannot; so must every status an SSE request
+is refused with before its stream opens (the "**Errors**" list), and which carry
+``Retry-After``."""
 
+import ast
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import get_args
 import pytest
 from websockets.frames import Frame, Opcode
 
+import push_gateway
 from push_gateway.api.ws import MAX_MESSAGE_BYTES
 from push_gateway.config import Settings
 from push_gateway.domain.frames import ByeReason
@@ -24,6 +28,10 @@ from .test_gateway import JWT
 from .test_ws import Client, Harness
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
+SOURCE = Path(push_gateway.__file__).parent
+#: where a stream request's refusals before it opens are made (README "**Errors**";
+#: ``api/ws.py``'s are WebSocket ``error`` messages)
+REFUSERS = ("gateway.py", "domain/requests.py", "domain/limits.py")
 
 #: Closes the ``websockets`` parser sends by itself (a frame it cannot read, a message over
 #: ``MAX_MESSAGE_BYTES``): no ``bye`` precedes them, but a client sees them all the same.
@@ -124,3 +132,46 @@ async def test_a_refusal_reason_starts_with_a_fixed_token_the_readme_lists(
     finally:
         await harness.ws.shutdown()
         await harness.gateway.shutdown()
+
+
+def errors_paragraph() -> str:
+    return README.split("**Errors**", 1)[1].split("\n\n", 1)[0]
+
+
+def refusals() -> dict[int, bool]:
+    """Each status a ``Problem(<status>, …)`` in the refusing modules has → whether some
+    such ``Problem`` carries a ``retry-after`` header."""
+    found: dict[int, bool] = {}
+    for name in REFUSERS:
+        for node in ast.walk(ast.parse((SOURCE / name).read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "Problem"
+            ):
+                continue
+            status = node.args[0]
+            assert isinstance(status, ast.Constant), name
+            assert isinstance(status.value, int), name
+            retry = any(
+                isinstance(n, ast.Constant) and n.value == "retry-after"
+                for arg in node.args[3:] + [k.value for k in node.keywords]
+                for n in ast.walk(arg)
+            )
+            found[status.value] = found.get(status.value, False) or retry
+    return found
+
+
+def test_the_refusals_found_are_the_known_ones() -> None:
+    """A guard on the scan itself: it finds the refusals the code is known to make."""
+    assert {400, 401, 403, 404, 429, 503} <= set(refusals())
+
+
+def test_every_status_a_stream_is_refused_with_is_listed_and_no_other() -> None:
+    listed = {int(s) for s in re.findall(r"`([45]\d\d)`", errors_paragraph())}
+    assert listed == set(refusals())
+
+
+def test_the_statuses_with_retry_after_are_those_the_readme_says() -> None:
+    said = {int(s) for s in re.findall(r"`([45]\d\d)` \+ `Retry-After`", errors_paragraph())}
+    assert said == {status for status, retry in refusals().items() if retry}

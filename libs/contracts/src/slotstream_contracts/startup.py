@@ -15,12 +15,16 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Final
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
+#: aiokafka's own logger: it says ``Unable connect to "<address>": <reason>`` for each
+#: failed bootstrap, which becomes the attempt's reason (:func:`attempt_reason`)
+AIOKAFKA_LOGGER: Final = "aiokafka"
 #: the most recent lines a hold keeps (a library retrying in the background says ~10 a
 #: second for as long as its server is away)
 HELD_MESSAGES = 20
@@ -62,6 +66,12 @@ def held_back(logger: str) -> Iterator[list[str]]:
         yield held.messages
     finally:
         target.removeFilter(held)
+
+
+def attempt_reason(held: Iterable[str], error: BaseException) -> str:
+    """A failed attempt's reason for its one line: what the held-back library said during
+    it (each line once), else the error itself."""
+    return "; ".join(dict.fromkeys(held)) or f"{type(error).__name__}: {error}"
 
 
 class GiveUp(Exception):

@@ -58,10 +58,10 @@ from change_publisher.ports import (
     SourceUnavailable,
     StreamPosition,
 )
-from change_publisher.startup import AIOKAFKA_LOGGER, ProducerStartup
+from change_publisher.startup import ProducerStartup
 from slotstream_contracts.changes import ChangeEvent, ClusterTime, OperationType, ResumeToken
 from slotstream_contracts.events import CloudEvent, EventType, ResyncData
-from slotstream_contracts.startup import held_back
+from slotstream_contracts.startup import AIOKAFKA_LOGGER, held_back
 
 log = structlog.get_logger("change_publisher")
 
@@ -372,22 +372,28 @@ class Publisher:
         """Start the producer, retried (:class:`ProducerStartup`: one line per failed
         attempt) for ``give_up_after`` seconds, then :class:`KafkaUnreachable` (the give-up
         line is said); without a bound until it starts (or a stop)."""
-        startup = ProducerStartup(
+        if not await self._kafka_retries(give_up_after).run(self._producer.start):
+            raise KafkaUnreachable(f"not reachable within {give_up_after} s of the start")
+
+    def _kafka_retries(
+        self, give_up_after: float | None, *, say_started: bool = True
+    ) -> ProducerStartup:
+        """Kafka's start or probe retried with the publisher's back-off, one line per
+        failed attempt naming the bootstrap servers."""
+        return ProducerStartup(
             self.options.bootstrap_servers,
             timeout_seconds=give_up_after,
             first_backoff_seconds=self.options.backoff_initial,
             max_backoff_seconds=self.options.backoff_max,
+            say_started=say_started,
         )
-        if not await startup.run(self._producer.start):
-            raise KafkaUnreachable(f"not reachable within {give_up_after} s of the start")
 
-    def _retrying(self, timeout: float | None = None) -> Any:
-        """Capped exponential backoff with jitter, until success (or a stop, or past
-        ``timeout`` seconds: then the last failure is raised)."""
+    def _retrying(self) -> Any:
+        """Capped exponential backoff with jitter, until success (or a stop)."""
         return stamina.retry_context(
             on=Exception,
             attempts=None,
-            timeout=timeout,
+            timeout=None,
             wait_initial=self.options.backoff_initial,
             wait_max=self.options.backoff_max,
         )
@@ -668,13 +674,7 @@ class Publisher:
         """Probe the cluster until it answers, one line per failed probe naming the address
         and aiokafka's reason (:class:`ProducerStartup`); then, if Kafka was what failed or
         did not answer at once, one line saying it is back."""
-        probes = ProducerStartup(
-            self.options.bootstrap_servers,
-            timeout_seconds=None,
-            first_backoff_seconds=self.options.backoff_initial,
-            max_backoff_seconds=self.options.backoff_max,
-            say_started=False,
-        )
+        probes = self._kafka_retries(None, say_started=False)
         await probes.run(self._producer.probe)
         if kafka_failed or probes.attempts > 1:
             self._log.info(

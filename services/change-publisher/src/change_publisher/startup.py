@@ -13,14 +13,14 @@ After an outage the publisher probes the running producer the same way (``run(pr
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Final
 
 from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
-from slotstream_contracts.startup import StartRetries, held_back
-
-#: aiokafka's own logger: it says ``Unable connect to "<address>": <reason>`` for each
-#: failed bootstrap, which becomes the attempt's reason
-AIOKAFKA_LOGGER: Final = "aiokafka"
+from slotstream_contracts.startup import (
+    AIOKAFKA_LOGGER,
+    StartRetries,
+    attempt_reason,
+    held_back,
+)
 
 
 class ProducerStartup(StartRetries):
@@ -60,7 +60,7 @@ class ProducerStartup(StartRetries):
                 try:
                     await start()
                 except Exception as exc:  # noqa: BLE001 - any failure: said, tried again
-                    return "; ".join(dict.fromkeys(held)) or f"{type(exc).__name__}: {exc}"
+                    return attempt_reason(held, exc)
                 return None
 
             return await self.retry(attempt)

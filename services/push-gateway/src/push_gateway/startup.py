@@ -13,18 +13,18 @@ length before the ends it then finds, so nothing written meanwhile is missed.
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
 
 from push_gateway.adapters.fetch import BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
 from push_gateway.adapters.kafka import TopicMissing
 from push_gateway.config import GatewayKafkaSettings
 from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
-from slotstream_contracts.startup import GiveUp, StartRetries, held_back
-
-#: aiokafka's own logger: it says "Unable connect to <address>: <error>" for each failed
-#: bootstrap, which is folded into the attempt's one line
-AIOKAFKA_LOGGER: Final = "aiokafka"
-
+from slotstream_contracts.startup import (
+    AIOKAFKA_LOGGER,
+    GiveUp,
+    StartRetries,
+    attempt_reason,
+    held_back,
+)
 
 #: a client's start, given the ``time.monotonic()`` at which the start timeout ends (None
 #: without one), and its close
@@ -64,7 +64,7 @@ class KafkaStartup(StartRetries):
             except TopicMissing as exc:  # Kafka answers; the topic was waited for
                 raise GiveUp("data topic missing: giving up", str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - any failure: closed, retried
-                return "; ".join(held) or f"{type(exc).__name__}: {exc}"
+                return attempt_reason(held, exc)
         return None
 
     async def _start_all(self, deadline: float | None) -> None:

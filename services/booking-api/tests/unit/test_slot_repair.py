@@ -91,6 +91,29 @@ async def settled(client: httpx.AsyncClient, status: str, within: float = 3.0) -
     return state
 
 
+async def freed_for_another_student(
+    client: httpx.AsyncClient,
+    auth: AuthHeaders,
+    clock: Clock,
+    logs: list[EventDict],
+    slot_id: str,
+    booking_id: str,
+    why: str,
+) -> None:
+    """Past the grace the repair frees the slot for ``why``: another student books it, and
+    the repair said so once (its log line and its counter)."""
+    clock.ahead = timedelta(seconds=GRACE + 1)
+    assert await settled(client, "available") == "available"
+    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
+    assert booked.status_code == 201, booked.text
+    repaired = [e for e in logs if e["event"] == "slot.repaired"]
+    assert [(e["slot_id"], e["booking_id"], e["why"]) for e in repaired] == [
+        (slot_id, booking_id, why)
+    ]
+    metrics = (await client.get("/metrics")).text
+    assert f'booking_api_slots_repaired_total{{why="{why}"}} 1.0' in metrics
+
+
 @pytest.mark.parametrize("cut", ["insert-not-applied", "claim-unresolved"])
 async def test_a_slot_held_by_a_booking_that_does_not_exist_is_freed_after_the_grace(
     running: httpx.AsyncClient,
@@ -122,16 +145,9 @@ async def test_a_slot_held_by_a_booking_that_does_not_exist_is_freed_after_the_g
     clock.ahead = timedelta(seconds=GRACE / 2)
     assert await settled(client, "available", within=0.3) == "booked"
 
-    clock.ahead = timedelta(seconds=GRACE + 1)
-    assert await settled(client, "available") == "available"
-    booked = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
-    assert booked.status_code == 201, booked.text
-    repaired = [e for e in logs if e["event"] == "slot.repaired"]
-    assert [(e["slot_id"], e["booking_id"], e["why"]) for e in repaired] == [
-        (slot_id, held["bookingId"], "no-booking")
-    ]
-    metrics = (await client.get("/metrics")).text
-    assert 'booking_api_slots_repaired_total{why="no-booking"} 1.0' in metrics
+    await freed_for_another_student(
+        client, auth, clock, logs, slot_id, held["bookingId"], "no-booking"
+    )
 
 
 async def test_a_slot_whose_booking_was_cancelled_is_freed_after_the_grace(
@@ -156,16 +172,9 @@ async def test_a_slot_whose_booking_was_cancelled_is_freed_after_the_grace(
     assert mine["status"] == "cancelled"
     assert (await slot_state(client))["status"] == "booked"
 
-    clock.ahead = timedelta(seconds=GRACE + 1)
-    assert await settled(client, "available") == "available"
-    again = await client.post("/api/bookings", json={"slotId": slot_id}, headers=auth("s2"))
-    assert again.status_code == 201, again.text
-    repaired = [e for e in logs if e["event"] == "slot.repaired"]
-    assert [(e["slot_id"], e["booking_id"], e["why"]) for e in repaired] == [
-        (slot_id, booking_id, "booking-cancelled")
-    ]
-    metrics = (await client.get("/metrics")).text
-    assert 'booking_api_slots_repaired_total{why="booking-cancelled"} 1.0' in metrics
+    await freed_for_another_student(
+        client, auth, clock, logs, slot_id, booking_id, "booking-cancelled"
+    )
 
 
 async def test_a_slot_of_a_live_booking_is_never_freed(

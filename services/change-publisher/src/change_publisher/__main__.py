@@ -7,11 +7,13 @@ import uvicorn
 from change_publisher.adapters.file import FileCheckpointStore
 from change_publisher.app import create_app
 from change_publisher.config import Settings
+from slotstream_contracts.logs import configure_logging
 from slotstream_contracts.settings import load_settings, refuse_to_start
 
 
 def main() -> None:
     settings = load_settings(Settings, "change-publisher")
+    configure_logging("change-publisher", settings.log)
     if settings.effective_checkpoint_store() == "file" and settings.checkpoint_file is not None:
         try:
             FileCheckpointStore(settings.checkpoint_file).check_writable()

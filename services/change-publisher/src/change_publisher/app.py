@@ -24,7 +24,6 @@ from change_publisher.config import Settings
 from change_publisher.domain.records import Router
 from change_publisher.ports import ChangeSource, CheckpointStore, LeaseStore
 from change_publisher.publisher import KafkaUnreachable, Publisher, PublisherOptions
-from slotstream_contracts.logs import configure_logging
 from slotstream_contracts.settings import KAFKA_UNREACHABLE_EXIT_CODE
 
 log = structlog.get_logger("change_publisher")
@@ -145,7 +144,6 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         current = settings or Settings()
-        configure_logging("change-publisher", current.log)
         components = await build(current)
         publisher = components.publisher
         app.state.publisher = publisher

@@ -212,8 +212,12 @@ def test_a_gateway_gives_up_on_kafka_after_its_start_timeout_with_one_line(
     assert "Traceback" not in text
     assert "worker exited" not in text  # the supervisor stops, it does not restart them
     gave_up = [line for line in text.splitlines() if "kafka not reachable: giving up" in line]
-    assert len(gave_up) == workers, text[-3000:]
+    # The first worker to give up says so; the supervisor then stops the others, which may
+    # or may not have reached their own bound by then (they started a little later).
+    assert 1 <= len(gave_up) <= workers, text[-3000:]
     assert all(nowhere.bootstrap_servers in line for line in gave_up)
+    if workers > 1:
+        assert "gave up on Kafka (its reason above): stopping all workers" in text, text[-3000:]
 
 
 async def test_a_missing_data_topic_is_waited_for_only_within_the_start_timeout(

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from slotstream_testkit.benchkit import (
     StreamBuffer,
@@ -74,6 +76,37 @@ def test_frames_split_anywhere_are_counted_once() -> None:
     assert {seq for _, seq in count.seen} == set(range(50))
     assert count.duplicates == 0
     assert latencies == [2_000_000] * 50
+
+
+@given(
+    events=st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["b1", "b2"]), st.booleans()),
+        max_size=40,
+    ),
+    cuts=st.lists(st.integers(1, 90), max_size=60),
+)
+def test_the_fast_count_and_the_frame_walk_agree(
+    events: list[tuple[int, str, bool]], cuts: list[int]
+) -> None:
+    """The counting a run does (a scan for ``"seq":N,"ch":"..."``) and the walk it falls
+    back to (fields in any order, heartbeats, duplicates in one chunk) give one answer."""
+
+    def one(seq: int, channel: str, channel_first: bool) -> bytes:
+        if channel_first:
+            return f'id: 1-{seq}\ndata: {{"ch":"{channel}","seq":{seq}}}\n\n'.encode()
+        return frame(seq, channel)
+
+    stream = b": hb\n\n" + b"".join(one(*event) for event in events)
+    count, start = StreamCount(), 0
+    for cut in cuts:
+        count.feed(stream[start : start + cut])
+        start += cut
+    count.feed(stream[start:])
+    keys = [(channel.encode(), seq) for seq, channel, _ in events]
+    assert count.seen == set(keys)
+    assert count.events == len(keys)
+    assert count.duplicates == len(keys) - len(set(keys))
+    assert count.pending == b""
 
 
 def test_loss_is_per_connection_and_foreign_events_are_apart() -> None:

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -28,6 +29,10 @@ SEQ_TOKEN: Final = b'"seq":'
 CH_TOKEN: Final = b'"ch":"'
 TS_TOKEN: Final = b'"ts":'
 FRAME_END: Final = b"\n\n"
+#: the benchmarks' payloads put the channel right after the sequence number: one C scan
+#: finds both for every event of a chunk (the general walk costs ~3 µs an event in Python,
+#: a third of what the server spends on the delivery at 100 k/s)
+SEQ_THEN_CH: Final = re.compile(rb'"seq":(-?\d+),"ch":"([^"]*)"')
 
 
 def _digits_end(data: bytes, start: int) -> int:
@@ -60,6 +65,20 @@ class StreamCount:
             self.pending = buffer
             return
         complete, self.pending = buffer[: cut + 2], buffer[cut + 2 :]
+        if latencies is None:
+            found = SEQ_THEN_CH.findall(complete)
+            if len(found) == complete.count(SEQ_TOKEN):
+                seen = self.seen
+                before = len(seen)
+                seen.update([(channel, int(seq)) for seq, channel in found])
+                self.events += len(found)
+                self.duplicates += len(found) - (len(seen) - before)
+                return
+        self._walk(complete, now_ns, latencies)
+
+    def _walk(self, complete: bytes, now_ns: int, latencies: list[int] | None) -> None:
+        """Every frame's ``"seq":``, its ``"ch":"`` and ``"ts":`` in any order (and the
+        latency samples)."""
         seen = self.seen
         position = complete.find(SEQ_TOKEN)
         while position >= 0:

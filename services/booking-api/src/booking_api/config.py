@@ -14,6 +14,7 @@ from booking_api.domain.repair import (
     GRACE_MARGIN_SECONDS,
     minimum_grace_seconds,
 )
+from booking_api.domain.slots import MAX_HORIZON
 from booking_api.ports import DEFAULT_NOTIFICATION_RETENTION
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import (
@@ -92,9 +93,13 @@ class Settings(BaseSettings):
     repair_grace_seconds: float | None = Field(
         default=None,
         gt=0,
+        # A slot is booked at most MAX_HORIZON ahead, so a longer grace would never free one
+        # before it starts; and `inf` or 1e12 broke the repair (no timedelta, no date).
+        le=MAX_HORIZON.total_seconds(),
         description="How long a booked slot must be unchanged before the repair may free "
         "it; at least the request timeout + 10 store timeouts + 5 s (a booking still in "
-        f"flight is never freed); unset: {DEFAULT_GRACE_SECONDS:g} s or that minimum",
+        f"flight is never freed), at most {MAX_HORIZON.days} days (how far ahead a slot can "
+        f"be booked); unset: {DEFAULT_GRACE_SECONDS:g} s or that minimum",
     )
     repair_batch: int = Field(
         default=100, ge=1, le=10_000, description="booked slots the repair reads per run"

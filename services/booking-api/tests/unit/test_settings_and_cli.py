@@ -1,6 +1,7 @@
 """Settings refuse weak secrets; the console scripts mint tokens the API accepts."""
 
 import os
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -189,3 +190,20 @@ def test_the_default_repair_grace_outlasts_a_long_request_timeout(
     monkeypatch.setenv("BOOKING_API_REQUEST_TIMEOUT_SECONDS", "600")
     monkeypatch.setenv("BOOKING_API_MONGO_TIMEOUT_MS", "20000")
     assert Settings().repair_grace.total_seconds() == 600 + 10 * 20 + 5
+
+
+@pytest.mark.parametrize("grace", ["inf", "1e12", "15552001"])
+def test_a_repair_grace_past_the_booking_horizon_is_refused(
+    monkeypatch: pytest.MonkeyPatch, grace: str
+) -> None:
+    """A slot is booked at most 180 days ahead, so a longer grace never frees one before it
+    starts. Such values (`inf` as "never") used to be accepted, then broke the repair:
+    `inf` ended its task at start (OverflowError, nothing repaired until a restart), `1e12`
+    failed every run (date value out of range)."""
+    monkeypatch.setenv("BOOKING_API_STORAGE", "memory")
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_REPAIR_GRACE_SECONDS", grace)
+    with pytest.raises(ValidationError, match="repair_grace_seconds"):
+        Settings()
+    monkeypatch.setenv("BOOKING_API_REPAIR_GRACE_SECONDS", "15552000")
+    assert Settings().repair_grace == timedelta(days=180)

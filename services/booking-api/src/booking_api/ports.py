@@ -50,10 +50,14 @@ def read_slot(document: Mapping[str, Any]) -> SlotDocument | UnreadableSlot:
     try:
         return SlotDocument.model_validate(document)
     except ValidationError as exc:
-        why = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors()
-        )
-        return UnreadableSlot(str(document["_id"]), document["start"], why)
+        return UnreadableSlot(str(document["_id"]), document["start"], refusal(exc))
+
+
+def refusal(exc: ValidationError) -> str:
+    """Why the model refused a stored document, one ``field: message`` per error."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 class IdempotencyRecord(StoredDocument):

@@ -4,11 +4,12 @@
 Replicas need no coordination: each release is a compare-and-set on the booking id and
 the version read, so of two replicas freeing one slot exactly one does (and logs and
 counts it). A step the store fails is one warning line; the next interval tries again
-from the same place. A stored slot the model refuses is one warning line per pass
-(``slot.unreadable``, its id and the validation error), counted as a failure, and the
-scan goes on after it. Each replica keeps its own place in the scan, in (start, id) order
-of the booked slots that have not started, so every one is looked at within
-``booked slots / batch`` intervals however many live bookings come first.
+from the same place. A stored slot the model refuses, or whose booking it refuses, is one
+warning line per pass (``slot.unreadable``, its id and the validation error), counted as a
+failure, and the scan goes on after it (the slot left as it is). Each replica keeps its
+own place in the scan, in (start, id) order of the booked slots that have not started, so
+every one is looked at within ``booked slots / batch`` intervals however many live
+bookings come first.
 """
 
 import asyncio

@@ -60,13 +60,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from booking_api.domain import authz, bookings, repair, slots
 from booking_api.domain.errors import Conflict, NotFound
 from booking_api.domain.notifications import booking_notifications, notification_id
 from booking_api.domain.repair import SlotCursor
 from booking_api.ids import new_id
-from booking_api.ports import DuplicateKey, Storage, UnreadableSlot
+from booking_api.ports import DuplicateKey, Storage, UnreadableSlot, refusal
 from slotstream_contracts.auth import Principal, Role
 from slotstream_contracts.documents import (
     BookingDocument,
@@ -151,7 +152,7 @@ class RepairBatch:
     next_after: SlotCursor | None
     #: the store error that ended the step early (the slots before it were looked at)
     error: Exception | None = None
-    #: stored slots the model refused, passed over
+    #: stored slots the model refused, or whose booking it refused: passed over
     unreadable: list[UnreadableSlot] = field(default_factory=list)
 
 
@@ -503,17 +504,25 @@ class BookingService:
             except Exception as exc:
                 # What was freed stays freed (and is reported); the next step goes on here.
                 return RepairBatch(repaired, done, error=exc, unreadable=unreadable)
-            if freed is not None:
+            if isinstance(freed, UnreadableSlot):  # its booking: reported, slot left held
+                unreadable.append(freed)
+            elif freed is not None:
                 repaired.append(freed)
             done = SlotCursor(slot.start, slot.id)
         return RepairBatch(repaired, done if len(found) == limit else None, unreadable=unreadable)
 
     async def _repair_slot(
         self, slot: SlotDocument, stale_before: datetime, now: datetime
-    ) -> RepairedSlot | None:
+    ) -> RepairedSlot | UnreadableSlot | None:
+        """The slot freed, or None; an :class:`UnreadableSlot` when its booking document is
+        one the model refuses: whether that booking is active cannot be told, so the slot
+        stays held, and the scan goes on after it (it would fail there every run)."""
         if slot.booking_id is None:
             return None
-        booking = await self._storage.bookings.get(slot.booking_id)
+        try:
+            booking = await self._storage.bookings.get(slot.booking_id)
+        except ValidationError as exc:
+            return UnreadableSlot(slot.id, slot.start, f"booking {slot.booking_id}: {refusal(exc)}")
         why = repair.why_repair(slot, booking, stale_before)
         if why is None:
             return None

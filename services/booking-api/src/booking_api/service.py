@@ -42,10 +42,10 @@ Partial failure, step by step (a store write can fail or time out at any point):
 - Repair (``repair_slots``, run in the background by ``repair.SlotRepair``): a booked slot
   unchanged for the grace (longer than any booking request can still be running: the
   request timeout + 10 store timeouts + 5 s, enforced by the settings) whose booking id
-  has no booking, or a cancelled one, is released by a compare-and-set on its booking id
-  and the version read, and logged as ``slot.repaired``. It never frees an active
-  booking's slot, nor one that changed since it was read (booked again, reclaimed by a
-  retry, freed by another replica).
+  has no booking, or one cancelled as long ago, is released by a compare-and-set on its
+  booking id and the version read, and logged as ``slot.repaired``. It never frees an
+  active booking's slot, nor one that changed since it was read (booked again, reclaimed
+  by a retry, freed by another replica), nor one a cancel under way is about to free.
 - Slots: the store checks for overlaps and inserts as one atomic step across every
   process sharing it (MongoDB: a transaction that first writes a per-instructor guard
   document, so concurrent creations for one instructor conflict and are retried); a

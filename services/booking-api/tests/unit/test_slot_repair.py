@@ -460,3 +460,38 @@ async def test_a_stored_booking_it_cannot_read_is_one_line_and_the_scan_goes_on(
     assert "version" in skipped[0]["error"]
     assert len(failures) == 2
     assert [e for e in logs if e["event"] == "slot.repair_failed"] == []
+
+
+async def test_a_cancel_under_way_is_no_repair(
+    flaky: FlakyStorage, clock: Clock, logs: list[EventDict]
+) -> None:
+    """A booking made long ago is cancelled just as the repair looks at its slot: the
+    booking is cancelled, the cancel's release of the slot not done yet. Nothing failed,
+    so nothing is repaired (the repair used to free the slot itself and report it as
+    `slot.repaired why=booking-cancelled`, which the BookingApiSlotsRepaired alert reads as
+    "MongoDB failed in the middle of a cancellation"). The grace counts from the cancel:
+    a cancel whose release never comes is repaired once it has passed."""
+    service = BookingService(flaky, clock)
+    await service.create_instructor(ADA, None, "Ada", "UTC")
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    slot = await service.create_slot(ADA, "i1", start, start + timedelta(hours=1))
+    booking = await service.book(GRACE_HOPPER, slot.id, 20)
+    clock.ahead = timedelta(seconds=GRACE * 2)
+    look_up = flaky.bookings.get
+
+    async def cancelled_meanwhile(booking_id: str) -> BookingDocument | None:
+        flaky.bookings.get = look_up  # type: ignore[method-assign]
+        await flaky.bookings.cancel(booking_id, service.now())  # the cancel's first step
+        return await look_up(booking_id)
+
+    flaky.bookings.get = cancelled_meanwhile  # type: ignore[method-assign]
+    grace = timedelta(seconds=GRACE)
+    assert (await service.repair_slots(None, grace, 10)).repaired == []
+    assert [e for e in logs if e["event"] == "slot.repaired"] == []
+    held = await flaky.slots.get(slot.id)
+    assert held is not None
+    assert (held.status, held.booking_id) == (SlotStatus.BOOKED, booking.id)
+
+    clock.ahead += timedelta(seconds=GRACE + 1)  # the cancel's release never came
+    done = await service.repair_slots(None, grace, 10)
+    assert [(r.slot_id, r.why.value) for r in done.repaired] == [(slot.id, "booking-cancelled")]

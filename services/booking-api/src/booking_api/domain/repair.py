@@ -54,7 +54,7 @@ def why_repair(
 ) -> RepairReason | None:
     """Why ``slot`` (with ``booking``, the document of its booking id, None when there is
     none) is to be freed, or None when it is not: not booked, changed since
-    ``stale_before``, or held by an active booking."""
+    ``stale_before``, held by an active booking, or by one cancelled since then."""
     if slot.status is not SlotStatus.BOOKED or slot.booking_id is None:
         return None
     if slot.updated_at >= stale_before:
@@ -63,6 +63,10 @@ def why_repair(
         return RepairReason.NO_BOOKING
     if booking.id != slot.booking_id or booking.slot_id != slot.id:
         return None  # not this slot's booking: not ours to judge
-    if booking.status is BookingStatus.CANCELLED:
-        return RepairReason.BOOKING_CANCELLED
-    return None
+    if booking.status is not BookingStatus.CANCELLED:
+        return None
+    # A cancel frees the slot right after it cancels the booking: a cancel that recent
+    # may still be under way, and nothing to repair.
+    if booking.cancelled_at is not None and booking.cancelled_at >= stale_before:
+        return None
+    return RepairReason.BOOKING_CANCELLED

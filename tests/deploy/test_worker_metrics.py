@@ -8,6 +8,7 @@ fail when a worker count is set without the scrape to match."""
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from tests.deploy.test_k8s import (
     of_kind,
     pod_labels,
 )
+from tests.deploy.test_observability import promtool
 
 pytestmark = pytest.mark.deploy
 
@@ -148,3 +150,52 @@ def test_the_kubernetes_check_fails_for_workers_the_pod_does_not_expose(
         "worker metrics port 9101 is not a containerPort",
         "worker metrics port 9101 is closed to monitoring",
     ]
+
+
+ADAPTER = REPO / "deploy" / "k8s" / "components" / "streams-autoscaling" / "prometheus-adapter.yaml"
+
+
+def test_the_autoscaler_counts_every_worker_of_a_pod_once(tmp_path: Path) -> None:
+    """The HPA's streams per pod (the Prometheus adapter's query, as the adapter fills it
+    in for pods): the sum of the pod's workers, each counted once however many jobs scrape
+    it; a pod of one gateway process is its one series."""
+    (rule,) = yaml.safe_load(ADAPTER.read_text())["rules"]["custom"]
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", "gateway_connections")
+        .replace("<<.LabelMatchers>>", 'namespace="slotstream",pod=~"gw-a|gw-b"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+
+    def connections(pod: str, job: str, instance: str, value: int) -> dict[str, str]:
+        labels = f'namespace="slotstream", pod="{pod}", job="{job}", instance="{instance}"'
+        return {"series": f"gateway_connections{{{labels}}}", "values": str(value)}
+
+    case = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    # two workers of gw-a, the first also scraped by a second job
+                    connections("gw-a", "pods", "10.0.0.1:9100", 100),
+                    connections("gw-a", "monitor", "10.0.0.1:9100", 100),
+                    connections("gw-a", "pods", "10.0.0.1:9101", 150),
+                    connections("gw-b", "pods", "10.0.0.2:8002", 70),
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": query,
+                        "eval_time": "0s",
+                        "exp_samples": [
+                            {"labels": '{pod="gw-a"}', "value": 250},
+                            {"labels": '{pod="gw-b"}', "value": 70},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "adapter_test.yml").write_text(yaml.safe_dump(case))
+    tested = promtool("test", "rules", tmp_path / "adapter_test.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -7,6 +7,7 @@ metrics ports, declared by the pod and admitted from `monitoring`. The check is 
 fail when a worker count is set without the scrape to match."""
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ def compose_gaps(services: dict[str, dict[str, Any]], prometheus: dict[str, Any]
 
 
 def k8s_gaps(manifests: list[Manifest]) -> list[str]:
-    """The gateway pod's scrape (its prometheus.io annotations: one port, docs/deploy.md)
+    """The gateway pod's scrape (its prometheus.io annotations: one port; and the ports
+    named metrics-w<n> that docs/deploy.md's job for workers keeps)
     against its settings (ConfigMaps it reads and literal env), the ports its container
     declares and the ports the NetworkPolicies open to `monitoring`."""
     template = of_kind(manifests, "Deployment")[GATEWAY]["spec"]["template"]
@@ -81,7 +83,12 @@ def k8s_gaps(manifests: list[Manifest]) -> list[str]:
         settings |= config_maps[source["configMapRef"]["name"]]["data"]
     settings |= {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
     annotations = template["metadata"].get("annotations", {})
-    scraped = set()
+    # the worker job of docs/deploy.md keeps the ports named metrics-w<n>
+    scraped = {
+        port["containerPort"]
+        for port in container["ports"]
+        if re.fullmatch(r"metrics-w\d+", port.get("name", ""))
+    }
     if annotations.get("prometheus.io/scrape") == "true":
         scraped.add(int(annotations["prometheus.io/port"]))
     gaps = scrape_gaps(settings, scraped)
@@ -138,6 +145,7 @@ def test_the_kubernetes_check_fails_for_workers_the_pod_does_not_expose(
     rendered: dict[str, list[Manifest]],
 ) -> None:
     manifests = copy.deepcopy(rendered["prod"])
+    template = of_kind(manifests, "Deployment")[GATEWAY]["spec"]["template"]
     (config_map,) = [m for n, m in of_kind(manifests, "ConfigMap").items() if n.startswith(GATEWAY)]
     config_map["data"] |= {"GATEWAY_WORKERS": "2", "GATEWAY_WORKER_METRICS_PORT": "9100"}
     assert k8s_gaps(manifests) == [
@@ -150,6 +158,16 @@ def test_the_kubernetes_check_fails_for_workers_the_pod_does_not_expose(
         "worker metrics port 9101 is not a containerPort",
         "worker metrics port 9101 is closed to monitoring",
     ]
+    # as docs/deploy.md says: the ports named and opened, the one-port annotation off
+    template["metadata"]["annotations"]["prometheus.io/scrape"] = "false"
+    template["spec"]["containers"][0]["ports"] += [
+        {"name": f"metrics-w{n}", "containerPort": 9100 + n, "protocol": "TCP"} for n in (0, 1)
+    ]
+    scraping = of_kind(manifests, "NetworkPolicy")["metrics-scraping"]
+    scraping["spec"]["ingress"][0]["ports"] += [
+        {"protocol": "TCP", "port": p} for p in (9100, 9101)
+    ]
+    assert k8s_gaps(manifests) == []
 
 
 ADAPTER = REPO / "deploy" / "k8s" / "components" / "streams-autoscaling" / "prometheus-adapter.yaml"

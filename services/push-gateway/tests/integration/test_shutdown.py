@@ -1,4 +1,5 @@
-"""The console entry point as a real process: SIGTERM drains streams with a short retry."""
+"""The console entry point as a real process: SIGTERM closes the port and drains streams
+with a short retry."""
 
 import asyncio
 import re
@@ -6,6 +7,7 @@ import signal
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -75,6 +77,10 @@ def test_sigterm_tells_clients_to_reconnect_soon_and_exits(
         tail = re.search(rb'retry: (\d+)\n\nevent: bye\ndata: {"reason":"shutdown"}\n\n$', received)
         assert tail is not None, received[-200:]
         assert 250 <= int(tail.group(1)) <= 1250
+        # The port closed as the drain began, before the bye: a scrape now fails, so
+        # Prometheus sees a drain as the target going away (gateway_ready 0 is never read)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
         on_ws = b""
         while chunk := ws.recv(65536):
             on_ws += chunk

@@ -14,11 +14,12 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from fastapi import FastAPI
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from push_gateway.gateway import Gateway
-from push_gateway.testing import notification_event, slot_event
+from push_gateway.testing import booking_event, notification_event, slot_event
 from slotstream_contracts.auth import Role, mint_token
 from slotstream_contracts.entities import Audience
 from slotstream_contracts.events import CloudEvent
@@ -60,7 +61,12 @@ async def get(url: str, **kwargs: Any) -> httpx.Response:
 class Stream:
     """An SSE client that collects events in the background."""
 
-    def __init__(self, url: str, params: dict[str, str], headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        params: dict[str, str] | list[tuple[str, str]],
+        headers: dict[str, str] | None = None,
+    ):
         self.url, self.params, self.headers = url, params, headers or {}
         self.events: list[ServerSentEvent] = []
         self.status = 0
@@ -253,6 +259,114 @@ async def test_a_student_and_an_instructor_sharing_an_id_each_get_only_their_own
             await stream.wait_for("notification", 2)
     assert [n["id"] for n in theirs.data("notification")] == ["n-student-v1", "n-old-v1"]
     assert [n["id"] for n in mine.data("notification")] == ["n-instructor-v1", "n-old-v1"]
+
+
+def booked(instructor: str, student: str, booking: str) -> list[CloudEvent]:
+    """A booking as the change-publisher writes it: one record for its instructor and one
+    for its student, keyed by each, with one CloudEvents id (two records even when the
+    two ids are one)."""
+    return [
+        booking_event(instructor, booking, "sl1", student, audience)
+        for audience in (Audience.INSTRUCTOR, Audience.STUDENT)
+    ]
+
+
+def same_partition(user: str, partitions: int) -> str:
+    """Another user id whose notifications share ``user``'s partition: one partition's ids
+    are its offsets, and records of one partition are replayed in the order they came."""
+    wanted = (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
+    return next(
+        other
+        for n in range(100)
+        if (murmur2((other := f"{user}-s{n}").encode()) & 0x7FFFFFFF) % partitions == wanted
+    )
+
+
+#: (SSE id, event, CloudEvents id, audience) of a record's frame
+Frame = tuple[str, str, str, str | None]
+
+
+async def frames_until(stream: Stream, last: str) -> list[Frame]:
+    """The stream's record frames, up to the one of the CloudEvent ``last``."""
+    async with asyncio.timeout(10):
+        while last not in (orjson.loads(e.data).get("id") for e in stream.events):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    frames = []
+    for e in stream.events:
+        if e.event in ("notification", "booking"):
+            event = orjson.loads(e.data)
+            frames.append((e.id, e.event, event["id"], event.get("audience")))
+    return frames
+
+
+async def live_and_resumed(
+    kafka: KafkaEndpoint,
+    topics: TopicSettings,
+    gateways: tuple[ServerThread, ServerThread],
+    channels: list[str],
+    events: list[CloudEvent],
+) -> tuple[list[Frame], dict[str, list[Frame]]]:
+    """What an admin's stream of ``channels`` gets live of ``events`` (the last a
+    notification), the same on both gateways, and what a stream on the second gets
+    resuming from each of the live ids: each should be the live frames after that id.
+    (The second gateway has read them all by then: a resume from beyond what it knows of
+    the log would start afresh.)"""
+    a, b = gateways
+    params = [("channel", c) for c in channels]
+    admin = bearer(mint_token(JWT, "admin1", Role.ADMIN))
+    last = events[-1].id
+    async with (
+        Stream(a.url + "/v1/events", params, admin) as on_a,
+        Stream(b.url + "/v1/events", params, admin) as on_b,
+        producer(kafka) as p,
+    ):
+        await publish(p, topics.notifications, events)
+        live = await frames_until(on_a, last)
+        assert await frames_until(on_b, last) == live
+    resumed = {}
+    for frame_id, *_ in live[:-1]:
+        headers = {**admin, "Last-Event-ID": frame_id}
+        async with Stream(b.url + "/v1/events", params, headers) as stream:
+            resumed[frame_id] = await frames_until(stream, last)
+    return live, resumed
+
+
+async def test_an_admin_gets_the_same_frames_live_and_resuming_when_one_id_is_both_roles(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    """A booking of instructor u's slot by student u (two people, one id) is two records
+    on ``users/u/notifications``, one per role, with one CloudEvents id; an admin reads
+    both roles, so both are frames, live and on any resume."""
+    user = f"both-{uuid.uuid4().hex[:6]}"
+    events = [
+        notification_event(user, "n-before", "before"),
+        *booked(user, user, "b-self"),
+        notification_event(user, "n-after", "after"),
+    ]
+    live, resumed = await live_and_resumed(
+        kafka, topics, gateways, [f"users/{user}/notifications"], events
+    )
+    assert resumed == {frame_id: live[n:] for n, (frame_id, *_) in enumerate(live[:-1], 1)}
+    assert [audience for *_, audience in live] == [None, "instructor", "student", None]
+
+
+async def test_an_admin_gets_the_same_frames_live_and_resuming_on_two_users_channels(
+    kafka: KafkaEndpoint, topics: TopicSettings, gateways: tuple[ServerThread, ServerThread]
+) -> None:
+    """An admin watching a booking's instructor and its student on one stream gets both
+    records, each on its own channel, live and on any resume (``ce_id`` de-duplication
+    is per channel)."""
+    instructor = f"i-{uuid.uuid4().hex[:6]}"
+    student = same_partition(instructor, 2)
+    events = [
+        notification_event(instructor, "n-before", "before"),
+        *booked(instructor, student, "b-two"),
+        notification_event(student, "n-after", "after"),
+    ]
+    channels = [f"users/{instructor}/notifications", f"users/{student}/notifications"]
+    live, resumed = await live_and_resumed(kafka, topics, gateways, channels, events)
+    assert resumed == {frame_id: live[n:] for n, (frame_id, *_) in enumerate(live[:-1], 1)}
+    assert [audience for *_, audience in live] == [None, "instructor", "student", None]
 
 
 async def test_a_private_stream_opened_with_a_ticket_ends_with_its_token(

@@ -47,9 +47,10 @@ def test_raw_line_breaks_are_refused(payload: bytes) -> None:
 @given(st.text(max_size=500))
 def test_no_client_string_can_break_a_frame(message: str) -> None:
     event = notification_event("u1", "n1", message)
-    body = frame_body(record_of(event, 7), NOTIFICATIONS_LETTER, NO_READERS)
-    assert body is not None
-    events = parse_sse(with_id(b"n0:7", body) + json_frame("presence", {"channel": message}))
+    framed = frame_body(record_of(event, 7), NOTIFICATIONS_LETTER, NO_READERS)
+    assert framed is not None
+    body = with_id(b"n0:7", framed[0])
+    events = parse_sse(body + json_frame("presence", {"channel": message}))
     assert len(events) == 2
     assert orjson.loads(events[0]["data"])["data"]["message"] == message
     assert events[0]["event"] == "notification"

@@ -1,8 +1,9 @@
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 import pytest
 
+from push_gateway.domain.catch_up import CatchUpPlan, catch_up_frames
 from push_gateway.domain.hub import NO_READERS, ChannelHub, Readers, Record, Writer, frame_body
 from push_gateway.domain.positions import PartitionKey
 from push_gateway.domain.ws_protocol import event_frame
@@ -169,6 +170,44 @@ def test_each_role_of_an_id_reads_its_own_records_and_admins_all(hub: ChannelHub
     for sub in subs.values():
         hub.detach(sub)
     assert hub.subscriber_counts() == {}
+
+
+def test_live_and_replayed_private_frames_are_the_same_for_every_role(hub: ChannelHub) -> None:
+    """A booking is one record per reader with one CloudEvents id: of u1 by u1 (one id,
+    two people) both on ``users/u1/notifications``, of u1 by u2 one there and one on
+    ``users/u2/notifications``. A stream gets each record its role reads once — an
+    admin's all four — and a re-sent copy (same id, same role) never, live or replayed."""
+    student, instructor = Audience.STUDENT, Audience.INSTRUCTOR
+    records = [
+        record_of(booking_event("u1", "b1", "s1", "u1", instructor), 0),
+        record_of(booking_event("u1", "b1", "s1", "u1", student), 1),
+        record_of(booking_event("u1", "b2", "s2", "u2", instructor), 2),
+        record_of(booking_event("u1", "b2", "s2", "u2", student), 3),
+    ]
+    records += [replace(records[1], offset=4), replace(records[3], offset=5)]  # re-sent
+    streams = {
+        STUDENTS: ["u1"],
+        INSTRUCTORS: ["u1"],
+        ADMINS: ["u1", "u2"],
+    }
+    subs = {}
+    for readers, users in streams.items():
+        subs[readers] = FakeSubscriber((("n", 0),), readers=readers)
+        hub.attach(subs[readers], [Channel.notifications(u) for u in users])
+        hub.go_live(subs[readers])
+    hub.ingest(NOTIFICATIONS_TOPIC, 0, records)
+    for readers, users in streams.items():
+        channels = tuple(Channel.notifications(u) for u in users)
+        plan = CatchUpPlan({("n", 0): 5}, {("n", 0): -1}, set(), set())
+        plan.replay[("n", 0)] = [r for r in records if r.key in {u.encode() for u in users}]
+        replayed = catch_up_frames(hub, channels, {}, (), plan, readers)
+        assert replayed == subs[readers].frames, readers
+    offsets = {r: [f.split(b"\n")[0] for f in sub.frames] for r, sub in subs.items()}
+    assert offsets == {
+        STUDENTS: [b"id: n0:1"],
+        INSTRUCTORS: [b"id: n0:0", b"id: n0:2"],
+        ADMINS: [b"id: n0:0", b"id: n0:1", b"id: n0:2", b"id: n0:3"],
+    }
 
 
 def test_resent_change_is_delivered_once(hub: ChannelHub) -> None:

@@ -14,6 +14,7 @@ import orjson
 from push_gateway.domain.frames import event_body, json_frame, with_id
 from push_gateway.domain.hub import (
     CONTROL_KEY_BYTES,
+    PUBLIC,
     ChannelHub,
     Readers,
     Record,
@@ -131,9 +132,12 @@ def catch_up_frames(
     """The frames of a stream of ``channels``: a ``resync`` frame per channel of
     ``announce`` (and per notification channel of ``lost``) and the snapshots, then the
     plan's replay, then ``pending`` (the records the hub buffered meanwhile), each record
-    at most once (by CloudEvents id) and none that a snapshot already shows; of the
-    private records only those for the roles the stream reads (``readers``) — the replay
-    holds every role's.
+    at most once and none that a snapshot already shows; of the private records only
+    those for the roles the stream reads (``readers``) — the replay holds every role's.
+    "At most once" as live delivery has it (``ChannelHub._dispatch``): per channel, by
+    CloudEvents id and, for a private record, audience — a booking is one record per
+    reader with one id, and a stream of its instructor's and its student's channels (an
+    admin's) is sent both live, as one of an id that is both roles reads both.
 
     Every ``id`` must be a position the client can resume from without missing anything
     (``domain/positions.py``), whichever frame its connection is cut after; a catch-up may
@@ -147,16 +151,21 @@ def catch_up_frames(
     fresh, replay, snapshots = plan.fresh, plan.replay, plan.snapshots
     out: list[bytes] = []
     vector = {k: (resume[k] if resume and k in resume else positions[k]) for k in positions}
-    seen: set[bytes] = set()
+    #: (topic letter, record key: the channel), then what live delivery tells copies by
+    seen: set[tuple[str, bytes | None, object]] = set()
 
     def emit(key: PartitionKey, record: Record) -> None:
         vector[key] = record.offset
-        body = frame_body(record, key[0], readers)
-        ce_id = record.ce_id
-        if body is None or (ce_id is not None and ce_id in seen):
+        framed = frame_body(record, key[0], readers)
+        if framed is None:
             return
+        body, audience = framed
+        ce_id = record.ce_id
         if ce_id is not None:
-            seen.add(ce_id)
+            copy = (key[0], record.key, ce_id if audience is PUBLIC else (ce_id, audience))
+            if copy in seen:
+                return
+            seen.add(copy)
         out.append(with_id(format_position(vector), body))
 
     for key in fresh:

@@ -48,6 +48,9 @@ CONTROL_KEY_BYTES: Final = CONTROL_KEY.encode()
 _join: Final = b"".join
 #: Event ids remembered per channel to drop re-sent copies of the same change.
 RECENT_IDS: Final = 256
+#: The ``audience`` :meth:`ChannelHub._dispatch` is given for a record of a public channel
+#: (whose value it has not parsed yet; a private record's it has).
+PUBLIC: Final = object()
 
 Writer = Callable[[bytes], object]
 #: writes one frame with every writer of a group (subscriber → writer); the composition root
@@ -140,7 +143,10 @@ class ChannelSubscribers:
         #: event as one shared WebSocket frame instead of an SSE frame
         self.ws_live: dict[Subscriber, Writer] = {}
         self.pending: dict[Subscriber, None] = {}
-        self.recent_ids: dict[bytes, None] = {}
+        #: ``ce_id`` of the records framed lately; of a private channel's, with the
+        #: ``audience`` (``(ce_id, audience)``): its records of one change for other roles
+        #: are other records, not copies (an admin reads both)
+        self.recent_ids: dict[object, None] = {}
         #: ``time.monotonic()`` when a record was last framed for the channel (its streams
         #: were sent something then: the heartbeat skips them for a while)
         self.framed_at = -inf
@@ -198,12 +204,14 @@ class PartitionState:
     heads: dict[bytes, bytes] = field(default_factory=dict)
 
 
-def frame_body(record: Record, letter: str, readers: Readers) -> bytes | None:
+def frame_body(record: Record, letter: str, readers: Readers) -> tuple[bytes, object] | None:
     """The shared ``event:``/``data:`` bytes of a data record of the topic ``letter``, for
-    a stream reading private channels as ``readers``; None when it cannot be framed
-    (:func:`~push_gateway.domain.frames.framable`), does not belong on that topic's
-    channels, or is a private record for a role the stream does not read. For what a
-    catch-up writes; live records are checked in :meth:`ChannelHub._dispatch`."""
+    a stream reading private channels as ``readers``, with the audience it names (a
+    public record: :data:`PUBLIC`), which tells its copies apart as live delivery does;
+    None when it cannot be framed (:func:`~push_gateway.domain.frames.framable`), does
+    not belong on that topic's channels, or is a private record for a role the stream
+    does not read. For what a catch-up writes; live records are checked in
+    :meth:`ChannelHub._dispatch`."""
     ce_type = record.ce_type
     family = FAMILY_OF_TYPE.get(ce_type) if ce_type in CE_TYPES_OF_LETTER[letter] else None
     value = record.value
@@ -212,9 +220,12 @@ def frame_body(record: Record, letter: str, readers: Readers) -> bytes | None:
     event = json_object(value)
     if event is None:
         return None
-    if letter == NOTIFICATIONS_LETTER and not reads(readers, event.get("audience")):
-        return None
-    return event_body(family, value)
+    audience = PUBLIC
+    if letter == NOTIFICATIONS_LETTER:
+        audience = event.get("audience")
+        if not reads(readers, audience):
+            return None
+    return event_body(family, value), audience
 
 
 class ChannelHub:
@@ -344,7 +355,7 @@ class ChannelHub:
         audience = event.get("audience")
         for readers, group in entry.groups.items():
             if reads(readers, audience):
-                self._dispatch(group, key, state, record, framable_checked=True)
+                self._dispatch(group, key, state, record, audience)
 
     def _dispatch(
         self,
@@ -352,8 +363,12 @@ class ChannelHub:
         key: PartitionKey,
         state: PartitionState,
         record: Record,
-        framable_checked: bool = False,
+        audience: object = PUBLIC,
     ) -> None:
+        """``audience``: a private record's (its value parsed, and found framable, by
+        :meth:`_dispatch_private`). A copy of a record framed lately for the channel is
+        dropped: one with its ``ce_id`` and, if private, its audience (a change's records
+        for two roles are two records: an admin reads both; catch-ups the same)."""
         if subscribers.channel is None:
             self._resync(key)
             return
@@ -371,14 +386,15 @@ class ChannelHub:
             return
         if ce_id is not None:
             recent = subscribers.recent_ids
-            if ce_id in recent:
+            seen_as = ce_id if audience is PUBLIC else (ce_id, audience)
+            if seen_as in recent:
                 stats.duplicates += 1
                 return
-            recent[ce_id] = None
+            recent[seen_as] = None
             if len(recent) > RECENT_IDS:
                 del recent[next(iter(recent))]
         # one UTF-8 JSON object on one line, as every client parses
-        if not framable_checked and not framable(value):
+        if audience is PUBLIC and not framable(value):
             stats.malformed += 1
             return
         stats.framed += 1

@@ -14,7 +14,9 @@ export const Status = Object.freeze({
   RECONNECTING: "reconnecting", // lost the stream; EventSource is retrying (amber)
   DISCONNECTED: "disconnected", // the server refused or closed for good; we retry after a delay (red)
   CLOSED: "closed", // close() was called
-  GONE: "gone", // the instructor does not exist (deleted, a stale link): no reconnect
+  // The instructor does not exist (deleted, a stale link): the schedule is never asked again.
+  // Final: a signed-in user's own channel goes on alone, its reconnects not shown.
+  GONE: "gone",
 });
 
 const DEFAULTS = Object.freeze({
@@ -207,18 +209,33 @@ export class Subscription extends EventTarget {
     return Boolean(this.options.token);
   }
 
+  get scheduleChannel() {
+    return `instructors/${this.instructorId}/schedule`;
+  }
+
+  /** The signed-in user's own channel (notifications, bookings), when there is a userId. */
+  get notificationsChannel() {
+    const { userId } = this.options;
+    return this.isPrivate && userId ? `users/${userId}/notifications` : null;
+  }
+
+  /** The channels a connection carries: the schedule's (until it is GONE) and the user's. */
+  get channels() {
+    const schedule = this.status === Status.GONE ? null : this.scheduleChannel;
+    return [schedule, this.notificationsChannel].filter(Boolean);
+  }
+
   /**
    * The URL of the next connection: the public schedule, or /v1/events with a single-use
    * stream ticket when signed in. The bearer token itself never goes into a URL.
    */
   url(ticket = null) {
-    const { baseUrl, userId } = this.options;
+    const { baseUrl } = this.options;
     const params = new URLSearchParams();
     let path;
     if (this.isPrivate) {
       path = "/v1/events";
-      params.append("channel", `instructors/${this.instructorId}/schedule`);
-      if (userId) params.append("channel", `users/${userId}/notifications`);
+      for (const channel of this.channels) params.append("channel", channel);
       if (ticket) params.set("ticket", ticket);
     } else {
       path = "/api/book-now/schedule-updates";
@@ -234,10 +251,21 @@ export class Subscription extends EventTarget {
     this._setStatus(Status.CLOSED);
   }
 
-  /** The booking-api does not know the instructor: nothing to follow, never reconnect. */
+  /**
+   * The booking-api does not know the instructor: the schedule is never asked again. The
+   * signed-in user's channel shared its connection and goes on alone (their bookings still
+   * get confirmed and cancelled), reconnecting as any stream does; without one, stop.
+   */
   _gone() {
-    this._stop();
     this._setStatus(Status.GONE);
+    if (this.notificationsChannel) this._keepNotifications();
+    else this._stop();
+  }
+
+  /** SSE: the stream carried the schedule (it ended, or was refused): a new one without it. */
+  _keepNotifications() {
+    this._stop();
+    this._connect();
   }
 
   _stop() {
@@ -254,7 +282,9 @@ export class Subscription extends EventTarget {
 
   /** Reconnect now (e.g. the user pressed "Retry" or the browser came back online). */
   reconnectNow() {
-    if ([Status.CLOSED, Status.GONE, Status.OPEN].includes(this.status)) return;
+    if ([Status.CLOSED, Status.OPEN].includes(this.status)) return;
+    // GONE: only the user's channel can be waiting for a reconnect.
+    if (this.status === Status.GONE && this._retryTimer === null) return;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this._connect();
@@ -286,9 +316,10 @@ export class Subscription extends EventTarget {
         this._request = null;
         this.attempt += 1;
         if (error instanceof SignInExpired) {
-          // Retrying cannot help: the server refuses this token every time.
+          // Retrying cannot help: the server refuses this token every time. (GONE stays:
+          // what the page shows is the schedule's end, and `error` says the rest.)
           this._fail(error);
-          this._setStatus(Status.CLOSED);
+          if (this.status !== Status.GONE) this._setStatus(Status.CLOSED);
           return;
         }
         // A busy server's `Retry-After` (a full ticket store, the edge's rate limit) is
@@ -347,7 +378,8 @@ export class Subscription extends EventTarget {
         this._source = null;
         const wait = bye === "shutdown" ? this._shutdownDelay() : 0;
         const status = gaveUp ? Status.DISCONNECTED : Status.RECONNECTING;
-        if (opened) this._scheduleRetry(status, wait);
+        // The user's stream after GONE carries no schedule: nothing to check.
+        if (opened || this.status === Status.GONE) this._scheduleRetry(status, wait);
         else this._retryUnlessGone(status);
       } else {
         // EventSource retries by itself and sends Last-Event-ID.
@@ -509,6 +541,7 @@ export class Subscription extends EventTarget {
   }
 
   _setStatus(status, retryInMs = null) {
+    if (this.status === Status.GONE && status !== Status.CLOSED) return; // final but for close()
     this.status = status;
     this._emit("status", { status, attempt: this.attempt, retryInMs });
   }
@@ -560,15 +593,6 @@ export class WebSocketSubscription extends Subscription {
     super(instructorId, { ...WS_DEFAULTS, ...options });
   }
 
-  get scheduleChannel() {
-    return `instructors/${this.instructorId}/schedule`;
-  }
-
-  get notificationsChannel() {
-    const { userId } = this.options;
-    return this.isPrivate && userId ? `users/${userId}/notifications` : null;
-  }
-
   /**
    * ws(s)://…/v1/ws on the page's origin, or on `baseUrl`'s. The ticket is kept for the
    * `auth` message rather than put in the URL.
@@ -604,9 +628,7 @@ export class WebSocketSubscription extends Subscription {
     socket.onopen = () => {
       if (socket !== this._socket) return;
       if (ticket) this._send({ op: "auth", ticket });
-      for (const channel of [this.scheduleChannel, this.notificationsChannel]) {
-        if (channel) this._subscribe(channel);
-      }
+      for (const channel of this.channels) this._subscribe(channel);
       this._openedAt = Date.now();
       this.error = null;
       this._setStatus(Status.OPEN);
@@ -723,6 +745,14 @@ export class WebSocketSubscription extends Subscription {
       this._setStatus(Status.RECONNECTING);
       for (const channel of this._refused) this._subscribe(channel);
     });
+  }
+
+  /**
+   * The gateway ended the schedule's subscription alone (`error` 404): the user's goes on, on
+   * this socket, and is the only one subscribed again after a reconnect (`channels`).
+   */
+  _keepNotifications() {
+    this._refused.delete(this.scheduleChannel);
   }
 
   _send(op) {

@@ -94,10 +94,12 @@ class FakeEdge:
 
     slots: dict[str, SlotData] = field(default_factory=dict)
     refuse_streams: int = 0  # answer this many next stream requests with 503
-    #: the instructor is gone (deleted, a stale link): the stream and the schedule answer
-    #: 404 problem+json, as the gateway and the booking-api do
+    #: the instructor is gone (deleted, a stale link): a stream with the schedule's channel
+    #: and the schedule answer 404 problem+json, as the gateway and the booking-api do
     unknown_instructor: bool = False
     stream_requests: list[dict[str, str]] = field(default_factory=list)
+    #: the channels of each stream request, as they came (the public stream's is the schedule)
+    stream_channels: list[list[str]] = field(default_factory=list)
     queues: list[asyncio.Queue[bytes | None]] = field(default_factory=list)
     next_id: int = 0
     loop: asyncio.AbstractEventLoop | None = None
@@ -288,25 +290,32 @@ class FakeEdge:
         async def stream(request: Request) -> Response:
             self.loop = asyncio.get_running_loop()
             self.stream_requests.append(dict(request.query_params))
+            schedule_channel = f"instructors/{INSTRUCTOR}/schedule"
+            channels = [schedule_channel]
             if request.url.path == "/v1/events":
+                channels = request.query_params.getlist("channel")
                 ticket = request.query_params.get("ticket", "")
                 if ticket not in self.tickets:  # single use, as the real gateway
                     return JSONResponse({"detail": "bad ticket"}, status_code=401)
                 self.tickets.discard(ticket)
-            if self.unknown_instructor:
+            self.stream_channels.append(channels)
+            if self.unknown_instructor and schedule_channel in channels:
                 return gone()
             if self.refuse_streams > 0:
                 self.refuse_streams -= 1
                 return JSONResponse({"detail": "no gateway"}, status_code=503)
             queue: asyncio.Queue[bytes | None] = asyncio.Queue()
             self.queues.append(queue)
-            first = self.frame(
-                "snapshot",
-                {
-                    "channel": f"instructors/{INSTRUCTOR}/schedule",
-                    "schedule": self.snapshot().model_dump(mode="json", by_alias=True),
-                },
-            )
+            # a notifications channel has no snapshot: the stream starts with its next event
+            first = b""
+            if schedule_channel in channels:
+                first = self.frame(
+                    "snapshot",
+                    {
+                        "channel": schedule_channel,
+                        "schedule": self.snapshot().model_dump(mode="json", by_alias=True),
+                    },
+                )
 
             async def body() -> AsyncIterator[bytes]:
                 try:

@@ -106,7 +106,8 @@ def test_a_stream_refused_for_an_unknown_instructor_is_not_asked_again(
 ) -> None:
     """An instructor deleted (or a stale link): the gateway answers the stream 404 before
     it opens, which EventSource hides like a 503. The booking-api's 404 for the schedule
-    settles it: the page says so and stops, instead of asking again for ever."""
+    settles it: the page says so and stops asking for the schedule, instead of asking
+    again for ever (a signed-in page opens its user's channel alone, once)."""
     fake, base_url = fake_edge
     fake.unknown_instructor = True
     errors: list[str] = []
@@ -115,8 +116,10 @@ def test_a_stream_refused_for_an_unknown_instructor_is_not_asked_again(
     expect(page.locator("#conn-dot")).to_have_attribute("data-status", "gone")
     # the page's back-off (0.5 s, 1 s, 2 s, a random 50-100 % of each) would ask 3 times
     page.wait_for_timeout(3000)
-    assert len(fake.stream_requests) == 1, fake.stream_requests
-    assert len(fake.ticket_requests) == (1 if as_user else 0)
+    schedule = f"instructors/{INSTRUCTOR}/schedule"
+    asked = [schedule in channels for channels in fake.stream_channels]
+    assert asked == ([True, False] if as_user else [True]), fake.stream_channels
+    assert len(fake.ticket_requests) == (2 if as_user else 0)
     expect(page.locator("#conn-text")).to_have_text(GONE)
     assert errors == []
 
@@ -140,6 +143,77 @@ def test_a_stream_ended_with_bye_instructor_unknown_is_not_asked_again(
     assert len(fake.stream_requests) == 1, fake.stream_requests
     expect(page.locator("#conn-text")).to_have_text(GONE)
     assert axe_violations(page) == []  # the page as it is left: a message, no grid
+    assert errors == []
+
+
+def booked_notification(n: int) -> NotificationData:
+    """The fake student's booking confirmed, the ``n``-th such notification."""
+    return NotificationData(
+        id=f"6930c1e2000b{n:012d}",
+        user_id=STUDENT,
+        kind=NotificationKind.BOOKING_CREATED,
+        message=f"Your booking number {n} is confirmed.",
+        booking_id=f"fake-booking-{n}",
+        slot_id="a",
+        version=1,
+        created_at=datetime.now(UTC),
+    )
+
+
+def wait_for_streams(fake: FakeEdge, count: int, seconds: float = 5.0) -> None:
+    """Until ``count`` streams are open (or the time is up: the test's own assertion says
+    what is missing)."""
+    deadline = time.monotonic() + seconds
+    while len(fake.queues) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("gone_by", ["bye", "refused"])
+def test_a_signed_in_page_of_an_unknown_instructor_still_gets_its_notifications(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str], gone_by: str
+) -> None:
+    """A student on a deleted instructor's link (a stream ended with ``bye
+    instructor-unknown``, or refused 404 before it opened) sees the schedule is no longer
+    available, and still gets their own notifications live: the schedule's end must not
+    end the user's channel, which shares the stream. The schedule is never asked again;
+    the user's channel alone reconnects as any stream does."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    fake.unknown_instructor = gone_by == "refused"
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    if gone_by == "bye":
+        expect(page.locator("#conn-text")).to_have_text("Live")
+        fake.unknown_instructor = True
+        fake.send_bye("instructor-unknown")
+    expect(page.locator("#conn-text")).to_have_text(GONE)
+    notes = page.locator("#notif-list li")
+
+    wait_for_streams(fake, 1)
+    fake.send_notification(booked_notification(1))
+    expect(notes).to_have_count(1)
+    expect(notes.first).to_contain_text("number 1")
+
+    # The user's stream breaks: it comes back (a fresh ticket), still without the schedule.
+    fake.drop_streams()
+    page.wait_for_timeout(100)
+    wait_for_streams(fake, 1)
+    fake.send_notification(booked_notification(2))
+    expect(notes).to_have_count(2)
+    expect(notes.first).to_contain_text("number 2")
+    expect(page.locator("#conn-text")).to_have_text(GONE)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "gone")
+    expect(page.locator("#week")).to_contain_text("no longer available")
+    schedule = f"instructors/{INSTRUCTOR}/schedule"
+    assert [schedule in channels for channels in fake.stream_channels] == [True, False, False]
+    assert fake.stream_channels[-1] == [f"users/{STUDENT}/notifications"]
+    assert len(fake.ticket_requests) == 3  # one ticket per connection, never one used twice
+    # the page as it is left, a message and the panel, once the new items have slid in (axe
+    # measures contrast mid-fade otherwise)
+    page.wait_for_function(
+        "() => document.getAnimations().every((a) => a.effect.getTiming().iterations === Infinity)"
+    )
+    assert axe_violations(page) == []
     assert errors == []
 
 

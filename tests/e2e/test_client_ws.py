@@ -369,3 +369,52 @@ def test_notifications_missed_while_a_socket_was_down_are_loaded_again(
     expect(notes).to_have_count(1)
     expect(notes.first).to_contain_text("Your booking was cancelled.")
     assert errors == []
+
+
+def test_a_signed_in_page_of_an_unknown_instructor_still_gets_its_notifications(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """The gateway answers the schedule's subscribe ``error`` 404 (a deleted instructor) and
+    keeps the socket and the user's subscription open: the page says the schedule is gone
+    and still shows the user's notifications as they come, on that socket and on the next
+    one after a drop, which subscribes the user's channel alone."""
+    fake, base_url = fake_edge
+    page, errors = open_websocket_page(context, fake, base_url, f"&as={STUDENT}")
+    schedule = f"instructors/{INSTRUCTOR}/schedule"
+    notifications = f"users/{STUDENT}/notifications"
+    page.wait_for_function("() => window.__sockets.length === 1")
+    page.evaluate(
+        """([schedule, notifications]) => {
+          const socket = window.__sockets[0];
+          socket.onopen();
+          socket.deliver({ event: "subscribed", data: { channel: schedule } });
+          socket.deliver({ event: "subscribed", data: { channel: notifications } });
+          socket.deliver({ event: "error", data: {
+            op: "subscribe", channel: schedule, status: 404, title: "Not Found",
+            detail: "no instructor 'fake-instructor'" } });
+        }""",
+        [schedule, notifications],
+    )
+    gone = "This instructor's schedule is no longer available"
+    expect(page.locator("#conn-text")).to_have_text(gone)
+    notify = """([n, id, note]) => window.__sockets[n].deliver({ event: "notification", id,
+      data: { specversion: "1.0", id: note.id, type: "notification.created", data: note } })"""
+    note = cancelled_notification()
+    page.evaluate(notify, [0, "n0:1", note.model_dump(mode="json", by_alias=True)])
+    notes = page.locator("#notif-list li")
+    expect(notes).to_have_count(1)
+    expect(notes.first).to_contain_text("Your booking was cancelled.")
+
+    # The socket drops: the next one subscribes the user's channel alone, from where it was.
+    page.evaluate("() => window.__sockets[0].onclose({ code: 1006, reason: '' })")
+    page.wait_for_function("() => window.__sockets.length === 2", timeout=10_000)
+    page.evaluate("() => window.__sockets[1].onopen()")
+    sent = page.evaluate("() => window.__sockets[1].sent")
+    assert [op for op in sent if op["op"] != "auth"] == [
+        {"op": "subscribe", "channel": notifications, "since": "n0:1"}
+    ]
+    again = note.model_copy(update={"id": "6930c1e2000a200000000000"})
+    page.evaluate(notify, [1, "n0:2", again.model_dump(mode="json", by_alias=True)])
+    expect(notes).to_have_count(2)
+    expect(page.locator("#conn-text")).to_have_text(gone)
+    assert errors == []

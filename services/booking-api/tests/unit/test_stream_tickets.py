@@ -94,3 +94,28 @@ async def test_the_redeem_route_is_mounted_with_mongo_storage(jwt_settings: JwtS
     async with httpx.AsyncClient(transport=transport, base_url="http://booking") as api:
         assert (await redeem(api, "t", "wrong")).status_code == 403
         assert (await redeem(api, "t")).status_code == 503
+
+
+async def test_what_the_ticket_route_does_not_read_never_makes_it_a_400(
+    api: httpx.AsyncClient, auth: AuthHeaders
+) -> None:
+    """``POST /api/stream-tickets`` declares no 400 (``TICKET_ERRORS``): it reads neither
+    body nor query, so the requests that are a 400 elsewhere ("an unreadable body or
+    query") get a ticket, and an unreadable ``Authorization`` is a 401 like any bad token."""
+    url = "/api/stream-tickets"
+    student = auth("s1")
+    json_type = {**student, "Content-Type": "application/json"}
+    ignored = {
+        "not JSON": await api.post(url, headers=json_type, content=b"{"),
+        "not UTF-8": await api.post(url, headers=json_type, content=b"\xff\xfe"),
+        "a broken form": await api.post(
+            url,
+            headers={**student, "Content-Type": "multipart/form-data; boundary=x"},
+            content=b"--x\r\nbroken",
+        ),
+        "a broken query": await api.post(f"{url}?%zz=%ff&ticket", headers=student),
+    }
+    assert {name: r.status_code for name, r in ignored.items()} == dict.fromkeys(ignored, 201)
+    unreadable = await api.post(url, headers={b"Authorization": b"Bearer \xff\xfe"})
+    assert unreadable.status_code == 401
+    assert unreadable.json()["type"] == "urn:slotstream:problem:unauthenticated"

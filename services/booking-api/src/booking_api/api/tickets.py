@@ -33,8 +33,9 @@ router = APIRouter()
 
 #: every status ``POST /api/stream-tickets`` answers besides 201: 401 no or a bad token,
 #: 413 a body past ``max_body_bytes`` (the route reads none; the middleware refuses it
-#: first), 503 the ticket store full or the service starting. No 400: no body or query is
-#: read (``tests/unit/test_api_docs.py`` provokes each)
+#: first), 503 the ticket store full or the service starting (``tests/unit/test_api_docs.py``
+#: provokes each). No 400: no body or query is read, so none can be unreadable
+#: (``tests/unit/test_stream_tickets.py`` sends such requests: a ticket, or 401)
 TICKET_ERRORS = problem_responses(401, 413, 503)
 
 

@@ -759,7 +759,9 @@ function renderNotifications() {
       const item = document.createElement("li");
       item.className = `notification ${n.kind === "booking.cancelled" ? "cancelled" : "created"}`;
       if (!n.read) item.classList.add("unread");
+      // a live one slides in once: the list is drawn again for each later change
       if (n.live) item.classList.add("fresh");
+      n.live = false;
       item.dataset.notificationId = n.id;
       const title = document.createElement("strong");
       title.textContent = t(n.kind === "booking.cancelled" ? "cancelled" : "created");

@@ -362,6 +362,31 @@ def test_the_streams_own_snapshot_removes_the_slots_it_lacks(
     assert errors == []
 
 
+def test_only_the_newest_live_notification_slides_in(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """Each live notification slides in once: the list is drawn again for every new one,
+    and the ones already shown must not move again (on main every notification that had
+    come live slid in anew with each later one)."""
+    fake, base_url = fake_edge
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    sliding = page.locator("#notif-list li.fresh")
+
+    fake.send_notification(booked_notification(1))
+    expect(sliding).to_have_count(1)
+    fake.send_notification(booked_notification(2))
+    expect(page.locator("#notif-list li")).to_have_count(2)
+    expect(sliding).to_have_count(1)
+    expect(sliding).to_contain_text("number 2")
+    fake.send_notification(booked_notification(3))
+    expect(page.locator("#notif-list li")).to_have_count(3)
+    expect(sliding).to_have_count(1)
+    expect(sliding).to_contain_text("number 3")
+    assert errors == []
+
+
 def test_notifications_whose_history_is_gone_are_loaded_again(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

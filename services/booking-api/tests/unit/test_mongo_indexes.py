@@ -2,9 +2,10 @@
 building an index on a large collection takes longer, and a ``createIndexes`` cut at the
 timeout (its ``maxTimeMS``) is aborted by the server, so the start would fail and be
 retried forever. The notifications' TTL index follows the retention setting, also when it
-changes on an existing deployment. No MongoDB here: the driver's own ``create_index``,
-``drop_index`` and ``command`` build their commands, and a fake server (``IndexServer``)
-answers them as MongoDB does, recording each with the deadline in force."""
+changes on an existing deployment, and when an index on its key exists under another name.
+No MongoDB here: the driver's own ``create_index`` and ``command`` build their commands,
+and a fake server (``IndexServer``) answers them as MongoDB does, recording each with the
+deadline in force."""
 
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.mongo_client import AsyncMongoClient
 from pymongo.errors import OperationFailure
+from structlog.testing import capture_logs
 
 from booking_api.adapters.mongo import MongoStorage
 from booking_api.adapters.tickets import STREAM_TICKETS, MongoTicketStore
@@ -26,10 +28,15 @@ DAY = 24 * 3600
 
 
 class IndexServer:
-    """MongoDB's answers to the index commands: ``createIndexes`` of an index that exists
-    under its name with other options fails with IndexOptionsConflict (85), ``collMod``
-    changes an index's ``expireAfterSeconds`` (or fails with Unauthorized, 13, as for a
-    user with the ``readWrite`` role only, when ``may_coll_mod`` is false)."""
+    """MongoDB's answers to the index commands, on one index document per
+    ``(collection, name)``. ``createIndexes`` of an index that exists under its name with
+    other options, or whose key exists under another name (``expireAfterSeconds`` does not
+    tell indexes apart, so a TTL and a plain index on one key conflict too), fails with
+    IndexOptionsConflict (85). ``collMod`` and ``dropIndexes`` find an index by name or by
+    key pattern, or fail with IndexNotFound (27); ``collMod`` sets an index's
+    ``expireAfterSeconds`` (also on a single-field index without one, as MongoDB 5.1 and
+    later do) and answers the old and new values, or fails with Unauthorized (13), as for
+    a user with the ``readWrite`` role only, when ``may_coll_mod`` is false."""
 
     def __init__(self) -> None:
         #: ``(command name, seconds left of its deadline)`` of every command sent (None: no
@@ -45,20 +52,48 @@ class IndexServer:
         collection = command[name]
         if name == "createIndexes":
             for index in command["indexes"]:
-                key = (collection, index["name"])
-                existing = self.indexes.setdefault(key, dict(index))
-                if existing != index:
-                    raise OperationFailure("Index already exists with different options", 85)
+                self._create(collection, dict(index))
         elif name == "collMod":
-            if not self.may_coll_mod:
-                raise OperationFailure("not authorized to execute command collMod", 13)
-            change = command["index"]
-            self.indexes[(collection, change["name"])]["expireAfterSeconds"] = change[
-                "expireAfterSeconds"
-            ]
+            return self._coll_mod(collection, command["index"])
         elif name == "dropIndexes":
-            del self.indexes[(collection, command["index"])]
+            del self.indexes[self._find(collection, command["index"])]
+        elif name == "listIndexes":
+            batch = [dict(i) for (c, _), i in self.indexes.items() if c == collection]
+            return {"cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}, "ok": 1}
         return {"ok": 1}
+
+    def _create(self, collection: str, index: dict[str, Any]) -> None:
+        existing = self.indexes.get((collection, index["name"]))
+        if existing is not None:
+            if existing != index:
+                message = f"Index with name: {index['name']} already exists with different options"
+                raise OperationFailure(message, 85)
+            return
+        for (c, other), document in self.indexes.items():
+            if c == collection and _key(document) == _key(index):
+                raise OperationFailure(f"Index already exists with a different name: {other}", 85)
+        self.indexes[(collection, index["name"])] = index
+
+    def _coll_mod(self, collection: str, change: dict[str, Any]) -> dict[str, Any]:
+        if not self.may_coll_mod:
+            raise OperationFailure("not authorized to execute command collMod", 13)
+        index = self.indexes[self._find(collection, change.get("name") or change["keyPattern"])]
+        reply: dict[str, Any] = {"expireAfterSeconds_new": change["expireAfterSeconds"], "ok": 1}
+        if "expireAfterSeconds" in index:
+            reply["expireAfterSeconds_old"] = index["expireAfterSeconds"]
+        index["expireAfterSeconds"] = change["expireAfterSeconds"]
+        return reply
+
+    def _find(self, collection: str, name_or_key: str | dict[str, Any]) -> tuple[str, str]:
+        """The index named so, or with this key pattern."""
+        for c, name in self.indexes:
+            if c == collection and (
+                name == name_or_key
+                if isinstance(name_or_key, str)
+                else _key(self.indexes[(c, name)]) == list(name_or_key.items())
+            ):
+                return (c, name)
+        raise OperationFailure(f"cannot find index {name_or_key} for ns db.{collection}", 27)
 
     def ttl_of(self, collection: str) -> list[Any]:
         """The ``expireAfterSeconds`` of each TTL index of ``collection``."""
@@ -67,6 +102,19 @@ class IndexServer:
             for (name, _), index in self.indexes.items()
             if name == collection and "expireAfterSeconds" in index
         ]
+
+    def names_of(self, collection: str, key: dict[str, int]) -> list[str]:
+        """The names of ``collection``'s indexes on ``key``."""
+        return [
+            name
+            for (c, name), index in self.indexes.items()
+            if c == collection and _key(index) == list(key.items())
+        ]
+
+
+def _key(index: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An index's key pattern, in its order (``{a: 1, b: 1}`` is not ``{b: 1, a: 1}``)."""
+    return list(index["key"].items())
 
 
 @pytest.fixture
@@ -108,6 +156,16 @@ async def _start(retention_days: int) -> None:
     store = _store(retention_days)
     try:
         await store.start()
+    finally:
+        await store.close()
+
+
+async def _operator_creates(key: str, **options: Any) -> None:
+    """``db.notifications.createIndex({<key>: 1}, options)`` run by hand: the default name
+    (``createdAt_1``)."""
+    store = _store()
+    try:
+        await store.database["notifications"].create_index(key, **options)
     finally:
         await store.close()
 
@@ -166,3 +224,47 @@ async def test_without_coll_mod_rights_the_index_is_rebuilt(server: IndexServer)
     await _start(180)
     assert server.ttl_of("notifications") == [180 * DAY]
     assert "dropIndexes" in {operation for operation, _ in server.sent}
+
+
+CREATED_AT = {"createdAt": 1}
+
+
+@pytest.mark.parametrize(
+    ("existing", "options"),
+    [("a TTL index", {"expireAfterSeconds": DAY}), ("a plain index", {})],
+)
+async def test_an_index_on_created_at_under_another_name_gets_the_retention_period(
+    server: IndexServer, existing: str, options: dict[str, Any]
+) -> None:
+    """An operator's ``createIndex({createdAt: 1})`` (named ``createdAt_1``) makes our
+    ``createIndexes`` fail with IndexOptionsConflict: that index is changed in place, by its
+    key pattern, and the start goes on."""
+    await _operator_creates("createdAt", **options)
+    with capture_logs() as logs:
+        await _start(90)
+    assert server.names_of("notifications", CREATED_AT) == ["createdAt_1"], existing
+    assert server.ttl_of("notifications") == [90 * DAY]
+    [changed] = [e for e in logs if e["event"] == "notification retention changed"]
+    assert changed["index"] == "createdAt_1"
+    assert changed["expire_after_seconds_before"] == options.get("expireAfterSeconds")
+    assert changed["how"] == "collMod"
+    # the next start finds it with the period: it changes nothing, and says nothing
+    server.sent.clear()
+    with capture_logs() as logs:
+        await _start(90)
+    assert "collMod" not in {operation for operation, _ in server.sent}
+    assert [e for e in logs if e["event"] == "notification retention changed"] == []
+    assert server.ttl_of("notifications") == [90 * DAY]
+
+
+async def test_without_coll_mod_rights_an_index_under_another_name_is_rebuilt(
+    server: IndexServer,
+) -> None:
+    await _operator_creates("createdAt")
+    server.may_coll_mod = False
+    with capture_logs() as logs:
+        await _start(30)
+    assert server.names_of("notifications", CREATED_AT) == ["createdAt_ttl"]
+    assert server.ttl_of("notifications") == [30 * DAY]
+    [changed] = [e for e in logs if e["event"] == "notification retention changed"]
+    assert (changed["index"], changed["how"]) == ("createdAt_1", "rebuilt")

@@ -73,6 +73,8 @@ NOTIFICATION_TTL: Final = "createdAt_ttl"
 _INDEX_OPTIONS_CONFLICT: Final = 85
 _UNAUTHORIZED: Final = 13
 _INDEX_NOT_FOUND: Final = 27
+#: The key of the notifications' TTL index, which names it whatever its name is.
+_CREATED_AT: Final = {"createdAt": ASCENDING}
 
 log = structlog.get_logger("booking_api.mongo")
 
@@ -598,15 +600,18 @@ class MongoStorage:
         """The TTL index that deletes notifications after the retention period, with the
         period of this start's setting.
 
-        MongoDB refuses ``createIndexes`` for an index that exists with another
-        ``expireAfterSeconds`` (IndexOptionsConflict): the period was changed, so the index
-        is changed with ``collMod``, in place and at once (the deployment's ``booking-api``
-        user has the role ``slotstreamBookingApi`` for it). A user with ``readWrite`` alone
-        (a deployment whose init has not run since) may not run ``collMod`` (Unauthorized)
-        but may drop and create indexes: then the index is dropped and built again (a scan
-        of the collection; nothing expires meanwhile). Replicas starting together with one
-        setting end with that period whatever order their commands arrive in; with
-        different settings, the last to start wins."""
+        MongoDB refuses ``createIndexes`` (IndexOptionsConflict) when an index on
+        ``{createdAt: 1}`` exists with another ``expireAfterSeconds`` (the period was
+        changed), or under another name, TTL or not (an operator's ``createIndex``,
+        ``createdAt_1``): that index, whatever its name, is given the period with ``collMod``
+        by its key pattern, in place and at once (MongoDB 5.1 or later also turns a plain
+        single-field index into a TTL index so; the deployment's ``booking-api`` user has
+        the role ``slotstreamBookingApi`` for it). A user with ``readWrite`` alone (a
+        deployment whose init has not run since) may not run ``collMod`` (Unauthorized) but
+        may drop and create indexes: then the index is dropped, by its key pattern, and
+        ``createdAt_ttl`` built (a scan of the collection; nothing expires meanwhile).
+        Replicas starting together with one setting end with that period whatever order
+        their commands arrive in; with different settings, the last to start wins."""
         notifications = self._db[NOTIFICATIONS]
         seconds = self._notification_ttl
 
@@ -621,7 +626,14 @@ class MongoStorage:
         except OperationFailure as exc:
             if exc.code != _INDEX_OPTIONS_CONFLICT:
                 raise
-        change = {"name": NOTIFICATION_TTL, "expireAfterSeconds": seconds}
+        existing = await self._created_at_index()
+        if existing is None:  # another replica dropped it to rebuild it: build it
+            await create()
+            return
+        before = existing.get("expireAfterSeconds")
+        if before == seconds:  # under another name, with this period already
+            return
+        change = {"keyPattern": _CREATED_AT, "expireAfterSeconds": seconds}
         try:
             await self._db.command({"collMod": NOTIFICATIONS, "index": change})
             how = "collMod"
@@ -629,13 +641,27 @@ class MongoStorage:
             if exc.code != _UNAUTHORIZED:
                 raise
             try:
-                await notifications.drop_index(NOTIFICATION_TTL)
+                await self._db.command({"dropIndexes": NOTIFICATIONS, "index": _CREATED_AT})
             except OperationFailure as drop_failed:
                 if drop_failed.code != _INDEX_NOT_FOUND:
                     raise
             await create()
             how = "rebuilt"
-        log.info("notification retention changed", expire_after_seconds=seconds, how=how)
+        log.info(
+            "notification retention changed",
+            index=existing["name"],
+            expire_after_seconds_before=before,
+            expire_after_seconds=seconds,
+            how=how,
+        )
+
+    async def _created_at_index(self) -> Document | None:
+        """The notifications' index on ``{createdAt: 1}`` (its ``listIndexes`` document), if
+        any. Every index is in the reply's first batch: a collection has at most 64, a
+        first batch holds up to 101 documents."""
+        reply = await self._db.command({"listIndexes": NOTIFICATIONS, "cursor": {}})
+        indexes: list[Document] = reply["cursor"]["firstBatch"]
+        return next((i for i in indexes if dict(i["key"]) == _CREATED_AT), None)
 
     async def ping(self) -> bool:
         try:

@@ -263,10 +263,14 @@ class MongoSlots:
         self, after: SlotCursor, updated_before: datetime, limit: int
     ) -> list[SlotDocument | UnreadableSlot]:
         """Walks the ``booked_start`` index from the cursor (keyset pagination): each run
-        reads about ``limit`` documents however large the collection."""
+        reads about ``limit`` documents however large the collection. The top-level
+        ``start`` bound is implied by the ``$or`` but bounds the index range whatever the
+        planner makes of the ``$or``: booked slots in the past stay booked, and a scan from
+        the index's first key would read all of them at every run."""
         query = {
             "status": SlotStatus.BOOKED.value,
             "updatedAt": {"$lt": updated_before},
+            "start": {"$gte": after.start},
             "$or": [
                 {"start": {"$gt": after.start}},
                 {"start": after.start, "_id": {"$gt": after.slot_id}},

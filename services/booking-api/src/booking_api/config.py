@@ -85,10 +85,11 @@ class Settings(BaseSettings):
     )
     repair_interval_seconds: float = Field(
         default=60.0,
-        gt=0,
+        # Each run queries MongoDB: a tiny interval (1e-9 was accepted) is a busy loop.
+        ge=0.01,
         le=24 * 3600,
         description="How often the repair looks for slots held by a booking that does not "
-        "exist or is cancelled",
+        "exist or is cancelled (0.01 s to a day)",
     )
     repair_grace_seconds: float | None = Field(
         default=None,

@@ -207,3 +207,18 @@ def test_a_repair_grace_past_the_booking_horizon_is_refused(
         Settings()
     monkeypatch.setenv("BOOKING_API_REPAIR_GRACE_SECONDS", "15552000")
     assert Settings().repair_grace == timedelta(days=180)
+
+
+@pytest.mark.parametrize("interval", ["1e-9", "0.009"])
+def test_a_repair_interval_that_would_spin_against_mongodb_is_refused(
+    monkeypatch: pytest.MonkeyPatch, interval: str
+) -> None:
+    """The repair runs a batch every interval: 1e-9 s used to be accepted, a busy loop of
+    queries against MongoDB in every replica."""
+    monkeypatch.setenv("BOOKING_API_STORAGE", "memory")
+    monkeypatch.setenv("BOOKING_API_JWT__SECRET", SECRET)
+    monkeypatch.setenv("BOOKING_API_REPAIR_INTERVAL_SECONDS", interval)
+    with pytest.raises(ValidationError, match="repair_interval_seconds"):
+        Settings()
+    monkeypatch.setenv("BOOKING_API_REPAIR_INTERVAL_SECONDS", "0.01")
+    assert Settings().repair_interval_seconds == 0.01

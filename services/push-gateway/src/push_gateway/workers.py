@@ -21,7 +21,8 @@ the supervisor stops the others and exits with its status. A worker waiting for 
 no crash: it serves ``/healthz`` and answers ``/readyz`` 503 until Kafka answers. A
 worker's ``/metrics`` says which instance answered (``gateway_instance_info``); with
 ``GATEWAY_WORKER_METRICS_PORT`` worker n also listens on that port + n, so a scraper can
-reach each one (through the shared port a scrape lands on any worker).
+reach each one (through the shared port a scrape lands on any worker); without it the
+supervisor starts anyway and says so in one warning line.
 """
 
 from __future__ import annotations
@@ -180,6 +181,16 @@ class Supervisor:
             port=self._settings.port,
             pid=os.getpid(),
         )
+        if self._settings.worker_metrics_port is None:
+            # Not refused: benchmarks and tests run workers without their own ports.
+            log.warning(
+                "GATEWAY_WORKERS > 1 without GATEWAY_WORKER_METRICS_PORT: no worker can be "
+                "scraped on its own (a scrape of the shared port reaches any one worker, so "
+                "its counters jump between workers); set GATEWAY_WORKER_METRICS_PORT and "
+                "scrape each worker on that port + n",
+                workers=self._settings.workers,
+                port=self._settings.port,
+            )
         for index in range(self._settings.workers):
             self._spawn(index)
         while not self._stopping:

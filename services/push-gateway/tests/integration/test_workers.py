@@ -1,6 +1,7 @@
 """GATEWAY_WORKERS=2 as real processes: both workers serve streams on the one port
 (SO_REUSEPORT), each under its own instance id for presence and metrics."""
 
+import json
 import os
 import signal
 import socket
@@ -160,3 +161,30 @@ def test_workers_that_cannot_listen_stop_the_supervisor_with_the_reason(
     assert code == 2, f"the supervisor did not stop with status 2 within 60 s: {text[-3000:]}"
     assert f"push-gateway: refusing to start, cannot listen on 127.0.0.1:{port}" in text
     assert "Traceback" not in text
+
+
+def test_workers_without_metrics_ports_warn_once_that_none_can_be_scraped(
+    booking_api: FakeBookingApi, tmp_path: Path
+) -> None:
+    """Without ``GATEWAY_WORKER_METRICS_PORT`` the workers start (benchmarks and tests run
+    them so), but a scrape of the shared port reaches any one worker, so no worker can be
+    scraped on its own: one warning line at start says so. Kafka need not answer: the
+    workers serve ``/healthz`` while they wait for it."""
+    log = tmp_path / "gateway.log"
+    nowhere = KafkaEndpoint(f"127.0.0.1:{free_port()}", kind="none", supports_idempotence=False)
+    port = free_port()
+    process = start_gateway_process(
+        nowhere, TopicSettings(), booking_api, port, log, GATEWAY_WORKERS="2"
+    )
+    try:
+        wait_ready(process, f"http://127.0.0.1:{port}/healthz", log)
+    finally:
+        stop_gateway_process(process)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    warned = [e for e in lines if "GATEWAY_WORKER_METRICS_PORT" in e["event"]]
+    assert len(warned) == 1, f"one warning naming the setting: {warned}"
+    [warning] = warned
+    assert warning["level"] == "warning"
+    assert "GATEWAY_WORKERS" in warning["event"]
+    assert "scraped" in warning["event"]
+    assert warning["workers"] == 2

@@ -31,9 +31,10 @@ class IndexServer:
     """MongoDB's answers to the index commands, on one index document per
     ``(collection, name)``. ``createIndexes`` of an index that exists under its name with
     other options, or whose key exists under another name (``expireAfterSeconds`` does not
-    tell indexes apart, so a TTL and a plain index on one key conflict too), fails with
-    IndexOptionsConflict (85). ``collMod`` and ``dropIndexes`` find an index by name or by
-    key pattern, or fail with IndexNotFound (27); ``collMod`` sets an index's
+    tell indexes apart, so a TTL and a plain index on one key conflict too; a partial
+    filter or a collation does), fails with IndexOptionsConflict (85). ``collMod`` and
+    ``dropIndexes`` find an index by name or by key pattern (AmbiguousIndexKeyPattern, 119,
+    when several have it), or fail with IndexNotFound (27); ``collMod`` sets an index's
     ``expireAfterSeconds`` (also on a single-field index without one, as MongoDB 5.1 and
     later do) and answers the old and new values, or fails with Unauthorized (13), as for
     a user with the ``readWrite`` role only, when ``may_coll_mod`` is false."""
@@ -70,7 +71,7 @@ class IndexServer:
                 raise OperationFailure(message, 85)
             return
         for (c, other), document in self.indexes.items():
-            if c == collection and _key(document) == _key(index):
+            if c == collection and _kind(document) == _kind(index):
                 raise OperationFailure(f"Index already exists with a different name: {other}", 85)
         self.indexes[(collection, index["name"])] = index
 
@@ -85,15 +86,23 @@ class IndexServer:
         return reply
 
     def _find(self, collection: str, name_or_key: str | dict[str, Any]) -> tuple[str, str]:
-        """The index named so, or with this key pattern."""
-        for c, name in self.indexes:
-            if c == collection and (
+        """The index named so, or the one with this key pattern."""
+        found = [
+            (c, name)
+            for c, name in self.indexes
+            if c == collection
+            and (
                 name == name_or_key
                 if isinstance(name_or_key, str)
                 else _key(self.indexes[(c, name)]) == list(name_or_key.items())
-            ):
-                return (c, name)
-        raise OperationFailure(f"cannot find index {name_or_key} for ns db.{collection}", 27)
+            )
+        ]
+        if len(found) > 1:
+            message = f"{len(found)} indexes found for key: {name_or_key}, identify by name instead"
+            raise OperationFailure(message, 119)  # AmbiguousIndexKeyPattern
+        if not found:
+            raise OperationFailure(f"cannot find index {name_or_key} for ns db.{collection}", 27)
+        return found[0]
 
     def ttl_of(self, collection: str) -> list[Any]:
         """The ``expireAfterSeconds`` of each TTL index of ``collection``."""
@@ -115,6 +124,12 @@ class IndexServer:
 def _key(index: dict[str, Any]) -> list[tuple[str, Any]]:
     """An index's key pattern, in its order (``{a: 1, b: 1}`` is not ``{b: 1, a: 1}``)."""
     return list(index["key"].items())
+
+
+def _kind(index: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells indexes apart: the key pattern and the options that make another index
+    of one key (a partial filter, a collation); not ``expireAfterSeconds``."""
+    return (_key(index), index.get("partialFilterExpression"), index.get("collation"))
 
 
 @pytest.fixture
@@ -268,3 +283,15 @@ async def test_without_coll_mod_rights_an_index_under_another_name_is_rebuilt(
     assert server.ttl_of("notifications") == [30 * DAY]
     [changed] = [e for e in logs if e["event"] == "notification retention changed"]
     assert (changed["index"], changed["how"]) == ("createdAt_1", "rebuilt")
+
+
+async def test_a_partial_index_on_created_at_is_left_alone(server: IndexServer) -> None:
+    """MongoDB allows a partial index on ``{createdAt: 1}`` beside the full one, so the key
+    pattern alone does not name the index to change."""
+    await _operator_creates(
+        "createdAt", name="createdAt_unread", partialFilterExpression={"read": False}
+    )
+    await _operator_creates("createdAt", expireAfterSeconds=DAY)
+    await _start(90)
+    assert server.indexes[("notifications", "createdAt_1")]["expireAfterSeconds"] == 90 * DAY
+    assert "expireAfterSeconds" not in server.indexes[("notifications", "createdAt_unread")]

@@ -73,7 +73,7 @@ NOTIFICATION_TTL: Final = "createdAt_ttl"
 _INDEX_OPTIONS_CONFLICT: Final = 85
 _UNAUTHORIZED: Final = 13
 _INDEX_NOT_FOUND: Final = 27
-#: The key of the notifications' TTL index, which names it whatever its name is.
+#: The key of the notifications' TTL index.
 _CREATED_AT: Final = {"createdAt": ASCENDING}
 
 log = structlog.get_logger("booking_api.mongo")
@@ -607,13 +607,15 @@ class MongoStorage:
         MongoDB refuses ``createIndexes`` (IndexOptionsConflict) when an index on
         ``{createdAt: 1}`` exists with another ``expireAfterSeconds`` (the period was
         changed), or under another name, TTL or not (an operator's ``createIndex``,
-        ``createdAt_1``): that index, whatever its name, is given the period with ``collMod``
-        by its key pattern, in place and at once (MongoDB 5.1 or later also turns a plain
-        single-field index into a TTL index so; the deployment's ``booking-api`` user has
-        the role ``slotstreamBookingApi`` for it). A user with ``readWrite`` alone (a
-        deployment whose init has not run since) may not run ``collMod`` (Unauthorized) but
-        may drop and create indexes: then the index is dropped, by its key pattern, and
-        ``createdAt_ttl`` built (a scan of the collection; nothing expires meanwhile).
+        ``createdAt_1``): that index, whatever its name (read from ``listIndexes``), is
+        given the period with ``collMod``, in place and at once (MongoDB 5.1 or later also
+        turns a plain single-field index into a TTL index so; the deployment's
+        ``booking-api`` user has the role ``slotstreamBookingApi`` for it). A user with
+        ``readWrite`` alone (a deployment whose init has not run since) may not run
+        ``collMod`` (Unauthorized) but may drop and create indexes: then that index is
+        dropped and ``createdAt_ttl`` built (a scan of the collection; nothing expires
+        meanwhile). Both address it by its name: a partial index on the same key may exist
+        beside it, and then MongoDB refuses the key pattern as ambiguous.
         Replicas starting together with one setting end with that period whatever order
         their commands arrive in; with different settings, the last to start wins."""
         notifications = self._db[NOTIFICATIONS]
@@ -630,14 +632,14 @@ class MongoStorage:
         except OperationFailure as exc:
             if exc.code != _INDEX_OPTIONS_CONFLICT:
                 raise
-        existing = await self._created_at_index()
+        existing = await self._conflicting_notification_index()
         if existing is None:  # another replica dropped it to rebuild it: build it
             await create()
             return
         before = existing.get("expireAfterSeconds")
         if before == seconds:  # under another name, with this period already
             return
-        change = {"keyPattern": _CREATED_AT, "expireAfterSeconds": seconds}
+        change = {"name": existing["name"], "expireAfterSeconds": seconds}
         try:
             await self._db.command({"collMod": NOTIFICATIONS, "index": change})
             how = "collMod"
@@ -645,7 +647,7 @@ class MongoStorage:
             if exc.code != _UNAUTHORIZED:
                 raise
             try:
-                await self._db.command({"dropIndexes": NOTIFICATIONS, "index": _CREATED_AT})
+                await notifications.drop_index(existing["name"])
             except OperationFailure as drop_failed:
                 if drop_failed.code != _INDEX_NOT_FOUND:
                     raise
@@ -659,13 +661,24 @@ class MongoStorage:
             how=how,
         )
 
-    async def _created_at_index(self) -> Document | None:
-        """The notifications' index on ``{createdAt: 1}`` (its ``listIndexes`` document), if
-        any. Every index is in the reply's first batch: a collection has at most 64, a
-        first batch holds up to 101 documents."""
+    async def _conflicting_notification_index(self) -> Document | None:
+        """The index ``createdAt_ttl`` conflicts with (its ``listIndexes`` document), if it
+        is still there: the one on ``{createdAt: 1}`` that MongoDB cannot tell from ours (no
+        partial filter, no collation; there is at most one), ours or under another name.
+        Every index is in the reply's first batch: a collection has at most 64, a first
+        batch holds 101."""
         reply = await self._db.command({"listIndexes": NOTIFICATIONS, "cursor": {}})
         indexes: list[Document] = reply["cursor"]["firstBatch"]
-        return next((i for i in indexes if dict(i["key"]) == _CREATED_AT), None)
+        return next(
+            (
+                i
+                for i in indexes
+                if dict(i["key"]) == _CREATED_AT
+                and "partialFilterExpression" not in i
+                and "collation" not in i
+            ),
+            None,
+        )
 
     async def ping(self) -> bool:
         try:

@@ -344,7 +344,7 @@ class Gateway:
             if request is not None:
                 resume = request.resume_from
                 if resume is not None:
-                    resume, lost = catch_up.checked_resume(connection, resume)
+                    resume, lost = await catch_up.checked_resume(connection, resume)
                     honoured = resume
                     resume = await catch_up.wait_for_position(connection, honoured)
                     if resume is None:

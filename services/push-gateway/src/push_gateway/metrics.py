@@ -82,6 +82,12 @@ class GatewayCollector(Collector):
         resumes.add_metric(["refused"], gw.stats.resumes_refused)
         resumes.add_metric(["busy"], gw.stats.resumes_busy)
         yield resumes
+        yield _counter(
+            "gateway_resume_end_lookups",
+            "ListOffsets requests for resume points past this gateway's view of the log's "
+            "end (coalesced and spaced per partition)",
+            self._ingest.log_ends.lookups,
+        )
         limited = CounterMetricFamily(
             "gateway_streams_limited",
             "Stream requests and WebSocket subscribes answered 429",

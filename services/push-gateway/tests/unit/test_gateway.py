@@ -816,8 +816,56 @@ async def test_a_resume_ahead_of_the_log_gets_a_snapshot_at_once(harness: Harnes
     assert first["id"] == f"s{harness.part}:2"
     # refused on the spot, not after waiting for the hub to reach that position
     assert harness.gateway.stats.resumes_refused == 1
+    bounds = harness.gateway.catch_up.bounds
+    assert isinstance(bounds, FakeLogBounds)
+    assert bounds.lookups == [(SCHEDULE_TOPIC, harness.part)]  # the broker has no more either
     waited = asyncio.get_running_loop().time() - started
     assert waited < harness.gateway.settings.catch_up_timeout_seconds / 2
+
+
+async def test_a_resume_past_this_gateways_fetches_waits_for_the_records_another_delivered(
+    harness: Harness,
+) -> None:
+    """Another gateway delivered offset 4; this one's latest fetch answer predates offsets
+    3-5 (its high watermark says 3) while the broker's log ends at 6. The client waits for
+    this gateway to read them and is replayed what follows its id, not sent a snapshot (a
+    ``resync history-unavailable`` for notifications)."""
+    part = harness.part
+    harness.produce(*harness.slot_records(range(1, 4)))  # offsets 0-2: read here
+    later = harness.slot_records(range(4, 7))  # offsets 3-5: in the log, not fetched here yet
+    bounds = harness.gateway.catch_up.bounds
+    assert isinstance(bounds, FakeLogBounds)
+    assert bounds.bounds(SCHEDULE_TOPIC, part) == (0, 3)
+    bounds.log_ends = {(SCHEDULE_TOPIC, part): 6}  # what the broker answers
+    pending = asyncio.create_task(
+        harness.connect(headers=[(b"last-event-id", f"s{part}:4".encode())])
+    )
+    await asyncio.sleep(0.05)  # the stream is catching up: this gateway reads on
+    harness.produce(*later)
+    client = await (await pending).start()
+    [first] = await client.events(1)
+    assert (first["event"], first["id"]) == ("slot", f"s{part}:5")
+    assert data(first)["version"] == 6
+    assert harness.source.fetches == []
+    stats = harness.gateway.stats
+    assert (stats.resumes_refused, stats.resumes_ring) == (0, 1)
+    assert bounds.lookups == [(SCHEDULE_TOPIC, part)]
+
+
+async def test_an_id_refused_for_another_reason_is_not_checked_with_the_broker(
+    harness: Harness,
+) -> None:
+    """Past this gateway's end, but naming a partition not of the stream: refused without
+    a broker round trip (a client cannot make the gateway ask for nothing)."""
+    harness.produce(*harness.slot_records(range(1, 4)))
+    other = 1 - harness.part
+    ahead = f"s{harness.part}:999999.s{other}:0".encode()
+    client = await (await harness.connect(headers=[(b"last-event-id", ahead)])).start()
+    [first] = await client.events(1)
+    assert first["event"] == "snapshot"
+    bounds = harness.gateway.catch_up.bounds
+    assert isinstance(bounds, FakeLogBounds)
+    assert bounds.lookups == []
 
 
 async def test_a_resume_before_the_log_start_gets_a_snapshot(harness: Harness) -> None:

@@ -112,7 +112,7 @@ class CatchUp:
                 return snapshots.start(owner, partial(self.hub.position, key))
         return None
 
-    def checked_resume(
+    async def checked_resume(
         self, connection: SseConnection, resume: dict[PartitionKey, int]
     ) -> tuple[dict[PartitionKey, int], set[PartitionKey]]:
         """Split a client's resume point into the components that can be honoured and the
@@ -121,6 +121,13 @@ class CatchUp:
         Those start fresh — a snapshot, or a ``resync`` frame for notifications — at once:
         an anonymous client must not be able to make the gateway read (or wait for) history
         of its choosing.
+
+        This gateway knows the log's end from its own fetches, which may be behind another
+        gateway's: a component at or past it that is otherwise valid is checked against the
+        broker's end (``LogBounds.log_end``: one request per partition at a time, spaced,
+        shared by all resumes, so no client makes the gateway hammer the broker) and, if the
+        log has it, honoured: ``wait_for_position`` then waits, bounded, for this gateway to
+        read that far.
 
         An id names exactly the partitions of its stream's channels. One naming others was
         written for another channel set or partition layout (partitions were added since:
@@ -131,6 +138,7 @@ class CatchUp:
         records of both layouts are replayed."""
         honoured: dict[PartitionKey, int] = {}
         lost: set[PartitionKey] = set()
+        past: list[PartitionKey] = []  # at or past this gateway's end: perhaps not the log's
         partitions = connection.partitions
         for key in partitions:
             if key not in resume:
@@ -138,10 +146,26 @@ class CatchUp:
                 continue
             after = resume[key]
             start, end = self.bounds.bounds(self.hub.topic_of(key), key[1])
-            if after >= end or after < start - 1 or end - 1 - after > self.settings.max_resume_lag:
-                lost.add(key)
-            else:
+            if after >= end:
+                past.append(key)
+            elif self._within(after, start, end):
                 honoured[key] = after
+            else:
+                lost.add(key)
+        if past and not lost and len(resume) == len(partitions):
+            bounds = self.bounds
+            ends = await asyncio.gather(
+                *(bounds.log_end(self.hub.topic_of(key), key[1]) for key in past)
+            )
+            for key, log_end in zip(past, ends, strict=True):
+                start = bounds.bounds(self.hub.topic_of(key), key[1])[0]
+                after = resume[key]
+                if log_end is not None and after < log_end and self._within(after, start, log_end):
+                    honoured[key] = after
+                else:
+                    lost.add(key)
+        else:
+            lost.update(past)
         if lost or len(resume) != len(partitions):
             lost = set(partitions)
             honoured = {}
@@ -149,6 +173,11 @@ class CatchUp:
             self.stats.resumes_refused += len(lost)
             log.info("resume point refused", partitions=sorted(f"{k[0]}{k[1]}" for k in lost))
         return honoured, lost
+
+    def _within(self, after: int, start: int, end: int) -> bool:
+        """A resume from ``after`` (``< end``) reads no record before the log's start and at
+        most ``max_resume_lag`` records."""
+        return start - 1 <= after and end - 1 - after <= self.settings.max_resume_lag
 
     async def wait_for_position(
         self, connection: SseConnection, resume: dict[PartitionKey, int]

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from push_gateway.adapters.fetch import Fetched, LeanFetcher, speaks_lean_fetch
 from push_gateway.adapters.fetch_links import AiokafkaBrokers
+from push_gateway.adapters.log_ends import CoalescingLogEnds
 from push_gateway.adapters.records import (
     COMPILED,
     IngestRecord,
@@ -102,6 +103,10 @@ class KafkaIngest:
         #: the lean fetch loop (None: aiokafka's consumer fetches, ``fetch_loop=aiokafka``)
         self.fetcher: LeanFetcher | None = None
         self.offset_resets = 0
+        #: the broker's log ends, for resume points past this gateway's (``log_end``)
+        self.log_ends = CoalescingLogEnds(
+            self._latest_offset, timeout_seconds=settings.request_timeout_ms / 1000
+        )
 
     async def start(self, deadline: float | None = None) -> None:
         """Read every partition from a ring buffer's length before its end. A start that
@@ -373,6 +378,20 @@ class KafkaIngest:
             highwater = (self._consumer.highwater(tp) if self._consumer is not None else None) or 0
         return start, max(consumed, known, highwater)
 
+    async def log_end(self, topic: str, partition: int) -> int | None:
+        """The high watermark as the broker has it now: a ListOffsets request, coalesced
+        and spaced per partition (``CoalescingLogEnds``); ``None``: no answer in time."""
+        return await self.log_ends.end(topic, partition)
+
+    async def _latest_offset(self, topic: str, partition: int) -> int:
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("the ingest is not running")
+        tp = TopicPartition(topic, partition)
+        # on the ingest consumer's client (the lean fetcher borrows it too): no new connection
+        found: dict[TopicPartition, int] = await consumer.end_offsets([tp])
+        return found[tp]
+
     async def refresh_lag(self, max_age_seconds: float = 5.0) -> int:
         """Records between the hub's positions and the ends of the partitions (asks the
         broker at most every ``max_age_seconds``, however often metrics are scraped)."""
@@ -412,6 +431,7 @@ class KafkaIngest:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.log_ends.close()
         await self._close_clients()
 
     async def _close_clients(self) -> None:
@@ -444,6 +464,11 @@ class LogBounds(Protocol):
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         """``(log start offset, high watermark)`` of a partition as last seen: a resume
         position is valid from ``start - 1`` to ``high watermark - 1``."""
+        ...
+
+    async def log_end(self, topic: str, partition: int) -> int | None:
+        """The high watermark as the broker has it now (a round trip, bounded and shared by
+        the callers; ``None``: not known), which may be past the one last seen."""
         ...
 
 
@@ -609,12 +634,21 @@ class FakeHistory:
 
 class FakeLogBounds:
     """Log bounds as the hub sees them (the log starts at 0 and ends where the hub has
-    read), unless a test sets ``starts`` / ``ends`` for a ``(topic, partition)``."""
+    read), unless a test sets ``starts`` / ``ends`` for a ``(topic, partition)``; the
+    broker's end is that too unless it sets ``log_ends``. Records every ``log_end`` asked."""
 
     def __init__(self, hub: ChannelHub) -> None:
         self._hub = hub
         self.starts: dict[tuple[str, int], int] = {}
         self.ends: dict[tuple[str, int], int] = {}
+        self.log_ends: dict[tuple[str, int], int | None] = {}
+        self.lookups: list[tuple[str, int]] = []
+
+    async def log_end(self, topic: str, partition: int) -> int | None:
+        self.lookups.append((topic, partition))
+        if (topic, partition) in self.log_ends:
+            return self.log_ends[(topic, partition)]
+        return self.bounds(topic, partition)[1]
 
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         end = self.ends.get((topic, partition))

@@ -114,6 +114,24 @@ async def freed_for_another_student(
     assert f'booking_api_slots_repaired_total{{why="{why}"}} 1.0' in metrics
 
 
+async def repair_steps(
+    service: BookingService, steps: int, batch: int = 10
+) -> tuple[list[list[str]], int]:
+    """``steps`` runs of a repair past the grace, called directly: the slot ids each run
+    freed, and the failures it counted."""
+    failures: list[None] = []
+    repair = SlotRepair(
+        service,
+        grace=timedelta(seconds=GRACE),
+        interval_seconds=60,
+        batch=batch,
+        on_repaired=lambda _done: None,
+        on_failed=lambda: failures.append(None),
+    )
+    freed = [[r.slot_id for r in await repair.step()] for _ in range(steps)]
+    return freed, len(failures)
+
+
 @pytest.mark.parametrize("cut", ["insert-not-applied", "claim-unresolved"])
 async def test_a_slot_held_by_a_booking_that_does_not_exist_is_freed_after_the_grace(
     running: httpx.AsyncClient,
@@ -352,19 +370,9 @@ async def test_each_step_reads_a_bounded_batch_and_the_scan_reaches_every_booked
         return found
 
     flaky.slots.list_booked_after = counted  # type: ignore[method-assign]
-    repair = SlotRepair(
-        service,
-        grace=timedelta(seconds=GRACE),
-        interval_seconds=60,
-        batch=2,
-        on_repaired=lambda _done: None,
-        on_failed=lambda: None,
-    )
-    freed = []
-    for _ in range(4):
-        freed.append(await repair.step())
+    freed, _ = await repair_steps(service, 4, batch=2)
     assert scanned == [2, 2, 1, 2]
-    assert [[r.slot_id for r in step] for step in freed] == [[], [], [slots[4].id], []]
+    assert freed == [[], [], [slots[4].id], []]
     for slot in slots[:4]:
         still = await flaky.slots.get(slot.id)
         assert still is not None
@@ -395,17 +403,8 @@ async def test_a_stored_slot_it_cannot_read_is_one_line_and_the_scan_goes_on(
     }
     flaky.collections[SLOTS].insert(unreadable)
     clock.ahead = timedelta(seconds=GRACE * 2)
-    failures: list[None] = []
-    repair = SlotRepair(
-        service,
-        grace=timedelta(seconds=GRACE),
-        interval_seconds=60,
-        batch=10,
-        on_repaired=lambda _done: None,
-        on_failed=lambda: failures.append(None),
-    )
-    freed = [await repair.step(), await repair.step()]
-    assert [[r.slot_id for r in step] for step in freed] == [[stuck.id], []]
+    freed, failures = await repair_steps(service, 2)
+    assert freed == [[stuck.id], []]
     still = await flaky.slots.get(stuck.id)
     assert still is not None
     assert still.status is SlotStatus.AVAILABLE
@@ -414,7 +413,7 @@ async def test_a_stored_slot_it_cannot_read_is_one_line_and_the_scan_goes_on(
     assert skipped[0]["log_level"] == "warning"
     assert skipped[0]["slot_id"] == "bad-slot"
     assert "version" in skipped[0]["error"]
-    assert len(failures) == 2
+    assert failures == 2
     assert [e for e in logs if e["event"] == "slot.repair_failed"] == []
 
 
@@ -440,17 +439,8 @@ async def test_a_stored_booking_it_cannot_read_is_one_line_and_the_scan_goes_on(
     )
     await flaky.slots.book(stuck.id, "lost-booking", "s9", service.now())
     clock.ahead = timedelta(seconds=GRACE * 2)
-    failures: list[None] = []
-    repair = SlotRepair(
-        service,
-        grace=timedelta(seconds=GRACE),
-        interval_seconds=60,
-        batch=10,
-        on_repaired=lambda _done: None,
-        on_failed=lambda: failures.append(None),
-    )
-    freed = [await repair.step(), await repair.step()]
-    assert [[r.slot_id for r in step] for step in freed] == [[stuck.id], []]
+    freed, failures = await repair_steps(service, 2)
+    assert freed == [[stuck.id], []]
     kept = await flaky.slots.get(first.id)
     assert kept is not None
     assert (kept.status, kept.booking_id) == (SlotStatus.BOOKED, booking.id)
@@ -458,7 +448,7 @@ async def test_a_stored_booking_it_cannot_read_is_one_line_and_the_scan_goes_on(
     assert [e["slot_id"] for e in skipped] == [first.id, first.id]  # one per pass
     assert f"booking {booking.id}" in skipped[0]["error"]
     assert "version" in skipped[0]["error"]
-    assert len(failures) == 2
+    assert failures == 2
     assert [e for e in logs if e["event"] == "slot.repair_failed"] == []
 
 

@@ -3,14 +3,14 @@ shared snapshots of the booking-api, then one write of everything gathered
 and of the records the hub buffered meanwhile (the frames: ``domain/catch_up.py``)."""
 
 import asyncio
-import time
 from collections.abc import Iterable
 from functools import partial
-from typing import Final
+from typing import Protocol
 
 import structlog
 
 from push_gateway.adapters.kafka import History, HistoryBusy, HistoryGone, LogBounds
+from push_gateway.adapters.position_waits import PositionWaits
 from push_gateway.adapters.snapshots import CoalescingSnapshots, TakenSnapshot
 from push_gateway.config import Settings
 from push_gateway.domain.catch_up import (
@@ -29,7 +29,14 @@ from slotstream_contracts.channels import Channel, ChannelKind
 
 log = structlog.get_logger(__name__)
 
-LAG_POLL_SECONDS: Final = 0.01
+
+class Waiting(Protocol):
+    """A stream as :meth:`CatchUp.wait_for_position` sees it."""
+
+    @property
+    def partitions(self) -> tuple[PartitionKey, ...]: ...
+    @property
+    def state(self) -> StreamState: ...
 
 
 class CatchUp:
@@ -55,6 +62,7 @@ class CatchUp:
         self.bounds = bounds
         self.heads = heads
         self.stats = stats
+        self.waits = PositionWaits(hub)
 
     def _stream_head(self, connection: SseConnection) -> bytes:
         return self.heads.stream_head(connection.origin)
@@ -180,16 +188,20 @@ class CatchUp:
         return start - 1 <= after and end - 1 - after <= self.settings.max_resume_lag
 
     async def wait_for_position(
-        self, connection: SseConnection, resume: dict[PartitionKey, int]
+        self, connection: Waiting, resume: dict[PartitionKey, int]
     ) -> dict[PartitionKey, int] | None:
         """A client resuming from a gateway that is ahead of this one waits until this one
-        has read that far (else it would receive records it already has)."""
-        deadline = time.monotonic() + self.settings.catch_up_timeout_seconds
+        has read that far (else it would receive records it already has). None: not read
+        within ``catch_up_timeout_seconds``, the ingest restarted one of the partitions
+        meanwhile, or the stream closed; it starts fresh (a snapshot is always correct)."""
         known = {k: v for k, v in resume.items() if k in connection.partitions}
-        while any(self.hub.position(k) < v for k, v in known.items()):
-            if time.monotonic() > deadline or connection.state is StreamState.CLOSED:
-                return None  # give up on resuming: a fresh snapshot is always correct
-            await asyncio.sleep(LAG_POLL_SECONDS)
+        try:
+            async with asyncio.timeout(self.settings.catch_up_timeout_seconds):
+                reached = await self.waits.reached(known)
+        except TimeoutError:
+            return None
+        if not reached or connection.state is StreamState.CLOSED:
+            return None
         return known
 
     async def catch_up(

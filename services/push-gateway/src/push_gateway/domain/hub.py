@@ -253,7 +253,8 @@ class ChannelHub:
         self._partition_cache: dict[Channel, PartitionKey] = {}
         self._subscribers: dict[Subscriber, tuple[Channel, ...]] = {}
         self.stats = HubStats()
-        self._progress_listeners: list[Callable[[], None]] = []
+        self._progress_listeners: list[Callable[[PartitionKey, int], None]] = []
+        self._restart_listeners: list[Callable[[PartitionKey], None]] = []
 
     # -- partitions --------------------------------------------------------------------
     def assign(self, topic: str, partition: int, next_offset: int, partition_count: int) -> None:
@@ -273,8 +274,11 @@ class ChannelHub:
         """The partition's records before ``next_offset`` could not be read (lost or deleted):
         its ring starts again there, so no resume is served across the hole from memory, and
         its subscribers start over, as on a control record's ``resync``."""
+        key = (self._letters[topic], partition)
         self.assign(topic, partition, next_offset, self._partition_count[topic])
-        self._resync((self._letters[topic], partition))
+        self._resync(key)
+        for listener in self._restart_listeners:
+            listener(key)
 
     @property
     def assigned(self) -> bool:
@@ -304,8 +308,15 @@ class ChannelHub:
     def letter_of(self, topic: str) -> str:
         return self._letters[topic]
 
-    def on_progress(self, listener: Callable[[], None]) -> None:
+    def on_progress(self, listener: Callable[[PartitionKey, int], None]) -> None:
+        """Call ``listener(partition, position)`` after each ingested batch (not per
+        record: it must stay cheap for a batch that concerns it not)."""
         self._progress_listeners.append(listener)
+
+    def on_restart(self, listener: Callable[[PartitionKey], None]) -> None:
+        """Call ``listener(partition)`` after :meth:`restart`: its offsets up to the
+        position may now name other records than before."""
+        self._restart_listeners.append(listener)
 
     # -- ingest (hot path) ---------------------------------------------------------------
     def ingest(self, topic: str, partition: int, records: Sequence[Record]) -> None:
@@ -329,10 +340,10 @@ class ChannelHub:
                 subscribers = lookup(record.key)
                 if subscribers is not None:
                     self._dispatch(subscribers, key, state, record)
-        state.position = records[-1].offset
+        position = state.position = records[-1].offset
         self.stats.records += len(records)
         for listener in self._progress_listeners:
-            listener()
+            listener(key, position)
 
     def _dispatch_private(
         self,

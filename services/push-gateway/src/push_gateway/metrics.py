@@ -88,6 +88,11 @@ class GatewayCollector(Collector):
             "end (coalesced and spaced per partition)",
             self._ingest.log_ends.lookups,
         )
+        yield _gauge(
+            "gateway_resumes_waiting",
+            "Resumes waiting for this gateway to read as far as another one delivered",
+            len(gw.catch_up.waits),
+        )
         limited = CounterMetricFamily(
             "gateway_streams_limited",
             "Stream requests and WebSocket subscribes answered 429",

@@ -94,3 +94,4 @@ async def test_a_resume_on_a_gateway_behind_is_replayed_not_refused(
     assert gateway.stats.resumes_refused == 0
     metrics = (await get(behind.url + "/metrics")).text
     assert "gateway_resume_end_lookups_total 1.0" in metrics
+    assert "gateway_resumes_waiting 0.0" in metrics

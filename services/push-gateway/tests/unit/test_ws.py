@@ -15,6 +15,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from push_gateway.adapters.kafka import FakeLogBounds
 from push_gateway.adapters.tickets import FakeTicketRedeemer, RedeemedTicket
 from push_gateway.api.ws import WebSocketGateway, WsConnection
 from push_gateway.config import Settings
@@ -30,7 +31,7 @@ from push_gateway.testing import FakeRecord
 from push_gateway.ws_metrics import WebSocketCollector
 from slotstream_contracts.auth import Principal, Role, mint_token
 from slotstream_contracts.channels import Channel
-from slotstream_contracts.topics import NOTIFICATIONS_TOPIC
+from slotstream_contracts.topics import NOTIFICATIONS_TOPIC, SCHEDULE_TOPIC
 
 from .test_gateway import (
     INSTRUCTOR_SIDE,
@@ -249,6 +250,37 @@ async def test_since_replays_only_the_missed_events(harness: Harness) -> None:
     assert [m["event"] for m in messages] == ["subscribed", "slot", "slot"]
     assert [m["data"]["version"] for m in messages[1:]] == [4, 5]
     assert [m["id"] for m in messages[1:]] == [f"s{harness.part}:1", f"s{harness.part}:2"]
+
+
+async def test_since_past_this_gateways_reads_waits_for_them_until_unsubscribed(
+    harness: Harness,
+) -> None:
+    """``since`` from a gateway that is ahead waits, as ``Last-Event-ID`` does, for this one
+    to read that far; an unsubscribe ends the wait (nothing of it is left)."""
+    part = harness.part
+    harness.produce_versions(1, 2, 3)  # offsets 0-2: read here
+    later = harness.slot_records(range(4, 7))  # offsets 3-5: in the log, not read here yet
+    bounds = harness.gateway.catch_up.bounds
+    assert isinstance(bounds, FakeLogBounds)
+    bounds.log_ends = {(SCHEDULE_TOPIC, part): 6}
+    client = await harness.subscribed(since=f"s{part}:4")
+    waits = harness.gateway.catch_up.waits
+    assert len(waits) == 1
+    client.send({"op": "unsubscribe", "channel": SCHEDULE})
+    await settle()
+    assert len(waits) == 0
+    client.send({"op": "subscribe", "channel": SCHEDULE, "since": f"s{part}:4"})
+    await settle()
+    harness.produce(*later)
+    await settle()
+    messages = client.messages()
+    assert [(m["event"], m.get("id")) for m in messages] == [
+        ("subscribed", None),
+        ("unsubscribed", None),
+        ("subscribed", None),
+        ("slot", f"s{part}:5"),
+    ]
+    assert len(waits) == 0
 
 
 @pytest.mark.parametrize(

@@ -1267,6 +1267,25 @@ async def test_unknown_instructors_cost_one_booking_api_request_then_none(
     assert len(harness.source.fetches) == 1
 
 
+@pytest.mark.parametrize("warm", [True, False])
+async def test_unknown_instructors_after_known_ones_cost_one_booking_api_request(
+    harness: Harness, warm: bool
+) -> None:
+    """A known instructor named first (its snapshot shared, or fetched for this request)
+    must not let the unknown ones after it go to the booking-api all at once: the stream
+    fails on the first 404 whatever the others are, so only that one may be asked."""
+    harness.gateway.settings.max_channels_per_connection = 16
+    if warm:
+        assert (await (await harness.connect()).start()).status == 200
+    query = "channel=instructors/i1/schedule&" + "&".join(
+        f"channel=instructors/ghost{n}/schedule" for n in range(15)
+    )
+    answer = await (await harness.connect(query, path=EVENTS)).start()
+    assert answer.status == 404
+    await asyncio.sleep(0.05)  # fetches started but not awaited would show by now
+    assert harness.source.fetches == ["i1", "ghost0"]
+
+
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy
     del record
 

@@ -340,9 +340,25 @@ class CatchUp:
                 gap = []
             return ChosenSnapshot(taken, gap)
 
+        # The booking-api requests this stream starts go one at a time, here: the stream
+        # fails on the first 404 (then cached), so a request naming unknown instructors
+        # costs one booking-api request, whatever known ones come before them. Snapshots
+        # that are shared (recent, or a fetch under way) cost none: awaited meanwhile.
+        snapshots = self.snapshots
+        shared = [
+            c
+            for c in channels
+            if snapshots.recent(c.owner_id) is not None
+            or snapshots.in_flight(c.owner_id) is not None
+        ]
         async with asyncio.timeout(self.settings.snapshot_timeout_seconds * 3):
-            # the first alone: a request naming unknown instructors fails on its first
-            # 404 (then cached) instead of sending one booking-api request per channel
-            found = [await one(channels[0])]
-            found += await asyncio.gather(*(one(c) for c in channels[1:]))
-        return dict(zip(channels, found, strict=True))
+            awaiting_shared = asyncio.gather(*(one(c) for c in shared))
+            try:
+                found = {c: await one(c) for c in channels if c not in shared}
+                found.update(zip(shared, await awaiting_shared, strict=True))
+            finally:
+                if not awaiting_shared.done():
+                    awaiting_shared.cancel()
+                elif not awaiting_shared.cancelled():
+                    awaiting_shared.exception()  # retrieved: the first failure was raised
+        return {channel: found[channel] for channel in channels}

@@ -32,7 +32,12 @@ from push_gateway.adapters.snapshots import (
 )
 from push_gateway.adapters.sockets import COMPILED as SOCKET_WRITES
 from push_gateway.adapters.sockets import deliver
-from push_gateway.adapters.tickets import HttpTicketRedeemer, TicketRedeemer
+from push_gateway.adapters.tickets import (
+    MAX_REDEMPTIONS_IN_FLIGHT,
+    BoundedTickets,
+    HttpTicketRedeemer,
+    TicketRedeemer,
+)
 from push_gateway.api.protocol import protocol_for
 from push_gateway.api.routes import router
 from push_gateway.api.ws import WebSocketGateway
@@ -84,7 +89,8 @@ def create_app(
         base_url=settings.booking_api_url,
         timeout=httpx.Timeout(settings.snapshot_timeout_seconds, pool=30.0),
         limits=httpx.Limits(
-            max_connections=MAX_FETCHES_IN_FLIGHT, max_keepalive_connections=MAX_FETCHES_IN_FLIGHT
+            max_connections=MAX_REDEMPTIONS_IN_FLIGHT,
+            max_keepalive_connections=MAX_REDEMPTIONS_IN_FLIGHT,
         ),
     )
     booking_api = KeepAliveClient(
@@ -245,7 +251,7 @@ def build_gateway(
         ),
         heads=heads,
         stats=stats,
-        tickets=tickets,
+        tickets=BoundedTickets(tickets),
     )
 
 

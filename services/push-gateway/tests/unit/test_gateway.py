@@ -18,7 +18,11 @@ from pydantic import SecretStr
 from push_gateway.adapters.kafka import FakeHistory, FakeLogBounds
 from push_gateway.adapters.presence import FakePresenceBus, PresenceTable
 from push_gateway.adapters.snapshots import CoalescingSnapshots, FakeSnapshotSource, TakenSnapshot
-from push_gateway.adapters.tickets import FakeTicketRedeemer
+from push_gateway.adapters.tickets import (
+    MAX_REDEMPTIONS_IN_FLIGHT,
+    MAX_REDEMPTIONS_WAITING,
+    FakeTicketRedeemer,
+)
 from push_gateway.app import build_gateway
 from push_gateway.config import Settings
 from push_gateway.domain.catch_up import snapshot_frame
@@ -1284,6 +1288,31 @@ async def test_unknown_instructors_after_known_ones_cost_one_booking_api_request
     assert answer.status == 404
     await asyncio.sleep(0.05)  # fetches started but not awaited would show by now
     assert harness.source.fetches == ["i1", "ghost0"]
+
+
+async def test_ticket_redemptions_past_the_bound_answer_503_at_once() -> None:
+    """Random tickets each cost a booking-api request: a flood of them is asked at most
+    ``MAX_REDEMPTIONS_IN_FLIGHT`` at a time, ``MAX_REDEMPTIONS_WAITING`` more wait in the
+    gateway, and the next is answered 503 + Retry-After at once, not queued for its turn."""
+    h = await limited(Settings(max_connections=1000, jwt=JWT))
+    h.tickets.gate = asyncio.Event()  # a booking-api that does not answer
+    total = MAX_REDEMPTIONS_IN_FLIGHT + MAX_REDEMPTIONS_WAITING
+    query = "channel=users/u1/notifications&ticket="
+    try:
+        for n in range(total):  # 40 per address: the per-address limits are not tested here
+            await h.connect(f"{query}{n:016d}", path=EVENTS, headers=from_ip(f"10.0.1.{n // 40}"))
+        await asyncio.sleep(0.05)
+        assert len(h.tickets.attempts) == MAX_REDEMPTIONS_IN_FLIGHT
+        over = await (
+            await h.connect(f"{query}{total:016d}", path=EVENTS, headers=from_ip("10.0.2.1"))
+        ).start()
+        assert over.status == 503
+        assert "retry-after: 1" in over.head
+        h.tickets.gate.set()
+        await asyncio.sleep(0.05)
+        assert len(h.tickets.attempts) == total  # the waiting ones were asked in turn
+    finally:
+        await h.gateway.shutdown()
 
 
 def _unused(record: Record) -> None:  # keeps the Record import meaningful for mypy

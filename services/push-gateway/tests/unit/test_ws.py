@@ -16,7 +16,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from push_gateway.adapters.kafka import FakeLogBounds
-from push_gateway.adapters.tickets import FakeTicketRedeemer, RedeemedTicket
+from push_gateway.adapters.tickets import FakeTicketRedeemer
 from push_gateway.api.ws import WebSocketGateway, WsConnection
 from push_gateway.config import Settings
 from push_gateway.domain.ws_protocol import (
@@ -509,20 +509,9 @@ async def test_a_plain_get_is_answered_by_the_library(harness: Harness) -> None:
     assert transport.closed
 
 
-class GatedRedeemer(FakeTicketRedeemer):
-    """Answers only once ``gate`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-
-    async def redeem(self, ticket: str) -> RedeemedTicket | None:
-        await self.gate.wait()
-        return await super().redeem(ticket)
-
-
 async def test_ticket_auth_holds_later_ops_until_redeemed(harness: Harness) -> None:
-    redeemer = GatedRedeemer()
+    gate = asyncio.Event()
+    redeemer = FakeTicketRedeemer(gate=gate)
     redeemer.issue("good", Principal.model_validate({"sub": "u1", "role": "student"}))
     harness.gateway.tickets = redeemer
     client = await harness.client()
@@ -530,7 +519,7 @@ async def test_ticket_auth_holds_later_ops_until_redeemed(harness: Harness) -> N
     client.send({"op": "subscribe", "channel": "users/u1/notifications"})
     await settle()
     assert client.messages() == []
-    redeemer.gate.set()
+    gate.set()
     await settle()
     assert [m["event"] for m in client.messages()] == ["authenticated", "subscribed"]
     used = await harness.client("/v1/ws?ticket=good")  # single use
@@ -549,7 +538,8 @@ async def test_ticket_auth_holds_later_ops_until_redeemed(harness: Harness) -> N
 async def test_ops_piling_up_during_a_ticket_redemption_close_with_policy(
     harness: Harness, count: int, padding: int
 ) -> None:
-    harness.gateway.tickets = GatedRedeemer()  # the booking-api takes its time
+    # the booking-api takes its time
+    harness.gateway.tickets = FakeTicketRedeemer(gate=asyncio.Event())
     client = await harness.client()
     assert client.connection is not None
     client.send({"op": "auth", "ticket": "slow"})

@@ -6,6 +6,7 @@ import gc
 import importlib
 import resource
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
@@ -38,7 +39,7 @@ from push_gateway.adapters.tickets import (
     HttpTicketRedeemer,
     TicketRedeemer,
 )
-from push_gateway.api.protocol import protocol_for
+from push_gateway.api.protocol import close_unfinished_heads, protocol_for
 from push_gateway.api.routes import router
 from push_gateway.api.ws import WebSocketGateway
 from push_gateway.config import Settings
@@ -274,7 +275,8 @@ def raise_open_file_limit() -> None:
 
 class _Server(uvicorn.Server):
     """uvicorn's server, its housekeeping tick on the gateway's timer grid; it also stops
-    the gateway for a restart when the partition layout it reads changed."""
+    the gateway for a restart when the partition layout it reads changed, and closes
+    connections that send no complete request head in time."""
 
     def __init__(
         self,
@@ -282,11 +284,15 @@ class _Server(uvicorn.Server):
         on_stopped: Callable[[], None],
         layout_changes: Callable[[], list[LayoutChange]],
         startup: KafkaStartup,
+        head_timeout_seconds: float,
+        stats: GatewayStats,
     ) -> None:
         super().__init__(config)
         self._on_stopped = on_stopped
         self._layout_changes = layout_changes
         self._startup = startup
+        self._head_timeout_seconds = head_timeout_seconds
+        self._stats = stats
         #: a partition count changed: :meth:`run` exits with ``RESTART_EXIT_CODE``
         self.restart_requested = False
 
@@ -317,6 +323,22 @@ class _Server(uvicorn.Server):
             self.restart_requested = True
             self.should_exit = True
 
+    def close_unfinished_heads(self) -> None:
+        """Close the connections still without a complete first request head
+        ``GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS`` after they were made (one line for all
+        those of a sweep): neither protocol has a timer before the first request, and such
+        connections count against no limit."""
+        deadline = time.monotonic() - self._head_timeout_seconds
+        closed, waiting = close_unfinished_heads(self.server_state.connections, deadline)
+        self._stats.heads_waiting = waiting
+        if closed:
+            self._stats.head_timeouts += closed
+            log.info(
+                "request head timeout: connections closed",
+                connections=closed,
+                timeout_seconds=self._head_timeout_seconds,
+            )
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown, then ``on_stopped`` (the Unix socket's file removed): after
         a signal uvicorn re-raises it once served, which ends the process there."""
@@ -330,7 +352,8 @@ class _Server(uvicorn.Server):
         ``TICK_SECONDS`` on the grid the gateway's other periodic timers share, instead of
         its own 0.1 s timer: ten fewer wake-ups a second of an idle process, for exits
         noticed within 0.25 s instead of 0.1 s. Once a second it checks the partition
-        layout (:meth:`check_layout`) and whether the start-up gave up on Kafka."""
+        layout (:meth:`check_layout`), whether the start-up gave up on Kafka, and closes
+        connections whose request head is overdue (:meth:`close_unfinished_heads`)."""
         ticks_per_second = max(1, round(1 / TICK_SECONDS))
         counter = 0
         should_exit = await self.on_tick(0)
@@ -339,6 +362,7 @@ class _Server(uvicorn.Server):
             await sleep_to_grid(TICK_SECONDS)
             if counter == 0:
                 self.check_layout()
+                self.close_unfinished_heads()
                 # Kafka stayed unreachable for GATEWAY_KAFKA__START_TIMEOUT_SECONDS (said)
                 self.should_exit = self.should_exit or self._startup.gave_up
             # uvicorn refreshes the Date header when the counter is a multiple of 10
@@ -364,4 +388,12 @@ def build_server(
         timeout_graceful_shutdown=5,
         backlog=settings.backlog,
     )
-    return _Server(config, on_stopped, app.state.ingest.layout_changes, app.state.startup)
+    gateway: Gateway = app.state.gateway
+    return _Server(
+        config,
+        on_stopped,
+        app.state.ingest.layout_changes,
+        app.state.startup,
+        settings.request_head_timeout_seconds,
+        gateway.stats,
+    )

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         "replaced, one a live process listens on is refused. The TCP port stays (health "
         "checks, metrics, clients straight on the gateway)",
     )
+    request_head_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A connection that has not sent its first request's complete head "
+        "this long after connecting (silent, or dribbling it) is closed, within a second "
+        "more (one sweep a second, no timer per connection); nginx waits 60 s "
+        "(client_header_timeout)",
+    )
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)
     snapshot_reuse_seconds: float = Field(

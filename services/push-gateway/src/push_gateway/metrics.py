@@ -51,6 +51,17 @@ class GatewayCollector(Collector):
             "Clients cut off for falling behind",
             gw.stats.slow_disconnects,
         )
+        yield _counter(
+            "gateway_request_head_timeouts",
+            "Connections closed for not sending a complete first request head within "
+            "GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS",
+            gw.stats.head_timeouts,
+        )
+        yield _gauge(
+            "gateway_request_heads_waiting",
+            "Connections still sending their first request head (last sweep, once a second)",
+            gw.stats.heads_waiting,
+        )
         yield _counter("gateway_streams_accepted", "Streams opened", gw.stats.accepted)
         yield _counter(
             "gateway_token_expiries",

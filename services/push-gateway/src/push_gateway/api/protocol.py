@@ -18,10 +18,18 @@ request that comes later on a kept-alive connection too. uvicorn's per-connectio
 (parser, scope, flow control, loggers: ~2–3 kB) was built for every stream before, and in a
 connect storm hundreds of those at once set the process's peak heap, which it keeps
 (``docs/scaling.md``, issue 14 items 1 and 4).
+
+Neither protocol has a timer before the first request: a connection that sends nothing, or
+dribbles a head, would be held for ever. Each keeps the time it connected until its first
+head is complete (one float), and :func:`close_unfinished_heads`, run once a second by the
+server (``app._Server``), closes those past ``GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS``; a
+timer per connection would cost a connect storm a heap entry and a cancel per stream.
 """
 
 import asyncio
 import urllib.parse
+from collections.abc import Iterable
+from time import monotonic
 from typing import Any, ClassVar, Final
 
 import httptools
@@ -86,6 +94,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stream_request: tuple[str, bytes] | None = None
+        #: when the connection was made (``time.monotonic()``), until its first request
+        #: head is complete; then None (uvicorn's keep-alive timeout takes over)
+        self.head_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """uvicorn's, without reading both socket addresses: a stream never needs them (its
@@ -99,6 +110,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.scheme = "https" if is_ssl(transport) else "http"
 
     def on_headers_complete(self) -> None:
+        self.head_since = None
         if self.parser.get_method() == b"GET":
             target = _stream_target(self.url, self.websockets is not None)
             if target is not None:
@@ -162,7 +174,15 @@ class StreamRequestProtocol(asyncio.Protocol):
     """What uvicorn creates for each new connection (see the module docstring). Set
     ``gateway`` and ``app_protocol`` on a subclass (see :func:`protocol_for`)."""
 
-    __slots__ = ("_config", "_server_state", "_app_state", "_transport", "_received", "_parser")
+    __slots__ = (
+        "_config",
+        "_server_state",
+        "_app_state",
+        "_transport",
+        "_received",
+        "_parser",
+        "head_since",
+    )
 
     gateway: ClassVar[Gateway]
     websockets: ClassVar[WebSocketGateway | None] = None
@@ -186,11 +206,16 @@ class StreamRequestProtocol(asyncio.Protocol):
         self._received: bytes | bytearray | None = b""
         #: the parser of a head that spans several reads (fed each read once)
         self._parser: tuple[httptools.HttpRequestParser, _RequestHead] | None = None
+        #: when the connection was made (``time.monotonic()``): while it is in uvicorn's
+        #: set, its first head is not complete yet (see :func:`close_unfinished_heads`)
+        self.head_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # in uvicorn's set, so a graceful shutdown closes a connection that sent nothing yet
+        # in uvicorn's set, so a graceful shutdown closes a connection that sent nothing
+        # yet, and the once-a-second sweep one that sends no complete head in time
         self._server_state.connections.add(self)  # type: ignore[arg-type]
         self._transport = transport  # type: ignore[assignment]
+        self.head_since = monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - any cause
         self._server_state.connections.discard(self)
@@ -256,9 +281,34 @@ class StreamRequestProtocol(asyncio.Protocol):
         protocol = self.app_protocol(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
+        protocol.head_since = self.head_since
         protocol.connection_made(self._transport)
         self._transport.set_protocol(protocol)
         protocol.data_received(bytes(received))
+
+
+def close_unfinished_heads(connections: Iterable[object], deadline: float) -> tuple[int, int]:
+    """Close the connections among ``connections`` (uvicorn's ``server_state.connections``)
+    made before ``deadline`` (``time.monotonic()``) whose first request head is still not
+    complete; returns (closed, still waiting). Streams are not in the set (handed over),
+    nor are connections serving requests or idle between them (their head was complete)."""
+    closed = waiting = 0
+    for connection in list(connections):  # closing takes them out of the set
+        if isinstance(connection, StreamRequestProtocol):
+            transport: asyncio.Transport | None = connection._transport
+            since: float | None = connection.head_since
+        elif isinstance(connection, GatewayHttpProtocol):
+            transport, since = connection.transport, connection.head_since
+        else:
+            continue
+        if since is None or transport is None:
+            continue
+        if since <= deadline:
+            transport.close()
+            closed += 1
+        else:
+            waiting += 1
+    return closed, waiting
 
 
 def protocol_for(

@@ -30,3 +30,7 @@ class GatewayStats:
         )
     )
     token_expiries: int = 0
+    #: connections closed without a complete first request head (``close_unfinished_heads``)
+    head_timeouts: int = 0
+    #: connections still sending their first request head at the last sweep
+    heads_waiting: int = 0

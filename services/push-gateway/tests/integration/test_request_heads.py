@@ -121,3 +121,28 @@ async def test_connections_without_a_complete_request_head_are_closed_streams_go
         for _, writer in silent:
             writer.close()
     assert f"gateway_request_head_timeouts_total {float(SILENT + 2)}" in metrics
+
+
+async def test_a_kept_alive_connection_idle_after_its_request_is_not_closed(
+    gateway: ServerThread,
+) -> None:
+    """Its head was complete: the keep-alive timeout (75 s) is what ends it, not the head
+    timeout (the edge's upstream keep-alive pool relies on that)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+    try:
+        for _ in range(2):
+            writer.write(request)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if b"content-length" in line
+            )
+            await reader.readexactly(length)
+            assert not await closed_by_server(reader, CLOSED_WITHIN)
+    finally:
+        writer.close()

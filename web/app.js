@@ -104,13 +104,15 @@ const NO_ANSWER = {
 class ApiError extends Error {
   /**
    * `lost` ("timeout", "network" or "unavailable"): no answer said what was done, so a
-   * write may or may not have been carried out. `type`: the problem+json type, if any.
+   * write may or may not have been carried out. `type`: the problem+json type, if any;
+   * `slotId`: the slot a problem names (a `409`'s slot in the way), if any.
    */
-  constructor(status, detail, lost = null, type = null) {
+  constructor(status, detail, lost = null, type = null, slotId = null) {
     super(detail);
     this.status = status;
     this.lost = lost;
     this.type = type;
+    this.slotId = slotId;
   }
 }
 
@@ -183,7 +185,7 @@ async function api(method, path, body, extraHeaders = {}) {
   if (starting(result)) throw new ApiError(503, "The service is starting up; try again in a minute.");
   if (!response.ok) {
     const detail = payload?.detail || payload?.title || `${response.status} ${response.statusText}`;
-    throw new ApiError(response.status, detail, null, payload?.type ?? null);
+    throw new ApiError(response.status, detail, null, payload?.type ?? null, payload?.slotId ?? null);
   }
   return payload;
 }
@@ -889,6 +891,15 @@ function nextFreeStart() {
   return new Date(base.getFullYear(), base.getMonth(), base.getDate(), 9, 0);
 }
 
+/**
+ * A `409` naming another slot of the schedule: that slot as the page shows it. The API's
+ * detail names it by id and UTC times, which match nothing the viewer sees.
+ */
+function overlapText(error, ownSlotId = null) {
+  const other = error.status === 409 && error.slotId !== ownSlotId ? state.sub?.schedule.get(error.slotId) : null;
+  return other ? `It would overlap the slot of ${whenText(new Date(other.start), new Date(other.end))}.` : error.message;
+}
+
 async function submitSlot(event) {
   event.preventDefault();
   const start = fromLocal($("slot-date").value, $("slot-start").value);
@@ -921,7 +932,7 @@ async function submitSlot(event) {
       formError("slot-error", "This slot changed in the meantime. Close this form and try again.");
       await refreshOverHttp();
     } else {
-      formError("slot-error", error.message);
+      formError("slot-error", overlapText(error, editing?.slotId));
     }
   } finally {
     $("slot-submit").disabled = false;
@@ -1000,7 +1011,7 @@ async function submitWeek(event) {
     else renderWeek();
   } catch (error) {
     if (error.lost) formError("week-error", await noAnswer(error, "the slots may or may not have been added"));
-    else formError("week-error", error.status === 409 ? `Nothing was added: ${error.message}` : error.message);
+    else formError("week-error", error.status === 409 ? `Nothing was added: ${overlapText(error)}` : error.message);
   } finally {
     $("week-submit").disabled = false;
   }

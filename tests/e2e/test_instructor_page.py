@@ -180,6 +180,47 @@ def test_a_move_from_a_stale_version_is_refused_clearly(
     expect(dialog.get_by_role("alert")).to_contain_text("changed in the meantime")
 
 
+def test_an_overlap_names_the_other_slot_in_the_viewer_s_time(
+    stack: DevStack, opener: Callable[..., Opener]
+) -> None:
+    """Moving or adding a slot onto another one says which slot is in the way as the page
+    shows it (the viewer's time), not as the API's detail has it: an id and UTC times
+    ("overlaps slot 6b10… (2026-12-03T15:00:00+00:00 to …)") that match nothing on a page
+    in Tokyo."""
+    teacher = role(stack, "instructor")[1]
+    tokyo = ZoneInfo("Asia/Tokyo")
+    own = opener(1280, timezone="Asia/Tokyo")(stack, teacher, teacher.id)
+    free = own.locator("button.slot.available")
+    moving, target = (free.nth(i).get_attribute("data-slot-id") for i in (0, 1))
+    schedule = httpx.get(f"{stack.base_url}/api/instructors/{teacher.id}/schedule").json()
+    start = next(
+        datetime.fromisoformat(s["start"]).astimezone(tokyo)
+        for s in schedule["slots"]
+        if s["id"] == target
+    )
+    in_the_way = re.compile(f"overlap the slot of .* {start.day} .*{start:%H:%M}")
+    raw = re.compile(r"\+00:00|[0-9a-f]{24}")
+
+    own.locator(f'[data-for="{moving}"][data-tool="move"]').click()
+    dialog = own.locator("#slot-dialog")
+    dialog.get_by_label("Date").fill(f"{start:%Y-%m-%d}")
+    dialog.get_by_label("Start").fill(f"{start:%H:%M}")
+    dialog.get_by_role("button", name="Move slot").click()
+    expect(dialog.get_by_role("alert")).to_have_text(in_the_way)
+    expect(dialog.get_by_role("alert")).not_to_have_text(raw)
+    dialog.get_by_role("button", name="Close").click()
+
+    own.get_by_role("button", name="Add a week of slots").click()
+    week = own.locator("#week-dialog")
+    week.get_by_label("Week starting").fill(f"{start:%Y-%m-%d}")
+    for box in week.get_by_role("checkbox").all():
+        box.set_checked(box.get_attribute("value") == f"{start:%w}")
+    week.get_by_label("Start times").fill(f"{start:%H:%M}")
+    week.get_by_role("button", name="Add slots").click()
+    expect(week.get_by_role("alert")).to_have_text(in_the_way)
+    expect(week.get_by_role("alert")).not_to_have_text(raw)
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_the_page_reads_well_at_every_width(
     stack: DevStack, opener: Callable[[int], Opener], output_dir: Path, width: int

@@ -391,6 +391,30 @@ async def test_with_no_upstream_reachable_the_edge_answers_503_problem_json(edge
     assert "upstream_status=502, 502" in log, log[-400:]
 
 
+async def test_requests_the_edge_refuses_itself_get_problem_json(edge: Edge) -> None:
+    """A body past 64 KiB, a URI or header past nginx's buffers, a NUL in the path: the
+    edge answers before any service sees the request. Those answers are problem+json like
+    the services' (the booking-api's own 413 is), not nginx's HTML page."""
+    refused = {
+        "body": ("POST", "/api/bookings", {}, b"{" + b" " * 70_000 + b"}", 413),
+        "uri": ("GET", "/api/" + "a" * 20_000, {}, None, 414),
+        "header": ("GET", "/api/instructors", {"X-Big": "a" * 40_000}, None, 400),
+        "path": ("GET", "/api/instructors/%00/schedule", {}, None, 400),
+    }
+    async with httpx.AsyncClient(base_url=edge.url, timeout=10) as client:
+        for name, (method, path, headers, body, status) in refused.items():
+            answer = await client.request(method, path, headers=headers, content=body)
+            assert answer.status_code == status, (name, answer.status_code)
+            assert answer.headers["content-type"] == "application/problem+json", (
+                name,
+                answer.text[:120],
+            )
+            assert answer.json()["status"] == status, name
+            assert answer.headers["cache-control"] == "no-store", name
+        # the answers' internal locations are no path of the site
+        assert (await client.get("/.slotstream-error/413")).status_code == 404
+
+
 @pytest.fixture
 def strict_edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Edge]:
     """An edge with tiny per-address limits, set the way compose or K8s would."""

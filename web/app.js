@@ -974,6 +974,12 @@ function weekPattern() {
   const first = fromLocal($("week-of").value, "00:00");
   if (Number.isNaN(first.getTime())) throw new Error("Choose the week's first day.");
   const minutes = Number($("week-length").value);
+  // Checked here, in the times as typed: the API's refusal names both slots in UTC.
+  const byStart = times.map((t) => [t, Number(t.split(":")[0]) * 60 + Number(t.split(":")[1])]).sort((a, b) => a[1] - b[1]);
+  for (let i = 1; i < byStart.length; i += 1) {
+    const [[early, from], [late, to]] = [byStart[i - 1], byStart[i]];
+    if (to - from < minutes) throw new Error(`${early} and ${late} are less than ${$("week-length").selectedOptions[0].text} apart: those slots would overlap.`);
+  }
   const slots = [];
   for (let i = 0; i < 7; i += 1) {
     const day = addDays(first, i);

@@ -220,6 +220,13 @@ def test_an_overlap_names_the_other_slot_in_the_viewer_s_time(
     expect(week.get_by_role("alert")).to_have_text(in_the_way)
     expect(week.get_by_role("alert")).not_to_have_text(raw)
 
+    # Two start times of the week closer than the length: named as typed, not in UTC.
+    week.get_by_label("Start times").fill("09:00, 09:30")
+    week.get_by_label("Length").select_option("60")
+    week.get_by_role("button", name="Add slots").click()
+    expect(week.get_by_role("alert")).to_contain_text("09:00 and 09:30")
+    expect(week.get_by_role("alert")).not_to_have_text(raw)
+
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_the_page_reads_well_at_every_width(

@@ -12,6 +12,7 @@ server on https://127.0.0.1:8443/.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -124,7 +125,12 @@ def _banner(stack: DevStack) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="demo.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     ports = Ports.demo()

@@ -207,3 +207,26 @@ async def test_the_edge_reaches_each_gateway_over_its_unix_socket(stack: DevStac
     upstreams = (stack.logs / "edge.log").read_text()
     for number in (1, 2):
         assert f'"unix:{stack.gateway_socket(number)}"' in upstreams
+
+
+@pytest.mark.parametrize("ask", ["--help", "-h"])
+def test_asking_for_help_prints_it_and_starts_nothing(ask: str) -> None:
+    """A newcomer's first try, ``scripts/demo.py --help``, must print what the demo does
+    and exit, not start the whole stack (it used to: the script read no arguments)."""
+    demo = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), ask],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = demo.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGTERM)
+        demo.communicate(timeout=60)
+        pytest.fail(f"`demo.py {ask}` was still running after 20 s: it started the stack")
+    text = out.decode()
+    assert demo.returncode == 0, text
+    assert text.startswith("usage: demo.py"), text
+    assert "http://127.0.0.1:8080/" in text
+    assert "demo:" not in text  # no step of a start

@@ -380,7 +380,7 @@ def build_server(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=protocol_for(app.state.gateway, app.state.websockets),
+        http=protocol_for(app.state.gateway, app.state.websockets, settings.max_request_head_bytes),
         lifespan="on",
         log_config=None,
         access_log=False,

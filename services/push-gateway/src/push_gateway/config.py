@@ -9,6 +9,7 @@ from typing import Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from push_gateway.domain.requests import MAX_REQUEST_HEAD_BYTES
 from slotstream_contracts.auth import JwtSettings
 from slotstream_contracts.settings import (
     DEFAULT_KEEP_ALIVE_SECONDS,
@@ -141,6 +142,14 @@ class Settings(BaseSettings):
         "this long after connecting (silent, or dribbling it) is closed, within a second "
         "more (one sweep a second, no timer per connection); nginx waits 60 s "
         "(client_header_timeout)",
+    )
+    max_request_head_bytes: int = Field(
+        default=MAX_REQUEST_HEAD_BYTES,
+        ge=4096,
+        description="A request head (request line and header fields) longer than this is "
+        "answered 431 and its connection closed, as soon as that many bytes are read; "
+        "keep it above what the proxy in front passes (the edge's nginx: "
+        "large_client_header_buffers, 4 x 8 kB; Envoy: 60 KiB)",
     )
     booking_api_url: str = "http://127.0.0.1:8000"
     snapshot_timeout_seconds: float = Field(default=5.0, gt=0)

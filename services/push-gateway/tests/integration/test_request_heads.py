@@ -4,9 +4,13 @@ opened meanwhile goes on as if they were not there."""
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import httpx
+import orjson
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
@@ -144,5 +148,136 @@ async def test_a_kept_alive_connection_idle_after_its_request_is_not_closed(
             )
             await reader.readexactly(length)
             assert not await closed_by_server(reader, CLOSED_WITHIN)
+    finally:
+        writer.close()
+
+
+def rss_bytes() -> int:
+    """This process's resident set (the gateway runs in a thread of it)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Refusal:
+    answer: bytes
+    #: seconds from the first byte sent until the server ended the connection (None: not)
+    ended_after: float | None
+    sent: int
+    #: the most this process's resident set grew meanwhile
+    rss_growth: int
+
+
+async def send_head(port: int, head: bytes, within: float) -> Refusal:
+    """Send ``head`` in 64 kB pieces as fast as the server reads them, reading what it
+    answers until it ends the connection (or ``within`` seconds)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start, sent, peak = rss_bytes(), 0, 0
+
+    async def send() -> None:
+        nonlocal sent
+        with contextlib.suppress(ConnectionError):
+            for i in range(0, len(head), 65536):
+                writer.write(head[i : i + 65536])
+                await writer.drain()
+                sent += len(head[i : i + 65536])
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_bytes())
+            await asyncio.sleep(0.02)
+
+    sending, sampling = asyncio.create_task(send()), asyncio.create_task(sample())
+    began = time.monotonic()
+    answer, ended_after = b"", None
+    try:
+        async with asyncio.timeout(within):
+            while chunk := await reader.read(65536):
+                answer += chunk
+            ended_after = time.monotonic() - began
+    except TimeoutError:
+        pass
+    except ConnectionError:
+        ended_after = time.monotonic() - began
+    finally:
+        for task in (sending, sampling):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        writer.close()
+    return Refusal(answer, ended_after, sent, max(peak, rss_bytes()) - start)
+
+
+#: several MB of the shortest header lines: uvicorn keeps two bytes objects and a tuple
+#: (~130 bytes) per line, so buffered they would grow the process by ~25x their size
+FLOOD = b"a:b\r\n" * (4 * 1024 * 1024 // 5)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        f"GET {PAGE}?instructorId=big-1 HTTP/1.1\r\nHost: gw\r\nCookie: ".encode()
+        + b"c" * 100_000
+        + b"\r\n\r\n",
+        f"GET {PAGE}?instructorId=big-1 HTTP/1.1\r\nHost: gw\r\n".encode() + FLOOD,
+        b"POST /healthz HTTP/1.1\r\nHost: gw\r\n" + FLOOD,
+    ],
+    ids=["stream-get-100kB-cookie", "stream-get-4MB-of-lines", "post-4MB-of-lines"],
+)
+async def test_a_request_head_over_the_limit_is_refused_431_at_once(
+    gateway: ServerThread, head: bytes
+) -> None:
+    """Answered ``431`` (problem+json) and ended as soon as the head passes 64 kB: not
+    served, and not buffered (the gateway's memory does not grow with what is sent) until
+    the head timeout closes it."""
+    refusal = await send_head(gateway.port, head, CLOSED_WITHIN)
+    status, _, body = refusal.answer.partition(b"\r\n\r\n")
+    refused_at_once = (
+        refusal.answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        and refusal.ended_after is not None
+        and refusal.ended_after < HEAD_TIMEOUT
+        and refusal.rss_growth < 16 * 1024 * 1024
+    )
+    assert refused_at_once, (
+        f"answered {refusal.answer[:60]!r}, connection ended after {refusal.ended_after} s, "
+        f"{refusal.sent} bytes of a {len(head)}-byte head sent, the process grew by "
+        f"{refusal.rss_growth / 2**20:.1f} MB meanwhile"
+    )
+    assert b"content-type: application/problem+json\r\n" in status
+    assert orjson.loads(body)["status"] == 431
+
+
+@pytest.mark.parametrize(
+    "dribble",
+    [b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"p" * 64, b"\r\n" * 64],
+    ids=["second-head", "blank-lines"],
+)
+async def test_a_kept_alive_connections_next_request_head_dribbled_is_closed(
+    gateway: ServerThread, dribble: bytes
+) -> None:
+    """After a first request on a kept-alive connection, its next head (or the blank
+    lines a client may send before it) dribbled a byte at a time is closed after the head
+    timeout as a first head is: uvicorn's keep-alive timer ends at its first byte and no
+    other timer follows."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+    try:
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            await reader.readuntil(b"}")
+        began = time.monotonic()
+        for i in range(len(dribble)):
+            writer.write(dribble[i : i + 1])
+            await writer.drain()
+            if await closed_by_server(reader, 0.3):
+                break
+        open_for = time.monotonic() - began
+        assert open_for < CLOSED_WITHIN, (
+            f"the next request head, dribbled a byte every 0.3 s, "
+            f"{'closed' if i + 1 < len(dribble) else 'still open'} {open_for:.1f} s after "
+            f"its first byte (GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS={HEAD_TIMEOUT})"
+        )
     finally:
         writer.close()

@@ -4,6 +4,7 @@ requests go to the gateway, every other request is served by uvicorn and the app
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -254,3 +255,19 @@ async def test_a_stream_request_is_read_without_uvicorns_http_state(served: Serv
     await exchange(served.port, stream_request(), until=b"\n\n")
     [opened] = served.gateway.opened
     assert not issubclass(opened.reader, HttpToolsProtocol)
+
+
+async def test_each_request_head_on_a_kept_alive_connection_is_held_to_the_limit(
+    served: Served,
+) -> None:
+    """Each head is counted from the end of the request before it: two 40 kB heads on
+    one connection are served, the next one of 100 kB is refused ``431`` and the
+    connection ended, not read into uvicorn's header list."""
+    large = b"GET /whoami HTTP/1.1\r\nHost: gw\r\nCookie: " + b"c" * 40_000 + b"\r\n\r\n"
+    over = b"GET /whoami HTTP/1.1\r\nHost: gw\r\n" + b"a:b\r\n" * 20_000 + b"\r\n"
+    answer = await exchange(served.port, large, large, over)
+    assert re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", answer) == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+    ]

@@ -11,19 +11,25 @@ WebSocket upgrade); from then on the hub writes the shared frame bytes straight 
 Every connection starts with a :class:`StreamRequestProtocol`: a few slots, no uvicorn
 state. It reads the first request's head with httptools' parser (uvicorn's), and a ``GET``
 on a stream path goes to the gateway from there. Anything else — another method or path, a
-malformed or unusually large head, a WebSocket upgrade elsewhere — is given, with the bytes
-read so far, to :class:`GatewayHttpProtocol` (uvicorn's ``HttpToolsProtocol``), which serves
+malformed head, a WebSocket upgrade elsewhere — is given, with the bytes read so far, to
+:class:`GatewayHttpProtocol` (uvicorn's ``HttpToolsProtocol``), which serves
 it and whatever follows on the connection exactly as uvicorn does, handing over a stream
 request that comes later on a kept-alive connection too. uvicorn's per-connection state
 (parser, scope, flow control, loggers: ~2–3 kB) was built for every stream before, and in a
 connect storm hundreds of those at once set the process's peak heap, which it keeps
 (``docs/scaling.md``, issue 14 items 1 and 4).
 
-Neither protocol has a timer before the first request: a connection that sends nothing, or
-dribbles a head, would be held for ever. Each keeps the time it connected until its first
-head is complete (one float), and :func:`close_unfinished_heads`, run once a second by the
-server (``app._Server``), closes those past ``GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS``; a
-timer per connection would cost a connect storm a heap entry and a cancel per stream.
+Neither protocol has a timer while a head is read (uvicorn's keep-alive timer ends at the
+first byte of the next request): a connection that sends nothing, or dribbles a head, would
+be held for ever. Each keeps the time its head began (one float: the connection's start, or
+the first byte after a request on a kept-alive connection) until the head is complete, and
+:func:`close_unfinished_heads`, run once a second by the server (``app._Server``), closes
+those past ``GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS``; a timer per connection would cost a
+connect storm a heap entry and a cancel per stream.
+
+Nor does either limit a head's size (httptools has no limit, uvicorn keeps every header
+line): each counts the bytes of the head under way, and one past ``max_head_bytes``
+(``GATEWAY_MAX_REQUEST_HEAD_BYTES``) is answered ``431`` at once (:func:`_refuse_head`).
 """
 
 import asyncio
@@ -40,13 +46,49 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from push_gateway.api.ws import WebSocketGateway
-from push_gateway.domain.requests import STREAM_PATHS
+from push_gateway.domain.requests import MAX_REQUEST_HEAD_BYTES, STREAM_PATHS, Problem
+from push_gateway.domain.responses import ResponseHeads
 from push_gateway.domain.ws_protocol import WS_PATH
 from push_gateway.gateway import Gateway
 
-#: a request head still incomplete after this many bytes goes to uvicorn (which reads
-#: heads of any size, as before); browsers' stream requests are well under 1 kB
-MAX_HEAD_BYTES: Final = 16 * 1024
+#: how long a connection whose head was refused is still read (and what it sends dropped)
+#: before it is closed: closing a socket with unread bytes resets the connection, and the
+#: client would likely lose the ``431`` before reading it
+REFUSED_LINGER_SECONDS: Final = 1.0
+
+
+def head_too_large(max_head_bytes: int) -> bytes:
+    """The answer to a request head longer than ``max_head_bytes`` (problem+json, as the
+    gateway refuses stream requests; no path or CORS headers: the head was not read)."""
+    problem = Problem(
+        431,
+        "Request Header Fields Too Large",
+        f"the request line and header fields exceed {max_head_bytes} bytes",
+    )
+    return ResponseHeads((), 0).problem(problem, None, None)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection whose head was refused: what the client still sends is dropped until it
+    closes its side or :data:`REFUSED_LINGER_SECONDS` have passed (nginx's lingering
+    close)."""
+
+    __slots__ = ()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes
+
+
+def _refuse_head(transport: asyncio.Transport, answer: bytes) -> None:
+    """Answer ``431`` and end the connection: the answer and a FIN now, the socket closed
+    once the client stops sending or after :data:`REFUSED_LINGER_SECONDS`."""
+    transport.write(answer)
+    transport.set_protocol(_Refused())
+    if transport.can_write_eof():
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSED_LINGER_SECONDS, transport.close)
+    else:
+        transport.close()
 
 
 def _stream_target(url: bytes, websockets: bool) -> tuple[str, bytes] | None:
@@ -90,13 +132,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     gateway: ClassVar[Gateway]
     websockets: ClassVar[WebSocketGateway | None] = None
+    max_head_bytes: ClassVar[int] = MAX_REQUEST_HEAD_BYTES
+    #: the answer to a head over ``max_head_bytes`` (:func:`head_too_large`)
+    too_large: ClassVar[bytes] = head_too_large(MAX_REQUEST_HEAD_BYTES)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stream_request: tuple[str, bytes] | None = None
-        #: when the connection was made (``time.monotonic()``), until its first request
-        #: head is complete; then None (uvicorn's keep-alive timeout takes over)
+        #: when the head under way began (``time.monotonic()``): the connection's start, or
+        #: the first byte after a request; None while there is none (between requests:
+        #: uvicorn's keep-alive timeout; a body)
         self.head_since: float | None = None
+        #: the bytes read of the head under way (or of the wait for the next one), from
+        #: the read after the previous request ended; -1: a request ended in this read;
+        #: None while a body is read
+        self._head_bytes: int | None = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """uvicorn's, without reading both socket addresses: a stream never needs them (its
@@ -110,7 +160,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.scheme = "https" if is_ssl(transport) else "http"
 
     def on_headers_complete(self) -> None:
-        self.head_since = None
+        self.head_since = self._head_bytes = None
         if self.parser.get_method() == b"GET":
             target = _stream_target(self.url, self.websockets is not None)
             if target is not None:
@@ -130,6 +180,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._stream_request is None:
             super().on_message_complete()
+            self._head_bytes = -1
 
     def handle_websocket_upgrade(self) -> None:
         if self._stream_request is None:  # another path: uvicorn's own WebSocket support
@@ -138,9 +189,56 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._stream_request is not None:
             return  # already handed over; anything more from the client is ignored
+        head_bytes = self._head_bytes
+        if head_bytes is not None:  # a head under way, or the wait for the next one
+            if self.head_since is None:
+                # the first bytes after a request: they end uvicorn's keep-alive timer,
+                # and nothing else would end a head (or blank lines) dribbled from here
+                self.head_since = monotonic()
+            if head_bytes + len(data) > self.max_head_bytes:
+                self._read_past_limit(data, self.max_head_bytes - head_bytes)
+                return
         super().data_received(data)
+        head_bytes = self._head_bytes
+        if head_bytes is not None:
+            # -1: a request ended within this read; the next head, begun after it, is
+            # counted from the next read (at most one read of it uncounted, never a false
+            # refusal: the count never takes in bytes of a previous request)
+            self._head_bytes = head_bytes + len(data) if head_bytes >= 0 else 0
         if self._stream_request is not None:
             self._hand_over(*self._stream_request)
+
+    def _read_past_limit(self, data: bytes, room: int) -> None:
+        """A read that would take the head under way past ``max_head_bytes``: its first
+        ``room`` bytes are parsed alone; a head still not complete then is refused, else
+        the rest is read as any read (a pipelined head in it counted from its start)."""
+        super().data_received(data[:room])
+        head_bytes = self._head_bytes
+        if self._stream_request is not None:
+            self._hand_over(*self._stream_request)
+        elif self.transport.is_closing() or self.transport.get_protocol() is not self:
+            pass  # answered 400 by uvicorn, or upgraded to its WebSocket protocol
+        elif head_bytes is not None and head_bytes >= 0:
+            self._refuse()
+        else:
+            if head_bytes is not None:  # the request ended: the next head begins here
+                self._head_bytes = 0
+            if len(data) > room:
+                self.data_received(data[room:])
+
+    def _refuse(self) -> None:
+        """Answer ``431`` (:func:`_refuse_head`) and drop what was read of the head; a
+        response still under way to an earlier request is dropped as when its client
+        goes."""
+        self.connections.discard(self)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        _refuse_head(self.transport, self.too_large)
+        self.parser = None  # type: ignore[assignment]
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
 
     def _hand_over(self, path: str, query: bytes) -> None:
         self.connections.discard(self)
@@ -246,6 +344,10 @@ class StreamRequestProtocol(asyncio.Protocol):
         else:
             parser, head = self._parser
             received += data  # a bytearray by now: extended in place
+        max_head_bytes = self.app_protocol.max_head_bytes
+        if len(received) > max_head_bytes:
+            # parsed only to the limit: a head not complete within it is refused below
+            data = data[: max_head_bytes - (len(received) - len(data))]
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -254,8 +356,11 @@ class StreamRequestProtocol(asyncio.Protocol):
             self._to_app(received)  # uvicorn answers it (400) as before
             return
         if not head.complete:
-            if len(received) > MAX_HEAD_BYTES:
-                self._to_app(received)
+            if len(received) > max_head_bytes:
+                self._received = self._parser = None
+                self._server_state.connections.discard(self)
+                assert self._transport is not None
+                _refuse_head(self._transport, self.app_protocol.too_large)
             elif self._parser is None:
                 # the rest of the head comes in later reads: each is parsed once
                 self._parser = (parser, head)
@@ -289,9 +394,9 @@ class StreamRequestProtocol(asyncio.Protocol):
 
 def close_unfinished_heads(connections: Iterable[object], deadline: float) -> tuple[int, int]:
     """Close the connections among ``connections`` (uvicorn's ``server_state.connections``)
-    made before ``deadline`` (``time.monotonic()``) whose first request head is still not
-    complete; returns (closed, still waiting). Streams are not in the set (handed over),
-    nor are connections serving requests or idle between them (their head was complete)."""
+    whose request head under way began before ``deadline`` (``time.monotonic()``) and is
+    still not complete; returns (closed, still waiting). Streams are not in the set (handed
+    over); connections serving a request or idle after one have no head under way."""
     closed = waiting = 0
     for connection in list(connections):  # closing takes them out of the set
         if isinstance(connection, StreamRequestProtocol):
@@ -312,11 +417,21 @@ def close_unfinished_heads(connections: Iterable[object], deadline: float) -> tu
 
 
 def protocol_for(
-    gateway: Gateway, websockets: WebSocketGateway | None = None
+    gateway: Gateway,
+    websockets: WebSocketGateway | None = None,
+    max_head_bytes: int = MAX_REQUEST_HEAD_BYTES,
 ) -> type[StreamRequestProtocol]:
     """A protocol class bound to one gateway (uvicorn instantiates it per connection)."""
     bound = {"gateway": gateway, "websockets": websockets}
-    app_protocol = type("BoundGatewayHttpProtocol", (GatewayHttpProtocol,), bound)
+    app_protocol = type(
+        "BoundGatewayHttpProtocol",
+        (GatewayHttpProtocol,),
+        {
+            **bound,
+            "max_head_bytes": max_head_bytes,
+            "too_large": head_too_large(max_head_bytes),
+        },
+    )
     return type(
         "BoundStreamRequestProtocol",
         (StreamRequestProtocol,),

@@ -34,6 +34,10 @@ STREAM_PATHS: Final = frozenset({PAGE_PATH, EVENTS_PATH})
 TICKET_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 CHALLENGE: Final = (("www-authenticate", 'Bearer realm="slotstream"'),)
 MAX_QUERY_FIELDS: Final = 100
+#: the default of ``GATEWAY_MAX_REQUEST_HEAD_BYTES``: above what the edge passes (nginx's
+#: default ``large_client_header_buffers 4 8k``, with the headers it adds) and Envoy's
+#: default 60 KiB; a browser's head is well under 2 kB
+MAX_REQUEST_HEAD_BYTES: Final = 64 * 1024
 MAX_KNOWN_CHANNELS: Final = 65_536
 
 
@@ -44,14 +48,18 @@ class Problem(Exception):
     detail: str
     headers: tuple[tuple[str, str], ...] = ()
 
-    def body(self, instance: str) -> dict[str, object]:
-        return {
+    def body(self, instance: str | None) -> dict[str, object]:
+        """The problem+json object; without ``instance`` when the request's path is not
+        known (a head refused before it was read)."""
+        body: dict[str, object] = {
             "type": "about:blank",
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
-            "instance": instance,
         }
+        if instance is not None:
+            body["instance"] = instance
+        return body
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ class ResponseHeads:
         #: allowed origin (None: no CORS headers) → the bytes that open its streams
         self._stream_heads: dict[str | None, bytes] = {}
 
-    def problem(self, problem: Problem, path: str, origin: str | None) -> bytes:
+    def problem(self, problem: Problem, path: str | None, origin: str | None) -> bytes:
         """A whole response (head and JSON body) that refuses a request for ``path``."""
         body = orjson.dumps(problem.body(path))
         head = [

@@ -139,9 +139,9 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="A connection that has not sent its first request's complete head "
-        "this long after connecting (silent, or dribbling it) is closed, within a second "
-        "more (one sweep a second, no timer per connection); nginx waits 60 s "
-        "(client_header_timeout)",
+        "this long after connecting (silent, or dribbling it), or a later request's head "
+        "this long after its first byte, is closed, within a second more (one sweep a "
+        "second, no timer per connection); nginx waits 60 s (client_header_timeout)",
     )
     max_request_head_bytes: int = Field(
         default=MAX_REQUEST_HEAD_BYTES,

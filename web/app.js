@@ -1120,6 +1120,7 @@ async function main() {
     close.addEventListener("click", () => close.closest("dialog").close());
   }
   $("tz-note").textContent = `Times in ${viewerZone}`;
+  window.addEventListener("offline", () => state.sub?.connectionLost());
   window.addEventListener("online", () => state.sub?.reconnectNow());
   setInterval(() => renderWeek(), 60_000); // slots move into the past
 

@@ -290,6 +290,22 @@ export class Subscription extends EventTarget {
     this._connect();
   }
 
+  /**
+   * The connection is known to be lost (the page calls it on the browser's `offline`
+   * event): the browser does not cut an open stream or socket when its network goes, and
+   * the page would say "live" until the watchdog gives up on the silence. Close it now and
+   * reconnect after the back-off (a spurious `offline` costs one reconnect; `online` calls
+   * reconnectNow() to skip the wait). Closed, or GONE with no channel of the user's: nothing
+   * is connected.
+   */
+  connectionLost() {
+    if (this.status === Status.CLOSED) return;
+    if (this.status === Status.GONE && !this.notificationsChannel) return;
+    this._stop();
+    this._countFailure();
+    this._scheduleRetry(Status.RECONNECTING);
+  }
+
   _connect() {
     if (this._source) this._source.close();
     this._source = null;

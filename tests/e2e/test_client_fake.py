@@ -97,6 +97,35 @@ def test_dropped_stream_goes_amber_and_resumes(
     assert errors == []
 
 
+@pytest.mark.parametrize("as_user", [None, STUDENT])
+def test_a_page_that_goes_offline_stops_saying_live_and_resumes_when_back(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str], as_user: str | None
+) -> None:
+    """The browser loses its network (``offline``): an open stream is not cut by that, and
+    the page said *Live* until the watchdog gave up on the silent stream (35 s). It must
+    say at once that it is not live, keep the slots it shows, and back online resume,
+    showing what changed meanwhile and what comes after."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=as_user)
+    expect(page.locator("#conn-text")).to_have_text("Live")
+
+    context.set_offline(True)
+    expect(page.locator("#conn-dot")).not_to_have_attribute("data-status", "open", timeout=2000)
+    expect(page.locator("#conn-text")).not_to_have_text("Live")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "available")  # still shown
+    fake.slots["a"] = make_slot("a", tomorrow_at(9), version=2, booked=True)  # meanwhile
+
+    context.set_offline(False)
+    expect(page.locator("#conn-text")).to_have_text("Live", timeout=5000)
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked")
+    assert fake.stream_requests[-1].get("lastEventId", "").startswith("s0:")
+    fake.send_slot(make_slot("b", tomorrow_at(11)))
+    expect(slot_button(page, "b")).to_have_attribute("data-state", "available")
+    assert errors == []
+
+
 GONE = "This instructor's schedule is no longer available"
 
 

@@ -104,13 +104,16 @@ def test_websocket_transport_auth_subscribe_merge_and_resume(
 
 
 # The page's WebSocket replaced by one the test drives: ``window.__sockets`` holds every
-# socket the page opened, ``deliver`` hands it a message as the gateway would.
+# socket the page opened (``online``: whether the browser was, ``closedWith``: the code the
+# page closed it with), ``deliver`` hands it a message as the gateway would.
 FAKE_WEBSOCKET = """
 window.__sockets = [];
 window.WebSocket = class FakeWebSocket {
-  constructor(url) { this.sent = []; this.sentAt = []; window.__sockets.push(this); }
+  constructor(url) {
+    this.sent = []; this.sentAt = []; this.online = navigator.onLine; window.__sockets.push(this);
+  }
   send(text) { this.sent.push(JSON.parse(text)); this.sentAt.push(performance.now()); }
-  close() {}
+  close(code) { this.closedWith = code; }
   deliver(message) { this.onmessage({ data: JSON.stringify(message) }); }
 };
 """
@@ -129,6 +132,58 @@ def open_websocket_page(
     page.goto(f"{base_url}/?instructor={INSTRUCTOR}{query}&transport=websocket")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     return page, errors
+
+
+def test_a_websocket_page_that_goes_offline_stops_saying_live_and_resumes_when_back(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """As over SSE: the browser's ``offline`` does not close an open WebSocket, and the page
+    said *Live* until the watchdog (35 s). It must close the socket and say it is not live
+    at once, keep the slots it shows, and back online subscribe again from where it was."""
+    fake, base_url = fake_edge
+    page, errors = open_websocket_page(context, fake, base_url, "")
+    channel = f"instructors/{INSTRUCTOR}/schedule"
+    snapshot = {
+        "channel": channel,
+        "schedule": fake.snapshot().model_dump(mode="json", by_alias=True),
+    }
+    page.evaluate(
+        """(snapshot) => {
+          const socket = window.__sockets[0];
+          socket.onopen();
+          socket.deliver({ event: "subscribed", data: { channel: snapshot.channel } });
+          socket.deliver({ event: "snapshot", id: "s0:1", data: snapshot });
+        }""",
+        snapshot,
+    )
+    expect(page.locator("#conn-text")).to_have_text("Live")
+
+    context.set_offline(True)
+    expect(page.locator("#conn-dot")).not_to_have_attribute("data-status", "open", timeout=2000)
+    expect(page.locator("#conn-text")).not_to_have_text("Live")
+    assert page.evaluate("() => window.__sockets[0].closedWith") == 1000
+    expect(page.locator('button.slot[data-slot-id="a"]')).to_have_attribute(
+        "data-state", "available"
+    )
+
+    context.set_offline(False)
+    page.wait_for_function("() => window.__sockets.at(-1).online", timeout=5000)
+    later = make_slot("a", fake.slots["a"].start, version=2, booked=True)
+    page.evaluate(
+        """([channel, slot]) => {
+          const socket = window.__sockets.at(-1);
+          socket.onopen();
+          socket.deliver({ event: "subscribed", data: { channel } });
+          socket.deliver({ event: "slot", id: "s0:2", data: { type: "slot.updated", data: slot } });
+        }""",
+        [channel, later.model_dump(mode="json", by_alias=True)],
+    )
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    assert page.evaluate("() => window.__sockets.at(-1).sent") == [
+        {"op": "subscribe", "channel": channel, "since": "s0:1"}
+    ]
+    expect(page.locator('button.slot[data-slot-id="a"]')).to_have_attribute("data-state", "booked")
+    assert errors == []
 
 
 def test_a_subscribe_refused_for_an_unknown_instructor_says_so_and_stops(

@@ -480,6 +480,39 @@ async def test_a_batch_is_created_all_or_nothing(
     assert len(schedule["slots"]) == 6
 
 
+async def test_an_overlap_names_the_slot_in_the_way_with_its_times(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """A 409 for an overlap (add, batch, move) carries the other slot's ``slotId``,
+    ``slotStart`` and ``slotEnd`` as members of its own: a client words it in its viewer's
+    time zone even when it does not hold that slot (weeks ahead of what it loaded), rather
+    than show ``detail``'s UTC times, which stays as it was."""
+    await make_instructor(client, auth)
+    in_the_way = await make_slot(client, auth, future, hours=24 * 60)
+    mover = await make_slot(client, auth, future)
+    instructor = auth("i1", "instructor")
+    onto = {"start": future(days=61, minutes=30), "end": future(days=61, minutes=90)}
+    added = await client.post("/api/instructors/i1/slots", json=onto, headers=instructor)
+    batch = await client.post(
+        "/api/instructors/i1/slots:batch", json={"slots": [onto]}, headers=instructor
+    )
+    moved = await client.patch(
+        f"/api/slots/{mover['id']}", json={"start": onto["start"]}, headers=if_match(auth, 1)
+    )
+    for refused in (added, batch, moved):
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert body["type"] == "urn:slotstream:problem:conflict"
+        assert body["slotId"] == in_the_way["id"]
+        named = (datetime.fromisoformat(body["slotStart"]), datetime.fromisoformat(body["slotEnd"]))
+        shown = (
+            datetime.fromisoformat(str(in_the_way["start"])),
+            datetime.fromisoformat(str(in_the_way["end"])),
+        )
+        assert named == shown
+        assert f"overlaps slot {in_the_way['id']} (" in body["detail"]
+
+
 async def test_a_batch_is_checked_within_itself_and_bounded(
     client: httpx.AsyncClient, auth: AuthHeaders, future: Future
 ) -> None:

@@ -126,3 +126,22 @@ async def test_the_stream_ticket_route_documents_every_status_it_answers(
         spec = (await client.get("/api/openapi.json")).json()
     assert answered == {201, 401, 413, 503}
     assert set(spec["paths"][url]["post"]["responses"]) == {str(s) for s in answered}
+
+
+async def test_the_members_of_an_overlap_are_declared_in_the_openapi_problem(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future
+) -> None:
+    """Every member of the 409 an overlap answers is a property of the OpenAPI document's
+    ``Problem`` (what its 409s refer to): ``slotStart`` and ``slotEnd`` as date-times."""
+    instructor = auth("i1", "instructor")
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
+    window = {"start": future(days=2), "end": future(days=2, hours=1)}
+    await client.post("/api/instructors/i1/slots", json=window, headers=instructor)
+    overlap = await client.post("/api/instructors/i1/slots", json=window, headers=instructor)
+    assert overlap.status_code == 409
+    spec = (await client.get("/api/openapi.json")).json()
+    declared = spec["components"]["schemas"]["Problem"]["properties"]
+    assert set(overlap.json()) - set(declared) == set()
+    date_time = {"type": "string", "format": "date-time"}
+    for name in ("slotStart", "slotEnd"):
+        assert date_time in declared[name]["anyOf"], declared[name]

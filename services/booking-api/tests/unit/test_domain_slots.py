@@ -70,7 +70,11 @@ def test_overlap_names_the_conflicting_slot() -> None:
     window = slots.SlotWindow(NOW + timedelta(hours=1, minutes=30), NOW + timedelta(hours=3))
     with pytest.raises(Conflict, match="overlaps slot s1") as caught:
         slots.ensure_no_overlap(window, [existing])
-    assert caught.value.extra == {"slotId": "s1"}
+    assert caught.value.extra == {
+        "slotId": "s1",
+        "slotStart": existing.start,
+        "slotEnd": existing.end,
+    }
 
 
 def test_touching_slots_do_not_overlap_and_tombstones_are_ignored() -> None:

@@ -7,7 +7,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -40,13 +40,28 @@ _STATUS_OF: dict[type[DomainError], int] = {
 class Problem(BaseModel):
     """A problem details body; domain problems add members such as ``slotId``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     type: str = Field(default="about:blank", examples=["urn:slotstream:problem:conflict"])
     title: str
     status: int
     detail: str
     instance: str | None = None
+    slot_id: str | None = Field(
+        default=None,
+        alias="slotId",
+        description="the slot the problem is about; for an overlap (409), the slot in the way",
+    )
+    slot_start: AwareDatetime | None = Field(
+        default=None,
+        alias="slotStart",
+        description="an overlap (409): the start of the slot in the way",
+    )
+    slot_end: AwareDatetime | None = Field(
+        default=None,
+        alias="slotEnd",
+        description="an overlap (409): the end of the slot in the way",
+    )
 
 
 class AuthError(Exception):

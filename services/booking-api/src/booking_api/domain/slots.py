@@ -80,13 +80,17 @@ def validate_slot_window(start: datetime, end: datetime, now: datetime) -> SlotW
 
 
 def ensure_no_overlap(window: SlotWindow, existing: Iterable[SlotDocument]) -> None:
-    """Raise ``Conflict`` naming the first live slot the new window would overlap."""
+    """Raise ``Conflict`` naming the first live slot the new window would overlap: in
+    ``detail`` and as members of their own (``slotId``, ``slotStart``, ``slotEnd``), from
+    which a client words it in its viewer's time zone without holding that slot."""
     for slot in existing:
         if slot.status is not SlotStatus.DELETED and window.overlaps(slot.start, slot.end):
             raise Conflict(
                 f"the slot overlaps slot {slot.id} "
                 f"({slot.start.isoformat()} to {slot.end.isoformat()})",
                 slotId=slot.id,
+                slotStart=slot.start,
+                slotEnd=slot.end,
             )
 
 

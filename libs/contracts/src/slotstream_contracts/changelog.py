@@ -152,7 +152,9 @@ class MemoryChangeLog:
         full_document: dict[str, Any] | None = None,
         before: dict[str, Any] | None = None,
         update: UpdateDescription | None = None,
+        to: str | None = None,
     ) -> ChangeEvent:
+        """Record one change; ``to`` is the new name of the collection a ``rename`` moved."""
         self._seq += 1
         cluster_time = self._next_time()
         event = ChangeEvent.model_validate(
@@ -161,6 +163,7 @@ class MemoryChangeLog:
                 "operationType": operation,
                 "clusterTime": cluster_time,
                 "ns": Namespace(db=self._db, coll=collection),
+                "to": None if to is None else Namespace(db=self._db, coll=to),
                 "documentKey": None if document_id is None else {"_id": document_id},
                 "fullDocument": full_document,
                 "fullDocumentBeforeChange": before,

@@ -57,6 +57,8 @@ class ChangeEvent(BaseModel):
     cluster_time: ClusterTime = Field(alias="clusterTime")
     wall_time: datetime | None = Field(default=None, alias="wallTime")
     ns: Namespace
+    #: Where a ``rename`` moved the collection (``ns``) to; None for every other change.
+    to: Namespace | None = None
     document_key: dict[str, Any] | None = Field(default=None, alias="documentKey")
     full_document: dict[str, Any] | None = Field(default=None, alias="fullDocument")
     full_document_before_change: dict[str, Any] | None = Field(

@@ -47,10 +47,13 @@ _STREAM_WIDE_OPS = frozenset({"invalidate", "dropDatabase"})
 
 def watched(change: ChangeEvent, collections: frozenset[str] | None) -> bool:
     """The filter every source applies (Mongo's ``$match``): changes of the configured
-    collections, plus the stream-wide ``invalidate`` and ``dropDatabase``."""
+    collections, a ``rename`` onto one of them (a reload replacing it), plus the
+    stream-wide ``invalidate`` and ``dropDatabase``."""
     if collections is None or change.operation_type.value in _STREAM_WIDE_OPS:
         return True
-    return change.ns.coll in collections
+    return change.ns.coll in collections or (
+        change.to is not None and change.to.coll in collections
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,12 @@ class Writer(Protocol):
 
     async def drop_database(self) -> None: ...
 
+    async def drop_collection(self, collection: str) -> None: ...
+
+    async def rename_collection(self, collection: str, to: str) -> None:
+        """Rename ``collection`` to ``to``, replacing ``to`` if it exists (``dropTarget``)."""
+        ...
+
 
 @dataclass
 class Binding:
@@ -61,6 +67,12 @@ class MemoryWriter:
     async def drop_database(self) -> None:
         self.database.drop()
 
+    async def drop_collection(self, collection: str) -> None:
+        self.database.drop_collection(collection)
+
+    async def rename_collection(self, collection: str, to: str) -> None:
+        self.database.rename_collection(collection, to)
+
 
 class MongoWriter:
     def __init__(self, client: Any, name: str) -> None:
@@ -85,6 +97,12 @@ class MongoWriter:
 
     async def drop_database(self) -> None:
         await self.client.drop_database(self.database.name)
+
+    async def drop_collection(self, collection: str) -> None:
+        await self.database.drop_collection(collection)
+
+    async def rename_collection(self, collection: str, to: str) -> None:
+        await self.database[collection].rename(to, dropTarget=True)
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])

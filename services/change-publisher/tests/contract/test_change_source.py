@@ -158,3 +158,42 @@ async def test_a_dropped_database_invalidates_the_stream_and_ends_it(binding: Bi
     finally:
         await reopened.aclose()
     assert later[0].document_key == {"_id": "s2"}
+
+
+async def test_a_dropped_collection_arrives_as_a_drop_of_it(binding: Binding) -> None:
+    """``mongorestore --drop``: the documents that vanish get no ``delete`` each; the
+    ``drop`` is all the publisher learns of them."""
+    insert = await token_after_insert(binding, "s1")
+    await binding.writer.drop_collection(SLOTS)
+    stream = await binding.source.open(StreamPosition(after=insert.token))
+    try:
+        changes = await read_until(
+            stream, lambda cs: any(c.operation_type is OperationType.DROP for c in cs)
+        )
+    finally:
+        await stream.aclose()
+    drop = next(c for c in changes if c.operation_type is OperationType.DROP)
+    assert drop.ns.coll == SLOTS
+
+
+async def test_a_collection_renamed_over_a_watched_one_arrives_with_its_target(
+    binding: Binding,
+) -> None:
+    """A reload (``$out`` into a collection of its own, then ``renameCollection`` over the
+    watched one): its inserts are of an unwatched collection, and the rename is the only
+    change that says the watched collection's documents were replaced."""
+    insert = await token_after_insert(binding, "s1")
+    await binding.writer.insert("slots_reload", Docs.slot("s2"))
+    await binding.writer.rename_collection("slots_reload", SLOTS)
+    stream = await binding.source.open(StreamPosition(after=insert.token))
+    try:
+        changes = await read_until(
+            stream, lambda cs: any(c.operation_type is OperationType.RENAME for c in cs)
+        )
+    finally:
+        await stream.aclose()
+    assert [c.ns.coll for c in changes if c.operation_type is OperationType.INSERT] == []
+    rename = next(c for c in changes if c.operation_type is OperationType.RENAME)
+    assert rename.ns.coll == "slots_reload"
+    assert rename.to is not None
+    assert rename.to.coll == SLOTS

@@ -51,6 +51,17 @@ class MemoryDatabase:
         self.collections.clear()
         return self.log.record_drop_database(dropped)
 
+    def drop_collection(self, collection: str) -> ChangeEvent:
+        """Drop one collection (its documents vanish without a ``delete`` each)."""
+        self.collections.pop(collection, None)
+        return self.log.record(OperationType.DROP, collection, None)
+
+    def rename_collection(self, collection: str, to: str) -> ChangeEvent:
+        """Rename ``collection`` to ``to``, replacing ``to`` if it exists (``dropTarget``):
+        one ``rename`` change, as Mongo records it."""
+        self.collections[to] = self.collections.pop(collection, {})
+        return self.log.record(OperationType.RENAME, collection, None, to=to)
+
     def insert(self, collection: str, document: dict[str, Any]) -> ChangeEvent:
         docs = self.collections.setdefault(collection, {})
         docs[document["_id"]] = document

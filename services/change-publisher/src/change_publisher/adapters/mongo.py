@@ -290,6 +290,8 @@ class MongoChangeSource:
                 "$match": {
                     "$or": [
                         {"ns.coll": {"$in": self._collections}},
+                        # a rename onto a watched collection (a reload replacing it)
+                        {"to.coll": {"$in": self._collections}},
                         {"operationType": {"$in": ["invalidate", "dropDatabase"]}},
                     ]
                 }

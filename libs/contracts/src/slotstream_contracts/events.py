@@ -42,7 +42,12 @@ class EventType(StrEnum):
 
 
 class ResyncData(WireModel):
-    """Tells consumers that the stream restarted from a fresh copy: refetch state."""
+    """Tells consumers that what they hold may be wrong: refetch state. ``reason`` is for
+    people (logs, the page), not for branching: it starts with why, then ``: `` and detail.
+    The change-publisher says ``history-lost`` (it restarted from a fresh copy: its change
+    history was gone), ``collection-dropped``,
+    ``collection-renamed`` or ``database-dropped`` (documents vanished or were replaced
+    without a change each: a restore, a reload renamed over a collection)."""
 
     reason: str = Field(max_length=500)
     topic: str

@@ -53,6 +53,13 @@ class PublisherMetrics:
         self.skipped = Counter(
             "publisher_changes_skipped", "Changes that publish nothing (by design)", registry=r
         )
+        self.resyncs = Counter(
+            "publisher_resyncs",
+            "stream.resync announcements (each to every partition of the topics concerned), "
+            "by reason: history-lost, collection-dropped, collection-renamed, database-dropped",
+            ["reason"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "publisher_dead_letters", "Changes that could not be mapped", registry=r
         )

@@ -51,8 +51,9 @@ def watched(change: ChangeEvent, collections: frozenset[str] | None) -> bool:
     stream-wide ``invalidate`` and ``dropDatabase``."""
     if collections is None or change.operation_type.value in _STREAM_WIDE_OPS:
         return True
+    to = change.to
     return change.ns.coll in collections or (
-        change.to is not None and change.to.coll in collections
+        to is not None and to.db == change.ns.db and to.coll in collections
     )
 
 

@@ -33,6 +33,8 @@ from change_publisher.domain.mapping import (
     Invalidated,
     Outcome,
     Publish,
+    Restructured,
+    ResyncCause,
     Skip,
     event_id,
 )
@@ -59,14 +61,11 @@ from change_publisher.ports import (
     StreamPosition,
 )
 from change_publisher.startup import ProducerStartup
-from slotstream_contracts.changes import ChangeEvent, ClusterTime, OperationType, ResumeToken
+from slotstream_contracts.changes import ChangeEvent, ClusterTime, ResumeToken
 from slotstream_contracts.events import CloudEvent, EventType, ResyncData
 from slotstream_contracts.startup import AIOKAFKA_LOGGER, held_back
 
 log = structlog.get_logger("change_publisher")
-
-#: Changes to the database's structure rather than to documents: logged when skipped.
-_STRUCTURAL = frozenset({OperationType.DROP, OperationType.RENAME, OperationType.DROP_DATABASE})
 
 T = TypeVar("T")
 
@@ -649,7 +648,7 @@ class Publisher:
                     )
                     raise HistoryLostFatal(str(exc)) from exc
                 self._log.warning("change history lost: resnapshotting", error=str(exc))
-                start = _Snapshot(resync=f"change history lost: {exc}"[:500])
+                start = _Snapshot(resync=f"{ResyncCause.HISTORY_LOST}: {exc}"[:500])
 
     def _resume_point(self, start: StreamPosition | _Snapshot) -> StreamPosition | _Snapshot:
         """After a failure: the newest acknowledged position (checkpointed or not)."""
@@ -739,17 +738,24 @@ class Publisher:
                 batch = batch_task.result()
                 if not guard.may_produce(time.monotonic()):
                     raise LeaseLost("lease not renewed in time")
-                invalidated = self._stage_changes(delivery, batch.changes, lease.epoch)
-                if invalidated is not None:
+                changes = batch.changes
+                while (stopped := self._stage_changes(delivery, changes, lease.epoch)) is not None:
+                    changes = changes[_index_of(stopped, changes) :]
+                    restructured = self._restructured_run(changes)
+                    if not restructured:
+                        break  # an invalidate
+                    changes = changes[len(restructured) :]
+                    await self._resync_restructured(delivery, restructured, lease.epoch)
+                if stopped is not None:  # invalidated: its dropDatabase was announced
                     self._log.warning(
                         "change stream invalidated (collection or database dropped or "
                         "renamed): checkpointing and reopening",
-                        ns=f"{invalidated.ns.db}.{invalidated.ns.coll}",
+                        ns=f"{stopped.ns.db}.{stopped.ns.coll}",
                     )
-                    delivery.progress(invalidated.token)
+                    delivery.progress(stopped.token)
                     await delivery.flush()
                     await self._finish(delivery, lease)
-                    return StreamPosition(after=invalidated.token)
+                    return StreamPosition(after=stopped.token)
                 if batch.resume_token is not None:
                     delivery.progress(batch.resume_token)
                 await delivery.flush()
@@ -787,8 +793,9 @@ class Publisher:
         self, delivery: _Delivery, changes: Sequence[ChangeEvent], epoch: int
     ) -> ChangeEvent | None:
         """Map, encode and stage one source batch in a single synchronous pass (the hot
-        loop: nothing is awaited per change). Returns the change that invalidated the
-        stream, if one did; the changes after it are not staged."""
+        loop: nothing is awaited per change). Returns the first change it could not stage
+        (an invalidate, or a structural change: its resync needs the topics' partitions);
+        the changes from it on are not staged."""
         map_change = self._mapper.map_change
         topic_for = self._router.topic_for
         limit = self.options.max_record_bytes
@@ -805,7 +812,7 @@ class Publisher:
                         else:
                             delivery.stage(records, change.token, _change_time(change))
                         continue
-            elif type(outcome) is Invalidated:
+            elif type(outcome) is Invalidated or type(outcome) is Restructured:
                 return change
             # Dead letters, skips, and events without a topic or too large to produce.
             delivery.stage(
@@ -858,9 +865,55 @@ class Publisher:
             return (encoded,)
         if isinstance(outcome, Skip):
             self.metrics.skipped.inc()
-            if change.operation_type in _STRUCTURAL:
-                self._log.warning("structural change skipped", reason=outcome.reason)
         return ()
+
+    def _restructured_run(
+        self, changes: Sequence[ChangeEvent]
+    ) -> list[tuple[ChangeEvent, Restructured]]:
+        """The structural changes at the start of ``changes``, up to the first other one:
+        a dropped database is a ``drop`` per collection and a ``dropDatabase``, announced
+        together as one resync."""
+        run: list[tuple[ChangeEvent, Restructured]] = []
+        for change in changes:
+            outcome = self._mapper.map_change(change)
+            if not isinstance(outcome, Restructured):
+                break
+            run.append((change, outcome))
+        return run
+
+    async def _resync_restructured(
+        self, delivery: _Delivery, run: Sequence[tuple[ChangeEvent, Restructured]], epoch: int
+    ) -> None:
+        """Documents vanished or were replaced without a change each (a collection dropped
+        or renamed, the database dropped): stage a ``stream.resync`` to every partition of
+        the topics they feed, in stream order, under the token of the run's last change, so
+        the checkpoint passes the run only once Kafka has every resync record (a crash
+        before re-reads the run and announces it again)."""
+        topics: set[str] = set()
+        for _, outcome in run:
+            if outcome.collections is None:
+                topics.update(self._router.data_topics)
+            else:
+                topics.update(filter(None, map(self._router.topic_for, outcome.collections)))
+        last = run[-1][0]
+        details = [restructured.detail for _, restructured in run]
+        # ``data_topics`` order: the same change always announces in the same order.
+        concerned = tuple(topic for topic in self._router.data_topics if topic in topics)
+        if not concerned:  # collections this publisher routes nowhere: nobody shows them
+            self.metrics.skipped.inc(len(run))
+            self._log.info("structural change of unpublished collections", changes=details)
+            delivery.stage((), last.token, _change_time(last))
+            return
+        # The widest cause of the run names it (a dropped database is drops, then itself).
+        cause = max((restructured.cause for _, restructured in run), key=_CAUSE_ORDER.index)
+        records = await self._resync_records(concerned, epoch, f"{cause}: {'; '.join(details)}")
+        delivery.stage(records, last.token, _change_time(last))
+        self.metrics.resyncs.labels(cause.value).inc()
+        self._log.warning(
+            "collection dropped or replaced: telling its readers to refetch (stream.resync)",
+            changes=details,
+            topics=list(concerned),
+        )
 
     async def _checkpoint_loop(self, delivery: _Delivery, lease: Lease) -> None:
         while True:
@@ -986,8 +1039,19 @@ class Publisher:
 
     async def _publish_resync(self, delivery: _Delivery, epoch: int, reason: str) -> None:
         """``stream.resync`` to every partition of every data topic, keyed ``~control``."""
+        records = await self._resync_records(self._router.data_topics, epoch, reason)
+        delivery.stage(records, None, 0)
+        await delivery.flush()
+        self.metrics.resyncs.labels(ResyncCause.HISTORY_LOST.value).inc()
+        self._log.warning("published stream.resync", topics=list(self._router.data_topics))
+
+    async def _resync_records(
+        self, topics: Sequence[str], epoch: int, reason: str
+    ) -> list[OutgoingRecord]:
+        """A ``stream.resync`` record for every partition of ``topics``, keyed ``~control``."""
         now = _now()
-        for topic in self._router.data_topics:
+        records: list[OutgoingRecord] = []
+        for topic in topics:
             try:
                 partitions = await self._producer.partitions(topic)
             except Exception as exc:  # a metadata request failed: retried like a send
@@ -999,17 +1063,29 @@ class Publisher:
                     type=EventType.STREAM_RESYNC,
                     subject=f"topics/{topic}",
                     time=now,
-                    data=ResyncData(reason=reason, topic=topic),
+                    data=ResyncData(reason=reason[:500], topic=topic),
                 )
-                delivery.stage((encode_control(event, topic, partition, epoch),), None, 0)
-        await delivery.flush()
-        self._log.warning("published stream.resync", topics=list(self._router.data_topics))
+                records.append(encode_control(event, topic, partition, epoch))
+        return records
 
 
 def _doubled(first: float, times: int, ceiling: float) -> float:
     """``first`` doubled ``times`` times, at most ``ceiling``. The exponent is capped too:
     ``2 ** 1024`` does not fit a float (after ~3 h of failures at the default backoff)."""
     return min(ceiling, first * 2.0 ** min(times, 64))
+
+
+#: Causes of a structural run, narrowest first: the widest names the run's resync.
+_CAUSE_ORDER: Final = (
+    ResyncCause.COLLECTION_RENAMED,
+    ResyncCause.COLLECTION_DROPPED,
+    ResyncCause.DATABASE_DROPPED,
+)
+
+
+def _index_of(change: ChangeEvent, changes: Sequence[ChangeEvent]) -> int:
+    """Where ``change`` (the very object) is in ``changes``."""
+    return next(i for i, candidate in enumerate(changes) if candidate is change)
 
 
 def _now() -> datetime:

@@ -13,6 +13,8 @@ from change_publisher.domain.mapping import (
     Invalidated,
     Outcome,
     Publish,
+    Restructured,
+    ResyncCause,
     Skip,
     event_id,
 )
@@ -183,7 +185,19 @@ def test_invalidate_and_drops() -> None:
     )
     assert isinstance(mapper.map_change(invalidate), Invalidated)
     drop = log.record(OperationType.DROP, SLOTS, "")
-    assert isinstance(mapper.map_change(drop), Skip)
+    assert mapper.map_change(drop) == Restructured(
+        ResyncCause.COLLECTION_DROPPED, (SLOTS,), "drop of slotstream.slots"
+    )
+    reload = log.record(OperationType.RENAME, "slots_reload", None, to=SLOTS)
+    assert mapper.map_change(reload) == Restructured(
+        ResyncCause.COLLECTION_RENAMED,
+        ("slots_reload", SLOTS),
+        "rename of slotstream.slots_reload to slotstream.slots",
+    )
+    dropped = log.record(OperationType.DROP_DATABASE, None, None)
+    assert mapper.map_change(dropped) == Restructured(
+        ResyncCause.DATABASE_DROPPED, None, "dropDatabase of slotstream"
+    )
 
 
 @pytest.mark.parametrize(

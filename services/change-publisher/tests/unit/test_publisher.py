@@ -800,3 +800,179 @@ async def test_notifications_deleted_by_the_ttl_index_reach_nobody(
     assert publisher.metrics.dead_letters._value.get() == 0
     assert publisher.metrics.skipped._value.get() == 2
     assert [e for e in logs if e["log_level"] in ("warning", "error", "critical")] == []
+
+
+# -- structural changes: documents that vanish without a ``delete`` each -----------------
+
+SCHEDULE = "slotstream.schedule.v1"
+WATCHED = (SLOTS, BOOKINGS, NOTIFICATIONS)
+
+
+def resyncs_of(records: Sequence[OutgoingRecord]) -> list[tuple[str, int | None, str]]:
+    """(topic, partition, reason) of every ``stream.resync`` record, in send order."""
+    return [
+        (r.topic, r.partition, orjson.loads(r.value)["data"]["reason"])
+        for r in records
+        if r.kind == "stream.resync"
+    ]
+
+
+async def test_a_restore_from_a_backup_tells_every_reader_of_the_collection_to_refetch(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+) -> None:
+    """``mongorestore --drop``: a ``drop`` of slots, then the backup's inserts. The slots
+    that are not in the backup get no ``slot.deleted``: without a resync between the two,
+    every open schedule keeps showing them."""
+    producer = MemoryProducer(partitions=2)
+    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready)
+        database.insert(SLOTS, Docs.slot("gone", "i1"))
+        database.insert(NOTIFICATIONS, Docs.notification("n1", "u1"))
+        database.drop_collection(SLOTS)
+        restored = database.insert(SLOTS, Docs.slot("kept", "i2"))
+        await checkpointed(checkpoints, restored.token)
+    finally:
+        await stop(publisher, task)
+
+    schedule = [(r.kind, r.partition) for r in producer.records if r.topic == SCHEDULE]
+    # after the change before the drop, before the restore's inserts, on every partition
+    assert [kind for kind, _ in schedule] == [
+        "slot.created",
+        "stream.resync",
+        "stream.resync",
+        "slot.created",
+    ]
+    resyncs = resyncs_of(producer.records)
+    assert {(topic, partition) for topic, partition, _ in resyncs} == {(SCHEDULE, 0), (SCHEDULE, 1)}
+    assert all(reason.startswith("collection-dropped") for _, _, reason in resyncs)
+    assert all(r.key == CONTROL_KEY.encode() for r in producer.records if r.kind == "stream.resync")
+    assert publisher.metrics.resyncs.labels("collection-dropped")._value.get() == 1
+    assert publisher.metrics.skipped._value.get() == 0
+
+
+@pytest.mark.parametrize(
+    ("renamed", "to"),
+    [
+        pytest.param("slots_reload", SLOTS, id="a reload renamed over slots"),
+        pytest.param(SLOTS, "slots_old", id="slots renamed away"),
+    ],
+)
+async def test_a_collection_renamed_over_or_away_from_a_watched_one_resyncs_its_readers(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+    renamed: str,
+    to: str,
+) -> None:
+    producer = MemoryProducer(partitions=2)
+    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready)
+        database.insert(SLOTS, Docs.slot("s1", "i1"))
+        database.insert("slots_reload", Docs.slot("s2", "i2"))  # not watched: unseen
+        rename = database.rename_collection(renamed, to)
+        await checkpointed(checkpoints, rename.token)
+    finally:
+        await stop(publisher, task)
+    resyncs = resyncs_of(producer.records)
+    assert {(topic, partition) for topic, partition, _ in resyncs} == {(SCHEDULE, 0), (SCHEDULE, 1)}
+    assert all(reason.startswith("collection-renamed") for _, _, reason in resyncs)
+    assert types(producer.records)[0] == "slot.created"
+
+
+async def test_a_dropped_database_resyncs_every_data_topic_once_then_streams_on(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> None:
+    """Mongo writes a ``drop`` per collection, ``dropDatabase``, then ``invalidate``: the
+    readers are told once, and the invalidate that ends the stream adds no second resync."""
+    producer = MemoryProducer(partitions=2)
+    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready)
+        database.insert(SLOTS, Docs.slot("s1", "i1"))
+        database.insert(BOOKINGS, Docs.booking("b1", "s1"))
+        database.insert(NOTIFICATIONS, Docs.notification("n1", "u1"))
+        database.drop()
+        database.insert(SLOTS, Docs.slot("s2", "i2"))
+        await eventually(
+            lambda: types(producer.records)[-1:] == ["slot.created"] and len(source.opened) == 2
+        )
+    finally:
+        await stop(publisher, task)
+    resyncs = resyncs_of(producer.records)
+    assert sorted((topic, partition) for topic, partition, _ in resyncs) == [
+        (topic, p) for topic in sorted((NOTIFICATIONS_TOPIC, SCHEDULE)) for p in range(2)
+    ]
+    assert all(reason.startswith("database-dropped") for _, _, reason in resyncs)
+    kinds = types(producer.records)
+    assert kinds.index("stream.resync") > kinds.index("notification.created")
+    assert kinds[-1] == "slot.created"
+
+
+async def test_a_resync_for_a_drop_is_checkpointed_only_once_kafka_has_it(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+) -> None:
+    """A crash after the drop was read but before its resync was acknowledged must not
+    pass the drop: the next leader reads it again and tells the readers."""
+    stuck = MemoryProducer(partitions=2)
+    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
+    leader = make_publisher(producer=stuck, source=source, lease_ttl=1.0, stop_drain_seconds=0.2)
+    task = asyncio.create_task(leader.run())
+    await eventually(lambda: leader.ready)
+    before = database.insert(SLOTS, Docs.slot("s1", "i1"))
+    await checkpointed(checkpoints, before.token)
+    stuck.hold()
+    drop = database.drop_collection(SLOTS)
+    try:
+        await eventually(lambda: "stream.resync" in types(stuck.records), within=2)
+        await asyncio.sleep(0.3)  # several checkpoint intervals
+        assert checkpoints.checkpoints["test"].token == before.token
+    finally:
+        await stop(leader, task)
+    assert checkpoints.checkpoints["test"].token == before.token
+
+    successor_out = MemoryProducer(partitions=2)
+    successor = make_publisher(
+        producer=successor_out,
+        source=MemoryChangeSource(database, wait=0.05, collections=WATCHED),
+        instance="p2",
+        lease_ttl=1.0,
+    )
+    successor_task = asyncio.create_task(successor.run())
+    try:
+        await checkpointed(checkpoints, drop.token)
+    finally:
+        await stop(successor, successor_task)
+    assert {(t, p) for t, p, _ in resyncs_of(successor_out.records)} == {
+        (SCHEDULE, 0),
+        (SCHEDULE, 1),
+    }
+
+
+async def test_a_dropped_collection_that_feeds_no_topic_resyncs_nobody(
+    database: MemoryDatabase,
+    make_publisher: PublisherFactory,
+    checkpoints: MemoryCheckpointStore,
+) -> None:
+    producer = MemoryProducer()
+    publisher = make_publisher(producer=producer)  # a source without a collection filter
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready)
+        drop = database.drop_collection("audit")
+        await checkpointed(checkpoints, drop.token)
+    finally:
+        await stop(publisher, task)
+    assert producer.records == []
+    assert publisher.metrics.skipped._value.get() == 1

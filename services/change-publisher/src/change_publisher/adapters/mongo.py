@@ -291,7 +291,7 @@ class MongoChangeSource:
                     "$or": [
                         {"ns.coll": {"$in": self._collections}},
                         # a rename onto a watched collection (a reload replacing it)
-                        {"to.coll": {"$in": self._collections}},
+                        {"to.db": self._db_name, "to.coll": {"$in": self._collections}},
                         {"operationType": {"$in": ["invalidate", "dropDatabase"]}},
                     ]
                 }

@@ -1,9 +1,11 @@
 """Map one database change (or one snapshot document) to what should happen on Kafka.
 
-The result is one of four outcomes: publish a CloudEvent, dead-letter the change (it cannot
+The result is one of five outcomes: publish a CloudEvent, dead-letter the change (it cannot
 be mapped: the error and the original change go to the dead-letter topic), skip it (a
-change nobody consumes, such as a notification's read flag), or ``Invalidated`` (the change
-stream ended: checkpoint and reopen).
+change nobody consumes, such as a notification's read flag), ``Restructured`` (a collection
+was dropped or renamed, or the database dropped: its documents left without a ``delete``
+each, so readers must refetch), or ``Invalidated`` (the change stream ended: checkpoint and
+reopen).
 
 Decisions written down here:
 
@@ -44,6 +46,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any, Final, Literal, NamedTuple
 
@@ -165,7 +168,29 @@ class Invalidated:
     """The change stream was invalidated (collection or database dropped or renamed)."""
 
 
-Outcome = Publish | DeadLetter | Skip | Invalidated
+class ResyncCause(StrEnum):
+    """Why readers are told to refetch (the start of ``ResyncData.reason``)."""
+
+    HISTORY_LOST = "history-lost"
+    COLLECTION_DROPPED = "collection-dropped"
+    COLLECTION_RENAMED = "collection-renamed"
+    DATABASE_DROPPED = "database-dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class Restructured:
+    """A ``drop`` or ``rename`` of a collection, or a ``dropDatabase``: every document of
+    ``collections`` (None: of every collection) may have vanished or been replaced without
+    a change of its own (a restore's ``mongorestore --drop``, a ``$out`` reload renamed over
+    the collection), so their readers must refetch."""
+
+    cause: ResyncCause
+    collections: tuple[str, ...] | None
+    #: what happened, for the log and ``ResyncData.reason``: ``drop of slotstream.slots``
+    detail: str
+
+
+Outcome = Publish | DeadLetter | Skip | Restructured | Invalidated
 
 
 class UndecodableChange(ChangeEvent):
@@ -184,9 +209,11 @@ class UndecodableDocument(dict[str, Any]):
         self.error = error
 
 
-_CONTROL_OPS: Final = frozenset(
-    {OperationType.DROP, OperationType.RENAME, OperationType.DROP_DATABASE}
-)
+_CAUSES: Final = {
+    OperationType.DROP: ResyncCause.COLLECTION_DROPPED,
+    OperationType.RENAME: ResyncCause.COLLECTION_RENAMED,
+    OperationType.DROP_DATABASE: ResyncCause.DATABASE_DROPPED,
+}
 _ROUTING_FIELDS: Final = ("instructorId", "userId")
 #: ``NotificationData.message`` allows at most this many characters (the stored model any).
 _MESSAGE_LIMIT: Final = 500
@@ -284,6 +311,18 @@ def _routing_key_of(change: ChangeEvent) -> str:
 _Handler = Callable[[ChangeEvent, str, datetime], Outcome]
 
 
+def _restructured(change: ChangeEvent, cause: ResyncCause) -> Restructured:
+    ns = change.ns
+    if cause is ResyncCause.DATABASE_DROPPED or ns.coll is None:
+        return Restructured(cause, None, f"{change.operation_type.value} of {ns.db}")
+    detail = f"{change.operation_type.value} of {ns.db}.{ns.coll}"
+    to = change.to
+    if to is None or to.coll is None:
+        return Restructured(cause, (ns.coll,), detail)
+    # Both names: the documents left the one and replaced those of the other.
+    return Restructured(cause, (ns.coll, to.coll), f"{detail} to {to.db}.{to.coll}")
+
+
 class ChangeMapper:
     """Maps changes of the slots, bookings and notifications collections to outcomes."""
 
@@ -300,8 +339,9 @@ class ChangeMapper:
         op = change.operation_type
         if op is _INVALIDATE:
             return Invalidated()
-        if op in _CONTROL_OPS:
-            return Skip(f"{op.value} of {change.ns.db}.{change.ns.coll or '*'}")
+        cause = _CAUSES.get(op)
+        if cause is not None:
+            return _restructured(change, cause)
         handler = self._handlers.get(change.ns.coll or "")
         if handler is None:
             return DeadLetter(

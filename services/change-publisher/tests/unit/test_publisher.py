@@ -1,7 +1,8 @@
 """The delivery loop against fakes: order, checkpoints, failures, modes, leadership."""
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -817,6 +818,22 @@ def resyncs_of(records: Sequence[OutgoingRecord]) -> list[tuple[str, int | None,
     ]
 
 
+@asynccontextmanager
+async def watching_publisher(
+    database: MemoryDatabase, make_publisher: PublisherFactory
+) -> AsyncIterator[tuple[MemoryProducer, MemoryChangeSource, Publisher]]:
+    """A running publisher of the watched collections (two partitions per topic), ready."""
+    producer = MemoryProducer(partitions=2)
+    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
+    publisher = make_publisher(producer=producer, source=source)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await eventually(lambda: publisher.ready)
+        yield producer, source, publisher
+    finally:
+        await stop(publisher, task)
+
+
 async def test_a_restore_from_a_backup_tells_every_reader_of_the_collection_to_refetch(
     database: MemoryDatabase,
     make_publisher: PublisherFactory,
@@ -825,19 +842,12 @@ async def test_a_restore_from_a_backup_tells_every_reader_of_the_collection_to_r
     """``mongorestore --drop``: a ``drop`` of slots, then the backup's inserts. The slots
     that are not in the backup get no ``slot.deleted``: without a resync between the two,
     every open schedule keeps showing them."""
-    producer = MemoryProducer(partitions=2)
-    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
-    publisher = make_publisher(producer=producer, source=source)
-    task = asyncio.create_task(publisher.run())
-    try:
-        await eventually(lambda: publisher.ready)
+    async with watching_publisher(database, make_publisher) as (producer, source, publisher):
         database.insert(SLOTS, Docs.slot("gone", "i1"))
         database.insert(NOTIFICATIONS, Docs.notification("n1", "u1"))
         database.drop_collection(SLOTS)
         restored = database.insert(SLOTS, Docs.slot("kept", "i2"))
         await checkpointed(checkpoints, restored.token)
-    finally:
-        await stop(publisher, task)
 
     schedule = [(r.kind, r.partition) for r in producer.records if r.topic == SCHEDULE]
     # after the change before the drop, before the restore's inserts, on every partition
@@ -869,18 +879,11 @@ async def test_a_collection_renamed_over_or_away_from_a_watched_one_resyncs_its_
     renamed: str,
     to: str,
 ) -> None:
-    producer = MemoryProducer(partitions=2)
-    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
-    publisher = make_publisher(producer=producer, source=source)
-    task = asyncio.create_task(publisher.run())
-    try:
-        await eventually(lambda: publisher.ready)
+    async with watching_publisher(database, make_publisher) as (producer, source, publisher):
         database.insert(SLOTS, Docs.slot("s1", "i1"))
         database.insert("slots_reload", Docs.slot("s2", "i2"))  # not watched: unseen
         rename = database.rename_collection(renamed, to)
         await checkpointed(checkpoints, rename.token)
-    finally:
-        await stop(publisher, task)
     resyncs = resyncs_of(producer.records)
     assert {(topic, partition) for topic, partition, _ in resyncs} == {(SCHEDULE, 0), (SCHEDULE, 1)}
     assert all(reason.startswith("collection-renamed") for _, _, reason in resyncs)
@@ -892,12 +895,7 @@ async def test_a_dropped_database_resyncs_every_data_topic_once_then_streams_on(
 ) -> None:
     """Mongo writes a ``drop`` per collection, ``dropDatabase``, then ``invalidate``: the
     readers are told once, and the invalidate that ends the stream adds no second resync."""
-    producer = MemoryProducer(partitions=2)
-    source = MemoryChangeSource(database, wait=0.05, collections=WATCHED)
-    publisher = make_publisher(producer=producer, source=source)
-    task = asyncio.create_task(publisher.run())
-    try:
-        await eventually(lambda: publisher.ready)
+    async with watching_publisher(database, make_publisher) as (producer, source, publisher):
         database.insert(SLOTS, Docs.slot("s1", "i1"))
         database.insert(BOOKINGS, Docs.booking("b1", "s1"))
         database.insert(NOTIFICATIONS, Docs.notification("n1", "u1"))
@@ -906,8 +904,6 @@ async def test_a_dropped_database_resyncs_every_data_topic_once_then_streams_on(
         await eventually(
             lambda: types(producer.records)[-1:] == ["slot.created"] and len(source.opened) == 2
         )
-    finally:
-        await stop(publisher, task)
     resyncs = resyncs_of(producer.records)
     assert sorted((topic, partition) for topic, partition, _ in resyncs) == [
         (topic, p) for topic in sorted((NOTIFICATIONS_TOPIC, SCHEDULE)) for p in range(2)

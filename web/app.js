@@ -21,6 +21,7 @@ const state = {
   changed: new Set(), // slot ids to highlight briefly
   notifications: new Map(), // id → NotificationData
   mineOf: null, // the user whose bookings and notifications are held (null: a guest's, none)
+  readChannel: null, // BroadcastChannel to that user's other tabs: the ids marked read
 };
 
 const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "numeric", month: "short" });
@@ -713,6 +714,8 @@ async function loadMine() {
     state.myBookingIds.clear();
     state.notifications.clear();
     $("notif-list").replaceChildren();
+    state.readChannel?.close();
+    state.readChannel = userId ? readChannelOf(userId) : null;
   }
   const panel = $("notifications");
   panel.hidden = !state.user;
@@ -809,7 +812,29 @@ function localizeNotifications() {
   $("notif-empty").textContent = t("empty");
 }
 
+/**
+ * The same user's other tabs of this page (same origin) hear which notifications one of
+ * them marked read: the stream carries no read flags (they are no schedule change), so
+ * their unread badge would stay until a reload. The channel is named per user, so two
+ * users' tabs never mix, and carries the ids alone. None where the browser lacks
+ * BroadcastChannel.
+ */
+function readChannelOf(userId) {
+  if (typeof BroadcastChannel !== "function") return null;
+  const channel = new BroadcastChannel(`slotstream.notifications-read.${userId}`);
+  channel.onmessage = ({ data }) => {
+    if (state.mineOf !== userId || !Array.isArray(data?.ids)) return;
+    for (const id of data.ids) {
+      const held = state.notifications.get(id);
+      if (held && !held.read) state.notifications.set(id, { ...held, read: true });
+    }
+    renderNotifications();
+  };
+  return channel;
+}
+
 async function markAllRead() {
+  const userId = state.mineOf;
   const unread = [...state.notifications.values()].filter((n) => !n.read);
   const results = await Promise.allSettled(
     unread.map((n) => api("POST", `/api/users/me/notifications/${encodeURIComponent(n.id)}/read`)),
@@ -821,6 +846,8 @@ async function markAllRead() {
       state.notifications.set(unread[i].id, { ...unread[i], read: true });
     }
   });
+  const marked = unread.filter((_, i) => results[i].status === "fulfilled").map((n) => n.id);
+  if (marked.length > 0 && state.mineOf === userId) state.readChannel?.postMessage({ ids: marked });
   if (results.some((r) => r.status === "rejected")) showMessage("Some notifications could not be marked as read.");
   renderNotifications();
 }

@@ -111,6 +111,8 @@ class FakeEdge:
     demo_users_reads: int = 0
     #: what GET /api/users/me/notifications lists
     notifications: list[NotificationData] = field(default_factory=list)
+    #: the ids POST /api/users/me/notifications/{id}/read was asked for, as they came
+    marked_read: list[str] = field(default_factory=list)
     #: answer this many next reads of /api/users/me/* with 503 (the API down a moment)
     fail_mine: int = 0
     #: set when GET …/schedule has read the state; while ``hold_schedule`` is not None, the
@@ -256,6 +258,19 @@ class FakeEdge:
             listed = [n.model_dump(mode="json", by_alias=True) for n in self.notifications]
             return JSONResponse(listed)
 
+        async def mark_read(request: Request) -> Response:
+            """Marks one of the listed notifications read (a new version, as the booking-api
+            stores it; repeating is harmless) and answers it; an unknown id is a 404."""
+            note_id = request.path_params["notification_id"]
+            self.marked_read.append(note_id)
+            for i, note in enumerate(self.notifications):
+                if note.id == note_id:
+                    if not note.read:
+                        note = note.model_copy(update={"read": True, "version": note.version + 1})
+                        self.notifications[i] = note
+                    return JSONResponse(note.model_dump(mode="json", by_alias=True))
+            return problem(404, "not-found", f"no notification {note_id!r}")
+
         async def book(request: Request) -> Response:
             """Books the slot in the fake's state but streams no delta (a late stream); a
             booked slot is a 409, as the booking-api answers."""
@@ -361,6 +376,11 @@ class FakeEdge:
                 Route("/api/bookings/{booking_id}", cancel, methods=["DELETE"]),
                 Route("/api/users/me/bookings", mine),
                 Route("/api/users/me/notifications", notifications),
+                Route(
+                    "/api/users/me/notifications/{notification_id}/read",
+                    mark_read,
+                    methods=["POST"],
+                ),
                 Mount("/", StaticFiles(directory=WEB_ROOT, html=True)),
             ]
         )

@@ -464,6 +464,33 @@ def test_a_reload_of_notifications_that_fails_keeps_the_ones_shown(
     assert errors == []
 
 
+def test_notifications_marked_read_in_one_tab_are_read_in_the_user_s_other_tabs(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """Read flags are no schedule change, so no stream carries them: a second tab of the
+    same user must learn them from the first, at once and without asking the API (on main
+    its unread badge stayed until it was reloaded)."""
+    fake, base_url = fake_edge
+    fake.notifications += [cancelled_notification(), booked_notification(1)]
+    errors: list[str] = []
+    first = open_page(context, base_url, errors, as_user=STUDENT)
+    second = open_page(context, base_url, errors, as_user=STUDENT)
+    for page in (first, second):
+        expect(page.locator("#notif-count")).to_have_text("2")
+    asked: list[str] = []
+    second.on("request", lambda request: asked.append(f"{request.method} {request.url}"))
+
+    first.locator("#mark-read").click()
+    expect(first.locator("#notif-count")).to_be_hidden()
+    assert sorted(fake.marked_read) == sorted(n.id for n in fake.notifications)
+    expect(second.locator("#notif-count")).to_be_hidden(timeout=2_000)
+    expect(second.locator("#notif-list li.unread")).to_have_count(0)
+    expect(second.locator("#notif-list li")).to_have_count(2)
+    expect(second.locator("#mark-read")).to_be_hidden()
+    assert [a for a in asked if "/api/" in a] == []
+    assert errors == []
+
+
 WATCHED_CLIENT = """async (timeoutMs) => {
   const { subscribe } = await import("/slotstream-client.js");
   window.__statuses = [];

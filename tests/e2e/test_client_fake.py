@@ -491,6 +491,27 @@ def test_notifications_marked_read_in_one_tab_are_read_in_the_user_s_other_tabs(
     assert errors == []
 
 
+def test_notifications_read_elsewhere_show_read_once_they_are_loaded_again(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A tab no message reached (another browser marked them read) shows them read once a
+    ``resync`` has it read the list again: the read flag comes with a new version, which
+    the page must not skip as one it already holds."""
+    fake, base_url = fake_edge
+    fake.notifications.append(cancelled_notification())
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#notif-count")).to_have_text("1")
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+
+    note = fake.notifications[0]
+    fake.notifications[0] = note.model_copy(update={"read": True, "version": note.version + 1})
+    fake.send_resync(f"users/{STUDENT}/notifications", "history-unavailable")
+    expect(page.locator("#notif-count")).to_be_hidden()
+    expect(page.locator("#notif-list li.unread")).to_have_count(0)
+    assert errors == []
+
+
 WATCHED_CLIENT = """async (timeoutMs) => {
   const { subscribe } = await import("/slotstream-client.js");
   window.__statuses = [];

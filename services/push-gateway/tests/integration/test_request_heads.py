@@ -1,6 +1,7 @@
 """Connections that never finish their first request head: a real gateway (uvicorn, uvloop,
 in a thread) closes them after ``GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS``, while a stream
-opened meanwhile goes on as if they were not there."""
+opened meanwhile goes on as if they were not there; heads too large are refused at once,
+and a request body (no route reads one) does not hold its connection."""
 
 import asyncio
 import contextlib
@@ -282,3 +283,60 @@ async def test_a_kept_alive_connections_next_request_head_dribbled_is_closed(
         )
     finally:
         writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One response (head and its ``content-length`` body)."""
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if b"content-length" in line
+        )
+        return head + await reader.readexactly(length)
+
+
+async def test_a_request_body_sent_after_its_answer_does_not_hold_the_connection(
+    gateway: ServerThread,
+) -> None:
+    """No route reads a body: a request with one is answered ``Connection: close`` and
+    the connection ended, so a client dribbling the body after reading its answer (which
+    ends uvicorn's keep-alive timer, and no other timer follows) is not held for ever."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"POST /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000000\r\n\r\n")
+    try:
+        answer = await read_answer(reader)
+        assert answer.startswith(b"HTTP/1.1 405"), answer
+        began, closed = time.monotonic(), False
+        while not closed and time.monotonic() - began < CLOSED_WITHIN:
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"b")
+                await writer.drain()
+            closed = await closed_by_server(reader, 0.5)
+        open_for = time.monotonic() - began
+        status = answer.partition(b"\r\n")[0]
+        assert closed, (
+            f"a body dribbled a byte every 0.5 s after its answer ({status!r}) still open "
+            f"{open_for:.1f} s after its first byte"
+        )
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+    finally:
+        writer.close()
+
+
+async def test_a_request_body_sent_at_once_gets_its_whole_answer_before_the_end(
+    gateway: ServerThread,
+) -> None:
+    """The connection of a request with a 1 MB body the route does not read is ended
+    after the answer without a reset (what the client still sends is read and dropped
+    first): the client reads the whole ``405``, then the end of the connection."""
+    body = b"b" * 1_000_000
+    refusal = await send_head(
+        gateway.port,
+        b"POST /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        CLOSED_WITHIN,
+    )
+    head, _, answered = refusal.answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405"), refusal.answer[:60]
+    assert orjson.loads(answered) == {"detail": "Method Not Allowed"}
+    assert refusal.ended_after is not None
+    assert refusal.ended_after < CLOSED_WITHIN

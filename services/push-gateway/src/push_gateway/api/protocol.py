@@ -30,6 +30,12 @@ connect storm a heap entry and a cancel per stream.
 Nor does either limit a head's size (httptools has no limit, uvicorn keeps every header
 line): each counts the bytes of the head under way, and one past ``max_head_bytes``
 (``GATEWAY_MAX_REQUEST_HEAD_BYTES``) is answered ``431`` at once (:func:`_refuse_head`).
+
+Nor is a request body timed: no route reads one, uvicorn drops it once the answer is sent,
+and its bytes end uvicorn's keep-alive timer, so a body dribbled after its answer held the
+connection for ever. A request that announces a body is answered ``Connection: close`` and
+its connection ended after the answer as a refused head's is (:func:`_end_lingering`), at
+no cost to any other request.
 """
 
 import asyncio
@@ -80,15 +86,52 @@ class _Refused(asyncio.Protocol):
 
 
 def _refuse_head(transport: asyncio.Transport, answer: bytes) -> None:
-    """Answer ``431`` and end the connection: the answer and a FIN now, the socket closed
-    once the client stops sending or after :data:`REFUSED_LINGER_SECONDS`."""
+    """Answer ``431`` and end the connection (:func:`_end_lingering`)."""
     transport.write(answer)
+    _end_lingering(transport)
+
+
+def _end_lingering(transport: asyncio.Transport) -> None:
+    """End the connection after what was written: a FIN now, the socket closed once the
+    client stops sending or after :data:`REFUSED_LINGER_SECONDS`."""
     transport.set_protocol(_Refused())
     if transport.can_write_eof():
         transport.write_eof()
         asyncio.get_running_loop().call_later(REFUSED_LINGER_SECONDS, transport.close)
     else:
         transport.close()
+
+
+def _announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request head (names lower-cased) announces a body: a ``Content-Length``
+    other than 0 or a ``Transfer-Encoding`` (httptools refused a malformed length)."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0"))
+        for name, value in headers
+    )
+
+
+class _EndsLingering(asyncio.Transport):
+    """The transport as the cycle of a request with a body sees it (uvicorn's cycle writes
+    the answer, then closes the transport unless kept alive): closing it ends the
+    connection lingering (:meth:`GatewayHttpProtocol.end_lingering`), since an abrupt close
+    with the body unread would reset the connection and the client likely lose the
+    answer."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: "GatewayHttpProtocol") -> None:
+        super().__init__()
+        self._protocol = protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._protocol.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._protocol.transport.is_closing()
+
+    def close(self) -> None:
+        self._protocol.end_lingering()
 
 
 def _stream_target(url: bytes, websockets: bool) -> tuple[str, bytes] | None:
@@ -172,6 +215,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.scope["server"] = self.server
             self.scope["client"] = self.client
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and _announces_body(self.headers):
+            # a new cycle (not a WebSocket upgrade): no route reads a body, whose bytes
+            # would end uvicorn's keep-alive timer with no other timer after (see the
+            # module docstring); answered ``connection: close``, then ended lingering
+            cycle.keep_alive = False
+            cycle.transport = _EndsLingering(self)
 
     def on_body(self, body: bytes) -> None:
         if self._stream_request is None:
@@ -181,6 +231,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._stream_request is None:
             super().on_message_complete()
             self._head_bytes = -1
+
+    def on_response_complete(self) -> None:
+        if self.parser is None:  # ended after the answer (end_lingering): nothing follows
+            self.server_state.total_requests += 1
+        else:
+            super().on_response_complete()
+
+    def end_lingering(self) -> None:
+        """End the connection after the answer written (:func:`_end_lingering`): what the
+        client still sends, the rest of a body or pipelined requests, is dropped."""
+        if self.parser is None:
+            return  # already ended
+        self.connections.discard(self)
+        self._unset_keepalive_if_required()
+        _end_lingering(self.transport)
+        self.parser = None  # type: ignore[assignment]
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
 
     def handle_websocket_upgrade(self) -> None:
         if self._stream_request is None:  # another path: uvicorn's own WebSocket support

@@ -285,6 +285,7 @@ class _Server(uvicorn.Server):
         layout_changes: Callable[[], list[LayoutChange]],
         startup: KafkaStartup,
         head_timeout_seconds: float,
+        max_head_bytes: int,
         stats: GatewayStats,
     ) -> None:
         super().__init__(config)
@@ -292,7 +293,10 @@ class _Server(uvicorn.Server):
         self._layout_changes = layout_changes
         self._startup = startup
         self._head_timeout_seconds = head_timeout_seconds
+        self._max_head_bytes = max_head_bytes
         self._stats = stats
+        #: ``stats.heads_refused`` at the last sweep (:meth:`close_unfinished_heads`)
+        self._heads_refused_logged = 0
         #: a partition count changed: :meth:`run` exits with ``RESTART_EXIT_CODE``
         self.restart_requested = False
 
@@ -327,7 +331,8 @@ class _Server(uvicorn.Server):
         """Close the connections still without a complete first request head
         ``GATEWAY_REQUEST_HEAD_TIMEOUT_SECONDS`` after they were made (one line for all
         those of a sweep): neither protocol has a timer before the first request, and such
-        connections count against no limit."""
+        connections count against no limit. Logs, too, how many heads were refused ``431``
+        since the last sweep (one line, whatever their number)."""
         deadline = time.monotonic() - self._head_timeout_seconds
         closed, waiting = close_unfinished_heads(self.server_state.connections, deadline)
         self._stats.heads_waiting = waiting
@@ -337,6 +342,16 @@ class _Server(uvicorn.Server):
                 "request head timeout: connections closed",
                 connections=closed,
                 timeout_seconds=self._head_timeout_seconds,
+            )
+        # the 431s since the last sweep in one line: a client sending huge heads as fast
+        # as it can must not flood the log
+        refused = self._stats.heads_refused - self._heads_refused_logged
+        if refused:
+            self._heads_refused_logged += refused
+            log.info(
+                "request heads too large: answered 431",
+                requests=refused,
+                max_head_bytes=self._max_head_bytes,
             )
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -395,5 +410,6 @@ def build_server(
         app.state.ingest.layout_changes,
         app.state.startup,
         settings.request_head_timeout_seconds,
+        settings.max_request_head_bytes,
         gateway.stats,
     )

@@ -62,6 +62,11 @@ class GatewayCollector(Collector):
             "Connections still sending their first request head (last sweep, once a second)",
             gw.stats.heads_waiting,
         )
+        yield _counter(
+            "gateway_request_heads_refused",
+            "Request heads answered 431 for exceeding GATEWAY_MAX_REQUEST_HEAD_BYTES",
+            gw.stats.heads_refused,
+        )
         yield _counter("gateway_streams_accepted", "Streams opened", gw.stats.accepted)
         yield _counter(
             "gateway_token_expiries",

@@ -6,6 +6,7 @@ and a request body (no route reads one) does not hold its connection."""
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -340,3 +341,19 @@ async def test_a_request_body_sent_at_once_gets_its_whole_answer_before_the_end(
     assert orjson.loads(answered) == {"detail": "Method Not Allowed"}
     assert refusal.ended_after is not None
     assert refusal.ended_after < CLOSED_WITHIN
+
+
+async def test_a_refused_request_head_is_counted(gateway: ServerThread) -> None:
+    """Each ``431`` shows in ``gateway_request_heads_refused_total`` (one log line a
+    sweep says how many, so a flood of them cannot flood the log)."""
+
+    def refused(metrics: str) -> float:
+        found = re.search(r"^gateway_request_heads_refused_total (\S+)$", metrics, re.MULTILINE)
+        assert found, "gateway_request_heads_refused_total is not in /metrics"
+        return float(found[1])
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        before = refused((await client.get("/metrics")).text)
+        await send_head(gateway.port, b"GET /healthz HTTP/1.1\r\n" + FLOOD, CLOSED_WITHIN)
+        after = refused((await client.get("/metrics")).text)
+    assert after - before == 1

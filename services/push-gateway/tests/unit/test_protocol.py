@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from push_gateway.api.protocol import protocol_for
+from push_gateway.domain.stats import GatewayStats
 from push_gateway.gateway import Gateway
 from slotstream_testkit.net import free_port
 
@@ -40,6 +41,7 @@ class RecordingGateway:
     the stream (the 200 head and one comment frame), as an accepted stream starts."""
 
     opened: list[Opened] = field(default_factory=list)
+    stats: GatewayStats = field(default_factory=GatewayStats)
 
     def open_stream(
         self,
@@ -262,7 +264,7 @@ async def test_each_request_head_on_a_kept_alive_connection_is_held_to_the_limit
 ) -> None:
     """Each head is counted from the end of the request before it: two 40 kB heads on
     one connection are served, the next one of 100 kB is refused ``431`` and the
-    connection ended, not read into uvicorn's header list."""
+    connection ended, not read into uvicorn's header list (and counted)."""
     large = b"GET /whoami HTTP/1.1\r\nHost: gw\r\nCookie: " + b"c" * 40_000 + b"\r\n\r\n"
     over = b"GET /whoami HTTP/1.1\r\nHost: gw\r\n" + b"a:b\r\n" * 20_000 + b"\r\n"
     answer = await exchange(served.port, large, large, over)
@@ -271,3 +273,4 @@ async def test_each_request_head_on_a_kept_alive_connection_is_held_to_the_limit
         b"HTTP/1.1 200 OK",
         b"HTTP/1.1 431 Request Header Fields Too Large",
     ]
+    assert served.gateway.stats.heads_refused == 1

@@ -29,7 +29,8 @@ connect storm a heap entry and a cancel per stream.
 
 Nor does either limit a head's size (httptools has no limit, uvicorn keeps every header
 line): each counts the bytes of the head under way, and one past ``max_head_bytes``
-(``GATEWAY_MAX_REQUEST_HEAD_BYTES``) is answered ``431`` at once (:func:`_refuse_head`).
+(``GATEWAY_MAX_REQUEST_HEAD_BYTES``) is answered ``431`` at once (:func:`_refuse_head`),
+counted in ``gateway.stats.heads_refused`` (the sweep logs how many, once a second at most).
 
 Nor is a request body timed: no route reads one, uvicorn drops it once the answer is sent,
 and its bytes end uvicorn's keep-alive timer, so a body dribbled after its answer held the
@@ -303,6 +304,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
+        self.gateway.stats.heads_refused += 1
         _refuse_head(self.transport, self.too_large)
         self.parser = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
@@ -428,6 +430,7 @@ class StreamRequestProtocol(asyncio.Protocol):
                 self._received = self._parser = None
                 self._server_state.connections.discard(self)
                 assert self._transport is not None
+                self.gateway.stats.heads_refused += 1
                 _refuse_head(self._transport, self.app_protocol.too_large)
             elif self._parser is None:
                 # the rest of the head comes in later reads: each is parsed once

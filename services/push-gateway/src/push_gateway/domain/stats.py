@@ -34,3 +34,5 @@ class GatewayStats:
     head_timeouts: int = 0
     #: connections still sending their first request head at the last sweep
     heads_waiting: int = 0
+    #: request heads answered ``431``: longer than ``GATEWAY_MAX_REQUEST_HEAD_BYTES``
+    heads_refused: int = 0

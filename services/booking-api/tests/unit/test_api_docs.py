@@ -62,6 +62,57 @@ def test_every_problem_type_is_in_the_readme_with_its_status() -> None:
     assert documented_types() == types_the_code_sends()
 
 
+#: The members RFC 9457 defines; every other member of a problem body is an extension.
+STANDARD_MEMBERS = {"type", "title", "status", "detail", "instance"}
+
+
+def extension_members_the_code_sends() -> set[str]:
+    """The keyword members of every domain error raised or returned (``Conflict(…,
+    slotId=…)``) and of every ``problem(…)`` call of the package, read from the source so
+    that a new one cannot be missed. A ``**mapping`` would hide its names: only
+    ``domain_problem``'s hand-over of a domain error's own members is allowed."""
+    domain_errors = {
+        name
+        for name, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.DomainError)
+    }
+    passed_on = {"problem": {"kind", "instance", "headers"}}
+    found: set[str] = set()
+    for source in Path(booking_api.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name != "problem" and name not in domain_errors:
+                continue
+            for keyword in node.keywords:
+                if keyword.arg is None:
+                    assert ast.unparse(keyword.value) == "exc.extra", ast.unparse(node)
+                elif keyword.arg not in passed_on.get(str(name), set()):
+                    found.add(keyword.arg)
+    return found
+
+
+async def test_every_member_a_problem_can_carry_is_declared_in_the_openapi_problem(
+    client: httpx.AsyncClient,
+) -> None:
+    """A client generated from the OpenAPI document reads only the members its ``Problem``
+    declares: each extension member the code can send is one of its properties, with a
+    description and a type (on main ``limit``, ``bookingId``, ``version``,
+    ``instructorId`` and ``errors`` were sent but not declared)."""
+    spec = (await client.get("/api/openapi.json")).json()
+    declared = spec["components"]["schemas"]["Problem"]["properties"]
+    sent = extension_members_the_code_sends()
+    assert {"slotId", "limit", "errors"} <= sent  # the reading of the source finds them
+    undeclared = sorted(sent - set(declared))
+    assert not undeclared, f"sent but not in the OpenAPI Problem: {undeclared}"
+    in_vain = sorted(set(declared) - STANDARD_MEMBERS - sent)
+    assert not in_vain, f"declared but never sent: {in_vain}"
+    for name in sent:
+        assert declared[name].get("description"), name
+        assert "type" in declared[name] or "anyOf" in declared[name], (name, declared[name])
+
+
 async def test_every_post_with_an_idempotency_key_documents_its_429_and_503(
     jwt_settings: JwtSettings, auth: AuthHeaders, future: Future
 ) -> None:

@@ -37,10 +37,22 @@ _STATUS_OF: dict[type[DomainError], int] = {
 }
 
 
-class Problem(BaseModel):
-    """A problem details body; domain problems add members such as ``slotId``."""
+class ValidationIssue(BaseModel):
+    """One thing the request schema refused (a ``422``'s ``errors``)."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    loc: list[str] = Field(description="where: body, query, path or header, then the field")
+    msg: str = Field(description="what is wrong, in English")
+    type: str = Field(description="the kind of error, e.g. missing or string_too_long")
+
+
+class Problem(BaseModel):
+    """A problem details body (RFC 9457); domain problems add members such as ``slotId``.
+
+    Every member the API sends is declared (``test_api_docs`` reads them from the code), so
+    the schema no longer says ``additionalProperties: true``: nothing relies on undeclared
+    members, and a client still ignores ones it does not know (RFC 9457, 3.2)."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
     type: str = Field(default="about:blank", examples=["urn:slotstream:problem:conflict"])
     title: str
@@ -61,6 +73,28 @@ class Problem(BaseModel):
         default=None,
         alias="slotEnd",
         description="an overlap (409): the end of the slot in the way",
+    )
+    instructor_id: str | None = Field(
+        default=None,
+        alias="instructorId",
+        description="an instructor that already exists (409): its id",
+    )
+    booking_id: str | None = Field(
+        default=None,
+        alias="bookingId",
+        description="booking-cancelled (409): the booking an earlier try of the request made",
+    )
+    version: int | None = Field(
+        default=None,
+        description="precondition-failed (412): the slot's current version (its ETag unquoted)",
+    )
+    limit: int | None = Field(
+        default=None,
+        description="quota-exceeded (409): the most active bookings a student may hold",
+    )
+    errors: list[ValidationIssue] | None = Field(
+        default=None,
+        description="invalid-request (422) from the schema: what it refused, at most 20",
     )
 
 

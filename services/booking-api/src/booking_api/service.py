@@ -223,8 +223,11 @@ class BookingService:
         try:
             overlapping = await self._storage.slots.insert_unless_overlapping(slot)
         except DuplicateKey:
-            raise Conflict(
-                f"instructor {instructor_id} already has a slot starting {window.start.isoformat()}"
+            # another writer's slot took this start after the overlap check: name it
+            raise slots.naming_the_slot_in_the_way(
+                f"instructor {instructor_id} already has a slot starting "
+                f"{window.start.isoformat()}",
+                await self._slot_in_the_way(instructor_id, [window]),
             ) from None
         slots.ensure_no_overlap(window, overlapping)
         _info("slot.created", slot_id=slot.id, instructor_id=instructor_id)
@@ -248,8 +251,9 @@ class BookingService:
                 instructor_id, batch
             )
         except DuplicateKey:
-            raise Conflict(
-                f"instructor {instructor_id} already has a slot starting at a time of the batch"
+            raise slots.naming_the_slot_in_the_way(
+                f"instructor {instructor_id} already has a slot starting at a time of the batch",
+                await self._slot_in_the_way(instructor_id, checked),
             ) from None
         if overlapping:
             first = overlapping[0]
@@ -283,12 +287,25 @@ class BookingService:
         if result is None:  # booked, withdrawn or moved since the read above
             current = await self._storage.slots.get(slot_id)
             slots.ensure_movable(current or slot, version)
-            raise Conflict(f"slot {slot_id} changed while moving it; reload and retry")
+            raise slots.naming_the_slot_in_the_way(
+                f"slot {slot_id} changed while moving it; reload and retry",
+                await self._slot_in_the_way(slot.instructor_id, [window], besides=slot_id),
+            )
         if isinstance(result, list):
             slots.ensure_no_overlap(window, result)
             raise Conflict(f"slot {slot_id} overlaps another slot")  # pragma: no cover
         _info("slot.moved", slot_id=slot_id, instructor_id=slot.instructor_id)
         return result
+
+    async def _slot_in_the_way(
+        self, instructor_id: str, windows: Sequence[slots.SlotWindow], besides: str | None = None
+    ) -> SlotDocument | None:
+        """After a write another writer overtook: the live slot now in the way of
+        ``windows``, if one is (read once; ``None`` when it is gone again)."""
+        span_start = min(w.start for w in windows)
+        span_end = max(w.end for w in windows)
+        live = await self._storage.slots.list_for_instructor(instructor_id, span_start, span_end)
+        return slots.in_the_way(windows, live, besides)
 
     async def delete_slot(self, principal: Principal, slot_id: str) -> SlotDocument:
         """Withdraw a slot: a tombstone (``deleted``, version + 1), never a hard delete."""

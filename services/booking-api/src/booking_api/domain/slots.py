@@ -83,15 +83,38 @@ def ensure_no_overlap(window: SlotWindow, existing: Iterable[SlotDocument]) -> N
     """Raise ``Conflict`` naming the first live slot the new window would overlap: in
     ``detail`` and as members of their own (``slotId``, ``slotStart``, ``slotEnd``), from
     which a client words it in its viewer's time zone without holding that slot."""
-    for slot in existing:
-        if slot.status is not SlotStatus.DELETED and window.overlaps(slot.start, slot.end):
-            raise Conflict(
-                f"the slot overlaps slot {slot.id} "
-                f"({slot.start.isoformat()} to {slot.end.isoformat()})",
-                slotId=slot.id,
-                slotStart=slot.start,
-                slotEnd=slot.end,
-            )
+    slot = in_the_way([window], existing)
+    if slot is not None:
+        raise naming_the_slot_in_the_way(
+            f"the slot overlaps slot {slot.id} "
+            f"({slot.start.isoformat()} to {slot.end.isoformat()})",
+            slot,
+        )
+
+
+def in_the_way(
+    windows: Iterable[SlotWindow], existing: Iterable[SlotDocument], besides: str | None = None
+) -> SlotDocument | None:
+    """The first live slot of ``existing`` (other than ``besides``) one of ``windows``
+    overlaps, or ``None``."""
+    wanted = list(windows)
+    return next(
+        (
+            slot
+            for slot in existing
+            if slot.status is not SlotStatus.DELETED
+            and slot.id != besides
+            and any(w.overlaps(slot.start, slot.end) for w in wanted)
+        ),
+        None,
+    )
+
+
+def naming_the_slot_in_the_way(detail: str, slot: SlotDocument | None) -> Conflict:
+    """A ``409`` whose members name the slot in the way, when it is known."""
+    if slot is None:
+        return Conflict(detail)
+    return Conflict(detail, slotId=slot.id, slotStart=slot.start, slotEnd=slot.end)
 
 
 def moved_window(

@@ -301,10 +301,18 @@ class BookingService:
         self, instructor_id: str, windows: Sequence[slots.SlotWindow], besides: str | None = None
     ) -> SlotDocument | None:
         """After a write another writer overtook: the live slot now in the way of
-        ``windows``, if one is (read once; ``None`` when it is gone again)."""
+        ``windows``, if one is (read once; ``None`` when it is gone again, or when the read
+        fails: the answer is the ``409`` either way, without the slot's members, not a
+        ``503`` for a write that was refused for a reason already known)."""
         span_start = min(w.start for w in windows)
         span_end = max(w.end for w in windows)
-        live = await self._storage.slots.list_for_instructor(instructor_id, span_start, span_end)
+        try:
+            live = await self._storage.slots.list_for_instructor(
+                instructor_id, span_start, span_end
+            )
+        except Exception as exc:  # noqa: BLE001 - best effort: only the 409's members
+            log.warning("slot.in_the_way_unread", instructor_id=instructor_id, error=repr(exc))
+            return None
         return slots.in_the_way(windows, live, besides)
 
     async def delete_slot(self, principal: Principal, slot_id: str) -> SlotDocument:

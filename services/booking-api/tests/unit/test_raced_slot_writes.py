@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import httpx
 import pytest
+from pymongo.errors import AutoReconnect
 
 from booking_api.adapters.memory import MemoryStorage
 from booking_api.ids import new_id
@@ -136,3 +137,24 @@ async def test_a_move_another_slot_overtook_names_that_slot(
     )
     assert_names_the_rival(moved, rival_storage.rival)
     assert "changed while moving it" in moved.json()["detail"]
+
+
+async def test_a_failed_read_of_the_slot_in_the_way_still_answers_the_409(
+    client: httpx.AsyncClient, auth: AuthHeaders, future: Future, rival_storage: RivalStorage
+) -> None:
+    """The read that names the slot in the way is only for the 409's members: when the
+    store fails it, the write was still refused for a known reason, so the answer is the
+    409 without them, not a 503 the client would retry."""
+    instructor = auth("i1", "instructor")
+    await client.post("/api/instructors", json={"name": "Ada"}, headers=instructor)
+
+    async def unavailable(*_args: object) -> list[SlotDocument]:
+        raise AutoReconnect("connection lost while listing slots")
+
+    rival_storage.slots.list_for_instructor = unavailable  # type: ignore[method-assign,assignment]
+    rival_storage.armed = True
+    window = {"start": future(days=2), "end": future(days=2, hours=1)}
+    added = await client.post("/api/instructors/i1/slots", json=window, headers=instructor)
+    assert added.status_code == 409, added.text
+    assert "already has a slot starting" in added.json()["detail"]
+    assert "slotStart" not in added.json()

@@ -143,6 +143,22 @@ async def test_a_wait_across_a_restart_of_its_partition_gives_up() -> None:
     assert await asyncio.wait_for(wait, 1) is None
 
 
+async def test_a_restart_of_a_partition_not_waited_for_gives_up_the_wait_too() -> None:
+    """The id's other partition was read far enough already (nothing to wait for there),
+    but the ingest restarts it while the stream waits for the first: its offset may now
+    name another record, so the whole id starts fresh."""
+    hub = counting_hub()
+    waits = catch_up(hub)
+    read(hub, 0, range(3))  # up to offset 2; another gateway delivered 4
+    read(hub, 1, range(6))  # up to offset 5: the id's 3 is here
+    wait = asyncio.create_task(waits.wait_for_position(Resuming((S0, S1)), {S0: 4, S1: 3}))
+    await turns()
+    hub.restart(SCHEDULE_TOPIC, 1, 2)  # cut back: the next record is at offset 2
+    read(hub, 1, range(2, 6))  # other records at offsets 2-5
+    read(hub, 0, range(3, 6))
+    assert await asyncio.wait_for(wait, 1) is None
+
+
 async def test_a_wait_ends_with_its_timeout_or_its_stream() -> None:
     hub = counting_hub()
     waits = catch_up(hub, timeout=0.2)

@@ -856,6 +856,35 @@ async def test_a_resume_past_this_gateways_fetches_waits_for_the_records_another
     assert bounds.lookups == [(SCHEDULE_TOPIC, part)]
 
 
+async def test_a_restart_of_the_partition_while_the_broker_is_asked_refuses_the_resume(
+    harness: Harness,
+) -> None:
+    """The ingest restarts the partition (``hub.restart``: records lost, the log cut back
+    to offset 3) while the resume past this gateway's end waits for the broker's answer:
+    offset 4 may now name another record than the one the client had, so the stream
+    starts fresh (a snapshot), not replayed from its id, even once this gateway has read
+    past it again."""
+    part = harness.part
+    harness.produce(*harness.slot_records(range(1, 4)))  # offsets 0-2: read here
+    bounds = harness.gateway.catch_up.bounds
+    assert isinstance(bounds, FakeLogBounds)
+    bounds.log_ends = {(SCHEDULE_TOPIC, part): 6}  # what the broker answers
+    bounds.held = asyncio.Event()
+    pending = asyncio.create_task(
+        harness.connect(headers=[(b"last-event-id", f"s{part}:4".encode())])
+    )
+    await asyncio.sleep(0.05)  # the resume asks the broker
+    assert bounds.lookups == [(SCHEDULE_TOPIC, part)]
+    harness.hub.restart(SCHEDULE_TOPIC, part, 3)  # the next record is at offset 3 again
+    harness.produce(*harness.slot_records(range(10, 13)))  # other records at offsets 3-5
+    bounds.held.set()
+    client = await (await pending).start()
+    [first] = await client.events(1)
+    assert first["event"] == "snapshot", first
+    stats = harness.gateway.stats
+    assert (stats.resumes_refused, stats.resumes_ring) == (1, 0)
+
+
 async def test_an_id_refused_for_another_reason_is_not_checked_with_the_broker(
     harness: Harness,
 ) -> None:

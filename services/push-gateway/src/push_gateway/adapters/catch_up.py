@@ -135,7 +135,8 @@ class CatchUp:
         broker's end (``LogBounds.log_end``: one request per partition at a time, spaced,
         shared by all resumes, so no client makes the gateway hammer the broker) and, if the
         log has it, honoured: ``wait_for_position`` then waits, bounded, for this gateway to
-        read that far.
+        read that far. A partition the ingest restarted (``hub.restart``) while the broker
+        was asked is refused: the offsets checked may now name other records.
 
         An id names exactly the partitions of its stream's channels. One naming others was
         written for another channel set or partition layout (partitions were added since:
@@ -161,12 +162,20 @@ class CatchUp:
             else:
                 lost.add(key)
         if past and not lost and len(resume) == len(partitions):
-            bounds = self.bounds
+            bounds, hub = self.bounds, self.hub
+            restarts = [hub.restarts(key) for key in partitions]
             ends = await asyncio.gather(
-                *(bounds.log_end(self.hub.topic_of(key), key[1]) for key in past)
+                *(bounds.log_end(hub.topic_of(key), key[1]) for key in past)
+            )
+            # a partition restarted meanwhile (``hub.restart``) may have other records at
+            # the offsets checked: before the lookup and after it
+            lost.update(
+                key
+                for key, before in zip(partitions, restarts, strict=True)
+                if hub.restarts(key) != before
             )
             for key, log_end in zip(past, ends, strict=True):
-                start = bounds.bounds(self.hub.topic_of(key), key[1])[0]
+                start = bounds.bounds(hub.topic_of(key), key[1])[0]
                 after = resume[key]
                 if log_end is not None and after < log_end and self._within(after, start, log_end):
                     honoured[key] = after
@@ -193,14 +202,19 @@ class CatchUp:
         """A client resuming from a gateway that is ahead of this one waits until this one
         has read that far (else it would receive records it already has). None: not read
         within ``catch_up_timeout_seconds``, the ingest restarted one of the partitions
-        meanwhile, or the stream closed; it starts fresh (a snapshot is always correct)."""
+        meanwhile (one waited for or not), or the stream closed; it starts fresh (a
+        snapshot is always correct)."""
         known = {k: v for k, v in resume.items() if k in connection.partitions}
+        hub = self.hub
+        restarts = [hub.restarts(key) for key in known]
         try:
             async with asyncio.timeout(self.settings.catch_up_timeout_seconds):
                 reached = await self.waits.reached(known)
         except TimeoutError:
             return None
         if not reached or connection.state is StreamState.CLOSED:
+            return None
+        if any(hub.restarts(key) != before for key, before in zip(known, restarts, strict=True)):
             return None
         return known
 

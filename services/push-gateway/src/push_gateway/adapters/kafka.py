@@ -635,7 +635,8 @@ class FakeHistory:
 class FakeLogBounds:
     """Log bounds as the hub sees them (the log starts at 0 and ends where the hub has
     read), unless a test sets ``starts`` / ``ends`` for a ``(topic, partition)``; the
-    broker's end is that too unless it sets ``log_ends``. Records every ``log_end`` asked."""
+    broker's end is that too unless it sets ``log_ends``. Records every ``log_end`` asked;
+    while a test holds ``held`` (an unset event) the answers wait for it to be set."""
 
     def __init__(self, hub: ChannelHub) -> None:
         self._hub = hub
@@ -643,9 +644,12 @@ class FakeLogBounds:
         self.ends: dict[tuple[str, int], int] = {}
         self.log_ends: dict[tuple[str, int], int | None] = {}
         self.lookups: list[tuple[str, int]] = []
+        self.held: asyncio.Event | None = None
 
     async def log_end(self, topic: str, partition: int) -> int | None:
         self.lookups.append((topic, partition))
+        if self.held is not None:
+            await self.held.wait()
         if (topic, partition) in self.log_ends:
             return self.log_ends[(topic, partition)]
         return self.bounds(topic, partition)[1]

@@ -255,6 +255,8 @@ class ChannelHub:
         self.stats = HubStats()
         self._progress_listeners: list[Callable[[PartitionKey, int], None]] = []
         self._restart_listeners: list[Callable[[PartitionKey], None]] = []
+        #: :meth:`restart` calls per partition (none: absent), for :meth:`restarts`
+        self._restarts: dict[PartitionKey, int] = {}
 
     # -- partitions --------------------------------------------------------------------
     def assign(self, topic: str, partition: int, next_offset: int, partition_count: int) -> None:
@@ -275,6 +277,7 @@ class ChannelHub:
         its ring starts again there, so no resume is served across the hole from memory, and
         its subscribers start over, as on a control record's ``resync``."""
         key = (self._letters[topic], partition)
+        self._restarts[key] = self._restarts.get(key, 0) + 1
         self.assign(topic, partition, next_offset, self._partition_count[topic])
         self._resync(key)
         for listener in self._restart_listeners:
@@ -312,6 +315,11 @@ class ChannelHub:
         """Call ``listener(partition, position)`` after each ingested batch (not per
         record: it must stay cheap for a batch that concerns it not)."""
         self._progress_listeners.append(listener)
+
+    def restarts(self, key: PartitionKey) -> int:
+        """How many times the partition was :meth:`restart`-ed: an offset read before a
+        change of it may name another record after (for checks across an ``await``)."""
+        return self._restarts.get(key, 0)
 
     def on_restart(self, listener: Callable[[PartitionKey], None]) -> None:
         """Call ``listener(partition)`` after :meth:`restart`: its offsets up to the

@@ -833,12 +833,19 @@ function readChannelOf(userId) {
   return channel;
 }
 
+/**
+ * Marks the signed-in user's unread notifications read, one POST each. The answers are
+ * that user's notifications: when another user signed in while they were on their way (the
+ * user switcher), they are dropped — the marks were made, and the first user's list shows
+ * them read at its next sign-in — never written into the new user's list.
+ */
 async function markAllRead() {
   const userId = state.mineOf;
   const unread = [...state.notifications.values()].filter((n) => !n.read);
   const results = await Promise.allSettled(
     unread.map((n) => api("POST", `/api/users/me/notifications/${encodeURIComponent(n.id)}/read`)),
   );
+  if (state.mineOf !== userId) return; // another user signed in meanwhile
   results.forEach((result, i) => {
     if (result.status === "fulfilled" && result.value?.id) {
       state.notifications.set(result.value.id, result.value);
@@ -847,7 +854,7 @@ async function markAllRead() {
     }
   });
   const marked = unread.filter((_, i) => results[i].status === "fulfilled").map((n) => n.id);
-  if (marked.length > 0 && state.mineOf === userId) state.readChannel?.postMessage({ ids: marked });
+  if (marked.length > 0) state.readChannel?.postMessage({ ids: marked });
   if (results.some((r) => r.status === "rejected")) showMessage("Some notifications could not be marked as read.");
   renderNotifications();
 }

@@ -109,10 +109,14 @@ class FakeEdge:
     #: what /demo-users.json hands out as the student's token, in turn (the last one stays)
     demo_tokens: list[str] = field(default_factory=lambda: [STUDENT_TOKEN])
     demo_users_reads: int = 0
-    #: what GET /api/users/me/notifications lists
+    #: what GET /api/users/me/notifications lists: each caller's own (``userId``), the
+    #: instructor's token the instructor's, any other the student's
     notifications: list[NotificationData] = field(default_factory=list)
     #: the ids POST /api/users/me/notifications/{id}/read was asked for, as they came
     marked_read: list[str] = field(default_factory=list)
+    #: while not None, a read POST (recorded in ``marked_read`` at once) is carried out and
+    #: answered only once it is set: the marks still on their way
+    hold_read: threading.Event | None = None
     #: answer this many next reads of /api/users/me/* with 503 (the API down a moment)
     fail_mine: int = 0
     #: set when GET …/schedule has read the state; while ``hold_schedule`` is not None, the
@@ -252,19 +256,33 @@ class FakeEdge:
         async def mine(_: Request) -> Response:
             return unavailable() or JSONResponse(list(self.bookings.values()))
 
-        async def notifications(_: Request) -> Response:
+        def caller(request: Request) -> str:
+            """Whose token the request carries (the fake checks tokens by equality)."""
+            instructor = request.headers.get("authorization") == f"Bearer {INSTRUCTOR_TOKEN}"
+            return INSTRUCTOR if instructor else STUDENT
+
+        async def notifications(request: Request) -> Response:
             if (refused := unavailable()) is not None:
                 return refused
-            listed = [n.model_dump(mode="json", by_alias=True) for n in self.notifications]
+            user_id = caller(request)
+            listed = [
+                n.model_dump(mode="json", by_alias=True)
+                for n in self.notifications
+                if n.user_id == user_id
+            ]
             return JSONResponse(listed)
 
         async def mark_read(request: Request) -> Response:
-            """Marks one of the listed notifications read (a new version, as the booking-api
-            stores it; repeating is harmless) and answers it; an unknown id is a 404."""
+            """Marks one of the caller's notifications read (a new version, as the
+            booking-api stores it; repeating is harmless) and answers it; an unknown id, or
+            another user's, is a 404."""
             note_id = request.path_params["notification_id"]
             self.marked_read.append(note_id)
+            if self.hold_read is not None:
+                await asyncio.to_thread(self.hold_read.wait, 15)
+            user_id = caller(request)
             for i, note in enumerate(self.notifications):
-                if note.id == note_id:
+                if note.id == note_id and note.user_id == user_id:
                     if not note.read:
                         note = note.model_copy(update={"read": True, "version": note.version + 1})
                         self.notifications[i] = note

@@ -491,6 +491,60 @@ def test_notifications_marked_read_in_one_tab_are_read_in_the_user_s_other_tabs(
     assert errors == []
 
 
+def test_marks_answered_after_another_user_signed_in_stay_out_of_that_user_s_list(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A student presses *Mark all read* and, while the marks are on their way, another
+    user signs in on the same page (the user switcher, a shared device): the answers (the
+    student's notifications) must not land in the new user's list, nor change their unread
+    count (on main they were written into it). The marks themselves are carried out."""
+    fake, base_url = fake_edge
+    theirs = NotificationData(
+        id="6930c1e2000c100000000000",
+        user_id=INSTRUCTOR,
+        kind=NotificationKind.BOOKING_CREATED,
+        message="A student booked your slot.",
+        booking_id="fake-booking-9",
+        slot_id="a",
+        version=1,
+        created_at=datetime.now(UTC),
+    )
+    fake.notifications += [cancelled_notification(), booked_notification(1), theirs]
+    students = sorted(n.id for n in fake.notifications if n.user_id == STUDENT)
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#notif-count")).to_have_text("2")
+
+    fake.hold_read = threading.Event()
+    page.locator("#mark-read").click()
+    deadline = time.monotonic() + 5
+    while len(fake.marked_read) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(fake.marked_read) == students
+    page.locator("#user-select").select_option(INSTRUCTOR)
+    notes = page.locator("#notif-list li")
+    expect(notes).to_have_count(1)
+    expect(page.locator("#notif-count")).to_have_text("1")
+
+    fake.hold_read.set()
+    deadline = time.monotonic() + 5
+    while len(fake.answered) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [status for _, status in fake.answered] == ["200", "200"]
+    page.wait_for_timeout(300)  # the page's turn to take the answers
+    shown = notes.evaluate_all("(items) => items.map((li) => li.dataset.notificationId)")
+    assert shown == [theirs.id]
+    expect(page.locator("#notif-count")).to_have_text("1")
+    expect(page.locator("#notif-list li.unread")).to_have_count(1)
+
+    # the student's marks were carried out: signed in again, theirs show read
+    page.locator("#user-select").select_option(STUDENT)
+    expect(notes).to_have_count(2)
+    expect(page.locator("#notif-count")).to_be_hidden()
+    expect(page.locator("#notif-list li.unread")).to_have_count(0)
+    assert errors == []
+
+
 def test_notifications_read_elsewhere_show_read_once_they_are_loaded_again(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

@@ -608,22 +608,29 @@ async function onSlotClick(event) {
     openCancelDialog(slot);
     return;
   }
+  // the answer is this user's: when another signed in meanwhile (the user switcher), their
+  // bookings and messages are left alone; the slot still settles (the schedule is shared)
+  const userId = state.mineOf;
   state.pending.add(slot.id);
   renderWeek();
   try {
     if (action === "book") {
       const booking = await api("POST", "/api/bookings", { slotId: slot.id });
-      if (booking?.id) {
-        state.myBookingIds.add(booking.id);
-        rememberBooking(booking);
+      if (state.mineOf === userId) {
+        if (booking?.id) {
+          state.myBookingIds.add(booking.id);
+          rememberBooking(booking);
+        }
+        announce(`Booked ${describeSlot(slot)}.`);
+        showMessage(`Booked ${describeSlot(slot)}.`, "success");
       }
-      announce(`Booked ${describeSlot(slot)}.`);
-      showMessage(`Booked ${describeSlot(slot)}.`, "success");
     } else {
       await api("DELETE", `/api/bookings/${encodeURIComponent(slot.bookingId)}`);
-      state.myBookingIds.delete(slot.bookingId);
-      announce(`Cancelled ${describeSlot(slot)}.`);
-      showMessage(`Cancelled the booking for ${describeSlot(slot)}.`, "success");
+      if (state.mineOf === userId) {
+        state.myBookingIds.delete(slot.bookingId);
+        announce(`Cancelled ${describeSlot(slot)}.`);
+        showMessage(`Cancelled the booking for ${describeSlot(slot)}.`, "success");
+      }
     }
     // The stream brings the new slot state; while it is down, fetch it instead.
     if (!state.sub?.isConnected) await refreshOverHttp();

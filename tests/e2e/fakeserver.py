@@ -117,6 +117,8 @@ class FakeEdge:
     #: while not None, a read POST (recorded in ``marked_read`` at once) is carried out and
     #: answered only once it is set: the marks still on their way
     hold_read: threading.Event | None = None
+    #: while not None, POST /api/bookings books at once but is answered only once it is set
+    hold_book: threading.Event | None = None
     #: answer this many next reads of /api/users/me/* with 503 (the API down a moment)
     fail_mine: int = 0
     #: set when GET …/schedule has read the state; while ``hold_schedule`` is not None, the
@@ -299,6 +301,8 @@ class FakeEdge:
             self.slots[slot_id] = make_slot(slot_id, held.start, held.version + 1, booked=True)
             booking = {"id": "fake-booking", "slotId": slot_id, "studentId": STUDENT}
             self.bookings[booking["id"]] = {**booking, "status": "active"}
+            if self.hold_book is not None:
+                await asyncio.to_thread(self.hold_book.wait, 15)
             return JSONResponse(booking, status_code=201)
 
         async def cancel(request: Request) -> Response:

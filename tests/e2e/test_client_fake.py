@@ -545,6 +545,42 @@ def test_marks_answered_after_another_user_signed_in_stay_out_of_that_user_s_lis
     assert errors == []
 
 
+def test_a_booking_answered_after_another_user_signed_in_is_not_theirs(
+    context: BrowserContext, fake_edge: tuple[FakeEdge, str]
+) -> None:
+    """A student books a slot and, while the answer is on its way, another user signs in
+    on the same page: the booking (the student's) must not become the new user's *Yours*,
+    nor be announced to them as booked."""
+    fake, base_url = fake_edge
+    fake.slots["a"] = make_slot("a", tomorrow_at(9))
+    errors: list[str] = []
+    page = open_page(context, base_url, errors, as_user=STUDENT)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+
+    fake.hold_book = threading.Event()
+    slot_button(page, "a").click()
+    deadline = time.monotonic() + 5
+    while not fake.bookings and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(fake.bookings) == ["fake-booking"]
+    page.locator("#user-select").select_option(INSTRUCTOR)
+    expect(page.locator("#conn-dot")).to_have_attribute("data-status", "open")
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked")
+
+    fake.hold_book.set()
+    deadline = time.monotonic() + 5
+    while not fake.answered and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.answered == [("POST /api/bookings", "201")]
+    page.wait_for_timeout(300)  # the page's turn to take the answer
+    said = page.locator("#message").text_content() or ""
+    # the slot settles (read again 3 s on, as the stream brings no change) and is drawn
+    expect(slot_button(page, "a")).to_have_attribute("aria-busy", "false", timeout=10_000)
+    expect(slot_button(page, "a")).to_have_attribute("data-state", "booked")
+    assert "Booked" not in said
+    assert errors == []
+
+
 def test_notifications_read_elsewhere_show_read_once_they_are_loaded_again(
     context: BrowserContext, fake_edge: tuple[FakeEdge, str]
 ) -> None:

@@ -29,8 +29,9 @@ connect storm a heap entry and a cancel per stream.
 
 Nor does either limit a head's size (httptools has no limit, uvicorn keeps every header
 line): each counts the bytes of the head under way, and one past ``max_head_bytes``
-(``GATEWAY_MAX_REQUEST_HEAD_BYTES``) is answered ``431`` at once (:func:`_refuse_head`),
-counted in ``gateway.stats.heads_refused`` (the sweep logs how many, once a second at most).
+(``GATEWAY_MAX_REQUEST_HEAD_BYTES``) is answered ``431`` at once, the connection ended
+(:func:`_end_lingering`) and counted in ``gateway.stats.heads_refused`` (the sweep logs
+how many, once a second at most).
 
 Nor is a request body timed: no route reads one, uvicorn drops it once the answer is sent,
 and its bytes end uvicorn's keep-alive timer, so a body dribbled after its answer held the
@@ -84,12 +85,6 @@ class _Refused(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False  # the transport closes
-
-
-def _refuse_head(transport: asyncio.Transport, answer: bytes) -> None:
-    """Answer ``431`` and end the connection (:func:`_end_lingering`)."""
-    transport.write(answer)
-    _end_lingering(transport)
 
 
 def _end_lingering(transport: asyncio.Transport) -> None:
@@ -296,19 +291,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.data_received(data[room:])
 
     def _refuse(self) -> None:
-        """Answer ``431`` (:func:`_refuse_head`) and drop what was read of the head; a
-        response still under way to an earlier request is dropped as when its client
-        goes."""
-        self.connections.discard(self)
+        """Answer ``431`` and end the connection as after any answer (:meth:`end_lingering`),
+        dropping what was read of the head; a response still under way to an earlier
+        request is dropped as when its client goes."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
         self.gateway.stats.heads_refused += 1
-        _refuse_head(self.transport, self.too_large)
-        self.parser = None  # type: ignore[assignment]
-        self.scope = None  # type: ignore[assignment]
-        self.headers = None  # type: ignore[assignment]
+        self.transport.write(self.too_large)
+        self.end_lingering()
 
     def _hand_over(self, path: str, query: bytes) -> None:
         self.connections.discard(self)
@@ -431,7 +423,8 @@ class StreamRequestProtocol(asyncio.Protocol):
                 self._server_state.connections.discard(self)
                 assert self._transport is not None
                 self.gateway.stats.heads_refused += 1
-                _refuse_head(self._transport, self.app_protocol.too_large)
+                self._transport.write(self.app_protocol.too_large)
+                _end_lingering(self._transport)
             elif self._parser is None:
                 # the rest of the head comes in later reads: each is parsed once
                 self._parser = (parser, head)

@@ -163,7 +163,7 @@ class CatchUp:
                 lost.add(key)
         if past and not lost and len(resume) == len(partitions):
             bounds, hub = self.bounds, self.hub
-            restarts = [hub.restarts(key) for key in partitions]
+            restarts = self._restarts(partitions)
             ends = await asyncio.gather(
                 *(bounds.log_end(hub.topic_of(key), key[1]) for key in past)
             )
@@ -171,8 +171,10 @@ class CatchUp:
             # the offsets checked: before the lookup and after it
             lost.update(
                 key
-                for key, before in zip(partitions, restarts, strict=True)
-                if hub.restarts(key) != before
+                for key, before, after in zip(
+                    partitions, restarts, self._restarts(partitions), strict=True
+                )
+                if after != before
             )
             for key, log_end in zip(past, ends, strict=True):
                 start = bounds.bounds(hub.topic_of(key), key[1])[0]
@@ -191,6 +193,11 @@ class CatchUp:
             log.info("resume point refused", partitions=sorted(f"{k[0]}{k[1]}" for k in lost))
         return honoured, lost
 
+    def _restarts(self, keys: Iterable[PartitionKey]) -> list[int]:
+        """Each partition's restart count (``hub.restarts``), to be compared across an
+        ``await``: one that changed may name other records at the offsets checked."""
+        return [self.hub.restarts(key) for key in keys]
+
     def _within(self, after: int, start: int, end: int) -> bool:
         """A resume from ``after`` (``< end``) reads no record before the log's start and at
         most ``max_resume_lag`` records."""
@@ -205,8 +212,7 @@ class CatchUp:
         meanwhile (one waited for or not), or the stream closed; it starts fresh (a
         snapshot is always correct)."""
         known = {k: v for k, v in resume.items() if k in connection.partitions}
-        hub = self.hub
-        restarts = [hub.restarts(key) for key in known]
+        restarts = self._restarts(known)
         try:
             async with asyncio.timeout(self.settings.catch_up_timeout_seconds):
                 reached = await self.waits.reached(known)
@@ -214,7 +220,7 @@ class CatchUp:
             return None
         if not reached or connection.state is StreamState.CLOSED:
             return None
-        if any(hub.restarts(key) != before for key, before in zip(known, restarts, strict=True)):
+        if self._restarts(known) != restarts:
             return None
         return known
 

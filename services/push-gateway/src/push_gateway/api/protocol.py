@@ -419,12 +419,10 @@ class StreamRequestProtocol(asyncio.Protocol):
             return
         if not head.complete:
             if len(received) > max_head_bytes:
-                self._received = self._parser = None
-                self._server_state.connections.discard(self)
-                assert self._transport is not None
+                transport = self._let_go()
                 self.gateway.stats.heads_refused += 1
-                self._transport.write(self.app_protocol.too_large)
-                _end_lingering(self._transport)
+                transport.write(self.app_protocol.too_large)
+                _end_lingering(transport)
             elif self._parser is None:
                 # the rest of the head comes in later reads: each is parsed once
                 self._parser = (parser, head)
@@ -437,22 +435,25 @@ class StreamRequestProtocol(asyncio.Protocol):
         if target is None:
             self._to_app(received)
             return
+        _open(self.gateway, self.websockets, self._let_go(), *target, head.url, head.headers)
+
+    def _let_go(self) -> asyncio.Transport:
+        """This protocol is done with the connection (handed over, or refused): it reads no
+        more and leaves uvicorn's set (no sweep, no shutdown close of it). Its transport."""
+        assert self._transport is not None
         self._received = self._parser = None
         self._server_state.connections.discard(self)
-        assert self._transport is not None
-        _open(self.gateway, self.websockets, self._transport, *target, head.url, head.headers)
+        return self._transport
 
     def _to_app(self, received: bytes | bytearray) -> None:
         """Give the connection to uvicorn's protocol, as if it had read ``received``."""
-        assert self._transport is not None
-        self._received = self._parser = None
-        self._server_state.connections.discard(self)
+        transport = self._let_go()
         protocol = self.app_protocol(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
         protocol.head_since = self.head_since
-        protocol.connection_made(self._transport)
-        self._transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        transport.set_protocol(protocol)
         protocol.data_received(bytes(received))
 
 
